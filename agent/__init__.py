@@ -1,0 +1,3 @@
+"""Vigil workstation agent: samples health, evaluates checks, runs remediations, ships reports."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,111 @@
+"""Collector configuration: one loader from YAML to frozen dataclasses.
+
+See ``config/collector.yaml`` for an annotated example. Relative paths resolve against
+the config file's folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.configio import Section, load_yaml
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9750
+DEFAULT_MAX_BODY = 1 * 2**20
+DEFAULT_MAX_DECOMPRESSED = 16 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Bearer tokens. Agents ingest with ``agent_tokens``; the API takes ``admin_tokens``.
+
+    ``open_read`` leaves the read-only API (GET) open without a token: meant for a demo on
+    127.0.0.1 only. Ingest always needs an agent token.
+    """
+
+    agent_tokens: tuple[str, ...]
+    admin_tokens: tuple[str, ...] = ()
+    open_read: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Request bounds: compressed body size and decompressed size, in bytes."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorConfig:
+    """Everything one collector process needs, validated."""
+
+    file: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    database: Path = Path("var/collector.db")
+    auth: AuthConfig = field(default_factory=lambda: AuthConfig(agent_tokens=()))
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    # Seconds a host may stay silent past its heartbeat TTL before it counts as silent.
+    heartbeat_grace_s: float = 30.0
+    # Seconds to wait for a promised remediation result before raising an incident anyway.
+    remediation_wait_s: float = 600.0
+    public_url: str | None = None
+
+
+def load_collector_config(path: str | Path) -> CollectorConfig:
+    """Load and validate a collector config file; raises ``ConfigError``."""
+    root = Section(load_yaml(path), str(path))
+
+    listen = root.section("listen")
+    host = listen.get("host", str, DEFAULT_HOST)
+    port = listen.get("port", int, DEFAULT_PORT, minimum=0, maximum=65535)
+    listen.done()
+
+    storage = root.section("storage")
+    database = storage.path_value("sqlite_path", "var/collector.db")
+    storage.done()
+
+    a = root.section("auth", required=True)
+    agent_tokens = a.str_list("agent_tokens")
+    if not agent_tokens:
+        raise a.error("agent_tokens", "at least one agent token is required", [])
+    admin_tokens = a.str_list("admin_tokens", ())
+    for name, tokens in (("agent_tokens", agent_tokens), ("admin_tokens", admin_tokens)):
+        for i, t in enumerate(tokens):
+            if not t or any(ch.isspace() for ch in t):
+                raise a.error(f"{name}[{i}]", "must be non-empty with no whitespace", t)
+    auth = AuthConfig(
+        agent_tokens=agent_tokens,
+        admin_tokens=admin_tokens,
+        open_read=a.get("open_read", bool, False),
+    )
+    a.done()
+
+    lim = root.section("limits")
+    limits = LimitsConfig(
+        max_body_bytes=lim.size("max_body_bytes", DEFAULT_MAX_BODY),
+        max_decompressed_bytes=lim.size("max_decompressed_bytes", DEFAULT_MAX_DECOMPRESSED),
+    )
+    lim.done()
+
+    inc = root.section("incidents")
+    heartbeat_grace_s = inc.duration("heartbeat_grace", 30.0)
+    remediation_wait_s = inc.duration("remediation_wait", 600.0)
+    inc.done()
+
+    public_url = root.get("public_url", str, None)
+    root.done()
+    return CollectorConfig(
+        file=str(path),
+        host=host,
+        port=port,
+        database=database,
+        auth=auth,
+        limits=limits,
+        heartbeat_grace_s=heartbeat_grace_s,
+        remediation_wait_s=remediation_wait_s,
+        public_url=public_url,
+    )

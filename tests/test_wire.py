@@ -1,0 +1,160 @@
+"""Wire schema v1: round trips, and every kind of bad input names its field."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from agent import wire
+
+
+def report(**overrides: Any) -> wire.Report:
+    fields: dict[str, Any] = {
+        "schema_version": wire.SCHEMA_VERSION,
+        "agent_id": "a1",
+        "hostname": "laptop-1",
+        "labels": {"department": "finance"},
+        "batch_id": "b1",
+        "sent_at": 1700000000.0,
+        "agent_version": "0.1.0",
+        "events": (
+            wire.MetricsEvent("e1", 1, 1.0, {"cpu.busy_percent": 12.5, "disk.used_percent[/]": 40}),
+            wire.CheckEvent("e2", 2, 2.0, "disk.root", "critical", "ok", 97.0, "full", "cleanup"),
+            wire.CheckEvent(
+                "e3", 3, 3.0, wire.HEARTBEAT_CHECK, "ok", None, None, "alive", ttl_s=150.0
+            ),
+            wire.RemediationEvent(
+                "e4",
+                4,
+                4.0,
+                "cleanup",
+                "disk.root",
+                "fixed",
+                0,
+                3.5,
+                0.5,
+                97.0,
+                60.0,
+                "removed 3 files",
+                False,
+                "ab" * 32,
+                False,
+            ),
+        ),
+    }
+    fields.update(overrides)
+    return wire.Report(**fields)
+
+
+def as_dict() -> dict[str, Any]:
+    return json.loads(wire.encode_report(report()))
+
+
+def test_a_report_survives_encode_and_decode_unchanged() -> None:
+    assert wire.decode_report(wire.encode_report(report())) == report()
+
+
+def test_integers_are_accepted_where_numbers_are_expected() -> None:
+    decoded = wire.decode_report(wire.encode_report(report()))
+    assert decoded.events[0].values["disk.used_percent[/]"] == 40.0  # type: ignore[union-attr]
+
+
+def mutate_state(d: dict[str, Any]) -> None:
+    d["events"][1]["state"] = "on-fire"
+
+
+def mutate_value(d: dict[str, Any]) -> None:
+    d["events"][1]["value"] = "97"
+
+
+def mutate_unknown(d: dict[str, Any]) -> None:
+    d["events"][2]["colour"] = "red"
+
+
+def mutate_missing(d: dict[str, Any]) -> None:
+    del d["batch_id"]
+
+
+def mutate_type(d: dict[str, Any]) -> None:
+    d["events"][0]["type"] = "telepathy"
+
+
+def mutate_metric(d: dict[str, Any]) -> None:
+    d["events"][0]["values"]["cpu.busy_percent"] = None
+
+
+def mutate_bool(d: dict[str, Any]) -> None:
+    d["events"][3]["exit_code"] = True
+
+
+def mutate_labels(d: dict[str, Any]) -> None:
+    d["labels"] = ["finance"]
+
+
+def mutate_version(d: dict[str, Any]) -> None:
+    d["schema_version"] = 99
+
+
+def mutate_output(d: dict[str, Any]) -> None:
+    d["events"][3]["output"] = "x" * (wire.MAX_OUTPUT + 1)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (mutate_state, "events[1].state"),
+        (mutate_value, "events[1].value"),
+        (mutate_unknown, "events[2].colour"),
+        (mutate_missing, "batch_id"),
+        (mutate_type, "events[0].type"),
+        (mutate_metric, "events[0].values['cpu.busy_percent']"),
+        (mutate_bool, "events[3].exit_code"),
+        (mutate_labels, "labels"),
+        (mutate_version, "schema_version"),
+        (mutate_output, "events[3].output"),
+    ],
+    ids=[
+        "unknown check state",
+        "number sent as a string",
+        "unknown event field",
+        "missing batch id",
+        "unknown event type",
+        "null metric value",
+        "boolean where an integer is expected",
+        "labels not a mapping",
+        "future schema version",
+        "output longer than the cap",
+    ],
+)
+def test_bad_input_names_the_field(mutate: Any, path: str) -> None:
+    d = as_dict()
+    mutate(d)
+    with pytest.raises(wire.WireError) as exc:
+        wire.Report.from_dict(d)
+    assert exc.value.path == path
+
+
+def test_non_finite_numbers_are_rejected() -> None:
+    body = wire.encode_report(report()).replace(b'"sent_at":1700000000.0', b'"sent_at":NaN')
+    with pytest.raises(wire.WireError) as exc:
+        wire.decode_report(body)
+    assert exc.value.path == "sent_at"
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"\xff\xfe", b"[]", b"null"], ids=["syntax", "binary", "list", "null"]
+)
+def test_a_body_that_is_not_a_json_object_is_rejected(body: bytes) -> None:
+    with pytest.raises(wire.WireError) as exc:
+        wire.decode_report(body)
+    assert exc.value.path == "body"
+
+
+def test_too_many_events_are_rejected() -> None:
+    d = as_dict()
+    d["events"] = [d["events"][0]] * (wire.MAX_EVENTS + 1)
+    with pytest.raises(wire.WireError) as exc:
+        wire.Report.from_dict(d)
+    assert exc.value.path == "events"
