@@ -1,0 +1,420 @@
+"""The sampler: CPU rate from snapshots, tolerant sources, disk filtering, path walks."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import namedtuple
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.config import PathSpec, SamplerConfig
+from agent.sampler import PathStats, Sampler, cpu_busy_percent, scan_path
+
+LinuxTimes = namedtuple(
+    "LinuxTimes", "user nice system idle iowait irq softirq steal guest guest_nice"
+)
+Times = namedtuple("Times", "user system idle")
+Partition = namedtuple("Partition", "device mountpoint fstype opts")
+Usage = namedtuple("Usage", "total used free percent")
+VirtualMemory = namedtuple("VirtualMemory", "total available percent used free")
+Swap = namedtuple("Swap", "total used free percent sin sout")
+ProcTimes = namedtuple("ProcTimes", "user system children_user children_system")
+MemInfo = namedtuple("MemInfo", "rss vms")
+
+BOOT = 1_700_000_000.0
+GIB = 2**30
+
+
+def linux_times(**fields: float) -> LinuxTimes:
+    return LinuxTimes(**{name: fields.get(name, 0.0) for name in LinuxTimes._fields})
+
+
+class FakeProcess:
+    def cpu_times(self) -> ProcTimes:
+        return ProcTimes(user=1.5, system=0.25, children_user=9.0, children_system=9.0)
+
+    def memory_info(self) -> MemInfo:
+        return MemInfo(rss=48 * 2**20, vms=400 * 2**20)
+
+
+class FakePs:
+    """The slice of the psutil module the sampler uses, with fixed readings."""
+
+    def __init__(self) -> None:
+        self.cpu_snapshots = [
+            Times(user=100.0, system=50.0, idle=850.0),
+            Times(user=130.0, system=70.0, idle=900.0),  # +30 +20 busy of +100 total
+        ]
+        self.partitions = [Partition("/dev/sda1", "/", "ext4", "rw")]
+        self.usage = {"/": Usage(total=500 * GIB, used=400 * GIB, free=100 * GIB, percent=80.0)}
+        self.partitions_all: list[bool] = []
+        self.usage_reads: list[str] = []
+
+    def cpu_times(self) -> Times:
+        return self.cpu_snapshots.pop(0)
+
+    def cpu_count(self) -> int:
+        return 8
+
+    def getloadavg(self) -> tuple[float, float, float]:
+        return (1.5, 1.25, 0.75)
+
+    def virtual_memory(self) -> VirtualMemory:
+        return VirtualMemory(16 * GIB, 4 * GIB, 75.0, 12 * GIB, 1 * GIB)
+
+    def swap_memory(self) -> Swap:
+        return Swap(2 * GIB, 1 * GIB, 1 * GIB, 50.0, 0, 0)
+
+    def disk_partitions(self, all: bool = False) -> list[Partition]:
+        self.partitions_all.append(all)
+        return self.partitions
+
+    def disk_usage(self, path: str) -> Usage:
+        self.usage_reads.append(path)
+        if path not in self.usage:
+            raise FileNotFoundError(2, "No such file or directory", path)
+        return self.usage[path]
+
+    def boot_time(self) -> float:
+        return BOOT
+
+    def Process(self) -> FakeProcess:
+        return FakeProcess()
+
+
+class NoLoadAverage(FakePs):
+    """A platform without ``getloadavg``, like a psutil build lacking a sensor function."""
+
+    @property
+    def getloadavg(self) -> Any:
+        raise AttributeError("module 'psutil' has no attribute 'getloadavg'")
+
+
+class BrokenSwap(FakePs):
+    def swap_memory(self) -> Swap:
+        raise RuntimeError("swap accounting unavailable")
+
+
+class NoProcess(FakePs):
+    def Process(self) -> FakeProcess:
+        raise PermissionError(13, "Permission denied")
+
+
+def sampler(ps: FakePs | None = None, **config: Any) -> Sampler:
+    """A sampler over a fake psutil; bare ``paths`` are watched under their own path as name."""
+    if "paths" in config:
+        config["paths"] = tuple(
+            p if isinstance(p, PathSpec) else PathSpec(str(p), p) for p in config["paths"]
+        )
+    return Sampler(SamplerConfig(**config), ps=ps or FakePs(), wall_clock=lambda: BOOT + 3600)
+
+
+# ------------------------------------------------------------------ cpu_busy_percent
+
+
+@pytest.mark.parametrize(
+    ("prev", "cur", "expected"),
+    [
+        pytest.param(
+            Times(100.0, 50.0, 850.0), Times(130.0, 70.0, 900.0), 50.0, id="normal interval"
+        ),
+        pytest.param(
+            linux_times(user=100, idle=100, steal=10),
+            linux_times(user=150, idle=150, steal=5),
+            50.0,
+            id="counter that went backwards counts as zero",
+        ),
+        pytest.param(
+            Times(100.0, 50.0, 850.0), Times(100.0, 50.0, 850.0), None, id="zero delta is no rate"
+        ),
+        pytest.param(None, Times(100.0, 50.0, 850.0), None, id="first call has no rate"),
+        pytest.param(
+            linux_times(user=10, idle=10, iowait=10),
+            linux_times(user=20, idle=20, iowait=20),
+            pytest.approx(100 / 3),
+            id="iowait is not busy",
+        ),
+        pytest.param(
+            linux_times(user=10, idle=10, guest=5),
+            linux_times(user=20, idle=20, guest=15),
+            50.0,
+            id="guest time is already inside user time",
+        ),
+        pytest.param(
+            Times(100.0, 50.0, 850.0),
+            linux_times(user=130, system=70, idle=900),
+            None,
+            id="snapshots with different fields have no rate",
+        ),
+    ],
+)
+def test_cpu_busy_percent(prev: Any, cur: Any, expected: float | None) -> None:
+    assert cpu_busy_percent(prev, cur) == expected
+
+
+# ------------------------------------------------------------------ Sampler with a fake psutil
+
+
+def test_first_sample_has_no_cpu_busy_percent() -> None:
+    values = sampler().sample()
+
+    assert "cpu.busy_percent" not in values
+
+
+def test_second_sample_has_cpu_busy_percent_from_the_two_snapshots() -> None:
+    s = sampler()
+    s.sample()
+
+    values = s.sample()
+
+    assert values["cpu.busy_percent"] == 50.0
+
+
+def test_core_series_are_in_base_units() -> None:
+    values = sampler().sample()
+
+    assert {k: v for k, v in values.items() if not k.startswith(("disk.", "agent.sample"))} == {
+        "cpu.count": 8,
+        "load.1m": 1.5,
+        "load.5m": 1.25,
+        "load.15m": 0.75,
+        "memory.total_bytes": 16 * GIB,
+        "memory.available_bytes": 4 * GIB,
+        "memory.used_percent": 75.0,
+        "swap.total_bytes": 2 * GIB,
+        "swap.used_percent": 50.0,
+        "boot_time_seconds": BOOT,
+        "uptime_seconds": 3600.0,
+        "agent.cpu_seconds_total": 1.75,
+        "agent.rss_bytes": 48 * 2**20,
+    }
+
+
+def test_sample_duration_comes_from_the_monotonic_clock() -> None:
+    ticks = iter([10.0, 10.25])
+    s = Sampler(SamplerConfig(), ps=FakePs(), clock=lambda: next(ticks))
+
+    assert s.sample()["agent.sample_duration_seconds"] == 0.25
+
+
+def test_missing_function_omits_only_its_series() -> None:
+    values = sampler(NoLoadAverage()).sample()
+
+    assert not [k for k in values if k.startswith("load.")]
+    assert values["memory.total_bytes"] == 16 * GIB
+
+
+def test_raising_source_omits_only_its_series() -> None:
+    values = sampler(BrokenSwap()).sample()
+
+    assert not [k for k in values if k.startswith("swap.")]
+    assert values["memory.total_bytes"] == 16 * GIB
+
+
+def test_unavailable_own_process_omits_only_the_agent_series() -> None:
+    values = sampler(NoProcess()).sample()
+
+    assert "agent.rss_bytes" not in values
+    assert "agent.cpu_seconds_total" not in values
+    assert values["load.1m"] == 1.5
+
+
+def test_non_finite_readings_are_dropped() -> None:
+    """The wire schema rejects NaN and infinity, so they must never reach a report."""
+    ps = FakePs()
+    ps.usage["/"] = Usage(total=0, used=0, free=0, percent=float("nan"))
+
+    values = sampler(ps).sample()
+
+    assert "disk.used_percent[/]" not in values
+    assert values["disk.total_bytes[/]"] == 0
+
+
+def test_disks_skip_pseudo_network_and_image_filesystems() -> None:
+    ps = FakePs()
+    ps.partitions = [
+        Partition("/dev/nvme0n1p2", "/", "ext4", "rw"),
+        Partition("/dev/nvme0n1p3", "/home", "btrfs", "rw"),
+        Partition("/dev/sdb1", "/media/usb", "fuseblk", "rw"),
+        Partition("tmpfs", "/run", "tmpfs", "rw"),
+        Partition("udev", "/dev", "devtmpfs", "rw"),
+        Partition("overlay", "/var/lib/docker/overlay2/x/merged", "overlay", "rw"),
+        Partition("/dev/loop3", "/snap/core22/1380", "squashfs", "ro"),
+        Partition("cgroup2", "/sys/fs/cgroup", "cgroup2", "rw"),
+        Partition("nas:/export", "/mnt/nas", "nfs4", "rw"),
+        Partition("//server/share", "/mnt/share", "cifs", "rw"),
+        Partition("me@host:", "/mnt/ssh", "fuse.sshfs", "rw"),
+        Partition("/dev/sr0", "/media/cdrom", "iso9660", "ro"),
+    ]
+    ps.usage = {p.mountpoint: Usage(100, 40, 60, 40.0) for p in ps.partitions}
+
+    values = sampler(ps).sample()
+
+    prefix = "disk.used_percent["
+    mounts = sorted(k.removeprefix(prefix)[:-1] for k in values if k.startswith(prefix))
+    assert mounts == ["/", "/home", "/media/usb"]
+
+
+def test_a_mount_listed_twice_is_read_once() -> None:
+    ps = FakePs()
+    ps.partitions = [
+        Partition("/dev/sda1", "/", "ext4", "rw"),
+        Partition("/dev/sda1", "/", "ext4", "rw"),
+    ]
+
+    sampler(ps).sample()
+
+    assert ps.usage_reads == ["/"]
+
+
+def test_disks_ask_psutil_for_physical_partitions_only() -> None:
+    ps = FakePs()
+
+    sampler(ps).sample()
+
+    assert ps.partitions_all == [False]
+
+
+def test_disk_series_are_used_free_and_total() -> None:
+    values = sampler().sample()
+
+    assert {k: v for k, v in values.items() if k.startswith("disk.")} == {
+        "disk.used_percent[/]": 80.0,
+        "disk.free_bytes[/]": 100 * GIB,
+        "disk.total_bytes[/]": 500 * GIB,
+    }
+
+
+def test_configured_mounts_are_read_exactly_and_a_missing_one_is_omitted() -> None:
+    ps = FakePs()
+    ps.usage["/data"] = Usage(total=10, used=1, free=9, percent=10.0)
+
+    values = sampler(ps, disk_mounts=("/data", "/gone")).sample()
+
+    assert sorted(k for k in values if k.startswith("disk.")) == [
+        "disk.free_bytes[/data]",
+        "disk.total_bytes[/data]",
+        "disk.used_percent[/data]",
+    ]
+    assert ps.partitions_all == []
+
+
+# ------------------------------------------------------------------ paths
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Path:
+    """A folder with two files (one nested) and symlinks to a big file and folder outside."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "big.bin").write_bytes(b"x" * 10_000)
+    os.utime(outside / "big.bin", (BOOT, BOOT))
+
+    watched = tmp_path / "watched"
+    (watched / "sub").mkdir(parents=True)
+    (watched / "a.txt").write_bytes(b"a" * 100)
+    (watched / "sub" / "b.bin").write_bytes(b"b" * 250)
+    os.utime(watched / "a.txt", (BOOT + 1000, BOOT + 1000))
+    os.utime(watched / "sub" / "b.bin", (BOOT + 1500, BOOT + 1500))
+    (watched / "to-folder").symlink_to(outside, target_is_directory=True)
+    (watched / "to-file").symlink_to(outside / "big.bin")
+    return watched
+
+
+def test_folder_series_sum_regular_files_and_never_follow_symlinks(tree: Path) -> None:
+    values = sampler(paths=(tree,)).sample_paths()
+
+    assert values == {
+        f"path.size_bytes[{tree}]": 350,
+        f"path.count[{tree}]": 5,  # a.txt, sub, sub/b.bin and the two links themselves
+        f"path.age_seconds[{tree}]": 2100.0,  # now is BOOT + 3600, newest file BOOT + 1500
+    }
+
+
+def test_series_are_named_by_the_watch_name_not_the_path(tree: Path) -> None:
+    values = sampler(paths=(PathSpec("spool", tree),)).sample_paths()
+
+    assert values["path.size_bytes[spool]"] == 350
+    assert not any(str(tree) in k for k in values)
+
+
+def test_file_series_are_its_size_and_age(tree: Path) -> None:
+    path = tree / "a.txt"
+
+    values = sampler(paths=(path,)).sample_paths()
+
+    assert values == {
+        f"path.size_bytes[{path}]": 100,
+        f"path.count[{path}]": 1,
+        f"path.age_seconds[{path}]": 2600.0,
+    }
+
+
+def test_missing_path_is_empty_with_no_age(tmp_path: Path) -> None:
+    path = tmp_path / "nothing-here"
+
+    values = sampler(paths=(path,)).sample_paths()
+
+    assert values == {f"path.size_bytes[{path}]": 0, f"path.count[{path}]": 0}
+
+
+def test_file_dated_in_the_future_has_age_zero(tmp_path: Path) -> None:
+    path = tmp_path / "future.log"
+    path.write_text("x")
+    os.utime(path, (BOOT + 9999, BOOT + 9999))
+
+    values = sampler(paths=(path,)).sample_paths()
+
+    assert values[f"path.age_seconds[{path}]"] == 0.0
+
+
+def test_sample_includes_the_path_series(tree: Path) -> None:
+    values = sampler(paths=(tree,)).sample()
+
+    assert values[f"path.size_bytes[{tree}]"] == 350
+    assert values["memory.total_bytes"] == 16 * GIB
+
+
+def test_sample_paths_returns_only_path_series(tree: Path) -> None:
+    values = sampler(paths=(tree,)).sample_paths()
+
+    assert all(k.startswith("path.") for k in values)
+
+
+def test_folder_walk_stops_at_the_entry_bound(tree: Path) -> None:
+    found = scan_path(tree, max_entries=3)
+
+    assert (found.count, found.truncated) == (3, True)
+
+
+def test_empty_folder_has_no_newest_file(tmp_path: Path) -> None:
+    assert scan_path(tmp_path) == PathStats(size_bytes=0, count=0, newest_mtime=None)
+
+
+# ------------------------------------------------------------------ the real psutil
+
+
+def test_real_psutil_core_series_are_sane_after_two_samples() -> None:
+    s = Sampler(SamplerConfig())
+    s.sample()
+    values = s.sample()
+    deadline = time.monotonic() + 2.0
+    # Back-to-back calls can land in the same clock tick: no CPU time elapsed, no rate yet.
+    while "cpu.busy_percent" not in values and time.monotonic() < deadline:
+        time.sleep(0.02)
+        values = s.sample()
+
+    assert 0.0 <= values["cpu.busy_percent"] <= 100.0
+    assert values["cpu.count"] >= 1
+    assert 0 < values["memory.available_bytes"] <= values["memory.total_bytes"]
+    assert 0.0 <= values["memory.used_percent"] <= 100.0
+    assert 0.0 <= values["swap.used_percent"] <= 100.0
+    assert 0 < values["uptime_seconds"] < 10 * 365 * 86400
+    assert values["agent.rss_bytes"] > 1_000_000
+    assert values["agent.cpu_seconds_total"] > 0
+    disks = [v for k, v in values.items() if k.startswith("disk.used_percent[")]
+    assert disks
+    assert all(0.0 <= v <= 100.0 for v in disks)
