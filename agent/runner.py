@@ -1,0 +1,421 @@
+"""Run one remediation script safely, and gate how often remediations may run.
+
+The agent runs admin-written scripts with its own privileges (often root) on people's
+machines, so :func:`run_script` is deliberately strict: never a shell string, only
+scripts whose real path lies inside an allowed folder, a minimal clean environment,
+stdin from ``/dev/null``, a hard timeout that kills the whole process group, and an
+output excerpt whose memory use is bounded by the cap whatever the script prints.
+
+It never raises for a script problem: a script that is missing, outside the allowed
+folders, not executable or writable by others while we are root comes back as a
+:class:`ScriptResult` with ``error`` set, because a broken remediation is a normal
+outcome to report, not a crash of the agent.
+
+Known limits: a grandchild that starts its own session (``setsid``, double fork) leaves
+the process group and cannot be killed by it; containing that needs cgroups (Linux) or
+Job Objects (Windows). On Windows only the direct child is terminated for now.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import math
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of the process group
+_DRAIN_S = 1.0  # how long to wait for the output pipe's EOF once the group is dead
+_REAP_S = 5.0  # how long to wait for the killed child to be reaped
+_READ_CHUNK = 64 * 1024
+_POSIX = os.name == "posix"
+_POSIX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# Windows programs misbehave without these, and they carry no user-controlled content.
+_WINDOWS_ENV_KEEP = ("SYSTEMROOT", "WINDIR", "COMSPEC", "PATHEXT", "TEMP", "TMP", "PATH")
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptResult:
+    """What one script run did.
+
+    ``exit_code`` is ``None`` when the script never started or was killed on timeout; a
+    negative value ``-N`` means the script was killed by signal ``N`` (not by us).
+    ``output`` is a stdout+stderr excerpt decoded as UTF-8 (bad bytes replaced); when
+    ``truncated`` it is the head and tail joined by a ``...[truncated N bytes]...`` line.
+    ``duration_s`` is wall-clock seconds from start to reaping. ``error`` says why the
+    script could not run (``None`` when it ran). ``script_sha256`` is the hex digest of
+    the script's bytes, ``""`` when it could not be read or was refused before reading
+    (missing, outside the allowed folders, not a regular file).
+    """
+
+    exit_code: int | None
+    output: str
+    truncated: bool
+    duration_s: float
+    timed_out: bool
+    error: str | None
+    script_sha256: str
+
+
+async def run_script(
+    script: Path,
+    *,
+    allowed_roots: Sequence[Path],
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    timeout_s: float,
+    output_cap_bytes: int,
+    cwd: Path | None = None,
+) -> ScriptResult:
+    """Run ``script`` with ``args`` and return what happened; never raises for script faults.
+
+    The interpreter follows the suffix: ``.sh`` runs via ``/bin/sh``, ``.py`` via this
+    Python, ``.ps1`` via ``powershell -NoProfile -NonInteractive -File``; anything else is
+    executed directly and must be executable. The script's real path must lie inside one
+    of ``allowed_roots`` (after resolving symlinks); when the agent runs as root the script
+    must not be group- or world-writable.
+
+    The child gets a clean environment (``PATH``, ``LANG=C.UTF-8``, ``HOME``) updated with
+    ``env``, stdin from the null device, and runs in ``cwd`` (default: the script's folder)
+    in its own session. After ``timeout_s`` seconds its process group gets SIGTERM, then
+    SIGKILL :data:`KILL_GRACE_S` seconds later; leftovers of a script that exited on its
+    own are killed the same way. At most ``output_cap_bytes`` characters of output are
+    kept (head and tail, the truncation marker included).
+    """
+    started = time.monotonic()
+
+    def failed(reason: str, sha: str = "") -> ScriptResult:
+        return ScriptResult(None, "", False, time.monotonic() - started, False, reason, sha)
+
+    real, problem = _vet_script(Path(script), allowed_roots)
+    if real is None:
+        return failed(problem or "script refused")
+    sha = _sha256(real)
+    if problem:
+        return failed(problem, sha)
+    try:
+        child_env = _child_env(env)
+    except ValueError as exc:
+        return failed(str(exc), sha)
+
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *_command(real),
+            *args,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=child_env,
+            cwd=str(cwd if cwd is not None else real.parent),
+            **_session_kwargs(),
+        )
+    except (OSError, ValueError) as exc:
+        # ENOEXEC (no shebang), EACCES, a missing interpreter, a NUL byte in an argument.
+        return failed(f"cannot start {real}: {_describe(exc)}", sha)
+
+    capture = _HeadTail(output_cap_bytes)
+    assert proc.stdout is not None
+    reader = asyncio.create_task(_pump(proc.stdout, capture))
+    stopped = False
+    try:
+        timed_out = not await _exited(proc, timeout_s)
+        # Also after a normal exit: background children the script left behind must not
+        # outlive the run (they would hold the output pipe open and escape the timeout).
+        await _stop_group(proc, reader)
+        stopped = True
+    finally:
+        if not stopped:  # cancelled mid-run: never leave the tree behind
+            _signal_tree(proc, _SIGKILL)
+        if not reader.done():
+            reader.cancel()
+            # asyncio's Process has no public close(); without this a pipe still held by
+            # a grandchild that escaped the group would keep the transport open.
+            proc._transport.close()  # type: ignore[attr-defined]
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+
+    output, truncated = capture.result()
+    return ScriptResult(
+        exit_code=None if timed_out else proc.returncode,
+        output=output,
+        truncated=truncated,
+        duration_s=time.monotonic() - started,
+        timed_out=timed_out,
+        error=None,
+        script_sha256=sha,
+    )
+
+
+def _vet_script(script: Path, allowed_roots: Sequence[Path]) -> tuple[Path | None, str | None]:
+    """(real path, refusal reason). Real path is None when the script cannot even be hashed."""
+    try:
+        real = script.resolve(strict=True)
+    except (OSError, RuntimeError):  # RuntimeError: symlink loop on older Pythons
+        return None, f"script not found: {script}"
+    roots = [Path(os.path.realpath(r)) for r in allowed_roots]
+    if not any(real.is_relative_to(r) for r in roots):
+        shown = ", ".join(str(r) for r in roots) or "none configured"
+        return None, f"script {real} is outside the allowed folders ({shown})"
+    try:
+        st = real.stat()
+    except OSError as exc:
+        return None, f"cannot stat script {real}: {_describe(exc)}"
+    if not stat.S_ISREG(st.st_mode):
+        return None, f"script {real} is not a regular file"
+    if _POSIX and os.geteuid() == 0 and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        # Anyone who can write the script could run code as root through us.
+        return real, f"script {real} is group- or world-writable; refusing to run it as root"
+    if _POSIX and _interpreter(real) is None and not st.st_mode & 0o111:
+        return real, f"script {real} is not executable (chmod +x, or use .sh, .py or .ps1)"
+    return real, None
+
+
+def _interpreter(script: Path) -> list[str] | None:
+    suffix = script.suffix.lower()
+    if suffix == ".sh":
+        return ["/bin/sh"]
+    if suffix == ".py":
+        return [sys.executable]
+    if suffix == ".ps1":
+        return ["powershell", "-NoProfile", "-NonInteractive", "-File"]
+    return None
+
+
+def _command(script: Path) -> list[str]:
+    return [*(_interpreter(script) or []), str(script)]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        with path.open("rb") as f:
+            for block in iter(lambda: f.read(_READ_CHUNK), b""):
+                digest.update(block)
+    except OSError:
+        return ""
+    return digest.hexdigest()
+
+
+def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    """The minimal environment plus ``extra``; a bad name or value raises ValueError."""
+    if _POSIX:
+        base = {"PATH": _POSIX_PATH, "LANG": "C.UTF-8", "HOME": os.path.expanduser("~")}
+    else:
+        base = {k: os.environ[k] for k in _WINDOWS_ENV_KEEP if k in os.environ}
+        base |= {"LANG": "C.UTF-8", "HOME": os.path.expanduser("~")}
+    for name, value in (extra or {}).items():
+        if not name or "=" in name or "\0" in name:
+            raise ValueError(f"bad environment variable name {name!r}")
+        if "\0" in value:
+            raise ValueError(f"environment variable {name} contains a NUL byte")
+        base[name] = value
+    return base
+
+
+def _session_kwargs() -> dict[str, object]:
+    if _POSIX:
+        return {"start_new_session": True}
+    return {"creationflags": getattr(subprocess, "CREATE_NEW_PROCESS_GROUP", 0)}
+
+
+_SIGKILL = getattr(signal, "SIGKILL", signal.SIGTERM)
+
+
+def _signal_tree(proc: asyncio.subprocess.Process, sig: int) -> None:
+    """Send ``sig`` to the child's whole process group (POSIX) or the child (Windows)."""
+    try:
+        if _POSIX:
+            # The child is the group leader (own session), so its pid is the group id. The
+            # group id stays reserved while any member lives, so it cannot be recycled
+            # under us; once all members are gone the kill is a harmless ESRCH.
+            os.killpg(proc.pid, sig)
+        elif proc.returncode is None and sig == signal.SIGTERM:
+            proc.terminate()
+        elif proc.returncode is None:
+            proc.kill()
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+async def _stop_group(proc: asyncio.subprocess.Process, reader: asyncio.Task[None]) -> None:
+    """SIGTERM the group, give it the grace period, SIGKILL it, reap the child, drain output.
+
+    "Gone" is judged by the child having exited and the output pipe reaching EOF (every
+    member that still holds it has exited). Polling the group with ``killpg(pgid, 0)``
+    would be fooled by zombies where PID 1 does not reap orphans, as in many containers.
+    """
+    _signal_tree(proc, signal.SIGTERM)
+    started = time.monotonic()
+    if await _exited(proc, KILL_GRACE_S):
+        with contextlib.suppress(TimeoutError):
+            left = KILL_GRACE_S - (time.monotonic() - started)
+            await asyncio.wait_for(asyncio.shield(reader), max(0.0, left))
+    _signal_tree(proc, _SIGKILL)
+    await _exited(proc, _REAP_S)
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(asyncio.shield(reader), _DRAIN_S)
+
+
+async def _exited(proc: asyncio.subprocess.Process, timeout_s: float) -> bool:
+    """Wait up to ``timeout_s`` for the child itself to exit; True if it did.
+
+    Not ``proc.wait()``: asyncio's also waits for every output pipe to close, so a
+    background grandchild holding stdout would make a finished script look hung
+    (python/cpython#119710). ``returncode`` is set as soon as the child is reaped, so
+    poll it, backing off from 1 ms to 50 ms.
+    """
+    deadline = time.monotonic() + timeout_s
+    pause = 0.001
+    while proc.returncode is None:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return False
+        await asyncio.sleep(min(pause, left))
+        pause = min(pause * 2, 0.05)
+    return True
+
+
+async def _pump(stream: asyncio.StreamReader, capture: _HeadTail) -> None:
+    while chunk := await stream.read(_READ_CHUNK):
+        capture.feed(chunk)
+
+
+class _HeadTail:
+    """Keeps the first and last bytes of a stream within ``cap``; memory is O(cap)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = max(0, cap)
+        self.head_cap = self.cap // 2
+        self.tail_cap = self.cap - self.head_cap
+        self.head = bytearray()
+        self.tail = bytearray()  # a ring of the latest bytes, trimmed from the front
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.head_cap - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if not chunk or self.tail_cap == 0:
+            return
+        if len(chunk) >= self.tail_cap:
+            self.tail = bytearray(chunk[-self.tail_cap :])
+        else:
+            self.tail += chunk
+            del self.tail[: max(0, len(self.tail) - self.tail_cap)]
+
+    def result(self) -> tuple[str, bool]:
+        """(text, truncated). Truncated text, marker included, fits in ``cap`` characters."""
+        if self.total <= self.cap:
+            return (self.head + self.tail).decode("utf-8", errors="replace"), False
+        # Reserve room for the marker so the excerpt, marker included, stays within the cap
+        # (and so within the wire's output limit); ``total`` bounds the digits of N.
+        budget = max(0, self.cap - len(_marker(self.total)))
+        head_keep = budget // 2
+        tail_keep = min(budget - head_keep, len(self.tail))
+        head = _cut_utf8_end(bytes(self.head[:head_keep]))
+        tail = _cut_utf8_start(bytes(self.tail[len(self.tail) - tail_keep :]))
+        dropped = self.total - len(head) - len(tail)
+        text = head.decode("utf-8", errors="replace") + _marker(dropped)
+        return text + tail.decode("utf-8", errors="replace"), True
+
+
+def _marker(dropped: int) -> str:
+    return f"\n...[truncated {dropped} bytes]...\n"
+
+
+def _cut_utf8_end(data: bytes) -> bytes:
+    """Drop a multi-byte character split by the cut at the end (else it decodes as U+FFFD)."""
+    for back in range(1, min(4, len(data)) + 1):
+        byte = data[-back]
+        if byte & 0xC0 != 0x80:  # found the lead (or ASCII) byte of the last character
+            need = 1 if byte < 0x80 else 2 if byte >> 5 == 0b110 else 3 if byte >> 4 == 0xE else 4
+            return data if need <= back else data[:-back]
+    return data
+
+
+def _cut_utf8_start(data: bytes) -> bytes:
+    """Drop continuation bytes left at the start by the cut (at most three)."""
+    skip = 0
+    while skip < min(3, len(data)) and data[skip] & 0xC0 == 0x80:
+        skip += 1
+    return data[skip:]
+
+
+def _describe(exc: BaseException) -> str:
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+
+
+class AlreadyRunning(RuntimeError):
+    """:meth:`RunGate.slot` was entered for a key that is already running."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"{key} is already running")
+
+
+class RunGate:
+    """Decides whether a remediation may run now, and holds its place while it runs.
+
+    Keys are ``"<remediation id>:<check id>"`` (any string works). Per key: at most one
+    run at a time, and ``cooldown_s`` seconds between the end of one run and the start of
+    the next. Globally: at most ``max_concurrent`` runs at once; extra runs wait for a
+    slot. ``clock`` returns seconds and only needs to be monotonic.
+
+    Use :meth:`check` then enter :meth:`slot` without awaiting in between::
+
+        if (reason := gate.check(key, remediation.cooldown_s)) is None:
+            async with gate.slot(key):
+                result = await run_script(...)
+    """
+
+    def __init__(
+        self, max_concurrent: int = 2, *, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        if max_concurrent < 1:
+            raise ValueError(f"max_concurrent must be at least 1 (got {max_concurrent!r})")
+        self._clock = clock
+        self._slots = asyncio.Semaphore(max_concurrent)
+        self._running: set[str] = set()
+        self._last_run: dict[str, float] = {}
+
+    def check(self, key: str, cooldown_s: float) -> str | None:
+        """``None`` when ``key`` may run now, else why not (``"cooldown: 42s left"``)."""
+        if key in self._running:
+            return "already running"
+        last = self._last_run.get(key)
+        if last is not None:
+            left = last + cooldown_s - self._clock()
+            if left > 0:
+                return f"cooldown: {math.ceil(left)}s left"
+        return None
+
+    @contextlib.asynccontextmanager
+    async def slot(self, key: str) -> AsyncIterator[None]:
+        """Hold a global slot for ``key``; its cooldown starts when the block exits.
+
+        ``key`` counts as running from the moment of entry, also while it waits for a
+        slot, so a second trigger is refused rather than queued. Raises
+        :class:`AlreadyRunning` if ``key`` is already inside a slot. A run cancelled while
+        still waiting never ran, so it starts no cooldown.
+        """
+        if key in self._running:
+            raise AlreadyRunning(key)
+        self._running.add(key)
+        try:
+            async with self._slots:
+                try:
+                    yield
+                finally:
+                    self._last_run[key] = self._clock()
+        finally:
+            self._running.discard(key)
