@@ -1,0 +1,263 @@
+"""The shipper: delivers outbox batches to the collector over HTTP(S), with backoff.
+
+One call to :meth:`Shipper.ship` sends batches until the outbox is empty, a limit is
+reached or a send fails. A batch is deleted from the outbox only after a 2xx response;
+a failed batch is sent again later under the same ``batch_id`` with the same events, and
+the collector treats a repeated ``batch_id`` as already done (at-least-once delivery,
+exactly-once effect).
+
+How responses are handled:
+
+* **2xx**: acknowledged; the batch is deleted and the failure count resets.
+* **429 / 503**: the collector is shedding load. A ``Retry-After`` (seconds or an HTTP
+  date) sets the wait; without one the exponential backoff below applies.
+* **408, other 5xx, connection errors, timeouts**: transient. Exponential backoff with
+  full jitter: the n-th consecutive failure waits ``uniform(0, min(300, 1 * 2**n))``
+  seconds (n from 0), see https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/.
+* **Any other status (4xx, 3xx)**: the collector refuses this batch or this agent (bad
+  token, schema rejected, wrong URL). Retrying at once cannot help, but deleting data
+  would lose it for good, so the batch is *kept*, the response text is logged at ERROR,
+  and the shipper backs off for :data:`REJECTED_BACKOFF_S` (5 minutes). A fixed token or
+  collector then lets the same batch through; a truly poisoned batch blocks the queue and
+  keeps logging, which is the loud failure an admin needs to see.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import gzip
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import aiohttp
+
+from agent import wire
+from agent.config import CollectorTarget
+from agent.identity import Identity
+from agent.outbox import Batch, Outbox
+
+log = logging.getLogger("vigil.agent.shipper")
+
+REPORTS_PATH = "/api/v1/reports"
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 300.0
+REJECTED_BACKOFF_S = 300.0
+# A Retry-After longer than this is treated as a collector misconfiguration, not obeyed.
+MAX_RETRY_AFTER_S = 3600.0
+# How much of a rejection's response body goes into the log (characters).
+_LOGGED_BODY_CHARS = 2000
+
+
+@dataclass(frozen=True, slots=True)
+class ShipResult:
+    """What one :meth:`Shipper.ship` call achieved.
+
+    ``error`` is the last error (``None`` when everything pending was delivered, or when
+    ``max_batches`` was reached without error); ``retry_after_s`` is the wait the collector
+    asked for with ``Retry-After`` (429/503), else ``None``.
+    """
+
+    sent_batches: int
+    sent_events: int
+    error: str | None
+    retry_after_s: float | None
+
+
+class Shipper:
+    """Sends the outbox to one collector; see the module docstring for retry rules.
+
+    ``session``: an aiohttp session owned by the caller (not closed by :meth:`close`); when
+    omitted, one is created on the first :meth:`ship`, inside the running loop, and closed
+    by :meth:`close`. ``clock`` gives wall-clock seconds (used for ``sent_at`` and backoff
+    windows); ``rng`` draws the backoff jitter.
+    """
+
+    def __init__(
+        self,
+        target: CollectorTarget,
+        outbox: Outbox,
+        identity: Identity,
+        *,
+        agent_version: str,
+        batch_max_events: int = 500,
+        session: aiohttp.ClientSession | None = None,
+        clock: Callable[[], float] = time.time,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 1 <= batch_max_events <= wire.MAX_EVENTS:
+            raise ValueError(
+                f"batch_max_events: must be 1-{wire.MAX_EVENTS}, got {batch_max_events!r}"
+            )
+        self._target = target
+        self._outbox = outbox
+        self._identity = identity
+        self._agent_version = agent_version
+        self._batch_max_events = batch_max_events
+        self._session = session
+        self._owns_session = session is None
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._url = target.url.rstrip("/") + REPORTS_PATH
+        self._timeout = aiohttp.ClientTimeout(total=target.timeout_s)
+        self._failures = 0
+        self._backoff_until = 0.0
+        # Two overlapping ship() calls (report interval + urgent event) would otherwise
+        # both send the in-flight batch.
+        self._lock = asyncio.Lock()
+
+    @property
+    def backoff_until(self) -> float:
+        """Clock time before which :meth:`ship` will not send; 0.0 when not backing off."""
+        return self._backoff_until
+
+    async def ship(self, *, max_batches: int = 50) -> ShipResult:
+        """Send pending batches until the outbox is empty, ``max_batches`` or an error.
+
+        Inside a backoff window it returns at once with ``error="backing off"`` and sends
+        nothing. Never raises for delivery problems; they are reported in the result.
+        """
+        async with self._lock:
+            if self._clock() < self._backoff_until:
+                return ShipResult(0, 0, "backing off", None)
+            sent_batches = sent_events = 0
+            for _ in range(max_batches):
+                batch = self._outbox.next_batch(self._batch_max_events)
+                if batch is None:
+                    break
+                error, retry_after = await self._send(batch)
+                if error is not None:
+                    return ShipResult(sent_batches, sent_events, error, retry_after)
+                self._outbox.ack(batch.batch_id)
+                self._failures = 0
+                self._backoff_until = 0.0
+                sent_batches += 1
+                sent_events += len(batch.events)
+            return ShipResult(sent_batches, sent_events, None, None)
+
+    async def close(self) -> None:
+        """Close the HTTP session if this shipper created it."""
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    # ----------------------------------------------------------------- internals
+
+    async def _send(self, batch: Batch) -> tuple[str | None, float | None]:
+        """POST one batch; returns ``(error, retry_after_s)``, error ``None`` on success.
+
+        Sets the backoff window on failure.
+        """
+        body = gzip.compress(self._encode(batch), mtime=0)
+        headers = {
+            "Authorization": f"Bearer {self._target.token}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        }
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        try:
+            async with self._session.post(
+                self._url,
+                data=body,
+                headers=headers,
+                timeout=self._timeout,
+                # A redirect means a wrong URL; following it would turn the POST into a GET.
+                allow_redirects=False,
+            ) as resp:
+                status = resp.status
+                if 200 <= status < 300:
+                    log.debug("delivered batch %s (%d events)", batch.batch_id, len(batch.events))
+                    return None, None
+                text = await _read_text(resp)
+                retry_header = resp.headers.get("Retry-After")
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            error = f"cannot reach collector at {self._url}: {_describe(exc)}"
+            self._transient_failure(error)
+            return error, None
+
+        error = f"collector answered HTTP {status} for batch {batch.batch_id}: {text[:200]}"
+        if status in (429, 503):
+            retry_after = _parse_retry_after(retry_header, self._clock())
+            if retry_after is not None:
+                self._failures += 1
+                self._backoff_until = self._clock() + retry_after
+                log.warning("%s; retrying in %.1f s as asked", error, retry_after)
+                return error, retry_after
+            self._transient_failure(error)
+            return error, None
+        if status == 408 or status >= 500:
+            self._transient_failure(error)
+            return error, None
+        self._failures += 1
+        self._backoff_until = self._clock() + REJECTED_BACKOFF_S
+        log.error(
+            "collector REJECTED batch %s (%d events) with HTTP %d; the batch is kept and "
+            "will be retried in %.0f s. Fix the cause (token, URL, collector version). "
+            "Response: %s",
+            batch.batch_id,
+            len(batch.events),
+            status,
+            REJECTED_BACKOFF_S,
+            text[:_LOGGED_BODY_CHARS],
+        )
+        return error, None
+
+    def _encode(self, batch: Batch) -> bytes:
+        report = wire.Report(
+            schema_version=wire.SCHEMA_VERSION,
+            agent_id=self._identity.agent_id,
+            hostname=self._identity.hostname,
+            labels=dict(self._identity.labels),
+            batch_id=batch.batch_id,
+            sent_at=self._clock(),
+            agent_version=self._agent_version,
+            events=batch.events,
+        )
+        return wire.encode_report(report)
+
+    def _transient_failure(self, error: str) -> None:
+        """Exponential backoff with full jitter after a failure that may pass by itself."""
+        # Exponent capped so 2**n stays a small float however long the outage lasts.
+        ceiling = min(BACKOFF_CAP_S, BACKOFF_BASE_S * 2 ** min(self._failures, 32))
+        delay = self._rng.uniform(0, ceiling)
+        self._failures += 1
+        self._backoff_until = self._clock() + delay
+        log.warning("%s; attempt %d failed, retrying in %.1f s", error, self._failures, delay)
+
+
+async def _read_text(resp: aiohttp.ClientResponse) -> str:
+    """The start of a response body as text, for logs; never raises for odd encodings."""
+    raw = await resp.content.read(_LOGGED_BODY_CHARS * 4)
+    return raw.decode("utf-8", errors="replace").strip()
+
+
+def _parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date).
+
+    ``None`` when missing, unparseable or absurd (over :data:`MAX_RETRY_AFTER_S`), so the
+    caller falls back to its own backoff.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - now
+    if seconds != seconds or seconds > MAX_RETRY_AFTER_S:  # NaN, or absurdly long
+        return None
+    return max(0.0, seconds)  # a date in the past means "now"
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

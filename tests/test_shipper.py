@@ -1,0 +1,498 @@
+"""The shipper against a real HTTP server on 127.0.0.1 that answers as scripted."""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import gzip
+import logging
+import socket
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from agent import wire
+from agent.config import CollectorTarget
+from agent.identity import Identity
+from agent.outbox import Outbox
+from agent.shipper import REJECTED_BACKOFF_S, Shipper, ShipResult
+
+T = TypeVar("T")
+TOKEN = "s3cret-token"
+IDENTITY = Identity(agent_id="a" * 32, hostname="ws-042", labels={"site": "paris"})
+
+
+class FakeClock:
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeRng:
+    """Draws ``fraction`` of the way up the range it is asked for, and records the ranges."""
+
+    def __init__(self, fraction: float = 1.0) -> None:
+        self.fraction = fraction
+        self.ranges: list[tuple[float, float]] = []
+
+    def uniform(self, a: float, b: float) -> float:
+        self.ranges.append((a, b))
+        return a + (b - a) * self.fraction
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    headers: dict[str, str] = field(default_factory=dict)
+    text: str = ""
+    hang: bool = False  # never answer (until the server stops): a timeout for the client
+
+
+@dataclass(frozen=True)
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def report(self) -> wire.Report:
+        return wire.decode_report(gzip.decompress(self.body))
+
+
+class FakeCollector:
+    """A real aiohttp server answering with ``replies`` in order, then 200s.
+
+    It does not decompress request bodies itself, so tests see exactly what was sent.
+    """
+
+    def __init__(self, *replies: Reply) -> None:
+        self.replies = list(replies)
+        self.received: list[Received] = []
+        self._release = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+
+    async def _handle(self, request: web.Request) -> web.Response:
+        self.received.append(Received(dict(request.headers), await request.read()))
+        reply = self.replies.pop(0) if self.replies else Reply()
+        if reply.hang:
+            await self._release.wait()
+        return web.Response(status=reply.status, headers=reply.headers, text=reply.text)
+
+    async def __aenter__(self) -> str:
+        app = web.Application()
+        app.router.add_post("/api/v1/reports", self._handle)
+        self._runner = web.AppRunner(app, auto_decompress=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        host, port = self._runner.addresses[0][:2]
+        return f"http://{host}:{port}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release.set()
+        assert self._runner is not None
+        await self._runner.cleanup()
+
+
+def make_shipper(
+    url: str,
+    outbox: Outbox,
+    clock: FakeClock,
+    rng: FakeRng | None = None,
+    **kwargs: Any,
+) -> Shipper:
+    target = CollectorTarget(url=url, token=TOKEN, timeout_s=kwargs.pop("timeout_s", 5.0))
+    return Shipper(
+        target,
+        outbox,
+        IDENTITY,
+        agent_version="9.9.9-test",
+        clock=clock,
+        rng=rng or FakeRng(),
+        **kwargs,
+    )
+
+
+def metrics(n: int) -> wire.MetricsEvent:
+    return wire.MetricsEvent(
+        event_id=uuid.uuid4().hex, seq=0, time=float(n), values={"cpu.busy_percent": 1.0 * n}
+    )
+
+
+@pytest.fixture
+def outbox(tmp_path: Path) -> Iterator[Outbox]:
+    box = Outbox(tmp_path / "outbox.db")
+    yield box
+    box.close()
+
+
+def fill(outbox: Outbox, n: int) -> list[str]:
+    events = [metrics(i) for i in range(n)]
+    for e in events:
+        outbox.put(e)
+    return [e.event_id for e in events]
+
+
+def free_port() -> int:
+    """A port nothing listens on (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_against(
+    collector: FakeCollector,
+    outbox: Outbox,
+    clock: FakeClock,
+    steps: Callable[[Shipper], Awaitable[T]],
+    **kwargs: Any,
+) -> T:
+    """Start ``collector``, run ``steps`` with a shipper pointed at it, stop everything."""
+
+    async def main() -> T:
+        async with collector as url:
+            shipper = make_shipper(url, outbox, clock, **kwargs)
+            try:
+                return await steps(shipper)
+            finally:
+                await shipper.close()
+
+    return asyncio.run(main())
+
+
+def ship_once(shipper: Shipper) -> Awaitable[ShipResult]:
+    return shipper.ship()
+
+
+# ------------------------------------------------------------------ delivery
+
+
+def test_delivers_pending_events_and_acks_them(outbox: Outbox) -> None:
+    ids = fill(outbox, 3)
+    collector = FakeCollector()
+
+    result = run_against(collector, outbox, FakeClock(), ship_once)
+
+    assert result == ShipResult(sent_batches=1, sent_events=3, error=None, retry_after_s=None)
+    assert outbox.depth() == 0
+    assert [e.event_id for e in collector.received[0].report.events] == ids
+
+
+def test_the_request_is_gzipped_json_with_the_bearer_token(outbox: Outbox) -> None:
+    fill(outbox, 1)
+    collector = FakeCollector()
+
+    run_against(collector, outbox, FakeClock(), ship_once)
+
+    (request,) = collector.received
+    assert request.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert request.headers["Content-Type"] == "application/json"
+    assert request.headers["Content-Encoding"] == "gzip"
+    assert request.body[:2] == b"\x1f\x8b"  # gzip magic: the body really is compressed
+
+
+def test_the_report_carries_identity_version_time_and_seqs(outbox: Outbox) -> None:
+    seqs = [outbox.put(metrics(i)) for i in range(2)]
+    clock = FakeClock(1_234_567.5)
+    collector = FakeCollector()
+
+    run_against(collector, outbox, clock, ship_once)
+
+    report = collector.received[0].report
+    assert report.schema_version == wire.SCHEMA_VERSION
+    assert (report.agent_id, report.hostname, report.labels) == (
+        IDENTITY.agent_id,
+        IDENTITY.hostname,
+        IDENTITY.labels,
+    )
+    assert report.agent_version == "9.9.9-test"
+    assert report.sent_at == 1_234_567.5
+    assert [e.seq for e in report.events] == seqs
+
+
+def test_sends_batch_after_batch_until_the_outbox_is_empty(outbox: Outbox) -> None:
+    fill(outbox, 5)
+    collector = FakeCollector()
+
+    result = run_against(collector, outbox, FakeClock(), ship_once, batch_max_events=2)
+
+    assert (result.sent_batches, result.sent_events, result.error) == (3, 5, None)
+    assert [len(r.report.events) for r in collector.received] == [2, 2, 1]
+    assert outbox.depth() == 0
+
+
+def test_stops_after_max_batches_leaving_the_rest(outbox: Outbox) -> None:
+    fill(outbox, 5)
+
+    result = run_against(
+        FakeCollector(),
+        outbox,
+        FakeClock(),
+        lambda shipper: shipper.ship(max_batches=1),
+        batch_max_events=2,
+    )
+
+    assert (result.sent_batches, result.error) == (1, None)
+    assert outbox.depth() == 3
+
+
+def test_nothing_pending_sends_nothing(outbox: Outbox) -> None:
+    collector = FakeCollector()
+
+    result = run_against(collector, outbox, FakeClock(), ship_once)
+
+    assert result == ShipResult(0, 0, None, None)
+    assert collector.received == []
+
+
+def test_overlapping_ship_calls_send_each_batch_once(outbox: Outbox) -> None:
+    fill(outbox, 4)
+    collector = FakeCollector()
+
+    async def twice(shipper: Shipper) -> list[ShipResult]:
+        return list(await asyncio.gather(shipper.ship(), shipper.ship()))
+
+    results = run_against(collector, outbox, FakeClock(), twice, batch_max_events=2)
+
+    assert sum(r.sent_events for r in results) == 4
+    assert len(collector.received) == 2
+
+
+def test_a_session_passed_in_is_used_and_left_open(outbox: Outbox) -> None:
+    fill(outbox, 1)
+
+    async def main() -> tuple[ShipResult, bool]:
+        async with FakeCollector() as url, aiohttp.ClientSession() as session:
+            shipper = make_shipper(url, outbox, FakeClock(), session=session)
+            result = await shipper.ship()
+            await shipper.close()
+            return result, session.closed
+
+    result, closed = asyncio.run(main())
+
+    assert result.sent_events == 1
+    assert not closed
+
+
+# ------------------------------------------------------------------ failures and retries
+
+
+def test_after_a_500_the_same_batch_is_resent_and_nothing_is_lost(outbox: Outbox) -> None:
+    ids = fill(outbox, 3)
+    clock = FakeClock()
+    collector = FakeCollector(Reply(500, text="database locked"))
+
+    async def steps(shipper: Shipper) -> tuple[ShipResult, ShipResult]:
+        failed = await shipper.ship()
+        clock.now = shipper.backoff_until
+        return failed, await shipper.ship()
+
+    failed, retried = run_against(collector, outbox, clock, steps)
+
+    first, second = (r.report for r in collector.received)
+    assert "500" in (failed.error or "")
+    assert retried.error is None
+    assert second.batch_id == first.batch_id
+    assert [e.event_id for e in second.events] == ids
+    assert outbox.depth() == 0
+
+
+def test_inside_the_backoff_window_ship_does_not_send(outbox: Outbox) -> None:
+    fill(outbox, 1)
+    clock = FakeClock()
+    collector = FakeCollector(Reply(500))
+
+    async def steps(shipper: Shipper) -> ShipResult:
+        await shipper.ship()
+        clock.now = shipper.backoff_until - 0.01
+        return await shipper.ship()
+
+    result = run_against(collector, outbox, clock, steps)
+
+    assert result == ShipResult(0, 0, "backing off", None)
+    assert len(collector.received) == 1
+
+
+@pytest.mark.parametrize("status", [429, 503], ids=["429-too-many", "503-unavailable"])
+def test_retry_after_seconds_sets_the_backoff_window(outbox: Outbox, status: int) -> None:
+    fill(outbox, 2)
+    clock = FakeClock()
+    collector = FakeCollector(Reply(status, headers={"Retry-After": "7"}))
+
+    async def steps(shipper: Shipper) -> tuple[ShipResult, float]:
+        return await shipper.ship(), shipper.backoff_until
+
+    result, until = run_against(collector, outbox, clock, steps)
+
+    assert result.retry_after_s == 7.0
+    assert until == pytest.approx(clock.now + 7.0)
+    assert outbox.depth() == 2
+
+
+def test_retry_after_as_an_http_date_is_understood(outbox: Outbox) -> None:
+    fill(outbox, 1)
+    clock = FakeClock(1_700_000_000.0)
+    date = email.utils.formatdate(clock.now + 30, usegmt=True)
+    collector = FakeCollector(Reply(429, headers={"Retry-After": date}))
+
+    async def steps(shipper: Shipper) -> float:
+        await shipper.ship()
+        return shipper.backoff_until
+
+    assert run_against(collector, outbox, clock, steps) == pytest.approx(clock.now + 30)
+
+
+@pytest.mark.parametrize(
+    "retry_after",
+    [None, "soon", "86400000"],
+    ids=["missing", "unparseable", "absurdly-long"],
+)
+def test_without_a_usable_retry_after_429_falls_back_to_exponential_backoff(
+    outbox: Outbox, retry_after: str | None
+) -> None:
+    fill(outbox, 1)
+    clock = FakeClock()
+    headers = {} if retry_after is None else {"Retry-After": retry_after}
+    collector = FakeCollector(Reply(429, headers=headers))
+
+    async def steps(shipper: Shipper) -> tuple[ShipResult, float]:
+        return await shipper.ship(), shipper.backoff_until
+
+    result, until = run_against(collector, outbox, clock, steps, rng=FakeRng(1.0))
+
+    assert result.retry_after_s is None
+    assert until == clock.now + 1.0
+
+
+@pytest.mark.parametrize(
+    "status", [408, 500, 502, 504], ids=["408-timeout", "500", "502-bad-gateway", "504"]
+)
+def test_transient_statuses_back_off_briefly_and_keep_the_events(
+    outbox: Outbox, status: int
+) -> None:
+    fill(outbox, 2)
+    clock = FakeClock()
+    collector = FakeCollector(Reply(status))
+
+    async def steps(shipper: Shipper) -> tuple[ShipResult, float]:
+        return await shipper.ship(), shipper.backoff_until
+
+    result, until = run_against(collector, outbox, clock, steps, rng=FakeRng(1.0))
+
+    assert str(status) in (result.error or "")
+    assert until == clock.now + 1.0
+    assert outbox.depth() == 2
+
+
+def test_backoff_grows_exponentially_with_full_jitter_up_to_the_cap(outbox: Outbox) -> None:
+    fill(outbox, 1)
+    clock = FakeClock()
+    rng = FakeRng(0.5)
+    collector = FakeCollector(*[Reply(500)] * 11)
+
+    async def steps(shipper: Shipper) -> list[float]:
+        waits = []
+        for _ in range(11):
+            await shipper.ship()
+            waits.append(shipper.backoff_until - clock.now)
+            clock.now = shipper.backoff_until
+        return waits
+
+    waits = run_against(collector, outbox, clock, steps, rng=rng)
+
+    ceilings = [1, 2, 4, 8, 16, 32, 64, 128, 256, 300, 300]
+    assert rng.ranges == [(0, c) for c in ceilings]
+    assert waits == [c * 0.5 for c in ceilings]
+
+
+def test_a_success_resets_the_backoff(outbox: Outbox) -> None:
+    clock = FakeClock()
+    rng = FakeRng(1.0)
+    collector = FakeCollector(Reply(500), Reply(500), Reply(200), Reply(500))
+
+    async def steps(shipper: Shipper) -> float:
+        fill(outbox, 1)
+        for _ in range(3):
+            await shipper.ship()
+            clock.now = max(clock.now, shipper.backoff_until)
+        fill(outbox, 1)
+        await shipper.ship()
+        return shipper.backoff_until - clock.now
+
+    assert run_against(collector, outbox, clock, steps, rng=rng) == 1.0
+
+
+def test_connection_refused_is_an_error_and_keeps_the_events(outbox: Outbox) -> None:
+    fill(outbox, 3)
+    clock = FakeClock()
+
+    async def main() -> tuple[ShipResult, float]:
+        shipper = make_shipper(f"http://127.0.0.1:{free_port()}", outbox, clock)
+        try:
+            return await shipper.ship(), shipper.backoff_until
+        finally:
+            await shipper.close()
+
+    result, until = asyncio.run(main())
+
+    assert result.sent_events == 0
+    assert "cannot reach collector" in (result.error or "")
+    assert until > clock.now
+    assert outbox.depth() == 3
+
+
+def test_a_collector_that_does_not_answer_in_time_is_a_timeout(outbox: Outbox) -> None:
+    fill(outbox, 1)
+    collector = FakeCollector(Reply(hang=True))
+
+    result = run_against(collector, outbox, FakeClock(), ship_once, timeout_s=0.2)
+
+    assert "timed out" in (result.error or "")
+    assert outbox.depth() == 1
+
+
+@pytest.mark.parametrize(
+    "status",
+    [400, 401, 403, 404, 301],
+    ids=["400-bad-request", "401-bad-token", "403-forbidden", "404-wrong-url", "301-redirect"],
+)
+def test_a_rejected_batch_is_kept_logged_loudly_and_backed_off_long(
+    outbox: Outbox, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    fill(outbox, 2)
+    clock = FakeClock()
+    headers = {"Location": "https://elsewhere/"} if status == 301 else {}
+    collector = FakeCollector(Reply(status, headers=headers, text="events[0].state: bad value"))
+
+    async def steps(shipper: Shipper) -> tuple[ShipResult, float]:
+        return await shipper.ship(), shipper.backoff_until
+
+    with caplog.at_level(logging.ERROR, logger="vigil.agent.shipper"):
+        result, until = run_against(collector, outbox, clock, steps)
+
+    assert str(status) in (result.error or "")
+    assert outbox.depth() == 2
+    assert until == clock.now + REJECTED_BACKOFF_S
+    assert "events[0].state: bad value" in caplog.text
+
+
+def test_a_rejected_batch_goes_through_once_the_collector_accepts_it(outbox: Outbox) -> None:
+    ids = fill(outbox, 2)
+    clock = FakeClock()
+    collector = FakeCollector(Reply(401, text="unknown token"))
+
+    async def steps(shipper: Shipper) -> ShipResult:
+        await shipper.ship()
+        clock.now = shipper.backoff_until
+        return await shipper.ship()
+
+    result = run_against(collector, outbox, clock, steps)
+
+    assert result.sent_events == 2
+    assert [e.event_id for e in collector.received[1].report.events] == ids
