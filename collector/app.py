@@ -1,0 +1,155 @@
+"""The collector's aiohttp application factory.
+
+:func:`create_app` wires config, routes, the error middleware and the long-lived
+resources; the resources live in ``cleanup_ctx`` generators so they open on startup and
+close, in reverse order, on shutdown: the store's thread, the store itself (with the
+``/metrics`` collector bound to it), and the background task that ages incidents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from collector import handlers
+from collector.config import CollectorConfig
+from collector.handlers import ApiError, error_response
+from collector.keys import (
+    clock_key,
+    config_key,
+    counters_key,
+    executor_key,
+    registry_key,
+    store_key,
+)
+from collector.metrics import RequestCounters, VigilCollector
+from collector.store import SqliteStore
+
+log = logging.getLogger(__name__)
+
+# Seconds between store.tick() calls: silent agents and overdue remediation results turn
+# into incidents within this delay of their deadline.
+TICK_INTERVAL_S = 5.0
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(
+    config: CollectorConfig, *, clock: Callable[[], float] = time.time
+) -> web.Application:
+    """Build the collector app for ``config``; ``clock`` returns epoch seconds.
+
+    Nothing is opened here: the store opens when a runner starts the app. The request
+    parser is told not to decompress bodies itself (``auto_decompress=False``) because
+    the ingest handler does it with its own bound (``limits.max_decompressed_bytes``).
+    """
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=config.limits.max_body_bytes,
+        handler_args={"auto_decompress": False},
+    )
+    app[config_key] = config
+    app[clock_key] = clock
+    app[registry_key] = CollectorRegistry(auto_describe=False)
+    app[counters_key] = RequestCounters()
+    app.cleanup_ctx.extend([_executor_ctx, _store_ctx, _tick_ctx])
+    setup_routes(app)
+    return app
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register every route (see ``collector.handlers`` for what each one does)."""
+    app.router.add_post("/api/v1/reports", handlers.post_report)
+    app.router.add_get("/api/v1/incidents", handlers.list_incidents)
+    app.router.add_get("/api/v1/incidents/{incident_id:[0-9]+}", handlers.get_incident)
+    app.router.add_get("/api/v1/hosts", handlers.list_hosts)
+    app.router.add_get("/api/v1/remediations/runs", handlers.list_remediation_runs)
+    app.router.add_get("/metrics", handlers.get_metrics)
+    app.router.add_get("/healthz", handlers.get_healthz)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Render every failure as the JSON error body; log the unexpected ones."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message, exc.field, headers=exc.headers)
+    except web.HTTPException as exc:
+        # The router's 404/405 and aiohttp's own limits: keep the status and useful headers
+        # (Allow on 405), replace the text/plain body.
+        if exc.status < 400:
+            raise
+        default_text = f"{exc.status}: {exc.reason}"
+        message = exc.reason.lower() if exc.text in (None, default_text) else exc.text
+        kept = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return error_response(exc.status, message, headers=kept)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal server error")
+
+
+async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-store")
+    app[executor_key] = executor
+    yield
+    executor.shutdown(wait=True)
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[config_key]
+    executor = app[executor_key]
+    loop = asyncio.get_running_loop()
+    # Opened on the store thread: an SQLite connection belongs to the thread that made it.
+    store = await loop.run_in_executor(
+        executor,
+        functools.partial(
+            SqliteStore, config.database, remediation_wait_s=config.remediation_wait_s
+        ),
+    )
+    app[store_key] = store
+    collector = VigilCollector(
+        store.metrics_snapshot,
+        app[counters_key],
+        heartbeat_grace_s=config.heartbeat_grace_s,
+        clock=app[clock_key],
+    )
+    registry = app[registry_key]
+    registry.register(collector)
+    log.info("store open: %s", config.database)
+    yield
+    registry.unregister(collector)
+    await loop.run_in_executor(executor, store.close)
+    log.info("store closed")
+
+
+async def _tick_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_tick_forever(app), name="vigil-store-tick")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _tick_forever(app: web.Application) -> None:
+    """Call ``store.tick(clock())`` every :data:`TICK_INTERVAL_S`; a failure is logged,
+    and the next tick tries again (one bad tick must not stop incident aging for good)."""
+    loop = asyncio.get_running_loop()
+    store, executor, clock = app[store_key], app[executor_key], app[clock_key]
+    while True:
+        await asyncio.sleep(TICK_INTERVAL_S)
+        try:
+            opened = await loop.run_in_executor(executor, store.tick, clock())
+        except Exception:
+            log.exception("store tick failed")
+            continue
+        if opened:
+            log.info("tick opened incidents %s", list(opened))
