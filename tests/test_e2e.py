@@ -1,0 +1,246 @@
+"""End to end: a real collector process and a real agent process on ephemeral ports.
+
+Faults are injected in temporary folders the agent watches; everything is asserted
+through the collector's HTTP API and /metrics, as a service desk or Prometheus would.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+REPO = Path(__file__).resolve().parents[1]
+AGENT_TOKEN = "e2e-agent-token"
+ADMIN_TOKEN = "e2e-admin-token"
+T = TypeVar("T")
+
+pytestmark = pytest.mark.integration
+
+
+@dataclass
+class Collector:
+    url: str
+    proc: subprocess.Popen[str]
+
+    def get(self, path: str) -> Any:
+        req = urllib.request.Request(
+            self.url + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        )
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return json.load(resp)
+
+    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+
+def read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
+    """One line of the process's stdout, or fail after ``timeout_s``."""
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    if not sel.select(timeout_s):
+        proc.kill()
+        pytest.fail(f"no output from {proc.args} within {timeout_s}s")
+    return proc.stdout.readline()
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 20.0) -> T:
+    deadline = time.monotonic() + timeout_s
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = probe()
+        except (OSError, urllib.error.URLError) as exc:
+            last = exc
+        if last and not isinstance(last, Exception):
+            return last
+        time.sleep(0.1)
+    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+
+
+def stop(proc: subprocess.Popen[Any]) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            return proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"{proc.args} did not stop within 15 s of SIGTERM")
+    return proc.returncode
+
+
+@pytest.fixture
+def collector(tmp_path: Path) -> Iterator[Collector]:
+    config = tmp_path / "collector.yaml"
+    config.write_text(
+        f"""\
+listen: {{host: 127.0.0.1, port: 0}}
+storage: {{sqlite_path: collector.db}}
+auth:
+  agent_tokens: [{AGENT_TOKEN}]
+  admin_tokens: [{ADMIN_TOKEN}]
+"""
+    )
+    log = (tmp_path / "collector.log").open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "collector", "--config", str(config), "--port", "0"],
+        stdout=subprocess.PIPE,
+        stderr=log,
+        text=True,
+    )
+    line = read_line(proc, 20)
+    assert "listening on http://127.0.0.1:" in line, line
+    yield Collector(url=line.split("listening on ", 1)[1].strip(), proc=proc)
+    assert stop(proc) == 0, (tmp_path / "collector.log").read_text()
+
+
+def start_agent(tmp_path: Path, url: str, checks: str) -> subprocess.Popen[bytes]:
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"""\
+agent:
+  state_dir: agent-state
+  labels: {{department: e2e}}
+collector: {{url: "{url}", token: {AGENT_TOKEN}}}
+intervals: {{sample: 300ms, report: 500ms, heartbeat: 2s, metrics: 5s}}
+sampler:
+  disk_mounts: []
+  paths:
+    - {{name: inbox, path: inbox}}
+    - {{name: spool, path: spool}}
+remediation:
+  folders: [{REPO / "remediations"}]
+  verify_delay: 100ms
+checks:
+{checks}
+"""
+    )
+    for sub in ("inbox", "spool"):
+        (tmp_path / sub).mkdir(exist_ok=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "agent", "--config", str(config), "run"],
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp_path / "agent.log").open("w"),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+
+
+def fill(folder: Path, nbytes: int) -> None:
+    (folder / "junk.bin").write_bytes(b"\0" * nbytes)
+
+
+def test_a_fault_without_a_fix_opens_an_incident_that_resolves_on_recovery(
+    tmp_path: Path, collector: Collector
+) -> None:
+    agent = start_agent(
+        tmp_path,
+        collector.url,
+        "  - {id: inbox.size, metric: 'path.size_bytes[inbox]', critical: 1000}\n",
+    )
+    try:
+        host = wait_for("the agent to report", lambda: collector.get("/api/v1/hosts")["hosts"])[0]
+        assert host["labels"] == {"department": "e2e"}
+        assert collector.get("/api/v1/incidents?state=open")["incidents"] == []
+
+        fill(tmp_path / "inbox", 5000)
+        incident = wait_for(
+            "the incident to open",
+            lambda: collector.get("/api/v1/incidents?state=open")["incidents"],
+        )[0]
+        assert incident["check"] == "inbox.size"
+        assert incident["host"] == host["agent_id"]
+        assert incident["value"] == 5000
+        assert isinstance(incident["id"], int)
+        metrics = collector.metrics()
+        assert metrics[("vigil_incidents_open", (("check", "inbox.size"), ("priority", "P3")))] == 1
+        assert metrics[("vigil_checks_failing", (("check", "inbox.size"),))] == 1
+
+        (tmp_path / "inbox" / "junk.bin").unlink()
+        resolved = wait_for(
+            "the incident to resolve",
+            lambda: (
+                (i := collector.get(f"/api/v1/incidents/{incident['id']}")["incident"])
+                and i["state"] == "resolved"
+                and i
+            ),
+        )
+        assert resolved["resolved_at"] >= resolved["opened_at"]
+        metrics = collector.metrics()
+        assert (
+            metrics.get(("vigil_incidents_open", (("check", "inbox.size"), ("priority", "P3"))), 0)
+            == 0
+        )
+        assert metrics[("vigil_incidents_resolved_total", ())] == 1
+    finally:
+        assert stop(agent) == 0, (tmp_path / "agent.log").read_text()
+
+
+def test_a_remediated_fault_is_recorded_as_fixed_and_raises_no_incident(
+    tmp_path: Path, collector: Collector
+) -> None:
+    agent = start_agent(
+        tmp_path,
+        collector.url,
+        "  - id: spool.size\n"
+        "    metric: 'path.size_bytes[spool]'\n"
+        "    critical: 1000\n"
+        "    remediation: {id: demo-cleanup, params: {dir: ./spool}}\n",
+    )
+    try:
+        wait_for("the agent to report", lambda: collector.get("/api/v1/hosts")["hosts"])
+        fill(tmp_path / "spool", 5000)
+        run = wait_for(
+            "the remediation record",
+            lambda: collector.get("/api/v1/remediations/runs")["runs"],
+        )[0]
+        assert run["remediation"] == "demo-cleanup"
+        assert run["check"] == "spool.size"
+        assert run["outcome"] == "fixed"
+        assert run["exit_code"] == 0
+        assert run["value_before"] == 5000
+        assert run["value_after"] == 0
+        assert len(run["script_sha256"]) == 64
+        assert not (tmp_path / "spool" / "junk.bin").exists()
+
+        prevented = wait_for(
+            "the prevented record",
+            lambda: collector.get("/api/v1/incidents?state=prevented")["incidents"],
+        )
+        assert [p["check"] for p in prevented] == ["spool.size"]
+        # Give any wrongly raised incident time to arrive before asserting there is none.
+        wait_for(
+            "the check to report ok again",
+            lambda: collector.get("/api/v1/hosts")["hosts"][0]["checks"].get("spool.size") == "ok",
+        )
+        assert collector.get("/api/v1/incidents?state=open")["incidents"] == []
+        metrics = collector.metrics()
+        assert metrics[("vigil_incidents_prevented_total", ())] == 1
+        assert metrics[("vigil_incidents_opened_total", ())] == 0
+        key = (
+            "vigil_remediation_runs_total",
+            (("outcome", "fixed"), ("remediation", "demo-cleanup")),
+        )
+        assert metrics[key] == 1
+    finally:
+        assert stop(agent) == 0, (tmp_path / "agent.log").read_text()
