@@ -1,0 +1,44 @@
+"""Finding the real peer programs (Debian packages) that integration tests drive.
+
+Locally a missing binary skips the test with a clear reason; under ``CI=true`` it fails,
+because ``.ci/run`` installs every peer and a skip there would hide a broken install.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+
+import pytest
+
+# Debian package that provides each binary, named in the skip/fail message.
+PACKAGES = {
+    "prometheus": "prometheus",
+    "promtool": "prometheus",
+    "prometheus-alertmanager": "prometheus-alertmanager",
+    "amtool": "prometheus-alertmanager",
+    "prometheus-node-exporter": "prometheus-node-exporter",
+    "prometheus-pushgateway": "prometheus-pushgateway",
+    "monit": "monit",
+}
+NAGIOS_PLUGINS = "/usr/lib/nagios/plugins"
+
+
+def require_binary(name: str) -> str:
+    """Absolute path of ``name`` (on PATH, or a Nagios plugin), else skip / fail on CI."""
+    path = shutil.which(name) or shutil.which(name, path=NAGIOS_PLUGINS)
+    if path:
+        return path
+    package = PACKAGES.get(name, "monitoring-plugins-basic" if name.startswith("check_") else name)
+    reason = f"{name} not found: install the Debian package {package} (.ci/run does)"
+    if os.environ.get("CI") == "true":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def free_port() -> int:
+    """A currently free TCP port on 127.0.0.1, for peers that cannot bind port 0 themselves."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
