@@ -19,6 +19,7 @@ Job Objects (Windows). On Windows only the direct child is terminated for now.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import hashlib
 import math
@@ -36,6 +37,7 @@ KILL_GRACE_S = 2.0  # between SIGTERM and SIGKILL of the process group
 _DRAIN_S = 1.0  # how long to wait for the output pipe's EOF once the group is dead
 _REAP_S = 5.0  # how long to wait for the killed child to be reaped
 _READ_CHUNK = 64 * 1024
+_MAX_STARTS = 128  # remembered run starts per key (attempt budgets are at most 100)
 _POSIX = os.name == "posix"
 _POSIX_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Windows programs misbehave without these, and they carry no user-controlled content.
@@ -74,6 +76,7 @@ async def run_script(
     timeout_s: float,
     output_cap_bytes: int,
     cwd: Path | None = None,
+    run_as: str | None = None,
 ) -> ScriptResult:
     """Run ``script`` with ``args`` and return what happened; never raises for script faults.
 
@@ -89,6 +92,10 @@ async def run_script(
     SIGKILL :data:`KILL_GRACE_S` seconds later; leftovers of a script that exited on its
     own are killed the same way. At most ``output_cap_bytes`` characters of output are
     kept (head and tail, the truncation marker included).
+
+    ``run_as`` names a user to run as (POSIX only; ``None`` is the agent's own user). It
+    needs root unless it names the agent's own user; the child then gets that user's
+    uid, gid, supplementary groups and ``HOME``, ``USER`` and ``LOGNAME``.
     """
     started = time.monotonic()
 
@@ -102,7 +109,8 @@ async def run_script(
     if problem:
         return failed(problem, sha)
     try:
-        child_env = _child_env(env)
+        user_kwargs, user_env = _user(run_as)
+        child_env = _child_env({**user_env, **(env or {})})
     except ValueError as exc:
         return failed(str(exc), sha)
 
@@ -116,6 +124,7 @@ async def run_script(
             env=child_env,
             cwd=str(cwd if cwd is not None else real.parent),
             **_session_kwargs(),
+            **user_kwargs,
         )
     except (OSError, ValueError) as exc:
         # ENOEXEC (no shebang), EACCES, a missing interpreter, a NUL byte in an argument.
@@ -218,6 +227,27 @@ def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
             raise ValueError(f"environment variable {name} contains a NUL byte")
         base[name] = value
     return base
+
+
+def _user(run_as: str | None) -> tuple[dict[str, object], dict[str, str]]:
+    """(subprocess kwargs, environment) to run as ``run_as``; ValueError says why not."""
+    if run_as is None:
+        return {}, {}
+    if not _POSIX:
+        raise ValueError(f"run_as {run_as!r} is not supported on this platform")
+    import pwd  # POSIX only
+
+    try:
+        pw = pwd.getpwnam(run_as)
+    except KeyError:
+        raise ValueError(f"run_as: no such user {run_as!r}") from None
+    env = {"HOME": pw.pw_dir, "USER": pw.pw_name, "LOGNAME": pw.pw_name}
+    if pw.pw_uid == os.geteuid():
+        return {}, env
+    if os.geteuid() != 0:
+        raise ValueError(f"cannot run as {run_as!r}: the agent is not running as root")
+    groups = os.getgrouplist(pw.pw_name, pw.pw_gid)
+    return {"user": pw.pw_uid, "group": pw.pw_gid, "extra_groups": groups}, env
 
 
 def _session_kwargs() -> dict[str, object]:
@@ -366,10 +396,13 @@ class AlreadyRunning(RuntimeError):
 class RunGate:
     """Decides whether a remediation may run now, and holds its place while it runs.
 
-    Keys are ``"<remediation id>:<check id>"`` (any string works). Per key: at most one
-    run at a time, and ``cooldown_s`` seconds between the end of one run and the start of
-    the next. Globally: at most ``max_concurrent`` runs at once; extra runs wait for a
-    slot. ``clock`` returns seconds and only needs to be monotonic.
+    Keys are any strings; the agent uses ``"<remediation id>:<check id>"``, so budgets
+    are per (remediation, check) on this host. Per key: at most one run at a time,
+    ``cooldown_s`` seconds between the end of one run and the start of the next, and at
+    most ``max_attempts`` starts within any ``window_s`` seconds (Monit's "N restarts
+    within M cycles"; once it is used up the incident path takes over). Globally: at most
+    ``max_concurrent`` runs at once; extra runs wait for a slot. ``clock`` returns
+    seconds and only needs to be monotonic.
 
     Use :meth:`check` then enter :meth:`slot` without awaiting in between::
 
@@ -387,16 +420,35 @@ class RunGate:
         self._slots = asyncio.Semaphore(max_concurrent)
         self._running: set[str] = set()
         self._last_run: dict[str, float] = {}
+        self._starts: dict[str, collections.deque[float]] = {}
 
-    def check(self, key: str, cooldown_s: float) -> str | None:
-        """``None`` when ``key`` may run now, else why not (``"cooldown: 42s left"``)."""
+    def check(
+        self,
+        key: str,
+        cooldown_s: float,
+        *,
+        max_attempts: int | None = None,
+        window_s: float = 0.0,
+    ) -> str | None:
+        """``None`` when ``key`` may run now, else why not (``"cooldown: 42s left"``,
+        ``"attempts: 3 of 3 used in the last 3600s"``)."""
         if key in self._running:
             return "already running"
+        now = self._clock()
         last = self._last_run.get(key)
         if last is not None:
-            left = last + cooldown_s - self._clock()
+            left = last + cooldown_s - now
             if left > 0:
                 return f"cooldown: {math.ceil(left)}s left"
+        if max_attempts is not None:
+            starts = self._starts.get(key, ())
+            recent = [t for t in starts if now - t < window_s]
+            if len(recent) >= max_attempts:
+                wait = math.ceil(recent[0] + window_s - now)
+                return (
+                    f"attempts: {len(recent)} of {max_attempts} used in the last "
+                    f"{window_s:g}s (next in {wait}s)"
+                )
         return None
 
     @contextlib.asynccontextmanager
@@ -406,13 +458,15 @@ class RunGate:
         ``key`` counts as running from the moment of entry, also while it waits for a
         slot, so a second trigger is refused rather than queued. Raises
         :class:`AlreadyRunning` if ``key`` is already inside a slot. A run cancelled while
-        still waiting never ran, so it starts no cooldown.
+        still waiting never ran, so it starts no cooldown and uses no attempt.
         """
         if key in self._running:
             raise AlreadyRunning(key)
         self._running.add(key)
         try:
             async with self._slots:
+                starts = self._starts.setdefault(key, collections.deque(maxlen=_MAX_STARTS))
+                starts.append(self._clock())
                 try:
                     yield
                 finally:

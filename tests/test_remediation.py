@@ -12,7 +12,16 @@ import pytest
 import yaml
 
 from agent.configio import ConfigError
-from agent.remediation import Remediation, current_platform, load_library, load_manifest
+from agent.remediation import (
+    CheckTrigger,
+    Remediation,
+    current_platform,
+    declared_outcome,
+    early_outcome,
+    load_library,
+    load_manifest,
+    verified_outcome,
+)
 from agent.runner import ScriptResult, run_script
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,6 +128,78 @@ def test_script_env_rejects_an_undeclared_param(tmp_path: Path) -> None:
         rem.script_env({"path": "/tmp"})
 
 
+def full_manifest(rem_id: str = "restart-thing") -> dict[str, Any]:
+    """A manifest using every optional key (trigger by detection, verification script)."""
+    data = manifest_dict(rem_id)
+    data.update(
+        trigger={"detection": {"linux": "fix.sh", "darwin": "fix.sh"}, "every": "30s"},
+        verify={"delay": "2s", "scripts": {"linux": "fix.sh", "darwin": "fix.sh"}},
+        attempts={"max": 5, "window": "2h"},
+        run_as="nobody",
+        dry_run=True,
+        params={"dir": {"description": "Folder", "default": "/tmp"}, "n": "Count"},
+    )
+    return data
+
+
+def test_optional_remediation_keys_load(tmp_path: Path) -> None:
+    folder = make_remediation(tmp_path, "restart-thing", full_manifest())
+    script = folder.resolve() / "fix.sh"
+
+    rem = load_manifest(folder)
+
+    assert (rem.detection, rem.detect_every_s) == ({"linux": script, "darwin": script}, 30.0)
+    assert (rem.verify_scripts, rem.verify_delay_s) == ({"linux": script, "darwin": script}, 2.0)
+    assert (rem.max_attempts, rem.attempts_window_s) == (5, 7200.0)
+    assert (rem.run_as, rem.dry_run) == ("nobody", True)
+    assert (rem.params, rem.param_defaults) == ({"dir": "Folder", "n": "Count"}, {"dir": "/tmp"})
+
+
+def test_remediation_defaults_are_the_strict_ones(tmp_path: Path) -> None:
+    """No trigger, verify by re-checking, 3 attempts an hour, the agent's user, no dry run."""
+    rem = load_manifest(make_remediation(tmp_path))
+
+    assert (rem.trigger_checks, rem.detection, rem.verify_scripts) == ((), {}, {})
+    assert (rem.verify_delay_s, rem.max_attempts, rem.attempts_window_s) == (None, 3, 3600.0)
+    assert (rem.run_as, rem.dry_run, rem.param_defaults) == (None, False, {})
+
+
+@pytest.mark.parametrize(
+    ("checks", "expected"),
+    [
+        (["disk.root"], (CheckTrigger("disk.root", ("critical",)),)),
+        (
+            [{"check": "logs.size", "states": ["warning", "critical"]}],
+            (CheckTrigger("logs.size", ("warning", "critical")),),
+        ),
+    ],
+    ids=["bare-check-id-means-critical", "check-with-states"],
+)
+def test_check_triggers_load(tmp_path: Path, checks: list[Any], expected: Any) -> None:
+    data = manifest_dict()
+    data["trigger"] = {"checks": checks}
+
+    rem = load_manifest(make_remediation(tmp_path, manifest=data))
+
+    assert rem.trigger_checks == expected
+    assert rem.states_for(expected[0].check) == expected[0].states
+    assert rem.states_for("other.check") == ()
+
+
+def test_run_as_agent_means_the_agents_own_user(tmp_path: Path) -> None:
+    data = manifest_dict()
+    data["run_as"] = "agent"
+
+    assert load_manifest(make_remediation(tmp_path, manifest=data)).run_as is None
+
+
+def test_param_defaults_reach_the_script_and_values_override_them(tmp_path: Path) -> None:
+    rem = load_manifest(make_remediation(tmp_path, "restart-thing", full_manifest()))
+
+    assert rem.script_env({})["VIGIL_PARAM_DIR"] == "/tmp"
+    assert rem.script_env({"dir": "/var/tmp"})["VIGIL_PARAM_DIR"] == "/var/tmp"
+
+
 # --- manifest errors name the file and the key ----------------------------------------
 
 Breaker = Callable[[Path, dict[str, Any]], None]
@@ -184,6 +265,49 @@ def _empty_title(folder: Path, data: dict[str, Any]) -> None:
     data["title"] = "  "
 
 
+def _typo_in_trigger(folder: Path, data: dict[str, Any]) -> None:
+    data["trigger"] = {"chekcs": ["disk.root"]}
+
+
+def _unknown_trigger_state(folder: Path, data: dict[str, Any]) -> None:
+    data["trigger"] = {"checks": [{"check": "disk.root", "states": ["critcal"]}]}
+
+
+def _both_trigger_kinds(folder: Path, data: dict[str, Any]) -> None:
+    data["trigger"] = {
+        "checks": ["disk.root"],
+        "detection": {"linux": "fix.sh", "darwin": "fix.sh"},
+    }
+
+
+def _missing_detection_script(folder: Path, data: dict[str, Any]) -> None:
+    data["trigger"] = {"detection": {"linux": "detect.sh", "darwin": "fix.sh"}}
+
+
+def _detection_every_too_short(folder: Path, data: dict[str, Any]) -> None:
+    data["trigger"] = {"detection": {"linux": "fix.sh", "darwin": "fix.sh"}, "every": "100ms"}
+
+
+def _verify_script_escapes(folder: Path, data: dict[str, Any]) -> None:
+    data["verify"] = {"scripts": {"linux": "/bin/true", "darwin": "fix.sh"}}
+
+
+def _zero_attempts(folder: Path, data: dict[str, Any]) -> None:
+    data["attempts"] = {"max": 0}
+
+
+def _bad_run_as(folder: Path, data: dict[str, Any]) -> None:
+    data["run_as"] = "root; rm -rf /"
+
+
+def _param_default_not_a_string(folder: Path, data: dict[str, Any]) -> None:
+    data["params"] = {"dir": {"description": "Folder", "default": ["a"]}}
+
+
+def _timeout_over_an_hour(folder: Path, data: dict[str, Any]) -> None:
+    data["timeout"] = "2h"
+
+
 @pytest.mark.parametrize(
     ("breaker", "key"),
     [
@@ -201,6 +325,16 @@ def _empty_title(folder: Path, data: dict[str, Any]) -> None:
         (_bad_timeout, "timeout"),
         (_bad_param_name, "params.Dir Name"),
         (_empty_title, "title"),
+        (_typo_in_trigger, "trigger.chekcs"),
+        (_unknown_trigger_state, "trigger.checks[0].states[0]"),
+        (_both_trigger_kinds, "trigger.detection"),
+        (_missing_detection_script, "trigger.detection.linux"),
+        (_detection_every_too_short, "trigger.every"),
+        (_verify_script_escapes, "verify.scripts.linux"),
+        (_zero_attempts, "attempts.max"),
+        (_bad_run_as, "run_as"),
+        (_param_default_not_a_string, "params.dir.default"),
+        (_timeout_over_an_hour, "timeout"),
     ],
     ids=[
         "unknown-key",
@@ -217,6 +351,16 @@ def _empty_title(folder: Path, data: dict[str, Any]) -> None:
         "unparseable-timeout",
         "param-name-not-env-safe",
         "empty-title",
+        "typo-in-trigger-key",
+        "unknown-trigger-state",
+        "checks-and-detection-together",
+        "missing-detection-script",
+        "detection-more-often-than-every-second",
+        "verification-script-outside-the-folder",
+        "zero-attempts",
+        "run-as-not-a-user-name",
+        "param-default-not-a-string",
+        "timeout-over-an-hour",
     ],
 )
 def test_bad_manifest_error_names_file_and_key(tmp_path: Path, breaker: Breaker, key: str) -> None:
@@ -408,3 +552,83 @@ def test_demo_cleanup_refuses_bad_folders_with_exit_3(
     assert result.exit_code == 3
     assert "refusing" in result.output
     assert why in result.output
+
+
+# --- outcome rules (pure) -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("output", "expected"),
+    [
+        ("rebooting needed\nvigil-outcome: needs_reboot\n", "needs_reboot"),
+        ("vigil-outcome: needs_user\n\n  \n", "needs_user"),
+        ("VIGIL-OUTCOME:  needs_user", "needs_user"),
+        ("vigil-outcome: needs_reboot\nbut then more output\n", None),
+        ("vigil-outcome: fixed\n", None),
+        ("", None),
+    ],
+    ids=[
+        "last-line-declares-reboot",
+        "trailing-blank-lines-ignored",
+        "marker-case-and-spaces-tolerated",
+        "only-the-last-line-counts",
+        "only-reboot-or-user-can-be-declared",
+        "no-output",
+    ],
+)
+def test_declared_outcome(output: str, expected: str | None) -> None:
+    assert declared_outcome(output) == expected
+
+
+def _early(**overrides: Any) -> tuple[str, str] | None:
+    args: dict[str, Any] = {
+        "error": None,
+        "timed_out": False,
+        "timeout_s": 30.0,
+        "exit_code": 0,
+        "dry_run": False,
+        "declared": None,
+    }
+    args.update(overrides)
+    return early_outcome(**args)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "expected"),
+    [
+        ({}, None),
+        ({"error": "script not found: x"}, ("error", "script not found: x")),
+        (
+            {"timed_out": True, "exit_code": None},
+            ("timeout", "timed out after 30s; process tree killed"),
+        ),
+        ({"dry_run": True, "exit_code": 3}, ("dry_run", "dry run (exit 3)")),
+        ({"exit_code": 1}, ("error", "exit 1")),
+        ({"exit_code": 137}, ("error", "exit 137 (likely killed by signal 9)")),
+        ({"exit_code": -15}, ("error", "killed by signal 15")),
+        ({"declared": "needs_reboot"}, ("needs_reboot", "script declared needs_reboot")),
+        ({"declared": "needs_user", "exit_code": 1}, ("error", "exit 1")),
+        ({"error": "refused", "dry_run": True}, ("error", "refused")),
+    ],
+    ids=[
+        "clean-exit-needs-verification",
+        "could-not-run",
+        "timeout",
+        "dry-run-is-never-verified",
+        "non-zero-exit",
+        "exit-137-explained",
+        "killed-by-someone-else",
+        "declared-reboot",
+        "a-failed-script-cannot-declare",
+        "refusal-beats-dry-run",
+    ],
+)
+def test_early_outcome(overrides: dict[str, Any], expected: tuple[str, str] | None) -> None:
+    assert _early(**overrides) == expected
+
+
+@pytest.mark.parametrize(
+    ("cleared", "expected"), [(True, "fixed"), (False, "not_fixed")], ids=["cleared", "still-bad"]
+)
+def test_verified_outcome(cleared: bool, expected: str) -> None:
+    assert verified_outcome(cleared, "after: ok") == (expected, "after: ok")

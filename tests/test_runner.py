@@ -609,3 +609,120 @@ def test_gate_run_cancelled_while_queued_starts_no_cooldown() -> None:
 def test_gate_needs_at_least_one_slot() -> None:
     with pytest.raises(ValueError, match="max_concurrent"):
         RunGate(max_concurrent=0)
+
+
+# --- RunGate: attempts per window -----------------------------------------------------
+
+
+def test_gate_allows_attempts_up_to_the_budget() -> None:
+    clock = FakeClock()
+    gate = RunGate(clock=clock)
+    for _ in range(2):
+        run(_run_once(gate, "k"))
+
+    assert gate.check("k", 0, max_attempts=3, window_s=3600) is None
+
+
+def test_gate_refuses_once_the_budget_is_used_up_and_says_when_it_frees() -> None:
+    clock = FakeClock()
+    gate = RunGate(clock=clock)
+    for _ in range(3):
+        run(_run_once(gate, "k"))
+        clock.now += 100
+
+    assert gate.check("k", 0, max_attempts=3, window_s=3600) == (
+        "attempts: 3 of 3 used in the last 3600s (next in 3300s)"
+    )
+
+
+def test_gate_attempts_older_than_the_window_no_longer_count() -> None:
+    clock = FakeClock()
+    gate = RunGate(clock=clock)
+    for _ in range(3):
+        run(_run_once(gate, "k"))
+    clock.now += 3600
+
+    assert gate.check("k", 0, max_attempts=3, window_s=3600) is None
+
+
+def test_gate_attempts_are_per_key() -> None:
+    gate = RunGate(clock=FakeClock())
+    run(_run_once(gate, "a"))
+
+    assert gate.check("b", 0, max_attempts=1, window_s=3600) is None
+    assert gate.check("a", 0, max_attempts=1, window_s=3600) is not None
+
+
+def test_gate_run_cancelled_while_queued_uses_no_attempt() -> None:
+    async def scenario() -> str | None:
+        gate = RunGate(1, clock=FakeClock())
+        hold = asyncio.Event()
+
+        async def holder() -> None:
+            async with gate.slot("busy"):
+                await hold.wait()
+
+        first = asyncio.create_task(holder())
+        await asyncio.sleep(0)
+        queued = asyncio.create_task(_run_once(gate, "k"))
+        await asyncio.sleep(0)
+        queued.cancel()
+        await asyncio.gather(queued, return_exceptions=True)
+        hold.set()
+        await first
+        return gate.check("k", 0, max_attempts=1, window_s=3600)
+
+    assert run(scenario()) is None
+
+
+# --- run_as ----------------------------------------------------------------------------
+
+
+def _world_readable_dir() -> Path:
+    """A folder other users can read (pytest's tmp_path is private to root)."""
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="vigil-runas-", dir="/tmp"))
+    path.chmod(0o755)
+    return path
+
+
+@posix_only
+@pytest.mark.skipif(os.name == "posix" and os.geteuid() != 0, reason="needs root to switch user")
+def test_run_as_switches_user_groups_and_home() -> None:
+    import pwd
+    import shutil
+
+    folder = _world_readable_dir()
+    try:
+        script = write_script(folder / "who.sh", 'echo "$(id -u) $(id -g) $HOME $USER"\n')
+        result = run_in(folder, script, run_as="nobody")
+    finally:
+        shutil.rmtree(folder)
+
+    pw = pwd.getpwnam("nobody")
+    assert result.error is None
+    assert result.output.split() == [str(pw.pw_uid), str(pw.pw_gid), pw.pw_dir, "nobody"]
+
+
+@posix_only
+def test_run_as_an_unknown_user_is_an_error_not_a_run(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    script = write_script(tmp_path / "x.sh", f"touch {marker}\n")
+
+    result = run_in(tmp_path, script, run_as="no-such-user-vigil")
+
+    assert result.error == "run_as: no such user 'no-such-user-vigil'"
+    assert not marker.exists()
+
+
+@posix_only
+def test_run_as_the_agents_own_user_needs_no_privilege(tmp_path: Path) -> None:
+    import pwd
+
+    me = pwd.getpwuid(os.geteuid()).pw_name
+    script = write_script(tmp_path / "x.sh", "id -u\n")
+
+    result = run_in(tmp_path, script, run_as=me)
+
+    assert result.output.strip() == str(os.geteuid())

@@ -50,6 +50,7 @@ fi
 # confuse the count); the names go to stderr for the log.
 sizes=$(mktemp) || exit 1
 trap 'rm -f -- "$sizes"' EXIT
+# shellcheck disable=SC2016 # expanded by the sh -c that find runs, per file
 describe='printf "%s %s\n" "$0" "$1" >&2 && wc -c < "$1"'
 
 if [ "$dry_run" = 1 ]; then
