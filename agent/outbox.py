@@ -14,6 +14,14 @@ records it; until :meth:`Outbox.ack` deletes them, every call returns that same 
 again, so a retry after a failed send or a restart carries the same id and events and the
 collector can deduplicate it.
 
+Batches are size-capped: at most ``max_events`` events and ``max_bytes`` of stored JSON
+(but always at least one event, so one large record can never block the queue).
+
+Age: metric samples and heartbeats stored more than ``max_age_s`` ago are dropped (and
+counted) by :meth:`Outbox.expire`, which ``put`` runs at most once a minute. Check state
+changes and remediation records are not aged out: they are small, they are what the
+service desk needs, and only the byte bound below can drop them.
+
 Bound: the sum of stored payload bytes is kept under ``max_bytes``. When a ``put`` goes
 over, the oldest events not in the in-flight batch are dropped in this order: metric
 samples, then heartbeats, and only when nothing else is left, check state changes and
@@ -46,6 +54,8 @@ _SCHEMA_VERSION = 1
 _TIER_METRICS = 0
 _TIER_HEARTBEAT = 1
 _TIER_RECORD = 2  # check state changes and remediation records
+# Seconds between age scans (the scan is one indexed DELETE, but not worth doing per put).
+_EXPIRY_EVERY_S = 60.0
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -120,12 +130,17 @@ class Outbox:
         path: Path,
         *,
         max_bytes: int = 64 * 2**20,
+        max_age_s: float = 7 * 86400.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes: must be positive, got {max_bytes!r}")
+        if not max_age_s > 0:
+            raise ValueError(f"max_age_s: must be positive, got {max_age_s!r}")
         self._path = Path(path)
         self._max_bytes = max_bytes
+        self._max_age_s = max_age_s
+        self._next_expiry = float("-inf")
         self._clock = clock
         self._lock = threading.Lock()
         try:
@@ -191,17 +206,56 @@ class Outbox:
             self._bytes += size
             if self._bytes > self._max_bytes:
                 self._enforce_bound()
+        now = self._clock()
+        # Bounded work per put: the age scan runs at most once a minute (or after a clock
+        # step backwards, which makes ``now`` smaller than the last scan).
+        if now >= self._next_expiry or now < self._next_expiry - 2 * _EXPIRY_EVERY_S:
+            self.expire()
         return seq
 
-    def next_batch(self, max_events: int) -> Batch | None:
+    def expire(self) -> int:
+        """Drop metric samples and heartbeats stored more than ``max_age_s`` ago.
+
+        Events of the in-flight batch are kept (they may already be at the collector).
+        Returns how many were dropped; each is counted under ``dropped``. Ages are
+        measured on the wall clock (they must survive restarts), so a forward clock step
+        can age events out early; the agent reports such a step as an ``agent.clock`` event.
+        """
+        now = self._clock()
+        self._next_expiry = now + _EXPIRY_EVERY_S
+        cutoff = now - self._max_age_s
+        with self._lock, self._transaction():
+            rows = self._db.execute(
+                "DELETE FROM events WHERE batch_id IS NULL AND tier < ? AND created_at < ?"
+                " RETURNING kind, size",
+                (_TIER_RECORD, cutoff),
+            ).fetchall()
+            by_kind: dict[str, int] = {}
+            for kind, size in rows:
+                by_kind[kind] = by_kind.get(kind, 0) + 1
+                self._bytes -= size
+            for kind, n in by_kind.items():
+                self._count(f"dropped.{kind}", n)
+        if rows:
+            log.warning(
+                "outbox: dropped %d metric samples/heartbeats older than %.0f s",
+                len(rows),
+                self._max_age_s,
+            )
+        return len(rows)
+
+    def next_batch(self, max_events: int, max_bytes: int = 2**62) -> Batch | None:
         """The batch to send now, or ``None`` when nothing is pending.
 
         If a batch was handed out and not acknowledged (a failed send, a crash), it is
-        returned again with the same id and events, whatever ``max_events`` is now.
-        Otherwise the oldest (by seq) up to ``max_events`` pending events get a new id.
+        returned again with the same id and events, whatever the limits are now.
+        Otherwise the oldest (by seq) pending events get a new id: up to ``max_events`` of
+        them whose stored JSON adds up to at most ``max_bytes``, and never fewer than one.
         """
         if max_events < 1:
             raise ValueError(f"max_events: must be at least 1, got {max_events!r}")
+        if max_bytes < 1:
+            raise ValueError(f"max_bytes: must be at least 1, got {max_bytes!r}")
         with self._lock, self._transaction():
             row = self._db.execute(
                 "SELECT batch_id FROM events WHERE batch_id IS NOT NULL ORDER BY seq LIMIT 1"
@@ -210,10 +264,14 @@ class Outbox:
                 batch_id = row[0]
             else:
                 batch_id = uuid.uuid4().hex
+                # Running byte total over the oldest events; the first always fits.
                 cur = self._db.execute(
-                    "UPDATE events SET batch_id = ? WHERE seq IN"
-                    " (SELECT seq FROM events WHERE batch_id IS NULL ORDER BY seq LIMIT ?)",
-                    (batch_id, max_events),
+                    "UPDATE events SET batch_id = ? WHERE seq IN (SELECT seq FROM"
+                    " (SELECT seq, SUM(size) OVER (ORDER BY seq) AS running,"
+                    "  ROW_NUMBER() OVER (ORDER BY seq) AS n"
+                    "  FROM events WHERE batch_id IS NULL ORDER BY seq LIMIT ?)"
+                    " WHERE running <= ? OR n = 1)",
+                    (batch_id, max_events, max_bytes),
                 )
                 if cur.rowcount == 0:
                     return None

@@ -444,3 +444,94 @@ def test_drop_counts_survive_a_restart(tmp_path: Path) -> None:
 
     assert stats.dropped == {"metrics": 4}
     assert stats.dropped_total == 4
+
+
+# ------------------------------------------------------------------ size-capped batches
+
+
+def test_a_batch_stops_before_its_byte_cap(outbox: Outbox) -> None:
+    put = [metrics(i, padding=200) for i in range(5)]
+    for e in put:
+        outbox.put(e)
+    one = outbox.stats().payload_bytes // 5
+
+    batch = outbox.next_batch(100, max_bytes=one * 2 + one // 2)
+
+    assert batch is not None
+    assert ids(batch.events) == ids(put[:2])
+
+
+def test_an_event_larger_than_the_byte_cap_still_goes_alone(outbox: Outbox) -> None:
+    big = metrics(0, padding=900)
+    outbox.put(big)
+    outbox.put(metrics(1))
+
+    batch = outbox.next_batch(100, max_bytes=10)
+
+    assert batch is not None
+    assert ids(batch.events) == [big.event_id]
+
+
+# ------------------------------------------------------------------ age bound
+
+
+def test_metrics_and_heartbeats_older_than_max_age_are_dropped_and_counted(
+    tmp_path: Path,
+) -> None:
+    clock = FakeClock()
+    box = Outbox(tmp_path / "o.db", max_age_s=3600, clock=clock)
+    box.put(metrics(1))
+    box.put(check(wire.HEARTBEAT_CHECK, "ok"))
+    clock.now += 3601
+    fresh = metrics(2)
+    box.put(fresh)
+
+    assert box.expire() == 0  # put already ran the age scan: the old ones are gone
+    assert box.stats().dropped == {"check": 1, "metrics": 1}
+    batch = box.next_batch(10)
+    assert batch is not None and ids(batch.events) == [fresh.event_id]
+    box.close()
+
+
+def test_state_changes_and_remediation_records_are_never_aged_out(tmp_path: Path) -> None:
+    clock = FakeClock()
+    box = Outbox(tmp_path / "o.db", max_age_s=3600, clock=clock)
+    kept = [check(), remediation()]
+    for e in kept:
+        box.put(e)
+    clock.now += 30 * 86400
+
+    assert box.expire() == 0
+    batch = box.next_batch(10)
+    assert batch is not None and ids(batch.events) == ids(kept)
+    box.close()
+
+
+def test_the_age_scan_runs_at_most_once_a_minute_of_puts(tmp_path: Path) -> None:
+    clock = FakeClock()
+    box = Outbox(tmp_path / "o.db", max_age_s=10, clock=clock)
+    box.put(metrics(1))  # scans (the first put always does)
+    clock.now += 30
+    box.put(metrics(2))  # metrics(1) is too old, but the next scan is not due yet
+    kept_between_scans = box.depth()
+    clock.now += 30
+    box.put(metrics(3))  # a minute after the first scan: both old ones go
+
+    assert kept_between_scans == 2
+    assert box.stats().dropped == {"metrics": 2}
+    assert box.depth() == 1
+    box.close()
+
+
+def test_an_in_flight_batch_is_not_aged_out(tmp_path: Path) -> None:
+    clock = FakeClock()
+    box = Outbox(tmp_path / "o.db", max_age_s=60, clock=clock)
+    old = metrics(1)
+    box.put(old)
+    batch = box.next_batch(10)
+    clock.now += 3600
+
+    assert box.expire() == 0
+    again = box.next_batch(10)
+    assert batch is not None and again == batch
+    box.close()

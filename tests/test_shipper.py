@@ -21,7 +21,14 @@ from agent import wire
 from agent.config import CollectorTarget
 from agent.identity import Identity
 from agent.outbox import Outbox
-from agent.shipper import REJECTED_BACKOFF_S, Shipper, ShipResult
+from agent.shipper import (
+    REJECTED_BACKOFF_S,
+    ClockJump,
+    ClockReading,
+    Shipper,
+    ShipResult,
+    detect_clock_jumps,
+)
 
 T = TypeVar("T")
 TOKEN = "s3cret-token"
@@ -114,6 +121,7 @@ def make_shipper(
         IDENTITY,
         agent_version="9.9.9-test",
         clock=clock,
+        monotonic=kwargs.pop("monotonic", clock),
         rng=rng or FakeRng(),
         **kwargs,
     )
@@ -496,3 +504,230 @@ def test_a_rejected_batch_goes_through_once_the_collector_accepts_it(outbox: Out
 
     assert result.sent_events == 2
     assert [e.event_id for e in collector.received[1].report.events] == ids
+
+
+# ------------------------------------------------------------------ pacing and knobs
+
+
+class FakeSleep:
+    """Records the pauses the shipper asks for, without waiting."""
+
+    def __init__(self) -> None:
+        self.pauses: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.pauses.append(seconds)
+
+
+def test_a_backlog_drains_at_the_configured_rate(outbox: Outbox) -> None:
+    fill(outbox, 4)
+    sleep = FakeSleep()
+
+    result = run_against(
+        FakeCollector(),
+        outbox,
+        FakeClock(),
+        ship_once,
+        batch_max_events=1,
+        drain_batches_per_s=4.0,
+        sleep=sleep,
+    )
+
+    assert result.sent_batches == 4
+    assert sleep.pauses == [0.25, 0.25, 0.25]  # the first batch goes at once
+
+
+def test_a_single_batch_is_never_delayed_by_the_drain_rate(outbox: Outbox) -> None:
+    fill(outbox, 3)
+    sleep = FakeSleep()
+
+    run_against(
+        FakeCollector(), outbox, FakeClock(), ship_once, drain_batches_per_s=0.01, sleep=sleep
+    )
+
+    assert sleep.pauses == []
+
+
+def test_batches_are_capped_in_bytes(outbox: Outbox) -> None:
+    fill(outbox, 6)
+    collector = FakeCollector()
+    one = outbox.stats().payload_bytes // 6
+
+    run_against(collector, outbox, FakeClock(), ship_once, batch_max_bytes=one * 2)
+
+    assert [len(r.report.events) for r in collector.received] == [2, 2, 2]
+
+
+def test_backoff_base_and_cap_are_configurable(outbox: Outbox) -> None:
+    fill(outbox, 1)
+    clock = FakeClock()
+    rng = FakeRng(1.0)
+    collector = FakeCollector(*[Reply(500)] * 4)
+
+    async def steps(shipper: Shipper) -> None:
+        for _ in range(4):
+            await shipper.ship()
+            clock.now = shipper.backoff_until
+
+    run_against(collector, outbox, clock, steps, rng=rng, backoff_base_s=0.1, backoff_cap_s=0.3)
+
+    assert [b for _, b in rng.ranges] == pytest.approx([0.1, 0.2, 0.3, 0.3])
+
+
+def test_backoff_windows_follow_the_monotonic_clock_not_the_wall_clock(outbox: Outbox) -> None:
+    """A wall clock set back an hour must not freeze delivery for an hour."""
+    fill(outbox, 1)
+    wall, mono = FakeClock(), FakeClock(50.0)
+    collector = FakeCollector(Reply(500))
+
+    async def steps(shipper: Shipper) -> ShipResult:
+        await shipper.ship()
+        wall.now -= 3600
+        mono.now = shipper.backoff_until
+        return await shipper.ship()
+
+    result = run_against(collector, outbox, wall, steps, monotonic=mono, rng=FakeRng(1.0))
+
+    assert result.sent_events == 1
+
+
+def test_wake_ends_a_backoff_at_once(outbox: Outbox) -> None:
+    fill(outbox, 1)
+    collector = FakeCollector(Reply(503, headers={"Retry-After": "600"}))
+
+    async def steps(shipper: Shipper) -> ShipResult:
+        await shipper.ship()
+        shipper.wake()
+        return await shipper.ship()
+
+    result = run_against(collector, outbox, FakeClock(), steps)
+
+    assert result.sent_events == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"backoff_base_s": 0.0}, "backoff"),
+        ({"backoff_base_s": 5.0, "backoff_cap_s": 1.0}, "backoff"),
+        ({"drain_batches_per_s": 0.0}, "drain_batches_per_s"),
+    ],
+    ids=["zero-base", "cap-below-base", "zero-drain-rate"],
+)
+def test_nonsensical_pacing_is_refused_naming_the_argument(
+    outbox: Outbox, kwargs: dict[str, float], field: str
+) -> None:
+    with pytest.raises(ValueError, match=field):
+        make_shipper("http://127.0.0.1:1", outbox, FakeClock(), **kwargs)
+
+
+# ------------------------------------------------------------------ clock jumps
+
+
+def reading(wall: float, mono: float, boot: float) -> ClockReading:
+    return ClockReading(wall=wall, monotonic=mono, boot=boot)
+
+
+@pytest.mark.parametrize(
+    ("after", "expected"),
+    [
+        (reading(1005.0, 105.0, 205.0), ()),
+        (reading(1005.5, 105.0, 205.0), ()),
+        (reading(4605.0, 105.0, 3805.0), (ClockJump("sleep", 3600.0),)),
+        (reading(-2595.0, 105.0, 205.0), (ClockJump("step", -3600.0),)),
+        (reading(1905.0, 105.0, 205.0), (ClockJump("step", 900.0),)),
+        (
+            reading(4665.0, 105.0, 3805.0),
+            (ClockJump("sleep", 3600.0), ClockJump("step", 60.0)),
+        ),
+    ],
+    ids=[
+        "steady",
+        "drift-within-tolerance",
+        "an-hour-asleep",
+        "clock-set-back-an-hour",
+        "clock-set-forward-15-min",
+        "asleep-then-ntp-corrects",
+    ],
+)
+def test_clock_jumps_are_told_apart(after: ClockReading, expected: tuple[ClockJump, ...]) -> None:
+    before = reading(1000.0, 100.0, 200.0)
+
+    assert detect_clock_jumps(before, after, tolerance_s=2.0) == expected
+
+
+# ------------------------------------------------------------------ the config knobs
+
+
+def load(tmp_path: Path, extra: str) -> Any:
+    from agent.config import load_agent_config
+
+    path = tmp_path / "agent.yaml"
+    path.write_text(f"collector: {{url: 'http://127.0.0.1:1', token: t}}\n{extra}")
+    return load_agent_config(path)
+
+
+def test_shipping_and_outbox_defaults_are_sized_for_a_week_offline(tmp_path: Path) -> None:
+    config = load(tmp_path, "")
+
+    assert config.outbox.max_age_s == 7 * 86400
+    assert config.shipping.backoff_cap_s == 300.0
+    assert config.shipping.drain_batches_per_s == 2.0
+
+
+def test_shipping_knobs_are_read_with_units(tmp_path: Path) -> None:
+    config = load(
+        tmp_path,
+        "shipping: {backoff_base: 200ms, backoff_cap: 1m, drain_rate: 5, start_jitter: 0}\n"
+        "outbox: {max_age: 2d, batch_max_bytes: 1MiB}\n",
+    )
+
+    assert (config.shipping.backoff_base_s, config.shipping.backoff_cap_s) == (0.2, 60.0)
+    assert config.shipping.drain_batches_per_s == 5.0
+    assert config.shipping.start_jitter_s == 0.0
+    assert (config.outbox.max_age_s, config.outbox.batch_max_bytes) == (2 * 86400, 2**20)
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("shipping: {backoff_base: 10s, backoff_cap: 1s}\n", "shipping.backoff_cap"),
+        ("shipping: {drain_rate: 0}\n", "shipping.drain_rate"),
+        ("shipping: {drian_rate: 1}\n", "shipping.drian_rate"),
+        ("outbox: {batch_max_bytes: 10}\n", "outbox.batch_max_bytes"),
+    ],
+    ids=["cap-below-base", "zero-drain-rate", "typo", "tiny-batches"],
+)
+def test_bad_shipping_knobs_name_the_key(tmp_path: Path, extra: str, key: str) -> None:
+    from agent.configio import ConfigError
+
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load(tmp_path, extra)
+
+
+def test_the_agent_reports_a_sleep_as_a_clock_event_and_ends_its_backoff(tmp_path: Path) -> None:
+    from agent.service import AgentService
+    from agent.shipper import read_clock
+
+    config = load(tmp_path, "agent: {state_dir: state}\n")
+    service = AgentService(config, library={})
+    now = read_clock()
+    # As if the previous reading was taken just before an hour asleep.
+    service._clock_reading = reading(now.wall - 3605, now.monotonic - 5, now.boot - 3605)
+    service.shipper._backoff_until = float("inf")
+
+    async def main() -> Any:
+        await service.watch_clock()
+        backoff = service.shipper.backoff_until
+        batch = service.outbox.next_batch(10)
+        await service._shutdown()
+        return backoff, batch
+
+    backoff, batch = asyncio.run(main())
+
+    assert backoff < float("inf")
+    assert batch is not None
+    (event,) = batch.events
+    assert isinstance(event, wire.CheckEvent) and event.check == wire.CLOCK_CHECK
+    assert event.value == pytest.approx(3600, abs=1)
+    assert "asleep" in event.message

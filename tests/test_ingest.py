@@ -1,0 +1,284 @@
+"""The ingest queue: group commit, bounded admission (429 + Retry-After), durable acks."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import gzip
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from agent import wire
+from collector.app import create_app
+from collector.config import CollectorConfig, IngestConfig
+from collector.ingest import IngestQueue, QueueFull
+from collector.keys import counters_key, executor_key
+from collector.store import IngestResult, SqliteStore
+
+AGENT_TOKEN = "test-agent-token"  # the collector_config fixture's token
+
+
+class FakeStore:
+    """``ingest_many`` that records each group; the first call waits for ``gate``."""
+
+    def __init__(self, fail: set[str] = frozenset()) -> None:  # type: ignore[assignment]
+        self.groups: list[list[str]] = []
+        self.gate = threading.Event()
+        self.fail = fail
+
+    def ingest_many(
+        self, items: Sequence[tuple[wire.Report, float]]
+    ) -> list[IngestResult | Exception]:
+        if not self.groups:
+            self.gate.wait(timeout=10)
+        self.groups.append([r.batch_id for r, _ in items])
+        return [
+            RuntimeError(f"bad {r.batch_id}")
+            if r.batch_id in self.fail
+            else IngestResult(False, len(r.events), (), (), ())
+            for r, _ in items
+        ]
+
+
+class FakeRng:
+    def __init__(self, fraction: float) -> None:
+        self.fraction = fraction
+
+    def uniform(self, a: float, b: float) -> float:
+        return a + (b - a) * self.fraction
+
+
+def run_queue(store: FakeStore, body: Callable[[IngestQueue], Any], **kwargs: Any) -> Any:
+    async def main() -> Any:
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            queue = IngestQueue(store.ingest_many, executor, **kwargs)
+            queue.start()
+            try:
+                return await body(queue)
+            finally:
+                store.gate.set()
+                await queue.close()
+
+    return asyncio.run(main())
+
+
+def test_reports_that_arrive_during_a_commit_share_the_next_one(make_report) -> None:  # type: ignore[no-untyped-def]
+    store = FakeStore()
+    reports = [make_report(batch_id=f"b{i}") for i in range(6)]
+
+    async def body(queue: IngestQueue) -> list[IngestResult]:
+        first = asyncio.ensure_future(queue.submit(reports[0], 1.0))
+        await asyncio.sleep(0.05)  # the first commit is now running (held at the gate)
+        rest = [asyncio.ensure_future(queue.submit(r, 1.0)) for r in reports[1:]]
+        await asyncio.sleep(0.05)
+        store.gate.set()
+        return await asyncio.gather(first, *rest)
+
+    results = run_queue(store, body)
+
+    assert store.groups == [["b0"], ["b1", "b2", "b3", "b4", "b5"]]
+    assert len(results) == 6
+
+
+def test_a_group_is_capped_at_max_group(make_report) -> None:  # type: ignore[no-untyped-def]
+    store = FakeStore()
+    store.gate.set()
+    reports = [make_report(batch_id=f"b{i}") for i in range(5)]
+
+    async def body(queue: IngestQueue) -> None:
+        await asyncio.gather(*(queue.submit(r, 1.0) for r in reports))
+
+    run_queue(store, body, max_group=2)
+
+    assert [len(g) for g in store.groups] == [2, 2, 1]
+
+
+def test_past_max_pending_a_report_is_refused_at_once_with_a_jittered_retry_after(
+    make_report,  # type: ignore[no-untyped-def]
+) -> None:
+    store = FakeStore()
+
+    async def body(queue: IngestQueue) -> tuple[QueueFull, int]:
+        held = asyncio.ensure_future(queue.submit(make_report(), 1.0))  # in the held commit
+        await asyncio.sleep(0.05)
+        waiting = asyncio.ensure_future(queue.submit(make_report(), 1.0))  # now it is full
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull) as refused:
+            await queue.submit(make_report(), 1.0)
+        store.gate.set()
+        await asyncio.gather(held, waiting)
+        return refused.value, queue.stats().shed
+
+    refused, shed = run_queue(store, body, max_pending=1, retry_after_s=4.0, rng=FakeRng(0.5))
+
+    assert refused.retry_after_s == 6  # ceil(uniform(4, 8)) at the midpoint
+    assert shed == 1
+
+
+def test_a_failing_report_fails_alone(make_report) -> None:  # type: ignore[no-untyped-def]
+    store = FakeStore(fail={"bad"})
+    store.gate.set()
+
+    async def body(queue: IngestQueue) -> list[Any]:
+        return await asyncio.gather(
+            queue.submit(make_report(batch_id="good"), 1.0),
+            queue.submit(make_report(batch_id="bad"), 1.0),
+            return_exceptions=True,
+        )
+
+    good, bad = run_queue(store, body)
+
+    assert isinstance(good, IngestResult)
+    assert isinstance(bad, RuntimeError)
+
+
+def test_close_commits_what_is_queued_and_then_refuses(make_report) -> None:  # type: ignore[no-untyped-def]
+    store = FakeStore()
+
+    async def body(queue: IngestQueue) -> bool:
+        pending = [asyncio.ensure_future(queue.submit(make_report(), 1.0)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        store.gate.set()
+        await queue.close()
+        results = await asyncio.wait_for(asyncio.gather(*pending), timeout=1)
+        assert all(isinstance(r, IngestResult) for r in results)
+        return queue.full()
+
+    assert run_queue(store, body) is True
+    assert sum(len(g) for g in store.groups) == 3
+
+
+# ------------------------------------------------------------------ the store's group commit
+
+
+def test_ingest_many_applies_every_report_of_a_group(
+    tmp_path: Path,
+    make_report,
+    make_check_event,  # type: ignore[no-untyped-def]
+) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    reports = [make_report(make_check_event(), agent_id=f"agent-{i}") for i in range(3)]
+
+    results = store.ingest_many([(r, 100.0) for r in reports])
+
+    assert [r.events for r in results] == [1, 1, 1]  # type: ignore[union-attr]
+    assert len(store.list_hosts()) == 3
+
+
+def test_a_batch_repeated_inside_one_group_is_applied_once(
+    tmp_path: Path,
+    make_report,
+    make_check_event,  # type: ignore[no-untyped-def]
+) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    report = make_report(make_check_event())
+
+    first, again = store.ingest_many([(report, 100.0), (report, 100.5)])
+
+    assert (first.duplicate, again.duplicate) == (False, True)  # type: ignore[union-attr]
+    assert len(store.list_incidents()) == 1
+
+
+def test_one_bad_report_in_a_group_does_not_stop_the_others(
+    tmp_path: Path,
+    make_report,
+    make_check_event,  # type: ignore[no-untyped-def]
+) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    good = make_report(make_check_event(), agent_id="good")
+    bad = make_report(make_check_event(), agent_id="bad")
+
+    ok, failed = store.ingest_many([(good, 100.0), (bad, float("nan"))])
+
+    assert isinstance(ok, IngestResult)
+    assert isinstance(failed, ValueError)
+    assert [h["agent_id"] for h in store.list_hosts()] == ["good"]
+
+
+# ------------------------------------------------------------------ over HTTP
+
+
+def test_an_overloaded_collector_answers_429_with_retry_after(
+    collector_config: CollectorConfig,
+    make_report,
+    make_check_event,  # type: ignore[no-untyped-def]
+) -> None:
+    config = dataclasses.replace(collector_config, ingest=IngestConfig(max_pending=1))
+    release = threading.Event()
+
+    async def main() -> tuple[list[tuple[int, str | None]], int]:
+        app = create_app(config)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1/reports"
+            # Hold the store's thread so reports pile up behind it.
+            held = asyncio.get_running_loop().run_in_executor(app[executor_key], release.wait, 10)
+            async with aiohttp.ClientSession() as session:
+
+                async def post() -> tuple[int, str | None]:
+                    body = gzip.compress(wire.encode_report(make_report(make_check_event())))
+                    headers = {
+                        "Authorization": f"Bearer {AGENT_TOKEN}",
+                        "Content-Encoding": "gzip",
+                    }
+                    async with session.post(url, data=body, headers=headers) as resp:
+                        return resp.status, resp.headers.get("Retry-After")
+
+                tasks = [asyncio.ensure_future(post()) for _ in range(6)]
+                await asyncio.sleep(0.5)
+                release.set()
+                await held
+                answers = await asyncio.gather(*tasks)
+                shed = app[counters_key].rejected["overloaded"]
+                return answers, shed
+        finally:
+            release.set()
+            await runner.cleanup()
+
+    answers, shed = asyncio.run(main())
+
+    refused = [retry for status, retry in answers if status == 429]
+    assert refused and all(retry is not None and int(retry) >= 2 for retry in refused)
+    assert all(status in (200, 429) for status, _ in answers)
+    assert shed == len(refused)  # exported as vigil_reports_rejected_total{reason="overloaded"}
+
+
+# ------------------------------------------------------------------ clock jumps, config
+
+
+def test_a_reported_clock_jump_is_history_and_never_an_incident(
+    tmp_path: Path,
+    make_report,
+    make_check_event,  # type: ignore[no-untyped-def]
+) -> None:
+    store = SqliteStore(tmp_path / "c.db")
+    jump = make_check_event(wire.CLOCK_CHECK, "ok", previous_state=None, value=3600.0)
+
+    store.ingest(make_report(jump), 100.0)
+
+    assert store.list_incidents() == []
+    assert wire.CLOCK_CHECK not in store.list_hosts()[0]["checks"]
+
+
+def test_ingest_knobs_are_read_and_checked(tmp_path: Path) -> None:
+    from agent.configio import ConfigError
+    from collector.config import load_collector_config
+
+    path = tmp_path / "collector.yaml"
+    base = "auth: {agent_tokens: [t]}\n"
+    path.write_text(base + "ingest: {max_pending: 50, max_group: 8, retry_after: 3s}\n")
+    assert load_collector_config(path).ingest == IngestConfig(50, 8, 3.0)
+
+    path.write_text(base + "ingest: {max_pending: 0}\n")
+    with pytest.raises(ConfigError, match=r"ingest\.max_pending"):
+        load_collector_config(path)
