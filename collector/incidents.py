@@ -22,7 +22,8 @@ Checks (:func:`on_check`):
 - ``warning`` / ``unknown``: never open or resolve; a state change is noted on an open
   incident's timeline. ``awaiting`` is kept: the promised result may still arrive.
 - The heartbeat check (:data:`agent.wire.HEARTBEAT_CHECK`) never produces actions here:
-  liveness is judged from the host's last-seen time and TTL, which the store keeps.
+  liveness is judged from the host's last-seen time and TTL, which the store keeps, by
+  :func:`is_silent` and :func:`on_liveness` on every tick.
 
 Remediation results (:func:`on_remediation`), for the key ``(host, event.check)``:
 
@@ -30,7 +31,8 @@ Remediation results (:func:`on_remediation`), for the key ``(host, event.check)`
   key was awaiting this remediation or the check is ``critical``, :class:`RecordPrevented`
   (a prevented incident: counted, never raised). A ``fixed`` run for a key that was
   neither awaited nor critical (a proactive fix of a warning) produces no action.
-- any other outcome (``not_fixed``, ``error``, ``timeout``, ``skipped``, ``dry_run``):
+- any other outcome (``not_fixed``, ``error``, ``timeout``, ``skipped``, ``dry_run``,
+  ``needs_reboot``, ``needs_user``):
   :class:`AddTimeline` if an incident is open, else :class:`OpenIncident` naming the
   remediation and its outcome when the check is still ``critical``.
 - A result clears ``awaiting`` only when it is for the awaited remediation: a promise is
@@ -39,6 +41,18 @@ Remediation results (:func:`on_remediation`), for the key ``(host, event.check)`
 Ticks (:func:`on_tick`): a key ``awaiting`` for longer than ``remediation_wait_s`` (strictly)
 stops waiting; if the check is still ``critical`` it gets :class:`OpenIncident` ("remediation
 X promised but no result within N s"), or a timeline note if an incident is already open.
+
+Flapping: the store passes ``flapping`` (see :func:`is_flapping`) with each check result.
+While a key flaps, a recovery does not resolve its open incident (it is held open, one
+incident instead of a new one every few minutes) and notifications are held back; once
+the flapping ends, :func:`on_tick` resolves it if the check is ``ok``.
+
+Beyond one key, pure predicates the store calls with what it has stored:
+:func:`recurs` (the same key N times in a window: a recurring problem),
+:func:`fleet_wide` (one check failing on many hosts: one fleet problem),
+:func:`silence_applies` (a maintenance window matching an incident) and
+:func:`plan_notifications` (what to notify as firing or resolved). The knobs are in
+:class:`IncidentRules`; ``docs/incidents.md`` explains the model with examples.
 
 Incident ids: the engine cannot know the id of an incident it asks to open. After carrying
 out :class:`OpenIncident` the store sets ``incident_id`` on the returned state.
@@ -50,11 +64,11 @@ incident action, so that bookkeeping stays trivial.
 
 from __future__ import annotations
 
+import fnmatch
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from agent import wire
-
-DEFAULT_PRIORITY = "P3"
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,6 +87,29 @@ class KeyState:
     incident_id: int | None = None
     value: float | None = None
     message: str = ""
+    flapping: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class IncidentRules:
+    """The engine's tunable knobs (``incidents:`` in the collector config), in seconds.
+
+    Flapping: ``flap_changes`` state changes within ``flap_window_s`` (0 disables).
+    Recurrence: ``recurrence_count`` occurrences of one key within ``recurrence_window_s``
+    open a problem. Correlation: one check failing on ``fleet_min_hosts`` hosts, or on
+    ``fleet_min_share`` of the failing host's group, within ``fleet_window_s``, is one
+    fleet problem. ``heartbeat_grace_s``: silence tolerated past a heartbeat TTL.
+    """
+
+    remediation_wait_s: float = 600.0
+    heartbeat_grace_s: float = 30.0
+    flap_window_s: float = 3600.0
+    flap_changes: int = 6
+    recurrence_window_s: float = 7 * 86400.0
+    recurrence_count: int = 3
+    fleet_window_s: float = 300.0
+    fleet_min_hosts: int = 3
+    fleet_min_share: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,29 +152,39 @@ class AddTimeline:
 Action = OpenIncident | ResolveIncident | RecordPrevented | AddTimeline
 
 
-def default_priority(check: str, state: str) -> str:
-    """Priority (``P1`` most urgent .. ``P4``) for an incident on ``check`` in ``state``.
+def on_check(
+    state: KeyState, event: wire.CheckEvent, now: float, *, flapping: bool = False
+) -> tuple[KeyState, list[Action]]:
+    """Apply a check result received at ``now`` (Unix seconds, collector clock).
 
-    Always ``P3`` for now: the service catalog's impact x urgency matrix replaces this.
+    ``flapping``: the key changed state too often lately (:func:`is_flapping`, computed by
+    the caller over the key's history including this result).
     """
-    return DEFAULT_PRIORITY
-
-
-def on_check(state: KeyState, event: wire.CheckEvent, now: float) -> tuple[KeyState, list[Action]]:
-    """Apply a check result received at ``now`` (Unix seconds, collector clock)."""
-    new = replace(state, check_state=event.state, value=event.value, message=event.message)
+    new = replace(
+        state,
+        check_state=event.state,
+        value=event.value,
+        message=event.message,
+        flapping=flapping,
+    )
     if event.check == wire.HEARTBEAT_CHECK:
         return new, []
     is_open = state.incident_id is not None
     changed = event.state != state.check_state
+    notes: list[Action] = []
+    if is_open and flapping and not state.flapping:
+        notes.append(AddTimeline("flapping: notifications held back"))
 
     if event.state == "ok":
+        if is_open and flapping:
+            note = AddTimeline("check ok while flapping: held open until the flapping ends")
+            return replace(new, awaiting=None, awaiting_since=None), [*notes, note]
         new = replace(new, awaiting=None, awaiting_since=None, incident_id=None)
-        return new, [ResolveIncident("check recovered")] if is_open else []
+        return new, [*notes, ResolveIncident("check recovered")] if is_open else []
 
     if event.state != "critical":
         note = f"check {event.state}: {event.message}"
-        return new, [AddTimeline(note)] if is_open and changed else []
+        return new, [*notes, AddTimeline(note)] if is_open and changed else notes
 
     if event.remediation is not None:
         renewed = state.awaiting == event.remediation and state.awaiting_since is not None
@@ -145,11 +192,12 @@ def on_check(state: KeyState, event: wire.CheckEvent, now: float) -> tuple[KeySt
         new = replace(new, awaiting=event.remediation, awaiting_since=since)
         if is_open and (changed or not renewed):
             note = f"check critical: {event.message}; agent is running {event.remediation}"
-            return new, [AddTimeline(note)]
-        return new, []
+            return new, [*notes, AddTimeline(note)]
+        return new, notes
 
     if is_open:
-        return new, [AddTimeline(f"check critical: {event.message}")] if changed else []
+        note = AddTimeline(f"check critical: {event.message}")
+        return new, [*notes, note] if changed else notes
     opened = OpenIncident(
         reason="check critical, no remediation",
         value=event.value,
@@ -205,13 +253,23 @@ def on_remediation(
 
 
 def on_tick(
-    state: KeyState, now: float, remediation_wait_s: float
+    state: KeyState, now: float, remediation_wait_s: float, *, flapping: bool | None = None
 ) -> tuple[KeyState, list[Action]]:
-    """Give up on a promised remediation after ``remediation_wait_s`` seconds.
+    """Give up on a promised remediation after ``remediation_wait_s`` seconds, and end
+    flapping.
 
+    ``flapping``: whether the key still flaps at ``now`` (``None``: not evaluated). When a
+    flapping key stops flapping, an incident held open while the check is ``ok`` resolves.
     A key that is awaiting with no ``awaiting_since`` (should not happen) starts its wait
     at ``now`` rather than expiring at once or never.
     """
+    if state.flapping and flapping is False:
+        new = replace(state, flapping=False)
+        if state.incident_id is not None and state.check_state == "ok":
+            return replace(new, incident_id=None), [
+                ResolveIncident("check recovered; flapping ended")
+            ]
+        return new, []
     if state.awaiting is None:
         return state, []
     if state.awaiting_since is None:
@@ -233,6 +291,165 @@ def on_tick(
         remediation_outcome=None,
     )
     return new, [opened]
+
+
+def on_liveness(
+    state: KeyState, *, silent: bool, expected: bool, silent_for_s: float
+) -> tuple[KeyState, list[Action]]:
+    """Apply a liveness verdict to a host's heartbeat key (:data:`agent.wire.HEARTBEAT_CHECK`).
+
+    ``silent``: the heartbeat TTL plus grace expired (:func:`is_silent`). ``expected``: the
+    host's group treats silence as normal (a laptop asleep), so no incident is raised and
+    the key just records ``unknown``. A host that reports again resolves its incident.
+    ``silent_for_s``: seconds since the host was last seen (for the message).
+    """
+    is_open = state.incident_id is not None
+    if not silent:
+        new = replace(state, check_state="ok", incident_id=None)
+        return new, [ResolveIncident("agent reporting again")] if is_open else []
+    message = f"agent silent for {silent_for_s:.0f} s (heartbeat TTL expired)"
+    if expected:
+        new = replace(state, check_state="unknown", message=message)
+        return new, [AddTimeline("silence expected for this host group")] if (
+            is_open and state.check_state != "unknown"
+        ) else []
+    new = replace(state, check_state="critical", message=message, value=silent_for_s)
+    if is_open:
+        return new, []
+    opened = OpenIncident(
+        reason="agent silent: heartbeat TTL expired",
+        value=silent_for_s,
+        message=message,
+        remediation=None,
+        remediation_outcome=None,
+    )
+    return new, [opened]
+
+
+# --------------------------------------------------------------------------- fleet rules
+
+
+def is_flapping(change_times: Sequence[float], now: float, window_s: float, changes: int) -> bool:
+    """Whether a key whose state changed at ``change_times`` (Unix seconds) flaps at ``now``:
+    at least ``changes`` state changes within the last ``window_s`` seconds.
+    ``changes <= 0`` disables flapping detection."""
+    if changes <= 0:
+        return False
+    return sum(1 for t in change_times if now - window_s <= t <= now) >= changes
+
+
+def recurs(times: Sequence[float], now: float, window_s: float, count: int) -> bool:
+    """Whether a key that failed at ``times`` (incidents opened or prevented, Unix
+    seconds) came back ``count`` times within ``window_s`` before ``now``: the root
+    cause is not fixed, even if every occurrence was auto-fixed."""
+    return count > 0 and sum(1 for t in times if now - window_s <= t <= now) >= count
+
+
+def fleet_wide(hosts_failing: int, hosts_in_scope: int, min_hosts: int, min_share: float) -> bool:
+    """Whether ``hosts_failing`` hosts failing the same check at once is a fleet problem.
+
+    True from ``min_hosts`` hosts (absolute), or when they are at least ``min_share``
+    (0..1) of the ``hosts_in_scope`` (the failing host's group, or the fleet) with at
+    least two hosts: one host is never a fleet. ``min_share <= 0`` disables the share rule.
+    """
+    if hosts_failing >= 2 and min_hosts > 0 and hosts_failing >= min_hosts:
+        return True
+    if hosts_failing < 2 or min_share <= 0 or hosts_in_scope <= 0:
+        return False
+    return hosts_failing / hosts_in_scope >= min_share
+
+
+def is_silent(last_seen: float, ttl_s: float | None, grace_s: float, now: float) -> bool:
+    """Whether a host last seen at ``last_seen`` is silent at ``now``: its heartbeat TTL
+    plus ``grace_s`` expired. A host that never announced a TTL is never judged silent
+    (there is no promise to break)."""
+    return ttl_s is not None and now > last_seen + ttl_s + grace_s
+
+
+SILENCE_MATCHERS: tuple[str, ...] = ("host", "group", "service", "check")
+
+
+@dataclass(frozen=True, slots=True)
+class Silence:
+    """A maintenance window: hold back notifications for matching incidents.
+
+    ``matcher`` is one of :data:`SILENCE_MATCHERS`; ``value`` is the agent_id or hostname
+    (``host``), group name, service name, or check id / glob (``check``). Active while
+    ``starts_at <= now < ends_at`` (Unix seconds).
+    """
+
+    id: int
+    matcher: str
+    value: str
+    starts_at: float
+    ends_at: float
+
+
+def silence_applies(
+    silence: Silence,
+    *,
+    host: str,
+    hostname: str,
+    groups: Sequence[str],
+    service: str | None,
+    check: str,
+    now: float,
+) -> bool:
+    """Whether ``silence`` is active at ``now`` and matches this incident's subject."""
+    if not silence.starts_at <= now < silence.ends_at:
+        return False
+    if silence.matcher == "host":
+        return silence.value in (host, hostname)
+    if silence.matcher == "group":
+        return silence.value in groups
+    if silence.matcher == "service":
+        return service is not None and silence.value == service
+    return fnmatch.fnmatchcase(check, silence.value)
+
+
+def display_state(state: str, acknowledged_at: float | None, flapping: bool) -> str:
+    """The state a service desk sees: ``flapping`` and ``acknowledged`` refine ``open``."""
+    if state != "open":
+        return state
+    if flapping:
+        return "flapping"
+    return "acknowledged" if acknowledged_at is not None else "open"
+
+
+@dataclass(frozen=True, slots=True)
+class Alertable:
+    """What the notifier needs to know about one incident or problem.
+
+    ``held``: flapping, silenced, or represented by a fleet problem: not notified now.
+    ``notified``/``resolve_notified``: a firing / resolved notification was sent.
+    """
+
+    ref: str
+    active: bool
+    opened_at: float
+    held: bool
+    notified: bool
+    resolve_notified: bool
+
+
+def plan_notifications(
+    items: Sequence[Alertable], now: float, delay_s: float
+) -> tuple[list[Alertable], list[Alertable]]:
+    """Which items to notify as firing and which as resolved, at ``now``.
+
+    Firing: active, not held, open for at least ``delay_s`` (a group wait, so a fleet
+    problem can claim host incidents before any of them notifies), never notified.
+    Resolved: no longer active and notified as firing before. So an incident that opened
+    and resolved inside a silence, or while flapping, never notifies at all: only real
+    changes do.
+    """
+    fire = [
+        i
+        for i in items
+        if i.active and not i.held and not i.notified and now - i.opened_at >= delay_s
+    ]
+    resolve = [i for i in items if not i.active and i.notified and not i.resolve_notified]
+    return fire, resolve
 
 
 def _values(event: wire.RemediationEvent) -> str:

@@ -358,5 +358,279 @@ def test_promise_without_start_time_starts_waiting_at_the_tick() -> None:
     assert (state.awaiting_since, actions) == (100.0, [])
 
 
-def test_default_priority_is_p3_until_the_catalog_exists() -> None:
-    assert incidents.default_priority(CHECK, "critical") == "P3"
+# --------------------------------------------------------------------------- flapping
+
+FlapStep = tuple[float, str, bool]  # (time, check state, flapping at that time)
+
+
+def feed_flapping(steps: list[FlapStep], end: tuple[float, bool] | None = None) -> list[str]:
+    """Check results with the caller's flapping verdict, then optionally one tick."""
+    state, seen, next_id = KeyState(), [], 1
+    for now, st, flapping in steps:
+        state, actions = incidents.on_check(state, check(st), now, flapping=flapping)
+        for a in actions:
+            if isinstance(a, OpenIncident):
+                state = replace(state, incident_id=next_id)
+                next_id += 1
+        seen.extend(actions)
+    if end is not None:
+        state, actions = incidents.on_tick(state, end[0], WAIT, flapping=end[1])
+        seen.extend(actions)
+    return kinds(seen)
+
+
+@pytest.mark.parametrize(
+    ("steps", "end", "expected"),
+    [
+        (
+            [(0, "critical", False), (1, "ok", False), (2, "critical", False)],
+            None,
+            ["open", "resolve", "open"],
+        ),
+        (
+            [(0, "critical", False), (1, "ok", True), (2, "critical", True), (3, "ok", True)],
+            None,
+            ["open", "timeline", "timeline", "timeline", "timeline"],
+        ),
+        (
+            [(0, "critical", False), (1, "ok", True)],
+            (100, True),
+            ["open", "timeline", "timeline"],
+        ),
+        (
+            [(0, "critical", False), (1, "ok", True)],
+            (100, False),
+            ["open", "timeline", "timeline", "resolve"],
+        ),
+        (
+            [(0, "critical", False), (1, "ok", True), (2, "critical", True)],
+            (100, False),
+            ["open", "timeline", "timeline", "timeline"],
+        ),
+    ],
+    ids=[
+        "without flapping each failure is its own incident",
+        "while flapping one incident stays open and the changes are notes",
+        "a tick while still flapping keeps the incident open",
+        "the flapping ending while ok resolves the held incident",
+        "the flapping ending while critical keeps the incident open",
+    ],
+)
+def test_flapping_holds_one_incident_open(steps, end, expected) -> None:
+    assert feed_flapping(steps, end) == expected
+
+
+def test_flapping_is_noted_once_when_it_starts() -> None:
+    state = KeyState(check_state="critical", incident_id=1)
+    state, actions = incidents.on_check(state, check("ok"), 1, flapping=True)
+    assert actions[0] == AddTimeline("flapping: notifications held back")
+    assert state.flapping and state.incident_id == 1
+
+
+@pytest.mark.parametrize(
+    ("times", "now", "expected"),
+    [
+        ([], 100, False),
+        ([10, 20, 30], 100, False),
+        ([10, 20, 30, 40], 100, True),
+        ([10, 20, 30, 40], 200, False),
+        ([150, 160, 170, 180], 200, True),
+    ],
+    ids=["no changes", "three changes", "four changes", "changes too old", "recent changes"],
+)
+def test_is_flapping_counts_changes_in_the_window(times, now, expected) -> None:
+    assert incidents.is_flapping(times, now, window_s=100, changes=4) is expected
+
+
+def test_flapping_detection_is_off_with_zero_changes() -> None:
+    assert not incidents.is_flapping([1, 2, 3], 3, window_s=100, changes=0)
+
+
+# --------------------------------------------------------------------------- recurrence
+
+DAY = 86400.0
+
+
+@pytest.mark.parametrize(
+    ("times", "expected"),
+    [
+        ([0 * DAY, 1 * DAY], False),
+        ([0 * DAY, 1 * DAY, 2 * DAY], True),
+        ([0 * DAY, 3 * DAY, 6.9 * DAY], True),
+        ([-1 * DAY, 3 * DAY, 6.9 * DAY], False),
+    ],
+    ids=[
+        "twice in a week is not yet a problem",
+        "three times in three days is a problem",
+        "three times within seven days is a problem",
+        "an occurrence older than the window does not count",
+    ],
+)
+def test_recurrence_three_times_in_seven_days(times, expected) -> None:
+    assert incidents.recurs(times, now=6.9 * DAY, window_s=7 * DAY, count=3) is expected
+
+
+# --------------------------------------------------------------------------- correlation
+
+
+@pytest.mark.parametrize(
+    ("failing", "scope", "min_hosts", "min_share", "expected"),
+    [
+        (1, 1, 3, 0.5, False),
+        (2, 100, 3, 0.5, False),
+        (3, 100, 3, 0.5, True),
+        (2, 4, 3, 0.5, True),
+        (2, 5, 3, 0.5, False),
+        (1, 2, 3, 0.5, False),
+        (2, 4, 0, 0.0, False),
+        (5, 100, 0, 0.05, True),
+    ],
+    ids=[
+        "one host is never a fleet",
+        "two of a hundred is below both rules",
+        "the absolute count is reached",
+        "half of a small group",
+        "under half of a small group",
+        "one host is never a fleet even at a share of one half",
+        "both rules off",
+        "share rule alone",
+    ],
+)
+def test_fleet_wide_by_count_or_share(failing, scope, min_hosts, min_share, expected) -> None:
+    assert incidents.fleet_wide(failing, scope, min_hosts, min_share) is expected
+
+
+# --------------------------------------------------------------------------- liveness
+
+
+@pytest.mark.parametrize(
+    ("last_seen", "ttl", "now", "expected"),
+    [
+        (0, 60, 60 + 30, False),
+        (0, 60, 60 + 31, True),
+        (0, None, 10_000, False),
+    ],
+    ids=["within TTL plus grace", "past TTL plus grace", "no TTL announced"],
+)
+def test_is_silent_after_ttl_plus_grace(last_seen, ttl, now, expected) -> None:
+    assert incidents.is_silent(last_seen, ttl, 30, now) is expected
+
+
+@pytest.mark.parametrize(
+    ("state", "silent", "expected_silence", "kinds_", "check_state"),
+    [
+        (KeyState(), True, False, ["open"], "critical"),
+        (KeyState(), True, True, [], "unknown"),
+        (KeyState(check_state="critical", incident_id=7), True, False, [], "critical"),
+        (KeyState(check_state="critical", incident_id=7), False, False, ["resolve"], "ok"),
+        (KeyState(), False, False, [], "ok"),
+    ],
+    ids=[
+        "a silent server opens an incident",
+        "a sleeping laptop raises nothing",
+        "still silent opens nothing more",
+        "a host reporting again resolves it",
+        "an alive host does nothing",
+    ],
+)
+def test_liveness(state, silent, expected_silence, kinds_, check_state) -> None:
+    new, actions = incidents.on_liveness(
+        state, silent=silent, expected=expected_silence, silent_for_s=120
+    )
+    assert kinds(actions) == kinds_
+    assert new.check_state == check_state
+
+
+# --------------------------------------------------------------------------- silences
+
+SIL = incidents.Silence(id=1, matcher="check", value="disk.*", starts_at=100, ends_at=200)
+
+
+@pytest.mark.parametrize(
+    ("silence", "now", "expected"),
+    [
+        (SIL, 150, True),
+        (SIL, 99, False),
+        (SIL, 200, False),
+        (replace(SIL, value="mail.*"), 150, False),
+        (replace(SIL, matcher="host", value="ws-1"), 150, True),
+        (replace(SIL, matcher="host", value="agent-1"), 150, True),
+        (replace(SIL, matcher="host", value="ws-2"), 150, False),
+        (replace(SIL, matcher="group", value="laptops"), 150, True),
+        (replace(SIL, matcher="group", value="servers"), 150, False),
+        (replace(SIL, matcher="service", value="health"), 150, True),
+    ],
+    ids=[
+        "check glob inside the window",
+        "before it starts",
+        "at its end it no longer applies",
+        "another check",
+        "by hostname",
+        "by agent id",
+        "another host",
+        "by group",
+        "another group",
+        "by service",
+    ],
+)
+def test_silence_applies(silence, now, expected) -> None:
+    applies = incidents.silence_applies(
+        silence,
+        host="agent-1",
+        hostname="ws-1",
+        groups=("laptops",),
+        service="health",
+        check="disk.root",
+        now=now,
+    )
+    assert applies is expected
+
+
+# --------------------------------------------------------------------------- notifications
+
+
+def alertable(**kw) -> incidents.Alertable:
+    base = dict(ref="incident:1", active=True, opened_at=0.0, held=False, notified=False,
+                resolve_notified=False)  # fmt: skip
+    return incidents.Alertable(**{**base, **kw})
+
+
+@pytest.mark.parametrize(
+    ("item", "fire", "resolve"),
+    [
+        (alertable(), True, False),
+        (alertable(opened_at=80.0), False, False),
+        (alertable(held=True), False, False),
+        (alertable(notified=True), False, False),
+        (alertable(active=False, notified=True), False, True),
+        (alertable(active=False, notified=True, resolve_notified=True), False, False),
+        (alertable(active=False), False, False),
+    ],
+    ids=[
+        "open past the group wait fires",
+        "open within the group wait waits",
+        "held (silenced, flapping, in a fleet problem) does not fire",
+        "already notified does not fire again",
+        "resolved after a firing notification sends the resolution",
+        "the resolution is sent once",
+        "resolved while held never notified: no resolution either",
+    ],
+)
+def test_plan_notifications(item, fire, resolve) -> None:
+    fired, resolved = incidents.plan_notifications([item], now=100.0, delay_s=30.0)
+    assert (fired == [item], resolved == [item]) == (fire, resolve)
+
+
+@pytest.mark.parametrize(
+    ("state", "acked", "flapping", "shown"),
+    [
+        ("open", None, False, "open"),
+        ("open", 5.0, False, "acknowledged"),
+        ("open", 5.0, True, "flapping"),
+        ("resolved", 5.0, False, "resolved"),
+        ("prevented", None, False, "prevented"),
+    ],
+    ids=["open", "acknowledged", "flapping wins", "resolved", "prevented"],
+)
+def test_display_state(state, acked, flapping, shown) -> None:
+    assert incidents.display_state(state, acked, flapping) == shown
