@@ -18,16 +18,27 @@ import json
 import math
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin
 
 SCHEMA_VERSION = 1
 HEARTBEAT_CHECK = "agent.heartbeat"
+# A clock jump the agent detected (sleep/resume or a wall-clock step), reported as a check
+# result with state "ok", ``value`` the jump in seconds and ``message`` its kind; the
+# collector keeps it in the host's history and never opens an incident for it.
+CLOCK_CHECK = "agent.clock"
 
 CheckState = Literal["ok", "warning", "critical", "unknown"]
 CHECK_STATES: tuple[str, ...] = get_args(CheckState)
 
-Outcome = Literal["fixed", "not_fixed", "error", "timeout", "skipped", "dry_run"]
+# ``needs_reboot`` / ``needs_user``: the script applied what it could and declared that a
+# reboot or the person at the machine must finish the fix. Added within schema version 1
+# (every older message stays valid); a collector older than them answers 400 naming the
+# field, so upgrade collectors before agents. The collector treats them as not fixed.
+Outcome = Literal[
+    "fixed", "not_fixed", "error", "timeout", "skipped", "dry_run", "needs_reboot", "needs_user"
+]
 OUTCOMES: tuple[str, ...] = get_args(Outcome)
 
 # Bounds that keep one report from costing the collector unbounded memory or CPU.
@@ -141,6 +152,8 @@ class Report:
 
     @classmethod
     def from_dict(cls, data: Any) -> Report:
+        if not isinstance(data, dict):
+            raise WireError("body", f"expected an object, got {_kind(data)}")
         report = _parse_dataclass(cls, data, "")
         if report.schema_version != SCHEMA_VERSION:
             raise WireError(
@@ -185,103 +198,175 @@ def parse_event(data: Any, path: str = "event") -> Event:
     kind = data.get("type")
     cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise WireError(f"{path}.type", f"must be one of {sorted(EVENT_TYPES)}, got {kind!r}")
+        raise WireError(_join(path, "type"), f"must be one of {sorted(EVENT_TYPES)}, got {kind!r}")
     return _parse_dataclass(cls, data, path)
 
 
 # --------------------------------------------------------------------------- validation
+#
+# Each wire class gets a parser compiled once from its type hints: a closure per field,
+# so validating a report costs a few type checks per value instead of re-inspecting type
+# hints (the collector validates every report it ingests). Parsers raise WireError with
+# a path *relative* to the value they parse; each enclosing level prefixes its own part
+# only on the error path, so the happy path builds no path strings at all.
 
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    hints = _HINTS.get(cls)
-    if hints is None:
-        hints = _HINTS[cls] = typing.get_type_hints(cls)
-    return hints
+_Parser = Callable[[Any], Any]
+_COMPILED: dict[type, _Parser] = {}
 
 
 def _join(path: str, name: str) -> str:
-    return f"{path}.{name}" if path else name
+    if not name:
+        return path
+    if not path:
+        return name
+    return f"{path}{name}" if name.startswith("[") else f"{path}.{name}"
 
 
 def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
 
 
+def _prefixed(exc: WireError, prefix: str) -> WireError:
+    return WireError(_join(prefix, exc.path), exc.message)
+
+
 def _parse_dataclass(cls: Any, data: Any, path: str) -> Any:
-    if not isinstance(data, dict):
-        raise WireError(path or "body", f"expected an object, got {_kind(data)}")
-    hints = _hints(cls)
-    fields = dataclasses.fields(cls)
-    known = {f.name for f in fields}
-    for key in data:
-        if key not in known:
-            raise WireError(_join(path, str(key)), "unknown field")
-    kwargs: dict[str, Any] = {}
-    for f in fields:
-        fpath = _join(path, f.name)
-        if f.name not in data:
-            if f.default is dataclasses.MISSING:
-                raise WireError(fpath, "missing required field")
-            continue
-        max_len = f.metadata.get("max_len", MAX_STR)
-        kwargs[f.name] = _parse_value(hints[f.name], data[f.name], fpath, max_len)
-    return cls(**kwargs)
+    """Parse ``data`` as wire class ``cls``; errors carry ``path`` as their prefix."""
+    parser = _COMPILED.get(cls) or _compile_dataclass(cls)
+    try:
+        return parser(data)
+    except WireError as exc:
+        raise _prefixed(exc, path) from None
 
 
-def _parse_value(tp: Any, value: Any, path: str, max_len: int = MAX_STR) -> Any:
+def _compile_dataclass(cls: Any) -> _Parser:
+    hints = typing.get_type_hints(cls)
+    fields = [
+        (
+            f.name,
+            f.default is dataclasses.MISSING,
+            _compile(hints[f.name], f.metadata.get("max_len", MAX_STR)),
+        )
+        for f in dataclasses.fields(cls)
+    ]
+    known = frozenset(name for name, _, _ in fields)
+
+    def parse(data: Any) -> Any:
+        if type(data) is not dict:
+            raise WireError("", f"expected an object, got {_kind(data)}")
+        if not known.issuperset(data):
+            unknown = next(k for k in data if k not in known)
+            raise WireError(str(unknown), "unknown field")
+        kwargs = {}
+        for name, required, parser in fields:
+            if name in data:
+                try:
+                    kwargs[name] = parser(data[name])
+                except WireError as exc:
+                    raise _prefixed(exc, name) from None
+            elif required:
+                raise WireError(name, "missing required field")
+        return cls(**kwargs)
+
+    _COMPILED[cls] = parse
+    return parse
+
+
+def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
     origin = get_origin(tp)
     if origin is Literal:
         allowed = get_args(tp)
-        if value not in allowed or not isinstance(value, str):
-            raise WireError(path, f"must be one of {list(allowed)}, got {value!r}")
-        return value
+        allowed_set = frozenset(allowed)
+
+        def parse_literal(value: Any) -> Any:
+            if type(value) is not str or value not in allowed_set:
+                raise WireError("", f"must be one of {list(allowed)}, got {value!r}")
+            return value
+
+        return parse_literal
     if origin in (Union, types.UnionType):
         args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        if tp == Event or set(args) == set(EVENT_TYPES.values()):
-            return parse_event(value, path)
+        if set(args) == set(EVENT_TYPES.values()):
+            return lambda value: parse_event(value, "")
         (inner,) = (a for a in args if a is not type(None))
-        return _parse_value(inner, value, path, max_len)
+        inner_parser = _compile(inner, max_len)
+        return lambda value: None if value is None else inner_parser(value)
     if origin is tuple:
         (inner, _ellipsis) = get_args(tp)
-        if not isinstance(value, list):
-            raise WireError(path, f"expected a list, got {_kind(value)}")
-        if len(value) > MAX_EVENTS:
-            raise WireError(path, f"at most {MAX_EVENTS} items, got {len(value)}")
-        return tuple(_parse_value(inner, v, f"{path}[{i}]") for i, v in enumerate(value))
+        item = _compile(inner, max_len)
+
+        def parse_list(value: Any) -> tuple[Any, ...]:
+            if type(value) is not list:
+                raise WireError("", f"expected a list, got {_kind(value)}")
+            if len(value) > MAX_EVENTS:
+                raise WireError("", f"at most {MAX_EVENTS} items, got {len(value)}")
+            out = []
+            for i, v in enumerate(value):
+                try:
+                    out.append(item(v))
+                except WireError as exc:
+                    raise _prefixed(exc, f"[{i}]") from None
+            return tuple(out)
+
+        return parse_list
     if origin is dict:
         _k, vtype = get_args(tp)
-        if not isinstance(value, dict):
-            raise WireError(path, f"expected an object, got {_kind(value)}")
-        if len(value) > MAX_MAP_ITEMS:
-            raise WireError(path, f"at most {MAX_MAP_ITEMS} entries, got {len(value)}")
-        out = {}
-        for k, v in value.items():
-            if not k or len(k) > MAX_STR:
-                raise WireError(path, f"key {k[:40]!r} must be 1-{MAX_STR} characters")
-            out[k] = _parse_value(vtype, v, f"{path}[{k!r}]")
-        return out
+        item = _compile(vtype)
+
+        def parse_map(value: Any) -> dict[str, Any]:
+            if type(value) is not dict:
+                raise WireError("", f"expected an object, got {_kind(value)}")
+            if len(value) > MAX_MAP_ITEMS:
+                raise WireError("", f"at most {MAX_MAP_ITEMS} entries, got {len(value)}")
+            out = {}
+            for k, v in value.items():
+                if not k or len(k) > MAX_STR:
+                    raise WireError("", f"key {k[:40]!r} must be 1-{MAX_STR} characters")
+                try:
+                    out[k] = item(v)
+                except WireError as exc:
+                    raise _prefixed(exc, f"[{k!r}]") from None
+            return out
+
+        return parse_map
     if tp is str:
-        if not isinstance(value, str):
-            raise WireError(path, f"expected a string, got {_kind(value)}")
-        if len(value) > max_len:
-            raise WireError(path, f"at most {max_len} characters, got {len(value)}")
-        return value
+
+        def parse_str(value: Any) -> str:
+            if type(value) is not str:
+                raise WireError("", f"expected a string, got {_kind(value)}")
+            if len(value) > max_len:
+                raise WireError("", f"at most {max_len} characters, got {len(value)}")
+            return value
+
+        return parse_str
     if tp is bool:
-        if not isinstance(value, bool):
-            raise WireError(path, f"expected a boolean, got {_kind(value)}")
-        return value
+
+        def parse_bool(value: Any) -> bool:
+            if type(value) is not bool:
+                raise WireError("", f"expected a boolean, got {_kind(value)}")
+            return value
+
+        return parse_bool
     if tp is int:
-        if not isinstance(value, int) or isinstance(value, bool):
-            raise WireError(path, f"expected an integer, got {_kind(value)}")
-        return value
+
+        def parse_int(value: Any) -> int:
+            if type(value) is not int:
+                raise WireError("", f"expected an integer, got {_kind(value)}")
+            return value
+
+        return parse_int
     if tp is float:
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise WireError(path, f"expected a number, got {_kind(value)}")
-        if not math.isfinite(value):
-            raise WireError(path, f"must be finite, got {value!r}")
-        return float(value)
-    raise TypeError(f"wire schema has an unsupported type {tp!r} at {path}")  # pragma: no cover
+        isfinite = math.isfinite
+
+        def parse_float(value: Any) -> float:
+            kind = type(value)
+            if kind is float:
+                if not isfinite(value):
+                    raise WireError("", f"must be finite, got {value!r}")
+                return value
+            if kind is int:
+                return float(value)
+            raise WireError("", f"expected a number, got {_kind(value)}")
+
+        return parse_float
+    raise TypeError(f"wire schema has an unsupported type {tp!r}")  # pragma: no cover

@@ -158,3 +158,22 @@ def test_too_many_events_are_rejected() -> None:
     with pytest.raises(wire.WireError) as exc:
         wire.Report.from_dict(d)
     assert exc.value.path == "events"
+
+
+@pytest.mark.parametrize("outcome", ["needs_reboot", "needs_user"])
+def test_script_declared_outcomes_are_valid_in_schema_version_1(outcome: str) -> None:
+    d = as_dict()
+    d["events"][3]["outcome"] = outcome
+    assert d["schema_version"] == 1
+    assert wire.Report.from_dict(d).events[3].outcome == outcome  # type: ignore[union-attr]
+
+
+def test_a_reported_clock_jump_is_a_plain_v1_check_result() -> None:
+    """Clock jumps need no schema change: an ``agent.clock`` check result carries them."""
+    jump = wire.CheckEvent(
+        "e9", 9, 9.0, wire.CLOCK_CHECK, "ok", None, 3600.0, "resumed after 3600 s asleep"
+    )
+    sent = report(events=(jump,))
+
+    assert wire.decode_report(wire.encode_report(sent)) == sent
+    assert wire.CLOCK_CHECK != wire.HEARTBEAT_CHECK
