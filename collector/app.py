@@ -20,8 +20,10 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from collector import handlers
+from collector.api_incidents import setup_incident_routes
 from collector.config import CollectorConfig
 from collector.handlers import ApiError, error_response
+from collector.ingest import ingest_ctx
 from collector.keys import (
     clock_key,
     config_key,
@@ -31,6 +33,7 @@ from collector.keys import (
     store_key,
 )
 from collector.metrics import RequestCounters, VigilCollector
+from collector.notify.service import notify_ctx
 from collector.store import SqliteStore
 
 log = logging.getLogger(__name__)
@@ -60,7 +63,8 @@ def create_app(
     app[clock_key] = clock
     app[registry_key] = CollectorRegistry(auto_describe=False)
     app[counters_key] = RequestCounters()
-    app.cleanup_ctx.extend([_executor_ctx, _store_ctx, _tick_ctx])
+    # ingest_ctx after the store: on shutdown it commits what is queued before the store closes.
+    app.cleanup_ctx.extend([_executor_ctx, _store_ctx, ingest_ctx, _tick_ctx, notify_ctx])
     setup_routes(app)
     return app
 
@@ -68,9 +72,7 @@ def create_app(
 def setup_routes(app: web.Application) -> None:
     """Register every route (see ``collector.handlers`` for what each one does)."""
     app.router.add_post("/api/v1/reports", handlers.post_report)
-    app.router.add_get("/api/v1/incidents", handlers.list_incidents)
-    app.router.add_get("/api/v1/incidents/{incident_id:[0-9]+}", handlers.get_incident)
-    app.router.add_get("/api/v1/hosts", handlers.list_hosts)
+    setup_incident_routes(app)  # incidents, problems, silences, hosts, remediation stats
     app.router.add_get("/api/v1/remediations/runs", handlers.list_remediation_runs)
     app.router.add_get("/metrics", handlers.get_metrics)
     app.router.add_get("/healthz", handlers.get_healthz)
@@ -112,7 +114,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
     store = await loop.run_in_executor(
         executor,
         functools.partial(
-            SqliteStore, config.database, remediation_wait_s=config.remediation_wait_s
+            SqliteStore,
+            config.database,
+            remediation_wait_s=config.remediation_wait_s,
+            catalog=config.catalog,
+            rules=config.rules,
         ),
     )
     app[store_key] = store
@@ -121,7 +127,11 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         app[counters_key],
         heartbeat_grace_s=config.heartbeat_grace_s,
         clock=app[clock_key],
+        per_host_series=config.metrics.per_host_series,
+        max_host_series=config.metrics.max_host_series,
+        service_of=lambda check: getattr(config.catalog.service_for(check), "name", None),
     )
+    await loop.run_in_executor(executor, store.refresh_metrics_figures, app[clock_key]())
     registry = app[registry_key]
     registry.register(collector)
     log.info("store open: %s", config.database)
@@ -148,6 +158,8 @@ async def _tick_forever(app: web.Application) -> None:
         await asyncio.sleep(TICK_INTERVAL_S)
         try:
             opened = await loop.run_in_executor(executor, store.tick, clock())
+            # /metrics reads these from memory: refresh them here, off the scrape path.
+            await loop.run_in_executor(executor, store.refresh_metrics_figures, clock())
         except Exception:
             log.exception("store tick failed")
             continue

@@ -10,11 +10,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.configio import Section, load_yaml
+from collector.catalog import EMPTY_CATALOG, Catalog, load_catalog
+from collector.incidents import IncidentRules
+from collector.notify import NotifyConfig, parse_notifications
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9750
 DEFAULT_MAX_BODY = 1 * 2**20
 DEFAULT_MAX_DECOMPRESSED = 16 * 2**20
+DEFAULT_MAX_HOST_SERIES = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +43,26 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``/metrics`` options. Per-host series (``vigil_host_*``) are off by default: one
+    series per laptop is what makes Prometheus slow; when on, at most ``max_host_series``
+    hosts get their own series and the rest share one ``host="_overflow"`` series."""
+
+    per_host_series: bool = False
+    max_host_series: int = DEFAULT_MAX_HOST_SERIES
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """The ingest queue (see ``collector/ingest.py``): reports waiting for a commit before
+    new ones get ``429``, reports per group commit, and the base of ``Retry-After``."""
+
+    max_pending: int = 2000
+    max_group: int = 256
+    retry_after_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class CollectorConfig:
     """Everything one collector process needs, validated."""
 
@@ -52,7 +76,14 @@ class CollectorConfig:
     heartbeat_grace_s: float = 30.0
     # Seconds to wait for a promised remediation result before raising an incident anyway.
     remediation_wait_s: float = 600.0
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     public_url: str | None = None
+    # Service catalog (``catalog:``, a path); EMPTY_CATALOG ranks every incident P3.
+    catalog: Catalog = EMPTY_CATALOG
+    # Flapping, recurrence and correlation knobs (``incidents:``); see IncidentRules.
+    rules: IncidentRules = field(default_factory=IncidentRules)
+    notifications: NotifyConfig = field(default_factory=NotifyConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
 
 
 def load_collector_config(path: str | Path) -> CollectorConfig:
@@ -94,7 +125,43 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     inc = root.section("incidents")
     heartbeat_grace_s = inc.duration("heartbeat_grace", 30.0)
     remediation_wait_s = inc.duration("remediation_wait", 600.0)
+    flap = inc.section("flapping")
+    rec = inc.section("recurrence")
+    fleet = inc.section("correlation")
+    rules = IncidentRules(
+        remediation_wait_s=remediation_wait_s,
+        heartbeat_grace_s=heartbeat_grace_s,
+        flap_window_s=flap.duration("window", 3600.0),
+        flap_changes=flap.get("changes", int, 6, minimum=0),
+        recurrence_window_s=rec.duration("window", 7 * 86400.0),
+        recurrence_count=rec.get("count", int, 3, minimum=0),
+        fleet_window_s=fleet.duration("window", 300.0),
+        fleet_min_hosts=fleet.get("min_hosts", int, 3, minimum=0),
+        fleet_min_share=fleet.get("min_share", float, 0.5, minimum=0.0, maximum=1.0),
+    )
+    for sub in (flap, rec, fleet):
+        sub.done()
     inc.done()
+    catalog_path = root.path_value("catalog", None)
+    catalog = EMPTY_CATALOG if catalog_path is None else load_catalog(catalog_path)
+    notifications = parse_notifications(root.section("notifications"))
+
+    met = root.section("metrics")
+    metrics = MetricsConfig(
+        per_host_series=met.get("per_host_series", bool, False),
+        max_host_series=met.get(
+            "max_host_series", int, DEFAULT_MAX_HOST_SERIES, minimum=1, maximum=100_000
+        ),
+    )
+    met.done()
+
+    ing = root.section("ingest")
+    ingest = IngestConfig(
+        max_pending=ing.get("max_pending", int, 2000, minimum=1, maximum=1_000_000),
+        max_group=ing.get("max_group", int, 256, minimum=1, maximum=10_000),
+        retry_after_s=ing.duration("retry_after", 2.0, minimum=1.0),
+    )
+    ing.done()
 
     public_url = root.get("public_url", str, None)
     root.done()
@@ -107,5 +174,10 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         limits=limits,
         heartbeat_grace_s=heartbeat_grace_s,
         remediation_wait_s=remediation_wait_s,
+        metrics=metrics,
         public_url=public_url,
+        catalog=catalog,
+        rules=rules,
+        notifications=notifications,
+        ingest=ingest,
     )

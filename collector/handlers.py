@@ -25,20 +25,22 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from agent import __version__
 from agent.wire import Report, WireError, decode_report
+from collector.ingest import QueueFull
 from collector.keys import (
     clock_key,
     config_key,
     counters_key,
     executor_key,
+    ingest_key,
     registry_key,
     store_key,
 )
+from collector.metrics import RequestCounters
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-INCIDENT_STATES = ("open", "resolved", "prevented", "all")
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 # SQLite integers are signed 64-bit; a larger id cannot exist and would overflow the driver.
@@ -89,8 +91,10 @@ class BodyTooLarge(ValueError):
 async def post_report(request: web.Request) -> web.Response:
     """``POST /api/v1/reports``: authenticate, bound, decompress, validate, commit, ack.
 
-    The 200 reply is sent only after the store committed the batch; a repeated
-    ``batch_id`` is acknowledged with ``"duplicate": true`` and changes nothing.
+    The 200 reply is sent only after the store committed the batch (through the ingest
+    queue's group commit); a repeated ``batch_id`` is acknowledged with
+    ``"duplicate": true`` and changes nothing. When the ingest queue is full the answer
+    is ``429`` with ``Retry-After``, before the body is even read.
     """
     app = request.app
     config = app[config_key]
@@ -104,6 +108,10 @@ async def post_report(request: web.Request) -> web.Response:
 
     if not _bearer_matches(request, config.auth.agent_tokens):
         raise reject("unauthorized", 401, "missing or unknown agent token")
+    queue = app[ingest_key]
+    if queue.full():
+        # Shed before reading, decompressing or parsing: overload must cost almost nothing.
+        raise _overloaded(counters, queue.retry_after())
 
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", "x-gzip"):
@@ -119,25 +127,33 @@ async def post_report(request: web.Request) -> web.Response:
     except web.RequestPayloadError as exc:
         raise reject("invalid", 400, f"incomplete request body: {exc}") from None
 
-    loop = asyncio.get_running_loop()
     started = time.perf_counter()
-    if encoding != "identity":
-        max_out = config.limits.max_decompressed_bytes
-        try:
-            # Decompression and JSON parsing are CPU work on up to max_decompressed_bytes:
-            # do it off the loop so /healthz and scrapes stay responsive meanwhile.
-            body = await loop.run_in_executor(None, gunzip_bounded, body, max_out)
-        except BodyTooLarge:
-            raise reject("too_large", 413, f"decompressed body over {max_out} bytes") from None
-        except (zlib.error, EOFError) as exc:
-            raise reject("bad_gzip", 400, f"body is not valid gzip: {exc}") from None
+    max_out = config.limits.max_decompressed_bytes
+    gzipped = encoding != "identity"
     try:
-        report: Report = await loop.run_in_executor(None, decode_report, body)
+        try:
+            # A typical report (a few KiB) is unpacked right here: handing it to a thread
+            # costs more than the work. Only when it turns out big is it redone off the
+            # loop, so /healthz and scrapes stay responsive during the CPU work.
+            if len(body) > _INLINE_BODY_BYTES:
+                raise BodyTooLarge
+            report: Report = _unpack(body, gzipped, min(max_out, _INLINE_UNPACKED_BYTES))
+        except BodyTooLarge:
+            loop = asyncio.get_running_loop()
+            report = await loop.run_in_executor(None, _unpack, body, gzipped, max_out)
+    except BodyTooLarge:
+        raise reject("too_large", 413, f"decompressed body over {max_out} bytes") from None
+    except (zlib.error, EOFError) as exc:
+        raise reject("bad_gzip", 400, f"body is not valid gzip: {exc}") from None
     except WireError as exc:
         raise reject("invalid", 400, exc.message, exc.path) from None
 
     received_at = app[clock_key]()
-    result = await _in_store_thread(request, app[store_key].ingest, report, received_at)
+    try:
+        # Returns once the group commit that carried the report is durable.
+        result = await queue.submit(report, received_at)
+    except QueueFull as exc:
+        raise _overloaded(counters, exc.retry_after_s) from None
     counters.observe_ingest(time.perf_counter() - started)
     log.debug(
         "ingested batch %s from %s: %d events, duplicate=%s",
@@ -153,6 +169,35 @@ async def post_report(request: web.Request) -> web.Response:
             "duplicate": result.duplicate,
             "events": result.events,
         }
+    )
+
+
+# Bodies unpacked on the event loop itself: at most this much gzip in and JSON out (bytes).
+_INLINE_BODY_BYTES = 16 * 1024
+_INLINE_UNPACKED_BYTES = 256 * 1024
+
+
+def _unpack(body: bytes, gzipped: bool, max_out: int) -> Report:
+    """Gunzip (bounded by ``max_out``) and decode a report; raises what each step raises.
+
+    An uncompressed body over ``max_out`` also raises :class:`BodyTooLarge`, so the
+    caller's inline attempt falls back to the thread for it as for a big gzip body.
+    """
+    if gzipped:
+        body = gunzip_bounded(body, max_out)
+    elif len(body) > max_out:
+        raise BodyTooLarge
+    return decode_report(body)
+
+
+def _overloaded(counters: RequestCounters, retry_after_s: int) -> ApiError:
+    """429 with ``Retry-After``: the ingest queue is full (see ``collector/ingest.py``)."""
+    counters.reject("overloaded")
+    log.debug("ingest queue full: asking for a retry in %d s", retry_after_s)
+    return ApiError(
+        429,
+        f"collector overloaded, retry after {retry_after_s} s",
+        headers={"Retry-After": str(retry_after_s)},
     )
 
 
@@ -198,48 +243,6 @@ def gunzip_bounded(data: bytes, limit: int) -> bytes:
 # --------------------------------------------------------------------------- read API
 
 
-async def list_incidents(request: web.Request) -> web.Response:
-    """``GET /api/v1/incidents?state=&host=&check=&limit=&offset=``."""
-    _require_reader(request)
-    query = _query(request, ("state", "host", "check", "limit", "offset"))
-    state = query.get("state", "all")
-    if state not in INCIDENT_STATES:
-        raise ApiError(400, f"state must be one of {list(INCIDENT_STATES)}, got {state!r}", "state")
-    store = request.app[store_key]
-    incidents = await _in_store_thread(
-        request,
-        functools.partial(
-            store.list_incidents,
-            state=None if state == "all" else state,
-            host=query.get("host"),
-            check=query.get("check"),
-            limit=_int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-            offset=_int_param(query, "offset", 0, 0, _MAX_ID),
-        ),
-    )
-    return web.json_response({"incidents": incidents})
-
-
-async def get_incident(request: web.Request) -> web.Response:
-    """``GET /api/v1/incidents/{id}``: one incident with its timeline, or 404."""
-    _require_reader(request)
-    raw = request.match_info["incident_id"]  # the route admits ASCII digits only
-    incident = None
-    if _DIGITS.fullmatch(raw) and int(raw) <= _MAX_ID:  # larger ids cannot exist
-        incident = await _in_store_thread(request, request.app[store_key].get_incident, int(raw))
-    if incident is None:
-        raise ApiError(404, f"no incident with id {raw[:40]}", "id")
-    return web.json_response({"incident": incident})
-
-
-async def list_hosts(request: web.Request) -> web.Response:
-    """``GET /api/v1/hosts``: every host that ever reported, with its last-seen time."""
-    _require_reader(request)
-    _query(request, ())
-    hosts = await _in_store_thread(request, request.app[store_key].list_hosts)
-    return web.json_response({"hosts": hosts})
-
-
 async def list_remediation_runs(request: web.Request) -> web.Response:
     """``GET /api/v1/remediations/runs?host=&remediation=&limit=&offset=``."""
     _require_reader(request)
@@ -264,9 +267,10 @@ async def list_remediation_runs(request: web.Request) -> web.Response:
 async def get_metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: Prometheus text format, rendered from state at scrape time."""
     registry = request.app[registry_key]
-    # On the store thread: the snapshot is then consistent with committed ingests and
-    # never read while the store mutates it.
-    payload = await _in_store_thread(request, generate_latest, registry)
+    # Off the store thread: the aggregates have their own lock (never held during a
+    # database call), so a scrape does not queue behind ingest commits.
+    loop = asyncio.get_running_loop()
+    payload = await loop.run_in_executor(None, generate_latest, registry)
     return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
@@ -303,6 +307,17 @@ def _bearer_matches(request: web.Request, tokens: tuple[str, ...]) -> bool:
 def _require_reader(request: web.Request) -> None:
     auth = request.app[config_key].auth
     if not auth.open_read and not _bearer_matches(request, auth.admin_tokens):
+        raise ApiError(
+            401,
+            "missing or unknown admin token",
+            headers={"WWW-Authenticate": 'Bearer realm="vigil"'},
+        )
+
+
+def require_admin(request: web.Request) -> None:
+    """401 unless the request carries an admin token. Writes always need one, even when
+    ``open_read`` leaves the read API open."""
+    if not _bearer_matches(request, request.app[config_key].auth.admin_tokens):
         raise ApiError(
             401,
             "missing or unknown admin token",

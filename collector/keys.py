@@ -17,6 +17,7 @@ from collector.config import CollectorConfig
 from collector.metrics import RequestCounters
 
 if TYPE_CHECKING:
+    from collector.ingest import IngestQueue
     from collector.store import SqliteStore
 
 config_key = web.AppKey("config", CollectorConfig)
@@ -28,3 +29,5 @@ executor_key = web.AppKey("executor", ThreadPoolExecutor)
 store_key: web.AppKey[SqliteStore] = web.AppKey("store")
 registry_key = web.AppKey("registry", CollectorRegistry)
 counters_key = web.AppKey("counters", RequestCounters)
+# The bounded ingest queue in front of the store (group commit, 429 when full).
+ingest_key: web.AppKey[IngestQueue] = web.AppKey("ingest")

@@ -173,8 +173,10 @@ def test_a_fault_without_a_fix_opens_an_incident_that_resolves_on_recovery(
         assert incident["value"] == 5000
         assert isinstance(incident["id"], int)
         metrics = collector.metrics()
-        assert metrics[("vigil_incidents_open", (("check", "inbox.size"), ("priority", "P3")))] == 1
-        assert metrics[("vigil_checks_failing", (("check", "inbox.size"),))] == 1
+        open_by_check = ("vigil_incidents_open_by_check", (("check", "inbox.size"),))
+        assert metrics[open_by_check] == 1
+        assert metrics[("vigil_incidents_open", (("priority", "P3"), ("service", "none")))] == 1
+        assert metrics[("vigil_checks_failing", (("check", "inbox.size"), ("service", "none")))] == 1
 
         (tmp_path / "inbox" / "junk.bin").unlink()
         resolved = wait_for(
@@ -187,10 +189,7 @@ def test_a_fault_without_a_fix_opens_an_incident_that_resolves_on_recovery(
         )
         assert resolved["resolved_at"] >= resolved["opened_at"]
         metrics = collector.metrics()
-        assert (
-            metrics.get(("vigil_incidents_open", (("check", "inbox.size"), ("priority", "P3"))), 0)
-            == 0
-        )
+        assert metrics.get(open_by_check, 0) == 0
         assert metrics[("vigil_incidents_resolved_total", ())] == 1
     finally:
         assert stop(agent) == 0, (tmp_path / "agent.log").read_text()
