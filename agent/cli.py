@@ -17,8 +17,9 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from agent import __version__
+from agent import __version__, remediation_cli
 from agent.checks import classify
 from agent.config import AgentConfig, load_agent_config
 from agent.configio import CONFIG_EXIT_CODE, ConfigError
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--collector-url", help="override collector.url from the config")
     check = sub.add_parser("check", help="run every configured check once and print the result")
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    remediation_cli.add_parser(sub)
     return parser
 
 
@@ -65,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     path = args.config or default_config_path()
+    if args.command == "remediation":
+        return remediation_cli.main(args, path)
     try:
         config = load_agent_config(path)
         if args.command == "check":
@@ -94,29 +98,49 @@ async def _run(config: AgentConfig) -> int:
 
 
 def check_once(config: AgentConfig, *, as_json: bool = False) -> int:
-    """Sample twice (CPU needs a delta), classify every check, print a table or JSON.
+    """Run every configured check once and print a table or JSON.
 
-    The for-duration is ignored here: this shows what each check would say *now*.
+    Samples twice, 0.5 s apart (CPU and I/O rates need a delta), and runs every command
+    check (plugin) once, all at the same time. The for-duration, hysteresis and flapping
+    are ignored here: this shows what each check would say *now*. An ``unknown`` row
+    says why in its ``detail``.
     """
+    from agent.plugins import run_plugin
     from agent.sampler import Sampler
+
+    async def plugins() -> list[Any]:
+        specs = [s for s in config.checks if s.is_command]
+        return list(
+            await asyncio.gather(*(run_plugin(s.command, timeout_s=s.timeout_s) for s in specs))
+        )
 
     sampler = Sampler(config.sampler)
     sampler.sample()
     time.sleep(0.5)
     values = sampler.sample()
+    results = iter(asyncio.run(plugins()))
     rows = []
     for spec in config.checks:
-        value = values.get(spec.metric)
+        if spec.is_command:
+            result = next(results)
+            values.update(result.series(spec.id))
+            value = next(iter(result.series(spec.id).values()), None)
+            state, detail = result.state, result.text
+        else:
+            value = values.get(spec.metric)
+            state = classify(spec, value)
+            detail = sampler.reason_for(spec.metric) if value is None else ""
         rows.append(
             {
                 "check": spec.id,
-                "metric": spec.metric,
+                "metric": spec.metric or " ".join(spec.command),
                 "value": value,
-                "state": classify(spec, value),
+                "state": state,
                 "warning": spec.warning,
                 "critical": spec.critical,
-                "op": spec.op,
+                "op": spec.op if not spec.is_command else "plugin",
                 "remediation": spec.remediation.id if spec.remediation else None,
+                "detail": detail,
             }
         )
     if as_json:
@@ -133,7 +157,7 @@ def _fmt(value: float | None) -> str:
 
 
 def _table(rows: list[dict[str, object]]) -> str:
-    header = ("CHECK", "STATE", "VALUE", "OP", "WARN", "CRIT", "METRIC", "REMEDIATION")
+    header = ("CHECK", "STATE", "VALUE", "OP", "WARN", "CRIT", "METRIC", "REMEDIATION", "DETAIL")
     lines = [header] + [
         (
             str(r["check"]),
@@ -144,6 +168,7 @@ def _table(rows: list[dict[str, object]]) -> str:
             _fmt(r["critical"]),  # type: ignore[arg-type]
             str(r["metric"]),
             str(r["remediation"] or "-"),
+            str(r["detail"] or "-"),
         )
         for r in rows
     ]

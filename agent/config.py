@@ -43,19 +43,79 @@ class Intervals:
 
 @dataclass(frozen=True, slots=True)
 class OutboxConfig:
-    """The durable spool. ``max_bytes`` bounds the database; metric samples go first."""
+    """The durable spool. ``max_bytes`` bounds the stored payload; metric samples go first.
+
+    ``max_age_s``: metric samples and heartbeats older than this are dropped (check state
+    changes and remediation records are kept; only the byte bound can drop them).
+    ``batch_max_bytes``: uncompressed JSON bytes of events per request (at least one event).
+    """
 
     path: Path
     max_bytes: int = 64 * 2**20
     batch_max_events: int = 500
+    max_age_s: float = 7 * 86400.0
+    batch_max_bytes: int = 2 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class ShippingConfig:
+    """How the shipper paces delivery (see ``docs/delivery.md``).
+
+    ``backoff_base_s``/``backoff_cap_s``: the n-th consecutive failure waits
+    ``uniform(0, min(cap, base * 2**n))`` seconds. ``drain_batches_per_s``: at most this
+    many batches per second while a backlog drains, so a fleet coming back from an outage
+    cannot knock the collector over. ``start_jitter_s``: the first delivery after start
+    waits ``uniform(0, start_jitter_s)`` so a fleet that boots together does not flush in step.
+    """
+
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 300.0
+    drain_batches_per_s: float = 2.0
+    start_jitter_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
 class PathSpec:
-    """A file or folder to watch, sampled under the short ``name`` (not the full path)."""
+    """A file or folder to watch, sampled under the short ``name`` (not the full path).
+
+    ``interval_s``: walk it at most this often (``None``: every sample); a big folder
+    costs CPU in proportion to its entries, and sizes change slowly.
+    """
 
     name: str
     path: Path
+    interval_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """A named-process presence check, sampled as ``process.count[<name>]``.
+
+    A process matches when every given criterion holds: ``exe_name`` equals its name
+    (case-insensitive), ``cmdline`` (a regular expression) is found in its command line
+    joined by spaces, ``user`` equals its owner.
+    """
+
+    name: str
+    exe_name: str | None = None
+    cmdline: str | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """A user-experience probe, bounded by ``timeout_s``.
+
+    ``kind`` ``dns`` resolves ``target`` (a host name); ``tcp`` connects to ``target``
+    (``host:port``); ``http`` GETs ``target`` (a URL). Sampled as
+    ``probe.seconds[<name>]`` and ``probe.up[<name>]`` (1/0), plus
+    ``probe.http_status[<name>]`` for ``http``.
+    """
+
+    name: str
+    kind: Literal["dns", "tcp", "http"]
+    target: str
+    timeout_s: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +123,25 @@ class SamplerConfig:
     """What the sampler reads besides the always-on CPU, memory, swap, load and uptime.
 
     ``disk_mounts``: ``None`` means every local, non-pseudo filesystem; otherwise exactly
-    these mount points. ``paths``: files or folders whose size, entry count and age are
+    these mount points. ``disk_timeout_s`` bounds each mount's read (a hung network mount
+    reads as ``unknown``). ``paths``: files or folders whose size, entry count and age are
     sampled as ``path.size_bytes[<name>]``, ``path.count[<name>]``, ``path.age_seconds[<name>]``.
+    ``per_core``: also sample ``cpu.core_busy_percent[<n>]``. ``processes``, ``services``
+    (unit or service names) and ``probes`` are described on their specs.
+    ``process_scan_s`` is how often the process table is rescanned; ``slow_s`` how often
+    the slow-changing sources (sensors, battery) are read.
     """
 
     disk_mounts: tuple[str, ...] | None = None
     paths: tuple[PathSpec, ...] = ()
+    disk_timeout_s: float = 2.0
+    per_core: bool = False
+    processes: tuple[ProcessSpec, ...] = ()
+    services: tuple[str, ...] = ()
+    probes: tuple[ProbeSpec, ...] = ()
+    process_scan_s: float = 60.0
+    top_n: int = 5
+    slow_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,12 +159,17 @@ class RemediationRef:
 
 @dataclass(frozen=True, slots=True)
 class CheckSpec:
-    """A threshold check over one sampled series.
+    """A threshold check over one sampled series, or a Nagios-plugin command check.
 
-    The check is ``critical`` while ``value <op> critical`` holds, else ``warning`` while
-    ``value <op> warning`` holds, else ``ok``; a missing value is ``unknown``. A worse
-    state must hold for ``for_s`` seconds before it is reported. ``remediation`` runs when
-    the check reaches ``critical``.
+    Threshold (``command`` empty): the check is ``critical`` while ``value <op> critical``
+    holds, else ``warning`` while ``value <op> warning`` holds, else ``ok``; a missing
+    value is ``unknown``. Command: the plugin's exit status gives the level (0-3 = ok,
+    warning, critical, unknown) and ``metric`` is empty. A worse state must hold for
+    ``for_s`` seconds before it is reported. ``recovery`` (optional) is the hysteresis
+    level: once warning or critical, the check stays bad while ``value <op> recovery``.
+    ``flap_changes`` state changes within ``flap_window_s`` seconds mark it flapping (0:
+    off). ``interval_s`` is how often it runs (``None``: every ``intervals.sample``).
+    ``remediation`` runs when the check reaches ``critical``.
     """
 
     id: str
@@ -102,16 +180,37 @@ class CheckSpec:
     for_s: float = 0.0
     description: str = ""
     remediation: RemediationRef | None = None
+    recovery: float | None = None
+    flap_changes: int = 0
+    flap_window_s: float = 600.0
+    interval_s: float | None = None
+    command: tuple[str, ...] = ()
+    timeout_s: float = 10.0
+
+    @property
+    def is_command(self) -> bool:
+        """True for a Nagios-plugin command check."""
+        return bool(self.command)
 
 
 @dataclass(frozen=True, slots=True)
 class RemediationSettings:
-    """Where remediations live and how many may run at once."""
+    """Where remediations live, how many may run at once, and this host's parameters.
+
+    ``enable`` lists the remediations whose manifest triggers (``trigger.checks``,
+    ``trigger.detection``) this agent honours: shipping a manifest activates nothing by
+    itself. A check that names a remediation needs no entry here. ``params`` maps a
+    remediation id to parameter values for runs that no check's ``remediation.params``
+    covers; a check's own params win over these. Values starting ``./`` or ``../`` are
+    paths.
+    """
 
     folders: tuple[Path, ...] = ()
     max_concurrent: int = 2
     dry_run: bool = False
     verify_delay_s: float = 1.0
+    params: dict[str, dict[str, str]] = field(default_factory=dict)
+    enable: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +227,7 @@ class AgentConfig:
     sampler: SamplerConfig
     remediation: RemediationSettings
     checks: tuple[CheckSpec, ...]
+    shipping: ShippingConfig = field(default_factory=ShippingConfig)
 
 
 def default_state_dir() -> Path:
@@ -173,17 +273,48 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         path=ob.path_value("path", None) or state_dir / "outbox.db",
         max_bytes=ob.size("max_bytes", 64 * 2**20),
         batch_max_events=ob.get("batch_max_events", int, 500, minimum=1, maximum=5000),
+        max_age_s=ob.duration("max_age", 7 * 86400.0, minimum=60.0),
+        batch_max_bytes=ob.size("batch_max_bytes", 2 * 2**20),
     )
+    if outbox.max_bytes <= 0:
+        raise ob.error("max_bytes", "must be positive", outbox.max_bytes)
+    if outbox.batch_max_bytes < 1024:
+        raise ob.error("batch_max_bytes", "must be at least 1KiB", outbox.batch_max_bytes)
     ob.done()
+
+    sh = root.section("shipping")
+    shipping = ShippingConfig(
+        backoff_base_s=sh.duration("backoff_base", 1.0, minimum=0.01),
+        backoff_cap_s=sh.duration("backoff_cap", 300.0, minimum=0.01),
+        drain_batches_per_s=sh.get("drain_rate", float, 2.0, minimum=0.01),
+        start_jitter_s=sh.duration("start_jitter", 10.0),
+    )
+    if shipping.backoff_cap_s < shipping.backoff_base_s:
+        raise sh.error("backoff_cap", "must be at least backoff_base", shipping.backoff_cap_s)
+    sh.done()
 
     sa = root.section("sampler")
     mounts = sa.str_list("disk_mounts", None)
     paths = tuple(_path_spec(p) for p in sa.sections("paths"))
-    names = [p.name for p in paths]
-    for i, name in enumerate(names):
-        if name in names[:i]:
-            raise sa.error(f"paths[{i}].name", "duplicate path name", name)
-    sampler = SamplerConfig(disk_mounts=mounts, paths=paths)
+    processes = tuple(_process_spec(p) for p in sa.sections("processes"))
+    probes = tuple(_probe_spec(p) for p in sa.sections("probes"))
+    for key, named in (("paths", paths), ("processes", processes), ("probes", probes)):
+        names = [p.name for p in named]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise sa.error(f"{key}[{i}].name", f"duplicate {key} name", name)
+    sampler = SamplerConfig(
+        disk_mounts=mounts,
+        paths=paths,
+        disk_timeout_s=sa.duration("disk_timeout", 2.0, minimum=0.01),
+        per_core=sa.get("per_core", bool, False),
+        processes=processes,
+        services=sa.str_list("services", ()),
+        probes=probes,
+        process_scan_s=sa.duration("process_scan", 60.0, minimum=1.0),
+        top_n=sa.get("top_n", int, 5, minimum=0, maximum=50),
+        slow_s=sa.duration("slow_interval", 60.0, minimum=1.0),
+    )
     sa.done()
 
     rs = root.section("remediation")
@@ -195,6 +326,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         max_concurrent=rs.get("max_concurrent", int, 2, minimum=1, maximum=16),
         dry_run=rs.get("dry_run", bool, False),
         verify_delay_s=rs.duration("verify_delay", 1.0),
+        params=_remediation_params(rs.section("params")),
+        enable=rs.str_list("enable", ()),
     )
     rs.done()
 
@@ -217,6 +350,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         sampler=sampler,
         remediation=remediation,
         checks=checks,
+        shipping=shipping,
     )
 
 
@@ -247,16 +381,87 @@ def _param(s: Section, value: str) -> str:
     return value
 
 
+def _remediation_params(s: Section) -> dict[str, dict[str, str]]:
+    """``remediation.params``: remediation id -> {name: value}."""
+    out = {
+        str(rem_id): {k: _param(s, v) for k, v in s.str_map(str(rem_id)).items()}
+        for rem_id in s.data
+    }
+    s.done()
+    return out
+
+
 def _path_spec(s: Section) -> PathSpec:
     name = s.get("name", str)
     if not _CHECK_ID.match(name):
         raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
-    spec = PathSpec(name=name, path=s.path_value("path"))
+    spec = PathSpec(
+        name=name, path=s.path_value("path"), interval_s=s.duration("interval", None, minimum=0.1)
+    )
     s.done()
     return spec
 
 
-_CHECK_KEYS = ("id", "metric", "op", "warning", "critical", "for", "description", "remediation")
+def _process_spec(s: Section) -> ProcessSpec:
+    name = s.get("name", str)
+    if not _CHECK_ID.match(name):
+        raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
+    pattern = s.get("cmdline", str, None)
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise s.error("cmdline", f"not a regular expression: {exc}", pattern) from None
+    spec = ProcessSpec(
+        name=name, exe_name=s.get("exe", str, None), cmdline=pattern, user=s.get("user", str, None)
+    )
+    if spec.exe_name is None and spec.cmdline is None and spec.user is None:
+        raise s.error("exe", "a process needs at least one of exe, cmdline, user")
+    s.done()
+    return spec
+
+
+_PROBE_KINDS = ("dns", "tcp", "http")
+
+
+def _probe_spec(s: Section) -> ProbeSpec:
+    name = s.get("name", str)
+    if not _CHECK_ID.match(name):
+        raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
+    given = [k for k in _PROBE_KINDS if s.has(k)]
+    if len(given) != 1:
+        raise s.error("dns", "a probe needs exactly one of dns, tcp, http", given or None)
+    kind = given[0]
+    target = s.get(kind, str)
+    if kind == "tcp" and not re.match(r"^\[?[^\s\]]+\]?:\d{1,5}$", target):
+        raise s.error("tcp", "expected host:port", target)
+    if kind == "http" and not re.match(r"^https?://[^/\s]+", target):
+        raise s.error("http", "must be an http:// or https:// URL", target)
+    spec = ProbeSpec(
+        name=name,
+        kind=kind,  # type: ignore[arg-type]
+        target=target,
+        timeout_s=s.duration("timeout", 5.0, minimum=0.01),
+    )
+    s.done()
+    return spec
+
+
+_CHECK_KEYS = (
+    "id",
+    "metric",
+    "op",
+    "warning",
+    "critical",
+    "for",
+    "description",
+    "remediation",
+    "recovery",
+    "flapping",
+    "interval",
+    "command",
+    "timeout",
+)
 
 
 def _check(s: Section) -> CheckSpec:
@@ -264,6 +469,8 @@ def _check(s: Section) -> CheckSpec:
     check_id = s.get("id", str)
     if not _CHECK_ID.match(check_id):
         raise s.error("id", "must be 1-128 of letters, digits, '_', '.', ':', '-'", check_id)
+    if s.has("command"):
+        return _command_check(s, check_id)
     op = s.get("op", str, ">", choices=OPERATORS)
     warning = s.get("warning", float, None)
     critical = s.get("critical", float, None)
@@ -273,17 +480,16 @@ def _check(s: Section) -> CheckSpec:
         worse = critical >= warning if op in (">", ">=") else critical <= warning
         if not worse:
             raise s.error("critical", f"must be beyond warning ({warning}) for op {op!r}", critical)
-    remediation = None
-    if s.has("remediation"):
-        raw = s.data["remediation"]
-        if isinstance(raw, str):
-            s.get("remediation", str)
-            remediation = RemediationRef(id=raw)
-        else:
-            r = s.section("remediation")
-            params = {k: _param(r, v) for k, v in r.str_map("params", {}).items()}
-            remediation = RemediationRef(id=r.get("id", str), params=params)
-            r.done()
+    recovery = s.get("recovery", float, None)
+    lowest = warning if warning is not None else critical
+    if recovery is not None and lowest is not None:
+        # Hysteresis only makes sense on the healthy side of the lowest bad level.
+        healthy_side = recovery <= lowest if op in (">", ">=") else recovery >= lowest
+        if not healthy_side:
+            raise s.error("recovery", f"must be on the ok side of {lowest} for op {op!r}", recovery)
+    if s.has("timeout"):
+        raise s.error("timeout", "only command checks take a timeout", s.data["timeout"])
+    remediation = _remediation_ref(s)
     spec = CheckSpec(
         id=check_id,
         metric=s.get("metric", str),
@@ -293,6 +499,64 @@ def _check(s: Section) -> CheckSpec:
         for_s=s.duration("for", 0.0),
         description=s.get("description", str, ""),
         remediation=remediation,
+        recovery=recovery,
+        interval_s=s.duration("interval", None, minimum=0.1),
+        **_flapping(s),
+    )
+    s.done()
+    return spec
+
+
+def _remediation_ref(s: Section) -> RemediationRef | None:
+    if not s.has("remediation"):
+        return None
+    raw = s.data["remediation"]
+    if isinstance(raw, str):
+        s.get("remediation", str)
+        return RemediationRef(id=raw)
+    r = s.section("remediation")
+    params = {k: _param(r, v) for k, v in r.str_map("params", {}).items()}
+    ref = RemediationRef(id=r.get("id", str), params=params)
+    r.done()
+    return ref
+
+
+def _flapping(s: Section) -> dict[str, int | float]:
+    """``flapping: {changes: 6, window: 10m}`` -> CheckSpec keyword arguments."""
+    if not s.has("flapping"):
+        return {}
+    f = s.section("flapping")
+    out: dict[str, int | float] = {
+        "flap_changes": f.get("changes", int, minimum=2, maximum=1000),
+        "flap_window_s": f.duration("window", 600.0, minimum=1.0),
+    }
+    f.done()
+    return out
+
+
+def _command_check(s: Section, check_id: str) -> CheckSpec:
+    """A Nagios-plugin check: ``command`` is an argv list, never a shell string."""
+    command = s.str_list("command")
+    if not command or not command[0]:
+        raise s.error("command", "expected a non-empty list: [program, arg, ...]", command)
+    program = Path(command[0]).expanduser()
+    if not program.is_absolute():
+        # Relative to the config file, like every other path, so the meaning never
+        # depends on the agent's working directory or PATH.
+        program = (s.base_dir / program).resolve()
+    for key in ("metric", "op", "warning", "critical", "recovery"):
+        if s.has(key):
+            raise s.error(key, "a command check takes its state from the plugin", s.data[key])
+    spec = CheckSpec(
+        id=check_id,
+        metric="",
+        for_s=s.duration("for", 0.0),
+        description=s.get("description", str, ""),
+        remediation=_remediation_ref(s),
+        interval_s=s.duration("interval", None, minimum=0.1),
+        command=(str(program), *command[1:]),
+        timeout_s=s.duration("timeout", 10.0, minimum=0.1),
+        **_flapping(s),
     )
     s.done()
     return spec

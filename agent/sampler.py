@@ -7,16 +7,30 @@
 raises, its series are omitted (and logged once) rather than failing the whole sample, so
 a check on a missing series reads as ``unknown``.
 
-Series: ``cpu.busy_percent`` (from the second sample on), ``cpu.count``, ``load.1m``,
-``load.5m``, ``load.15m``, ``memory.total_bytes``, ``memory.available_bytes``,
-``memory.used_percent``, ``swap.total_bytes``, ``swap.used_percent``,
-``disk.{used_percent,free_bytes,total_bytes}[<mount>]``, ``uptime_seconds``,
+Series: ``cpu.busy_percent`` (from the second sample on), ``cpu.count``,
+``cpu.core_busy_percent[<n>]`` (``per_core``), ``load.1m``, ``load.5m``, ``load.15m``,
+``memory.total_bytes``, ``memory.available_bytes``, ``memory.used_percent``,
+``swap.total_bytes``, ``swap.used_percent``,
+``disk.{used_percent,free_bytes,total_bytes}[<mount>]``,
+``diskio.{read,write}_bytes_per_second[<disk>]``,
+``net.{recv,sent}_bytes_per_second[<nic>]``, ``net.{errors,drops}_per_second[<nic>]``,
+``battery.percent``, ``battery.plugged``, ``battery.seconds_left``,
+``temperature.celsius[<chip>]``, ``fan.rpm[<chip>:<label>]``, ``process.count``,
+``process.zombies``, ``process.top_cpu_percent[<name>]``, ``process.top_rss_bytes[<name>]``,
+``process.count[<name>]``, ``service.active[<name>]``, ``probe.seconds[<name>]``,
+``probe.up[<name>]``, ``probe.http_status[<name>]``, ``uptime_seconds``,
 ``boot_time_seconds``, ``path.{size_bytes,count,age_seconds}[<path>]``,
 ``agent.cpu_seconds_total``, ``agent.rss_bytes`` and ``agent.sample_duration_seconds``.
+Rates (``*_per_second``) start from the second sample.
 
-Cost: without configured paths one sample is a handful of small ``/proc`` reads and one
-``statvfs`` per mount (well under 5 ms of CPU); there are no process scans. Path walks
-cost in proportion to the entries walked, bounded by :data:`MAX_PATH_ENTRIES`.
+Why a series is missing is kept in :meth:`Sampler.reason_for` (access denied, a mount
+that timed out, no battery, a vanished process), so a check on it reads ``unknown``
+with that reason instead of a silent ok.
+
+Cost: without configured paths, processes, services or probes one sample is a handful of
+small ``/proc`` reads and one bounded ``statvfs`` per mount; sensors and battery are read
+every ``slow_interval``, the full process table every ``process_scan``. Path walks cost
+in proportion to the entries walked, bounded by :data:`MAX_PATH_ENTRIES`.
 """
 
 from __future__ import annotations
@@ -25,13 +39,18 @@ import logging
 import math
 import os
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import psutil
 
+from agent import svc
+from agent.bounded import BoundedCaller, StillRunning
 from agent.config import SamplerConfig
+from agent.probes import Prober
+from agent.processes import ProcessTable
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +98,64 @@ _SKIP_FSTYPES = frozenset(
     }
 )
 _SKIP_FSTYPE_PREFIXES = ("cgroup", "nfs", "fuse.")
+# Virtual NICs and block devices that would only add noise (and many series).
+_SKIP_NIC_PREFIXES = ("lo", "veth", "docker", "br-", "virbr", "vnet", "cali", "flannel")
+_SKIP_DISK_PREFIXES = ("loop", "ram", "zram", "sr", "fd")
+
+SOURCES: tuple[str, ...] = (
+    "cpu",
+    "load",
+    "memory",
+    "swap",
+    "disk",
+    "diskio",
+    "net",
+    "battery",
+    "sensors",
+    "processes",
+    "services",
+    "probes",
+    "uptime",
+    "agent",
+    "paths",
+)
+_SOURCE_OF_PREFIX = {
+    "temperature": "sensors",
+    "fan": "sensors",
+    "process": "processes",
+    "service": "services",
+    "probe": "probes",
+    "path": "paths",
+    "uptime_seconds": "uptime",
+    "boot_time_seconds": "uptime",
+}
+
+
+def source_of(metric: str) -> str | None:
+    """The sampler source that produces series ``metric`` (``None``: no such source)."""
+    head = metric.split("[", 1)[0].split(".", 1)[0]
+    source = _SOURCE_OF_PREFIX.get(head, head)
+    return source if source in SOURCES else None
+
+
+def counter_rates(
+    prev: Any, cur: Any, seconds: float, fields: Iterable[str]
+) -> dict[str, float] | None:
+    """Per-second rates of monotonic counters between two snapshots.
+
+    ``None`` when there is no previous snapshot, no time passed, or any counter went
+    backwards (a reset, a NIC that was re-plugged, a 32-bit wrap): one missing rate is
+    better than a huge or negative one.
+    """
+    if prev is None or cur is None or seconds <= 0:
+        return None
+    out: dict[str, float] = {}
+    for f in fields:
+        delta = float(getattr(cur, f)) - float(getattr(prev, f))
+        if delta < 0:
+            return None
+        out[f] = delta / seconds
+    return out
 
 
 def cpu_busy_percent(prev: Any, cur: Any) -> float | None:
@@ -186,8 +263,10 @@ class Sampler:
     just omits its series. ``clock`` is monotonic (times the sample itself);
     ``wall_clock`` gives epoch seconds for uptime and file ages.
 
-    Keeps the previous CPU snapshot between calls, so call :meth:`sample` from one thread
-    at a time; :meth:`sample_paths` keeps no state.
+    ``prober`` runs the probes and ``services`` is :func:`agent.svc.service_states` (both
+    replaceable in tests). Keeps previous snapshots (CPU, NICs, disks, the process table)
+    between calls, so call :meth:`sample` from one thread at a time; :meth:`sample_paths`
+    keeps no state.
     """
 
     def __init__(
@@ -197,13 +276,28 @@ class Sampler:
         ps: Any = psutil,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        prober: Prober | None = None,
+        services: Callable[..., dict[str, svc.ServiceState]] = svc.service_states,
     ) -> None:
         self._config = config
         self._ps = ps
         self._clock = clock
         self._wall_clock = wall_clock
         self._prev_cpu: Any = None
+        self._prev_cores: Any = None
+        self._prev_net: tuple[float, dict[str, Any]] | None = None
+        self._prev_diskio: tuple[float, dict[str, Any]] | None = None
         self._failing: set[str] = set()
+        self.reasons: dict[str, str] = {}
+        # Re-entrant: sample() calls sample_paths(), which a remediation may also call.
+        self._lock = threading.RLock()
+        self._disk_caller = BoundedCaller(name="vigil-disk")
+        self._path_cache: dict[str, tuple[float, PathStats]] = {}
+        self._slow: dict[str, tuple[float, list[tuple[str, Any]], str | None]] = {}
+        self._processes = ProcessTable(config.processes, ps=ps, top_n=config.top_n)
+        self._last_process_scan: float | None = None
+        self._prober = prober or Prober()
+        self._services = services
         # One Process object for the agent's lifetime; creating it costs a /proc read.
         self._proc: Any = None
         try:
@@ -211,12 +305,19 @@ class Sampler:
         except Exception as exc:
             self._failed("agent", exc)
 
-    def sample(self) -> dict[str, float]:
-        """One reading of every source, ``{series: value}`` in base units.
+    def sample(self, sources: Iterable[str] | None = None) -> dict[str, float]:
+        """One reading of every source (or only of ``sources``), ``{series: value}``.
 
-        Never raises for a failing source: its series are left out.
+        Never raises for a failing source: its series are left out and
+        :meth:`reason_for` says why. Calls from several threads (jobs with their own
+        intervals) are serialised, since rates keep the previous snapshot.
         """
+        with self._lock:
+            return self._sample(sources)
+
+    def _sample(self, sources: Iterable[str] | None) -> dict[str, float]:
         started = self._clock()
+        wanted = None if sources is None else set(sources)
         values: dict[str, float] = {}
         readers: tuple[tuple[str, Callable[[], Iterable[tuple[str, Any]]]], ...] = (
             ("cpu", self._cpu),
@@ -224,10 +325,21 @@ class Sampler:
             ("memory", self._memory),
             ("swap", self._swap),
             ("disk", self._disks),
+            ("diskio", self._diskio),
+            ("net", self._net),
+            ("battery", self._battery),
+            ("sensors", self._sensors),
+            ("processes", self._process_table),
+            ("services", self._service_states),
+            ("probes", self._probes),
             ("uptime", self._uptime),
             ("agent", self._agent),
         )
         for source, read in readers:
+            if wanted is not None and source not in wanted:
+                continue
+            # A reader may set its own reason (no battery, no sensors) while succeeding.
+            self.reasons.pop(source, None)
             try:
                 # list() first: a source either contributes all its series or none.
                 items = list(read())
@@ -235,30 +347,68 @@ class Sampler:
                 # A sampler must never take the agent down: any failure (missing function,
                 # AccessDenied, OSError, a platform quirk) omits that source's series.
                 self._failed(source, exc)
+                self.reasons[source] = _reason(exc)
                 continue
             self._recovered(source)
             _put(values, items)
-        values.update(self.sample_paths())
+        if wanted is None or "paths" in wanted:
+            values.update(self.sample_paths(fresh=False))
         values["agent.sample_duration_seconds"] = max(0.0, self._clock() - started)
         return values
 
-    def sample_paths(self) -> dict[str, float]:
+    def reason_for(self, metric: str) -> str:
+        """Why ``metric`` has no value in the latest sample (for an ``unknown`` check)."""
+        if metric in self.reasons:
+            return self.reasons[metric]
+        source = source_of(metric)
+        if source is None:
+            return "no such series (see `vigil-agent check --json` for the sampled ones)"
+        if source in self.reasons:
+            return f"{source} unavailable: {self.reasons[source]}"
+        return f"not sampled on this machine ({source} has no {metric})"
+
+    def sample_paths(self, *, fresh: bool = True) -> dict[str, float]:
         """Only the ``path.*`` series, for re-checking quickly after a remediation.
 
         A missing path gives size 0 and count 0 and no age; an unreadable one no series.
         ``path.age_seconds`` is the time since the newest regular file's mtime (clamped at
-        0 for files dated in the future).
+        0 for files dated in the future). ``fresh=False`` (the regular sample) reuses a
+        walk younger than the path's ``interval``; a verification always walks again.
         """
+        with self._lock:
+            return self._sample_paths(fresh)
+
+    def _sample_paths(self, fresh: bool) -> dict[str, float]:
         values: dict[str, float] = {}
         now = self._wall_clock()
+        mono = self._clock()
         for spec in self._config.paths:
             path, name = spec.path, spec.name
             source = f"path {name} ({path})"
-            try:
-                found = scan_path(path)
-            except OSError as exc:
-                self._failed(source, exc)
-                continue
+            cached = self._path_cache.get(name)
+            if (
+                not fresh
+                and cached is not None
+                and spec.interval_s is not None
+                and mono - cached[0] < spec.interval_s
+            ):
+                found = cached[1]
+            else:
+                try:
+                    found = scan_path(path)
+                except OSError as exc:
+                    self._failed(source, exc)
+                    self.reasons.update(
+                        dict.fromkeys(
+                            (f"path.{m}[{name}]" for m in ("size_bytes", "count", "age_seconds")),
+                            f"cannot read {path}: {_reason(exc)}",
+                        )
+                    )
+                    self._path_cache.pop(name, None)
+                    continue
+                self._path_cache[name] = (mono, found)
+            for m in ("size_bytes", "count", "age_seconds"):
+                self.reasons.pop(f"path.{m}[{name}]", None)
             self._recovered(source)
             if found.truncated:
                 log.debug("path %s: stopped after %d entries", path, found.count)
@@ -277,7 +427,23 @@ class Sampler:
         cur = self._ps.cpu_times()
         busy = cpu_busy_percent(self._prev_cpu, cur)
         self._prev_cpu = cur
-        return [("cpu.busy_percent", busy), ("cpu.count", self._ps.cpu_count())]
+        items: list[tuple[str, Any]] = [
+            ("cpu.busy_percent", busy),
+            (
+                "cpu.count",
+                self._every_slow("cpu_count", lambda: [("n", self._ps.cpu_count())])[0][1],
+            ),
+        ]
+        if self._config.per_core:
+            cores = self._ps.cpu_times(percpu=True)
+            prev = self._prev_cores or [None] * len(cores)
+            if len(prev) == len(cores):  # a CPU went offline: start over
+                items += [
+                    (f"cpu.core_busy_percent[{i}]", cpu_busy_percent(p, c))
+                    for i, (p, c) in enumerate(zip(prev, cores, strict=True))
+                ]
+            self._prev_cores = cores
+        return items
 
     def _load(self) -> Iterable[tuple[str, Any]]:
         # On Windows psutil emulates the load average with a background thread started on
@@ -300,27 +466,181 @@ class Sampler:
     def _disks(self) -> Iterable[tuple[str, Any]]:
         mounts = self._config.disk_mounts
         if mounts is None:
-            mounts = _local_mounts(self._ps.disk_partitions(all=False))
+            # The mount table changes rarely (a USB disk, a share): read it every
+            # slow_interval rather than parse /proc/self/mounts on every sample.
+            mounts = [
+                m
+                for m, _ in self._every_slow(
+                    "mounts",
+                    lambda: [(m, 0) for m in _local_mounts(self._ps.disk_partitions(all=False))],
+                )
+            ]
         items: list[tuple[str, Any]] = []
+        timeout = self._config.disk_timeout_s
         for mount in mounts:
             source = f"disk {mount}"
+            names = [f"disk.{m}[{mount}]" for m in ("used_percent", "free_bytes", "total_bytes")]
             try:
-                # statvfs on a hung mount can block forever; pseudo and network filesystems
-                # are skipped above, and a per-mount timeout is left for a later change.
-                usage = self._ps.disk_usage(mount)
+                # statvfs on a hung (network) mount can block forever: bounded per mount,
+                # with at most one outstanding call each (see agent/bounded.py).
+                usage = self._disk_caller.call(
+                    mount, lambda m=mount: self._ps.disk_usage(m), timeout
+                )
             except Exception as exc:
                 self._failed(source, exc)
+                hung = isinstance(exc, StillRunning)
+                reason = f"mount {mount}: " + (str(exc) if hung else _reason(exc))
+                self.reasons.update(dict.fromkeys(names, reason))
                 continue
             self._recovered(source)
+            for name in names:
+                self.reasons.pop(name, None)
             items += [
-                (f"disk.used_percent[{mount}]", usage.percent),
-                (f"disk.free_bytes[{mount}]", usage.free),
-                (f"disk.total_bytes[{mount}]", usage.total),
+                (names[0], usage.percent),
+                (names[1], usage.free),
+                (names[2], usage.total),
             ]
         return items
 
+    def _diskio(self) -> Iterable[tuple[str, Any]]:
+        now = self._clock()
+        cur = {
+            name: c
+            for name, c in (self._ps.disk_io_counters(perdisk=True) or {}).items()
+            if not name.startswith(_SKIP_DISK_PREFIXES)
+        }
+        prev, self._prev_diskio = self._prev_diskio, (now, cur)
+        if prev is None:
+            return []
+        items: list[tuple[str, Any]] = []
+        for name, counters in cur.items():
+            rates = counter_rates(
+                prev[1].get(name), counters, now - prev[0], ("read_bytes", "write_bytes")
+            )
+            if rates is not None:
+                items += [
+                    (f"diskio.read_bytes_per_second[{name}]", rates["read_bytes"]),
+                    (f"diskio.write_bytes_per_second[{name}]", rates["write_bytes"]),
+                ]
+        return items
+
+    def _net(self) -> Iterable[tuple[str, Any]]:
+        now = self._clock()
+        cur = {
+            name: c
+            for name, c in (self._ps.net_io_counters(pernic=True) or {}).items()
+            if not name.startswith(_SKIP_NIC_PREFIXES)
+        }
+        prev, self._prev_net = self._prev_net, (now, cur)
+        if prev is None:
+            return []
+        fields = ("bytes_recv", "bytes_sent", "errin", "errout", "dropin", "dropout")
+        items: list[tuple[str, Any]] = []
+        for name, counters in cur.items():
+            r = counter_rates(prev[1].get(name), counters, now - prev[0], fields)
+            if r is not None:
+                items += [
+                    (f"net.recv_bytes_per_second[{name}]", r["bytes_recv"]),
+                    (f"net.sent_bytes_per_second[{name}]", r["bytes_sent"]),
+                    (f"net.errors_per_second[{name}]", r["errin"] + r["errout"]),
+                    (f"net.drops_per_second[{name}]", r["dropin"] + r["dropout"]),
+                ]
+        return items
+
+    def _every_slow(
+        self, source: str, read: Callable[[], list[tuple[str, Any]]]
+    ) -> list[tuple[str, Any]]:
+        """``read()`` at most once per ``slow_interval``; the cached items in between."""
+        now = self._clock()
+        cached = self._slow.get(source)
+        if cached is not None and now - cached[0] < self._config.slow_s:
+            if cached[2] is not None:
+                self.reasons[source] = cached[2]
+            return cached[1]
+        items = read()
+        self._slow[source] = (now, items, self.reasons.get(source))
+        return items
+
+    def _battery(self) -> Iterable[tuple[str, Any]]:
+        return self._every_slow("battery", self._read_battery)
+
+    def _read_battery(self) -> list[tuple[str, Any]]:
+        battery = self._ps.sensors_battery()
+        if battery is None:
+            self.reasons["battery"] = "no battery (a desktop, or not reported by the OS)"
+            return []
+        self.reasons.pop("battery", None)
+        items: list[tuple[str, Any]] = [("battery.percent", battery.percent)]
+        if battery.power_plugged is not None:
+            items.append(("battery.plugged", 1.0 if battery.power_plugged else 0.0))
+        # psutil uses negative sentinels for "unlimited" (plugged) and "unknown".
+        if isinstance(battery.secsleft, int | float) and battery.secsleft >= 0:
+            items.append(("battery.seconds_left", battery.secsleft))
+        return items
+
+    def _sensors(self) -> Iterable[tuple[str, Any]]:
+        return self._every_slow("sensors", self._read_sensors)
+
+    def _read_sensors(self) -> list[tuple[str, Any]]:
+        items: list[tuple[str, Any]] = []
+        temps = getattr(self._ps, "sensors_temperatures", None)
+        for chip, readings in ((temps() if temps else None) or {}).items():
+            # The hottest reading per chip: one series per chip, not per core.
+            current = [r.current for r in readings if r.current is not None]
+            if current:
+                items.append((f"temperature.celsius[{chip}]", max(current)))
+        fans = getattr(self._ps, "sensors_fans", None)
+        for chip, readings in ((fans() if fans else None) or {}).items():
+            for i, r in enumerate(readings):
+                items.append((f"fan.rpm[{chip}:{r.label or i}]", r.current))
+        if not items:
+            self.reasons["sensors"] = "no temperature or fan sensors reported by the OS"
+        return items
+
+    def _process_table(self) -> Iterable[tuple[str, Any]]:
+        now = self._clock()
+        last = self._last_process_scan
+        full = last is None or now - last >= self._config.process_scan_s
+        if full or self._config.processes:
+            # Named-process checks need a fresh (cheap) refresh every tick.
+            self._processes.refresh(now, full=full)
+            if full:
+                self._last_process_scan = now
+        reading = self._processes.reading()
+        for key in [k for k in self.reasons if k.startswith("process.")]:
+            del self.reasons[key]
+        self.reasons.update(reading.reasons)
+        return list(reading.values.items())
+
+    def _service_states(self) -> Iterable[tuple[str, Any]]:
+        names = self._config.services
+        items: list[tuple[str, Any]] = []
+        for name, state in self._services(names).items():
+            key = f"service.active[{name}]"
+            if state.active is None:
+                self.reasons[key] = state.detail
+            else:
+                self.reasons.pop(key, None)
+                items.append((key, 1.0 if state.active else 0.0))
+        return items
+
+    def _probes(self) -> Iterable[tuple[str, Any]]:
+        items: list[tuple[str, Any]] = []
+        for spec in self._config.probes:
+            result = self._prober.run(spec)
+            items += [
+                (f"probe.seconds[{spec.name}]", result.seconds),
+                (f"probe.up[{spec.name}]", 1.0 if result.up else 0.0),
+            ]
+            if result.status is not None:
+                items.append((f"probe.http_status[{spec.name}]", result.status))
+            if result.error:
+                log.debug("probe %s: %s", spec.name, result.error)
+        return items
+
     def _uptime(self) -> Iterable[tuple[str, Any]]:
-        boot = float(self._ps.boot_time())
+        # Boot time only changes with a reboot (psutil re-reads all of /proc/stat for it).
+        ((_, boot),) = self._every_slow("boot", lambda: [("boot", float(self._ps.boot_time()))])
         return [
             ("boot_time_seconds", boot),
             ("uptime_seconds", max(0.0, self._wall_clock() - boot)),
@@ -364,6 +684,17 @@ def _local_mounts(partitions: Iterable[Any]) -> list[str]:
         seen.add(part.mountpoint)
         mounts.append(part.mountpoint)
     return mounts
+
+
+def _reason(exc: BaseException) -> str:
+    """A short, human reason for an unknown series."""
+    if isinstance(exc, psutil.AccessDenied):
+        return "access denied (the agent lacks the privilege to read this)"
+    if isinstance(exc, psutil.NoSuchProcess):
+        return "the process vanished"
+    if isinstance(exc, AttributeError | NotImplementedError):
+        return "not available on this platform"
+    return getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
 
 
 def _put(values: dict[str, float], items: Iterable[tuple[str, Any]]) -> None:

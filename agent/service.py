@@ -1,9 +1,11 @@
 """The agent process: wires sampler, checks, remediations, outbox and shipper together.
 
 One ``AsyncIOScheduler`` drives every periodic job (sample + evaluate, ship, heartbeat,
-metrics summary). Each job has its own timeout and ``max_instances=1`` so a slow cycle
-is skipped rather than piled up. Every event goes to the outbox *before* any delivery
-attempt; urgent events (a check going critical, a failed fix) trigger an immediate ship.
+metrics summary, plus one job per distinct per-check ``interval`` and one per command
+check, so a critical check can run every second without sampling everything). Each job
+has its own timeout and ``max_instances=1`` so a slow cycle is skipped rather than piled
+up. Every event goes to the outbox *before* any delivery attempt; urgent events (a check
+going critical, a failed fix) trigger an immediate ship.
 
 Flow for a check that names a remediation (detection → remediation → verification):
 the check's critical transition is recorded with ``remediation=<id>`` (a promise the
@@ -12,6 +14,12 @@ after ``verify_delay`` and re-evaluates the check, then records the corrective-a
 record *before* the check's recovery so the collector sees "fixed while critical"
 (a prevented incident). While a check's remediation is in flight the regular cycle does
 not evaluate that check, so the order of its events is always the same.
+
+The same flow serves manifest triggers of the remediations in ``remediation.enable``:
+``trigger.checks`` (a check id entering a listed state) and ``trigger.detection`` (a
+detection script run every ``trigger.every`` as the check ``detect.<id>``: exit 1 means
+critical). A run that ends not fixed is retried while the check stays bad, as far as the
+gate's cooldown and attempt budget allow. See ``docs/remediations.md``.
 """
 
 from __future__ import annotations
@@ -19,29 +27,44 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from agent import __version__, wire
 from agent.checks import CheckStatus, Transition, classify, evaluate
-from agent.config import AgentConfig, CheckSpec
+from agent.config import AgentConfig, CheckSpec, RemediationRef
 from agent.configio import ConfigError
 from agent.identity import Identity, load_identity
 from agent.outbox import Outbox
-from agent.remediation import Remediation, load_library
+from agent.plugins import run_plugin
+from agent.remediation import (
+    Remediation,
+    declared_outcome,
+    early_outcome,
+    load_library,
+    verified_outcome,
+)
 from agent.runner import RunGate, ScriptResult, run_script
-from agent.sampler import Sampler
-from agent.shipper import Shipper
+from agent.sampler import Sampler, source_of
+from agent.shipper import ClockReading, Shipper, detect_clock_jumps, read_clock
+from agent.wire import CheckState
 
 log = logging.getLogger("vigil.agent")
 
+# Outcomes after which a check that stays bad gets another attempt (gate permitting).
+RETRY_OUTCOMES = frozenset({"not_fixed", "error", "timeout", "skipped:busy"})
 # A heartbeat promises the next one within this many intervals (the collector adds grace).
 HEARTBEAT_TTL_INTERVALS = 2.5
+# Seconds between clock-jump checks (a jump smaller than CLOCK_JUMP_TOLERANCE_S is noise).
+CLOCK_WATCH_S = 5.0
+CLOCK_JUMP_TOLERANCE_S = 2.0
 
 
 def new_event_id() -> str:
@@ -58,11 +81,14 @@ class RemediationOutcome:
     value_after: float | None
     result: ScriptResult | None
     reason: str = ""
+    # The check's level after the run when it is not a threshold over value_after (a
+    # command check's plugin state); None for threshold and detection checks.
+    level_after: CheckState | None = None
 
 
 def check_library(config: AgentConfig, library: Mapping[str, Remediation]) -> None:
-    """Raise :class:`ConfigError` when a check names a remediation that is not loaded, or
-    passes it a parameter its manifest does not declare."""
+    """Raise :class:`ConfigError` when a check (or ``remediation.params``) names a
+    remediation that is not loaded, or passes it a parameter its manifest does not declare."""
     for i, spec in enumerate(config.checks):
         if spec.remediation is None:
             continue
@@ -81,6 +107,18 @@ def check_library(config: AgentConfig, library: Mapping[str, Remediation]) -> No
             raise ConfigError(
                 config.file, f"checks[{i}].remediation.params", spec.remediation.params, str(exc)
             ) from None
+    for i, rem_id in enumerate(config.remediation.enable):
+        if rem_id not in library:
+            key = f"remediation.enable[{i}]"
+            raise ConfigError(config.file, key, rem_id, "no such remediation loaded")
+    for rem_id, values in config.remediation.params.items():
+        key = f"remediation.params.{rem_id}"
+        if rem_id not in library:
+            raise ConfigError(config.file, key, rem_id, "no such remediation loaded")
+        try:
+            library[rem_id].script_env(values)
+        except ValueError as exc:
+            raise ConfigError(config.file, key, values, str(exc)) from None
 
 
 class AgentService:
@@ -111,17 +149,54 @@ class AgentService:
         self.identity: Identity = load_identity(
             config.state_dir, hostname=config.hostname, labels=config.labels
         )
-        self.outbox = Outbox(config.outbox.path, max_bytes=config.outbox.max_bytes)
+        self.outbox = Outbox(
+            config.outbox.path,
+            max_bytes=config.outbox.max_bytes,
+            max_age_s=config.outbox.max_age_s,
+        )
+        sh = config.shipping
         self.shipper = Shipper(
             config.collector,
             self.outbox,
             self.identity,
             agent_version=__version__,
             batch_max_events=config.outbox.batch_max_events,
+            batch_max_bytes=config.outbox.batch_max_bytes,
+            backoff_base_s=sh.backoff_base_s,
+            backoff_cap_s=sh.backoff_cap_s,
+            drain_batches_per_s=sh.drain_batches_per_s,
         )
+        # The first delivery waits a random part of the start jitter (at most one report
+        # interval) so a fleet that boots together does not flush its backlogs in step.
+        self.first_ship_delay_s = random.uniform(
+            0, min(sh.start_jitter_s, config.intervals.report_s)
+        )
+        self._clock_reading: ClockReading | None = None
         self.gate = RunGate(config.remediation.max_concurrent)
+        # Manifest triggers of the enabled remediations only: check id -> manifests, and
+        # detection scripts as checks.
+        enabled = {i: self.library[i] for i in config.remediation.enable}
+        self._triggered_by = index_triggers(enabled)
+        self._busy: set[str] = set()  # remediation ids promised or running
+        self._last_outcome: dict[str, str] = {}  # check id -> outcome of its last run
+        self.detectors: dict[str, tuple[CheckSpec, Remediation]] = {
+            (spec := detection_spec(rem)).id: (spec, rem)
+            for rem in enabled.values()
+            if rem.detection_for() is not None
+        }
         self.statuses: dict[str, CheckStatus] = {}
         self.latest: dict[str, float] = {}
+        # Per-check intervals: the main cycle evaluates the checks without their own
+        # interval; the others run in one job per distinct interval (command checks alone).
+        sample_s = config.intervals.sample_s
+        self.main_checks: tuple[CheckSpec, ...] = tuple(
+            c for c in config.checks if not c.is_command and c.interval_s in (None, sample_s)
+        )
+        self.interval_groups: dict[float, list[CheckSpec]] = {}
+        for c in config.checks:
+            if not c.is_command and c.interval_s not in (None, sample_s):
+                self.interval_groups.setdefault(c.interval_s, []).append(c)  # type: ignore[arg-type]
+        self.plugin_values: dict[str, float] = {}
         self._remediating: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -140,8 +215,20 @@ class AgentService:
             id="sample",
             next_run_time=_now_dt(),
         )
+        self._add_check_jobs(scheduler)
         scheduler.add_job(
-            self._timed(self.ship, iv.report_s), "interval", seconds=iv.report_s, id="ship"
+            self._timed(self.ship, iv.report_s),
+            "interval",
+            seconds=iv.report_s,
+            id="ship",
+            next_run_time=_now_dt() + timedelta(seconds=self.first_ship_delay_s),
+        )
+        self._clock_reading = read_clock()
+        scheduler.add_job(
+            self._timed(self.watch_clock, CLOCK_WATCH_S),
+            "interval",
+            seconds=CLOCK_WATCH_S,
+            id="clock",
         )
         scheduler.add_job(
             self._timed(self.heartbeat, iv.heartbeat_s),
@@ -156,6 +243,7 @@ class AgentService:
             seconds=iv.metrics_s,
             id="metrics",
         )
+        self._add_detection_jobs(scheduler)
         scheduler.start()
         log.info(
             "agent %s (%s) started: %d checks, %d remediations, reporting to %s",
@@ -214,38 +302,124 @@ class AgentService:
         loop = asyncio.get_running_loop()
         # Sampling does blocking syscalls; keep the event loop free for the shipper.
         values = await loop.run_in_executor(None, self.sampler.sample)
-        self.latest = values
+        # Plugin perfdata arrives on the command checks' own schedule; keep the latest.
+        self.latest = {**self.plugin_values, **values}
+        self._evaluate_all(self.main_checks, values)
+
+    async def sample_group(self, specs: Sequence[CheckSpec]) -> None:
+        """A per-check-interval job: sample only the sources ``specs`` need, evaluate them."""
+        sources = {source_of(spec.metric) or "" for spec in specs}
+        loop = asyncio.get_running_loop()
+        values = await loop.run_in_executor(None, self.sampler.sample, sources)
+        self.latest = {**self.latest, **values}
+        self._evaluate_all(specs, values)
+
+    def _evaluate_all(self, specs: Sequence[CheckSpec], values: Mapping[str, float]) -> None:
         now = self.clock()
         urgent = False
-        for spec in self.config.checks:
+        reason_for = getattr(self.sampler, "reason_for", None)
+        for spec in specs:
             if spec.id in self._remediating:
                 continue  # the remediation task owns this check until it has verified
-            urgent |= self._evaluate(spec, values.get(spec.metric), now, may_remediate=True)
+            value = values.get(spec.metric)
+            reason = reason_for(spec.metric) if value is None and reason_for else None
+            urgent |= self._evaluate(spec, value, now, may_remediate=True, reason=reason)
         if urgent:
             self._spawn(self.ship())
 
+    async def command_check(self, spec: CheckSpec) -> None:
+        """Run one Nagios-plugin check; its exit status is the level, perfdata the values."""
+        if spec.id in self._remediating:
+            return
+        result = await run_plugin(spec.command, timeout_s=spec.timeout_s)
+        perf = result.series(spec.id)
+        for key in [k for k in self.plugin_values if k.endswith(f"[{spec.id}]")]:
+            del self.plugin_values[key]
+        self.plugin_values.update(perf)
+        value = next(iter(perf.values()), None)
+        now = self.clock()
+        if self._evaluate(
+            spec, value, now, may_remediate=True, level=result.state, text=result.text
+        ):
+            self._spawn(self.ship())
+
+    def _add_check_jobs(self, scheduler: AsyncIOScheduler) -> None:
+        """Per-check intervals: one job per distinct interval, one per command check."""
+        for interval, specs in sorted(self.interval_groups.items()):
+            scheduler.add_job(
+                self._timed(self._group_job(specs), interval),
+                "interval",
+                seconds=interval,
+                id=f"checks@{interval:g}s",
+                next_run_time=_now_dt(),
+            )
+        for spec in self.config.checks:
+            if spec.is_command:
+                interval = spec.interval_s or self.config.intervals.sample_s
+                # The job outlives the plugin's timeout plus the kill grace, never less.
+                bound = max(interval, spec.timeout_s + 10.0)
+                scheduler.add_job(
+                    self._timed(self._command_job(spec), bound),
+                    "interval",
+                    seconds=interval,
+                    id=f"command:{spec.id}",
+                    next_run_time=_now_dt(),
+                )
+
+    def _group_job(self, specs: Sequence[CheckSpec]) -> Callable[[], object]:
+        async def job() -> None:
+            await self.sample_group(specs)
+
+        job.__name__ = f"checks:{','.join(s.id for s in specs)}"
+        return job
+
+    def _command_job(self, spec: CheckSpec) -> Callable[[], object]:
+        async def job() -> None:
+            await self.command_check(spec)
+
+        job.__name__ = f"command:{spec.id}"
+        return job
+
     def _evaluate(
-        self, spec: CheckSpec, value: float | None, now: float, *, may_remediate: bool
+        self,
+        spec: CheckSpec,
+        value: float | None,
+        now: float,
+        *,
+        may_remediate: bool,
+        level: CheckState | None = None,
+        reason: str | None = None,
+        text: str | None = None,
     ) -> bool:
         """Evaluate one check; record a transition; return whether it is urgent."""
-        status, transition = evaluate(spec, self.statuses.get(spec.id), value, now)
+        status, transition = evaluate(
+            spec, self.statuses.get(spec.id), value, now, level=level, reason=reason, text=text
+        )
         self.statuses[spec.id] = status
         if transition is None:
+            if may_remediate:
+                self._maybe_retry(spec, status, value)
             return False
         rem = promise = skip_reason = None
-        if may_remediate and transition.state == "critical" and spec.remediation:
-            rem = self.library[spec.remediation.id]
-            skip_reason = self.gate.check(self._gate_key(spec), rem.cooldown_s)
+        if may_remediate:
+            rem = self._remediation_for(spec, transition.state)
+        if rem is not None:
+            skip_reason = self._gate_check(spec, rem)
             promise = rem.id if skip_reason is None else None
         self._record_transition(transition, now, promise)
         if rem is not None and skip_reason is not None:
             # Cooldown or already running: record the skip; the incident path takes over.
             skipped = RemediationOutcome("skipped", value, value, None, skip_reason)
             self._record_remediation(spec, rem, skipped, now, now)
+            # Busy with another check's run: this check's turn comes once it is free.
+            busy = skip_reason == "already running"
+            self._last_outcome[spec.id] = "skipped:busy" if busy else "skipped"
             return True
         if promise:
+            assert rem is not None
             self._remediating.add(spec.id)
-            self._spawn(self.remediate(spec, transition))
+            self._busy.add(rem.id)
+            self._spawn(self.remediate(spec, rem, transition))
             return False  # the outcome decides urgency, not the detection
         return transition.state == "critical"
 
@@ -289,60 +463,229 @@ class AgentService:
             )
         )
         if not self.statuses.get(wire.HEARTBEAT_CHECK):
-            # The first heartbeat ships at once so a new host appears immediately.
+            # The first heartbeat goes out with the (jittered) first delivery, so a new host
+            # appears within one report interval.
             self.statuses[wire.HEARTBEAT_CHECK] = CheckStatus("ok", self.clock(), None)
+
+    async def watch_clock(self) -> None:
+        """Detect a sleep/resume or a wall-clock step, report it, and resume delivery.
+
+        A jump is not an outage: after a resume the shipper's backoff (from failures
+        before the sleep) is ended and delivery is tried at once; the jump is recorded as
+        an ``agent.clock`` check result so the service desk can tell "asleep" from "down".
+        """
+        now = read_clock()
+        before, self._clock_reading = self._clock_reading, now
+        if before is None:
+            return
+        jumps = detect_clock_jumps(before, now, tolerance_s=CLOCK_JUMP_TOLERANCE_S)
+        for jump in jumps:
+            if jump.kind == "sleep":
+                message = f"resumed after {jump.seconds:.0f} s asleep"
+            else:
+                message = f"wall clock stepped {jump.seconds:+.0f} s"
+            log.info("clock jump: %s", message)
+            self.outbox.put(
+                wire.CheckEvent(
+                    event_id=new_event_id(),
+                    seq=0,
+                    time=now.wall,
+                    check=wire.CLOCK_CHECK,
+                    state="ok",
+                    previous_state=None,
+                    value=round(jump.seconds, 3),
+                    message=message,
+                )
+            )
+        if jumps:
+            self.shipper.wake()
             self._spawn(self.ship())
 
     async def metrics_summary(self) -> None:
         """Record the latest sampled values as one metrics event."""
         if self.latest:
+            # The outbox's own state travels too, so drops are reported, not silent.
+            ob = self.outbox.stats()
+            values = dict(self.latest)
+            values["agent.outbox_events"] = float(ob.depth)
+            values["agent.outbox_bytes"] = float(ob.payload_bytes)
+            values["agent.outbox_dropped_total"] = float(ob.dropped_total)
             self.outbox.put(
-                wire.MetricsEvent(
-                    event_id=new_event_id(), seq=0, time=self.clock(), values=dict(self.latest)
-                )
+                wire.MetricsEvent(event_id=new_event_id(), seq=0, time=self.clock(), values=values)
             )
 
     # ------------------------------------------------------------------ remediation
 
-    @staticmethod
-    def _gate_key(spec: CheckSpec) -> str:
-        assert spec.remediation is not None
-        return f"{spec.remediation.id}:{spec.id}"
+    def _remediation_for(self, spec: CheckSpec, state: str) -> Remediation | None:
+        """The remediation to run when ``spec`` enters ``state``, if any.
 
-    async def remediate(self, spec: CheckSpec, trigger: Transition) -> None:
-        """Run the check's remediation, verify, and record the corrective-action record."""
-        assert spec.remediation is not None
-        rem = self.library[spec.remediation.id]
+        A check that names a remediation in the agent config runs it on ``critical`` (or
+        on the states that manifest's trigger lists for this check); otherwise the first
+        manifest (by id) whose ``trigger.checks`` names this check and state runs.
+        """
+        if spec.remediation is not None:
+            rem = self.library[spec.remediation.id]
+            return rem if state in (rem.states_for(spec.id) or ("critical",)) else None
+        for rem in self._triggered_by.get(spec.id, ()):
+            if state in rem.states_for(spec.id):
+                return rem
+        return None
+
+    def _maybe_retry(self, spec: CheckSpec, status: CheckStatus, value: float | None) -> None:
+        """Run the remediation again while the check stays bad after a failed attempt.
+
+        Only after ``not_fixed``, ``error`` or ``timeout``, or a skip because another
+        check's run of the same remediation was in progress (never after a declared
+        ``needs_*``, a dry run, or a skip for cooldown or attempts), and only when the
+        gate allows it: cooldown elapsed and attempts left (Monit's "N restarts within M
+        cycles"). An exhausted budget stops retrying quietly: the incident is open.
+        """
+        if self._last_outcome.get(spec.id) not in RETRY_OUTCOMES:
+            return
+        rem = self._remediation_for(spec, status.state)
+        if rem is None or self._gate_check(spec, rem) is not None:
+            return
+        retry = Transition(
+            check=spec.id,
+            previous=status.state,
+            state=status.state,
+            value=value,
+            message=f"retrying after {self._last_outcome[spec.id]}",
+        )
+        log.info("remediation %s for %s: %s", rem.id, spec.id, retry.message)
+        self._remediating.add(spec.id)
+        self._busy.add(rem.id)
+        self._spawn(self.remediate(spec, rem, retry))
+
+    def _gate_check(self, spec: CheckSpec, rem: Remediation) -> str | None:
+        """Why ``rem`` may not start now (running, cooldown, attempts), else ``None``."""
+        if rem.id in self._busy:
+            # One run per remediation at a time (also while a promised run's task has not
+            # entered the gate yet).
+            return "already running"
+        return self.gate.check(
+            self._gate_key(spec, rem),
+            rem.cooldown_s,
+            max_attempts=rem.max_attempts,
+            window_s=rem.attempts_window_s,
+        )
+
+    @staticmethod
+    def _gate_key(spec: CheckSpec, rem: Remediation) -> str:
+        """Cooldown and attempts count per (remediation, check) on this host, so one
+        service restarted too often does not use up another's budget."""
+        return f"{rem.id}:{spec.id}"
+
+    def _add_detection_jobs(self, scheduler: AsyncIOScheduler) -> None:
+        """One interval job per remediation with a detection script for this platform."""
+        for spec, rem in self.detectors.values():
+            # The job outlives the script's own timeout plus the kill grace, so a slow
+            # detection ends as a recorded timeout rather than a cancelled job.
+            bound = max(rem.detect_every_s, rem.timeout_s + 10.0)
+            scheduler.add_job(
+                self._timed(self._detect_job(spec.id), bound),
+                "interval",
+                seconds=rem.detect_every_s,
+                id=spec.id,
+                next_run_time=_now_dt(),
+            )
+
+    def _detect_job(self, spec_id: str) -> Callable[[], object]:
+        async def job() -> None:
+            await self.detect(spec_id)
+
+        job.__name__ = spec_id
+        return job
+
+    async def detect(self, spec_id: str) -> None:
+        """Run one detection script and treat its verdict like a check result.
+
+        Exit 1 means the issue is present (critical), exit 0 that it is not (ok); anything
+        else is ``unknown``. The remediation then runs on the critical transition exactly
+        as for a threshold check, so the collector sees the same promise/record/recovery.
+        """
+        spec, rem = self.detectors[spec_id]
+        if spec.id in self._remediating:
+            return  # the remediation task owns this check until it has verified
+        value = await self._detect_value(rem)
+        if self._evaluate(spec, value, self.clock(), may_remediate=True):
+            self._spawn(self.ship())
+
+    async def _detect_value(self, rem: Remediation) -> float | None:
+        script = rem.detection_for()
+        if script is None:
+            return None
+        result = await run_script(
+            script,
+            allowed_roots=self.config.remediation.folders,
+            env=self._env(rem, self._params(None, rem), phase="detect", dry_run=False),
+            timeout_s=rem.timeout_s,
+            output_cap_bytes=rem.output_cap_bytes,
+            cwd=rem.folder,
+            run_as=rem.run_as,
+        )
+        if result.error or result.timed_out or result.exit_code not in (0, 1):
+            why = result.error or ("timed out" if result.timed_out else f"exit {result.exit_code}")
+            log.warning("detection for %s failed: %s: %s", rem.id, why, result.output[-200:])
+            return None
+        return float(result.exit_code)  # type: ignore[arg-type]
+
+    def _env(
+        self, rem: Remediation, params: Mapping[str, str], *, phase: str, dry_run: bool
+    ) -> dict[str, str]:
+        env = rem.script_env(params, dry_run=dry_run)
+        env["VIGIL_PHASE"] = phase
+        return env
+
+    def _params(self, spec: CheckSpec | None, rem: Remediation) -> dict[str, str]:
+        """Values for ``rem``'s parameters: ``remediation.params.<id>`` from the agent
+        config, overridden by the triggering check's own ``remediation.params``."""
+        params = dict(self.config.remediation.params.get(rem.id, {}))
+        ref = spec.remediation if spec is not None else None
+        if ref is not None and ref.id == rem.id:
+            params.update(ref.params)
+        return params
+
+    def _dry_run(self, rem: Remediation) -> bool:
+        return self.config.remediation.dry_run or rem.dry_run
+
+    async def remediate(self, spec: CheckSpec, rem: Remediation, trigger: Transition) -> None:
+        """Run ``rem`` for ``spec``, verify, and record the corrective-action record."""
         started = self.clock()
         try:
             result = await self._attempt(spec, rem, trigger)
             now = self.clock()
             self._record_remediation(spec, rem, result, started, now)
+            self._last_outcome[spec.id] = result.outcome
             # Re-evaluate with the verification value so the recovery (if any) follows
-            # the record in the outbox.
-            self._evaluate(spec, result.value_after, now, may_remediate=False)
+            # the record in the outbox. No value measured: the next cycle decides.
+            if result.value_after is not None or result.level_after is not None:
+                self._evaluate(
+                    spec, result.value_after, now, may_remediate=False, level=result.level_after
+                )
             # Failures are urgent; a prevention is shipped promptly too, so the service
             # desk sees it while it is fresh.
             self._spawn(self.ship())
         finally:
             self._remediating.discard(spec.id)
+            self._busy.discard(rem.id)
 
     async def _attempt(
         self, spec: CheckSpec, rem: Remediation, trigger: Transition
     ) -> RemediationOutcome:
-        assert spec.remediation is not None
         before = trigger.value
         script = rem.script_for()
         if script is None:
             return RemediationOutcome("error", before, before, None, "no script for this platform")
-        dry_run = self.config.remediation.dry_run
-        env = rem.script_env(spec.remediation.params, dry_run=dry_run)
+        dry_run = self._dry_run(rem)
+        params = self._params(spec, rem)
+        env = self._env(rem, params, phase="remediate", dry_run=dry_run)
         env.update(
             VIGIL_CHECK_ID=spec.id,
             VIGIL_CHECK_STATE=trigger.state,
             VIGIL_CHECK_VALUE="" if before is None else repr(before),
         )
-        async with self.gate.slot(self._gate_key(spec)):
+        async with self.gate.slot(self._gate_key(spec, rem)):
             log.info("remediation %s for %s: running %s", rem.id, spec.id, script)
             result = await run_script(
                 script,
@@ -351,25 +694,74 @@ class AgentService:
                 timeout_s=rem.timeout_s,
                 output_cap_bytes=rem.output_cap_bytes,
                 cwd=rem.folder,
+                run_as=rem.run_as,
             )
-        if result.error:
-            return RemediationOutcome("error", before, before, result, result.error)
-        if result.timed_out:
-            return RemediationOutcome("timeout", before, before, result, "timed out")
-        if dry_run:
-            return RemediationOutcome("dry_run", before, before, result, "dry run")
-        await asyncio.sleep(self.config.remediation.verify_delay_s)
-        after = await self._resample(spec.metric)
-        if result.exit_code != 0:
-            return RemediationOutcome("error", before, after, result, f"exit {result.exit_code}")
-        state = classify(spec, after)
-        outcome = "fixed" if state in ("ok", "warning") else "not_fixed"
-        return RemediationOutcome(outcome, before, after, result, f"after: {state}")
+        early = early_outcome(
+            error=result.error,
+            timed_out=result.timed_out,
+            timeout_s=rem.timeout_s,
+            exit_code=result.exit_code,
+            dry_run=dry_run,
+            declared=declared_outcome(result.output),
+        )
+        if early is not None:
+            outcome, reason = early
+            # Nothing ran, or nothing was meant to change: the value is as it was. Else
+            # measure once (no delay) so the record shows where the failure left things.
+            if result.error is not None or dry_run:
+                return RemediationOutcome(outcome, before, before, result, reason)
+            after, level = await self._measure(spec)
+            return RemediationOutcome(outcome, before, after, result, reason, level)
+        delay = rem.verify_delay_s
+        await asyncio.sleep(self.config.remediation.verify_delay_s if delay is None else delay)
+        after, level = await self._measure(spec)
+        if (verify := rem.verify_for()) is not None:
+            cleared, detail = await self._verify_script(rem, verify, env)
+        else:
+            state = level or classify(spec, after, recovering=True)
+            cleared = state not in (rem.states_for(spec.id) or ("critical",)) and state != "unknown"
+            detail = f"after: {state}"
+        outcome, reason = verified_outcome(cleared, detail)
+        return RemediationOutcome(outcome, before, after, result, reason, level)
+
+    async def _verify_script(
+        self, rem: Remediation, script: Path, env: Mapping[str, str]
+    ) -> tuple[bool, str]:
+        """(cleared, detail) from the verification script: exit 0 means fixed."""
+        result = await run_script(
+            script,
+            allowed_roots=self.config.remediation.folders,
+            env={**env, "VIGIL_PHASE": "verify"},
+            timeout_s=rem.timeout_s,
+            output_cap_bytes=rem.output_cap_bytes,
+            cwd=rem.folder,
+            run_as=rem.run_as,
+        )
+        if result.error or result.timed_out:
+            return False, f"verification did not run: {result.error or 'timed out'}"
+        return result.exit_code == 0, f"verification exit {result.exit_code}"
+
+    async def _measure(self, spec: CheckSpec) -> tuple[float | None, CheckState | None]:
+        """Measure ``spec`` again: (value, level). The level is set for a command check
+        (its plugin's state); otherwise it is None and the value decides."""
+        if spec.id in self.detectors:
+            return await self._detect_value(self.detectors[spec.id][1]), None
+        if spec.is_command:
+            result = await run_plugin(spec.command, timeout_s=spec.timeout_s)
+            return next(iter(result.series(spec.id).values()), None), result.state
+        return await self._resample(spec.metric), None
 
     async def _resample(self, metric: str) -> float | None:
         loop = asyncio.get_running_loop()
-        sample = self.sampler.sample_paths if metric.startswith("path.") else self.sampler.sample
-        values = await loop.run_in_executor(None, sample)
+        if metric.startswith("path."):
+            values = await loop.run_in_executor(None, self.sampler.sample_paths)
+        else:
+            # Only the source this series comes from: a verification should not cost a
+            # full sample (and must not disturb rates more than needed).
+            source = source_of(metric)
+            values = await loop.run_in_executor(
+                None, self.sampler.sample, None if source is None else {source}
+            )
         return values.get(metric)
 
     def _record_remediation(
@@ -386,6 +778,8 @@ class AgentService:
             r.value_before,
             r.value_after,
         )
+        # The script's own output when it has any; else why it did not run or was skipped.
+        output = res.output if res is not None and res.output else r.reason
         self.outbox.put(
             wire.RemediationEvent(
                 event_id=new_event_id(),
@@ -399,13 +793,35 @@ class AgentService:
                 duration_s=round(now - started, 3),
                 value_before=r.value_before,
                 value_after=r.value_after,
-                output=(res.output if res else r.reason)[: wire.MAX_OUTPUT],
+                output=output[: wire.MAX_OUTPUT],
                 output_truncated=bool(res and res.truncated),
                 script_sha256=res.script_sha256 if res else "",
-                dry_run=self.config.remediation.dry_run,
+                dry_run=self._dry_run(rem),
             ),
             urgent=r.outcome != "fixed",
         )
+
+
+def detection_spec(rem: Remediation) -> CheckSpec:
+    """The check that stands for ``rem``'s detection script: ``detect.<id>``, critical
+    while the script exits 1 (issue present), ok while it exits 0."""
+    return CheckSpec(
+        id=f"detect.{rem.id}",
+        metric=f"detect.{rem.id}",
+        op=">",
+        critical=0.5,
+        description=f"detection script of remediation {rem.id}",
+        remediation=RemediationRef(id=rem.id),
+    )
+
+
+def index_triggers(library: Mapping[str, Remediation]) -> dict[str, list[Remediation]]:
+    """Check id → the manifests whose ``trigger.checks`` name it, in id order."""
+    index: dict[str, list[Remediation]] = {}
+    for rem_id in sorted(library):
+        for t in library[rem_id].trigger_checks:
+            index.setdefault(t.check, []).append(library[rem_id])
+    return index
 
 
 def _now_dt() -> datetime:

@@ -264,3 +264,145 @@ def test_classify_compares_with_the_spec_operator(op: str, value: float, expecte
 
 def test_classify_ignores_the_for_duration() -> None:
     assert classify(DISK, 97.0) == "critical"
+
+
+# ------------------------------------------------------------------ hysteresis
+
+HYST = replace(INSTANT, recovery=85.0)
+HYST_CRIT_ONLY = replace(INSTANT, warning=None, recovery=85.0)
+HYST_BELOW = replace(FREE, recovery=20e9)
+
+
+@pytest.mark.parametrize(
+    ("spec", "values", "expected"),
+    [
+        pytest.param(INSTANT, [91, 89, 91, 89], "warning ok warning ok", id="no recovery toggles"),
+        pytest.param(
+            HYST, [91, 89, 91, 89], "warning warning warning warning", id="band holds warning"
+        ),
+        pytest.param(HYST, [91, 84], "warning ok", id="crossing recovery clears"),
+        pytest.param(HYST, [97, 89], "critical warning", id="critical de-escalates into the band"),
+        pytest.param(HYST, [89], "ok", id="band from ok is ok"),
+        pytest.param(
+            HYST_CRIT_ONLY, [97, 90, 84], "critical critical ok", id="critical-only band holds"
+        ),
+        pytest.param(
+            HYST_BELOW, [5e9, 15e9, 25e9], "warning warning ok", id="op < recovers above recovery"
+        ),
+    ],
+)
+def test_recovery_threshold_adds_hysteresis(
+    spec: CheckSpec, values: list[float], expected: str
+) -> None:
+    statuses, _ = run(spec, [(i * 15.0, v) for i, v in enumerate(values)])
+
+    assert [s.state for s in statuses] == expected.split()
+
+
+def test_message_in_the_recovery_band_says_why_the_check_is_still_bad() -> None:
+    statuses, _ = run(HYST, [(0, 91.0), (15, 89.0)])
+
+    assert statuses[-1].message == "disk.used_percent[/] = 89, not yet past recovery 85 (warning)"
+
+
+# ------------------------------------------------------------------ flapping
+
+FLAPPY = replace(INSTANT, flap_changes=4, flap_window_s=100.0)
+
+
+def alternate(n: int, step: float = 10.0) -> Steps:
+    """``n`` steps alternating critical and ok, ``step`` seconds apart."""
+    return [(i * step, 97.0 if i % 2 == 0 else 50.0) for i in range(n)]
+
+
+def test_without_flap_detection_every_crossing_is_a_transition() -> None:
+    _, transitions = run(INSTANT, alternate(8))
+
+    assert all(t is not None for t in transitions)
+
+
+def test_too_many_changes_in_the_window_mark_the_check_flapping() -> None:
+    statuses, _ = run(FLAPPY, alternate(5))
+
+    assert [s.flapping for s in statuses] == [False, False, False, False, True]
+
+
+def test_a_flapping_check_holds_its_worse_state() -> None:
+    statuses, _ = run(FLAPPY, alternate(8))
+
+    assert [s.state for s in statuses[4:]] == ["critical"] * 4
+
+
+def test_a_flapping_check_emits_no_transitions_while_it_keeps_flapping() -> None:
+    _, transitions = run(FLAPPY, alternate(9))
+
+    assert [t is not None for t in transitions[5:]] == [False] * 4
+
+
+def test_entering_flapping_is_one_transition_that_says_so() -> None:
+    _, transitions = run(FLAPPY, alternate(5))
+
+    last = transitions[-1]
+    assert last is not None
+    assert (last.previous, last.state, last.flapping) == ("ok", "critical", True)
+    assert last.message.startswith("flapping (4 changes in 100s): ")
+
+
+def test_flapping_stops_once_the_window_is_quiet_and_reports_the_real_state() -> None:
+    steps = [*alternate(5), (200.0, 50.0), (300.0, 50.0)]
+
+    statuses, transitions = run(FLAPPY, steps)
+
+    assert (statuses[-2].flapping, statuses[-2].state) == (False, "ok")
+    assert transitions[-2] is not None and transitions[-2].flapping is False
+
+
+def test_flap_history_keeps_only_changes_inside_the_window() -> None:
+    statuses, _ = run(FLAPPY, [(0, 97.0), (10, 50.0), (200, 97.0)])
+
+    assert statuses[-1].changes == (200.0,)
+
+
+# ------------------------------------------------------------------ unknown reasons and levels
+
+
+def test_unknown_carries_the_reason_it_was_given() -> None:
+    status, transition = evaluate(DISK, None, None, 0, reason="timed out after 2s (hung mount?)")
+
+    assert status.state == "unknown"
+    assert transition is not None
+    assert transition.message == "disk.used_percent[/]: timed out after 2s (hung mount?) (unknown)"
+
+
+def test_unknown_without_a_reason_still_says_there_is_no_value() -> None:
+    status, _ = evaluate(DISK, None, None, 0)
+
+    assert status.message == "disk.used_percent[/] has no value (unknown)"
+
+
+COMMAND = CheckSpec(id="nagios.load", metric="", command=("/bin/check_load",), for_s=60.0)
+
+
+@pytest.mark.parametrize(
+    ("levels", "expected"),
+    [
+        pytest.param(["ok", "critical"], "ok ok", id="plugin critical waits for the for-duration"),
+        pytest.param(["critical", "critical"], "unknown unknown", id="first critical is pending"),
+        pytest.param(["ok", "unknown"], "ok unknown", id="plugin unknown is immediate"),
+        pytest.param(["warning", "ok"], "unknown ok", id="plugin ok is immediate"),
+    ],
+)
+def test_a_given_level_replaces_classification(levels: list[str], expected: str) -> None:
+    status: CheckStatus | None = None
+    states = []
+    for i, level in enumerate(levels):
+        status, _ = evaluate(COMMAND, status, None, i * 15.0, level=level, text="LOAD")  # type: ignore[arg-type]
+        states.append(status.state)
+
+    assert states == expected.split()
+
+
+def test_given_text_is_the_message() -> None:
+    status, _ = evaluate(COMMAND, None, 0.5, 0, level="ok", text="OK - load average: 0.5")
+
+    assert status.message == "OK - load average: 0.5"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections import namedtuple
 from pathlib import Path
@@ -10,8 +11,10 @@ from typing import Any
 
 import pytest
 
-from agent.config import PathSpec, SamplerConfig
-from agent.sampler import PathStats, Sampler, cpu_busy_percent, scan_path
+from agent.config import PathSpec, ProbeSpec, ProcessSpec, SamplerConfig
+from agent.probes import ProbeResult
+from agent.sampler import PathStats, Sampler, cpu_busy_percent, scan_path, source_of
+from agent.svc import ServiceState
 
 LinuxTimes = namedtuple(
     "LinuxTimes", "user nice system idle iowait irq softirq steal guest guest_nice"
@@ -197,7 +200,7 @@ def test_sample_duration_comes_from_the_monotonic_clock() -> None:
     ticks = iter([10.0, 10.25])
     s = Sampler(SamplerConfig(), ps=FakePs(), clock=lambda: next(ticks))
 
-    assert s.sample()["agent.sample_duration_seconds"] == 0.25
+    assert s.sample(["load"])["agent.sample_duration_seconds"] == 0.25
 
 
 def test_missing_function_omits_only_its_series() -> None:
@@ -418,3 +421,364 @@ def test_real_psutil_core_series_are_sane_after_two_samples() -> None:
     disks = [v for k, v in values.items() if k.startswith("disk.used_percent[")]
     assert disks
     assert all(0.0 <= v <= 100.0 for v in disks)
+
+
+# ------------------------------------------------------------------ more sources
+
+Nic = namedtuple(
+    "Nic", "bytes_sent bytes_recv packets_sent packets_recv errin errout dropin dropout"
+)
+DiskIo = namedtuple("DiskIo", "read_count write_count read_bytes write_bytes")
+Battery = namedtuple("Battery", "percent secsleft power_plugged")
+Temp = namedtuple("Temp", "label current high critical")
+Fan = namedtuple("Fan", "label current")
+
+
+class FakeClock:
+    """Monotonic seconds that only move when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FullFakePs(FakePs):
+    """Adds NICs, disks, battery, sensors and per-core times, each settable by the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cpu_snapshots = [Times(100.0, 50.0, 850.0)] * 20
+        self.nics = {
+            "lo": Nic(9, 9, 0, 0, 0, 0, 0, 0),
+            "eth0": Nic(1000, 5000, 0, 0, 1, 0, 0, 2),
+        }
+        self.disks = {"sda": DiskIo(0, 0, 4096, 8192), "loop0": DiskIo(0, 0, 1, 1)}
+        self.battery: Battery | None = Battery(55.0, 3600, False)
+        self.temps = {"coretemp": [Temp("Core 0", 51.0, 90, 100), Temp("Core 1", 63.0, 90, 100)]}
+        self.fans = {"thinkpad": [Fan("", 2400)]}
+        self.battery_reads = 0
+        self.cores = [[Times(1, 1, 8), Times(2, 2, 6)], [Times(2, 1, 17), Times(4, 4, 12)]]
+
+    def cpu_times(self, percpu: bool = False) -> Any:
+        return self.cores.pop(0) if percpu else super().cpu_times()
+
+    def net_io_counters(self, pernic: bool = False) -> dict[str, Nic]:
+        return dict(self.nics)
+
+    def disk_io_counters(self, perdisk: bool = False) -> dict[str, DiskIo]:
+        return dict(self.disks)
+
+    def sensors_battery(self) -> Battery | None:
+        self.battery_reads += 1
+        return self.battery
+
+    def sensors_temperatures(self) -> dict[str, list[Temp]]:
+        return self.temps
+
+    def sensors_fans(self) -> dict[str, list[Fan]]:
+        return self.fans
+
+
+def full_sampler(ps: FullFakePs, clock: FakeClock, **config: Any) -> Sampler:
+    return Sampler(SamplerConfig(**config), ps=ps, clock=clock, wall_clock=lambda: BOOT + 3600)
+
+
+def test_net_rates_per_nic_skip_loopback() -> None:
+    ps, clock = FullFakePs(), FakeClock()
+    s = full_sampler(ps, clock)
+    s.sample(["net"])
+    ps.nics["eth0"] = Nic(3000, 15000, 0, 0, 3, 1, 0, 6)
+    clock.now += 10
+
+    values = s.sample(["net"])
+
+    assert {k: v for k, v in values.items() if k.startswith("net.")} == pytest.approx(
+        {
+            "net.recv_bytes_per_second[eth0]": 1000.0,
+            "net.sent_bytes_per_second[eth0]": 200.0,
+            "net.errors_per_second[eth0]": 0.3,
+            "net.drops_per_second[eth0]": 0.4,
+        }
+    )
+
+
+def test_first_sample_has_no_rates() -> None:
+    values = full_sampler(FullFakePs(), FakeClock()).sample(["net", "diskio"])
+
+    assert not [k for k in values if k.startswith(("net.", "diskio."))]
+
+
+def test_a_counter_that_went_backwards_gives_no_rate_for_that_nic() -> None:
+    ps, clock = FullFakePs(), FakeClock()
+    s = full_sampler(ps, clock)
+    s.sample(["net"])
+    ps.nics["eth0"] = Nic(0, 0, 0, 0, 0, 0, 0, 0)  # re-plugged: counters restart
+    clock.now += 10
+
+    assert not [k for k in s.sample(["net"]) if k.startswith("net.")]
+
+
+def test_disk_io_rates_skip_loop_devices() -> None:
+    ps, clock = FullFakePs(), FakeClock()
+    s = full_sampler(ps, clock)
+    s.sample(["diskio"])
+    ps.disks = {"sda": DiskIo(0, 0, 4096 + 2048, 8192 + 4096), "loop0": DiskIo(0, 0, 9, 9)}
+    clock.now += 2
+
+    values = s.sample(["diskio"])
+
+    assert {k: v for k, v in values.items() if k.startswith("diskio.")} == {
+        "diskio.read_bytes_per_second[sda]": 1024.0,
+        "diskio.write_bytes_per_second[sda]": 2048.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("battery", "expected"),
+    [
+        pytest.param(
+            Battery(55.0, 3600, False),
+            {"battery.percent": 55.0, "battery.plugged": 0.0, "battery.seconds_left": 3600.0},
+            id="discharging",
+        ),
+        pytest.param(
+            Battery(100.0, -2, True),
+            {"battery.percent": 100.0, "battery.plugged": 1.0},
+            id="plugged: unlimited time left is no series",
+        ),
+        pytest.param(None, {}, id="desktop: no battery series"),
+    ],
+)
+def test_battery_series(battery: Battery | None, expected: dict[str, float]) -> None:
+    ps = FullFakePs()
+    ps.battery = battery
+
+    values = full_sampler(ps, FakeClock()).sample(["battery"])
+
+    assert {k: v for k, v in values.items() if k.startswith("battery.")} == expected
+
+
+def test_a_desktop_battery_check_reads_unknown_with_the_reason() -> None:
+    ps = FullFakePs()
+    ps.battery = None
+    s = full_sampler(ps, FakeClock())
+    s.sample(["battery"])
+
+    assert s.reason_for("battery.percent") == (
+        "battery unavailable: no battery (a desktop, or not reported by the OS)"
+    )
+
+
+def test_sensors_give_the_hottest_reading_per_chip_and_every_fan() -> None:
+    values = full_sampler(FullFakePs(), FakeClock()).sample(["sensors"])
+
+    assert {k: v for k, v in values.items() if k.startswith(("temperature.", "fan."))} == {
+        "temperature.celsius[coretemp]": 63.0,
+        "fan.rpm[thinkpad:0]": 2400.0,
+    }
+
+
+def test_slow_sources_are_read_once_per_slow_interval() -> None:
+    ps, clock = FullFakePs(), FakeClock()
+    s = full_sampler(ps, clock, slow_s=60.0)
+    for _ in range(3):
+        s.sample(["battery"])
+        clock.now += 15
+    clock.now += 30
+    values = s.sample(["battery"])
+
+    assert ps.battery_reads == 2
+    assert values["battery.percent"] == 55.0
+
+
+def test_per_core_busy_percent() -> None:
+    ps, clock = FullFakePs(), FakeClock()
+    s = full_sampler(ps, clock, per_core=True)
+    s.sample(["cpu"])
+
+    values = s.sample(["cpu"])
+
+    assert values["cpu.core_busy_percent[0]"] == pytest.approx(10.0)  # 1 busy of 10
+    assert values["cpu.core_busy_percent[1]"] == pytest.approx(40.0)  # 4 busy of 10
+
+
+def test_only_the_requested_sources_are_read() -> None:
+    ps = FullFakePs()
+
+    values = full_sampler(ps, FakeClock()).sample(["memory"])
+
+    assert {k.split(".")[0] for k in values} == {"memory", "agent"}
+    assert ps.battery_reads == 0
+
+
+@pytest.mark.parametrize(
+    ("metric", "source"),
+    [
+        ("cpu.busy_percent", "cpu"),
+        ("disk.used_percent[/home]", "disk"),
+        ("temperature.celsius[coretemp]", "sensors"),
+        ("process.count[sshd]", "processes"),
+        ("path.size_bytes[tmp]", "paths"),
+        ("uptime_seconds", "uptime"),
+        ("plugin.load1[x]", None),
+    ],
+    ids=lambda v: str(v),
+)
+def test_source_of_a_series(metric: str, source: str | None) -> None:
+    assert source_of(metric) == source
+
+
+def test_reason_for_a_failed_source_names_it() -> None:
+    s = sampler(BrokenSwap())
+    s.sample()
+
+    assert s.reason_for("swap.used_percent") == "swap unavailable: swap accounting unavailable"
+
+
+def test_reason_for_a_missing_function_says_not_available_on_this_platform() -> None:
+    s = sampler(NoLoadAverage())
+    s.sample()
+
+    assert s.reason_for("load.1m") == "load unavailable: not available on this platform"
+
+
+def test_reason_for_an_unknown_series_says_so() -> None:
+    s = sampler()
+    s.sample()
+
+    assert s.reason_for("cpu.bogus").startswith("not sampled on this machine")
+    assert s.reason_for("nosuch.thing").startswith("no such series")
+
+
+# ------------------------------------------------------------------ hung mounts
+
+
+class HangingDisk(FakePs):
+    """``/mnt/nfs`` blocks until released, like statvfs on a dead NFS server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.partitions.append(Partition("srv:/x", "/mnt/nfs", "ext4", "rw"))
+        self.usage["/mnt/nfs"] = Usage(total=GIB, used=0, free=GIB, percent=0.0)
+        self.release = threading.Event()
+        self.nfs_calls = 0
+
+    def disk_usage(self, path: str) -> Usage:
+        if path == "/mnt/nfs":
+            self.nfs_calls += 1
+            self.release.wait(10)
+        return super().disk_usage(path)
+
+
+@pytest.fixture
+def hanging() -> Any:
+    ps = HangingDisk()
+    yield ps
+    ps.release.set()
+
+
+def test_a_hung_mount_is_unknown_with_a_reason_and_the_rest_is_sampled(hanging: Any) -> None:
+    s = sampler(hanging, disk_timeout_s=0.05)
+
+    values = s.sample(["disk"])
+
+    assert values["disk.used_percent[/]"] == 80.0
+    assert "disk.used_percent[/mnt/nfs]" not in values
+    assert s.reason_for("disk.used_percent[/mnt/nfs]") == "mount /mnt/nfs: timed out after 0.05s"
+
+
+def test_a_hung_mount_gets_no_second_call_while_the_first_is_stuck(hanging: Any) -> None:
+    s = sampler(hanging, disk_timeout_s=0.05)
+    for _ in range(3):
+        s.sample(["disk"])
+
+    assert hanging.nfs_calls == 1
+    assert "an earlier read has not returned" in s.reason_for("disk.free_bytes[/mnt/nfs]")
+
+
+def test_a_mount_that_comes_back_is_sampled_again(hanging: Any) -> None:
+    s = sampler(hanging, disk_timeout_s=0.05)
+    s.sample(["disk"])
+    hanging.release.set()
+    deadline = time.monotonic() + 2
+    values: dict[str, float] = {}
+    while "disk.used_percent[/mnt/nfs]" not in values and time.monotonic() < deadline:
+        time.sleep(0.01)
+        values = s.sample(["disk"])
+
+    assert "disk.used_percent[/mnt/nfs]" not in s.reasons
+    assert hanging.nfs_calls == 2
+
+
+# ------------------------------------------------------------------ processes, services, probes
+
+
+def test_services_are_one_and_zero_and_unknown_with_the_reason() -> None:
+    def services(names: Any) -> dict[str, ServiceState]:
+        return {
+            "cups": ServiceState(True, "active (running)"),
+            "bt": ServiceState(False, "inactive (dead)"),
+            "typo": ServiceState(None, "unit typo: LoadState=not-found"),
+        }
+
+    s = Sampler(SamplerConfig(services=("cups", "bt", "typo")), ps=FakePs(), services=services)
+    values = s.sample(["services"])
+
+    assert {k: v for k, v in values.items() if k.startswith("service.")} == {
+        "service.active[cups]": 1.0,
+        "service.active[bt]": 0.0,
+    }
+    assert s.reason_for("service.active[typo]") == "unit typo: LoadState=not-found"
+
+
+def test_probe_series(tmp_path: Path) -> None:
+    class FakeProber:
+        def run(self, spec: ProbeSpec) -> ProbeResult:
+            return ProbeResult(0.25, True, 200)
+
+    spec = ProbeSpec("intranet", "http", "http://intranet.example/")
+    s = Sampler(SamplerConfig(probes=(spec,)), ps=FakePs(), prober=FakeProber())  # type: ignore[arg-type]
+
+    assert s.sample(["probes"]) == {
+        "probe.seconds[intranet]": 0.25,
+        "probe.up[intranet]": 1.0,
+        "probe.http_status[intranet]": 200.0,
+        "agent.sample_duration_seconds": pytest.approx(0, abs=1),
+    }
+
+
+def test_path_walk_is_reused_within_its_interval(tmp_path: Path) -> None:
+    clock = FakeClock()
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    spec = PathSpec("t", tmp_path, interval_s=60.0)
+    s = Sampler(SamplerConfig(paths=(spec,)), ps=FakePs(), clock=clock)
+    s.sample(["paths"])
+    (tmp_path / "b").write_bytes(b"x" * 5)
+
+    cached = s.sample(["paths"])["path.size_bytes[t]"]
+    clock.now += 60
+    walked = s.sample(["paths"])["path.size_bytes[t]"]
+
+    assert (cached, walked) == (10, 15)
+
+
+def test_sample_paths_for_verification_always_walks_again(tmp_path: Path) -> None:
+    spec = PathSpec("t", tmp_path, interval_s=3600.0)
+    s = Sampler(SamplerConfig(paths=(spec,)), ps=FakePs(), clock=FakeClock())
+    s.sample(["paths"])
+    (tmp_path / "b").write_bytes(b"x" * 5)
+
+    assert s.sample_paths()["path.size_bytes[t]"] == 5
+
+
+def test_real_psutil_full_sample_has_process_and_net_series() -> None:
+    s = Sampler(SamplerConfig(processes=(ProcessSpec("me", exe_name="python3"),)))
+    s.sample()
+    time.sleep(0.05)
+    values = s.sample()
+
+    assert values["process.count"] >= 1
+    assert "process.zombies" in values
+    assert any(k.startswith("process.top_rss_bytes[") for k in values)
