@@ -31,6 +31,15 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[1]
 FAULT_BYTES = 2 * 1024 * 1024
+# The /metrics series the demo quotes (non-zero samples only, to keep the excerpt short).
+DEMO_SERIES = (
+    "vigil_agents{",
+    "vigil_incidents_opened_total",
+    "vigil_incidents_resolved_total",
+    "vigil_incidents_prevented_total",
+    "vigil_remediation_runs_total",
+    "vigil_incident_time_to_restore_seconds_count",
+)
 
 
 class DemoError(RuntimeError):
@@ -207,8 +216,10 @@ def scenario(url: str, var: Path) -> None:
     )[0]
     say(
         f"    ! incident #{incident['id']} opened after {time.monotonic() - t0:.1f} s: "
-        f"{incident['priority']} {incident['message']}"
+        f"{incident['priority']} (service {incident.get('service') or '-'}, SLA due in "
+        f"{(incident['sla_due'] - incident['opened_at']) / 86400:.0f} days)"
     )
+    say(f"      {incident['message']}")
     say("    … the inbox drains on its own in 10 s")
     time.sleep(10)
     for f in (var / "inbox").iterdir():
@@ -225,13 +236,13 @@ def scenario(url: str, var: Path) -> None:
     say("Incidents now (GET /api/v1/incidents):")
     for inc in get_json(f"{api}/incidents")["incidents"]:
         say(
-            f"    #{inc['id']:<3} {inc['state']:<9} {inc['priority'] or '-':<3} {inc['check']:<18}"
-            f" {inc['hostname']}"
+            f"    #{inc['id']:<3} {inc['state']:<9} {inc['priority'] or '-':<3} {inc['check']:<16}"
+            f" service={inc.get('service') or '-'} host={inc['hostname']}"
         )
     say("Metrics (GET /metrics, excerpt):")
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as resp:
         for line in resp.read().decode().splitlines():
-            if line.startswith(("vigil_incidents", "vigil_agents", "vigil_remediation_runs")):
+            if line.startswith(DEMO_SERIES) and not line.endswith(" 0.0"):
                 say(f"    {line}")
 
 
