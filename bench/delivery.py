@@ -176,7 +176,8 @@ def offline_day(folder: Path, values: dict[str, float], hours: float) -> dict[st
         clock.now += step
     stats = outbox.stats()
     print(
-        f"(a) offline {hours:g} h: {stats.depth} events, payload {stats.payload_bytes / 1e6:.2f} MB,"
+        f"(a) offline {hours:g} h: {stats.depth} events,"
+        f" payload {stats.payload_bytes / 1e6:.2f} MB,"
         f" on disk {stats.disk_bytes / 1e6:.2f} MB, dropped {stats.dropped_total}"
     )
 

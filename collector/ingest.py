@@ -204,4 +204,3 @@ async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ingest_key] = queue
     yield
     await queue.close()
-

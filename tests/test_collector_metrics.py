@@ -206,7 +206,13 @@ def test_rejected_reports_are_counted_by_reason(
         for (name, labels), value in samples.items()
         if name == "vigil_reports_rejected_total"
     }
-    assert rejected == {"unauthorized": 2, "too_large": 1, "bad_gzip": 1, "invalid": 1, "overloaded": 0}
+    assert rejected == {
+        "unauthorized": 2,
+        "too_large": 1,
+        "bad_gzip": 1,
+        "invalid": 1,
+        "overloaded": 0,
+    }
 
 
 @pytest.mark.parametrize(

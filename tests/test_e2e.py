@@ -176,7 +176,9 @@ def test_a_fault_without_a_fix_opens_an_incident_that_resolves_on_recovery(
         open_by_check = ("vigil_incidents_open_by_check", (("check", "inbox.size"),))
         assert metrics[open_by_check] == 1
         assert metrics[("vigil_incidents_open", (("priority", "P3"), ("service", "none")))] == 1
-        assert metrics[("vigil_checks_failing", (("check", "inbox.size"), ("service", "none")))] == 1
+        assert (
+            metrics[("vigil_checks_failing", (("check", "inbox.size"), ("service", "none")))] == 1
+        )
 
         (tmp_path / "inbox" / "junk.bin").unlink()
         resolved = wait_for(
