@@ -6,11 +6,12 @@ followed by ``|`` and performance data; further lines are long output, and a ``|
 them starts more performance data. Perfdata items are
 ``'label'=value[UOM];[warn];[crit];[min];[max]``, space separated.
 
-:func:`run_plugin` runs one plugin the way the remediation runner runs scripts (and with
-its helpers): an argv list and never a shell, stdin from the null device, a clean
-environment, its own process group (session), a timeout that kills the whole group, and
-stdout capped in memory. It never raises for a plugin problem: a missing program, a
-timeout or an exit status outside 0-3 is an ``unknown`` result with a reason.
+:func:`run_plugin` runs one plugin the way the remediation runner runs scripts (through
+:func:`agent.runner.run_bounded`): an argv list and never a shell, stdin from the null
+device, a clean environment, its own process group (session), a timeout that kills the
+whole group, and stdout capped in memory (stderr is discarded). It never raises for a
+plugin problem: a missing program, a timeout or an exit status outside 0-3 is an
+``unknown`` result with a reason.
 
 Perfdata values become series ``plugin.<label>[<check id>]`` in base units: ``ms`` and
 ``us`` become seconds, ``KB``/``MB``/``GB``/``TB`` become bytes (powers of 1024, as
@@ -19,8 +20,6 @@ Perfdata values become series ``plugin.<label>[<check id>]`` in base units: ``ms
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import math
 import os
 import re
@@ -29,16 +28,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agent.runner import (
-    _SIGKILL,
-    _child_env,
-    _exited,
-    _HeadTail,
-    _pump,
-    _session_kwargs,
-    _signal_tree,
-    _stop_group,
-)
+from agent.runner import child_env, run_bounded
 from agent.wire import CheckState
 
 OUTPUT_CAP_BYTES = 16 * 1024
@@ -178,45 +168,24 @@ async def run_plugin(
     if problem := _refusal(argv[0]):
         return unknown(problem)
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-            env=_child_env(None),
+        run = await run_bounded(
+            argv,
+            env=child_env(None),
             cwd="/" if os.name == "posix" else None,
-            **_session_kwargs(),
+            timeout_s=timeout_s,
+            output_cap_bytes=output_cap_bytes,
+            merge_stderr=False,
+            # Most plugins exit with their output already written: give the pipe a moment
+            # to drain before the group is stopped (which also reaps leftovers).
+            settle_s=1.0,
         )
     except (OSError, ValueError) as exc:
         return unknown(f"cannot start {argv[0]}: {getattr(exc, 'strerror', None) or exc}")
 
-    capture = _HeadTail(output_cap_bytes)
-    assert proc.stdout is not None
-    reader = asyncio.create_task(_pump(proc.stdout, capture))
-    stopped = False
-    try:
-        timed_out = not await _exited(proc, timeout_s)
-        if not timed_out:
-            # Most plugins exit with their output already written: give the pipe a moment
-            # to drain before the group is stopped (which also reaps leftovers).
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(asyncio.shield(reader), 1.0)
-        await _stop_group(proc, reader)
-        stopped = True
-    finally:
-        if not stopped:
-            _signal_tree(proc, _SIGKILL)
-        if not reader.done():
-            reader.cancel()
-            proc._transport.close()  # type: ignore[attr-defined]
-        with contextlib.suppress(asyncio.CancelledError):
-            await reader
-
-    if timed_out:
+    if run.timed_out:
         return unknown(f"plugin timed out after {timeout_s:g}s", timed_out=True)
-    output, truncated = capture.result()
-    text, perfdata, long_output = parse_output(output)
-    code = proc.returncode
+    text, perfdata, long_output = parse_output(run.output)
+    code = run.exit_code
     state = _STATES.get(code) if code is not None else None
     reason = None
     if state is None:
@@ -233,5 +202,5 @@ async def run_plugin(
         perfdata=perfdata,
         long_output=long_output,
         reason=reason,
-        truncated=truncated,
+        truncated=run.truncated,
     )

@@ -6,6 +6,10 @@ scripts whose real path lies inside an allowed folder, a minimal clean environme
 stdin from ``/dev/null``, a hard timeout that kills the whole process group, and an
 output excerpt whose memory use is bounded by the cap whatever the script prints.
 
+The process-tree lifecycle (spawn, capture, timeout, group kill, reaping) lives in
+:func:`run_bounded`, which :func:`agent.plugins.run_plugin` shares; :func:`run_script`
+adds the script vetting, interpreter choice and ``run_as`` on top.
+
 It never raises for a script problem: a script that is missing, outside the allowed
 folders, not executable or writable by others while we are root comes back as a
 :class:`ScriptResult` with ``error`` set, because a broken remediation is a normal
@@ -110,25 +114,105 @@ async def run_script(
         return failed(problem, sha)
     try:
         user_kwargs, user_env = _user(run_as)
-        child_env = _child_env({**user_env, **(env or {})})
+        merged_env = child_env({**user_env, **(env or {})})
     except ValueError as exc:
         return failed(str(exc), sha)
 
     try:
-        proc = await asyncio.create_subprocess_exec(
-            *_command(real),
-            *args,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
-            env=child_env,
+        run = await run_bounded(
+            [*_command(real), *args],
+            env=merged_env,
             cwd=str(cwd if cwd is not None else real.parent),
-            **_session_kwargs(),
-            **user_kwargs,
+            timeout_s=timeout_s,
+            output_cap_bytes=output_cap_bytes,
+            user_kwargs=user_kwargs,
         )
     except (OSError, ValueError) as exc:
         # ENOEXEC (no shebang), EACCES, a missing interpreter, a NUL byte in an argument.
         return failed(f"cannot start {real}: {_describe(exc)}", sha)
+
+    return ScriptResult(
+        exit_code=run.exit_code,
+        output=run.output,
+        truncated=run.truncated,
+        duration_s=time.monotonic() - started,
+        timed_out=run.timed_out,
+        error=None,
+        script_sha256=sha,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class BoundedRun:
+    """What one :func:`run_bounded` run did.
+
+    ``exit_code`` is the child's exit status, ``None`` when it was killed on timeout; a
+    negative value ``-N`` means the child was killed by signal ``N`` (not by us).
+    ``output`` is the captured output decoded as UTF-8 (bad bytes replaced); when
+    ``truncated`` it is the head and tail joined by a ``...[truncated N bytes]...`` line,
+    the whole at most ``output_cap_bytes`` characters. ``duration_s`` is wall-clock
+    seconds from just before the spawn to the end of the clean-up (group stopped, child
+    reaped, output drained), so it can exceed ``timeout_s`` by up to :data:`KILL_GRACE_S`
+    plus the reap and drain waits.
+    """
+
+    exit_code: int | None
+    output: str
+    truncated: bool
+    timed_out: bool
+    duration_s: float
+
+
+async def run_bounded(
+    argv: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    cwd: str | None,
+    timeout_s: float,
+    output_cap_bytes: int,
+    merge_stderr: bool = True,
+    settle_s: float | None = None,
+    user_kwargs: Mapping[str, object] | None = None,
+) -> BoundedRun:
+    """Run ``argv`` as a bounded process tree and return what it did; owns its whole lifecycle.
+
+    ``argv[0]`` is executed directly (no shell) with exactly ``env`` as its environment
+    (build it with :func:`child_env`; nothing of the agent's own is inherited), in
+    ``cwd`` (``None``: the agent's), stdin from the null device, in its own session
+    (POSIX) or process group (Windows). stdout is captured, head and tail within
+    ``output_cap_bytes`` characters, memory O(cap) whatever the child prints; stderr
+    goes to the same pipe when ``merge_stderr``, else to the null device.
+
+    Once the child has run ``timeout_s`` seconds its process group gets SIGTERM, then
+    SIGKILL :data:`KILL_GRACE_S` seconds later. The group is stopped the same way also
+    after a normal exit, so background leftovers never outlive the run (nor hold the
+    pipe open); with ``settle_s`` set, the pipe first gets up to that many seconds to
+    reach EOF after a normal exit, so output already written is not lost to the kill.
+    The child is always reaped (no zombies). Cancelling the call SIGKILLs the group
+    before the cancellation propagates.
+
+    ``user_kwargs`` are the ``user``/``group``/``extra_groups`` arguments of
+    :func:`asyncio.create_subprocess_exec` to run as another user (POSIX, needs root).
+
+    Raises :class:`OSError` or :class:`ValueError` when the child cannot be started
+    (missing program, ``ENOEXEC``, ``EACCES``, a NUL byte in an argument, an empty
+    ``argv``); nothing is left to clean up then. Any other outcome is a result.
+    Caveat: a grandchild that starts its own session escapes the group (see the module
+    docstring), and on Windows only the direct child is terminated.
+    """
+    if not argv:
+        raise ValueError("empty command")
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        *argv,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.DEVNULL,
+        env=dict(env),
+        cwd=cwd,
+        **_session_kwargs(),
+        **(user_kwargs or {}),
+    )
 
     capture = _HeadTail(output_cap_bytes)
     assert proc.stdout is not None
@@ -136,7 +220,10 @@ async def run_script(
     stopped = False
     try:
         timed_out = not await _exited(proc, timeout_s)
-        # Also after a normal exit: background children the script left behind must not
+        if not timed_out and settle_s is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(reader), settle_s)
+        # Also after a normal exit: background children the program left behind must not
         # outlive the run (they would hold the output pipe open and escape the timeout).
         await _stop_group(proc, reader)
         stopped = True
@@ -152,14 +239,12 @@ async def run_script(
             await reader
 
     output, truncated = capture.result()
-    return ScriptResult(
+    return BoundedRun(
         exit_code=None if timed_out else proc.returncode,
         output=output,
         truncated=truncated,
-        duration_s=time.monotonic() - started,
         timed_out=timed_out,
-        error=None,
-        script_sha256=sha,
+        duration_s=time.monotonic() - started,
     )
 
 
@@ -213,8 +298,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
-    """The minimal environment plus ``extra``; a bad name or value raises ValueError."""
+def child_env(extra: Mapping[str, str] | None) -> dict[str, str]:
+    """The minimal child environment plus ``extra`` (which wins); a fresh dict.
+
+    POSIX: ``PATH`` (the system folders only), ``LANG=C.UTF-8`` and the agent's ``HOME``;
+    Windows also keeps the few system variables programs need (``SYSTEMROOT`` ...).
+    Nothing else of the agent's environment leaks through. Raises :class:`ValueError`
+    for an empty name, a name with ``=`` or a NUL byte, or a value with a NUL byte.
+    """
     if _POSIX:
         base = {"PATH": _POSIX_PATH, "LANG": "C.UTF-8", "HOME": os.path.expanduser("~")}
     else:
