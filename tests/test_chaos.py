@@ -12,18 +12,17 @@ id, with what the collector stored. Nothing may be lost, nothing applied twice.
 from __future__ import annotations
 
 import contextlib
-import selectors
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from chaos_proxy import ChaosProxy
 from peers import free_port
+from procs import collector_config, read_line, spawn_agent, spawn_collector, stop, wait_for
 
 from agent.outbox import Outbox
 
@@ -50,26 +49,16 @@ class CollectorProcess:
         self.folder = folder
         self.port = port
         self.db = folder / "collector.db"
-        self.config = folder / "collector.yaml"
-        self.config.write_text(
-            f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-            "storage: {sqlite_path: collector.db}\n"
-            f"auth: {{agent_tokens: [{TOKEN}]}}\n"
-        )
+        self.config = collector_config(folder, agent_token=TOKEN, port=port)
         self.proc: subprocess.Popen[str] | None = None
         self.starts = 0
 
     def start(self) -> None:
         self.starts += 1
         log = (self.folder / f"collector.{self.starts}.log").open("w")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "collector", "--config", str(self.config)],
-            stdout=subprocess.PIPE,
-            stderr=log,
-            text=True,
-        )
+        self.proc = spawn_collector(self.config, log, ephemeral_port=False)
         # Right after a SIGKILL the port may still be held for a moment: retry briefly.
-        line = _read_line(self.proc, 20.0)
+        line = read_line(self.proc, 20.0)
         if "listening on" not in line:
             pytest.fail(f"collector start {self.starts} failed: {line!r}")
 
@@ -80,7 +69,7 @@ class CollectorProcess:
 
     def stop(self) -> int:
         assert self.proc is not None
-        return _terminate(self.proc)
+        return stop(self.proc)
 
 
 class AgentProcess:
@@ -114,11 +103,7 @@ checks:
 
     def start(self) -> None:
         self.starts += 1
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--config", str(self.config), "run"],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.folder / f"agent.{self.starts}.log").open("w"),
-        )
+        self.proc = spawn_agent(self.config, self.folder / f"agent.{self.starts}.log")
 
     def flip(self, on: bool) -> None:
         marker = self.folder / "flip" / "marker"
@@ -140,28 +125,6 @@ checks:
                 "SELECT COALESCE(SUM(value), 0) FROM counters WHERE name LIKE 'dropped.%'"
             ).fetchone()
         return row[0]
-
-
-def _read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    if not sel.select(timeout_s):
-        proc.kill()
-        return ""
-    return proc.stdout.readline()
-
-
-def _terminate(proc: subprocess.Popen[object]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return -9
-    return proc.returncode
 
 
 def stored_event_ids(db_path: Path) -> set[tuple[str, str]]:
@@ -196,15 +159,6 @@ def duplicates_acknowledged(db_path: Path) -> int:
     return 0 if row is None else row[0]
 
 
-def wait_until(what: str, probe: Callable[[], bool], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if probe():
-            return
-        time.sleep(0.2)
-    pytest.fail(f"timed out after {timeout_s}s waiting for {what}")
-
-
 @pytest.fixture
 def rig(tmp_path: Path) -> Iterator[tuple[CollectorProcess, ChaosProxy, list[AgentProcess]]]:
     collector = CollectorProcess(tmp_path, free_port())
@@ -219,9 +173,9 @@ def rig(tmp_path: Path) -> Iterator[tuple[CollectorProcess, ChaosProxy, list[Age
     finally:
         for agent in agents:
             if agent.proc is not None:
-                _terminate(agent.proc)
+                stop(agent.proc)
         if collector.proc is not None:
-            _terminate(collector.proc)
+            stop(collector.proc)
         proxy.close()
 
 
@@ -273,14 +227,15 @@ def test_no_event_is_lost_or_applied_twice_through_kills_and_network_cuts(
     # Quiesce: stop producing state changes, let every outbox drain, then stop the agents
     # (their shutdown flushes what the last moments produced).
     expected = {(a.agent_id(), e) for a in agents for e in a.written()}
-    wait_until(
+    wait_for(
         "the collector to hold every event written so far",
         lambda: expected <= stored_event_ids(collector.db),
         timeout_s=20.0,
+        retry_on=(),
     )
     for agent in agents:
         assert agent.proc is not None
-        assert _terminate(agent.proc) == 0, (agent.folder / f"agent.{agent.starts}.log").read_text()
+        assert stop(agent.proc) == 0, (agent.folder / f"agent.{agent.starts}.log").read_text()
     assert collector.stop() == 0
 
     written = {(a.agent_id(), e) for a in agents for e in a.written()}

@@ -6,18 +6,15 @@ Also the ``vigil-agent check`` CLI, run as a process.
 from __future__ import annotations
 
 import json
-import selectors
-import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from peers import require_binary
+from procs import collector_config, get_json, spawn_agent, start_collector, stop
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_TOKEN = "checks-agent-token"
@@ -26,49 +23,16 @@ ADMIN_TOKEN = "checks-admin-token"
 pytestmark = pytest.mark.integration
 
 
-def stop(proc: subprocess.Popen[Any]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
 @pytest.fixture
 def collector(tmp_path: Path) -> Iterator[str]:
-    config = tmp_path / "collector.yaml"
-    config.write_text(
-        f"listen: {{host: 127.0.0.1, port: 0}}\nstorage: {{sqlite_path: c.db}}\n"
-        f"auth: {{agent_tokens: [{AGENT_TOKEN}], admin_tokens: [{ADMIN_TOKEN}]}}\n"
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", "--config", str(config), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-        cwd=REPO,
-    )
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    if not sel.select(20):
-        proc.kill()
-        pytest.fail("collector did not start within 20 s")
-    line = proc.stdout.readline()
-    assert "listening on http://127.0.0.1:" in line, line
-    yield line.split("listening on ", 1)[1].strip()
+    config = collector_config(tmp_path, agent_token=AGENT_TOKEN, admin_token=ADMIN_TOKEN)
+    proc, url = start_collector(config, None, cwd=REPO)
+    yield url
     stop(proc)
 
 
 def host_checks(url: str) -> dict[str, str]:
-    req = urllib.request.Request(
-        url + "/api/v1/hosts", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    )
-    with urllib.request.urlopen(req, timeout=5) as resp:
-        hosts = json.load(resp)["hosts"]
+    hosts = get_json(url + "/api/v1/hosts", ADMIN_TOKEN)["hosts"]
     return hosts[0]["checks"] if hosts else {}
 
 
@@ -99,12 +63,7 @@ checks:
 """
     )
     log = tmp_path / "agent.log"
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "agent", "--config", str(config), "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=log.open("w"),
-        cwd=REPO,
-    )
+    agent = spawn_agent(config, log, cwd=REPO)
     want = {
         "nagios.dummy": "critical",
         "nagios.load": "ok",

@@ -6,112 +6,25 @@ through the collector's HTTP API and /metrics, as a service desk or Prometheus w
 
 from __future__ import annotations
 
-import json
-import os
-import selectors
-import signal
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from procs import Collector, collector_config, spawn_agent, start_collector, stop, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_TOKEN = "e2e-agent-token"
 ADMIN_TOKEN = "e2e-admin-token"
-T = TypeVar("T")
 
 pytestmark = pytest.mark.integration
 
 
-@dataclass
-class Collector:
-    url: str
-    proc: subprocess.Popen[str]
-
-    def get(self, path: str) -> Any:
-        req = urllib.request.Request(
-            self.url + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        )
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.load(resp)
-
-    def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:
-            text = resp.read().decode()
-        return {
-            (s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text)
-            for s in family.samples
-        }
-
-
-def read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
-    """One line of the process's stdout, or fail after ``timeout_s``."""
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    if not sel.select(timeout_s):
-        proc.kill()
-        pytest.fail(f"no output from {proc.args} within {timeout_s}s")
-    return proc.stdout.readline()
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 20.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except (OSError, urllib.error.URLError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.1)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
-
-
-def stop(proc: subprocess.Popen[Any]) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            return proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"{proc.args} did not stop within 15 s of SIGTERM")
-    return proc.returncode
-
-
 @pytest.fixture
 def collector(tmp_path: Path) -> Iterator[Collector]:
-    config = tmp_path / "collector.yaml"
-    config.write_text(
-        f"""\
-listen: {{host: 127.0.0.1, port: 0}}
-storage: {{sqlite_path: collector.db}}
-auth:
-  agent_tokens: [{AGENT_TOKEN}]
-  admin_tokens: [{ADMIN_TOKEN}]
-"""
-    )
-    log = (tmp_path / "collector.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", "--config", str(config), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    line = read_line(proc, 20)
-    assert "listening on http://127.0.0.1:" in line, line
-    yield Collector(url=line.split("listening on ", 1)[1].strip(), proc=proc)
+    config = collector_config(tmp_path, agent_token=AGENT_TOKEN, admin_token=ADMIN_TOKEN)
+    proc, url = start_collector(config, tmp_path / "collector.log")
+    yield Collector(url=url, token=ADMIN_TOKEN)
     assert stop(proc) == 0, (tmp_path / "collector.log").read_text()
 
 
@@ -138,12 +51,7 @@ checks:
     )
     for sub in ("inbox", "spool"):
         (tmp_path / sub).mkdir(exist_ok=True)
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent", "--config", str(config), "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=(tmp_path / "agent.log").open("w"),
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    return spawn_agent(config, tmp_path / "agent.log", unbuffered=True)
 
 
 def fill(folder: Path, nbytes: int) -> None:

@@ -12,60 +12,30 @@ import asyncio
 import hashlib
 import hmac
 import json
-import os
-import selectors
-import signal
 import subprocess
-import sys
 import threading
-import time
-import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from aiohttp import web
 
 from tests.peers import free_port, require_binary
+from tests.procs import Collector, collector_config, spawn_agent, start_collector, stop, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_TOKEN = "am-agent-token"
 ADMIN_TOKEN = "am-admin-token"
 SECRET = "hook-secret"
 HOSTS = 3
-T = TypeVar("T")
 
 pytestmark = pytest.mark.integration
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 30.0) -> T:
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except (OSError, urllib.error.URLError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @dataclass
@@ -160,18 +130,6 @@ receivers:
         stop(proc)
 
 
-@dataclass
-class Collector:
-    url: str
-
-    def get(self, path: str) -> Any:
-        req = urllib.request.Request(
-            self.url + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        )
-        with urllib.request.urlopen(req, timeout=5) as resp:
-            return json.load(resp)
-
-
 @pytest.fixture
 def collector(tmp_path: Path, alertmanager: str, receiver: Receiver) -> Iterator[Collector]:
     (tmp_path / "catalog.yaml").write_text(
@@ -182,14 +140,11 @@ services:
   - {name: email, owner: messaging-team, criticality: high, checks: ["mail.*"]}
 """
     )
-    config = tmp_path / "collector.yaml"
-    config.write_text(
-        f"""\
-listen: {{host: 127.0.0.1, port: 0}}
-storage: {{sqlite_path: collector.db}}
-auth:
-  agent_tokens: [{AGENT_TOKEN}]
-  admin_tokens: [{ADMIN_TOKEN}]
+    config = collector_config(
+        tmp_path,
+        agent_token=AGENT_TOKEN,
+        admin_token=ADMIN_TOKEN,
+        extra=f"""\
 catalog: catalog.yaml
 incidents:
   correlation: {{window: 5m, min_hosts: {HOSTS}}}
@@ -200,25 +155,11 @@ notifications:
   alertmanager: [{{url: "{alertmanager}"}}]
   webhooks: [{{url: "http://127.0.0.1:{receiver.port}/vigil", secret: {SECRET}}}]
 public_url: http://vigil.test
-"""
+""",
     )
-    log = (tmp_path / "collector.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", "--config", str(config), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-    )
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    if not sel.select(20):
-        proc.kill()
-        pytest.fail("collector did not start: " + (tmp_path / "collector.log").read_text())
-    line = proc.stdout.readline()
-    assert "listening on http://127.0.0.1:" in line, line
+    proc, url = start_collector(config, tmp_path / "collector.log")
     try:
-        yield Collector(url=line.split("listening on ", 1)[1].strip())
+        yield Collector(url=url, token=ADMIN_TOKEN)
     finally:
         stop(proc)
 
@@ -241,12 +182,7 @@ checks:
   - {{id: mail.queue, metric: 'path.size_bytes[inbox]', critical: 1000}}
 """
     )
-    return subprocess.Popen(
-        [sys.executable, "-m", "agent", "--config", str(folder / "agent.yaml"), "run"],
-        stdout=subprocess.DEVNULL,
-        stderr=(folder / "agent.log").open("w"),
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    return spawn_agent(folder / "agent.yaml", folder / "agent.log", unbuffered=True)
 
 
 def alerts_seen(receiver: Receiver) -> list[tuple[str, dict[str, str]]]:

@@ -20,23 +20,21 @@ from __future__ import annotations
 import gzip
 import json
 import math
-import selectors
-import signal
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 import yaml
 from peers import free_port, require_binary
+from procs import collector_config, get_json, start_collector, stop, wait_for
 
 from agent import wire
 
@@ -45,47 +43,13 @@ PROMETHEUS_DIR = REPO / "config" / "prometheus"
 DASHBOARD = REPO / "config" / "grafana" / "dashboards" / "vigil.json"
 AGENT_TOKEN = "prom-agent-token"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h"}
-T = TypeVar("T")
+# What wait_for treats as "not yet" here: connection errors and answers not JSON (yet).
+RETRY_ON = (OSError, ValueError)
 
 pytestmark = pytest.mark.integration
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float = 30.0) -> T:
-    """Poll ``probe`` every 0.2 s until it returns something truthy, at most ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = probe()
-        except (OSError, urllib.error.URLError, ValueError) as exc:
-            last = exc
-        if last and not isinstance(last, Exception):
-            return last
-        time.sleep(0.2)
-    pytest.fail(f"timed out waiting for {what} (last: {last!r})")
-
-
-def read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    if not sel.select(timeout_s):
-        proc.kill()
-        pytest.fail(f"no output from {proc.args} within {timeout_s}s")
-    return proc.stdout.readline()
-
-
-def stop(proc: subprocess.Popen[Any]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def post_report(url: str, report: wire.Report, token: str = AGENT_TOKEN) -> int:
@@ -100,11 +64,6 @@ def post_report(url: str, report: wire.Report, token: str = AGENT_TOKEN) -> int:
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
-
-
-def get_json(url: str) -> Any:
-    with urllib.request.urlopen(url, timeout=10) as response:
-        return json.load(response)
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -254,29 +213,6 @@ class Stack:
         return get_json(f"{self.prometheus_url}/api/v1/query?{params}")
 
 
-def start_collector(tmp: Path) -> tuple[subprocess.Popen[str], str]:
-    config = tmp / "collector.yaml"
-    config.write_text(
-        f"""\
-listen: {{host: 127.0.0.1, port: 0}}
-storage: {{sqlite_path: collector.db}}
-auth:
-  agent_tokens: [{AGENT_TOKEN}]
-metrics: {{per_host_series: true, max_host_series: 3}}
-"""
-    )
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", "--config", str(config), "--port", "0"],
-        stdout=subprocess.PIPE,
-        stderr=(tmp / "collector.log").open("w"),
-        text=True,
-        cwd=REPO,
-    )
-    line = read_line(proc, 20)
-    assert "listening on http://127.0.0.1:" in line, line
-    return proc, line.split("listening on ", 1)[1].strip()
-
-
 def start_prometheus(tmp: Path, collector_url: str) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     target = collector_url.removeprefix("http://")
@@ -309,7 +245,12 @@ scrape_configs:
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     require_binary("prometheus")
     tmp = tmp_path_factory.mktemp("prometheus-real")
-    collector, collector_url = start_collector(tmp)
+    config = collector_config(
+        tmp,
+        agent_token=AGENT_TOKEN,
+        extra="metrics: {per_host_series: true, max_host_series: 3}\n",
+    )
+    collector, collector_url = start_collector(config, tmp / "collector.log", cwd=REPO)
     prometheus: subprocess.Popen[str] | None = None
     try:
         fleet = Fleet(collector_url)
@@ -324,12 +265,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait_for(
             "Prometheus's first scrape of the collector",
             lambda: scraped_value('up{job="vigil-collector"}') == 1,
+            retry_on=RETRY_ON,
         )
         fleet.phase_two()
         stack.accepted = fleet.accepted
         wait_for(
             "a scrape after phase two",
             lambda: scraped_value("sum(vigil_reports_accepted_total)") == fleet.accepted,
+            retry_on=RETRY_ON,
         )
         time.sleep(2.5)  # two more scrapes and rule evaluations on the final state
         yield stack
