@@ -21,6 +21,14 @@ PACKAGES = {
     "prometheus-node-exporter": "prometheus-node-exporter",
     "prometheus-pushgateway": "prometheus-pushgateway",
     "monit": "monit",
+    "cupsd": "cups",
+    "lpstat": "cups-client",
+    "lpadmin": "cups-client",
+    "lp": "cups-client",
+    "cupsenable": "cups-client",
+    "cupsdisable": "cups-client",
+    "cancel": "cups-client",
+    "dnsmasq": "dnsmasq",
 }
 NAGIOS_PLUGINS = "/usr/lib/nagios/plugins"
 

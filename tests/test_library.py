@@ -7,7 +7,8 @@ the test container, so the service-restart facade is driven through its pidfile
 manager), busy and bloated throwaway processes, oversized logs. DNS caches, clocks and
 CUPS queues belong to the machine, so those scripts run against stand-in tools on PATH
 that record how they were called: the logic and safety of the script are tested, the
-system daemons themselves are not.
+system daemons themselves are not (dns-flush also meets a real dnsmasq in
+test_dns_flush_real.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -534,7 +535,9 @@ def test_dns_flush_dry_run_calls_nothing(tmp_path: Path) -> None:
 
 
 def test_dns_flush_with_no_local_cache_has_nothing_to_do(tmp_path: Path) -> None:
-    result = run_rem("dns-flush", path=toolbox(tmp_path, {}))
+    params = {"dnsmasq_pidfile": str(tmp_path / "no-dnsmasq.pid")}
+
+    result = run_rem("dns-flush", params, path=toolbox(tmp_path, {}))
 
     assert result.exit_code == 0
     assert "nothing to flush" in result.output
@@ -544,6 +547,50 @@ def test_dns_flush_reports_a_failing_flush(tmp_path: Path) -> None:
     path = toolbox(tmp_path, {"resolvectl": "exit 1\n"})
 
     assert run_rem("dns-flush", path=path).exit_code == 1
+
+
+def test_dns_flush_refuses_a_relative_dnsmasq_pidfile(tmp_path: Path) -> None:
+    """A relative pidfile would depend on the working folder: refused, nothing touched."""
+    params = {"dnsmasq_pidfile": "dnsmasq.pid"}
+
+    result = run_rem("dns-flush", params, path=toolbox(tmp_path, {}))
+
+    assert result.exit_code == 3
+    assert "must be an absolute path" in result.output
+
+
+@pytest.mark.parametrize(
+    "make",
+    [Path.mkdir, lambda p: p.symlink_to("/etc/hostname")],
+    ids=["folder", "symlink"],
+)
+def test_dns_flush_refuses_a_dnsmasq_pidfile_that_is_not_a_regular_file(
+    tmp_path: Path, make: Callable[[Path], object]
+) -> None:
+    """Only a regular file is read for a pid (the real dnsmasq: test_dns_flush_real.py)."""
+    pidfile = tmp_path / "dnsmasq.pid"
+    make(pidfile)
+
+    result = run_rem("dns-flush", {"dnsmasq_pidfile": str(pidfile)}, path=toolbox(tmp_path, {}))
+
+    assert result.exit_code == 3
+    assert "not a regular file" in result.output
+
+
+@pytest.mark.parametrize(
+    "content", ["0\n", "12ab\n", "-1\n", "\n"], ids=["zero", "junk", "neg", "empty"]
+)
+def test_dns_flush_signals_nothing_for_a_pidfile_without_a_valid_pid(
+    tmp_path: Path, content: str
+) -> None:
+    """Pid 0 would signal the script's own group; junk is never read as a pid."""
+    pidfile = tmp_path / "dnsmasq.pid"
+    pidfile.write_text(content)
+
+    result = run_rem("dns-flush", {"dnsmasq_pidfile": str(pidfile)}, path=toolbox(tmp_path, {}))
+
+    assert result.exit_code == 1
+    assert "holds no valid pid" in result.output
 
 
 def chrony(calls: Path, seconds: str) -> str:

@@ -8,6 +8,8 @@
 # Parameters (environment, set by the Vigil agent):
 #   VIGIL_PARAM_QUEUE                CUPS printer name, or empty for every queue
 #   VIGIL_PARAM_MAX_JOB_AGE_MINUTES  a job older than this is stuck (default 30)
+#   VIGIL_PARAM_CUPS_SERVER          scheduler to ask (host[:port] or socket path), exported
+#                                    as CUPS_SERVER when set; empty: the system's default
 #   VIGIL_DRY_RUN                    "1": say what would be done, change nothing
 #
 # Exit status: 0 (not stuck / cleared), 1 (stuck / clearing failed), 2 unknown,
@@ -22,6 +24,9 @@ phase=${VIGIL_PHASE:-remediate}
 dry_run=${VIGIL_DRY_RUN:-0}
 case $queue in -* | *[!A-Za-z0-9_.@-]*) say "refusing: bad queue name: '$queue'"; exit 3 ;; esac
 case $max_age in '' | *[!0-9]*) say "refusing: max_job_age_minutes must be a whole number"; exit 3 ;; esac
+server=${VIGIL_PARAM_CUPS_SERVER:-}
+case $server in -* | *[!]A-Za-z0-9_.:/[-]*) say "refusing: bad cups_server: '$server'"; exit 3 ;; esac
+if [ -n "$server" ]; then CUPS_SERVER=$server; export CUPS_SERVER; fi
 command -v lpstat > /dev/null 2>&1 || { say "CUPS is not installed (no lpstat)"; exit 2; }
 
 # Queues to look at: the named one, or every printer CUPS knows.
