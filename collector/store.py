@@ -928,26 +928,19 @@ class SqliteStore:
         target = old.incident_id if old is not None else None
         for action in actions:
             if isinstance(action, OpenIncident):
-                c = self._classify(host, check)
-                priority = c.priority
-                target = self._insert_incident(
-                    host=host,
-                    hostname=hostname,
-                    check_id=check,
+                target, c = self._insert_classified(
+                    host,
+                    hostname,
+                    check,
+                    now,
                     state="open",
-                    priority=priority,
-                    opened_at=now,
                     value=action.value,
                     message=action.message,
                     remediation=action.remediation,
                     remediation_outcome=action.remediation_outcome,
-                    service=c.service,
-                    impact=c.impact,
-                    urgency=c.urgency,
-                    sla_due=now + c.sla_s,
-                    groups=json.dumps(self._catalog.group_names(self._host_info(host)[1])),
                     flapping=int(new.flapping),
                 )
+                priority = c.priority
                 self._timeline(target, now, f"opened: {action.reason}")
                 self._note_silences(target, host, hostname, check, c.service, now)
                 self._after_open(host, check, target, now, prevented=False)
@@ -956,25 +949,18 @@ class SqliteStore:
                 delta.counters["incidents_opened"] += 1
                 changes.opened.append(target)
             elif isinstance(action, RecordPrevented):
-                c = self._classify(host, check)
-                priority = c.priority
-                prevented = self._insert_incident(
-                    host=host,
-                    hostname=hostname,
-                    check_id=check,
+                prevented, _ = self._insert_classified(
+                    host,
+                    hostname,
+                    check,
+                    now,
                     state="prevented",
-                    priority=priority,
-                    opened_at=now,
                     resolved_at=now,
                     value=action.value_before,
                     message=action.message,
                     remediation=action.remediation,
                     remediation_outcome="fixed",
                     resolution=f"prevented by {action.remediation}",
-                    service=c.service,
-                    impact=c.impact,
-                    urgency=c.urgency,
-                    groups=json.dumps(self._catalog.group_names(self._host_info(host)[1])),
                 )
                 before, after = _num(action.value_before), _num(action.value_after)
                 self._timeline(
@@ -1039,6 +1025,28 @@ class SqliteStore:
         is_failing = new.check_state == "critical"
         if is_failing != was_failing:
             delta.checks_failing[check] += 1 if is_failing else -1
+
+    def _insert_classified(
+        self, host: str, hostname: str, check: str, now: float, **row: Any
+    ) -> tuple[int, Classification]:
+        """Insert an incident for (host, check) opened at ``now``, with the catalog's
+        priority, service, impact, urgency and the host's groups filled in. An open
+        incident gets its SLA deadline; a prevented one has none to miss."""
+        c = self._classify(host, check)
+        incident_id = self._insert_incident(
+            host=host,
+            hostname=hostname,
+            check_id=check,
+            priority=c.priority,
+            opened_at=now,
+            service=c.service,
+            impact=c.impact,
+            urgency=c.urgency,
+            groups=json.dumps(self._catalog.group_names(self._host_info(host)[1])),
+            **({"sla_due": now + c.sla_s} if row.get("state") == "open" else {}),
+            **row,
+        )
+        return incident_id, c
 
     def _insert_incident(self, **row: Any) -> int:
         """Insert an incident from column=value pairs (names are ours, never user input)."""
