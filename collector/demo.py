@@ -16,6 +16,7 @@ Only the standard library is used here: the demo talks to Vigil the way a user w
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -97,7 +98,17 @@ def start_collector(root: Path, port: int, log: Path) -> tuple[subprocess.Popen[
     return proc, line.split("listening on ", 1)[1].strip()
 
 
-def stop(proc: subprocess.Popen[Any], name: str) -> None:
+def stop(proc: subprocess.Popen[Any], name: str, *, interrupted: bool = False) -> None:
+    """Stop one demo process cleanly: SIGTERM, then SIGKILL after 10 s.
+
+    After Ctrl-C the terminal has already sent SIGINT to every process of the group, and
+    each one is shutting down on its own: give it a few seconds first, so a second
+    signal never lands in the last instants of its exit (where the default handler
+    would turn a clean stop into "killed by SIGTERM").
+    """
+    if interrupted and proc.poll() is None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=5)
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -141,6 +152,7 @@ def run(root: Path, port: int, stay: bool) -> int:
         agent_cmd, stdout=subprocess.DEVNULL, stderr=(var / "agent.log").open("a")
     )
     procs = [(agent, "agent"), (collector, "collector")]
+    interrupted = False
     try:
         say(f"Collector:        {url}")
         say(f"Incidents (API):  curl {url}/api/v1/incidents")
@@ -164,11 +176,12 @@ def run(root: Path, port: int, stay: bool) -> int:
                 if p.returncode is not None:
                     raise DemoError(f"the {name} exited unexpectedly ({p.returncode})")
     except KeyboardInterrupt:
+        interrupted = True
         say()
         say("Stopping…")
     finally:
         for p, name in procs:
-            stop(p, name)
+            stop(p, name, interrupted=interrupted)
     return 0
 
 
