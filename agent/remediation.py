@@ -24,10 +24,13 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agent.configio import ConfigError, Section, load_yaml
 from agent.wire import MAX_OUTPUT
+
+if TYPE_CHECKING:
+    from agent.runner import ScriptResult
 
 MANIFEST = "remediation.yaml"
 PLATFORMS: tuple[str, ...] = ("linux", "darwin", "windows")
@@ -194,6 +197,20 @@ def early_outcome(
     if declared in DECLARED_OUTCOMES:
         return declared, f"script declared {declared}"
     return None
+
+
+def run_outcome(rem: Remediation, result: ScriptResult, *, dry_run: bool) -> tuple[str, str] | None:
+    """:func:`early_outcome` for one finished run of ``rem``'s script: the single place the
+    agent and ``vigil-agent remediation test`` turn a run into an outcome, so the test
+    command always judges a run exactly as the agent would."""
+    return early_outcome(
+        error=result.error,
+        timed_out=result.timed_out,
+        timeout_s=rem.timeout_s,
+        exit_code=result.exit_code,
+        dry_run=dry_run,
+        declared=declared_outcome(result.output),
+    )
 
 
 def verified_outcome(cleared: bool, detail: str) -> tuple[str, str]:

@@ -31,10 +31,9 @@ from agent.configio import CONFIG_EXIT_CODE, ConfigError
 from agent.remediation import (
     Remediation,
     current_platform,
-    declared_outcome,
-    early_outcome,
     load_library,
     load_manifest,
+    run_outcome,
     verified_outcome,
 )
 from agent.runner import ScriptResult, run_script
@@ -242,14 +241,7 @@ async def try_remediation(
     started = time.time()
     result = await run(script, "remediate")
     report["remediation_run"] = _phase(result)
-    early = early_outcome(
-        error=result.error,
-        timed_out=result.timed_out,
-        timeout_s=rem.timeout_s,
-        exit_code=result.exit_code,
-        dry_run=dry_run,
-        declared=declared_outcome(result.output),
-    )
+    early = run_outcome(rem, result, dry_run=dry_run)
     after = before
     if early is not None:
         outcome, reason = early

@@ -46,9 +46,8 @@ from agent.outbox import Outbox
 from agent.plugins import run_plugin
 from agent.remediation import (
     Remediation,
-    declared_outcome,
-    early_outcome,
     load_library,
+    run_outcome,
     verified_outcome,
 )
 from agent.runner import RunGate, ScriptResult, run_script
@@ -694,14 +693,7 @@ class AgentService:
                 cwd=rem.folder,
                 run_as=rem.run_as,
             )
-        early = early_outcome(
-            error=result.error,
-            timed_out=result.timed_out,
-            timeout_s=rem.timeout_s,
-            exit_code=result.exit_code,
-            dry_run=dry_run,
-            declared=declared_outcome(result.output),
-        )
+        early = run_outcome(rem, result, dry_run=dry_run)
         if early is not None:
             outcome, reason = early
             # Nothing ran, or nothing was meant to change: the value is as it was. Else
