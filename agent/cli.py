@@ -10,7 +10,6 @@ import asyncio
 import contextlib
 import dataclasses
 import json
-import logging
 import os
 import signal
 import sys
@@ -22,7 +21,7 @@ from typing import Any
 from agent import __version__, remediation_cli
 from agent.checks import classify
 from agent.config import AgentConfig, load_agent_config
-from agent.configio import CONFIG_EXIT_CODE, ConfigError
+from agent.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
 
 
 def default_config_path() -> Path:
@@ -61,11 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level)
     path = args.config or default_config_path()
     if args.command == "remediation":
         return remediation_cli.main(args, path)

@@ -7,7 +7,9 @@ turn :class:`ConfigError` into a one-line message and exit status 2.
 
 from __future__ import annotations
 
+import logging
 import re
+import sys
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -135,6 +137,16 @@ class Section:
     def has(self, name: str) -> bool:
         return name in self.data
 
+    def _lookup(self, name: str, default: Any) -> tuple[bool, Any]:
+        """``(True, raw value)``, or ``(False, default)`` when ``name`` is absent (or null
+        with a default); raises when it is absent and required. Marks ``name`` as read."""
+        self._seen.add(name)
+        if name not in self.data or (self.data[name] is None and default is not _MISSING):
+            if default is _MISSING:
+                raise self.error(name, "missing required key")
+            return False, default
+        return True, self.data[name]
+
     def get(
         self,
         name: str,
@@ -146,12 +158,9 @@ class Section:
         maximum: float | None = None,
     ) -> T:
         """The value of ``name``, type-checked (ints are accepted where floats are)."""
-        self._seen.add(name)
-        if name not in self.data or (self.data[name] is None and default is not _MISSING):
-            if default is _MISSING:
-                raise self.error(name, "missing required key")
-            return default
-        value = self.data[name]
+        found, value = self._lookup(name, default)
+        if not found:
+            return value
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
@@ -168,12 +177,9 @@ class Section:
 
     def convert(self, name: str, parse: Callable[[Any], T], default: Any = _MISSING) -> T:
         """The value of ``name`` passed through ``parse``; its ``ValueError`` names the key."""
-        self._seen.add(name)
-        if name not in self.data or (self.data[name] is None and default is not _MISSING):
-            if default is _MISSING:
-                raise self.error(name, "missing required key")
-            return default
-        value = self.data[name]
+        found, value = self._lookup(name, default)
+        if not found:
+            return value
         try:
             return parse(value)
         except (ValueError, TypeError) as exc:
@@ -249,6 +255,13 @@ class Section:
                 raise self.error(
                     str(name), f"unknown key (known keys: {', '.join(known)})", self.data[name]
                 )
+
+
+def setup_logging(level: str) -> None:
+    """The one log format both programs write to stderr (level name such as ``INFO``)."""
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
 
 
 def _type_name(kind: type) -> str:

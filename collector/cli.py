@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from agent import __version__
-from agent.configio import CONFIG_EXIT_CODE, ConfigError
+from agent.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
 from collector.config import CollectorConfig, load_collector_config
 from collector.store import StoreError
 
@@ -58,11 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the collector; returns the process exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.log_level)
     try:
         config = load_collector_config(args.config)
     except ConfigError as exc:
