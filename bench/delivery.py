@@ -37,9 +37,10 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-
-import aiohttp
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -56,6 +57,7 @@ from agent.identity import Identity  # noqa: E402
 from agent.outbox import Outbox  # noqa: E402
 from agent.sampler import Sampler  # noqa: E402
 from agent.shipper import Shipper  # noqa: E402
+from bench.loadgen import http_request, run_load  # noqa: E402
 
 TOKEN = "bench-agent-token"
 DISTINCT_AGENTS = 100_000
@@ -227,18 +229,19 @@ def offline_day(folder: Path, values: dict[str, float], hours: float) -> dict[st
 # --------------------------------------------------------------------------- (b) ingest
 
 
-def vigil_payload(agent_id: str, values: dict[str, float], now: float) -> bytes:
+def _report_json(agent_id: str, batch_id: str, values: dict[str, float], now: float) -> bytes:
+    """A report as an agent sends it in steady state: a heartbeat plus a metrics summary."""
     report = wire.Report(
         schema_version=wire.SCHEMA_VERSION,
         agent_id=agent_id,
         hostname=f"ws-{agent_id[:8]}",
         labels={"department": "bench"},
-        batch_id=uuid.uuid4().hex,
+        batch_id=batch_id,
         sent_at=now,
         agent_version="0.1.0",
         events=(
             wire.CheckEvent(
-                event_id=uuid.uuid4().hex,
+                event_id=batch_id[:31] + "h",
                 seq=1,
                 time=now,
                 check=wire.HEARTBEAT_CHECK,
@@ -248,10 +251,29 @@ def vigil_payload(agent_id: str, values: dict[str, float], now: float) -> bytes:
                 message="agent 0.1.0 alive",
                 ttl_s=150.0,
             ),
-            wire.MetricsEvent(event_id=uuid.uuid4().hex, seq=2, time=now, values=values),
+            wire.MetricsEvent(event_id=batch_id[:31] + "m", seq=2, time=now, values=values),
         ),
     )
-    return gzip.compress(wire.encode_report(report), mtime=0)
+    return wire.encode_report(report)
+
+
+def vigil_payloads(agents: list[str], values: dict[str, float], now: float, n: int) -> list[bytes]:
+    """``n`` distinct reports (agents round-robin, fresh batch and event ids), gzipped.
+
+    Encoded once with the agent's wire code, then only the ids are substituted (a 32-hex
+    id for a 32-hex id), so building 100,000s of them takes seconds, not minutes.
+    """
+    agent_mark, batch_mark = "a" * 32, "b" * 32
+    template = _report_json(agent_mark, batch_mark, values, now).decode()
+    hostname_mark = f"ws-{agent_mark[:8]}"
+    assert template.count(agent_mark) == 1 and template.count(batch_mark[:31]) == 3
+    out = []
+    for i in range(n):
+        agent = agents[i % len(agents)]
+        body = template.replace(agent_mark, agent).replace(hostname_mark, f"ws-{agent[:8]}")
+        body = body.replace(batch_mark[:31], uuid.uuid4().hex[:31])
+        out.append(gzip.compress(body.encode(), mtime=0))
+    return out
 
 
 def pushgateway_payload(values: dict[str, float]) -> bytes:
@@ -265,139 +287,171 @@ def pushgateway_payload(values: dict[str, float]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-async def load(
-    make_request: object, concurrency: int, duration_s: float, max_requests: int
-) -> dict[str, float]:
-    """POST from ``concurrency`` workers for ``duration_s`` (or ``max_requests``)."""
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
-    counter = iter(range(max_requests))
-    deadline = time.perf_counter() + duration_s
-    connector = aiohttp.TCPConnector(limit=concurrency)
-    async with aiohttp.ClientSession(connector=connector) as session:
+def process_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
-        async def worker() -> None:
-            for i in counter:
-                if time.perf_counter() >= deadline:
-                    return
-                url, body, headers = make_request(i)  # type: ignore[operator]
-                t0 = time.perf_counter()
-                try:
-                    async with session.post(url, data=body, headers=headers) as resp:
-                        await resp.read()
-                        status = resp.status
-                except aiohttp.ClientError:
-                    status = 0
-                statuses[status] = statuses.get(status, 0) + 1
-                if 200 <= status < 300:
-                    latencies.append(time.perf_counter() - t0)
 
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - t0
-    latencies.sort()
-    q = statistics.quantiles(latencies, n=100) if len(latencies) > 2 else [0.0] * 99
+def measure(
+    pid: int, port: int, make_request: Callable[[int], bytes], args: LoadArgs
+) -> dict[str, Any]:
+    """One load phase against a server process: throughput, latency and CPU per request."""
+    cpu0 = process_cpu_s(pid)
+    result = asyncio.run(
+        run_load(
+            "127.0.0.1",
+            port,
+            make_request,
+            concurrency=args.concurrency,
+            duration_s=args.duration_s,
+            max_requests=args.max_requests,
+        )
+    )
+    server_cpu = process_cpu_s(pid) - cpu0
     return {
-        "per_s": len(latencies) / elapsed,
-        "p50_ms": q[49] * 1000,
-        "p99_ms": q[98] * 1000,
-        "ok": len(latencies),
-        "statuses": statuses,  # type: ignore[dict-item]
+        "per_s": result.per_s,
+        "p50_ms": result.p50_ms,
+        "p99_ms": result.p99_ms,
+        "ok": result.ok,
+        "statuses": result.statuses,
+        # Per accepted request; robust to other load on the machine, unlike per_s.
+        "server_cpu_us": 1e6 * server_cpu / max(result.ok, 1),
+        "server_cpu_share": server_cpu / result.elapsed_s,
+        "generator_cpu_share": result.generator_cpu_s / result.elapsed_s,
     }
 
 
-def ingest(folder: Path, values: dict[str, float], duration_s: float, concurrency: int) -> dict:
+@dataclass(frozen=True)
+class LoadArgs:
+    concurrency: int
+    duration_s: float
+    max_requests: int
+
+
+def describe(name: str, m: dict[str, Any], unit: str) -> str:
+    return (
+        f"(b) {name}: {m['per_s']:.0f} {unit}/s, p50 {m['p50_ms']:.1f} ms,"
+        f" p99 {m['p99_ms']:.1f} ms, server CPU {m['server_cpu_us']:.0f} us per request"
+        f" ({m['server_cpu_share']:.0%} of its core), generator {m['generator_cpu_share']:.0%}"
+        f" of its core, statuses {m['statuses']}"
+    )
+
+
+def ingest(folder: Path, values: dict[str, float], args: LoadArgs, rounds: int) -> dict:
+    """Alternate Vigil and Pushgateway phases ``rounds`` times; medians per server."""
     rng = random.Random(5)
     agents = [uuid.UUID(int=rng.getrandbits(128)).hex for _ in range(DISTINCT_AGENTS)]
     rng.shuffle(agents)
     now = time.time()
-    max_requests = 2_000_000
     pinned = hasattr(os, "sched_setaffinity") and (os.cpu_count() or 1) >= 2
     if pinned:
         os.sched_setaffinity(0, {LOADGEN_CORE})
     print(
         f"(b) pinning: servers on core {SERVER_CORE}, load generator on core {LOADGEN_CORE}"
         f" ({'applied' if pinned else 'NOT applied: fewer than 2 cores'});"
-        f" {concurrency} connections, {duration_s:g} s each, {DISTINCT_AGENTS} distinct agents"
+        f" {args.concurrency} connections, {args.duration_s:g} s a phase, {rounds} rounds,"
+        f" at most {args.max_requests} requests a phase, {DISTINCT_AGENTS} distinct agents"
     )
-    # Pre-build a pool of payloads (distinct agents, batch and event ids) so the generator
-    # spends its core on sending, not on JSON and gzip; the pool cycles through all agents.
-    pool = [vigil_payload(agents[i], values, now) for i in range(min(DISTINCT_AGENTS, 20_000))]
+    # Every request of every Vigil phase is distinct (agent, batch and event ids): a
+    # re-sent batch would be a cheap duplicate. Built up front so the generator's core
+    # only sends; agents are taken round-robin from the 100,000.
+    total = args.max_requests * rounds
+    t0 = time.perf_counter()
     headers = {
         "Authorization": f"Bearer {TOKEN}",
         "Content-Type": "application/json",
         "Content-Encoding": "gzip",
     }
-
-    vigil_dir = folder / "ingest"
-    vigil_dir.mkdir()
-    proc, url = start_collector(vigil_dir, pin=pinned)
-    try:
-        reports_url = url + "/api/v1/reports"
-
-        def vigil_request(i: int) -> tuple[str, bytes, dict[str, str]]:
-            if i < len(pool):
-                body = pool[i]
-            else:  # past the pool: fresh ids (a pool entry re-sent would be a cheap duplicate)
-                body = vigil_payload(agents[i % DISTINCT_AGENTS], values, now)
-            return reports_url, body, headers
-
-        vigil = asyncio.run(load(vigil_request, concurrency, duration_s, max_requests))
-    finally:
-        stop(proc)
-    print(
-        f"(b) vigil collector (SQLite, synchronous=FULL, group commit): {vigil['per_s']:.0f}"
-        f" reports/s, p50 {vigil['p50_ms']:.1f} ms, p99 {vigil['p99_ms']:.1f} ms,"
-        f" statuses {vigil['statuses']}"
-    )
+    pool = [
+        http_request(
+            "POST",
+            "127.0.0.1",
+            "/api/v1/reports",
+            body,
+            headers,
+        )
+        for body in vigil_payloads(agents, values, now, total)
+    ]
+    print(f"(b) built {total} distinct Vigil requests in {time.perf_counter() - t0:.1f} s")
+    pg_body = pushgateway_payload(values)
+    pg_headers = {"Content-Type": "text/plain; version=0.0.4"}
+    pg_pool = [
+        http_request("POST", "127.0.0.1", f"/metrics/job/vigil/instance/{a}", pg_body, pg_headers)
+        for a in agents
+    ]
 
     binary = shutil.which("prometheus-pushgateway")
     if binary is None:
         print("(b) prometheus-pushgateway not installed: apt-get install prometheus-pushgateway")
-        return {"vigil": vigil, "pushgateway": None}
-    port = free_port()
-    pg_dir = folder / "pushgateway"
-    pg_dir.mkdir()
-    cmd = [
-        binary,
-        f"--web.listen-address=127.0.0.1:{port}",
-        "--push.disable-consistency-check",
-    ]
-    if pinned:
-        cmd = ["taskset", "-c", str(SERVER_CORE), *cmd]
-    pg = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(pg_dir / "log").open("w"))
+    vigil_dir = folder / "ingest"
+    vigil_dir.mkdir()
+    proc, url = start_collector(vigil_dir, pin=pinned)
+    vigil_port = int(url.rsplit(":", 1)[1])
+    pg_port = free_port()
+    pg = None
+    if binary is not None:
+        cmd = [
+            binary,
+            f"--web.listen-address=127.0.0.1:{pg_port}",
+            "--push.disable-consistency-check",
+        ]
+        if pinned:
+            cmd = ["taskset", "-c", str(SERVER_CORE), *cmd]
+        pg = subprocess.Popen(
+            cmd, stdout=subprocess.DEVNULL, stderr=(folder / "pushgateway.log").open("w")
+        )
+        wait_for_port(pg_port)
+    vigil_runs: list[dict[str, Any]] = []
+    pg_runs: list[dict[str, Any]] = []
     try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        body = pushgateway_payload(values)
-        pg_headers = {"Content-Type": "text/plain; version=0.0.4"}
-        base = f"http://127.0.0.1:{port}/metrics/job/vigil/instance/"
-
-        def pg_request(i: int) -> tuple[str, bytes, dict[str, str]]:
-            return base + agents[i % DISTINCT_AGENTS], body, pg_headers
-
-        pushgw = asyncio.run(load(pg_request, concurrency, duration_s, max_requests))
+        for r in range(rounds):
+            # Both servers are up the whole time, each idle while the other is measured.
+            phase = pool[r * args.max_requests : (r + 1) * args.max_requests]
+            m = measure(proc.pid, vigil_port, phase.__getitem__, args)
+            vigil_runs.append(m)
+            print(describe("vigil collector (SQLite, synchronous=FULL)", m, "reports"))
+            if pg is not None:
+                m = measure(pg.pid, pg_port, lambda i: pg_pool[i % DISTINCT_AGENTS], args)
+                pg_runs.append(m)
+                print(describe("prometheus-pushgateway (memory)", m, "pushes"))
     finally:
-        pg.send_signal(signal.SIGTERM)
-        pg.wait(timeout=20)
-    print(
-        f"(b) prometheus-pushgateway (in memory, --push.disable-consistency-check):"
-        f" {pushgw['per_s']:.0f} pushes/s, p50 {pushgw['p50_ms']:.1f} ms,"
-        f" p99 {pushgw['p99_ms']:.1f} ms, statuses {pushgw['statuses']}"
-    )
-    return {"vigil": vigil, "pushgateway": pushgw}
+        stop(proc)
+        if pg is not None:
+            pg.send_signal(signal.SIGTERM)
+            pg.wait(timeout=20)
+    return {"vigil": vigil_runs, "pushgateway": pg_runs}
+
+
+def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
+    """Wait until something accepts on 127.0.0.1:``port`` (Pushgateway can take ~12 s)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise SystemExit(f"nothing listens on 127.0.0.1:{port} after {timeout_s:g} s")
+
+
+def median_of(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test)")
     parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=3, help="load phases per server")
+    parser.add_argument("--ingest-only", action="store_true", help="skip (a), the offline day")
     args = parser.parse_args()
-    duration = 5.0 if args.quick else 20.0
+    load_args = LoadArgs(
+        concurrency=args.concurrency,
+        duration_s=5.0 if args.quick else 10.0,
+        max_requests=60_000 if args.quick else 150_000,
+    )
     values = real_sample()
     print(
         f"delivery benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
@@ -405,27 +459,49 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="vigil-bench-delivery-") as tmp:
         folder = Path(tmp)
-        day = offline_day(folder, values, hours=24.0)
-        result = ingest(folder, values, duration, args.concurrency)
-    vigil, pushgw = result["vigil"], result["pushgateway"]
-    ratio = vigil["per_s"] / pushgw["per_s"] if pushgw and pushgw["per_s"] else None
-    if ratio is not None:
-        print(f"(b) ratio vigil/pushgateway: {ratio:.2f} (target >= 1.25)")
+        day = None if args.ingest_only else offline_day(folder, values, hours=24.0)
+        result = ingest(folder, values, load_args, args.rounds)
+    vigil_runs, pg_runs = result["vigil"], result["pushgateway"]
+    vigil = {k: median_of(vigil_runs, k) for k in ("per_s", "p50_ms", "p99_ms", "server_cpu_us")}
+    pushgw = (
+        {k: median_of(pg_runs, k) for k in ("per_s", "p50_ms", "p99_ms", "server_cpu_us")}
+        if pg_runs
+        else None
+    )
+    ratio = cpu_ratio = None
+    if pushgw:
+        ratio = vigil["per_s"] / pushgw["per_s"]
+        cpu_ratio = pushgw["server_cpu_us"] / vigil["server_cpu_us"]
+        print(
+            f"(b) medians of {args.rounds}: vigil {vigil['per_s']:.0f} reports/s"
+            f" ({vigil['server_cpu_us']:.0f} us CPU each), pushgateway {pushgw['per_s']:.0f}"
+            f" pushes/s ({pushgw['server_cpu_us']:.0f} us CPU each)"
+        )
+        print(
+            f"(b) ratio vigil/pushgateway: {ratio:.2f} by throughput, {cpu_ratio:.2f} by CPU per"
+            " request (target >= 1.25)"
+        )
     print(
         json.dumps(
             {
-                "offline_day_mb": day["offline_day_mb"],
-                "offline_events": day["offline_events"],
-                "dropped": day["dropped"],
-                "drain_s": day["drain_s"],
+                "offline_day_mb": day["offline_day_mb"] if day else None,
+                "offline_events": day["offline_events"] if day else None,
+                "dropped": day["dropped"] if day else None,
+                "drain_s": day["drain_s"] if day else None,
                 "vigil_reports_per_s": round(vigil["per_s"], 1),
                 "vigil_p50_ms": round(vigil["p50_ms"], 2),
                 "vigil_p99_ms": round(vigil["p99_ms"], 2),
+                "vigil_cpu_us_per_report": round(vigil["server_cpu_us"], 1),
                 "pushgateway_pushes_per_s": round(pushgw["per_s"], 1) if pushgw else None,
                 "pushgateway_p99_ms": round(pushgw["p99_ms"], 2) if pushgw else None,
+                "pushgateway_cpu_us_per_push": round(pushgw["server_cpu_us"], 1)
+                if pushgw
+                else None,
                 "ratio": round(ratio, 3) if ratio is not None else None,
+                "cpu_ratio": round(cpu_ratio, 3) if cpu_ratio is not None else None,
                 "concurrency": args.concurrency,
-                "duration_s": duration,
+                "duration_s": load_args.duration_s,
+                "rounds": args.rounds,
                 "cores": os.cpu_count(),
             }
         )

@@ -26,6 +26,7 @@ hosts, 1,000 Pushgateway hosts, fewer renders). The last line is JSON.
 from __future__ import annotations
 
 import argparse
+import array
 import asyncio
 import json
 import random
@@ -113,8 +114,10 @@ def fill_database(path: Path, hosts: int, now: float) -> None:
             (agent_id, f"ws-{n:06d}", '{"site": "hq"}', "0.1.0", now - 86400, seen, seen, offset)
         )
         ttl_time = now - rng.uniform(0, 300)
-        metric_rows.append((agent_id, "agent.cpu_seconds_total", rng.uniform(5, 500), ttl_time))
-        metric_rows.append((agent_id, "agent.rss_bytes", rng.uniform(25, 60) * 2**20, ttl_time))
+        cpu, rss = rng.uniform(5, 500), rng.uniform(25, 60) * 2**20
+        names = json.dumps(["agent.cpu_seconds_total", "agent.rss_bytes"])
+        vals = array.array("d", [cpu, rss]).tobytes()  # the store's float64 form
+        metric_rows.append((agent_id, ttl_time, cpu, rss, names, vals))
         check = CHECKS[n % len(CHECKS)]
         if n % 20 == 0:
             state_rows.append((agent_id, check, "critical", 97.0, "failing", seen))
@@ -166,8 +169,8 @@ def fill_database(path: Path, hosts: int, now: float) -> None:
         host_rows,
     )
     db.executemany(
-        "INSERT INTO metrics_latest (host, series, value, time, received_at)"
-        " VALUES (?, ?, ?, ?, ?4)",
+        "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names, vals)"
+        " VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6)",
         metric_rows,
     )
     db.executemany(

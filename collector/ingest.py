@@ -26,7 +26,7 @@ import logging
 import math
 import random
 from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import Executor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -36,7 +36,10 @@ from collector.store import IngestResult
 
 log = logging.getLogger("vigil.collector.ingest")
 
-IngestMany = Callable[[Sequence[tuple[wire.Report, float]]], list[IngestResult | Exception]]
+Items = Sequence[tuple[wire.Report, float]]
+Results = list[IngestResult | Exception]
+IngestMany = Callable[[Items], Results]
+BeginGroup = Callable[[Items], Callable[[], Results] | None]
 
 
 class QueueFull(Exception):
@@ -70,8 +73,13 @@ class IngestQueue:
 
     ``ingest_many`` is the store's group-commit call (one transaction for a list of
     reports, one result or exception per report); it runs on ``executor``, the store's
-    single thread. ``retry_after_s`` is the base of the Retry-After advice: each refusal
-    says ``ceil(uniform(base, 2 * base))`` seconds, drawn from ``rng``.
+    single thread. ``begin_group``, if given, is the two-step form: called on the loop,
+    it applies a group and returns the COMMIT step, which then runs on ``commit_executor``
+    (required with it); when it returns None (store busy, or a report failed) the group
+    goes to ``ingest_many``. The COMMIT step must not share ``executor``: a read queued
+    there before it would wait for the store's lock, which only the COMMIT step releases.
+    ``retry_after_s`` is the base of the Retry-After advice: each refusal says
+    ``ceil(uniform(base, 2 * base))`` seconds, drawn from ``rng``.
     Use inside a running loop: :meth:`start`, then :meth:`close` (which commits what is
     already queued before it returns).
     """
@@ -81,6 +89,8 @@ class IngestQueue:
         ingest_many: IngestMany,
         executor: Executor | None,
         *,
+        begin_group: BeginGroup | None = None,
+        commit_executor: Executor | None = None,
         max_pending: int = 1000,
         max_group: int = 256,
         retry_after_s: float = 2.0,
@@ -90,9 +100,13 @@ class IngestQueue:
             raise ValueError(
                 f"max_pending and max_group must be at least 1, got {max_pending}, {max_group}"
             )
+        if begin_group is not None and (commit_executor is None or commit_executor is executor):
+            raise ValueError("begin_group needs a commit_executor of its own")
         if not retry_after_s > 0:
             raise ValueError(f"retry_after_s: must be positive, got {retry_after_s!r}")
         self._ingest_many = ingest_many
+        self._begin_group = begin_group
+        self._commit_executor = commit_executor
         self._executor = executor
         self._max_pending = max_pending
         self._max_group = max_group
@@ -154,12 +168,17 @@ class IngestQueue:
             self._wakeup.clear()
             while self._pending:
                 group = [self._pending.popleft() for _ in range(self._max_group) if self._pending]
+                items = [(item.report, item.received_at) for item in group]
                 try:
-                    results = await loop.run_in_executor(
-                        self._executor,
-                        self._ingest_many,
-                        [(item.report, item.received_at) for item in group],
-                    )
+                    finish = self._begin_group(items) if self._begin_group else None
+                    if finish is not None:
+                        # No await between begin and submit: finish always runs, so the
+                        # store it locked is always released.
+                        results = await loop.run_in_executor(self._commit_executor, finish)
+                    else:
+                        results = await loop.run_in_executor(
+                            self._executor, self._ingest_many, items
+                        )
                 except Exception as exc:  # the COMMIT failed: none of the group is stored
                     log.error("group commit of %d reports failed: %r", len(group), exc)
                     results = [exc] * len(group)
@@ -193,9 +212,13 @@ async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
     from collector.keys import config_key, executor_key, ingest_key, store_key
 
     config = app[config_key].ingest
+    store = app[store_key]
+    commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-commit")
     queue = IngestQueue(
-        app[store_key].ingest_many,
+        store.ingest_many,
         app[executor_key],
+        begin_group=store.begin_group,
+        commit_executor=commits,
         max_pending=config.max_pending,
         max_group=config.max_group,
         retry_after_s=config.retry_after_s,
@@ -204,3 +227,4 @@ async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
     app[ingest_key] = queue
     yield
     await queue.close()
+    commits.shutdown(wait=True)

@@ -130,7 +130,7 @@ checks:
 def stored_event_ids(db_path: Path) -> set[tuple[str, str]]:
     """``(agent_id, event_id)`` of every event the collector applied (read-only)."""
     with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
-        return set(db.execute("SELECT host, event_id FROM events_seen"))
+        return set(db.execute("SELECT host, id FROM seen WHERE kind = 1"))
 
 
 def applied_twice(db_path: Path) -> int:
@@ -142,7 +142,7 @@ def applied_twice(db_path: Path) -> int:
     """
     with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
         counted = db.execute("SELECT value FROM counters WHERE name = 'events'").fetchone()[0]
-        distinct = db.execute("SELECT COUNT(*) FROM events_seen").fetchone()[0]
+        distinct = db.execute("SELECT COUNT(*) FROM seen WHERE kind = 1").fetchone()[0]
         checks = db.execute(
             "SELECT COUNT(*) - COUNT(DISTINCT host || ' ' || event_id) FROM check_results"
         ).fetchone()[0]
