@@ -19,10 +19,11 @@ from agent import wire
 from collector.app import create_app
 from collector.config import CollectorConfig, IngestConfig
 from collector.ingest import IngestQueue, QueueFull
-from collector.keys import counters_key, executor_key
+from collector.keys import counters_key, executor_key, store_key
 from collector.store import IngestResult, SqliteStore
 
-AGENT_TOKEN = "test-agent-token"  # the collector_config fixture's token
+AGENT_TOKEN = "test-agent-token"  # the collector_config fixture's tokens
+ADMIN_TOKEN = "test-admin-token"
 
 
 class FakeStore:
@@ -155,6 +156,19 @@ def test_close_commits_what_is_queued_and_then_refuses(make_report) -> None:  # 
     assert sum(len(g) for g in store.groups) == 3
 
 
+def test_begin_group_needs_a_commit_thread_of_its_own() -> None:
+    store = FakeStore()
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        for commits in (None, executor):
+            with pytest.raises(ValueError, match="commit_executor"):
+                IngestQueue(
+                    store.ingest_many,
+                    executor,
+                    begin_group=lambda items: None,
+                    commit_executor=commits,
+                )
+
+
 # ------------------------------------------------------------------ the store's group commit
 
 
@@ -221,8 +235,15 @@ def test_an_overloaded_collector_answers_429_with_retry_after(
             site = web.TCPSite(runner, "127.0.0.1", 0)
             await site.start()
             url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1/reports"
-            # Hold the store's thread so reports pile up behind it.
-            held = asyncio.get_running_loop().run_in_executor(app[executor_key], release.wait, 10)
+            # Hold the store (its lock, from its thread) so reports pile up behind it: the
+            # loop cannot apply them inline and their fallback waits on the store's thread.
+            store = app[store_key]
+
+            def hold() -> None:
+                with store._lock:
+                    release.wait(10)
+
+            held = asyncio.get_running_loop().run_in_executor(app[executor_key], hold)
             async with aiohttp.ClientSession() as session:
 
                 async def post() -> tuple[int, str | None]:
@@ -251,6 +272,65 @@ def test_an_overloaded_collector_answers_429_with_retry_after(
     assert refused and all(retry is not None and int(retry) >= 2 for retry in refused)
     assert all(status in (200, 429) for status, _ in answers)
     assert shed == len(refused)  # exported as vigil_reports_rejected_total{reason="overloaded"}
+
+
+def test_a_read_queued_on_the_store_thread_does_not_block_a_commit(
+    collector_config: CollectorConfig,
+    make_report,
+    make_check_event,  # type: ignore[no-untyped-def]
+) -> None:
+    """Reports are applied on the loop (holding the store) and committed on a thread of
+    their own. A read already queued on the store's thread waits for the store; if the
+    COMMIT were queued behind it, neither would ever run."""
+    release = threading.Event()
+
+    async def main() -> tuple[list[int], list[int], int]:
+        app = create_app(collector_config)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+            agent = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Encoding": "gzip"}
+            admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+            loop = asyncio.get_running_loop()
+            async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+
+                async def post(i: int) -> int:
+                    report = make_report(make_check_event(), agent_id=f"agent-{i}")
+                    body = gzip.compress(wire.encode_report(report))
+                    async with session.post(
+                        base + "/api/v1/reports", data=body, headers=agent
+                    ) as resp:
+                        return resp.status
+
+                async def read() -> int:
+                    async with session.get(base + "/api/v1/hosts", headers=admin) as resp:
+                        await resp.read()
+                        return resp.status
+
+                # Keep the store's thread busy (not holding the store), queue reads behind
+                # it, then let reports be applied inline before the thread is free again.
+                busy = loop.run_in_executor(app[executor_key], release.wait, 10)
+                reads = [asyncio.ensure_future(read()) for _ in range(5)]
+                await asyncio.sleep(0.2)
+                posts = [asyncio.ensure_future(post(i)) for i in range(10)]
+                await asyncio.sleep(0.3)
+                release.set()
+                await busy
+                read_statuses = await asyncio.gather(*reads)
+                post_statuses = await asyncio.gather(*posts)
+                hosts = len(app[store_key].list_hosts())
+                return post_statuses, read_statuses, hosts
+        finally:
+            release.set()
+            await runner.cleanup()
+
+    posted, reads, hosts = asyncio.run(asyncio.wait_for(main(), timeout=30))
+
+    assert set(posted) == {200} and set(reads) == {200}
+    assert hosts == 10
 
 
 # ------------------------------------------------------------------ clock jumps, config

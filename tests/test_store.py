@@ -6,6 +6,7 @@ Every test uses a real database file under ``tmp_path``; reports are built from 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import sqlite3
 from collections.abc import Iterator
@@ -14,7 +15,8 @@ from pathlib import Path
 import pytest
 
 from agent import wire
-from collector.store import SqliteStore, StoreError
+from collector.metrics import AGENT_RSS_SERIES
+from collector.store import IngestResult, SqliteStore, StoreError
 
 CHECK = "disk.free_percent[/]"
 FIX = "clean-temp"
@@ -519,3 +521,116 @@ def test_prune_seen_forgets_old_ids_only(store: SqliteStore) -> None:
     store.ingest(report(check("warning")), T0 + 5000)
     assert store.prune_seen(T0 + 1000) == 2  # the old batch id and its one event id
     assert store.ingest(old, T0 + 5001).duplicate is False
+
+
+# --------------------------------------------------------------------------- schema 2
+
+
+_SCHEMA_1_TABLES = """
+CREATE TABLE batches (host TEXT NOT NULL, batch_id TEXT NOT NULL, received_at REAL NOT NULL,
+    events INTEGER NOT NULL, PRIMARY KEY (host, batch_id));
+CREATE TABLE events_seen (host TEXT NOT NULL, event_id TEXT NOT NULL,
+    received_at REAL NOT NULL, PRIMARY KEY (host, event_id));
+CREATE TABLE metrics_latest (host TEXT NOT NULL, series TEXT NOT NULL, value REAL NOT NULL,
+    time REAL NOT NULL, received_at REAL NOT NULL, PRIMARY KEY (host, series));
+"""
+
+
+def test_a_schema_1_database_is_migrated_without_losing_ids_or_metrics(db_path: Path) -> None:
+    SqliteStore(db_path).close()
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+        # Turn the fresh database back into what schema 1 stored.
+        db.executescript("DROP TABLE seen; DROP TABLE host_metrics;" + _SCHEMA_1_TABLES)
+        db.execute("INSERT INTO batches VALUES ('a1', 'old-batch', ?, 1)", (T0,))
+        db.execute("INSERT INTO events_seen VALUES ('a1', 'old-event', ?)", (T0,))
+        db.executemany(
+            "INSERT INTO metrics_latest VALUES ('a1', ?, ?, ?, ?)",
+            [
+                ("cpu.busy_percent", 12.5, T0 + 10, T0 + 11),
+                (AGENT_RSS_SERIES, 40.0 * 2**20, T0 + 20, T0 + 21),
+            ],
+        )
+        db.execute("PRAGMA user_version=1")
+
+    store = SqliteStore(db_path)
+    try:
+        assert store.latest_metrics("a1") == {
+            AGENT_RSS_SERIES: 40.0 * 2**20,
+            "cpu.busy_percent": 12.5,
+        }
+        assert store.metrics_snapshot().agent_rss.count == 1  # footprint read at start-up
+        again = store.ingest(report(check("critical"), batch="old-batch"), T0 + 200)
+        assert again.duplicate
+        resent = check("critical", event_id="old-event")
+        assert store.ingest(report(resent), T0 + 201).events == 0
+        with contextlib.closing(sqlite3.connect(db_path)) as db:
+            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+            assert {"batches", "events_seen", "metrics_latest"}.isdisjoint(tables)
+            assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    finally:
+        store.close()
+
+
+def test_latest_metrics_are_the_newest_summary_as_a_whole(store: SqliteStore) -> None:
+    store.ingest(report(metrics({"disk[/a]": 1.0, "disk[/b]": 2.0}, time=T0 + 10)), T0 + 101)
+    store.ingest(report(metrics({"disk[/a]": 3.0}, time=T0 + 20)), T0 + 102)
+    # /b was unmounted: the newest summary has no value for it, so none is shown.
+    assert store.latest_metrics("a1") == {"disk[/a]": 3.0}
+    assert store.latest_metrics("nobody") == {}
+
+
+def test_an_event_id_twice_in_one_batch_is_applied_once(store: SqliteStore) -> None:
+    twice = check("critical", event_id="same")
+    result = store.ingest(report(twice, twice), T0 + 101)
+    assert result.events == 1
+    assert len(store.list_incidents()) == 1
+
+
+def test_a_reused_batch_id_with_new_events_records_none_of_them(store: SqliteStore) -> None:
+    store.ingest(report(check("ok"), batch="b-reused"), T0 + 101)
+    late = check("critical", event_id="late")
+    # An agent bug: the same batch id with other events. The batch is a duplicate, and its
+    # new event is not marked as seen, so it is applied when it comes in a proper batch.
+    assert store.ingest(report(late, batch="b-reused"), T0 + 102).duplicate
+    assert store.list_incidents() == []
+    assert store.ingest(report(late, batch="b-proper"), T0 + 103).events == 1
+    assert len(store.list_incidents()) == 1
+
+
+def test_prune_seen_forgets_old_batch_and_event_ids(store: SqliteStore) -> None:
+    old = check("ok", event_id="old")
+    store.ingest(report(old, batch="b-old"), T0)
+    store.ingest(report(check("ok"), batch="b-new"), T0 + 1000)
+    assert store.prune_seen(T0 + 500) == 2  # the old batch id and its event id
+    assert not store.ingest(report(old, batch="b-old"), T0 + 1001).duplicate
+    assert store.ingest(report(check("ok"), batch="b-new"), T0 + 1002).duplicate
+
+
+# --------------------------------------------------------------------------- begin_group
+
+
+def test_begin_group_applies_now_and_commits_in_finish(db_path: Path, store: SqliteStore) -> None:
+    finish = store.begin_group([(report(check("critical")), T0 + 101)])
+    assert finish is not None
+    # Not committed yet: another connection sees nothing, and the store is held.
+    with contextlib.closing(sqlite3.connect(db_path)) as other:
+        assert other.execute("SELECT COUNT(*) FROM incidents").fetchone() == (0,)
+    assert store.begin_group([(report(check("ok")), T0 + 102)]) is None
+    (result,) = finish()
+    assert isinstance(result, IngestResult) and result.events == 1
+    assert store.metrics_snapshot().events_total == 1  # aggregates only after the COMMIT
+    assert len(store.list_incidents()) == 1  # the store is free again
+
+
+def test_begin_group_steps_aside_when_a_report_fails(db_path: Path, store: SqliteStore) -> None:
+    with contextlib.closing(sqlite3.connect(db_path)) as other, other:
+        other.execute(
+            "CREATE TRIGGER fail BEFORE INSERT ON remediation_runs"
+            " BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+        )
+    good, bad = report(check("critical")), report(run("not_fixed"), agent="a2")
+    assert store.begin_group([(good, T0 + 101), (bad, T0 + 102)]) is None
+    assert store.list_hosts() == []  # rolled back, and the store is not left locked
+    # ingest_many (the fallback) isolates the culprit.
+    ok, failed = store.ingest_many([(good, T0 + 101), (bad, T0 + 102)])
+    assert isinstance(ok, IngestResult) and isinstance(failed, sqlite3.IntegrityError)

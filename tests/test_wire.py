@@ -177,3 +177,47 @@ def test_a_reported_clock_jump_is_a_plain_v1_check_result() -> None:
 
     assert wire.decode_report(wire.encode_report(sent)) == sent
     assert wire.CLOCK_CHECK != wire.HEARTBEAT_CHECK
+
+
+def test_a_deeply_nested_body_is_rejected_as_the_body() -> None:
+    body = b'{"labels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(wire.WireError) as exc:
+        wire.decode_report(body)
+    assert exc.value.path == "body"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"a": 1.5, "b": 2.5}, {"a": 1.5, "b": 2.5}),
+        ({"a": 1.5, "b": 2}, {"a": 1.5, "b": 2.0}),  # an int becomes a float
+        ({"a": 1e308, "b": 1e308}, {"a": 1e308, "b": 1e308}),  # the sum overflows, values don't
+    ],
+    ids=["floats", "int-converted", "sum-overflows"],
+)
+def test_metric_values_are_accepted(values: dict[str, Any], expected: dict[str, float]) -> None:
+    d = as_dict()
+    d["events"][0]["values"] = values
+    decoded = wire.Report.from_dict(d).events[0]
+    assert isinstance(decoded, wire.MetricsEvent)
+    assert decoded.values == expected
+    assert all(type(v) is float for v in decoded.values.values())
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        (b'"values":{"a":1.5,"b":1e999}', "events[0].values['b']"),  # inf from JSON
+        (b'"values":{"a":1.5,"b":NaN}', "events[0].values['b']"),
+        (b'"values":{"a":1.5,"":2.0}', "events[0].values"),
+        (b'"values":{"a":1.5,"b":"2"}', "events[0].values['b']"),
+    ],
+    ids=["infinite", "nan", "empty-key", "string"],
+)
+def test_bad_metric_values_name_their_entry(body: bytes, path: str) -> None:
+    good = b'"values":{"cpu.busy_percent":12.5,"disk.used_percent[/]":40}'
+    raw = wire.encode_report(report())
+    assert good in raw
+    with pytest.raises(wire.WireError) as exc:
+        wire.decode_report(raw.replace(good, body))
+    assert exc.value.path == path
