@@ -192,11 +192,15 @@ class FleetDistribution:
     store updates it under its lock.
     """
 
-    __slots__ = ("_hist", "_where")
+    __slots__ = ("_hist", "_total_micros", "_where")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self._hist = BucketCounts.empty(bounds)
-        self._where: dict[str, tuple[int, float]] = {}
+        # The sum in whole millionths: adding and taking away floats would drift with
+        # every update (and the sum would depend on the order hosts were seen), while an
+        # integer sum is exact, so a reloaded store reports the very same figure.
+        self._total_micros = 0
+        self._where: dict[str, tuple[int, int]] = {}
 
     def set(self, host: str, value: float) -> None:
         """Record ``value`` as the host's current value (a non-finite one is ignored)."""
@@ -204,23 +208,26 @@ class FleetDistribution:
             return
         self.discard(host)
         index = bisect.bisect_left(self._hist.bounds, value)
+        micros = round(value * 1e6)
         self._hist.counts[index] += 1
-        self._hist.total += value
-        self._where[host] = (index, value)
+        self._total_micros += micros
+        self._where[host] = (index, micros)
 
     def discard(self, host: str) -> None:
         """Forget the host (a host that goes away leaves nothing behind)."""
         old = self._where.pop(host, None)
         if old is not None:
             self._hist.counts[old[0]] -= 1
-            self._hist.total -= old[1]
+            self._total_micros -= old[1]
 
     def __len__(self) -> int:
         return len(self._where)
 
     def snapshot(self) -> BucketCounts:
-        """A copy of the current distribution."""
-        return self._hist.copy()
+        """A copy of the current distribution (its sum exact to a millionth)."""
+        copy = self._hist.copy()
+        copy.total = self._total_micros / 1e6
+        return copy
 
 
 @dataclass(frozen=True, slots=True)

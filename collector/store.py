@@ -12,8 +12,9 @@ cannot swallow each other's data. :meth:`SqliteStore.prune_seen` bounds those ta
 
 Time: incidents, timelines and the host's ``last_seen`` use the collector's receive time
 (``received_at``), which tolerates agent clock skew; the agent's own timestamps are kept
-next to it (``time`` on check results and remediation runs) and the skew is estimated as
-``received_at - sent_at`` (``clock_offset_s``, includes network delay).
+next to it (``time`` on check results and remediation runs) and the skew is estimated from
+``received_at - sent_at`` (``clock_offset_s``: the smallest recent sample, so network and
+queueing delay add as little as possible; see ``_upsert_host``).
 
 Heartbeats (:data:`agent.wire.HEARTBEAT_CHECK`) only refresh the host's ``last_seen`` and
 ``heartbeat_ttl_s``; they are not stored as check results (one per minute per host would
@@ -81,11 +82,13 @@ _SCHEMA_VERSION = 2
 INCIDENT_STATES: tuple[str, ...] = ("open", "resolved", "prevented")
 # Counters the ingest path keeps in the ``counters`` table, written once per group commit.
 _INGEST_COUNTERS = ("reports_accepted", "reports_duplicate", "events")
-_JSON_MEMO_SIZE = 4096
-_SEEN_BATCH, _SEEN_EVENT = (
-    0,
-    1,
-)  # seen.kind  # distinct label sets / series-name lists kept as JSON text
+_JSON_MEMO_SIZE = 4096  # distinct label sets / series-name lists kept as JSON text
+_SEEN_BATCH, _SEEN_EVENT = 0, 1  # seen.kind
+# The clock-offset estimate (see SqliteStore._upsert_host): a sample further than this
+# from it replaces it (seconds), and it may rise this much per second without one (100 ppm,
+# more than a quartz clock drifts).
+CLOCK_STEP_S = 5.0
+CLOCK_DRIFT_PER_S = 1e-4
 # States a list can filter on: ``open`` (all not yet resolved) and its refinements.
 LIST_STATES: tuple[str, ...] = ("open", "acknowledged", "flapping", "resolved", "prevented")
 MAX_LIMIT = 1000  # rows per page in list_* calls
@@ -99,7 +102,7 @@ CREATE TABLE IF NOT EXISTS hosts (
     first_seen      REAL NOT NULL,
     last_seen       REAL NOT NULL,  -- collector receive time of the last report
     last_sent_at    REAL NOT NULL,  -- agent clock
-    clock_offset_s  REAL NOT NULL,  -- received_at - sent_at of the last report
+    clock_offset_s  REAL NOT NULL,  -- estimate from received_at - sent_at (see _upsert_host)
     heartbeat_ttl_s REAL
 );
 -- Idempotency: every batch id (kind 0) and event id (kind 1) an agent sent, keyed by
@@ -916,33 +919,44 @@ class SqliteStore:
     def _upsert_host(
         self, report: wire.Report, received_at: float, ttl: float | None, delta: _Aggregates
     ) -> None:
-        """Insert or refresh the host row; ``ttl`` is a new heartbeat's (None: keep)."""
-        self._db.execute(
+        """Insert or refresh the host row; ``ttl`` is a new heartbeat's (None: keep).
+
+        ``clock_offset_s`` is an estimate, not the last sample. A sample, ``received_at -
+        sent_at``, is the agent's clock error plus the network and queueing delay, which
+        only ever adds; so the estimate is the smallest recent sample (as NTP's clock
+        filter does), aged by :data:`CLOCK_DRIFT_PER_S` so that drift is followed, and a
+        sample more than :data:`CLOCK_STEP_S` away replaces it at once (a stepped clock).
+        """
+        (offset,) = self._db.execute(
             "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
             " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8)"
             " ON CONFLICT (agent_id) DO UPDATE SET hostname = excluded.hostname,"
             " labels = excluded.labels, agent_version = excluded.agent_version,"
-            " last_seen = excluded.last_seen,"
-            " last_sent_at = excluded.last_sent_at, clock_offset_s = excluded.clock_offset_s,"
-            " heartbeat_ttl_s = COALESCE(excluded.heartbeat_ttl_s, hosts.heartbeat_ttl_s)",
+            " last_seen = excluded.last_seen, last_sent_at = excluded.last_sent_at,"
+            # SET reads the row as it was: hosts.* are the previous values.
+            " clock_offset_s = CASE WHEN abs(?7 - hosts.clock_offset_s) > ?9 THEN ?7"
+            "  ELSE min(?7, hosts.clock_offset_s + max(?5 - hosts.last_seen, 0) * ?10) END,"
+            " heartbeat_ttl_s = COALESCE(excluded.heartbeat_ttl_s, hosts.heartbeat_ttl_s)"
+            " RETURNING clock_offset_s",
             (
                 report.agent_id,
                 report.hostname,
                 self._labels_json(report.labels),
                 report.agent_version,
                 received_at,
-                received_at,
                 report.sent_at,
                 received_at - report.sent_at,
                 ttl,
+                CLOCK_STEP_S,
+                CLOCK_DRIFT_PER_S,
             ),
-        )
+        ).fetchone()
         if ttl is not None:
             delta.host_ttl[report.agent_id] = ttl
         delta.host_last_seen[report.agent_id] = received_at
         delta.host_names[report.agent_id] = report.hostname
-        delta.host_clock_offset[report.agent_id] = received_at - report.sent_at
+        delta.host_clock_offset[report.agent_id] = offset
         delta.host_silence_expected[report.agent_id] = self._catalog.silence_expected(report.labels)
 
     def _apply_event(

@@ -461,7 +461,8 @@ def test_hosts_include_checks_and_open_counts(history: SqliteStore) -> None:
         "agent_version": "0.1.0",
         "first_seen": T0 + 105,
         "last_seen": T0 + 106.5,
-        "clock_offset_s": 6.5,
+        # Samples 5.0 s then 6.5 s: the smaller one (aged by 1.5 s at 100 ppm) is kept.
+        "clock_offset_s": 5.0 + 1.5 * 1e-4,
         "heartbeat_ttl_s": 45.0,
         "open_incidents": 0,
         "checks": {CHECK: "critical"},
@@ -634,3 +635,23 @@ def test_begin_group_steps_aside_when_a_report_fails(db_path: Path, store: Sqlit
     # ingest_many (the fallback) isolates the culprit.
     ok, failed = store.ingest_many([(good, T0 + 101), (bad, T0 + 102)])
     assert isinstance(ok, IngestResult) and isinstance(failed, sqlite3.IntegrityError)
+
+
+def test_the_clock_offset_is_the_smallest_recent_sample_and_follows_a_step(
+    store: SqliteStore,
+) -> None:
+    def offset_after(sample: float, at: float) -> float:
+        store.ingest(report(heartbeat(), sent_at=at - sample), at)
+        (host,) = store.list_hosts()
+        return host["clock_offset_s"]
+
+    # (Offsets that are exact in binary: T0 + x - x is then exact too.)
+    assert offset_after(2.25, T0) == 2.25
+    # Delay only adds to a sample: a slower delivery does not move the estimate up...
+    assert offset_after(2.875, T0 + 10) == pytest.approx(2.25 + 10 * 1e-4)
+    # ...a faster one brings it down.
+    assert offset_after(2.0, T0 + 20) == 2.0
+    # A stepped clock (more than 5 s off the estimate) replaces it at once, both ways.
+    assert offset_after(-3600.0, T0 + 30) == -3600.0
+    assert offset_after(2.125, T0 + 40) == 2.125
+    assert store.metrics_snapshot().clock_offsets.total == 2.125
