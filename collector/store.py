@@ -761,8 +761,8 @@ class SqliteStore:
 
         Why: the statements are CPU work that holds the GIL, while the COMMIT mostly waits
         for the disk (fsync) with the GIL released. Running the statements on the event
-        loop's own thread and only the COMMIT on the store's thread saves a thread switch
-        per statement on a busy collector (measured: ~100 us of CPU per report on one core).
+        loop's own thread and only the COMMIT on another saves a thread switch per
+        statement on a busy collector (measured: ~100 us of CPU per report on one core).
 
         Returns ``finish``, which COMMITs, publishes the aggregates and returns one result
         per item like :meth:`ingest_many` (call it exactly once, from any thread; it raises
