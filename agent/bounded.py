@@ -16,7 +16,7 @@ from __future__ import annotations
 import queue
 import threading
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -37,34 +37,41 @@ class StillRunning(BoundedCallError):
     """An earlier call for this key has not returned yet, so no new one was started."""
 
 
+# The worker answers each call on a queue of its own: (value, None) or (None, exception).
+# A SimpleQueue (C code) rather than an Event (a Condition in Python, a new lock per
+# wait): the agent makes this round trip for every mount on every sample.
+_Reply = queue.SimpleQueue[tuple[Any, BaseException | None]]
+
+
 class _Worker:
     """One daemon thread serving calls for one key, one at a time."""
 
     def __init__(self, name: str) -> None:
-        self.requests: queue.SimpleQueue[tuple[Callable[[], Any], _Result]] = queue.SimpleQueue()
+        self.requests: queue.SimpleQueue[tuple[Callable[[], Any], _Reply]] = queue.SimpleQueue()
         self.busy = False  # set by the caller before queueing, cleared by the worker
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self.thread.start()
 
     def _serve(self) -> None:
         while True:
-            fn, result = self.requests.get()
+            fn, reply = self.requests.get()
             try:
-                result.value = fn()
+                answer: tuple[Any, BaseException | None] = (fn(), None)
             except BaseException as exc:  # handed to the caller, never lost
-                result.error = exc
-            finally:
-                self.busy = False
-                result.done.set()
+                answer = (None, exc)
+            self.busy = False
+            reply.put(answer)
 
 
-class _Result:
-    __slots__ = ("done", "error", "value")
+class Pending(Generic[T]):
+    """A call handed to a worker by :meth:`BoundedCaller.start`."""
 
-    def __init__(self) -> None:
-        self.done = threading.Event()
-        self.value: Any = None
-        self.error: BaseException | None = None
+    __slots__ = ("key", "reply", "timeout_s")
+
+    def __init__(self, key: str, reply: _Reply, timeout_s: float = 0.0) -> None:
+        self.key = key
+        self.reply = reply
+        self.timeout_s = timeout_s
 
 
 class BoundedCaller:
@@ -87,17 +94,34 @@ class BoundedCaller:
         Raises :class:`CallTimeout` when ``fn`` takes longer than ``timeout_s`` and
         :class:`StillRunning` when the previous call for ``key`` has not returned.
         """
+        return self.wait(self.start(key, fn, timeout_s), timeout_s)
+
+    def start(self, key: str, fn: Callable[[], T], timeout_s: float) -> Pending[T]:
+        """Hand ``fn`` to ``key``'s worker and return at once; :meth:`wait` for the result.
+
+        Lets a caller start several calls (one per mount) and do other work meanwhile, so
+        all of them together take at most one timeout. Raises :class:`StillRunning` (which
+        names ``timeout_s``) when the previous call for ``key`` has not returned.
+        """
         worker = self._worker(key)
         if worker.busy:
             raise StillRunning(key, f"an earlier read has not returned (over {timeout_s:g}s)")
-        result = _Result()
+        reply: _Reply = queue.SimpleQueue()
         worker.busy = True
-        worker.requests.put((fn, result))
-        if not result.done.wait(timeout_s):
-            raise CallTimeout(key, f"timed out after {timeout_s:g}s")
-        if result.error is not None:
-            raise result.error
-        return result.value  # type: ignore[no-any-return]
+        worker.requests.put((fn, reply))
+        return Pending(key, reply, timeout_s)
+
+    @staticmethod
+    def wait(pending: Pending[T], timeout_s: float) -> T:
+        """The result of a started call, waiting at most ``timeout_s`` seconds (0: only
+        if it is already there); raises :class:`CallTimeout` or the call's exception."""
+        try:
+            value, error = pending.reply.get(timeout=max(0.0, timeout_s))
+        except queue.Empty:
+            raise CallTimeout(pending.key, f"timed out after {pending.timeout_s:g}s") from None
+        if error is not None:
+            raise error
+        return value  # type: ignore[no-any-return]
 
     def hung(self) -> list[str]:
         """Keys whose last call has not returned yet."""

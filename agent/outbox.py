@@ -17,6 +17,11 @@ collector can deduplicate it.
 Batches are size-capped: at most ``max_events`` events and ``max_bytes`` of stored JSON
 (but always at least one event, so one large record can never block the queue).
 
+Idle cost: the number of stored events is kept in memory (:attr:`Outbox.pending`), so
+asking for a batch when nothing is pending touches no file, and :attr:`Outbox.on_put` lets
+the owner arm its shipper only when there is something to send (the agent does no
+delivery work at all while its outbox is empty).
+
 Age: metric samples and heartbeats stored more than ``max_age_s`` ago are dropped (and
 counted) by :meth:`Outbox.expire`, which ``put`` runs at most once a minute. Check state
 changes and remediation records are not aged out: they are small, they are what the
@@ -120,6 +125,9 @@ class OutboxStats:
 class Outbox:
     """A durable, bounded FIFO of wire events with idempotent batch hand-out.
 
+    ``on_put`` (also settable as the attribute) is called as ``on_put(urgent)`` after each
+    committed :meth:`put`, in the putting thread; it must not raise.
+
     One SQLite connection guarded by a lock: safe to call from several threads of one
     process, and every call is short (one small transaction), so the asyncio shipper calls
     it directly. Only one process may use a given file at a time.
@@ -132,6 +140,7 @@ class Outbox:
         max_bytes: int = 64 * 2**20,
         max_age_s: float = 7 * 86400.0,
         clock: Callable[[], float] = time.time,
+        on_put: Callable[[bool], None] | None = None,
     ) -> None:
         if max_bytes <= 0:
             raise ValueError(f"max_bytes: must be positive, got {max_bytes!r}")
@@ -142,6 +151,8 @@ class Outbox:
         self._max_age_s = max_age_s
         self._next_expiry = float("-inf")
         self._clock = clock
+        # Called as on_put(urgent) after each committed put, in the putting thread.
+        self.on_put = on_put
         self._lock = threading.Lock()
         try:
             self._path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -155,8 +166,10 @@ class Outbox:
         except sqlite3.Error as exc:
             self._db.close()
             raise OutboxError(self._path, f"cannot open outbox: {exc}") from None
-        # Running total of payload bytes, so a put need not SUM the table.
+        # Running totals of payload bytes and of events, so a put need not SUM the table
+        # and an empty outbox answers without a query.
         self._bytes = self._sum_bytes()
+        self._pending = self._count_events()
 
     def _setup(self) -> None:
         db = self._db
@@ -204,8 +217,11 @@ class Outbox:
                 "UPDATE events SET payload = ?, size = ? WHERE seq = ?", (payload, size, seq)
             )
             self._bytes += size
+            self._pending += 1
             if self._bytes > self._max_bytes:
                 self._enforce_bound()
+        if self.on_put is not None:
+            self.on_put(urgent)
         now = self._clock()
         # Bounded work per put: the age scan runs at most once a minute (or after a clock
         # step backwards, which makes ``now`` smaller than the last scan).
@@ -234,6 +250,7 @@ class Outbox:
             for kind, size in rows:
                 by_kind[kind] = by_kind.get(kind, 0) + 1
                 self._bytes -= size
+            self._pending -= len(rows)
             for kind, n in by_kind.items():
                 self._count(f"dropped.{kind}", n)
         if rows:
@@ -256,6 +273,9 @@ class Outbox:
             raise ValueError(f"max_events: must be at least 1, got {max_events!r}")
         if max_bytes < 1:
             raise ValueError(f"max_bytes: must be at least 1, got {max_bytes!r}")
+        if self._pending == 0:
+            # Nothing stored (so no in-flight batch either): no write transaction at all.
+            return None
         with self._lock, self._transaction():
             row = self._db.execute(
                 "SELECT batch_id FROM events WHERE batch_id IS NOT NULL ORDER BY seq LIMIT 1"
@@ -289,6 +309,7 @@ class Outbox:
             ).fetchone()[0]
             cur = self._db.execute("DELETE FROM events WHERE batch_id = ?", (batch_id,))
             self._bytes -= freed
+            self._pending -= cur.rowcount
             return cur.rowcount
 
     def has_urgent(self) -> bool:
@@ -296,6 +317,12 @@ class Outbox:
         with self._lock:
             row = self._db.execute("SELECT 1 FROM events WHERE urgent = 1 LIMIT 1").fetchone()
         return row is not None
+
+    @property
+    def pending(self) -> int:
+        """Events stored and not yet acknowledged, from memory (no query): what
+        :meth:`depth` counts, kept up to date by every call of this object."""
+        return self._pending
 
     def depth(self) -> int:
         """Events stored and not yet acknowledged (including the in-flight batch)."""
@@ -350,11 +377,15 @@ class Outbox:
         except BaseException:
             self._db.execute("ROLLBACK")
             self._bytes = self._sum_bytes()
+            self._pending = self._count_events()
             raise
         self._db.execute("COMMIT")
 
     def _sum_bytes(self) -> int:
         return self._db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]
+
+    def _count_events(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM events").fetchone()[0]
 
     def _enforce_bound(self) -> None:
         """Drop the cheapest, oldest events outside the in-flight batch until under bound.
@@ -377,6 +408,7 @@ class Outbox:
         rows.close()
         self._db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s in victims])
         self._bytes -= freed
+        self._pending -= len(victims)
         for kind, n in by_kind.items():
             self._count(f"dropped.{kind}", n)
         if victims:
@@ -404,6 +436,7 @@ class Outbox:
         if bad:
             self._db.executemany("DELETE FROM events WHERE seq = ?", [(s,) for s, _ in bad])
             self._bytes -= sum(size for _, size in bad)
+            self._pending -= len(bad)
             self._count("dropped.invalid", len(bad))
         return tuple(events)
 

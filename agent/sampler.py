@@ -38,21 +38,29 @@ from __future__ import annotations
 import logging
 import math
 import os
+import select
 import stat
+import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import psutil
 
 from agent import svc
-from agent.bounded import BoundedCaller, StillRunning
+from agent.bounded import BoundedCaller, Pending, StillRunning
 from agent.config import SamplerConfig
 from agent.probes import Prober
 from agent.processes import ProcessTable
 
 log = logging.getLogger(__name__)
+
+RARE_S = 600.0
+"""Seconds between re-reads of the CPU count and the boot time, which change only with a
+CPU hot-plug, a reboot or a wall-clock step (the boot time is derived from the wall clock),
+so a sample cycle need not pay for them every ``slow_interval``."""
 
 MAX_PATH_ENTRIES = 100_000
 """A folder walk stops after this many entries, so one huge folder cannot stall sampling."""
@@ -288,6 +296,8 @@ class Sampler:
         self._prev_net: tuple[float, dict[str, Any]] | None = None
         self._prev_diskio: tuple[float, dict[str, Any]] | None = None
         self._failing: set[str] = set()
+        self._meminfo_cache: dict[bytes, int] | None = None
+        self._disks_started: list[tuple[str, Pending[Any] | Exception]] | Exception | None = None
         self.reasons: dict[str, str] = {}
         # Re-entrant: sample() calls sample_paths(), which a remediation may also call.
         self._lock = threading.RLock()
@@ -295,6 +305,9 @@ class Sampler:
         self._path_cache: dict[str, tuple[float, PathStats]] = {}
         self._slow: dict[str, tuple[float, list[tuple[str, Any]], str | None]] = {}
         self._processes = ProcessTable(config.processes, ps=ps, top_n=config.top_n)
+        self._mount_watch = (
+            MountWatch.open() if ps is psutil and config.disk_mounts is None else None
+        )
         self._last_process_scan: float | None = None
         self._prober = prober or Prober()
         self._services = services
@@ -317,7 +330,10 @@ class Sampler:
 
     def _sample(self, sources: Iterable[str] | None) -> dict[str, float]:
         started = self._clock()
+        self._meminfo_cache = None  # read again in this sample, if a source needs it
         wanted = None if sources is None else set(sources)
+        if wanted is None or "disk" in wanted:
+            self._disks_started = self._start_disks()
         values: dict[str, float] = {}
         readers: tuple[tuple[str, Callable[[], Iterable[tuple[str, Any]]]], ...] = (
             ("cpu", self._cpu),
@@ -355,6 +371,40 @@ class Sampler:
             values.update(self.sample_paths(fresh=False))
         values["agent.sample_duration_seconds"] = max(0.0, self._clock() - started)
         return values
+
+    def blocking(self, sources: Iterable[str] | None = None) -> bool:
+        """Whether :meth:`sample` of ``sources`` (``None``: all) may take long *now*, so a
+        caller with an event loop should run it on a worker thread rather than inline.
+
+        True when it would run services or probes (subprocesses, network timeouts), or
+        when a full process scan, a path walk, or a battery or sensor read is due. Every
+        other source is a few small ``/proc`` reads or syscalls; disk usage waits at most
+        ``disk_timeout`` in all (once: a hung mount is then refused at once until its
+        read returns, see ``agent/bounded.py``).
+        """
+        wanted = None if sources is None else set(sources)
+        config = self._config
+        now = self._clock()
+
+        def want(source: str) -> bool:
+            return wanted is None or source in wanted
+
+        if (want("services") and config.services) or (want("probes") and config.probes):
+            return True
+        if want("processes"):
+            last = self._last_process_scan
+            if last is None or now - last >= config.process_scan_s:
+                return True
+        if want("paths"):
+            for spec in config.paths:
+                cached = self._path_cache.get(spec.name)
+                if spec.interval_s is None or cached is None or now - cached[0] >= spec.interval_s:
+                    return True
+        for slow in ("battery", "sensors"):
+            cached_slow = self._slow.get(slow)
+            if want(slow) and (cached_slow is None or now - cached_slow[0] >= config.slow_s):
+                return True
+        return False
 
     def reason_for(self, metric: str) -> str:
         """Why ``metric`` has no value in the latest sample (for an ``unknown`` check)."""
@@ -431,7 +481,7 @@ class Sampler:
             ("cpu.busy_percent", busy),
             (
                 "cpu.count",
-                self._every_slow("cpu_count", lambda: [("n", self._ps.cpu_count())])[0][1],
+                self._every_slow("cpu_count", lambda: [("n", self._ps.cpu_count())], RARE_S)[0][1],
             ),
         ]
         if self._config.per_core:
@@ -452,40 +502,75 @@ class Sampler:
         return [("load.1m", one), ("load.5m", five), ("load.15m", fifteen)]
 
     def _memory(self) -> Iterable[tuple[str, Any]]:
-        vm = self._ps.virtual_memory()
+        memory = linux_memory(self._meminfo()) if self._ps is psutil else None
+        if memory is None:
+            vm = self._ps.virtual_memory()
+            memory = (vm.total, vm.available, vm.percent)
+        total, available, percent = memory
         return [
-            ("memory.total_bytes", vm.total),
-            ("memory.available_bytes", vm.available),
-            ("memory.used_percent", vm.percent),
+            ("memory.total_bytes", total),
+            ("memory.available_bytes", available),
+            ("memory.used_percent", percent),
         ]
 
     def _swap(self) -> Iterable[tuple[str, Any]]:
-        sw = self._ps.swap_memory()
-        return [("swap.total_bytes", sw.total), ("swap.used_percent", sw.percent)]
+        swap = linux_swap(self._meminfo()) if self._ps is psutil else None
+        if swap is None:
+            sw = self._ps.swap_memory()
+            swap = (sw.total, sw.percent)
+        return [("swap.total_bytes", swap[0]), ("swap.used_percent", swap[1])]
+
+    def _meminfo(self) -> dict[bytes, int] | None:
+        """``/proc/meminfo`` read once per sample for both memory and swap (psutil reads it
+        once for each, plus ``/proc/vmstat`` for swap counters the agent does not report:
+        three ``/proc`` files where one will do). ``None`` where there is none."""
+        if self._meminfo_cache is None:
+            linux = sys.platform.startswith("linux")
+            self._meminfo_cache = read_meminfo(f"{psutil.PROCFS_PATH}/meminfo") if linux else {}
+        return self._meminfo_cache or None
+
+    def _start_disks(self) -> list[tuple[str, Pending[Any] | Exception]] | Exception:
+        """Hand every mount's ``statvfs`` to its worker; :meth:`_disks` collects them.
+
+        Started before the other sources are read, so the workers run meanwhile (on
+        another core, when there is one) and all mounts together wait at most one
+        ``disk_timeout``. statvfs on a hung (network) mount can block forever: bounded per
+        mount, with at most one outstanding call each (see agent/bounded.py).
+        """
+        try:
+            mounts = self._config.disk_mounts
+            if mounts is None:
+                mounts = self._mount_points()
+        except Exception as exc:  # reported by _disks as the disk source failing
+            return exc
+        timeout = self._config.disk_timeout_s
+        started: list[tuple[str, Pending[Any] | Exception]] = []
+        for mount in mounts:
+            try:
+                read = self._disk_caller.start(
+                    mount, lambda m=mount: self._ps.disk_usage(m), timeout
+                )
+            except Exception as exc:
+                started.append((mount, exc))
+            else:
+                started.append((mount, read))
+        return started
 
     def _disks(self) -> Iterable[tuple[str, Any]]:
-        mounts = self._config.disk_mounts
-        if mounts is None:
-            # The mount table changes rarely (a USB disk, a share): read it every
-            # slow_interval rather than parse /proc/self/mounts on every sample.
-            mounts = [
-                m
-                for m, _ in self._every_slow(
-                    "mounts",
-                    lambda: [(m, 0) for m in _local_mounts(self._ps.disk_partitions(all=False))],
-                )
-            ]
+        started, self._disks_started = self._disks_started, None
+        if started is None:
+            started = self._start_disks()
+        if isinstance(started, Exception):
+            raise started
+        deadline = self._clock() + self._config.disk_timeout_s
         items: list[tuple[str, Any]] = []
-        timeout = self._config.disk_timeout_s
-        for mount in mounts:
+        for mount, read in started:
             source = f"disk {mount}"
             names = [f"disk.{m}[{mount}]" for m in ("used_percent", "free_bytes", "total_bytes")]
             try:
-                # statvfs on a hung (network) mount can block forever: bounded per mount,
-                # with at most one outstanding call each (see agent/bounded.py).
-                usage = self._disk_caller.call(
-                    mount, lambda m=mount: self._ps.disk_usage(m), timeout
-                )
+                if isinstance(read, Exception):
+                    raise read
+                usage = self._disk_caller.wait(read, deadline - self._clock())
             except Exception as exc:
                 self._failed(source, exc)
                 hung = isinstance(exc, StillRunning)
@@ -501,6 +586,25 @@ class Sampler:
                 (names[2], usage.total),
             ]
         return items
+
+    def _mount_points(self) -> list[str]:
+        """The local mounts to read. The mount table changes rarely (a USB disk, a share):
+        where the kernel says when it changes (:class:`MountWatch`), it is re-read then
+        (and at least every :data:`RARE_S`); elsewhere every ``slow_interval``, rather
+        than parsed on every sample."""
+
+        def read() -> list[tuple[str, Any]]:
+            return [(m, 0) for m in _local_mounts(self._ps.disk_partitions(all=False))]
+
+        watch = self._mount_watch
+        if watch is None:
+            return [m for m, _ in self._every_slow("mounts", read)]
+        now = self._clock()
+        cached = self._slow.get("mounts")
+        if watch.changed() or cached is None or now - cached[0] >= RARE_S:
+            cached = (now, read(), None)
+            self._slow["mounts"] = cached
+        return [m for m, _ in cached[1]]
 
     def _diskio(self) -> Iterable[tuple[str, Any]]:
         now = self._clock()
@@ -548,12 +652,17 @@ class Sampler:
         return items
 
     def _every_slow(
-        self, source: str, read: Callable[[], list[tuple[str, Any]]]
+        self,
+        source: str,
+        read: Callable[[], list[tuple[str, Any]]],
+        period_s: float | None = None,
     ) -> list[tuple[str, Any]]:
-        """``read()`` at most once per ``slow_interval``; the cached items in between."""
+        """``read()`` at most once per ``period_s`` (default ``slow_interval``); the cached
+        items in between."""
         now = self._clock()
         cached = self._slow.get(source)
-        if cached is not None and now - cached[0] < self._config.slow_s:
+        period = self._config.slow_s if period_s is None else max(period_s, self._config.slow_s)
+        if cached is not None and now - cached[0] < period:
             if cached[2] is not None:
                 self.reasons[source] = cached[2]
             return cached[1]
@@ -640,7 +749,9 @@ class Sampler:
 
     def _uptime(self) -> Iterable[tuple[str, Any]]:
         # Boot time only changes with a reboot (psutil re-reads all of /proc/stat for it).
-        ((_, boot),) = self._every_slow("boot", lambda: [("boot", float(self._ps.boot_time()))])
+        ((_, boot),) = self._every_slow(
+            "boot", lambda: [("boot", float(self._ps.boot_time()))], RARE_S
+        )
         return [
             ("boot_time_seconds", boot),
             ("uptime_seconds", max(0.0, self._wall_clock() - boot)),
@@ -669,6 +780,75 @@ class Sampler:
         if source in self._failing:
             self._failing.discard(source)
             log.info("sampler: %s available again", source)
+
+
+class MountWatch:
+    """Whether the mount table changed since the previous :meth:`changed` call.
+
+    Linux marks an open ``/proc/self/mounts`` with ``POLLPRI`` after a mount or an unmount
+    (proc(5)), so asking costs one ``poll`` with no timeout instead of reading and parsing
+    the table. The descriptor is closed when the watch is garbage-collected.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLPRI)
+        weakref.finalize(self, os.close, fd)
+
+    @classmethod
+    def open(cls, path: str = "/proc/self/mounts") -> MountWatch | None:
+        """A watch on ``path``; ``None`` where the platform has no pollable mount table."""
+        if not sys.platform.startswith("linux") or not hasattr(select, "poll"):
+            return None
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            return None
+        return cls(fd)
+
+    def changed(self) -> bool:
+        """True once after each change of the table (and never before the first one)."""
+        return bool(self._poll.poll(0))
+
+
+def read_meminfo(path: str = "/proc/meminfo") -> dict[bytes, int]:
+    """``/proc/meminfo`` as ``{b"MemTotal:": bytes, ...}``; empty if it cannot be read."""
+    mems: dict[bytes, int] = {}
+    try:
+        with open(path, "rb") as f:
+            for line in f:
+                fields = line.split()
+                if len(fields) >= 2:
+                    mems[fields[0]] = int(fields[1]) * 1024
+    except (OSError, ValueError):
+        return {}
+    return mems
+
+
+def linux_memory(mems: dict[bytes, int] | None) -> tuple[int, int, float] | None:
+    """(total, available, used percent) from ``/proc/meminfo``, exactly as psutil's
+    ``virtual_memory()`` computes them on Linux; ``None`` when ``MemAvailable`` is missing
+    or 0 (kernels before 3.14), where psutil estimates it and the caller should ask it."""
+    if not mems or not mems.get(b"MemAvailable:") or b"MemTotal:" not in mems:
+        return None
+    total, avail = mems[b"MemTotal:"], mems[b"MemAvailable:"]
+    if avail > total:  # psutil's guard against a bogus reading
+        avail = mems.get(b"MemFree:", 0)
+    return total, avail, _percent(total - avail, total)
+
+
+def linux_swap(mems: dict[bytes, int] | None) -> tuple[int, float] | None:
+    """(total, used percent) from ``/proc/meminfo`` as psutil's ``swap_memory()`` computes
+    them on Linux; ``None`` when the swap lines are missing."""
+    if not mems or b"SwapTotal:" not in mems or b"SwapFree:" not in mems:
+        return None
+    total = mems[b"SwapTotal:"]
+    return total, _percent(total - mems[b"SwapFree:"], total)
+
+
+def _percent(used: float, total: float) -> float:
+    """psutil's ``usage_percent(used, total, round_=1)``: 0.0 for a zero total."""
+    return round(used / total * 100, 1) if total else 0.0
 
 
 def _local_mounts(partitions: Iterable[Any]) -> list[str]:

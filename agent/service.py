@@ -1,11 +1,25 @@
 """The agent process: wires sampler, checks, remediations, outbox and shipper together.
 
-One ``AsyncIOScheduler`` drives every periodic job (sample + evaluate, ship, heartbeat,
-metrics summary, plus one job per distinct per-check ``interval`` and one per command
-check, so a critical check can run every second without sampling everything). Each job
-has its own timeout and ``max_instances=1`` so a slow cycle is skipped rather than piled
-up. Every event goes to the outbox *before* any delivery attempt; urgent events (a check
-going critical, a failed fix) trigger an immediate ship.
+One ``AsyncIOScheduler`` drives every periodic job: the sample cycle, shipping, plus one
+job per distinct per-check ``interval`` and one per command check, so a critical check can
+run every second without sampling everything. Each job has its own timeout and
+``max_instances=1`` so a slow cycle is skipped rather than piled up. Every event goes to
+the outbox *before* any delivery attempt; urgent events (a check going critical, a failed
+fix) trigger an immediate ship.
+
+Footprint (an agent a workstation never notices, see ``docs/benchmarks.md``): an idle
+agent wakes once per sample interval and does only what that interval needs.
+
+- The cycle also looks for clock jumps and records the heartbeat and the metrics summary
+  when they are due (periods of at least one sample interval), instead of jobs of their own.
+- It samples only the sources the cycle's checks read; every source is sampled on the
+  first cycle and for each metrics summary, so rates in a summary (network, disk I/O) are
+  averages since the previous summary.
+- Cheap sources are read on the event loop itself; a sample that may block or walk a lot
+  (a path walk or full process scan that is due, services, probes, sensors) runs on a
+  worker thread. A hung mount is bounded by the sampler's disk timeout either way.
+- The ship job runs every report interval only while the outbox holds events: an empty
+  outbox pauses it and the next stored event resumes it.
 
 Flow for a check that names a remediation (detection → remediation → verification):
 the check's critical transition is recorded with ``remediation=<id>`` (a promise the
@@ -30,12 +44,13 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
 
 from agent import __version__, wire
 from agent.checks import CheckStatus, Transition, classify, evaluate
@@ -52,7 +67,13 @@ from agent.remediation import (
 )
 from agent.runner import RunGate, ScriptResult, run_script
 from agent.sampler import Sampler, source_of
-from agent.shipper import ClockReading, Shipper, detect_clock_jumps, read_clock
+from agent.shipper import (
+    KEEPALIVE_S,
+    ClockReading,
+    Shipper,
+    detect_clock_jumps,
+    read_clock,
+)
 from agent.wire import CheckState
 
 log = logging.getLogger("vigil.agent")
@@ -151,6 +172,7 @@ class AgentService:
             config.outbox.path,
             max_bytes=config.outbox.max_bytes,
             max_age_s=config.outbox.max_age_s,
+            on_put=self._stored,
         )
         sh = config.shipping
         self.shipper = Shipper(
@@ -163,6 +185,9 @@ class AgentService:
             backoff_base_s=sh.backoff_base_s,
             backoff_cap_s=sh.backoff_cap_s,
             drain_batches_per_s=sh.drain_batches_per_s,
+            # Routine deliveries are a report interval apart at least: hold the connection
+            # only when that is short enough for it to be reused.
+            hold_connection=config.intervals.report_s < KEEPALIVE_S,
         )
         # The first delivery waits a random part of the start jitter (at most one report
         # interval) so a fleet that boots together does not flush its backlogs in step.
@@ -194,6 +219,28 @@ class AgentService:
         for c in config.checks:
             if not c.is_command and c.interval_s not in (None, sample_s):
                 self.interval_groups.setdefault(c.interval_s, []).append(c)  # type: ignore[arg-type]
+        # The sources the main cycle's checks read; all are sampled for a metrics summary.
+        self.main_sources: frozenset[str] = frozenset(
+            source for c in self.main_checks if (source := source_of(c.metric)) is not None
+        )
+        iv = config.intervals
+        # Heartbeat and summary ride on the sample cycle when it comes often enough.
+        self._fold_heartbeat = iv.heartbeat_s >= sample_s
+        self._fold_metrics = iv.metrics_s >= sample_s
+        # Monotonic due times, set when the agent starts (run); never due before that.
+        self._next_heartbeat = self._next_summary = float("inf")
+        self._sampled_all = False
+        # One sample at a time, so a blocking one on a worker never stalls the loop on the
+        # sampler's own lock.
+        self._sampling = asyncio.Lock()
+        self._scheduler: AsyncIOScheduler | None = None
+        self._ship_armed = False
+        self._in_cycle = False
+        # Monotonic time before which the cycle leaves routine events to the ship job:
+        # the jittered first delivery (exactly), then one report interval after each
+        # delivery (less half a sample interval, for timer jitter).
+        self._ship_not_before = float("inf")
+        self._ship_slack = 0.0
         self.plugin_values: dict[str, float] = {}
         self._remediating: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -203,8 +250,12 @@ class AgentService:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down cleanly (bounded final flush)."""
         iv = self.config.intervals
+        quiet_scheduler_logs()
         scheduler = AsyncIOScheduler(
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
+            # UTC: the jobs are intervals, so the zone changes no run time, and fixed-offset
+            # arithmetic is cheaper at every wakeup than the local zone's rules.
+            timezone=UTC,
         )
         scheduler.add_job(
             self._timed(self.cycle, iv.sample_s),
@@ -214,31 +265,41 @@ class AgentService:
             next_run_time=_now_dt(),
         )
         self._add_check_jobs(scheduler)
+        # Shipping runs on its report-interval grid (starting after the jittered first
+        # delay), but only while the outbox holds events: added paused when it is empty,
+        # resumed by the next put (see _stored), paused again once a ship empties it.
+        first_ship = _now_dt() + timedelta(seconds=self.first_ship_delay_s)
+        self._ship_armed = self.outbox.pending > 0
         scheduler.add_job(
             self._timed(self.ship, iv.report_s),
-            "interval",
-            seconds=iv.report_s,
+            IntervalTrigger(seconds=iv.report_s, start_date=first_ship),
             id="ship",
-            next_run_time=_now_dt() + timedelta(seconds=self.first_ship_delay_s),
+            next_run_time=first_ship if self._ship_armed else None,
         )
         # Clock jumps are looked for at the start of every sample cycle rather than by a
         # job of their own: one wakeup fewer per interval on a laptop that should not
         # notice the agent, and a resume is still seen within one sample interval.
         self._clock_reading = read_clock()
-        scheduler.add_job(
-            self._timed(self.heartbeat, iv.heartbeat_s),
-            "interval",
-            seconds=iv.heartbeat_s,
-            id="heartbeat",
-            next_run_time=_now_dt(),
-        )
-        scheduler.add_job(
-            self._timed(self.metrics_summary, iv.metrics_s),
-            "interval",
-            seconds=iv.metrics_s,
-            id="metrics",
-        )
+        self._next_heartbeat = time.monotonic()  # the first heartbeat goes at once
+        self._next_summary = time.monotonic() + iv.metrics_s
+        self._ship_not_before = time.monotonic() + self.first_ship_delay_s
+        if not self._fold_heartbeat:
+            scheduler.add_job(
+                self._timed(self.heartbeat, iv.heartbeat_s),
+                "interval",
+                seconds=iv.heartbeat_s,
+                id="heartbeat",
+                next_run_time=_now_dt(),
+            )
+        if not self._fold_metrics:
+            scheduler.add_job(
+                self._timed(self.metrics_summary, iv.metrics_s),
+                "interval",
+                seconds=iv.metrics_s,
+                id="metrics",
+            )
         self._add_detection_jobs(scheduler)
+        self._scheduler = scheduler
         scheduler.start()
         log.info(
             "agent %s (%s) started: %d checks, %d remediations, reporting to %s",
@@ -252,6 +313,7 @@ class AgentService:
             await stop.wait()
         finally:
             scheduler.shutdown(wait=False)
+            self._scheduler = None
             await self._shutdown()
 
     async def _shutdown(self) -> None:
@@ -262,8 +324,9 @@ class AgentService:
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.ship(), timeout=3.0)
         await self.shipper.close()
+        left = self._depth()
         self.outbox.close()
-        log.info("agent stopped; %d events left in the outbox for next time", self._depth())
+        log.info("agent stopped; %d events left in the outbox for next time", left)
 
     def _depth(self) -> int:
         with contextlib.suppress(Exception):
@@ -276,7 +339,9 @@ class AgentService:
 
         async def run() -> None:
             try:
-                await asyncio.wait_for(job(), timeout=timeout)  # type: ignore[arg-type]
+                # asyncio.timeout, not wait_for: no extra task per run.
+                async with asyncio.timeout(timeout):
+                    await job()  # type: ignore[misc]
             except TimeoutError:
                 log.warning("job %s exceeded %.1fs and was cancelled", job.__name__, timeout)
             except Exception:
@@ -293,23 +358,71 @@ class AgentService:
     # ------------------------------------------------------------------ jobs
 
     async def cycle(self) -> None:
-        """Look for a clock jump, sample, evaluate every check, record transitions, start
-        remediations."""
+        """Look for a clock jump, record a heartbeat when due, sample, evaluate every
+        check, record transitions, start remediations, record a metrics summary when due.
+
+        Samples only :attr:`main_sources`, except on the first cycle and for a summary
+        (and every cycle when the summary has a job of its own), which sample everything.
+        """
+        self._in_cycle = True
+        try:
+            await self._cycle()
+        finally:
+            self._in_cycle = False
+        if self.outbox.pending == 0:
+            return
+        # What this cycle stored goes out in this same wakeup when a routine delivery is
+        # due (a heartbeat, a summary); else the ship job takes it at its next tick.
+        if time.monotonic() + self._ship_slack >= self._ship_not_before:
+            self._spawn(self.ship())
+        elif not self._ship_armed:
+            self._set_ship_job(armed=True)
+
+    async def _cycle(self) -> None:
         await self.watch_clock()
-        loop = asyncio.get_running_loop()
-        # Sampling does blocking syscalls; keep the event loop free for the shipper.
-        values = await loop.run_in_executor(None, self.sampler.sample)
-        # Plugin perfdata arrives on the command checks' own schedule; keep the latest.
-        self.latest = {**self.plugin_values, **values}
+        mono = time.monotonic()
+        iv = self.config.intervals
+        slack = iv.sample_s / 2
+        if self._fold_heartbeat:
+            due, self._next_heartbeat = due_in_cycle(
+                self._next_heartbeat, iv.heartbeat_s, mono, slack
+            )
+            if due:
+                await self.heartbeat()
+        summary = False
+        if self._fold_metrics:
+            summary, self._next_summary = due_in_cycle(
+                self._next_summary, iv.metrics_s, mono, slack
+            )
+        every = summary or not self._sampled_all or not self._fold_metrics
+        values = await self._sample(None if every else self.main_sources)
+        if every:
+            self._sampled_all = True
+            # Plugin perfdata arrives on the command checks' own schedule; keep the latest.
+            self.latest = {**self.plugin_values, **values}
+        else:
+            self.latest.update(values)
         self._evaluate_all(self.main_checks, values)
+        if summary:
+            await self.metrics_summary()
 
     async def sample_group(self, specs: Sequence[CheckSpec]) -> None:
         """A per-check-interval job: sample only the sources ``specs`` need, evaluate them."""
         sources = {source_of(spec.metric) or "" for spec in specs}
-        loop = asyncio.get_running_loop()
-        values = await loop.run_in_executor(None, self.sampler.sample, sources)
+        values = await self._sample(sources)
         self.latest = {**self.latest, **values}
         self._evaluate_all(specs, values)
+
+    async def _sample(self, sources: Iterable[str] | None) -> dict[str, float]:
+        """``sampler.sample(sources)``: on the loop when the sampler says it will not block
+        (a few ``/proc`` reads cost less than handing them to a thread and back), else on
+        a worker thread. A sampler without ``blocking()`` always runs on a worker."""
+        async with self._sampling:
+            blocking = getattr(self.sampler, "blocking", None)
+            if blocking is not None and not blocking(sources):
+                return self.sampler.sample(sources)
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, self.sampler.sample, sources)
 
     def _evaluate_all(self, specs: Sequence[CheckSpec], values: Mapping[str, float]) -> None:
         now = self.clock()
@@ -438,10 +551,38 @@ class AgentService:
         )
 
     async def ship(self) -> None:
-        """Deliver what the outbox holds (the shipper serialises overlapping calls)."""
+        """Deliver what the outbox holds (the shipper serialises overlapping calls); pause
+        the ship job once the outbox is empty."""
+        iv = self.config.intervals
+        self._ship_not_before = time.monotonic() + iv.report_s
+        self._ship_slack = iv.sample_s / 2
         result = await self.shipper.ship()
         if result.error and result.error != "backing off":
             log.warning("delivery pending (%d events queued): %s", self._depth(), result.error)
+        if self._ship_armed and self.outbox.pending == 0:
+            self._set_ship_job(armed=False)
+        elif not self._ship_armed and self.outbox.pending:
+            self._set_ship_job(armed=True)  # left over (a failure, a long backlog): retry
+
+    def _stored(self, urgent: bool) -> None:
+        """The outbox's ``on_put``: resume the ship job if an empty outbox had paused it.
+
+        Urgent events are shipped at once by whoever stored them; this only makes sure
+        that everything else goes out at the next report-interval tick. Events stored
+        by the sample cycle are left to the cycle, which ships them itself when due.
+        """
+        if not self._ship_armed and not self._in_cycle:
+            self._set_ship_job(armed=True)
+
+    def _set_ship_job(self, *, armed: bool) -> None:
+        scheduler = self._scheduler
+        if scheduler is None or not scheduler.running:
+            return  # not started, or shutting down: run() arms it from the outbox depth
+        self._ship_armed = armed
+        if armed:
+            scheduler.resume_job("ship")
+        else:
+            scheduler.pause_job("ship")
 
     async def heartbeat(self) -> None:
         """Record the liveness check result that tells the collector we are alive."""
@@ -742,16 +883,15 @@ class AgentService:
         return await self._resample(spec.metric), None
 
     async def _resample(self, metric: str) -> float | None:
-        loop = asyncio.get_running_loop()
         if metric.startswith("path."):
-            values = await loop.run_in_executor(None, self.sampler.sample_paths)
+            async with self._sampling:
+                loop = asyncio.get_running_loop()
+                values = await loop.run_in_executor(None, self.sampler.sample_paths)
         else:
             # Only the source this series comes from: a verification should not cost a
             # full sample (and must not disturb rates more than needed).
             source = source_of(metric)
-            values = await loop.run_in_executor(
-                None, self.sampler.sample, None if source is None else {source}
-            )
+            values = await self._sample(None if source is None else {source})
         return values.get(metric)
 
     def _record_remediation(
@@ -812,6 +952,30 @@ def index_triggers(library: Mapping[str, Remediation]) -> dict[str, list[Remedia
         for t in library[rem_id].trigger_checks:
             index.setdefault(t.check, []).append(library[rem_id])
     return index
+
+
+def quiet_scheduler_logs() -> None:
+    """Keep apscheduler's two INFO lines per job run ("Running job", "executed
+    successfully") out of the agent log unless it logs at DEBUG: formatting and writing
+    them cost more CPU than an idle sample cycle, and they say nothing an admin needs."""
+    sched_log = logging.getLogger("apscheduler")
+    if sched_log.level == logging.NOTSET and not log.isEnabledFor(logging.DEBUG):
+        sched_log.setLevel(logging.WARNING)
+
+
+def due_in_cycle(next_at: float, period_s: float, now: float, slack_s: float) -> tuple[bool, float]:
+    """Whether a task folded into the sample cycle (period ``period_s``, next due at
+    monotonic ``next_at``) runs at this cycle (``now``), and its next due time.
+
+    A cycle at most ``slack_s`` early (half a sample interval) counts as on time, so a
+    period that is a multiple of the sample interval keeps its cadence despite timer
+    jitter. A due time left behind by more than a period (a sleep, a long stall)
+    restarts from ``now``.
+    """
+    if now + slack_s < next_at:
+        return False, next_at
+    following = next_at + period_s
+    return True, following if following > now else now + period_s
 
 
 def _now_dt() -> datetime:

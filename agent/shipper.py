@@ -55,6 +55,8 @@ REPORTS_PATH = "/api/v1/reports"
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
 REJECTED_BACKOFF_S = 300.0
+# aiohttp's default keep-alive: an idle connection is closed after this many seconds.
+KEEPALIVE_S = 15.0
 # A Retry-After longer than this is treated as a collector misconfiguration, not obeyed.
 MAX_RETRY_AFTER_S = 3600.0
 # How much of a rejection's response body goes into the log (characters).
@@ -80,10 +82,13 @@ class Shipper:
     """Sends the outbox to one collector; see the module docstring for retry rules.
 
     ``session``: an aiohttp session owned by the caller (not closed by :meth:`close`); when
-    omitted, one is created on the first :meth:`ship`, inside the running loop, and closed
-    by :meth:`close`. ``clock`` gives wall-clock seconds (for ``sent_at``); ``monotonic``
-    measures backoff windows; ``sleep`` paces a draining backlog;
-    ``rng`` draws the backoff jitter.
+    omitted, one is created on the first :meth:`ship` that sends, inside the running loop,
+    and closed by :meth:`close`. ``hold_connection=False`` closes it at the end of every
+    :meth:`ship` call instead: for deliveries further apart than the keep-alive timeout
+    (:data:`KEEPALIVE_S`) a held connection is never reused, and closing it later costs a
+    timer wakeup. ``clock`` gives wall-clock seconds (for ``sent_at``); ``monotonic``
+    measures backoff windows; ``sleep`` paces a draining backlog; ``rng`` draws the
+    backoff jitter.
     """
 
     def __init__(
@@ -99,6 +104,7 @@ class Shipper:
         backoff_cap_s: float = BACKOFF_CAP_S,
         drain_batches_per_s: float | None = None,
         session: aiohttp.ClientSession | None = None,
+        hold_connection: bool = True,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -127,6 +133,7 @@ class Shipper:
         self._batch_max_events = batch_max_events
         self._session = session
         self._owns_session = session is None
+        self._hold_connection = hold_connection
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._url = target.url.rstrip("/") + REPORTS_PATH
@@ -156,24 +163,31 @@ class Shipper:
         async with self._lock:
             if self._monotonic() < self._backoff_until:
                 return ShipResult(0, 0, "backing off", None)
-            sent_batches = sent_events = 0
-            for i in range(max_batches):
-                batch = self._outbox.next_batch(self._batch_max_events, self._batch_max_bytes)
-                if batch is None:
-                    break
-                if i and self._drain_gap_s:
-                    # A backlog: pace it (the first batch of a call goes at once, so
-                    # urgent events and ordinary reports are never delayed by this).
-                    await self._sleep(self._drain_gap_s)
-                error, retry_after = await self._send(batch)
-                if error is not None:
-                    return ShipResult(sent_batches, sent_events, error, retry_after)
-                self._outbox.ack(batch.batch_id)
-                self._failures = 0
-                self._backoff_until = 0.0
-                sent_batches += 1
-                sent_events += len(batch.events)
-            return ShipResult(sent_batches, sent_events, None, None)
+            try:
+                return await self._ship(max_batches)
+            finally:
+                if not self._hold_connection:
+                    await self.close()  # see the class docstring
+
+    async def _ship(self, max_batches: int) -> ShipResult:
+        sent_batches = sent_events = 0
+        for i in range(max_batches):
+            batch = self._outbox.next_batch(self._batch_max_events, self._batch_max_bytes)
+            if batch is None:
+                break
+            if i and self._drain_gap_s:
+                # A backlog: pace it (the first batch of a call goes at once, so
+                # urgent events and ordinary reports are never delayed by this).
+                await self._sleep(self._drain_gap_s)
+            error, retry_after = await self._send(batch)
+            if error is not None:
+                return ShipResult(sent_batches, sent_events, error, retry_after)
+            self._outbox.ack(batch.batch_id)
+            self._failures = 0
+            self._backoff_until = 0.0
+            sent_batches += 1
+            sent_events += len(batch.events)
+        return ShipResult(sent_batches, sent_events, None, None)
 
     async def close(self) -> None:
         """Close the HTTP session if this shipper created it."""

@@ -80,3 +80,23 @@ def test_the_number_of_keys_is_bounded() -> None:
 
     with pytest.raises(BoundedCallError, match="more than 1 keys"):
         caller.call("b", lambda: None, 1.0)
+
+
+def test_calls_started_together_run_meanwhile_and_are_collected_later() -> None:
+    caller = BoundedCaller()
+    first = caller.start("a", lambda: "A", 1.0)
+    second = caller.start("b", lambda: "B", 1.0)
+
+    assert (caller.wait(second, 1.0), caller.wait(first, 1.0)) == ("B", "A")
+
+
+def test_a_started_call_still_hung_at_its_deadline_times_out_with_its_own_timeout(
+    release: threading.Event,
+) -> None:
+    caller = BoundedCaller()
+    pending = caller.start("nfs", release.wait, 0.5)
+
+    with pytest.raises(CallTimeout, match=r"timed out after 0\.5s"):
+        caller.wait(pending, 0.0)  # the deadline shared with other mounts has passed
+    with pytest.raises(StillRunning):
+        caller.start("nfs", release.wait, 0.5)

@@ -535,3 +535,65 @@ def test_an_in_flight_batch_is_not_aged_out(tmp_path: Path) -> None:
     again = box.next_batch(10)
     assert batch is not None and again == batch
     box.close()
+
+
+# ------------------------------------------------------------------ idle cost
+
+
+def test_pending_counts_what_depth_counts_through_puts_acks_drops_and_reopen(
+    tmp_path: Path,
+) -> None:
+    """The in-memory count never needs a query, and agrees with the table throughout."""
+    clock = FakeClock()
+    box = Outbox(tmp_path / "o.db", max_age_s=60, clock=clock)
+    seen = []
+    for i in range(4):
+        box.put(metrics(i))
+        seen.append((box.pending, box.depth()))
+    batch = box.next_batch(2)
+    assert batch is not None
+    box.ack(batch.batch_id)
+    seen.append((box.pending, box.depth()))
+    clock.now += 3600
+    box.expire()  # the two left are an hour old
+    seen.append((box.pending, box.depth()))
+    box.put(check())
+    box.close()
+    reopened = Outbox(tmp_path / "o.db", clock=clock)
+    seen.append((reopened.pending, reopened.depth()))
+    reopened.close()
+
+    assert seen == [(1, 1), (2, 2), (3, 3), (4, 4), (2, 2), (0, 0), (1, 1)]
+
+
+def test_pending_follows_drops_over_the_byte_bound(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db", max_bytes=2000)
+    for i in range(20):
+        box.put(metrics(i, padding=100))
+
+    assert box.stats().dropped_total > 0
+    assert box.pending == box.depth()
+    box.close()
+
+
+def test_an_empty_outbox_hands_out_no_batch_without_touching_the_database(
+    outbox: Outbox,
+) -> None:
+    """An idle agent asking for work costs no SQLite transaction (and no WAL write)."""
+    statements: list[str] = []
+    outbox._db.set_trace_callback(statements.append)
+
+    assert outbox.next_batch(10) is None
+    assert statements == []
+
+
+def test_on_put_is_called_after_each_put_with_its_urgency(tmp_path: Path) -> None:
+    calls: list[tuple[bool, int]] = []
+    box = Outbox(tmp_path / "o.db")
+    box.on_put = lambda urgent: calls.append((urgent, box.depth()))
+
+    box.put(metrics(1))
+    box.put(check(), urgent=True)
+
+    assert calls == [(False, 1), (True, 2)]  # the event is committed before the call
+    box.close()

@@ -3,17 +3,31 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 from collections import namedtuple
 from pathlib import Path
 from typing import Any
 
+import psutil
 import pytest
 
 from agent.config import PathSpec, ProbeSpec, ProcessSpec, SamplerConfig
 from agent.probes import ProbeResult
-from agent.sampler import PathStats, Sampler, cpu_busy_percent, scan_path, source_of
+from agent.sampler import (
+    PathStats,
+    Sampler,
+    cpu_busy_percent,
+    linux_memory,
+    linux_swap,
+    read_meminfo,
+    scan_path,
+    source_of,
+)
 from agent.svc import ServiceState
 
 LinuxTimes = namedtuple(
@@ -698,6 +712,33 @@ def test_a_hung_mount_gets_no_second_call_while_the_first_is_stuck(hanging: Any)
     assert "an earlier read has not returned" in s.reason_for("disk.free_bytes[/mnt/nfs]")
 
 
+def test_several_hung_mounts_together_wait_one_disk_timeout(hanging: Any) -> None:
+    """Every mount's read starts before any is waited for, so a sample (which may run on
+    the agent's event loop) is held up by one timeout, not one per dead mount."""
+    for name in ("/mnt/nfs2", "/mnt/nfs3"):
+        hanging.partitions.append(Partition("srv:/y", name, "ext4", "rw"))
+        hanging.usage[name] = hanging.usage["/mnt/nfs"]
+    slow = hanging.disk_usage
+
+    def disk_usage(path: str) -> Usage:
+        if path.startswith("/mnt/nfs"):
+            hanging.release.wait(10)
+        return slow(path) if path == "/" else hanging.usage[path]
+
+    hanging.disk_usage = disk_usage
+    s = sampler(hanging, disk_timeout_s=0.3)
+
+    started = time.monotonic()
+    values = s.sample(["disk"])
+
+    assert time.monotonic() - started < 0.6
+    assert values["disk.used_percent[/]"] == 80.0
+    assert all(
+        s.reason_for(f"disk.used_percent[{m}]") == f"mount {m}: timed out after 0.3s"
+        for m in ("/mnt/nfs", "/mnt/nfs2", "/mnt/nfs3")
+    )
+
+
 def test_a_mount_that_comes_back_is_sampled_again(hanging: Any) -> None:
     s = sampler(hanging, disk_timeout_s=0.05)
     s.sample(["disk"])
@@ -782,3 +823,129 @@ def test_real_psutil_full_sample_has_process_and_net_series() -> None:
     assert values["process.count"] >= 1
     assert "process.zombies" in values
     assert any(k.startswith("process.top_rss_bytes[") for k in values)
+
+
+# ------------------------------------------------------------------ blocking or inline
+
+
+CHEAP = ["cpu", "load", "memory", "swap", "disk", "diskio", "net", "uptime", "agent"]
+
+
+def test_cheap_sources_never_block() -> None:
+    s = full_sampler(FullFakePs(), FakeClock())
+
+    assert not s.blocking(CHEAP)
+
+
+@pytest.mark.parametrize(
+    ("config", "sources"),
+    [
+        ({"services": ("cups",)}, ["services"]),
+        ({"probes": (ProbeSpec(name="dns", kind="dns", target="example.org"),)}, ["probes"]),
+        ({}, ["processes"]),
+        ({}, ["battery"]),
+        ({}, ["sensors"]),
+        ({}, None),
+    ],
+    ids=["services", "probes", "first-process-scan", "battery-due", "sensors-due", "everything"],
+)
+def test_slow_work_that_is_due_blocks(config: dict[str, Any], sources: list[str] | None) -> None:
+    s = full_sampler(FullFakePs(), FakeClock(), **config)
+
+    assert s.blocking(sources)
+
+
+def test_a_path_walk_blocks_only_when_it_is_due(tmp_path: Path) -> None:
+    clock = FakeClock()
+    s = full_sampler(
+        FullFakePs(), clock, paths=(PathSpec(name="logs", path=str(tmp_path), interval_s=300),)
+    )
+    due_first = s.blocking(["paths"])
+    s.sample(["paths"])
+    clock.now += 60
+    cached = s.blocking(["paths"])
+    clock.now += 300
+
+    assert (due_first, cached, s.blocking(["paths"])) == (True, False, True)
+
+
+def test_slow_sources_block_again_only_when_their_interval_is_up() -> None:
+    clock = FakeClock()
+    s = full_sampler(FullFakePs(), clock, slow_s=60.0)
+    s.sample(["battery", "sensors"])
+    clock.now += 30
+    between = s.blocking(["battery", "sensors"])
+    clock.now += 30
+
+    assert (between, s.blocking(["battery"])) == (False, True)
+
+
+# ------------------------------------------------------------------ memory and swap
+
+
+MEMINFO = {
+    b"MemTotal:": 16 * GIB,
+    b"MemFree:": 2 * GIB,
+    b"MemAvailable:": 4 * GIB,
+    b"SwapTotal:": 8 * GIB,
+    b"SwapFree:": 6 * GIB,
+}
+
+
+@pytest.mark.parametrize(
+    ("mems", "memory", "swap"),
+    [
+        (MEMINFO, (16 * GIB, 4 * GIB, 75.0), (8 * GIB, 25.0)),
+        ({**MEMINFO, b"SwapTotal:": 0, b"SwapFree:": 0}, (16 * GIB, 4 * GIB, 75.0), (0, 0.0)),
+        ({**MEMINFO, b"MemAvailable:": 20 * GIB}, (16 * GIB, 2 * GIB, 87.5), (8 * GIB, 25.0)),
+        ({b"MemTotal:": GIB, b"MemFree:": GIB}, None, None),
+        ({}, None, None),
+    ],
+    ids=["typical", "no-swap", "bogus-available", "old-kernel", "unreadable"],
+)
+def test_memory_and_swap_from_one_meminfo_read_match_psutils_formulas(
+    mems: dict[bytes, int], memory: tuple[int, int, float] | None, swap: tuple[int, float] | None
+) -> None:
+    """psutil reads /proc/meminfo twice and /proc/vmstat once for the same figures; where a
+    figure is missing the caller falls back to psutil (``None``)."""
+    assert (linux_memory(mems), linux_swap(mems)) == (memory, swap)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/meminfo")
+def test_real_meminfo_gives_psutils_totals() -> None:
+    mems = read_meminfo()
+    memory, swap = linux_memory(mems), linux_swap(mems)
+
+    assert memory is not None and swap is not None
+    assert memory[0] == psutil.virtual_memory().total
+    assert swap[0] == psutil.swap_memory().total
+    assert abs(memory[2] - psutil.virtual_memory().percent) < 5
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("unshare") is None,
+    reason="Linux mount namespaces",
+)
+def test_the_mount_watch_reports_a_new_mount_once(tmp_path: Path) -> None:
+    """A real tmpfs mount, in a private mount namespace so nothing else sees it."""
+    code = textwrap.dedent(
+        f"""
+        import subprocess
+        from agent.sampler import MountWatch
+        watch = MountWatch.open()
+        before = watch.changed()
+        subprocess.run(["mount", "-t", "tmpfs", "none", {str(tmp_path)!r}], check=True)
+        print(before, watch.changed(), watch.changed())
+        """
+    )
+    proc = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=30,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"cannot mount in a private namespace here: {proc.stderr.strip()[-200:]}")
+
+    assert proc.stdout.split() == ["False", "True", "False"]

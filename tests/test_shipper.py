@@ -288,6 +288,40 @@ def test_a_session_passed_in_is_used_and_left_open(outbox: Outbox) -> None:
     assert not closed
 
 
+def test_without_hold_connection_no_connection_is_held_between_ship_calls(
+    outbox: Outbox,
+) -> None:
+    """Deliveries further apart than the keep-alive: a connection kept until the next one
+    would only cost the agent a timer wakeup to close it."""
+    fill(outbox, 2)
+    collector = FakeCollector()
+
+    async def steps(shipper: Shipper) -> tuple[ShipResult, bool, ShipResult, bool]:
+        first = await shipper.ship(max_batches=1)
+        held_after_first = shipper._session is not None
+        fill(outbox, 1)
+        second = await shipper.ship()
+        return first, held_after_first, second, shipper._session is not None
+
+    first, held_first, second, held_second = run_against(
+        collector, outbox, FakeClock(), steps, batch_max_events=1, hold_connection=False
+    )
+
+    assert (first.sent_batches, second.sent_batches) == (1, 2)
+    assert (held_first, held_second) == (False, False)
+    assert len(collector.received) == 3
+
+
+def test_by_default_the_connection_is_kept_for_the_next_ship_call(outbox: Outbox) -> None:
+    fill(outbox, 1)
+
+    async def steps(shipper: Shipper) -> bool:
+        await shipper.ship()
+        return shipper._session is not None
+
+    assert run_against(FakeCollector(), outbox, FakeClock(), steps)
+
+
 # ------------------------------------------------------------------ failures and retries
 
 
