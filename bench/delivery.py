@@ -8,16 +8,22 @@
     collector and drains with the real shipper at the default drain rate, timed.
     Targets: <= 10 MB on disk, drained in <= 60 s, nothing dropped.
 
-(b) Ingest. A load generator (this process, pinned to one core) posts realistic reports
-    (a heartbeat plus a metrics summary of a real sample, gzip JSON) as 100,000 distinct
-    agents, with a fixed number of concurrent connections for a fixed time, first to the
-    real collector (SQLite, synchronous=FULL, group commit) and then, with the same
-    values in its own text format and the same generator settings, to Debian's
+(b) Ingest. A load generator (this process, pinned to one core; ``bench/loadgen.py``,
+    pre-built requests on keep-alive connections, a few microseconds a request, so it is
+    never the bottleneck; its CPU share is printed) posts realistic reports (a heartbeat
+    plus a metrics summary of a real sample, gzip JSON) as 100,000 distinct agents, every
+    request a new batch, with a fixed number of concurrent connections for a fixed time, to
+    the real collector (SQLite, synchronous=FULL, group commit); and, with the same values
+    in its own text format and the same generator settings, to Debian's
     prometheus-pushgateway (``--push.disable-consistency-check``). Both servers are pinned
-    to the same other core. Prints accepted reports/s and p50/p99 latency of each, and
-    the ratio. Targets: ratio >= 1.25, Vigil p99 <= 250 ms.
+    to the same other core and stay up the whole run; phases alternate for ``--rounds``
+    rounds. Prints accepted reports/s, p50/p99 latency and server CPU per request (read
+    from /proc, all threads) of each phase, and the medians. ``ratio`` compares
+    throughput; ``cpu_ratio`` compares CPU per request (pushgateway's / Vigil's), which
+    other load on a shared machine disturbs less. Targets: ratio >= 1.25, Vigil p99 <= 250 ms.
 
-Run: ``.venv/bin/python bench/delivery.py [--quick]``. The last line is JSON.
+Run: ``.venv/bin/python bench/delivery.py [--quick] [--rounds N] [--ingest-only]``. The last
+line is JSON.
 """
 
 from __future__ import annotations
