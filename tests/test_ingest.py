@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gzip
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -219,6 +220,20 @@ def test_one_bad_report_in_a_group_does_not_stop_the_others(
 # ------------------------------------------------------------------ over HTTP
 
 
+@contextlib.asynccontextmanager
+async def running_app(config: CollectorConfig) -> AsyncIterator[tuple[web.Application, str]]:
+    """A real collector app on an ephemeral 127.0.0.1 port: ``(app, base_url)``."""
+    app = create_app(config)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        yield app, f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
 def test_an_overloaded_collector_answers_429_with_retry_after(
     collector_config: CollectorConfig,
     make_report,
@@ -228,13 +243,8 @@ def test_an_overloaded_collector_answers_429_with_retry_after(
     release = threading.Event()
 
     async def main() -> tuple[list[tuple[int, str | None]], int]:
-        app = create_app(config)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            url = f"http://127.0.0.1:{runner.addresses[0][1]}/api/v1/reports"
+        async with running_app(config) as (app, base):
+            url = base + "/api/v1/reports"
             # Hold the store (its lock, from its thread) so reports pile up behind it: the
             # loop cannot apply them inline and their fallback waits on the store's thread.
             store = app[store_key]
@@ -262,9 +272,6 @@ def test_an_overloaded_collector_answers_429_with_retry_after(
                 answers = await asyncio.gather(*tasks)
                 shed = app[counters_key].rejected["overloaded"]
                 return answers, shed
-        finally:
-            release.set()
-            await runner.cleanup()
 
     answers, shed = asyncio.run(main())
 
@@ -285,13 +292,7 @@ def test_a_read_queued_on_the_store_thread_does_not_block_a_commit(
     release = threading.Event()
 
     async def main() -> tuple[list[int], list[int], int]:
-        app = create_app(collector_config)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        try:
-            site = web.TCPSite(runner, "127.0.0.1", 0)
-            await site.start()
-            base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with running_app(collector_config) as (app, base):
             agent = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Encoding": "gzip"}
             admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
             loop = asyncio.get_running_loop()
@@ -323,9 +324,6 @@ def test_a_read_queued_on_the_store_thread_does_not_block_a_commit(
                 post_statuses = await asyncio.gather(*posts)
                 hosts = len(app[store_key].list_hosts())
                 return post_statuses, read_statuses, hosts
-        finally:
-            release.set()
-            await runner.cleanup()
 
     posted, reads, hosts = asyncio.run(asyncio.wait_for(main(), timeout=30))
 
