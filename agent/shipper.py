@@ -29,20 +29,48 @@ change, NTP after a long sleep) can neither freeze delivery for hours nor end a 
 early; ``sent_at`` uses the wall clock because the collector compares it with its own.
 :meth:`Shipper.wake` ends a backoff at once (after a resume from sleep the collector is
 probably reachable again and waiting out a pre-sleep backoff helps no one).
+
+Transport: the standard library's :mod:`http.client`, not aiohttp (importing aiohttp cost
+the agent ~13 MB of RSS, issue #3). Every request is a blocking call on ONE worker thread
+owned by the shipper (created on the first send, stopped by :meth:`Shipper.close`); the
+event loop awaits it, so a slow collector never blocks the loop and at most one request is
+in flight. One persistent connection (``HTTPConnection`` or, for ``https://``,
+``HTTPSConnection`` with ``ssl.create_default_context()``: system CA store, or the file
+named by ``SSL_CERT_FILE``; certificate and hostname verified) is reused for the next
+request, unless it has been idle for more than :data:`KEEPALIVE_S`, the collector closed
+it (it is checked before reuse) or the last response asked for a close. Any error closes
+it; the next request opens a new one. Redirects are never followed (a 3xx is a rejection,
+see above); at most ``_LOGGED_BODY_CHARS * 4`` bytes of an error response (and
+:data:`MAX_ACK_BODY_BYTES` of a 2xx one) are read: a longer body costs the connection, not
+memory.
+
+Timeout (``CollectorTarget.timeout_s``, *T*): the whole request (connect, send, response
+head and the bounded body read) gets *T* seconds in total, like aiohttp's ``total``
+timeout: when the loop stops waiting it shuts the socket down, which ends the worker's
+blocking call at once, and the connection is dropped. Each socket operation also has *T*
+as its own timeout (a backstop). Caveat: the DNS lookup (``getaddrinfo``) cannot be
+interrupted; the ship still ends after *T*, but the worker stays busy until the resolver
+gives up, and the next request waits for it (within its own *T*). A request that timed
+out may still have reached the collector; resending it is safe (same ``batch_id``).
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import email.utils
 import gzip
+import http.client
 import logging
 import random
+import select
+import socket
+import ssl
 import time
-from collections.abc import Awaitable, Callable
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-
-import aiohttp
 
 from agent import wire
 from agent.config import CollectorTarget
@@ -55,12 +83,16 @@ REPORTS_PATH = "/api/v1/reports"
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
 REJECTED_BACKOFF_S = 300.0
-# aiohttp's default keep-alive: an idle connection is closed after this many seconds.
+# A held connection idle for longer than this is not reused: it is closed and replaced at
+# the next request (checked then, so no timer wakes the agent to close it).
 KEEPALIVE_S = 15.0
 # A Retry-After longer than this is treated as a collector misconfiguration, not obeyed.
 MAX_RETRY_AFTER_S = 3600.0
 # How much of a rejection's response body goes into the log (characters).
 _LOGGED_BODY_CHARS = 2000
+# At most this much of a 2xx response body is read (the collector's ack is a few bytes);
+# the connection is dropped rather than reused when the body is longer.
+MAX_ACK_BODY_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,17 +110,26 @@ class ShipResult:
     retry_after_s: float | None
 
 
-class Shipper:
-    """Sends the outbox to one collector; see the module docstring for retry rules.
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What the worker thread read of one response: status, ``Retry-After``, body start."""
 
-    ``session``: an aiohttp session owned by the caller (not closed by :meth:`close`); when
-    omitted, one is created on the first :meth:`ship` that sends, inside the running loop,
-    and closed by :meth:`close`. ``hold_connection=False`` closes it at the end of every
-    :meth:`ship` call instead: for deliveries further apart than the keep-alive timeout
-    (:data:`KEEPALIVE_S`) a held connection is never reused, and closing it later costs a
-    timer wakeup. ``clock`` gives wall-clock seconds (for ``sent_at``); ``monotonic``
-    measures backoff windows; ``sleep`` paces a draining backlog; ``rng`` draws the
-    backoff jitter.
+    status: int
+    retry_after: str | None
+    text: str
+
+
+class Shipper:
+    """Sends the outbox to one collector; see the module docstring for retry rules and the
+    transport (one worker thread, one persistent ``http.client`` connection, timeouts).
+
+    ``hold_connection=False`` closes the connection at the end of every :meth:`ship` call
+    instead of keeping it for the next: for deliveries further apart than
+    :data:`KEEPALIVE_S` a held connection would never be reused, only left open. ``clock``
+    gives wall-clock seconds (for ``sent_at``); ``monotonic`` measures backoff windows;
+    ``sleep`` paces a draining backlog; ``rng`` draws the backoff jitter.
+
+    Raises ``ValueError`` for a URL that is not ``http://`` or ``https://`` with a host.
     """
 
     def __init__(
@@ -103,7 +144,6 @@ class Shipper:
         backoff_base_s: float = BACKOFF_BASE_S,
         backoff_cap_s: float = BACKOFF_CAP_S,
         drain_batches_per_s: float | None = None,
-        session: aiohttp.ClientSession | None = None,
         hold_connection: bool = True,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
@@ -120,6 +160,9 @@ class Shipper:
             )
         if drain_batches_per_s is not None and not drain_batches_per_s > 0:
             raise ValueError(f"drain_batches_per_s: must be positive, got {drain_batches_per_s!r}")
+        split = urllib.parse.urlsplit(target.url)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise ValueError(f"collector url: must be http:// or https://, got {target.url!r}")
         self._target = target
         self._outbox = outbox
         self._batch_max_bytes = batch_max_bytes
@@ -131,23 +174,38 @@ class Shipper:
         self._identity = identity
         self._agent_version = agent_version
         self._batch_max_events = batch_max_events
-        self._session = session
-        self._owns_session = session is None
         self._hold_connection = hold_connection
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
         self._url = target.url.rstrip("/") + REPORTS_PATH
-        self._timeout = aiohttp.ClientTimeout(total=target.timeout_s)
+        self._https = split.scheme == "https"
+        self._host = split.hostname
+        self._port = split.port  # None: the scheme's default
+        self._path = split.path.rstrip("/") + REPORTS_PATH
         self._failures = 0
         self._backoff_until = 0.0
         # Two overlapping ship() calls (report interval + urgent event) would otherwise
         # both send the in-flight batch.
         self._lock = asyncio.Lock()
+        # The transport. _conn and _conn_used_at are only touched by the worker thread
+        # (or by the loop while no request is in flight); the loop may shut the socket
+        # down under a request to abort it (_abort).
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inflight: asyncio.Future[_Reply] | None = None
+        self._conn: http.client.HTTPConnection | None = None
+        self._conn_used_at = 0.0  # time.monotonic() at the end of the last request
+        self._ssl_context: ssl.SSLContext | None = None
 
     @property
     def backoff_until(self) -> float:
         """Monotonic time before which :meth:`ship` will not send; 0.0 when not backing off."""
         return self._backoff_until
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection to the collector is held open for the next request."""
+        conn = self._conn
+        return conn is not None and conn.sock is not None
 
     def wake(self) -> None:
         """End any backoff window now (e.g. after a resume from sleep); keeps nothing else."""
@@ -159,6 +217,8 @@ class Shipper:
 
         Inside a backoff window it returns at once with ``error="backing off"`` and sends
         nothing. Never raises for delivery problems; they are reported in the result.
+        Cancelled while a request is in flight, it aborts that request (the batch stays in
+        the outbox; the collector may have stored it, and a resend is deduplicated).
         """
         async with self._lock:
             if self._monotonic() < self._backoff_until:
@@ -167,7 +227,7 @@ class Shipper:
                 return await self._ship(max_batches)
             finally:
                 if not self._hold_connection:
-                    await self.close()  # see the class docstring
+                    self._drop_connection()  # see the class docstring
 
     async def _ship(self, max_batches: int) -> ShipResult:
         sent_batches = sent_events = 0
@@ -190,10 +250,18 @@ class Shipper:
         return ShipResult(sent_batches, sent_events, None, None)
 
     async def close(self) -> None:
-        """Close the HTTP session if this shipper created it."""
-        if self._owns_session and self._session is not None:
-            await self._session.close()
-            self._session = None
+        """Close the connection and stop the worker thread; the shipper may be used again
+        afterwards (a new thread and connection are made on the next send).
+
+        Never waits for a request in flight (e.g. one whose :meth:`ship` was cancelled):
+        that request is aborted by shutting its socket down, and the thread exits once
+        its blocking call returns (at once; a DNS lookup in progress delays only the
+        thread, not this call).
+        """
+        self._drop_connection()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
 
     # ----------------------------------------------------------------- internals
 
@@ -207,32 +275,22 @@ class Shipper:
             "Authorization": f"Bearer {self._target.token}",
             "Content-Type": "application/json",
             "Content-Encoding": "gzip",
+            "User-Agent": f"vigil-agent/{self._agent_version}",
         }
-        if self._session is None:
-            self._session = aiohttp.ClientSession()
         try:
-            async with self._session.post(
-                self._url,
-                data=body,
-                headers=headers,
-                timeout=self._timeout,
-                # A redirect means a wrong URL; following it would turn the POST into a GET.
-                allow_redirects=False,
-            ) as resp:
-                status = resp.status
-                if 200 <= status < 300:
-                    log.debug("delivered batch %s (%d events)", batch.batch_id, len(batch.events))
-                    return None, None
-                text = await _read_text(resp)
-                retry_header = resp.headers.get("Retry-After")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            reply = await self._request(body, headers)
+        except (http.client.HTTPException, OSError) as exc:  # OSError: TimeoutError, ssl
             error = f"cannot reach collector at {self._url}: {_describe(exc)}"
             self._transient_failure(error)
             return error, None
+        status, text = reply.status, reply.text
+        if 200 <= status < 300:
+            log.debug("delivered batch %s (%d events)", batch.batch_id, len(batch.events))
+            return None, None
 
         error = f"collector answered HTTP {status} for batch {batch.batch_id}: {text[:200]}"
         if status in (429, 503):
-            retry_after = _parse_retry_after(retry_header, self._clock())
+            retry_after = _parse_retry_after(reply.retry_after, self._clock())
             if retry_after is not None:
                 self._failures += 1
                 self._backoff_until = self._monotonic() + retry_after
@@ -257,6 +315,100 @@ class Shipper:
         )
         return error, None
 
+    async def _request(self, body: bytes, headers: Mapping[str, str]) -> _Reply:
+        """Run :meth:`_post` on the worker thread, within ``timeout_s`` in total.
+
+        Raises ``TimeoutError`` when the time is up (the request is aborted), or what
+        :meth:`_post` raised.
+        """
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="vigil-shipper"
+            )
+        loop = asyncio.get_running_loop()
+        future = loop.run_in_executor(self._executor, self._post, body, headers)
+        self._inflight = future
+        try:
+            # shield: on timeout or cancellation the worker cannot be cancelled anyway;
+            # _abort makes its blocking call return instead.
+            return await asyncio.wait_for(asyncio.shield(future), self._target.timeout_s)
+        finally:
+            if not future.done():
+                self._abort()
+                future.add_done_callback(_consume)
+
+    def _post(self, body: bytes, headers: Mapping[str, str]) -> _Reply:
+        """The blocking exchange, on the worker thread: POST, read status, headers and at
+        most a bounded part of the body. Closes the connection on any error (and when the
+        body was not read to its end, so it cannot be reused)."""
+        conn = self._connection()
+        try:
+            conn.request("POST", self._path, body=body, headers=dict(headers))
+            resp = conn.getresponse()
+            ok = 200 <= resp.status < 300
+            raw = resp.read(MAX_ACK_BODY_BYTES if ok else _LOGGED_BODY_CHARS * 4)
+            if not resp.isclosed():  # more body than we read: the stream is mid-response
+                self._close_connection()
+            self._conn_used_at = time.monotonic()
+            return _Reply(
+                resp.status,
+                resp.getheader("Retry-After"),
+                "" if ok else raw.decode("utf-8", errors="replace").strip(),
+            )
+        except BaseException:
+            self._close_connection()
+            raise
+
+    def _connection(self) -> http.client.HTTPConnection:
+        """The held connection if it is still usable, else a new (not yet connected) one."""
+        conn = self._conn
+        if conn is not None and conn.sock is not None:
+            idle_s = time.monotonic() - self._conn_used_at
+            if idle_s > KEEPALIVE_S or _peer_closed(conn.sock):
+                self._close_connection()
+                conn = None
+        if conn is None:
+            conn = self._conn = self._new_connection()
+        return conn
+
+    def _new_connection(self) -> http.client.HTTPConnection:
+        timeout = self._target.timeout_s
+        if not self._https:
+            return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        if self._ssl_context is None:
+            # Verifies the certificate chain and the hostname; honours SSL_CERT_FILE.
+            self._ssl_context = ssl.create_default_context()
+        return http.client.HTTPSConnection(
+            self._host, self._port, timeout=timeout, context=self._ssl_context
+        )
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _abort(self) -> None:
+        """From the loop: make the request in flight fail now by shutting its socket down
+        (closing it from this thread could race with the worker over the descriptor).
+        A request still connecting has no socket yet; its connect timeout bounds it."""
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            # The plain socket's method: SSLSocket.shutdown would also drop its SSL object
+            # under the worker's feet. OSError: already closed, or never connected.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def _drop_connection(self) -> None:
+        """Close the connection now; if a request is in flight, abort it and let the
+        worker close the connection once the aborted call has returned."""
+        if self._inflight is not None and not self._inflight.done():
+            self._abort()
+            if self._executor is not None:
+                self._executor.submit(self._close_connection)
+            return
+        self._close_connection()
+
     def _encode(self, batch: Batch) -> bytes:
         report = wire.Report(
             schema_version=wire.SCHEMA_VERSION,
@@ -280,10 +432,24 @@ class Shipper:
         log.warning("%s; attempt %d failed, retrying in %.1f s", error, self._failures, delay)
 
 
-async def _read_text(resp: aiohttp.ClientResponse) -> str:
-    """The start of a response body as text, for logs; never raises for odd encodings."""
-    raw = await resp.content.read(_LOGGED_BODY_CHARS * 4)
-    return raw.decode("utf-8", errors="replace").strip()
+def _consume(future: asyncio.Future[_Reply]) -> None:
+    """Retrieve an abandoned request's outcome so asyncio does not log it as unhandled."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether an idle keep-alive socket is readable: the collector closed it (EOF) or sent
+    something unasked. Either way it must not carry the next request."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)
+    except (OSError, ValueError):
+        return True
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:

@@ -1,19 +1,31 @@
-"""The shipper against a real HTTP server on 127.0.0.1 that answers as scripted."""
+"""The shipper against a real HTTP(S) server on 127.0.0.1 that answers as scripted.
+
+The server (the collector's peer) is aiohttp; the shipper itself uses ``http.client`` on
+its own worker thread, so the tests also check what that transport must keep: one
+connection reused across requests, dropped on errors and when asked, bounded reads and a
+total timeout.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import gzip
 import logging
+import os
+import shutil
 import socket
+import ssl
+import subprocess
+import threading
+import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-import aiohttp
 import pytest
 from aiohttp import web
 
@@ -22,6 +34,8 @@ from agent.config import CollectorTarget
 from agent.identity import Identity
 from agent.outbox import Outbox
 from agent.shipper import (
+    _LOGGED_BODY_CHARS,
+    MAX_ACK_BODY_BYTES,
     REJECTED_BACKOFF_S,
     ClockJump,
     ClockReading,
@@ -61,12 +75,14 @@ class Reply:
     headers: dict[str, str] = field(default_factory=dict)
     text: str = ""
     hang: bool = False  # never answer (until the server stops): a timeout for the client
+    close: bool = False  # answer with "Connection: close"
 
 
 @dataclass(frozen=True)
 class Received:
     headers: dict[str, str]
     body: bytes
+    peer: tuple[str, int]  # the client's address: the same port means the same connection
 
     @property
     def report(self) -> wire.Report:
@@ -79,27 +95,38 @@ class FakeCollector:
     It does not decompress request bodies itself, so tests see exactly what was sent.
     """
 
-    def __init__(self, *replies: Reply) -> None:
+    def __init__(self, *replies: Reply, ssl_context: ssl.SSLContext | None = None) -> None:
         self.replies = list(replies)
         self.received: list[Received] = []
+        self.ssl_context = ssl_context
         self._release = asyncio.Event()
         self._runner: web.AppRunner | None = None
 
     async def _handle(self, request: web.Request) -> web.Response:
-        self.received.append(Received(dict(request.headers), await request.read()))
+        assert request.transport is not None
+        peer = request.transport.get_extra_info("peername")[:2]
+        self.received.append(Received(dict(request.headers), await request.read(), peer))
         reply = self.replies.pop(0) if self.replies else Reply()
         if reply.hang:
             await self._release.wait()
-        return web.Response(status=reply.status, headers=reply.headers, text=reply.text)
+        response = web.Response(status=reply.status, headers=reply.headers, text=reply.text)
+        if reply.close:
+            response.force_close()
+        return response
+
+    @property
+    def peers(self) -> list[tuple[str, int]]:
+        """The client address of each request, in order."""
+        return [r.peer for r in self.received]
 
     async def __aenter__(self) -> str:
         app = web.Application()
         app.router.add_post("/api/v1/reports", self._handle)
         self._runner = web.AppRunner(app, auto_decompress=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", 0).start()
+        await web.TCPSite(self._runner, "127.0.0.1", 0, ssl_context=self.ssl_context).start()
         host, port = self._runner.addresses[0][:2]
-        return f"http://{host}:{port}"
+        return f"{'https' if self.ssl_context else 'http'}://{host}:{port}"
 
     async def __aexit__(self, *exc: object) -> None:
         self._release.set()
@@ -176,6 +203,20 @@ def run_against(
 
 def ship_once(shipper: Shipper) -> Awaitable[ShipResult]:
     return shipper.ship()
+
+
+def _shipper_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith("vigil-shipper")]
+
+
+async def shipper_threads_after_settling(timeout_s: float = 2.0) -> int:
+    """How many shipper worker threads are alive, once closed shippers' ones have exited
+    (polled for up to ``timeout_s``)."""
+    for _ in range(int(timeout_s / 0.01)):
+        if not _shipper_threads():
+            return 0
+        await asyncio.sleep(0.01)
+    return len(_shipper_threads())
 
 
 # ------------------------------------------------------------------ delivery
@@ -272,36 +313,37 @@ def test_overlapping_ship_calls_send_each_batch_once(outbox: Outbox) -> None:
     assert len(collector.received) == 2
 
 
-def test_a_session_passed_in_is_used_and_left_open(outbox: Outbox) -> None:
-    fill(outbox, 1)
+def test_the_connection_is_reused_across_batches_and_ship_calls(outbox: Outbox) -> None:
+    fill(outbox, 2)
+    collector = FakeCollector()
 
-    async def main() -> tuple[ShipResult, bool]:
-        async with FakeCollector() as url, aiohttp.ClientSession() as session:
-            shipper = make_shipper(url, outbox, FakeClock(), session=session)
-            result = await shipper.ship()
-            await shipper.close()
-            return result, session.closed
+    async def steps(shipper: Shipper) -> bool:
+        await shipper.ship()
+        fill(outbox, 1)
+        await shipper.ship()
+        return shipper.connected
 
-    result, closed = asyncio.run(main())
+    held = run_against(collector, outbox, FakeClock(), steps, batch_max_events=1)
 
-    assert result.sent_events == 1
-    assert not closed
+    assert held
+    assert len(collector.received) == 3
+    assert len(set(collector.peers)) == 1  # one TCP connection carried all three
 
 
 def test_without_hold_connection_no_connection_is_held_between_ship_calls(
     outbox: Outbox,
 ) -> None:
     """Deliveries further apart than the keep-alive: a connection kept until the next one
-    would only cost the agent a timer wakeup to close it."""
+    would never be reused, only left open."""
     fill(outbox, 2)
     collector = FakeCollector()
 
     async def steps(shipper: Shipper) -> tuple[ShipResult, bool, ShipResult, bool]:
         first = await shipper.ship(max_batches=1)
-        held_after_first = shipper._session is not None
+        held_after_first = shipper.connected
         fill(outbox, 1)
         second = await shipper.ship()
-        return first, held_after_first, second, shipper._session is not None
+        return first, held_after_first, second, shipper.connected
 
     first, held_first, second, held_second = run_against(
         collector, outbox, FakeClock(), steps, batch_max_events=1, hold_connection=False
@@ -310,6 +352,9 @@ def test_without_hold_connection_no_connection_is_held_between_ship_calls(
     assert (first.sent_batches, second.sent_batches) == (1, 2)
     assert (held_first, held_second) == (False, False)
     assert len(collector.received) == 3
+    # Within one ship call the connection is kept; the next call opens a new one.
+    first_peer, *second_peers = collector.peers
+    assert second_peers[0] == second_peers[1] != first_peer
 
 
 def test_by_default_the_connection_is_kept_for_the_next_ship_call(outbox: Outbox) -> None:
@@ -317,9 +362,124 @@ def test_by_default_the_connection_is_kept_for_the_next_ship_call(outbox: Outbox
 
     async def steps(shipper: Shipper) -> bool:
         await shipper.ship()
-        return shipper._session is not None
+        return shipper.connected
 
     assert run_against(FakeCollector(), outbox, FakeClock(), steps)
+
+
+def test_close_drops_the_connection_and_the_thread_and_the_shipper_still_works(
+    outbox: Outbox,
+) -> None:
+    fill(outbox, 1)
+    collector = FakeCollector()
+
+    async def steps(shipper: Shipper) -> tuple[bool, int, ShipResult]:
+        await shipper.ship()
+        await shipper.close()
+        closed = shipper.connected
+        threads = await shipper_threads_after_settling()  # the worker exits on shutdown
+        fill(outbox, 1)
+        return closed, threads, await shipper.ship()
+
+    closed, threads, again = run_against(collector, outbox, FakeClock(), steps)
+
+    assert (closed, threads) == (False, 0)
+    assert again.sent_events == 1
+    assert collector.peers[0] != collector.peers[1]
+
+
+def test_requests_run_on_one_worker_thread_and_never_block_the_loop(outbox: Outbox) -> None:
+    fill(outbox, 1)
+    collector = FakeCollector(Reply(hang=True))
+
+    async def steps(shipper: Shipper) -> tuple[ShipResult, int, int]:
+        await shipper_threads_after_settling()  # earlier tests' workers gone
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        result = await shipper.ship()
+        ticker.cancel()
+        threads = len(_shipper_threads())
+        return result, ticks, threads
+
+    result, ticks, threads = run_against(collector, outbox, FakeClock(), steps, timeout_s=0.5)
+
+    assert "timed out" in (result.error or "")
+    assert ticks >= 10  # the loop kept running while the request waited
+    assert threads == 1
+
+
+def test_a_connection_the_collector_closed_is_replaced_without_an_error(outbox: Outbox) -> None:
+    """The collector closes an idle keep-alive connection: the next request must notice
+    before it sends, not fail and back off."""
+    fill(outbox, 1)
+    collector = FakeCollector()
+
+    async def steps(shipper: Shipper) -> tuple[ShipResult, bool]:
+        await shipper.ship()
+        assert collector._runner is not None
+        for conn in list(collector._runner.server.connections):  # type: ignore[union-attr]
+            conn.force_close()
+        await asyncio.sleep(0.1)
+        fill(outbox, 1)
+        return await shipper.ship(), shipper.connected
+
+    result, held = run_against(collector, outbox, FakeClock(), steps)
+
+    assert result == ShipResult(1, 1, None, None)
+    assert held
+    assert collector.peers[0] != collector.peers[1]
+
+
+def test_connection_close_from_the_collector_is_honoured(outbox: Outbox) -> None:
+    fill(outbox, 2)
+    collector = FakeCollector(Reply(close=True))
+
+    result = run_against(collector, outbox, FakeClock(), ship_once, batch_max_events=1)
+
+    assert result.sent_batches == 2
+    assert collector.peers[0] != collector.peers[1]
+
+
+def test_a_connection_idle_longer_than_the_keepalive_is_not_reused(
+    outbox: Outbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("agent.shipper.KEEPALIVE_S", 0.05)
+    fill(outbox, 1)
+    collector = FakeCollector()
+
+    async def steps(shipper: Shipper) -> None:
+        await shipper.ship()
+        await asyncio.sleep(0.1)
+        fill(outbox, 1)
+        await shipper.ship()
+
+    run_against(collector, outbox, FakeClock(), steps)
+
+    assert len(collector.received) == 2
+    assert collector.peers[0] != collector.peers[1]
+
+
+def test_after_an_error_the_next_request_uses_a_new_connection(outbox: Outbox) -> None:
+    fill(outbox, 1)
+    clock = FakeClock()
+    collector = FakeCollector(Reply(hang=True))
+
+    async def steps(shipper: Shipper) -> ShipResult:
+        await shipper.ship()  # times out
+        clock.now = shipper.backoff_until
+        return await shipper.ship()
+
+    result = run_against(collector, outbox, clock, steps, timeout_s=0.3)
+
+    assert result.sent_events == 1
+    assert collector.peers[0] != collector.peers[1]
 
 
 # ------------------------------------------------------------------ failures and retries
@@ -522,6 +682,7 @@ def test_a_rejected_batch_is_kept_logged_loudly_and_backed_off_long(
     assert outbox.depth() == 2
     assert until == clock.now + REJECTED_BACKOFF_S
     assert "events[0].state: bad value" in caplog.text
+    assert len(collector.received) == 1  # a redirect is not followed
 
 
 def test_a_rejected_batch_goes_through_once_the_collector_accepts_it(outbox: Outbox) -> None:
@@ -765,3 +926,214 @@ def test_the_agent_reports_a_sleep_as_a_clock_event_and_ends_its_backoff(tmp_pat
     assert isinstance(event, wire.CheckEvent) and event.check == wire.CLOCK_CHECK
     assert event.value == pytest.approx(3600, abs=1)
     assert "asleep" in event.message
+
+
+# ------------------------------------------------------------------ transport bounds
+
+
+def test_only_the_start_of_a_huge_error_body_is_read_and_logged(
+    outbox: Outbox, caplog: pytest.LogCaptureFixture
+) -> None:
+    fill(outbox, 1)
+    clock = FakeClock()
+    huge = "x" * (4 * 2**20)
+    collector = FakeCollector(Reply(400, text=huge))
+
+    async def steps(shipper: Shipper) -> tuple[ShipResult, bool]:
+        return await shipper.ship(), shipper.connected
+
+    with caplog.at_level(logging.ERROR, logger="vigil.agent.shipper"):
+        result, held = run_against(collector, outbox, clock, steps)
+
+    assert "400" in (result.error or "")
+    (record,) = [r for r in caplog.records if "REJECTED" in r.getMessage()]
+    assert "x" * _LOGGED_BODY_CHARS in record.getMessage()
+    assert "x" * (_LOGGED_BODY_CHARS + 1) not in record.getMessage()
+    assert not held  # the unread rest would corrupt the next response: dropped
+
+
+def test_a_2xx_with_an_oversized_body_is_delivered_and_the_connection_dropped(
+    outbox: Outbox,
+) -> None:
+    fill(outbox, 2)
+    collector = FakeCollector(Reply(200, text="y" * (MAX_ACK_BODY_BYTES * 4)))
+
+    result = run_against(collector, outbox, FakeClock(), ship_once, batch_max_events=1)
+
+    assert (result.sent_batches, result.error) == (2, None)
+    assert collector.peers[0] != collector.peers[1]
+
+
+def test_timeout_bounds_the_whole_request_not_each_read(outbox: Outbox) -> None:
+    """A collector trickling its answer a byte at a time never lets a single read time
+    out; the request as a whole must still end after ``timeout_s``."""
+    fill(outbox, 1)
+    answer = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}"
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        with contextlib.suppress(OSError):
+            for byte in answer:
+                writer.write(bytes([byte]))
+                await writer.drain()
+                await asyncio.sleep(0.1)
+        writer.close()
+
+    async def main() -> tuple[ShipResult, float]:
+        server = await asyncio.start_server(trickle, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        shipper = make_shipper(f"http://127.0.0.1:{port}", outbox, FakeClock(), timeout_s=0.5)
+        try:
+            t0 = time.monotonic()
+            result = await shipper.ship()
+            return result, time.monotonic() - t0
+        finally:
+            await shipper.close()
+            server.close()
+
+    result, elapsed = asyncio.run(main())
+
+    assert "timed out" in (result.error or "")
+    assert elapsed < 1.5  # the full answer would take ~4 s
+    assert outbox.depth() == 1
+
+
+def test_close_does_not_wait_for_a_request_in_flight(outbox: Outbox) -> None:
+    fill(outbox, 1)
+    collector = FakeCollector(Reply(hang=True))
+
+    async def steps(shipper: Shipper) -> tuple[float, bool]:
+        task = asyncio.create_task(shipper.ship())
+        for _ in range(500):  # until the request is in flight (at most 5 s)
+            if collector.received:
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()  # as the agent's bounded final flush does at shutdown
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        t0 = time.monotonic()
+        await shipper.close()
+        took = time.monotonic() - t0
+        # The aborted request returns at once (not after its 30 s socket timeout), so the
+        # worker drops the connection and exits soon after.
+        threads = await shipper_threads_after_settling()
+        return took, shipper.connected or threads > 0
+
+    took, busy = run_against(collector, outbox, FakeClock(), steps, timeout_s=30.0)
+
+    assert took < 0.5
+    assert not busy
+    assert outbox.depth() == 1
+
+
+# ------------------------------------------------------------------ HTTPS
+
+
+def _openssl(*args: str | Path, cwd: Path) -> None:
+    subprocess.run(
+        ["openssl", *map(str, args)], cwd=cwd, check=True, capture_output=True, timeout=60
+    )
+
+
+@pytest.fixture(scope="module")
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """A throwaway CA and a server certificate it signed for 127.0.0.1 (IP only)."""
+    if shutil.which("openssl") is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("openssl is required for the HTTPS tests in CI")
+        pytest.skip("openssl not found: cannot make test certificates")
+    folder = tmp_path_factory.mktemp("tls")
+    ec = ("-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes")
+    _openssl(
+        "req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+        "-subj", "/CN=Vigil test CA",
+        "-addext", "basicConstraints=critical,CA:TRUE",
+        "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+        cwd=folder,
+    )  # fmt: skip
+    _openssl(
+        "req", *ec, "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=127.0.0.1",
+        cwd=folder,
+    )  # fmt: skip
+    (folder / "server.ext").write_text(
+        "subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n"
+        "basicConstraints=critical,CA:FALSE\n"
+    )
+    _openssl(
+        "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "server.ext", "-out", "server.pem",
+        cwd=folder,
+    )  # fmt: skip
+    return {
+        "ca": folder / "ca.pem",
+        "cert": folder / "server.pem",
+        "key": folder / "server.key",
+    }
+
+
+def server_context(tls_files: dict[str, Path]) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(tls_files["cert"], tls_files["key"])
+    return context
+
+
+def test_https_refuses_a_certificate_it_does_not_trust(
+    outbox: Outbox, tls_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("SSL_CERT_FILE", raising=False)
+    monkeypatch.delenv("SSL_CERT_DIR", raising=False)
+    fill(outbox, 1)
+    collector = FakeCollector(ssl_context=server_context(tls_files))
+
+    result = run_against(collector, outbox, FakeClock(), ship_once)
+
+    assert result.sent_events == 0
+    error = result.error or ""
+    assert "cannot reach collector at https://127.0.0.1:" in error
+    assert "certificate verify failed" in error
+    assert collector.received == []  # nothing was sent over the untrusted connection
+    assert outbox.depth() == 1
+
+
+def test_https_delivers_when_the_ca_is_trusted(
+    outbox: Outbox, tls_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # ssl.create_default_context() loads the file SSL_CERT_FILE names; the shipper makes
+    # its context at the first send, so setting it here is in time.
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_files["ca"]))
+    fill(outbox, 2)
+    collector = FakeCollector(ssl_context=server_context(tls_files))
+
+    async def steps(shipper: Shipper) -> ShipResult:
+        await shipper.ship(max_batches=1)
+        return await shipper.ship()
+
+    result = run_against(collector, outbox, FakeClock(), steps, batch_max_events=1)
+
+    assert (result.sent_events, result.error) == (1, None)
+    assert outbox.depth() == 0
+    assert collector.received[0].headers["Authorization"] == f"Bearer {TOKEN}"
+    assert len(set(collector.peers)) == 1  # the TLS connection is kept alive too
+
+
+def test_https_checks_the_hostname_even_with_a_trusted_ca(
+    outbox: Outbox, tls_files: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The certificate names 127.0.0.1 only; reached as "localhost" it must be refused."""
+    monkeypatch.setenv("SSL_CERT_FILE", str(tls_files["ca"]))
+    fill(outbox, 1)
+    collector = FakeCollector(ssl_context=server_context(tls_files))
+
+    async def main() -> ShipResult:
+        async with collector as url:
+            shipper = make_shipper(url.replace("127.0.0.1", "localhost"), outbox, FakeClock())
+            try:
+                return await shipper.ship()
+            finally:
+                await shipper.close()
+
+    result = asyncio.run(main())
+
+    assert result.sent_events == 0
+    assert "certificate verify failed" in (result.error or "")
+    assert "localhost" in (result.error or "")
