@@ -33,9 +33,14 @@ PACKAGES = {
 NAGIOS_PLUGINS = "/usr/lib/nagios/plugins"
 
 
+_EXTRA_PATH = os.pathsep.join(["/usr/local/sbin", "/usr/sbin", "/sbin", NAGIOS_PLUGINS])
+
+
 def require_binary(name: str) -> str:
-    """Absolute path of ``name`` (on PATH, or a Nagios plugin), else skip / fail on CI."""
-    path = shutil.which(name) or shutil.which(name, path=NAGIOS_PLUGINS)
+    """Absolute path of ``name`` (on PATH, in the sbin folders, or a Nagios plugin), else
+    skip / fail on CI. The sbin folders are searched because a non-root PATH often lacks
+    them, while daemons such as dnsmasq and cupsd live there."""
+    path = shutil.which(name) or shutil.which(name, path=_EXTRA_PATH)
     if path:
         return path
     package = PACKAGES.get(name, "monitoring-plugins-basic" if name.startswith("check_") else name)
