@@ -546,6 +546,7 @@ class AgentService:
                 value=t.value,
                 message=t.message,
                 remediation=promise,
+                flapping=t.flapping,
             ),
             urgent=t.state == "critical" and promise is None,
         )

@@ -61,6 +61,12 @@ def _maxlen(n: int) -> dict[str, int]:
     return {"max_len": n}
 
 
+# Field metadata: leave the field out of the JSON while it has its default value. For
+# fields added within a schema version, so that older collectors (which reject unknown
+# fields) see them only when they carry news.
+_OMIT_DEFAULT = {"omit_default": True}
+
+
 @dataclass(frozen=True, slots=True)
 class MetricsEvent:
     """One sampling cycle's values, keyed by series name.
@@ -84,6 +90,10 @@ class CheckEvent:
     ``remediation`` names a remediation the agent is about to run for this state; the
     collector then waits for its :class:`RemediationEvent` before raising an incident.
     ``ttl_s`` says another result is due within that many seconds (heartbeat liveness).
+    ``flapping`` says the agent's check is flapping: it holds the worse state and sends
+    no more changes until it settles, so the collector cannot count the changes itself.
+    Added within schema version 1 and sent only when true (see :func:`to_dict`), so an
+    agent talks to an older collector as before unless a check flaps.
     """
 
     event_id: str
@@ -96,6 +106,7 @@ class CheckEvent:
     message: str
     remediation: str | None = None
     ttl_s: float | None = None
+    flapping: bool = field(default=False, metadata=_OMIT_DEFAULT)
     type: Literal["check"] = "check"
 
 
@@ -167,9 +178,16 @@ class Report:
 
 
 def to_dict(obj: Any) -> Any:
-    """Plain-JSON form of a wire dataclass (recursively), field order preserved."""
+    """Plain-JSON form of a wire dataclass (recursively), field order preserved; a field
+    marked ``omit_default`` is left out while it has its default value."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = getattr(obj, f.name)
+            if f.metadata.get("omit_default") and value == f.default:
+                continue  # see _OMIT_DEFAULT
+            out[f.name] = to_dict(value)
+        return out
     if isinstance(obj, tuple | list):
         return [to_dict(x) for x in obj]
     if isinstance(obj, dict):

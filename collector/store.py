@@ -287,6 +287,9 @@ _DESK_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("resolve_notified_at", "REAL"),
     ),
     "check_state": (("flapping", "INTEGER NOT NULL DEFAULT 0"),),
+    # The agent said the check is flapping (it then holds the worse state and sends no
+    # more changes, so the collector cannot count them itself).
+    "check_results": (("flapping", "INTEGER NOT NULL DEFAULT 0"),),
 }
 _PROBLEM_COLUMNS = (
     "id, kind, check_id, host, hostname, service, impact, urgency, priority, sla_due, state,"
@@ -1002,8 +1005,8 @@ class SqliteStore:
             return
         self._db.execute(
             "INSERT INTO check_results (host, event_id, seq, time, received_at, check_id,"
-            " state, previous_state, value, message, remediation, ttl_s)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " state, previous_state, value, message, remediation, ttl_s, flapping)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 host,
                 event.event_id,
@@ -1017,6 +1020,7 @@ class SqliteStore:
                 event.message,
                 event.remediation,
                 event.ttl_s,
+                int(event.flapping),
             ),
         )
         if event.check == wire.CLOCK_CHECK:
@@ -1312,8 +1316,16 @@ class SqliteStore:
         return self._catalog.classify(check, self._host_info(host)[1], fleet=fleet)
 
     def _flapping_now(self, host: str, check: str, now: float) -> bool:
-        """Whether the key flaps at ``now``, from its stored state changes (check results
-        are stored on change only, so every row is a change)."""
+        """Whether the key flaps at ``now``: its latest result says the agent's check is
+        flapping, or its stored state changes say so (check results are stored on change
+        only, so every row is a change)."""
+        latest = self._db.execute(
+            "SELECT flapping FROM check_results WHERE host = ? AND check_id = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (host, check),
+        ).fetchone()
+        if latest is not None and latest[0]:
+            return True
         rules = self._rules
         if rules.flap_changes <= 0:
             return False

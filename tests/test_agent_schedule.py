@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from agent import wire
+from agent.checks import Transition
 from agent.config import load_agent_config
 from agent.outbox import Outbox
 from agent.service import AgentService, due_in_cycle
@@ -248,3 +249,14 @@ def test_an_urgent_event_still_ships_at_once(tmp_path: Path) -> None:
     ((event,),) = shipper.calls
     assert (event.check, event.state) == ("cpu", "critical")  # type: ignore[union-attr]
     svc.outbox.close()
+
+
+def test_a_flapping_transition_is_recorded_with_the_flag(tmp_path: Path) -> None:
+    svc, _shipper = service(tmp_path, FakeSampler({}))
+    t = Transition("disk", "critical", "critical", 97.0, "flapping (6 changes in 30m)", True)
+    svc._record_transition(t, T0, None)
+    batch = svc.outbox.next_batch(10)
+    assert batch is not None
+    (event,) = batch.events
+    assert isinstance(event, wire.CheckEvent)
+    assert (event.state, event.flapping) == ("critical", True)

@@ -8,6 +8,7 @@ is passed in (no clock). The rules themselves are tested as pure functions in
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from pathlib import Path
 
@@ -250,6 +251,21 @@ def test_a_held_incident_resolves_once_the_flapping_ends(store) -> None:
     assert store.list_incidents()[0]["state"] == "flapping"
     store.tick(T0 + 3601)  # the first change left the one-hour window: 3 changes < 4
     assert store.list_incidents()[0]["state"] == "resolved"
+
+
+def test_a_check_the_agent_says_is_flapping_holds_its_incident_until_it_settles(store) -> None:
+    """The agent damps a flapping check (it holds the worse state and goes quiet), so the
+    collector cannot count the changes; the event's ``flapping`` flag says it instead."""
+    (iid,) = store.ingest(report("h1", check(DISK, "critical")), T0).opened
+    flapping = dataclasses.replace(check(DISK, "critical"), flapping=True)
+    store.ingest(report("h1", flapping), T0 + 60)
+    assert store.get_incident(iid)["state"] == "flapping"
+    store.tick(T0 + 4000)  # long past the collector's own flap window: still flapping
+    assert store.get_incident(iid)["state"] == "flapping"
+    (alert,) = store.alertables(T0 + 4000)
+    assert alert["held"]
+    store.ingest(report("h1", check(DISK, "ok")), T0 + 4100)  # settled (flag cleared)
+    assert store.get_incident(iid)["state"] == "resolved"
 
 
 # --------------------------------------------------------------------------- silences

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -221,3 +222,17 @@ def test_bad_metric_values_name_their_entry(body: bytes, path: str) -> None:
     with pytest.raises(wire.WireError) as exc:
         wire.decode_report(raw.replace(good, body))
     assert exc.value.path == path
+
+
+def test_flapping_is_sent_only_when_true() -> None:
+    """Added within schema 1: an older collector (which rejects unknown fields) sees it
+    only when a check flaps, and a message without it reads as not flapping."""
+    calm = report()
+    assert b'"flapping"' not in wire.encode_report(calm)
+    events = list(calm.events)
+    events[1] = dataclasses.replace(events[1], flapping=True)
+    flapping = report(events=tuple(events))
+    raw = wire.encode_report(flapping)
+    assert raw.count(b'"flapping":true') == 1
+    assert wire.decode_report(raw) == flapping
+    assert wire.decode_report(wire.encode_report(calm)).events[1].flapping is False
