@@ -70,6 +70,8 @@ class CollectorConfig:
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     database: Path = Path("var/collector.db")
+    # Seconds batch and event ids are kept for deduplication (``storage.dedup_retention``).
+    dedup_retention_s: float = 14 * 86400.0
     auth: AuthConfig = field(default_factory=lambda: AuthConfig(agent_tokens=()))
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     # Seconds a host may stay silent past its heartbeat TTL before it counts as silent.
@@ -97,6 +99,9 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
 
     storage = root.section("storage")
     database = storage.path_value("sqlite_path", "var/collector.db")
+    # Longer than an agent may stay offline with a full outbox (7 days by default), or a
+    # very late retry would be applied twice.
+    dedup_retention_s = storage.duration("dedup_retention", 14 * 86400.0, minimum=3600.0)
     storage.done()
 
     a = root.section("auth", required=True)
@@ -170,6 +175,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         host=host,
         port=port,
         database=database,
+        dedup_retention_s=dedup_retention_s,
         auth=auth,
         limits=limits,
         heartbeat_grace_s=heartbeat_grace_s,

@@ -1940,15 +1940,25 @@ class SqliteStore:
 
     # ----------------------------------------------------------------- retention
 
-    def prune_seen(self, before: float) -> int:
-        """Forget batch and event ids received before ``before`` (Unix seconds).
+    def prune_seen(self, before: float, *, limit: int | None = None) -> int:
+        """Forget batch and event ids received before ``before`` (Unix seconds), oldest
+        first, at most ``limit`` of them (None: all). Returns how many were deleted.
 
         Deduplication only needs ids for as long as an agent may retry a batch; without
-        pruning these tables grow with every event. Returns the number of rows deleted.
-        A batch retried after its id was pruned would be applied again.
+        pruning this table grows with every event. A batch retried after its id was
+        pruned would be applied again. The collector app calls this every tick with a
+        ``limit``, so each call is one short transaction however far behind it is.
         """
         with self._lock, self._transaction():
-            return self._db.execute("DELETE FROM seen WHERE received_at < ?", (before,)).rowcount
+            if limit is None:
+                cur = self._db.execute("DELETE FROM seen WHERE received_at < ?", (before,))
+            else:
+                cur = self._db.execute(
+                    "DELETE FROM seen WHERE rowid IN (SELECT rowid FROM seen"
+                    " WHERE received_at < ? ORDER BY received_at LIMIT ?)",
+                    (before, limit),
+                )
+            return cur.rowcount
 
     # ----------------------------------------------------------------- reads
 

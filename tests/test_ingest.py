@@ -360,3 +360,64 @@ def test_ingest_knobs_are_read_and_checked(tmp_path: Path) -> None:
     path.write_text(base + "ingest: {max_pending: 0}\n")
     with pytest.raises(ConfigError, match=r"ingest\.max_pending"):
         load_collector_config(path)
+
+
+# ------------------------------------------------------------------ forgetting dedup ids
+
+
+def test_dedup_retention_is_read_and_checked(tmp_path: Path) -> None:
+    from agent.configio import ConfigError
+    from collector.config import load_collector_config
+
+    path = tmp_path / "collector.yaml"
+    base = "auth: {agent_tokens: [t]}\n"
+    path.write_text(base)
+    assert load_collector_config(path).dedup_retention_s == 14 * 86400.0
+    path.write_text(base + "storage: {dedup_retention: 30d}\n")
+    assert load_collector_config(path).dedup_retention_s == 30 * 86400.0
+    path.write_text(base + "storage: {dedup_retention: 10m}\n")
+    with pytest.raises(ConfigError, match=r"storage\.dedup_retention") as exc:
+        load_collector_config(path)
+    assert str(path) in str(exc.value) and "10m" in str(exc.value)
+
+
+def test_every_tick_forgets_a_bounded_chunk_of_expired_dedup_ids(
+    collector_config: CollectorConfig,
+    make_report,
+    make_check_event,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from collector import app as app_module
+
+    day = 86400.0
+    now = 1_800_000_000.0
+    config = dataclasses.replace(collector_config, dedup_retention_s=7 * day)
+    monkeypatch.setattr(app_module, "PRUNE_CHUNK", 3)
+
+    async def main() -> list[int]:
+        app = create_app(config, clock=lambda: now)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            store = app[store_key]
+            old = [make_report(make_check_event()) for _ in range(2)]  # 2 ids each
+            for r in old:
+                store.ingest(r, now - 8 * day)
+            store.ingest(make_report(make_check_event()), now - 1 * day)
+            left = []
+            for _ in range(3):
+                await app_module.tick_once(app)
+                left.append(count_seen(store))
+            again = store.ingest(old[0], now)  # forgotten: a very late retry applies again
+            left.append(int(again.duplicate))
+            return left
+        finally:
+            await runner.cleanup()
+
+    # 6 ids (3 reports x batch + event): the 4 expired go 3 then 1; the recent 2 stay.
+    assert asyncio.run(main()) == [3, 2, 2, 0]
+
+
+def count_seen(store: SqliteStore) -> int:
+    with store._lock:
+        return store._db.execute("SELECT COUNT(*) FROM seen").fetchone()[0]
