@@ -1,11 +1,12 @@
 """The agent process: wires sampler, checks, remediations, outbox and shipper together.
 
-One ``AsyncIOScheduler`` drives every periodic job: the sample cycle, shipping, plus one
-job per distinct per-check ``interval`` and one per command check, so a critical check can
-run every second without sampling everything. Each job has its own timeout and
-``max_instances=1`` so a slow cycle is skipped rather than piled up. Every event goes to
-the outbox *before* any delivery attempt; urgent events (a check going critical, a failed
-fix) trigger an immediate ship.
+One :class:`~agent.timers.Timers` drives every periodic job on the monotonic clock: the
+sample cycle, shipping, plus one job per distinct per-check ``interval``, one per command
+check and one per detection script, so a critical check can run every second without
+sampling everything. Each job has its own timeout and runs one instance at a time, so a
+slow cycle is skipped rather than piled up, and a wall clock set back never stalls it.
+Every event goes to the outbox *before* any delivery attempt; urgent events (a check going
+critical, a failed fix) trigger an immediate ship.
 
 Footprint (an agent a workstation never notices, see ``docs/benchmarks.md``): an idle
 agent wakes once per sample interval and does only what that interval needs.
@@ -40,17 +41,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-
-from apscheduler.schedulers.asyncio import AsyncIOScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from agent import __version__, wire
 from agent.checks import CheckStatus, Transition, classify, evaluate
@@ -74,6 +72,7 @@ from agent.shipper import (
     detect_clock_jumps,
     read_clock,
 )
+from agent.timers import Timers
 from agent.wire import CheckState
 
 log = logging.getLogger("vigil.agent")
@@ -233,7 +232,7 @@ class AgentService:
         # One sample at a time, so a blocking one on a worker never stalls the loop on the
         # sampler's own lock.
         self._sampling = asyncio.Lock()
-        self._scheduler: AsyncIOScheduler | None = None
+        self._timers: Timers | None = None
         self._ship_armed = False
         self._in_cycle = False
         # Monotonic time before which the cycle leaves routine events to the ship job:
@@ -250,31 +249,19 @@ class AgentService:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down cleanly (bounded final flush)."""
         iv = self.config.intervals
-        quiet_scheduler_logs()
-        scheduler = AsyncIOScheduler(
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30},
-            # UTC: the jobs are intervals, so the zone changes no run time, and fixed-offset
-            # arithmetic is cheaper at every wakeup than the local zone's rules.
-            timezone=UTC,
-        )
-        scheduler.add_job(
-            self._timed(self.cycle, iv.sample_s),
-            "interval",
-            seconds=iv.sample_s,
-            id="sample",
-            next_run_time=_now_dt(),
-        )
-        self._add_check_jobs(scheduler)
+        timers = Timers()
+        timers.add("sample", self.cycle, iv.sample_s)
+        self._add_check_jobs(timers)
         # Shipping runs on its report-interval grid (starting after the jittered first
         # delay), but only while the outbox holds events: added paused when it is empty,
         # resumed by the next put (see _stored), paused again once a ship empties it.
-        first_ship = _now_dt() + timedelta(seconds=self.first_ship_delay_s)
         self._ship_armed = self.outbox.pending > 0
-        scheduler.add_job(
-            self._timed(self.ship, iv.report_s),
-            IntervalTrigger(seconds=iv.report_s, start_date=first_ship),
-            id="ship",
-            next_run_time=first_ship if self._ship_armed else None,
+        timers.add(
+            "ship",
+            self.ship,
+            iv.report_s,
+            first_in_s=self.first_ship_delay_s,
+            paused=not self._ship_armed,
         )
         # Clock jumps are looked for at the start of every sample cycle rather than by a
         # job of their own: one wakeup fewer per interval on a laptop that should not
@@ -284,23 +271,12 @@ class AgentService:
         self._next_summary = time.monotonic() + iv.metrics_s
         self._ship_not_before = time.monotonic() + self.first_ship_delay_s
         if not self._fold_heartbeat:
-            scheduler.add_job(
-                self._timed(self.heartbeat, iv.heartbeat_s),
-                "interval",
-                seconds=iv.heartbeat_s,
-                id="heartbeat",
-                next_run_time=_now_dt(),
-            )
+            timers.add("heartbeat", self.heartbeat, iv.heartbeat_s)
         if not self._fold_metrics:
-            scheduler.add_job(
-                self._timed(self.metrics_summary, iv.metrics_s),
-                "interval",
-                seconds=iv.metrics_s,
-                id="metrics",
-            )
-        self._add_detection_jobs(scheduler)
-        self._scheduler = scheduler
-        scheduler.start()
+            timers.add("metrics", self.metrics_summary, iv.metrics_s, first_in_s=iv.metrics_s)
+        self._add_detection_jobs(timers)
+        self._timers = timers
+        timers.start()
         log.info(
             "agent %s (%s) started: %d checks, %d remediations, reporting to %s",
             self.identity.agent_id,
@@ -312,8 +288,8 @@ class AgentService:
         try:
             await stop.wait()
         finally:
-            scheduler.shutdown(wait=False)
-            self._scheduler = None
+            self._timers = None
+            await timers.stop()
             await self._shutdown()
 
     async def _shutdown(self) -> None:
@@ -332,23 +308,6 @@ class AgentService:
         with contextlib.suppress(Exception):
             return self.outbox.depth()
         return -1
-
-    def _timed(self, job: Callable[[], object], period_s: float) -> Callable[[], object]:
-        """Wrap a job so it can never outlive its period (or 5 s for very short periods)."""
-        timeout = max(period_s, 5.0)
-
-        async def run() -> None:
-            try:
-                # asyncio.timeout, not wait_for: no extra task per run.
-                async with asyncio.timeout(timeout):
-                    await job()  # type: ignore[misc]
-            except TimeoutError:
-                log.warning("job %s exceeded %.1fs and was cancelled", job.__name__, timeout)
-            except Exception:
-                log.exception("job %s failed", job.__name__)
-
-        run.__name__ = job.__name__
-        return run
 
     def _spawn(self, coro: object) -> None:
         task = asyncio.ensure_future(coro)  # type: ignore[arg-type]
@@ -453,42 +412,23 @@ class AgentService:
         ):
             self._spawn(self.ship())
 
-    def _add_check_jobs(self, scheduler: AsyncIOScheduler) -> None:
+    def _add_check_jobs(self, timers: Timers) -> None:
         """Per-check intervals: one job per distinct interval, one per command check."""
         for interval, specs in sorted(self.interval_groups.items()):
-            scheduler.add_job(
-                self._timed(self._group_job(specs), interval),
-                "interval",
-                seconds=interval,
-                id=f"checks@{interval:g}s",
-                next_run_time=_now_dt(),
+            timers.add(
+                f"checks@{interval:g}s", functools.partial(self.sample_group, specs), interval
             )
         for spec in self.config.checks:
             if spec.is_command:
                 interval = spec.interval_s or self.config.intervals.sample_s
                 # The job outlives the plugin's timeout plus the kill grace, never less.
                 bound = max(interval, spec.timeout_s + 10.0)
-                scheduler.add_job(
-                    self._timed(self._command_job(spec), bound),
-                    "interval",
-                    seconds=interval,
-                    id=f"command:{spec.id}",
-                    next_run_time=_now_dt(),
+                timers.add(
+                    f"command:{spec.id}",
+                    functools.partial(self.command_check, spec),
+                    interval,
+                    timeout_s=bound,
                 )
-
-    def _group_job(self, specs: Sequence[CheckSpec]) -> Callable[[], object]:
-        async def job() -> None:
-            await self.sample_group(specs)
-
-        job.__name__ = f"checks:{','.join(s.id for s in specs)}"
-        return job
-
-    def _command_job(self, spec: CheckSpec) -> Callable[[], object]:
-        async def job() -> None:
-            await self.command_check(spec)
-
-        job.__name__ = f"command:{spec.id}"
-        return job
 
     def _evaluate(
         self,
@@ -576,14 +516,14 @@ class AgentService:
             self._set_ship_job(armed=True)
 
     def _set_ship_job(self, *, armed: bool) -> None:
-        scheduler = self._scheduler
-        if scheduler is None or not scheduler.running:
+        timers = self._timers
+        if timers is None or not timers.running:
             return  # not started, or shutting down: run() arms it from the outbox depth
         self._ship_armed = armed
         if armed:
-            scheduler.resume_job("ship")
+            timers.resume("ship")
         else:
-            scheduler.pause_job("ship")
+            timers.pause("ship")
 
     async def heartbeat(self) -> None:
         """Record the liveness check result that tells the collector we are alive."""
@@ -715,26 +655,18 @@ class AgentService:
         service restarted too often does not use up another's budget."""
         return f"{rem.id}:{spec.id}"
 
-    def _add_detection_jobs(self, scheduler: AsyncIOScheduler) -> None:
+    def _add_detection_jobs(self, timers: Timers) -> None:
         """One interval job per remediation with a detection script for this platform."""
         for spec, rem in self.detectors.values():
             # The job outlives the script's own timeout plus the kill grace, so a slow
             # detection ends as a recorded timeout rather than a cancelled job.
             bound = max(rem.detect_every_s, rem.timeout_s + 10.0)
-            scheduler.add_job(
-                self._timed(self._detect_job(spec.id), bound),
-                "interval",
-                seconds=rem.detect_every_s,
-                id=spec.id,
-                next_run_time=_now_dt(),
+            timers.add(
+                spec.id,
+                functools.partial(self.detect, spec.id),
+                rem.detect_every_s,
+                timeout_s=bound,
             )
-
-    def _detect_job(self, spec_id: str) -> Callable[[], object]:
-        async def job() -> None:
-            await self.detect(spec_id)
-
-        job.__name__ = spec_id
-        return job
 
     async def detect(self, spec_id: str) -> None:
         """Run one detection script and treat its verdict like a check result.
@@ -955,15 +887,6 @@ def index_triggers(library: Mapping[str, Remediation]) -> dict[str, list[Remedia
     return index
 
 
-def quiet_scheduler_logs() -> None:
-    """Keep apscheduler's two INFO lines per job run ("Running job", "executed
-    successfully") out of the agent log unless it logs at DEBUG: formatting and writing
-    them cost more CPU than an idle sample cycle, and they say nothing an admin needs."""
-    sched_log = logging.getLogger("apscheduler")
-    if sched_log.level == logging.NOTSET and not log.isEnabledFor(logging.DEBUG):
-        sched_log.setLevel(logging.WARNING)
-
-
 def due_in_cycle(next_at: float, period_s: float, now: float, slack_s: float) -> tuple[bool, float]:
     """Whether a task folded into the sample cycle (period ``period_s``, next due at
     monotonic ``next_at``) runs at this cycle (``now``), and its next due time.
@@ -977,8 +900,3 @@ def due_in_cycle(next_at: float, period_s: float, now: float, slack_s: float) ->
         return False, next_at
     following = next_at + period_s
     return True, following if following > now else now + period_s
-
-
-def _now_dt() -> datetime:
-    """First-run time for jobs that should start at once rather than one period in."""
-    return datetime.now().astimezone()

@@ -143,13 +143,21 @@ def start_collector(
 
 
 def spawn_agent(
-    config: Path, log: Path, *, cwd: Path | None = None, unbuffered: bool = False
+    config: Path,
+    log: Path,
+    *,
+    cwd: Path | None = None,
+    unbuffered: bool = False,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """``python -m agent --config CONFIG run``, stderr to ``log``, stdout discarded.
 
-    ``unbuffered`` sets ``PYTHONUNBUFFERED=1`` so the log is complete when read early.
+    ``unbuffered`` sets ``PYTHONUNBUFFERED=1`` so the log is complete when read early;
+    ``env`` adds to (or overrides) this process's environment.
     """
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"} if unbuffered else None
+    env = {**os.environ, **(env or {})}
+    if unbuffered:
+        env["PYTHONUNBUFFERED"] = "1"
     return subprocess.Popen(
         [sys.executable, "-m", "agent", "--config", str(config), "run"],
         stdout=subprocess.DEVNULL,

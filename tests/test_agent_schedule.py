@@ -170,7 +170,7 @@ def test_a_running_agent_records_heartbeats_and_summaries_from_its_sample_cycle(
     full = [i for i, c in enumerate(sampler.calls) if c is None]
     assert full[0] == 0 and len(full) == 1 + len(summaries)
     assert all(c == frozenset({"cpu"}) for c in sampler.calls if c is not None)
-    assert svc._scheduler is None  # shut down; no job ids "heartbeat" or "metrics" existed
+    assert svc._timers is None  # shut down; no job ids "heartbeat" or "metrics" existed
 
 
 def test_a_cheap_sample_runs_on_the_event_loop_and_a_blocking_one_on_a_worker(
@@ -206,8 +206,8 @@ def test_no_ship_wakeup_while_the_outbox_is_empty(tmp_path: Path) -> None:
 
     async def watch() -> None:
         await asyncio.sleep(1.5)
-        assert svc._scheduler is not None
-        seen.append((len(shipper.calls), svc._scheduler.get_job("ship").next_run_time is None))
+        assert svc._timers is not None
+        seen.append((len(shipper.calls), svc._timers.next_run_in("ship") is None))
 
     asyncio.run(run_for(svc, 0, watch()))
 
