@@ -39,7 +39,11 @@ in flight. One persistent connection (``HTTPConnection`` or, for ``https://``,
 named by ``SSL_CERT_FILE``; certificate and hostname verified) is reused for the next
 request, unless it has been idle for more than :data:`KEEPALIVE_S`, the collector closed
 it (it is checked before reuse) or the last response asked for a close. Any error closes
-it; the next request opens a new one. Redirects are never followed (a 3xx is a rejection,
+it; the next request opens a new one. One race is left after that check: the collector
+closing the idle connection just as the request goes out. A reused connection that fails
+before any byte of a response is therefore retried once, at once, on a new connection,
+within the same time budget (as urllib3 does): resending is safe because the collector
+deduplicates by ``batch_id``. Redirects are never followed (a 3xx is a rejection,
 see above); at most ``_LOGGED_BODY_CHARS * 4`` bytes of an error response (and
 :data:`MAX_ACK_BODY_BYTES` of a 2xx one) are read: a longer body costs the connection, not
 memory.
@@ -194,6 +198,7 @@ class Shipper:
         self._inflight: asyncio.Future[_Reply] | None = None
         self._conn: http.client.HTTPConnection | None = None
         self._conn_used_at = 0.0  # time.monotonic() at the end of the last request
+        self._aborted = False  # the loop gave up on the request in flight (see _abort)
         self._ssl_context: ssl.SSLContext | None = None
 
     @property
@@ -326,6 +331,7 @@ class Shipper:
                 max_workers=1, thread_name_prefix="vigil-shipper"
             )
         loop = asyncio.get_running_loop()
+        self._aborted = False
         future = loop.run_in_executor(self._executor, self._post, body, headers)
         self._inflight = future
         try:
@@ -342,9 +348,20 @@ class Shipper:
         most a bounded part of the body. Closes the connection on any error (and when the
         body was not read to its end, so it cannot be reused)."""
         conn = self._connection()
+        reused = conn.sock is not None
         try:
-            conn.request("POST", self._path, body=body, headers=dict(headers))
-            resp = conn.getresponse()
+            try:
+                conn.request("POST", self._path, body=body, headers=dict(headers))
+                resp = conn.getresponse()
+            except _CLOSED_UNDER_US:
+                if not reused or self._aborted:
+                    raise
+                # The collector closed the kept-alive connection as this request went out
+                # (see the module docstring): no answer came, so send it again, once.
+                self._close_connection()
+                conn = self._conn = self._new_connection()
+                conn.request("POST", self._path, body=body, headers=dict(headers))
+                resp = conn.getresponse()
             ok = 200 <= resp.status < 300
             raw = resp.read(MAX_ACK_BODY_BYTES if ok else _LOGGED_BODY_CHARS * 4)
             if not resp.isclosed():  # more body than we read: the stream is mid-response
@@ -391,6 +408,7 @@ class Shipper:
         """From the loop: make the request in flight fail now by shutting its socket down
         (closing it from this thread could race with the worker over the descriptor).
         A request still connecting has no socket yet; its connect timeout bounds it."""
+        self._aborted = True  # before the shutdown: the worker must not retry after it
         conn = self._conn
         sock = conn.sock if conn is not None else None
         if sock is not None:
@@ -430,6 +448,12 @@ class Shipper:
         self._failures += 1
         self._backoff_until = self._monotonic() + delay
         log.warning("%s; attempt %d failed, retrying in %.1f s", error, self._failures, delay)
+
+
+# How a kept-alive connection the collector closed under a request fails, before any
+# response: EOF instead of a status line (RemoteDisconnected, a ConnectionResetError), a
+# reset, or a broken pipe while sending.
+_CLOSED_UNDER_US = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
 
 
 def _consume(future: asyncio.Future[_Reply]) -> None:

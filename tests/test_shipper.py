@@ -437,6 +437,113 @@ def test_a_connection_the_collector_closed_is_replaced_without_an_error(outbox: 
     assert collector.peers[0] != collector.peers[1]
 
 
+class ScriptedServer:
+    """A raw HTTP/1.1 server on 127.0.0.1: for each request, in order, either answers
+    200 (keep-alive) or drops the connection as soon as the request head has arrived
+    (``"drop"``) or never answers (``"hang"``). Records (connection number, request)."""
+
+    def __init__(self, *script: str) -> None:
+        self.script = list(script)
+        self.seen: list[int] = []  # the connection number of each request received
+        self._connections = 0
+        self._server: asyncio.Server | None = None
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._connections += 1
+        number = self._connections
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.seen.append(number)
+                action = self.script.pop(0) if self.script else "ok"
+                if action == "drop":  # as a collector closing an idle connection would
+                    writer.transport.abort()
+                    return
+                if action == "hang":
+                    await asyncio.sleep(30)
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}")
+                await writer.drain()
+
+    async def __aenter__(self) -> str:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+
+
+def test_a_kept_alive_connection_closed_as_the_request_goes_out_is_retried_once_at_once(
+    outbox: Outbox,
+) -> None:
+    """The race the reuse check cannot see: the collector closes the idle connection just
+    as the next request is sent. Resending is safe (batches are deduplicated by id)."""
+    server = ScriptedServer("ok", "drop")
+
+    async def main() -> tuple[ShipResult, ShipResult]:
+        async with server as url:
+            shipper = make_shipper(url, outbox, FakeClock())
+            try:
+                fill(outbox, 1)
+                first = await shipper.ship()
+                fill(outbox, 1)
+                return first, await shipper.ship()
+            finally:
+                await shipper.close()
+
+    first, second = asyncio.run(main())
+
+    assert first == second == ShipResult(1, 1, None, None)
+    assert server.seen == [1, 1, 2]  # the dropped request went again, on a new connection
+    assert outbox.depth() == 0
+
+
+def test_a_new_connection_that_fails_is_not_retried(outbox: Outbox) -> None:
+    server = ScriptedServer("drop")
+
+    async def main() -> ShipResult:
+        async with server as url:
+            shipper = make_shipper(url, outbox, FakeClock())
+            try:
+                fill(outbox, 1)
+                return await shipper.ship()
+            finally:
+                await shipper.close()
+
+    result = asyncio.run(main())
+
+    assert result.sent_batches == 0 and "cannot reach collector" in (result.error or "")
+    assert server.seen == [1]
+    assert outbox.depth() == 1
+
+
+def test_a_request_given_up_on_a_reused_connection_is_not_retried(outbox: Outbox) -> None:
+    """The timeout aborts the request by shutting its socket down; that failure must not
+    look like the keep-alive race and start a second attempt behind the caller's back."""
+    server = ScriptedServer("ok", "hang")
+
+    async def main() -> ShipResult:
+        async with server as url:
+            shipper = make_shipper(url, outbox, FakeClock(), timeout_s=0.3)
+            try:
+                fill(outbox, 1)
+                await shipper.ship()
+                fill(outbox, 1)
+                result = await shipper.ship()
+                await asyncio.sleep(0.3)  # a wrongful retry would reach the server by now
+                return result
+            finally:
+                await shipper.close()
+
+    result = asyncio.run(main())
+
+    assert "timed out" in (result.error or "")
+    assert server.seen == [1, 1]
+    assert outbox.depth() == 1
+
+
 def test_connection_close_from_the_collector_is_honoured(outbox: Outbox) -> None:
     fill(outbox, 2)
     collector = FakeCollector(Reply(close=True))
