@@ -9,6 +9,7 @@ lives here.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import selectors
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
@@ -200,3 +201,13 @@ class Collector:
     def metrics(self) -> Metrics:
         """The collector's ``/metrics``, parsed by :func:`read_metrics`."""
         return read_metrics(self.url + "/metrics")
+
+
+@contextlib.contextmanager
+def running_collector(folder: Path, *, agent_token: str, admin_token: str) -> Iterator[Collector]:
+    """A collector with :func:`collector_config`'s defaults in ``folder`` (its log in
+    ``folder/collector.log``), for the length of the block; it must then stop cleanly."""
+    config = collector_config(folder, agent_token=agent_token, admin_token=admin_token)
+    proc, url = start_collector(config, folder / "collector.log")
+    yield Collector(url=url, token=admin_token)
+    assert stop(proc) == 0, (folder / "collector.log").read_text()

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from procs import Collector, collector_config, spawn_agent, start_collector, stop, wait_for
+from procs import Collector, running_collector, spawn_agent, stop, wait_for
 
 AGENT_TOKEN = "clock-agent-token"
 ADMIN_TOKEN = "clock-admin-token"
@@ -41,10 +41,8 @@ def require_libfaketime() -> str:
 
 @pytest.fixture
 def collector(tmp_path: Path) -> Iterator[Collector]:
-    config = collector_config(tmp_path, agent_token=AGENT_TOKEN, admin_token=ADMIN_TOKEN)
-    proc, url = start_collector(config, tmp_path / "collector.log")
-    yield Collector(url=url, token=ADMIN_TOKEN)
-    assert stop(proc) == 0, (tmp_path / "collector.log").read_text()
+    with running_collector(tmp_path, agent_token=AGENT_TOKEN, admin_token=ADMIN_TOKEN) as c:
+        yield c
 
 
 def the_host(collector: Collector) -> dict | None:  # type: ignore[type-arg]

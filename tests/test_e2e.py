@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from procs import Collector, collector_config, spawn_agent, start_collector, stop, wait_for
+from procs import Collector, running_collector, spawn_agent, stop, wait_for
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT_TOKEN = "e2e-agent-token"
@@ -22,10 +22,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def collector(tmp_path: Path) -> Iterator[Collector]:
-    config = collector_config(tmp_path, agent_token=AGENT_TOKEN, admin_token=ADMIN_TOKEN)
-    proc, url = start_collector(config, tmp_path / "collector.log")
-    yield Collector(url=url, token=ADMIN_TOKEN)
-    assert stop(proc) == 0, (tmp_path / "collector.log").read_text()
+    with running_collector(tmp_path, agent_token=AGENT_TOKEN, admin_token=ADMIN_TOKEN) as c:
+        yield c
 
 
 def start_agent(tmp_path: Path, url: str, checks: str) -> subprocess.Popen[bytes]:

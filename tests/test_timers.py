@@ -27,6 +27,20 @@ def recorder(
     return job
 
 
+def run_timers(timers: Timers, seconds: float) -> float:
+    """Start ``timers`` in a new event loop, let them run ``seconds``, stop them; the
+    loop time at which they started."""
+
+    async def main() -> float:
+        timers.start()
+        start = asyncio.get_running_loop().time()
+        await asyncio.sleep(seconds)
+        await timers.stop()
+        return start
+
+    return asyncio.run(main())
+
+
 @pytest.mark.parametrize(
     ("start", "period", "now", "expected"),
     [
@@ -45,17 +59,11 @@ def test_the_next_grid_point(start: float, period: float, now: float, expected: 
 
 def test_a_job_runs_at_once_then_once_per_period_never_early() -> None:
     runs: list[float] = []
+    timers = Timers()
+    timers.add("j", recorder(runs), 0.1)
 
-    async def main() -> float:
-        timers = Timers()
-        timers.add("j", recorder(runs), 0.1)
-        timers.start()
-        start = asyncio.get_running_loop().time()
-        await asyncio.sleep(0.55)
-        await timers.stop()
-        return start
+    start = run_timers(timers, 0.55)
 
-    start = asyncio.run(main())
     assert 4 <= len(runs) <= 6, runs
     for k, at in enumerate(runs):
         assert at >= start + k * 0.1 - 0.002, (k, at - start)
@@ -63,17 +71,11 @@ def test_a_job_runs_at_once_then_once_per_period_never_early() -> None:
 
 def test_the_first_run_waits_first_in_s() -> None:
     runs: list[float] = []
+    timers = Timers()
+    timers.add("j", recorder(runs), 0.1, first_in_s=0.3)
 
-    async def main() -> float:
-        timers = Timers()
-        timers.add("j", recorder(runs), 0.1, first_in_s=0.3)
-        timers.start()
-        start = asyncio.get_running_loop().time()
-        await asyncio.sleep(0.45)
-        await timers.stop()
-        return start
+    start = run_timers(timers, 0.45)
 
-    start = asyncio.run(main())
     assert runs and runs[0] >= start + 0.3 - 0.002
     assert len(runs) <= 2
 
@@ -88,15 +90,11 @@ def test_a_run_longer_than_its_period_is_never_overlapped() -> None:
         await asyncio.sleep(0.25)
         active -= 1
 
-    async def main() -> IntervalJob:
-        timers = Timers()
-        job = timers.add("slow", slow, 0.1)
-        timers.start()
-        await asyncio.sleep(0.6)
-        await timers.stop()
-        return job
+    timers = Timers()
+    job = timers.add("slow", slow, 0.1)
 
-    job = asyncio.run(main())
+    run_timers(timers, 0.6)
+
     assert most == 1
     assert job.runs >= 2 and job.skipped >= 2, job
 
@@ -166,16 +164,13 @@ def test_a_run_past_its_timeout_is_cancelled_and_a_failing_run_logged_and_both_g
         calls["fail"] += 1
         raise RuntimeError("boom")
 
-    async def main() -> None:
-        timers = Timers()
-        timers.add("hang", hang, 0.2, timeout_s=0.06)
-        timers.add("fail", fail, 0.2)
-        timers.start()
-        await asyncio.sleep(0.5)
-        await timers.stop()
+    timers = Timers()
+    timers.add("hang", hang, 0.2, timeout_s=0.06)
+    timers.add("fail", fail, 0.2)
 
     with caplog.at_level(logging.WARNING, logger="vigil.agent"):
-        asyncio.run(main())
+        run_timers(timers, 0.5)
+
     assert calls["hang"] >= 2 and calls["fail"] >= 2
     assert "job hang exceeded 0.1s and was cancelled" in caplog.text
     assert "job fail failed" in caplog.text and "boom" in caplog.text
