@@ -22,8 +22,12 @@
     throughput; ``cpu_ratio`` compares CPU per request (pushgateway's / Vigil's), which
     other load on a shared machine disturbs less. Targets: ratio >= 1.25, Vigil p99 <= 250 ms.
 
-Run: ``.venv/bin/python bench/delivery.py [--quick] [--rounds N] [--ingest-only]``. The last
-line is JSON.
+``--floor`` adds a third server to (b), measured the same way: the real collector with
+its ingest queue answering at once and storing nothing, i.e. what a report costs before
+the store (a diagnostic of where Vigil's CPU goes, not a configuration anyone runs).
+
+Run: ``.venv/bin/python bench/delivery.py [--quick] [--rounds N] [--ingest-only] [--floor]``.
+The last line is JSON.
 """
 
 from __future__ import annotations
@@ -93,14 +97,33 @@ def real_sample() -> dict[str, float]:
     return sampler.sample()
 
 
-def start_collector(folder: Path, *, pin: bool) -> tuple[subprocess.Popen[str], str]:
+# ``--floor``: the real collector with the ingest queue answering at once, storing nothing.
+# Everything else a report costs (HTTP, auth, gunzip, parse, validation, the ack) is paid:
+# what is left of Vigil's CPU per report if the store were free. A diagnostic, not Vigil.
+FLOOR_SERVER = """\
+import sys
+from collector import cli, ingest
+from collector.store import IngestResult
+
+async def submit(self, report, received_at):
+    return IngestResult(False, len(report.events), (), (), ())
+
+ingest.IngestQueue.submit = submit
+sys.exit(cli.main())
+"""
+
+
+def start_collector(
+    folder: Path, *, pin: bool, floor: bool = False
+) -> tuple[subprocess.Popen[str], str]:
     config = folder / "collector.yaml"
     config.write_text(
         "listen: {host: 127.0.0.1, port: 0}\n"
         "storage: {sqlite_path: collector.db}\n"
         f"auth: {{agent_tokens: [{TOKEN}]}}\n"
     )
-    cmd = [sys.executable, "-m", "collector", "--config", str(config), "--log-level", "WARNING"]
+    program = ["-c", FLOOR_SERVER] if floor else ["-m", "collector"]
+    cmd = [sys.executable, *program, "--config", str(config), "--log-level", "WARNING"]
     if pin:
         cmd = ["taskset", "-c", str(SERVER_CORE), *cmd]
     proc = subprocess.Popen(
@@ -345,8 +368,11 @@ def describe(name: str, m: dict[str, Any], unit: str) -> str:
     )
 
 
-def ingest(folder: Path, values: dict[str, float], args: LoadArgs, rounds: int) -> dict:
-    """Alternate Vigil and Pushgateway phases ``rounds`` times; medians per server."""
+def ingest(
+    folder: Path, values: dict[str, float], args: LoadArgs, rounds: int, *, floor: bool = False
+) -> dict:
+    """Alternate Vigil and Pushgateway phases ``rounds`` times (and the store-less floor
+    collector's with ``floor``); every phase's measurements, per server."""
     rng = random.Random(5)
     agents = [uuid.UUID(int=rng.getrandbits(128)).hex for _ in range(DISTINCT_AGENTS)]
     rng.shuffle(agents)
@@ -409,8 +435,14 @@ def ingest(folder: Path, values: dict[str, float], args: LoadArgs, rounds: int) 
             cmd, stdout=subprocess.DEVNULL, stderr=(folder / "pushgateway.log").open("w")
         )
         wait_for_port(pg_port)
+    floor_proc = floor_port = None
+    if floor:
+        (folder / "floor").mkdir()
+        floor_proc, floor_url = start_collector(folder / "floor", pin=pinned, floor=True)
+        floor_port = int(floor_url.rsplit(":", 1)[1])
     vigil_runs: list[dict[str, Any]] = []
     pg_runs: list[dict[str, Any]] = []
+    floor_runs: list[dict[str, Any]] = []
     try:
         for r in range(rounds):
             # Both servers are up the whole time, each idle while the other is measured.
@@ -422,12 +454,18 @@ def ingest(folder: Path, values: dict[str, float], args: LoadArgs, rounds: int) 
                 m = measure(pg.pid, pg_port, lambda i: pg_pool[i % DISTINCT_AGENTS], args)
                 pg_runs.append(m)
                 print(describe("prometheus-pushgateway (memory)", m, "pushes"))
+            if floor_proc is not None and floor_port is not None:
+                m = measure(floor_proc.pid, floor_port, phase.__getitem__, args)
+                floor_runs.append(m)
+                print(describe("floor: vigil collector storing nothing", m, "reports"))
     finally:
         stop(proc)
+        if floor_proc is not None:
+            stop(floor_proc)
         if pg is not None:
             pg.send_signal(signal.SIGTERM)
             pg.wait(timeout=20)
-    return {"vigil": vigil_runs, "pushgateway": pg_runs}
+    return {"vigil": vigil_runs, "pushgateway": pg_runs, "floor": floor_runs}
 
 
 def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
@@ -452,6 +490,11 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rounds", type=int, default=3, help="load phases per server")
     parser.add_argument("--ingest-only", action="store_true", help="skip (a), the offline day")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure the collector with its store skipped (what HTTP and parsing cost)",
+    )
     args = parser.parse_args()
     load_args = LoadArgs(
         concurrency=args.concurrency,
@@ -466,7 +509,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vigil-bench-delivery-") as tmp:
         folder = Path(tmp)
         day = None if args.ingest_only else offline_day(folder, values, hours=24.0)
-        result = ingest(folder, values, load_args, args.rounds)
+        result = ingest(folder, values, load_args, args.rounds, floor=args.floor)
     vigil_runs, pg_runs = result["vigil"], result["pushgateway"]
     vigil = {k: median_of(vigil_runs, k) for k in ("per_s", "p50_ms", "p99_ms", "server_cpu_us")}
     pushgw = (
@@ -487,6 +530,14 @@ def main() -> None:
             f"(b) ratio vigil/pushgateway: {ratio:.2f} by throughput, {cpu_ratio:.2f} by CPU per"
             " request (target >= 1.25)"
         )
+    floor_us = median_of(result["floor"], "server_cpu_us") if result["floor"] else None
+    if floor_us is not None:
+        print(
+            f"(b) floor: {floor_us:.0f} us CPU per report with the store skipped, so the store"
+            f" path costs {vigil['server_cpu_us'] - floor_us:.0f} us of Vigil's"
+            f" {vigil['server_cpu_us']:.0f}"
+            + (f"; pushgateway/floor {pushgw['server_cpu_us'] / floor_us:.2f}" if pushgw else "")
+        )
     print(
         json.dumps(
             {
@@ -505,6 +556,7 @@ def main() -> None:
                 else None,
                 "ratio": round(ratio, 3) if ratio is not None else None,
                 "cpu_ratio": round(cpu_ratio, 3) if cpu_ratio is not None else None,
+                "floor_cpu_us_per_report": round(floor_us, 1) if floor_us is not None else None,
                 "concurrency": args.concurrency,
                 "duration_s": load_args.duration_s,
                 "rounds": args.rounds,
