@@ -7,7 +7,13 @@ nothing is lost when the agent is killed or the collector is down.
 Durability: WAL journal with ``synchronous=NORMAL``. Every committed ``put`` survives a
 crash or SIGKILL of the agent process; after a power loss or OS crash the last few
 transactions may be rolled back (SQLite's documented trade-off for this mode), which is
-acceptable for monitoring data and far cheaper than an fsync per event.
+acceptable for monitoring data and far cheaper than an fsync per event. The two
+transactions delivery depends on are fsynced (``synchronous=FULL`` for them: two fsyncs
+per delivery, not per event): forming a batch, so a batch the collector may already have
+is retried under its own id after a power cut, never re-formed under a new one; and the
+ack, so an acknowledged batch never comes back. The collector remembers each agent's
+last batch for good (``collector/store.py``), so together a retry is recognised however
+late it comes.
 
 Batches: :meth:`Outbox.next_batch` assigns a ``batch_id`` to the oldest pending events and
 records it; until :meth:`Outbox.ack` deletes them, every call returns that same batch
@@ -276,7 +282,7 @@ class Outbox:
         if self._pending == 0:
             # Nothing stored (so no in-flight batch either): no write transaction at all.
             return None
-        with self._lock, self._transaction():
+        with self._lock, self._transaction(durable=True):
             row = self._db.execute(
                 "SELECT batch_id FROM events WHERE batch_id IS NOT NULL ORDER BY seq LIMIT 1"
             ).fetchone()
@@ -303,7 +309,7 @@ class Outbox:
 
     def ack(self, batch_id: str) -> int:
         """Delete the events of an acknowledged batch; returns how many (0 if unknown)."""
-        with self._lock, self._transaction():
+        with self._lock, self._transaction(durable=True):
             freed = self._db.execute(
                 "SELECT COALESCE(SUM(size), 0) FROM events WHERE batch_id = ?", (batch_id,)
             ).fetchone()[0]
@@ -364,22 +370,30 @@ class Outbox:
     # ----------------------------------------------------------------- internals
 
     @contextlib.contextmanager
-    def _transaction(self) -> Iterator[None]:
+    def _transaction(self, *, durable: bool = False) -> Iterator[None]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any exception.
 
         IMMEDIATE takes the write lock up front, so the read-then-write in ``next_batch``
         cannot interleave with another writer. On rollback the byte total is recounted,
-        since the failed transaction may have adjusted it.
+        since the failed transaction may have adjusted it. ``durable``: the COMMIT is
+        fsynced (``synchronous=FULL`` for this transaction; one that wrote nothing costs
+        no fsync), which also makes every earlier commit durable.
         """
-        self._db.execute("BEGIN IMMEDIATE")
+        if durable:
+            self._db.execute("PRAGMA synchronous=FULL")
         try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            self._bytes = self._sum_bytes()
-            self._pending = self._count_events()
-            raise
-        self._db.execute("COMMIT")
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._bytes = self._sum_bytes()
+                self._pending = self._count_events()
+                raise
+            self._db.execute("COMMIT")
+        finally:
+            if durable:
+                self._db.execute("PRAGMA synchronous=NORMAL")
 
     def _sum_bytes(self) -> int:
         return self._db.execute("SELECT COALESCE(SUM(size), 0) FROM events").fetchone()[0]

@@ -597,3 +597,31 @@ def test_on_put_is_called_after_each_put_with_its_urgency(tmp_path: Path) -> Non
 
     assert calls == [(False, 1), (True, 2)]  # the event is committed before the call
     box.close()
+
+
+def test_forming_a_batch_and_its_ack_are_fsynced_and_puts_are_not(outbox: Outbox) -> None:
+    """A power cut must not re-form a batch the collector may have under a new id, nor
+    bring back an acknowledged one; a put may be lost (documented) and costs no fsync.
+    SQLite fsyncs a WAL commit only under ``synchronous=FULL``, so the statements that
+    ran under each setting tell which commits were made durable."""
+    level = ["NORMAL"]
+    durable: list[bool] = []
+
+    def trace(statement: str) -> None:
+        if statement.startswith("PRAGMA synchronous="):
+            level[0] = statement.split("=", 1)[1]
+        elif statement.startswith(("INSERT", "UPDATE", "DELETE")):
+            durable.append(level[0] == "FULL")
+
+    outbox._db.set_trace_callback(trace)
+    outbox.put(metrics(1))
+    writes_by_put = len(durable)
+    batch = outbox.next_batch(10)
+    assert batch is not None
+    writes_by_batching = len(durable)
+    outbox.ack(batch.batch_id)
+
+    assert writes_by_put >= 1 and not any(durable[:writes_by_put])
+    assert writes_by_batching > writes_by_put
+    assert all(durable[writes_by_put:])  # the batch's formation, then the ack
+    assert level == ["NORMAL"]  # restored for the next put
