@@ -8,7 +8,10 @@ Exactly-once effect: a whole report is applied in ONE transaction. A ``batch_id`
 stored for the agent makes the report a duplicate and nothing is applied; every event id is
 recorded too, so an event re-sent inside a different batch is not applied twice. Both are
 unique per agent (``agent_id``), not globally, so two agents that happen to reuse ids
-cannot swallow each other's data. :meth:`SqliteStore.prune_seen` bounds those tables.
+cannot swallow each other's data. :meth:`SqliteStore.prune_seen` bounds that table, so
+each host row also keeps the agent's last applied ``batch_id``: the only batch an agent
+retries is its oldest unacknowledged one, so a retry however late (a laptop that shut
+down between sending and the ack, back after weeks) is recognised after its ids expired.
 
 Time: incidents, timelines and the host's ``last_seen`` use the collector's receive time
 (``received_at``), which tolerates agent clock skew; the agent's own timestamps are kept
@@ -287,6 +290,8 @@ _DESK_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
         ("resolve_notified_at", "REAL"),
     ),
     "check_state": (("flapping", "INTEGER NOT NULL DEFAULT 0"),),
+    # The agent's last applied batch: its retry is a duplicate even after prune_seen.
+    "hosts": (("last_batch_id", "TEXT"),),
     # The agent said the check is flapping (it then holds the worse state and sends no
     # more changes, so the collector cannot count them itself).
     "check_results": (("flapping", "INTEGER NOT NULL DEFAULT 0"),),
@@ -861,7 +866,11 @@ class SqliteStore:
         events = report.events
         if any(a.seq > b.seq for a, b in itertools.pairwise(events)):
             events = tuple(sorted(events, key=lambda e: e.seq))
-        new_ids = self._record_seen(report, events, received_at)
+        new_ids = (
+            None
+            if self._is_last_batch(report.agent_id, report.batch_id)
+            else self._record_seen(report, events, received_at)
+        )
         changes = _Changes()
         fresh: list[wire.Event] = []
         if new_ids is None:
@@ -891,6 +900,14 @@ class SqliteStore:
             resolved=tuple(changes.resolved),
             prevented=tuple(changes.prevented),
         )
+
+    def _is_last_batch(self, host: str, batch_id: str) -> bool:
+        """Whether ``batch_id`` is the last batch applied for ``host`` (see the module
+        docstring: a late retry whose ids :meth:`prune_seen` already forgot)."""
+        row = self._db.execute(
+            "SELECT last_batch_id FROM hosts WHERE agent_id = ?", (host,)
+        ).fetchone()
+        return row is not None and row[0] == batch_id
 
     def _record_seen(
         self, report: wire.Report, events: Sequence[wire.Event], received_at: float
@@ -932,9 +949,10 @@ class SqliteStore:
         """
         (offset,) = self._db.execute(
             "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
-            " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s)"
-            " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8)"
+            " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s, last_batch_id)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?11)"
             " ON CONFLICT (agent_id) DO UPDATE SET hostname = excluded.hostname,"
+            " last_batch_id = excluded.last_batch_id,"
             " labels = excluded.labels, agent_version = excluded.agent_version,"
             " last_seen = excluded.last_seen, last_sent_at = excluded.last_sent_at,"
             # SET reads the row as it was: hosts.* are the previous values.
@@ -953,6 +971,7 @@ class SqliteStore:
                 ttl,
                 CLOCK_STEP_S,
                 CLOCK_DRIFT_PER_S,
+                report.batch_id,
             ),
         ).fetchone()
         if ttl is not None:

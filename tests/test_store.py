@@ -572,6 +572,20 @@ def test_a_schema_1_database_is_migrated_without_losing_ids_or_metrics(db_path: 
         store.close()
 
 
+def test_a_database_from_before_last_batch_id_gains_the_column_on_open(db_path: Path) -> None:
+    SqliteStore(db_path).close()
+    with contextlib.closing(sqlite3.connect(db_path)) as db, db:
+        db.execute("ALTER TABLE hosts DROP COLUMN last_batch_id")  # as schema 2 first was
+    store = SqliteStore(db_path)
+    try:
+        last = report(check("critical"), batch="b-last")
+        store.ingest(last, T0)
+        store.prune_seen(T0 + 1)
+        assert store.ingest(last, T0 + 2).duplicate
+    finally:
+        store.close()
+
+
 def test_latest_metrics_are_the_newest_summary_as_a_whole(store: SqliteStore) -> None:
     store.ingest(report(metrics({"disk[/a]": 1.0, "disk[/b]": 2.0}, time=T0 + 10)), T0 + 101)
     store.ingest(report(metrics({"disk[/a]": 3.0}, time=T0 + 20)), T0 + 102)
@@ -605,6 +619,24 @@ def test_prune_seen_forgets_old_batch_and_event_ids(store: SqliteStore) -> None:
     assert store.prune_seen(T0 + 500) == 2  # the old batch id and its event id
     assert not store.ingest(report(old, batch="b-old"), T0 + 1001).duplicate
     assert store.ingest(report(check("ok"), batch="b-new"), T0 + 1002).duplicate
+
+
+def test_a_retry_of_the_last_batch_is_a_duplicate_even_after_its_ids_expired(
+    store: SqliteStore,
+) -> None:
+    """A laptop shut down between sending a batch and reading the ack retries that same
+    batch when it is back, however much later: the host row remembers its last batch."""
+    store.ingest(report(check("ok"), batch="b-first"), T0)
+    last = report(check("critical"), batch="b-last")
+    store.ingest(last, T0 + 100)
+    assert store.prune_seen(T0 + 10**7) == 4  # every id of both batches expired
+
+    again = store.ingest(last, T0 + 30 * 86400)
+
+    assert again.duplicate and again.events == 0
+    # Only the last batch is remembered: an older one retried this late applies again
+    # (docs/delivery.md, "Deduplication window").
+    assert not store.ingest(report(check("ok"), batch="b-first"), T0 + 30 * 86400).duplicate
 
 
 # --------------------------------------------------------------------------- begin_group
