@@ -52,10 +52,13 @@ Timeout (``CollectorTarget.timeout_s``, *T*): the whole request (connect, send, 
 head and the bounded body read) gets *T* seconds in total, like aiohttp's ``total``
 timeout: when the loop stops waiting it shuts the socket down, which ends the worker's
 blocking call at once, and the connection is dropped. Each socket operation also has *T*
-as its own timeout (a backstop). Caveat: the DNS lookup (``getaddrinfo``) cannot be
-interrupted; the ship still ends after *T*, but the worker stays busy until the resolver
-gives up, and the next request waits for it (within its own *T*). A request that timed
-out may still have reached the collector; resending it is safe (same ``batch_id``).
+as its own timeout (a backstop). The DNS lookup (``getaddrinfo``) cannot be interrupted,
+so it runs on a daemon thread of its own (:class:`_Resolver`) that the worker waits for at
+most until the request is aborted or *T* runs out: a resolver that hangs (a captive
+portal, an unreachable VPN DNS server) never holds the worker, the next request or the
+agent's exit; while a lookup still hangs the next request waits for that one rather than
+starting another. A request that timed out may still have reached the collector;
+resending it is safe (same ``batch_id``).
 """
 
 from __future__ import annotations
@@ -66,15 +69,18 @@ import contextlib
 import email.utils
 import gzip
 import http.client
+import ipaddress
 import logging
 import random
 import select
 import socket
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from agent import wire
 from agent.config import CollectorTarget
@@ -199,6 +205,7 @@ class Shipper:
         self._conn: http.client.HTTPConnection | None = None
         self._conn_used_at = 0.0  # time.monotonic() at the end of the last request
         self._aborted = False  # the loop gave up on the request in flight (see _abort)
+        self._resolver = _Resolver()
         self._ssl_context: ssl.SSLContext | None = None
 
     @property
@@ -259,9 +266,8 @@ class Shipper:
         afterwards (a new thread and connection are made on the next send).
 
         Never waits for a request in flight (e.g. one whose :meth:`ship` was cancelled):
-        that request is aborted by shutting its socket down, and the thread exits once
-        its blocking call returns (at once; a DNS lookup in progress delays only the
-        thread, not this call).
+        that request is aborted by shutting its socket down (or, during a DNS lookup, by
+        no longer waiting for it), and the thread exits at once.
         """
         self._drop_connection()
         executor, self._executor = self._executor, None
@@ -390,14 +396,39 @@ class Shipper:
 
     def _new_connection(self) -> http.client.HTTPConnection:
         timeout = self._target.timeout_s
+        conn: http.client.HTTPConnection
         if not self._https:
-            return http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-        if self._ssl_context is None:
-            # Verifies the certificate chain and the hostname; honours SSL_CERT_FILE.
-            self._ssl_context = ssl.create_default_context()
-        return http.client.HTTPSConnection(
-            self._host, self._port, timeout=timeout, context=self._ssl_context
-        )
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        else:
+            if self._ssl_context is None:
+                # Verifies the certificate chain and the hostname; honours SSL_CERT_FILE.
+                self._ssl_context = ssl.create_default_context()
+            conn = http.client.HTTPSConnection(
+                self._host, self._port, timeout=timeout, context=self._ssl_context
+            )
+        # http.client's own hook for opening the TCP connection: the name is looked up
+        # by the bounded resolver; TLS still verifies the certificate against self._host.
+        conn._create_connection = self._open_socket  # type: ignore[attr-defined]
+        return conn
+
+    def _open_socket(
+        self, address: tuple[str, int], timeout: float, source_address: object = None
+    ) -> socket.socket:
+        """``socket.create_connection`` for :meth:`_new_connection`, with the lookup
+        bounded by :class:`_Resolver` (the request's timeout, or until it is aborted)."""
+        host, port = address
+        infos = self._resolver.lookup(host, port, timeout, lambda: self._aborted)
+        error: OSError | None = None
+        for family, kind, proto, _, sockaddr in infos:
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise error or OSError(f"no address for {host}")
 
     def _close_connection(self) -> None:
         conn, self._conn = self._conn, None
@@ -448,6 +479,70 @@ class Shipper:
         self._failures += 1
         self._backoff_until = self._monotonic() + delay
         log.warning("%s; attempt %d failed, retrying in %.1f s", error, self._failures, delay)
+
+
+class _Resolver:
+    """``getaddrinfo`` with a bound: each lookup runs on a daemon thread, which the caller
+    waits for only until its time is up or ``aborted()`` says so. A lookup that hangs is
+    left to finish on its own (a daemon thread never delays the agent's exit), and a
+    caller asking for the same name meanwhile waits for it instead of starting another,
+    so a dead resolver costs at most one thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int], _Lookup] = {}
+
+    def lookup(
+        self, host: str, port: int, timeout_s: float, aborted: Callable[[], bool]
+    ) -> list[tuple[Any, ...]]:
+        """The addresses of ``host`` (``getaddrinfo``, TCP); raises what it raised,
+        ``TimeoutError`` after ``timeout_s``, or ``ConnectionAbortedError`` once
+        ``aborted()`` is true (checked every 50 ms)."""
+        if _is_ip_literal(host):  # nothing to look up: never blocks
+            return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        key = (host, port)
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = _Lookup()
+                thread = threading.Thread(
+                    target=self._run, args=(key, pending), name="vigil-dns", daemon=True
+                )
+                thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not pending.done.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            if aborted():
+                raise ConnectionAbortedError(f"request aborted while looking up {host}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"DNS lookup of {host} took over {timeout_s:g} s")
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def _run(self, key: tuple[str, int], pending: _Lookup) -> None:
+        try:
+            pending.result = socket.getaddrinfo(*key, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            pending.error = exc
+        finally:
+            with self._lock:
+                del self._pending[key]
+            pending.done.set()
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(eq=False)
+class _Lookup:
+    done: threading.Event = field(default_factory=threading.Event)
+    result: list[tuple[Any, ...]] = field(default_factory=list)
+    error: OSError | None = None
 
 
 # How a kept-alive connection the collector closed under a request fails, before any

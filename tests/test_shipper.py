@@ -1133,6 +1133,81 @@ def test_close_does_not_wait_for_a_request_in_flight(outbox: Outbox) -> None:
     assert outbox.depth() == 1
 
 
+class FakeDns:
+    """``socket.getaddrinfo`` for names under ``.test``: ``hangs.test`` never answers
+    (until released), any other ``.test`` name is 127.0.0.1; everything else is real."""
+
+    def __init__(self) -> None:
+        self.real = socket.getaddrinfo
+        self.release = threading.Event()
+        self.hanging_calls = 0
+
+    def __call__(self, host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host == "hangs.test":
+            self.hanging_calls += 1
+            self.release.wait(30)
+            raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+        if isinstance(host, str) and host.endswith(".test"):
+            host = "127.0.0.1"
+        return self.real(host, port, *args, **kwargs)
+
+
+@pytest.fixture
+def fake_dns(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeDns]:
+    dns = FakeDns()
+    monkeypatch.setattr(socket, "getaddrinfo", dns)
+    yield dns
+    dns.release.set()
+
+
+def test_a_collector_name_is_looked_up_and_sent_as_the_host(
+    outbox: Outbox, fake_dns: FakeDns
+) -> None:
+    fill(outbox, 1)
+    collector = FakeCollector()
+
+    async def main() -> ShipResult:
+        async with collector as url:
+            port = url.rsplit(":", 1)[1]
+            shipper = make_shipper(f"http://collector.test:{port}", outbox, FakeClock())
+            try:
+                return await shipper.ship()
+            finally:
+                await shipper.close()
+
+    assert asyncio.run(main()) == ShipResult(1, 1, None, None)
+    assert collector.received[0].headers["Host"].startswith("collector.test:")
+
+
+def test_a_hanging_dns_lookup_holds_neither_the_worker_nor_the_next_request(
+    outbox: Outbox, fake_dns: FakeDns
+) -> None:
+    """A resolver that never answers: each ship still ends after its timeout, the second
+    waits for the first lookup rather than starting another, and closing the shipper
+    leaves no thread behind to delay the agent's exit."""
+    fill(outbox, 1)
+    clock = FakeClock()
+
+    async def main() -> tuple[list[ShipResult], float, int]:
+        shipper = make_shipper("http://hangs.test:9", outbox, clock, timeout_s=0.3)
+        results = []
+        t0 = time.monotonic()
+        for _ in range(2):
+            results.append(await shipper.ship())
+            clock.now = shipper.backoff_until  # skip the backoff window
+        took = time.monotonic() - t0
+        await shipper.close()
+        return results, took, await shipper_threads_after_settling()
+
+    results, took, threads = asyncio.run(main())
+
+    assert all(r.sent_batches == 0 and "timed out" in (r.error or "") for r in results)
+    assert took < 2.0  # two timeouts of 0.3 s, not two hangs
+    assert fake_dns.hanging_calls == 1
+    assert threads == 0
+    assert outbox.depth() == 1
+
+
 # ------------------------------------------------------------------ HTTPS
 
 
