@@ -420,6 +420,8 @@ class Shipper:
         infos = self._resolver.lookup(host, port, timeout, lambda: self._aborted)
         error: OSError | None = None
         for family, kind, proto, _, sockaddr in infos:
+            if self._aborted:  # a connect has no socket to shut down yet: stop between them
+                raise ConnectionAbortedError(f"request aborted while connecting to {host}")
             sock = socket.socket(family, kind, proto)
             try:
                 sock.settimeout(timeout)
