@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from typing import NoReturn
 
 import pytest
 
@@ -44,7 +45,11 @@ def require_binary(name: str) -> str:
     if path:
         return path
     package = PACKAGES.get(name, "monitoring-plugins-basic" if name.startswith("check_") else name)
-    reason = f"{name} not found: install the Debian package {package} (.ci/run does)"
+    unavailable(f"{name} not found: install the Debian package {package} (.ci/run does)")
+
+
+def unavailable(reason: str) -> NoReturn:
+    """A peer the test needs is missing: skip locally, fail under ``CI=true``."""
     if os.environ.get("CI") == "true":
         pytest.fail(reason)
     pytest.skip(reason)

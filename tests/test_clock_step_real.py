@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from peers import unavailable
 from procs import Collector, running_collector, spawn_agent, stop, wait_for
 
 AGENT_TOKEN = "clock-agent-token"
@@ -33,10 +34,7 @@ def require_libfaketime() -> str:
     for path in map(str, candidates):
         if os.path.exists(path):
             return path
-    reason = "libfaketime not found: install the Debian package faketime (.ci/run does)"
-    if os.environ.get("CI") == "true":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    unavailable("libfaketime not found: install the Debian package faketime (.ci/run does)")
 
 
 @pytest.fixture
