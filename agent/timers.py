@@ -39,13 +39,15 @@ JobFunc = Callable[[], Awaitable[object]]
 
 @dataclass(eq=False)
 class IntervalJob:
-    """One periodic job. ``start`` anchors its grid (loop time, seconds)."""
+    """One periodic job. ``start`` anchors its grid (loop time, seconds): ``first_in_s``
+    after the timers started."""
 
     id: str
     func: JobFunc
     period_s: float
     timeout_s: float
-    start: float
+    first_in_s: float = 0.0
+    start: float = 0.0
     paused: bool = False
     runs: int = 0
     skipped: int = 0
@@ -93,14 +95,12 @@ class Timers:
             func=func,
             period_s=period_s,
             timeout_s=timeout_s if timeout_s is not None else max(period_s, 5.0),
-            start=first_in_s,  # relative until start()
+            first_in_s=first_in_s,
             paused=paused,
         )
         self.jobs[job_id] = job
         if self._loop is not None:
-            now = self._loop.time()
-            job.start += now
-            self._arm(job, now)
+            self._begin(job, self._loop.time())
         return job
 
     def start(self) -> None:
@@ -110,8 +110,7 @@ class Timers:
         self._loop = asyncio.get_running_loop()
         now = self._loop.time()
         for job in self.jobs.values():
-            job.start += now
-            self._arm(job, now)
+            self._begin(job, now)
 
     async def stop(self) -> None:
         """Cancel every timer and every run in progress, and wait for the runs to end."""
@@ -149,25 +148,30 @@ class Timers:
             return None
         return max(0.0, job.handle.when() - self._loop.time())
 
+    def _begin(self, job: IntervalJob, now: float) -> None:
+        job.start = now + job.first_in_s
+        self._arm(job, now)
+
     def _arm(self, job: IntervalJob, now: float) -> None:
         """Set ``job``'s timer for its first grid point at or after ``now`` (loop time)."""
-        loop = self._loop
-        if loop is None or job.paused:
+        if self._loop is None or job.paused:
             return
         if job.handle is not None:
             job.handle.cancel()
-        job.handle = loop.call_at(job.next_after(now), self._fire, job)
+        self._call_at(job, job.next_after(now))
 
-    def _fire(self, job: IntervalJob) -> None:
+    def _call_at(self, job: IntervalJob, when: float) -> None:
+        assert self._loop is not None
+        job.handle = self._loop.call_at(when, self._fire, job, when)
+
+    def _fire(self, job: IntervalJob, due: float) -> None:
         loop = self._loop
         if loop is None:
             return
         # The next grid point after both now and this one: a late wake-up runs once, not
         # once per missed period; one a hair early (the loop's clock resolution) does not
         # fire the same point twice.
-        due = job.handle.when() if job.handle is not None else loop.time()
-        following = job.next_after(max(loop.time() + 1e-6, due + job.period_s / 2))
-        job.handle = loop.call_at(following, self._fire, job)
+        self._call_at(job, job.next_after(max(loop.time() + 1e-6, due + job.period_s / 2)))
         if job.task is not None and not job.task.done():
             job.skipped += 1
             log.debug("job %s still running at its next interval; skipped", job.id)

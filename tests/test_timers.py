@@ -53,7 +53,7 @@ def run_timers(timers: Timers, seconds: float) -> float:
     ids=["before-start", "at-start", "between", "on-a-grid-point", "many-periods-on"],
 )
 def test_the_next_grid_point(start: float, period: float, now: float, expected: float) -> None:
-    job = IntervalJob("j", recorder([]), period, 5.0, start)
+    job = IntervalJob("j", recorder([]), period, 5.0, start=start)
     assert job.next_after(now) == pytest.approx(expected)
 
 
