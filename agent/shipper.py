@@ -415,7 +415,8 @@ class Shipper:
         self, address: tuple[str, int], timeout: float, source_address: object = None
     ) -> socket.socket:
         """``socket.create_connection`` for :meth:`_new_connection`, with the lookup
-        bounded by :class:`_Resolver` (the request's timeout, or until it is aborted)."""
+        bounded by :class:`_Resolver` (the request's timeout, or until it is aborted).
+        ``source_address`` is part of http.client's hook; the shipper never sets one."""
         host, port = address
         infos = self._resolver.lookup(host, port, timeout, lambda: self._aborted)
         error: OSError | None = None
