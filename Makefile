@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m collector.demo
+	$(BIN)/python -m vigil.collector.demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

@@ -48,9 +48,9 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agent import wire  # noqa: E402
-from agent.config import load_agent_config  # noqa: E402
-from agent.sampler import Sampler  # noqa: E402
+from vigil import wire  # noqa: E402
+from vigil.agent.config import load_agent_config  # noqa: E402
+from vigil.agent.sampler import Sampler  # noqa: E402
 
 TOKEN = "bench-agent-token"
 WARMUP_S = 8.0
@@ -117,7 +117,7 @@ def start_collector(tmp: Path) -> tuple[subprocess.Popen[str], int]:
     path = tmp / "collector.yaml"
     path.write_text(yaml.safe_dump(config))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "collector", "--config", str(path), "--port", "0"],
+        [sys.executable, "-m", "vigil.collector", "--config", str(path), "--port", "0"],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=open(tmp / "collector.log", "w"),  # noqa: SIM115
@@ -224,7 +224,7 @@ def main() -> int:
         config = load_agent_config(cfg_path)
         interval = config.intervals.sample_s
         agent = subprocess.Popen(
-            [sys.executable, "-m", "agent", "--config", str(cfg_path), "run"],
+            [sys.executable, "-m", "vigil.agent", "--config", str(cfg_path), "run"],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=open(tmp / "agent.log", "w"),  # noqa: SIM115

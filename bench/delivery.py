@@ -55,19 +55,19 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from agent import wire  # noqa: E402
-from agent.config import (  # noqa: E402
+from bench.loadgen import http_request, run_load  # noqa: E402
+from vigil import wire  # noqa: E402
+from vigil.agent.config import (  # noqa: E402
     CollectorTarget,
     Intervals,
     OutboxConfig,
     SamplerConfig,
     ShippingConfig,
 )
-from agent.identity import Identity  # noqa: E402
-from agent.outbox import Outbox  # noqa: E402
-from agent.sampler import Sampler  # noqa: E402
-from agent.shipper import Shipper  # noqa: E402
-from bench.loadgen import http_request, run_load  # noqa: E402
+from vigil.agent.identity import Identity  # noqa: E402
+from vigil.agent.outbox import Outbox  # noqa: E402
+from vigil.agent.sampler import Sampler  # noqa: E402
+from vigil.agent.shipper import Shipper  # noqa: E402
 
 TOKEN = "bench-agent-token"
 DISTINCT_AGENTS = 100_000
@@ -102,8 +102,8 @@ def real_sample() -> dict[str, float]:
 # what is left of Vigil's CPU per report if the store were free. A diagnostic, not Vigil.
 FLOOR_SERVER = """\
 import sys
-from collector import cli, ingest
-from collector.store import IngestResult
+from vigil.collector import cli, ingest
+from vigil.collector.store import IngestResult
 
 async def submit(self, report, received_at):
     return IngestResult(False, len(report.events), (), (), ())
@@ -122,7 +122,7 @@ def start_collector(
         "storage: {sqlite_path: collector.db}\n"
         f"auth: {{agent_tokens: [{TOKEN}]}}\n"
     )
-    program = ["-c", FLOOR_SERVER] if floor else ["-m", "collector"]
+    program = ["-c", FLOOR_SERVER] if floor else ["-m", "vigil.collector"]
     cmd = [sys.executable, *program, "--config", str(config), "--log-level", "WARNING"]
     if pin:
         cmd = ["taskset", "-c", str(SERVER_CORE), *cmd]

@@ -236,7 +236,7 @@ def vigil(tmp: Path, trials: int, rng: random.Random) -> list[tuple[float, float
     config_path = folder / "agent.yaml"
     config_path.write_text(yaml.safe_dump(config))
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agent", "--config", str(config_path), "run"],
+        [sys.executable, "-m", "vigil.agent", "--config", str(config_path), "run"],
         cwd=ROOT,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,

@@ -47,7 +47,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from collector.store import SqliteStore  # noqa: E402
+from vigil.collector.store import SqliteStore  # noqa: E402
 
 TOKEN = "bench-agent-token"
 CHECKS = [f"check.{n:02d}" for n in range(12)]
@@ -211,7 +211,7 @@ def bench_vigil(tmp: Path, hosts: int, renders: int) -> dict[str, float]:
         )
         started = time.perf_counter()
         proc = subprocess.Popen(
-            [sys.executable, "-m", "collector", "--config", str(config)],
+            [sys.executable, "-m", "vigil.collector", "--config", str(config)],
             cwd=ROOT,
             stdout=subprocess.DEVNULL,
             stderr=(tmp / "collector.log").open("a"),

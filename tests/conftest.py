@@ -17,9 +17,9 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from agent import wire
-from collector.app import create_app
-from collector.config import AuthConfig, CollectorConfig
+from vigil import wire
+from vigil.collector.app import create_app
+from vigil.collector.config import AuthConfig, CollectorConfig
 
 COLLECTOR_AGENT_TOKEN = "test-agent-token"
 COLLECTOR_ADMIN_TOKEN = "test-admin-token"
@@ -170,3 +170,18 @@ def build_report(
         agent_version="0.1.0",
         events=tuple(events),
     )
+
+
+_TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The folder is the kind: everything under ``tests/integration/`` is marked
+    ``integration`` (``-m "not integration"`` runs the fast unit suite alone), and a test
+    under ``tests/unit/`` may not claim that mark."""
+    for item in items:
+        folder = Path(item.path).resolve().relative_to(_TESTS).parts[0]
+        if folder == "integration":
+            item.add_marker(pytest.mark.integration)
+        elif item.get_closest_marker("integration") is not None:
+            raise pytest.UsageError(f"{item.nodeid}: a unit test marked integration")

@@ -1,7 +1,0 @@
-"""``python -m agent`` is ``vigil-agent``."""
-
-import sys
-
-from agent.cli import main
-
-sys.exit(main())

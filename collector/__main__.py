@@ -1,5 +1,0 @@
-"""``python -m collector`` runs the collector CLI."""
-
-from collector.cli import main
-
-raise SystemExit(main())

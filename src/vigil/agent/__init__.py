@@ -1,0 +1,1 @@
+"""Vigil workstation agent: samples health, evaluates checks, runs remediations, ships reports."""

@@ -1,0 +1,178 @@
+"""``vigil-agent``: run the agent, or show what it sees.
+
+Exit status: 0 success; 1 ``check`` found a check that is not ok; 2 bad config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from vigil import __version__
+from vigil.agent import remediation_cli
+from vigil.agent.checks import classify
+from vigil.agent.config import AgentConfig, load_agent_config
+from vigil.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
+
+
+def default_config_path() -> Path:
+    """``$VIGIL_AGENT_CONFIG``, else the platform's system config location."""
+    if env := os.environ.get("VIGIL_AGENT_CONFIG"):
+        return Path(env)
+    if sys.platform == "win32":
+        return Path(os.environ.get("PROGRAMDATA", r"C:\ProgramData")) / "Vigil" / "agent.yaml"
+    return Path("/etc/vigil/agent.yaml")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vigil-agent",
+        description="Vigil workstation agent: samples health, runs checks and remediations, "
+        "and reports to the collector.",
+    )
+    parser.add_argument("--version", action="version", version=f"vigil-agent {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="agent config file (default: $VIGIL_AGENT_CONFIG or /etc/vigil/agent.yaml)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    run = sub.add_parser("run", help="run the agent until SIGINT/SIGTERM (the default)")
+    run.add_argument("--collector-url", help="override collector.url from the config")
+    check = sub.add_parser("check", help="run every configured check once and print the result")
+    check.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    remediation_cli.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    path = args.config or default_config_path()
+    if args.command == "remediation":
+        return remediation_cli.main(args, path)
+    try:
+        config = load_agent_config(path)
+        if args.command == "check":
+            return check_once(config, as_json=args.json)
+        if getattr(args, "collector_url", None):
+            config = dataclasses.replace(
+                config, collector=dataclasses.replace(config.collector, url=args.collector_url)
+            )
+        return asyncio.run(_run(config))
+    except ConfigError as exc:
+        print(f"vigil-agent: {exc}", file=sys.stderr)
+        return CONFIG_EXIT_CODE
+
+
+async def _run(config: AgentConfig) -> int:
+    from vigil.agent.service import AgentService  # heavy imports only when running
+
+    service = AgentService(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Windows has no add_signal_handler: Ctrl-C arrives as KeyboardInterrupt instead.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    await service.run(stop)
+    return 0
+
+
+def check_once(config: AgentConfig, *, as_json: bool = False) -> int:
+    """Run every configured check once and print a table or JSON.
+
+    Samples twice, 0.5 s apart (CPU and I/O rates need a delta), and runs every command
+    check (plugin) once, all at the same time. The for-duration, hysteresis and flapping
+    are ignored here: this shows what each check would say *now*. An ``unknown`` row
+    says why in its ``detail``.
+    """
+    from vigil.agent.plugins import run_plugin
+    from vigil.agent.sampler import Sampler
+
+    async def plugins() -> list[Any]:
+        specs = [s for s in config.checks if s.is_command]
+        return list(
+            await asyncio.gather(*(run_plugin(s.command, timeout_s=s.timeout_s) for s in specs))
+        )
+
+    sampler = Sampler(config.sampler)
+    sampler.sample()
+    time.sleep(0.5)
+    values = sampler.sample()
+    results = iter(asyncio.run(plugins()))
+    rows = []
+    for spec in config.checks:
+        if spec.is_command:
+            result = next(results)
+            values.update(result.series(spec.id))
+            value = next(iter(result.series(spec.id).values()), None)
+            state, detail = result.state, result.text
+        else:
+            value = values.get(spec.metric)
+            state = classify(spec, value)
+            detail = sampler.reason_for(spec.metric) if value is None else ""
+        rows.append(
+            {
+                "check": spec.id,
+                "metric": spec.metric or " ".join(spec.command),
+                "value": value,
+                "state": state,
+                "warning": spec.warning,
+                "critical": spec.critical,
+                "op": spec.op if not spec.is_command else "plugin",
+                "remediation": spec.remediation.id if spec.remediation else None,
+                "detail": detail,
+            }
+        )
+    if as_json:
+        print(json.dumps({"checks": rows, "values": values}, indent=2, sort_keys=True))
+    else:
+        print(_table(rows))
+    return 0 if all(r["state"] == "ok" for r in rows) else 1
+
+
+def _fmt(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.6g}" if abs(value) < 1e6 else f"{value:.4g}"
+
+
+def _table(rows: list[dict[str, object]]) -> str:
+    header = ("CHECK", "STATE", "VALUE", "OP", "WARN", "CRIT", "METRIC", "REMEDIATION", "DETAIL")
+    lines = [header] + [
+        (
+            str(r["check"]),
+            str(r["state"]).upper(),
+            _fmt(r["value"]),  # type: ignore[arg-type]
+            str(r["op"]),
+            _fmt(r["warning"]),  # type: ignore[arg-type]
+            _fmt(r["critical"]),  # type: ignore[arg-type]
+            str(r["metric"]),
+            str(r["remediation"] or "-"),
+            str(r["detail"] or "-"),
+        )
+        for r in rows
+    ]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
+    return "\n".join(
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,562 @@
+"""Agent configuration: one loader from YAML to frozen dataclasses.
+
+See ``config/agent.yaml`` for an annotated example and ``docs/configuration.md`` for
+every key. Relative paths resolve against the config file's folder.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from vigil.configio import ConfigError, Section, load_yaml
+
+Operator = Literal[">", ">=", "<", "<="]
+OPERATORS: tuple[str, ...] = (">", ">=", "<", "<=")
+_CHECK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorTarget:
+    """Where and how the agent reports. ``token`` is the bearer token for ingest."""
+
+    url: str
+    token: str
+    timeout_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Intervals:
+    """Job periods in seconds."""
+
+    sample_s: float = 15.0
+    report_s: float = 30.0
+    heartbeat_s: float = 60.0
+    # Metric values are shipped as one summary event this often (check state changes and
+    # remediation records are shipped as they happen), which keeps bytes per day small.
+    metrics_s: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    """The durable spool. ``max_bytes`` bounds the stored payload; metric samples go first.
+
+    ``max_age_s``: metric samples and heartbeats older than this are dropped (check state
+    changes and remediation records are kept; only the byte bound can drop them).
+    ``batch_max_bytes``: uncompressed JSON bytes of events per request (at least one event).
+    """
+
+    path: Path
+    max_bytes: int = 64 * 2**20
+    batch_max_events: int = 500
+    max_age_s: float = 7 * 86400.0
+    batch_max_bytes: int = 2 * 2**20
+
+
+@dataclass(frozen=True, slots=True)
+class ShippingConfig:
+    """How the shipper paces delivery (see ``docs/delivery.md``).
+
+    ``backoff_base_s``/``backoff_cap_s``: the n-th consecutive failure waits
+    ``uniform(0, min(cap, base * 2**n))`` seconds. ``drain_batches_per_s``: at most this
+    many batches per second while a backlog drains, so a fleet coming back from an outage
+    cannot knock the collector over. ``start_jitter_s``: the first delivery after start
+    waits ``uniform(0, start_jitter_s)`` so a fleet that boots together does not flush in step.
+    """
+
+    backoff_base_s: float = 1.0
+    backoff_cap_s: float = 300.0
+    drain_batches_per_s: float = 2.0
+    start_jitter_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class PathSpec:
+    """A file or folder to watch, sampled under the short ``name`` (not the full path).
+
+    ``interval_s``: walk it at most this often (``None``: every sample); a big folder
+    costs CPU in proportion to its entries, and sizes change slowly.
+    """
+
+    name: str
+    path: Path
+    interval_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """A named-process presence check, sampled as ``process.count[<name>]``.
+
+    A process matches when every given criterion holds: ``exe_name`` equals its name
+    (case-insensitive), ``cmdline`` (a regular expression) is found in its command line
+    joined by spaces, ``user`` equals its owner.
+    """
+
+    name: str
+    exe_name: str | None = None
+    cmdline: str | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeSpec:
+    """A user-experience probe, bounded by ``timeout_s``.
+
+    ``kind`` ``dns`` resolves ``target`` (a host name); ``tcp`` connects to ``target``
+    (``host:port``); ``http`` GETs ``target`` (a URL). Sampled as
+    ``probe.seconds[<name>]`` and ``probe.up[<name>]`` (1/0), plus
+    ``probe.http_status[<name>]`` for ``http``.
+    """
+
+    name: str
+    kind: Literal["dns", "tcp", "http"]
+    target: str
+    timeout_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SamplerConfig:
+    """What the sampler reads besides the always-on CPU, memory, swap, load and uptime.
+
+    ``disk_mounts``: ``None`` means every local, non-pseudo filesystem; otherwise exactly
+    these mount points. ``disk_timeout_s`` bounds each mount's read (a hung network mount
+    reads as ``unknown``). ``paths``: files or folders whose size, entry count and age are
+    sampled as ``path.size_bytes[<name>]``, ``path.count[<name>]``, ``path.age_seconds[<name>]``.
+    ``per_core``: also sample ``cpu.core_busy_percent[<n>]``. ``processes``, ``services``
+    (unit or service names) and ``probes`` are described on their specs.
+    ``process_scan_s`` is how often the process table is rescanned; ``slow_s`` how often
+    the slow-changing sources (sensors, battery) are read.
+    """
+
+    disk_mounts: tuple[str, ...] | None = None
+    paths: tuple[PathSpec, ...] = ()
+    disk_timeout_s: float = 2.0
+    per_core: bool = False
+    processes: tuple[ProcessSpec, ...] = ()
+    services: tuple[str, ...] = ()
+    probes: tuple[ProbeSpec, ...] = ()
+    process_scan_s: float = 60.0
+    top_n: int = 5
+    slow_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RemediationRef:
+    """A check's request to run remediation ``id`` with ``params``.
+
+    Params reach the script as environment variables ``VIGIL_PARAM_<NAME>`` (never
+    interpolated into a command line). Values starting ``./`` or ``../`` are paths and
+    resolve against the config file's folder.
+    """
+
+    id: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CheckSpec:
+    """A threshold check over one sampled series, or a Nagios-plugin command check.
+
+    Threshold (``command`` empty): the check is ``critical`` while ``value <op> critical``
+    holds, else ``warning`` while ``value <op> warning`` holds, else ``ok``; a missing
+    value is ``unknown``. Command: the plugin's exit status gives the level (0-3 = ok,
+    warning, critical, unknown) and ``metric`` is empty. A worse state must hold for
+    ``for_s`` seconds before it is reported. ``recovery`` (optional) is the hysteresis
+    level: once warning or critical, the check stays bad while ``value <op> recovery``.
+    ``flap_changes`` state changes within ``flap_window_s`` seconds mark it flapping (0:
+    off). ``interval_s`` is how often it runs (``None``: every ``intervals.sample``).
+    ``remediation`` runs when the check reaches ``critical``.
+    """
+
+    id: str
+    metric: str
+    op: Operator = ">"
+    warning: float | None = None
+    critical: float | None = None
+    for_s: float = 0.0
+    description: str = ""
+    remediation: RemediationRef | None = None
+    recovery: float | None = None
+    flap_changes: int = 0
+    flap_window_s: float = 600.0
+    interval_s: float | None = None
+    command: tuple[str, ...] = ()
+    timeout_s: float = 10.0
+
+    @property
+    def is_command(self) -> bool:
+        """True for a Nagios-plugin command check."""
+        return bool(self.command)
+
+
+@dataclass(frozen=True, slots=True)
+class RemediationSettings:
+    """Where remediations live, how many may run at once, and this host's parameters.
+
+    ``enable`` lists the remediations whose manifest triggers (``trigger.checks``,
+    ``trigger.detection``) this agent honours: shipping a manifest activates nothing by
+    itself. A check that names a remediation needs no entry here. ``params`` maps a
+    remediation id to parameter values for runs that no check's ``remediation.params``
+    covers; a check's own params win over these. Values starting ``./`` or ``../`` are
+    paths.
+    """
+
+    folders: tuple[Path, ...] = ()
+    max_concurrent: int = 2
+    dry_run: bool = False
+    verify_delay_s: float = 1.0
+    params: dict[str, dict[str, str]] = field(default_factory=dict)
+    enable: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class AgentConfig:
+    """Everything one agent process needs, validated."""
+
+    file: str
+    state_dir: Path
+    hostname: str | None
+    labels: dict[str, str]
+    collector: CollectorTarget
+    intervals: Intervals
+    outbox: OutboxConfig
+    sampler: SamplerConfig
+    remediation: RemediationSettings
+    checks: tuple[CheckSpec, ...]
+    shipping: ShippingConfig = field(default_factory=ShippingConfig)
+
+
+def default_state_dir() -> Path:
+    """Per-platform default for agent state (identity, outbox)."""
+    if sys.platform == "win32":
+        return Path(os.environ.get("PROGRAMDATA", r"C:\ProgramData")) / "Vigil"
+    if os.geteuid() == 0:
+        return Path("/var/lib/vigil")
+    return Path.home() / ".local" / "state" / "vigil"
+
+
+def load_agent_config(path: str | Path) -> AgentConfig:
+    """Load and validate an agent config file; raises :class:`ConfigError`."""
+    root = Section(load_yaml(path), str(path))
+
+    agent = root.section("agent")
+    state_dir = agent.path_value("state_dir", None) or default_state_dir()
+    hostname = agent.get("hostname", str, None)
+    labels = agent.str_map("labels", {})
+    agent.done()
+
+    col = root.section("collector", required=True)
+    url = col.get("url", str)
+    if not re.match(r"^https?://[^/\s]+", url):
+        raise col.error("url", "must be an http:// or https:// URL", url)
+    token = _token(col)
+    collector = CollectorTarget(
+        url=url.rstrip("/"), token=token, timeout_s=col.duration("timeout", 10.0, minimum=0.1)
+    )
+    col.done()
+
+    iv = root.section("intervals")
+    intervals = Intervals(
+        sample_s=iv.duration("sample", 15.0, minimum=0.1),
+        report_s=iv.duration("report", 30.0, minimum=0.1),
+        heartbeat_s=iv.duration("heartbeat", 60.0, minimum=1.0),
+        metrics_s=iv.duration("metrics", 300.0, minimum=1.0),
+    )
+    iv.done()
+
+    ob = root.section("outbox")
+    outbox = OutboxConfig(
+        path=ob.path_value("path", None) or state_dir / "outbox.db",
+        max_bytes=ob.size("max_bytes", 64 * 2**20),
+        batch_max_events=ob.get("batch_max_events", int, 500, minimum=1, maximum=5000),
+        max_age_s=ob.duration("max_age", 7 * 86400.0, minimum=60.0),
+        batch_max_bytes=ob.size("batch_max_bytes", 2 * 2**20),
+    )
+    if outbox.max_bytes <= 0:
+        raise ob.error("max_bytes", "must be positive", outbox.max_bytes)
+    if outbox.batch_max_bytes < 1024:
+        raise ob.error("batch_max_bytes", "must be at least 1KiB", outbox.batch_max_bytes)
+    ob.done()
+
+    sh = root.section("shipping")
+    shipping = ShippingConfig(
+        backoff_base_s=sh.duration("backoff_base", 1.0, minimum=0.01),
+        backoff_cap_s=sh.duration("backoff_cap", 300.0, minimum=0.01),
+        drain_batches_per_s=sh.get("drain_rate", float, 2.0, minimum=0.01),
+        start_jitter_s=sh.duration("start_jitter", 10.0),
+    )
+    if shipping.backoff_cap_s < shipping.backoff_base_s:
+        raise sh.error("backoff_cap", "must be at least backoff_base", shipping.backoff_cap_s)
+    sh.done()
+
+    sa = root.section("sampler")
+    mounts = sa.str_list("disk_mounts", None)
+    paths = tuple(_path_spec(p) for p in sa.sections("paths"))
+    processes = tuple(_process_spec(p) for p in sa.sections("processes"))
+    probes = tuple(_probe_spec(p) for p in sa.sections("probes"))
+    for key, named in (("paths", paths), ("processes", processes), ("probes", probes)):
+        names = [p.name for p in named]
+        for i, name in enumerate(names):
+            if name in names[:i]:
+                raise sa.error(f"{key}[{i}].name", f"duplicate {key} name", name)
+    sampler = SamplerConfig(
+        disk_mounts=mounts,
+        paths=paths,
+        disk_timeout_s=sa.duration("disk_timeout", 2.0, minimum=0.01),
+        per_core=sa.get("per_core", bool, False),
+        processes=processes,
+        services=sa.str_list("services", ()),
+        probes=probes,
+        process_scan_s=sa.duration("process_scan", 60.0, minimum=1.0),
+        top_n=sa.get("top_n", int, 5, minimum=0, maximum=50),
+        slow_s=sa.duration("slow_interval", 60.0, minimum=1.0),
+    )
+    sa.done()
+
+    rs = root.section("remediation")
+    folders = tuple(
+        (rs.base_dir / Path(p).expanduser()).resolve() for p in rs.str_list("folders", ())
+    )
+    remediation = RemediationSettings(
+        folders=folders,
+        max_concurrent=rs.get("max_concurrent", int, 2, minimum=1, maximum=16),
+        dry_run=rs.get("dry_run", bool, False),
+        verify_delay_s=rs.duration("verify_delay", 1.0),
+        params=_remediation_params(rs.section("params")),
+        enable=rs.str_list("enable", ()),
+    )
+    rs.done()
+
+    checks = tuple(_check(s) for s in root.sections("checks"))
+    seen: set[str] = set()
+    for i, c in enumerate(checks):
+        if c.id in seen:
+            raise ConfigError(str(path), f"checks[{i}].id", c.id, "duplicate check id")
+        seen.add(c.id)
+    root.done()
+
+    return AgentConfig(
+        file=str(path),
+        state_dir=state_dir,
+        hostname=hostname,
+        labels=labels,
+        collector=collector,
+        intervals=intervals,
+        outbox=outbox,
+        sampler=sampler,
+        remediation=remediation,
+        checks=checks,
+        shipping=shipping,
+    )
+
+
+def _token(col: Section) -> str:
+    """The ingest token, given inline (``token``) or in a file (``token_file``)."""
+    if col.has("token") and col.has("token_file"):
+        raise col.error(
+            "token_file", "give either token or token_file, not both", col.data["token_file"]
+        )
+    if col.has("token_file"):
+        tf = col.path_value("token_file")
+        try:
+            token = tf.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            raise col.error("token_file", f"cannot read: {exc.strerror}", str(tf)) from None
+    else:
+        token = col.get("token", str)
+    if not token or any(ch.isspace() for ch in token):
+        raise col.error("token", "must be non-empty with no whitespace", token)
+    return token
+
+
+def _param(s: Section, value: str) -> str:
+    """Parameter values that look like relative paths (``./x``, ``../x``) resolve against
+    the config file's folder, like every other path in the config; others pass as-is."""
+    if value.startswith(("./", "../")):
+        return str((s.base_dir / value).resolve())
+    return value
+
+
+def _remediation_params(s: Section) -> dict[str, dict[str, str]]:
+    """``remediation.params``: remediation id -> {name: value}."""
+    out = {
+        str(rem_id): {k: _param(s, v) for k, v in s.str_map(str(rem_id)).items()}
+        for rem_id in s.data
+    }
+    s.done()
+    return out
+
+
+def _path_spec(s: Section) -> PathSpec:
+    name = s.get("name", str)
+    if not _CHECK_ID.match(name):
+        raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
+    spec = PathSpec(
+        name=name, path=s.path_value("path"), interval_s=s.duration("interval", None, minimum=0.1)
+    )
+    s.done()
+    return spec
+
+
+def _process_spec(s: Section) -> ProcessSpec:
+    name = s.get("name", str)
+    if not _CHECK_ID.match(name):
+        raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
+    pattern = s.get("cmdline", str, None)
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise s.error("cmdline", f"not a regular expression: {exc}", pattern) from None
+    spec = ProcessSpec(
+        name=name, exe_name=s.get("exe", str, None), cmdline=pattern, user=s.get("user", str, None)
+    )
+    if spec.exe_name is None and spec.cmdline is None and spec.user is None:
+        raise s.error("exe", "a process needs at least one of exe, cmdline, user")
+    s.done()
+    return spec
+
+
+_PROBE_KINDS = ("dns", "tcp", "http")
+
+
+def _probe_spec(s: Section) -> ProbeSpec:
+    name = s.get("name", str)
+    if not _CHECK_ID.match(name):
+        raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
+    given = [k for k in _PROBE_KINDS if s.has(k)]
+    if len(given) != 1:
+        raise s.error("dns", "a probe needs exactly one of dns, tcp, http", given or None)
+    kind = given[0]
+    target = s.get(kind, str)
+    if kind == "tcp" and not re.match(r"^\[?[^\s\]]+\]?:\d{1,5}$", target):
+        raise s.error("tcp", "expected host:port", target)
+    if kind == "http" and not re.match(r"^https?://[^/\s]+", target):
+        raise s.error("http", "must be an http:// or https:// URL", target)
+    spec = ProbeSpec(
+        name=name,
+        kind=kind,  # type: ignore[arg-type]
+        target=target,
+        timeout_s=s.duration("timeout", 5.0, minimum=0.01),
+    )
+    s.done()
+    return spec
+
+
+_CHECK_KEYS = (
+    "id",
+    "metric",
+    "op",
+    "warning",
+    "critical",
+    "for",
+    "description",
+    "remediation",
+    "recovery",
+    "flapping",
+    "interval",
+    "command",
+    "timeout",
+)
+
+
+def _check(s: Section) -> CheckSpec:
+    s.check_keys(*_CHECK_KEYS)
+    check_id = s.get("id", str)
+    if not _CHECK_ID.match(check_id):
+        raise s.error("id", "must be 1-128 of letters, digits, '_', '.', ':', '-'", check_id)
+    if s.has("command"):
+        return _command_check(s, check_id)
+    op = s.get("op", str, ">", choices=OPERATORS)
+    warning = s.get("warning", float, None)
+    critical = s.get("critical", float, None)
+    if warning is None and critical is None:
+        raise s.error("critical", "a check needs a warning or a critical level")
+    if warning is not None and critical is not None:
+        worse = critical >= warning if op in (">", ">=") else critical <= warning
+        if not worse:
+            raise s.error("critical", f"must be beyond warning ({warning}) for op {op!r}", critical)
+    recovery = s.get("recovery", float, None)
+    lowest = warning if warning is not None else critical
+    if recovery is not None and lowest is not None:
+        # Hysteresis only makes sense on the healthy side of the lowest bad level.
+        healthy_side = recovery <= lowest if op in (">", ">=") else recovery >= lowest
+        if not healthy_side:
+            raise s.error("recovery", f"must be on the ok side of {lowest} for op {op!r}", recovery)
+    if s.has("timeout"):
+        raise s.error("timeout", "only command checks take a timeout", s.data["timeout"])
+    remediation = _remediation_ref(s)
+    spec = CheckSpec(
+        id=check_id,
+        metric=s.get("metric", str),
+        op=op,  # type: ignore[arg-type]
+        warning=warning,
+        critical=critical,
+        for_s=s.duration("for", 0.0),
+        description=s.get("description", str, ""),
+        remediation=remediation,
+        recovery=recovery,
+        interval_s=s.duration("interval", None, minimum=0.1),
+        **_flapping(s),
+    )
+    s.done()
+    return spec
+
+
+def _remediation_ref(s: Section) -> RemediationRef | None:
+    if not s.has("remediation"):
+        return None
+    raw = s.data["remediation"]
+    if isinstance(raw, str):
+        s.get("remediation", str)
+        return RemediationRef(id=raw)
+    r = s.section("remediation")
+    params = {k: _param(r, v) for k, v in r.str_map("params", {}).items()}
+    ref = RemediationRef(id=r.get("id", str), params=params)
+    r.done()
+    return ref
+
+
+def _flapping(s: Section) -> dict[str, int | float]:
+    """``flapping: {changes: 6, window: 10m}`` -> CheckSpec keyword arguments."""
+    if not s.has("flapping"):
+        return {}
+    f = s.section("flapping")
+    out: dict[str, int | float] = {
+        "flap_changes": f.get("changes", int, minimum=2, maximum=1000),
+        "flap_window_s": f.duration("window", 600.0, minimum=1.0),
+    }
+    f.done()
+    return out
+
+
+def _command_check(s: Section, check_id: str) -> CheckSpec:
+    """A Nagios-plugin check: ``command`` is an argv list, never a shell string."""
+    command = s.str_list("command")
+    if not command or not command[0]:
+        raise s.error("command", "expected a non-empty list: [program, arg, ...]", command)
+    program = Path(command[0]).expanduser()
+    if not program.is_absolute():
+        # Relative to the config file, like every other path, so the meaning never
+        # depends on the agent's working directory or PATH.
+        program = (s.base_dir / program).resolve()
+    for key in ("metric", "op", "warning", "critical", "recovery"):
+        if s.has(key):
+            raise s.error(key, "a command check takes its state from the plugin", s.data[key])
+    spec = CheckSpec(
+        id=check_id,
+        metric="",
+        for_s=s.duration("for", 0.0),
+        description=s.get("description", str, ""),
+        remediation=_remediation_ref(s),
+        interval_s=s.duration("interval", None, minimum=0.1),
+        command=(str(program), *command[1:]),
+        timeout_s=s.duration("timeout", 10.0, minimum=0.1),
+        **_flapping(s),
+    )
+    s.done()
+    return spec

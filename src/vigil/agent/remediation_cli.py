@@ -1,0 +1,296 @@
+"""``vigil-agent remediation list | validate DIR | test DIR``: the admin's remediation tools.
+
+- ``list [FOLDER ...]`` shows every remediation in the given library folders (default:
+  ``remediation.folders`` of the agent config) and every manifest that failed to load.
+- ``validate DIR`` loads one remediation folder strictly and checks what the agent would
+  refuse at run time (a script writable by group or others, a non-executable script
+  without a known suffix); it runs nothing.
+- ``test DIR`` runs detection, remediation and verification on this machine exactly as the
+  agent would (same runner, limits, environment and outcome rules) and prints the
+  corrective-action record the agent would send. ``--dry-run`` passes ``VIGIL_DRY_RUN=1``.
+
+Exit status: 0 success (``test``: outcome ``fixed``, ``dry_run``, or no issue detected);
+1 ``test`` gave another outcome; 2 a bad manifest, config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import stat
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from vigil import wire
+from vigil.agent.remediation import (
+    Remediation,
+    current_platform,
+    load_library,
+    load_manifest,
+    run_outcome,
+    verified_outcome,
+)
+from vigil.agent.runner import ScriptResult, run_script
+from vigil.configio import CONFIG_EXIT_CODE, ConfigError
+
+_OK_OUTCOMES = ("fixed", "dry_run")
+
+
+def add_parser(sub: Any) -> None:
+    """Register ``remediation`` and its subcommands on the ``vigil-agent`` subparsers."""
+    rem = sub.add_parser("remediation", help="list, validate or test remediations")
+    cmds = rem.add_subparsers(dest="remediation_command", metavar="SUBCOMMAND", required=True)
+    ls = cmds.add_parser("list", help="list the remediations in the library folders")
+    ls.add_argument(
+        "folders", nargs="*", type=Path, help="library folders (default: remediation.folders)"
+    )
+    val = cmds.add_parser("validate", help="load one remediation folder strictly; run nothing")
+    val.add_argument("dir", type=Path, help="the remediation's folder (holds remediation.yaml)")
+    test = cmds.add_parser("test", help="run detection, remediation and verification here")
+    test.add_argument("dir", type=Path, help="the remediation's folder (holds remediation.yaml)")
+    test.add_argument("--dry-run", action="store_true", help="pass VIGIL_DRY_RUN=1")
+    test.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a parameter value (repeatable); declared defaults apply otherwise",
+    )
+    test.add_argument(
+        "--force", action="store_true", help="run the remediation even if detection finds no issue"
+    )
+    test.add_argument("--verify-delay", type=float, default=None, help="seconds before verifying")
+
+
+def main(args: argparse.Namespace, config_path: Path) -> int:
+    """Run the ``remediation`` subcommand in ``args``; returns the exit status."""
+    try:
+        if args.remediation_command == "list":
+            return list_remediations(args.folders or _configured_folders(config_path))
+        if args.remediation_command == "validate":
+            return validate(args.dir)
+        params = _parse_params(args.param)
+        return asyncio.run(
+            try_remediation(
+                args.dir,
+                params=params,
+                dry_run=args.dry_run,
+                force=args.force,
+                verify_delay_s=args.verify_delay,
+            )
+        )
+    except ConfigError as exc:
+        print(f"vigil-agent: {exc}", file=sys.stderr)
+        return CONFIG_EXIT_CODE
+
+
+def _configured_folders(config_path: Path) -> list[Path]:
+    from vigil.agent.config import load_agent_config
+
+    folders = list(load_agent_config(config_path).remediation.folders)
+    if not folders:
+        raise ConfigError(str(config_path), "remediation.folders", [], "no folders configured")
+    return folders
+
+
+def _parse_params(raw: list[str]) -> dict[str, str]:
+    params: dict[str, str] = {}
+    for item in raw:
+        name, sep, value = item.partition("=")
+        if not sep or not name:
+            raise ConfigError("--param", name or item, item, "expected NAME=VALUE")
+        params[name] = value
+    return params
+
+
+# --------------------------------------------------------------------------- list
+
+
+def describe_trigger(rem: Remediation) -> str:
+    """One line saying when ``rem`` runs on its own (its manifest trigger)."""
+    if rem.detection:
+        return f"detection every {rem.detect_every_s:g}s"
+    if rem.trigger_checks:
+        return ", ".join(f"{t.check} {'/'.join(t.states)}" for t in rem.trigger_checks)
+    return "named by a check"
+
+
+def list_remediations(folders: list[Path]) -> int:
+    """Print a table of the remediations in ``folders``; errors go to stderr (exit 2)."""
+    library, errors = load_library(folders)
+    rows = [("ID", "PLATFORMS", "TRIGGER", "RUN AS", "TITLE")]
+    for rem_id in sorted(library):
+        rem = library[rem_id]
+        rows.append(
+            (
+                rem.id,
+                ",".join(rem.platforms),
+                describe_trigger(rem),
+                rem.run_as or "agent",
+                rem.title,
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        cells = [c.ljust(w) for c, w in zip(row, widths, strict=False)] + [row[-1]]
+        print("  ".join(cells).rstrip())
+    for err in errors:
+        print(f"vigil-agent: not loaded: {err}", file=sys.stderr)
+    return CONFIG_EXIT_CODE if errors else 0
+
+
+# --------------------------------------------------------------------------- validate
+
+
+def lint(rem: Remediation) -> list[str]:
+    """What the runner would refuse at run time, for every script of every platform.
+
+    A script writable by group or others is refused when the agent runs as root (anyone
+    who can write it could run code as root); an unknown suffix needs the executable bit.
+    """
+    problems = []
+    scripts = {
+        *rem.scripts.values(),
+        *rem.detection.values(),
+        *rem.verify_scripts.values(),
+    }
+    for script in sorted(scripts):
+        mode = script.stat().st_mode
+        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+            problems.append(f"{script}: writable by group or others (refused when run as root)")
+        known = script.suffix.lower() in (".sh", ".py", ".ps1")
+        if not known and not mode & 0o111 and os.name == "posix":
+            problems.append(f"{script}: not executable and not .sh, .py or .ps1")
+    return problems
+
+
+def validate(folder: Path) -> int:
+    """Load ``folder`` strictly and lint its scripts; print ``ok`` or every problem."""
+    rem = load_manifest(folder)
+    problems = lint(rem)
+    for p in problems:
+        print(f"vigil-agent: {p}", file=sys.stderr)
+    if problems:
+        return CONFIG_EXIT_CODE
+    print(f"ok: {rem.id} ({', '.join(rem.platforms)}; {describe_trigger(rem)})")
+    return 0
+
+
+# --------------------------------------------------------------------------- test
+
+
+async def try_remediation(
+    folder: Path,
+    *,
+    params: dict[str, str],
+    dry_run: bool = False,
+    force: bool = False,
+    verify_delay_s: float | None = None,
+) -> int:
+    """Detection → remediation → verification on this machine; print the record as JSON.
+
+    Scripts run with the remediation's parent folder as the only allowed folder, and with
+    the manifest's timeout, output cap and ``run_as``. Verification uses the verification
+    script, else the detection script; a remediation triggered only by checks cannot be
+    verified here (the agent re-samples its check), which the output says.
+    """
+    rem = load_manifest(folder)
+    try:
+        rem.script_env(params)
+    except ValueError as exc:
+        raise ConfigError("--param", "", params, str(exc)) from None
+    platform = current_platform()
+    script = rem.script_for(platform)
+    if script is None:
+        raise ConfigError(str(folder), "platforms", list(rem.platforms), f"no {platform} script")
+    dry_run = dry_run or rem.dry_run
+    roots = [rem.folder.parent]
+    env = rem.script_env(params, dry_run=dry_run)
+    report: dict[str, Any] = {"remediation": rem.id, "platform": platform}
+
+    async def run(path: Path, phase: str) -> ScriptResult:
+        return await run_script(
+            path,
+            allowed_roots=roots,
+            env={**env, "VIGIL_PHASE": phase},
+            timeout_s=rem.timeout_s,
+            output_cap_bytes=rem.output_cap_bytes,
+            cwd=rem.folder,
+            run_as=rem.run_as,
+        )
+
+    detection = rem.detection_for(platform)
+    before: float | None = None
+    check = rem.trigger_checks[0].check if rem.trigger_checks else None
+    if detection is not None:
+        check = f"detect.{rem.id}"
+        found = await run(detection, "detect")
+        report["detection"] = _phase(found)
+        before = float(found.exit_code) if found.exit_code in (0, 1) else None
+        if before != 1.0 and not force:
+            why = "no issue detected" if before == 0.0 else "detection failed"
+            report["result"] = f"{why}: the agent would not run the remediation (--force runs it)"
+            print(json.dumps(report, indent=2))
+            return 0 if before == 0.0 else 1
+
+    started = time.time()
+    result = await run(script, "remediate")
+    report["remediation_run"] = _phase(result)
+    early = run_outcome(rem, result, dry_run=dry_run)
+    after = before
+    if early is not None:
+        outcome, reason = early
+    else:
+        await asyncio.sleep(rem.verify_delay_s if verify_delay_s is None else verify_delay_s)
+        verify = rem.verify_for(platform)
+        if verify is not None or detection is not None:
+            how = "verify" if verify is not None else "detect"
+            checked = await run(verify if verify is not None else detection, how)  # type: ignore[arg-type]
+            report["verification"] = _phase(checked)
+            if detection is not None and verify is None and checked.exit_code in (0, 1):
+                after = float(checked.exit_code)  # type: ignore[arg-type]
+            ran = checked.error is None and not checked.timed_out
+            outcome, reason = verified_outcome(
+                ran and checked.exit_code == 0, f"{how} exit {checked.exit_code}"
+            )
+        else:
+            triggers = ", ".join(t.check for t in rem.trigger_checks) or "the triggering check"
+            report["verification"] = f"none here: the agent re-samples {triggers}"
+            outcome, reason = verified_outcome(True, "not verified locally")
+    report["reason"] = reason
+    now = time.time()
+    record = wire.RemediationEvent(
+        event_id=uuid.uuid4().hex,
+        seq=0,
+        time=now,
+        remediation=rem.id,
+        check=check,
+        outcome=outcome,  # type: ignore[arg-type]
+        exit_code=result.exit_code,
+        started_at=started,
+        duration_s=round(now - started, 3),
+        value_before=before,
+        value_after=after,
+        output=(result.output or reason)[: wire.MAX_OUTPUT],
+        output_truncated=result.truncated,
+        script_sha256=result.script_sha256,
+        dry_run=dry_run,
+    )
+    report["record"] = wire.to_dict(record)
+    print(json.dumps(report, indent=2))
+    return 0 if outcome in _OK_OUTCOMES else 1
+
+
+def _phase(r: ScriptResult) -> dict[str, Any]:
+    return {
+        "exit_code": r.exit_code,
+        "timed_out": r.timed_out,
+        "error": r.error,
+        "duration_s": round(r.duration_s, 3),
+        "output": r.output,
+    }

@@ -1,0 +1,659 @@
+"""The shipper: delivers outbox batches to the collector over HTTP(S), with backoff.
+
+One call to :meth:`Shipper.ship` sends batches until the outbox is empty, a limit is
+reached or a send fails. A batch is deleted from the outbox only after a 2xx response;
+a failed batch is sent again later under the same ``batch_id`` with the same events, and
+the collector treats a repeated ``batch_id`` as already done (at-least-once delivery,
+exactly-once effect).
+
+How responses are handled:
+
+* **2xx**: acknowledged; the batch is deleted and the failure count resets.
+* **429 / 503**: the collector is shedding load. A ``Retry-After`` (seconds or an HTTP
+  date) sets the wait; without one the exponential backoff below applies.
+* **408, other 5xx, connection errors, timeouts**: transient. Exponential backoff with
+  full jitter: the n-th consecutive failure waits ``uniform(0, min(cap, base * 2**n))``
+  seconds (n from 0; defaults base 1 s, cap 300 s), see
+  https://aws.amazon.com/blogs/architecture/exponential-backoff-and-jitter/.
+* **Any other status (4xx, 3xx)**: the collector refuses this batch or this agent (bad
+  token, schema rejected, wrong URL). Retrying at once cannot help, but deleting data
+  would lose it for good, so the batch is *kept*, the response text is logged at ERROR,
+  and the shipper backs off for :data:`REJECTED_BACKOFF_S` (5 minutes). A fixed token or
+  collector then lets the same batch through; a truly poisoned batch blocks the queue and
+  keeps logging, which is the loud failure an admin needs to see.
+
+Pacing: while a backlog drains, batches go out at most ``drain_batches_per_s`` per second,
+so a fleet returning from an outage arrives as a steady stream rather than a wall.
+Backoff windows are measured on the *monotonic* clock, so a wall-clock step (a manual
+change, NTP after a long sleep) can neither freeze delivery for hours nor end a backoff
+early; ``sent_at`` uses the wall clock because the collector compares it with its own.
+:meth:`Shipper.wake` ends a backoff at once (after a resume from sleep the collector is
+probably reachable again and waiting out a pre-sleep backoff helps no one).
+
+Transport: the standard library's :mod:`http.client`, not aiohttp (importing aiohttp cost
+the agent ~13 MB of RSS, issue #3). Every request is a blocking call on ONE worker thread
+owned by the shipper (created on the first send, stopped by :meth:`Shipper.close`); the
+event loop awaits it, so a slow collector never blocks the loop and at most one request is
+in flight. One persistent connection (``HTTPConnection`` or, for ``https://``,
+``HTTPSConnection`` with ``ssl.create_default_context()``: system CA store, or the file
+named by ``SSL_CERT_FILE``; certificate and hostname verified) is reused for the next
+request, unless it has been idle for more than :data:`KEEPALIVE_S`, the collector closed
+it (it is checked before reuse) or the last response asked for a close. Any error closes
+it; the next request opens a new one. One race is left after that check: the collector
+closing the idle connection just as the request goes out. A reused connection that fails
+before any byte of a response is therefore retried once, at once, on a new connection,
+within the same time budget (as urllib3 does): resending is safe because the collector
+deduplicates by ``batch_id``. Redirects are never followed (a 3xx is a rejection,
+see above); at most ``_LOGGED_BODY_CHARS * 4`` bytes of an error response (and
+:data:`MAX_ACK_BODY_BYTES` of a 2xx one) are read: a longer body costs the connection, not
+memory.
+
+Timeout (``CollectorTarget.timeout_s``, *T*): the whole request (connect, send, response
+head and the bounded body read) gets *T* seconds in total, like aiohttp's ``total``
+timeout: when the loop stops waiting it shuts the socket down, which ends the worker's
+blocking call at once, and the connection is dropped. Each socket operation also has *T*
+as its own timeout (a backstop). The DNS lookup (``getaddrinfo``) cannot be interrupted,
+so it runs on a daemon thread of its own (:class:`_Resolver`) that the worker waits for at
+most until the request is aborted or *T* runs out: a resolver that hangs (a captive
+portal, an unreachable VPN DNS server) never holds the worker, the next request or the
+agent's exit; while a lookup still hangs the next request waits for that one rather than
+starting another. A request that timed out may still have reached the collector;
+resending it is safe (same ``batch_id``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import email.utils
+import gzip
+import http.client
+import ipaddress
+import logging
+import random
+import select
+import socket
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from vigil import wire
+from vigil.agent.config import CollectorTarget
+from vigil.agent.identity import Identity
+from vigil.agent.outbox import Batch, Outbox
+
+log = logging.getLogger("vigil.agent.shipper")
+
+REPORTS_PATH = "/api/v1/reports"
+BACKOFF_BASE_S = 1.0
+BACKOFF_CAP_S = 300.0
+REJECTED_BACKOFF_S = 300.0
+# A held connection idle for longer than this is not reused: it is closed and replaced at
+# the next request (checked then, so no timer wakes the agent to close it).
+KEEPALIVE_S = 15.0
+# A Retry-After longer than this is treated as a collector misconfiguration, not obeyed.
+MAX_RETRY_AFTER_S = 3600.0
+# How much of a rejection's response body goes into the log (characters).
+_LOGGED_BODY_CHARS = 2000
+# At most this much of a 2xx response body is read (the collector's ack is a few bytes);
+# the connection is dropped rather than reused when the body is longer.
+MAX_ACK_BODY_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ShipResult:
+    """What one :meth:`Shipper.ship` call achieved.
+
+    ``error`` is the last error (``None`` when everything pending was delivered, or when
+    ``max_batches`` was reached without error); ``retry_after_s`` is the wait the collector
+    asked for with ``Retry-After`` (429/503), else ``None``.
+    """
+
+    sent_batches: int
+    sent_events: int
+    error: str | None
+    retry_after_s: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Reply:
+    """What the worker thread read of one response: status, ``Retry-After``, body start."""
+
+    status: int
+    retry_after: str | None
+    text: str
+
+
+class Shipper:
+    """Sends the outbox to one collector; see the module docstring for retry rules and the
+    transport (one worker thread, one persistent ``http.client`` connection, timeouts).
+
+    ``hold_connection=False`` closes the connection at the end of every :meth:`ship` call
+    instead of keeping it for the next: for deliveries further apart than
+    :data:`KEEPALIVE_S` a held connection would never be reused, only left open. ``clock``
+    gives wall-clock seconds (for ``sent_at``); ``monotonic`` measures backoff windows;
+    ``sleep`` paces a draining backlog; ``rng`` draws the backoff jitter.
+
+    Raises ``ValueError`` for a URL that is not ``http://`` or ``https://`` with a host.
+    """
+
+    def __init__(
+        self,
+        target: CollectorTarget,
+        outbox: Outbox,
+        identity: Identity,
+        *,
+        agent_version: str,
+        batch_max_events: int = 500,
+        batch_max_bytes: int = 2 * 2**20,
+        backoff_base_s: float = BACKOFF_BASE_S,
+        backoff_cap_s: float = BACKOFF_CAP_S,
+        drain_batches_per_s: float | None = None,
+        hold_connection: bool = True,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        if not 1 <= batch_max_events <= wire.MAX_EVENTS:
+            raise ValueError(
+                f"batch_max_events: must be 1-{wire.MAX_EVENTS}, got {batch_max_events!r}"
+            )
+        if not 0 < backoff_base_s <= backoff_cap_s:
+            raise ValueError(
+                f"backoff: need 0 < base <= cap, got base={backoff_base_s!r} cap={backoff_cap_s!r}"
+            )
+        if drain_batches_per_s is not None and not drain_batches_per_s > 0:
+            raise ValueError(f"drain_batches_per_s: must be positive, got {drain_batches_per_s!r}")
+        split = urllib.parse.urlsplit(target.url)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise ValueError(f"collector url: must be http:// or https://, got {target.url!r}")
+        self._target = target
+        self._outbox = outbox
+        self._batch_max_bytes = batch_max_bytes
+        self._backoff_base_s = backoff_base_s
+        self._backoff_cap_s = backoff_cap_s
+        self._drain_gap_s = 0.0 if drain_batches_per_s is None else 1.0 / drain_batches_per_s
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._identity = identity
+        self._agent_version = agent_version
+        self._batch_max_events = batch_max_events
+        self._hold_connection = hold_connection
+        self._clock = clock
+        self._rng = rng if rng is not None else random.Random()
+        self._url = target.url.rstrip("/") + REPORTS_PATH
+        self._https = split.scheme == "https"
+        self._host = split.hostname
+        self._port = split.port  # None: the scheme's default
+        self._path = split.path.rstrip("/") + REPORTS_PATH
+        self._failures = 0
+        self._backoff_until = 0.0
+        # Two overlapping ship() calls (report interval + urgent event) would otherwise
+        # both send the in-flight batch.
+        self._lock = asyncio.Lock()
+        # The transport. _conn and _conn_used_at are only touched by the worker thread
+        # (or by the loop while no request is in flight); the loop may shut the socket
+        # down under a request to abort it (_abort).
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._inflight: asyncio.Future[_Reply] | None = None
+        self._conn: http.client.HTTPConnection | None = None
+        self._conn_used_at = 0.0  # time.monotonic() at the end of the last request
+        self._aborted = False  # the loop gave up on the request in flight (see _abort)
+        self._resolver = _Resolver()
+        self._ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def backoff_until(self) -> float:
+        """Monotonic time before which :meth:`ship` will not send; 0.0 when not backing off."""
+        return self._backoff_until
+
+    @property
+    def connected(self) -> bool:
+        """Whether a connection to the collector is held open for the next request."""
+        conn = self._conn
+        return conn is not None and conn.sock is not None
+
+    def wake(self) -> None:
+        """End any backoff window now (e.g. after a resume from sleep); keeps nothing else."""
+        self._backoff_until = 0.0
+        self._failures = 0
+
+    async def ship(self, *, max_batches: int = 50) -> ShipResult:
+        """Send pending batches until the outbox is empty, ``max_batches`` or an error.
+
+        Inside a backoff window it returns at once with ``error="backing off"`` and sends
+        nothing. Never raises for delivery problems; they are reported in the result.
+        Cancelled while a request is in flight, it aborts that request (the batch stays in
+        the outbox; the collector may have stored it, and a resend is deduplicated).
+        """
+        async with self._lock:
+            if self._monotonic() < self._backoff_until:
+                return ShipResult(0, 0, "backing off", None)
+            try:
+                return await self._ship(max_batches)
+            finally:
+                if not self._hold_connection:
+                    self._drop_connection()  # see the class docstring
+
+    async def _ship(self, max_batches: int) -> ShipResult:
+        sent_batches = sent_events = 0
+        for i in range(max_batches):
+            batch = self._outbox.next_batch(self._batch_max_events, self._batch_max_bytes)
+            if batch is None:
+                break
+            if i and self._drain_gap_s:
+                # A backlog: pace it (the first batch of a call goes at once, so
+                # urgent events and ordinary reports are never delayed by this).
+                await self._sleep(self._drain_gap_s)
+            error, retry_after = await self._send(batch)
+            if error is not None:
+                return ShipResult(sent_batches, sent_events, error, retry_after)
+            self._outbox.ack(batch.batch_id)
+            self._failures = 0
+            self._backoff_until = 0.0
+            sent_batches += 1
+            sent_events += len(batch.events)
+        return ShipResult(sent_batches, sent_events, None, None)
+
+    async def close(self) -> None:
+        """Close the connection and stop the worker thread; the shipper may be used again
+        afterwards (a new thread and connection are made on the next send).
+
+        Never waits for a request in flight (e.g. one whose :meth:`ship` was cancelled):
+        that request is aborted by shutting its socket down (or, during a DNS lookup, by
+        no longer waiting for it), and the thread exits at once.
+        """
+        self._drop_connection()
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=False)
+
+    # ----------------------------------------------------------------- internals
+
+    async def _send(self, batch: Batch) -> tuple[str | None, float | None]:
+        """POST one batch; returns ``(error, retry_after_s)``, error ``None`` on success.
+
+        Sets the backoff window on failure.
+        """
+        body = gzip.compress(self._encode(batch), mtime=0)
+        headers = {
+            "Authorization": f"Bearer {self._target.token}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+            "User-Agent": f"vigil-agent/{self._agent_version}",
+        }
+        try:
+            reply = await self._request(body, headers)
+        except (http.client.HTTPException, OSError) as exc:  # OSError: TimeoutError, ssl
+            error = f"cannot reach collector at {self._url}: {_describe(exc)}"
+            self._transient_failure(error)
+            return error, None
+        status, text = reply.status, reply.text
+        if 200 <= status < 300:
+            log.debug("delivered batch %s (%d events)", batch.batch_id, len(batch.events))
+            return None, None
+
+        error = f"collector answered HTTP {status} for batch {batch.batch_id}: {text[:200]}"
+        if status in (429, 503):
+            retry_after = _parse_retry_after(reply.retry_after, self._clock())
+            if retry_after is not None:
+                self._failures += 1
+                self._backoff_until = self._monotonic() + retry_after
+                log.warning("%s; retrying in %.1f s as asked", error, retry_after)
+                return error, retry_after
+            self._transient_failure(error)
+            return error, None
+        if status == 408 or status >= 500:
+            self._transient_failure(error)
+            return error, None
+        self._failures += 1
+        self._backoff_until = self._monotonic() + REJECTED_BACKOFF_S
+        log.error(
+            "collector REJECTED batch %s (%d events) with HTTP %d; the batch is kept and "
+            "will be retried in %.0f s. Fix the cause (token, URL, collector version). "
+            "Response: %s",
+            batch.batch_id,
+            len(batch.events),
+            status,
+            REJECTED_BACKOFF_S,
+            text[:_LOGGED_BODY_CHARS],
+        )
+        return error, None
+
+    async def _request(self, body: bytes, headers: Mapping[str, str]) -> _Reply:
+        """Run :meth:`_post` on the worker thread, within ``timeout_s`` in total.
+
+        Raises ``TimeoutError`` when the time is up (the request is aborted), or what
+        :meth:`_post` raised.
+        """
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix="vigil-shipper"
+            )
+        loop = asyncio.get_running_loop()
+        self._aborted = False
+        future = loop.run_in_executor(self._executor, self._post, body, headers)
+        self._inflight = future
+        try:
+            # shield: on timeout or cancellation the worker cannot be cancelled anyway;
+            # _abort makes its blocking call return instead.
+            return await asyncio.wait_for(asyncio.shield(future), self._target.timeout_s)
+        finally:
+            if not future.done():
+                self._abort()
+                future.add_done_callback(_consume)
+
+    def _post(self, body: bytes, headers: Mapping[str, str]) -> _Reply:
+        """The blocking exchange, on the worker thread: POST, read status, headers and at
+        most a bounded part of the body. Closes the connection on any error (and when the
+        body was not read to its end, so it cannot be reused)."""
+        conn = self._connection()
+        reused = conn.sock is not None
+        try:
+            try:
+                conn.request("POST", self._path, body=body, headers=dict(headers))
+                resp = conn.getresponse()
+            except _CLOSED_UNDER_US:
+                if not reused or self._aborted:
+                    raise
+                # The collector closed the kept-alive connection as this request went out
+                # (see the module docstring): no answer came, so send it again, once.
+                self._close_connection()
+                conn = self._conn = self._new_connection()
+                conn.request("POST", self._path, body=body, headers=dict(headers))
+                resp = conn.getresponse()
+            ok = 200 <= resp.status < 300
+            raw = resp.read(MAX_ACK_BODY_BYTES if ok else _LOGGED_BODY_CHARS * 4)
+            if not resp.isclosed():  # more body than we read: the stream is mid-response
+                self._close_connection()
+            self._conn_used_at = time.monotonic()
+            return _Reply(
+                resp.status,
+                resp.getheader("Retry-After"),
+                "" if ok else raw.decode("utf-8", errors="replace").strip(),
+            )
+        except BaseException:
+            self._close_connection()
+            raise
+
+    def _connection(self) -> http.client.HTTPConnection:
+        """The held connection if it is still usable, else a new (not yet connected) one."""
+        conn = self._conn
+        if conn is not None and conn.sock is not None:
+            idle_s = time.monotonic() - self._conn_used_at
+            if idle_s > KEEPALIVE_S or _peer_closed(conn.sock):
+                self._close_connection()
+                conn = None
+        if conn is None:
+            conn = self._conn = self._new_connection()
+        return conn
+
+    def _new_connection(self) -> http.client.HTTPConnection:
+        timeout = self._target.timeout_s
+        conn: http.client.HTTPConnection
+        if not self._https:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
+        else:
+            if self._ssl_context is None:
+                # Verifies the certificate chain and the hostname; honours SSL_CERT_FILE.
+                self._ssl_context = ssl.create_default_context()
+            conn = http.client.HTTPSConnection(
+                self._host, self._port, timeout=timeout, context=self._ssl_context
+            )
+        # http.client's own hook for opening the TCP connection: the name is looked up
+        # by the bounded resolver; TLS still verifies the certificate against self._host.
+        conn._create_connection = self._open_socket  # type: ignore[attr-defined]
+        return conn
+
+    def _open_socket(
+        self, address: tuple[str, int], timeout: float, source_address: object = None
+    ) -> socket.socket:
+        """``socket.create_connection`` for :meth:`_new_connection`, with the lookup
+        bounded by :class:`_Resolver` (the request's timeout, or until it is aborted).
+        ``source_address`` is part of http.client's hook; the shipper never sets one."""
+        host, port = address
+        infos = self._resolver.lookup(host, port, timeout, lambda: self._aborted)
+        error: OSError | None = None
+        for family, kind, proto, _, sockaddr in infos:
+            if self._aborted:  # a connect has no socket to shut down yet: stop between them
+                raise ConnectionAbortedError(f"request aborted while connecting to {host}")
+            sock = socket.socket(family, kind, proto)
+            try:
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+                return sock
+            except OSError as exc:
+                sock.close()
+                error = exc
+        raise error or OSError(f"no address for {host}")
+
+    def _close_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    def _abort(self) -> None:
+        """From the loop: make the request in flight fail now by shutting its socket down
+        (closing it from this thread could race with the worker over the descriptor).
+        A request still connecting has no socket yet; its connect timeout bounds it."""
+        self._aborted = True  # before the shutdown: the worker must not retry after it
+        conn = self._conn
+        sock = conn.sock if conn is not None else None
+        if sock is not None:
+            # The plain socket's method: SSLSocket.shutdown would also drop its SSL object
+            # under the worker's feet. OSError: already closed, or never connected.
+            with contextlib.suppress(OSError):
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+    def _drop_connection(self) -> None:
+        """Close the connection now; if a request is in flight, abort it and let the
+        worker close the connection once the aborted call has returned."""
+        if self._inflight is not None and not self._inflight.done():
+            self._abort()
+            if self._executor is not None:
+                self._executor.submit(self._close_connection)
+            return
+        self._close_connection()
+
+    def _encode(self, batch: Batch) -> bytes:
+        report = wire.Report(
+            schema_version=wire.SCHEMA_VERSION,
+            agent_id=self._identity.agent_id,
+            hostname=self._identity.hostname,
+            labels=dict(self._identity.labels),
+            batch_id=batch.batch_id,
+            sent_at=self._clock(),
+            agent_version=self._agent_version,
+            events=batch.events,
+        )
+        return wire.encode_report(report)
+
+    def _transient_failure(self, error: str) -> None:
+        """Exponential backoff with full jitter after a failure that may pass by itself."""
+        # Exponent capped so 2**n stays a small float however long the outage lasts.
+        ceiling = min(self._backoff_cap_s, self._backoff_base_s * 2 ** min(self._failures, 32))
+        delay = self._rng.uniform(0, ceiling)
+        self._failures += 1
+        self._backoff_until = self._monotonic() + delay
+        log.warning("%s; attempt %d failed, retrying in %.1f s", error, self._failures, delay)
+
+
+class _Resolver:
+    """``getaddrinfo`` with a bound: each lookup runs on a daemon thread, which the caller
+    waits for only until its time is up or ``aborted()`` says so. A lookup that hangs is
+    left to finish on its own (a daemon thread never delays the agent's exit), and a
+    caller asking for the same name meanwhile waits for it instead of starting another,
+    so a dead resolver costs at most one thread."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: dict[tuple[str, int], _Lookup] = {}
+
+    def lookup(
+        self, host: str, port: int, timeout_s: float, aborted: Callable[[], bool]
+    ) -> list[tuple[Any, ...]]:
+        """The addresses of ``host`` (``getaddrinfo``, TCP); raises what it raised,
+        ``TimeoutError`` after ``timeout_s``, or ``ConnectionAbortedError`` once
+        ``aborted()`` is true (checked every 50 ms)."""
+        if _is_ip_literal(host):  # nothing to look up: never blocks
+            return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        key = (host, port)
+        with self._lock:
+            pending = self._pending.get(key)
+            if pending is None:
+                pending = self._pending[key] = _Lookup()
+                thread = threading.Thread(
+                    target=self._run, args=(key, pending), name="vigil-dns", daemon=True
+                )
+                thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not pending.done.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
+            if aborted():
+                raise ConnectionAbortedError(f"request aborted while looking up {host}")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"DNS lookup of {host} took over {timeout_s:g} s")
+        if pending.error is not None:
+            raise pending.error
+        return pending.result
+
+    def _run(self, key: tuple[str, int], pending: _Lookup) -> None:
+        try:
+            pending.result = socket.getaddrinfo(*key, type=socket.SOCK_STREAM)
+        except OSError as exc:
+            pending.error = exc
+        finally:
+            with self._lock:
+                del self._pending[key]
+            pending.done.set()
+
+
+def _is_ip_literal(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass(eq=False)
+class _Lookup:
+    done: threading.Event = field(default_factory=threading.Event)
+    result: list[tuple[Any, ...]] = field(default_factory=list)
+    error: OSError | None = None
+
+
+# How a kept-alive connection the collector closed under a request fails, before any
+# response: EOF instead of a status line (RemoteDisconnected, a ConnectionResetError), a
+# reset, or a broken pipe while sending.
+_CLOSED_UNDER_US = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
+
+
+def _consume(future: asyncio.Future[_Reply]) -> None:
+    """Retrieve an abandoned request's outcome so asyncio does not log it as unhandled."""
+    if not future.cancelled():
+        future.exception()
+
+
+def _peer_closed(sock: socket.socket) -> bool:
+    """Whether an idle keep-alive socket is readable: the collector closed it (EOF) or sent
+    something unasked. Either way it must not carry the next request."""
+    try:
+        if hasattr(select, "poll"):
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            return bool(poller.poll(0))
+        readable, _, _ = select.select([sock], [], [], 0)
+        return bool(readable)
+    except (OSError, ValueError):
+        return True
+
+
+def _parse_retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date).
+
+    ``None`` when missing, unparseable or absurd (over :data:`MAX_RETRY_AFTER_S`), so the
+    caller falls back to its own backoff.
+    """
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        seconds = when.timestamp() - now
+    if seconds != seconds or seconds > MAX_RETRY_AFTER_S:  # NaN, or absurdly long
+        return None
+    return max(0.0, seconds)  # a date in the past means "now"
+
+
+# --------------------------------------------------------------------------- clock jumps
+
+# time.monotonic() stops while the machine is suspended (Linux CLOCK_MONOTONIC, macOS);
+# CLOCK_BOOTTIME keeps counting, so their difference is the time spent asleep.
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
+
+
+@dataclass(frozen=True, slots=True)
+class ClockReading:
+    """Three clocks read together, in seconds.
+
+    ``wall``: ``time.time()``. ``monotonic``: ``time.monotonic()``, which stops during
+    suspend. ``boot``: ``CLOCK_BOOTTIME`` (counts suspend) where the platform has it, else
+    the same as ``monotonic`` (then a sleep shows up as a forward wall-clock step).
+    """
+
+    wall: float
+    monotonic: float
+    boot: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClockJump:
+    """``kind`` ``"sleep"``: the machine was suspended for ``seconds``. ``"step"``: the wall
+    clock was set by ``seconds`` (signed; negative is backwards) beyond elapsed time."""
+
+    kind: str
+    seconds: float
+
+
+def read_clock() -> ClockReading:
+    """Read the three clocks of :class:`ClockReading` now."""
+    mono = time.monotonic()
+    boot = time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else mono
+    return ClockReading(wall=time.time(), monotonic=mono, boot=boot)
+
+
+def detect_clock_jumps(
+    before: ClockReading, after: ClockReading, *, tolerance_s: float = 2.0
+) -> tuple[ClockJump, ...]:
+    """The jumps between two readings, each beyond ``tolerance_s`` seconds.
+
+    Pure: the caller reads the clocks. A sleep is boot time that passed while monotonic
+    time did not; a step is wall time that passed (or went back) while boot time did not.
+    Both can happen together (NTP corrects the clock right after a resume).
+    """
+    boot_elapsed = after.boot - before.boot
+    slept = boot_elapsed - (after.monotonic - before.monotonic)
+    step = (after.wall - before.wall) - boot_elapsed
+    jumps = []
+    if slept > tolerance_s:
+        jumps.append(ClockJump("sleep", slept))
+    if abs(step) > tolerance_s:
+        jumps.append(ClockJump("step", step))
+    return tuple(jumps)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__

@@ -1,0 +1,1 @@
+"""Vigil collector: ingests agent reports, runs incidents, serves the API and /metrics."""

@@ -1,0 +1,5 @@
+"""``python -m vigil.collector`` runs the collector CLI."""
+
+from vigil.collector.cli import main
+
+raise SystemExit(main())

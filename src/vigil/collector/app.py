@@ -1,0 +1,182 @@
+"""The collector's aiohttp application factory.
+
+:func:`create_app` wires config, routes, the error middleware and the long-lived
+resources; the resources live in ``cleanup_ctx`` generators so they open on startup and
+close, in reverse order, on shutdown: the store's thread, the store itself (with the
+``/metrics`` collector bound to it), and the background task that ages incidents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from vigil.collector import handlers
+from vigil.collector.api_incidents import setup_incident_routes
+from vigil.collector.config import CollectorConfig
+from vigil.collector.handlers import ApiError, error_response
+from vigil.collector.ingest import ingest_ctx
+from vigil.collector.keys import (
+    clock_key,
+    config_key,
+    counters_key,
+    executor_key,
+    registry_key,
+    store_key,
+)
+from vigil.collector.metrics import RequestCounters, VigilCollector
+from vigil.collector.notify.service import notify_ctx
+from vigil.collector.store import SqliteStore
+
+log = logging.getLogger(__name__)
+
+# Seconds between store.tick() calls: silent agents and overdue remediation results turn
+# into incidents within this delay of their deadline.
+TICK_INTERVAL_S = 5.0
+# Dedup ids forgotten per tick at most: one short transaction each time, and 4,000 ids/s
+# of capacity, well above what 100,000 agents on the shipped config add (~2,000/s).
+PRUNE_CHUNK = 20_000
+
+_Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def create_app(
+    config: CollectorConfig, *, clock: Callable[[], float] = time.time
+) -> web.Application:
+    """Build the collector app for ``config``; ``clock`` returns epoch seconds.
+
+    Nothing is opened here: the store opens when a runner starts the app. The request
+    parser is told not to decompress bodies itself (``auto_decompress=False``) because
+    the ingest handler does it with its own bound (``limits.max_decompressed_bytes``).
+    """
+    app = web.Application(
+        middlewares=[error_middleware],
+        client_max_size=config.limits.max_body_bytes,
+        handler_args={"auto_decompress": False},
+    )
+    app[config_key] = config
+    app[clock_key] = clock
+    app[registry_key] = CollectorRegistry(auto_describe=False)
+    app[counters_key] = RequestCounters()
+    # ingest_ctx after the store: on shutdown it commits what is queued before the store closes.
+    app.cleanup_ctx.extend([_executor_ctx, _store_ctx, ingest_ctx, _tick_ctx, notify_ctx])
+    setup_routes(app)
+    return app
+
+
+def setup_routes(app: web.Application) -> None:
+    """Register every route (see ``collector.handlers`` for what each one does)."""
+    app.router.add_post("/api/v1/reports", handlers.post_report)
+    setup_incident_routes(app)  # incidents, problems, silences, hosts, remediation stats
+    app.router.add_get("/api/v1/remediations/runs", handlers.list_remediation_runs)
+    app.router.add_get("/metrics", handlers.get_metrics)
+    app.router.add_get("/healthz", handlers.get_healthz)
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: _Handler) -> web.StreamResponse:
+    """Render every failure as the JSON error body; log the unexpected ones."""
+    try:
+        return await handler(request)
+    except ApiError as exc:
+        return error_response(exc.status, exc.message, exc.field, headers=exc.headers)
+    except web.HTTPException as exc:
+        # The router's 404/405 and aiohttp's own limits: keep the status and useful headers
+        # (Allow on 405), replace the text/plain body.
+        if exc.status < 400:
+            raise
+        default_text = f"{exc.status}: {exc.reason}"
+        message = exc.reason.lower() if exc.text in (None, default_text) else exc.text
+        kept = {k: v for k, v in exc.headers.items() if k.lower() in ("allow", "retry-after")}
+        return error_response(exc.status, message, headers=kept)
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return error_response(500, "internal server error")
+
+
+async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-store")
+    app[executor_key] = executor
+    yield
+    executor.shutdown(wait=True)
+
+
+async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[config_key]
+    executor = app[executor_key]
+    loop = asyncio.get_running_loop()
+    # Opened on the store thread: an SQLite connection belongs to the thread that made it.
+    store = await loop.run_in_executor(
+        executor,
+        functools.partial(
+            SqliteStore,
+            config.database,
+            remediation_wait_s=config.remediation_wait_s,
+            catalog=config.catalog,
+            rules=config.rules,
+        ),
+    )
+    app[store_key] = store
+    collector = VigilCollector(
+        store.metrics_snapshot,
+        app[counters_key],
+        heartbeat_grace_s=config.heartbeat_grace_s,
+        clock=app[clock_key],
+        per_host_series=config.metrics.per_host_series,
+        max_host_series=config.metrics.max_host_series,
+        service_of=lambda check: getattr(config.catalog.service_for(check), "name", None),
+    )
+    await loop.run_in_executor(executor, store.refresh_metrics_figures, app[clock_key]())
+    registry = app[registry_key]
+    registry.register(collector)
+    log.info("store open: %s", config.database)
+    yield
+    registry.unregister(collector)
+    await loop.run_in_executor(executor, store.close)
+    log.info("store closed")
+
+
+async def _tick_ctx(app: web.Application) -> AsyncIterator[None]:
+    task = asyncio.create_task(_tick_forever(app), name="vigil-store-tick")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def _tick_forever(app: web.Application) -> None:
+    """Call :func:`tick_once` every :data:`TICK_INTERVAL_S`; a failure is logged, and the
+    next tick tries again (one bad tick must not stop incident aging for good)."""
+    while True:
+        await asyncio.sleep(TICK_INTERVAL_S)
+        try:
+            await tick_once(app)
+        except Exception:
+            log.exception("store tick failed")
+
+
+async def tick_once(app: web.Application) -> None:
+    """One tick, on the store's thread: age incidents (silent hosts, overdue remediation
+    results, flapping), refresh the figures /metrics reads from memory (off the scrape
+    path), and forget at most :data:`PRUNE_CHUNK` dedup ids older than
+    ``storage.dedup_retention``."""
+    loop = asyncio.get_running_loop()
+    store, executor, clock = app[store_key], app[executor_key], app[clock_key]
+    opened = await loop.run_in_executor(executor, store.tick, clock())
+    if opened:
+        log.info("tick opened incidents %s", list(opened))
+    await loop.run_in_executor(executor, store.refresh_metrics_figures, clock())
+    before = clock() - app[config_key].dedup_retention_s
+    pruned = await loop.run_in_executor(
+        executor, functools.partial(store.prune_seen, before, limit=PRUNE_CHUNK)
+    )
+    if pruned:
+        log.debug("forgot %d dedup ids received before %.0f", pruned, before)

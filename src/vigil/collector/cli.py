@@ -1,0 +1,112 @@
+"""``vigil-collector``: run the collector until SIGINT/SIGTERM.
+
+Once listening it prints exactly one line to stdout,
+``vigil-collector listening on http://HOST:PORT`` (with the real port when ``--port 0``
+asked for an ephemeral one); tests and the demo parse it. Logs go to stderr.
+
+Exit status: 0 clean shutdown; 1 cannot start (port taken, database unreadable);
+2 bad config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vigil import __version__
+from vigil.collector.config import CollectorConfig, load_collector_config
+from vigil.collector.store import StoreError
+from vigil.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
+
+PROG = "vigil-collector"
+DEFAULT_CONFIG = Path("/etc/vigil/collector.yaml")
+START_FAILED_EXIT_CODE = 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description="Vigil collector: ingests agent reports, runs incidents, serves the "
+        "REST API and /metrics.",
+    )
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=DEFAULT_CONFIG,
+        help=f"collector config file (default: {DEFAULT_CONFIG})",
+    )
+    parser.add_argument("--host", help="listen address, overriding listen.host")
+    parser.add_argument(
+        "--port",
+        type=_port,
+        help="listen port, overriding listen.port (0 picks a free one)",
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the collector; returns the process exit status."""
+    args = build_parser().parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        config = load_collector_config(args.config)
+    except ConfigError as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return CONFIG_EXIT_CODE
+    overrides = {"host": args.host, "port": args.port}
+    config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    try:
+        return asyncio.run(_serve(config))
+    except (OSError, StoreError) as exc:
+        print(f"{PROG}: cannot start: {exc}", file=sys.stderr)
+        return START_FAILED_EXIT_CODE
+    except KeyboardInterrupt:  # Ctrl+C where signal handlers are unavailable (Windows)
+        return 0
+
+
+async def _serve(config: CollectorConfig) -> int:
+    from aiohttp import web  # heavy imports only when serving
+
+    from vigil.collector.app import create_app
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        # Windows has no add_signal_handler: Ctrl+C arrives as KeyboardInterrupt instead.
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+
+    runner = web.AppRunner(create_app(config))
+    try:
+        await runner.setup()  # opens the store
+        site = web.TCPSite(runner, config.host, config.port)
+        await site.start()
+        port = runner.addresses[0][1]
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        print(f"{PROG} listening on http://{host}:{port}", flush=True)
+        await stop.wait()
+        logging.getLogger(__name__).info("shutting down")
+    finally:
+        await runner.cleanup()  # closes the store after in-flight requests finish
+    return 0
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 0-65535, got {port}")
+    return port

@@ -1,0 +1,189 @@
+"""Collector configuration: one loader from YAML to frozen dataclasses.
+
+See ``config/collector.yaml`` for an annotated example. Relative paths resolve against
+the config file's folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from vigil.collector.catalog import EMPTY_CATALOG, Catalog, load_catalog
+from vigil.collector.incidents import IncidentRules
+from vigil.collector.notify import NotifyConfig, parse_notifications
+from vigil.configio import Section, load_yaml
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 9750
+DEFAULT_MAX_BODY = 1 * 2**20
+DEFAULT_MAX_DECOMPRESSED = 16 * 2**20
+DEFAULT_MAX_HOST_SERIES = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """Bearer tokens. Agents ingest with ``agent_tokens``; the API takes ``admin_tokens``.
+
+    ``open_read`` leaves the read-only API (GET) open without a token: meant for a demo on
+    127.0.0.1 only. Ingest always needs an agent token.
+    """
+
+    agent_tokens: tuple[str, ...]
+    admin_tokens: tuple[str, ...] = ()
+    open_read: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsConfig:
+    """Request bounds: compressed body size and decompressed size, in bytes."""
+
+    max_body_bytes: int = DEFAULT_MAX_BODY
+    max_decompressed_bytes: int = DEFAULT_MAX_DECOMPRESSED
+
+
+@dataclass(frozen=True, slots=True)
+class MetricsConfig:
+    """``/metrics`` options. Per-host series (``vigil_host_*``) are off by default: one
+    series per laptop is what makes Prometheus slow; when on, at most ``max_host_series``
+    hosts get their own series and the rest share one ``host="_overflow"`` series."""
+
+    per_host_series: bool = False
+    max_host_series: int = DEFAULT_MAX_HOST_SERIES
+
+
+@dataclass(frozen=True, slots=True)
+class IngestConfig:
+    """The ingest queue (see ``collector/ingest.py``): reports waiting for a commit before
+    new ones get ``429``, reports per group commit, and the base of ``Retry-After``."""
+
+    max_pending: int = 2000
+    max_group: int = 256
+    retry_after_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class CollectorConfig:
+    """Everything one collector process needs, validated."""
+
+    file: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    database: Path = Path("var/collector.db")
+    # Seconds batch and event ids are kept for deduplication (``storage.dedup_retention``).
+    dedup_retention_s: float = 14 * 86400.0
+    auth: AuthConfig = field(default_factory=lambda: AuthConfig(agent_tokens=()))
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    # Seconds a host may stay silent past its heartbeat TTL before it counts as silent.
+    heartbeat_grace_s: float = 30.0
+    # Seconds to wait for a promised remediation result before raising an incident anyway.
+    remediation_wait_s: float = 600.0
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    public_url: str | None = None
+    # Service catalog (``catalog:``, a path); EMPTY_CATALOG ranks every incident P3.
+    catalog: Catalog = EMPTY_CATALOG
+    # Flapping, recurrence and correlation knobs (``incidents:``); see IncidentRules.
+    rules: IncidentRules = field(default_factory=IncidentRules)
+    notifications: NotifyConfig = field(default_factory=NotifyConfig)
+    ingest: IngestConfig = field(default_factory=IngestConfig)
+
+
+def load_collector_config(path: str | Path) -> CollectorConfig:
+    """Load and validate a collector config file; raises ``ConfigError``."""
+    root = Section(load_yaml(path), str(path))
+
+    listen = root.section("listen")
+    host = listen.get("host", str, DEFAULT_HOST)
+    port = listen.get("port", int, DEFAULT_PORT, minimum=0, maximum=65535)
+    listen.done()
+
+    storage = root.section("storage")
+    database = storage.path_value("sqlite_path", "var/collector.db")
+    # Longer than an agent may stay offline with a full outbox (7 days by default), or a
+    # very late retry would be applied twice.
+    dedup_retention_s = storage.duration("dedup_retention", 14 * 86400.0, minimum=3600.0)
+    storage.done()
+
+    a = root.section("auth", required=True)
+    agent_tokens = a.str_list("agent_tokens")
+    if not agent_tokens:
+        raise a.error("agent_tokens", "at least one agent token is required", [])
+    admin_tokens = a.str_list("admin_tokens", ())
+    for name, tokens in (("agent_tokens", agent_tokens), ("admin_tokens", admin_tokens)):
+        for i, t in enumerate(tokens):
+            if not t or any(ch.isspace() for ch in t):
+                raise a.error(f"{name}[{i}]", "must be non-empty with no whitespace", t)
+    auth = AuthConfig(
+        agent_tokens=agent_tokens,
+        admin_tokens=admin_tokens,
+        open_read=a.get("open_read", bool, False),
+    )
+    a.done()
+
+    lim = root.section("limits")
+    limits = LimitsConfig(
+        max_body_bytes=lim.size("max_body_bytes", DEFAULT_MAX_BODY),
+        max_decompressed_bytes=lim.size("max_decompressed_bytes", DEFAULT_MAX_DECOMPRESSED),
+    )
+    lim.done()
+
+    inc = root.section("incidents")
+    heartbeat_grace_s = inc.duration("heartbeat_grace", 30.0)
+    remediation_wait_s = inc.duration("remediation_wait", 600.0)
+    flap = inc.section("flapping")
+    rec = inc.section("recurrence")
+    fleet = inc.section("correlation")
+    rules = IncidentRules(
+        remediation_wait_s=remediation_wait_s,
+        heartbeat_grace_s=heartbeat_grace_s,
+        flap_window_s=flap.duration("window", 3600.0),
+        flap_changes=flap.get("changes", int, 6, minimum=0),
+        recurrence_window_s=rec.duration("window", 7 * 86400.0),
+        recurrence_count=rec.get("count", int, 3, minimum=0),
+        fleet_window_s=fleet.duration("window", 300.0),
+        fleet_min_hosts=fleet.get("min_hosts", int, 3, minimum=0),
+        fleet_min_share=fleet.get("min_share", float, 0.5, minimum=0.0, maximum=1.0),
+    )
+    for sub in (flap, rec, fleet):
+        sub.done()
+    inc.done()
+    catalog_path = root.path_value("catalog", None)
+    catalog = EMPTY_CATALOG if catalog_path is None else load_catalog(catalog_path)
+    notifications = parse_notifications(root.section("notifications"))
+
+    met = root.section("metrics")
+    metrics = MetricsConfig(
+        per_host_series=met.get("per_host_series", bool, False),
+        max_host_series=met.get(
+            "max_host_series", int, DEFAULT_MAX_HOST_SERIES, minimum=1, maximum=100_000
+        ),
+    )
+    met.done()
+
+    ing = root.section("ingest")
+    ingest = IngestConfig(
+        max_pending=ing.get("max_pending", int, 2000, minimum=1, maximum=1_000_000),
+        max_group=ing.get("max_group", int, 256, minimum=1, maximum=10_000),
+        retry_after_s=ing.duration("retry_after", 2.0, minimum=1.0),
+    )
+    ing.done()
+
+    public_url = root.get("public_url", str, None)
+    root.done()
+    return CollectorConfig(
+        file=str(path),
+        host=host,
+        port=port,
+        database=database,
+        dedup_retention_s=dedup_retention_s,
+        auth=auth,
+        limits=limits,
+        heartbeat_grace_s=heartbeat_grace_s,
+        remediation_wait_s=remediation_wait_s,
+        metrics=metrics,
+        public_url=public_url,
+        catalog=catalog,
+        rules=rules,
+        notifications=notifications,
+        ingest=ingest,
+    )

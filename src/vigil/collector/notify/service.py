@@ -1,0 +1,162 @@
+"""The notifier: a background task that turns incident changes into notifications.
+
+Every ``notifications.interval`` it asks the store for what could notify
+(:meth:`~collector.store.SqliteStore.alertables`), decides with the pure
+:func:`collector.incidents.plan_notifications`, sends to every Alertmanager and webhook,
+and records what was sent on the incident's timeline (so a restart neither repeats nor
+loses a firing/resolved notification: the state is in the store, not in memory).
+
+Alertmanager additionally gets every active, notified alert re-posted each
+``resend_interval`` (its ``endsAt`` is then pushed forward).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from vigil.collector import incidents
+from vigil.collector.keys import clock_key, config_key, executor_key, store_key
+from vigil.collector.notify import NotifyConfig, alertmanager, webhook
+
+log = logging.getLogger(__name__)
+
+
+class Notifier:
+    """One notifier pass at a time; ``alertables``/``mark_notified`` are the store's
+    methods (called through ``run_store`` so they stay on the store's thread)."""
+
+    def __init__(
+        self,
+        config: NotifyConfig,
+        session: aiohttp.ClientSession,
+        run_store: Callable[..., Any],
+        *,
+        public_url: str | None,
+    ) -> None:
+        self._config = config
+        self._session = session
+        self._run_store = run_store
+        self._public_url = public_url
+        self._last_post: float | None = None
+
+    async def run_once(self, now: float) -> tuple[list[str], list[str]]:
+        """One pass at ``now``; returns the refs notified firing and resolved."""
+        items: list[dict[str, Any]] = await self._run_store("alertables", now)
+        by_ref = {i["ref"]: i for i in items}
+        plan = [
+            incidents.Alertable(
+                ref=i["ref"],
+                active=i["active"],
+                opened_at=i["opened_at"],
+                held=i["held"],
+                notified=i["notified"],
+                resolve_notified=i["resolve_notified"],
+            )
+            for i in items
+        ]
+        fire, resolve = incidents.plan_notifications(plan, now, self._config.delay_s)
+        fired = [a.ref for a in fire]
+        resolved = [a.ref for a in resolve]
+        sent_to: list[str] = []
+
+        if self._config.alertmanagers:
+            repost = [i for i in items if i["active"] and i["notified"] and not i["held"]]
+            due = self._last_post is None or now - self._last_post >= self._config.resend_s
+            batch = [by_ref[r] for r in fired + resolved] + (repost if due else [])
+            if batch:
+                alerts = [
+                    alertmanager.to_alert(
+                        i, now=now, resend_s=self._config.resend_s, public_url=self._public_url
+                    )
+                    for i in batch
+                ]
+                ok = await self._each(
+                    [alertmanager.post_alerts(self._session, t, alerts)
+                     for t in self._config.alertmanagers]
+                )  # fmt: skip
+                if ok:
+                    self._last_post = now
+                    sent_to.append("alertmanager")
+
+        if self._config.webhooks and (fired or resolved):
+            events = [_event("firing", by_ref[r]) for r in fired] + [
+                _event("resolved", by_ref[r]) for r in resolved
+            ]
+            ok = await self._each(
+                [webhook.send(self._session, t, events, now) for t in self._config.webhooks]
+            )
+            if ok:
+                sent_to.append("webhook")
+
+        if sent_to and (fired or resolved):
+            await self._run_store("mark_notified", fired, resolved, ", ".join(sent_to), now)
+            return fired, resolved
+        return [], []
+
+    async def _each(self, sends: list[Any]) -> bool:
+        """Run the sends concurrently; True if at least one target accepted."""
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                log.warning("notification failed: %s", r)
+        return any(not isinstance(r, BaseException) for r in results)
+
+
+def _event(what: str, item: dict[str, Any]) -> dict[str, Any]:
+    return {"event": what, **{k: item[k] for k in _EVENT_KEYS}}
+
+
+_EVENT_KEYS = (
+    "ref",
+    "kind",
+    "id",
+    "check",
+    "host",
+    "hostname",
+    "service",
+    "priority",
+    "summary",
+    "description",
+    "remediation",
+    "opened_at",
+    "resolved_at",
+    "resolution",
+)
+
+
+async def notify_ctx(app: web.Application) -> AsyncIterator[None]:
+    """``cleanup_ctx``: run the notifier while the app runs, when any target is set."""
+    config = app[config_key]
+    if not config.notifications.enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    store, executor, clock = app[store_key], app[executor_key], app[clock_key]
+
+    async def run_store(method: str, *args: Any) -> Any:
+        return await loop.run_in_executor(executor, getattr(store, method), *args)
+
+    session = aiohttp.ClientSession()
+    notifier = Notifier(config.notifications, session, run_store, public_url=config.public_url)
+
+    async def forever() -> None:
+        while True:
+            try:
+                await notifier.run_once(clock())
+            except Exception:
+                log.exception("notifier pass failed")  # the next pass tries again
+            await asyncio.sleep(config.notifications.interval_s)
+
+    task = asyncio.create_task(forever(), name="vigil-notifier")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await session.close()

@@ -1,0 +1,276 @@
+"""Notifications: the webhook (HMAC, retries), the Alertmanager payload, the notifier's
+decisions over a hand-written fake store, and the ``notifications:`` config."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from vigil.collector.config import load_collector_config
+from vigil.collector.notify import (
+    AlertmanagerTarget,
+    NotifyConfig,
+    WebhookTarget,
+    alertmanager,
+    webhook,
+)
+from vigil.collector.notify.service import Notifier
+from vigil.configio import ConfigError
+
+T0 = 1_704_067_200.0
+
+
+class Receiver:
+    """An aiohttp server on 127.0.0.1 answering with the scripted statuses, then 200."""
+
+    def __init__(self, statuses: list[int] | None = None) -> None:
+        self.statuses = list(statuses or [])
+        self.requests: list[tuple[dict[str, str], bytes]] = []
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
+        return web.Response(status=self.statuses.pop(0) if self.statuses else 200)
+
+
+async def serving(receiver: Receiver, body: Callable[[str], Awaitable[Any]]) -> Any:
+    app = web.Application()
+    app.router.add_post("/{tail:.*}", receiver.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        return await body(f"http://127.0.0.1:{runner.addresses[0][1]}")
+    finally:
+        await runner.cleanup()
+
+
+def hook(url: str, **kw: Any) -> WebhookTarget:
+    return WebhookTarget(url=url + "/hook", **{"secret": "s3cret", "backoff_s": 0.01, **kw})
+
+
+# --------------------------------------------------------------------------- webhook
+
+
+def test_the_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
+    target = WebhookTarget(url="http://x", secret="s3cret")
+    body, headers = webhook.build_request(target, [{"event": "firing"}], T0)
+    expected = hmac.new(b"s3cret", f"{T0:.0f}.".encode() + body, hashlib.sha256).hexdigest()
+    assert headers["X-Vigil-Signature"] == f"sha256={expected}"
+    assert headers["X-Vigil-Timestamp"] == f"{T0:.0f}"
+
+
+def test_without_a_secret_nothing_is_signed() -> None:
+    _, headers = webhook.build_request(WebhookTarget(url="http://x"), [], T0)
+    assert "X-Vigil-Signature" not in headers
+
+
+@pytest.mark.parametrize(
+    ("statuses", "attempts", "delivered"),
+    [
+        ([], 1, True),
+        ([500, 503], 3, True),
+        ([429], 2, True),
+        ([400], 1, False),
+        ([500, 500, 500], 3, False),
+    ],
+    ids=[
+        "delivered at once",
+        "retried past server errors",
+        "retried after 429",
+        "a 400 is final",
+        "gives up after max_attempts",
+    ],
+)
+def test_webhook_retries(statuses, attempts, delivered) -> None:
+    receiver = Receiver(statuses)
+
+    async def body(url: str) -> Any:
+        async with aiohttp.ClientSession() as http:
+            try:
+                return await webhook.send(http, hook(url, max_attempts=3), [{"e": 1}], T0)
+            except webhook.WebhookFailed:
+                return None
+
+    result = asyncio.run(serving(receiver, body))
+    assert len(receiver.requests) == attempts
+    assert (result is not None) is delivered
+    bodies = {raw for _, raw in receiver.requests}
+    assert len(bodies) == 1, "every retry sends the same body (receivers can deduplicate)"
+
+
+def test_an_unreachable_webhook_fails_after_its_attempts() -> None:
+    async def main() -> None:
+        async with aiohttp.ClientSession() as http:
+            target = WebhookTarget(url="http://127.0.0.1:9/x", max_attempts=2, backoff_s=0.01)
+            await webhook.send(http, target, [], T0)
+
+    with pytest.raises(webhook.WebhookFailed, match="gave up after 2 attempts"):
+        asyncio.run(main())
+
+
+# --------------------------------------------------------------------------- alertmanager
+
+
+def item(**kw: Any) -> dict[str, Any]:
+    base = {
+        "ref": "incident:7", "kind": "incident", "id": 7, "active": True, "held": False,
+        "notified": False, "resolve_notified": False, "opened_at": T0, "resolved_at": None,
+        "check": "mail.imap", "host": "a1", "hostname": "ws-1", "service": "email",
+        "priority": "P1", "summary": "mail.imap failing on ws-1", "description": "timeout",
+        "remediation": "restart-mail: not_fixed", "resolution": None,
+    }  # fmt: skip
+    return {**base, **kw}
+
+
+def test_an_alert_carries_the_documented_labels_and_annotations() -> None:
+    alert = alertmanager.to_alert(item(), now=T0 + 60, resend_s=60, public_url="https://v.test")
+    assert alert["labels"] == {
+        "alertname": "mail.imap",
+        "host": "ws-1",
+        "service": "email",
+        "priority": "P1",
+        "severity": "critical",
+        "vigil_kind": "incident",
+        "vigil_ref": "incident:7",
+    }
+    assert alert["annotations"] == {
+        "summary": "mail.imap failing on ws-1",
+        "description": "timeout",
+        "remediation": "restart-mail: not_fixed",
+        "incident_url": "https://v.test/api/v1/incidents/7",
+    }
+    assert alert["startsAt"] == "2024-01-01T00:00:00Z"
+    assert alert["endsAt"] == "2024-01-01T00:05:00Z"  # now + 4 re-post intervals
+
+
+def test_a_resolved_alert_ends_when_it_was_resolved() -> None:
+    alert = alertmanager.to_alert(
+        item(active=False, resolved_at=T0 + 30), now=T0 + 60, resend_s=60, public_url=None
+    )
+    assert alert["endsAt"] == "2024-01-01T00:00:30Z"
+    assert "generatorURL" not in alert
+
+
+# --------------------------------------------------------------------------- notifier
+
+
+class FakeStore:
+    """The two store methods the notifier calls, over a list of alertable dicts."""
+
+    def __init__(self, items: list[dict[str, Any]]) -> None:
+        self.items = items
+        self.marked: list[tuple[list[str], list[str], str]] = []
+
+    async def __call__(self, method: str, *args: Any) -> Any:
+        if method == "alertables":
+            return [dict(i) for i in self.items]
+        fired, resolved, targets, _now = args
+        self.marked.append((fired, resolved, targets))
+        for i in self.items:
+            i["notified"] = i["notified"] or i["ref"] in fired
+            i["resolve_notified"] = i["resolve_notified"] or i["ref"] in resolved
+        return None
+
+
+def run_notifier(items, passes: list[float], receiver: Receiver, **config: Any) -> FakeStore:
+    store = FakeStore(items)
+
+    async def body(url: str) -> None:
+        cfg = NotifyConfig(
+            alertmanagers=(AlertmanagerTarget(url=url + "/am"),),
+            webhooks=(hook(url),),
+            **{"delay_s": 30.0, "resend_s": 60.0, **config},
+        )
+        async with aiohttp.ClientSession() as http:
+            notifier = Notifier(cfg, http, store, public_url=None)
+            for now in passes:
+                await notifier.run_once(now)
+
+    asyncio.run(serving(receiver, body))
+    return store
+
+
+def test_an_incident_notifies_once_after_the_group_wait() -> None:
+    receiver = Receiver()
+    store = run_notifier([item()], [T0 + 10, T0 + 31, T0 + 40], receiver)
+    assert store.marked == [(["incident:7"], [], "alertmanager, webhook")]
+    hooks = [json.loads(raw) for _, raw in receiver.requests if b'"events"' in raw]
+    assert [e["event"] for h in hooks for e in h["events"]] == ["firing"]
+
+
+def test_a_held_incident_never_notifies() -> None:
+    receiver = Receiver()
+    store = run_notifier([item(held=True)], [T0 + 100], receiver)
+    assert (store.marked, receiver.requests) == ([], [])
+
+
+def test_a_resolution_is_sent_once() -> None:
+    receiver = Receiver()
+    resolved = item(active=False, notified=True, resolved_at=T0 + 50)
+    store = run_notifier([resolved], [T0 + 60, T0 + 70], receiver)
+    assert store.marked == [([], ["incident:7"], "alertmanager, webhook")]
+
+
+def test_active_alerts_are_reposted_each_resend_interval() -> None:
+    receiver = Receiver()
+    run_notifier([item(notified=True)], [T0 + 100, T0 + 130, T0 + 161], receiver, resend_s=60)
+    am_posts = [raw for headers, raw in receiver.requests if raw.startswith(b"[")]
+    assert len(am_posts) == 2
+
+
+def test_nothing_is_marked_when_every_target_fails() -> None:
+    receiver = Receiver([500] * 20)
+    store = run_notifier([item()], [T0 + 100], receiver)
+    assert store.marked == []
+
+
+# --------------------------------------------------------------------------- config
+
+
+def write_config(tmp_path: Path, notifications: str) -> Path:
+    path = tmp_path / "collector.yaml"
+    path.write_text(f"auth: {{agent_tokens: [t]}}\nnotifications:\n{notifications}")
+    return path
+
+
+def test_notification_targets_load(tmp_path: Path) -> None:
+    config = load_collector_config(
+        write_config(
+            tmp_path,
+            "  delay: 10s\n"
+            "  alertmanager: [{url: 'http://127.0.0.1:9093/'}]\n"
+            "  webhooks: [{url: 'https://hooks.test/x', secret: k, max_attempts: 3}]\n",
+        )
+    )
+    n = config.notifications
+    assert n.delay_s == 10.0
+    assert n.alertmanagers == (AlertmanagerTarget(url="http://127.0.0.1:9093"),)
+    assert n.webhooks[0].max_attempts == 3
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ("  alertmanager: [{url: 'ftp://x'}]\n", "notifications.alertmanager[0].url"),
+        ("  webhooks: [{url: 'http://x', secret: ''}]\n", "notifications.webhooks[0].secret"),
+        ("  webhooks: [{url: 'http://x', max_attempts: 0}]\n",
+         "notifications.webhooks[0].max_attempts"),
+        ("  resend_interval: 0s\n", "notifications.resend_interval"),
+        ("  pager: true\n", "notifications.pager"),
+    ],
+    ids=["bad url", "empty secret", "zero attempts", "zero resend", "unknown key"],
+)  # fmt: skip
+def test_bad_notification_config_names_the_key(tmp_path: Path, text, key) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_collector_config(write_config(tmp_path, text))
+    assert err.value.key == key

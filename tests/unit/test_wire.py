@@ -1,0 +1,238 @@
+"""Wire schema v1: round trips, and every kind of bad input names its field."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import pytest
+
+from vigil import wire
+
+
+def report(**overrides: Any) -> wire.Report:
+    fields: dict[str, Any] = {
+        "schema_version": wire.SCHEMA_VERSION,
+        "agent_id": "a1",
+        "hostname": "laptop-1",
+        "labels": {"department": "finance"},
+        "batch_id": "b1",
+        "sent_at": 1700000000.0,
+        "agent_version": "0.1.0",
+        "events": (
+            wire.MetricsEvent("e1", 1, 1.0, {"cpu.busy_percent": 12.5, "disk.used_percent[/]": 40}),
+            wire.CheckEvent("e2", 2, 2.0, "disk.root", "critical", "ok", 97.0, "full", "cleanup"),
+            wire.CheckEvent(
+                "e3", 3, 3.0, wire.HEARTBEAT_CHECK, "ok", None, None, "alive", ttl_s=150.0
+            ),
+            wire.RemediationEvent(
+                "e4",
+                4,
+                4.0,
+                "cleanup",
+                "disk.root",
+                "fixed",
+                0,
+                3.5,
+                0.5,
+                97.0,
+                60.0,
+                "removed 3 files",
+                False,
+                "ab" * 32,
+                False,
+            ),
+        ),
+    }
+    fields.update(overrides)
+    return wire.Report(**fields)
+
+
+def as_dict() -> dict[str, Any]:
+    return json.loads(wire.encode_report(report()))
+
+
+def test_a_report_survives_encode_and_decode_unchanged() -> None:
+    assert wire.decode_report(wire.encode_report(report())) == report()
+
+
+def test_integers_are_accepted_where_numbers_are_expected() -> None:
+    decoded = wire.decode_report(wire.encode_report(report()))
+    assert decoded.events[0].values["disk.used_percent[/]"] == 40.0  # type: ignore[union-attr]
+
+
+def mutate_state(d: dict[str, Any]) -> None:
+    d["events"][1]["state"] = "on-fire"
+
+
+def mutate_value(d: dict[str, Any]) -> None:
+    d["events"][1]["value"] = "97"
+
+
+def mutate_unknown(d: dict[str, Any]) -> None:
+    d["events"][2]["colour"] = "red"
+
+
+def mutate_missing(d: dict[str, Any]) -> None:
+    del d["batch_id"]
+
+
+def mutate_type(d: dict[str, Any]) -> None:
+    d["events"][0]["type"] = "telepathy"
+
+
+def mutate_metric(d: dict[str, Any]) -> None:
+    d["events"][0]["values"]["cpu.busy_percent"] = None
+
+
+def mutate_bool(d: dict[str, Any]) -> None:
+    d["events"][3]["exit_code"] = True
+
+
+def mutate_labels(d: dict[str, Any]) -> None:
+    d["labels"] = ["finance"]
+
+
+def mutate_version(d: dict[str, Any]) -> None:
+    d["schema_version"] = 99
+
+
+def mutate_output(d: dict[str, Any]) -> None:
+    d["events"][3]["output"] = "x" * (wire.MAX_OUTPUT + 1)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "path"),
+    [
+        (mutate_state, "events[1].state"),
+        (mutate_value, "events[1].value"),
+        (mutate_unknown, "events[2].colour"),
+        (mutate_missing, "batch_id"),
+        (mutate_type, "events[0].type"),
+        (mutate_metric, "events[0].values['cpu.busy_percent']"),
+        (mutate_bool, "events[3].exit_code"),
+        (mutate_labels, "labels"),
+        (mutate_version, "schema_version"),
+        (mutate_output, "events[3].output"),
+    ],
+    ids=[
+        "unknown check state",
+        "number sent as a string",
+        "unknown event field",
+        "missing batch id",
+        "unknown event type",
+        "null metric value",
+        "boolean where an integer is expected",
+        "labels not a mapping",
+        "future schema version",
+        "output longer than the cap",
+    ],
+)
+def test_bad_input_names_the_field(mutate: Any, path: str) -> None:
+    d = as_dict()
+    mutate(d)
+    with pytest.raises(wire.WireError) as exc:
+        wire.Report.from_dict(d)
+    assert exc.value.path == path
+
+
+def test_non_finite_numbers_are_rejected() -> None:
+    body = wire.encode_report(report()).replace(b'"sent_at":1700000000.0', b'"sent_at":NaN')
+    with pytest.raises(wire.WireError) as exc:
+        wire.decode_report(body)
+    assert exc.value.path == "sent_at"
+
+
+@pytest.mark.parametrize(
+    "body", [b"{not json", b"\xff\xfe", b"[]", b"null"], ids=["syntax", "binary", "list", "null"]
+)
+def test_a_body_that_is_not_a_json_object_is_rejected(body: bytes) -> None:
+    with pytest.raises(wire.WireError) as exc:
+        wire.decode_report(body)
+    assert exc.value.path == "body"
+
+
+def test_too_many_events_are_rejected() -> None:
+    d = as_dict()
+    d["events"] = [d["events"][0]] * (wire.MAX_EVENTS + 1)
+    with pytest.raises(wire.WireError) as exc:
+        wire.Report.from_dict(d)
+    assert exc.value.path == "events"
+
+
+@pytest.mark.parametrize("outcome", ["needs_reboot", "needs_user"])
+def test_script_declared_outcomes_are_valid_in_schema_version_1(outcome: str) -> None:
+    d = as_dict()
+    d["events"][3]["outcome"] = outcome
+    assert d["schema_version"] == 1
+    assert wire.Report.from_dict(d).events[3].outcome == outcome  # type: ignore[union-attr]
+
+
+def test_a_reported_clock_jump_is_a_plain_v1_check_result() -> None:
+    """Clock jumps need no schema change: an ``agent.clock`` check result carries them."""
+    jump = wire.CheckEvent(
+        "e9", 9, 9.0, wire.CLOCK_CHECK, "ok", None, 3600.0, "resumed after 3600 s asleep"
+    )
+    sent = report(events=(jump,))
+
+    assert wire.decode_report(wire.encode_report(sent)) == sent
+    assert wire.CLOCK_CHECK != wire.HEARTBEAT_CHECK
+
+
+def test_a_deeply_nested_body_is_rejected_as_the_body() -> None:
+    body = b'{"labels": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    with pytest.raises(wire.WireError) as exc:
+        wire.decode_report(body)
+    assert exc.value.path == "body"
+
+
+@pytest.mark.parametrize(
+    ("values", "expected"),
+    [
+        ({"a": 1.5, "b": 2.5}, {"a": 1.5, "b": 2.5}),
+        ({"a": 1.5, "b": 2}, {"a": 1.5, "b": 2.0}),  # an int becomes a float
+        ({"a": 1e308, "b": 1e308}, {"a": 1e308, "b": 1e308}),  # the sum overflows, values don't
+    ],
+    ids=["floats", "int-converted", "sum-overflows"],
+)
+def test_metric_values_are_accepted(values: dict[str, Any], expected: dict[str, float]) -> None:
+    d = as_dict()
+    d["events"][0]["values"] = values
+    decoded = wire.Report.from_dict(d).events[0]
+    assert isinstance(decoded, wire.MetricsEvent)
+    assert decoded.values == expected
+    assert all(type(v) is float for v in decoded.values.values())
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        (b'"values":{"a":1.5,"b":1e999}', "events[0].values['b']"),  # inf from JSON
+        (b'"values":{"a":1.5,"b":NaN}', "events[0].values['b']"),
+        (b'"values":{"a":1.5,"":2.0}', "events[0].values"),
+        (b'"values":{"a":1.5,"b":"2"}', "events[0].values['b']"),
+    ],
+    ids=["infinite", "nan", "empty-key", "string"],
+)
+def test_bad_metric_values_name_their_entry(body: bytes, path: str) -> None:
+    good = b'"values":{"cpu.busy_percent":12.5,"disk.used_percent[/]":40}'
+    raw = wire.encode_report(report())
+    assert good in raw
+    with pytest.raises(wire.WireError) as exc:
+        wire.decode_report(raw.replace(good, body))
+    assert exc.value.path == path
+
+
+def test_flapping_is_sent_only_when_true() -> None:
+    """Added within schema 1: an older collector (which rejects unknown fields) sees it
+    only when a check flaps, and a message without it reads as not flapping."""
+    calm = report()
+    assert b'"flapping"' not in wire.encode_report(calm)
+    events = list(calm.events)
+    events[1] = dataclasses.replace(events[1], flapping=True)
+    flapping = report(events=tuple(events))
+    raw = wire.encode_report(flapping)
+    assert raw.count(b'"flapping":true') == 1
+    assert wire.decode_report(raw) == flapping
+    assert wire.decode_report(wire.encode_report(calm)).events[1].flapping is False
