@@ -8,7 +8,7 @@ the offending field (``events[3].state``), so a 400 response can say exactly wha
 
 A heartbeat is not a separate message kind: it is a :class:`CheckEvent` for the check
 named :data:`HEARTBEAT_CHECK` carrying ``ttl_s``, so "agent went silent" reuses the
-incident machinery (see ``shared/DESIGN.md``).
+incident machinery (see ``docs/architecture.md``).
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The agent's footprint: running it must not import aiohttp (issue #3).
+"""The agent's footprint: running it must not import aiohttp.
 
 aiohttp costs the agent ~13 MB of RSS at import (two SSL contexts with the CA store, plus
 multidict, yarl and friends); the agent's shipper uses ``http.client`` instead and only
