@@ -3,11 +3,19 @@
 Every error names the file, the key path and the bad value, and unknown keys are errors
 rather than silently ignored (a typo'd ``critcal:`` must not disable an alert). The CLIs
 turn :class:`ConfigError` into a one-line message and exit status 2.
+
+The reader is also the one guard against careless or hostile files, so every program
+gets the same limits: a file is valid UTF-8 of at most :data:`MAX_FILE_BYTES`, nests at
+most :data:`MAX_DEPTH` levels, expands to at most :data:`MAX_NODES` values with its YAML
+aliases followed (an alias bomb is refused before anything expands it), repeats no key
+in a mapping, and holds no ``.nan``/``.inf`` where a number is read (a NaN timeout would
+never fire). Echoed values are cut to :data:`MAX_SHOWN` characters.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import sys
 from collections.abc import Callable, Iterator, Mapping
@@ -20,6 +28,40 @@ T = TypeVar("T")
 _MISSING: Any = object()
 
 CONFIG_EXIT_CODE = 2
+# Generous for any real config (the annotated examples are a few KiB) and small enough that
+# reading, parsing and formatting errors about a file stay cheap.
+MAX_FILE_BYTES = 1024 * 1024
+MAX_DEPTH = 32
+# Values in the document once every alias is expanded; real configs have a few hundred.
+MAX_NODES = 100_000
+# Longest excerpt of a bad value quoted in an error message.
+MAX_SHOWN = 80
+# Sizes are byte counts handed to the OS and SQLite: signed 64-bit at most.
+MAX_SIZE = 2**63 - 1
+
+
+def shown(value: Any, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` cut to ``limit`` characters, with the full length when cut.
+
+    Error messages and logs quote what they reject; a quote must never be as large as
+    the input that caused it.
+    """
+    text = _bounded_repr(value, limit + 1)
+    if len(text) <= limit:
+        return text
+    size = f"{len(value)} characters" if isinstance(value, str) else type(value).__name__
+    return f"{text[:limit]}… ({size})"
+
+
+def _bounded_repr(value: Any, limit: int) -> str:
+    """``repr`` that stops early for big strings and containers (never walks them whole)."""
+    if isinstance(value, str | bytes):
+        return repr(value[:limit])
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<integer of about {int(value.bit_length() * 0.30103) + 1} digits>"
+    if isinstance(value, list | tuple | dict):
+        return f"<{type(value).__name__} of {len(value)} items>"
+    return repr(value)[:limit]
 
 
 class ConfigError(Exception):
@@ -35,24 +77,115 @@ class ConfigError(Exception):
         self.value = value
         self.message = message
         where = f"{file}: {key}" if key else file
-        shown = "" if value is _MISSING else f" (got {value!r})"
-        super().__init__(f"{where}: {message}{shown}")
+        quoted = "" if value is _MISSING else f" (got {shown(value)})"
+        super().__init__(f"{where}: {message}{quoted}")
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``SafeLoader`` that refuses duplicate keys, deep nesting and alias bombs.
+
+    Both limits are checked on the composed node graph, before any value is constructed,
+    so a hostile file costs about its own size to reject.
+    """
+
+    def __init__(self, stream: str) -> None:
+        super().__init__(stream)
+        self._depth = 0
+
+    def compose_document(self) -> Any:
+        node = super().compose_document()
+        if _expanded_size(node) > MAX_NODES:
+            raise yaml.YAMLError(f"expands to more than {MAX_NODES} values (through aliases)")
+        return node
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        self._depth += 1
+        try:
+            if self._depth > MAX_DEPTH:
+                mark = self.peek_event().start_mark
+                raise yaml.MarkedYAMLError(
+                    problem=f"nested deeper than {MAX_DEPTH} levels", problem_mark=mark
+                )
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:  # an unhashable key; the base class reports it
+                break
+            if duplicate:
+                raise yaml.MarkedYAMLError(
+                    problem=f"duplicate key {shown(key)}", problem_mark=key_node.start_mark
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _expanded_size(root: yaml.Node) -> int:
+    """How many nodes ``root`` stands for once every alias is expanded.
+
+    An alias is the same node object as its anchor, so sizes are memoised by identity
+    and the walk is linear in the file; the count stops growing once past the limit.
+    """
+    sizes: dict[int, int] = {}
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        children = _children(node)
+        if children_done or not children:
+            total = 1 + sum(sizes.get(id(c), 1) for c in children)
+            sizes[id(node)] = min(total, MAX_NODES + 1)
+            continue
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in sizes)
+    return sizes[id(root)]
+
+
+def _children(node: yaml.Node) -> list[yaml.Node]:
+    if isinstance(node, yaml.SequenceNode):
+        return list(node.value)
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    return []
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with ``yaml.safe_load``; an empty file is an empty mapping."""
+    """Read a YAML mapping strictly; an empty file is an empty mapping.
+
+    Safe loading only (no Python objects), within the limits in the module docstring;
+    every refusal is a :class:`ConfigError` naming the file (and the line where YAML can
+    tell it).
+    """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        with p.open("rb") as f:
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(str(p), "", _MISSING, f"cannot read config: {exc.strerror}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise ConfigError(str(p), "", _MISSING, f"larger than {MAX_FILE_BYTES} bytes")
     try:
-        data = yaml.safe_load(text)
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            str(p), "", _MISSING, f"not valid UTF-8 (byte {exc.start} of the file)"
+        ) from None
+    try:
+        data = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(str(p), "", _MISSING, f"invalid YAML: {where}{problem}") from None
+    except RecursionError:  # a guard for what the depth count cannot see (long flow keys)
+        raise ConfigError(str(p), "", _MISSING, "invalid YAML: nested too deeply") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -78,34 +211,60 @@ _UNIT_BYTES = {
 }
 
 
+def finite(value: float) -> float:
+    """``value`` if it is a finite number; ``ValueError`` for NaN and ±infinity.
+
+    NaN compares false with everything, so a NaN limit silently disables the check that
+    uses it (a timeout that never fires); infinity overflows whatever multiplies it.
+    """
+    if not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    return value
+
+
 def parse_duration(value: Any) -> float:
-    """Seconds from a number or a string such as ``500ms``, ``15s``, ``2m``, ``1h``, ``7d``."""
+    """Seconds from a number or a string such as ``500ms``, ``15s``, ``2m``, ``1h``, ``7d``.
+
+    Finite and not negative; ``ValueError`` otherwise.
+    """
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s, 2m or 1h")
     if isinstance(value, int | float):
-        seconds = float(value)
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer too large for a float
+            raise ValueError("must be a finite number") from None
     elif isinstance(value, str) and (m := _DURATION.match(value)):
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     else:
         raise ValueError("expected a duration such as 30s, 2m or 1h")
+    finite(seconds)
     if seconds < 0:
         raise ValueError("must not be negative")
     return seconds
 
 
 def parse_size(value: Any) -> int:
-    """Bytes from a number or a string such as ``64KiB``, ``100MB``, ``1GiB``."""
+    """Bytes from a number or a string such as ``64KiB``, ``100MB``, ``1GiB``.
+
+    At most :data:`MAX_SIZE` and not negative; ``ValueError`` otherwise.
+    """
     if isinstance(value, bool):
         raise ValueError("expected a size such as 512KiB or 100MB")
     if isinstance(value, int):
         size = value
     elif isinstance(value, str) and (m := _SIZE.match(value)):
         unit = m.group(2).lower() if m.group(2) else None
-        size = int(float(m.group(1)) * _UNIT_BYTES[unit])
+        amount = finite(float(m.group(1))) * _UNIT_BYTES[unit]
+        if amount > MAX_SIZE:
+            raise ValueError(f"must be at most {MAX_SIZE} bytes")
+        size = int(amount)
     else:
         raise ValueError("expected a size such as 512KiB or 100MB")
     if size < 0:
         raise ValueError("must not be negative")
+    if size > MAX_SIZE:
+        raise ValueError(f"must be at most {MAX_SIZE} bytes")
     return size
 
 
@@ -163,10 +322,15 @@ class Section:
             return value
         kinds = kind if isinstance(kind, tuple) else (kind,)
         if float in kinds and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer too large for a float
+                raise self.error(name, "must be a finite number", value) from None
         if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
             want = " or ".join(_type_name(k) for k in kinds)
             raise self.error(name, f"expected {want}", value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.error(name, "must be a finite number", value)
         if choices is not None and value not in choices:
             raise self.error(name, f"must be one of {list(choices)}", value)
         if minimum is not None and value < minimum:
