@@ -46,6 +46,11 @@ MAX_STR = 1024  # default cap for ids, names and messages (characters)
 MAX_OUTPUT = 16384  # remediation output excerpt (characters)
 MAX_EVENTS = 5000  # events in one report
 MAX_MAP_ITEMS = 4096  # entries in labels / metric values
+# Integers are stored in signed 64-bit columns (SQLite, PostgreSQL ``bigint``).
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+# Longest excerpt of a bad value quoted in an error (a 400 body and a log line must never
+# be as large as the input behind them).
+MAX_QUOTED = 80
 
 
 class WireError(ValueError):
@@ -217,9 +222,11 @@ def decode_report(body: bytes) -> Report:
         try:
             data = json.loads(body)
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise WireError("body", f"not valid JSON: {exc}") from None
+            raise WireError("body", f"not valid JSON: {_cut(str(exc))}") from None
         except RecursionError:
             raise WireError("body", "not valid JSON: nested too deeply") from None
+        except ValueError as exc:  # e.g. an integer past Python's 4,300-digit limit
+            raise WireError("body", f"not valid JSON: {_cut(str(exc))}") from None
     return Report.from_dict(data)
 
 
@@ -230,7 +237,9 @@ def parse_event(data: Any, path: str = "event") -> Event:
     kind = data.get("type")
     cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
     if cls is None:
-        raise WireError(_join(path, "type"), f"must be one of {sorted(EVENT_TYPES)}, got {kind!r}")
+        raise WireError(
+            _join(path, "type"), f"must be one of {sorted(EVENT_TYPES)}, got {_quote(kind)}"
+        )
     return _parse_dataclass(cls, data, path)
 
 
@@ -256,6 +265,38 @@ def _join(path: str, name: str) -> str:
 
 def _kind(value: Any) -> str:
     return "null" if value is None else type(value).__name__
+
+
+def _cut(text: str) -> str:
+    return text if len(text) <= MAX_QUOTED else f"{text[:MAX_QUOTED]}… ({len(text)} characters)"
+
+
+def _quote(value: Any) -> str:
+    """A short quote of a rejected value: strings cut, containers and numbers by kind.
+
+    Never walks the value, so a 1,000-deep list or a huge integer costs nothing to name.
+    """
+    if isinstance(value, str):
+        return _cut(repr(value[: MAX_QUOTED + 1]))
+    if (
+        value is None
+        or isinstance(value, bool | float)
+        or (isinstance(value, int) and INT_MIN <= value <= INT_MAX)
+    ):
+        return repr(value)
+    return f"a {_kind(value)}" if not isinstance(value, int) else "an out-of-range integer"
+
+
+def _valid_text(value: str) -> bool:
+    """True when ``value`` is encodable as UTF-8 (no lone surrogates such as ``\\ud800``,
+    which the standard library's JSON parser lets through and every store refuses)."""
+    if value.isascii():
+        return True
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _prefixed(exc: WireError, prefix: str) -> WireError:
@@ -312,7 +353,7 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
 
         def parse_literal(value: Any) -> Any:
             if type(value) is not str or value not in allowed_set:
-                raise WireError("", f"must be one of {list(allowed)}, got {value!r}")
+                raise WireError("", f"must be one of {list(allowed)}, got {_quote(value)}")
             return value
 
         return parse_literal
@@ -364,16 +405,19 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
                 and max(map(len, value)) <= MAX_STR
                 and all(type(v) is float for v in value.values())
                 and isfinite(sum(value.values()))
+                and "".join(value).isascii()
             ):
                 return value
             out = {}
             for k, v in value.items():
                 if not k or len(k) > MAX_STR:
                     raise WireError("", f"key {k[:40]!r} must be 1-{MAX_STR} characters")
+                if not _valid_text(k):
+                    raise WireError("", f"key {_quote(k[:40])} is not valid Unicode text")
                 try:
                     out[k] = item(v)
                 except WireError as exc:
-                    raise _prefixed(exc, f"[{k!r}]") from None
+                    raise _prefixed(exc, f"[{_quote(k[:40])}]") from None
             return out
 
         return parse_map
@@ -384,6 +428,8 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
                 raise WireError("", f"expected a string, got {_kind(value)}")
             if len(value) > max_len:
                 raise WireError("", f"at most {max_len} characters, got {len(value)}")
+            if not _valid_text(value):
+                raise WireError("", "not valid Unicode text (a lone surrogate)")
             return value
 
         return parse_str
@@ -400,6 +446,8 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
         def parse_int(value: Any) -> int:
             if type(value) is not int:
                 raise WireError("", f"expected an integer, got {_kind(value)}")
+            if not INT_MIN <= value <= INT_MAX:
+                raise WireError("", "out of range for a signed 64-bit integer")
             return value
 
         return parse_int
@@ -413,7 +461,10 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
                     raise WireError("", f"must be finite, got {value!r}")
                 return value
             if kind is int:
-                return float(value)
+                try:
+                    return float(value)
+                except OverflowError:
+                    raise WireError("", "must be finite, got an out-of-range integer") from None
             raise WireError("", f"expected a number, got {_kind(value)}")
 
         return parse_float

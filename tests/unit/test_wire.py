@@ -236,3 +236,79 @@ def test_flapping_is_sent_only_when_true() -> None:
     assert raw.count(b'"flapping":true') == 1
     assert wire.decode_report(raw) == flapping
     assert wire.decode_report(wire.encode_report(calm)).events[1].flapping is False
+
+
+# ------------------------------------------------------------------ hostile input: a 400
+# naming the field for everything a client controls, never an exception the collector
+# would turn into a 500.
+
+
+def body_with(path: list[Any], raw: str) -> bytes:
+    """The valid report's JSON with the value at ``path`` replaced by raw JSON text."""
+    d = as_dict()
+    target: Any = d
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = "__RAW__"
+    return json.dumps(d).replace('"__RAW__"', raw).encode()
+
+
+@pytest.mark.parametrize(
+    ("path", "raw", "where"),
+    [
+        (["hostname"], '"\\ud800"', "hostname"),
+        (["labels"], '{"\\udfff": "x"}', "labels"),
+        (["events", 1, "message"], '"ok \\ud800"', "events[1].message"),
+        (["events", 0, "values"], '{"cpu\\ud800": 1.0}', "events[0].values"),
+        (["events", 1, "seq"], str(2**63), "events[1].seq"),
+        (["events", 3, "exit_code"], str(2**64 - 1), "events[3].exit_code"),
+        (["events", 1, "seq"], str(-(2**63) - 1), "events[1].seq"),
+        (["events", 1, "value"], "1" + "0" * 400, "events[1].value"),
+        (["sent_at"], "1" + "0" * 400, "sent_at"),
+        (["events", 1, "state"], "[" * 1000 + "]" * 1000, "events[1].state"),
+        (["events", 1, "type"], "[" * 1000 + "]" * 1000, "events[1].type"),
+        (["agent_id"], "1" * 5000, "body"),
+    ],
+    ids=[
+        "lone surrogate in a string",
+        "lone surrogate in a label key",
+        "lone surrogate in an event message",
+        "lone surrogate in a series name",
+        "seq of 2^63",
+        "exit code of 2^64-1",
+        "seq below -2^63",
+        "401-digit integer in a float field",
+        "401-digit sent_at",
+        "1000-deep list as a state",
+        "1000-deep list as a type",
+        "5000-digit integer",
+    ],
+)
+def test_hostile_values_are_rejected_naming_their_field(
+    path: list[Any], raw: str, where: str
+) -> None:
+    with pytest.raises(wire.WireError) as exc:
+        wire.decode_report(body_with(path, raw))
+
+    assert exc.value.path == where
+    assert len(str(exc.value)) < 300
+
+
+def test_a_rejected_value_is_quoted_short() -> None:
+    d = as_dict()
+    d["events"][1]["state"] = "x" * 100_000
+    with pytest.raises(wire.WireError) as exc:
+        wire.Report.from_dict(d)
+
+    assert exc.value.path == "events[1].state"
+    assert len(str(exc.value)) < 300
+
+
+def test_the_largest_64_bit_integers_are_still_accepted() -> None:
+    d = as_dict()
+    d["events"][1]["seq"] = 2**63 - 1
+    d["events"][3]["exit_code"] = -(2**63)
+
+    parsed = wire.Report.from_dict(d)
+
+    assert parsed.events[1].seq == 2**63 - 1
