@@ -1,0 +1,193 @@
+"""Property-based fuzzing of the two parsers every outside byte goes through.
+
+The wire decoder (every agent report) and the config reader (every YAML file) must
+answer any input with a result or their own error naming the field: never another
+exception, which the collector would turn into a 500 and a CLI into a traceback. Bounded
+in examples and time so the suite stays fast; run with ``--hypothesis-seed`` to replay.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import orjson
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from vigil import wire
+from vigil.configio import ConfigError, load_yaml
+
+REPO = Path(__file__).resolve().parents[2]
+FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Any character, lone surrogates included (the default strategy leaves them out).
+ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=40)
+SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.sampled_from([2**63, 2**64 - 1, -(2**63) - 1, 10**400]),
+    st.floats(allow_nan=True, allow_infinity=True),
+    ANY_TEXT,
+)
+JSON_VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=4), st.dictionaries(ANY_TEXT, inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def valid_report() -> dict[str, Any]:
+    events = [
+        {"type": "metrics", "event_id": "e1", "seq": 1, "time": 1.0, "values": {"cpu": 1.5}},
+        {
+            "type": "check", "event_id": "e2", "seq": 2, "time": 2.0, "check": "disk",
+            "state": "critical", "previous_state": "ok", "value": 97.0, "message": "full",
+            "remediation": "cleanup", "ttl_s": None,
+        },
+        {
+            "type": "remediation", "event_id": "e3", "seq": 3, "time": 3.0,
+            "remediation": "cleanup", "check": "disk", "outcome": "fixed", "exit_code": 0,
+            "started_at": 2.5, "duration_s": 0.5, "value_before": 97.0, "value_after": 60.0,
+            "output": "ok", "output_truncated": False, "script_sha256": "ab" * 32,
+            "dry_run": False,
+        },
+    ]  # fmt: skip
+    return {
+        "schema_version": wire.SCHEMA_VERSION, "agent_id": "a1", "hostname": "h",
+        "labels": {"dept": "it"}, "batch_id": "b1", "sent_at": 1.7e9,
+        "agent_version": "0.1.0", "events": events,
+    }  # fmt: skip
+
+
+def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every path to a value inside ``value`` (dict keys and list indexes)."""
+    out = [prefix] if prefix else []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out += paths(v, (*prefix, k))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            out += paths(v, (*prefix, i))
+    return out
+
+
+REPORT_PATHS = paths(valid_report())
+
+
+def replaced(data: Any, path: tuple[Any, ...], value: Any) -> Any:
+    target = data
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    return data
+
+
+def decode_or_wire_error(body: bytes) -> wire.Report | wire.WireError:
+    try:
+        return wire.decode_report(body)
+    except wire.WireError as exc:
+        return exc
+
+
+def check_outcome(result: wire.Report | wire.WireError) -> None:
+    if isinstance(result, wire.WireError):
+        head = result.path.split(".")[0].split("[")[0]
+        assert head in {*valid_report(), "body"}, result.path
+        assert len(str(result)) < 400
+    else:
+        # Whatever is accepted can be stored and sent on: valid UTF-8, finite numbers.
+        orjson.dumps(result.to_dict())
+        assert wire.decode_report(wire.encode_report(result)) == result
+
+
+@FUZZ
+@given(st.sampled_from(REPORT_PATHS), JSON_VALUES)
+def test_any_field_replaced_by_any_value(path: tuple[Any, ...], value: Any) -> None:
+    data = replaced(valid_report(), path, value)
+    try:
+        body = json.dumps(data).encode()
+    except ValueError:  # pragma: no cover - json.dumps takes any of these values
+        return
+    check_outcome(decode_or_wire_error(body))
+
+
+@FUZZ
+@given(st.binary(max_size=300))
+def test_any_bytes(body: bytes) -> None:
+    check_outcome(decode_or_wire_error(body))
+
+
+@FUZZ
+@given(st.sampled_from(REPORT_PATHS), st.text(max_size=30))
+def test_any_raw_json_text_in_place_of_a_field(path: tuple[Any, ...], raw: str) -> None:
+    body = json.dumps(replaced(valid_report(), path, "__RAW__")).replace('"__RAW__"', raw)
+    check_outcome(decode_or_wire_error(body.encode("utf-8", "surrogatepass")))
+
+
+# ------------------------------------------------------------------ config files
+
+YAML_VALUES = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.text(max_size=20),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+def loaders() -> list[tuple[str, Any]]:
+    from vigil.agent.config import load_agent_config
+    from vigil.collector.config import load_collector_config
+
+    return [("agent.yaml", load_agent_config), ("collector.yaml", load_collector_config)]
+
+
+LOADERS = loaders()
+EXAMPLES = {
+    name: yaml.safe_load((REPO / "config" / name).read_text(encoding="utf-8"))
+    for name, _ in LOADERS
+}
+
+
+@FUZZ
+@given(st.sampled_from(range(len(LOADERS))), st.data())
+def test_any_config_key_replaced_by_any_value(which: int, data: st.DataObject) -> None:
+    name, load = LOADERS[which]
+    config = EXAMPLES[name]
+    path = data.draw(st.sampled_from(paths(config)))
+    mutated = replaced(json.loads(json.dumps(config)), path, data.draw(YAML_VALUES))
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / name
+        file.write_text(yaml.safe_dump(mutated), encoding="utf-8")
+        shutil.copy(REPO / "config" / "catalog.yaml", tmp)  # the collector's example names it
+        try:
+            load(file)
+        except ConfigError as exc:
+            assert str(exc).startswith(tmp)  # names the file (or the catalog it names)
+            assert len(str(exc)) < 2000
+
+
+@FUZZ
+@given(st.text(max_size=200))
+def test_any_yaml_text(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        file = Path(tmp) / "c.yaml"
+        file.write_bytes(text.encode("utf-8", "surrogatepass"))
+        try:
+            load_yaml(file)
+        except ConfigError as exc:
+            assert str(file) in str(exc)
