@@ -50,7 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from vigil import wire  # noqa: E402
 from vigil.agent.config import load_agent_config  # noqa: E402
-from vigil.agent.sampler import Sampler  # noqa: E402
+from vigil.agent.sampling.sampler import Sampler  # noqa: E402
 
 TOKEN = "bench-agent-token"
 WARMUP_S = 8.0

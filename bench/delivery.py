@@ -64,10 +64,10 @@ from vigil.agent.config import (  # noqa: E402
     SamplerConfig,
     ShippingConfig,
 )
+from vigil.agent.delivery.outbox import Outbox  # noqa: E402
+from vigil.agent.delivery.shipper import Shipper  # noqa: E402
 from vigil.agent.identity import Identity  # noqa: E402
-from vigil.agent.outbox import Outbox  # noqa: E402
-from vigil.agent.sampler import Sampler  # noqa: E402
-from vigil.agent.shipper import Shipper  # noqa: E402
+from vigil.agent.sampling.sampler import Sampler  # noqa: E402
 
 TOKEN = "bench-agent-token"
 DISTINCT_AGENTS = 100_000

@@ -65,7 +65,7 @@ def test_a_running_agent_never_imports_aiohttp(tmp_path: Path) -> None:
 def test_the_agent_modules_import_without_aiohttp() -> None:
     """The import path alone (cheap, and names the culprit if it regresses)."""
     code = (
-        "import sys, vigil.agent.cli, vigil.agent.service, vigil.agent.shipper\n"
+        "import sys, vigil.agent.cli, vigil.agent.service, vigil.agent.delivery.shipper\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'aiohttp', 'orjson'})\n"
         "assert not bad, bad\n"
     )

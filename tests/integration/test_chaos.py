@@ -31,7 +31,7 @@ from tests.support.procs import (
     stop,
     wait_for,
 )
-from vigil.agent.outbox import Outbox
+from vigil.agent.delivery.outbox import Outbox
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -20,9 +20,9 @@ import yaml
 from vigil import wire
 from vigil.agent.checks import Transition
 from vigil.agent.config import load_agent_config
-from vigil.agent.outbox import Outbox
+from vigil.agent.delivery.outbox import Outbox
+from vigil.agent.delivery.shipper import ShipResult
 from vigil.agent.service import AgentService, due_in_cycle
-from vigil.agent.shipper import ShipResult
 
 T0 = 1_700_000_000.0
 

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from vigil.agent.bounded import BoundedCaller, BoundedCallError, CallTimeout, StillRunning
+from vigil.agent.sampling.bounded import BoundedCaller, BoundedCallError, CallTimeout, StillRunning
 
 
 @pytest.fixture

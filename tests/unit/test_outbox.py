@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from vigil import wire
-from vigil.agent.outbox import Outbox, OutboxError
+from vigil.agent.delivery.outbox import Outbox, OutboxError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -226,7 +226,7 @@ _CHILD = textwrap.dedent(
     import sys, time, uuid
     from pathlib import Path
     from vigil import wire
-    from vigil.agent.outbox import Outbox
+    from vigil.agent.delivery.outbox import Outbox
 
     box = Outbox(Path(sys.argv[1]))
     count = int(sys.argv[2])

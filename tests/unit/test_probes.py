@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.peers import free_port
 from vigil.agent.config import ProbeSpec
-from vigil.agent.probes import Prober
+from vigil.agent.sampling.probes import Prober
 
 
 class Handler(BaseHTTPRequestHandler):

@@ -11,7 +11,7 @@ import psutil
 import pytest
 
 from vigil.agent.config import ProcessSpec
-from vigil.agent.processes import ProcessTable
+from vigil.agent.sampling.processes import ProcessTable
 
 Times = namedtuple("Times", "user system")
 Mem = namedtuple("Mem", "rss vms")

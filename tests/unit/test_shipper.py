@@ -31,18 +31,15 @@ from aiohttp import web
 
 from vigil import wire
 from vigil.agent.config import CollectorTarget
-from vigil.agent.identity import Identity
-from vigil.agent.outbox import Outbox
-from vigil.agent.shipper import (
+from vigil.agent.delivery.outbox import Outbox
+from vigil.agent.delivery.shipper import (
     _LOGGED_BODY_CHARS,
     MAX_ACK_BODY_BYTES,
     REJECTED_BACKOFF_S,
-    ClockJump,
-    ClockReading,
     Shipper,
     ShipResult,
-    detect_clock_jumps,
 )
+from vigil.agent.identity import Identity
 
 T = TypeVar("T")
 TOKEN = "s3cret-token"
@@ -557,7 +554,7 @@ def test_connection_close_from_the_collector_is_honoured(outbox: Outbox) -> None
 def test_a_connection_idle_longer_than_the_keepalive_is_not_reused(
     outbox: Outbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("vigil.agent.shipper.KEEPALIVE_S", 0.05)
+    monkeypatch.setattr("vigil.agent.delivery.shipper.KEEPALIVE_S", 0.05)
     fill(outbox, 1)
     collector = FakeCollector()
 
@@ -923,41 +920,6 @@ def test_nonsensical_pacing_is_refused_naming_the_argument(
         make_shipper("http://127.0.0.1:1", outbox, FakeClock(), **kwargs)
 
 
-# ------------------------------------------------------------------ clock jumps
-
-
-def reading(wall: float, mono: float, boot: float) -> ClockReading:
-    return ClockReading(wall=wall, monotonic=mono, boot=boot)
-
-
-@pytest.mark.parametrize(
-    ("after", "expected"),
-    [
-        (reading(1005.0, 105.0, 205.0), ()),
-        (reading(1005.5, 105.0, 205.0), ()),
-        (reading(4605.0, 105.0, 3805.0), (ClockJump("sleep", 3600.0),)),
-        (reading(-2595.0, 105.0, 205.0), (ClockJump("step", -3600.0),)),
-        (reading(1905.0, 105.0, 205.0), (ClockJump("step", 900.0),)),
-        (
-            reading(4665.0, 105.0, 3805.0),
-            (ClockJump("sleep", 3600.0), ClockJump("step", 60.0)),
-        ),
-    ],
-    ids=[
-        "steady",
-        "drift-within-tolerance",
-        "an-hour-asleep",
-        "clock-set-back-an-hour",
-        "clock-set-forward-15-min",
-        "asleep-then-ntp-corrects",
-    ],
-)
-def test_clock_jumps_are_told_apart(after: ClockReading, expected: tuple[ClockJump, ...]) -> None:
-    before = reading(1000.0, 100.0, 200.0)
-
-    assert detect_clock_jumps(before, after, tolerance_s=2.0) == expected
-
-
 # ------------------------------------------------------------------ the config knobs
 
 
@@ -1008,14 +970,16 @@ def test_bad_shipping_knobs_name_the_key(tmp_path: Path, extra: str, key: str) -
 
 
 def test_the_agent_reports_a_sleep_as_a_clock_event_and_ends_its_backoff(tmp_path: Path) -> None:
+    from vigil.agent.clock import ClockReading, read_clock
     from vigil.agent.service import AgentService
-    from vigil.agent.shipper import read_clock
 
     config = load(tmp_path, "agent: {state_dir: state}\n")
     service = AgentService(config, library={})
     now = read_clock()
     # As if the previous reading was taken just before an hour asleep.
-    service._clock_reading = reading(now.wall - 3605, now.monotonic - 5, now.boot - 3605)
+    service._clock_reading = ClockReading(
+        wall=now.wall - 3605, monotonic=now.monotonic - 5, boot=now.boot - 3605
+    )
     service.shipper._backoff_until = float("inf")
 
     async def main() -> Any:

@@ -102,7 +102,7 @@ def check_once(config: AgentConfig, *, as_json: bool = False) -> int:
     says why in its ``detail``.
     """
     from vigil.agent.plugins import run_plugin
-    from vigil.agent.sampler import Sampler
+    from vigil.agent.sampling.sampler import Sampler
 
     async def plugins() -> list[Any]:
         specs = [s for s in config.checks if s.is_command]

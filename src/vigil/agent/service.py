@@ -52,9 +52,11 @@ from pathlib import Path
 
 from vigil import __version__, wire
 from vigil.agent.checks import CheckStatus, Transition, classify, evaluate
+from vigil.agent.clock import ClockReading, detect_clock_jumps, read_clock
 from vigil.agent.config import AgentConfig, CheckSpec, RemediationRef
+from vigil.agent.delivery.outbox import Outbox
+from vigil.agent.delivery.shipper import KEEPALIVE_S, Shipper
 from vigil.agent.identity import Identity, load_identity
-from vigil.agent.outbox import Outbox
 from vigil.agent.plugins import run_plugin
 from vigil.agent.remediation import (
     Remediation,
@@ -63,14 +65,8 @@ from vigil.agent.remediation import (
     verified_outcome,
 )
 from vigil.agent.runner import RunGate, ScriptResult, run_script
-from vigil.agent.sampler import Sampler, source_of
-from vigil.agent.shipper import (
-    KEEPALIVE_S,
-    ClockReading,
-    Shipper,
-    detect_clock_jumps,
-    read_clock,
-)
+from vigil.agent.sampling.sampler import Sampler
+from vigil.agent.sampling.series import source_of
 from vigil.agent.timers import Timers
 from vigil.configio import ConfigError
 from vigil.wire import CheckState

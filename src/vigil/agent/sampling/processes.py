@@ -8,9 +8,10 @@ object per process across ticks, keyed by pid and identified by pid + create tim
   forgets vanished ones and reads only name / command line / user of *new* processes.
   That is all a named-process presence check needs, so it can run every tick.
 - ``full=True`` additionally reads CPU times, RSS and status of every process, which
-  gives zombies and the top N by CPU and by memory; the sampler does this every
-  ``sampler.process_scan``. A full scan also re-checks create times, so a pid reused
-  between two cheap refreshes is noticed there (until then it keeps its old name).
+  gives zombies and the top N by CPU and by memory; :class:`Processes`, the sampler's
+  source, does this every ``sampler.process_scan``. A full scan also re-checks create
+  times, so a pid reused between two cheap refreshes is noticed there (until then it
+  keeps its old name).
 
 Races are normal: a process that vanishes mid-read is skipped; a field we may not read
 (``AccessDenied``, other users' command lines when not root) is remembered as denied, and
@@ -20,13 +21,15 @@ a presence count that might be wrong because of it is reported as unknown with a
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import psutil
 
-from vigil.agent.config import ProcessSpec
+from vigil.agent.config import ProcessSpec, SamplerConfig
+from vigil.agent.sampling.rates import cpu_time_percent
+from vigil.agent.sampling.series import Item
 
 _NoSuchProcess = psutil.NoSuchProcess
 _AccessDenied = psutil.AccessDenied
@@ -58,6 +61,45 @@ class ProcessReading:
 def _matches_user(want: str, have: str) -> bool:
     # Windows reports DOMAIN\\user; let admins write either form.
     return want.lower() in (have.lower(), have.rsplit("\\", 1)[-1].lower())
+
+
+class Processes:
+    """The process source over a :class:`ProcessTable`: a full scan every
+    ``process_scan_s`` (the first at the first read), and a cheap refresh on every other
+    read when named processes are watched (their presence checks need it each tick)."""
+
+    def __init__(
+        self,
+        config: SamplerConfig,
+        *,
+        ps: Any,
+        clock: Callable[[], float],
+        reasons: dict[str, str],
+    ) -> None:
+        self._table = ProcessTable(config.processes, ps=ps, top_n=config.top_n)
+        self._watch_named = bool(config.processes)
+        self._scan_s = config.process_scan_s
+        self._clock = clock
+        self._reasons = reasons
+        self._last_full: float | None = None
+
+    def full_scan_due(self, now: float) -> bool:
+        """Whether a read at monotonic time ``now`` would do a full scan."""
+        return self._last_full is None or now - self._last_full >= self._scan_s
+
+    def read(self) -> list[Item]:
+        """The table's series; its reasons replace the previous ``process.*`` ones."""
+        now = self._clock()
+        full = self.full_scan_due(now)
+        if full or self._watch_named:
+            self._table.refresh(now, full=full)
+            if full:
+                self._last_full = now
+        reading = self._table.reading()
+        for key in [k for k in self._reasons if k.startswith("process.")]:
+            del self._reasons[key]
+        self._reasons.update(reading.reasons)
+        return list(reading.values.items())
 
 
 class ProcessTable:
@@ -171,8 +213,9 @@ class ProcessTable:
             except (_AccessDenied, OSError):
                 continue
             cpu_s = float(times.user + times.system)
-            if entry.cpu_s is not None and elapsed is not None and elapsed > 0:
-                entry.cpu_percent = max(0.0, cpu_s - entry.cpu_s) / elapsed * 100.0
+            percent = cpu_time_percent(entry.cpu_s, cpu_s, elapsed)
+            if percent is not None:
+                entry.cpu_percent = percent
             entry.cpu_s = cpu_s
         self._full_done = True
         self._full_values = None

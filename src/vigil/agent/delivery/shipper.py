@@ -31,7 +31,7 @@ early; ``sent_at`` uses the wall clock because the collector compares it with it
 probably reachable again and waiting out a pre-sleep backoff helps no one).
 
 Transport: the standard library's :mod:`http.client`, not aiohttp (importing aiohttp cost
-the agent ~13 MB of RSS, issue #3). Every request is a blocking call on ONE worker thread
+the agent ~13 MB of RSS). Every request is a blocking call on ONE worker thread
 owned by the shipper (created on the first send, stopped by :meth:`Shipper.close`); the
 event loop awaits it, so a slow collector never blocks the loop and at most one request is
 in flight. One persistent connection (``HTTPConnection`` or, for ``https://``,
@@ -84,8 +84,8 @@ from typing import Any
 
 from vigil import wire
 from vigil.agent.config import CollectorTarget
+from vigil.agent.delivery.outbox import Batch, Outbox
 from vigil.agent.identity import Identity
-from vigil.agent.outbox import Batch, Outbox
 
 log = logging.getLogger("vigil.agent.shipper")
 
@@ -594,63 +594,6 @@ def _parse_retry_after(value: str | None, now: float) -> float | None:
     if seconds != seconds or seconds > MAX_RETRY_AFTER_S:  # NaN, or absurdly long
         return None
     return max(0.0, seconds)  # a date in the past means "now"
-
-
-# --------------------------------------------------------------------------- clock jumps
-
-# time.monotonic() stops while the machine is suspended (Linux CLOCK_MONOTONIC, macOS);
-# CLOCK_BOOTTIME keeps counting, so their difference is the time spent asleep.
-_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
-
-
-@dataclass(frozen=True, slots=True)
-class ClockReading:
-    """Three clocks read together, in seconds.
-
-    ``wall``: ``time.time()``. ``monotonic``: ``time.monotonic()``, which stops during
-    suspend. ``boot``: ``CLOCK_BOOTTIME`` (counts suspend) where the platform has it, else
-    the same as ``monotonic`` (then a sleep shows up as a forward wall-clock step).
-    """
-
-    wall: float
-    monotonic: float
-    boot: float
-
-
-@dataclass(frozen=True, slots=True)
-class ClockJump:
-    """``kind`` ``"sleep"``: the machine was suspended for ``seconds``. ``"step"``: the wall
-    clock was set by ``seconds`` (signed; negative is backwards) beyond elapsed time."""
-
-    kind: str
-    seconds: float
-
-
-def read_clock() -> ClockReading:
-    """Read the three clocks of :class:`ClockReading` now."""
-    mono = time.monotonic()
-    boot = time.clock_gettime(_BOOTTIME) if _BOOTTIME is not None else mono
-    return ClockReading(wall=time.time(), monotonic=mono, boot=boot)
-
-
-def detect_clock_jumps(
-    before: ClockReading, after: ClockReading, *, tolerance_s: float = 2.0
-) -> tuple[ClockJump, ...]:
-    """The jumps between two readings, each beyond ``tolerance_s`` seconds.
-
-    Pure: the caller reads the clocks. A sleep is boot time that passed while monotonic
-    time did not; a step is wall time that passed (or went back) while boot time did not.
-    Both can happen together (NTP corrects the clock right after a resume).
-    """
-    boot_elapsed = after.boot - before.boot
-    slept = boot_elapsed - (after.monotonic - before.monotonic)
-    step = (after.wall - before.wall) - boot_elapsed
-    jumps = []
-    if slept > tolerance_s:
-        jumps.append(ClockJump("sleep", slept))
-    if abs(step) > tolerance_s:
-        jumps.append(ClockJump("step", step))
-    return tuple(jumps)
 
 
 def _describe(exc: BaseException) -> str:

@@ -11,6 +11,8 @@ so DNS (and the name lookup inside TCP/HTTP) runs on a :class:`BoundedCaller` wo
 resolver that hangs costs one stuck thread per probe, never a blocked agent.
 
 Runs in the sampler's worker thread (blocking calls), not on the event loop.
+:class:`Probes` is the sampler source: ``probe.seconds[<name>]``, ``probe.up[<name>]``
+(1/0) and ``probe.http_status[<name>]`` per configured probe.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from vigil.agent.bounded import BoundedCaller, BoundedCallError
 from vigil.agent.config import ProbeSpec
+from vigil.agent.sampling.bounded import BoundedCaller, BoundedCallError
+from vigil.agent.sampling.series import Item, log
 
 MAX_BODY_BYTES = 64 * 1024
 """An HTTP probe reads at most this much of the body (the time to first bytes is what counts)."""
@@ -126,6 +129,30 @@ class Prober:
             return response.status
         finally:
             sock.close()
+
+
+class Probes:
+    """The probe source: runs every configured probe once per read (see the module
+    docstring for the series); ``prober`` is replaceable in tests."""
+
+    def __init__(self, specs: Iterable[ProbeSpec], prober: Prober) -> None:
+        self._specs = tuple(specs)
+        self._prober = prober
+
+    def read(self) -> list[Item]:
+        """One run of every probe; a failed probe is ``probe.up`` 0, never an error."""
+        items: list[Item] = []
+        for spec in self._specs:
+            result = self._prober.run(spec)
+            items += [
+                (f"probe.seconds[{spec.name}]", result.seconds),
+                (f"probe.up[{spec.name}]", 1.0 if result.up else 0.0),
+            ]
+            if result.status is not None:
+                items.append((f"probe.http_status[{spec.name}]", result.status))
+            if result.error:
+                log.debug("probe %s: %s", spec.name, result.error)
+        return items
 
 
 def _describe(exc: BaseException) -> str:
