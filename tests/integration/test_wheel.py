@@ -132,6 +132,20 @@ class Built:
 
 
 @dataclass(frozen=True)
+class ImportReport:
+    """What :data:`IMPORT_ALL` did: modules imported, foreign-platform modules that could
+    not be (with the error), and failures (with the traceback)."""
+
+    imported: list[str]
+    foreign: dict[str, str]
+    failed: dict[str, str]
+
+    def modules(self) -> set[str]:
+        """Every module found, imported or not."""
+        return set(self.imported) | set(self.foreign) | set(self.failed)
+
+
+@dataclass(frozen=True)
 class Installed:
     """A fresh venv with the wheel installed, and the installed ``vigil`` package folder."""
 
@@ -153,11 +167,11 @@ class Installed:
             env=_clean_env(),
         )
 
-    def import_all(self, *roots: str, cwd: Path) -> dict[str, object]:
+    def import_all(self, *roots: str, cwd: Path) -> ImportReport:
         """:data:`IMPORT_ALL`'s report for ``roots``, run by the venv's interpreter."""
         result = self.run("python", "-c", IMPORT_ALL, *roots, cwd=cwd)
         assert result.returncode == 0, result.stderr
-        return json.loads(result.stdout)
+        return ImportReport(**json.loads(result.stdout))
 
 
 def _clean_env() -> dict[str, str]:
@@ -258,16 +272,21 @@ def outside(tmp_path: Path) -> Path:
 
 
 def _checkout_modules() -> set[str]:
-    """Every module of the checkout's ``vigil`` package, from the file tree alone: a
-    ``.py`` file counts when every folder from ``src/vigil`` down to it is a package (so
-    scripts in the data folders never do)."""
-    names = set()
+    """Every module of the checkout's ``vigil`` package, from the file tree alone: the
+    ``.py`` files outside the data folders, each of which must sit in a package (every
+    folder from ``src/vigil`` down to it holding an ``__init__.py``), because setuptools
+    ships no others (``namespaces = false``)."""
+    names, stray = set(), []
     for path in SRC.rglob("*.py"):
         parts = path.relative_to(SRC.parent).with_suffix("").parts
+        if "__pycache__" in parts or parts[1] in DATA_FOLDERS:
+            continue
         folders = [SRC.parent.joinpath(*parts[:i]) for i in range(1, len(parts))]
-        if "__pycache__" in parts or not all((f / "__init__.py").is_file() for f in folders):
+        if not all((f / "__init__.py").is_file() for f in folders):
+            stray.append(str(path.relative_to(REPO)))
             continue
         names.add(".".join(parts[:-1] if parts[-1] == "__init__" else parts))
+    assert not stray, f"modules outside any package would not be in the wheel: {stray}"
     return names
 
 
@@ -311,10 +330,9 @@ def test_both_programs_answer_help_and_version(full: Installed, outside: Path) -
 
 def test_every_module_is_in_the_wheel_and_imports(full: Installed, outside: Path) -> None:
     report = full.import_all("vigil", cwd=outside)
-    assert report["failed"] == {}, "\n".join(report["failed"].values())  # type: ignore[union-attr]
-    found = set(report["imported"]) | set(report["foreign"])  # type: ignore[arg-type]
+    assert report.failed == {}, "\n".join(report.failed.values())
     expected = {name for name in _checkout_modules() if not name.endswith(".__main__")}
-    assert found == expected
+    assert report.modules() == expected
 
 
 def test_the_remediation_library_and_configs_ship_as_they_are_in_the_checkout(
@@ -437,15 +455,14 @@ def test_the_bare_wheel_is_a_working_agent_without_the_web_stack(
     assert absent.stdout.strip() == "[]"
 
     report = agent_only.import_all("vigil.wire", "vigil.configio", "vigil.agent", cwd=outside)
-    assert report["failed"] == {}, "\n".join(report["failed"].values())  # type: ignore[union-attr]
-    found = set(report["imported"]) | set(report["foreign"])  # type: ignore[arg-type]
+    assert report.failed == {}, "\n".join(report.failed.values())
     expected = {
         name
         for name in _checkout_modules()
         if (name in {"vigil.wire", "vigil.configio"} or name.split(".")[:2] == ["vigil", "agent"])
         and not name.endswith(".__main__")
     }
-    assert found == expected
+    assert report.modules() == expected
 
     version = agent_only.run("vigil-agent", "--version", cwd=outside)
     assert version.returncode == 0, version.stderr
