@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vigil-installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test wheel lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The installable wheel, in dist/ (tests/integration/test_wheel.py builds and checks the
+# same). build/ goes first: setuptools reuses it, so a module deleted since the last build
+# would otherwise still ship.
+wheel: $(STAMP)
+	rm -rf build
+	$(BIN)/python -m build --wheel --outdir dist .
+
 lint: $(STAMP)
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
@@ -31,4 +38,4 @@ format: $(STAMP)
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf var .pytest_cache build *.egg-info
+	rm -rf var .pytest_cache build dist src/*.egg-info *.egg-info
