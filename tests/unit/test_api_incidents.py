@@ -16,7 +16,6 @@ import aiohttp
 import pytest
 
 from vigil import wire
-from vigil.collector.api_incidents import render_incident_report
 from vigil.collector.catalog import Catalog, HostGroup, Service
 
 CATALOG = Catalog(
@@ -363,12 +362,3 @@ def test_the_report_lists_the_remediation_attempts(
     one, markdown = desk(body)
     assert [r["outcome"] for r in one["incident"]["remediation_runs"]] == ["not_fixed"]
     assert "| clean-temp | not_fixed | 0 | 1.5 s | 95 → 60 | removed 3 files |" in markdown
-
-
-def test_the_report_escapes_agent_text_that_would_break_the_markdown() -> None:
-    incident = {
-        "id": 3, "check": "c", "hostname": "h", "host": "a", "state": "open", "priority": "P2",
-        "opened_at": 0.0, "message": "bad | pipe\nnew line", "timeline": [],
-    }  # fmt: skip
-    markdown = render_incident_report(incident)
-    assert "bad \\| pipe new line" in markdown

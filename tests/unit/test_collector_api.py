@@ -22,9 +22,10 @@ import pytest
 from aiohttp import web
 
 from vigil import wire
+from vigil.collector.api.http import BodyTooLarge
+from vigil.collector.api.reports import gunzip_bounded
 from vigil.collector.app import create_app
 from vigil.collector.config import CollectorConfig, LimitsConfig
-from vigil.collector.handlers import BodyTooLarge, gunzip_bounded
 
 T = TypeVar("T")
 MiB = 2**20

@@ -19,10 +19,9 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from vigil.collector import handlers
-from vigil.collector.api_incidents import setup_incident_routes
+from vigil.collector.api import hosts, incidents, problems, remediations, reports, silences, system
+from vigil.collector.api.http import ITEM_ID, ApiError, error_response
 from vigil.collector.config import CollectorConfig
-from vigil.collector.handlers import ApiError, error_response
 from vigil.collector.ingest import ingest_ctx
 from vigil.collector.keys import (
     clock_key,
@@ -73,12 +72,34 @@ def create_app(
 
 
 def setup_routes(app: web.Application) -> None:
-    """Register every route (see ``collector.handlers`` for what each one does)."""
-    app.router.add_post("/api/v1/reports", handlers.post_report)
-    setup_incident_routes(app)  # incidents, problems, silences, hosts, remediation stats
-    app.router.add_get("/api/v1/remediations/runs", handlers.list_remediation_runs)
-    app.router.add_get("/metrics", handlers.get_metrics)
-    app.router.add_get("/healthz", handlers.get_healthz)
+    """Register every route of the collector: this is the whole URL table.
+
+    The handlers live in ``collector/api/``, one module per resource; ``docs/api.md``
+    documents what each route takes and answers.
+    """
+    r = app.router
+    item = ITEM_ID  # the path segment ``api.http.item_id`` reads
+    r.add_post("/api/v1/reports", reports.post_report)
+    r.add_get("/api/v1/incidents", incidents.list_incidents)
+    r.add_get(f"/api/v1/incidents/{item}", incidents.get_incident)
+    r.add_get(f"/api/v1/incidents/{item}/report", incidents.get_incident_report)
+    r.add_post(f"/api/v1/incidents/{item}/acknowledge", incidents.acknowledge_incident)
+    r.add_post(f"/api/v1/incidents/{item}/resolve", incidents.resolve_incident)
+    r.add_get("/api/v1/problems", problems.list_problems)
+    r.add_get(f"/api/v1/problems/{item}", problems.get_problem)
+    r.add_get(f"/api/v1/problems/{item}/report", problems.get_problem_report)
+    r.add_post(f"/api/v1/problems/{item}/acknowledge", problems.acknowledge_problem)
+    r.add_post(f"/api/v1/problems/{item}/resolve", problems.resolve_problem)
+    r.add_get("/api/v1/silences", silences.list_silences)
+    r.add_post("/api/v1/silences", silences.create_silence)
+    r.add_get(f"/api/v1/silences/{item}", silences.get_silence)
+    r.add_patch(f"/api/v1/silences/{item}", silences.update_silence)
+    r.add_delete(f"/api/v1/silences/{item}", silences.delete_silence)
+    r.add_get("/api/v1/hosts", hosts.list_hosts)
+    r.add_get("/api/v1/remediations/stats", remediations.remediation_stats)
+    r.add_get("/api/v1/remediations/runs", remediations.list_remediation_runs)
+    r.add_get("/metrics", system.get_metrics)
+    r.add_get("/healthz", system.get_healthz)
 
 
 @web.middleware

@@ -1,0 +1,86 @@
+"""What incidents and problems share: fetch one by id, acknowledge it, resolve it.
+
+The store takes the kind (``"incident"`` or ``"problem"``) as a parameter for both
+commands, so the handlers in ``incidents`` and ``problems`` differ only by that word.
+Domain errors map to HTTP here: an unknown id is 404 naming ``id``, a command that does
+not apply to the record's state is 409 naming ``state``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal
+
+from aiohttp import web
+
+from vigil.collector.api.http import (
+    ApiError,
+    body_str,
+    in_store_thread,
+    item_id,
+    json_body,
+    require_admin,
+)
+from vigil.collector.keys import clock_key, store_key
+from vigil.collector.store import StateError
+
+Kind = Literal["incident", "problem"]
+
+# Fields of a resolve body besides ``by``, all optional: stored as CAPA notes.
+_RESOLVE_NOTES = ("note", "root_cause", "corrective_action", "preventive_action")
+
+
+async def fetch_item(request: web.Request, kind: Kind) -> dict[str, Any]:
+    """The record the ``{item_id}`` path segment names, with its timeline; 404 if none."""
+    wanted = item_id(request, kind)
+    store = request.app[store_key]
+    fetch = store.get_incident if kind == "incident" else store.get_problem
+    item = await in_store_thread(request, fetch, wanted)
+    if item is None:
+        raise ApiError(404, f"no {kind} with id {wanted}", "id")
+    return item
+
+
+async def acknowledge_item(request: web.Request, kind: Kind) -> web.Response:
+    """Acknowledge with ``{"by": ..., "note": ...}`` (admin only); replies with the record
+    and ``changed`` (false when it was acknowledged before)."""
+    require_admin(request)
+    wanted = item_id(request, kind)
+    body = await json_body(request, ("by", "note"))
+    by = body_str(body, "by", required=True)
+    note = body_str(body, "note") or ""
+    store = request.app[store_key]
+    try:
+        result = await in_store_thread(
+            request,
+            functools.partial(store.acknowledge, kind, wanted, by, note),
+            request.app[clock_key](),
+        )
+    except LookupError:
+        raise ApiError(404, f"no {kind} with id {wanted}", "id") from None
+    except StateError as exc:
+        raise ApiError(409, str(exc), "state") from None
+    item = await fetch_item(request, kind)
+    return web.json_response({kind: item, "changed": result == "acknowledged"})
+
+
+async def resolve_item(request: web.Request, kind: Kind) -> web.Response:
+    """Resolve with ``by`` and optional notes (admin only), or add CAPA notes to a
+    resolved record; replies with the record."""
+    require_admin(request)
+    wanted = item_id(request, kind)
+    body = await json_body(request, ("by", *_RESOLVE_NOTES))
+    by = body_str(body, "by", required=True)
+    notes = {k: body_str(body, k) or "" for k in _RESOLVE_NOTES}
+    store = request.app[store_key]
+    try:
+        await in_store_thread(
+            request,
+            functools.partial(store.resolve_manually, kind, wanted, by, notes),
+            request.app[clock_key](),
+        )
+    except LookupError:
+        raise ApiError(404, f"no {kind} with id {wanted}", "id") from None
+    except StateError as exc:
+        raise ApiError(409, str(exc), "state") from None
+    return web.json_response({kind: await fetch_item(request, kind)})

@@ -1,0 +1,264 @@
+"""What every handler shares: JSON errors, tokens, query and body parsing, the store's thread.
+
+Every error body is ``{"error": "<message>", "field": "<path or null>"}``. Handlers raise
+:class:`ApiError`; the app's middleware renders it with :func:`error_response`. Every
+parsing helper here names the query parameter, path segment or body field at fault.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import math
+import re
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from vigil.collector.keys import config_key, executor_key
+
+T = TypeVar("T")
+
+# Rows per page of every list endpoint: the default and the most a client may ask for.
+DEFAULT_LIMIT = 100
+MAX_LIMIT = 1000
+# SQLite integers are signed 64-bit; a larger id cannot exist and would overflow the driver.
+MAX_ID = 2**63 - 1
+# The path segment of every ``/{id}`` route; :func:`item_id` reads it.
+ITEM_ID = "{item_id:[0-9]+}"
+MAX_JSON_BODY = 64 * 1024  # bytes of a write request's JSON body
+MAX_TEXT = 4096  # characters in a string field of a write body (a note, a CAPA field)
+# The challenge every 401 carries.
+AUTH_CHALLENGE: Mapping[str, str] = MappingProxyType({"WWW-Authenticate": 'Bearer realm="vigil"'})
+
+_READ_CHUNK = 64 * 1024
+# At most 19 digits: enough for any 64-bit value, and int() of huge strings is refused.
+_DIGITS = re.compile(r"[0-9]{1,19}")
+
+
+class ApiError(Exception):
+    """An HTTP error with a JSON body naming the offending ``field`` (or ``None``)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        field: str | None = None,
+        *,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.headers = dict(headers or {})
+
+
+class BodyTooLarge(ValueError):
+    """A request body, or what it decompresses to, is over the configured limit."""
+
+
+def error_response(
+    status: int,
+    message: str,
+    field: str | None = None,
+    *,
+    headers: Mapping[str, str] | None = None,
+) -> web.Response:
+    """The JSON error body every failure uses."""
+    return web.json_response(
+        {"error": message, "field": field}, status=status, headers=dict(headers or {})
+    )
+
+
+# --------------------------------------------------------------------------- store thread
+
+
+async def in_store_thread(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on the store's single thread (``executor_key``), awaited.
+
+    Every store call goes through here so the event loop never waits on an fsync and
+    SQLite sees one thread. Keyword arguments go in with :func:`functools.partial`.
+    """
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app[executor_key], fn, *args)
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+def bearer_matches(request: web.Request, tokens: tuple[str, ...]) -> bool:
+    """Whether ``Authorization: Bearer <token>`` names one of ``tokens``.
+
+    Compares against every token with ``hmac.compare_digest`` and no early exit, so the
+    response time does not reveal how much of a token was right, nor which one.
+    """
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return False
+    # surrogatepass: header text that is not valid UTF-8 still encodes (and never matches).
+    given_bytes = given.strip().encode("utf-8", "surrogatepass")
+    matched = False
+    for token in tokens:
+        matched |= hmac.compare_digest(token.encode("utf-8"), given_bytes)
+    return matched
+
+
+def has_agent_token(request: web.Request) -> bool:
+    """Whether the request carries one of the configured agent tokens.
+
+    A test rather than a check that raises: the ingest handler counts and logs its
+    rejections itself before answering 401 (with :data:`AUTH_CHALLENGE`).
+    """
+    return bearer_matches(request, request.app[config_key].auth.agent_tokens)
+
+
+def require_reader(request: web.Request) -> None:
+    """401 unless the read API is open (``auth.open_read``) or the request carries an
+    admin token."""
+    auth = request.app[config_key].auth
+    if not auth.open_read and not bearer_matches(request, auth.admin_tokens):
+        raise ApiError(401, "missing or unknown admin token", headers=AUTH_CHALLENGE)
+
+
+def require_admin(request: web.Request) -> None:
+    """401 unless the request carries an admin token. Writes always need one, even when
+    ``open_read`` leaves the read API open."""
+    if not bearer_matches(request, request.app[config_key].auth.admin_tokens):
+        raise ApiError(401, "missing or unknown admin token", headers=AUTH_CHALLENGE)
+
+
+# --------------------------------------------------------------------------- query and path
+
+
+def query_params(request: web.Request, allowed: tuple[str, ...]) -> dict[str, str]:
+    """Query parameters as a plain dict; unknown or repeated ones are 400 (typos show)."""
+    out: dict[str, str] = {}
+    for name, value in request.query.items():
+        if name not in allowed:
+            known = ", ".join(allowed) or "none"
+            raise ApiError(400, f"unknown query parameter (known: {known})", name)
+        if name in out:
+            raise ApiError(400, "query parameter given more than once", name)
+        out[name] = value
+    return out
+
+
+def int_param(query: Mapping[str, str], name: str, default: int, low: int, high: int) -> int:
+    """Query parameter ``name`` as an integer in ``low..high`` (``default`` when absent).
+
+    Only plain ASCII digits are accepted (no sign, no spaces, at most 19 of them);
+    anything else, or a value out of range, is 400 naming ``name``.
+    """
+    raw = query.get(name)
+    if raw is None:
+        return default
+    value = int(raw) if _DIGITS.fullmatch(raw) else None
+    if value is None or not low <= value <= high:
+        raise ApiError(400, f"{name} must be an integer from {low} to {high}, got {raw!r}", name)
+    return value
+
+
+def page(query: Mapping[str, str]) -> dict[str, int]:
+    """``limit`` (1..:data:`MAX_LIMIT`, default :data:`DEFAULT_LIMIT`) and ``offset``
+    (0.., default 0) from the query, as keyword arguments for a store ``list_*`` call."""
+    return {
+        "limit": int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
+        "offset": int_param(query, "offset", 0, 0, MAX_ID),
+    }
+
+
+def choice(query: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:
+    """Query parameter ``name``, one of ``allowed`` (``default`` when absent), else 400."""
+    value = query.get(name, default)
+    if value not in allowed:
+        raise ApiError(400, f"{name} must be one of {list(allowed)}, got {value!r}", name)
+    return value
+
+
+def item_id(request: web.Request, kind: str) -> int:
+    """The ``{item_id}`` path segment (see :data:`ITEM_ID`) as an int.
+
+    An id no record can have (over 64 bits) is the same 404 as an unknown one, naming
+    ``id``; ``kind`` ("incident", "silence", ...) goes into the message.
+    """
+    raw = request.match_info["item_id"]  # the route admits ASCII digits only
+    if not _DIGITS.fullmatch(raw) or int(raw) > MAX_ID:
+        raise ApiError(404, f"no {kind} with id {raw[:40]}", "id")
+    return int(raw)
+
+
+# --------------------------------------------------------------------------- bodies
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The raw body, refusing to hold more than ``limit`` bytes (chunked bodies too).
+
+    Raises :class:`BodyTooLarge` as soon as more than ``limit`` bytes arrived, and
+    ``web.RequestPayloadError`` when the client breaks off the body.
+    """
+    body = bytearray()
+    async for chunk in request.content.iter_chunked(_READ_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            raise BodyTooLarge
+    return bytes(body)
+
+
+async def json_body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The request's JSON object (an empty body is ``{}``), at most :data:`MAX_JSON_BODY`
+    bytes (413 beyond); invalid JSON, a non-object or an unknown field is 400, the last
+    naming the field."""
+    if request.content_length is not None and request.content_length > MAX_JSON_BODY:
+        raise ApiError(413, f"request body over {MAX_JSON_BODY} bytes")
+    try:
+        raw = await read_body(request, MAX_JSON_BODY)  # chunked bodies are bounded too
+    except BodyTooLarge:
+        raise ApiError(413, f"request body over {MAX_JSON_BODY} bytes") from None
+    if not raw.strip():
+        body: Any = {}
+    else:
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise ApiError(400, f"body is not valid JSON: {exc}") from None
+    if not isinstance(body, dict):
+        raise ApiError(400, "body must be a JSON object")
+    for name in body:
+        if name not in allowed:
+            raise ApiError(400, f"unknown field (known: {', '.join(allowed)})", str(name)[:64])
+    return body
+
+
+def body_str(body: Mapping[str, Any], name: str, *, required: bool = False) -> str | None:
+    """Body field ``name`` as a string of at most :data:`MAX_TEXT` characters.
+
+    Absent or ``null`` is ``None``, or 400 when ``required`` (a required one must not be
+    blank either). Every error names the field.
+    """
+    value = body.get(name)
+    if value is None:
+        if required:
+            raise ApiError(400, f"{name} is required", name)
+        return None
+    if not isinstance(value, str):
+        raise ApiError(400, f"{name} must be a string", name)
+    if len(value) > MAX_TEXT:
+        raise ApiError(400, f"{name} must be at most {MAX_TEXT} characters", name)
+    if required and not value.strip():
+        raise ApiError(400, f"{name} must not be empty", name)
+    return value
+
+
+def body_time(body: Mapping[str, Any], name: str, default: float) -> float:
+    """Body field ``name`` as Unix time in seconds (``default`` when absent or ``null``);
+    a boolean, a non-number or a non-finite number is 400 naming the field."""
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ApiError(400, f"{name} must be a Unix time in seconds", name)
+    return float(value)

@@ -1,0 +1,36 @@
+"""Remediation handlers: the corrective-action records agents sent, and statistics."""
+
+from __future__ import annotations
+
+import functools
+
+from aiohttp import web
+
+from vigil.collector.api.http import in_store_thread, page, query_params, require_reader
+from vigil.collector.keys import store_key
+
+
+async def list_remediation_runs(request: web.Request) -> web.Response:
+    """``GET /api/v1/remediations/runs?host=&remediation=&limit=&offset=``."""
+    require_reader(request)
+    q = query_params(request, ("host", "remediation", "limit", "offset"))
+    store = request.app[store_key]
+    runs = await in_store_thread(
+        request,
+        functools.partial(
+            store.list_remediation_runs,
+            host=q.get("host"),
+            remediation=q.get("remediation"),
+            **page(q),
+        ),
+    )
+    return web.json_response({"runs": runs})
+
+
+async def remediation_stats(request: web.Request) -> web.Response:
+    """``GET /api/v1/remediations/stats``: per remediation, runs by outcome, success rate
+    and incidents prevented."""
+    require_reader(request)
+    query_params(request, ())
+    stats = await in_store_thread(request, request.app[store_key].remediation_stats)
+    return web.json_response({"remediations": stats})

@@ -1,0 +1,169 @@
+"""Agent report ingest, ``POST /api/v1/reports``: authenticate, bound, unpack, commit, ack.
+
+Every rejection is counted by reason (``vigil_reports_rejected_total``) and logged at
+INFO with the client address. The commit itself goes through the ingest queue's group
+commit (``collector/ingest.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import zlib
+
+from aiohttp import web
+
+from vigil.collector.api.http import (
+    AUTH_CHALLENGE,
+    ApiError,
+    BodyTooLarge,
+    has_agent_token,
+    read_body,
+)
+from vigil.collector.ingest import QueueFull
+from vigil.collector.keys import clock_key, config_key, counters_key, ingest_key
+from vigil.collector.metrics import RequestCounters
+from vigil.wire import Report, WireError, decode_report
+
+log = logging.getLogger(__name__)
+
+# Bodies unpacked on the event loop itself: at most this much gzip in and JSON out (bytes).
+_INLINE_BODY_BYTES = 16 * 1024
+_INLINE_UNPACKED_BYTES = 256 * 1024
+
+
+async def post_report(request: web.Request) -> web.Response:
+    """``POST /api/v1/reports``: authenticate, bound, decompress, validate, commit, ack.
+
+    The 200 reply is sent only after the store committed the batch (through the ingest
+    queue's group commit); a repeated ``batch_id`` is acknowledged with
+    ``"duplicate": true`` and changes nothing. When the ingest queue is full the answer
+    is ``429`` with ``Retry-After``, before the body is even read.
+    """
+    app = request.app
+    config = app[config_key]
+    counters = app[counters_key]
+
+    def reject(reason: str, status: int, message: str, field: str | None = None) -> ApiError:
+        counters.reject(reason)
+        log.info("rejected report from %s: %s (%s)", request.remote, message, reason)
+        return ApiError(status, message, field, headers=AUTH_CHALLENGE if status == 401 else None)
+
+    if not has_agent_token(request):
+        raise reject("unauthorized", 401, "missing or unknown agent token")
+    queue = app[ingest_key]
+    if queue.full():
+        # Shed before reading, decompressing or parsing: overload must cost almost nothing.
+        raise _overloaded(counters, queue.retry_after())
+
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding not in ("identity", "gzip", "x-gzip"):
+        raise reject("invalid", 415, f"unsupported Content-Encoding {encoding!r}, use gzip")
+
+    limit = config.limits.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise reject("too_large", 413, f"request body over {limit} bytes")
+    try:
+        body = await read_body(request, limit)
+    except BodyTooLarge:
+        raise reject("too_large", 413, f"request body over {limit} bytes") from None
+    except web.RequestPayloadError as exc:
+        raise reject("invalid", 400, f"incomplete request body: {exc}") from None
+
+    started = time.perf_counter()
+    max_out = config.limits.max_decompressed_bytes
+    gzipped = encoding != "identity"
+    try:
+        try:
+            # A typical report (a few KiB) is unpacked right here: handing it to a thread
+            # costs more than the work. Only when it turns out big is it redone off the
+            # loop, so /healthz and scrapes stay responsive during the CPU work.
+            if len(body) > _INLINE_BODY_BYTES:
+                raise BodyTooLarge
+            report: Report = _unpack(body, gzipped, min(max_out, _INLINE_UNPACKED_BYTES))
+        except BodyTooLarge:
+            loop = asyncio.get_running_loop()
+            report = await loop.run_in_executor(None, _unpack, body, gzipped, max_out)
+    except BodyTooLarge:
+        raise reject("too_large", 413, f"decompressed body over {max_out} bytes") from None
+    except (zlib.error, EOFError) as exc:
+        raise reject("bad_gzip", 400, f"body is not valid gzip: {exc}") from None
+    except WireError as exc:
+        raise reject("invalid", 400, exc.message, exc.path) from None
+
+    received_at = app[clock_key]()
+    try:
+        # Returns once the group commit that carried the report is durable.
+        result = await queue.submit(report, received_at)
+    except QueueFull as exc:
+        raise _overloaded(counters, exc.retry_after_s) from None
+    counters.observe_ingest(time.perf_counter() - started)
+    log.debug(
+        "ingested batch %s from %s: %d events, duplicate=%s",
+        report.batch_id,
+        report.hostname,
+        result.events,
+        result.duplicate,
+    )
+    return web.json_response(
+        {
+            "batch_id": report.batch_id,
+            "accepted": True,
+            "duplicate": result.duplicate,
+            "events": result.events,
+        }
+    )
+
+
+def gunzip_bounded(data: bytes, limit: int) -> bytes:
+    """Decompress one gzip member, inflating at most ``limit + 1`` bytes of it.
+
+    ``zlib.decompressobj`` with ``max_length`` stops inflating at the bound, so a gzip
+    bomb (50 MB of zeros in 50 KB) costs about ``limit`` bytes of memory (twice that at
+    the peak, while chunks are joined) before it is refused.
+    Raises :class:`BodyTooLarge` over the limit and ``zlib.error``/``EOFError`` on corrupt,
+    truncated or trailing data.
+    """
+    inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip header required
+    out = bytearray()
+    pending = data
+    while not inflater.eof:
+        room = limit + 1 - len(out)  # never 0: max_length=0 would mean "unbounded"
+        chunk = inflater.decompress(pending, room)
+        out += chunk
+        if len(out) > limit:
+            raise BodyTooLarge
+        pending = inflater.unconsumed_tail
+        # Input used up and the output not cut short: nothing more can come out.
+        if not pending and len(chunk) < room:
+            break
+    if not inflater.eof:
+        raise EOFError("truncated gzip stream")
+    if inflater.unused_data:
+        raise zlib.error("unexpected data after the gzip stream")
+    return bytes(out)
+
+
+def _unpack(body: bytes, gzipped: bool, max_out: int) -> Report:
+    """Gunzip (bounded by ``max_out``) and decode a report; raises what each step raises.
+
+    An uncompressed body over ``max_out`` also raises :class:`BodyTooLarge`, so the
+    caller's inline attempt falls back to the thread for it as for a big gzip body.
+    """
+    if gzipped:
+        body = gunzip_bounded(body, max_out)
+    elif len(body) > max_out:
+        raise BodyTooLarge
+    return decode_report(body)
+
+
+def _overloaded(counters: RequestCounters, retry_after_s: int) -> ApiError:
+    """429 with ``Retry-After``: the ingest queue is full (see ``collector/ingest.py``)."""
+    counters.reject("overloaded")
+    log.debug("ingest queue full: asking for a retry in %d s", retry_after_s)
+    return ApiError(
+        429,
+        f"collector overloaded, retry after {retry_after_s} s",
+        headers={"Retry-After": str(retry_after_s)},
+    )

@@ -1,0 +1,124 @@
+"""Silence handlers: ``/api/v1/silences`` and ``/api/v1/silences/{id}``.
+
+A silence mutes notifications for a host, host group, service or check between two
+times; incidents still open and are recorded. Reads need an admin token unless
+``auth.open_read`` is set; every write needs one.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from aiohttp import web
+
+from vigil.collector import incidents
+from vigil.collector.api.http import (
+    ApiError,
+    body_str,
+    body_time,
+    choice,
+    in_store_thread,
+    item_id,
+    json_body,
+    query_params,
+    require_admin,
+    require_reader,
+)
+from vigil.collector.keys import clock_key, store_key
+from vigil.configio import parse_duration
+
+
+async def list_silences(request: web.Request) -> web.Response:
+    """``GET /api/v1/silences?active=true|false``: every silence, or only active ones."""
+    require_reader(request)
+    q = query_params(request, ("active",))
+    active = choice(q, "active", ("true", "false"), "false") == "true"
+    now = request.app[clock_key]()
+    store = request.app[store_key]
+    rows = await in_store_thread(
+        request, functools.partial(store.list_silences, active_at=now if active else None)
+    )
+    return web.json_response({"silences": rows})
+
+
+async def get_silence(request: web.Request) -> web.Response:
+    """``GET /api/v1/silences/{id}``."""
+    require_reader(request)
+    silence_id = item_id(request, "silence")
+    found = await in_store_thread(request, request.app[store_key].get_silence, silence_id)
+    if found is None:
+        raise ApiError(404, f"no silence with id {silence_id}", "id")
+    return web.json_response({"silence": found})
+
+
+async def create_silence(request: web.Request) -> web.Response:
+    """``POST /api/v1/silences``: ``matcher`` (host/group/service/check), ``value``,
+    ``ends_at`` (Unix seconds) or ``duration`` ("2h"), optional ``starts_at``, ``comment``,
+    ``created_by``. 201 with the silence."""
+    require_admin(request)
+    body = await json_body(
+        request,
+        ("matcher", "value", "starts_at", "ends_at", "duration", "comment", "created_by"),
+    )
+    now = request.app[clock_key]()
+    matcher = body_str(body, "matcher", required=True)
+    if matcher not in incidents.SILENCE_MATCHERS:
+        raise ApiError(
+            400, f"matcher must be one of {list(incidents.SILENCE_MATCHERS)}, got {matcher!r}",
+            "matcher",
+        )  # fmt: skip
+    value = body_str(body, "value", required=True)
+    if not value.strip():
+        raise ApiError(400, "value must not be empty", "value")
+    starts_at = body_time(body, "starts_at", now)
+    if "ends_at" in body and "duration" in body:
+        raise ApiError(400, "give ends_at or duration, not both", "duration")
+    if "duration" in body:
+        try:
+            seconds = parse_duration(body["duration"])
+        except ValueError as exc:
+            raise ApiError(400, f"duration: {exc}", "duration") from None
+        ends_at = starts_at + seconds
+    elif "ends_at" in body:
+        ends_at = body_time(body, "ends_at", now)
+    else:
+        raise ApiError(400, "ends_at or duration is required", "ends_at")
+    if ends_at <= max(starts_at, now):
+        raise ApiError(400, "ends_at must be after starts_at and in the future", "ends_at")
+    comment = body_str(body, "comment") or ""
+    by = body_str(body, "created_by", required=True)
+    store = request.app[store_key]
+    silence = await in_store_thread(
+        request,
+        functools.partial(store.create_silence, matcher, value, starts_at, ends_at, comment),
+        by,
+        now,
+    )
+    return web.json_response({"silence": silence}, status=201)
+
+
+async def update_silence(request: web.Request) -> web.Response:
+    """``PATCH /api/v1/silences/{id}``: change ``ends_at`` (e.g. end it now) or ``comment``."""
+    require_admin(request)
+    silence_id = item_id(request, "silence")
+    body = await json_body(request, ("ends_at", "comment"))
+    now = request.app[clock_key]()
+    ends_at = body_time(body, "ends_at", now) if "ends_at" in body else None
+    comment = body_str(body, "comment")
+    store = request.app[store_key]
+    found = await in_store_thread(
+        request,
+        functools.partial(store.update_silence, silence_id, ends_at=ends_at, comment=comment),
+    )
+    if found is None:
+        raise ApiError(404, f"no silence with id {silence_id}", "id")
+    return web.json_response({"silence": found})
+
+
+async def delete_silence(request: web.Request) -> web.Response:
+    """``DELETE /api/v1/silences/{id}``: 204, or 404."""
+    require_admin(request)
+    silence_id = item_id(request, "silence")
+    if not await in_store_thread(request, request.app[store_key].delete_silence, silence_id):
+        raise ApiError(404, f"no silence with id {silence_id}", "id")
+    return web.Response(status=204)

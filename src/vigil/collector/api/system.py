@@ -1,0 +1,30 @@
+"""Open endpoints for machines: ``GET /metrics`` (Prometheus) and ``GET /healthz``.
+
+Neither needs a token, so Prometheus and load balancers can reach them; in production,
+firewall them to the monitoring network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from vigil import __version__
+from vigil.collector.keys import registry_key
+
+
+async def get_metrics(request: web.Request) -> web.Response:
+    """``GET /metrics``: Prometheus text format, rendered from state at scrape time."""
+    registry = request.app[registry_key]
+    # Off the store thread: the aggregates have their own lock (never held during a
+    # database call), so a scrape does not queue behind ingest commits.
+    loop = asyncio.get_running_loop()
+    payload = await loop.run_in_executor(None, generate_latest, registry)
+    return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def get_healthz(request: web.Request) -> web.Response:
+    """``GET /healthz``: liveness for load balancers and the demo."""
+    return web.json_response({"status": "ok", "version": __version__})
