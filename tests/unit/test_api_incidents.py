@@ -17,7 +17,7 @@ import pytest
 
 from vigil import wire
 from vigil.collector.api_incidents import render_incident_report
-from vigil.collector.catalog import Catalog, HostGroup, Service
+from vigil.collector.desk.catalog import Catalog, HostGroup, Service
 
 CATALOG = Catalog(
     services=(Service("email", "mail", "msg-team", "high", ("mail.*",)),),

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from vigil.collector.catalog import EMPTY_CATALOG, load_catalog
+from vigil.collector.desk.catalog import EMPTY_CATALOG, load_catalog
 from vigil.configio import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

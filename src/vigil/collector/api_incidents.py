@@ -16,7 +16,9 @@ from typing import Any
 
 from aiohttp import web
 
-from vigil.collector import incidents
+from vigil.collector.desk import engine as incidents
+from vigil.collector.desk.commands import StateError
+from vigil.collector.desk.reads import LIST_STATES
 from vigil.collector.handlers import (
     _DIGITS,
     _MAX_ID,
@@ -31,8 +33,7 @@ from vigil.collector.handlers import (
     _require_reader,
     require_admin,
 )
-from vigil.collector.keys import clock_key, config_key, store_key
-from vigil.collector.store import LIST_STATES, StateError
+from vigil.collector.keys import clock_key, config_key, desk_key
 from vigil.configio import parse_duration
 
 INCIDENT_LIST_STATES = (*LIST_STATES, "all")
@@ -75,7 +76,7 @@ async def list_incidents(request: web.Request) -> web.Response:
     priority = q.get("priority")
     if priority is not None and priority not in ("P1", "P2", "P3", "P4"):
         raise ApiError(400, f"priority must be P1, P2, P3 or P4, got {priority!r}", "priority")
-    store = request.app[store_key]
+    store = request.app[desk_key]
     rows = await _in_store_thread(
         request,
         functools.partial(
@@ -126,7 +127,7 @@ async def list_problems(request: web.Request) -> web.Response:
     q = _query(request, ("state", "kind", "check", "limit", "offset"))
     state = _choice(q, "state", PROBLEM_LIST_STATES, "all")
     kind = _choice(q, "kind", ("recurring", "fleet", "all"), "all")
-    store = request.app[store_key]
+    store = request.app[desk_key]
     rows = await _in_store_thread(
         request,
         functools.partial(
@@ -174,7 +175,7 @@ async def list_silences(request: web.Request) -> web.Response:
     q = _query(request, ("active",))
     active = _choice(q, "active", ("true", "false"), "false") == "true"
     now = request.app[clock_key]()
-    store = request.app[store_key]
+    store = request.app[desk_key]
     rows = await _in_store_thread(
         request, functools.partial(store.list_silences, active_at=now if active else None)
     )
@@ -185,7 +186,7 @@ async def get_silence(request: web.Request) -> web.Response:
     """``GET /api/v1/silences/{id}``."""
     _require_reader(request)
     silence_id = _item_id(request, "silence")
-    found = await _in_store_thread(request, request.app[store_key].get_silence, silence_id)
+    found = await _in_store_thread(request, request.app[desk_key].get_silence, silence_id)
     if found is None:
         raise ApiError(404, f"no silence with id {silence_id}", "id")
     return web.json_response({"silence": found})
@@ -227,7 +228,7 @@ async def create_silence(request: web.Request) -> web.Response:
         raise ApiError(400, "ends_at must be after starts_at and in the future", "ends_at")
     comment = _body_str(body, "comment") or ""
     by = _body_str(body, "created_by", required=True)
-    store = request.app[store_key]
+    store = request.app[desk_key]
     silence = await _in_store_thread(
         request,
         functools.partial(store.create_silence, matcher, value, starts_at, ends_at, comment),
@@ -245,7 +246,7 @@ async def update_silence(request: web.Request) -> web.Response:
     now = request.app[clock_key]()
     ends_at = _body_time(body, "ends_at", now) if "ends_at" in body else None
     comment = _body_str(body, "comment")
-    store = request.app[store_key]
+    store = request.app[desk_key]
     found = await _in_store_thread(
         request,
         functools.partial(store.update_silence, silence_id, ends_at=ends_at, comment=comment),
@@ -259,7 +260,7 @@ async def delete_silence(request: web.Request) -> web.Response:
     """``DELETE /api/v1/silences/{id}``: 204, or 404."""
     require_admin(request)
     silence_id = _item_id(request, "silence")
-    if not await _in_store_thread(request, request.app[store_key].delete_silence, silence_id):
+    if not await _in_store_thread(request, request.app[desk_key].delete_silence, silence_id):
         raise ApiError(404, f"no silence with id {silence_id}", "id")
     return web.Response(status=204)
 
@@ -280,7 +281,7 @@ async def list_hosts(request: web.Request) -> web.Response:
     _query(request, ())
     app = request.app
     config, now = app[config_key], app[clock_key]()
-    hosts = await _in_store_thread(request, app[store_key].list_hosts)
+    hosts = await _in_store_thread(request, app[desk_key].list_hosts)
     for host in hosts:
         ttl = host["heartbeat_ttl_s"]
         if ttl is None:
@@ -308,7 +309,7 @@ async def remediation_stats(request: web.Request) -> web.Response:
     and incidents prevented."""
     _require_reader(request)
     _query(request, ())
-    stats = await _in_store_thread(request, request.app[store_key].remediation_stats)
+    stats = await _in_store_thread(request, request.app[desk_key].remediation_stats)
     return web.json_response({"remediations": stats})
 
 
@@ -421,7 +422,7 @@ def _cell(text: str | None) -> str:
 
 async def _get(request: web.Request, kind: str) -> dict[str, Any]:
     item_id = _item_id(request, kind)
-    store = request.app[store_key]
+    store = request.app[desk_key]
     fetch = store.get_incident if kind == "incident" else store.get_problem
     item = await _in_store_thread(request, fetch, item_id)
     if item is None:
@@ -435,7 +436,7 @@ async def _acknowledge(request: web.Request, kind: str) -> web.Response:
     body = await _json_body(request, ("by", "note"))
     by = _body_str(body, "by", required=True)
     note = _body_str(body, "note") or ""
-    store = request.app[store_key]
+    store = request.app[desk_key]
     try:
         result = await _in_store_thread(
             request,
@@ -457,7 +458,7 @@ async def _resolve(request: web.Request, kind: str) -> web.Response:
     body = await _json_body(request, fields)
     by = _body_str(body, "by", required=True)
     notes = {k: _body_str(body, k) or "" for k in fields[1:]}
-    store = request.app[store_key]
+    store = request.app[desk_key]
     try:
         await _in_store_thread(
             request,

@@ -29,12 +29,12 @@ from vigil.collector.keys import (
     clock_key,
     config_key,
     counters_key,
+    desk_key,
     executor_key,
     ingest_key,
     registry_key,
-    store_key,
 )
-from vigil.collector.metrics import RequestCounters
+from vigil.collector.telemetry.requests import RequestCounters
 from vigil.wire import Report, WireError, decode_report
 
 log = logging.getLogger(__name__)
@@ -247,7 +247,7 @@ async def list_remediation_runs(request: web.Request) -> web.Response:
     """``GET /api/v1/remediations/runs?host=&remediation=&limit=&offset=``."""
     _require_reader(request)
     query = _query(request, ("host", "remediation", "limit", "offset"))
-    store = request.app[store_key]
+    store = request.app[desk_key]
     runs = await _in_store_thread(
         request,
         functools.partial(
