@@ -438,7 +438,7 @@ def test_list_incidents_pages_newest_first(history: Desk) -> None:
 def test_list_incidents_rejects_an_unknown_state(store: Desk) -> None:
     """Page bounds (limit, offset) are the API's input validation, tested with the API
     (``test_a_bad_incidents_query_is_400_naming_the_field``); the state is the desk's."""
-    with pytest.raises(ValueError, match="state: must be one of .*'open'.*got 'closed'"):
+    with pytest.raises(ValueError, match=r"state: must be one of .*'open'.*got 'closed'"):
         store.list_incidents(state="closed")
 
 
