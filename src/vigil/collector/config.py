@@ -205,10 +205,11 @@ def _storage_url(storage: Section) -> str:
     path = sqlite_path(url)
     if path is None:
         scheme = url.partition(":")[0]
-        why = (
-            f"storage scheme {scheme!r} is not supported by this collector"
-            if "://" in url
-            else "expected a URL such as sqlite:///var/lib/vigil/collector.db"
-        )
+        if "://" not in url:
+            why = "expected a URL such as sqlite:///var/lib/vigil/collector.db"
+        elif scheme == "sqlite":
+            why = "an sqlite URL needs a file path after sqlite:///"
+        else:
+            why = f"storage scheme {scheme!r} is not supported by this collector"
         raise storage.error("url", f"{why} (supported: {', '.join(SCHEMES)})", url)
     return sqlite_url((storage.base_dir / Path(path).expanduser()).resolve())

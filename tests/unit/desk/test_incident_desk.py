@@ -1,9 +1,9 @@
-"""The incident desk in the store: catalog priorities, problems, liveness, silences,
+"""The incident desk over real storage: catalog priorities, problems, liveness, silences,
 acknowledgement and manual resolution, and the notifier's view.
 
 Real SQLite files under ``tmp_path``; reports built from ``agent.wire`` dataclasses; time
 is passed in (no clock). The rules themselves are tested as pure functions in
-``test_incidents.py``; these tests check the store applies them to what it has stored.
+``test_engine.py``; these tests check the desk applies them to what it has stored.
 """
 
 from __future__ import annotations
