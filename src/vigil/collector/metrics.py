@@ -4,8 +4,8 @@
 :meth:`~collector.desk.service.Desk.metrics_snapshot` and the in-memory
 :class:`~collector.telemetry.requests.RequestCounters` on every scrape, so a host or
 check that disappears leaves no stale series, and handlers never mutate gauges. It is
-registered on the app's explicit
-``CollectorRegistry`` (never the global one), so two apps in one process share nothing.
+registered on the app's explicit ``CollectorRegistry`` (never the global one), so two
+apps in one process share nothing.
 
 Cheap at fleet scale: the desk keeps every fleet-wide figure incrementally (the
 structures of ``collector/telemetry/buckets.py``: :class:`BucketCounts`, :class:`FleetDistribution`,
@@ -73,7 +73,7 @@ def agents_by_state(
 ) -> tuple[int, int]:
     """Count hosts ``(up, silent)`` at ``now`` (all times in epoch seconds).
 
-    The incident engine's rule (:func:`collector.incidents.is_silent`), so /metrics and the
+    The incident engine's rule (:func:`collector.desk.engine.is_silent`), so /metrics and the
     incidents agree: a host is up while ``last_seen + ttl + grace_s >= now``, where ``ttl``
     is the heartbeat TTL it last announced; a host that never announced a TTL made no
     promise and is never silent. This is the reference rule; :meth:`LivenessView.count_up`
@@ -171,10 +171,10 @@ def host_series(
 class VigilCollector:
     """A ``prometheus_client`` custom collector for one collector app.
 
-    ``snapshot(host_series=N, host_maps=False)`` returns the store's current
-    :class:`~collector.store.MetricsSnapshot` with up to N hosts itemized and without the
-    O(hosts) per-host maps (it must not do I/O: it runs on every scrape); ``counters``
-    holds request-level counts; ``clock`` gives epoch seconds for agent liveness;
+    ``snapshot(host_series=N, host_maps=False)`` returns the desk's current
+    :class:`~collector.telemetry.aggregates.MetricsSnapshot` with up to N hosts itemized
+    and without the O(hosts) per-host maps (it must not do I/O: it runs on every scrape);
+    ``counters`` holds request-level counts; ``clock`` gives epoch seconds for agent liveness;
     ``heartbeat_grace_s`` is the silence tolerated past a heartbeat TTL.
     ``per_host_series`` switches the ``vigil_host_*`` series on, for at most
     ``max_host_series`` hosts. ``service_of(check)`` names the catalog service a check
@@ -202,7 +202,7 @@ class VigilCollector:
         self._service_of = service_of
 
     def describe(self) -> list[Metric]:
-        # Empty on purpose: registering must not call the store (which may not be open
+        # Empty on purpose: registering must not call the desk (which may not be open
         # yet), and names are unique by construction.
         return []
 

@@ -8,9 +8,11 @@ included; and the repositories' own store-and-fetch promises.
 
 from __future__ import annotations
 
+import inspect
 import json
 import multiprocessing
 import threading
+import typing
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +25,7 @@ from vigil.collector.desk.apply import IngestResult
 from vigil.collector.desk.catalog import Catalog, HostGroup, Service
 from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.desk.service import Desk
+from vigil.collector.storage import protocols
 from vigil.collector.storage.factory import create_storage
 from vigil.collector.storage.records import KeyRow
 
@@ -521,3 +524,36 @@ def test_an_acknowledged_open_problem_is_listed_as_acknowledged(desk: Desk) -> N
     (listed,) = desk.list_problems(state="acknowledged")
     assert (listed["id"], listed["state"]) == (problem["id"], "acknowledged")
     assert desk.list_problems(state="resolved") == []
+
+
+def _members(protocol: type) -> dict[str, inspect.Signature]:
+    names = {
+        name
+        for klass in protocol.__mro__
+        if klass not in (object, typing.Protocol, typing.Generic)
+        for name, value in vars(klass).items()
+        if callable(value) and not name.startswith("_")
+    }
+    return {name: inspect.signature(getattr(protocol, name)) for name in names}
+
+
+def _params(signature: inspect.Signature) -> list[tuple[str, Any, Any]]:
+    return [(p.name, p.kind, p.default) for p in signature.parameters.values()]
+
+
+def test_the_backend_implements_every_protocol_member(storage: Any) -> None:
+    """Every repository (and the unit of work and storage) has each method its Protocol
+    declares, with the same parameters: a backend cannot quietly lag the interface."""
+    uow = storage.acquire()
+    try:
+        pairs: list[tuple[Any, type]] = [(storage, protocols.Storage), (uow, protocols.UnitOfWork)]
+        hints = typing.get_type_hints(protocols.UnitOfWork)
+        pairs += [(getattr(uow, name), hints[name]) for name in hints]
+        for obj, protocol in pairs:
+            for name, signature in _members(protocol).items():
+                method = getattr(obj, name, None)
+                assert callable(method), f"{type(obj).__name__}.{name} is missing"
+                want = _params(signature)[1:]  # without self
+                assert _params(inspect.signature(method)) == want, f"{type(obj).__name__}.{name}"
+    finally:
+        storage.release()

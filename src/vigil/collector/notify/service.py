@@ -2,7 +2,7 @@
 
 Every ``notifications.interval`` it asks the desk for what could notify
 (:meth:`~collector.desk.service.Desk.alertables`), decides with the pure
-:func:`collector.incidents.plan_notifications`, sends to every Alertmanager and webhook,
+:func:`collector.desk.engine.plan_notifications`, sends to every Alertmanager and webhook,
 and records what was sent on the incident's timeline (so a restart neither repeats nor
 loses a firing/resolved notification: the state is in storage, not in memory).
 

@@ -42,8 +42,9 @@ class MetricsSnapshot:
     hostname, last_seen)``; ``host_overflow`` is ``(hosts not listed, oldest last_seen
     among them or None)``.
 
-    ``incidents_acknowledged``, ``incidents_past_sla`` and ``problems_open`` are counted by
-    SQL in :meth:`Desk.refresh_metrics_figures`, off the scrape path.
+    ``incidents_acknowledged``, ``incidents_past_sla`` and ``problems_open`` are counted
+    in storage by :meth:`~collector.desk.service.Desk.refresh_metrics_figures`, off the
+    scrape path.
     ``remediations_paused`` waits for the blast-radius guard and stays empty until then.
     ``liveness_silence_expected`` covers the hosts the catalog expects to go quiet.
     """
@@ -112,7 +113,7 @@ class Aggregates:
     incidents_acknowledged: dict[str, int] = field(default_factory=dict)
     incidents_past_sla: dict[str, int] = field(default_factory=dict)
     problems_open: dict[str, int] = field(default_factory=dict)
-    # Guards the long-lived instance between merge() and metrics_snapshot(). Not the
+    # Guards the long-lived instance between merge() and snapshot(). Not the
     # storage's lock: that one is held across COMMIT (an fsync), and a scrape must never
     # wait for the disk.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -134,6 +135,7 @@ class Aggregates:
             self.footprint_samples.append((host, at, own))
 
     def merge(self, delta: Aggregates) -> None:
+        """Add a committed transaction's ``delta`` (call only after its COMMIT)."""
         with self.lock:
             self._merge(delta)
 

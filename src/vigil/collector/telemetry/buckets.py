@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 CLOCK_SKEW_LIMIT_S = 300.0
 
 # Upper bounds (seconds) of the ingest latency histogram: one durable SQLite commit is
-# typically 1-20 ms with fsync; the tail shows a slow disk or a busy store thread.
+# typically 1-20 ms with fsync; the tail shows a slow disk or a busy storage thread.
 INGEST_BUCKETS_S: tuple[float, ...] = (
     0.001,
     0.0025,
@@ -136,7 +136,7 @@ class FleetDistribution:
 
     :meth:`set` moves a host from its old bucket to its new one, so reading the
     distribution costs O(buckets) however many hosts there are. Not thread-safe: the
-    store updates it under its lock.
+    desk updates it under the aggregates' lock.
     """
 
     __slots__ = ("_hist", "_total_micros", "_where")
@@ -145,7 +145,7 @@ class FleetDistribution:
         self._hist = BucketCounts.empty(bounds)
         # The sum in whole millionths: adding and taking away floats would drift with
         # every update (and the sum would depend on the order hosts were seen), while an
-        # integer sum is exact, so a reloaded store reports the very same figure.
+        # integer sum is exact, so aggregates reloaded from storage report the very same figure.
         self._total_micros = 0
         self._where: dict[str, tuple[int, int]] = {}
 
@@ -203,7 +203,7 @@ class LivenessIndex:
     """Every host's liveness deadline in sorted lists, updated per report.
 
     An update is a bisect plus a list insert/delete (a memmove: microseconds at 100 000
-    hosts); :meth:`view` copies two lists of floats. Not thread-safe: the store updates it
+    hosts); :meth:`view` copies two lists of floats. Not thread-safe: the desk updates it
     under its lock.
     """
 
@@ -215,7 +215,7 @@ class LivenessIndex:
         self._without: list[float] = []
 
     def load(self, hosts: Iterable[tuple[str, float, float | None]]) -> None:
-        """Bulk-load ``(host, last_seen, ttl or None)`` in O(n log n) (at store open)."""
+        """Bulk-load ``(host, last_seen, ttl or None)`` in O(n log n) (at start-up)."""
         for host, seen, ttl in hosts:
             self._key[host] = (ttl is not None, seen if ttl is None else seen + ttl)
         self._with_ttl = sorted(k for has_ttl, k in self._key.values() if has_ttl)

@@ -1,4 +1,4 @@
-"""Request-level counts the store never sees: refused reports by reason and ingest latency."""
+"""Request-level counts the desk never sees: refused reports by reason and ingest latency."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ REJECT_REASONS: tuple[str, ...] = ("unauthorized", "too_large", "bad_gzip", "inv
 
 @dataclass
 class RequestCounters:
-    """Request-level counts the store does not see: rejected reports and ingest latency.
+    """Request-level counts the desk does not see: rejected reports and ingest latency.
 
-    Mutated on the event loop and read by :class:`VigilCollector` from the store thread,
+    Mutated on the event loop and read by :class:`VigilCollector` from the storage thread,
     hence the lock; read through :meth:`copy` for a consistent view.
     """
 
