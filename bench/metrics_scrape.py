@@ -99,7 +99,7 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def fill_database(path: Path, hosts: int, now: float) -> None:
-    """Write ``hosts`` hosts' state into a collector database (schema made by the SQLite backend)."""
+    """Write ``hosts`` hosts' state into a collector database (schema made by SQLite)."""
     SqliteStorage(path).close()  # creates the current schema
     rng = random.Random(7)
     db = sqlite3.connect(path, isolation_level=None)
