@@ -1,7 +1,7 @@
 """The incident desk over real storage: catalog priorities, problems, liveness, silences,
 acknowledgement and manual resolution, and the notifier's view.
 
-Real SQLite files under ``tmp_path``; reports built from ``agent.wire`` dataclasses; time
+Real SQLite files under ``tmp_path``; reports built from ``vigil.wire`` dataclasses; time
 is passed in (no clock). The rules themselves are tested as pure functions in
 ``test_engine.py``; these tests check the desk applies them to what it has stored.
 """

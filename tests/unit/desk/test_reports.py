@@ -1,7 +1,8 @@
-"""The SQLite store: idempotent ingest, incidents, reads, and aggregates that survive restarts.
+"""The desk over the SQLite backend: idempotent ingest, incidents, reads, schema
+migrations, and aggregates that survive restarts.
 
 Every test uses a real database file under ``tmp_path``; reports are built from the
-``agent.wire`` dataclasses exactly as an agent sends them.
+``vigil.wire`` dataclasses exactly as an agent sends them.
 """
 
 from __future__ import annotations
