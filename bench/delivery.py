@@ -103,7 +103,7 @@ def real_sample() -> dict[str, float]:
 FLOOR_SERVER = """\
 import sys
 from vigil.collector import cli, ingest
-from vigil.collector.store import IngestResult
+from vigil.collector.desk.apply import IngestResult
 
 async def submit(self, report, received_at):
     return IngestResult(False, len(report.events), (), (), ())

@@ -47,7 +47,7 @@ import aiohttp
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from vigil.collector.store import SqliteStore  # noqa: E402
+from vigil.collector.storage.sqlite.backend import SqliteStorage  # noqa: E402
 
 TOKEN = "bench-agent-token"
 CHECKS = [f"check.{n:02d}" for n in range(12)]
@@ -99,8 +99,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 def fill_database(path: Path, hosts: int, now: float) -> None:
-    """Write ``hosts`` hosts' state into a collector database (schema made by the store)."""
-    SqliteStore(path).close()  # creates the current schema
+    """Write ``hosts`` hosts' state into a collector database (schema made by SQLite)."""
+    SqliteStorage(path).close()  # creates the current schema
     rng = random.Random(7)
     db = sqlite3.connect(path, isolation_level=None)
     db.execute("PRAGMA synchronous=OFF")

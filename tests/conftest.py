@@ -20,6 +20,7 @@ from aiohttp import web
 from vigil import wire
 from vigil.collector.app import create_app
 from vigil.collector.config import AuthConfig, CollectorConfig
+from vigil.collector.storage.url import sqlite_url
 
 COLLECTOR_AGENT_TOKEN = "test-agent-token"
 COLLECTOR_ADMIN_TOKEN = "test-admin-token"
@@ -55,7 +56,7 @@ def collector_config(tmp_path: Path) -> CollectorConfig:
         file=str(tmp_path / "collector.yaml"),
         host="127.0.0.1",
         port=0,
-        database=tmp_path / "collector.db",
+        storage_url=sqlite_url(tmp_path / "collector.db"),
         auth=AuthConfig(
             agent_tokens=(COLLECTOR_AGENT_TOKEN,), admin_tokens=(COLLECTOR_ADMIN_TOKEN,)
         ),

@@ -16,7 +16,7 @@ import aiohttp
 import pytest
 
 from vigil import wire
-from vigil.collector.catalog import Catalog, HostGroup, Service
+from vigil.collector.desk.catalog import Catalog, HostGroup, Service
 
 CATALOG = Catalog(
     services=(Service("email", "mail", "msg-team", "high", ("mail.*",)),),

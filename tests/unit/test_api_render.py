@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from vigil.collector.api.render import host_json, render_incident_report, render_problem_report
-from vigil.collector.catalog import Catalog, HostGroup
+from vigil.collector.desk.catalog import Catalog, HostGroup
 
 CATALOG = Catalog(
     groups=(

@@ -22,29 +22,34 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.desk import open_desk
 from vigil import wire
-from vigil.collector.catalog import Catalog, HostGroup
 from vigil.collector.config import CollectorConfig, MetricsConfig, load_collector_config
+from vigil.collector.desk.catalog import Catalog, HostGroup
+from vigil.collector.desk.service import Desk
 from vigil.collector.metrics import (
-    AGENT_CPU_SERIES,
-    AGENT_RSS_SERIES,
-    CLOCK_OFFSET_BUCKETS_S,
     MAX_LABEL_VALUES,
-    AgentFootprint,
-    BucketCounts,
-    FleetDistribution,
-    LivenessIndex,
-    RequestCounters,
     VigilCollector,
     agents_by_state,
     cap_histograms,
     cap_label,
-    cpu_rate,
     fleet_states,
     open_by_priority_and_service,
     with_priorities,
 )
-from vigil.collector.store import MetricsSnapshot, SqliteStore
+from vigil.collector.storage.url import sqlite_url
+from vigil.collector.telemetry.aggregates import MetricsSnapshot
+from vigil.collector.telemetry.buckets import (
+    AGENT_CPU_SERIES,
+    AGENT_RSS_SERIES,
+    CLOCK_OFFSET_BUCKETS_S,
+    AgentFootprint,
+    BucketCounts,
+    FleetDistribution,
+    LivenessIndex,
+    cpu_rate,
+)
+from vigil.collector.telemetry.requests import RequestCounters
 from vigil.configio import ConfigError
 
 # The conftest's fixed epoch time (2024-01-01T00:00:00Z).
@@ -266,7 +271,7 @@ def test_no_series_carries_a_per_host_label(
 def test_two_apps_in_one_process_share_no_series(
     tmp_path, collector_config, collector_server, make_report, make_check_event
 ) -> None:
-    other = dataclasses.replace(collector_config, database=tmp_path / "other.db")
+    other = dataclasses.replace(collector_config, storage_url=sqlite_url(tmp_path / "other.db"))
 
     async def main() -> tuple[Samples, Samples]:
         async with (
@@ -637,8 +642,8 @@ def test_paused_remediations_are_counted() -> None:
 
 
 @pytest.fixture
-def store(tmp_path) -> Iterator[SqliteStore]:
-    store = SqliteStore(tmp_path / "collector.db")
+def store(tmp_path) -> Iterator[Desk]:
+    store = open_desk(tmp_path / "collector.db")
     yield store
     store.close()
 
@@ -682,7 +687,7 @@ def test_histograms_and_footprint_survive_a_restart(
     tmp_path, make_report, make_check_event, make_remediation_event
 ) -> None:
     path = tmp_path / "collector.db"
-    store = SqliteStore(path)
+    store = open_desk(path)
     rss = wire.MetricsEvent(
         event_id=str(uuid.uuid4()), seq=3, time=T0, values={AGENT_RSS_SERIES: 50.0 * 2**20}
     )
@@ -690,7 +695,7 @@ def test_histograms_and_footprint_survive_a_restart(
     store.ingest(make_report(make_check_event("d", "ok"), make_remediation_event()), T0 + 700)
     before = store.metrics_snapshot()
     store.close()
-    reopened = SqliteStore(path)
+    reopened = open_desk(path)
     try:
         after = reopened.metrics_snapshot()
     finally:
@@ -787,7 +792,7 @@ def test_incident_desk_figures_reach_the_snapshot_only_when_refreshed(
 def test_the_store_tracks_hosts_whose_catalog_group_expects_silence(tmp_path, make_report) -> None:
     laptops = HostGroup("laptops", {"role": "laptop"}, "medium", silence_expected=True)
     servers = HostGroup("servers", {"role": "server"}, "high", silence_expected=False)
-    store = SqliteStore(tmp_path / "c.db", catalog=Catalog(groups=(laptops, servers)))
+    store = open_desk(tmp_path / "c.db", catalog=Catalog(groups=(laptops, servers)))
     try:
         for agent_id, role in (("l1", "laptop"), ("s1", "server")):
             report = dataclasses.replace(make_report(agent_id=agent_id), labels={"role": role})
@@ -795,7 +800,7 @@ def test_the_store_tracks_hosts_whose_catalog_group_expects_silence(tmp_path, ma
         assert store.metrics_snapshot().liveness_silence_expected.hosts == 1
     finally:
         store.close()
-    reopened = SqliteStore(tmp_path / "c.db", catalog=Catalog(groups=(laptops, servers)))
+    reopened = open_desk(tmp_path / "c.db", catalog=Catalog(groups=(laptops, servers)))
     try:
         assert reopened.metrics_snapshot().liveness_silence_expected.hosts == 1
     finally:
@@ -850,7 +855,7 @@ def test_an_agent_inventing_remediation_names_cannot_explode_the_series_count() 
 def test_a_snapshot_does_not_wait_behind_a_commit(store) -> None:
     """A commit holds the store's lock across its fsync; a scrape must not queue behind it."""
     taken: list[MetricsSnapshot] = []
-    with store._lock:  # what ingest holds from BEGIN to COMMIT
+    with store.storage.lock:  # what ingest holds from BEGIN to COMMIT
         reader = threading.Thread(target=lambda: taken.append(store.metrics_snapshot()))
         reader.start()
         reader.join(timeout=10)

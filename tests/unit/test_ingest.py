@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import dataclasses
 import gzip
+import sqlite3
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -16,12 +17,14 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.support.desk import open_desk
 from vigil import wire
 from vigil.collector.app import create_app
 from vigil.collector.config import CollectorConfig, IngestConfig
+from vigil.collector.desk.apply import IngestResult
+from vigil.collector.desk.service import Desk
 from vigil.collector.ingest import IngestQueue, QueueFull
-from vigil.collector.keys import counters_key, executor_key, store_key
-from vigil.collector.store import IngestResult, SqliteStore
+from vigil.collector.keys import counters_key, desk_key, executor_key
 
 AGENT_TOKEN = "test-agent-token"  # the collector_config fixture's tokens
 ADMIN_TOKEN = "test-admin-token"
@@ -178,7 +181,7 @@ def test_ingest_many_applies_every_report_of_a_group(
     make_report,
     make_check_event,  # type: ignore[no-untyped-def]
 ) -> None:
-    store = SqliteStore(tmp_path / "c.db")
+    store = open_desk(tmp_path / "c.db")
     reports = [make_report(make_check_event(), agent_id=f"agent-{i}") for i in range(3)]
 
     results = store.ingest_many([(r, 100.0) for r in reports])
@@ -192,7 +195,7 @@ def test_a_batch_repeated_inside_one_group_is_applied_once(
     make_report,
     make_check_event,  # type: ignore[no-untyped-def]
 ) -> None:
-    store = SqliteStore(tmp_path / "c.db")
+    store = open_desk(tmp_path / "c.db")
     report = make_report(make_check_event())
 
     first, again = store.ingest_many([(report, 100.0), (report, 100.5)])
@@ -206,7 +209,7 @@ def test_one_bad_report_in_a_group_does_not_stop_the_others(
     make_report,
     make_check_event,  # type: ignore[no-untyped-def]
 ) -> None:
-    store = SqliteStore(tmp_path / "c.db")
+    store = open_desk(tmp_path / "c.db")
     good = make_report(make_check_event(), agent_id="good")
     bad = make_report(make_check_event(), agent_id="bad")
 
@@ -247,10 +250,10 @@ def test_an_overloaded_collector_answers_429_with_retry_after(
             url = base + "/api/v1/reports"
             # Hold the store (its lock, from its thread) so reports pile up behind it: the
             # loop cannot apply them inline and their fallback waits on the store's thread.
-            store = app[store_key]
+            store = app[desk_key]
 
             def hold() -> None:
-                with store._lock:
+                with store.storage.lock:
                     release.wait(10)
 
             held = asyncio.get_running_loop().run_in_executor(app[executor_key], hold)
@@ -322,7 +325,7 @@ def test_a_read_queued_on_the_store_thread_does_not_block_a_commit(
                 await busy
                 read_statuses = await asyncio.gather(*reads)
                 post_statuses = await asyncio.gather(*posts)
-                hosts = len(app[store_key].list_hosts())
+                hosts = len(app[desk_key].list_hosts())
                 return post_statuses, read_statuses, hosts
 
     posted, reads, hosts = asyncio.run(asyncio.wait_for(main(), timeout=30))
@@ -339,7 +342,7 @@ def test_a_reported_clock_jump_is_history_and_never_an_incident(
     make_report,
     make_check_event,  # type: ignore[no-untyped-def]
 ) -> None:
-    store = SqliteStore(tmp_path / "c.db")
+    store = open_desk(tmp_path / "c.db")
     jump = make_check_event(wire.CLOCK_CHECK, "ok", previous_state=None, value=3600.0)
 
     store.ingest(make_report(jump), 100.0)
@@ -399,7 +402,7 @@ def test_every_tick_forgets_a_bounded_chunk_of_expired_dedup_ids(
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         try:
-            store = app[store_key]
+            store = app[desk_key]
             old = [make_report(make_check_event()) for _ in range(2)]  # 2 ids each
             for r in old:
                 store.ingest(r, now - 8 * day)
@@ -418,6 +421,6 @@ def test_every_tick_forgets_a_bounded_chunk_of_expired_dedup_ids(
     assert asyncio.run(main()) == [3, 2, 2, 0]
 
 
-def count_seen(store: SqliteStore) -> int:
-    with store._lock:
-        return store._db.execute("SELECT COUNT(*) FROM seen").fetchone()[0]
+def count_seen(store: Desk) -> int:
+    with contextlib.closing(sqlite3.connect(store.storage.path)) as db:
+        return db.execute("SELECT COUNT(*) FROM seen").fetchone()[0]

@@ -687,7 +687,7 @@ def test_collector_opens_an_incident_for_a_declared_outcome(
     declared: str, make_remediation_event: Any
 ) -> None:
     """A reboot or a person is needed: the service desk must see it, not a prevention."""
-    from vigil.collector import incidents
+    from vigil.collector.desk import engine as incidents
 
     state = incidents.KeyState(check_state="critical", awaiting="clean-temp", awaiting_since=T0)
     event = make_remediation_event(outcome=declared)

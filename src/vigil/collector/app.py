@@ -1,9 +1,10 @@
 """The collector's aiohttp application factory.
 
 :func:`create_app` wires config, routes, the error middleware and the long-lived
-resources; the resources live in ``cleanup_ctx`` generators so they open on startup and
-close, in reverse order, on shutdown: the store's thread, the store itself (with the
-``/metrics`` collector bound to it), and the background task that ages incidents.
+resources; the resources live in ``cleanup_ctx`` generators, all of them here, so they
+open on startup and close, in reverse order, on shutdown: the storage thread, the
+storage and the desk over it (with the ``/metrics`` collector bound to it), the ingest
+queue, the background task that ages incidents, and the notifier.
 """
 
 from __future__ import annotations
@@ -16,28 +17,32 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from vigil.collector.api import hosts, incidents, problems, remediations, reports, silences, system
 from vigil.collector.api.http import ITEM_ID, ApiError, error_response
 from vigil.collector.config import CollectorConfig
-from vigil.collector.ingest import ingest_ctx
+from vigil.collector.desk.service import Desk
+from vigil.collector.ingest import IngestQueue
 from vigil.collector.keys import (
     clock_key,
     config_key,
     counters_key,
+    desk_key,
     executor_key,
+    ingest_key,
     registry_key,
-    store_key,
 )
-from vigil.collector.metrics import RequestCounters, VigilCollector
-from vigil.collector.notify.service import notify_ctx
-from vigil.collector.store import SqliteStore
+from vigil.collector.metrics import VigilCollector
+from vigil.collector.notify.service import Notifier
+from vigil.collector.storage.factory import create_storage
+from vigil.collector.telemetry.requests import RequestCounters
 
 log = logging.getLogger(__name__)
 
-# Seconds between store.tick() calls: silent agents and overdue remediation results turn
+# Seconds between desk.tick() calls: silent agents and overdue remediation results turn
 # into incidents within this delay of their deadline.
 TICK_INTERVAL_S = 5.0
 # Dedup ids forgotten per tick at most: one short transaction each time, and 4,000 ids/s
@@ -52,7 +57,7 @@ def create_app(
 ) -> web.Application:
     """Build the collector app for ``config``; ``clock`` returns epoch seconds.
 
-    Nothing is opened here: the store opens when a runner starts the app. The request
+    Nothing is opened here: the storage opens when a runner starts the app. The request
     parser is told not to decompress bodies itself (``auto_decompress=False``) because
     the ingest handler does it with its own bound (``limits.max_decompressed_bytes``).
     """
@@ -65,8 +70,8 @@ def create_app(
     app[clock_key] = clock
     app[registry_key] = CollectorRegistry(auto_describe=False)
     app[counters_key] = RequestCounters()
-    # ingest_ctx after the store: on shutdown it commits what is queued before the store closes.
-    app.cleanup_ctx.extend([_executor_ctx, _store_ctx, ingest_ctx, _tick_ctx, notify_ctx])
+    # ingest after the desk: on shutdown it commits what is queued before the storage closes.
+    app.cleanup_ctx.extend([_executor_ctx, _desk_ctx, _ingest_ctx, _tick_ctx, _notify_ctx])
     setup_routes(app)
     return app
 
@@ -124,30 +129,37 @@ async def error_middleware(request: web.Request, handler: _Handler) -> web.Strea
 
 
 async def _executor_ctx(app: web.Application) -> AsyncIterator[None]:
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-store")
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-storage")
     app[executor_key] = executor
     yield
     executor.shutdown(wait=True)
 
 
-async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
-    config = app[config_key]
-    executor = app[executor_key]
-    loop = asyncio.get_running_loop()
-    # Opened on the store thread: an SQLite connection belongs to the thread that made it.
-    store = await loop.run_in_executor(
-        executor,
-        functools.partial(
-            SqliteStore,
-            config.database,
+def open_desk(config: CollectorConfig) -> Desk:
+    """Open the configured storage and the desk over it (blocking: call on the storage
+    thread). Raises :class:`~collector.storage.records.StorageError`."""
+    storage = create_storage(config.storage_url)
+    try:
+        return Desk(
+            storage,
             remediation_wait_s=config.remediation_wait_s,
             catalog=config.catalog,
             rules=config.rules,
-        ),
-    )
-    app[store_key] = store
+        )
+    except BaseException:
+        storage.close()
+        raise
+
+
+async def _desk_ctx(app: web.Application) -> AsyncIterator[None]:
+    config = app[config_key]
+    executor = app[executor_key]
+    loop = asyncio.get_running_loop()
+    # Opened on the storage thread: an SQLite connection belongs to the thread that made it.
+    desk = await loop.run_in_executor(executor, open_desk, config)
+    app[desk_key] = desk
     collector = VigilCollector(
-        store.metrics_snapshot,
+        desk.metrics_snapshot,
         app[counters_key],
         heartbeat_grace_s=config.heartbeat_grace_s,
         clock=app[clock_key],
@@ -155,18 +167,41 @@ async def _store_ctx(app: web.Application) -> AsyncIterator[None]:
         max_host_series=config.metrics.max_host_series,
         service_of=lambda check: getattr(config.catalog.service_for(check), "name", None),
     )
-    await loop.run_in_executor(executor, store.refresh_metrics_figures, app[clock_key]())
+    await loop.run_in_executor(executor, desk.refresh_metrics_figures, app[clock_key]())
     registry = app[registry_key]
     registry.register(collector)
-    log.info("store open: %s", config.database)
+    log.info("storage open: %s", config.storage_url)
     yield
     registry.unregister(collector)
-    await loop.run_in_executor(executor, store.close)
-    log.info("store closed")
+    await loop.run_in_executor(executor, desk.close)
+    log.info("storage closed")
+
+
+async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The queue in front of the desk, on the storage thread (COMMITs on a thread of
+    their own). Comes after the desk's context, so it is closed first, committing what
+    is queued."""
+    config = app[config_key].ingest
+    desk = app[desk_key]
+    commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-commit")
+    queue = IngestQueue(
+        desk.ingest_many,
+        app[executor_key],
+        begin_group=desk.begin_group,
+        commit_executor=commits,
+        max_pending=config.max_pending,
+        max_group=config.max_group,
+        retry_after_s=config.retry_after_s,
+    )
+    queue.start()
+    app[ingest_key] = queue
+    yield
+    await queue.close()
+    commits.shutdown(wait=True)
 
 
 async def _tick_ctx(app: web.Application) -> AsyncIterator[None]:
-    task = asyncio.create_task(_tick_forever(app), name="vigil-store-tick")
+    task = asyncio.create_task(_tick_forever(app), name="vigil-desk-tick")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
@@ -181,23 +216,54 @@ async def _tick_forever(app: web.Application) -> None:
         try:
             await tick_once(app)
         except Exception:
-            log.exception("store tick failed")
+            log.exception("desk tick failed")
 
 
 async def tick_once(app: web.Application) -> None:
-    """One tick, on the store's thread: age incidents (silent hosts, overdue remediation
+    """One tick, on the storage thread: age incidents (silent hosts, overdue remediation
     results, flapping), refresh the figures /metrics reads from memory (off the scrape
     path), and forget at most :data:`PRUNE_CHUNK` dedup ids older than
     ``storage.dedup_retention``."""
     loop = asyncio.get_running_loop()
-    store, executor, clock = app[store_key], app[executor_key], app[clock_key]
-    opened = await loop.run_in_executor(executor, store.tick, clock())
+    desk, executor, clock = app[desk_key], app[executor_key], app[clock_key]
+    opened = await loop.run_in_executor(executor, desk.tick, clock())
     if opened:
         log.info("tick opened incidents %s", list(opened))
-    await loop.run_in_executor(executor, store.refresh_metrics_figures, clock())
+    await loop.run_in_executor(executor, desk.refresh_metrics_figures, clock())
     before = clock() - app[config_key].dedup_retention_s
     pruned = await loop.run_in_executor(
-        executor, functools.partial(store.prune_seen, before, limit=PRUNE_CHUNK)
+        executor, functools.partial(desk.prune_seen, before, limit=PRUNE_CHUNK)
     )
     if pruned:
         log.debug("forgot %d dedup ids received before %.0f", pruned, before)
+
+
+async def _notify_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Run the notifier while the app runs, when any notification target is set."""
+    config = app[config_key]
+    if not config.notifications.enabled:
+        yield
+        return
+    loop = asyncio.get_running_loop()
+    desk, executor, clock = app[desk_key], app[executor_key], app[clock_key]
+
+    async def run_store(method: str, *args: Any) -> Any:
+        return await loop.run_in_executor(executor, getattr(desk, method), *args)
+
+    session = aiohttp.ClientSession()
+    notifier = Notifier(config.notifications, session, run_store, public_url=config.public_url)
+
+    async def forever() -> None:
+        while True:
+            try:
+                await notifier.run_once(clock())
+            except Exception:
+                log.exception("notifier pass failed")  # the next pass tries again
+            await asyncio.sleep(config.notifications.interval_s)
+
+    task = asyncio.create_task(forever(), name="vigil-notifier")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    await session.close()

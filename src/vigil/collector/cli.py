@@ -22,7 +22,7 @@ from pathlib import Path
 
 from vigil import __version__
 from vigil.collector.config import CollectorConfig, load_collector_config
-from vigil.collector.store import StoreError
+from vigil.collector.storage.records import StorageError
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
 
 PROG = "vigil-collector"
@@ -68,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     try:
         return asyncio.run(_serve(config))
-    except (OSError, StoreError) as exc:
+    except (OSError, StorageError) as exc:
         print(f"{PROG}: cannot start: {exc}", file=sys.stderr)
         return START_FAILED_EXIT_CODE
     except KeyboardInterrupt:  # Ctrl+C where signal handlers are unavailable (Windows)
@@ -89,7 +89,7 @@ async def _serve(config: CollectorConfig) -> int:
 
     runner = web.AppRunner(create_app(config))
     try:
-        await runner.setup()  # opens the store
+        await runner.setup()  # opens the storage
         site = web.TCPSite(runner, config.host, config.port)
         await site.start()
         port = runner.addresses[0][1]
@@ -98,7 +98,7 @@ async def _serve(config: CollectorConfig) -> int:
         await stop.wait()
         logging.getLogger(__name__).info("shutting down")
     finally:
-        await runner.cleanup()  # closes the store after in-flight requests finish
+        await runner.cleanup()  # closes the storage after in-flight requests finish
     return 0
 
 

@@ -9,9 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vigil.collector.catalog import EMPTY_CATALOG, Catalog, load_catalog
-from vigil.collector.incidents import IncidentRules
+from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog, load_catalog
+from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.notify import NotifyConfig, parse_notifications
+from vigil.collector.storage.url import SCHEMES, sqlite_path, sqlite_url
 from vigil.configio import Section, load_yaml
 
 DEFAULT_HOST = "127.0.0.1"
@@ -69,7 +70,9 @@ class CollectorConfig:
     file: str
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
-    database: Path = Path("var/collector.db")
+    # Where the collector keeps its state (``storage.url``); a relative SQLite path was
+    # already resolved against the config file.
+    storage_url: str = sqlite_url("var/collector.db")
     # Seconds batch and event ids are kept for deduplication (``storage.dedup_retention``).
     dedup_retention_s: float = 14 * 86400.0
     auth: AuthConfig = field(default_factory=lambda: AuthConfig(agent_tokens=()))
@@ -98,7 +101,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     listen.done()
 
     storage = root.section("storage")
-    database = storage.path_value("sqlite_path", "var/collector.db")
+    storage_url = _storage_url(storage)
     # Longer than an agent may stay offline with a full outbox (7 days by default), or a
     # very late retry would be applied twice.
     dedup_retention_s = storage.duration("dedup_retention", 14 * 86400.0, minimum=3600.0)
@@ -174,7 +177,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         file=str(path),
         host=host,
         port=port,
-        database=database,
+        storage_url=storage_url,
         dedup_retention_s=dedup_retention_s,
         auth=auth,
         limits=limits,
@@ -187,3 +190,26 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         notifications=notifications,
         ingest=ingest,
     )
+
+
+def _storage_url(storage: Section) -> str:
+    """``storage.url`` (``sqlite:///path``), or the older ``storage.sqlite_path`` as its
+    equivalent (not both); a relative SQLite path resolves against the config file."""
+    if storage.has("url") and storage.has("sqlite_path"):
+        raise storage.error(
+            "url", "set either url or sqlite_path, not both", storage.get("url", str)
+        )
+    if not storage.has("url"):
+        return sqlite_url(storage.path_value("sqlite_path", "var/collector.db"))
+    url = storage.get("url", str)
+    path = sqlite_path(url)
+    if path is None:
+        scheme = url.partition(":")[0]
+        if "://" not in url:
+            why = "expected a URL such as sqlite:///var/lib/vigil/collector.db"
+        elif scheme == "sqlite":
+            why = "an sqlite URL needs a file path after sqlite:///"
+        else:
+            why = f"storage scheme {scheme!r} is not supported by this collector"
+        raise storage.error("url", f"{why} (supported: {', '.join(SCHEMES)})", url)
+    return sqlite_url((storage.base_dir / Path(path).expanduser()).resolve())

@@ -1,4 +1,4 @@
-"""The ingest queue: bounded admission plus group commit in front of the store.
+"""The ingest queue: bounded admission plus group commit in front of the desk.
 
 Why: with ``synchronous=FULL`` every transaction costs an fsync. Committing each report
 alone caps throughput at the disk's fsync rate; committing the reports that arrived while
@@ -25,19 +25,15 @@ import collections
 import logging
 import math
 import random
-from collections.abc import AsyncIterator, Callable, Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from aiohttp import web
-
 from vigil import wire
-from vigil.collector.store import IngestResult
+from vigil.collector.desk.apply import IngestResult, Items, Results
 
 log = logging.getLogger("vigil.collector.ingest")
 
-Items = Sequence[tuple[wire.Report, float]]
-Results = list[IngestResult | Exception]
 IngestMany = Callable[[Items], Results]
 BeginGroup = Callable[[Items], Callable[[], Results] | None]
 
@@ -69,15 +65,15 @@ class _Item:
 
 
 class IngestQueue:
-    """Admits reports up to a bound and commits them in groups on the store's thread.
+    """Admits reports up to a bound and commits them in groups on the storage thread.
 
-    ``ingest_many`` is the store's group-commit call (one transaction for a list of
-    reports, one result or exception per report); it runs on ``executor``, the store's
+    ``ingest_many`` is the desk's group-commit call (one transaction for a list of
+    reports, one result or exception per report); it runs on ``executor``, the storage's
     single thread. ``begin_group``, if given, is the two-step form: called on the loop,
     it applies a group and returns the COMMIT step, which then runs on ``commit_executor``
-    (required with it); when it returns None (store busy, or a report failed) the group
+    (required with it); when it returns None (storage busy, or a report failed) the group
     goes to ``ingest_many``. The COMMIT step must not share ``executor``: a read queued
-    there before it would wait for the store's lock, which only the COMMIT step releases.
+    there before it would wait for the storage's lock, which only the COMMIT step releases.
     ``retry_after_s`` is the base of the Retry-After advice: each refusal says
     ``ceil(uniform(base, 2 * base))`` seconds, drawn from ``rng``.
     Use inside a running loop: :meth:`start`, then :meth:`close` (which commits what is
@@ -148,7 +144,7 @@ class IngestQueue:
         """Queue ``report`` and return once it is durably committed.
 
         Raises :class:`QueueFull` when the queue is at its bound (or closing), and
-        whatever the store raised for this report (nothing of it was then applied).
+        whatever the desk raised for this report (nothing of it was then applied).
         """
         if self.full():
             self._shed += 1
@@ -173,7 +169,7 @@ class IngestQueue:
                     finish = self._begin_group(items) if self._begin_group else None
                     if finish is not None:
                         # No await between begin and submit: finish always runs, so the
-                        # store it locked is always released.
+                        # storage it holds is always released.
                         results = await loop.run_in_executor(self._commit_executor, finish)
                     else:
                         results = await loop.run_in_executor(
@@ -182,8 +178,8 @@ class IngestQueue:
                 except Exception as exc:  # the COMMIT failed: none of the group is stored
                     log.error("group commit of %d reports failed: %r", len(group), exc)
                     results = [exc] * len(group)
-                if len(results) != len(group):  # a store bug; never leave a request hanging
-                    error = RuntimeError(f"store answered {len(results)} of {len(group)} reports")
+                if len(results) != len(group):  # a desk bug; never leave a request hanging
+                    error = RuntimeError(f"desk answered {len(results)} of {len(group)} reports")
                     results = [error] * len(group)
                 self._groups += 1
                 self._reports += len(group)
@@ -201,30 +197,3 @@ class IngestQueue:
 def _consume(future: asyncio.Future[IngestResult]) -> None:
     if not future.cancelled():
         future.exception()
-
-
-async def ingest_ctx(app: web.Application) -> AsyncIterator[None]:
-    """``cleanup_ctx`` generator: the queue in front of the app's store, on its thread.
-
-    Must come after the store's context (it is closed first, committing what is queued).
-    """
-    # Imported here: collector.keys names IngestQueue, so a top-level import would cycle.
-    from vigil.collector.keys import config_key, executor_key, ingest_key, store_key
-
-    config = app[config_key].ingest
-    store = app[store_key]
-    commits = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vigil-commit")
-    queue = IngestQueue(
-        store.ingest_many,
-        app[executor_key],
-        begin_group=store.begin_group,
-        commit_executor=commits,
-        max_pending=config.max_pending,
-        max_group=config.max_group,
-        retry_after_s=config.retry_after_s,
-    )
-    queue.start()
-    app[ingest_key] = queue
-    yield
-    await queue.close()
-    commits.shutdown(wait=True)

@@ -1,33 +1,31 @@
 """Typed application keys: everything the collector app holds, in one place.
 
 Set by :func:`collector.app.create_app` (config, clock, registry, counters) and by its
-``cleanup_ctx`` generators once the resources exist (executor, store).
+``cleanup_ctx`` generators once the resources exist (executor, desk, ingest queue).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from vigil.collector.config import CollectorConfig
-from vigil.collector.metrics import RequestCounters
-
-if TYPE_CHECKING:
-    from vigil.collector.ingest import IngestQueue
-    from vigil.collector.store import SqliteStore
+from vigil.collector.desk.service import Desk
+from vigil.collector.ingest import IngestQueue
+from vigil.collector.telemetry.requests import RequestCounters
 
 config_key = web.AppKey("config", CollectorConfig)
 # Epoch seconds; the collector stamps receive times and judges liveness with it.
 clock_key: web.AppKey[Callable[[], float]] = web.AppKey("clock")
-# One thread: every store call runs there (via ``loop.run_in_executor``) so an fsync never
+# One thread: every desk call runs there (via ``loop.run_in_executor``) so an fsync never
 # blocks the event loop and SQLite sees a single writer thread.
 executor_key = web.AppKey("executor", ThreadPoolExecutor)
-store_key: web.AppKey[SqliteStore] = web.AppKey("store")
+# The business layer over the configured storage backend.
+desk_key = web.AppKey("desk", Desk)
 registry_key = web.AppKey("registry", CollectorRegistry)
 counters_key = web.AppKey("counters", RequestCounters)
-# The bounded ingest queue in front of the store (group commit, 429 when full).
-ingest_key: web.AppKey[IngestQueue] = web.AppKey("ingest")
+# The bounded ingest queue in front of the desk (group commit, 429 when full).
+ingest_key = web.AppKey("ingest", IngestQueue)

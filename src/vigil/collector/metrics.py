@@ -1,13 +1,14 @@
 """Prometheus metrics rendered from state at scrape time by one custom Collector.
 
-:class:`VigilCollector` builds fresh metric families from the store's
-:meth:`~collector.store.SqliteStore.metrics_snapshot` and the in-memory
-:class:`RequestCounters` on every scrape, so a host or check that disappears leaves no
-stale series, and handlers never mutate gauges. It is registered on the app's explicit
-``CollectorRegistry`` (never the global one), so two apps in one process share nothing.
+:class:`VigilCollector` builds fresh metric families from the desk's
+:meth:`~collector.desk.service.Desk.metrics_snapshot` and the in-memory
+:class:`~collector.telemetry.requests.RequestCounters` on every scrape, so a host or
+check that disappears leaves no stale series, and handlers never mutate gauges. It is
+registered on the app's explicit ``CollectorRegistry`` (never the global one), so two
+apps in one process share nothing.
 
-Cheap at fleet scale: the store keeps every fleet-wide figure incrementally (the
-structures below: :class:`BucketCounts`, :class:`FleetDistribution`,
+Cheap at fleet scale: the desk keeps every fleet-wide figure incrementally (the
+structures of ``collector/telemetry/buckets.py``: :class:`BucketCounts`, :class:`FleetDistribution`,
 :class:`LivenessIndex`, :class:`AgentFootprint`), so a scrape costs O(buckets + label
 values), not O(hosts). 100 000 hosts render in a few milliseconds (see
 ``bench/metrics_scrape.py``).
@@ -21,14 +22,8 @@ meaning and labels, in ``docs/metrics.md``.
 
 from __future__ import annotations
 
-import bisect
-import itertools
-import math
-import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from prometheus_client.core import (
     CounterMetricFamily,
@@ -39,13 +34,15 @@ from prometheus_client.core import (
 )
 
 from vigil import __version__
-from vigil.collector.incidents import is_silent
-
-if TYPE_CHECKING:
-    from vigil.collector.store import MetricsSnapshot
-
-# Why an ingest is refused; fixed so the label set stays bounded.
-REJECT_REASONS: tuple[str, ...] = ("unauthorized", "too_large", "bad_gzip", "invalid", "overloaded")
+from vigil.collector.desk.engine import is_silent
+from vigil.collector.telemetry.aggregates import MetricsSnapshot
+from vigil.collector.telemetry.buckets import (
+    CLOCK_SKEW_LIMIT_S,
+    INGEST_BUCKETS_S,
+    RESTORE_BUCKETS_S,
+    BucketCounts,
+)
+from vigil.collector.telemetry.requests import RequestCounters
 
 # Priorities always rendered (at zero when nothing has them) so dashboards and alert rules
 # see a series, not an absent one; a priority outside this set is rendered as it comes.
@@ -64,328 +61,6 @@ OVERFLOW_HOST = "_overflow"
 MAX_LABEL_VALUES = 500
 OTHER_LABEL = "_other"
 
-# An agent whose clock differs from the collector's by more than this is clock-skewed:
-# five minutes is Kerberos' default tolerance, past which logins on the host start to fail.
-CLOCK_SKEW_LIMIT_S = 300.0
-
-# Upper bounds (seconds) of the ingest latency histogram: one durable SQLite commit is
-# typically 1-20 ms with fsync; the tail shows a slow disk or a busy store thread.
-INGEST_BUCKETS_S: tuple[float, ...] = (
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-)
-# Time to restore service (seconds), from minutes to a week: the DORA buckets of interest
-# are "under an hour", "under a day" and "under a week".
-RESTORE_BUCKETS_S: tuple[float, ...] = (
-    60.0,
-    300.0,
-    900.0,
-    1800.0,
-    3600.0,
-    7200.0,
-    14400.0,
-    28800.0,
-    86400.0,
-    259200.0,
-    604800.0,
-)
-# Remediation script run time (seconds): most fixes take well under a minute; the agent's
-# default timeout caps the rest.
-RUN_BUCKETS_S: tuple[float, ...] = (
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-    5.0,
-    10.0,
-    30.0,
-    60.0,
-    120.0,
-    300.0,
-    600.0,
-)
-# Agent CPU use in cores (CPU seconds per second): the agent aims at well under 1 %.
-AGENT_CPU_BUCKETS: tuple[float, ...] = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    1.0,
-)
-# Agent resident memory (bytes), 16 MiB to 1 GiB.
-AGENT_RSS_BUCKETS: tuple[float, ...] = tuple(
-    float(mib * 2**20) for mib in (16, 24, 32, 48, 64, 96, 128, 256, 512, 1024)
-)
-# |agent clock - collector clock| (seconds); CLOCK_SKEW_LIMIT_S must be one of these.
-CLOCK_OFFSET_BUCKETS_S: tuple[float, ...] = (1.0, 5.0, 30.0, 60.0, CLOCK_SKEW_LIMIT_S, 3600.0)
-
-# The wire series the agents' footprint is read from (agent/sampler.py).
-AGENT_CPU_SERIES = "agent.cpu_seconds_total"
-AGENT_RSS_SERIES = "agent.rss_bytes"
-
-
-# --------------------------------------------------------------------------- aggregates
-
-
-@dataclass(slots=True)
-class BucketCounts:
-    """A histogram as plain data: non-cumulative counts per upper bound, plus ``+Inf``.
-
-    ``counts[i]`` counts values ``<= bounds[i]`` (and above the previous bound);
-    ``counts[-1]`` counts values above the last bound. ``total`` is the sum of the values.
-    """
-
-    bounds: tuple[float, ...]
-    counts: list[int]
-    total: float = 0.0
-
-    @classmethod
-    def empty(cls, bounds: tuple[float, ...]) -> BucketCounts:
-        return cls(bounds, [0] * (len(bounds) + 1))
-
-    def observe(self, value: float) -> None:
-        """Count one value (same unit as the bounds)."""
-        self.counts[bisect.bisect_left(self.bounds, value)] += 1
-        self.total += value
-
-    def add(self, other: BucketCounts) -> None:
-        """Add another histogram with the same bounds into this one."""
-        if other.bounds != self.bounds:
-            raise ValueError("cannot add histograms with different bounds")
-        self.counts = [a + b for a, b in zip(self.counts, other.counts, strict=True)]
-        self.total += other.total
-
-    def copy(self) -> BucketCounts:
-        return BucketCounts(self.bounds, list(self.counts), self.total)
-
-    @property
-    def count(self) -> int:
-        return sum(self.counts)
-
-    def cumulative(self) -> list[tuple[str, float]]:
-        """``[(le, cumulative count)]`` as Prometheus buckets, ending with ``+Inf``."""
-        les = [_le(b) for b in self.bounds] + ["+Inf"]
-        return list(zip(les, itertools.accumulate(self.counts), strict=True))
-
-
-class FleetDistribution:
-    """How one current value (per host) is distributed across the fleet, kept incrementally.
-
-    :meth:`set` moves a host from its old bucket to its new one, so reading the
-    distribution costs O(buckets) however many hosts there are. Not thread-safe: the
-    store updates it under its lock.
-    """
-
-    __slots__ = ("_hist", "_total_micros", "_where")
-
-    def __init__(self, bounds: tuple[float, ...]) -> None:
-        self._hist = BucketCounts.empty(bounds)
-        # The sum in whole millionths: adding and taking away floats would drift with
-        # every update (and the sum would depend on the order hosts were seen), while an
-        # integer sum is exact, so a reloaded store reports the very same figure.
-        self._total_micros = 0
-        self._where: dict[str, tuple[int, int]] = {}
-
-    def set(self, host: str, value: float) -> None:
-        """Record ``value`` as the host's current value (a non-finite one is ignored)."""
-        if not math.isfinite(value):
-            return
-        self.discard(host)
-        index = bisect.bisect_left(self._hist.bounds, value)
-        micros = round(value * 1e6)
-        self._hist.counts[index] += 1
-        self._total_micros += micros
-        self._where[host] = (index, micros)
-
-    def discard(self, host: str) -> None:
-        """Forget the host (a host that goes away leaves nothing behind)."""
-        old = self._where.pop(host, None)
-        if old is not None:
-            self._hist.counts[old[0]] -= 1
-            self._total_micros -= old[1]
-
-    def __len__(self) -> int:
-        return len(self._where)
-
-    def snapshot(self) -> BucketCounts:
-        """A copy of the current distribution (its sum exact to a millionth)."""
-        copy = self._hist.copy()
-        copy.total = self._total_micros / 1e6
-        return copy
-
-
-@dataclass(frozen=True, slots=True)
-class LivenessView:
-    """A copy of a :class:`LivenessIndex`, answering "how many hosts are up at ``now``".
-
-    ``ttl_deadlines``: sorted ``last_seen + ttl`` of hosts that announced a heartbeat TTL;
-    ``no_ttl_seen``: sorted ``last_seen`` of hosts that never did (Unix seconds; never
-    silent, kept apart so a host that announces a TTL later moves over).
-    """
-
-    ttl_deadlines: list[float] = field(default_factory=list)
-    no_ttl_seen: list[float] = field(default_factory=list)
-
-    @property
-    def hosts(self) -> int:
-        return len(self.ttl_deadlines) + len(self.no_ttl_seen)
-
-    def count_up(self, now: float, grace_s: float) -> int:
-        """Hosts up at ``now``; the same rule as :func:`agents_by_state`, in O(log hosts)."""
-        with_ttl = len(self.ttl_deadlines) - bisect.bisect_left(self.ttl_deadlines, now - grace_s)
-        return with_ttl + len(self.no_ttl_seen)
-
-
-class LivenessIndex:
-    """Every host's liveness deadline in sorted lists, updated per report.
-
-    An update is a bisect plus a list insert/delete (a memmove: microseconds at 100 000
-    hosts); :meth:`view` copies two lists of floats. Not thread-safe: the store updates it
-    under its lock.
-    """
-
-    __slots__ = ("_key", "_with_ttl", "_without")
-
-    def __init__(self) -> None:
-        self._key: dict[str, tuple[bool, float]] = {}
-        self._with_ttl: list[float] = []
-        self._without: list[float] = []
-
-    def load(self, hosts: Iterable[tuple[str, float, float | None]]) -> None:
-        """Bulk-load ``(host, last_seen, ttl or None)`` in O(n log n) (at store open)."""
-        for host, seen, ttl in hosts:
-            self._key[host] = (ttl is not None, seen if ttl is None else seen + ttl)
-        self._with_ttl = sorted(k for has_ttl, k in self._key.values() if has_ttl)
-        self._without = sorted(k for has_ttl, k in self._key.values() if not has_ttl)
-
-    def update(self, host: str, last_seen: float, ttl: float | None) -> None:
-        """Set the host's last report time and announced heartbeat TTL (seconds)."""
-        self.discard(host)
-        new = (ttl is not None, last_seen if ttl is None else last_seen + ttl)
-        bisect.insort(self._with_ttl if new[0] else self._without, new[1])
-        self._key[host] = new
-
-    def discard(self, host: str) -> None:
-        old = self._key.pop(host, None)
-        if old is not None:
-            keys = self._with_ttl if old[0] else self._without
-            # Equal keys of different hosts are interchangeable: removing any one is right.
-            del keys[bisect.bisect_left(keys, old[1])]
-
-    def view(self) -> LivenessView:
-        return LivenessView(list(self._with_ttl), list(self._without))
-
-
-def cpu_rate(previous: tuple[float, float] | None, current: tuple[float, float]) -> float | None:
-    """CPU seconds per second between two ``(time, cpu_seconds_total)`` samples.
-
-    ``None`` when there is no earlier sample, time did not advance, or the total went
-    down (the agent restarted and its counter began again).
-    """
-    if previous is None:
-        return None
-    dt = current[0] - previous[0]
-    used = current[1] - previous[1]
-    if dt <= 0 or used < 0:
-        return None
-    return used / dt
-
-
-class AgentFootprint:
-    """The agents' own CPU use and RSS as fleet distributions (never a series per host).
-
-    Fed with each metrics summary an agent sends (:data:`AGENT_CPU_SERIES`,
-    :data:`AGENT_RSS_SERIES`); the CPU rate needs two summaries from the same agent run.
-    A summary older than the newest one seen for that host (a late retry) is ignored.
-    """
-
-    __slots__ = ("_last", "cpu", "rss")
-
-    def __init__(self) -> None:
-        self.cpu = FleetDistribution(AGENT_CPU_BUCKETS)
-        self.rss = FleetDistribution(AGENT_RSS_BUCKETS)
-        # host -> (agent time, cpu_seconds_total or NaN) of the newest summary seen
-        self._last: dict[str, tuple[float, float]] = {}
-
-    def update(self, host: str, at: float, values: Mapping[str, float]) -> None:
-        """Apply one metrics summary taken at ``at`` (agent clock, Unix seconds)."""
-        last = self._last.get(host)
-        if last is not None and at <= last[0]:
-            return
-        rss = values.get(AGENT_RSS_SERIES)
-        if rss is not None:
-            self.rss.set(host, rss)
-        total = values.get(AGENT_CPU_SERIES)
-        if total is not None:
-            previous = None if last is None or math.isnan(last[1]) else last
-            rate = cpu_rate(previous, (at, total))
-            if rate is not None:
-                self.cpu.set(host, rate)
-        self._last[host] = (at, math.nan if total is None else total)
-
-    def discard(self, host: str) -> None:
-        self.cpu.discard(host)
-        self.rss.discard(host)
-        self._last.pop(host, None)
-
-
-# --------------------------------------------------------------------------- request counters
-
-
-@dataclass
-class RequestCounters:
-    """Request-level counts the store does not see: rejected reports and ingest latency.
-
-    Mutated on the event loop and read by :class:`VigilCollector` from the store thread,
-    hence the lock; read through :meth:`copy` for a consistent view.
-    """
-
-    rejected: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REJECT_REASONS, 0))
-    # Non-cumulative counts per bucket of INGEST_BUCKETS_S, plus a last one for +Inf.
-    ingest_buckets: list[int] = field(default_factory=lambda: [0] * (len(INGEST_BUCKETS_S) + 1))
-    ingest_sum_s: float = 0.0
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
-
-    def reject(self, reason: str) -> None:
-        """Count one refused report; ``reason`` must be one of :data:`REJECT_REASONS`."""
-        if reason not in REJECT_REASONS:
-            raise ValueError(f"unknown reject reason {reason!r}, expected one of {REJECT_REASONS}")
-        with self._lock:
-            self.rejected[reason] += 1
-
-    def observe_ingest(self, seconds: float) -> None:
-        """Record how long one accepted report took from body read to durable commit."""
-        index = bisect.bisect_left(INGEST_BUCKETS_S, seconds)
-        with self._lock:
-            self.ingest_buckets[index] += 1
-            self.ingest_sum_s += seconds
-
-    def copy(self) -> RequestCounters:
-        """A consistent copy, safe to read while requests keep counting."""
-        with self._lock:
-            return RequestCounters(
-                rejected=dict(self.rejected),
-                ingest_buckets=list(self.ingest_buckets),
-                ingest_sum_s=self.ingest_sum_s,
-            )
-
-
 # --------------------------------------------------------------------------- pure helpers
 
 
@@ -398,7 +73,7 @@ def agents_by_state(
 ) -> tuple[int, int]:
     """Count hosts ``(up, silent)`` at ``now`` (all times in epoch seconds).
 
-    The incident engine's rule (:func:`collector.incidents.is_silent`), so /metrics and the
+    The incident engine's rule (:func:`collector.desk.engine.is_silent`), so /metrics and the
     incidents agree: a host is up while ``last_seen + ttl + grace_s >= now``, where ``ttl``
     is the heartbeat TTL it last announced; a host that never announced a TTL made no
     promise and is never silent. This is the reference rule; :meth:`LivenessView.count_up`
@@ -496,10 +171,10 @@ def host_series(
 class VigilCollector:
     """A ``prometheus_client`` custom collector for one collector app.
 
-    ``snapshot(host_series=N, host_maps=False)`` returns the store's current
-    :class:`~collector.store.MetricsSnapshot` with up to N hosts itemized and without the
-    O(hosts) per-host maps (it must not do I/O: it runs on every scrape); ``counters``
-    holds request-level counts; ``clock`` gives epoch seconds for agent liveness;
+    ``snapshot(host_series=N, host_maps=False)`` returns the desk's current
+    :class:`~collector.telemetry.aggregates.MetricsSnapshot` with up to N hosts itemized
+    and without the O(hosts) per-host maps (it must not do I/O: it runs on every scrape);
+    ``counters`` holds request-level counts; ``clock`` gives epoch seconds for agent liveness;
     ``heartbeat_grace_s`` is the silence tolerated past a heartbeat TTL.
     ``per_host_series`` switches the ``vigil_host_*`` series on, for at most
     ``max_host_series`` hosts. ``service_of(check)`` names the catalog service a check
@@ -527,7 +202,7 @@ class VigilCollector:
         self._service_of = service_of
 
     def describe(self) -> list[Metric]:
-        # Empty on purpose: registering must not call the store (which may not be open
+        # Empty on purpose: registering must not call the desk (which may not be open
         # yet), and names are unique by construction.
         return []
 
@@ -755,11 +430,6 @@ def _sum_by_check(open_incidents: Mapping[tuple[str, str], int]) -> dict[tuple[s
     for (_, check), n in open_incidents.items():
         out[(check,)] = out.get((check,), 0) + n
     return out
-
-
-def _le(bound: float) -> str:
-    # floatToGoString-style, as prometheus_client renders `le` itself: 1.0, 0.25, 1e+06
-    return repr(float(bound))
 
 
 def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:

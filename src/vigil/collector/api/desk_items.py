@@ -1,6 +1,6 @@
 """What incidents and problems share: fetch one by id, acknowledge it, resolve it.
 
-The store takes the kind (``"incident"`` or ``"problem"``) as a parameter for both
+The desk takes the kind (``"incident"`` or ``"problem"``) as a parameter for both
 commands, so the handlers in ``incidents`` and ``problems`` differ only by that word.
 Domain errors map to HTTP here: an unknown id is 404 naming ``id``, a command that does
 not apply to the record's state is 409 naming ``state``.
@@ -16,13 +16,13 @@ from aiohttp import web
 from vigil.collector.api.http import (
     ApiError,
     body_str,
-    in_store_thread,
+    in_storage_thread,
     item_id,
     json_body,
     require_admin,
 )
-from vigil.collector.keys import clock_key, store_key
-from vigil.collector.store import StateError
+from vigil.collector.desk.commands import StateError
+from vigil.collector.keys import clock_key, desk_key
 
 Kind = Literal["incident", "problem"]
 
@@ -33,9 +33,9 @@ _RESOLVE_NOTES = ("note", "root_cause", "corrective_action", "preventive_action"
 async def fetch_item(request: web.Request, kind: Kind) -> dict[str, Any]:
     """The record the ``{item_id}`` path segment names, with its timeline; 404 if none."""
     wanted = item_id(request, kind)
-    store = request.app[store_key]
-    fetch = store.get_incident if kind == "incident" else store.get_problem
-    item = await in_store_thread(request, fetch, wanted)
+    desk = request.app[desk_key]
+    fetch = desk.get_incident if kind == "incident" else desk.get_problem
+    item = await in_storage_thread(request, fetch, wanted)
     if item is None:
         raise ApiError(404, f"no {kind} with id {wanted}", "id")
     return item
@@ -49,11 +49,11 @@ async def acknowledge_item(request: web.Request, kind: Kind) -> web.Response:
     body = await json_body(request, ("by", "note"))
     by = body_str(body, "by", required=True)
     note = body_str(body, "note") or ""
-    store = request.app[store_key]
+    desk = request.app[desk_key]
     try:
-        result = await in_store_thread(
+        result = await in_storage_thread(
             request,
-            functools.partial(store.acknowledge, kind, wanted, by, note),
+            functools.partial(desk.acknowledge, kind, wanted, by, note),
             request.app[clock_key](),
         )
     except LookupError:
@@ -72,11 +72,11 @@ async def resolve_item(request: web.Request, kind: Kind) -> web.Response:
     body = await json_body(request, ("by", *_RESOLVE_NOTES))
     by = body_str(body, "by", required=True)
     notes = {k: body_str(body, k) or "" for k in _RESOLVE_NOTES}
-    store = request.app[store_key]
+    desk = request.app[desk_key]
     try:
-        await in_store_thread(
+        await in_storage_thread(
             request,
-            functools.partial(store.resolve_manually, kind, wanted, by, notes),
+            functools.partial(desk.resolve_manually, kind, wanted, by, notes),
             request.app[clock_key](),
         )
     except LookupError:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from vigil.collector.api.http import in_store_thread, query_params, require_reader
+from vigil.collector.api.http import in_storage_thread, query_params, require_reader
 from vigil.collector.api.render import host_json
-from vigil.collector.keys import clock_key, config_key, store_key
+from vigil.collector.keys import clock_key, config_key, desk_key
 
 
 async def list_hosts(request: web.Request) -> web.Response:
@@ -16,7 +16,7 @@ async def list_hosts(request: web.Request) -> web.Response:
     query_params(request, ())
     app = request.app
     config, now = app[config_key], app[clock_key]()
-    hosts = await in_store_thread(request, app[store_key].list_hosts)
+    hosts = await in_storage_thread(request, app[desk_key].list_hosts)
     return web.json_response(
         {
             "hosts": [

@@ -1,4 +1,4 @@
-"""What every handler shares: JSON errors, tokens, query and body parsing, the store's thread.
+"""What every handler shares: JSON errors, tokens, query and body parsing, the storage thread.
 
 Every error body is ``{"error": "<message>", "field": "<path or null>"}``. Handlers raise
 :class:`ApiError`; the app's middleware renders it with :func:`error_response`. Every
@@ -74,13 +74,13 @@ def error_response(
     )
 
 
-# --------------------------------------------------------------------------- store thread
+# --------------------------------------------------------------------------- storage thread
 
 
-async def in_store_thread(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
-    """``fn(*args)`` on the store's single thread (``executor_key``), awaited.
+async def in_storage_thread(request: web.Request, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on the storage's single thread (``executor_key``), awaited.
 
-    Every store call goes through here so the event loop never waits on an fsync and
+    Every desk call goes through here so the event loop never waits on an fsync and
     SQLite sees one thread. Keyword arguments go in with :func:`functools.partial`.
     """
     loop = asyncio.get_running_loop()
@@ -164,7 +164,7 @@ def int_param(query: Mapping[str, str], name: str, default: int, low: int, high:
 
 def page(query: Mapping[str, str]) -> dict[str, int]:
     """``limit`` (1..:data:`MAX_LIMIT`, default :data:`DEFAULT_LIMIT`) and ``offset``
-    (0.., default 0) from the query, as keyword arguments for a store ``list_*`` call."""
+    (0.., default 0) from the query, as keyword arguments for a desk ``list_*`` call."""
     return {
         "limit": int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
         "offset": int_param(query, "offset", 0, 0, MAX_ID),

@@ -14,14 +14,14 @@ from vigil.collector.api.desk_items import acknowledge_item, fetch_item, resolve
 from vigil.collector.api.http import (
     ApiError,
     choice,
-    in_store_thread,
+    in_storage_thread,
     page,
     query_params,
     require_reader,
 )
 from vigil.collector.api.render import render_incident_report
-from vigil.collector.keys import store_key
-from vigil.collector.store import LIST_STATES
+from vigil.collector.desk.reads import LIST_STATES
+from vigil.collector.keys import desk_key
 
 LIST_FILTER_STATES = (*LIST_STATES, "all")
 PRIORITIES = ("P1", "P2", "P3", "P4")
@@ -35,11 +35,11 @@ async def list_incidents(request: web.Request) -> web.Response:
     priority = q.get("priority")
     if priority is not None and priority not in PRIORITIES:
         raise ApiError(400, f"priority must be P1, P2, P3 or P4, got {priority!r}", "priority")
-    store = request.app[store_key]
-    rows = await in_store_thread(
+    desk = request.app[desk_key]
+    rows = await in_storage_thread(
         request,
         functools.partial(
-            store.list_incidents,
+            desk.list_incidents,
             state=None if state == "all" else state,
             host=q.get("host"),
             check=q.get("check"),

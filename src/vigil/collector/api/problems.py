@@ -12,9 +12,9 @@ import functools
 from aiohttp import web
 
 from vigil.collector.api.desk_items import acknowledge_item, fetch_item, resolve_item
-from vigil.collector.api.http import choice, in_store_thread, page, query_params, require_reader
+from vigil.collector.api.http import choice, in_storage_thread, page, query_params, require_reader
 from vigil.collector.api.render import render_problem_report
-from vigil.collector.keys import store_key
+from vigil.collector.keys import desk_key
 
 LIST_FILTER_STATES = ("open", "acknowledged", "resolved", "all")
 LIST_FILTER_KINDS = ("recurring", "fleet", "all")
@@ -26,11 +26,11 @@ async def list_problems(request: web.Request) -> web.Response:
     q = query_params(request, ("state", "kind", "check", "limit", "offset"))
     state = choice(q, "state", LIST_FILTER_STATES, "all")
     kind = choice(q, "kind", LIST_FILTER_KINDS, "all")
-    store = request.app[store_key]
-    rows = await in_store_thread(
+    desk = request.app[desk_key]
+    rows = await in_storage_thread(
         request,
         functools.partial(
-            store.list_problems,
+            desk.list_problems,
             state=None if state == "all" else state,
             kind=None if kind == "all" else kind,
             check=q.get("check"),

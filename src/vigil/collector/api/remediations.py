@@ -6,19 +6,19 @@ import functools
 
 from aiohttp import web
 
-from vigil.collector.api.http import in_store_thread, page, query_params, require_reader
-from vigil.collector.keys import store_key
+from vigil.collector.api.http import in_storage_thread, page, query_params, require_reader
+from vigil.collector.keys import desk_key
 
 
 async def list_remediation_runs(request: web.Request) -> web.Response:
     """``GET /api/v1/remediations/runs?host=&remediation=&limit=&offset=``."""
     require_reader(request)
     q = query_params(request, ("host", "remediation", "limit", "offset"))
-    store = request.app[store_key]
-    runs = await in_store_thread(
+    desk = request.app[desk_key]
+    runs = await in_storage_thread(
         request,
         functools.partial(
-            store.list_remediation_runs,
+            desk.list_remediation_runs,
             host=q.get("host"),
             remediation=q.get("remediation"),
             **page(q),
@@ -32,5 +32,5 @@ async def remediation_stats(request: web.Request) -> web.Response:
     and incidents prevented."""
     require_reader(request)
     query_params(request, ())
-    stats = await in_store_thread(request, request.app[store_key].remediation_stats)
+    stats = await in_storage_thread(request, request.app[desk_key].remediation_stats)
     return web.json_response({"remediations": stats})

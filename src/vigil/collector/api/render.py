@@ -1,6 +1,6 @@
 """Records as people and clients read them: Markdown CAPA reports and the hosts' JSON.
 
-Pure functions over the plain dicts the store returns; no request, no store, no clock
+Pure functions over the plain dicts the desk returns; no request, no desk, no clock
 (the time is a parameter). Agent and admin text is data: it is escaped so it cannot
 break the Markdown around it.
 """
@@ -10,8 +10,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from vigil.collector.catalog import Catalog
-from vigil.collector.incidents import is_silent
+from vigil.collector.desk.catalog import Catalog
+from vigil.collector.desk.engine import is_silent
 
 # --------------------------------------------------------------------------- hosts
 
@@ -19,7 +19,7 @@ from vigil.collector.incidents import is_silent
 def host_json(
     host: dict[str, Any], *, catalog: Catalog, heartbeat_grace_s: float, now: float
 ) -> dict[str, Any]:
-    """A host record (as ``store.list_hosts`` returns it) with ``liveness``, ``health``
+    """A host record (as ``desk.list_hosts`` returns it) with ``liveness``, ``health``
     and ``groups`` added; ``now`` is epoch seconds. The record itself is not changed.
 
     ``liveness``: ``alive``; ``silent`` (heartbeat TTL plus ``heartbeat_grace_s``
@@ -53,7 +53,7 @@ def host_json(
 
 
 def render_incident_report(incident: dict[str, Any]) -> str:
-    """A Markdown CAPA report of an incident dict (as ``store.get_incident`` returns)."""
+    """A Markdown CAPA report of an incident dict (as ``desk.get_incident`` returns)."""
     lines = [
         f"# Incident {incident['id']}: {incident['check']} on {incident['hostname']}",
         "",
@@ -98,7 +98,7 @@ def render_incident_report(incident: dict[str, Any]) -> str:
 
 
 def render_problem_report(problem: dict[str, Any]) -> str:
-    """A Markdown CAPA report of a problem dict (as ``store.get_problem`` returns)."""
+    """A Markdown CAPA report of a problem dict (as ``desk.get_problem`` returns)."""
     lines = [
         f"# Problem {problem['id']} ({problem['kind']}): {problem['check']}",
         "",

@@ -23,7 +23,7 @@ from vigil.collector.api.http import (
 )
 from vigil.collector.ingest import QueueFull
 from vigil.collector.keys import clock_key, config_key, counters_key, ingest_key
-from vigil.collector.metrics import RequestCounters
+from vigil.collector.telemetry.requests import RequestCounters
 from vigil.wire import Report, WireError, decode_report
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ _INLINE_UNPACKED_BYTES = 256 * 1024
 async def post_report(request: web.Request) -> web.Response:
     """``POST /api/v1/reports``: authenticate, bound, decompress, validate, commit, ack.
 
-    The 200 reply is sent only after the store committed the batch (through the ingest
+    The 200 reply is sent only after the storage committed the batch (through the ingest
     queue's group commit); a repeated ``batch_id`` is acknowledged with
     ``"duplicate": true`` and changes nothing. When the ingest queue is full the answer
     is ``429`` with ``Retry-After``, before the body is even read.

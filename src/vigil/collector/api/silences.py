@@ -11,20 +11,20 @@ import functools
 
 from aiohttp import web
 
-from vigil.collector import incidents
 from vigil.collector.api.http import (
     ApiError,
     body_str,
     body_time,
     choice,
-    in_store_thread,
+    in_storage_thread,
     item_id,
     json_body,
     query_params,
     require_admin,
     require_reader,
 )
-from vigil.collector.keys import clock_key, store_key
+from vigil.collector.desk import engine as incidents
+from vigil.collector.keys import clock_key, desk_key
 from vigil.configio import parse_duration
 
 
@@ -34,9 +34,9 @@ async def list_silences(request: web.Request) -> web.Response:
     q = query_params(request, ("active",))
     active = choice(q, "active", ("true", "false"), "false") == "true"
     now = request.app[clock_key]()
-    store = request.app[store_key]
-    rows = await in_store_thread(
-        request, functools.partial(store.list_silences, active_at=now if active else None)
+    desk = request.app[desk_key]
+    rows = await in_storage_thread(
+        request, functools.partial(desk.list_silences, active_at=now if active else None)
     )
     return web.json_response({"silences": rows})
 
@@ -45,7 +45,7 @@ async def get_silence(request: web.Request) -> web.Response:
     """``GET /api/v1/silences/{id}``."""
     require_reader(request)
     silence_id = item_id(request, "silence")
-    found = await in_store_thread(request, request.app[store_key].get_silence, silence_id)
+    found = await in_storage_thread(request, request.app[desk_key].get_silence, silence_id)
     if found is None:
         raise ApiError(404, f"no silence with id {silence_id}", "id")
     return web.json_response({"silence": found})
@@ -87,10 +87,10 @@ async def create_silence(request: web.Request) -> web.Response:
         raise ApiError(400, "ends_at must be after starts_at and in the future", "ends_at")
     comment = body_str(body, "comment") or ""
     by = body_str(body, "created_by", required=True)
-    store = request.app[store_key]
-    silence = await in_store_thread(
+    desk = request.app[desk_key]
+    silence = await in_storage_thread(
         request,
-        functools.partial(store.create_silence, matcher, value, starts_at, ends_at, comment),
+        functools.partial(desk.create_silence, matcher, value, starts_at, ends_at, comment),
         by,
         now,
     )
@@ -105,10 +105,10 @@ async def update_silence(request: web.Request) -> web.Response:
     now = request.app[clock_key]()
     ends_at = body_time(body, "ends_at", now) if "ends_at" in body else None
     comment = body_str(body, "comment")
-    store = request.app[store_key]
-    found = await in_store_thread(
+    desk = request.app[desk_key]
+    found = await in_storage_thread(
         request,
-        functools.partial(store.update_silence, silence_id, ends_at=ends_at, comment=comment),
+        functools.partial(desk.update_silence, silence_id, ends_at=ends_at, comment=comment),
     )
     if found is None:
         raise ApiError(404, f"no silence with id {silence_id}", "id")
@@ -119,6 +119,6 @@ async def delete_silence(request: web.Request) -> web.Response:
     """``DELETE /api/v1/silences/{id}``: 204, or 404."""
     require_admin(request)
     silence_id = item_id(request, "silence")
-    if not await in_store_thread(request, request.app[store_key].delete_silence, silence_id):
+    if not await in_storage_thread(request, request.app[desk_key].delete_silence, silence_id):
         raise ApiError(404, f"no silence with id {silence_id}", "id")
     return web.Response(status=204)

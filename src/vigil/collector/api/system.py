@@ -18,7 +18,7 @@ from vigil.collector.keys import registry_key
 async def get_metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: Prometheus text format, rendered from state at scrape time."""
     registry = request.app[registry_key]
-    # Off the store thread: the aggregates have their own lock (never held during a
+    # Off the storage thread: the aggregates have their own lock (never held during a
     # database call), so a scrape does not queue behind ingest commits.
     loop = asyncio.get_running_loop()
     payload = await loop.run_in_executor(None, generate_latest, registry)

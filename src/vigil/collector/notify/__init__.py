@@ -4,8 +4,8 @@
   (``POST /api/v2/alerts``); active alerts are re-posted before their ``endsAt``.
 - :mod:`collector.notify.webhook`: a generic JSON webhook with retries and an HMAC-SHA256
   signature header.
-- :mod:`collector.notify.service`: the background task that asks the store what changed,
-  decides with :func:`collector.incidents.plan_notifications`, sends, and records each
+- :mod:`collector.notify.service`: the background task that asks the desk what changed,
+  decides with :func:`collector.desk.engine.plan_notifications`, sends, and records each
   notification on the incident's timeline.
 
 This module holds only the configuration (``notifications:`` in the collector config).

@@ -1,7 +1,7 @@
 """Prometheus Alertmanager client, v2 API (``POST /api/v2/alerts``).
 
 :func:`to_alert` is pure: one incident or problem (a dict from
-:meth:`collector.store.SqliteStore.alertables`) becomes one Alertmanager alert with the
+:meth:`collector.desk.service.Desk.alertables`) becomes one Alertmanager alert with the
 labels ``alertname`` (the check id), ``host``, ``service``, ``priority``, ``severity``,
 ``vigil_kind`` and ``vigil_ref`` (which makes every incident its own alert) and the
 annotations ``summary``, ``description``, ``remediation`` and ``incident_url``.

@@ -1,10 +1,10 @@
 """The notifier: a background task that turns incident changes into notifications.
 
-Every ``notifications.interval`` it asks the store for what could notify
-(:meth:`~collector.store.SqliteStore.alertables`), decides with the pure
-:func:`collector.incidents.plan_notifications`, sends to every Alertmanager and webhook,
+Every ``notifications.interval`` it asks the desk for what could notify
+(:meth:`~collector.desk.service.Desk.alertables`), decides with the pure
+:func:`collector.desk.engine.plan_notifications`, sends to every Alertmanager and webhook,
 and records what was sent on the incident's timeline (so a restart neither repeats nor
-loses a firing/resolved notification: the state is in the store, not in memory).
+loses a firing/resolved notification: the state is in storage, not in memory).
 
 Alertmanager additionally gets every active, notified alert re-posted each
 ``resend_interval`` (its ``endsAt`` is then pushed forward).
@@ -13,24 +13,21 @@ Alertmanager additionally gets every active, notified alert re-posted each
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 
-from vigil.collector import incidents
-from vigil.collector.keys import clock_key, config_key, executor_key, store_key
+from vigil.collector.desk import engine as incidents
 from vigil.collector.notify import NotifyConfig, alertmanager, webhook
 
 log = logging.getLogger(__name__)
 
 
 class Notifier:
-    """One notifier pass at a time; ``alertables``/``mark_notified`` are the store's
-    methods (called through ``run_store`` so they stay on the store's thread)."""
+    """One notifier pass at a time; ``alertables``/``mark_notified`` are the desk's
+    methods (called through ``run_store`` so they stay on the storage thread)."""
 
     def __init__(
         self,
@@ -129,34 +126,3 @@ _EVENT_KEYS = (
     "resolved_at",
     "resolution",
 )
-
-
-async def notify_ctx(app: web.Application) -> AsyncIterator[None]:
-    """``cleanup_ctx``: run the notifier while the app runs, when any target is set."""
-    config = app[config_key]
-    if not config.notifications.enabled:
-        yield
-        return
-    loop = asyncio.get_running_loop()
-    store, executor, clock = app[store_key], app[executor_key], app[clock_key]
-
-    async def run_store(method: str, *args: Any) -> Any:
-        return await loop.run_in_executor(executor, getattr(store, method), *args)
-
-    session = aiohttp.ClientSession()
-    notifier = Notifier(config.notifications, session, run_store, public_url=config.public_url)
-
-    async def forever() -> None:
-        while True:
-            try:
-                await notifier.run_once(clock())
-            except Exception:
-                log.exception("notifier pass failed")  # the next pass tries again
-            await asyncio.sleep(config.notifications.interval_s)
-
-    task = asyncio.create_task(forever(), name="vigil-notifier")
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
-    await session.close()

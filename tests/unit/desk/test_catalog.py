@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from vigil.collector.catalog import EMPTY_CATALOG, load_catalog
+from vigil.collector.desk.catalog import EMPTY_CATALOG, load_catalog
 from vigil.configio import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 CATALOG = """\
 groups:

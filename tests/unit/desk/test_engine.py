@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 import pytest
 
 from vigil import wire
-from vigil.collector import incidents
-from vigil.collector.incidents import (
+from vigil.collector.desk import engine as incidents
+from vigil.collector.desk.engine import (
     Action,
     AddTimeline,
     KeyState,

@@ -1,9 +1,9 @@
-"""The incident desk in the store: catalog priorities, problems, liveness, silences,
+"""The incident desk over real storage: catalog priorities, problems, liveness, silences,
 acknowledgement and manual resolution, and the notifier's view.
 
-Real SQLite files under ``tmp_path``; reports built from ``agent.wire`` dataclasses; time
+Real SQLite files under ``tmp_path``; reports built from ``vigil.wire`` dataclasses; time
 is passed in (no clock). The rules themselves are tested as pure functions in
-``test_incidents.py``; these tests check the store applies them to what it has stored.
+``test_engine.py``; these tests check the desk applies them to what it has stored.
 """
 
 from __future__ import annotations
@@ -14,10 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.desk import open_desk
 from vigil import wire
-from vigil.collector.catalog import Catalog, HostGroup, Service
-from vigil.collector.incidents import IncidentRules
-from vigil.collector.store import SqliteStore, StateError
+from vigil.collector.desk.catalog import Catalog, HostGroup, Service
+from vigil.collector.desk.commands import StateError
+from vigil.collector.desk.engine import IncidentRules
 
 T0 = 1_700_000_000.0
 DAY = 86400.0
@@ -95,7 +96,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(db_path: Path):
-    s = SqliteStore(db_path, catalog=CATALOG, rules=RULES)
+    s = open_desk(db_path, catalog=CATALOG, rules=RULES)
     yield s
     s.close()
 
@@ -185,7 +186,7 @@ def test_the_fleet_problem_resolves_when_every_host_recovers(store) -> None:
 
 def test_share_of_a_group_makes_a_fleet_problem(db_path: Path) -> None:
     rules = IncidentRules(fleet_min_hosts=0, fleet_min_share=0.5)
-    store = SqliteStore(db_path, catalog=CATALOG, rules=rules)
+    store = open_desk(db_path, catalog=CATALOG, rules=rules)
     for h in ("h1", "h2", "h3", "h4"):
         store.ingest(report(h, heartbeat()), T0)
     fail_on(store, ["h1", "h2"], T0 + 1)
@@ -215,10 +216,10 @@ def test_a_silent_host_resolves_when_it_reports_again(store) -> None:
 
 
 def test_liveness_is_rebuilt_from_the_store_after_a_restart(db_path: Path) -> None:
-    first = SqliteStore(db_path, catalog=CATALOG, rules=RULES)
+    first = open_desk(db_path, catalog=CATALOG, rules=RULES)
     first.ingest(report("h1", heartbeat(60)), T0)
     first.close()
-    second = SqliteStore(db_path, catalog=CATALOG, rules=RULES)
+    second = open_desk(db_path, catalog=CATALOG, rules=RULES)
     (iid,) = second.tick(T0 + 100)
     assert second.get_incident(iid)["check"] == wire.HEARTBEAT_CHECK
     second.close()

@@ -1,7 +1,8 @@
-"""The SQLite store: idempotent ingest, incidents, reads, and aggregates that survive restarts.
+"""The desk over the SQLite backend: idempotent ingest, incidents, reads, schema
+migrations, and aggregates that survive restarts.
 
 Every test uses a real database file under ``tmp_path``; reports are built from the
-``agent.wire`` dataclasses exactly as an agent sends them.
+``vigil.wire`` dataclasses exactly as an agent sends them.
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.desk import open_desk
 from vigil import wire
-from vigil.collector.metrics import AGENT_RSS_SERIES
-from vigil.collector.store import IngestResult, SqliteStore, StoreError
+from vigil.collector.desk.apply import IngestResult
+from vigil.collector.desk.service import Desk
+from vigil.collector.storage.records import StorageError
+from vigil.collector.telemetry.buckets import AGENT_RSS_SERIES
 
 CHECK = "disk.free_percent[/]"
 FIX = "clean-temp"
@@ -104,8 +108,8 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def store(db_path: Path) -> Iterator[SqliteStore]:
-    s = SqliteStore(db_path, remediation_wait_s=WAIT)
+def store(db_path: Path) -> Iterator[Desk]:
+    s = open_desk(db_path, remediation_wait_s=WAIT)
     yield s
     s.close()
 
@@ -113,7 +117,7 @@ def store(db_path: Path) -> Iterator[SqliteStore]:
 # --------------------------------------------------------------------------- opening
 
 
-def test_creates_the_parent_folder_and_uses_wal(db_path: Path, store: SqliteStore) -> None:
+def test_creates_the_parent_folder_and_uses_wal(db_path: Path, store: Desk) -> None:
     with sqlite3.connect(db_path) as db:
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
@@ -122,14 +126,14 @@ def test_refuses_a_database_from_a_newer_version(db_path: Path) -> None:
     db_path.parent.mkdir(parents=True)
     with sqlite3.connect(db_path) as db:
         db.execute("PRAGMA user_version=99")
-    with pytest.raises(StoreError, match="schema version 99"):
-        SqliteStore(db_path)
+    with pytest.raises(StorageError, match="schema version 99"):
+        open_desk(db_path)
 
 
 # --------------------------------------------------------------------------- ingest
 
 
-def test_critical_without_remediation_opens_an_incident(store: SqliteStore) -> None:
+def test_critical_without_remediation_opens_an_incident(store: Desk) -> None:
     result = store.ingest(report(check("critical")), T0 + 101)
     (incident,) = store.list_incidents()
     assert result.opened == (incident["id"],)
@@ -141,7 +145,7 @@ def test_critical_without_remediation_opens_an_incident(store: SqliteStore) -> N
     )
 
 
-def test_incident_dict_has_the_documented_shape(store: SqliteStore) -> None:
+def test_incident_dict_has_the_documented_shape(store: Desk) -> None:
     store.ingest(report(check("critical")), T0 + 101)
     (incident,) = store.list_incidents()
     assert incident == {
@@ -171,7 +175,7 @@ def test_incident_dict_has_the_documented_shape(store: SqliteStore) -> None:
     }
 
 
-def test_same_batch_twice_is_a_duplicate_and_changes_nothing(store: SqliteStore) -> None:
+def test_same_batch_twice_is_a_duplicate_and_changes_nothing(store: Desk) -> None:
     batch = report(check("critical"), metrics({"cpu.busy_percent": 50.0}))
     first = store.ingest(batch, T0 + 101)
     before = store.metrics_snapshot()
@@ -185,7 +189,7 @@ def test_same_batch_twice_is_a_duplicate_and_changes_nothing(store: SqliteStore)
     assert after.reports_duplicate_total == 1
 
 
-def test_duplicate_batch_does_not_move_last_seen(store: SqliteStore) -> None:
+def test_duplicate_batch_does_not_move_last_seen(store: Desk) -> None:
     batch = report(check("ok"))
     store.ingest(batch, T0 + 101)
     store.ingest(batch, T0 + 500)
@@ -193,14 +197,14 @@ def test_duplicate_batch_does_not_move_last_seen(store: SqliteStore) -> None:
     assert host["last_seen"] == T0 + 101
 
 
-def test_same_batch_id_from_another_agent_is_not_a_duplicate(store: SqliteStore) -> None:
+def test_same_batch_id_from_another_agent_is_not_a_duplicate(store: Desk) -> None:
     store.ingest(report(check("critical"), batch="same", agent="a1"), T0 + 101)
     result = store.ingest(report(check("critical"), batch="same", agent="a2"), T0 + 102)
     assert result.duplicate is False
     assert len(store.list_incidents()) == 2
 
 
-def test_event_resent_in_a_new_batch_is_not_applied_twice(store: SqliteStore) -> None:
+def test_event_resent_in_a_new_batch_is_not_applied_twice(store: Desk) -> None:
     event = check("critical")
     store.ingest(report(event), T0 + 101)
     store.ingest(report(check("ok")), T0 + 102)
@@ -209,7 +213,7 @@ def test_event_resent_in_a_new_batch_is_not_applied_twice(store: SqliteStore) ->
     assert [i["state"] for i in store.list_incidents()] == ["resolved"]
 
 
-def test_events_are_applied_in_seq_order(store: SqliteStore) -> None:
+def test_events_are_applied_in_seq_order(store: Desk) -> None:
     """A batch listing recovery before failure still ends resolved, not open."""
     failing, recovered = check("critical"), check("ok")
     result = store.ingest(report(recovered, failing), T0 + 101)
@@ -217,7 +221,7 @@ def test_events_are_applied_in_seq_order(store: SqliteStore) -> None:
     assert store.list_hosts()[0]["checks"] == {CHECK: "ok"}
 
 
-def test_remediation_fixed_records_a_prevented_incident(store: SqliteStore) -> None:
+def test_remediation_fixed_records_a_prevented_incident(store: Desk) -> None:
     result = store.ingest(report(check("critical", FIX), run("fixed")), T0 + 101)
     (incident,) = store.list_incidents()
     assert result.prevented == (incident["id"],)
@@ -230,20 +234,20 @@ def test_remediation_fixed_records_a_prevented_incident(store: SqliteStore) -> N
     assert store.list_incidents(state="open") == []
 
 
-def test_promise_then_fix_in_separate_reports_is_prevented(store: SqliteStore) -> None:
+def test_promise_then_fix_in_separate_reports_is_prevented(store: Desk) -> None:
     store.ingest(report(check("critical", FIX)), T0 + 101)
     result = store.ingest(report(run("fixed")), T0 + 130)
     assert len(result.prevented) == 1
     assert store.metrics_snapshot().incidents_open == {}
 
 
-def test_failed_fix_opens_an_incident_naming_it(store: SqliteStore) -> None:
+def test_failed_fix_opens_an_incident_naming_it(store: Desk) -> None:
     store.ingest(report(check("critical", FIX), run("not_fixed")), T0 + 101)
     (incident,) = store.list_incidents(state="open")
     assert (incident["remediation"], incident["remediation_outcome"]) == (FIX, "not_fixed")
 
 
-def test_recovery_resolves_the_open_incident(store: SqliteStore) -> None:
+def test_recovery_resolves_the_open_incident(store: Desk) -> None:
     opened = store.ingest(report(check("critical")), T0 + 101).opened
     result = store.ingest(report(check("ok")), T0 + 200)
     assert result.resolved == opened
@@ -256,7 +260,7 @@ def test_recovery_resolves_the_open_incident(store: SqliteStore) -> None:
     )
 
 
-def test_incident_timeline_tells_the_story(store: SqliteStore) -> None:
+def test_incident_timeline_tells_the_story(store: Desk) -> None:
     (incident_id,) = store.ingest(report(check("critical")), T0 + 101).opened
     store.ingest(report(check("warning")), T0 + 150)
     store.ingest(report(check("ok")), T0 + 200)
@@ -269,11 +273,11 @@ def test_incident_timeline_tells_the_story(store: SqliteStore) -> None:
     ]
 
 
-def test_get_incident_of_unknown_id_is_none(store: SqliteStore) -> None:
+def test_get_incident_of_unknown_id_is_none(store: Desk) -> None:
     assert store.get_incident(12345) is None
 
 
-def test_heartbeat_sets_ttl_and_opens_nothing(store: SqliteStore) -> None:
+def test_heartbeat_sets_ttl_and_opens_nothing(store: Desk) -> None:
     store.ingest(report(heartbeat(ttl_s=90.0)), T0 + 101)
     (host,) = store.list_hosts()
     assert (host["heartbeat_ttl_s"], host["checks"]) == (90.0, {})
@@ -281,7 +285,7 @@ def test_heartbeat_sets_ttl_and_opens_nothing(store: SqliteStore) -> None:
     assert store.metrics_snapshot().host_ttl == {"a1": 90.0}
 
 
-def test_latest_metrics_keep_the_newest_value_only(store: SqliteStore) -> None:
+def test_latest_metrics_keep_the_newest_value_only(store: Desk) -> None:
     store.ingest(report(metrics({"cpu.busy_percent": 10.0}, time=T0 + 10)), T0 + 101)
     store.ingest(report(metrics({"cpu.busy_percent": 90.0}, time=T0 + 30)), T0 + 102)
     # A late retry of an older sample must not overwrite the newer one.
@@ -289,7 +293,7 @@ def test_latest_metrics_keep_the_newest_value_only(store: SqliteStore) -> None:
     assert store.latest_metrics("a1") == {"cpu.busy_percent": 90.0}
 
 
-def test_a_failing_report_applies_nothing(db_path: Path, store: SqliteStore) -> None:
+def test_a_failing_report_applies_nothing(db_path: Path, store: Desk) -> None:
     """A database error mid-report rolls the whole report back, aggregates included."""
     with sqlite3.connect(db_path) as other:  # a trigger stands in for a failing disk
         other.execute(
@@ -305,7 +309,7 @@ def test_a_failing_report_applies_nothing(db_path: Path, store: SqliteStore) -> 
     assert (snapshot.incidents_opened_total, snapshot.checks_failing) == (0, {})
 
 
-def test_received_at_must_be_finite(store: SqliteStore) -> None:
+def test_received_at_must_be_finite(store: Desk) -> None:
     with pytest.raises(ValueError, match="received_at"):
         store.ingest(report(check("ok")), float("nan"))
 
@@ -313,7 +317,7 @@ def test_received_at_must_be_finite(store: SqliteStore) -> None:
 # --------------------------------------------------------------------------- tick
 
 
-def test_tick_opens_after_the_remediation_wait(store: SqliteStore) -> None:
+def test_tick_opens_after_the_remediation_wait(store: Desk) -> None:
     store.ingest(report(check("critical", FIX)), T0 + 100)
     assert store.tick(T0 + 100 + WAIT) == ()
     opened = store.tick(T0 + 101 + WAIT)
@@ -322,13 +326,13 @@ def test_tick_opens_after_the_remediation_wait(store: SqliteStore) -> None:
     assert (incident["remediation"], incident["remediation_outcome"]) == (FIX, None)
 
 
-def test_tick_opens_only_once(store: SqliteStore) -> None:
+def test_tick_opens_only_once(store: Desk) -> None:
     store.ingest(report(check("critical", FIX)), T0 + 100)
     store.tick(T0 + 101 + WAIT)
     assert store.tick(T0 + 200 + WAIT) == ()
 
 
-def test_tick_does_nothing_once_the_fix_arrived(store: SqliteStore) -> None:
+def test_tick_does_nothing_once_the_fix_arrived(store: Desk) -> None:
     store.ingest(report(check("critical", FIX)), T0 + 100)
     store.ingest(report(run("fixed")), T0 + 120)
     assert store.tick(T0 + 101 + WAIT) == ()
@@ -338,7 +342,7 @@ def test_tick_does_nothing_once_the_fix_arrived(store: SqliteStore) -> None:
 
 
 def test_data_and_aggregates_survive_close_and_reopen(db_path: Path) -> None:
-    store = SqliteStore(db_path, remediation_wait_s=WAIT)
+    store = open_desk(db_path, remediation_wait_s=WAIT)
     store.ingest(report(check("critical"), heartbeat(), agent="a1"), T0 + 101)
     store.ingest(report(check("critical", FIX), run("fixed"), agent="a2"), T0 + 102)
     store.ingest(report(check("critical"), agent="a3"), T0 + 103)
@@ -350,7 +354,7 @@ def test_data_and_aggregates_survive_close_and_reopen(db_path: Path) -> None:
     incidents = store.list_incidents()
     store.close()
 
-    reopened = SqliteStore(db_path, remediation_wait_s=WAIT)
+    reopened = open_desk(db_path, remediation_wait_s=WAIT)
     try:
         assert reopened.metrics_snapshot() == before
         assert reopened.list_incidents() == incidents
@@ -358,7 +362,7 @@ def test_data_and_aggregates_survive_close_and_reopen(db_path: Path) -> None:
         reopened.close()
 
 
-def test_aggregates_after_a_mixed_history(store: SqliteStore) -> None:
+def test_aggregates_after_a_mixed_history(store: Desk) -> None:
     store.ingest(report(check("critical"), heartbeat(60.0), agent="a1"), T0 + 101)
     store.ingest(report(check("critical", FIX), run("fixed"), agent="a2"), T0 + 102)
     store.ingest(report(check("critical"), agent="a3"), T0 + 103)
@@ -378,7 +382,7 @@ def test_aggregates_after_a_mixed_history(store: SqliteStore) -> None:
     assert (snapshot.reports_accepted_total, snapshot.events_total) == (4, 6)
 
 
-def test_gauges_drop_keys_that_fall_to_zero(store: SqliteStore) -> None:
+def test_gauges_drop_keys_that_fall_to_zero(store: Desk) -> None:
     """No stale zero series once the last open incident on a check is resolved."""
     store.ingest(report(check("critical")), T0 + 101)
     store.ingest(report(check("ok")), T0 + 102)
@@ -390,7 +394,7 @@ def test_gauges_drop_keys_that_fall_to_zero(store: SqliteStore) -> None:
 
 
 @pytest.fixture
-def history(store: SqliteStore) -> SqliteStore:
+def history(store: Desk) -> Desk:
     """Five incidents: a1 has three on CHECK (two resolved) and one on mem; a2 one prevented."""
     for _ in range(2):
         store.ingest(report(check("critical"), agent="a1"), T0 + 101)
@@ -415,13 +419,13 @@ def history(store: SqliteStore) -> SqliteStore:
     ],
     ids=["all", "open", "resolved", "prevented", "host", "check", "combined", "unknown-host"],
 )
-def test_list_incidents_filters(history: SqliteStore, filters: dict, expected: int) -> None:
+def test_list_incidents_filters(history: Desk, filters: dict, expected: int) -> None:
     found = history.list_incidents(**filters)
     assert len(found) == expected
     assert all(i[key] == value for i in found for key, value in filters.items())
 
 
-def test_list_incidents_pages_newest_first(history: SqliteStore) -> None:
+def test_list_incidents_pages_newest_first(history: Desk) -> None:
     everything = history.list_incidents()
     ids = [i["id"] for i in everything]
     assert ids == sorted(ids, reverse=True)
@@ -432,24 +436,14 @@ def test_list_incidents_pages_newest_first(history: SqliteStore) -> None:
     assert len(last) == 1
 
 
-@pytest.mark.parametrize(
-    ("kwargs", "message"),
-    [
-        ({"state": "closed"}, "state: must be one of .*'open'.*got 'closed'"),
-        ({"limit": 0}, "limit: must be between 1 and 1000, got 0"),
-        ({"limit": 1001}, "limit: must be between 1 and 1000, got 1001"),
-        ({"offset": -1}, "offset: must be 0 or more, got -1"),
-    ],
-    ids=["unknown-state", "zero-limit", "huge-limit", "negative-offset"],
-)
-def test_list_incidents_rejects_bad_arguments(
-    store: SqliteStore, kwargs: dict, message: str
-) -> None:
-    with pytest.raises(ValueError, match=message):
-        store.list_incidents(**kwargs)
+def test_list_incidents_rejects_an_unknown_state(store: Desk) -> None:
+    """Page bounds (limit, offset) are the API's input validation, tested with the API
+    (``test_a_bad_incidents_query_is_400_naming_the_field``); the state is the desk's."""
+    with pytest.raises(ValueError, match=r"state: must be one of .*'open'.*got 'closed'"):
+        store.list_incidents(state="closed")
 
 
-def test_hosts_include_checks_and_open_counts(history: SqliteStore) -> None:
+def test_hosts_include_checks_and_open_counts(history: Desk) -> None:
     history.ingest(report(heartbeat(45.0), agent="a2", sent_at=T0 + 100), T0 + 106.5)
     hosts = {h["agent_id"]: h for h in history.list_hosts()}
     assert hosts["a1"]["checks"] == {CHECK: "critical", "mem": "critical"}
@@ -469,7 +463,7 @@ def test_hosts_include_checks_and_open_counts(history: SqliteStore) -> None:
     }
 
 
-def test_remediation_run_dict_holds_every_wire_field(store: SqliteStore) -> None:
+def test_remediation_run_dict_holds_every_wire_field(store: Desk) -> None:
     event = run("not_fixed")
     store.ingest(report(event), T0 + 101)
     (stored,) = store.list_remediation_runs()
@@ -481,14 +475,14 @@ def test_remediation_run_dict_holds_every_wire_field(store: SqliteStore) -> None
     }
 
 
-def test_run_without_a_check_is_recorded_but_opens_nothing(store: SqliteStore) -> None:
+def test_run_without_a_check_is_recorded_but_opens_nothing(store: Desk) -> None:
     store.ingest(report(run("not_fixed", name=None)), T0 + 101)
     assert len(store.list_remediation_runs()) == 1
     assert store.list_incidents() == []
     assert store.list_hosts()[0]["checks"] == {}
 
 
-def test_run_for_a_check_that_never_reported_leaves_no_check_state(store: SqliteStore) -> None:
+def test_run_for_a_check_that_never_reported_leaves_no_check_state(store: Desk) -> None:
     store.ingest(report(run("fixed")), T0 + 101)
     assert store.list_hosts()[0]["checks"] == {}
 
@@ -503,20 +497,20 @@ def test_run_for_a_check_that_never_reported_leaves_no_check_state(store: Sqlite
     ],
     ids=["all", "host", "remediation", "combined"],
 )
-def test_list_remediation_runs_filters(store: SqliteStore, filters: dict, expected: int) -> None:
+def test_list_remediation_runs_filters(store: Desk, filters: dict, expected: int) -> None:
     store.ingest(report(run("fixed"), run("error"), agent="a1"), T0 + 101)
     store.ingest(report(run("fixed", "restart-spooler"), agent="a2"), T0 + 102)
     assert len(store.list_remediation_runs(**filters)) == expected
 
 
-def test_list_remediation_runs_pages_newest_first(store: SqliteStore) -> None:
+def test_list_remediation_runs_pages_newest_first(store: Desk) -> None:
     first, second, third = run("fixed"), run("error"), run("timeout")
     store.ingest(report(first, second, third), T0 + 101)
     page = store.list_remediation_runs(limit=2, offset=1)
     assert [r["event_id"] for r in page] == [second.event_id, first.event_id]
 
 
-def test_prune_seen_forgets_old_ids_only(store: SqliteStore) -> None:
+def test_prune_seen_forgets_old_ids_only(store: Desk) -> None:
     old = report(check("critical"))
     store.ingest(old, T0 + 101)
     store.ingest(report(check("warning")), T0 + 5000)
@@ -538,7 +532,7 @@ CREATE TABLE metrics_latest (host TEXT NOT NULL, series TEXT NOT NULL, value REA
 
 
 def test_a_schema_1_database_is_migrated_without_losing_ids_or_metrics(db_path: Path) -> None:
-    SqliteStore(db_path).close()
+    open_desk(db_path).close()
     with contextlib.closing(sqlite3.connect(db_path)) as db, db:
         # Turn the fresh database back into what schema 1 stored.
         db.executescript("DROP TABLE seen; DROP TABLE host_metrics;" + _SCHEMA_1_TABLES)
@@ -553,7 +547,7 @@ def test_a_schema_1_database_is_migrated_without_losing_ids_or_metrics(db_path: 
         )
         db.execute("PRAGMA user_version=1")
 
-    store = SqliteStore(db_path)
+    store = open_desk(db_path)
     try:
         assert store.latest_metrics("a1") == {
             AGENT_RSS_SERIES: 40.0 * 2**20,
@@ -573,10 +567,10 @@ def test_a_schema_1_database_is_migrated_without_losing_ids_or_metrics(db_path: 
 
 
 def test_a_database_from_before_last_batch_id_gains_the_column_on_open(db_path: Path) -> None:
-    SqliteStore(db_path).close()
+    open_desk(db_path).close()
     with contextlib.closing(sqlite3.connect(db_path)) as db, db:
         db.execute("ALTER TABLE hosts DROP COLUMN last_batch_id")  # as schema 2 first was
-    store = SqliteStore(db_path)
+    store = open_desk(db_path)
     try:
         last = report(check("critical"), batch="b-last")
         store.ingest(last, T0)
@@ -586,7 +580,7 @@ def test_a_database_from_before_last_batch_id_gains_the_column_on_open(db_path: 
         store.close()
 
 
-def test_latest_metrics_are_the_newest_summary_as_a_whole(store: SqliteStore) -> None:
+def test_latest_metrics_are_the_newest_summary_as_a_whole(store: Desk) -> None:
     store.ingest(report(metrics({"disk[/a]": 1.0, "disk[/b]": 2.0}, time=T0 + 10)), T0 + 101)
     store.ingest(report(metrics({"disk[/a]": 3.0}, time=T0 + 20)), T0 + 102)
     # /b was unmounted: the newest summary has no value for it, so none is shown.
@@ -594,14 +588,14 @@ def test_latest_metrics_are_the_newest_summary_as_a_whole(store: SqliteStore) ->
     assert store.latest_metrics("nobody") == {}
 
 
-def test_an_event_id_twice_in_one_batch_is_applied_once(store: SqliteStore) -> None:
+def test_an_event_id_twice_in_one_batch_is_applied_once(store: Desk) -> None:
     twice = check("critical", event_id="same")
     result = store.ingest(report(twice, twice), T0 + 101)
     assert result.events == 1
     assert len(store.list_incidents()) == 1
 
 
-def test_a_reused_batch_id_with_new_events_records_none_of_them(store: SqliteStore) -> None:
+def test_a_reused_batch_id_with_new_events_records_none_of_them(store: Desk) -> None:
     store.ingest(report(check("ok"), batch="b-reused"), T0 + 101)
     late = check("critical", event_id="late")
     # An agent bug: the same batch id with other events. The batch is a duplicate, and its
@@ -612,7 +606,7 @@ def test_a_reused_batch_id_with_new_events_records_none_of_them(store: SqliteSto
     assert len(store.list_incidents()) == 1
 
 
-def test_prune_seen_forgets_old_batch_and_event_ids(store: SqliteStore) -> None:
+def test_prune_seen_forgets_old_batch_and_event_ids(store: Desk) -> None:
     old = check("ok", event_id="old")
     store.ingest(report(old, batch="b-old"), T0)
     store.ingest(report(check("ok"), batch="b-new"), T0 + 1000)
@@ -622,7 +616,7 @@ def test_prune_seen_forgets_old_batch_and_event_ids(store: SqliteStore) -> None:
 
 
 def test_a_retry_of_the_last_batch_is_a_duplicate_even_after_its_ids_expired(
-    store: SqliteStore,
+    store: Desk,
 ) -> None:
     """A laptop shut down between sending a batch and reading the ack retries that same
     batch when it is back, however much later: the host row remembers its last batch."""
@@ -642,7 +636,7 @@ def test_a_retry_of_the_last_batch_is_a_duplicate_even_after_its_ids_expired(
 # --------------------------------------------------------------------------- begin_group
 
 
-def test_begin_group_applies_now_and_commits_in_finish(db_path: Path, store: SqliteStore) -> None:
+def test_begin_group_applies_now_and_commits_in_finish(db_path: Path, store: Desk) -> None:
     finish = store.begin_group([(report(check("critical")), T0 + 101)])
     assert finish is not None
     # Not committed yet: another connection sees nothing, and the store is held.
@@ -655,7 +649,7 @@ def test_begin_group_applies_now_and_commits_in_finish(db_path: Path, store: Sql
     assert len(store.list_incidents()) == 1  # the store is free again
 
 
-def test_begin_group_steps_aside_when_a_report_fails(db_path: Path, store: SqliteStore) -> None:
+def test_begin_group_steps_aside_when_a_report_fails(db_path: Path, store: Desk) -> None:
     with contextlib.closing(sqlite3.connect(db_path)) as other, other:
         other.execute(
             "CREATE TRIGGER fail BEFORE INSERT ON remediation_runs"
@@ -670,7 +664,7 @@ def test_begin_group_steps_aside_when_a_report_fails(db_path: Path, store: Sqlit
 
 
 def test_the_clock_offset_is_the_smallest_recent_sample_and_follows_a_step(
-    store: SqliteStore,
+    store: Desk,
 ) -> None:
     def offset_after(sample: float, at: float) -> float:
         store.ingest(report(heartbeat(), sent_at=at - sample), at)

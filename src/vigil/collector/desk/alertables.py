@@ -1,0 +1,103 @@
+"""What the notifier must consider, and the text its notifications show.
+
+Pure: :func:`alertables` turns stored rows and the active silences into plain dicts at
+``now``; the notifier (``collector/notify/``) plans and sends from them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from vigil.collector.desk import engine
+from vigil.collector.storage.records import IncidentAlertRow, ProblemAlertRow, SilenceRow
+
+
+def alertables(
+    incidents: Sequence[IncidentAlertRow],
+    problems: Sequence[ProblemAlertRow],
+    silences: Sequence[SilenceRow],
+    now: float,
+) -> list[dict[str, Any]]:
+    """Incidents then problems as the notifier sees them at ``now``.
+
+    Each dict: ``ref`` (``incident:12``/``problem:3``), ``kind``, ``id``, ``active``,
+    ``held`` (flapping, silenced, or claimed by a fleet problem), ``notified``,
+    ``resolve_notified``, ``opened_at``, ``resolved_at`` and the fields notifications
+    show (check, host, hostname, service, priority, summary, description, remediation,
+    resolution).
+    """
+    active = [engine.Silence(s.id, s.matcher, s.value, s.starts_at, s.ends_at) for s in silences]
+    out = [incident_alertable(row, active, now) for row in incidents]
+    out += [problem_alertable(row, active, now) for row in problems]
+    return out
+
+
+def incident_alertable(
+    row: IncidentAlertRow, silences: Sequence[engine.Silence], now: float
+) -> dict[str, Any]:
+    """One incident as an alertable dict (see :func:`alertables`)."""
+    silenced = any(
+        engine.silence_applies(
+            s, host=row.host, hostname=row.hostname, groups=row.groups,
+            service=row.service, check=row.check, now=now,
+        )
+        for s in silences
+    )  # fmt: skip
+    return {
+        "ref": f"incident:{row.id}",
+        "kind": "incident",
+        "id": row.id,
+        "active": row.state == "open",
+        "held": row.flapping or silenced or row.in_fleet_problem,
+        "notified": row.notified_at is not None,
+        "resolve_notified": row.resolve_notified_at is not None,
+        "opened_at": row.opened_at,
+        "resolved_at": row.resolved_at,
+        "check": row.check,
+        "host": row.host,
+        "hostname": row.hostname,
+        "service": row.service,
+        "priority": row.priority,
+        "summary": f"{row.check} failing on {row.hostname}",
+        "description": row.message,
+        "remediation": (
+            f"{row.remediation}: {row.remediation_outcome or 'promised, no result'}"
+            if row.remediation
+            else "none"
+        ),
+        "resolution": row.resolution,
+    }
+
+
+def problem_alertable(
+    row: ProblemAlertRow, silences: Sequence[engine.Silence], now: float
+) -> dict[str, Any]:
+    """One problem as an alertable dict (see :func:`alertables`)."""
+    silenced = any(
+        engine.silence_applies(
+            s, host=row.host or "", hostname=row.hostname or "", groups=(),
+            service=row.service, check=row.check, now=now,
+        )
+        for s in silences
+    )  # fmt: skip
+    return {
+        "ref": f"problem:{row.id}",
+        "kind": f"{row.kind}_problem",
+        "id": row.id,
+        "active": row.state == "open",
+        "held": silenced,
+        "notified": row.notified_at is not None,
+        "resolve_notified": row.resolve_notified_at is not None,
+        "opened_at": row.opened_at,
+        "resolved_at": row.resolved_at,
+        "check": row.check,
+        "host": row.host or "fleet",
+        "hostname": row.hostname or f"{row.linked} hosts",
+        "service": row.service,
+        "priority": row.priority,
+        "summary": row.summary,
+        "description": f"{row.summary}; {row.linked} linked incidents",
+        "remediation": "see linked incidents",
+        "resolution": row.resolution,
+    }

@@ -1,0 +1,243 @@
+"""Applying reports: exactly-once dedup, the host row, and every event's effects.
+
+Exactly-once effect: a whole report is applied inside one transaction of the caller's
+unit of work. A ``batch_id`` already stored for the agent makes the report a duplicate
+and nothing is applied; every event id is recorded too, so an event re-sent inside a
+different batch is not applied twice. Both are unique per agent (``agent_id``), not
+globally, so two agents that happen to reuse ids cannot swallow each other's data.
+Pruning bounds the ``seen`` ids, so each host also keeps the agent's last applied
+``batch_id``: the only batch an agent retries is its oldest unacknowledged one, so a
+retry however late (a laptop that shut down between sending and the ack, back after
+weeks) is recognised after its ids expired.
+
+Time: incidents, timelines and the host's ``last_seen`` use the collector's receive time
+(``received_at``), which tolerates agent clock skew; the agent's own timestamps are kept
+next to it and the skew is estimated by :func:`clock_offset_estimate`.
+
+Heartbeats (:data:`wire.HEARTBEAT_CHECK`) only refresh the host's ``last_seen`` and
+``heartbeat_ttl_s`` (and end a liveness incident); they are not stored as check results
+(one per minute per host would dwarf the useful history).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from vigil import wire
+from vigil.collector.desk import engine
+from vigil.collector.desk.actions import carry_out, flapping_now
+from vigil.collector.desk.catalog import Catalog
+from vigil.collector.desk.engine import IncidentRules, KeyState
+from vigil.collector.desk.work import Changes, Work, key_state
+from vigil.collector.storage.protocols import UnitOfWork
+from vigil.collector.telemetry.aggregates import Aggregates
+
+log = logging.getLogger("vigil.collector.desk")
+
+# Counters the ingest path keeps in the ``counters`` repository, written once per group.
+INGEST_COUNTERS = ("reports_accepted", "reports_duplicate", "events")
+# The clock-offset estimate (see clock_offset_estimate): a sample further than this from
+# it replaces it (seconds), and it may rise this much per second without one (100 ppm,
+# more than a quartz clock drifts).
+CLOCK_STEP_S = 5.0
+CLOCK_DRIFT_PER_S = 1e-4
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    """What applying one report did.
+
+    ``duplicate``: the batch was stored before and nothing was applied. ``events``: events
+    newly applied (events already seen in an earlier batch are not counted). ``opened``,
+    ``resolved``, ``prevented``: incident ids opened, resolved, recorded as prevented.
+    """
+
+    duplicate: bool
+    events: int
+    opened: tuple[int, ...]
+    resolved: tuple[int, ...]
+    prevented: tuple[int, ...]
+
+
+Items = Sequence[tuple[wire.Report, float]]
+Results = list[IngestResult | Exception]
+
+
+def clock_offset_estimate(
+    previous: tuple[float, float] | None, sample: float, received_at: float
+) -> float:
+    """The host's clock offset estimate (seconds) after a new ``sample``.
+
+    ``previous`` is ``(estimate, last_seen)`` or None for a new host. A sample,
+    ``received_at - sent_at``, is the agent's clock error plus the network and queueing
+    delay, which only ever adds; so the estimate is the smallest recent sample (as NTP's
+    clock filter does), aged by :data:`CLOCK_DRIFT_PER_S` so that drift is followed, and
+    a sample more than :data:`CLOCK_STEP_S` away replaces it at once (a stepped clock).
+    """
+    if previous is None:
+        return sample
+    estimate, last_seen = previous
+    if abs(sample - estimate) > CLOCK_STEP_S:
+        return sample
+    return min(sample, estimate + max(received_at - last_seen, 0.0) * CLOCK_DRIFT_PER_S)
+
+
+def apply_group(
+    uow: UnitOfWork, catalog: Catalog, rules: IncidentRules, items: Items, *, isolate: bool
+) -> tuple[Results, list[Aggregates]]:
+    """The work of a group commit, inside the caller's open transaction.
+
+    Reports are applied in the given order, so a batch repeated within the group is a
+    duplicate of the first. With ``isolate`` each report runs in its own savepoint, so a
+    failing one fails alone (its slot holds the exception) and its delta vanishes with
+    it; without, one exception escapes and the caller rolls the whole group back.
+    Returns one result per item and the aggregate deltas to merge after the COMMIT.
+    """
+    results: Results = []
+    # One delta for the whole group when it commits or fails as a whole; with ``isolate``
+    # a report's delta must vanish with its savepoint, so one each.
+    deltas = [] if isolate else [Aggregates()]
+    for report, received_at in items:
+        if not math.isfinite(received_at):
+            results.append(ValueError(f"received_at: must be a finite number, got {received_at!r}"))
+            continue
+        if not isolate:
+            results.append(apply_report(Work(uow, catalog, rules, deltas[0]), report, received_at))
+            continue
+        delta = Aggregates()
+        try:
+            with uow.savepoint():
+                result = apply_report(Work(uow, catalog, rules, delta), report, received_at)
+        except Exception as exc:
+            log.error("report %s not applied: %r", report.batch_id, exc)
+            results.append(exc)
+            continue
+        results.append(result)
+        deltas.append(delta)
+    # The ingest counters once per group rather than per report (fewer statements).
+    totals: Counter[str] = Counter()
+    for delta in deltas:
+        for name in INGEST_COUNTERS:
+            totals[name] += delta.counters[name]
+    for name, n in totals.items():
+        if n:
+            uow.counters.add(name, n)
+    return results, deltas
+
+
+def apply_report(work: Work, report: wire.Report, received_at: float) -> IngestResult:
+    """Apply one report inside the caller's transaction, adding its effects to the delta."""
+    uow, delta = work.uow, work.delta
+    events = report.events
+    if any(a.seq > b.seq for a, b in itertools.pairwise(events)):
+        events = tuple(sorted(events, key=lambda e: e.seq))
+    before = uow.hosts.before(report.agent_id)
+    new_ids: set[str] | None = None
+    if before is None or before.last_batch_id != report.batch_id:
+        new_ids = _record_seen(uow, report, events, received_at)
+    fresh: list[wire.Event] = []
+    if new_ids is None:
+        delta.counters["reports_duplicate"] += 1
+    else:
+        for event in events:
+            if event.event_id in new_ids:
+                new_ids.discard(event.event_id)  # an id twice in one batch counts once
+                fresh.append(event)
+        ttl = None
+        for event in fresh:
+            if (
+                isinstance(event, wire.CheckEvent)
+                and event.check == wire.HEARTBEAT_CHECK
+                and event.ttl_s is not None
+            ):
+                ttl = event.ttl_s
+        offset = clock_offset_estimate(
+            None if before is None else (before.clock_offset_s, before.last_seen),
+            received_at - report.sent_at,
+            received_at,
+        )
+        uow.hosts.upsert(report, received_at, offset, ttl)
+        host = report.agent_id
+        if ttl is not None:
+            delta.host_ttl[host] = ttl
+        delta.host_last_seen[host] = received_at
+        delta.host_names[host] = report.hostname
+        delta.host_clock_offset[host] = offset
+        delta.host_silence_expected[host] = work.catalog.silence_expected(report.labels)
+        for event in fresh:
+            _apply_event(work, report, event, received_at)
+        delta.counters["reports_accepted"] += 1
+        delta.counters["events"] += len(fresh)
+    changes: Changes = work.changes
+    return IngestResult(
+        duplicate=new_ids is None,
+        events=len(fresh),
+        opened=tuple(changes.opened),
+        resolved=tuple(changes.resolved),
+        prevented=tuple(changes.prevented),
+    )
+
+
+def _record_seen(
+    uow: UnitOfWork, report: wire.Report, events: Sequence[wire.Event], received_at: float
+) -> set[str] | None:
+    """Record the batch id and event ids; the event ids not seen before, or None if the
+    batch was (then nothing is recorded)."""
+    batch_is_new, new_ids = uow.seen.record(
+        report.agent_id, report.batch_id, [e.event_id for e in events], received_at
+    )
+    if batch_is_new:
+        return new_ids
+    if new_ids:  # a reused batch id with new events: an agent bug; record nothing
+        uow.seen.forget_events(report.agent_id, new_ids)
+    return None
+
+
+def _apply_event(work: Work, report: wire.Report, event: wire.Event, received_at: float) -> None:
+    """Apply one event this agent had not sent before."""
+    host = report.agent_id
+    if isinstance(event, wire.MetricsEvent):
+        work.uow.metrics.put(host, event.time, received_at, event.values)
+        work.delta.note_footprint(host, event.time, event.values)
+    elif isinstance(event, wire.CheckEvent):
+        _apply_check(work, report, event, received_at)
+    else:
+        _apply_run(work, report, event, received_at)
+
+
+def _apply_check(
+    work: Work, report: wire.Report, event: wire.CheckEvent, received_at: float
+) -> None:
+    host, keys = report.agent_id, work.uow.keys
+    if event.check == wire.HEARTBEAT_CHECK:  # its ttl_s went into the host row
+        old = key_state(keys.load(host, event.check))
+        if old is not None and old.incident_id is not None:
+            new, actions = engine.on_liveness(old, silent=False, expected=False, silent_for_s=0.0)
+            carry_out(work, host, report.hostname, event.check, old, new, actions, received_at)
+        return
+    work.uow.results.add(host, event, received_at)
+    if event.check == wire.CLOCK_CHECK:
+        return  # a reported clock jump: history only, never an incident
+    old = key_state(keys.load(host, event.check))
+    flapping = flapping_now(work, host, event.check, received_at)
+    new, actions = engine.on_check(old or KeyState(), event, received_at, flapping=flapping)
+    carry_out(work, host, report.hostname, event.check, old, new, actions, received_at)
+
+
+def _apply_run(
+    work: Work, report: wire.Report, event: wire.RemediationEvent, received_at: float
+) -> None:
+    host = report.agent_id
+    work.uow.runs.add(host, report.hostname, event, received_at)
+    work.delta.remediation_runs[(event.remediation, event.outcome)] += 1
+    work.delta.observe_run_duration(event.remediation, event.duration_s)
+    if event.check is None:
+        return  # triggered by a detection script, not a check: no incident key
+    old = key_state(work.uow.keys.load(host, event.check))
+    new, actions = engine.on_remediation(old or KeyState(), event, received_at)
+    carry_out(work, host, report.hostname, event.check, old, new, actions, received_at)

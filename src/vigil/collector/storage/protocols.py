@@ -1,0 +1,360 @@
+"""The storage interface: one small repository Protocol per aggregate and a unit of work.
+
+Repositories store and fetch; they decide nothing (the desk, ``collector/desk/``, does).
+Every method runs inside the unit of work it belongs to, so "dedup and its effects" are
+in one transaction: the desk calls :meth:`UnitOfWork.begin`, applies any number of
+reports (group commit: one transaction, one fsync), then :meth:`UnitOfWork.commit`.
+
+Times are Unix seconds. Listing methods take a page (``limit``, ``offset``) that the API
+layer has already validated, and return rows newest first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+from vigil import wire
+from vigil.collector.storage.records import (
+    HostBefore,
+    IncidentAlertRow,
+    KeyRow,
+    LivenessRow,
+    ProblemAlertRow,
+    ResolvedIncident,
+    SilenceRow,
+)
+
+
+class HostRepository(Protocol):
+    """``hosts``: one row per agent that ever reported."""
+
+    def before(self, agent_id: str) -> HostBefore | None:
+        """The host's last applied batch id, clock offset and last_seen, or None."""
+
+    def upsert(
+        self,
+        report: wire.Report,
+        received_at: float,
+        clock_offset_s: float,
+        heartbeat_ttl_s: float | None,
+    ) -> None:
+        """Insert or refresh the host of ``report`` (``last_batch_id`` becomes its batch
+        id); ``heartbeat_ttl_s`` None keeps the stored TTL."""
+
+    def info(self, agent_id: str) -> tuple[str, dict[str, str]] | None:
+        """``(hostname, labels)`` or None for a host never seen."""
+
+    def count(self) -> int:
+        """How many hosts."""
+
+    def all_labels(self) -> Iterator[dict[str, str]]:
+        """Every host's labels."""
+
+    def liveness(self, heartbeat_check: str) -> list[LivenessRow]:
+        """Every host with the state of its ``heartbeat_check`` key."""
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every host by agent_id: ``agent_id, hostname, labels, agent_version,
+        first_seen, last_seen, clock_offset_s, heartbeat_ttl_s``."""
+
+    def load(self) -> list[tuple[str, str, dict[str, str], float, float | None, float]]:
+        """``(agent_id, hostname, labels, last_seen, ttl, clock_offset_s)`` in first-seen
+        order (for the aggregates at start-up)."""
+
+
+class SeenRepository(Protocol):
+    """``seen``: the batch and event ids each agent sent (idempotency)."""
+
+    def record(
+        self, host: str, batch_id: str, event_ids: Sequence[str], received_at: float
+    ) -> tuple[bool, set[str]]:
+        """Record the ids not stored before; ``(batch id was new, event ids that were)``."""
+
+    def forget_events(self, host: str, event_ids: set[str]) -> None:
+        """Remove event ids just recorded (a reused batch id must record nothing)."""
+
+    def prune(self, before: float, limit: int | None) -> int:
+        """Delete at most ``limit`` (None: all) ids received before ``before``, oldest
+        first; how many were deleted."""
+
+
+class CheckResultRepository(Protocol):
+    """``check_results``: the history of check state changes."""
+
+    def add(self, host: str, event: wire.CheckEvent, received_at: float) -> None:
+        """Append one check result."""
+
+    def latest_flapping(self, host: str, check: str) -> bool:
+        """Whether the key's latest result says the agent saw it flapping."""
+
+    def recent_times(self, host: str, check: str, since: float, limit: int) -> list[float]:
+        """Receive times of the key's latest ``limit`` results at or after ``since``."""
+
+
+class KeyRepository(Protocol):
+    """``check_state``: the incident engine's state per (host, check) key."""
+
+    def load(self, host: str, check: str) -> KeyRow | None:
+        """The key's state, or None if it was never saved."""
+
+    def save(self, host: str, check: str, key: KeyRow, updated_at: float) -> None:
+        """Insert or replace the key's state."""
+
+    def pending(self) -> list[tuple[str, str, str]]:
+        """``(host, check, hostname)`` of every key awaiting a remediation or flapping."""
+
+    def detach_incident(self, incident_id: int) -> None:
+        """Forget ``incident_id`` on any key pointing at it."""
+
+    def states(self) -> list[tuple[str, str, str]]:
+        """``(host, check, state)`` of every key, by host then check."""
+
+    def critical_by_check(self) -> dict[str, int]:
+        """Keys whose state is critical, counted by check (start-up aggregates)."""
+
+
+class RemediationRunRepository(Protocol):
+    """``remediation_runs``: corrective-action records."""
+
+    def add(self, host: str, hostname: str, event: wire.RemediationEvent, at: float) -> None:
+        """Append one run received at ``at``."""
+
+    def list(
+        self, *, host: str | None, remediation: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """Runs newest first (every RemediationEvent field plus host, hostname,
+        received_at)."""
+
+    def for_key(
+        self, host: str, check: str, since: float, until: float, limit: int
+    ) -> list[dict[str, Any]]:
+        """The key's runs received in ``[since, until]``, oldest first."""
+
+    def outcome_counts(self) -> list[tuple[str, str, int]]:
+        """``(remediation, outcome, runs)``."""
+
+    def hosts_by_remediation(self) -> dict[str, int]:
+        """Distinct hosts that ran each remediation."""
+
+    def durations(self) -> Iterator[tuple[str, float]]:
+        """``(remediation, duration_s)`` of every run (start-up aggregates)."""
+
+
+class HostMetricsRepository(Protocol):
+    """``host_metrics``: each host's newest metrics summary."""
+
+    def put(self, host: str, at: float, received_at: float, values: Mapping[str, float]) -> None:
+        """Keep the summary unless a newer one (by the agent's ``at``) is stored."""
+
+    def latest(self, host: str) -> dict[str, float] | None:
+        """The stored summary, or None."""
+
+    def footprints(self) -> Iterator[tuple[str, float, dict[str, float]]]:
+        """``(host, at, agent footprint series)`` of summaries that have any."""
+
+
+class DeskItemRepository(Protocol):
+    """What incidents and problems share: state, acknowledgement, CAPA, notification."""
+
+    def state_of(self, item_id: int) -> tuple[str, float | None] | None:
+        """``(state, acknowledged_at)`` or None if there is no such item."""
+
+    def acknowledge(self, item_id: int, at: float, by: str) -> None:
+        """Set acknowledged_at/by."""
+
+    def set_capa(self, item_id: int, notes: Mapping[str, str]) -> None:
+        """Set root_cause / corrective_action / preventive_action from ``notes``."""
+
+    def add_timeline(self, item_id: int, at: float, text: str) -> None:
+        """Append a timeline entry."""
+
+    def timeline(self, item_id: int) -> list[dict[str, Any]]:
+        """``[{"at", "text"}]`` oldest first."""
+
+    def mark_notified(self, item_id: int, at: float, *, resolved: bool) -> None:
+        """Record the firing (or, with ``resolved``, the resolved) notification time."""
+
+
+class IncidentRepository(DeskItemRepository, Protocol):
+    """``incidents`` and ``incident_timeline``."""
+
+    def insert(self, row: Mapping[str, Any]) -> int:
+        """Insert an incident from column values (see the schema); its id."""
+
+    def resolve(self, incident_id: int, at: float, resolution: str) -> ResolvedIncident | None:
+        """Resolve it if open; None if it was not open."""
+
+    def set_flapping(self, incident_id: int, flapping: bool) -> None:
+        """Set the incident's flapping flag."""
+
+    def opened_since(self, host: str, check: str, since: float) -> list[tuple[int, float]]:
+        """``(id, opened_at)`` of the key's incidents opened at or after ``since``."""
+
+    def open_since(self, check: str, since: float) -> list[tuple[int, str]]:
+        """``(id, host)`` of the check's open incidents opened at or after ``since``."""
+
+    def list(
+        self,
+        *,
+        filters: Mapping[str, str | None],
+        state: str | None,
+        limit: int,
+        offset: int,
+    ) -> list[dict[str, Any]]:
+        """Incidents newest first; ``filters`` by host, check, service, priority;
+        ``state`` one of open, acknowledged, flapping, resolved, prevented."""
+
+    def get(self, incident_id: int) -> dict[str, Any] | None:
+        """One incident as listed, or None."""
+
+    def alertable(self) -> list[IncidentAlertRow]:
+        """Open incidents, and resolved ones notified firing but not resolved."""
+
+    def open_by_host(self) -> dict[str, int]:
+        """Open incidents per host."""
+
+    def open_by_priority_check(self) -> list[tuple[str, str, int]]:
+        """``(priority, check, open incidents)``."""
+
+    def by_state(self) -> dict[str, int]:
+        """Incidents per stored state."""
+
+    def restore_times(self) -> Iterator[tuple[str, float]]:
+        """``(priority, resolved_at - opened_at)`` of resolved incidents."""
+
+    def prevented_by_remediation(self) -> dict[str, int]:
+        """Prevented incidents per remediation."""
+
+    def past_sla(self, now: float) -> dict[str, int]:
+        """Open incidents past their SLA deadline, by priority."""
+
+    def acknowledged_open(self) -> dict[str, int]:
+        """Open acknowledged incidents, by priority."""
+
+
+class ProblemRepository(DeskItemRepository, Protocol):
+    """``problems``, ``problem_incidents`` and ``problem_timeline``."""
+
+    def find_open(self, kind: str, check: str, host: str | None) -> int | None:
+        """The open problem of ``kind`` for the check (and host), or None."""
+
+    def insert(self, row: Mapping[str, Any]) -> int:
+        """Insert an open problem from column values; its id."""
+
+    def link(self, problem_id: int, incident_id: int) -> bool:
+        """Link an incident; False if it was linked already."""
+
+    def open_fleet_of(self, incident_id: int) -> list[int]:
+        """Open fleet problems the incident is linked to."""
+
+    def has_open_incident(self, problem_id: int) -> bool:
+        """Whether any linked incident is still open."""
+
+    def resolve(self, problem_id: int, at: float, resolution: str) -> None:
+        """Resolve the problem."""
+
+    def incident_ids(self, problem_id: int) -> list[int]:
+        """Linked incident ids, ascending."""
+
+    def of_incident(self, incident_id: int) -> list[int]:
+        """Problem ids the incident is linked to, ascending."""
+
+    def list(
+        self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """Problems newest first; ``filters`` by kind, check; ``state`` open,
+        acknowledged or resolved."""
+
+    def get(self, problem_id: int) -> dict[str, Any] | None:
+        """One problem as listed, or None."""
+
+    def alertable(self) -> list[ProblemAlertRow]:
+        """Open problems, and resolved ones notified firing but not resolved."""
+
+    def open_by_kind(self) -> dict[str, int]:
+        """Open problems per kind."""
+
+
+class SilenceRepository(Protocol):
+    """``silences``."""
+
+    def create(self, row: Mapping[str, Any]) -> int:
+        """Store a silence; its id."""
+
+    def update(self, silence_id: int, *, ends_at: float | None, comment: str | None) -> None:
+        """Change what is not None."""
+
+    def delete(self, silence_id: int) -> bool:
+        """Remove; False if there was none."""
+
+    def get(self, silence_id: int) -> dict[str, Any] | None:
+        """One silence, or None."""
+
+    def list(self, *, active_at: float | None) -> list[dict[str, Any]]:
+        """Every silence (or those active at ``active_at``), newest first."""
+
+    def active(self, at: float) -> list[SilenceRow]:
+        """Silences active at ``at``."""
+
+
+class CounterRepository(Protocol):
+    """``counters``: named totals."""
+
+    def add(self, name: str, n: int) -> None:
+        """Add ``n`` to the counter."""
+
+    def load(self) -> dict[str, int]:
+        """Every counter."""
+
+
+class UnitOfWork(Protocol):
+    """One session on the storage: the repositories plus transaction control.
+
+    Obtained from :meth:`Storage.acquire` (exclusive until :meth:`Storage.release`).
+    ``begin`` takes the database's write lock at once, so the dedup check and the writes
+    of a report cannot interleave with another writer (another thread or process).
+    """
+
+    hosts: HostRepository
+    seen: SeenRepository
+    results: CheckResultRepository
+    keys: KeyRepository
+    runs: RemediationRunRepository
+    metrics: HostMetricsRepository
+    incidents: IncidentRepository
+    problems: ProblemRepository
+    silences: SilenceRepository
+    counters: CounterRepository
+
+    def begin(self) -> None:
+        """Start a write transaction."""
+
+    def commit(self) -> None:
+        """Make the transaction durable (fsync) before returning."""
+
+    def rollback(self) -> None:
+        """Undo the transaction."""
+
+    def transaction(self) -> AbstractContextManager[None]:
+        """``begin``, then ``commit`` on success or ``rollback`` on any exception."""
+
+    def savepoint(self) -> AbstractContextManager[None]:
+        """A nested scope inside the transaction, undone alone if its block raises."""
+
+
+class Storage(Protocol):
+    """A storage backend: hands out its unit of work; see :func:`create_storage`."""
+
+    def acquire(self, *, blocking: bool = True) -> UnitOfWork | None:
+        """Exclusive use of a session; None if ``blocking`` is False and it is busy."""
+
+    def release(self) -> None:
+        """Give the session back (after commit or rollback)."""
+
+    def session(self) -> AbstractContextManager[UnitOfWork]:
+        """``acquire`` then ``release``: for reads and single transactions."""
+
+    def close(self) -> None:
+        """Close; safe to call twice."""

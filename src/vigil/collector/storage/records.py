@@ -1,0 +1,116 @@
+"""Plain records the repositories hand back, and the storage error.
+
+Rows the desk needs field by field are small named tuples; rows the API serves as they
+are come back as dicts keyed by the API's names (``check``, not ``check_id``), with
+booleans as ``bool``. Nothing here decides anything.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+
+class StorageError(Exception):
+    """The storage cannot be used (not a database, newer schema, unwritable...).
+
+    ``where`` names the database (a path or URL) and ``message`` says what is wrong.
+    """
+
+    def __init__(self, where: object, message: str) -> None:
+        self.where = where
+        self.message = message
+        super().__init__(f"{where}: {message}")
+
+
+class HostBefore(NamedTuple):
+    """What the desk reads of a host before applying one of its reports."""
+
+    last_batch_id: str | None
+    clock_offset_s: float
+    last_seen: float
+
+
+class KeyRow(NamedTuple):
+    """The stored state of one (host, check) key (``check_state``)."""
+
+    state: str
+    awaiting: str | None
+    awaiting_since: float | None
+    incident_id: int | None
+    value: float | None
+    message: str
+    flapping: bool
+
+
+class LivenessRow(NamedTuple):
+    """A host and its heartbeat key, as the liveness tick reads them."""
+
+    agent_id: str
+    hostname: str
+    labels: dict[str, str]
+    last_seen: float
+    heartbeat_ttl_s: float | None
+    key_state: str | None
+    incident_id: int | None
+
+
+class SilenceRow(NamedTuple):
+    """An active silence, as matching needs it."""
+
+    id: int
+    matcher: str
+    value: str
+    starts_at: float
+    ends_at: float
+    comment: str
+
+
+class IncidentAlertRow(NamedTuple):
+    """An incident the notifier may have to tell about."""
+
+    id: int
+    host: str
+    hostname: str
+    check: str
+    state: str
+    priority: str
+    service: str | None
+    groups: list[str]
+    opened_at: float
+    resolved_at: float | None
+    message: str
+    remediation: str | None
+    remediation_outcome: str | None
+    flapping: bool
+    notified_at: float | None
+    resolve_notified_at: float | None
+    resolution: str | None
+    in_fleet_problem: bool
+
+
+class ProblemAlertRow(NamedTuple):
+    """A problem the notifier may have to tell about."""
+
+    id: int
+    kind: str
+    host: str | None
+    hostname: str | None
+    check: str
+    state: str
+    priority: str
+    service: str | None
+    opened_at: float
+    resolved_at: float | None
+    summary: str
+    notified_at: float | None
+    resolve_notified_at: float | None
+    resolution: str | None
+    linked: int
+
+
+class ResolvedIncident(NamedTuple):
+    """What resolving an open incident tells the aggregates."""
+
+    priority: str
+    check: str
+    opened_at: float

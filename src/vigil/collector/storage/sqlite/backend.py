@@ -1,0 +1,143 @@
+"""The embedded SQLite backend: one connection, one lock, one unit of work.
+
+Durability: WAL journal with ``synchronous=FULL``, so a transaction is on disk once
+:meth:`SqliteUnitOfWork.commit` returns and the caller may acknowledge what it carried.
+``BEGIN IMMEDIATE`` takes the database's write lock up front, so the dedup check and the
+writes of a report cannot interleave with another writer on the same file (another
+thread's connection or another process); a busy file is waited for up to 5 s.
+
+One connection guarded by :attr:`SqliteStorage.lock`: the app calls the storage from one
+worker thread, and the lock keeps that safe from any thread. The lock is held from
+:meth:`SqliteStorage.acquire` to :meth:`SqliteStorage.release`, i.e. across a whole
+transaction including its COMMIT (an fsync).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+from vigil.collector.storage.records import StorageError
+from vigil.collector.storage.sqlite.codec import JsonMemo
+from vigil.collector.storage.sqlite.desk_repos import (
+    SqliteIncidents,
+    SqliteProblems,
+    SqliteSilences,
+)
+from vigil.collector.storage.sqlite.ingest_repos import (
+    SqliteCheckResults,
+    SqliteCounters,
+    SqliteHostMetrics,
+    SqliteHosts,
+    SqliteKeys,
+    SqliteRuns,
+    SqliteSeen,
+)
+from vigil.collector.storage.sqlite.schema import check_version, create_or_migrate
+
+
+class SqliteUnitOfWork:
+    """:class:`~collector.storage.protocols.UnitOfWork` over one SQLite connection."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+        memo = JsonMemo()
+        self.hosts = SqliteHosts(db, memo)
+        self.seen = SqliteSeen(db)
+        self.results = SqliteCheckResults(db)
+        self.keys = SqliteKeys(db)
+        self.runs = SqliteRuns(db)
+        self.metrics = SqliteHostMetrics(db, memo)
+        self.incidents = SqliteIncidents(db)
+        self.problems = SqliteProblems(db)
+        self.silences = SqliteSilences(db)
+        self.counters = SqliteCounters(db)
+
+    def begin(self) -> None:
+        self._db.execute("BEGIN IMMEDIATE")
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        self._db.execute("ROLLBACK")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.begin()
+        try:
+            yield
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._db.execute("SAVEPOINT report")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK TO report")
+            self._db.execute("RELEASE report")
+            raise
+        self._db.execute("RELEASE report")
+
+
+class SqliteStorage:
+    """:class:`~collector.storage.protocols.Storage` on one SQLite file.
+
+    Opening creates the parent folder, the schema, or migrates an older one; raises
+    :class:`~collector.storage.records.StorageError` when the file cannot be used.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self.lock = threading.Lock()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=5.0
+            )
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(self.path, f"cannot open database: {exc}") from None
+        self._uow = SqliteUnitOfWork(self._db)
+        try:
+            self._setup()
+        except sqlite3.Error as exc:
+            self._db.close()
+            raise StorageError(self.path, f"cannot open database: {exc}") from None
+
+    def _setup(self) -> None:
+        db = self._db
+        # Refuse a newer schema before switching the journal mode of someone else's file.
+        check_version(db)
+        db.execute("PRAGMA journal_mode=WAL")
+        # FULL: a commit is fsynced before it returns, so the ack to the agent is true.
+        db.execute("PRAGMA synchronous=FULL")
+        db.execute("PRAGMA foreign_keys=ON")
+        with self._uow.transaction():
+            create_or_migrate(db)
+
+    def acquire(self, *, blocking: bool = True) -> SqliteUnitOfWork | None:
+        if not self.lock.acquire(blocking=blocking):
+            return None
+        return self._uow
+
+    def release(self) -> None:
+        self.lock.release()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[SqliteUnitOfWork]:
+        with self.lock:
+            yield self._uow
+
+    def close(self) -> None:
+        with self.lock:
+            self._db.close()
+
+    def __repr__(self) -> str:
+        return f"SqliteStorage({str(self.path)!r})"

@@ -1,0 +1,78 @@
+"""How the SQLite backend encodes values SQLite has no type for: label sets and series
+name lists as JSON text (memoised: a fleet has few distinct ones), metrics values as one
+float64 blob per summary."""
+
+from __future__ import annotations
+
+import array
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+_JSON_MEMO_SIZE = 4096  # distinct label sets / series-name lists kept as JSON text
+
+# A late retry of an older summary must not overwrite a newer one, hence the WHERE on the
+# agent's own timestamp. One row per host (not per series): a summary costs one B-tree
+# write instead of ~40, which is most of what ingest spends in SQLite.
+HOST_METRICS_UPSERT = (
+    "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names,"
+    " vals) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (host) DO UPDATE SET"
+    " time = excluded.time, received_at = excluded.received_at,"
+    " agent_cpu = excluded.agent_cpu, agent_rss = excluded.agent_rss,"
+    " names = excluded.names, vals = excluded.vals"
+    " WHERE excluded.time >= host_metrics.time"
+)
+
+
+class JsonMemo:
+    """JSON text of label sets and series-name lists seen lately, bounded."""
+
+    def __init__(self) -> None:
+        self._memo: dict[tuple[Any, ...], str] = {}
+
+    def labels(self, labels: Mapping[str, str]) -> str:
+        """``labels`` as stored (sorted JSON)."""
+        key = tuple(labels.items())
+        text = self._memo.get(key)
+        if text is None:
+            text = json.dumps(labels, sort_keys=True)
+            self._keep(key, text)
+        return text
+
+    def names(self, values: Mapping[str, float]) -> str:
+        """The series names of a summary as a JSON array."""
+        key = tuple(values)
+        text = self._memo.get(key)
+        if text is None:
+            text = json.dumps(key)
+            self._keep(key, text)
+        return text
+
+    def _keep(self, key: tuple[Any, ...], text: str) -> None:
+        if len(self._memo) >= _JSON_MEMO_SIZE:  # bounded: hosts may all differ
+            self._memo.clear()
+        self._memo[key] = text
+
+
+def pack_floats(values: Iterable[float]) -> bytes:
+    """float64 little-endian, the storage form of a metrics summary's values."""
+    packed = array.array("d", values)
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def unpack_floats(blob: bytes) -> list[float]:
+    """The inverse of :func:`pack_floats`."""
+    packed = array.array("d")
+    packed.frombytes(blob)
+    if sys.byteorder != "little":  # pragma: no cover - big-endian hosts
+        packed.byteswap()
+    return packed.tolist()
+
+
+def columns_to_keys(columns: str) -> tuple[str, ...]:
+    """Dict keys for a column list: the API says ``check`` where SQL says ``check_id``."""
+    names = (c.strip() for c in columns.split(","))
+    return tuple("check" if n == "check_id" else n for n in names)

@@ -1,0 +1,437 @@
+"""SQLite repositories of what reports bring: hosts, seen ids, check results and key
+states, remediation runs, metrics summaries, counters. Queries only; no decisions."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sqlite3
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from vigil import wire
+from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow
+from vigil.collector.storage.sqlite.codec import (
+    HOST_METRICS_UPSERT,
+    JsonMemo,
+    columns_to_keys,
+    pack_floats,
+    unpack_floats,
+)
+from vigil.collector.storage.sqlite.schema import SEEN_BATCH, SEEN_EVENT
+from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
+
+RUN_COLUMNS = (
+    "host, hostname, received_at, event_id, seq, time, remediation, check_id, outcome,"
+    " exit_code, started_at, duration_s, value_before, value_after, output, output_truncated,"
+    " script_sha256, dry_run"
+)
+_RUN_KEYS = columns_to_keys(RUN_COLUMNS)
+
+
+def where(*filters: tuple[str, str | None]) -> tuple[str, list[str]]:
+    """`` WHERE a = ? AND b = ?`` for the filters that are set (column names are ours)."""
+    used = [(column, value) for column, value in filters if value is not None]
+    if not used:
+        return "", []
+    return " WHERE " + " AND ".join(f"{c} = ?" for c, _ in used), [v for _, v in used]
+
+
+class SqliteHosts:
+    """:class:`~collector.storage.protocols.HostRepository` on SQLite."""
+
+    def __init__(self, db: sqlite3.Connection, memo: JsonMemo) -> None:
+        self._db = db
+        self._memo = memo
+
+    def before(self, agent_id: str) -> HostBefore | None:
+        row = self._db.execute(
+            "SELECT last_batch_id, clock_offset_s, last_seen FROM hosts WHERE agent_id = ?",
+            (agent_id,),
+        ).fetchone()
+        return None if row is None else HostBefore(*row)
+
+    def upsert(
+        self,
+        report: wire.Report,
+        received_at: float,
+        clock_offset_s: float,
+        heartbeat_ttl_s: float | None,
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
+            " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s, last_batch_id)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9)"
+            " ON CONFLICT (agent_id) DO UPDATE SET hostname = excluded.hostname,"
+            " last_batch_id = excluded.last_batch_id,"
+            " labels = excluded.labels, agent_version = excluded.agent_version,"
+            " last_seen = excluded.last_seen, last_sent_at = excluded.last_sent_at,"
+            " clock_offset_s = excluded.clock_offset_s,"
+            " heartbeat_ttl_s = COALESCE(excluded.heartbeat_ttl_s, hosts.heartbeat_ttl_s)",
+            (
+                report.agent_id,
+                report.hostname,
+                self._memo.labels(report.labels),
+                report.agent_version,
+                received_at,
+                report.sent_at,
+                clock_offset_s,
+                heartbeat_ttl_s,
+                report.batch_id,
+            ),
+        )
+
+    def info(self, agent_id: str) -> tuple[str, dict[str, str]] | None:
+        row = self._db.execute(
+            "SELECT hostname, labels FROM hosts WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+        return None if row is None else (row[0], json.loads(row[1]))
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT COUNT(*) FROM hosts").fetchone()[0])
+
+    def all_labels(self) -> Iterator[dict[str, str]]:
+        for (labels,) in self._db.execute("SELECT labels FROM hosts").fetchall():
+            yield json.loads(labels)
+
+    def liveness(self, heartbeat_check: str) -> list[LivenessRow]:
+        rows = self._db.execute(
+            "SELECT h.agent_id, h.hostname, h.labels, h.last_seen, h.heartbeat_ttl_s,"
+            " c.state, c.incident_id FROM hosts h LEFT JOIN check_state c"
+            " ON c.host = h.agent_id AND c.check_id = ?",
+            (heartbeat_check,),
+        ).fetchall()
+        return [
+            LivenessRow(host, hostname, json.loads(labels), seen, ttl, state, incident)
+            for host, hostname, labels, seen, ttl, state, incident in rows
+        ]
+
+    def list(self) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            "SELECT agent_id, hostname, labels, agent_version, first_seen, last_seen,"
+            " clock_offset_s, heartbeat_ttl_s FROM hosts ORDER BY agent_id"
+        ).fetchall()
+        return [
+            {
+                "agent_id": agent_id,
+                "hostname": hostname,
+                "labels": json.loads(labels),
+                "agent_version": version,
+                "first_seen": first_seen,
+                "last_seen": last_seen,
+                "clock_offset_s": offset,
+                "heartbeat_ttl_s": ttl,
+            }
+            for agent_id, hostname, labels, version, first_seen, last_seen, offset, ttl in rows
+        ]
+
+    def load(self) -> list[tuple[str, str, dict[str, str], float, float | None, float]]:
+        # ORDER BY rowid: first-seen order, which decides which hosts get per-host series.
+        rows = self._db.execute(
+            "SELECT agent_id, hostname, labels, last_seen, heartbeat_ttl_s, clock_offset_s"
+            " FROM hosts ORDER BY rowid"
+        ).fetchall()
+        return [(a, h, json.loads(labels), s, t, o) for a, h, labels, s, t, o in rows]
+
+
+class SqliteSeen:
+    """:class:`~collector.storage.protocols.SeenRepository` on SQLite.
+
+    Keyed by host first so one report's ids share a page of the key index.
+    """
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def record(
+        self, host: str, batch_id: str, event_ids: Sequence[str], received_at: float
+    ) -> tuple[bool, set[str]]:
+        # One statement for the batch id and every event id; RETURNING yields only the
+        # rows actually inserted.
+        params: list[Any] = [host, SEEN_BATCH, batch_id, received_at]
+        for event_id in event_ids:
+            params += (host, SEEN_EVENT, event_id, received_at)
+        rows = self._db.execute(_seen_insert_sql(1 + len(event_ids)), params).fetchall()
+        batch_is_new = False
+        new_ids: set[str] = set()
+        for kind, ident in rows:
+            if kind == SEEN_BATCH:
+                batch_is_new = True
+            else:
+                new_ids.add(ident)
+        return batch_is_new, new_ids
+
+    def forget_events(self, host: str, event_ids: set[str]) -> None:
+        self._db.execute(
+            "DELETE FROM seen WHERE host = ? AND kind = ? AND id IN"
+            f" ({', '.join('?' * len(event_ids))})",
+            (host, SEEN_EVENT, *event_ids),
+        )
+
+    def prune(self, before: float, limit: int | None) -> int:
+        if limit is None:
+            cur = self._db.execute("DELETE FROM seen WHERE received_at < ?", (before,))
+        else:
+            cur = self._db.execute(
+                "DELETE FROM seen WHERE rowid IN (SELECT rowid FROM seen"
+                " WHERE received_at < ? ORDER BY received_at LIMIT ?)",
+                (before, limit),
+            )
+        return cur.rowcount
+
+
+class SqliteCheckResults:
+    """:class:`~collector.storage.protocols.CheckResultRepository` on SQLite."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def add(self, host: str, event: wire.CheckEvent, received_at: float) -> None:
+        self._db.execute(
+            "INSERT INTO check_results (host, event_id, seq, time, received_at, check_id,"
+            " state, previous_state, value, message, remediation, ttl_s, flapping)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                host,
+                event.event_id,
+                event.seq,
+                event.time,
+                received_at,
+                event.check,
+                event.state,
+                event.previous_state,
+                event.value,
+                event.message,
+                event.remediation,
+                event.ttl_s,
+                int(event.flapping),
+            ),
+        )
+
+    def latest_flapping(self, host: str, check: str) -> bool:
+        row = self._db.execute(
+            "SELECT flapping FROM check_results WHERE host = ? AND check_id = ?"
+            " ORDER BY id DESC LIMIT 1",
+            (host, check),
+        ).fetchone()
+        return row is not None and bool(row[0])
+
+    def recent_times(self, host: str, check: str, since: float, limit: int) -> list[float]:
+        return [
+            t
+            for (t,) in self._db.execute(
+                "SELECT received_at FROM check_results WHERE host = ? AND check_id = ?"
+                " AND received_at >= ? ORDER BY id DESC LIMIT ?",
+                (host, check, since, limit),
+            )
+        ]
+
+
+class SqliteKeys:
+    """:class:`~collector.storage.protocols.KeyRepository` on SQLite."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def load(self, host: str, check: str) -> KeyRow | None:
+        row = self._db.execute(
+            "SELECT state, awaiting, awaiting_since, incident_id, value, message, flapping"
+            " FROM check_state WHERE host = ? AND check_id = ?",
+            (host, check),
+        ).fetchone()
+        if row is None:
+            return None
+        return KeyRow(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+
+    def save(self, host: str, check: str, key: KeyRow, updated_at: float) -> None:
+        self._db.execute(
+            "INSERT INTO check_state (host, check_id, state, value, message, updated_at,"
+            " awaiting, awaiting_since, incident_id, flapping)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT (host, check_id) DO UPDATE SET state = excluded.state,"
+            " value = excluded.value, message = excluded.message,"
+            " updated_at = excluded.updated_at, awaiting = excluded.awaiting,"
+            " awaiting_since = excluded.awaiting_since, incident_id = excluded.incident_id,"
+            " flapping = excluded.flapping",
+            (
+                host,
+                check,
+                key.state,
+                key.value,
+                key.message,
+                updated_at,
+                key.awaiting,
+                key.awaiting_since,
+                key.incident_id,
+                int(key.flapping),
+            ),
+        )
+
+    def pending(self) -> list[tuple[str, str, str]]:
+        # UNION, not OR: each half uses its partial index instead of a full scan.
+        key = (
+            "SELECT c.host, c.check_id, COALESCE(h.hostname, c.host) FROM check_state c"
+            " LEFT JOIN hosts h ON h.agent_id = c.host WHERE "
+        )
+        return self._db.execute(f"{key}c.awaiting IS NOT NULL UNION {key}c.flapping = 1").fetchall()
+
+    def detach_incident(self, incident_id: int) -> None:
+        self._db.execute(
+            "UPDATE check_state SET incident_id = NULL WHERE incident_id = ?", (incident_id,)
+        )
+
+    def states(self) -> list[tuple[str, str, str]]:
+        return self._db.execute(
+            "SELECT host, check_id, state FROM check_state ORDER BY host, check_id"
+        ).fetchall()
+
+    def critical_by_check(self) -> dict[str, int]:
+        return dict(
+            self._db.execute(
+                "SELECT check_id, COUNT(*) FROM check_state WHERE state = 'critical'"
+                " GROUP BY check_id"
+            ).fetchall()
+        )
+
+
+class SqliteRuns:
+    """:class:`~collector.storage.protocols.RemediationRunRepository` on SQLite."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def add(self, host: str, hostname: str, event: wire.RemediationEvent, at: float) -> None:
+        self._db.execute(
+            f"INSERT INTO remediation_runs ({RUN_COLUMNS})"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                host,
+                hostname,
+                at,
+                event.event_id,
+                event.seq,
+                event.time,
+                event.remediation,
+                event.check,
+                event.outcome,
+                event.exit_code,
+                event.started_at,
+                event.duration_s,
+                event.value_before,
+                event.value_after,
+                event.output,
+                int(event.output_truncated),
+                event.script_sha256,
+                int(event.dry_run),
+            ),
+        )
+
+    def list(
+        self, *, host: str | None, remediation: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        clause, args = where(("host", host), ("remediation", remediation))
+        rows = self._db.execute(
+            f"SELECT {RUN_COLUMNS} FROM remediation_runs{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        ).fetchall()
+        return [_run_dict(row) for row in rows]
+
+    def for_key(
+        self, host: str, check: str, since: float, until: float, limit: int
+    ) -> list[dict[str, Any]]:
+        rows = self._db.execute(
+            f"SELECT {RUN_COLUMNS} FROM remediation_runs WHERE host = ? AND check_id = ?"
+            " AND received_at >= ? AND received_at <= ? ORDER BY id LIMIT ?",
+            (host, check, since, until, limit),
+        ).fetchall()
+        return [_run_dict(row) for row in rows]
+
+    def outcome_counts(self) -> list[tuple[str, str, int]]:
+        return self._db.execute(
+            "SELECT remediation, outcome, COUNT(*) FROM remediation_runs"
+            " GROUP BY remediation, outcome"
+        ).fetchall()
+
+    def hosts_by_remediation(self) -> dict[str, int]:
+        return dict(
+            self._db.execute(
+                "SELECT remediation, COUNT(DISTINCT host) FROM remediation_runs"
+                " GROUP BY remediation"
+            ).fetchall()
+        )
+
+    def durations(self) -> Iterator[tuple[str, float]]:
+        yield from self._db.execute("SELECT remediation, duration_s FROM remediation_runs")
+
+
+class SqliteHostMetrics:
+    """:class:`~collector.storage.protocols.HostMetricsRepository` on SQLite."""
+
+    def __init__(self, db: sqlite3.Connection, memo: JsonMemo) -> None:
+        self._db = db
+        self._memo = memo
+
+    def put(self, host: str, at: float, received_at: float, values: Mapping[str, float]) -> None:
+        self._db.execute(
+            HOST_METRICS_UPSERT,
+            (
+                host,
+                at,
+                received_at,
+                values.get(AGENT_CPU_SERIES),
+                values.get(AGENT_RSS_SERIES),
+                self._memo.names(values),
+                pack_floats(values.values()),
+            ),
+        )
+
+    def latest(self, host: str) -> dict[str, float] | None:
+        row = self._db.execute(
+            "SELECT names, vals FROM host_metrics WHERE host = ?", (host,)
+        ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(json.loads(row[0]), unpack_floats(row[1]), strict=True))
+
+    def footprints(self) -> Iterator[tuple[str, float, dict[str, float]]]:
+        for host, at, cpu, rss in self._db.execute(
+            "SELECT host, time, agent_cpu, agent_rss FROM host_metrics"
+            " WHERE agent_cpu IS NOT NULL OR agent_rss IS NOT NULL"
+        ).fetchall():
+            own = {AGENT_CPU_SERIES: cpu, AGENT_RSS_SERIES: rss}
+            yield host, at, {k: v for k, v in own.items() if v is not None}
+
+
+class SqliteCounters:
+    """:class:`~collector.storage.protocols.CounterRepository` on SQLite."""
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self._db = db
+
+    def add(self, name: str, n: int) -> None:
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?)"
+            " ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (name, n),
+        )
+
+    def load(self) -> dict[str, int]:
+        return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+
+def _run_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    run = dict(zip(_RUN_KEYS, row, strict=True))
+    run["output_truncated"] = bool(run["output_truncated"])
+    run["dry_run"] = bool(run["dry_run"])
+    return run
+
+
+@functools.lru_cache(maxsize=64)
+def _seen_insert_sql(rows: int) -> str:
+    """``INSERT OR IGNORE`` of ``rows`` ids into ``seen``, returning those inserted
+    (RETURNING needs SQLite 3.35, 2021)."""
+    values = ", ".join(["(?, ?, ?, ?)"] * rows)
+    return (
+        f"INSERT OR IGNORE INTO seen (host, kind, id, received_at) VALUES {values}"
+        " RETURNING kind, id"
+    )

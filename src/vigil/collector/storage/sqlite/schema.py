@@ -1,0 +1,298 @@
+"""The SQLite schema (DDL) and the migrations from older databases.
+
+Schema 2 is what every collector since the group-commit change writes; schema 1
+databases (``metrics_latest``, ``batches``/``events_seen``, no desk columns) are
+migrated in place on open, inside one transaction, without losing a row.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+
+from vigil.collector.storage.sqlite.codec import HOST_METRICS_UPSERT, pack_floats
+from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
+
+# 2: host_metrics (one row per host) replaces metrics_latest; seen replaces batches and
+# events_seen (fewer statements and page writes per report).
+SCHEMA_VERSION = 2
+SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS hosts (
+    agent_id        TEXT PRIMARY KEY,
+    hostname        TEXT NOT NULL,
+    labels          TEXT NOT NULL,  -- JSON object
+    agent_version   TEXT NOT NULL,
+    first_seen      REAL NOT NULL,
+    last_seen       REAL NOT NULL,  -- collector receive time of the last report
+    last_sent_at    REAL NOT NULL,  -- agent clock
+    clock_offset_s  REAL NOT NULL,  -- estimate from received_at - sent_at (see _upsert_host)
+    heartbeat_ttl_s REAL
+);
+-- Idempotency: every batch id (kind 0) and event id (kind 1) an agent sent, keyed by
+-- host first so one report's ids share a page of the key index. (A rowid table: WITHOUT
+-- ROWID would copy the whole key into the received_at index, measured slower.)
+CREATE TABLE IF NOT EXISTS seen (
+    host        TEXT NOT NULL,
+    kind        INTEGER NOT NULL,  -- 0 batch id, 1 event id
+    id          TEXT NOT NULL,
+    received_at REAL NOT NULL,
+    PRIMARY KEY (host, kind, id)
+);
+CREATE INDEX IF NOT EXISTS seen_received ON seen (received_at);
+CREATE TABLE IF NOT EXISTS host_metrics (
+    host        TEXT PRIMARY KEY,
+    time        REAL NOT NULL,  -- agent clock of the summary
+    received_at REAL NOT NULL,
+    agent_cpu   REAL,           -- the agent's own footprint, read at start-up for /metrics
+    agent_rss   REAL,
+    names       TEXT NOT NULL,  -- JSON array of series names
+    vals        BLOB NOT NULL   -- the values in the same order, float64 little-endian
+);
+CREATE TABLE IF NOT EXISTS check_results (
+    id             INTEGER PRIMARY KEY,
+    host           TEXT NOT NULL,
+    event_id       TEXT NOT NULL,
+    seq            INTEGER NOT NULL,
+    time           REAL NOT NULL,  -- agent clock
+    received_at    REAL NOT NULL,
+    check_id       TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    previous_state TEXT,
+    value          REAL,
+    message        TEXT NOT NULL,
+    remediation    TEXT,
+    ttl_s          REAL
+);
+CREATE INDEX IF NOT EXISTS check_results_key ON check_results (host, check_id, id);
+CREATE TABLE IF NOT EXISTS check_state (
+    host           TEXT NOT NULL,
+    check_id       TEXT NOT NULL,
+    state          TEXT NOT NULL,
+    value          REAL,
+    message        TEXT NOT NULL,
+    updated_at     REAL NOT NULL,
+    awaiting       TEXT,
+    awaiting_since REAL,
+    incident_id    INTEGER,
+    PRIMARY KEY (host, check_id)
+);
+CREATE INDEX IF NOT EXISTS check_state_awaiting ON check_state (host, check_id)
+    WHERE awaiting IS NOT NULL;
+CREATE TABLE IF NOT EXISTS remediation_runs (
+    id               INTEGER PRIMARY KEY,
+    host             TEXT NOT NULL,
+    hostname         TEXT NOT NULL,
+    received_at      REAL NOT NULL,
+    event_id         TEXT NOT NULL,
+    seq              INTEGER NOT NULL,
+    time             REAL NOT NULL,
+    remediation      TEXT NOT NULL,
+    check_id         TEXT,
+    outcome          TEXT NOT NULL,
+    exit_code        INTEGER,
+    started_at       REAL NOT NULL,
+    duration_s       REAL NOT NULL,
+    value_before     REAL,
+    value_after      REAL,
+    output           TEXT NOT NULL,
+    output_truncated INTEGER NOT NULL,
+    script_sha256    TEXT NOT NULL,
+    dry_run          INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS remediation_runs_host ON remediation_runs (host, id);
+CREATE INDEX IF NOT EXISTS remediation_runs_name ON remediation_runs (remediation, id);
+CREATE TABLE IF NOT EXISTS incidents (
+    id                  INTEGER PRIMARY KEY,
+    host                TEXT NOT NULL,
+    hostname            TEXT NOT NULL,
+    check_id            TEXT NOT NULL,
+    state               TEXT NOT NULL CHECK (state IN ('open', 'resolved', 'prevented')),
+    priority            TEXT NOT NULL,
+    opened_at           REAL NOT NULL,
+    resolved_at         REAL,
+    value               REAL,
+    message             TEXT NOT NULL,
+    remediation         TEXT,
+    remediation_outcome TEXT,
+    resolution          TEXT
+);
+CREATE INDEX IF NOT EXISTS incidents_state ON incidents (state, id);
+CREATE INDEX IF NOT EXISTS incidents_key ON incidents (host, check_id, id);
+CREATE TABLE IF NOT EXISTS incident_timeline (
+    id          INTEGER PRIMARY KEY,
+    incident_id INTEGER NOT NULL REFERENCES incidents (id),
+    at          REAL NOT NULL,
+    text        TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incident_timeline_incident ON incident_timeline (incident_id, id);
+CREATE TABLE IF NOT EXISTS counters (
+    name  TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+);
+"""
+
+# The incident desk: problems, silences, and the incident columns added to schema 1
+# databases in place (ALTER TABLE ADD COLUMN is cheap and keeps existing rows).
+_DESK_SCHEMA = """
+CREATE TABLE IF NOT EXISTS problems (
+    id                  INTEGER PRIMARY KEY,
+    kind                TEXT NOT NULL CHECK (kind IN ('recurring', 'fleet')),
+    check_id            TEXT NOT NULL,
+    host                TEXT,           -- NULL for a fleet problem
+    hostname            TEXT,
+    service             TEXT,
+    impact              TEXT NOT NULL,
+    urgency             TEXT NOT NULL,
+    priority            TEXT NOT NULL,
+    sla_due             REAL,
+    state               TEXT NOT NULL CHECK (state IN ('open', 'resolved')),
+    opened_at           REAL NOT NULL,
+    resolved_at         REAL,
+    acknowledged_at     REAL,
+    acknowledged_by     TEXT,
+    summary             TEXT NOT NULL,
+    resolution          TEXT,
+    root_cause          TEXT,
+    corrective_action   TEXT,
+    preventive_action   TEXT,
+    notified_at         REAL,
+    resolve_notified_at REAL
+);
+CREATE INDEX IF NOT EXISTS problems_key ON problems (kind, check_id, state);
+CREATE TABLE IF NOT EXISTS problem_incidents (
+    problem_id  INTEGER NOT NULL REFERENCES problems (id),
+    incident_id INTEGER NOT NULL REFERENCES incidents (id),
+    PRIMARY KEY (problem_id, incident_id)
+);
+CREATE INDEX IF NOT EXISTS problem_incidents_incident ON problem_incidents (incident_id);
+CREATE TABLE IF NOT EXISTS problem_timeline (
+    id         INTEGER PRIMARY KEY,
+    problem_id INTEGER NOT NULL REFERENCES problems (id),
+    at         REAL NOT NULL,
+    text       TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS problem_timeline_problem ON problem_timeline (problem_id, id);
+CREATE TABLE IF NOT EXISTS silences (
+    id         INTEGER PRIMARY KEY,
+    matcher    TEXT NOT NULL,
+    value      TEXT NOT NULL,
+    starts_at  REAL NOT NULL,
+    ends_at    REAL NOT NULL,
+    comment    TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS incidents_check_open ON incidents (check_id, state, opened_at);
+CREATE INDEX IF NOT EXISTS check_state_flapping ON check_state (host, check_id)
+    WHERE flapping = 1;
+"""
+_DESK_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
+    "incidents": (
+        ("service", "TEXT"),
+        ("impact", "TEXT"),
+        ("urgency", "TEXT"),
+        ("sla_due", "REAL"),
+        ("groups", "TEXT NOT NULL DEFAULT '[]'"),  # JSON list of catalog group names
+        ("acknowledged_at", "REAL"),
+        ("acknowledged_by", "TEXT"),
+        ("flapping", "INTEGER NOT NULL DEFAULT 0"),
+        ("root_cause", "TEXT"),
+        ("corrective_action", "TEXT"),
+        ("preventive_action", "TEXT"),
+        ("notified_at", "REAL"),
+        ("resolve_notified_at", "REAL"),
+    ),
+    "check_state": (("flapping", "INTEGER NOT NULL DEFAULT 0"),),
+    # The agent's last applied batch: its retry is a duplicate even after prune_seen.
+    "hosts": (("last_batch_id", "TEXT"),),
+    # The agent said the check is flapping (it then holds the worse state and sends no
+    # more changes, so the collector cannot count them itself).
+    "check_results": (("flapping", "INTEGER NOT NULL DEFAULT 0"),),
+}
+
+
+def create_or_migrate(db: sqlite3.Connection) -> None:
+    """Bring ``db`` to :data:`SCHEMA_VERSION` inside the caller's transaction.
+
+    Raises ``sqlite3.DatabaseError`` for a database from a newer collector.
+    """
+    check_version(db)
+    # Not executescript(): it would COMMIT first and escape the transaction.
+    for statement in _SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    _migrate_desk(db)
+    _migrate_host_metrics(db)
+    _migrate_seen(db)
+    db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+
+
+def check_version(db: sqlite3.Connection) -> None:
+    """Raise ``sqlite3.DatabaseError`` if ``db`` was written by a newer collector."""
+    version = db.execute("PRAGMA user_version").fetchone()[0]
+    if version > SCHEMA_VERSION:
+        raise sqlite3.DatabaseError(
+            f"schema version {version} is newer than this collector supports ({SCHEMA_VERSION})"
+        )
+
+
+def _migrate_desk(db: sqlite3.Connection) -> None:
+    """Create the incident-desk tables and add its columns to older databases."""
+    for table, columns in _DESK_COLUMNS.items():
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        for name, decl in columns:
+            if name not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+    for statement in _DESK_SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+def _migrate_host_metrics(db: sqlite3.Connection) -> None:
+    """Schema 1 kept one ``metrics_latest`` row per (host, series); fold each host's
+    rows into its ``host_metrics`` row (newest time per host) and drop the table."""
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'metrics_latest'"
+    ).fetchone()
+    if exists is None:
+        return
+    by_host: dict[str, tuple[float, float, dict[str, float]]] = {}
+    for host, series, value, at, received_at in db.execute(
+        "SELECT host, series, value, time, received_at FROM metrics_latest ORDER BY host"
+    ):
+        old_at, old_received, values = by_host.get(host, (at, received_at, {}))
+        values[series] = value
+        by_host[host] = (max(old_at, at), max(old_received, received_at), values)
+    for host, (at, received_at, values) in by_host.items():
+        db.execute(
+            HOST_METRICS_UPSERT,
+            (
+                host,
+                at,
+                received_at,
+                values.get(AGENT_CPU_SERIES),
+                values.get(AGENT_RSS_SERIES),
+                json.dumps(tuple(values)),
+                pack_floats(values.values()),
+            ),
+        )
+    db.execute("DROP TABLE metrics_latest")
+
+
+def _migrate_seen(db: sqlite3.Connection) -> None:
+    """Schema 1 kept batch ids and event ids in two tables; move them into ``seen``."""
+    for table, kind, column in (
+        ("batches", SEEN_BATCH, "batch_id"),
+        ("events_seen", SEEN_EVENT, "event_id"),
+    ):
+        exists = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        if exists is not None:
+            db.execute(
+                f"INSERT OR IGNORE INTO seen (host, kind, id, received_at)"
+                f" SELECT host, {kind}, {column}, received_at FROM {table}"
+            )
+            db.execute(f"DROP TABLE {table}")

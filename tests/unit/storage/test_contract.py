@@ -1,0 +1,559 @@
+"""The storage contract: what every backend must do, run once per backend (``backend``).
+
+Three parts: exactly-once under replays and concurrent writers (through the desk, as
+the collector uses storage); a schema-2 database of today's collector opened and served
+exactly as that collector served it, with every query the API makes, filters and pages
+included; and the repositories' own store-and-fetch promises.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import multiprocessing
+import threading
+import typing
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.unit.storage.backends import BackendFactory
+from vigil import wire
+from vigil.collector.desk.apply import IngestResult
+from vigil.collector.desk.catalog import Catalog, HostGroup, Service
+from vigil.collector.desk.engine import IncidentRules
+from vigil.collector.desk.service import Desk
+from vigil.collector.storage import protocols
+from vigil.collector.storage.factory import create_storage
+from vigil.collector.storage.records import KeyRow
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+T0 = 1_700_000_000.0
+DAY = 86400.0
+# The catalog and rules the schema-2 fixture was written with.
+CATALOG = Catalog(
+    services=(
+        Service("email", "mail for all", "msg-team", "high", ("mail.*",)),
+        Service("health", "workstation health", "desk", "low", ("disk.*",)),
+    ),
+    groups=(
+        HostGroup("servers", {"role": "server"}, "high", silence_expected=False),
+        HostGroup("laptops", {"role": "laptop"}, "medium", silence_expected=True),
+    ),
+    default_impact="low",
+)
+RULES = IncidentRules(
+    remediation_wait_s=600.0,
+    heartbeat_grace_s=30.0,
+    flap_window_s=3600.0,
+    flap_changes=4,
+    recurrence_window_s=7 * DAY,
+    recurrence_count=3,
+    fleet_window_s=300.0,
+    fleet_min_hosts=3,
+    fleet_min_share=0.0,
+)
+
+
+def check(n: int, name: str = "disk.root", state: str = "critical") -> wire.CheckEvent:
+    return wire.CheckEvent(
+        event_id=f"e{n}", seq=n, time=T0, check=name, state=state,  # type: ignore[arg-type]
+        previous_state=None, value=1.0, message=f"{name} {state}",
+    )  # fmt: skip
+
+
+def report(batch: str, *events: wire.Event, host: str = "h1") -> wire.Report:
+    return wire.Report(
+        schema_version=wire.SCHEMA_VERSION,
+        agent_id=host,
+        hostname=f"{host}.example.test",
+        labels={"role": "server"},
+        batch_id=batch,
+        sent_at=T0,
+        agent_version="0.1.0",
+        events=events,
+    )
+
+
+@pytest.fixture
+def desk(backend: BackendFactory) -> Iterator[Desk]:
+    d = backend.desk(catalog=CATALOG, rules=RULES)
+    yield d
+    d.close()
+
+
+# --------------------------------------------------------------------------- exactly once
+
+
+def test_the_same_batch_twice_applies_once(desk: Desk) -> None:
+    first = desk.ingest(report("b1", check(1)), T0)
+    again = desk.ingest(report("b1", check(1)), T0 + 5)
+    assert (first.duplicate, first.events, len(first.opened)) == (False, 1, 1)
+    assert (again.duplicate, again.events, again.opened) == (True, 0, ())
+    assert len(desk.list_incidents()) == 1
+    assert desk.list_hosts()[0]["last_seen"] == T0
+    snap = desk.metrics_snapshot()
+    assert (snap.reports_accepted_total, snap.reports_duplicate_total) == (1, 1)
+
+
+def test_events_resent_in_a_new_batch_apply_once(desk: Desk) -> None:
+    desk.ingest(report("b1", check(1)), T0)
+    result = desk.ingest(report("b2", check(1), check(2, "mail.imap")), T0 + 5)
+    assert (result.duplicate, result.events) == (False, 1)
+    assert sorted(i["check"] for i in desk.list_incidents()) == ["disk.root", "mail.imap"]
+
+
+def test_the_hosts_last_batch_is_a_duplicate_after_its_ids_are_pruned(desk: Desk) -> None:
+    desk.ingest(report("b1", check(1)), T0)
+    assert desk.prune_seen(T0 + 1) == 2  # the batch id and the event id
+    assert desk.ingest(report("b1", check(1)), T0 + 2).duplicate
+
+
+def test_a_batch_repeated_inside_one_group_is_a_duplicate_of_the_first(desk: Desk) -> None:
+    results = desk.ingest_many([(report("b1", check(1)), T0), (report("b1", check(1)), T0)])
+    assert [r.duplicate for r in results if isinstance(r, IngestResult)] == [False, True]
+
+
+def test_the_two_step_group_commit_applies_once_too(desk: Desk) -> None:
+    finish = desk.begin_group([(report("b1", check(1)), T0)])
+    assert finish is not None
+    (result,) = finish()
+    assert isinstance(result, IngestResult) and not result.duplicate
+    assert desk.ingest(report("b1", check(1)), T0).duplicate
+
+
+def test_dedup_survives_a_reopen(backend: BackendFactory) -> None:
+    first = backend.desk(catalog=CATALOG, rules=RULES)
+    first.ingest(report("b1", check(1)), T0)
+    first.close()
+    second = backend.desk(catalog=CATALOG, rules=RULES)
+    try:
+        assert second.ingest(report("b1", check(1)), T0).duplicate
+        assert len(second.list_incidents()) == 1
+    finally:
+        second.close()
+
+
+def test_threads_with_their_own_storage_apply_one_batch_once(backend: BackendFactory) -> None:
+    """Four writers (separate connections) race to apply the same batch: one applies it."""
+    desks = [backend.desk(catalog=CATALOG, rules=RULES) for _ in range(4)]
+    start = threading.Barrier(len(desks))
+    results: list[IngestResult] = []
+
+    def write(d: Desk) -> None:
+        start.wait()
+        results.append(d.ingest(report("b1", check(1), check(2, "mail.imap")), T0))
+
+    threads = [threading.Thread(target=write, args=(d,)) for d in desks]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    try:
+        assert sorted(r.duplicate for r in results) == [False, True, True, True]
+        assert len(desks[0].list_incidents()) == 2
+    finally:
+        for d in desks:
+            d.close()
+
+
+def _ingest_in_a_process(url: str, start: Any, out: Any) -> None:
+    desk = Desk(create_storage(url), catalog=CATALOG, rules=RULES)
+    try:
+        start.wait(timeout=60)
+        result = desk.ingest(report("b1", check(1), check(2, "mail.imap")), T0)
+        out.put(result.duplicate)
+    finally:
+        desk.close()
+
+
+def test_processes_apply_one_batch_once(backend: BackendFactory) -> None:
+    """Three collector processes on one database receive the same batch at once."""
+    backend.desk().close()  # create the schema before the race
+    ctx = multiprocessing.get_context("spawn")
+    start, out = ctx.Barrier(3), ctx.Queue()
+    procs = [
+        ctx.Process(target=_ingest_in_a_process, args=(backend.url, start, out)) for _ in range(3)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0, 0]
+    assert sorted(out.get(timeout=5) for _ in procs) == [False, True, True]
+    desk = backend.desk(catalog=CATALOG, rules=RULES)
+    try:
+        assert len(desk.list_incidents()) == 2
+        assert desk.metrics_snapshot().reports_accepted_total == 1
+    finally:
+        desk.close()
+
+
+# --------------------------------------------------------------------------- schema 2
+
+
+@pytest.fixture(scope="module")
+def served() -> dict[str, Any]:
+    """What the collector before the storage split served from the fixture database."""
+    return json.loads((FIXTURES / "schema2_served.json").read_text())
+
+
+@pytest.fixture
+def migrated(backend: BackendFactory) -> Iterator[Desk]:
+    backend.restore_schema2((FIXTURES / "schema2.sql").read_text())
+    d = backend.desk(catalog=CATALOG, rules=RULES)
+    yield d
+    d.close()
+
+
+def plain(value: Any) -> Any:
+    """``value`` as JSON would carry it (tuples become lists), to compare with a fixture."""
+    return json.loads(json.dumps(value))
+
+
+def test_a_schema2_database_serves_every_row_as_before(
+    migrated: Desk, served: dict[str, Any]
+) -> None:
+    now = served["now"]
+    assert plain(migrated.list_incidents(limit=1000)) == served["list_incidents"]
+    for incident_id, incident in served["incidents"].items():
+        assert plain(migrated.get_incident(int(incident_id))) == incident
+    assert plain(migrated.list_problems(limit=1000)) == served["list_problems"]
+    for problem_id, problem in served["problems"].items():
+        assert plain(migrated.get_problem(int(problem_id))) == problem
+    assert plain(migrated.list_silences()) == served["list_silences"]
+    assert plain(migrated.list_hosts()) == served["hosts"]
+    for host, values in served["latest_metrics"].items():
+        assert plain(migrated.latest_metrics(host)) == values
+    assert plain(migrated.list_remediation_runs(limit=1000)) == served["list_remediation_runs"]
+    assert plain(migrated.remediation_stats()) == served["remediation_stats"]
+    assert plain(migrated.alertables(now)) == served["alertables"]
+    assert plain(migrated.incident_aggregates(now)) == served["incident_aggregates"]
+
+
+def test_a_schema2_database_loads_the_same_aggregates(
+    migrated: Desk, served: dict[str, Any]
+) -> None:
+    snap = migrated.metrics_snapshot()
+    want = served["metrics"]
+    assert (
+        plain(sorted([list(k), v] for k, v in snap.incidents_open.items()))
+        == want["incidents_open"]
+    )
+    assert snap.incidents_opened_total == want["incidents_opened_total"]
+    assert snap.incidents_resolved_total == want["incidents_resolved_total"]
+    assert snap.incidents_prevented_total == want["incidents_prevented_total"]
+    assert snap.checks_failing == want["checks_failing"]
+    assert (
+        plain(sorted([list(k), v] for k, v in snap.remediation_runs.items()))
+        == want["remediation_runs"]
+    )
+    assert snap.reports_accepted_total == want["reports_accepted_total"]
+    assert snap.reports_duplicate_total == want["reports_duplicate_total"]
+    assert snap.events_total == want["events_total"]
+    assert snap.host_last_seen == want["host_last_seen"]
+    assert snap.host_ttl == want["host_ttl"]
+    assert snap.clock_offsets.counts == want["clock_offsets"]
+    assert snap.agent_rss.counts == want["agent_rss"]
+    assert {p: h.counts for p, h in snap.time_to_restore.items()} == want["time_to_restore"]
+    assert {r: h.counts for r, h in snap.remediation_durations.items()} == want[
+        "remediation_durations"
+    ]
+
+
+def test_a_schema2_database_still_knows_each_hosts_last_batch(
+    migrated: Desk, served: dict[str, Any]
+) -> None:
+    """Their ids were pruned; the retry of each host's last batch is still a duplicate."""
+    for host, batch in served["last_batches"].items():
+        assert migrated.ingest(report(batch, check(10_000), host=host), served["now"]).duplicate
+
+
+def test_a_schema2_database_takes_new_reports(migrated: Desk, served: dict[str, Any]) -> None:
+    result = migrated.ingest(report("new-batch", check(10_001, "fresh.check"), host="srv-9"), T0)
+    assert not result.duplicate and len(result.opened) == 1
+    assert max(i["id"] for i in served["list_incidents"]) < result.opened[0]
+
+
+# --------------------------------------------------------------------------- API queries
+
+
+def _stored_state(incident: dict[str, Any]) -> str:
+    return "open" if incident["state"] in ("acknowledged", "flapping") else incident["state"]
+
+
+@pytest.mark.parametrize(
+    "state", ["open", "acknowledged", "flapping", "resolved", "prevented", None]
+)
+def test_incidents_filter_by_state(
+    migrated: Desk, served: dict[str, Any], state: str | None
+) -> None:
+    everything = served["list_incidents"]
+    if state is None:
+        want = everything
+    elif state == "open":
+        want = [i for i in everything if _stored_state(i) == "open"]
+    else:
+        want = [i for i in everything if i["state"] == state]
+    assert want, "the fixture has incidents in every state"
+    assert plain(migrated.list_incidents(state=state, limit=1000)) == want
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("host", "srv-1"),
+        ("check", "disk.root"),
+        ("service", "email"),
+        ("priority", "P1"),
+    ],
+)
+def test_incidents_filter_by_field(
+    migrated: Desk, served: dict[str, Any], field: str, value: str
+) -> None:
+    want = [i for i in served["list_incidents"] if i[field] == value]
+    assert want
+    assert plain(migrated.list_incidents(**{field: value}, limit=1000)) == want
+
+
+def test_incident_filters_combine(migrated: Desk, served: dict[str, Any]) -> None:
+    want = [
+        i
+        for i in served["list_incidents"]
+        if i["host"] == "srv-3" and i["check"] == "disk.root" and i["state"] == "resolved"
+    ]
+    assert len(want) == 1
+    got = migrated.list_incidents(host="srv-3", check="disk.root", state="resolved")
+    assert plain(got) == want
+
+
+@pytest.mark.parametrize(("limit", "offset"), [(1, 0), (3, 0), (3, 3), (5, 10), (4, 100)])
+def test_incidents_page_newest_first(
+    migrated: Desk, served: dict[str, Any], limit: int, offset: int
+) -> None:
+    want = served["list_incidents"][offset : offset + limit]
+    assert plain(migrated.list_incidents(limit=limit, offset=offset)) == want
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [
+        {},
+        {"state": "resolved"},
+        {"state": "open"},
+        {"state": "acknowledged"},
+        {"kind": "fleet"},
+        {"kind": "recurring"},
+        {"check": "dns.resolve"},
+    ],
+    ids=repr,
+)
+def test_problems_filter(migrated: Desk, served: dict[str, Any], filters: dict[str, str]) -> None:
+    want = [
+        p
+        for p in served["list_problems"]
+        if all(p[k] == v for k, v in filters.items() if k != "state")
+        and filters.get("state") in (None, p["state"])
+    ]
+    assert plain(migrated.list_problems(**filters, limit=1000)) == want
+
+
+def test_problems_page(migrated: Desk, served: dict[str, Any]) -> None:
+    assert plain(migrated.list_problems(limit=1, offset=1)) == served["list_problems"][1:2]
+
+
+@pytest.mark.parametrize(
+    "filters",
+    [{"host": "srv-1"}, {"remediation": "clean-temp"}, {"host": "srv-3", "remediation": "x"}],
+    ids=repr,
+)
+def test_remediation_runs_filter(
+    migrated: Desk, served: dict[str, Any], filters: dict[str, str]
+) -> None:
+    want = [
+        r for r in served["list_remediation_runs"] if all(r[k] == v for k, v in filters.items())
+    ]
+    assert plain(migrated.list_remediation_runs(**filters, limit=1000)) == want
+
+
+def test_remediation_runs_page(migrated: Desk, served: dict[str, Any]) -> None:
+    got = migrated.list_remediation_runs(limit=2, offset=1)
+    assert plain(got) == served["list_remediation_runs"][1:3]
+
+
+def test_silences_active_at_a_time(migrated: Desk, served: dict[str, Any]) -> None:
+    now = served["now"]
+    want = [s for s in served["list_silences"] if s["starts_at"] <= now < s["ends_at"]]
+    assert len(want) == 1
+    assert plain(migrated.list_silences(active_at=now)) == want
+
+
+def test_a_silence_is_created_changed_and_deleted(desk: Desk) -> None:
+    made = desk.create_silence("host", "h1", T0, T0 + 60, "patching", "alice", T0)
+    assert made == {
+        "id": made["id"], "matcher": "host", "value": "h1", "starts_at": T0,
+        "ends_at": T0 + 60, "comment": "patching", "created_by": "alice", "created_at": T0,
+    }  # fmt: skip
+    changed = desk.update_silence(made["id"], ends_at=T0 + 30, comment=None)
+    assert changed is not None and (changed["ends_at"], changed["comment"]) == (T0 + 30, "patching")
+    assert desk.update_silence(made["id"] + 1, ends_at=T0, comment="x") is None
+    assert desk.delete_silence(made["id"]) and not desk.delete_silence(made["id"])
+    assert desk.get_silence(made["id"]) is None and desk.list_silences() == []
+
+
+def test_latest_metrics_of_an_unknown_host_are_empty(migrated: Desk) -> None:
+    assert migrated.latest_metrics("nobody") == {}
+
+
+def test_unknown_ids_are_none(migrated: Desk) -> None:
+    assert migrated.get_incident(999) is None and migrated.get_problem(999) is None
+
+
+# --------------------------------------------------------------------------- repositories
+
+
+@pytest.fixture
+def storage(backend: BackendFactory) -> Iterator[Any]:
+    s = backend.open()
+    yield s
+    s.close()
+
+
+def test_a_rolled_back_transaction_leaves_nothing(storage: Any) -> None:
+    with storage.session() as uow:
+        with pytest.raises(RuntimeError), uow.transaction():
+            uow.counters.add("events", 3)
+            raise RuntimeError("spoilt")
+        assert uow.counters.load() == {}
+
+
+def test_a_savepoint_undoes_only_its_own_writes(storage: Any) -> None:
+    with storage.session() as uow, uow.transaction():
+        uow.counters.add("events", 1)
+        with pytest.raises(RuntimeError), uow.savepoint():
+            uow.counters.add("events", 10)
+            raise RuntimeError("one report fails")
+        uow.counters.add("events", 2)
+    with storage.session() as uow:
+        assert uow.counters.load() == {"events": 3}
+
+
+def test_the_session_is_exclusive(storage: Any) -> None:
+    held = storage.acquire()
+    try:
+        assert storage.acquire(blocking=False) is None
+    finally:
+        storage.release()
+    assert held is not None and storage.acquire(blocking=False) is not None
+    storage.release()
+
+
+def test_seen_records_each_id_once_per_host(storage: Any) -> None:
+    with storage.session() as uow, uow.transaction():
+        assert uow.seen.record("h1", "b1", ["e1", "e2"], T0) == (True, {"e1", "e2"})
+        assert uow.seen.record("h1", "b1", ["e2", "e3"], T0) == (False, {"e3"})
+        uow.seen.forget_events("h1", {"e3"})
+        assert uow.seen.record("h2", "b1", ["e1"], T0) == (True, {"e1"})
+        assert uow.seen.record("h1", "b2", ["e3"], T0 + 9) == (True, {"e3"})
+    with storage.session() as uow, uow.transaction():
+        assert uow.seen.prune(T0 + 1, limit=2) == 2
+        assert uow.seen.prune(T0 + 1, limit=None) == 3  # 5 ids at T0 in all
+        assert uow.seen.prune(T0 + 10, limit=None) == 2
+
+
+def test_a_host_keeps_its_ttl_when_a_report_brings_none(storage: Any) -> None:
+    with storage.session() as uow, uow.transaction():
+        uow.hosts.upsert(report("b1"), T0, 1.5, 90.0)
+        uow.hosts.upsert(report("b2"), T0 + 5, 1.0, None)
+        assert uow.hosts.before("h1") == ("b2", 1.0, T0 + 5)
+        (row,) = uow.hosts.list()
+        assert (row["first_seen"], row["heartbeat_ttl_s"], row["labels"]) == (
+            T0,
+            90.0,
+            {"role": "server"},
+        )
+        assert uow.hosts.before("nobody") is None
+
+
+def test_a_late_older_metrics_summary_does_not_replace_a_newer_one(storage: Any) -> None:
+    with storage.session() as uow, uow.transaction():
+        uow.metrics.put("h1", T0 + 60, T0 + 60, {"cpu": 2.0, "mem": 3.0})
+        uow.metrics.put("h1", T0, T0 + 61, {"cpu": 1.0})
+        assert uow.metrics.latest("h1") == {"cpu": 2.0, "mem": 3.0}
+        assert uow.metrics.latest("h2") is None
+
+
+def test_a_key_state_round_trips(storage: Any) -> None:
+    key = KeyRow("critical", "fix-it", T0, None, 9.5, "bad", True)
+    with storage.session() as uow, uow.transaction():
+        uow.keys.save("h1", "disk.root", key, T0)
+        assert uow.keys.load("h1", "disk.root") == key
+        assert uow.keys.load("h1", "other") is None
+        assert uow.keys.pending() == [("h1", "disk.root", "h1")]
+
+
+def test_an_incident_resolves_once_and_a_problem_links_once(storage: Any) -> None:
+    row = {
+        "host": "h1", "hostname": "h1", "check_id": "c", "state": "open", "priority": "P2",
+        "opened_at": T0, "message": "m", "groups": ["servers"], "flapping": False,
+    }  # fmt: skip
+    with storage.session() as uow, uow.transaction():
+        incident = uow.incidents.insert(row)
+        problem = uow.problems.insert(
+            {"kind": "fleet", "check_id": "c", "host": None, "hostname": None, "service": None,
+             "impact": "low", "urgency": "low", "priority": "P3", "sla_due": None,
+             "opened_at": T0, "summary": "s"}
+        )  # fmt: skip
+        assert uow.problems.link(problem, incident) and not uow.problems.link(problem, incident)
+        assert uow.problems.open_fleet_of(incident) == [problem]
+        assert uow.problems.has_open_incident(problem)
+        assert uow.incidents.resolve(incident, T0 + 60, "ok") == ("P2", "c", T0)
+        assert uow.incidents.resolve(incident, T0 + 90, "again") is None
+        assert not uow.problems.has_open_incident(problem)
+        assert uow.incidents.state_of(incident) == ("resolved", None)
+
+
+def test_an_acknowledged_open_problem_is_listed_as_acknowledged(desk: Desk) -> None:
+    """Problems have no flapping flag: the acknowledged filter must not need one."""
+    for n, host in enumerate(("h1", "h2", "h3")):
+        desk.ingest(report(f"b{n}", check(n, "dns.resolve"), host=host), T0 + n)
+    (problem,) = desk.list_problems(kind="fleet")
+    assert desk.acknowledge("problem", problem["id"], "alice", "", T0 + 10) == "acknowledged"
+    (listed,) = desk.list_problems(state="acknowledged")
+    assert (listed["id"], listed["state"]) == (problem["id"], "acknowledged")
+    assert desk.list_problems(state="resolved") == []
+
+
+def _members(protocol: type) -> dict[str, inspect.Signature]:
+    names = {
+        name
+        for klass in protocol.__mro__
+        if klass not in (object, typing.Protocol, typing.Generic)
+        for name, value in vars(klass).items()
+        if callable(value) and not name.startswith("_")
+    }
+    return {name: inspect.signature(getattr(protocol, name)) for name in names}
+
+
+def _params(signature: inspect.Signature) -> list[tuple[str, Any, Any]]:
+    return [(p.name, p.kind, p.default) for p in signature.parameters.values()]
+
+
+def test_the_backend_implements_every_protocol_member(storage: Any) -> None:
+    """Every repository (and the unit of work and storage) has each method its Protocol
+    declares, with the same parameters: a backend cannot quietly lag the interface."""
+    uow = storage.acquire()
+    try:
+        pairs: list[tuple[Any, type]] = [(storage, protocols.Storage), (uow, protocols.UnitOfWork)]
+        hints = typing.get_type_hints(protocols.UnitOfWork)
+        pairs += [(getattr(uow, name), hints[name]) for name in hints]
+        for obj, protocol in pairs:
+            for name, signature in _members(protocol).items():
+                method = getattr(obj, name, None)
+                assert callable(method), f"{type(obj).__name__}.{name} is missing"
+                want = _params(signature)[1:]  # without self
+                assert _params(inspect.signature(method)) == want, f"{type(obj).__name__}.{name}"
+    finally:
+        storage.release()

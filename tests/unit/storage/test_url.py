@@ -1,0 +1,86 @@
+"""``storage.url`` in the collector config, and the factory that opens what it names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vigil.collector import cli
+from vigil.collector.config import load_collector_config
+from vigil.collector.storage.factory import create_storage
+from vigil.collector.storage.sqlite.backend import SqliteStorage
+from vigil.collector.storage.url import sqlite_url
+from vigil.configio import CONFIG_EXIT_CODE, ConfigError
+
+AUTH = "auth: {agent_tokens: [t]}\n"
+
+
+def config_with(tmp_path: Path, storage: str) -> Path:
+    path = tmp_path / "collector.yaml"
+    path.write_text(AUTH + f"storage: {storage}\n")
+    return path
+
+
+@pytest.mark.parametrize(
+    ("storage", "relative"),
+    [
+        ("{url: 'sqlite:///data/c.db'}", "data/c.db"),
+        ("{sqlite_path: data/c.db}", "data/c.db"),
+        ("{}", "var/collector.db"),
+    ],
+    ids=["url, relative to the config", "the older sqlite_path", "default"],
+)
+def test_a_relative_sqlite_path_resolves_against_the_config_file(
+    tmp_path: Path, storage: str, relative: str
+) -> None:
+    config = load_collector_config(config_with(tmp_path, storage))
+    assert config.storage_url == sqlite_url((tmp_path / relative).resolve())
+
+
+def test_an_absolute_sqlite_url_takes_four_slashes(tmp_path: Path) -> None:
+    path = config_with(tmp_path, f"{{url: 'sqlite:///{tmp_path}/abs.db'}}")
+    assert load_collector_config(path).storage_url == f"sqlite:///{tmp_path}/abs.db"
+
+
+def test_url_and_sqlite_path_together_are_an_error(tmp_path: Path) -> None:
+    path = config_with(tmp_path, "{url: 'sqlite:///a.db', sqlite_path: b.db}")
+    with pytest.raises(ConfigError, match=r"storage\.url: set either url or sqlite_path"):
+        load_collector_config(path)
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://vigil@db.example.test/vigil", "mysql://x/y", "collector.db", "sqlite:///"]
+)
+def test_an_unsupported_url_names_file_key_and_value(tmp_path: Path, url: str) -> None:
+    path = config_with(tmp_path, f"{{url: '{url}'}}")
+    with pytest.raises(ConfigError) as caught:
+        load_collector_config(path)
+    assert (caught.value.file, caught.value.key, caught.value.value) == (
+        str(path),
+        "storage.url",
+        url,
+    )
+    assert "supported: sqlite" in str(caught.value)
+
+
+def test_the_cli_exits_2_on_a_postgresql_url(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = config_with(tmp_path, "{url: 'postgresql://db.example.test/vigil'}")
+    assert cli.main(["--config", str(path)]) == CONFIG_EXIT_CODE == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and "storage.url" in err and "postgresql://" in err
+
+
+def test_the_factory_opens_an_sqlite_url(tmp_path: Path) -> None:
+    storage = create_storage(sqlite_url(tmp_path / "sub" / "f.db"))
+    try:
+        assert isinstance(storage, SqliteStorage) and storage.path == tmp_path / "sub" / "f.db"
+    finally:
+        storage.close()
+
+
+def test_the_factory_refuses_another_scheme() -> None:
+    with pytest.raises(ValueError, match="unsupported storage URL 'postgresql://x/y'"):
+        create_storage("postgresql://x/y")
