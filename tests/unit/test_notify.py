@@ -16,13 +16,8 @@ import pytest
 from aiohttp import web
 
 from vigil.collector.config import load_collector_config
-from vigil.collector.notify import (
-    AlertmanagerTarget,
-    NotifyConfig,
-    WebhookTarget,
-    alertmanager,
-    webhook,
-)
+from vigil.collector.notify import alertmanager, webhook
+from vigil.collector.notify.config import AlertmanagerTarget, NotifyConfig, WebhookTarget
 from vigil.collector.notify.service import Notifier
 from vigil.configio import ConfigError
 
@@ -164,26 +159,32 @@ def test_a_resolved_alert_ends_when_it_was_resolved() -> None:
 # --------------------------------------------------------------------------- notifier
 
 
-class FakeStore:
+class FakeDesk:
     """The two store methods the notifier calls, over a list of alertable dicts."""
 
     def __init__(self, items: list[dict[str, Any]]) -> None:
         self.items = items
         self.marked: list[tuple[list[str], list[str], str]] = []
 
-    async def __call__(self, method: str, *args: Any) -> Any:
-        if method == "alertables":
-            return [dict(i) for i in self.items]
-        fired, resolved, targets, _now = args
+    def alertables(self, now: float) -> list[dict[str, Any]]:
+        return [dict(i) for i in self.items]
+
+    def mark_notified(
+        self, fired: list[str], resolved: list[str], targets: str, now: float
+    ) -> None:
         self.marked.append((fired, resolved, targets))
         for i in self.items:
             i["notified"] = i["notified"] or i["ref"] in fired
             i["resolve_notified"] = i["resolve_notified"] or i["ref"] in resolved
-        return None
 
 
-def run_notifier(items, passes: list[float], receiver: Receiver, **config: Any) -> FakeStore:
-    store = FakeStore(items)
+async def run_here(fn: Any, *args: Any) -> Any:
+    """The notifier's ``run``: here, in the test, instead of on the storage thread."""
+    return fn(*args)
+
+
+def run_notifier(items, passes: list[float], receiver: Receiver, **config: Any) -> FakeDesk:
+    store = FakeDesk(items)
 
     async def body(url: str) -> None:
         cfg = NotifyConfig(
@@ -192,7 +193,7 @@ def run_notifier(items, passes: list[float], receiver: Receiver, **config: Any) 
             **{"delay_s": 30.0, "resend_s": 60.0, **config},
         )
         async with aiohttp.ClientSession() as http:
-            notifier = Notifier(cfg, http, store, public_url=None)
+            notifier = Notifier(cfg, http, store, run_here, public_url=None)
             for now in passes:
                 await notifier.run_once(now)
 

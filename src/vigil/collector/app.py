@@ -247,11 +247,14 @@ async def _notify_ctx(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
     desk, executor, clock = app[desk_key], app[executor_key], app[clock_key]
 
-    async def run_store(method: str, *args: Any) -> Any:
-        return await loop.run_in_executor(executor, getattr(desk, method), *args)
-
     session = aiohttp.ClientSession()
-    notifier = Notifier(config.notifications, session, run_store, public_url=config.public_url)
+    notifier = Notifier(
+        config.notifications,
+        session,
+        desk,
+        functools.partial(loop.run_in_executor, executor),
+        public_url=config.public_url,
+    )
 
     async def forever() -> None:
         while True:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog, load_catalog
 from vigil.collector.desk.engine import IncidentRules
-from vigil.collector.notify import NotifyConfig, parse_notifications
+from vigil.collector.notify.config import NotifyConfig, parse_notifications
 from vigil.collector.storage.url import SCHEMES, sqlite_path, sqlite_url
 from vigil.configio import Section, load_yaml
 

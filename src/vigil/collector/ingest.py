@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from vigil import wire
 from vigil.collector.desk.apply import IngestResult, Items, Results
 
-log = logging.getLogger("vigil.collector.ingest")
+log = logging.getLogger(__name__)
 
 IngestMany = Callable[[Items], Results]
 BeginGroup = Callable[[Items], Callable[[], Results] | None]

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from vigil.collector.notify import AlertmanagerTarget
+from vigil.collector.notify.config import AlertmanagerTarget
 
 SEVERITY = {"P1": "critical", "P2": "critical", "P3": "warning", "P4": "info"}
 # Active alerts expire this many re-post intervals after the last post: a collector that

@@ -14,38 +14,55 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
 
 import aiohttp
 
 from vigil.collector.desk import engine as incidents
-from vigil.collector.notify import NotifyConfig, alertmanager, webhook
+from vigil.collector.notify import alertmanager, webhook
+from vigil.collector.notify.config import NotifyConfig
 
 log = logging.getLogger(__name__)
 
 
+class AlertDesk(Protocol):
+    """The two desk methods the notifier needs (:class:`~collector.desk.service.Desk`)."""
+
+    def alertables(self, now: float) -> list[dict[str, Any]]: ...
+
+    def mark_notified(
+        self, fired: list[str], resolved: list[str], targets: str, now: float
+    ) -> None: ...
+
+
+# ``run(fn, *args)`` calls ``fn(*args)`` where desk calls belong (the storage thread).
+RunOnStorage = Callable[..., Awaitable[Any]]
+
+
 class Notifier:
-    """One notifier pass at a time; ``alertables``/``mark_notified`` are the desk's
-    methods (called through ``run_store`` so they stay on the storage thread)."""
+    """One notifier pass at a time; every desk call goes through ``run`` so it stays on
+    the storage thread."""
 
     def __init__(
         self,
         config: NotifyConfig,
         session: aiohttp.ClientSession,
-        run_store: Callable[..., Any],
+        desk: AlertDesk,
+        run: RunOnStorage,
         *,
         public_url: str | None,
     ) -> None:
         self._config = config
         self._session = session
-        self._run_store = run_store
+        self._desk = desk
+        self._run = run
         self._public_url = public_url
         self._last_post: float | None = None
 
     async def run_once(self, now: float) -> tuple[list[str], list[str]]:
         """One pass at ``now``; returns the refs notified firing and resolved."""
-        items: list[dict[str, Any]] = await self._run_store("alertables", now)
+        items: list[dict[str, Any]] = await self._run(self._desk.alertables, now)
         by_ref = {i["ref"]: i for i in items}
         plan = [
             incidents.Alertable(
@@ -93,7 +110,7 @@ class Notifier:
                 sent_to.append("webhook")
 
         if sent_to and (fired or resolved):
-            await self._run_store("mark_notified", fired, resolved, ", ".join(sent_to), now)
+            await self._run(self._desk.mark_notified, fired, resolved, ", ".join(sent_to), now)
             return fired, resolved
         return [], []
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import aiohttp
 
-from vigil.collector.notify import WebhookTarget
+from vigil.collector.notify.config import WebhookTarget
 
 log = logging.getLogger(__name__)
 
