@@ -439,6 +439,24 @@ def test_the_collector_serves_from_the_wheel(
     assert (outside / "collector.db").is_file()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="the demo's remediation is a POSIX sh script")
+def test_the_demo_runs_from_the_wheel_outside_a_checkout(full: Installed, outside: Path) -> None:
+    """``python -m vigil.collector.demo`` with no checkout: it copies the shipped demo
+    configs and remediations into ``./vigil-demo`` and runs its whole scenario."""
+    demo = subprocess.run(
+        [full.bin("python"), "-m", "vigil.collector.demo", "--port", "0", "--exit"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=outside,
+        env=_clean_env(),
+    )
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+    assert "outcome=fixed" in demo.stdout
+    assert "✓ incident #2 resolved" in demo.stdout
+    assert (outside / "vigil-demo" / "var" / "demo" / "collector.db").is_file()
+
+
 def test_the_bare_wheel_is_a_working_agent_without_the_web_stack(
     agent_only: Installed, outside: Path
 ) -> None:

@@ -32,6 +32,8 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 # src/vigil/collector/demo.py -> the checkout, which holds config/demo/ and remediations/.
 REPO_ROOT = Path(__file__).resolve().parents[3]
+# The same two folders as package data of an installed wheel (vigil/config, vigil/remediations).
+PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 FAULT_BYTES = 2 * 1024 * 1024
 # The /metrics series the demo quotes (non-zero samples only, to keep the excerpt short).
 DEMO_SERIES = (
@@ -260,13 +262,26 @@ def scenario(url: str, var: Path) -> None:
                 say(f"    {line}")
 
 
+def default_root() -> Path:
+    """The checkout when running from one; otherwise ``./vigil-demo``, filled once with the
+    demo configs and the remediation library shipped in the installed package."""
+    if (REPO_ROOT / "config" / "demo").is_dir():
+        return REPO_ROOT
+    root = Path.cwd() / "vigil-demo"
+    if not (root / "config" / "demo").is_dir():
+        shutil.copytree(PACKAGE_ROOT / "config" / "demo", root / "config" / "demo")
+        shutil.copytree(PACKAGE_ROOT / "remediations", root / "remediations")
+    return root
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="vigil-demo", description=__doc__.split("\n")[0])
     parser.add_argument(
         "--root",
         type=Path,
-        default=REPO_ROOT,
-        help="folder holding config/demo/, remediations/ and var/",
+        default=None,
+        help="folder holding config/demo/, remediations/ and var/ (default: the checkout, "
+        "or ./vigil-demo made from the installed package)",
     )
     parser.add_argument("--port", type=int, default=9750, help="collector port (0 = any free)")
     parser.add_argument(
@@ -276,8 +291,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    root = (args.root or default_root()).resolve()
+    if not (root / "config" / "demo").is_dir():
+        say(f"vigil-demo: {root} has no config/demo/ folder (see --root)")
+        return 2
     try:
-        return run(args.root.resolve(), args.port, stay=not args.exit)
+        return run(root, args.port, stay=not args.exit)
     except DemoError as exc:
         say(f"demo failed: {exc}")
         return 1
