@@ -210,7 +210,8 @@ class Sampler:
     def sample_paths(self, *, fresh: bool = True) -> dict[str, float]:
         """Only the ``path.*`` series, for re-checking quickly after a remediation.
 
-        A missing path gives size 0 and count 0 and no age; an unreadable one no series.
+        An unreadable path, and a missing one unless its spec says ``missing: empty``
+        (then size 0, count 0 and no age), gives no series and a reason.
         ``path.age_seconds`` is the time since the newest regular file's mtime (clamped at
         0 for files dated in the future). ``fresh=False`` (the regular sample) reuses a
         walk younger than the path's ``interval``; a verification always walks again.
