@@ -647,6 +647,103 @@ def test_app_memory_restart_leaves_an_app_under_the_limit_alone(
     assert small.poll() is None
 
 
+# --- pid_alive: one definition in every script that waits for a process to exit ------------
+
+PID_ALIVE_SCRIPTS = [
+    SHIPPED / "kill-runaway" / "kill.sh",
+    SHIPPED / "app-memory-restart" / "restart.sh",
+    SHIPPED / "service-restart" / "service.sh",
+]
+_BEGIN, _END = "# --- pid_alive ", "# --- end pid_alive ---"
+
+
+def pid_alive_definition(script: Path) -> str:
+    """The text between the pid_alive markers of ``script``."""
+    text = script.read_text()
+    start, end = text.index(_BEGIN), text.index(_END)
+    return text[start : end + len(_END)]
+
+
+def test_every_script_that_waits_for_a_process_shares_one_pid_alive() -> None:
+    """A bundle is one self-contained folder (admins copy it; the agent hashes the script
+    it runs), so the definition is repeated rather than sourced: the copies must match."""
+    first, *others = (pid_alive_definition(s) for s in PID_ALIVE_SCRIPTS)
+
+    assert all(other == first for other in others)
+
+
+def ps_stub(tmp_path: Path, stat_output: str) -> str:
+    """A PATH whose ``ps`` answers ``-o stat=`` with ``stat_output`` and runs the real ps
+    for everything else (the scripts also list processes with it)."""
+    real_ps = shutil.which("ps")
+    assert real_ps
+    body = (
+        'case " $* " in\n'
+        f"    *' -o stat= '*) printf '{stat_output}' ;;\n"
+        f'    *) exec {real_ps} "$@" ;;\n'
+        "esac\n"
+    )
+    return toolbox(tmp_path, {"ps": body})
+
+
+@pytest.mark.parametrize("script", PID_ALIVE_SCRIPTS, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize(
+    ("stat_output", "alive"),
+    [
+        pytest.param("", False, id="reaped between kill -0 and ps: gone"),
+        pytest.param("Z\\n", False, id="zombie: gone"),
+        pytest.param("S\\n", True, id="sleeping: alive"),
+    ],
+)
+def test_pid_alive_of_a_process_that_kill_0_still_reaches(
+    tmp_path: Path, script: Path, stat_output: str, alive: bool
+) -> None:
+    """The pid is this test's own (kill -0 succeeds), so ps alone decides."""
+    defined = pid_alive_definition(script)
+    probe = f"{defined}\nif pid_alive {os.getpid()}; then echo alive; else echo gone; fi\n"
+    env = {"PATH": ps_stub(tmp_path, stat_output)}
+
+    out = subprocess.run(["/bin/sh", "-c", probe], env=env, capture_output=True, text=True)
+
+    assert out.stdout.strip() == ("alive" if alive else "gone"), out.stderr
+
+
+def test_kill_runaway_reports_a_process_reaped_mid_check_as_stopped(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """The race for real: the hog dies at SIGTERM but is not reaped (kill -0 still
+    reaches it) while ps has nothing to say about it, as when it is reaped in between."""
+    hog = spawn(procs, busy(tmp_path, "vgl-raced"))
+    time.sleep(0.5)
+
+    result = run_rem(
+        "kill-runaway",
+        {"names": "vgl-raced", "min_cpu_percent": "5", "grace": "1"},
+        path=ps_stub(tmp_path, ""),
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "stopped 1 process" in result.output
+    assert hog.wait(5) == -signal.SIGTERM
+
+
+def test_app_memory_restart_reports_a_process_reaped_mid_check_as_stopped(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    leaky = spawn(procs, bloated(tmp_path, "vgl-raced2", 40))
+    assert wait_until(lambda: psutil.Process(leaky.pid).memory_info().rss > 30 * 2**20)
+
+    result = run_rem(
+        "app-memory-restart",
+        {"name": "vgl-raced2", "max_rss": str(20 * 2**20), "grace": "1"},
+        path=ps_stub(tmp_path, ""),
+    )
+
+    assert result.exit_code == 0, result.output
+    assert declared_outcome(result.output) == "needs_user"
+    assert leaky.wait(5) == -signal.SIGTERM
+
+
 # --- dns-flush, clock-resync, print-queue-clear (stand-in tools) -----------------------------
 
 
