@@ -414,3 +414,16 @@ def test_a_service_that_died_into_a_zombie_stops_counting_before_the_next_full_s
     t.refresh(5, full=False)
 
     assert t.reading().values["process.count[svc]"] == 0
+
+
+def test_a_stopped_service_is_critical_despite_a_zombie_so_its_fix_runs() -> None:
+    """The check a service restart hangs on: count below 1 is critical, not unknown."""
+    ps = FakePs(FakeProc(1, "init", user="root"), ZombieProc(66, "mydaemon"))
+    clock = [0.0]
+    s = sampler_over(ps, clock, processes=(ProcessSpec("svc", cmdline="mydaemon --serve"),))
+    spec = CheckSpec(id="svc.up", metric="process.count[svc]", op="<", critical=1.0)
+
+    values = s.sample({"processes"})
+    status, _ = evaluate(spec, None, values.get(spec.metric), 0.0, reason=s.reason_for(spec.metric))
+
+    assert status.state == "critical"

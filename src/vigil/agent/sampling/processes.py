@@ -160,8 +160,8 @@ class ProcessTable:
         for pid in gone:
             del self._entries[pid]
         if gone:
-            # Top N and zombies are recomputed without the vanished processes, so a
-            # process a fix stopped no longer shows until the next full scan.
+            # Top N and zombies are recomputed without the vanished processes: a process
+            # a fix stopped leaves them now, not at the next full scan.
             self._full_values = None
         for pid in pids:
             if pid not in self._entries:
@@ -178,7 +178,8 @@ class ProcessTable:
             self._refresh_watched()
 
     def reading(self) -> ProcessReading:
-        """``process.count``, named counts and (after a full scan) zombies and top N."""
+        """``process.count``, named counts and (after a full scan) zombies, top N and the
+        watched names' series."""
         values: dict[str, float] = {"process.count": float(len(self._entries))}
         reasons: dict[str, str] = {}
         for spec in self.specs:

@@ -21,7 +21,9 @@ Series: ``cpu.busy_percent`` (from the second sample on), ``cpu.count``,
 ``probe.up[<name>]``, ``probe.http_status[<name>]``, ``uptime_seconds``,
 ``boot_time_seconds``, ``path.{size_bytes,count,age_seconds}[<path>]``,
 ``agent.cpu_seconds_total``, ``agent.rss_bytes`` and ``agent.sample_duration_seconds``.
-Rates (``*_per_second``) start from the second sample.
+Rates (``*_per_second``) start from the second sample. ``process.top_*[<name>]`` covers
+the top N names plus every name a check reads (``SamplerConfig.watched_names``), which
+reads 0 when no such process runs; zombies never count as running processes.
 
 Why a series is missing is kept in :meth:`Sampler.reason_for` (access denied, a mount
 that timed out, no battery, a vanished process), so a check on it reads ``unknown``
