@@ -335,6 +335,14 @@ def test_a_watched_name_we_cannot_measure_is_unknown_not_zero() -> None:
     assert "cannot tell if other runs" in reading.reasons["process.top_rss_bytes[other]"]
 
 
+def test_a_watched_process_found_despite_unreadable_names_is_read() -> None:
+    ps = FakePs(FakeProc(1, "hog", rss=900), FakeProc(2, "x", denied=("name",)))
+    t = table(ps, watched=("hog",))
+    t.refresh(0, full=True)
+
+    assert t.reading().values["process.top_rss_bytes[hog]"] == 900
+
+
 def test_watched_names_wait_for_the_first_full_scan() -> None:
     t = table(FakePs(FakeProc(1, "init")), watched=("hog",))
     t.refresh(0, full=False)

@@ -341,13 +341,14 @@ class ProcessTable:
     def _watched_value(self, name: str, attr: str) -> tuple[float | None, str]:
         """(value, reason when None) of ``attr`` summed over running processes ``name``."""
         total = 0.0
-        unnamed = unmeasured = 0
+        found = unnamed = unmeasured = 0
         for entry in self._entries.values():
             if entry.zombie:
                 continue
             if entry.name is None:
                 unnamed += 1
             elif entry.name == name:
+                found += 1
                 value = getattr(entry, attr)
                 if value is None:
                     unmeasured += 1
@@ -359,7 +360,8 @@ class ProcessTable:
                 f"no {what} reading yet for {unmeasured} {name} processes "
                 "(started since the last process scan, or access denied)"
             )
-        if total == 0.0 and unnamed:
+        if not found and unnamed:
+            # Like a presence count: no match is only known when every name was read.
             return None, f"access denied to {unnamed} process names; cannot tell if {name} runs"
         return total, ""
 
