@@ -298,6 +298,19 @@ def test_a_restarted_watched_process_is_measured_before_the_next_full_scan() -> 
     assert "no CPU reading yet" in reading.reasons["process.top_cpu_percent[leaky]"]
 
 
+def test_a_watched_process_first_read_between_scans_gets_its_cpu_over_its_own_interval() -> None:
+    ps = FakePs(FakeProc(1, "init"))
+    t = table(ps, watched=("app",))
+    t.refresh(0, full=True)
+    app = ps.procs[2] = FakeProc(2, "app", cpu=100.0, created=40.0)
+    app.table = ps
+    t.refresh(40, full=False)  # first reading: 100 s of CPU so far
+    app.cpu = 110.0
+    t.refresh(60, full=True)  # 10 s of CPU in the 20 s since
+
+    assert t.reading().values["process.top_cpu_percent[app]"] == pytest.approx(50.0)
+
+
 def test_a_killed_top_process_leaves_the_top_n_at_the_next_refresh() -> None:
     ps = FakePs(FakeProc(1, "hog", rss=900), FakeProc(2, "app", rss=300))
     t = table(ps, ProcessSpec("app", exe_name="app"), top_n=1)

@@ -64,6 +64,7 @@ class _Entry:
     user: str | None = None
     details_read: bool = False
     cpu_s: float | None = None
+    cpu_at: float | None = None  # monotonic time cpu_s was read
     cpu_percent: float | None = None
     rss: int | None = None
     status: str | None = None
@@ -149,7 +150,6 @@ class ProcessTable:
         self._ps = ps
         self._top_n = top_n
         self._entries: dict[int, _Entry] = {}
-        self._last_full: float | None = None
         self._full_done = False
         self._full_values: dict[str, float] | None = None
 
@@ -175,7 +175,7 @@ class ProcessTable:
         if full:
             self._full_scan(now)
         else:
-            self._refresh_watched()
+            self._refresh_watched(now)
 
     def reading(self) -> ProcessReading:
         """``process.count``, named counts and (after a full scan) zombies, top N and the
@@ -268,8 +268,6 @@ class ProcessTable:
             entry.user = None
 
     def _full_scan(self, now: float) -> None:
-        elapsed = None if self._last_full is None else now - self._last_full
-        self._last_full = now
         for pid, entry in list(self._entries.items()):
             try:
                 with entry.proc.oneshot():
@@ -297,14 +295,16 @@ class ProcessTable:
             except (_AccessDenied, OSError):
                 continue
             cpu_s = float(times.user + times.system)
+            # Per process: a watched one may have had its first reading between scans.
+            elapsed = None if entry.cpu_at is None else now - entry.cpu_at
             percent = cpu_time_percent(entry.cpu_s, cpu_s, elapsed)
             if percent is not None:
                 entry.cpu_percent = percent
-            entry.cpu_s = cpu_s
+            entry.cpu_s, entry.cpu_at = cpu_s, now
         self._full_done = True
         self._full_values = None
 
-    def _refresh_watched(self) -> None:
+    def _refresh_watched(self, now: float) -> None:
         """Between full scans: re-read the status of processes a presence check matches
         or a watched name names (one may have died into a zombie), and measure the memory
         of watched-name processes first seen since the last full scan (a restarted
@@ -316,13 +316,13 @@ class ProcessTable:
                 continue
             watched = entry.name is not None and entry.name in self._watched
             if watched and entry.cpu_s is None:
-                self._measure_new(entry)
+                self._measure_new(entry, now)
             elif watched or any(self._matches(s, entry) for s in self.specs):
                 self._read_status(entry)
             if entry.zombie:
                 self._full_values = None  # it left the top N and joined the zombies
 
-    def _measure_new(self, entry: _Entry) -> None:
+    def _measure_new(self, entry: _Entry, now: float) -> None:
         """First reading of a process between full scans: RSS, status and a CPU baseline
         (a CPU percent needs a second reading, at the next full scan)."""
         try:
@@ -335,7 +335,7 @@ class ProcessTable:
             return
         except (_NoSuchProcess, _AccessDenied, OSError):
             return
-        entry.cpu_s = float(times.user + times.system)
+        entry.cpu_s, entry.cpu_at = float(times.user + times.system), now
         self._full_values = None
 
     def _watched_value(self, name: str, attr: str) -> tuple[float | None, str]:
