@@ -60,31 +60,38 @@ if [ "$dry_run" = 1 ]; then
     exit 0
 fi
 
-alive() {
+# --- pid_alive (the same in every remediation that waits for a process; keep identical) ---
+pid_alive() {
+    # Whether process $1 still runs. kill -0 also succeeds for a zombie (exited, not yet
+    # reaped: PID 1 in many containers never reaps), which ps shows in state Z; and a
+    # process reaped between the two calls makes ps print nothing. Both are gone.
     kill -0 "$1" 2> /dev/null || return 1
-    case $(ps -o stat= -p "$1" 2> /dev/null) in Z*) return 1 ;; esac
+    case $(ps -o stat= -p "$1" 2> /dev/null) in
+        Z* | '') return 1 ;;
+    esac
     return 0
 }
+# --- end pid_alive ---
 
 pids=$(printf '%s\n' "$over" | awk '{ print $1 }')
 for pid in $pids; do kill -TERM "$pid" 2> /dev/null; done
 ticks=0
 while [ "$ticks" -lt "$((grace * 10))" ]; do
     left=""
-    for pid in $pids; do alive "$pid" && left="$left $pid"; done
+    for pid in $pids; do pid_alive "$pid" && left="$left $pid"; done
     [ -n "$left" ] || break
     sleep 0.1
     ticks=$((ticks + 1))
 done
 for pid in $pids; do
-    if alive "$pid"; then
+    if pid_alive "$pid"; then
         printf 'app-memory-restart: pid %s ignored SIGTERM for %ss; forcing\n' "$pid" "$grace"
         kill -KILL "$pid" 2> /dev/null
     fi
 done
 sleep 0.2
 for pid in $pids; do
-    if alive "$pid"; then
+    if pid_alive "$pid"; then
         printf 'app-memory-restart: could not stop pid %s\n' "$pid"
         exit 1
     fi

@@ -55,33 +55,38 @@ printf '%s\n' "$candidates" | while read -r pid name cpu; do
 done
 [ "$dry_run" = 1 ] && exit 0
 
-alive() {
-    # kill -0 also succeeds for a zombie; ps shows its state as Z, which counts as gone.
+# --- pid_alive (the same in every remediation that waits for a process; keep identical) ---
+pid_alive() {
+    # Whether process $1 still runs. kill -0 also succeeds for a zombie (exited, not yet
+    # reaped: PID 1 in many containers never reaps), which ps shows in state Z; and a
+    # process reaped between the two calls makes ps print nothing. Both are gone.
     kill -0 "$1" 2> /dev/null || return 1
-    state=$(ps -o stat= -p "$1" 2> /dev/null)
-    case $state in Z*) return 1 ;; esac
+    case $(ps -o stat= -p "$1" 2> /dev/null) in
+        Z* | '') return 1 ;;
+    esac
     return 0
 }
+# --- end pid_alive ---
 
 for pid in $pids; do kill -TERM "$pid" 2> /dev/null; done
 # Wait up to the grace period, in tenths of a second, for them to exit.
 ticks=0
 while [ "$ticks" -lt "$((grace * 10))" ]; do
     left=""
-    for pid in $pids; do alive "$pid" && left="$left $pid"; done
+    for pid in $pids; do pid_alive "$pid" && left="$left $pid"; done
     [ -n "$left" ] || break
     sleep 0.1
     ticks=$((ticks + 1))
 done
 left=""
-for pid in $pids; do alive "$pid" && left="$left $pid"; done
+for pid in $pids; do pid_alive "$pid" && left="$left $pid"; done
 if [ -n "$left" ]; then
     printf 'kill-runaway: still running after %ss, forcing:%s\n' "$grace" "$left"
     for pid in $left; do kill -KILL "$pid" 2> /dev/null; done
     sleep 0.5
 fi
 survivors=""
-for pid in $pids; do alive "$pid" && survivors="$survivors $pid"; done
+for pid in $pids; do pid_alive "$pid" && survivors="$survivors $pid"; done
 if [ -n "$survivors" ]; then
     printf 'kill-runaway: could not stop:%s\n' "$survivors"
     exit 1

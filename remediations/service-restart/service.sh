@@ -68,17 +68,25 @@ need() { have "$1" || refuse "manager $manager needs '$1', which is not installe
 
 # --- the facade: is_running and restart, one implementation per manager -----------------
 
+# --- pid_alive (the same in every remediation that waits for a process; keep identical) ---
 pid_alive() {
-    # A pidfile names a running process when it holds a number and that pid exists and
-    # is not a zombie. kill -0 alone succeeds for a zombie: a killed daemon whose parent
-    # never reaps it (PID 1 in many containers) would look alive forever.
-    [ -f "$pidfile" ] || return 1
-    pid=$(head -c 32 -- "$pidfile" | tr -cd '0-9')
-    [ -n "$pid" ] && [ "$pid" -gt 1 ] && kill -0 "$pid" 2> /dev/null || return 1
-    case $(ps -o stat= -p "$pid" 2> /dev/null) in
+    # Whether process $1 still runs. kill -0 also succeeds for a zombie (exited, not yet
+    # reaped: PID 1 in many containers never reaps), which ps shows in state Z; and a
+    # process reaped between the two calls makes ps print nothing. Both are gone.
+    kill -0 "$1" 2> /dev/null || return 1
+    case $(ps -o stat= -p "$1" 2> /dev/null) in
         Z* | '') return 1 ;;
     esac
     return 0
+}
+# --- end pid_alive ---
+
+pidfile_alive() {
+    # The pidfile names a running process: it holds a number above 1 whose process runs.
+    [ -f "$pidfile" ] || return 1
+    pid=$(head -c 32 -- "$pidfile" | tr -cd '0-9')
+    [ -n "$pid" ] && [ "$pid" -gt 1 ] || return 1
+    pid_alive "$pid"
 }
 
 case $manager in
@@ -119,7 +127,7 @@ case $manager in
         if [ ! -f "$start" ] || [ ! -x "$start" ]; then
             refuse "start program is not an executable file: $start"
         fi
-        is_running() { pid_alive; }
+        is_running() { pidfile_alive; }
         restart() {
             # Detached in its own session: the agent kills this script's process group
             # when it ends, and the service must outlive it.

@@ -21,15 +21,20 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 
+from vigil import wire
+from vigil.agent.config import load_agent_config
 from vigil.agent.remediation import declared_outcome, load_library, load_manifest
 from vigil.agent.runner import ScriptResult, run_script
+from vigil.agent.service import AgentService
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "remediations"
@@ -382,6 +387,85 @@ def test_kill_runaway_refuses_an_empty_allow_list() -> None:
     assert run_rem("kill-runaway", {"names": ""}).exit_code == 3
 
 
+def agent_with_shipped_library(
+    tmp_path: Path, checks: list[dict[str, object]], *, top_n: int = 5
+) -> AgentService:
+    """A real agent (real sampler, real runner) over the shipped library; ships nothing."""
+    config = {
+        "agent": {"state_dir": str(tmp_path / "state")},
+        "collector": {"url": "http://127.0.0.1:9", "token": "t"},
+        "sampler": {"process_scan": "1s", "disk_mounts": [], "top_n": top_n},
+        "remediation": {"folders": [str(SHIPPED)]},
+        "checks": checks,
+    }
+    path = tmp_path / "agent.yaml"
+    path.write_text(yaml.safe_dump(config))
+    svc = AgentService(load_agent_config(path))
+
+    async def no_ship() -> None:
+        return None
+
+    svc.ship = no_ship  # type: ignore[method-assign]
+    return svc
+
+
+def agent_story(svc: AgentService) -> list[tuple[str, ...]]:
+    batch = svc.outbox.next_batch(1000)
+    out: list[tuple[str, ...]] = []
+    for e in batch.events if batch else ():
+        if isinstance(e, wire.CheckEvent):
+            out.append(("check", e.check, e.state))
+        elif isinstance(e, wire.RemediationEvent):
+            out.append(("remediation", e.remediation, e.outcome))
+    return out
+
+
+def test_agent_verifies_kill_runaway_as_fixed_once_the_process_is_gone(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """The whole flow: a check on the hog's CPU goes critical, the shipped kill-runaway
+    stops it, and the verification reads the hog's series as 0 (it is gone), not as a
+    missing series: outcome ``fixed`` and the check back to ok."""
+    hog = spawn(procs, busy(tmp_path, "vgl-spin"))
+    # Its parent reaps it at once, as on a real desktop, so it vanishes from the table.
+    threading.Thread(target=hog.wait, daemon=True).start()
+    svc = agent_with_shipped_library(
+        tmp_path,
+        [
+            {
+                "id": "spin.cpu",
+                "metric": "process.top_cpu_percent[vgl-spin]",
+                "critical": 50,
+                "remediation": {
+                    "id": "kill-runaway",
+                    "params": {"names": "vgl-spin", "min_cpu_percent": "5", "grace": "1"},
+                },
+            }
+        ],
+    )
+
+    async def scenario() -> None:
+        await svc.cycle()  # first full process scan: the CPU baseline
+        await asyncio.sleep(1.2)
+        await svc.cycle()  # critical: kill-runaway runs, then the verification
+        deadline = time.monotonic() + 30
+        while svc._tasks and time.monotonic() < deadline:
+            await asyncio.gather(*list(svc._tasks), return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+        story = agent_story(svc)
+    finally:
+        svc.outbox.close()
+
+    assert story[-3:] == [
+        ("check", "spin.cpu", "critical"),
+        ("remediation", "kill-runaway", "fixed"),
+        ("check", "spin.cpu", "ok"),
+    ]
+    assert hog.wait(5) == -signal.SIGTERM
+
+
 # --- log-rotate ------------------------------------------------------------------------------
 
 
@@ -480,6 +564,64 @@ def test_app_memory_restart_stops_the_bloated_app_and_starts_it_again(
     assert declared_outcome(result.output) is None
 
 
+def test_agent_verifies_app_memory_restart_on_the_restarted_app_outside_the_top_n(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """The restarted application is small, so it leaves the top N; the check on its
+    memory still reads it (measured at once, before the next full scan): ``fixed``."""
+    leaky = spawn(procs, bloated(tmp_path, "vgl-leaky3", 40))
+    threading.Thread(target=leaky.wait, daemon=True).start()
+    assert wait_until(lambda: psutil.Process(leaky.pid).memory_info().rss > 30 * 2**20)
+    (tmp_path / "again").mkdir()
+    restarted = tmp_path / "restarted.pid"
+    again = program(
+        tmp_path / "again" / "vgl-leaky3",
+        f'echo $$ > "{restarted}"\nwhile :; do sleep 0.1; done\n',
+    )
+    svc = agent_with_shipped_library(
+        tmp_path,
+        [
+            {
+                "id": "leaky.memory",
+                "metric": "process.top_rss_bytes[vgl-leaky3]",
+                "critical": 20 * 2**20,
+                "remediation": {
+                    "id": "app-memory-restart",
+                    "params": {
+                        "name": "vgl-leaky3",
+                        "max_rss": str(20 * 2**20),
+                        "grace": "2",
+                        "restart": str(again),
+                    },
+                },
+            }
+        ],
+        top_n=1,
+    )
+
+    async def scenario() -> None:
+        await svc.cycle()
+        deadline = time.monotonic() + 30
+        while svc._tasks and time.monotonic() < deadline:
+            await asyncio.gather(*list(svc._tasks), return_exceptions=True)
+
+    try:
+        asyncio.run(scenario())
+        story = agent_story(svc)
+    finally:
+        svc.outbox.close()
+        if restarted.exists():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(restarted.read_text()), signal.SIGKILL)
+
+    assert story[-3:] == [
+        ("check", "leaky.memory", "critical"),
+        ("remediation", "app-memory-restart", "fixed"),
+        ("check", "leaky.memory", "ok"),
+    ]
+    assert leaky.wait(5) == -signal.SIGTERM
+
+
 def test_app_memory_restart_without_a_restart_program_declares_needs_user(
     tmp_path: Path, procs: list[subprocess.Popen[bytes]]
 ) -> None:
@@ -503,6 +645,103 @@ def test_app_memory_restart_leaves_an_app_under_the_limit_alone(
 
     assert result.exit_code == 0
     assert small.poll() is None
+
+
+# --- pid_alive: one definition in every script that waits for a process to exit ------------
+
+PID_ALIVE_SCRIPTS = [
+    SHIPPED / "kill-runaway" / "kill.sh",
+    SHIPPED / "app-memory-restart" / "restart.sh",
+    SHIPPED / "service-restart" / "service.sh",
+]
+_BEGIN, _END = "# --- pid_alive ", "# --- end pid_alive ---"
+
+
+def pid_alive_definition(script: Path) -> str:
+    """The text between the pid_alive markers of ``script``."""
+    text = script.read_text()
+    start, end = text.index(_BEGIN), text.index(_END)
+    return text[start : end + len(_END)]
+
+
+def test_every_script_that_waits_for_a_process_shares_one_pid_alive() -> None:
+    """A bundle is one self-contained folder (admins copy it; the agent hashes the script
+    it runs), so the definition is repeated rather than sourced: the copies must match."""
+    first, *others = (pid_alive_definition(s) for s in PID_ALIVE_SCRIPTS)
+
+    assert all(other == first for other in others)
+
+
+def ps_stub(tmp_path: Path, stat_output: str) -> str:
+    """A PATH whose ``ps`` answers ``-o stat=`` with ``stat_output`` and runs the real ps
+    for everything else (the scripts also list processes with it)."""
+    real_ps = shutil.which("ps")
+    assert real_ps
+    body = (
+        'case " $* " in\n'
+        f"    *' -o stat= '*) printf '{stat_output}' ;;\n"
+        f'    *) exec {real_ps} "$@" ;;\n'
+        "esac\n"
+    )
+    return toolbox(tmp_path, {"ps": body})
+
+
+@pytest.mark.parametrize("script", PID_ALIVE_SCRIPTS, ids=lambda p: p.parent.name)
+@pytest.mark.parametrize(
+    ("stat_output", "alive"),
+    [
+        pytest.param("", False, id="reaped between kill -0 and ps: gone"),
+        pytest.param("Z\\n", False, id="zombie: gone"),
+        pytest.param("S\\n", True, id="sleeping: alive"),
+    ],
+)
+def test_pid_alive_of_a_process_that_kill_0_still_reaches(
+    tmp_path: Path, script: Path, stat_output: str, alive: bool
+) -> None:
+    """The pid is this test's own (kill -0 succeeds), so ps alone decides."""
+    defined = pid_alive_definition(script)
+    probe = f"{defined}\nif pid_alive {os.getpid()}; then echo alive; else echo gone; fi\n"
+    env = {"PATH": ps_stub(tmp_path, stat_output)}
+
+    out = subprocess.run(["/bin/sh", "-c", probe], env=env, capture_output=True, text=True)
+
+    assert out.stdout.strip() == ("alive" if alive else "gone"), out.stderr
+
+
+def test_kill_runaway_reports_a_process_reaped_mid_check_as_stopped(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    """The race for real: the hog dies at SIGTERM but is not reaped (kill -0 still
+    reaches it) while ps has nothing to say about it, as when it is reaped in between."""
+    hog = spawn(procs, busy(tmp_path, "vgl-raced"))
+    time.sleep(0.5)
+
+    result = run_rem(
+        "kill-runaway",
+        {"names": "vgl-raced", "min_cpu_percent": "5", "grace": "1"},
+        path=ps_stub(tmp_path, ""),
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "stopped 1 process" in result.output
+    assert hog.wait(5) == -signal.SIGTERM
+
+
+def test_app_memory_restart_reports_a_process_reaped_mid_check_as_stopped(
+    tmp_path: Path, procs: list[subprocess.Popen[bytes]]
+) -> None:
+    leaky = spawn(procs, bloated(tmp_path, "vgl-raced2", 40))
+    assert wait_until(lambda: psutil.Process(leaky.pid).memory_info().rss > 30 * 2**20)
+
+    result = run_rem(
+        "app-memory-restart",
+        {"name": "vgl-raced2", "max_rss": str(20 * 2**20), "grace": "1"},
+        path=ps_stub(tmp_path, ""),
+    )
+
+    assert result.exit_code == 0, result.output
+    assert declared_outcome(result.output) == "needs_user"
+    assert leaky.wait(5) == -signal.SIGTERM
 
 
 # --- dns-flush, clock-resync, print-queue-clear (stand-in tools) -----------------------------

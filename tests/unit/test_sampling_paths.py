@@ -17,9 +17,11 @@ from tests.support.fake_psutil import (
     full_sampler,
     sampler,
 )
-from vigil.agent.config import PathSpec, SamplerConfig
+from vigil.agent.checks import evaluate
+from vigil.agent.config import CheckSpec, PathSpec, SamplerConfig, load_agent_config
 from vigil.agent.sampling.paths import PathStats, scan_path
 from vigil.agent.sampling.sampler import Sampler
+from vigil.configio import ConfigError
 
 
 @pytest.fixture
@@ -70,12 +72,73 @@ def test_file_series_are_its_size_and_age(tree: Path) -> None:
     }
 
 
-def test_missing_path_is_empty_with_no_age(tmp_path: Path) -> None:
+def test_a_missing_path_has_no_series_and_its_check_is_unknown_with_the_reason(
+    tmp_path: Path,
+) -> None:
+    """A typo in the path must not read as an empty, healthy folder."""
+    path = tmp_path / "nothing-here"
+    s = sampler(paths=(PathSpec("logs", path),))
+    spec = CheckSpec(id="logs.size", metric="path.size_bytes[logs]", critical=1000)
+
+    values = s.sample(["paths"])
+    status, _ = evaluate(spec, None, values.get(spec.metric), 0.0, reason=s.reason_for(spec.metric))
+
+    assert not any(k.startswith("path.") for k in values)
+    assert s.reason_for("path.count[logs]") == f"{path} does not exist"
+    assert status.state == "unknown"
+    assert "does not exist" in status.message
+
+
+def test_a_missing_path_reads_empty_when_its_spec_says_so(tmp_path: Path) -> None:
     path = tmp_path / "nothing-here"
 
-    values = sampler(paths=(path,)).sample_paths()
+    values = sampler(paths=(PathSpec("spool", path, missing="empty"),)).sample_paths()
 
-    assert values == {f"path.size_bytes[{path}]": 0, f"path.count[{path}]": 0}
+    assert values == {"path.size_bytes[spool]": 0, "path.count[spool]": 0}
+
+
+def test_a_path_below_a_regular_file_is_missing_too(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    s = sampler(paths=(PathSpec("p", tmp_path / "file" / "sub"),))
+
+    assert s.sample_paths() == {}
+    assert s.reason_for("path.size_bytes[p]").endswith("does not exist")
+
+
+def test_a_path_that_appears_later_is_read_and_its_reason_cleared(tmp_path: Path) -> None:
+    path = tmp_path / "later"
+    s = sampler(paths=(PathSpec("later", path),))
+    s.sample_paths()
+    path.mkdir()
+    (path / "f").write_bytes(b"x" * 7)
+
+    assert s.sample_paths()["path.size_bytes[later]"] == 7
+    assert "path.size_bytes[later]" not in s.reasons
+
+
+@pytest.mark.parametrize(("given", "expected"), [(None, "unknown"), ("empty", "empty")])
+def test_the_loader_reads_what_a_missing_path_means(
+    tmp_path: Path, given: str | None, expected: str
+) -> None:
+    extra = "" if given is None else f", missing: {given}"
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "collector: {url: 'http://127.0.0.1:9', token: t}\n"
+        f"sampler: {{paths: [{{name: spool, path: /tmp/spool{extra}}}]}}\n"
+    )
+
+    assert load_agent_config(path).sampler.paths[0].missing == expected
+
+
+def test_the_loader_refuses_another_meaning_of_missing(tmp_path: Path) -> None:
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        "collector: {url: 'http://127.0.0.1:9', token: t}\n"
+        "sampler: {paths: [{name: spool, path: /tmp/spool, missing: zero}]}\n"
+    )
+
+    with pytest.raises(ConfigError, match=r"sampler\.paths\[0\]\.missing"):
+        load_agent_config(path)
 
 
 def test_file_dated_in_the_future_has_age_zero(tmp_path: Path) -> None:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import re
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
@@ -79,12 +80,16 @@ class PathSpec:
     """A file or folder to watch, sampled under the short ``name`` (not the full path).
 
     ``interval_s``: walk it at most this often (``None``: every sample); a big folder
-    costs CPU in proportion to its entries, and sizes change slowly.
+    costs CPU in proportion to its entries, and sizes change slowly. ``missing`` says what
+    a path that does not exist reads as: ``"unknown"`` (the default: no series, so a check
+    on it is ``unknown`` with the reason, never a silent ok) or ``"empty"`` (size 0, count
+    0, no age: for a folder created on demand, or one a remediation removes).
     """
 
     name: str
     path: Path
     interval_s: float | None = None
+    missing: Literal["unknown", "empty"] = "unknown"
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +134,10 @@ class SamplerConfig:
     ``per_core``: also sample ``cpu.core_busy_percent[<n>]``. ``processes``, ``services``
     (unit or service names) and ``probes`` are described on their specs.
     ``process_scan_s`` is how often the process table is rescanned; ``slow_s`` how often
-    the slow-changing sources (sensors, battery) are read.
+    the slow-changing sources (sensors, battery) are read. ``watched_names``: process names
+    whose ``process.top_cpu_percent[<name>]`` and ``process.top_rss_bytes[<name>]`` are
+    sampled whether or not they rank in the top ``top_n``, reading 0 when no such process
+    runs; :func:`load_agent_config` fills it with the names the checks read.
     """
 
     disk_mounts: tuple[str, ...] | None = None
@@ -142,6 +150,7 @@ class SamplerConfig:
     process_scan_s: float = 60.0
     top_n: int = 5
     slow_s: float = 60.0
+    watched_names: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +347,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
             raise ConfigError(str(path), f"checks[{i}].id", c.id, "duplicate check id")
         seen.add(c.id)
     root.done()
+    sampler = replace(sampler, watched_names=watched_process_names(checks))
 
     return AgentConfig(
         file=str(path),
@@ -352,6 +362,24 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         checks=checks,
         shipping=shipping,
     )
+
+
+_TOP_SERIES = re.compile(r"^process\.top_(?:cpu_percent|rss_bytes)\[(.+)\]$")
+
+
+def watched_process_names(checks: Iterable[CheckSpec]) -> tuple[str, ...]:
+    """The process names whose top-N series (``process.top_cpu_percent[<name>]``,
+    ``process.top_rss_bytes[<name>]``) some check reads, in order of first use.
+
+    A check on a named process must see it whether or not it ranks in the top N, and see
+    0 once it stopped (the usual result of a fix that stops it), not a missing series.
+    """
+    names: dict[str, None] = {}
+    for check in checks:
+        match = _TOP_SERIES.match(check.metric)
+        if match:
+            names[match.group(1)] = None
+    return tuple(names)
 
 
 def _token(col: Section) -> str:
@@ -396,7 +424,10 @@ def _path_spec(s: Section) -> PathSpec:
     if not _CHECK_ID.match(name):
         raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
     spec = PathSpec(
-        name=name, path=s.path_value("path"), interval_s=s.duration("interval", None, minimum=0.1)
+        name=name,
+        path=s.path_value("path"),
+        interval_s=s.duration("interval", None, minimum=0.1),
+        missing=s.get("missing", str, "unknown", choices=("unknown", "empty")),  # type: ignore[arg-type]
     )
     s.done()
     return spec

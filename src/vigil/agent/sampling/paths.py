@@ -25,7 +25,7 @@ class PathStats(NamedTuple):
     """What :func:`scan_path` found.
 
     ``size_bytes``: total size of regular files (a file: its size). ``count``: entries seen
-    below a folder, of any kind (a file: 1; missing: 0). ``newest_mtime``: newest
+    below a folder, of any kind (a file: 1). ``newest_mtime``: newest
     modification time of a regular file, seconds since the epoch (``None`` if none).
     ``truncated``: the walk stopped at ``max_entries``, so the figures are lower bounds.
     """
@@ -40,15 +40,12 @@ def scan_path(path: str | os.PathLike[str], *, max_entries: int = MAX_PATH_ENTRI
     """Size, entry count and newest mtime of a file or of everything under a folder.
 
     The walk uses ``os.scandir`` and never follows symlinks (or Windows junctions) below
-    ``path``; ``path`` itself is followed, since an admin named it. A missing ``path``
-    gives ``PathStats(0, 0, None)``. Entries that vanish mid-walk and unreadable
-    subfolders are skipped (normal races on a live system); an unreadable ``path`` itself
-    raises ``OSError``.
+    ``path``; ``path`` itself is followed, since an admin named it. Entries that vanish
+    mid-walk and unreadable subfolders are skipped (normal races on a live system); a
+    missing ``path`` raises ``FileNotFoundError`` (``NotADirectoryError`` when a parent is a
+    file) and an unreadable one ``OSError``: whether missing means empty is the caller's call.
     """
-    try:
-        top = os.stat(path)
-    except (FileNotFoundError, NotADirectoryError):
-        return PathStats(0, 0, None)
+    top = os.stat(path)
     if not stat.S_ISDIR(top.st_mode):
         size = top.st_size if stat.S_ISREG(top.st_mode) else 0
         return PathStats(size, 1, top.st_mtime)
@@ -93,6 +90,9 @@ def _is_reparse_point(entry: os.DirEntry[str]) -> bool:
 
 class Paths:
     """``path.{size_bytes,count,age_seconds}[<name>]`` for every configured path.
+
+    A path that does not exist has no series (its reason says so) unless its spec says
+    ``missing: empty``; then it reads size 0 and count 0, with no age.
 
     ``clock`` is monotonic (walk reuse); ``wall_clock`` gives epoch seconds for ages.
     """
@@ -140,15 +140,13 @@ class Paths:
             else:
                 try:
                     found = scan_path(path)
+                except (FileNotFoundError, NotADirectoryError) as exc:
+                    if spec.missing != "empty":
+                        self._unreadable(spec, source, exc, f"{path} does not exist")
+                        continue
+                    found = PathStats(0, 0, None)
                 except OSError as exc:
-                    self._failures.failed(source, exc)
-                    self._reasons.update(
-                        dict.fromkeys(
-                            (f"path.{m}[{name}]" for m in _METRICS),
-                            f"cannot read {path}: {describe(exc)}",
-                        )
-                    )
-                    self._cache.pop(name, None)
+                    self._unreadable(spec, source, exc, f"cannot read {path}: {describe(exc)}")
                     continue
                 self._cache[name] = (mono, found)
             for m in _METRICS:
@@ -164,3 +162,9 @@ class Paths:
                 items.append((f"path.age_seconds[{name}]", max(0.0, now - found.newest_mtime)))
             put(values, items)
         return values
+
+    def _unreadable(self, spec: PathSpec, source: str, exc: OSError, reason: str) -> None:
+        """No series for ``spec`` this time: log once, and say why in each series' reason."""
+        self._failures.failed(source, exc)
+        self._reasons.update(dict.fromkeys((f"path.{m}[{spec.name}]" for m in _METRICS), reason))
+        self._cache.pop(spec.name, None)

@@ -1,4 +1,4 @@
-"""A cached process table: counts, zombies, top N, and named-process presence.
+"""A cached process table: counts, zombies, top N, watched names and presence.
 
 A full process scan (CPU times, memory, status of every process) costs milliseconds, so
 the sampler does not do one every tick. :class:`ProcessTable` keeps one ``Process``
@@ -13,9 +13,25 @@ object per process across ticks, keyed by pid and identified by pid + create tim
   times, so a pid reused between two cheap refreshes is noticed there (until then it
   keeps its old name).
 
+Zombies (exited, not yet reaped by their parent) are not running processes: they are
+counted in ``process.zombies`` and nowhere else, so a presence check never counts a dead
+service's zombie as running, and a zombie's unreadable command line (psutil raises
+``ZombieProcess``) never blinds a presence check. Between full scans the status of the
+processes a presence check matches is re-read on every refresh (a handful of reads), so
+a service that died into a zombie stops counting at once.
+
+Watched names (``SamplerConfig.watched_names``: the names whose ``process.top_*[name]``
+series a check reads) are sampled on every refresh whether or not they rank in the top
+N, and read 0 when no process of that name runs: the process a fix stopped is gone, which
+is the fix working, not a lack of knowledge. A watched process first seen since the last
+full scan is measured at once (memory; CPU needs a second reading, so its CPU series is
+unknown until the next full scan), and a process that vanished stops counting at the next
+refresh rather than the next full scan.
+
 Races are normal: a process that vanishes mid-read is skipped; a field we may not read
 (``AccessDenied``, other users' command lines when not root) is remembered as denied, and
-a presence count that might be wrong because of it is reported as unknown with a reason.
+a presence count or a watched name's series that might be wrong because of it is reported
+as unknown with a reason.
 """
 
 from __future__ import annotations
@@ -34,6 +50,9 @@ from vigil.agent.sampling.series import Item
 _NoSuchProcess = psutil.NoSuchProcess
 _AccessDenied = psutil.AccessDenied
 _ZombieProcess = psutil.ZombieProcess
+_ZOMBIE = psutil.STATUS_ZOMBIE
+# The series a watched name gets, and the _Entry field each one sums.
+_TOP_SERIES = (("process.top_cpu_percent", "cpu_percent"), ("process.top_rss_bytes", "rss"))
 
 
 @dataclass(slots=True)
@@ -45,9 +64,15 @@ class _Entry:
     user: str | None = None
     details_read: bool = False
     cpu_s: float | None = None
+    cpu_at: float | None = None  # monotonic time cpu_s was read
     cpu_percent: float | None = None
     rss: int | None = None
     status: str | None = None
+
+    @property
+    def zombie(self) -> bool:
+        """Exited but not reaped: not a running process."""
+        return self.status == _ZOMBIE
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,8 +101,10 @@ class Processes:
         clock: Callable[[], float],
         reasons: dict[str, str],
     ) -> None:
-        self._table = ProcessTable(config.processes, ps=ps, top_n=config.top_n)
-        self._watch_named = bool(config.processes)
+        self._table = ProcessTable(
+            config.processes, ps=ps, top_n=config.top_n, watched=config.watched_names
+        )
+        self._watch_named = bool(config.processes or config.watched_names)
         self._scan_s = config.process_scan_s
         self._clock = clock
         self._reasons = reasons
@@ -108,22 +135,34 @@ class ProcessTable:
     Not thread-safe: call from one thread (the sampler's).
     """
 
-    def __init__(self, specs: Iterable[ProcessSpec] = (), *, ps: Any = psutil, top_n: int = 5):
+    def __init__(
+        self,
+        specs: Iterable[ProcessSpec] = (),
+        *,
+        ps: Any = psutil,
+        top_n: int = 5,
+        watched: Iterable[str] = (),
+    ):
         self.specs = tuple(specs)
+        self._watched = tuple(dict.fromkeys(watched))
         self._patterns = {s.name: re.compile(s.cmdline) for s in self.specs if s.cmdline}
         self._need_details = any(s.cmdline or s.user for s in self.specs)
         self._ps = ps
         self._top_n = top_n
         self._entries: dict[int, _Entry] = {}
-        self._last_full: float | None = None
         self._full_done = False
         self._full_values: dict[str, float] | None = None
 
     def refresh(self, now: float, *, full: bool) -> None:
         """Update the table at monotonic time ``now`` (seconds); see the module docstring."""
         pids = set(self._ps.pids())
-        for pid in [p for p in self._entries if p not in pids]:
+        gone = [p for p in self._entries if p not in pids]
+        for pid in gone:
             del self._entries[pid]
+        if gone:
+            # Top N and zombies are recomputed without the vanished processes: a process
+            # a fix stopped leaves them now, not at the next full scan.
+            self._full_values = None
         for pid in pids:
             if pid not in self._entries:
                 entry = self._new_entry(pid)
@@ -135,9 +174,12 @@ class ProcessTable:
                     self._read_details(entry)
         if full:
             self._full_scan(now)
+        else:
+            self._refresh_watched(now)
 
     def reading(self) -> ProcessReading:
-        """``process.count``, named counts and (after a full scan) zombies and top N."""
+        """``process.count``, named counts and (after a full scan) zombies, top N and the
+        watched names' series."""
         values: dict[str, float] = {"process.count": float(len(self._entries))}
         reasons: dict[str, str] = {}
         for spec in self.specs:
@@ -150,15 +192,28 @@ class ProcessTable:
         if not self._full_done:
             reason = "waiting for the first full process scan"
             reasons |= {"process.zombies": reason, "process.top_cpu_percent": reason}
+            for name in self._watched:
+                reasons |= {f"{series}[{name}]": reason for series, _ in _TOP_SERIES}
             return ProcessReading(values, reasons)
         if self._full_values is None:
-            # Zombies and top N only change with a full scan: computed once per scan.
+            # Zombies and top N change with a full scan or a vanished process: computed
+            # once per change rather than on every reading.
             entries = list(self._entries.values())
-            full = {"process.zombies": float(sum(1 for e in entries if e.status == "zombie"))}
+            full = {"process.zombies": float(sum(1 for e in entries if e.zombie))}
             full |= _top(entries, "cpu_percent", "process.top_cpu_percent", self._top_n)
             full |= _top(entries, "rss", "process.top_rss_bytes", self._top_n)
             self._full_values = full
-        return ProcessReading(values | self._full_values, reasons)
+        values |= self._full_values
+        for name in self._watched:
+            for series, attr in _TOP_SERIES:
+                key = f"{series}[{name}]"
+                value, reason = self._watched_value(name, attr)
+                if value is None:
+                    values.pop(key, None)
+                    reasons[key] = reason
+                else:
+                    values[key] = value
+        return ProcessReading(values, reasons)
 
     # ------------------------------------------------------------------ reads
 
@@ -168,29 +223,51 @@ class ProcessTable:
             create_time = proc.create_time()
         except (_NoSuchProcess, _AccessDenied, ProcessLookupError):
             return None
+        entry = _Entry(proc, create_time, None)
+        with proc.oneshot():
+            try:
+                entry.name = proc.name()
+            except _ZombieProcess:
+                entry.status = _ZOMBIE
+            except _NoSuchProcess:
+                return None
+            except _AccessDenied:
+                pass
+            if entry.status is None and (self.specs or self._watched):
+                # Presence and watched names skip zombies from the start; on Linux the
+                # status comes from the same small read as the name.
+                self._read_status(entry)
+        return entry
+
+    def _read_status(self, entry: _Entry) -> None:
+        """Re-read ``entry.status``; unreadable leaves it as it was."""
         try:
-            name: str | None = proc.name()
-        except _NoSuchProcess:
-            return None
-        except _AccessDenied:
-            name = None
-        return _Entry(proc, create_time, name)
+            entry.status = entry.proc.status()
+        except _ZombieProcess:
+            entry.status = _ZOMBIE
+        except (_NoSuchProcess, _AccessDenied, OSError):
+            pass
 
     def _read_details(self, entry: _Entry) -> None:
         entry.details_read = True
         try:
             entry.cmdline = " ".join(entry.proc.cmdline())
-        except (_NoSuchProcess, _AccessDenied, _ZombieProcess, OSError):
+        except _ZombieProcess:
+            # Exited: its command line is gone for good. Not running, so never counted.
+            entry.cmdline = None
+            entry.status = _ZOMBIE
+        except (_NoSuchProcess, _AccessDenied, OSError):
             entry.cmdline = None
         try:
             entry.user = entry.proc.username()
+        except _ZombieProcess:
+            entry.user = None
+            entry.status = _ZOMBIE
         except (_NoSuchProcess, _AccessDenied, KeyError, OSError):
             # KeyError: a uid with no passwd entry (containers).
             entry.user = None
 
     def _full_scan(self, now: float) -> None:
-        elapsed = None if self._last_full is None else now - self._last_full
-        self._last_full = now
         for pid, entry in list(self._entries.items()):
             try:
                 with entry.proc.oneshot():
@@ -207,46 +284,125 @@ class ProcessTable:
                     times = entry.proc.cpu_times()
                     entry.rss = entry.proc.memory_info().rss
                     entry.status = entry.proc.status()
+            except _ZombieProcess:
+                # Some platforms refuse every read of a zombie; it stays listed as one.
+                entry.status = _ZOMBIE
+                entry.cpu_percent = entry.rss = None
+                continue
             except _NoSuchProcess:
                 self._entries.pop(pid, None)
                 continue
             except (_AccessDenied, OSError):
                 continue
             cpu_s = float(times.user + times.system)
+            # Per process: a watched one may have had its first reading between scans.
+            elapsed = None if entry.cpu_at is None else now - entry.cpu_at
             percent = cpu_time_percent(entry.cpu_s, cpu_s, elapsed)
             if percent is not None:
                 entry.cpu_percent = percent
-            entry.cpu_s = cpu_s
+            entry.cpu_s, entry.cpu_at = cpu_s, now
         self._full_done = True
         self._full_values = None
 
-    def _count(self, spec: ProcessSpec) -> tuple[int, int]:
-        """(matching processes, processes we could not judge for lack of access)."""
-        count = denied = 0
-        pattern = self._patterns.get(spec.name)
-        want_name = spec.exe_name.lower() if spec.exe_name else None
+    def _refresh_watched(self, now: float) -> None:
+        """Between full scans: re-read the status of processes a presence check matches
+        or a watched name names (one may have died into a zombie), and measure the memory
+        of watched-name processes first seen since the last full scan (a restarted
+        application)."""
+        if not self.specs and not self._watched:
+            return
         for entry in self._entries.values():
-            unreadable = False
-            if want_name is not None:
-                if entry.name is None:
-                    unreadable = True
-                elif entry.name.lower() not in (want_name, f"{want_name}.exe"):
-                    continue
-            if pattern is not None:
-                if entry.cmdline is None:
-                    unreadable = True
-                elif not pattern.search(entry.cmdline):
-                    continue
-            if spec.user is not None:
-                if entry.user is None:
-                    unreadable = True
-                elif not _matches_user(spec.user, entry.user):
-                    continue
-            if unreadable:
+            if entry.zombie:
+                continue
+            watched = entry.name is not None and entry.name in self._watched
+            if watched and entry.cpu_s is None:
+                self._measure_new(entry, now)
+            elif watched or any(self._matches(s, entry) for s in self.specs):
+                self._read_status(entry)
+            if entry.zombie:
+                self._full_values = None  # it left the top N and joined the zombies
+
+    def _measure_new(self, entry: _Entry, now: float) -> None:
+        """First reading of a process between full scans: RSS, status and a CPU baseline
+        (a CPU percent needs a second reading, at the next full scan)."""
+        try:
+            with entry.proc.oneshot():
+                times = entry.proc.cpu_times()
+                entry.rss = entry.proc.memory_info().rss
+                entry.status = entry.proc.status()
+        except _ZombieProcess:
+            entry.status = _ZOMBIE
+            return
+        except (_NoSuchProcess, _AccessDenied, OSError):
+            return
+        entry.cpu_s, entry.cpu_at = float(times.user + times.system), now
+        self._full_values = None
+
+    def _watched_value(self, name: str, attr: str) -> tuple[float | None, str]:
+        """(value, reason when None) of ``attr`` summed over running processes ``name``."""
+        total = 0.0
+        found = unnamed = unmeasured = 0
+        for entry in self._entries.values():
+            if entry.zombie:
+                continue
+            if entry.name is None:
+                unnamed += 1
+            elif entry.name == name:
+                found += 1
+                value = getattr(entry, attr)
+                if value is None:
+                    unmeasured += 1
+                else:
+                    total += float(value)
+        if unmeasured:
+            what = "CPU" if attr == "cpu_percent" else "memory"
+            return None, (
+                f"no {what} reading yet for {unmeasured} {name} processes "
+                "(started since the last process scan, or access denied)"
+            )
+        if not found and unnamed:
+            # Like a presence count: no match is only known when every name was read.
+            return None, f"access denied to {unnamed} process names; cannot tell if {name} runs"
+        return total, ""
+
+    def _count(self, spec: ProcessSpec) -> tuple[int, int]:
+        """(matching running processes, processes we could not judge for lack of access).
+
+        Zombies are neither: they are not running, whatever their name or command line.
+        """
+        count = denied = 0
+        for entry in self._entries.values():
+            if entry.zombie:
+                continue
+            match = self._matches(spec, entry)
+            if match is None:
                 denied += 1
-            else:
+            elif match:
                 count += 1
         return count, denied
+
+    def _matches(self, spec: ProcessSpec, entry: _Entry) -> bool | None:
+        """Whether ``entry`` matches every criterion of ``spec``; ``None`` when some
+        criterion cannot be judged (access denied) and none rules it out."""
+        unreadable = False
+        if spec.exe_name is not None:
+            want = spec.exe_name.lower()
+            if entry.name is None:
+                unreadable = True
+            elif entry.name.lower() not in (want, f"{want}.exe"):
+                return False
+        pattern = self._patterns.get(spec.name)
+        if pattern is not None:
+            if entry.cmdline is None:
+                unreadable = True
+            elif not pattern.search(entry.cmdline):
+                return False
+        if spec.user is not None:
+            if entry.user is None:
+                unreadable = True
+            elif not _matches_user(spec.user, entry.user):
+                return False
+        return None if unreadable else True
 
 
 def _top(entries: list[_Entry], attr: str, series: str, n: int) -> dict[str, float]:
@@ -257,7 +413,7 @@ def _top(entries: list[_Entry], attr: str, series: str, n: int) -> dict[str, flo
     totals: dict[str, float] = {}
     for e in entries:
         value = getattr(e, attr)
-        if value is not None and e.name:
+        if value is not None and e.name and not e.zombie:
             totals[e.name] = totals.get(e.name, 0.0) + float(value)
     ranked = sorted(totals.items(), key=lambda kv: (-kv[1], kv[0]))[:n]
     return {f"{series}[{name}]": value for name, value in ranked}

@@ -21,7 +21,9 @@ Series: ``cpu.busy_percent`` (from the second sample on), ``cpu.count``,
 ``probe.up[<name>]``, ``probe.http_status[<name>]``, ``uptime_seconds``,
 ``boot_time_seconds``, ``path.{size_bytes,count,age_seconds}[<path>]``,
 ``agent.cpu_seconds_total``, ``agent.rss_bytes`` and ``agent.sample_duration_seconds``.
-Rates (``*_per_second``) start from the second sample.
+Rates (``*_per_second``) start from the second sample. ``process.top_*[<name>]`` covers
+the top N names plus every name a check reads (``SamplerConfig.watched_names``), which
+reads 0 when no such process runs; zombies never count as running processes.
 
 Why a series is missing is kept in :meth:`Sampler.reason_for` (access denied, a mount
 that timed out, no battery, a vanished process), so a check on it reads ``unknown``
@@ -210,7 +212,8 @@ class Sampler:
     def sample_paths(self, *, fresh: bool = True) -> dict[str, float]:
         """Only the ``path.*`` series, for re-checking quickly after a remediation.
 
-        A missing path gives size 0 and count 0 and no age; an unreadable one no series.
+        An unreadable path, and a missing one unless its spec says ``missing: empty``
+        (then size 0, count 0 and no age), gives no series and a reason.
         ``path.age_seconds`` is the time since the newest regular file's mtime (clamped at
         0 for files dated in the future). ``fresh=False`` (the regular sample) reuses a
         walk younger than the path's ``interval``; a verification always walks again.
