@@ -16,7 +16,7 @@ import yaml
 
 from vigil import wire
 from vigil.agent.config import load_agent_config
-from vigil.agent.service import AgentService
+from vigil.agent.service import AgentService, build_service
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX sh plugins")
 T0 = 1_700_000_000.0
@@ -48,7 +48,7 @@ def service(tmp_path: Path, checks: list[dict[str, Any]], sampler: FakeSampler) 
     }
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(config))
-    svc = AgentService(load_agent_config(path), sampler=sampler, clock=lambda: T0, library={})
+    svc = build_service(load_agent_config(path), sampler=sampler, clock=lambda: T0, library={})
 
     async def no_ship() -> None:
         return None
