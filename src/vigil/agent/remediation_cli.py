@@ -146,7 +146,7 @@ def list_remediations(folders: list[Path]) -> int:
 
 
 def lint(rem: Remediation) -> list[str]:
-    """What the runner would refuse at run time, for every script of every platform.
+    """What the agent's vetting would refuse at run time, for every script of every platform.
 
     A script writable by group or others is refused when the agent runs as root (anyone
     who can write it could run code as root); an unknown suffix needs the executable bit.

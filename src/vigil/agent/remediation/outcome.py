@@ -39,7 +39,7 @@ def declared_outcome(output: str) -> str | None:
 
     The line is ``vigil-outcome: needs_reboot`` or ``vigil-outcome: needs_user``. Only the
     last line counts, so a script that merely mentions the marker earlier is not misread,
-    and the runner's head-and-tail excerpt always keeps it.
+    and the head-and-tail output excerpt always keeps it.
     """
     for line in reversed(output.splitlines()):
         line = line.strip()
