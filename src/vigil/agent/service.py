@@ -23,9 +23,11 @@ agent wakes once per sample interval and does only what that interval needs.
 - The ship job runs every report interval only while the outbox holds events: an empty
   outbox pauses it and the next stored event resumes it.
 
-Check results go to the :class:`~vigil.agent.remediation.flow.RemediationFlow`, which
-records transitions and runs the detect → fix → verify → retry flow; this module only
-feeds it and ships what it records. :class:`AgentService` takes every collaborator
+What a check job samples and evaluates is :class:`~vigil.agent.cycle.CheckCycle`'s;
+check results go to the :class:`~vigil.agent.remediation.flow.RemediationFlow`, which
+records transitions and runs the detect → fix → verify → retry flow. This module holds
+the jobs' schedule, what rides on the sample cycle (heartbeat, summary, clock watch),
+shipping and shutdown. :class:`AgentService` takes every collaborator
 through its constructor; :func:`build_service` makes the real ones from the config.
 """
 
@@ -44,13 +46,14 @@ from typing import Any
 from vigil import __version__, wire
 from vigil.agent.checks import CheckStatus
 from vigil.agent.config import AgentConfig, CheckSpec
+from vigil.agent.cycle import CheckCycle
 from vigil.agent.events import new_event_id
 from vigil.agent.identity import Identity, load_identity
 from vigil.agent.measure import Measurer, SampleSource
 from vigil.agent.outbox import Outbox
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.remediation.manifest import Remediation, check_library, load_library
-from vigil.agent.sampler import Sampler, source_of
+from vigil.agent.sampler import Sampler
 from vigil.agent.shipper import (
     KEEPALIVE_S,
     ClockReading,
@@ -115,12 +118,19 @@ def build_service(
     flow = RemediationFlow(
         config.remediation, library, outbox, measure=measurer.measure, clock=clock
     )
+    checks = CheckCycle(
+        config.checks,
+        sample_s=config.intervals.sample_s,
+        measurer=measurer,
+        flow=flow,
+        clock=clock,
+    )
     return AgentService(
         config,
         identity=identity,
         outbox=outbox,
         shipper=shipper,
-        measurer=measurer,
+        checks=checks,
         flow=flow,
         clock=clock,
         # The first delivery waits a random part of the start jitter (at most one report
@@ -134,8 +144,8 @@ class AgentService:
 
     Every collaborator comes in through the constructor (:func:`build_service` makes the
     real ones): ``identity``, the ``outbox`` every event goes to, the ``shipper`` that
-    delivers it, the ``measurer`` that samples and runs plugins, and the remediation
-    ``flow`` that check results go to. ``clock`` gives wall seconds for the records;
+    delivers it, the ``checks`` (what each check job samples and evaluates) and the
+    remediation ``flow`` that check results go to. ``clock`` gives wall seconds for the records;
     ``first_ship_delay_s`` is when the first delivery goes. The service becomes the
     outbox's ``on_put`` and the flow's ``deliver_now``, so that what they store is shipped.
     """
@@ -147,7 +157,7 @@ class AgentService:
         identity: Identity,
         outbox: Outbox,
         shipper: Shipper,
-        measurer: Measurer,
+        checks: CheckCycle,
         flow: RemediationFlow,
         clock: Callable[[], float] = time.time,
         first_ship_delay_s: float = 0.0,
@@ -157,34 +167,18 @@ class AgentService:
         self.identity = identity
         self.outbox = outbox
         self.shipper = shipper
-        self.measurer = measurer
+        self.checks = checks
         self.flow = flow
         outbox.on_put = self._stored
         flow.deliver_now = self._ship_soon
         self.first_ship_delay_s = first_ship_delay_s
         self._clock_reading: ClockReading | None = None
-        self.latest: dict[str, float] = {}
-        # Per-check intervals: the main cycle evaluates the checks without their own
-        # interval; the others run in one job per distinct interval (command checks alone).
-        sample_s = config.intervals.sample_s
-        self.main_checks: tuple[CheckSpec, ...] = tuple(
-            c for c in config.checks if not c.is_command and c.interval_s in (None, sample_s)
-        )
-        self.interval_groups: dict[float, list[CheckSpec]] = {}
-        for c in config.checks:
-            if not c.is_command and c.interval_s not in (None, sample_s):
-                self.interval_groups.setdefault(c.interval_s, []).append(c)  # type: ignore[arg-type]
-        # The sources the main cycle's checks read; all are sampled for a metrics summary.
-        self.main_sources: frozenset[str] = frozenset(
-            source for c in self.main_checks if (source := source_of(c.metric)) is not None
-        )
         iv = config.intervals
         # Heartbeat and summary ride on the sample cycle when it comes often enough.
-        self._fold_heartbeat = iv.heartbeat_s >= sample_s
-        self._fold_metrics = iv.metrics_s >= sample_s
+        self._fold_heartbeat = iv.heartbeat_s >= iv.sample_s
+        self._fold_metrics = iv.metrics_s >= iv.sample_s
         # Monotonic due times, set when the agent starts (run); never due before that.
         self._next_heartbeat = self._next_summary = float("inf")
-        self._sampled_all = False
         self._timers: Timers | None = None
         self._ship_armed = False
         self._in_cycle = False
@@ -193,7 +187,6 @@ class AgentService:
         # delivery (less half a sample interval, for timer jitter).
         self._ship_not_before = float("inf")
         self._ship_slack = 0.0
-        self.plugin_values: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------ lifecycle
@@ -287,8 +280,9 @@ class AgentService:
         """Look for a clock jump, record a heartbeat when due, sample, evaluate every
         check, record transitions, start remediations, record a metrics summary when due.
 
-        Samples only :attr:`main_sources`, except on the first cycle and for a summary
-        (and every cycle when the summary has a job of its own), which sample everything.
+        Samples only the main checks' sources (:attr:`CheckCycle.main_sources`), except on
+        the first cycle and for a summary (and every cycle when the summary has a job of
+        its own), which sample everything.
         """
         self._in_cycle = True
         try:
@@ -320,68 +314,37 @@ class AgentService:
             summary, self._next_summary = due_in_cycle(
                 self._next_summary, iv.metrics_s, mono, slack
             )
-        every = summary or not self._sampled_all or not self._fold_metrics
-        values = await self.measurer.sample(None if every else self.main_sources)
-        if every:
-            self._sampled_all = True
-            # Plugin perfdata arrives on the command checks' own schedule; keep the latest.
-            self.latest = {**self.plugin_values, **values}
-        else:
-            self.latest.update(values)
-        self._evaluate_all(self.main_checks, values)
+        if await self.checks.main(everything=summary or not self._fold_metrics):
+            self._spawn(self.ship())
         if summary:
             await self.metrics_summary()
 
     async def sample_group(self, specs: Sequence[CheckSpec]) -> None:
-        """A per-check-interval job: sample only the sources ``specs`` need, evaluate them."""
-        sources = {source_of(spec.metric) or "" for spec in specs}
-        values = await self.measurer.sample(sources)
-        self.latest = {**self.latest, **values}
-        self._evaluate_all(specs, values)
-
-    def _evaluate_all(self, specs: Sequence[CheckSpec], values: Mapping[str, float]) -> None:
-        now = self.clock()
-        urgent = False
-        for spec in specs:
-            if self.flow.owns(spec.id):
-                continue  # the remediation task owns this check until it has verified
-            value = values.get(spec.metric)
-            reason = self.measurer.reason_for(spec.metric) if value is None else None
-            urgent |= self.flow.evaluate(spec, value, now, reason=reason)
-        if urgent:
+        """A per-check-interval job (:meth:`CheckCycle.group`); ship at once if urgent."""
+        if await self.checks.group(specs):
             self._spawn(self.ship())
 
     async def command_check(self, spec: CheckSpec) -> None:
-        """Run one Nagios-plugin check; its exit status is the level, perfdata the values."""
-        if self.flow.owns(spec.id):
-            return
-        result = await self.measurer.plugin(spec)
-        perf = result.series(spec.id)
-        for key in [k for k in self.plugin_values if k.endswith(f"[{spec.id}]")]:
-            del self.plugin_values[key]
-        self.plugin_values.update(perf)
-        value = next(iter(perf.values()), None)
-        now = self.clock()
-        if self.flow.evaluate(spec, value, now, level=result.state, text=result.text):
+        """A command-check job (:meth:`CheckCycle.command`); ship at once if urgent."""
+        if await self.checks.command(spec):
             self._spawn(self.ship())
 
     def _add_check_jobs(self, timers: Timers) -> None:
         """Per-check intervals: one job per distinct interval, one per command check."""
-        for interval, specs in sorted(self.interval_groups.items()):
+        for interval, specs in sorted(self.checks.interval_groups.items()):
             timers.add(
                 f"checks@{interval:g}s", functools.partial(self.sample_group, specs), interval
             )
-        for spec in self.config.checks:
-            if spec.is_command:
-                interval = spec.interval_s or self.config.intervals.sample_s
-                # The job outlives the plugin's timeout plus the kill grace, never less.
-                bound = max(interval, spec.timeout_s + 10.0)
-                timers.add(
-                    f"command:{spec.id}",
-                    functools.partial(self.command_check, spec),
-                    interval,
-                    timeout_s=bound,
-                )
+        for spec in self.checks.command_checks:
+            interval = spec.interval_s or self.config.intervals.sample_s
+            # The job outlives the plugin's timeout plus the kill grace, never less.
+            bound = max(interval, spec.timeout_s + 10.0)
+            timers.add(
+                f"command:{spec.id}",
+                functools.partial(self.command_check, spec),
+                interval,
+                timeout_s=bound,
+            )
 
     def _add_detection_jobs(self, timers: Timers) -> None:
         """One interval job per remediation with a detection script for this platform."""
@@ -494,10 +457,10 @@ class AgentService:
 
     async def metrics_summary(self) -> None:
         """Record the latest sampled values as one metrics event."""
-        if self.latest:
+        if self.checks.latest:
             # The outbox's own state travels too, so drops are reported, not silent.
             ob = self.outbox.stats()
-            values = dict(self.latest)
+            values = dict(self.checks.latest)
             values["agent.outbox_events"] = float(ob.depth)
             values["agent.outbox_bytes"] = float(ob.payload_bytes)
             values["agent.outbox_dropped_total"] = float(ob.dropped_total)
