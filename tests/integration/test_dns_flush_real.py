@@ -33,8 +33,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.peers import require_binary
-from vigil.agent.remediation import load_manifest
-from vigil.agent.runner import ScriptResult, run_script
+from vigil.agent.exec.script import ScriptResult, run_script
+from vigil.agent.remediation.manifest import load_manifest
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "remediations"

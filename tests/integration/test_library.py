@@ -32,9 +32,10 @@ import yaml
 
 from vigil import wire
 from vigil.agent.config import load_agent_config
-from vigil.agent.remediation import declared_outcome, load_library, load_manifest
-from vigil.agent.runner import ScriptResult, run_script
-from vigil.agent.service import AgentService
+from vigil.agent.exec.script import ScriptResult, run_script
+from vigil.agent.remediation.manifest import load_library, load_manifest
+from vigil.agent.remediation.outcome import declared_outcome
+from vigil.agent.service import AgentService, build_service
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "remediations"
@@ -400,7 +401,7 @@ def agent_with_shipped_library(
     }
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(config))
-    svc = AgentService(load_agent_config(path))
+    svc = build_service(load_agent_config(path))
 
     async def no_ship() -> None:
         return None
@@ -449,8 +450,8 @@ def test_agent_verifies_kill_runaway_as_fixed_once_the_process_is_gone(
         await asyncio.sleep(1.2)
         await svc.cycle()  # critical: kill-runaway runs, then the verification
         deadline = time.monotonic() + 30
-        while svc._tasks and time.monotonic() < deadline:
-            await asyncio.gather(*list(svc._tasks), return_exceptions=True)
+        while (svc._tasks or svc.flow.tasks) and time.monotonic() < deadline:
+            await asyncio.gather(*svc._tasks, *svc.flow.tasks, return_exceptions=True)
 
     try:
         asyncio.run(scenario())
@@ -602,8 +603,8 @@ def test_agent_verifies_app_memory_restart_on_the_restarted_app_outside_the_top_
     async def scenario() -> None:
         await svc.cycle()
         deadline = time.monotonic() + 30
-        while svc._tasks and time.monotonic() < deadline:
-            await asyncio.gather(*list(svc._tasks), return_exceptions=True)
+        while (svc._tasks or svc.flow.tasks) and time.monotonic() < deadline:
+            await asyncio.gather(*svc._tasks, *svc.flow.tasks, return_exceptions=True)
 
     try:
         asyncio.run(scenario())

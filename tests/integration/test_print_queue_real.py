@@ -24,8 +24,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.peers import free_port, require_binary
-from vigil.agent.remediation import declared_outcome, load_manifest
-from vigil.agent.runner import ScriptResult, run_script
+from vigil.agent.exec.script import ScriptResult, run_script
+from vigil.agent.remediation.manifest import load_manifest
+from vigil.agent.remediation.outcome import declared_outcome
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "remediations"

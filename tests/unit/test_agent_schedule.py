@@ -22,7 +22,7 @@ from vigil.agent.checks import Transition
 from vigil.agent.config import load_agent_config
 from vigil.agent.delivery.outbox import Outbox
 from vigil.agent.delivery.shipper import ShipResult
-from vigil.agent.service import AgentService, due_in_cycle
+from vigil.agent.service import AgentService, build_service, due_in_cycle
 
 T0 = 1_700_000_000.0
 
@@ -87,7 +87,7 @@ def service(
     }
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(config))
-    svc = AgentService(load_agent_config(path), sampler=sampler, clock=lambda: T0, library={})
+    svc = build_service(load_agent_config(path), sampler=sampler, clock=lambda: T0, library={})
     shipper = FakeShipper(svc.outbox)
     svc.shipper = shipper  # type: ignore[assignment]
     return svc, shipper
@@ -254,7 +254,7 @@ def test_an_urgent_event_still_ships_at_once(tmp_path: Path) -> None:
 def test_a_flapping_transition_is_recorded_with_the_flag(tmp_path: Path) -> None:
     svc, _shipper = service(tmp_path, FakeSampler({}))
     t = Transition("disk", "critical", "critical", 97.0, "flapping (6 changes in 30m)", True)
-    svc._record_transition(t, T0, None)
+    svc.flow.record_transition(t, T0, None)
     batch = svc.outbox.next_batch(10)
     assert batch is not None
     (event,) = batch.events

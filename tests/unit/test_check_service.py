@@ -16,7 +16,7 @@ import yaml
 
 from vigil import wire
 from vigil.agent.config import load_agent_config
-from vigil.agent.service import AgentService
+from vigil.agent.service import AgentService, build_service
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX sh plugins")
 T0 = 1_700_000_000.0
@@ -48,7 +48,7 @@ def service(tmp_path: Path, checks: list[dict[str, Any]], sampler: FakeSampler) 
     }
     path = tmp_path / "agent.yaml"
     path.write_text(yaml.safe_dump(config))
-    svc = AgentService(load_agent_config(path), sampler=sampler, clock=lambda: T0, library={})
+    svc = build_service(load_agent_config(path), sampler=sampler, clock=lambda: T0, library={})
 
     async def no_ship() -> None:
         return None
@@ -78,8 +78,8 @@ MEM = {"id": "mem", "metric": "memory.used_percent", "critical": 90, "interval":
 def test_checks_with_their_own_interval_leave_the_main_cycle(tmp_path: Path) -> None:
     svc = service(tmp_path, [CPU, FAST, MEM], FakeSampler({}))
 
-    assert [c.id for c in svc.main_checks] == ["cpu"]
-    assert {k: [c.id for c in v] for k, v in svc.interval_groups.items()} == {
+    assert [c.id for c in svc.checks.main_checks] == ["cpu"]
+    assert {k: [c.id for c in v] for k, v in svc.checks.interval_groups.items()} == {
         1.0: ["cpu.fast"],
         60.0: ["mem"],
     }
@@ -90,7 +90,7 @@ def test_an_interval_group_samples_only_the_sources_its_checks_need(tmp_path: Pa
     sampler = FakeSampler({"cpu.busy_percent": 99.5, "memory.used_percent": 10.0})
     svc = service(tmp_path, [CPU, FAST, MEM], sampler)
 
-    asyncio.run(svc.sample_group(svc.interval_groups[1.0]))
+    asyncio.run(svc.sample_group(svc.checks.interval_groups[1.0]))
 
     assert sampler.calls == [{"cpu"}]
     assert [(e.check, e.state) for e in check_events(svc)] == [("cpu.fast", "critical")]
@@ -132,7 +132,7 @@ def test_command_check_perfdata_joins_the_latest_values(tmp_path: Path) -> None:
 
     asyncio.run(run())
 
-    assert svc.latest == {
+    assert svc.checks.latest == {
         "x": 1.0,
         "plugin.load1[nagios.load]": 0.5,
         "plugin.load5[nagios.load]": 0.25,

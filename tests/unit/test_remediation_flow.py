@@ -1,6 +1,6 @@
 """The agent's remediation flow: triggers, gate, verification and the records it writes.
 
-A real ``AgentService`` with real scripts in a temporary library, a real outbox, a fake
+A real agent (``build_service``) with real scripts in a temporary library, a real outbox, a fake
 clock and a sampler that reads each value from a file, so a script "fixes" the fault by
 writing the file, exactly as a real fix changes what the real sampler reads. Nothing is
 shipped: ``ship`` is replaced by a no-op.
@@ -22,7 +22,7 @@ import yaml
 
 from vigil import wire
 from vigil.agent.config import load_agent_config
-from vigil.agent.service import AgentService
+from vigil.agent.service import AgentService, build_service
 from vigil.configio import ConfigError
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX sh scripts")
@@ -87,7 +87,7 @@ class Env:
         }
         path = self.root / "agent.yaml"
         path.write_text(yaml.safe_dump(config))
-        svc = AgentService(load_agent_config(path), sampler=self.sampler, clock=self.clock)
+        svc = build_service(load_agent_config(path), sampler=self.sampler, clock=self.clock)
 
         async def no_ship() -> None:
             return None
@@ -103,11 +103,11 @@ class Env:
 
 
 async def settle(svc: AgentService, timeout_s: float = 20.0) -> None:
-    """Wait until every spawned task (remediations) has finished."""
+    """Wait until every spawned task (remediations, deliveries) has finished."""
     deadline = time.monotonic() + timeout_s
-    while svc._tasks and time.monotonic() < deadline:
-        await asyncio.gather(*list(svc._tasks), return_exceptions=True)
-    assert not svc._tasks, "remediation tasks still running"
+    while (svc._tasks or svc.flow.tasks) and time.monotonic() < deadline:
+        await asyncio.gather(*svc._tasks, *svc.flow.tasks, return_exceptions=True)
+    assert not svc._tasks and not svc.flow.tasks, "remediation tasks still running"
 
 
 async def cycle(svc: AgentService) -> None:
@@ -651,7 +651,7 @@ def test_a_manifest_with_a_typo_is_logged_and_the_others_still_run(
     asyncio.run(cycle(svc))
 
     assert f"{env.lib / 'typo' / 'remediation.yaml'}: cooldwn: unknown key" in caplog.text
-    assert sorted(svc.library) == ["fix-level"]
+    assert sorted(svc.flow.library) == ["fix-level"]
     assert [r.outcome for r in records(svc)] == ["fixed"]
 
 

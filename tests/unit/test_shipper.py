@@ -971,10 +971,10 @@ def test_bad_shipping_knobs_name_the_key(tmp_path: Path, extra: str, key: str) -
 
 def test_the_agent_reports_a_sleep_as_a_clock_event_and_ends_its_backoff(tmp_path: Path) -> None:
     from vigil.agent.clock import ClockReading, read_clock
-    from vigil.agent.service import AgentService
+    from vigil.agent.service import build_service
 
     config = load(tmp_path, "agent: {state_dir: state}\n")
-    service = AgentService(config, library={})
+    service = build_service(config, library={})
     now = read_clock()
     # As if the previous reading was taken just before an hour asleep.
     service._clock_reading = ClockReading(

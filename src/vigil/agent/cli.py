@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -80,16 +78,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(config: AgentConfig) -> int:
-    from vigil.agent.service import AgentService  # heavy imports only when running
+    from vigil.agent.service import build_service  # heavy imports only when running
 
-    service = AgentService(config)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        # Windows has no add_signal_handler: Ctrl-C arrives as KeyboardInterrupt instead.
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    await service.run(stop)
+    await build_service(config).run_until_signalled()
     return 0
 
 

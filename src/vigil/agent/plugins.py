@@ -6,10 +6,11 @@ followed by ``|`` and performance data; further lines are long output, and a ``|
 them starts more performance data. Perfdata items are
 ``'label'=value[UOM];[warn];[crit];[min];[max]``, space separated.
 
-:func:`run_plugin` runs one plugin the way the remediation runner runs scripts (through
-:func:`agent.runner.run_bounded`): an argv list and never a shell, stdin from the null
-device, a clean environment, its own process group (session), a timeout that kills the
-whole group, and stdout capped in memory (stderr is discarded). It never raises for a
+:func:`run_plugin` runs one plugin the way remediation scripts run (through
+:func:`vigil.agent.exec.process.run_bounded`, after the vetting of
+:func:`vigil.agent.exec.vetting.vet_program`): an argv list and never a shell, stdin from
+the null device, a clean environment, its own process group (session), a timeout that
+kills the whole group, and stdout capped in memory (stderr is discarded). It never raises for a
 plugin problem: a missing program, a timeout or an exit status outside 0-3 is an
 ``unknown`` result with a reason.
 
@@ -21,14 +22,13 @@ Perfdata values become series ``plugin.<label>[<check id>]`` in base units: ``ms
 from __future__ import annotations
 
 import math
-import os
 import re
-import stat
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from vigil.agent.runner import child_env, run_bounded
+from vigil.agent.exec.process import NEUTRAL_CWD, child_env, run_bounded
+from vigil.agent.exec.vetting import vet_program
 from vigil.wire import CheckState
 
 OUTPUT_CAP_BYTES = 16 * 1024
@@ -127,24 +127,6 @@ def parse_output(output: str) -> tuple[str, tuple[PerfDatum, ...], str]:
     return first.strip(), parse_perfdata(" ".join(perf_parts)), long_output
 
 
-def _refusal(program: str) -> str | None:
-    """Why ``program`` may not run, or ``None``."""
-    if not os.path.isabs(program):
-        return f"plugin path must be absolute: {program}"
-    try:
-        st = os.stat(program)
-    except OSError as exc:
-        return f"cannot run {program}: {exc.strerror}"
-    if not stat.S_ISREG(st.st_mode):
-        return f"{program} is not a regular file"
-    if os.name == "posix" and not st.st_mode & 0o111:
-        return f"{program} is not executable"
-    if os.name == "posix" and os.geteuid() == 0 and st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-        # Anyone who can write the plugin could run code as root through us.
-        return f"{program} is group- or world-writable; refusing to run it as root"
-    return None
-
-
 async def run_plugin(
     argv: Sequence[str],
     *,
@@ -165,13 +147,13 @@ async def run_plugin(
 
     if not argv:
         return unknown("empty command")
-    if problem := _refusal(argv[0]):
+    if problem := vet_program(argv[0]):
         return unknown(problem)
     try:
         run = await run_bounded(
             argv,
             env=child_env(None),
-            cwd="/" if os.name == "posix" else None,
+            cwd=NEUTRAL_CWD,
             timeout_s=timeout_s,
             output_cap_bytes=output_cap_bytes,
             merge_stderr=False,

@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import stat
 import sys
 import time
 import uuid
@@ -27,15 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from vigil import wire
-from vigil.agent.remediation import (
+from vigil.agent.exec import vetting
+from vigil.agent.exec.script import ScriptResult, run_script
+from vigil.agent.remediation.manifest import (
     Remediation,
     current_platform,
     load_library,
     load_manifest,
-    run_outcome,
-    verified_outcome,
 )
-from vigil.agent.runner import ScriptResult, run_script
+from vigil.agent.remediation.outcome import run_outcome, verified_outcome
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError
 
 _OK_OUTCOMES = ("fixed", "dry_run")
@@ -148,7 +146,7 @@ def list_remediations(folders: list[Path]) -> int:
 
 
 def lint(rem: Remediation) -> list[str]:
-    """What the runner would refuse at run time, for every script of every platform.
+    """What the agent's vetting would refuse at run time, for every script of every platform.
 
     A script writable by group or others is refused when the agent runs as root (anyone
     who can write it could run code as root); an unknown suffix needs the executable bit.
@@ -161,10 +159,9 @@ def lint(rem: Remediation) -> list[str]:
     }
     for script in sorted(scripts):
         mode = script.stat().st_mode
-        if mode & (stat.S_IWGRP | stat.S_IWOTH):
+        if vetting.writable_by_others(mode):
             problems.append(f"{script}: writable by group or others (refused when run as root)")
-        known = script.suffix.lower() in (".sh", ".py", ".ps1")
-        if not known and not mode & 0o111 and os.name == "posix":
+        if vetting.lacks_exec_bit(script, mode):
             problems.append(f"{script}: not executable and not .sh, .py or .ps1")
     return problems
 

@@ -1,4 +1,4 @@
-"""agent.runner.run_bounded: the shared process-tree lifecycle of scripts and plugins.
+"""exec.process.run_bounded: the shared process-tree lifecycle of scripts and plugins.
 
 Real ``/bin/sh`` children; run_script and run_plugin cover the rest through their tests.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from vigil.agent.runner import KILL_GRACE_S, BoundedRun, child_env, run_bounded
+from vigil.agent.exec.process import KILL_GRACE_S, BoundedRun, child_env, run_bounded
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX process groups and sh")
 

@@ -1,4 +1,4 @@
-"""Remediation manifests: what a fix is, when it runs, and how its result is judged.
+"""Remediation manifests: what a fix is, when it runs, and how often it may run.
 
 A remediation is a folder ``<library>/<id>/`` holding ``remediation.yaml`` and its scripts
 (see ``docs/remediations.md`` for the contract). Loading is strict like the rest of the
@@ -13,8 +13,9 @@ often it may run (``cooldown``, ``attempts``). Parameters reach the script as en
 variables ``VIGIL_PARAM_<NAME>`` (see :meth:`Remediation.script_env`); nothing is ever
 interpolated into a command line.
 
-The outcome of a run is decided by two pure functions, :func:`early_outcome` and
-:func:`verified_outcome`, shared by the agent and ``vigil-agent remediation test``.
+:func:`load_library` loads every manifest of the library folders (a bad one never stops
+the others) and :func:`check_library` checks the agent config against what loaded. How a
+run is judged lives in :mod:`~vigil.agent.remediation.outcome`.
 """
 
 from __future__ import annotations
@@ -24,13 +25,11 @@ import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from vigil.agent.config import AgentConfig
 from vigil.configio import ConfigError, Section, load_yaml
 from vigil.wire import MAX_OUTPUT
-
-if TYPE_CHECKING:
-    from vigil.agent.runner import ScriptResult
 
 MANIFEST = "remediation.yaml"
 PLATFORMS: tuple[str, ...] = ("linux", "darwin", "windows")
@@ -45,9 +44,6 @@ DEFAULT_ATTEMPTS_WINDOW_S = 3600.0
 MIN_OUTPUT_CAP = 256  # room for a head, a tail and the truncation marker
 TRIGGER_STATES: tuple[str, ...] = ("warning", "critical")
 AGENT_USER = "agent"  # run_as value meaning "the agent's own user" (the default)
-# A script declares an outcome the agent cannot verify by printing this as its last line.
-DECLARE_PREFIX = "vigil-outcome:"
-DECLARED_OUTCOMES: tuple[str, ...] = ("needs_reboot", "needs_user")
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _PARAM = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _CHECK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
@@ -146,88 +142,6 @@ class Remediation:
                 )
             env[f"VIGIL_PARAM_{name.upper()}"] = value
         return env
-
-
-# --------------------------------------------------------------------------- outcomes
-
-
-def declared_outcome(output: str) -> str | None:
-    """The outcome a script declared on its last non-empty output line, else ``None``.
-
-    The line is ``vigil-outcome: needs_reboot`` or ``vigil-outcome: needs_user``. Only the
-    last line counts, so a script that merely mentions the marker earlier is not misread,
-    and the runner's head-and-tail excerpt always keeps it.
-    """
-    for line in reversed(output.splitlines()):
-        line = line.strip()
-        if not line:
-            continue
-        if line.lower().startswith(DECLARE_PREFIX):
-            value = line[len(DECLARE_PREFIX) :].strip()
-            return value if value in DECLARED_OUTCOMES else None
-        return None
-    return None
-
-
-def early_outcome(
-    *,
-    error: str | None,
-    timed_out: bool,
-    timeout_s: float,
-    exit_code: int | None,
-    dry_run: bool,
-    declared: str | None,
-) -> tuple[str, str] | None:
-    """``(outcome, reason)`` when the script run alone decides it, ``None`` when the result
-    must be verified.
-
-    In order: the script could not run → ``error``; it ran out of time → ``timeout``; a
-    dry run → ``dry_run`` (nothing was meant to change, so nothing is verified); a non-zero
-    exit → ``error``; a declared ``needs_reboot``/``needs_user`` → that outcome (the fix
-    cannot be verified until the reboot or the person acts).
-    """
-    if error:
-        return "error", error
-    if timed_out:
-        return "timeout", f"timed out after {timeout_s:g}s; process tree killed"
-    if dry_run:
-        return "dry_run", f"dry run (exit {exit_code})"
-    if exit_code != 0:
-        return "error", _exit_reason(exit_code)
-    if declared in DECLARED_OUTCOMES:
-        return declared, f"script declared {declared}"
-    return None
-
-
-def run_outcome(rem: Remediation, result: ScriptResult, *, dry_run: bool) -> tuple[str, str] | None:
-    """:func:`early_outcome` for one finished run of ``rem``'s script: the single place the
-    agent and ``vigil-agent remediation test`` turn a run into an outcome, so the test
-    command always judges a run exactly as the agent would."""
-    return early_outcome(
-        error=result.error,
-        timed_out=result.timed_out,
-        timeout_s=rem.timeout_s,
-        exit_code=result.exit_code,
-        dry_run=dry_run,
-        declared=declared_outcome(result.output),
-    )
-
-
-def verified_outcome(cleared: bool, detail: str) -> tuple[str, str]:
-    """``fixed`` when verification showed the trigger cleared, else ``not_fixed``."""
-    return ("fixed" if cleared else "not_fixed"), detail
-
-
-def _exit_reason(code: int | None) -> str:
-    if code is None:
-        return "no exit status"
-    if code < 0:
-        return f"killed by signal {-code}"
-    if code > 128:
-        # A shell reports a child killed by signal N as 128+N (137 = SIGKILL, often the OOM
-        # killer); say so, because "exit 137" alone sends admins looking in the wrong place.
-        return f"exit {code} (likely killed by signal {code - 128})"
-    return f"exit {code}"
 
 
 # --------------------------------------------------------------------------- loading
@@ -339,6 +253,41 @@ def load_library(folders: Iterable[Path]) -> tuple[dict[str, Remediation], list[
                 continue
             found[rem.id] = rem
     return found, errors
+
+
+def check_library(config: AgentConfig, library: Mapping[str, Remediation]) -> None:
+    """Raise :class:`ConfigError` when a check (or ``remediation.params``) names a
+    remediation that is not loaded, or passes it a parameter its manifest does not declare."""
+    for i, spec in enumerate(config.checks):
+        if spec.remediation is None:
+            continue
+        rem = library.get(spec.remediation.id)
+        if rem is None:
+            folders = ", ".join(str(f) for f in config.remediation.folders) or "(none configured)"
+            raise ConfigError(
+                config.file,
+                f"checks[{i}].remediation",
+                spec.remediation.id,
+                f"no such remediation in remediation.folders: {folders}",
+            )
+        try:
+            rem.script_env(spec.remediation.params)
+        except ValueError as exc:
+            raise ConfigError(
+                config.file, f"checks[{i}].remediation.params", spec.remediation.params, str(exc)
+            ) from None
+    for i, rem_id in enumerate(config.remediation.enable):
+        if rem_id not in library:
+            key = f"remediation.enable[{i}]"
+            raise ConfigError(config.file, key, rem_id, "no such remediation loaded")
+    for rem_id, values in config.remediation.params.items():
+        key = f"remediation.params.{rem_id}"
+        if rem_id not in library:
+            raise ConfigError(config.file, key, rem_id, "no such remediation loaded")
+        try:
+            library[rem_id].script_env(values)
+        except ValueError as exc:
+            raise ConfigError(config.file, key, values, str(exc)) from None
 
 
 def _list(section: Section, name: str) -> list[Any]:

@@ -1,4 +1,5 @@
-"""agent.remediation manifests, and the shipped demo-cleanup remediation run for real."""
+"""remediation.manifest: loading manifests and libraries, and the shipped demo-cleanup
+remediation run for real."""
 
 from __future__ import annotations
 
@@ -11,17 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from vigil.agent.remediation import (
+from vigil.agent.exec.script import ScriptResult, run_script
+from vigil.agent.remediation.manifest import (
     CheckTrigger,
     Remediation,
     current_platform,
-    declared_outcome,
-    early_outcome,
     load_library,
     load_manifest,
-    verified_outcome,
 )
-from vigil.agent.runner import ScriptResult, run_script
 from vigil.configio import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -552,83 +550,3 @@ def test_demo_cleanup_refuses_bad_folders_with_exit_3(
     assert result.exit_code == 3
     assert "refusing" in result.output
     assert why in result.output
-
-
-# --- outcome rules (pure) -----------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("output", "expected"),
-    [
-        ("rebooting needed\nvigil-outcome: needs_reboot\n", "needs_reboot"),
-        ("vigil-outcome: needs_user\n\n  \n", "needs_user"),
-        ("VIGIL-OUTCOME:  needs_user", "needs_user"),
-        ("vigil-outcome: needs_reboot\nbut then more output\n", None),
-        ("vigil-outcome: fixed\n", None),
-        ("", None),
-    ],
-    ids=[
-        "last-line-declares-reboot",
-        "trailing-blank-lines-ignored",
-        "marker-case-and-spaces-tolerated",
-        "only-the-last-line-counts",
-        "only-reboot-or-user-can-be-declared",
-        "no-output",
-    ],
-)
-def test_declared_outcome(output: str, expected: str | None) -> None:
-    assert declared_outcome(output) == expected
-
-
-def _early(**overrides: Any) -> tuple[str, str] | None:
-    args: dict[str, Any] = {
-        "error": None,
-        "timed_out": False,
-        "timeout_s": 30.0,
-        "exit_code": 0,
-        "dry_run": False,
-        "declared": None,
-    }
-    args.update(overrides)
-    return early_outcome(**args)
-
-
-@pytest.mark.parametrize(
-    ("overrides", "expected"),
-    [
-        ({}, None),
-        ({"error": "script not found: x"}, ("error", "script not found: x")),
-        (
-            {"timed_out": True, "exit_code": None},
-            ("timeout", "timed out after 30s; process tree killed"),
-        ),
-        ({"dry_run": True, "exit_code": 3}, ("dry_run", "dry run (exit 3)")),
-        ({"exit_code": 1}, ("error", "exit 1")),
-        ({"exit_code": 137}, ("error", "exit 137 (likely killed by signal 9)")),
-        ({"exit_code": -15}, ("error", "killed by signal 15")),
-        ({"declared": "needs_reboot"}, ("needs_reboot", "script declared needs_reboot")),
-        ({"declared": "needs_user", "exit_code": 1}, ("error", "exit 1")),
-        ({"error": "refused", "dry_run": True}, ("error", "refused")),
-    ],
-    ids=[
-        "clean-exit-needs-verification",
-        "could-not-run",
-        "timeout",
-        "dry-run-is-never-verified",
-        "non-zero-exit",
-        "exit-137-explained",
-        "killed-by-someone-else",
-        "declared-reboot",
-        "a-failed-script-cannot-declare",
-        "refusal-beats-dry-run",
-    ],
-)
-def test_early_outcome(overrides: dict[str, Any], expected: tuple[str, str] | None) -> None:
-    assert _early(**overrides) == expected
-
-
-@pytest.mark.parametrize(
-    ("cleared", "expected"), [(True, "fixed"), (False, "not_fixed")], ids=["cleared", "still-bad"]
-)
-def test_verified_outcome(cleared: bool, expected: str) -> None:
-    assert verified_outcome(cleared, "after: ok") == (expected, "after: ok")

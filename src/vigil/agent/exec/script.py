@@ -1,0 +1,117 @@
+"""Run one remediation script safely: vetting, interpreter, ``run_as``, a bounded tree.
+
+:func:`run_script` adds what a remediation script needs on top of
+:func:`~vigil.agent.exec.process.run_bounded`: the vetting of
+:mod:`~vigil.agent.exec.vetting` (inside an allowed folder, a regular file, not
+writable by others while we are root), the interpreter chosen by suffix, the script's
+SHA-256 for the record, and ``run_as``.
+
+It never raises for a script problem: a script that is missing, outside the allowed
+folders, not executable or writable by others while we are root comes back as a
+:class:`ScriptResult` with ``error`` set, because a broken remediation is a normal
+outcome to report, not a crash of the agent.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from vigil.agent.exec import vetting
+from vigil.agent.exec.process import child_env, resolve_user, run_bounded
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptResult:
+    """What one script run did.
+
+    ``exit_code`` is ``None`` when the script never started or was killed on timeout; a
+    negative value ``-N`` means the script was killed by signal ``N`` (not by us).
+    ``output`` is a stdout+stderr excerpt decoded as UTF-8 (bad bytes replaced); when
+    ``truncated`` it is the head and tail joined by a ``...[truncated N bytes]...`` line.
+    ``duration_s`` is wall-clock seconds from start to reaping. ``error`` says why the
+    script could not run (``None`` when it ran). ``script_sha256`` is the hex digest of
+    the script's bytes, ``""`` when it could not be read or was refused before reading
+    (missing, outside the allowed folders, not a regular file).
+    """
+
+    exit_code: int | None
+    output: str
+    truncated: bool
+    duration_s: float
+    timed_out: bool
+    error: str | None
+    script_sha256: str
+
+
+async def run_script(
+    script: Path,
+    *,
+    allowed_roots: Sequence[Path],
+    args: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+    timeout_s: float,
+    output_cap_bytes: int,
+    cwd: Path | None = None,
+    run_as: str | None = None,
+) -> ScriptResult:
+    """Run ``script`` with ``args`` and return what happened; never raises for script faults.
+
+    The interpreter follows the suffix: ``.sh`` runs via ``/bin/sh``, ``.py`` via this
+    Python, ``.ps1`` via ``powershell -NoProfile -NonInteractive -File``; anything else is
+    executed directly and must be executable. The script's real path must lie inside one
+    of ``allowed_roots`` (after resolving symlinks); when the agent runs as root the script
+    must not be group- or world-writable.
+
+    The child gets a clean environment (``PATH``, ``LANG=C.UTF-8``, ``HOME``) updated with
+    ``env``, stdin from the null device, and runs in ``cwd`` (default: the script's folder)
+    in its own session. After ``timeout_s`` seconds its process group gets SIGTERM, then
+    SIGKILL :data:`~vigil.agent.exec.process.KILL_GRACE_S` seconds later; leftovers of a
+    script that exited on its own are killed the same way. At most ``output_cap_bytes``
+    characters of output are kept (head and tail, the truncation marker included).
+
+    ``run_as`` names a user to run as (POSIX only; ``None`` is the agent's own user). It
+    needs root unless it names the agent's own user; the child then gets that user's
+    uid, gid, supplementary groups and ``HOME``, ``USER`` and ``LOGNAME``.
+    """
+    started = time.monotonic()
+
+    def failed(reason: str, sha: str = "") -> ScriptResult:
+        return ScriptResult(None, "", False, time.monotonic() - started, False, reason, sha)
+
+    real, problem = vetting.vet_script(Path(script), allowed_roots)
+    if real is None:
+        return failed(problem or "script refused")
+    sha = vetting.sha256(real)
+    if problem:
+        return failed(problem, sha)
+    try:
+        user = resolve_user(run_as)
+        merged_env = child_env({**user.env, **(env or {})})
+    except ValueError as exc:
+        return failed(str(exc), sha)
+
+    try:
+        run = await run_bounded(
+            [*vetting.command(real), *args],
+            env=merged_env,
+            cwd=str(cwd if cwd is not None else real.parent),
+            timeout_s=timeout_s,
+            output_cap_bytes=output_cap_bytes,
+            run_as=user,
+        )
+    except (OSError, ValueError) as exc:
+        # ENOEXEC (no shebang), EACCES, a missing interpreter, a NUL byte in an argument.
+        return failed(f"cannot start {real}: {vetting.describe(exc)}", sha)
+
+    return ScriptResult(
+        exit_code=run.exit_code,
+        output=run.output,
+        truncated=run.truncated,
+        duration_s=time.monotonic() - started,
+        timed_out=run.timed_out,
+        error=None,
+        script_sha256=sha,
+    )
