@@ -48,6 +48,16 @@ MAX_EVENTS = 5000  # events in one report
 MAX_MAP_ITEMS = 4096  # entries in labels / metric values
 # Integers are stored in signed 64-bit columns (SQLite, PostgreSQL ``bigint``).
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+# Accepted ranges of numbers, chosen wide enough that no correct agent ever leaves them
+# (a laptop whose clock reset to 1970, a resume after weeks offline, a script that ran up
+# to its timeout) and narrow enough that the collector's arithmetic on them (offsets,
+# deadlines, histogram sums in whole millionths) can never overflow. Generic measured
+# values (``values``, ``value``, ``value_before``/``value_after``) are only required to be
+# finite: a plugin may legitimately report 1e300. ``docs/api.md`` lists them per field.
+TIME_MIN, TIME_MAX = 0.0, 1e10  # Unix seconds: 1970 to the year 2286
+DURATION_MAX = 366 * 86400.0  # seconds: a run time or a heartbeat TTL, at most a year
+# Process exit codes: negative for a signal on POSIX, unsigned 32-bit on Windows.
+EXIT_CODE_MIN, EXIT_CODE_MAX = -(2**31), 2**32 - 1
 # Longest excerpt of a bad value quoted in an error (a 400 body and a log line must never
 # be as large as the input behind them).
 MAX_QUOTED = 80
@@ -66,6 +76,14 @@ def _maxlen(n: int) -> dict[str, int]:
     return {"max_len": n}
 
 
+# Field metadata: the range a number must lie in (inclusive), and the bounds of a string.
+_TIME: dict[str, Any] = {"range": (TIME_MIN, TIME_MAX)}
+_DURATION: dict[str, Any] = {"range": (0.0, DURATION_MAX)}
+_SEQ: dict[str, Any] = {"range": (0, INT_MAX)}
+_EXIT_CODE: dict[str, Any] = {"range": (EXIT_CODE_MIN, EXIT_CODE_MAX)}
+_ID: dict[str, Any] = {"min_len": 1}
+
+
 # Field metadata: leave the field out of the JSON while it has its default value. For
 # fields added within a schema version, so that older collectors (which reject unknown
 # fields) see them only when they carry news.
@@ -81,9 +99,9 @@ class MetricsEvent:
     (bytes, seconds, percent 0-100).
     """
 
-    event_id: str
-    seq: int
-    time: float
+    event_id: str = field(metadata=_ID)
+    seq: int = field(metadata=_SEQ)
+    time: float = field(metadata=_TIME)
     values: dict[str, float]
     type: Literal["metrics"] = "metrics"
 
@@ -101,16 +119,16 @@ class CheckEvent:
     agent talks to an older collector as before unless a check flaps.
     """
 
-    event_id: str
-    seq: int
-    time: float
-    check: str
+    event_id: str = field(metadata=_ID)
+    seq: int = field(metadata=_SEQ)
+    time: float = field(metadata=_TIME)
+    check: str = field(metadata=_ID)
     state: CheckState
     previous_state: CheckState | None
     value: float | None
     message: str
-    remediation: str | None = None
-    ttl_s: float | None = None
+    remediation: str | None = field(default=None, metadata=_ID)
+    ttl_s: float | None = field(default=None, metadata=_DURATION)
     flapping: bool = field(default=False, metadata=_OMIT_DEFAULT)
     type: Literal["check"] = "check"
 
@@ -124,15 +142,15 @@ class RemediationEvent:
     whether anything was cut. ``script_sha256`` identifies exactly what ran.
     """
 
-    event_id: str
-    seq: int
-    time: float
-    remediation: str
-    check: str | None
+    event_id: str = field(metadata=_ID)
+    seq: int = field(metadata=_SEQ)
+    time: float = field(metadata=_TIME)
+    remediation: str = field(metadata=_ID)
+    check: str | None = field(metadata=_ID)
     outcome: Outcome
-    exit_code: int | None
-    started_at: float
-    duration_s: float
+    exit_code: int | None = field(metadata=_EXIT_CODE)
+    started_at: float = field(metadata=_TIME)
+    duration_s: float = field(metadata=_DURATION)
     value_before: float | None
     value_after: float | None
     output: str = field(metadata=_maxlen(MAX_OUTPUT))
@@ -155,11 +173,11 @@ class Report:
     """One batch from one agent. ``batch_id`` makes delivery idempotent at the collector."""
 
     schema_version: int
-    agent_id: str
+    agent_id: str = field(metadata=_ID)
     hostname: str
     labels: dict[str, str]
-    batch_id: str
-    sent_at: float
+    batch_id: str = field(metadata=_ID)
+    sent_at: float = field(metadata=_TIME)
     agent_version: str
     events: tuple[Event, ...]
 
@@ -318,7 +336,12 @@ def _compile_dataclass(cls: Any) -> _Parser:
         (
             f.name,
             f.default is dataclasses.MISSING,
-            _compile(hints[f.name], f.metadata.get("max_len", MAX_STR)),
+            _compile(
+                hints[f.name],
+                f.metadata.get("max_len", MAX_STR),
+                min_len=f.metadata.get("min_len", 0),
+                bounds=f.metadata.get("range"),
+            ),
         )
         for f in dataclasses.fields(cls)
     ]
@@ -345,7 +368,15 @@ def _compile_dataclass(cls: Any) -> _Parser:
     return parse
 
 
-def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
+def _compile(
+    tp: Any,
+    max_len: int = MAX_STR,
+    *,
+    min_len: int = 0,
+    bounds: tuple[float, float] | None = None,
+) -> _Parser:
+    """The parser of one value of type ``tp``: strings of ``min_len``..``max_len``
+    characters, numbers within ``bounds`` (inclusive) when given."""
     origin = get_origin(tp)
     if origin is Literal:
         allowed = get_args(tp)
@@ -362,7 +393,7 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
         if set(args) == set(EVENT_TYPES.values()):
             return lambda value: parse_event(value, "")
         (inner,) = (a for a in args if a is not type(None))
-        inner_parser = _compile(inner, max_len)
+        inner_parser = _compile(inner, max_len, min_len=min_len, bounds=bounds)
         return lambda value: None if value is None else inner_parser(value)
     if origin is tuple:
         (inner, _ellipsis) = get_args(tp)
@@ -426,7 +457,9 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
         def parse_str(value: Any) -> str:
             if type(value) is not str:
                 raise WireError("", f"expected a string, got {_kind(value)}")
-            if len(value) > max_len:
+            if not min_len <= len(value) <= max_len:
+                if not value:
+                    raise WireError("", "must not be empty")
                 raise WireError("", f"at most {max_len} characters, got {len(value)}")
             if not _valid_text(value):
                 raise WireError("", "not valid Unicode text (a lone surrogate)")
@@ -446,10 +479,13 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
         def parse_int(value: Any) -> int:
             if type(value) is not int:
                 raise WireError("", f"expected an integer, got {_kind(value)}")
-            if not INT_MIN <= value <= INT_MAX:
-                raise WireError("", "out of range for a signed 64-bit integer")
+            if not low <= value <= high:
+                if bounds is None:
+                    raise WireError("", "out of range for a signed 64-bit integer")
+                raise WireError("", f"must be from {low} to {high}, got {_quote(value)}")
             return value
 
+        low, high = (INT_MIN, INT_MAX) if bounds is None else bounds
         return parse_int
     if tp is float:
         isfinite = math.isfinite
@@ -467,5 +503,15 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
                     raise WireError("", "must be finite, got an out-of-range integer") from None
             raise WireError("", f"expected a number, got {_kind(value)}")
 
-        return parse_float
+        if bounds is None:
+            return parse_float
+        low_f, high_f = bounds
+
+        def parse_bounded(value: Any) -> float:
+            number = parse_float(value)
+            if not low_f <= number <= high_f:
+                raise WireError("", f"must be from {low_f:g} to {high_f:g}, got {_quote(value)}")
+            return number
+
+        return parse_bounded
     raise TypeError(f"wire schema has an unsupported type {tp!r}")  # pragma: no cover
