@@ -58,6 +58,15 @@ TIME_MIN, TIME_MAX = 0.0, 1e10  # Unix seconds: 1970 to the year 2286
 DURATION_MAX = 366 * 86400.0  # seconds: a run time or a heartbeat TTL, at most a year
 # Process exit codes: negative for a signal on POSIX, unsigned 32-bit on Windows.
 EXIT_CODE_MIN, EXIT_CODE_MAX = -(2**31), 2**32 - 1
+# Objects and lists a report can hold: the report, its labels, the events list, and per
+# event the event and its values. A body with more is refused before it is parsed: a
+# few bytes of ``{}`` cost about 80 bytes each once parsed, so 16 MiB of them would take
+# half a gigabyte.
+MAX_CONTAINERS = 3 + 2 * MAX_EVENTS
+# Bytes of JSON per comma (outside strings), at least, in any valid report: every comma
+# is followed by an object member (``"k":0`` is the shortest, keys are never empty) or
+# by an event object. A denser body (``[0,0,0,...]``) is refused before it is parsed.
+MIN_BYTES_PER_COMMA = 6
 # Longest excerpt of a bad value quoted in an error (a 400 body and a log line must never
 # be as large as the input behind them).
 MAX_QUOTED = 80
@@ -234,18 +243,77 @@ def decode_report(body: bytes) -> Report:
     # Imported here, not at the top: the agent imports this module but never decodes.
     import orjson
 
+    _check_structure(body)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            # Decoded as UTF-8 first: json.loads of bytes would guess UTF-16 or UTF-32.
+            data = json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise WireError("body", "not valid JSON: not UTF-8") from None
+        except json.JSONDecodeError as exc:
             raise WireError("body", f"not valid JSON: {_cut(str(exc))}") from None
         except RecursionError:
             raise WireError("body", "not valid JSON: nested too deeply") from None
         except ValueError as exc:  # e.g. an integer past Python's 4,300-digit limit
             raise WireError("body", f"not valid JSON: {_cut(str(exc))}") from None
     return Report.from_dict(data)
+
+
+# Bytes of the body examined at a time when strings must be told apart (see
+# _inside_strings): the transient memory of that scan is a small multiple of this.
+_SCAN_WINDOW = 64 * 1024
+_BACKSLASH = 0x5C
+
+
+def _check_structure(body: bytes) -> None:
+    """Refuse a body whose shape no valid report has, before parsing builds it: more
+    than :data:`MAX_CONTAINERS` objects and lists, or commas denser than
+    :data:`MIN_BYTES_PER_COMMA` allows. Parsing costs many times the bytes for such
+    input (a 16 KiB gzip body of ``{},`` is 16 MiB of JSON and 5.6 million objects).
+
+    The counts include brackets and commas inside strings, so they can only over-count:
+    a typical report passes on three C-speed scans. Only when a count is over its bound
+    is what the strings hold subtracted (:func:`_inside_strings`).
+    """
+    containers = body.count(b"{") + body.count(b"[")
+    commas = body.count(b",")
+    if containers <= MAX_CONTAINERS and commas * MIN_BYTES_PER_COMMA <= len(body):
+        return
+    inside_containers, inside_commas = _inside_strings(body)
+    if containers - inside_containers > MAX_CONTAINERS:
+        raise WireError("body", f"more than {MAX_CONTAINERS} objects and lists: not a report")
+    if (commas - inside_commas) * MIN_BYTES_PER_COMMA > len(body):
+        raise WireError("body", "too many values for its size: not a report")
+
+
+def _inside_strings(body: bytes) -> tuple[int, int]:
+    """How many ``{``/``[`` and how many ``,`` of ``body`` lie inside JSON strings.
+
+    Window by window (:data:`_SCAN_WINDOW` bytes, never cutting a run of backslashes):
+    escape pairs are dropped (``\\\\`` first, then ``\\"``), so every quote left
+    opens or closes a string, and splitting at quotes alternates outside and inside.
+    Every step is a C-speed bytes method, and memory stays a few windows' worth however
+    many strings there are. Meant for valid JSON; for anything else the counts are
+    merely a guess, and the parser refuses the body anyway.
+    """
+    containers = commas = 0
+    inside = False
+    start, size = 0, len(body)
+    while start < size:
+        end = min(start + _SCAN_WINDOW, size)
+        while end < size and body[end - 1] == _BACKSLASH:
+            end += 1  # keep a backslash with the byte it escapes
+        window = body[start:end].replace(b"\\\\", b"").replace(b'\\"', b"")
+        pieces = window.split(b'"')
+        strings = b"".join(pieces[0 if inside else 1 :: 2])
+        containers += strings.count(b"{") + strings.count(b"[")
+        commas += strings.count(b",")
+        if len(pieces) % 2 == 0:  # an odd number of quotes: the window ends in the other state
+            inside = not inside
+        start = end
+    return containers, commas
 
 
 def parse_event(data: Any, path: str = "event") -> Event:

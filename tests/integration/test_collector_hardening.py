@@ -6,17 +6,24 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import json
 import socket
 import sqlite3
 import sys
 import time
+import urllib.error
 import urllib.request
+import uuid
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from tests.support.procs import collector_config, start_collector, stop, wait_for
+from tests.support.wirefuzz import JSON_VALUES, REPORT_PATHS, replaced, valid_report
 from vigil import wire
 
 TOKEN = "hardening-agent-token-0123456789abcdef"
@@ -212,3 +219,64 @@ def test_a_collector_starts_and_serves_over_bad_rows_in_its_store(tmp_path: Path
     text = log.read_text()
     assert "skipping a bad hosts row" in text
     assert "Traceback" not in text
+
+
+# ------------------------------------------------------------------------ fuzzing
+
+
+def post_raw(url: str, body: bytes) -> tuple[int, dict[str, object]]:
+    req = urllib.request.Request(
+        f"{url}/api/v1/reports",
+        data=gzip.compress(body, 1),
+        headers={
+            "Authorization": f"Bearer {TOKEN}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        },
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, json.load(r)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            return exc.code, json.load(exc)
+
+
+def test_fuzzed_reports_are_200_or_a_4xx_naming_the_field_and_the_store_restarts(
+    tmp_path: Path,
+) -> None:
+    """Any field of a valid report replaced by any JSON value, posted to a real
+    collector: never a 5xx, every refusal names its field, and a collector restarted
+    on the store those reports left behind starts and serves."""
+    config = collector_config(tmp_path, agent_token=TOKEN, admin_token=ADMIN)
+    log = tmp_path / "fuzz.log"
+    proc, url = start_collector(config, log)
+    statuses: Counter[int] = Counter()
+
+    @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.sampled_from(REPORT_PATHS), JSON_VALUES)
+    def post_one(path: tuple[object, ...], value: object) -> None:
+        data = valid_report()
+        unique = uuid.uuid4().hex  # a new batch each time, so it is applied, not a duplicate
+        data["batch_id"] = unique
+        for event in data["events"]:
+            event["event_id"] = f"{unique}-{event['event_id']}"
+        status, reply = post_raw(url, json.dumps(replaced(data, path, value)).encode())
+        statuses[status] += 1
+        assert status == 200 or 400 <= status < 500, (status, reply)
+        if status != 200:
+            assert isinstance(reply["field"], str) and reply["field"], reply
+
+    try:
+        post_one()
+    finally:
+        assert stop(proc) == 0
+    assert statuses[200] > 0 and sum(statuses.values()) > statuses[200]
+    proc, url = start_collector(config, tmp_path / "restart.log")
+    try:
+        assert healthz(url) == 200
+        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+            assert r.status == 200
+    finally:
+        assert stop(proc) == 0
+    assert "Traceback" not in log.read_text()
