@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.support.procs import collector_config, start_collector, stop, wait_for
@@ -255,6 +255,10 @@ def test_fuzzed_reports_are_200_or_a_4xx_naming_the_field_and_the_store_restarts
 
     @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
     @given(st.sampled_from(REPORT_PATHS), JSON_VALUES)
+    # The inputs that once stored a report and then broke the aggregates, always tried.
+    @example(("sent_at",), 1e308)
+    @example(("sent_at",), -1e308)
+    @example(("events", 2, "duration_s"), 1e308)
     def post_one(path: tuple[object, ...], value: object) -> None:
         data = valid_report()
         unique = uuid.uuid4().hex  # a new batch each time, so it is applied, not a duplicate
