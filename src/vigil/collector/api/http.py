@@ -216,9 +216,7 @@ def require_json(request: web.Request) -> None:
     A request without a body (``Content-Length: 0``, or none and not chunked) needs no
     ``Content-Type``.
     """
-    if request.content_length == 0 or (
-        request.content_length is None and not request.body_exists
-    ):
+    if request.content_length == 0 or (request.content_length is None and not request.body_exists):
         return
     mimetype = request.content_type  # lower-cased, parameters stripped
     charset = request.charset
