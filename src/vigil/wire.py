@@ -48,6 +48,25 @@ MAX_EVENTS = 5000  # events in one report
 MAX_MAP_ITEMS = 4096  # entries in labels / metric values
 # Integers are stored in signed 64-bit columns (SQLite, PostgreSQL ``bigint``).
 INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+# Accepted ranges of numbers, chosen wide enough that no correct agent ever leaves them
+# (a laptop whose clock reset to 1970, a resume after weeks offline, a script that ran up
+# to its timeout) and narrow enough that the collector's arithmetic on them (offsets,
+# deadlines, histogram sums in whole millionths) can never overflow. Generic measured
+# values (``values``, ``value``, ``value_before``/``value_after``) are only required to be
+# finite: a plugin may legitimately report 1e300. ``docs/api.md`` lists them per field.
+TIME_MIN, TIME_MAX = 0.0, 1e10  # Unix seconds: 1970 to the year 2286
+DURATION_MAX = 366 * 86400.0  # seconds: a run time or a heartbeat TTL, at most a year
+# Process exit codes: negative for a signal on POSIX, unsigned 32-bit on Windows.
+EXIT_CODE_MIN, EXIT_CODE_MAX = -(2**31), 2**32 - 1
+# Objects and lists a report can hold: the report, its labels, the events list, and per
+# event the event and its values. A body with more is refused before it is parsed: a
+# few bytes of ``{}`` cost about 80 bytes each once parsed, so 16 MiB of them would take
+# half a gigabyte.
+MAX_CONTAINERS = 3 + 2 * MAX_EVENTS
+# Bytes of JSON per comma (outside strings), at least, in any valid report: every comma
+# is followed by an object member (``"k":0`` is the shortest, keys are never empty) or
+# by an event object. A denser body (``[0,0,0,...]``) is refused before it is parsed.
+MIN_BYTES_PER_COMMA = 6
 # Longest excerpt of a bad value quoted in an error (a 400 body and a log line must never
 # be as large as the input behind them).
 MAX_QUOTED = 80
@@ -66,6 +85,14 @@ def _maxlen(n: int) -> dict[str, int]:
     return {"max_len": n}
 
 
+# Field metadata: the range a number must lie in (inclusive), and the bounds of a string.
+_TIME: dict[str, Any] = {"range": (TIME_MIN, TIME_MAX)}
+_DURATION: dict[str, Any] = {"range": (0.0, DURATION_MAX)}
+_SEQ: dict[str, Any] = {"range": (0, INT_MAX)}
+_EXIT_CODE: dict[str, Any] = {"range": (EXIT_CODE_MIN, EXIT_CODE_MAX)}
+_ID: dict[str, Any] = {"min_len": 1}
+
+
 # Field metadata: leave the field out of the JSON while it has its default value. For
 # fields added within a schema version, so that older collectors (which reject unknown
 # fields) see them only when they carry news.
@@ -81,9 +108,9 @@ class MetricsEvent:
     (bytes, seconds, percent 0-100).
     """
 
-    event_id: str
-    seq: int
-    time: float
+    event_id: str = field(metadata=_ID)
+    seq: int = field(metadata=_SEQ)
+    time: float = field(metadata=_TIME)
     values: dict[str, float]
     type: Literal["metrics"] = "metrics"
 
@@ -101,16 +128,16 @@ class CheckEvent:
     agent talks to an older collector as before unless a check flaps.
     """
 
-    event_id: str
-    seq: int
-    time: float
-    check: str
+    event_id: str = field(metadata=_ID)
+    seq: int = field(metadata=_SEQ)
+    time: float = field(metadata=_TIME)
+    check: str = field(metadata=_ID)
     state: CheckState
     previous_state: CheckState | None
     value: float | None
     message: str
-    remediation: str | None = None
-    ttl_s: float | None = None
+    remediation: str | None = field(default=None, metadata=_ID)
+    ttl_s: float | None = field(default=None, metadata=_DURATION)
     flapping: bool = field(default=False, metadata=_OMIT_DEFAULT)
     type: Literal["check"] = "check"
 
@@ -124,15 +151,15 @@ class RemediationEvent:
     whether anything was cut. ``script_sha256`` identifies exactly what ran.
     """
 
-    event_id: str
-    seq: int
-    time: float
-    remediation: str
-    check: str | None
+    event_id: str = field(metadata=_ID)
+    seq: int = field(metadata=_SEQ)
+    time: float = field(metadata=_TIME)
+    remediation: str = field(metadata=_ID)
+    check: str | None = field(metadata=_ID)
     outcome: Outcome
-    exit_code: int | None
-    started_at: float
-    duration_s: float
+    exit_code: int | None = field(metadata=_EXIT_CODE)
+    started_at: float = field(metadata=_TIME)
+    duration_s: float = field(metadata=_DURATION)
     value_before: float | None
     value_after: float | None
     output: str = field(metadata=_maxlen(MAX_OUTPUT))
@@ -155,11 +182,11 @@ class Report:
     """One batch from one agent. ``batch_id`` makes delivery idempotent at the collector."""
 
     schema_version: int
-    agent_id: str
+    agent_id: str = field(metadata=_ID)
     hostname: str
     labels: dict[str, str]
-    batch_id: str
-    sent_at: float
+    batch_id: str = field(metadata=_ID)
+    sent_at: float = field(metadata=_TIME)
     agent_version: str
     events: tuple[Event, ...]
 
@@ -216,18 +243,77 @@ def decode_report(body: bytes) -> Report:
     # Imported here, not at the top: the agent imports this module but never decodes.
     import orjson
 
+    _check_structure(body)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
         try:
-            data = json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            # Decoded as UTF-8 first: json.loads of bytes would guess UTF-16 or UTF-32.
+            data = json.loads(body.decode("utf-8"))
+        except UnicodeDecodeError:
+            raise WireError("body", "not valid JSON: not UTF-8") from None
+        except json.JSONDecodeError as exc:
             raise WireError("body", f"not valid JSON: {_cut(str(exc))}") from None
         except RecursionError:
             raise WireError("body", "not valid JSON: nested too deeply") from None
         except ValueError as exc:  # e.g. an integer past Python's 4,300-digit limit
             raise WireError("body", f"not valid JSON: {_cut(str(exc))}") from None
     return Report.from_dict(data)
+
+
+# Bytes of the body examined at a time when strings must be told apart (see
+# _inside_strings): the transient memory of that scan is a small multiple of this.
+_SCAN_WINDOW = 64 * 1024
+_BACKSLASH = 0x5C
+
+
+def _check_structure(body: bytes) -> None:
+    """Refuse a body whose shape no valid report has, before parsing builds it: more
+    than :data:`MAX_CONTAINERS` objects and lists, or commas denser than
+    :data:`MIN_BYTES_PER_COMMA` allows. Parsing costs many times the bytes for such
+    input (a 16 KiB gzip body of ``{},`` is 16 MiB of JSON and 5.6 million objects).
+
+    The counts include brackets and commas inside strings, so they can only over-count:
+    a typical report passes on three C-speed scans. Only when a count is over its bound
+    is what the strings hold subtracted (:func:`_inside_strings`).
+    """
+    containers = body.count(b"{") + body.count(b"[")
+    commas = body.count(b",")
+    if containers <= MAX_CONTAINERS and commas * MIN_BYTES_PER_COMMA <= len(body):
+        return
+    inside_containers, inside_commas = _inside_strings(body)
+    if containers - inside_containers > MAX_CONTAINERS:
+        raise WireError("body", f"more than {MAX_CONTAINERS} objects and lists: not a report")
+    if (commas - inside_commas) * MIN_BYTES_PER_COMMA > len(body):
+        raise WireError("body", "too many values for its size: not a report")
+
+
+def _inside_strings(body: bytes) -> tuple[int, int]:
+    """How many ``{``/``[`` and how many ``,`` of ``body`` lie inside JSON strings.
+
+    Window by window (:data:`_SCAN_WINDOW` bytes, never cutting a run of backslashes):
+    escape pairs are dropped (``\\\\`` first, then ``\\"``), so every quote left
+    opens or closes a string, and splitting at quotes alternates outside and inside.
+    Every step is a C-speed bytes method, and memory stays a few windows' worth however
+    many strings there are. Meant for valid JSON; for anything else the counts are
+    merely a guess, and the parser refuses the body anyway.
+    """
+    containers = commas = 0
+    inside = False
+    start, size = 0, len(body)
+    while start < size:
+        end = min(start + _SCAN_WINDOW, size)
+        while end < size and body[end - 1] == _BACKSLASH:
+            end += 1  # keep a backslash with the byte it escapes
+        window = body[start:end].replace(b"\\\\", b"").replace(b'\\"', b"")
+        pieces = window.split(b'"')
+        strings = b"".join(pieces[0 if inside else 1 :: 2])
+        containers += strings.count(b"{") + strings.count(b"[")
+        commas += strings.count(b",")
+        if len(pieces) % 2 == 0:  # an odd number of quotes: the window ends in the other state
+            inside = not inside
+        start = end
+    return containers, commas
 
 
 def parse_event(data: Any, path: str = "event") -> Event:
@@ -318,7 +404,12 @@ def _compile_dataclass(cls: Any) -> _Parser:
         (
             f.name,
             f.default is dataclasses.MISSING,
-            _compile(hints[f.name], f.metadata.get("max_len", MAX_STR)),
+            _compile(
+                hints[f.name],
+                f.metadata.get("max_len", MAX_STR),
+                min_len=f.metadata.get("min_len", 0),
+                bounds=f.metadata.get("range"),
+            ),
         )
         for f in dataclasses.fields(cls)
     ]
@@ -345,7 +436,15 @@ def _compile_dataclass(cls: Any) -> _Parser:
     return parse
 
 
-def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
+def _compile(
+    tp: Any,
+    max_len: int = MAX_STR,
+    *,
+    min_len: int = 0,
+    bounds: tuple[float, float] | None = None,
+) -> _Parser:
+    """The parser of one value of type ``tp``: strings of ``min_len``..``max_len``
+    characters, numbers within ``bounds`` (inclusive) when given."""
     origin = get_origin(tp)
     if origin is Literal:
         allowed = get_args(tp)
@@ -362,7 +461,7 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
         if set(args) == set(EVENT_TYPES.values()):
             return lambda value: parse_event(value, "")
         (inner,) = (a for a in args if a is not type(None))
-        inner_parser = _compile(inner, max_len)
+        inner_parser = _compile(inner, max_len, min_len=min_len, bounds=bounds)
         return lambda value: None if value is None else inner_parser(value)
     if origin is tuple:
         (inner, _ellipsis) = get_args(tp)
@@ -426,7 +525,9 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
         def parse_str(value: Any) -> str:
             if type(value) is not str:
                 raise WireError("", f"expected a string, got {_kind(value)}")
-            if len(value) > max_len:
+            if not min_len <= len(value) <= max_len:
+                if not value:
+                    raise WireError("", "must not be empty")
                 raise WireError("", f"at most {max_len} characters, got {len(value)}")
             if not _valid_text(value):
                 raise WireError("", "not valid Unicode text (a lone surrogate)")
@@ -446,10 +547,13 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
         def parse_int(value: Any) -> int:
             if type(value) is not int:
                 raise WireError("", f"expected an integer, got {_kind(value)}")
-            if not INT_MIN <= value <= INT_MAX:
-                raise WireError("", "out of range for a signed 64-bit integer")
+            if not low <= value <= high:
+                if bounds is None:
+                    raise WireError("", "out of range for a signed 64-bit integer")
+                raise WireError("", f"must be from {low} to {high}, got {_quote(value)}")
             return value
 
+        low, high = (INT_MIN, INT_MAX) if bounds is None else bounds
         return parse_int
     if tp is float:
         isfinite = math.isfinite
@@ -467,5 +571,15 @@ def _compile(tp: Any, max_len: int = MAX_STR) -> _Parser:
                     raise WireError("", "must be finite, got an out-of-range integer") from None
             raise WireError("", f"expected a number, got {_kind(value)}")
 
-        return parse_float
+        if bounds is None:
+            return parse_float
+        low_f, high_f = bounds
+
+        def parse_bounded(value: Any) -> float:
+            number = parse_float(value)
+            if not low_f <= number <= high_f:
+                raise WireError("", f"must be from {low_f:g} to {high_f:g}, got {_quote(value)}")
+            return number
+
+        return parse_bounded
     raise TypeError(f"wire schema has an unsupported type {tp!r}")  # pragma: no cover

@@ -54,7 +54,11 @@ def post_report(url: str, report: wire.Report, token: str = AGENT_TOKEN) -> int:
     request = urllib.request.Request(
         f"{url}/api/v1/reports",
         data=gzip.compress(wire.encode_report(report)),
-        headers={"Authorization": f"Bearer {token}", "Content-Encoding": "gzip"},
+        headers={
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        },
         method="POST",
     )
     try:

@@ -256,8 +256,14 @@ async def _echo(request: web.Request) -> web.Response:
         return web.json_response({"error": exc.message, "field": exc.field}, status=exc.status)
 
 
-def post_to_echo(data: bytes | None, *, chunked: bool = False) -> tuple[int, Any]:
-    """POST ``data`` to a one-route server on 127.0.0.1 that runs :func:`json_body`."""
+def post_to_echo(
+    data: bytes | None,
+    *,
+    chunked: bool = False,
+    content_type: str | None = "application/json",
+) -> tuple[int, Any]:
+    """POST ``data`` to a one-route server on 127.0.0.1 that runs :func:`json_body`, with
+    ``content_type`` (aiohttp's own default for bytes when None)."""
 
     async def main() -> tuple[int, Any]:
         app = web.Application()
@@ -268,7 +274,8 @@ def post_to_echo(data: bytes | None, *, chunked: bool = False) -> tuple[int, Any
                 yield data or b""
 
             body: Any = pieces() if chunked else data
-            async with client.post("/", data=body) as reply:
+            headers = {"Content-Type": content_type} if content_type else {}
+            async with client.post("/", data=body, headers=headers) as reply:
                 return reply.status, await reply.json()
 
     return asyncio.run(main())
@@ -305,3 +312,40 @@ def test_unknown_field_names_are_cut_to_64_characters() -> None:
     name = "k" * 100
     status, reply = post_to_echo(json.dumps({name: 1}).encode())
     assert (status, reply["field"]) == (400, "k" * 64)
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,  # aiohttp sends application/octet-stream for bytes
+        "text/plain",
+        "application/x-www-form-urlencoded",
+        "application/json; charset=utf-16",
+        "application/jsonx",
+    ],
+)
+def test_a_body_that_is_not_declared_utf8_json_is_415_naming_the_header(
+    content_type: str | None,
+) -> None:
+    status, reply = post_to_echo(b'{"by": "a"}', content_type=content_type)
+    assert (status, reply["field"]) == (415, "Content-Type")
+    assert "application/json" in reply["error"]
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    ["application/json", "Application/JSON; charset=UTF-8", "application/json;charset=utf-8"],
+)
+def test_json_with_the_utf8_charset_or_none_is_accepted(content_type: str) -> None:
+    assert post_to_echo(b'{"by": "a"}', content_type=content_type) == (200, {"by": "a"})
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-16-le", "utf-32"])
+def test_json_in_utf16_or_utf32_is_400_even_when_declared_json(codec: str) -> None:
+    status, reply = post_to_echo(json.dumps({"by": "a"}).encode(codec))
+    assert status == 400
+    assert reply["field"] is None
+
+
+def test_an_empty_body_needs_no_content_type() -> None:
+    assert post_to_echo(b"", content_type=None) == (200, {})

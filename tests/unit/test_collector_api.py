@@ -338,6 +338,46 @@ def test_an_unsupported_content_encoding_is_415(collector_config, collector_serv
     assert "br" in body["error"]
 
 
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/json; charset=utf-16", "application/x-ndjson"],
+)
+def test_a_report_not_declared_as_utf8_json_is_415_naming_the_header(
+    content_type, collector_config, collector_server, make_report, make_check_event
+) -> None:
+    raw = gzip.compress(wire.encode_report(make_report(make_check_event())))
+    headers = {**agent_auth(collector_config), "Content-Encoding": "gzip"}
+    if content_type:
+        headers["Content-Type"] = content_type
+
+    async def main() -> tuple[int, Any]:
+        async with (
+            collector_server(collector_config) as url,
+            aiohttp.ClientSession() as http,
+            http.post(f"{url}/api/v1/reports", data=raw, headers=headers) as r,
+        ):
+            return r.status, await r.json()
+
+    status, body = run(main)
+    assert (status, body["field"]) == (415, "Content-Type")
+
+
+@pytest.mark.parametrize("codec", ["utf-16", "utf-32", "utf-16-be"])
+def test_a_report_in_utf16_or_utf32_is_400_naming_the_body(
+    codec, collector_config, collector_server, make_report, make_check_event
+) -> None:
+    text = wire.encode_report(make_report(make_check_event())).decode()
+
+    async def main() -> tuple[int, Any]:
+        async with collector_server(collector_config) as url, aiohttp.ClientSession() as http:
+            body = gzip.compress(text.encode(codec))
+            return await post_body(http, url, body, agent_auth(collector_config))
+
+    status, body = run(main)
+    assert (status, body["field"]) == (400, "body")
+    assert "UTF-8" in body["error"] or "JSON" in body["error"]
+
+
 def test_the_server_keeps_answering_after_every_kind_of_rejection(
     collector_config, collector_server, make_report, make_check_event
 ) -> None:
@@ -386,6 +426,58 @@ def test_gunzip_bounded_never_holds_much_more_than_the_limit() -> None:
     finally:
         tracemalloc.stop()
     assert peak < 4 * MiB
+
+
+def gzip_of(piece: bytes, total: int, head: bytes = b"", tail: bytes = b"") -> bytes:
+    """``head + piece * n + tail`` (about ``total`` bytes) gzipped without holding it."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = piece * (MiB // len(piece))
+    parts = [packer.compress(head)]
+    parts += [packer.compress(block) for _ in range(total // len(block))]
+    return b"".join(parts) + packer.compress(tail) + packer.flush()
+
+
+@pytest.mark.parametrize(
+    ("piece", "head", "tail", "size", "why"),
+    [
+        (b"{},", b"[", b"{}]", 15 * MiB, "objects and lists"),
+        (b"[],", b'{"events":[', b"[]]}", 15 * MiB, "objects and lists"),
+        (b"0.5,", b"[", b"0]", 15 * MiB, "too many values"),
+        (b'"",', b"[", b'""]', 15 * MiB, "too many values"),
+    ],
+    ids=["objects", "lists", "numbers", "strings"],
+)
+def test_a_tiny_body_that_expands_to_millions_of_values_is_refused_before_parsing(
+    piece: bytes, head: bytes, tail: bytes, size: int, why: str
+) -> None:
+    """16 MiB of ``{},`` is about 16 KiB of gzip and was 5.6 million objects (500 MB)
+    once parsed; it is refused holding little more than its own bytes."""
+    limit = 16 * MiB
+    body = gzip_of(piece, size, head, tail)
+    assert len(body) < 64 * 1024
+    unpacked = gunzip_bounded(body, limit)  # bounded on its own (see the tests above)
+    tracemalloc.start()
+    try:
+        with pytest.raises(wire.WireError) as err:
+            wire.decode_report(unpacked)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert err.value.path == "body"
+    assert why in err.value.message
+    assert peak < 4 * MiB  # beyond the bytes it was given
+
+
+def test_a_large_valid_report_still_passes_the_structure_check(
+    make_report, make_remediation_event
+) -> None:
+    """5,000 events with outputs full of braces and commas are a legitimate report."""
+    output = "{a},[b], " * 1800
+    event = dataclasses.replace(make_remediation_event(), output=output[: wire.MAX_OUTPUT])
+    events = [dataclasses.replace(event, seq=i + 1, event_id=f"e{i}") for i in range(5000)]
+    raw = wire.encode_report(make_report(*events))
+    assert len(raw) > 64 * MiB
+    assert len(wire.decode_report(raw).events) == wire.MAX_EVENTS
 
 
 # --------------------------------------------------------------------------- read API

@@ -83,6 +83,7 @@ async def post(
 ) -> int:
     headers = {
         "Authorization": f"Bearer {config.auth.agent_tokens[0]}",
+        "Content-Type": "application/json",
         "Content-Encoding": "gzip",
     }
     body = gzip.compress(wire.encode_report(report))
@@ -186,7 +187,10 @@ def test_accepted_duplicate_and_event_counts_follow_ingest(
 def test_rejected_reports_are_counted_by_reason(
     collector_config, collector_server, make_report, make_check_event
 ) -> None:
-    auth = {"Authorization": f"Bearer {collector_config.auth.agent_tokens[0]}"}
+    auth = {
+        "Authorization": f"Bearer {collector_config.auth.agent_tokens[0]}",
+        "Content-Type": "application/json",
+    }
     gz = {**auth, "Content-Encoding": "gzip"}
     # BytesIO: aiohttp warns that a large raw bytes body may block the client's loop.
     too_big = io.BytesIO(bytes(collector_config.limits.max_body_bytes + 1))

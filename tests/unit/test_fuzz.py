@@ -11,83 +11,22 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Any
 
 import orjson
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from tests.support.desk import open_desk
+from tests.support.wirefuzz import JSON_VALUES, REPORT_PATHS, paths, replaced, valid_report
 from vigil import wire
 from vigil.configio import ConfigError, load_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-# Any character, lone surrogates included (the default strategy leaves them out).
-ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=40)
-SCALARS = st.one_of(
-    st.none(),
-    st.booleans(),
-    st.integers(min_value=-(2**70), max_value=2**70),
-    st.sampled_from([2**63, 2**64 - 1, -(2**63) - 1, 10**400]),
-    st.floats(allow_nan=True, allow_infinity=True),
-    ANY_TEXT,
-)
-JSON_VALUES = st.recursive(
-    SCALARS,
-    lambda inner: st.one_of(
-        st.lists(inner, max_size=4), st.dictionaries(ANY_TEXT, inner, max_size=4)
-    ),
-    max_leaves=12,
-)
-
-
-def valid_report() -> dict[str, Any]:
-    events = [
-        {"type": "metrics", "event_id": "e1", "seq": 1, "time": 1.0, "values": {"cpu": 1.5}},
-        {
-            "type": "check", "event_id": "e2", "seq": 2, "time": 2.0, "check": "disk",
-            "state": "critical", "previous_state": "ok", "value": 97.0, "message": "full",
-            "remediation": "cleanup", "ttl_s": None,
-        },
-        {
-            "type": "remediation", "event_id": "e3", "seq": 3, "time": 3.0,
-            "remediation": "cleanup", "check": "disk", "outcome": "fixed", "exit_code": 0,
-            "started_at": 2.5, "duration_s": 0.5, "value_before": 97.0, "value_after": 60.0,
-            "output": "ok", "output_truncated": False, "script_sha256": "ab" * 32,
-            "dry_run": False,
-        },
-    ]  # fmt: skip
-    return {
-        "schema_version": wire.SCHEMA_VERSION, "agent_id": "a1", "hostname": "h",
-        "labels": {"dept": "it"}, "batch_id": "b1", "sent_at": 1.7e9,
-        "agent_version": "0.1.0", "events": events,
-    }  # fmt: skip
-
-
-def paths(value: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
-    """Every path to a value inside ``value`` (dict keys and list indexes)."""
-    out = [prefix] if prefix else []
-    if isinstance(value, dict):
-        for k, v in value.items():
-            out += paths(v, (*prefix, k))
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            out += paths(v, (*prefix, i))
-    return out
-
-
-REPORT_PATHS = paths(valid_report())
-
-
-def replaced(data: Any, path: tuple[Any, ...], value: Any) -> Any:
-    target = data
-    for part in path[:-1]:
-        target = target[part]
-    target[path[-1]] = value
-    return data
 
 
 def decode_or_wire_error(body: bytes) -> wire.Report | wire.WireError:
@@ -191,3 +130,39 @@ def test_any_yaml_text(text: str) -> None:
             load_yaml(file)
         except ConfigError as exc:
             assert str(file) in str(exc)
+
+
+def test_every_accepted_report_applies_and_a_reopened_desk_starts(tmp_path: Path) -> None:
+    """What the decoder accepts, the desk applies without an error (the collector would
+    answer 500 for the whole group commit), and a desk reopened on the store starts."""
+    desk = open_desk(tmp_path / "fuzz.db")
+    applied = 0
+
+    @FUZZ
+    @given(st.sampled_from(REPORT_PATHS), JSON_VALUES)
+    # The inputs that once stored a report and then broke the aggregates, always tried.
+    @example(("sent_at",), 1e308)
+    @example(("sent_at",), -1e308)
+    @example(("events", 2, "duration_s"), 1e308)
+    def apply_one(path: tuple[Any, ...], value: Any) -> None:
+        nonlocal applied
+        data = valid_report()
+        data["batch_id"] = uuid.uuid4().hex
+        for event in data["events"]:
+            event["event_id"] = f"{data['batch_id']}-{event['event_id']}"
+        result = decode_or_wire_error(json.dumps(replaced(data, path, value)).encode())
+        if isinstance(result, wire.Report):
+            desk.ingest(result, 1.7e9)
+            applied += 1
+
+    try:
+        apply_one()
+        snapshot = desk.metrics_snapshot()
+    finally:
+        desk.close()
+    assert applied > 0
+    reopened = open_desk(tmp_path / "fuzz.db")
+    try:
+        assert reopened.metrics_snapshot().events_total == snapshot.events_total
+    finally:
+        reopened.close()

@@ -263,6 +263,7 @@ def test_an_overloaded_collector_answers_429_with_retry_after(
                     body = gzip.compress(wire.encode_report(make_report(make_check_event())))
                     headers = {
                         "Authorization": f"Bearer {AGENT_TOKEN}",
+                        "Content-Type": "application/json",
                         "Content-Encoding": "gzip",
                     }
                     async with session.post(url, data=body, headers=headers) as resp:
@@ -296,7 +297,11 @@ def test_a_read_queued_on_the_store_thread_does_not_block_a_commit(
 
     async def main() -> tuple[list[int], list[int], int]:
         async with running_app(collector_config) as (app, base):
-            agent = {"Authorization": f"Bearer {AGENT_TOKEN}", "Content-Encoding": "gzip"}
+            agent = {
+                "Authorization": f"Bearer {AGENT_TOKEN}",
+                "Content-Type": "application/json",
+                "Content-Encoding": "gzip",
+            }
             admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
             loop = asyncio.get_running_loop()
             async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:

@@ -305,10 +305,81 @@ def test_a_rejected_value_is_quoted_short() -> None:
 
 
 def test_the_largest_64_bit_integers_are_still_accepted() -> None:
+    # exit_code has a narrower documented range (a signal number to a Windows status);
+    # its edges are accepted like seq's 64-bit edge.
     d = as_dict()
     d["events"][1]["seq"] = 2**63 - 1
-    d["events"][3]["exit_code"] = -(2**63)
+    d["events"][3]["exit_code"] = -(2**31)
 
     parsed = wire.Report.from_dict(d)
 
     assert parsed.events[1].seq == 2**63 - 1
+    assert parsed.events[3].exit_code == -(2**31)
+    d["events"][3]["exit_code"] = 2**32 - 1
+    assert wire.Report.from_dict(d).events[3].exit_code == 2**32 - 1
+
+
+# ----------------------------------------------------------------- accepted ranges
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("sent_at",), 1e308),
+        (("sent_at",), -1e308),
+        (("sent_at",), -1.0),
+        (("sent_at",), 1e10 + 1),
+        (("events", 0, "time"), 1e11),
+        (("events", 3, "started_at"), -5),
+        (("events", 3, "duration_s"), -0.5),
+        (("events", 3, "duration_s"), 366 * 86400 + 1),
+        (("events", 2, "ttl_s"), -1.0),
+        (("events", 2, "ttl_s"), 1e308),
+        (("events", 1, "seq"), -1),
+        (("events", 3, "exit_code"), 2**32),
+        (("events", 3, "exit_code"), -(2**31) - 1),
+        (("agent_id",), ""),
+        (("batch_id",), ""),
+        (("events", 0, "event_id"), ""),
+        (("events", 1, "check"), ""),
+        (("events", 3, "remediation"), ""),
+    ],
+)
+def test_a_number_out_of_its_range_or_an_empty_id_is_rejected_naming_it(
+    path: tuple[Any, ...], value: Any
+) -> None:
+    d = as_dict()
+    target = d
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    with pytest.raises(wire.WireError) as err:
+        wire.Report.from_dict(d)
+    expected = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path)
+    assert err.value.path == expected.lstrip(".")
+    assert len(str(err.value)) < 200
+
+
+@pytest.mark.parametrize(
+    ("path", "value"),
+    [
+        (("sent_at",), 0.0),  # a laptop whose clock reset to 1970
+        (("sent_at",), 1e10),
+        (("events", 3, "duration_s"), 0),
+        (("events", 3, "duration_s"), 7 * 86400.0),  # a run across a week of sleep
+        (("events", 2, "ttl_s"), 366 * 86400.0),
+        (("events", 3, "exit_code"), 3221225477),  # a Windows status (0xC0000005)
+        (("events", 3, "exit_code"), -9),  # killed by a signal
+        (("events", 0, "values"), {"plugin.value": 1e300}),
+        (("events", 1, "value"), -1e300),
+    ],
+)
+def test_every_value_a_correct_agent_can_produce_is_accepted(
+    path: tuple[Any, ...], value: Any
+) -> None:
+    d = as_dict()
+    target = d
+    for part in path[:-1]:
+        target = target[part]
+    target[path[-1]] = value
+    wire.Report.from_dict(d)

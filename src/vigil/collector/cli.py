@@ -79,6 +79,12 @@ async def _serve(config: CollectorConfig) -> int:
     from aiohttp import web  # heavy imports only when serving
 
     from vigil.collector.app import create_app
+    from vigil.collector.listen import (
+        GuardedTCPSite,
+        effective_max_connections,
+        raise_open_files_limit,
+        server_options,
+    )
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -87,10 +93,11 @@ async def _serve(config: CollectorConfig) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 
-    runner = web.AppRunner(create_app(config))
+    max_connections = effective_max_connections(config.max_connections, raise_open_files_limit())
+    runner = web.AppRunner(create_app(config), **server_options(config.idle_timeout_s))
     try:
         await runner.setup()  # opens the storage
-        site = web.TCPSite(runner, config.host, config.port)
+        site = GuardedTCPSite(runner, config.host, config.port, max_connections=max_connections)
         await site.start()
         port = runner.addresses[0][1]
         host = f"[{config.host}]" if ":" in config.host else config.host

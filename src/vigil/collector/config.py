@@ -20,6 +20,12 @@ DEFAULT_PORT = 9750
 DEFAULT_MAX_BODY = 1 * 2**20
 DEFAULT_MAX_DECOMPRESSED = 16 * 2**20
 DEFAULT_MAX_HOST_SERIES = 1000
+# Open client connections at most (``listen.max_connections``), and seconds an idle
+# connection, or one that has not finished sending its request headers, is kept
+# (``listen.idle_timeout``): above the agent's own 15 s keep-alive, so an agent's reused
+# connection is normally closed by the agent first.
+DEFAULT_MAX_CONNECTIONS = 1000
+DEFAULT_IDLE_TIMEOUT_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +76,8 @@ class CollectorConfig:
     file: str
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
     # Where the collector keeps its state (``storage.url``); a relative SQLite path was
     # already resolved against the config file.
     storage_url: str = sqlite_url("var/collector.db")
@@ -98,6 +106,10 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     listen = root.section("listen")
     host = listen.get("host", str, DEFAULT_HOST)
     port = listen.get("port", int, DEFAULT_PORT, minimum=0, maximum=65535)
+    max_connections = listen.get(
+        "max_connections", int, DEFAULT_MAX_CONNECTIONS, minimum=1, maximum=1_000_000
+    )
+    idle_timeout_s = listen.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT_S, minimum=1.0)
     listen.done()
 
     storage = root.section("storage")
@@ -177,6 +189,8 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         file=str(path),
         host=host,
         port=port,
+        max_connections=max_connections,
+        idle_timeout_s=idle_timeout_s,
         storage_url=storage_url,
         dedup_retention_s=dedup_retention_s,
         auth=auth,

@@ -208,10 +208,33 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     return bytes(body)
 
 
+def require_json(request: web.Request) -> None:
+    """415 naming ``Content-Type`` unless the request says its body is JSON in UTF-8:
+    ``application/json``, optionally with ``charset=utf-8`` (JSON is UTF-8 by RFC 8259;
+    the standard library would otherwise guess UTF-16 or UTF-32 from the first bytes).
+
+    A request without a body (``Content-Length: 0``, or none and not chunked) needs no
+    ``Content-Type``.
+    """
+    if request.content_length == 0 or (request.content_length is None and not request.body_exists):
+        return
+    mimetype = request.content_type  # lower-cased, parameters stripped
+    charset = request.charset
+    if mimetype != "application/json" or (charset is not None and charset.lower() != "utf-8"):
+        given = request.headers.get("Content-Type", "")
+        raise ApiError(
+            415,
+            f"Content-Type must be application/json (charset utf-8), got {given[:80]!r}",
+            "Content-Type",
+        )
+
+
 async def json_body(request: web.Request, allowed: tuple[str, ...]) -> dict[str, Any]:
     """The request's JSON object (an empty body is ``{}``), at most :data:`MAX_JSON_BODY`
-    bytes (413 beyond); invalid JSON, a non-object or an unknown field is 400, the last
-    naming the field."""
+    bytes (413 beyond); a body that is not ``application/json`` is 415 (see
+    :func:`require_json`); invalid JSON or UTF-8, a non-object or an unknown field is
+    400, the last naming the field."""
+    require_json(request)
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise ApiError(413, f"request body over {MAX_JSON_BODY} bytes")
     try:
@@ -222,7 +245,8 @@ async def json_body(request: web.Request, allowed: tuple[str, ...]) -> dict[str,
         body: Any = {}
     else:
         try:
-            body = json.loads(raw)
+            # Decoded as UTF-8 first: json.loads of bytes would accept UTF-16 and UTF-32.
+            body = json.loads(raw.decode("utf-8"))
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"body is not valid JSON: {exc}") from None
     if not isinstance(body, dict):

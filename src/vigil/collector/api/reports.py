@@ -20,6 +20,7 @@ from vigil.collector.api.http import (
     BodyTooLarge,
     has_agent_token,
     read_body,
+    require_json,
 )
 from vigil.collector.ingest import QueueFull
 from vigil.collector.keys import clock_key, config_key, counters_key, ingest_key
@@ -59,7 +60,11 @@ async def post_report(request: web.Request) -> web.Response:
 
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
     if encoding not in ("identity", "gzip", "x-gzip"):
-        raise reject("invalid", 415, f"unsupported Content-Encoding {encoding!r}, use gzip")
+        raise reject("invalid", 415, f"unsupported Content-Encoding {encoding[:80]!r}, use gzip")
+    try:
+        require_json(request)
+    except ApiError as exc:
+        raise reject("invalid", exc.status, exc.message, exc.field) from None
 
     limit = config.limits.max_body_bytes
     if request.content_length is not None and request.content_length > limit:

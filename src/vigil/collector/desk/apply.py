@@ -12,7 +12,9 @@ weeks) is recognised after its ids expired.
 
 Time: incidents, timelines and the host's ``last_seen`` use the collector's receive time
 (``received_at``), which tolerates agent clock skew; the agent's own timestamps are kept
-next to it and the skew is estimated by :func:`clock_offset_estimate`.
+next to it and the skew is estimated by :func:`clock_offset_estimate`. A metrics
+summary's agent time orders a host's summaries, clamped to the receive time
+(:func:`summary_time`) so that a clock far in the future cannot pin them.
 
 Heartbeats (:data:`wire.HEARTBEAT_CHECK`) only refresh the host's ``last_seen`` and
 ``heartbeat_ttl_s`` (and end a liveness incident); they are not stored as check results
@@ -85,6 +87,18 @@ def clock_offset_estimate(
     if abs(sample - estimate) > CLOCK_STEP_S:
         return sample
     return min(sample, estimate + max(received_at - last_seen, 0.0) * CLOCK_DRIFT_PER_S)
+
+
+def summary_time(agent_time: float, received_at: float) -> float:
+    """When a metrics summary counts as taken: the agent's time, but never after the
+    collector received it.
+
+    A host's newest summary is chosen by this time (so a late retry of an older one
+    never replaces a newer one). An agent clock ahead of the collector's (by minutes or
+    by years) would otherwise pin the host's metrics until that date; clamped, its
+    summaries are ordered by receive time instead, which is their true order.
+    """
+    return agent_time if agent_time <= received_at else received_at
 
 
 def apply_group(
@@ -202,8 +216,9 @@ def _apply_event(work: Work, report: wire.Report, event: wire.Event, received_at
     """Apply one event this agent had not sent before."""
     host = report.agent_id
     if isinstance(event, wire.MetricsEvent):
-        work.uow.metrics.put(host, event.time, received_at, event.values)
-        work.delta.note_footprint(host, event.time, event.values)
+        at = summary_time(event.time, received_at)
+        work.uow.metrics.put(host, at, received_at, event.values)
+        work.delta.note_footprint(host, at, event.values)
     elif isinstance(event, wire.CheckEvent):
         _apply_check(work, report, event, received_at)
     else:

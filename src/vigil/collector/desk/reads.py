@@ -6,13 +6,19 @@ joined ids, outcome rates) is decided here, not in the queries.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
+import reprlib
+from collections.abc import Iterator
 from typing import Any
 
 from vigil.collector.desk import engine
 from vigil.collector.desk.catalog import Catalog
 from vigil.collector.storage.protocols import UnitOfWork
 from vigil.collector.telemetry.aggregates import Aggregates
+
+log = logging.getLogger("vigil.collector.desk")
 
 # States a list can filter on: ``open`` (all not yet resolved) and its refinements.
 LIST_STATES: tuple[str, ...] = ("open", "acknowledged", "flapping", "resolved", "prevented")
@@ -163,16 +169,28 @@ def incident_aggregates(uow: UnitOfWork, now: float) -> dict[str, Any]:
 
 
 def load_aggregates(uow: UnitOfWork, catalog: Catalog) -> Aggregates:
-    """The in-memory aggregates rebuilt from storage (at start-up)."""
+    """The in-memory aggregates rebuilt from storage (at start-up).
+
+    Start-up must survive any row a store holds (written by an older version, edited by
+    hand, or accepted before a bound existed): a row whose numbers are not finite or not
+    numbers at all is logged and left out of the figures, never fatal. Values are
+    clamped where they are bucketed (see ``telemetry/buckets.py``).
+    """
     agg = Aggregates()
-    for agent_id, hostname, labels, last_seen, ttl, offset in uow.hosts.load():
-        agg.host_last_seen[agent_id] = last_seen
-        agg.host_names[agent_id] = hostname
-        agg.clock_skew.set(agent_id, abs(offset))
-        if ttl is not None:
-            agg.host_ttl[agent_id] = ttl
-        if catalog.groups and catalog.silence_expected(labels):
-            agg.host_silence_expected[agent_id] = True
+    bad = _BadRows()
+    for row in uow.hosts.load():
+        with bad.skipping("hosts", row):
+            agent_id, hostname, labels, last_seen, ttl, offset = row
+            last_seen, offset = _finite(last_seen), _finite(offset)
+            ttl = None if ttl is None else _finite(ttl)
+            expected = bool(catalog.groups) and catalog.silence_expected(labels)
+            agg.host_last_seen[agent_id] = last_seen
+            agg.host_names[agent_id] = str(hostname)
+            agg.clock_skew.set(agent_id, abs(offset))
+            if ttl is not None:
+                agg.host_ttl[agent_id] = ttl
+            if expected:
+                agg.host_silence_expected[agent_id] = True
     agg.liveness.load(
         (host, seen, agg.host_ttl.get(host)) for host, seen in agg.host_last_seen.items()
     )
@@ -180,30 +198,73 @@ def load_aggregates(uow: UnitOfWork, catalog: Catalog) -> Aggregates:
         (host, agg.host_last_seen[host], agg.host_ttl.get(host))
         for host in agg.host_silence_expected
     )
-    for host, at, own in uow.metrics.footprints():
-        agg.footprint.update(host, at, own)
-    for priority, seconds in uow.incidents.restore_times():
-        agg.observe_restore(priority, seconds)
-    for name, seconds in uow.runs.durations():
-        agg.observe_run_duration(name, seconds)
+    for row in uow.metrics.footprints():
+        with bad.skipping("host_metrics", row):
+            host, at, own = row
+            agg.footprint.update(host, _finite(at), {k: _finite(v) for k, v in own.items()})
+    # Counters and histograms keyed by agent-supplied names go through the caps of the
+    # long-lived instance (Aggregates.merge_named), as they do for every later report.
+    named = Aggregates()
+    for row in uow.incidents.restore_times():
+        with bad.skipping("incidents", row):
+            named.observe_restore(row[0], _finite(row[1]))
+    for row in uow.runs.durations():
+        with bad.skipping("remediation_runs", row):
+            named.observe_run_duration(row[0], _finite(row[1]))
     for priority, check, n in uow.incidents.open_by_priority_check():
-        agg.incidents_open[(priority, check)] = n
+        named.incidents_open[(priority, check)] += n
     for check, n in uow.keys.critical_by_check().items():
-        agg.checks_failing[check] = n
+        named.checks_failing[check] += n
     for name, outcome, n in uow.runs.outcome_counts():
-        agg.remediation_runs[(name, outcome)] = n
+        named.remediation_runs[(name, outcome)] += n
     for name, value in uow.counters.load().items():
-        agg.counters[name] = value
+        named.counters[name] = value
     # Incident totals come from the incidents themselves (never deleted), so they cannot
     # drift from what the API shows.
     for state, n in uow.incidents.by_state().items():
         if state == "prevented":
-            agg.counters["incidents_prevented"] = n
+            named.counters["incidents_prevented"] = n
         else:
-            agg.counters["incidents_opened"] += n
+            named.counters["incidents_opened"] += n
             if state == "resolved":
-                agg.counters["incidents_resolved"] = n
+                named.counters["incidents_resolved"] = n
+    agg.merge_named(named)
+    bad.report()
     return agg
+
+
+def _finite(value: object) -> float:
+    """``value`` as a float; ``ValueError`` unless it is a finite real number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"expected a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ValueError(f"expected a finite number, got {number!r}")
+    return number
+
+
+class _BadRows:
+    """Counts and logs the rows :func:`load_aggregates` leaves out: the first few of each
+    table with a short excerpt, then one line with the totals (a store full of bad rows
+    must not flood the log)."""
+
+    LOGGED = 3
+
+    def __init__(self) -> None:
+        self.skipped: dict[str, int] = {}
+
+    @contextlib.contextmanager
+    def skipping(self, table: str, row: object) -> Iterator[None]:
+        try:
+            yield
+        except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
+            n = self.skipped[table] = self.skipped.get(table, 0) + 1
+            if n <= self.LOGGED:
+                log.warning("start-up: skipping a bad %s row %s: %s", table, reprlib.repr(row), exc)
+
+    def report(self) -> None:
+        for table, n in self.skipped.items():
+            log.warning("start-up: %d bad %s row(s) left out of the in-memory figures", n, table)
 
 
 def _incident(row: dict[str, Any]) -> dict[str, Any]:

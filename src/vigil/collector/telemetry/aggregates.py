@@ -29,6 +29,41 @@ from vigil.collector.telemetry.buckets import (
     LivenessView,
 )
 
+# Distinct check names, and distinct remediation names, the long-lived aggregates keep
+# apart; later names share OTHER_NAME. Admins name checks and remediations, so a real
+# fleet stays far below; the cap keeps an agent that invents names (a bug, or a stolen
+# token) from growing the collector's memory without bound. Above the cap of labels the
+# exposition shows (``collector/metrics.py``), which picks the busiest among these.
+MAX_NAMES = 1000
+OTHER_NAME = "_other"
+
+
+class NameCap:
+    """The first ``limit`` distinct names seen, kept for good; any other maps to
+    :data:`OTHER_NAME`.
+
+    Sticky on purpose: a name keeps the key it got when first counted, so a gauge
+    incremented under one key is always decremented under the same one.
+    """
+
+    __slots__ = ("_known", "limit")
+
+    def __init__(self, limit: int = MAX_NAMES) -> None:
+        self.limit = limit
+        self._known: set[str] = set()
+
+    def __call__(self, name: str) -> str:
+        known = self._known
+        if name in known:
+            return name
+        if len(known) < self.limit:
+            known.add(name)
+            return name
+        return OTHER_NAME
+
+    def __len__(self) -> int:
+        return len(self._known)
+
 
 @dataclass(frozen=True, slots=True)
 class MetricsSnapshot:
@@ -109,6 +144,9 @@ class Aggregates:
         default_factory=lambda: FleetDistribution(CLOCK_OFFSET_BUCKETS_S)
     )
     footprint: AgentFootprint = field(default_factory=AgentFootprint)
+    # The long-lived instance's bounds on check and remediation names (see NameCap).
+    check_names: NameCap = field(default_factory=NameCap, repr=False, compare=False)
+    remediation_names: NameCap = field(default_factory=NameCap, repr=False, compare=False)
     # Replaced whole by replace_figures(), never merged.
     incidents_acknowledged: dict[str, int] = field(default_factory=dict)
     incidents_past_sla: dict[str, int] = field(default_factory=dict)
@@ -216,22 +254,41 @@ class Aggregates:
             self.clock_skew.set(host, abs(offset))
         for host, at, values in delta.footprint_samples:
             self.footprint.update(host, at, values)
-        for mine, theirs in (
-            (self.time_to_restore, delta.time_to_restore),
-            (self.run_durations, delta.run_durations),
+        self._merge_named(delta)
+
+    def merge_named(self, delta: Aggregates) -> None:
+        """Add only ``delta``'s counters and histograms (not its hosts): the start-up
+        rebuild, which loads the per-host structures in bulk."""
+        with self.lock:
+            self._merge_named(delta)
+
+    def _merge_named(self, delta: Aggregates) -> None:
+        # Names from agents pass through the caps here, on the long-lived instance only:
+        # a delta is small and short-lived.
+        checks, fixes = self.check_names, self.remediation_names
+        for mine, theirs, name_of in (
+            (self.time_to_restore, delta.time_to_restore, str),
+            (self.run_durations, delta.run_durations, fixes),
         ):
             for key, hist in theirs.items():
+                key = name_of(key)
                 if key in mine:
                     mine[key].add(hist)
                 else:
                     mine[key] = hist.copy()
-        for mine, theirs in (
-            (self.incidents_open, delta.incidents_open),
-            (self.checks_failing, delta.checks_failing),
-            (self.remediation_runs, delta.remediation_runs),
-            (self.counters, delta.counters),
+        for (priority, check), n in delta.incidents_open.items():
+            self.incidents_open[(priority, checks(check))] += n
+        for check, n in delta.checks_failing.items():
+            self.checks_failing[checks(check)] += n
+        for (name, outcome), n in delta.remediation_runs.items():
+            self.remediation_runs[(fixes(name), outcome)] += n
+        self.counters.update(delta.counters)
+        for mine in (
+            self.incidents_open,
+            self.checks_failing,
+            self.remediation_runs,
+            self.counters,
         ):
-            mine.update(theirs)
             # Gauges drop to zero when the last incident closes: forget the key so the
             # label set stays bounded by what is currently true.
             for key in [k for k, v in mine.items() if v <= 0]:

@@ -85,6 +85,13 @@ AGENT_RSS_BUCKETS: tuple[float, ...] = tuple(
 # |agent clock - collector clock| (seconds); CLOCK_SKEW_LIMIT_S must be one of these.
 CLOCK_OFFSET_BUCKETS_S: tuple[float, ...] = (1.0, 5.0, 30.0, 60.0, CLOCK_SKEW_LIMIT_S, 3600.0)
 
+# Values are clamped to +/- this before they are bucketed or summed: the wire admits any
+# finite measured value (a plugin may report 1e300), and a value past this would turn a
+# histogram's sum into infinity or overflow the whole-millionths sum of a distribution
+# (1e12 * 1e6 stays an exact integer well inside a float's range). No real duration,
+# offset, CPU rate or RSS comes near it.
+CLAMP = 1e12
+
 # The wire series the agents' footprint is read from (agent/sampler.py).
 AGENT_CPU_SERIES = "agent.cpu_seconds_total"
 AGENT_RSS_SERIES = "agent.rss_bytes"
@@ -107,7 +114,11 @@ class BucketCounts:
         return cls(bounds, [0] * (len(bounds) + 1))
 
     def observe(self, value: float) -> None:
-        """Count one value (same unit as the bounds)."""
+        """Count one value (same unit as the bounds), clamped to +/- :data:`CLAMP`; a
+        NaN is ignored (it has no bucket)."""
+        if value != value:  # NaN
+            return
+        value = clamp(value)
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
         self.total += value
 
@@ -150,9 +161,11 @@ class FleetDistribution:
         self._where: dict[str, tuple[int, int]] = {}
 
     def set(self, host: str, value: float) -> None:
-        """Record ``value`` as the host's current value (a non-finite one is ignored)."""
+        """Record ``value`` as the host's current value, clamped to +/- :data:`CLAMP` (a
+        non-finite one is ignored)."""
         if not math.isfinite(value):
             return
+        value = clamp(value)
         self.discard(host)
         index = bisect.bisect_left(self._hist.bounds, value)
         micros = round(value * 1e6)
@@ -290,6 +303,11 @@ class AgentFootprint:
         self.cpu.discard(host)
         self.rss.discard(host)
         self._last.pop(host, None)
+
+
+def clamp(value: float) -> float:
+    """``value`` limited to +/- :data:`CLAMP` (infinities too)."""
+    return -CLAMP if value < -CLAMP else CLAMP if value > CLAMP else value
 
 
 def _le(bound: float) -> str:

@@ -92,7 +92,7 @@ class SqliteHosts:
 
     def all_labels(self) -> Iterator[dict[str, str]]:
         for (labels,) in self._db.execute("SELECT labels FROM hosts").fetchall():
-            yield json.loads(labels)
+            yield _labels_or_empty(labels)
 
     def liveness(self, heartbeat_check: str) -> list[LivenessRow]:
         rows = self._db.execute(
@@ -102,7 +102,7 @@ class SqliteHosts:
             (heartbeat_check,),
         ).fetchall()
         return [
-            LivenessRow(host, hostname, json.loads(labels), seen, ttl, state, incident)
+            LivenessRow(host, hostname, _labels_or_empty(labels), seen, ttl, state, incident)
             for host, hostname, labels, seen, ttl, state, incident in rows
         ]
 
@@ -115,7 +115,7 @@ class SqliteHosts:
             {
                 "agent_id": agent_id,
                 "hostname": hostname,
-                "labels": json.loads(labels),
+                "labels": _labels_or_empty(labels),
                 "agent_version": version,
                 "first_seen": first_seen,
                 "last_seen": last_seen,
@@ -131,7 +131,9 @@ class SqliteHosts:
             "SELECT agent_id, hostname, labels, last_seen, heartbeat_ttl_s, clock_offset_s"
             " FROM hosts ORDER BY rowid"
         ).fetchall()
-        return [(a, h, json.loads(labels), s, t, o) for a, h, labels, s, t, o in rows]
+        # A labels text that does not decode (a row edited by hand) reads as no labels:
+        # start-up reads every host through here and must not fail on one row.
+        return [(a, h, _labels_or_empty(labels), s, t, o) for a, h, labels, s, t, o in rows]
 
 
 class SqliteSeen:
@@ -417,6 +419,14 @@ class SqliteCounters:
 
     def load(self) -> dict[str, int]:
         return dict(self._db.execute("SELECT name, value FROM counters").fetchall())
+
+
+def _labels_or_empty(text: Any) -> dict[str, str]:
+    try:
+        labels = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    return labels if isinstance(labels, dict) else {}
 
 
 def _run_dict(row: tuple[Any, ...]) -> dict[str, Any]:
