@@ -633,9 +633,10 @@ def test_clock_skewed_agents_are_those_past_five_minutes() -> None:
     assert samples[("vigil_agent_clock_offset_seconds_gcount", ())] == 4
 
 
-def test_paused_remediations_are_counted() -> None:
-    samples = render(collector_over(snapshot_of(remediations_paused=("a", "b"))))
-    assert samples[("vigil_remediations_paused", ())] == 2
+def test_no_paused_remediations_gauge_until_a_guard_can_pause_anything() -> None:
+    """No blast-radius guard exists yet: a gauge that cannot move would only mislead."""
+    samples = render(collector_over(snapshot_of()))
+    assert not any(name.startswith("vigil_remediations_paused") for name, _ in samples)
 
 
 # --------------------------------------------------------------------------- from the store

@@ -384,11 +384,6 @@ def _remediations(snap: MetricsSnapshot) -> Iterator[Metric]:
     for name, hist in sorted(cap_histograms(snap.remediation_durations).items()):
         durations.add_metric([name], hist.cumulative(), sum_value=hist.total)
     yield durations
-    yield GaugeMetricFamily(
-        "vigil_remediations_paused",
-        "Remediations paused fleet-wide by the blast-radius guard.",
-        value=len(snap.remediations_paused),
-    )
 
 
 def _footprint(snap: MetricsSnapshot) -> Iterator[Metric]:
