@@ -89,6 +89,28 @@ def test_the_listening_line_names_the_real_port_and_healthz_answers(collector_pr
     assert body == {"status": "ok", "version": "0.1.0"}
 
 
+@pytest.mark.parametrize(
+    ("extra", "logged"),
+    [("", False), ("logging: {access_log: true}\n", True)],
+    ids=["off by default", "on when configured"],
+)
+def test_the_access_log_is_off_unless_configured(tmp_path, extra: str, logged: bool) -> None:
+    """At ``--log-level INFO`` every agent POST would otherwise be one log line."""
+    proc = start(write_config(tmp_path, VALID + extra), "--port", "0", "--log-level", "INFO")
+    try:
+        url = first_line(proc).removeprefix("vigil-collector listening on ").strip()
+        for _ in range(3):
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as resp:
+                resp.read()
+        code, _, err = stop(proc, signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert code == 0, err
+    assert err.count("GET /healthz") == (3 if logged else 0), err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
 def test_a_stop_signal_shuts_down_cleanly_with_exit_0(sig, collector_process, tmp_path) -> None:
     proc, _ = collector_process

@@ -87,7 +87,9 @@ async def _serve(config: CollectorConfig) -> int:
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
 
-    runner = web.AppRunner(create_app(config))
+    # aiohttp logs every request at INFO unless told otherwise: off unless configured.
+    access_log = logging.getLogger("aiohttp.access") if config.access_log else None
+    runner = web.AppRunner(create_app(config), access_log=access_log)
     try:
         await runner.setup()  # opens the storage
         site = web.TCPSite(runner, config.host, config.port)

@@ -89,6 +89,9 @@ class CollectorConfig:
     rules: IncidentRules = field(default_factory=IncidentRules)
     notifications: NotifyConfig = field(default_factory=NotifyConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    # One INFO line per HTTP request (``logging.access_log``): off by default, since
+    # every agent POST would be one.
+    access_log: bool = False
 
 
 def load_collector_config(path: str | Path) -> CollectorConfig:
@@ -171,6 +174,10 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     )
     ing.done()
 
+    logs = root.section("logging")
+    access_log = logs.get("access_log", bool, False)
+    logs.done()
+
     public_url = root.get("public_url", str, None)
     root.done()
     return CollectorConfig(
@@ -189,6 +196,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         rules=rules,
         notifications=notifications,
         ingest=ingest,
+        access_log=access_log,
     )
 
 
