@@ -37,6 +37,7 @@ from vigil.collector.metrics import (
     open_by_priority_and_service,
     with_priorities,
 )
+from vigil.collector.notify.health import NotifyHealth
 from vigil.collector.storage.url import sqlite_url
 from vigil.collector.telemetry.aggregates import MetricsSnapshot
 from vigil.collector.telemetry.buckets import (
@@ -862,3 +863,15 @@ def test_a_snapshot_does_not_wait_behind_a_commit(store) -> None:
         reader.join(timeout=10)
         assert not reader.is_alive()
     assert len(taken) == 1
+
+
+def test_failed_notifications_are_exported_per_configured_target() -> None:
+    """Every configured target from 0 (so ``increase()`` sees the first failure)."""
+    health = NotifyHealth(
+        [("alertmanager", "http://am:9093"), ("webhook", "https://h/x")], base_s=5.0
+    )
+    health.failed(("webhook", "https://h/x"), 0.0, "boom")
+    samples = render(collector_over(snapshot_of(), notify_failures=health.failed_totals))
+    name = "vigil_notifications_failed_total"
+    assert samples[(name, (("kind", "alertmanager"), ("target", "http://am:9093")))] == 0
+    assert samples[(name, (("kind", "webhook"), ("target", "https://h/x")))] == 1
