@@ -41,7 +41,7 @@ from vigil import wire
 REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "config" / "prometheus"
 DASHBOARD = REPO / "config" / "grafana" / "dashboards" / "vigil.json"
-AGENT_TOKEN = "prom-agent-token"
+AGENT_TOKEN = "prom-agent-token-0123456789abcdef0123456789abcdef"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h"}
 # What wait_for treats as "not yet" here: connection errors and answers not JSON (yet).
 RETRY_ON = (OSError, ValueError)

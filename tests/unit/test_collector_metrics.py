@@ -719,7 +719,7 @@ def test_the_metrics_path_does_not_copy_per_host_maps(store, make_report, make_c
 
 def write_config(tmp_path: Path, metrics: str) -> Path:
     path = tmp_path / "collector.yaml"
-    path.write_text(f"auth: {{agent_tokens: [t]}}\n{metrics}\n")
+    path.write_text(f"auth: {{agent_tokens: [t-0123456789abcdef0123456789abcdef]}}\n{metrics}\n")
     return path
 
 

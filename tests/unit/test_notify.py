@@ -240,9 +240,12 @@ def test_nothing_is_marked_when_every_target_fails() -> None:
 # --------------------------------------------------------------------------- config
 
 
+TOKEN = "t-0123456789abcdef0123456789abcdef"
+
+
 def write_config(tmp_path: Path, notifications: str) -> Path:
     path = tmp_path / "collector.yaml"
-    path.write_text(f"auth: {{agent_tokens: [t]}}\nnotifications:\n{notifications}")
+    path.write_text(f"auth: {{agent_tokens: [{TOKEN}]}}\nnotifications:\n{notifications}")
     return path
 
 

@@ -22,6 +22,13 @@ DEFAULT_MAX_DECOMPRESSED = 16 * 2**20
 DEFAULT_MAX_HOST_SERIES = 1000
 
 
+# Tokens are bearer secrets: at least this long (``secrets.token_urlsafe(32)`` gives 43
+# characters), and never the example config's ``change-me-...`` placeholders.
+MIN_TOKEN_LENGTH = 32
+PLACEHOLDER_PREFIX = "change-me"
+TOKEN_ADVICE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     """Bearer tokens. Agents ingest with ``agent_tokens``; the API takes ``admin_tokens``.
@@ -117,8 +124,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     admin_tokens = a.str_list("admin_tokens", ())
     for name, tokens in (("agent_tokens", agent_tokens), ("admin_tokens", admin_tokens)):
         for i, t in enumerate(tokens):
-            if not t or any(ch.isspace() for ch in t):
-                raise a.error(f"{name}[{i}]", "must be non-empty with no whitespace", t)
+            _check_token(a, f"{name}[{i}]", t)
     auth = AuthConfig(
         agent_tokens=agent_tokens,
         admin_tokens=admin_tokens,
@@ -198,6 +204,23 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         ingest=ingest,
         access_log=access_log,
     )
+
+
+def _check_token(section: Section, key: str, token: str) -> None:
+    """Refuse a token anyone could guess: the example's placeholder, or a short one.
+
+    The token itself is never echoed (it would end up in logs); the error says how to
+    make a good one.
+    """
+    if not token or any(ch.isspace() for ch in token):
+        problem = "must be non-empty with no whitespace"
+    elif token.lower().startswith(PLACEHOLDER_PREFIX):
+        problem = "is the example's placeholder, not a secret"
+    elif len(token) < MIN_TOKEN_LENGTH:
+        problem = f"is {len(token)} characters long; at least {MIN_TOKEN_LENGTH} are required"
+    else:
+        return
+    raise section.error(key, f"{problem}; generate a token with: {TOKEN_ADVICE}")
 
 
 def _storage_url(storage: Section) -> str:
