@@ -52,7 +52,7 @@ from vigil import wire  # noqa: E402
 from vigil.agent.config import load_agent_config  # noqa: E402
 from vigil.agent.sampling.sampler import Sampler  # noqa: E402
 
-TOKEN = "bench-agent-token"
+TOKEN = "bench-agent-token-0123456789abcdef0123456789abcdef"
 WARMUP_S = 8.0
 
 

@@ -69,7 +69,7 @@ from vigil.agent.delivery.shipper import Shipper  # noqa: E402
 from vigil.agent.identity import Identity  # noqa: E402
 from vigil.agent.sampling.sampler import Sampler  # noqa: E402
 
-TOKEN = "bench-agent-token"
+TOKEN = "bench-agent-token-0123456789abcdef0123456789abcdef"
 DISTINCT_AGENTS = 100_000
 SERVER_CORE = 0
 LOADGEN_CORE = 1

@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 
 from vigil.collector.storage.sqlite.backend import SqliteStorage  # noqa: E402
 
-TOKEN = "bench-agent-token"
+TOKEN = "bench-agent-token-0123456789abcdef0123456789abcdef"
 CHECKS = [f"check.{n:02d}" for n in range(12)]
 REMEDIATIONS = [f"fix-{n:02d}" for n in range(20)]
 OUTCOMES = ["fixed", "fixed", "fixed", "not_fixed", "error", "timeout"]

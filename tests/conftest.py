@@ -22,8 +22,8 @@ from vigil.collector.app import create_app
 from vigil.collector.config import AuthConfig, CollectorConfig
 from vigil.collector.storage.url import sqlite_url
 
-COLLECTOR_AGENT_TOKEN = "test-agent-token"
-COLLECTOR_ADMIN_TOKEN = "test-admin-token"
+COLLECTOR_AGENT_TOKEN = "test-agent-token-0123456789abcdef0123456789abcdef"
+COLLECTOR_ADMIN_TOKEN = "test-admin-token-0123456789abcdef0123456789abcdef"
 # A fixed, recognisable epoch time (2024-01-01T00:00:00Z) so expected values read plainly.
 T0 = 1_704_067_200.0
 

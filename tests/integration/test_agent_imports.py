@@ -15,8 +15,8 @@ from pathlib import Path
 
 from tests.support.procs import Collector, collector_config, start_collector, stop, wait_for
 
-AGENT_TOKEN = "imports-agent-token"
-ADMIN_TOKEN = "imports-admin-token"
+AGENT_TOKEN = "imports-agent-token-0123456789abcdef0123456789abcdef"
+ADMIN_TOKEN = "imports-admin-token-0123456789abcdef0123456789abcdef"
 # Runs the agent's CLI as ``python -m agent`` does, then (at exit, after the whole run and
 # its final flush) prints the heavy modules it loaded.
 PROBE = """\

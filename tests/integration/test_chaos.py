@@ -35,7 +35,7 @@ from vigil.agent.delivery.outbox import Outbox
 
 pytestmark = pytest.mark.timeout(120)
 
-TOKEN = "chaos-agent-token"
+TOKEN = "chaos-agent-token-0123456789abcdef0123456789abcdef"
 N_AGENTS = 3
 
 # Records every event the outbox stores, in the same transaction (the payload is written by

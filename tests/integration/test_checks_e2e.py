@@ -18,8 +18,8 @@ from tests.support.peers import require_binary
 from tests.support.procs import collector_config, get_json, spawn_agent, start_collector, stop
 
 REPO = Path(__file__).resolve().parents[2]
-AGENT_TOKEN = "checks-agent-token"
-ADMIN_TOKEN = "checks-admin-token"
+AGENT_TOKEN = "checks-agent-token-0123456789abcdef0123456789abcdef"
+ADMIN_TOKEN = "checks-admin-token-0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture

@@ -21,8 +21,8 @@ import pytest
 from tests.support.peers import unavailable
 from tests.support.procs import Collector, running_collector, spawn_agent, stop, wait_for
 
-AGENT_TOKEN = "clock-agent-token"
-ADMIN_TOKEN = "clock-admin-token"
+AGENT_TOKEN = "clock-agent-token-0123456789abcdef0123456789abcdef"
+ADMIN_TOKEN = "clock-admin-token-0123456789abcdef0123456789abcdef"
 LIBFAKETIME = "/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1"
 STEP_S = -3600.0
 

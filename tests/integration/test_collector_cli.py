@@ -19,7 +19,7 @@ LISTENING = "vigil-collector listening on http://127.0.0.1:"
 VALID = """\
 listen: {host: 127.0.0.1, port: 9750}
 storage: {sqlite_path: collector.db}
-auth: {agent_tokens: [cli-test-token]}
+auth: {agent_tokens: [cli-test-token-0123456789abcdef0123456789abcdef]}
 """
 
 
@@ -89,6 +89,28 @@ def test_the_listening_line_names_the_real_port_and_healthz_answers(collector_pr
     assert body == {"status": "ok", "version": "0.1.0"}
 
 
+@pytest.mark.parametrize(
+    ("extra", "logged"),
+    [("", False), ("logging: {access_log: true}\n", True)],
+    ids=["off by default", "on when configured"],
+)
+def test_the_access_log_is_off_unless_configured(tmp_path, extra: str, logged: bool) -> None:
+    """At ``--log-level INFO`` every agent POST would otherwise be one log line."""
+    proc = start(write_config(tmp_path, VALID + extra), "--port", "0", "--log-level", "INFO")
+    try:
+        url = first_line(proc).removeprefix("vigil-collector listening on ").strip()
+        for _ in range(3):
+            with urllib.request.urlopen(f"{url}/healthz", timeout=5) as resp:
+                resp.read()
+        code, _, err = stop(proc, signal.SIGTERM)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert code == 0, err
+    assert err.count("GET /healthz") == (3 if logged else 0), err
+
+
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
 def test_a_stop_signal_shuts_down_cleanly_with_exit_0(sig, collector_process, tmp_path) -> None:
     proc, _ = collector_process
@@ -116,6 +138,34 @@ def test_a_bad_config_value_exits_2_naming_it(tmp_path) -> None:
     result = run_to_exit(config)
     assert result.returncode == 2
     assert f"{config}: listen.port: expected an integer (got 'abc')" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("auth", "key", "problem"),
+    [
+        ("{agent_tokens: [change-me-agent-token-but-long-enough-to-pass]}",
+         "auth.agent_tokens[0]", "placeholder"),
+        ("{agent_tokens: [short-token-31-characters-long1]}", "auth.agent_tokens[0]",
+         "31 characters long; at least 32"),
+        ("{agent_tokens: [" + "a" * 40 + "], admin_tokens: [" + "b" * 40 + ", CHANGE-ME-x]}",
+         "auth.admin_tokens[1]", "placeholder"),
+    ],
+    ids=["placeholder agent token", "short agent token", "placeholder admin token"],
+)  # fmt: skip
+def test_a_guessable_token_exits_2_saying_how_to_make_one(tmp_path, auth, key, problem) -> None:
+    config = write_config(tmp_path, f"auth: {auth}\n")
+    result = run_to_exit(config)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(f"vigil-collector: {config}: {key}: ")
+    assert problem in result.stderr
+    assert "secrets.token_urlsafe(32)" in result.stderr
+    assert "change-me-agent" not in result.stderr and "short-token" not in result.stderr
+
+
+def test_the_shipped_example_config_is_refused_until_its_tokens_are_replaced() -> None:
+    result = run_to_exit(REPO / "config" / "collector.yaml")
+    assert result.returncode == 2
+    assert "auth.agent_tokens[0]: is the example's placeholder" in result.stderr
 
 
 def test_a_missing_config_file_exits_2(tmp_path) -> None:

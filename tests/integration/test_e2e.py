@@ -15,8 +15,8 @@ import pytest
 from tests.support.procs import Collector, running_collector, spawn_agent, stop, wait_for
 
 REPO = Path(__file__).resolve().parents[2]
-AGENT_TOKEN = "e2e-agent-token"
-ADMIN_TOKEN = "e2e-admin-token"
+AGENT_TOKEN = "e2e-agent-token-0123456789abcdef0123456789abcdef"
+ADMIN_TOKEN = "e2e-admin-token-0123456789abcdef0123456789abcdef"
 
 
 @pytest.fixture

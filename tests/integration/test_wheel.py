@@ -412,7 +412,9 @@ def test_an_installed_remediation_runs_through_the_runner(full: Installed, outsi
 
 @pytest.fixture
 def collector_from_wheel(full: Installed, outside: Path) -> Iterator[subprocess.Popen[str]]:
-    config = collector_config(outside, agent_token="wheel-agent-token")
+    config = collector_config(
+        outside, agent_token="wheel-agent-token-0123456789abcdef0123456789abcdef"
+    )
     proc = subprocess.Popen(
         [full.bin("vigil-collector"), "--config", str(config), "--port", "0"],
         stdout=subprocess.PIPE,

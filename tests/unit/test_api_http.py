@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+import math
+from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
+import vigil.collector
 from vigil.collector.api.http import (
     DEFAULT_LIMIT,
     MAX_ID,
@@ -31,6 +34,7 @@ from vigil.collector.api.http import (
     int_param,
     item_id,
     json_body,
+    json_response,
     page,
     query_params,
     require_admin,
@@ -349,3 +353,42 @@ def test_json_in_utf16_or_utf32_is_400_even_when_declared_json(codec: str) -> No
 
 def test_an_empty_body_needs_no_content_type() -> None:
     assert post_to_echo(b"", content_type=None) == (200, {})
+
+
+# --------------------------------------------------------------------------- JSON responses
+
+
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+def test_json_responses_refuse_non_finite_numbers(value: float) -> None:
+    """A non-finite number never becomes a ``NaN``/``Infinity`` token in a reply."""
+    with pytest.raises(ValueError):
+        json_response({"silence": {"ends_at": value}})
+
+
+def test_json_responses_are_standard_json() -> None:
+    reply = json_response({"a": [1, 2.5, None]}, status=201, headers={"X-A": "b"})
+    assert (reply.status, reply.headers["X-A"]) == (201, "b")
+    assert reply.content_type == "application/json"
+    assert json.loads(reply.text) == {"a": [1, 2.5, None]}
+
+
+def test_every_json_reply_of_the_collector_goes_through_the_shared_helper() -> None:
+    """Only ``api/http.py`` may call aiohttp's ``json_response`` (which allows NaN)."""
+    root = Path(vigil.collector.__file__).parent
+    callers = sorted(
+        str(path.relative_to(root))
+        for path in root.rglob("*.py")
+        if "web.json_response(" in path.read_text(encoding="utf-8")
+    )
+    assert callers == ["api/http.py"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [b'{"by": NaN}', b'{"by": Infinity}', b'{"by": -Infinity}'],
+    ids=["NaN", "Infinity", "-Infinity"],
+)
+def test_non_standard_json_constants_in_a_body_are_400(body: bytes) -> None:
+    status, reply = post_to_echo(body)
+    assert status == 400
+    assert "not a JSON number" in reply["error"]

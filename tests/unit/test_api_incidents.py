@@ -45,10 +45,22 @@ class Api:
             assert r.status == 200, await r.text()
 
     async def call(
-        self, method: str, path: str, *, json: Any = None, admin: bool = True, raw: bool = False
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        data: bytes | None = None,
+        admin: bool = True,
+        raw: bool = False,
     ) -> tuple[int, Any]:
+        """One request; ``data`` is a raw JSON body (for bodies ``json=`` cannot build)."""
         headers = {"Authorization": f"Bearer {self.config.auth.admin_tokens[0]}"} if admin else {}
-        async with self.http.request(method, self.url + path, json=json, headers=headers) as r:
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        async with self.http.request(
+            method, self.url + path, json=json, data=data, headers=headers
+        ) as r:
             if raw or r.status == 204:
                 return r.status, await r.text()
             return r.status, await r.json()
@@ -299,6 +311,69 @@ def test_bad_silences_name_the_field(desk, json, field) -> None:
 
     status, reply = desk(body)
     assert (status, reply["field"]) == (400, field)
+
+
+HOSTILE_SILENCE = '{"matcher": "host", "value": "x", "created_by": "o", '
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "data", "field"),
+    [
+        ("POST", "/api/v1/silences", HOSTILE_SILENCE + '"duration": "' + "9" * 400 + 's"}',
+         "duration"),
+        ("POST", "/api/v1/silences", HOSTILE_SILENCE + '"duration": ' + "9" * 400 + "}",
+         "duration"),
+        ("POST", "/api/v1/silences", HOSTILE_SILENCE + '"duration": "' + "9" * 12 + 'd"}',
+         "duration"),
+        ("POST", "/api/v1/silences", HOSTILE_SILENCE + '"ends_at": ' + "9" * 400 + "}",
+         "ends_at"),
+        ("POST", "/api/v1/silences", HOSTILE_SILENCE + '"ends_at": 1e300}', "ends_at"),
+        ("POST", "/api/v1/silences", HOSTILE_SILENCE + '"starts_at": -1e300, "duration": "1h"}',
+         "starts_at"),
+        ("POST", "/api/v1/silences", HOSTILE_SILENCE + '"duration": "1h", "comment": "\\ud800"}',
+         "comment"),
+        ("POST", "/api/v1/silences", '{"matcher": "host", "value": "\\udfff", "duration": "1h",'
+         ' "created_by": "o"}', "value"),
+        ("POST", "/api/v1/silences", "[" * 30_000 + "]" * 30_000, None),
+        ("POST", "/api/v1/silences", '{"comment": ' + "[" * 30_000 + "]" * 30_000 + "}", None),
+        ("PATCH", "/api/v1/silences/1", '{"ends_at": ' + "9" * 400 + "}", "ends_at"),
+        ("PATCH", "/api/v1/silences/1", '{"comment": "\\ud800"}', "comment"),
+        ("PATCH", "/api/v1/silences/1", "[" * 30_000 + "]" * 30_000, None),
+    ],
+    ids=[
+        "400-digit duration string",
+        "400-digit duration number",
+        "duration past year 9999",
+        "400-digit ends_at",
+        "ends_at past year 9999",
+        "starts_at before 1970",
+        "lone surrogate in comment",
+        "lone surrogate in value",
+        "30000-deep body",
+        "30000-deep field",
+        "patch 400-digit ends_at",
+        "patch lone surrogate",
+        "patch 30000-deep body",
+    ],
+)  # fmt: skip
+def test_hostile_silence_bodies_are_400_naming_the_field(desk, method, path, data, field) -> None:
+    """No body an admin client can send stores an unrenderable value or answers 500."""
+
+    async def body(api: Api) -> Any:
+        created = await api.call(
+            "POST", "/api/v1/silences",
+            json={"matcher": "host", "value": "a", "duration": "1h", "created_by": "o"},
+        )  # fmt: skip
+        assert created[0] == 201
+        reply = await api.call(method, path, data=data.encode())
+        listed = await api.call("GET", "/api/v1/silences")
+        return reply, listed
+
+    (status, reply), (list_status, listed) = desk(body)
+    assert (status, reply["field"]) == (400, field), reply
+    assert len(reply["error"]) < 300
+    assert list_status == 200
+    assert [s["value"] for s in listed["silences"]] == ["a"]
 
 
 # --------------------------------------------------------------------------- hosts, stats

@@ -181,7 +181,7 @@ def test_an_uncompressed_report_is_accepted_too(
     [
         {},
         bearer("not-a-token"),
-        bearer("test-admin-token"),
+        bearer("test-admin-token-0123456789abcdef0123456789abcdef"),
         {"Authorization": "Basic dGVzdC1hZ2VudC10b2tlbjo="},
         {"Authorization": "Bearer"},
         {"Authorization": "Bearer t\u00e9st-agent-token"},
@@ -490,7 +490,7 @@ def test_a_large_valid_report_still_passes_the_structure_check(
 )
 @pytest.mark.parametrize(
     "headers",
-    [{}, bearer("test-agent-token"), bearer("nope")],
+    [{}, bearer("test-agent-token-0123456789abcdef0123456789abcdef"), bearer("nope")],
     ids=["no-token", "agent-token", "unknown-token"],
 )
 def test_the_read_api_needs_an_admin_token(

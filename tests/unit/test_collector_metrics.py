@@ -37,6 +37,7 @@ from vigil.collector.metrics import (
     open_by_priority_and_service,
     with_priorities,
 )
+from vigil.collector.notify.health import NotifyHealth
 from vigil.collector.storage.url import sqlite_url
 from vigil.collector.telemetry.aggregates import MetricsSnapshot
 from vigil.collector.telemetry.buckets import (
@@ -637,9 +638,10 @@ def test_clock_skewed_agents_are_those_past_five_minutes() -> None:
     assert samples[("vigil_agent_clock_offset_seconds_gcount", ())] == 4
 
 
-def test_paused_remediations_are_counted() -> None:
-    samples = render(collector_over(snapshot_of(remediations_paused=("a", "b"))))
-    assert samples[("vigil_remediations_paused", ())] == 2
+def test_no_paused_remediations_gauge_until_a_guard_can_pause_anything() -> None:
+    """No blast-radius guard exists yet: a gauge that cannot move would only mislead."""
+    samples = render(collector_over(snapshot_of()))
+    assert not any(name.startswith("vigil_remediations_paused") for name, _ in samples)
 
 
 # --------------------------------------------------------------------------- from the store
@@ -721,7 +723,7 @@ def test_the_metrics_path_does_not_copy_per_host_maps(store, make_report, make_c
 
 def write_config(tmp_path: Path, metrics: str) -> Path:
     path = tmp_path / "collector.yaml"
-    path.write_text(f"auth: {{agent_tokens: [t]}}\n{metrics}\n")
+    path.write_text(f"auth: {{agent_tokens: [t-0123456789abcdef0123456789abcdef]}}\n{metrics}\n")
     return path
 
 
@@ -865,3 +867,15 @@ def test_a_snapshot_does_not_wait_behind_a_commit(store) -> None:
         reader.join(timeout=10)
         assert not reader.is_alive()
     assert len(taken) == 1
+
+
+def test_failed_notifications_are_exported_per_configured_target() -> None:
+    """Every configured target from 0 (so ``increase()`` sees the first failure)."""
+    health = NotifyHealth(
+        [("alertmanager", "http://am:9093"), ("webhook", "https://h/x")], base_s=5.0
+    )
+    health.failed(("webhook", "https://h/x"), 0.0, "boom")
+    samples = render(collector_over(snapshot_of(), notify_failures=health.failed_totals))
+    name = "vigil_notifications_failed_total"
+    assert samples[(name, (("kind", "alertmanager"), ("target", "http://am:9093")))] == 0
+    assert samples[(name, (("kind", "webhook"), ("target", "https://h/x")))] == 1

@@ -207,7 +207,7 @@ def test_the_collector_config_refuses_non_finite_numbers(
 ) -> None:
     from vigil.collector.config import load_collector_config
 
-    path = write(tmp_path, "auth:\n  agent_tokens: [t]\n" + body)
+    path = write(tmp_path, "auth:\n  agent_tokens: [t-0123456789abcdef0123456789abcdef]\n" + body)
 
     with pytest.raises(ConfigError) as err:
         load_collector_config(path)

@@ -26,8 +26,10 @@ from vigil.collector.desk.service import Desk
 from vigil.collector.ingest import IngestQueue, QueueFull
 from vigil.collector.keys import counters_key, desk_key, executor_key
 
-AGENT_TOKEN = "test-agent-token"  # the collector_config fixture's tokens
-ADMIN_TOKEN = "test-admin-token"
+AGENT_TOKEN = (
+    "test-agent-token-0123456789abcdef0123456789abcdef"  # the collector_config fixture's tokens
+)
+ADMIN_TOKEN = "test-admin-token-0123456789abcdef0123456789abcdef"
 
 
 class FakeStore:
@@ -361,7 +363,7 @@ def test_ingest_knobs_are_read_and_checked(tmp_path: Path) -> None:
     from vigil.configio import ConfigError
 
     path = tmp_path / "collector.yaml"
-    base = "auth: {agent_tokens: [t]}\n"
+    base = "auth: {agent_tokens: [t-0123456789abcdef0123456789abcdef]}\n"
     path.write_text(base + "ingest: {max_pending: 50, max_group: 8, retry_after: 3s}\n")
     assert load_collector_config(path).ingest == IngestConfig(50, 8, 3.0)
 
@@ -378,7 +380,7 @@ def test_dedup_retention_is_read_and_checked(tmp_path: Path) -> None:
     from vigil.configio import ConfigError
 
     path = tmp_path / "collector.yaml"
-    base = "auth: {agent_tokens: [t]}\n"
+    base = "auth: {agent_tokens: [t-0123456789abcdef0123456789abcdef]}\n"
     path.write_text(base)
     assert load_collector_config(path).dedup_retention_s == 14 * 86400.0
     path.write_text(base + "storage: {dedup_retention: 30d}\n")

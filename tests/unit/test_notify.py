@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ from aiohttp import web
 from vigil.collector.config import load_collector_config
 from vigil.collector.notify import alertmanager, webhook
 from vigil.collector.notify.config import AlertmanagerTarget, NotifyConfig, WebhookTarget
+from vigil.collector.notify.health import NotifyHealth, target_name
 from vigil.collector.notify.service import Notifier
 from vigil.configio import ConfigError
 
@@ -238,9 +240,12 @@ def test_nothing_is_marked_when_every_target_fails() -> None:
 # --------------------------------------------------------------------------- config
 
 
+TOKEN = "t-0123456789abcdef0123456789abcdef"
+
+
 def write_config(tmp_path: Path, notifications: str) -> Path:
     path = tmp_path / "collector.yaml"
-    path.write_text(f"auth: {{agent_tokens: [t]}}\nnotifications:\n{notifications}")
+    path.write_text(f"auth: {{agent_tokens: [{TOKEN}]}}\nnotifications:\n{notifications}")
     return path
 
 
@@ -275,3 +280,81 @@ def test_bad_notification_config_names_the_key(tmp_path: Path, text, key) -> Non
     with pytest.raises(ConfigError) as err:
         load_collector_config(write_config(tmp_path, text))
     assert err.value.key == key
+
+
+# --------------------------------------------------------------------------- failing targets
+
+
+def test_a_failing_target_backs_off_logs_once_each_way_and_is_counted(caplog) -> None:
+    """Tried at T+0, +5, +15 (waits of 5 s, then 10 s), then 20 s later it accepts: the
+    backoff resets and the next passes post again at the resend interval."""
+    receiver = Receiver([500, 500, 500])
+    store = FakeDesk([item()])
+    passes = [T0 + 100 + 5 * n for n in range(10)]  # every 5 s, the notifier's interval
+    tried_at: list[float] = []
+
+    async def body(url: str) -> dict[tuple[str, str], int]:
+        cfg = NotifyConfig(
+            alertmanagers=(AlertmanagerTarget(url=url + "/am"),), interval_s=5.0, resend_s=60.0
+        )
+        async with aiohttp.ClientSession() as http:
+            notifier = Notifier(cfg, http, store, run_here, public_url=None)
+            for now in passes:
+                before = len(receiver.requests)
+                await notifier.run_once(now)
+                if len(receiver.requests) > before:
+                    tried_at.append(now - T0 - 100)
+            return notifier.health.failed_totals()
+
+    with caplog.at_level(logging.DEBUG):
+        totals = asyncio.run(serving(receiver, body))
+    assert tried_at == [0, 5, 15, 35]
+    assert store.marked == [(["incident:7"], [], "alertmanager")]
+    assert totals == {("alertmanager", receiver_url(receiver, "/am")): 3}
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "failing" in warnings[0]
+    assert sum("recovered after 3 failed attempt(s)" in r.getMessage() for r in caplog.records) == 1
+
+
+def receiver_url(receiver: Receiver, path: str) -> str:
+    """The target name the receiver was reached at (host and port from a request)."""
+    host = receiver.requests[0][0]["Host"]
+    return f"http://{host}{path}"
+
+
+@pytest.mark.parametrize(
+    ("failures", "wait"),
+    [(1, 5.0), (2, 10.0), (3, 20.0), (6, 160.0), (7, 300.0), (200, 300.0)],
+    ids=["first", "second", "third", "sixth", "capped", "far past the cap"],
+)
+def test_the_backoff_doubles_from_the_interval_up_to_the_cap(failures: int, wait: float) -> None:
+    health = NotifyHealth([("webhook", "http://h/x")], base_s=5.0, max_backoff_s=300.0)
+    key = ("webhook", "http://h/x")
+    for _ in range(failures - 1):
+        health.failed(key, 0.0, "boom")
+    assert health.failed(key, 0.0, "boom") == wait
+    assert not health.due(key, wait - 0.001) and health.due(key, wait)
+
+
+def test_a_success_resets_the_backoff() -> None:
+    key = ("alertmanager", "http://am:9093")
+    health = NotifyHealth([key], base_s=5.0)
+    for _ in range(4):
+        health.failed(key, 0.0, "boom")
+    health.succeeded(key, 1.0)
+    assert health.due(key, 1.0)
+    assert health.failed(key, 2.0, "boom") == 5.0
+    assert health.failed_totals() == {key: 5}
+
+
+@pytest.mark.parametrize(
+    ("url", "name"),
+    [
+        ("https://user:pw@hooks.example:8443/x/y?token=abc#f", "https://hooks.example:8443/x/y"),
+        ("http://127.0.0.1:9093", "http://127.0.0.1:9093"),
+        ("http://[::1]:9093/am", "http://[::1]:9093/am"),
+    ],
+    ids=["credentials and query dropped", "plain", "ipv6"],
+)
+def test_a_target_is_named_without_secrets(url: str, name: str) -> None:
+    assert target_name(url) == name

@@ -33,10 +33,12 @@ from vigil.collector.keys import (
     desk_key,
     executor_key,
     ingest_key,
+    notify_health_key,
     registry_key,
 )
 from vigil.collector.metrics import VigilCollector
-from vigil.collector.notify.service import Notifier
+from vigil.collector.notify.health import NotifyHealth
+from vigil.collector.notify.service import Notifier, target_keys
 from vigil.collector.storage.factory import create_storage
 from vigil.collector.telemetry.requests import RequestCounters
 
@@ -70,6 +72,9 @@ def create_app(
     app[clock_key] = clock
     app[registry_key] = CollectorRegistry(auto_describe=False)
     app[counters_key] = RequestCounters()
+    app[notify_health_key] = NotifyHealth(
+        target_keys(config.notifications), base_s=config.notifications.interval_s
+    )
     # ingest after the desk: on shutdown it commits what is queued before the storage closes.
     app.cleanup_ctx.extend([_executor_ctx, _desk_ctx, _ingest_ctx, _tick_ctx, _notify_ctx])
     setup_routes(app)
@@ -166,6 +171,7 @@ async def _desk_ctx(app: web.Application) -> AsyncIterator[None]:
         per_host_series=config.metrics.per_host_series,
         max_host_series=config.metrics.max_host_series,
         service_of=lambda check: getattr(config.catalog.service_for(check), "name", None),
+        notify_failures=app[notify_health_key].failed_totals,
     )
     await loop.run_in_executor(executor, desk.refresh_metrics_figures, app[clock_key]())
     registry = app[registry_key]
@@ -254,6 +260,7 @@ async def _notify_ctx(app: web.Application) -> AsyncIterator[None]:
         desk,
         functools.partial(loop.run_in_executor, executor),
         public_url=config.public_url,
+        health=app[notify_health_key],
     )
 
     async def forever() -> None:

@@ -94,7 +94,11 @@ async def _serve(config: CollectorConfig) -> int:
             loop.add_signal_handler(sig, stop.set)
 
     max_connections = effective_max_connections(config.max_connections, raise_open_files_limit())
-    runner = web.AppRunner(create_app(config), **server_options(config.idle_timeout_s))
+    # aiohttp logs every request at INFO unless told otherwise: off unless configured.
+    access_log = logging.getLogger("aiohttp.access") if config.access_log else None
+    runner = web.AppRunner(
+        create_app(config), access_log=access_log, **server_options(config.idle_timeout_s)
+    )
     try:
         await runner.setup()  # opens the storage
         site = GuardedTCPSite(runner, config.host, config.port, max_connections=max_connections)

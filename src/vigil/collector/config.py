@@ -28,6 +28,13 @@ DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT_S = 30.0
 
 
+# Tokens are bearer secrets: at least this long (``secrets.token_urlsafe(32)`` gives 43
+# characters), and never the example config's ``change-me-...`` placeholders.
+MIN_TOKEN_LENGTH = 32
+PLACEHOLDER_PREFIX = "change-me"
+TOKEN_ADVICE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     """Bearer tokens. Agents ingest with ``agent_tokens``; the API takes ``admin_tokens``.
@@ -97,6 +104,9 @@ class CollectorConfig:
     rules: IncidentRules = field(default_factory=IncidentRules)
     notifications: NotifyConfig = field(default_factory=NotifyConfig)
     ingest: IngestConfig = field(default_factory=IngestConfig)
+    # One INFO line per HTTP request (``logging.access_log``): off by default, since
+    # every agent POST would be one.
+    access_log: bool = False
 
 
 def load_collector_config(path: str | Path) -> CollectorConfig:
@@ -126,8 +136,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     admin_tokens = a.str_list("admin_tokens", ())
     for name, tokens in (("agent_tokens", agent_tokens), ("admin_tokens", admin_tokens)):
         for i, t in enumerate(tokens):
-            if not t or any(ch.isspace() for ch in t):
-                raise a.error(f"{name}[{i}]", "must be non-empty with no whitespace", t)
+            _check_token(a, f"{name}[{i}]", t)
     auth = AuthConfig(
         agent_tokens=agent_tokens,
         admin_tokens=admin_tokens,
@@ -183,6 +192,10 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     )
     ing.done()
 
+    logs = root.section("logging")
+    access_log = logs.get("access_log", bool, False)
+    logs.done()
+
     public_url = root.get("public_url", str, None)
     root.done()
     return CollectorConfig(
@@ -203,7 +216,25 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         rules=rules,
         notifications=notifications,
         ingest=ingest,
+        access_log=access_log,
     )
+
+
+def _check_token(section: Section, key: str, token: str) -> None:
+    """Refuse a token anyone could guess: the example's placeholder, or a short one.
+
+    The token itself is never echoed (it would end up in logs); the error says how to
+    make a good one.
+    """
+    if not token or any(ch.isspace() for ch in token):
+        problem = "must be non-empty with no whitespace"
+    elif token.lower().startswith(PLACEHOLDER_PREFIX):
+        problem = "is the example's placeholder, not a secret"
+    elif len(token) < MIN_TOKEN_LENGTH:
+        problem = f"is {len(token)} characters long; at least {MIN_TOKEN_LENGTH} are required"
+    else:
+        return
+    raise section.error(key, f"{problem}; generate a token with: {TOKEN_ADVICE}")
 
 
 def _storage_url(storage: Section) -> str:

@@ -1,6 +1,7 @@
 """Typed application keys: everything the collector app holds, in one place.
 
-Set by :func:`collector.app.create_app` (config, clock, registry, counters) and by its
+Set by :func:`collector.app.create_app` (config, clock, registry, counters, notification
+targets' health) and by its
 ``cleanup_ctx`` generators once the resources exist (executor, desk, ingest queue).
 """
 
@@ -15,6 +16,7 @@ from prometheus_client import CollectorRegistry
 from vigil.collector.config import CollectorConfig
 from vigil.collector.desk.service import Desk
 from vigil.collector.ingest import IngestQueue
+from vigil.collector.notify.health import NotifyHealth
 from vigil.collector.telemetry.requests import RequestCounters
 
 config_key = web.AppKey("config", CollectorConfig)
@@ -29,3 +31,5 @@ registry_key = web.AppKey("registry", CollectorRegistry)
 counters_key = web.AppKey("counters", RequestCounters)
 # The bounded ingest queue in front of the desk (group commit, 429 when full).
 ingest_key = web.AppKey("ingest", IngestQueue)
+# Backoff and failure counts of the notification targets (the notifier and /metrics).
+notify_health_key = web.AppKey("notify_health", NotifyHealth)

@@ -178,7 +178,8 @@ class VigilCollector:
     ``heartbeat_grace_s`` is the silence tolerated past a heartbeat TTL.
     ``per_host_series`` switches the ``vigil_host_*`` series on, for at most
     ``max_host_series`` hosts. ``service_of(check)`` names the catalog service a check
-    belongs to (``None``: no service, labelled ``none``).
+    belongs to (``None``: no service, labelled ``none``). ``notify_failures()`` gives the
+    failed notification deliveries per ``(kind, target)`` (bounded by the config).
     """
 
     def __init__(
@@ -192,6 +193,7 @@ class VigilCollector:
         per_host_series: bool = False,
         max_host_series: int = 1000,
         service_of: Callable[[str], str | None] = lambda check: None,
+        notify_failures: Callable[[], Mapping[tuple[str, str], int]] = dict,
     ) -> None:
         self._snapshot = snapshot
         self._counters = counters
@@ -200,6 +202,7 @@ class VigilCollector:
         self._version = version
         self._host_series = max_host_series if per_host_series else 0
         self._service_of = service_of
+        self._notify_failures = notify_failures
 
     def describe(self) -> list[Metric]:
         # Empty on purpose: registering must not call the desk (which may not be open
@@ -219,6 +222,7 @@ class VigilCollector:
         yield from _checks_and_incidents(snap, services)
         yield from _remediations(snap)
         yield from _footprint(snap)
+        yield from _notifications(self._notify_failures())
         if self._host_series:
             yield from _hosts(snap)
 
@@ -384,11 +388,17 @@ def _remediations(snap: MetricsSnapshot) -> Iterator[Metric]:
     for name, hist in sorted(cap_histograms(snap.remediation_durations).items()):
         durations.add_metric([name], hist.cumulative(), sum_value=hist.total)
     yield durations
-    yield GaugeMetricFamily(
-        "vigil_remediations_paused",
-        "Remediations paused fleet-wide by the blast-radius guard.",
-        value=len(snap.remediations_paused),
+
+
+def _notifications(failures: Mapping[tuple[str, str], int]) -> Iterator[Metric]:
+    failed = CounterMetricFamily(
+        "vigil_notifications_failed",
+        "Notification deliveries that failed, by target (configured targets only).",
+        labels=["kind", "target"],
     )
+    for (kind, target), count in sorted(failures.items()):
+        failed.add_metric([kind, target], count)
+    yield failed
 
 
 def _footprint(snap: MetricsSnapshot) -> Iterator[Metric]:

@@ -146,6 +146,8 @@ def test_a_bad_catalog_makes_the_collector_config_fail(tmp_path: Path) -> None:
 
     write(tmp_path, "services: 3\n")
     config = tmp_path / "collector.yaml"
-    config.write_text("auth: {agent_tokens: [t]}\ncatalog: catalog.yaml\n")
+    config.write_text(
+        "auth: {agent_tokens: [t-0123456789abcdef0123456789abcdef]}\ncatalog: catalog.yaml\n"
+    )
     with pytest.raises(ConfigError, match="services"):
         load_collector_config(config)

@@ -67,6 +67,24 @@ def test_an_open_incident_says_what_fails_where() -> None:
     assert (got["description"], got["remediation"]) == ("disk full", "none")
 
 
+def test_notification_text_is_one_bounded_line_of_agent_text() -> None:
+    """A hostname or message with newlines and escapes cannot forge lines in a chat or
+    a mail; a script's long output does not become a page-long notification."""
+    got = incident_alertable(
+        incident(hostname="pc-1\nResolved: all fine\x1b[0m", message="line1\nline2" * 500,
+                 remediation="fix\r\nnext"),
+        [], T0,
+    )  # fmt: skip
+    assert got["summary"] == "disk.root failing on pc-1 Resolved: all fine [0m"
+    assert "\n" not in got["description"] and len(got["description"]) == 1000
+    assert got["remediation"] == "fix next: promised, no result"
+    fleet = problem_alertable(problem(summary="dns\n\nfixed"), [], T0)
+    assert (fleet["summary"], fleet["description"]) == (
+        "dns fixed",
+        "dns fixed; 4 linked incidents",
+    )
+
+
 @pytest.mark.parametrize(
     ("remediation", "outcome", "text"),
     [

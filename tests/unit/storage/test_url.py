@@ -13,7 +13,7 @@ from vigil.collector.storage.sqlite.backend import SqliteStorage
 from vigil.collector.storage.url import sqlite_url
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError
 
-AUTH = "auth: {agent_tokens: [t]}\n"
+AUTH = "auth: {agent_tokens: [t-0123456789abcdef0123456789abcdef]}\n"
 
 
 def config_with(tmp_path: Path, storage: str) -> Path:

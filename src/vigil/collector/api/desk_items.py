@@ -19,6 +19,7 @@ from vigil.collector.api.http import (
     in_storage_thread,
     item_id,
     json_body,
+    json_response,
     require_admin,
 )
 from vigil.collector.desk.commands import StateError
@@ -61,7 +62,7 @@ async def acknowledge_item(request: web.Request, kind: Kind) -> web.Response:
     except StateError as exc:
         raise ApiError(409, str(exc), "state") from None
     item = await fetch_item(request, kind)
-    return web.json_response({kind: item, "changed": result == "acknowledged"})
+    return json_response({kind: item, "changed": result == "acknowledged"})
 
 
 async def resolve_item(request: web.Request, kind: Kind) -> web.Response:
@@ -83,4 +84,4 @@ async def resolve_item(request: web.Request, kind: Kind) -> web.Response:
         raise ApiError(404, f"no {kind} with id {wanted}", "id") from None
     except StateError as exc:
         raise ApiError(409, str(exc), "state") from None
-    return web.json_response({kind: await fetch_item(request, kind)})
+    return json_response({kind: await fetch_item(request, kind)})

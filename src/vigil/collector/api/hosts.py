@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from vigil.collector.api.http import in_storage_thread, query_params, require_reader
+from vigil.collector.api.http import in_storage_thread, json_response, query_params, require_reader
 from vigil.collector.api.render import host_json
 from vigil.collector.keys import clock_key, config_key, desk_key
 
@@ -17,7 +17,7 @@ async def list_hosts(request: web.Request) -> web.Response:
     app = request.app
     config, now = app[config_key], app[clock_key]()
     hosts = await in_storage_thread(request, app[desk_key].list_hosts)
-    return web.json_response(
+    return json_response(
         {
             "hosts": [
                 host_json(

@@ -8,9 +8,9 @@ parsing helper here names the query parameter, path segment or body field at fau
 from __future__ import annotations
 
 import asyncio
+import functools
 import hmac
 import json
-import math
 import re
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
@@ -31,6 +31,9 @@ MAX_ID = 2**63 - 1
 ITEM_ID = "{item_id:[0-9]+}"
 MAX_JSON_BODY = 64 * 1024  # bytes of a write request's JSON body
 MAX_TEXT = 4096  # characters in a string field of a write body (a note, a CAPA field)
+# The latest time a body may name: 9999-12-31T23:59:59Z, the last second every renderer
+# (datetime, ISO 8601, Alertmanager) can still print.
+MAX_TIME = 253_402_300_799.0
 # The challenge every 401 carries.
 AUTH_CHALLENGE: Mapping[str, str] = MappingProxyType({"WWW-Authenticate": 'Bearer realm="vigil"'})
 
@@ -61,6 +64,22 @@ class BodyTooLarge(ValueError):
     """A request body, or what it decompresses to, is over the configured limit."""
 
 
+# Standard JSON only: a NaN or an infinity that reached a response is a bug to surface
+# (ValueError, a logged 500), never a ``NaN`` token a strict client cannot parse.
+_dumps = functools.partial(json.dumps, allow_nan=False)
+
+
+def json_response(
+    data: Any, *, status: int = 200, headers: Mapping[str, str] | None = None
+) -> web.Response:
+    """``data`` as a standard-JSON response; every JSON reply of the API goes through here.
+
+    Raises ``ValueError`` (the app's middleware turns it into a 500) rather than emit
+    ``NaN`` or ``Infinity``.
+    """
+    return web.json_response(data, status=status, headers=dict(headers or {}), dumps=_dumps)
+
+
 def error_response(
     status: int,
     message: str,
@@ -69,9 +88,7 @@ def error_response(
     headers: Mapping[str, str] | None = None,
 ) -> web.Response:
     """The JSON error body every failure uses."""
-    return web.json_response(
-        {"error": message, "field": field}, status=status, headers=dict(headers or {})
-    )
+    return json_response({"error": message, "field": field}, status=status, headers=headers)
 
 
 # --------------------------------------------------------------------------- storage thread
@@ -246,9 +263,11 @@ async def json_body(request: web.Request, allowed: tuple[str, ...]) -> dict[str,
     else:
         try:
             # Decoded as UTF-8 first: json.loads of bytes would accept UTF-16 and UTF-32.
-            body = json.loads(raw.decode("utf-8"))
+            body = json.loads(raw.decode("utf-8"), parse_constant=_refuse_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, f"body is not valid JSON: {exc}") from None
+        except RecursionError:  # the C decoder recurses once per nesting level
+            raise ApiError(400, "body is not valid JSON: nested too deeply") from None
     if not isinstance(body, dict):
         raise ApiError(400, "body must be a JSON object")
     for name in body:
@@ -272,17 +291,29 @@ def body_str(body: Mapping[str, Any], name: str, *, required: bool = False) -> s
         raise ApiError(400, f"{name} must be a string", name)
     if len(value) > MAX_TEXT:
         raise ApiError(400, f"{name} must be at most {MAX_TEXT} characters", name)
+    try:  # JSON admits lone surrogates ("\\ud800"); no store or renderer can encode them
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ApiError(400, f"{name} must be valid Unicode (no lone surrogates)", name) from None
     if required and not value.strip():
         raise ApiError(400, f"{name} must not be empty", name)
     return value
 
 
 def body_time(body: Mapping[str, Any], name: str, default: float) -> float:
-    """Body field ``name`` as Unix time in seconds (``default`` when absent or ``null``);
-    a boolean, a non-number or a non-finite number is 400 naming the field."""
+    """Body field ``name`` as Unix time in seconds, from 0 to :data:`MAX_TIME`
+    (``default`` when absent or ``null``); anything else (a boolean, a non-number, a
+    non-finite or out-of-range number, an integer too large for a float) is 400 naming
+    the field."""
     value = body.get(name)
     if value is None:
         return default
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ApiError(400, f"{name} must be a Unix time in seconds", name)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= MAX_TIME:
+        # the comparison is exact for integers of any size, and false for NaN
+        raise ApiError(400, f"{name} must be a Unix time in seconds from 0 to {MAX_TIME:.0f}", name)
     return float(value)
+
+
+def _refuse_constant(name: str) -> Any:
+    """``json.loads`` hook for ``NaN``/``Infinity``/``-Infinity``: not standard JSON."""
+    raise ValueError(f"{name} is not a JSON number")

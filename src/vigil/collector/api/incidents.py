@@ -15,6 +15,7 @@ from vigil.collector.api.http import (
     ApiError,
     choice,
     in_storage_thread,
+    json_response,
     page,
     query_params,
     require_reader,
@@ -48,13 +49,13 @@ async def list_incidents(request: web.Request) -> web.Response:
             **page(q),
         ),
     )
-    return web.json_response({"incidents": rows})
+    return json_response({"incidents": rows})
 
 
 async def get_incident(request: web.Request) -> web.Response:
     """``GET /api/v1/incidents/{id}``: one incident with its timeline and problems, or 404."""
     require_reader(request)
-    return web.json_response({"incident": await fetch_item(request, "incident")})
+    return json_response({"incident": await fetch_item(request, "incident")})
 
 
 async def get_incident_report(request: web.Request) -> web.Response:

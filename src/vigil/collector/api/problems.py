@@ -12,7 +12,14 @@ import functools
 from aiohttp import web
 
 from vigil.collector.api.desk_items import acknowledge_item, fetch_item, resolve_item
-from vigil.collector.api.http import choice, in_storage_thread, page, query_params, require_reader
+from vigil.collector.api.http import (
+    choice,
+    in_storage_thread,
+    json_response,
+    page,
+    query_params,
+    require_reader,
+)
 from vigil.collector.api.render import render_problem_report
 from vigil.collector.keys import desk_key
 
@@ -37,13 +44,13 @@ async def list_problems(request: web.Request) -> web.Response:
             **page(q),
         ),
     )
-    return web.json_response({"problems": rows})
+    return json_response({"problems": rows})
 
 
 async def get_problem(request: web.Request) -> web.Response:
     """``GET /api/v1/problems/{id}``: one problem with linked incidents and timeline."""
     require_reader(request)
-    return web.json_response({"problem": await fetch_item(request, "problem")})
+    return json_response({"problem": await fetch_item(request, "problem")})
 
 
 async def get_problem_report(request: web.Request) -> web.Response:

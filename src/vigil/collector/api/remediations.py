@@ -6,7 +6,13 @@ import functools
 
 from aiohttp import web
 
-from vigil.collector.api.http import in_storage_thread, page, query_params, require_reader
+from vigil.collector.api.http import (
+    in_storage_thread,
+    json_response,
+    page,
+    query_params,
+    require_reader,
+)
 from vigil.collector.keys import desk_key
 
 
@@ -24,7 +30,7 @@ async def list_remediation_runs(request: web.Request) -> web.Response:
             **page(q),
         ),
     )
-    return web.json_response({"runs": runs})
+    return json_response({"runs": runs})
 
 
 async def remediation_stats(request: web.Request) -> web.Response:
@@ -33,4 +39,4 @@ async def remediation_stats(request: web.Request) -> web.Response:
     require_reader(request)
     query_params(request, ())
     stats = await in_storage_thread(request, request.app[desk_key].remediation_stats)
-    return web.json_response({"remediations": stats})
+    return json_response({"remediations": stats})

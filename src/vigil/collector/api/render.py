@@ -1,8 +1,8 @@
 """Records as people and clients read them: Markdown CAPA reports and the hosts' JSON.
 
 Pure functions over the plain dicts the desk returns; no request, no desk, no clock
-(the time is a parameter). Agent and admin text is data: it is escaped so it cannot
-break the Markdown around it.
+(the time is a parameter). Agent and admin text is data: every string goes through
+:func:`vigil.collector.text.markdown`, so it cannot add structure to a report.
 """
 
 from __future__ import annotations
@@ -12,6 +12,10 @@ from typing import Any
 
 from vigil.collector.desk.catalog import Catalog
 from vigil.collector.desk.engine import is_silent
+from vigil.collector.text import markdown as _md
+
+# Characters of a remediation's output shown in a report's table (the API has it all).
+OUTPUT_EXCERPT = 200
 
 # --------------------------------------------------------------------------- hosts
 
@@ -53,29 +57,32 @@ def host_json(
 
 
 def render_incident_report(incident: dict[str, Any]) -> str:
-    """A Markdown CAPA report of an incident dict (as ``desk.get_incident`` returns)."""
+    """A Markdown CAPA report of an incident dict (as ``desk.get_incident`` returns).
+
+    Every string from the record goes through :func:`vigil.collector.text.markdown`:
+    agent and admin text renders as itself and adds no structure."""
     lines = [
-        f"# Incident {incident['id']}: {incident['check']} on {incident['hostname']}",
+        f"# Incident {incident['id']}: {_md(incident['check'])} on {_md(incident['hostname'])}",
         "",
         "| field | value |",
         "|---|---|",
-        f"| state | {incident['state']} |",
-        f"| priority | {incident['priority']} (impact {incident.get('impact') or '-'},"
-        f" urgency {incident.get('urgency') or '-'}) |",
-        f"| service | {incident.get('service') or '-'} |",
-        f"| host | {incident['hostname']} (`{incident['host']}`) |",
+        f"| state | {_md(incident['state'])} |",
+        f"| priority | {_md(incident['priority'])} (impact {_md(incident.get('impact'))},"
+        f" urgency {_md(incident.get('urgency'))}) |",
+        f"| service | {_md(incident.get('service'))} |",
+        f"| host | {_md(incident['hostname'])} (agent {_md(incident['host'])}) |",
         f"| opened | {_iso(incident['opened_at'])} |",
         f"| SLA due | {_iso(incident.get('sla_due'))} |",
         f"| acknowledged | {_iso(incident.get('acknowledged_at'))}"
-        f" {incident.get('acknowledged_by') or ''} |",
+        f"{_by(incident.get('acknowledged_by'))} |",
         f"| resolved | {_iso(incident.get('resolved_at'))} |",
-        f"| remediation | {incident.get('remediation') or '-'}"
-        f" ({incident.get('remediation_outcome') or '-'}) |",
+        f"| remediation | {_md(incident.get('remediation'))}"
+        f" ({_md(incident.get('remediation_outcome'))}) |",
         f"| problems | {', '.join(str(p) for p in incident.get('problems', [])) or '-'} |",
         "",
         "## What happened",
         "",
-        _cell(incident.get("message")),
+        _md(incident.get("message")),
         "",
     ]
     runs = incident.get("remediation_runs", [])
@@ -87,10 +94,10 @@ def render_incident_report(incident: dict[str, Any]) -> str:
             "|---|---|---|---|---|---|---|",
         ]
         lines += [
-            f"| {_iso(r['received_at'])} | {_cell(r['remediation'])} | {r['outcome']}"
+            f"| {_iso(r['received_at'])} | {_md(r['remediation'])} | {_md(r['outcome'])}"
             f" | {'-' if r['exit_code'] is None else r['exit_code']} | {r['duration_s']:.1f} s"
             f" | {_num(r['value_before'])} → {_num(r['value_after'])}"
-            f" | {_cell(r['output'][:200])}{' …' if r['output_truncated'] else ''} |"
+            f" | {_md(r['output'], OUTPUT_EXCERPT)}{' …' if r['output_truncated'] else ''} |"
             for r in runs
         ]
         lines.append("")
@@ -98,23 +105,24 @@ def render_incident_report(incident: dict[str, Any]) -> str:
 
 
 def render_problem_report(problem: dict[str, Any]) -> str:
-    """A Markdown CAPA report of a problem dict (as ``desk.get_problem`` returns)."""
+    """A Markdown CAPA report of a problem dict (as ``desk.get_problem`` returns);
+    strings are escaped as in :func:`render_incident_report`."""
     lines = [
-        f"# Problem {problem['id']} ({problem['kind']}): {problem['check']}",
+        f"# Problem {problem['id']} ({_md(problem['kind'])}): {_md(problem['check'])}",
         "",
         "| field | value |",
         "|---|---|",
-        f"| state | {problem['state']} |",
-        f"| priority | {problem['priority']} |",
-        f"| service | {problem.get('service') or '-'} |",
-        f"| host | {problem.get('hostname') or 'fleet-wide'} |",
+        f"| state | {_md(problem['state'])} |",
+        f"| priority | {_md(problem['priority'])} |",
+        f"| service | {_md(problem.get('service'))} |",
+        f"| host | {_md(problem.get('hostname') or 'fleet-wide')} |",
         f"| opened | {_iso(problem['opened_at'])} |",
         f"| resolved | {_iso(problem.get('resolved_at'))} |",
         f"| incidents | {', '.join(str(i) for i in problem['incidents']) or '-'} |",
         "",
         "## Summary",
         "",
-        _cell(problem.get("summary")),
+        _md(problem.get("summary")),
         "",
     ]
     return "\n".join(lines + _capa_and_timeline(problem))
@@ -124,16 +132,20 @@ def _capa_and_timeline(item: dict[str, Any]) -> list[str]:
     lines = [
         "## Resolution",
         "",
-        f"- **Resolution:** {_cell(item.get('resolution'))}",
-        f"- **Root cause:** {_cell(item.get('root_cause'))}",
-        f"- **Corrective action:** {_cell(item.get('corrective_action'))}",
-        f"- **Preventive action:** {_cell(item.get('preventive_action'))}",
+        f"- **Resolution:** {_md(item.get('resolution'))}",
+        f"- **Root cause:** {_md(item.get('root_cause'))}",
+        f"- **Corrective action:** {_md(item.get('corrective_action'))}",
+        f"- **Preventive action:** {_md(item.get('preventive_action'))}",
         "",
         "## Timeline",
         "",
     ]
-    lines += [f"- {_iso(e['at'])} — {_cell(e['text'])}" for e in item.get("timeline", [])]
+    lines += [f"- {_iso(e['at'])} — {_md(e['text'])}" for e in item.get("timeline", [])]
     return [*lines, ""]
+
+
+def _by(who: str | None) -> str:
+    return f" {_md(who)}" if who else ""
 
 
 def _num(value: float | None) -> str:
@@ -144,10 +156,3 @@ def _iso(t: float | None) -> str:
     if t is None:
         return "-"
     return datetime.fromtimestamp(t, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _cell(text: str | None) -> str:
-    """Text safe inside a Markdown line or table cell (agent/admin text is data)."""
-    if not text:
-        return "-"
-    return " ".join(text.split()).replace("|", "\\|")

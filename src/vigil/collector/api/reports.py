@@ -19,6 +19,7 @@ from vigil.collector.api.http import (
     ApiError,
     BodyTooLarge,
     has_agent_token,
+    json_response,
     read_body,
     require_json,
 )
@@ -111,7 +112,7 @@ async def post_report(request: web.Request) -> web.Response:
         result.events,
         result.duplicate,
     )
-    return web.json_response(
+    return json_response(
         {
             "batch_id": report.batch_id,
             "accepted": True,

@@ -12,6 +12,7 @@ import functools
 from aiohttp import web
 
 from vigil.collector.api.http import (
+    MAX_TIME,
     ApiError,
     body_str,
     body_time,
@@ -19,6 +20,7 @@ from vigil.collector.api.http import (
     in_storage_thread,
     item_id,
     json_body,
+    json_response,
     query_params,
     require_admin,
     require_reader,
@@ -38,7 +40,7 @@ async def list_silences(request: web.Request) -> web.Response:
     rows = await in_storage_thread(
         request, functools.partial(desk.list_silences, active_at=now if active else None)
     )
-    return web.json_response({"silences": rows})
+    return json_response({"silences": rows})
 
 
 async def get_silence(request: web.Request) -> web.Response:
@@ -48,7 +50,7 @@ async def get_silence(request: web.Request) -> web.Response:
     found = await in_storage_thread(request, request.app[desk_key].get_silence, silence_id)
     if found is None:
         raise ApiError(404, f"no silence with id {silence_id}", "id")
-    return web.json_response({"silence": found})
+    return json_response({"silence": found})
 
 
 async def create_silence(request: web.Request) -> web.Response:
@@ -79,6 +81,8 @@ async def create_silence(request: web.Request) -> web.Response:
         except ValueError as exc:
             raise ApiError(400, f"duration: {exc}", "duration") from None
         ends_at = starts_at + seconds
+        if ends_at > MAX_TIME:
+            raise ApiError(400, f"duration must end by Unix time {MAX_TIME:.0f}", "duration")
     elif "ends_at" in body:
         ends_at = body_time(body, "ends_at", now)
     else:
@@ -94,7 +98,7 @@ async def create_silence(request: web.Request) -> web.Response:
         by,
         now,
     )
-    return web.json_response({"silence": silence}, status=201)
+    return json_response({"silence": silence}, status=201)
 
 
 async def update_silence(request: web.Request) -> web.Response:
@@ -112,7 +116,7 @@ async def update_silence(request: web.Request) -> web.Response:
     )
     if found is None:
         raise ApiError(404, f"no silence with id {silence_id}", "id")
-    return web.json_response({"silence": found})
+    return json_response({"silence": found})
 
 
 async def delete_silence(request: web.Request) -> web.Response:

@@ -12,6 +12,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vigil import __version__
+from vigil.collector.api.http import json_response
 from vigil.collector.keys import registry_key
 
 
@@ -27,4 +28,4 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 async def get_healthz(request: web.Request) -> web.Response:
     """``GET /healthz``: liveness for load balancers and the demo."""
-    return web.json_response({"status": "ok", "version": __version__})
+    return json_response({"status": "ok", "version": __version__})

@@ -1,7 +1,10 @@
 """What the notifier must consider, and the text its notifications show.
 
 Pure: :func:`alertables` turns stored rows and the active silences into plain dicts at
-``now``; the notifier (``collector/notify/``) plans and sends from them.
+``now``; the notifier (``collector/notify/``) plans and sends from them. The text fields
+(summary, description, remediation) are plain single lines
+(:func:`vigil.collector.text.one_line`): agent text cannot forge lines in a chat message
+or a mail; receivers' templates escape for their own format.
 """
 
 from __future__ import annotations
@@ -11,6 +14,12 @@ from typing import Any
 
 from vigil.collector.desk import engine
 from vigil.collector.storage.records import IncidentAlertRow, ProblemAlertRow, SilenceRow
+from vigil.collector.text import one_line
+
+# Characters of a notification's summary and description: receivers (chat, pager, mail)
+# show a line, not a script's whole output.
+MAX_SUMMARY = 200
+MAX_DESCRIPTION = 1000
 
 
 def alertables(
@@ -59,12 +68,13 @@ def incident_alertable(
         "hostname": row.hostname,
         "service": row.service,
         "priority": row.priority,
-        "summary": f"{row.check} failing on {row.hostname}",
-        "description": row.message,
-        "remediation": (
+        "summary": one_line(f"{row.check} failing on {row.hostname}", MAX_SUMMARY),
+        "description": one_line(row.message, MAX_DESCRIPTION) or None,
+        "remediation": one_line(
             f"{row.remediation}: {row.remediation_outcome or 'promised, no result'}"
             if row.remediation
-            else "none"
+            else "none",
+            MAX_SUMMARY,
         ),
         "resolution": row.resolution,
     }
@@ -96,8 +106,8 @@ def problem_alertable(
         "hostname": row.hostname or f"{row.linked} hosts",
         "service": row.service,
         "priority": row.priority,
-        "summary": row.summary,
-        "description": f"{row.summary}; {row.linked} linked incidents",
+        "summary": one_line(row.summary, MAX_SUMMARY),
+        "description": one_line(f"{row.summary}; {row.linked} linked incidents", MAX_DESCRIPTION),
         "remediation": "see linked incidents",
         "resolution": row.resolution,
     }

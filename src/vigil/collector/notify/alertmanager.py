@@ -19,6 +19,7 @@ from typing import Any
 import aiohttp
 
 from vigil.collector.notify.config import AlertmanagerTarget
+from vigil.collector.text import one_line
 
 SEVERITY = {"P1": "critical", "P2": "critical", "P3": "warning", "P4": "info"}
 # Active alerts expire this many re-post intervals after the last post: a collector that
@@ -35,8 +36,8 @@ def to_alert(
     ends = item["resolved_at"] if not item["active"] else now + ENDS_AFTER_RESENDS * resend_s
     alert: dict[str, Any] = {
         "labels": {
-            "alertname": item["check"],
-            "host": item["hostname"],
+            "alertname": one_line(item["check"]),
+            "host": one_line(item["hostname"]),
             "service": item["service"] or "none",
             "priority": item["priority"],
             "severity": SEVERITY.get(item["priority"], "warning"),

@@ -8,6 +8,9 @@ loses a firing/resolved notification: the state is in storage, not in memory).
 
 Alertmanager additionally gets every active, notified alert re-posted each
 ``resend_interval`` (its ``endsAt`` is then pushed forward).
+
+A failing target backs off on its own (:mod:`collector.notify.health`): the others are
+still sent to, and the pass counts as delivered when any target accepted.
 """
 
 from __future__ import annotations
@@ -15,15 +18,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 
 from vigil.collector.desk import engine as incidents
 from vigil.collector.notify import alertmanager, webhook
 from vigil.collector.notify.config import NotifyConfig
+from vigil.collector.notify.health import NotifyHealth, TargetKey, target_name
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class AlertDesk(Protocol):
@@ -52,8 +57,10 @@ class Notifier:
         run: RunOnStorage,
         *,
         public_url: str | None,
+        health: NotifyHealth | None = None,
     ) -> None:
         self._config = config
+        self.health = health or NotifyHealth(target_keys(config), base_s=config.interval_s)
         self._session = session
         self._desk = desk
         self._run = run
@@ -92,9 +99,10 @@ class Notifier:
                     for i in batch
                 ]
                 ok = await self._each(
-                    [alertmanager.post_alerts(self._session, t, alerts)
-                     for t in self._config.alertmanagers]
-                )  # fmt: skip
+                    [(("alertmanager", target_name(t.url)), t) for t in self._config.alertmanagers],
+                    lambda t: alertmanager.post_alerts(self._session, t, alerts),
+                    now,
+                )
                 if ok:
                     self._last_post = now
                     sent_to.append("alertmanager")
@@ -104,7 +112,9 @@ class Notifier:
                 _event("resolved", by_ref[r]) for r in resolved
             ]
             ok = await self._each(
-                [webhook.send(self._session, t, events, now) for t in self._config.webhooks]
+                [(("webhook", target_name(t.url)), t) for t in self._config.webhooks],
+                lambda t: webhook.send(self._session, t, events, now),
+                now,
             )
             if ok:
                 sent_to.append("webhook")
@@ -114,13 +124,29 @@ class Notifier:
             return fired, resolved
         return [], []
 
-    async def _each(self, sends: list[Any]) -> bool:
-        """Run the sends concurrently; True if at least one target accepted."""
-        results = await asyncio.gather(*sends, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                log.warning("notification failed: %s", r)
+    async def _each(
+        self,
+        targets: list[tuple[TargetKey, T]],
+        send: Callable[[T], Awaitable[Any]],
+        now: float,
+    ) -> bool:
+        """``send`` to every target not backing off, concurrently; record each result
+        in :attr:`health`. True if at least one target accepted."""
+        due = [(key, t) for key, t in targets if self.health.due(key, now)]
+        results = await asyncio.gather(*(send(t) for _, t in due), return_exceptions=True)
+        for (key, _), result in zip(due, results, strict=True):
+            if isinstance(result, BaseException):
+                self.health.failed(key, now, f"{type(result).__name__}: {result}")
+            else:
+                self.health.succeeded(key, now)
         return any(not isinstance(r, BaseException) for r in results)
+
+
+def target_keys(config: NotifyConfig) -> list[TargetKey]:
+    """Every configured target as a ``(kind, name)`` key (the metric's labels)."""
+    return [("alertmanager", target_name(t.url)) for t in config.alertmanagers] + [
+        ("webhook", target_name(t.url)) for t in config.webhooks
+    ]
 
 
 def _event(what: str, item: dict[str, Any]) -> dict[str, Any]:

@@ -42,7 +42,10 @@ def build_request(
 ) -> tuple[bytes, dict[str, str]]:
     """The body and headers of one webhook POST (pure)."""
     body = json.dumps(
-        {"version": 1, "sent_at": now, "events": events}, sort_keys=True, separators=(",", ":")
+        {"version": 1, "sent_at": now, "events": events},
+        sort_keys=True,
+        separators=(",", ":"),
+        allow_nan=False,  # standard JSON only: receivers need not parse NaN/Infinity
     ).encode()
     headers = {"Content-Type": "application/json"}
     if target.secret:

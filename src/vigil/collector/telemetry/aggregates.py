@@ -80,7 +80,6 @@ class MetricsSnapshot:
     ``incidents_acknowledged``, ``incidents_past_sla`` and ``problems_open`` are counted
     in storage by :meth:`~collector.desk.service.Desk.refresh_metrics_figures`, off the
     scrape path.
-    ``remediations_paused`` waits for the blast-radius guard and stays empty until then.
     ``liveness_silence_expected`` covers the hosts the catalog expects to go quiet.
     """
 
@@ -112,7 +111,6 @@ class MetricsSnapshot:
     incidents_past_sla: dict[str, int] = field(default_factory=dict)  # open, by priority
     problems_open: dict[str, int] = field(default_factory=dict)  # by kind (recurring, fleet)
     # ---- filled by later stages; empty until then
-    remediations_paused: tuple[str, ...] = ()  # remediation ids paused fleet-wide
     # Hosts in a catalog group whose silence is expected (laptops): silent means asleep.
     liveness_silence_expected: LivenessView = field(default_factory=LivenessView)
 
