@@ -2,9 +2,9 @@
 
 Runs, all on 127.0.0.1 and in the same run:
 
-- a real collector (``python -m collector --port 0``) behind a byte-counting TCP proxy,
+- a real collector (``python -m vigil.collector --port 0``) behind a byte-counting TCP proxy,
   so every byte the agent sends (HTTP headers included) is counted on the wire;
-- a real agent (``python -m agent run``) with ``config/agent.yaml`` (only the collector
+- a real agent (``python -m vigil.agent run``) with ``config/agent.yaml`` (only the collector
   URL, token, state folder and remediation folder are rewritten for the sandbox);
 - ``prometheus-node-exporter``, scraped by this script at the agent's sample interval.
 

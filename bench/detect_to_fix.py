@@ -10,7 +10,7 @@ runs again. Measured, per trial, from the kill to:
   when the cycle after the restart finds the process up again.
 - *restored*: the new daemon process exists (polled by this script every 5 ms).
 
-Vigil runs as a real agent process (``python -m agent run``) with the shipped
+Vigil runs as a real agent process (``python -m vigil.agent run``) with the shipped
 ``service-restart`` remediation copied to a temporary library and tuned only for the
 benchmark: detection every 1 s (its check interval), no cooldown, a large attempt budget,
 and a 100 ms verification delay. Its pidfile service manager is the one the shipped

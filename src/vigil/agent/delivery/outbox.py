@@ -12,7 +12,7 @@ transactions delivery depends on are fsynced (``synchronous=FULL`` for them: two
 per delivery, not per event): forming a batch, so a batch the collector may already have
 is retried under its own id after a power cut, never re-formed under a new one; and the
 ack, so an acknowledged batch never comes back. The collector remembers each agent's
-last batch for good (``collector/store.py``), so together a retry is recognised however
+last batch for good (the collector's ``desk/apply.py``), so together a retry is recognised however
 late it comes.
 
 Batches: :meth:`Outbox.next_batch` assigns a ``batch_id`` to the oldest pending events and
