@@ -4,6 +4,7 @@ rather than a wrong one."""
 from __future__ import annotations
 
 from collections import namedtuple
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -108,3 +109,14 @@ def test_cpu_time_percent(
 )
 def test_usage_percent_rounds_like_psutil(used: float, total: float, expected: float) -> None:
     assert usage_percent(used, total) == expected
+
+
+def test_per_name_rates_start_on_the_second_snapshot_and_skip_a_reset_name() -> None:
+    from vigil.agent.sampling.rates import PerNameRates
+
+    rates = PerNameRates(("n",))
+    first = rates.update(10.0, {"a": SimpleNamespace(n=100), "b": SimpleNamespace(n=50)})
+    second = rates.update(12.0, {"a": SimpleNamespace(n=300), "b": SimpleNamespace(n=10)})
+
+    assert first == []
+    assert second == [("a", {"n": 100.0})]  # b went back: no rate rather than a wrong one

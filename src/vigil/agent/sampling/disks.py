@@ -19,7 +19,7 @@ import psutil
 
 from vigil.agent.config import SamplerConfig
 from vigil.agent.sampling.bounded import BoundedCaller, Pending, StillRunning
-from vigil.agent.sampling.rates import counter_rates
+from vigil.agent.sampling.rates import PerNameRates
 from vigil.agent.sampling.series import FailureLog, Item, describe
 from vigil.agent.sampling.slow import RARE_S, SlowReads
 
@@ -182,7 +182,7 @@ class DiskIO:
     def __init__(self, *, ps: Any, clock: Callable[[], float]) -> None:
         self._ps = ps
         self._clock = clock
-        self._prev: tuple[float, dict[str, Any]] | None = None
+        self._rates = PerNameRates(("read_bytes", "write_bytes"))
 
     def read(self) -> list[Item]:
         """Rates since the previous read; none for a disk whose counters went back."""
@@ -192,19 +192,12 @@ class DiskIO:
             for name, c in (self._ps.disk_io_counters(perdisk=True) or {}).items()
             if not name.startswith(_SKIP_DISK_PREFIXES)
         }
-        prev, self._prev = self._prev, (now, cur)
-        if prev is None:
-            return []
         items: list[Item] = []
-        for name, counters in cur.items():
-            rates = counter_rates(
-                prev[1].get(name), counters, now - prev[0], ("read_bytes", "write_bytes")
-            )
-            if rates is not None:
-                items += [
-                    (f"diskio.read_bytes_per_second[{name}]", rates["read_bytes"]),
-                    (f"diskio.write_bytes_per_second[{name}]", rates["write_bytes"]),
-                ]
+        for name, rates in self._rates.update(now, cur):
+            items += [
+                (f"diskio.read_bytes_per_second[{name}]", rates["read_bytes"]),
+                (f"diskio.write_bytes_per_second[{name}]", rates["write_bytes"]),
+            ]
         return items
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from vigil.agent.sampling.rates import counter_rates
+from vigil.agent.sampling.rates import PerNameRates
 from vigil.agent.sampling.series import Item
 
 # Virtual NICs that would only add noise (and many series).
@@ -20,7 +20,7 @@ class Network:
     def __init__(self, *, ps: Any, clock: Callable[[], float]) -> None:
         self._ps = ps
         self._clock = clock
-        self._prev: tuple[float, dict[str, Any]] | None = None
+        self._rates = PerNameRates(_FIELDS)
 
     def read(self) -> list[Item]:
         """Rates since the previous read."""
@@ -30,17 +30,12 @@ class Network:
             for name, c in (self._ps.net_io_counters(pernic=True) or {}).items()
             if not name.startswith(_SKIP_NIC_PREFIXES)
         }
-        prev, self._prev = self._prev, (now, cur)
-        if prev is None:
-            return []
         items: list[Item] = []
-        for name, counters in cur.items():
-            r = counter_rates(prev[1].get(name), counters, now - prev[0], _FIELDS)
-            if r is not None:
-                items += [
-                    (f"net.recv_bytes_per_second[{name}]", r["bytes_recv"]),
-                    (f"net.sent_bytes_per_second[{name}]", r["bytes_sent"]),
-                    (f"net.errors_per_second[{name}]", r["errin"] + r["errout"]),
-                    (f"net.drops_per_second[{name}]", r["dropin"] + r["dropout"]),
-                ]
+        for name, r in self._rates.update(now, cur):
+            items += [
+                (f"net.recv_bytes_per_second[{name}]", r["bytes_recv"]),
+                (f"net.sent_bytes_per_second[{name}]", r["bytes_sent"]),
+                (f"net.errors_per_second[{name}]", r["errin"] + r["errout"]),
+                (f"net.drops_per_second[{name}]", r["dropin"] + r["dropout"]),
+            ]
         return items

@@ -77,3 +77,29 @@ def cpu_time_percent(prev_s: float | None, cur_s: float, elapsed_s: float | None
 def usage_percent(used: float, total: float) -> float:
     """psutil's ``usage_percent(used, total, round_=1)``: 0.0 for a zero total."""
     return round(used / total * 100, 1) if total else 0.0
+
+
+class PerNameRates:
+    """Per-second rates of per-name counters (one snapshot per disk or NIC) between
+    successive :meth:`update` calls; keeps only the previous snapshot.
+
+    The first call returns nothing (no baseline yet); a name whose counters went back, or
+    that is new, is left out of that call (see :func:`counter_rates`).
+    """
+
+    def __init__(self, fields: tuple[str, ...]) -> None:
+        self._fields = fields
+        self._prev: tuple[float, dict[str, Any]] | None = None
+
+    def update(self, now: float, cur: dict[str, Any]) -> list[tuple[str, dict[str, float]]]:
+        """``(name, {field: rate})`` for each name with a rate since the previous call."""
+        prev, self._prev = self._prev, (now, cur)
+        if prev is None:
+            return []
+        then, before = prev
+        out = []
+        for name, counters in cur.items():
+            rates = counter_rates(before.get(name), counters, now - then, self._fields)
+            if rates is not None:
+                out.append((name, rates))
+        return out
