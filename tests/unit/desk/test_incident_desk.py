@@ -14,9 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.desk import open_desk
+from tests.support.desk import CATALOG, RULES, open_desk
 from vigil import wire
-from vigil.collector.desk.catalog import Catalog, HostGroup, Service
 from vigil.collector.desk.commands import StateError
 from vigil.collector.desk.engine import IncidentRules
 
@@ -25,28 +24,6 @@ DAY = 86400.0
 MAIL = "mail.imap"
 DISK = "disk.root"
 
-CATALOG = Catalog(
-    services=(
-        Service("email", "mail for all", "msg-team", "high", ("mail.*",)),
-        Service("health", "workstation health", "desk", "low", ("disk.*",)),
-    ),
-    groups=(
-        HostGroup("servers", {"role": "server"}, "high", silence_expected=False),
-        HostGroup("laptops", {"role": "laptop"}, "medium", silence_expected=True),
-    ),
-    default_impact="low",
-)
-RULES = IncidentRules(
-    remediation_wait_s=600.0,
-    heartbeat_grace_s=30.0,
-    flap_window_s=3600.0,
-    flap_changes=4,
-    recurrence_window_s=7 * DAY,
-    recurrence_count=3,
-    fleet_window_s=300.0,
-    fleet_min_hosts=3,
-    fleet_min_share=0.0,
-)
 _ids = itertools.count(1)
 
 

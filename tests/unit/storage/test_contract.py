@@ -19,11 +19,10 @@ from typing import Any
 
 import pytest
 
+from tests.support.desk import CATALOG, RULES
 from tests.unit.storage.backends import BackendFactory
 from vigil import wire
 from vigil.collector.desk.apply import IngestResult
-from vigil.collector.desk.catalog import Catalog, HostGroup, Service
-from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.desk.service import Desk
 from vigil.collector.storage import protocols
 from vigil.collector.storage.factory import create_storage
@@ -32,29 +31,6 @@ from vigil.collector.storage.records import KeyRow
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 T0 = 1_700_000_000.0
 DAY = 86400.0
-# The catalog and rules the schema-2 fixture was written with.
-CATALOG = Catalog(
-    services=(
-        Service("email", "mail for all", "msg-team", "high", ("mail.*",)),
-        Service("health", "workstation health", "desk", "low", ("disk.*",)),
-    ),
-    groups=(
-        HostGroup("servers", {"role": "server"}, "high", silence_expected=False),
-        HostGroup("laptops", {"role": "laptop"}, "medium", silence_expected=True),
-    ),
-    default_impact="low",
-)
-RULES = IncidentRules(
-    remediation_wait_s=600.0,
-    heartbeat_grace_s=30.0,
-    flap_window_s=3600.0,
-    flap_changes=4,
-    recurrence_window_s=7 * DAY,
-    recurrence_count=3,
-    fleet_window_s=300.0,
-    fleet_min_hosts=3,
-    fleet_min_share=0.0,
-)
 
 
 def check(n: int, name: str = "disk.root", state: str = "critical") -> wire.CheckEvent:
