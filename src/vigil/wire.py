@@ -373,7 +373,7 @@ def _quote(value: Any) -> str:
     return f"a {_kind(value)}" if not isinstance(value, int) else "an out-of-range integer"
 
 
-def _valid_text(value: str) -> bool:
+def valid_text(value: str) -> bool:
     """True when ``value`` is encodable as UTF-8 (no lone surrogates such as ``\\ud800``,
     which the standard library's JSON parser lets through and every store refuses)."""
     if value.isascii():
@@ -511,7 +511,7 @@ def _compile(
             for k, v in value.items():
                 if not k or len(k) > MAX_STR:
                     raise WireError("", f"key {k[:40]!r} must be 1-{MAX_STR} characters")
-                if not _valid_text(k):
+                if not valid_text(k):
                     raise WireError("", f"key {_quote(k[:40])} is not valid Unicode text")
                 try:
                     out[k] = item(v)
@@ -529,7 +529,7 @@ def _compile(
                 if not value:
                     raise WireError("", "must not be empty")
                 raise WireError("", f"at most {max_len} characters, got {len(value)}")
-            if not _valid_text(value):
+            if not valid_text(value):
                 raise WireError("", "not valid Unicode text (a lone surrogate)")
             return value
 

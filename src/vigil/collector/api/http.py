@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from vigil.collector.keys import config_key, executor_key
+from vigil.wire import valid_text
 
 T = TypeVar("T")
 
@@ -291,10 +292,8 @@ def body_str(body: Mapping[str, Any], name: str, *, required: bool = False) -> s
         raise ApiError(400, f"{name} must be a string", name)
     if len(value) > MAX_TEXT:
         raise ApiError(400, f"{name} must be at most {MAX_TEXT} characters", name)
-    try:  # JSON admits lone surrogates ("\\ud800"); no store or renderer can encode them
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ApiError(400, f"{name} must be valid Unicode (no lone surrogates)", name) from None
+    if not valid_text(value):  # JSON admits lone surrogates; no store or renderer encodes them
+        raise ApiError(400, f"{name} must be valid Unicode (no lone surrogates)", name)
     if required and not value.strip():
         raise ApiError(400, f"{name} must not be empty", name)
     return value
