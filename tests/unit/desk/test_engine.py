@@ -446,6 +446,28 @@ def test_flapping_detection_is_off_with_zero_changes() -> None:
     assert not incidents.is_flapping([1, 2, 3], 3, window_s=100, changes=0)
 
 
+@pytest.mark.parametrize(
+    ("states", "before", "expected"),
+    [
+        (["ok", "unknown", "ok", "critical", "unknown", "ok"], "ok", [4, 6]),
+        (["unknown", "ok", "unknown", "ok", "unknown"], "ok", []),
+        (["critical", "unknown", "critical"], "ok", [1]),
+        (["ok", "unknown", "critical"], "critical", [1, 3]),
+        (["critical", "critical"], "ok", [1]),
+    ],
+    ids=[
+        "ok-unknown-ok-critical-unknown-ok is two changes, not five",
+        "moving into and out of unknown is no change",
+        "critical across an unknown gap is one failure",
+        "the state before the first result counts",
+        "a repeated state (only the flapping flag changed) is no change",
+    ],
+)
+def test_known_changes_skip_unknown(states, before, expected) -> None:
+    rows = [(float(i), st) for i, st in enumerate(states, start=1)]
+    assert incidents.known_changes(rows, before) == expected
+
+
 # --------------------------------------------------------------------------- recurrence
 
 DAY = 86400.0

@@ -246,6 +246,29 @@ def test_a_check_the_agent_says_is_flapping_holds_its_incident_until_it_settles(
     assert store.get_incident(iid)["state"] == "resolved"
 
 
+def test_unknown_readings_do_not_hold_a_recovered_incident_open(db_path: Path) -> None:
+    """Issue #15: a needs_user incident, then ok -> unknown -> ok -> critical -> unknown
+    -> ok within 40 s. Unknown is no state change, so the key does not flap and every
+    incident resolves while the check is ok (it was held open for the flap window)."""
+    store = open_desk(db_path, catalog=CATALOG, rules=dataclasses.replace(RULES, flap_changes=6))
+    store.ingest(report("h1", check(DISK, "critical", "fix-it")), T0)
+    (iid,) = store.ingest(report("h1", fixed(DISK, outcome="needs_user")), T0 + 1).opened
+    states = ["ok", "unknown", "ok", "critical", "unknown", "ok"]
+    for i, state in enumerate(states):
+        store.ingest(report("h1", check(DISK, state)), T0 + 10 + 6 * i)
+    incidents = store.list_incidents()
+    assert iid in [i["id"] for i in incidents]
+    assert [i["state"] for i in incidents] == ["resolved"] * len(incidents)
+    store.close()
+
+
+def test_changes_through_unknown_between_failures_still_flap(store) -> None:
+    """Unknown is skipped, not a reset: critical/ok changes with unknown gaps still count."""
+    for i, state in enumerate(["critical", "unknown", "ok", "unknown", "critical", "ok"]):
+        store.ingest(report("h1", check(DISK, state)), T0 + i)
+    assert store.list_incidents()[0]["state"] == "flapping"
+
+
 # --------------------------------------------------------------------------- silences
 
 

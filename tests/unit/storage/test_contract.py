@@ -470,6 +470,24 @@ def test_a_key_state_round_trips(storage: Any) -> None:
         assert uow.keys.pending() == [("h1", "disk.root", "h1")]
 
 
+def test_known_states_skip_unknown_results_oldest_first(storage: Any) -> None:
+    states = ["critical", "unknown", "ok", "unknown", "critical"]
+    with storage.session() as uow, uow.transaction():
+        for n, state in enumerate(states):
+            uow.results.add("h1", check(n, state=state), T0 + n)
+        uow.results.add("h2", check(9, state="ok"), T0 + 9)
+        assert uow.results.known_states("h1", "disk.root", 2) == [
+            (T0 + 2, "ok"),
+            (T0 + 4, "critical"),
+        ]
+        assert [s for _, s in uow.results.known_states("h1", "disk.root", 9)] == [
+            "critical",
+            "ok",
+            "critical",
+        ]
+        assert uow.results.known_states("h1", "other", 9) == []
+
+
 def test_an_incident_resolves_once_and_a_problem_links_once(storage: Any) -> None:
     row = {
         "host": "h1", "hostname": "h1", "check_id": "c", "state": "open", "priority": "P2",

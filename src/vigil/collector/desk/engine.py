@@ -42,7 +42,9 @@ Ticks (:func:`on_tick`): a key ``awaiting`` for longer than ``remediation_wait_s
 stops waiting; if the check is still ``critical`` it gets :class:`OpenIncident` ("remediation
 X promised but no result within N s"), or a timeline note if an incident is already open.
 
-Flapping: the store passes ``flapping`` (see :func:`is_flapping`) with each check result.
+Flapping: the store passes ``flapping`` (see :func:`is_flapping`) with each check result;
+only changes between known states count (:func:`known_changes`: moving into and out of
+``unknown`` is not a change).
 While a key flaps, a recovery does not resolve its open incident (it is held open, one
 incident instead of a new one every few minutes) and notifications are held back; once
 the flapping ends, :func:`on_tick` resolves it if the check is ``ok``.
@@ -327,6 +329,26 @@ def on_liveness(
 
 
 # --------------------------------------------------------------------------- fleet rules
+
+
+def known_changes(states: Sequence[tuple[float, str]], before: str = "ok") -> list[float]:
+    """The times at which a key's *known* state changed.
+
+    ``states`` are ``(time, state)`` results, oldest first; ``before`` is the known state
+    preceding the first (a key starts ``ok``). ``unknown`` results are skipped: unknown is
+    the absence of knowledge, not a state, so ok -> unknown -> ok is no change and
+    ok -> unknown -> ok -> critical -> unknown -> ok is two (issue #15, item 4). A result
+    repeating the known state (e.g. only its flapping flag changed) is no change either.
+    """
+    times: list[float] = []
+    last = before
+    for t, state in states:
+        if state == "unknown":
+            continue
+        if state != last:
+            times.append(t)
+        last = state
+    return times
 
 
 def is_flapping(change_times: Sequence[float], now: float, window_s: float, changes: int) -> bool:

@@ -89,8 +89,9 @@ class CheckResultRepository(Protocol):
     def latest_flapping(self, host: str, check: str) -> bool:
         """Whether the key's latest result says the agent saw it flapping."""
 
-    def recent_times(self, host: str, check: str, since: float, limit: int) -> list[float]:
-        """Receive times of the key's latest ``limit`` results at or after ``since``."""
+    def known_states(self, host: str, check: str, limit: int) -> list[tuple[float, str]]:
+        """``(receive time, state)`` of the key's latest ``limit`` results whose state is
+        not ``unknown``, oldest first (flap detection counts changes between these)."""
 
 
 class KeyRepository(Protocol):
