@@ -500,25 +500,35 @@ def test_recurrence_three_times_in_seven_days(times, expected) -> None:
     [
         (1, 1, 3, 0.5, False),
         (2, 100, 3, 0.5, False),
-        (3, 100, 3, 0.5, True),
-        (2, 4, 3, 0.5, True),
+        (3, 100, 3, 0.5, False),
+        (3, 6, 3, 0.5, True),
+        (8, 8, 3, 0.5, True),
+        (2, 4, 3, 0.5, False),
         (2, 5, 3, 0.5, False),
         (1, 2, 3, 0.5, False),
         (2, 4, 0, 0.0, False),
         (5, 100, 0, 0.05, True),
+        (1, 2, 0, 0.5, False),
+        (3, 100, 3, 0.0, True),
     ],
     ids=[
         "one host is never a fleet",
         "two of a hundred is below both rules",
-        "the absolute count is reached",
-        "half of a small group",
+        "the count without the share is not a fleet",
+        "the count and the share are reached",
+        "every host of the fleet",
+        "two unrelated failures on four hosts are not a fleet (issue #15)",
         "under half of a small group",
         "one host is never a fleet even at a share of one half",
         "both rules off",
         "share rule alone",
+        "share rule alone still needs two hosts",
+        "count rule alone",
     ],
 )
-def test_fleet_wide_by_count_or_share(failing, scope, min_hosts, min_share, expected) -> None:
+def test_fleet_wide_needs_the_count_and_the_share(
+    failing, scope, min_hosts, min_share, expected
+) -> None:
     assert incidents.fleet_wide(failing, scope, min_hosts, min_share) is expected
 
 

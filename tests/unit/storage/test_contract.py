@@ -8,6 +8,7 @@ included; and the repositories' own store-and-fetch promises.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import multiprocessing
@@ -258,6 +259,27 @@ def test_a_schema2_database_takes_new_reports(migrated: Desk, served: dict[str, 
 
 def _stored_state(incident: dict[str, Any]) -> str:
     return "open" if incident["state"] in ("acknowledged", "flapping") else incident["state"]
+
+
+def test_a_schema2_database_takes_a_self_healed_problem(migrated: Desk) -> None:
+    """The problem kinds of schema 2 were fixed by a CHECK; the migration allows the
+    self-healed kind and keeps every earlier link and timeline entry."""
+    before = {p["id"]: p for p in migrated.list_problems(limit=1000)}
+    for n, host in enumerate(("s1", "s2", "s3")):
+        fix = wire.RemediationEvent(
+            event_id=f"r{n}", seq=n + 100, time=T0, remediation="fix-it", check="disk.tmp",
+            outcome="fixed", exit_code=0, started_at=T0, duration_s=1.0,
+            value_before=9.0, value_after=1.0, output="", output_truncated=False,
+            script_sha256="0" * 64, dry_run=False,
+        )  # fmt: skip
+        failing = dataclasses.replace(check(n + 50, "disk.tmp"), remediation="fix-it")
+        migrated.ingest(report(f"m{n}", failing, fix, host=host), T0 + 9 * DAY + n)
+    (healed,) = migrated.list_problems(kind="self_healed")
+    assert healed["hosts"] == 3
+    for problem_id, problem in before.items():
+        again = migrated.get_problem(problem_id)
+        assert again is not None and again["incidents"] == problem["incidents"]
+        assert again["timeline"] != []
 
 
 @pytest.mark.parametrize(

@@ -196,6 +196,9 @@ class IncidentRepository(DeskItemRepository, Protocol):
     def open_since(self, check: str, since: float) -> list[tuple[int, str]]:
         """``(id, host)`` of the check's open incidents opened at or after ``since``."""
 
+    def prevented_since(self, check: str, since: float) -> list[tuple[int, str]]:
+        """``(id, host)`` of the check's prevented incidents opened at or after ``since``."""
+
     def list(
         self,
         *,
@@ -261,6 +264,9 @@ class ProblemRepository(DeskItemRepository, Protocol):
 
     def of_incident(self, incident_id: int) -> list[int]:
         """Problem ids the incident is linked to, ascending."""
+
+    def hosts_linked(self, problem_id: int) -> int:
+        """How many distinct hosts the linked incidents are on."""
 
     def list(
         self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int
