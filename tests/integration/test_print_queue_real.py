@@ -24,9 +24,11 @@ from pathlib import Path
 import pytest
 
 from tests.support.peers import free_port, require_binary
+from vigil.agent.config import PrintSpec, SamplerConfig
 from vigil.agent.exec.script import ScriptResult, run_script
 from vigil.agent.remediation.manifest import load_manifest
 from vigil.agent.remediation.outcome import declared_outcome
+from vigil.agent.sampling.sampler import Sampler
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "remediations"
@@ -267,3 +269,50 @@ def test_a_malformed_cups_server_is_refused_before_cups_is_asked(stuck_queue: Cu
     assert result.exit_code == 3
     assert "bad cups_server" in result.output
     assert len(stuck_queue.jobs()) == 2
+
+
+# --- the print.* series that trigger print-queue-clear, read from the same real CUPS --------
+
+
+def print_series(server: str) -> tuple[dict[str, float], Sampler]:
+    """One read of the sampler's ``print`` source against the scheduler at ``server``."""
+    sampler = Sampler(SamplerConfig(printing=PrintSpec(server=server, timeout_s=CLIENT_TIMEOUT_S)))
+    values = sampler.sample(["print"])
+    return {k: v for k, v in values.items() if k.startswith("print.")}, sampler
+
+
+def test_print_series_of_a_healthy_queue_are_zero(cups: Cups) -> None:
+    values, _ = print_series(cups.server)
+    assert values["print.queue_jobs"] == 0
+    assert values["print.queues_disabled"] == 0
+    assert values[f"print.queue_disabled[{QUEUE}]"] == 0
+
+
+def test_print_series_see_a_stuck_queue_and_its_fix(stuck_queue: Cups) -> None:
+    """Disabled with two jobs: the series a check triggers print-queue-clear on; after the
+    shipped fix they read healthy again (what the agent's verification re-samples)."""
+    values, _ = print_series(stuck_queue.server)
+    assert values["print.queue_jobs"] == 2
+    assert values[f"print.queue_jobs[{QUEUE}]"] == 2
+    assert values["print.queues_disabled"] == 1
+    assert 0 <= values["print.oldest_job_age_s"] < 120
+
+    assert run_phase(stuck_queue, "remediate").exit_code == 0
+
+    after, _ = print_series(stuck_queue.server)
+    assert (after["print.queue_jobs"], after["print.queues_disabled"]) == (0, 0)
+
+
+def test_print_series_age_a_held_job(cups: Cups) -> None:
+    cups.submit(1, "-H", "hold")
+    time.sleep(1.1)  # lpstat shows whole seconds
+    values, _ = print_series(cups.server)
+    assert values["print.oldest_job_age_s"] >= 1
+
+
+def test_a_scheduler_that_does_not_answer_is_unknown_never_ok() -> None:
+    """No cupsd on that port: no print series at all, and the reason says why."""
+    require_binary("lpstat")
+    values, sampler = print_series(f"127.0.0.1:{free_port()}")
+    assert values == {}
+    assert "lpstat -o exited" in sampler.reason_for("print.queue_jobs")
