@@ -16,6 +16,7 @@ from vigil.agent.config import (
     load_agent_config,
 )
 from vigil.agent.remediation.manifest import check_library, load_library, with_schedule
+from vigil.agent.sampling.series import source_of
 from vigil.configio import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -201,3 +202,26 @@ def test_agent_exits_2_naming_a_bad_schedule(tmp_path: Path) -> None:
     assert str(path) in proc.stderr
     assert "remediation.schedule.service-restart" in proc.stderr
     assert "sometimes" in proc.stderr
+
+
+def test_the_example_config_triggers_the_fixes_from_sampled_series() -> None:
+    """config/agent.yaml: clock-resync and print-queue-clear are named by checks on the
+    clock and print series, every check reads a series some source produces, and the
+    whole config passes the library check the agent makes at start."""
+    config = load_agent_config(REPO / "config/agent.yaml")
+    library, errors = load_library(config.remediation.folders)
+    assert not errors
+    check_library(config, library)
+    by_fix: dict[str, set[str | None]] = {}
+    for check in config.checks:
+        assert source_of(check.metric) is not None, check.metric
+        if check.remediation is not None:
+            by_fix.setdefault(check.remediation.id, set()).add(source_of(check.metric))
+    assert by_fix["clock-resync"] == {"clock"}
+    assert by_fix["print-queue-clear"] == {"print"}
+    assert config.sampler.clock is not None and config.sampler.printing is not None
+
+
+def test_dns_flush_ships_with_a_trigger_on_the_dns_answer_check() -> None:
+    library, _ = load_library([SHIPPED])
+    assert [t.check for t in library["dns-flush"].trigger_checks] == ["dns.answer"]

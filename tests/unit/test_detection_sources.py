@@ -3,6 +3,7 @@ pure parsing over fake data, and the sources through the sampler with fake progr
 
 from __future__ import annotations
 
+import asyncio
 import os
 import struct
 import subprocess
@@ -14,7 +15,8 @@ import psutil
 import pytest
 
 from tests.support.fake_psutil import FakeClock, FakePs
-from vigil.agent.config import ClockSpec, PrintSpec, SamplerConfig, ServiceFallback
+from vigil.agent.config import CheckSpec, ClockSpec, PrintSpec, SamplerConfig, ServiceFallback
+from vigil.agent.measure import Measurer
 from vigil.agent.sampling import dns_query
 from vigil.agent.sampling.clock_offset import (
     ClockError,
@@ -391,3 +393,18 @@ def test_the_fallback_is_asked_only_when_the_service_manager_cannot_tell() -> No
     values = dict(source.read())
     assert values == {"service.active[managed]": 0.0, "service.active[legacy]": 1.0}
     assert asked == ["legacy"]
+
+
+def test_a_verification_reads_the_clock_anew_despite_the_interval() -> None:
+    """After a fix the agent re-measures; a cached reading would be the one that
+    triggered the fix, so measure() refreshes the source first."""
+    run = FakeRun({"chronyc -c": (0, "A,b,3,1.0,5.0,0,0,0,0,0,0,0,64,Normal\n", "")})
+    s = clock_sampler(run, "chronyc")
+    assert s.sample(["clock"])["clock.offset_s"] == 5.0
+    run.outputs["chronyc -c"] = (0, "A,b,3,1.0,0.001,0,0,0,0,0,0,0,64,Normal\n", "")
+    spec = CheckSpec(id="clock.offset", metric="clock.offset_s", critical=1.0)
+
+    value, _ = asyncio.run(Measurer(s).measure(spec))
+
+    assert value == 0.001
+    assert len(run.calls) == 2

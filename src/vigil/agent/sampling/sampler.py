@@ -70,6 +70,8 @@ from vigil.agent.sampling.services import Services
 from vigil.agent.sampling.slow import SlowReads
 from vigil.agent.sampling.uptime import Uptime
 
+_REFRESHABLE = frozenset({"clock", "print"})  # sources cached per their own interval
+
 
 class Sampler:
     """Reads the series listed in the module docstring.
@@ -235,6 +237,14 @@ class Sampler:
         ):
             return True
         return any(want(slow) and self._slow.due(slow, now) for slow in ("battery", "sensors"))
+
+    def refresh(self, sources: Iterable[str]) -> None:
+        """Make the next :meth:`sample` read ``sources`` anew even where a read is cached
+        for an interval (the clock offset, the print queues): a verification after a fix
+        must see the state now, not the reading that triggered the fix."""
+        with self._lock:
+            for source in set(sources) & _REFRESHABLE:
+                self._slow.forget(source)
 
     def reason_for(self, metric: str) -> str:
         """Why ``metric`` has no value in the latest sample (for an ``unknown`` check)."""

@@ -60,3 +60,7 @@ class SlowReads:
             self._default_period_s if period_s is None else max(period_s, self._default_period_s)
         )
         return cached is None or now - cached[0] >= period
+
+    def forget(self, key: str) -> None:
+        """Drop ``key``'s cached read, so the next :meth:`every` reads it anew."""
+        self._cache.pop(key, None)
