@@ -3,6 +3,7 @@ per-host override of a manifest's detection schedule."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -204,11 +205,44 @@ def test_agent_exits_2_naming_a_bad_schedule(tmp_path: Path) -> None:
     assert "sometimes" in proc.stderr
 
 
-def test_the_example_config_triggers_the_fixes_from_sampled_series() -> None:
-    """config/agent.yaml: clock-resync and print-queue-clear are named by checks on the
-    clock and print series, every check reads a series some source produces, and the
-    whole config passes the library check the agent makes at start."""
-    config = load_agent_config(REPO / "config/agent.yaml")
+def uncommented(text: str, *starts: str) -> str:
+    """``text`` with each commented block that begins ``# <start>`` uncommented: that line
+    and the more deeply indented commented lines right after it."""
+    lines = text.splitlines(keepends=True)
+    i = 0
+    while i < len(lines):
+        match = re.match(r"^(\s*)# (.*)$", lines[i], re.DOTALL)
+        if match and match.group(2).startswith(starts):
+            indent = match.group(1)
+            lines[i] = indent + match.group(2)
+            i += 1
+            while i < len(lines) and lines[i].startswith(indent + "#  "):
+                lines[i] = indent + lines[i][len(indent) + 2 :]
+                i += 1
+            continue
+        i += 1
+    return "".join(lines)
+
+
+def test_the_example_config_triggers_the_fixes_from_sampled_series(tmp_path: Path) -> None:
+    """config/agent.yaml's commented examples, uncommented: clock-resync and
+    print-queue-clear are named by checks on the clock and print series, dns-flush's
+    trigger check reads a dns answer, service-restart a service state, every check reads
+    a series some source produces, and the whole passes the agent's start-up checks."""
+    text = uncommented(
+        (REPO / "config/agent.yaml").read_text(),
+        "clock:",
+        "print:",
+        "services:",
+        "probes:",
+        "- id: clock.offset",
+        "- id: print.",
+        "- id: dns.answer",
+        "- id: service.cups",
+    )
+    path = tmp_path / "agent.yaml"
+    path.write_text(text.replace("../remediations", str(SHIPPED)))
+    config = load_agent_config(path)
     library, errors = load_library(config.remediation.folders)
     assert not errors
     check_library(config, library)
@@ -219,6 +253,10 @@ def test_the_example_config_triggers_the_fixes_from_sampled_series() -> None:
             by_fix.setdefault(check.remediation.id, set()).add(source_of(check.metric))
     assert by_fix["clock-resync"] == {"clock"}
     assert by_fix["print-queue-clear"] == {"print"}
+    assert by_fix["service-restart"] == {"services"}
+    metrics = {c.id: c.metric for c in config.checks}
+    assert metrics["dns.answer"] == "probe.answer_ok[intranet-answer]"
+    assert "intranet-answer" in [p.name for p in config.sampler.probes]
     assert config.sampler.clock is not None and config.sampler.printing is not None
 
 

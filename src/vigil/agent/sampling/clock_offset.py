@@ -203,6 +203,6 @@ class ClockOffset:
         except subprocess.TimeoutExpired:
             raise ClockError(f"{argv[0]} timed out after {self._spec.timeout_s:g}s") from None
         if done.returncode != 0:
-            why = (done.stderr or done.stdout or "").strip()[:200]
+            why = " ".join((done.stderr or done.stdout or "").split())[:200]
             raise ClockError(f"{os.path.basename(argv[0])} exited {done.returncode}: {why}")
         return done.stdout[:MAX_OUTPUT]

@@ -166,7 +166,7 @@ class PrintQueues:
         except OSError as exc:
             raise PrintError(f"cannot run lpstat: {exc.strerror}") from None
         if done.returncode != 0:
-            why = (done.stderr or done.stdout or "").strip()
+            why = " ".join((done.stderr or done.stdout or "").split())
             if flag == "-p" and "No destinations added" in why:
                 return ""  # a scheduler with no queues: nothing is stuck
             raise PrintError(f"lpstat {flag} exited {done.returncode}: {why[:200]}")
