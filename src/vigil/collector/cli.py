@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vigil import __version__
-from vigil.collector.config import CollectorConfig, load_collector_config
+from vigil.collector.config import CollectorConfig, is_loopback, load_collector_config
 from vigil.collector.storage.records import StorageError
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
 
@@ -66,6 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return CONFIG_EXIT_CODE
     overrides = {"host": args.host, "port": args.port}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if config.auth.open_read and not is_loopback(config.host):
+        print(
+            f"{PROG}: --host {config.host}: auth.open_read needs a loopback address",
+            file=sys.stderr,
+        )
+        return CONFIG_EXIT_CODE
     try:
         return asyncio.run(_serve(config))
     except (OSError, StorageError) as exc:

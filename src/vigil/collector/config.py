@@ -6,6 +6,7 @@ the config file's folder.
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,8 +40,11 @@ TOKEN_ADVICE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 class AuthConfig:
     """Bearer tokens. Agents ingest with ``agent_tokens``; the API takes ``admin_tokens``.
 
-    ``open_read`` leaves the read-only API (GET) open without a token: meant for a demo on
-    127.0.0.1 only. Ingest always needs an agent token.
+    ``admin_tokens`` act as admin operators named ``config:admin_tokens.N`` (the shared
+    tokens of older configs; prefer named operators, ``vigil-collector operator add``).
+    ``open_read`` leaves the read-only API (GET) and ``/metrics`` open without a token:
+    refused unless the collector listens on a loopback address (the demo). Ingest always
+    needs an agent token; every write needs an operator token.
     """
 
     agent_tokens: tuple[str, ...]
@@ -142,6 +146,12 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         admin_tokens=admin_tokens,
         open_read=a.get("open_read", bool, False),
     )
+    if auth.open_read and not is_loopback(host):
+        raise a.error(
+            "open_read",
+            f"is allowed only when listen.host is a loopback address, not {host!r}",
+            True,
+        )
     a.done()
 
     lim = root.section("limits")
@@ -218,6 +228,17 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         ingest=ingest,
         access_log=access_log,
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address) only accepts connections from this machine:
+    ``localhost`` or a loopback IP (``127.0.0.0/8``, ``::1``). ``0.0.0.0`` and ``""`` are not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_token(section: Section, key: str, token: str) -> None:
