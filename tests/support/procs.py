@@ -176,9 +176,12 @@ def get_json(url: str, token: str | None = None, timeout_s: float = 10.0) -> Any
         return json.load(response)
 
 
-def read_metrics(url: str, timeout_s: float = 10.0) -> Metrics:
-    """``url``'s Prometheus text as ``{(name, sorted label pairs): value}``."""
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+def read_metrics(url: str, token: str | None = None, timeout_s: float = 10.0) -> Metrics:
+    """``url``'s Prometheus text as ``{(name, sorted label pairs): value}`` (read with
+    ``Authorization: Bearer token`` if given: ``/metrics`` needs a viewer token)."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         text = response.read().decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -200,7 +203,7 @@ class Collector:
 
     def metrics(self) -> Metrics:
         """The collector's ``/metrics``, parsed by :func:`read_metrics`."""
-        return read_metrics(self.url + "/metrics")
+        return read_metrics(self.url + "/metrics", self.token)
 
 
 @contextlib.contextmanager
