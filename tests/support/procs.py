@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -130,7 +131,7 @@ def start_collector(
     """Start a collector on an ephemeral port; ``(process, base URL)`` once it listens.
 
     Its stderr goes to ``log`` (discarded if ``None``). Fails the test, with the log, if
-    the ``vigil-collector listening on http://127.0.0.1:PORT`` line does not come within
+    the ``vigil-collector listening on http(s)://127.0.0.1:PORT`` line does not come within
     ``timeout_s``.
     """
     stderr = log.open("w") if log is not None else subprocess.DEVNULL
@@ -139,7 +140,7 @@ def start_collector(
     if not line:
         detail = log.read_text() if log is not None else ""
         pytest.fail(f"collector did not start within {timeout_s} s: {detail}")
-    assert "listening on http://127.0.0.1:" in line, line
+    assert re.search(r"listening on https?://127\.0\.0\.1:", line), line
     return proc, line.split("listening on ", 1)[1].strip()
 
 

@@ -2,8 +2,9 @@
 operator ...`` manages operator accounts instead (``collector/operator_cli.py``).
 
 Once listening it prints exactly one line to stdout,
-``vigil-collector listening on http://HOST:PORT`` (with the real port when ``--port 0``
-asked for an ephemeral one); tests and the demo parse it. Logs go to stderr.
+``vigil-collector listening on http://HOST:PORT`` (``https://`` with ``listen.tls``;
+the real port when ``--port 0`` asked for an ephemeral one); tests and the demo parse
+it. Logs go to stderr. SIGHUP reloads the TLS certificate files.
 
 Exit status: 0 clean shutdown; 1 cannot start (port taken, database unreadable);
 2 bad config or usage.
@@ -97,6 +98,7 @@ async def _serve(config: CollectorConfig) -> int:
         raise_open_files_limit,
         server_options,
     )
+    from vigil.collector.tls import create_server_context, reload_context
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -104,6 +106,12 @@ async def _serve(config: CollectorConfig) -> int:
         # Windows has no add_signal_handler: Ctrl+C arrives as KeyboardInterrupt instead.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    tls, ssl_context = config.tls, None
+    if tls is not None:
+        ssl_context = create_server_context(tls)
+        # SIGHUP: new certificate files, same listening socket (see collector/tls.py).
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, reload_context, ssl_context, tls)
 
     max_connections = effective_max_connections(config.max_connections, raise_open_files_limit())
     # aiohttp logs every request at INFO unless told otherwise: off unless configured.
@@ -113,11 +121,18 @@ async def _serve(config: CollectorConfig) -> int:
     )
     try:
         await runner.setup()  # opens the storage
-        site = GuardedTCPSite(runner, config.host, config.port, max_connections=max_connections)
+        site = GuardedTCPSite(
+            runner,
+            config.host,
+            config.port,
+            max_connections=max_connections,
+            ssl_context=ssl_context,
+        )
         await site.start()
         port = runner.addresses[0][1]
         host = f"[{config.host}]" if ":" in config.host else config.host
-        print(f"{PROG} listening on http://{host}:{port}", flush=True)
+        scheme = "https" if ssl_context is not None else "http"
+        print(f"{PROG} listening on {scheme}://{host}:{port}", flush=True)
         await stop.wait()
         logging.getLogger(__name__).info("shutting down")
     finally:

@@ -7,6 +7,7 @@ the config file's folder.
 from __future__ import annotations
 
 import ipaddress
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog, load_catalog
 from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.notify.config import NotifyConfig, parse_notifications
 from vigil.collector.storage.url import SCHEMES, sqlite_path, sqlite_url
+from vigil.collector.tls import TlsConfig, create_server_context
 from vigil.configio import Section, load_yaml
 
 DEFAULT_HOST = "127.0.0.1"
@@ -89,6 +91,8 @@ class CollectorConfig:
     port: int = DEFAULT_PORT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    # Native TLS (``listen.tls``); None serves plain HTTP (behind a TLS proxy, or a demo).
+    tls: TlsConfig | None = None
     # Where the collector keeps its state (``storage.url``); a relative SQLite path was
     # already resolved against the config file.
     storage_url: str = sqlite_url("var/collector.db")
@@ -124,6 +128,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         "max_connections", int, DEFAULT_MAX_CONNECTIONS, minimum=1, maximum=1_000_000
     )
     idle_timeout_s = listen.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT_S, minimum=1.0)
+    tls = _tls(listen.section("tls")) if listen.has("tls") else None
     listen.done()
 
     storage = root.section("storage")
@@ -214,6 +219,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         port=port,
         max_connections=max_connections,
         idle_timeout_s=idle_timeout_s,
+        tls=tls,
         storage_url=storage_url,
         dedup_retention_s=dedup_retention_s,
         auth=auth,
@@ -256,6 +262,29 @@ def _check_token(section: Section, key: str, token: str) -> None:
     else:
         return
     raise section.error(key, f"{problem}; generate a token with: {TOKEN_ADVICE}")
+
+
+def _tls(section: Section) -> TlsConfig:
+    """``listen.tls``: the files must exist and load (a certificate whose key does not
+    match is refused here, not at the first handshake)."""
+    client_ca = section.path_value("client_ca_file", None)
+    tls = TlsConfig(
+        cert_file=section.path_value("cert_file"),
+        key_file=section.path_value("key_file"),
+        client_ca_file=client_ca,
+    )
+    section.done()
+    for name in ("cert_file", "key_file", "client_ca_file"):
+        path = getattr(tls, name)
+        if path is not None and not path.is_file():
+            raise section.error(name, "no such file", str(path))
+    try:
+        create_server_context(tls)
+    except (OSError, ssl.SSLError) as exc:
+        raise section.error(
+            "cert_file", f"cannot load certificate, key or CA: {exc}", str(tls.cert_file)
+        ) from None
+    return tls
 
 
 def _storage_url(storage: Section) -> str:
