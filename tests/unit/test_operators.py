@@ -4,6 +4,7 @@ SQLite file: who may do what, the actor of every write, and the audit trail."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gzip
 import sqlite3
@@ -30,6 +31,7 @@ from vigil.collector.identity.roles import (
     new_token,
 )
 from vigil.collector.storage.factory import create_storage
+from vigil.collector.storage.sqlite.schema import SCHEMA_VERSION
 from vigil.collector.storage.url import sqlite_url
 from vigil.configio import ConfigError
 
@@ -355,3 +357,30 @@ def test_open_read_opens_reads_and_metrics_but_never_writes(api) -> None:
         ]
 
     assert api(body, open_read=True) == [200, 200, 401, 401]
+
+
+def test_a_schema_2_database_gains_operators_and_audit_and_keeps_its_rows(
+    tmp_path: Path,
+) -> None:
+    """Upgrading today's collector: its database opens, nothing is lost, and the new
+    tables work at once."""
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "schema2.sql"
+    db_path = tmp_path / "old.db"
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        db.executescript(fixture.read_text())
+        before = {
+            table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+            for table in ("hosts", "incidents", "problems", "silences", "remediation_runs")
+        }
+    storage = create_storage(sqlite_url(db_path))
+    token = add_operator(storage, "alice", ADMIN, actor="cli:root", peer="local", now=1.0)
+    with storage.session() as uow:
+        assert uow.operators.credentials() == [("alice", ADMIN, hash_token(token))]
+        assert uow.audit.counts() == {"operator.add": 1}
+    storage.close()
+    with contextlib.closing(sqlite3.connect(db_path)) as db:
+        after = {
+            table: db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in before
+        }
+        assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
+    assert after == before and all(before.values())
