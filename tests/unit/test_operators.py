@@ -17,6 +17,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from vigil import wire
+from vigil.collector.cli import main as collector_main
 from vigil.collector.config import load_collector_config
 from vigil.collector.identity.audit import AuditEntry, append_audit
 from vigil.collector.identity.operators import OperatorError, add_operator
@@ -384,3 +385,13 @@ def test_a_schema_2_database_gains_operators_and_audit_and_keeps_its_rows(
         }
         assert db.execute("PRAGMA user_version").fetchone() == (SCHEMA_VERSION,)
     assert after == before and all(before.values())
+
+
+def test_a_host_override_off_loopback_with_open_read_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "collector.yaml"
+    config.write_text(f"auth: {{agent_tokens: [{'a' * 40}], open_read: true}}\n")
+
+    assert collector_main(["--config", str(config), "--host", "0.0.0.0"]) == 2
+    assert "auth.open_read needs a loopback address" in capsys.readouterr().err
