@@ -382,8 +382,8 @@ def test_the_example_agent_config_resolves_inside_the_installed_package(
         (full.package / "remediations").resolve()
     ]
     checked = full.run("vigil-agent", "--config", str(config), "check", cwd=outside)
-    assert checked.returncode == 0, checked.stderr
     assert checked.stdout.startswith("CHECK"), checked.stdout
+    _assert_every_check_evaluated(checked, config)
 
 
 @pytest.mark.skipif(os.name != "posix", reason="demo-cleanup is a POSIX sh script")
@@ -490,8 +490,13 @@ def test_the_bare_wheel_is_a_working_agent_without_the_web_stack(
     assert version.stdout.strip() == f"vigil-agent {vigil.__version__}"
     config = agent_only.package / "config" / "agent.yaml"
     checked = agent_only.run("vigil-agent", "--config", str(config), "check", cwd=outside)
-    # Every configured check is evaluated; the exit status follows the table (0 when all
-    # are OK, 1 otherwise), so a busy CI machine (cpu.busy CRITICAL) does not decide it.
+    _assert_every_check_evaluated(checked, config)
+
+
+def _assert_every_check_evaluated(checked: subprocess.CompletedProcess[str], config: Path) -> None:
+    """Every check of ``config`` has a row, and the exit status follows the table (0 when
+    all are OK, 1 otherwise): the machine's own load (cpu.busy CRITICAL on a busy CI host)
+    must not decide the test."""
     rows = [line.split() for line in checked.stdout.splitlines()[1:] if line.strip()]
     configured = yaml.safe_load(config.read_text(encoding="utf-8"))["checks"]
     assert [row[0] for row in rows] == [check["id"] for check in configured], checked.stdout
