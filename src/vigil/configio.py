@@ -38,6 +38,11 @@ MAX_NODES = 100_000
 MAX_SHOWN = 80
 # Sizes are byte counts handed to the OS and SQLite: signed 64-bit at most.
 MAX_SIZE = 2**63 - 1
+# Longest duration any setting (or the silences API) takes: a year and a day. Every
+# interval, timeout, window, retention and SLA target in Vigil is far shorter; a larger
+# one is a typo ("9999999d") that would push deadlines past what timestamps can hold and
+# in effect disable the limit it sets. The wire caps durations at the same value.
+MAX_DURATION_S = 366 * 86400.0
 
 
 def shown(value: Any, limit: int = MAX_SHOWN) -> str:
@@ -225,7 +230,8 @@ def finite(value: float) -> float:
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string such as ``500ms``, ``15s``, ``2m``, ``1h``, ``7d``.
 
-    Finite and not negative; ``ValueError`` otherwise.
+    Finite, not negative and at most :data:`MAX_DURATION_S` (366 days); ``ValueError``
+    otherwise.
     """
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s, 2m or 1h")
@@ -241,6 +247,8 @@ def parse_duration(value: Any) -> float:
     finite(seconds)
     if seconds < 0:
         raise ValueError("must not be negative")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"must be at most {MAX_DURATION_S / 86400:g} days")
     return seconds
 
 

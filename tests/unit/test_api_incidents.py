@@ -302,8 +302,13 @@ def test_silences_crud(desk, fake_clock) -> None:
         ({"matcher": "host", "value": "x", "ends_at": 5, "created_by": "o"}, "ends_at"),
         ({"matcher": "host", "value": "x", "duration": "soon", "created_by": "o"}, "duration"),
         ({"matcher": "host", "value": "x", "duration": "1h"}, "created_by"),
+        ({"matcher": "host", "value": "x", "duration": "400d", "created_by": "o"}, "duration"),
+        ({"matcher": "host", "value": "x", "duration": -60, "created_by": "o"}, "duration"),
     ],
-    ids=["bad matcher", "empty value", "no end", "end in the past", "bad duration", "no author"],
+    ids=[
+        "bad matcher", "empty value", "no end", "end in the past", "bad duration", "no author",
+        "duration over 366 days", "negative duration",
+    ],
 )
 def test_bad_silences_name_the_field(desk, json, field) -> None:
     async def body(api: Api) -> Any:
