@@ -306,8 +306,14 @@ def test_silences_crud(desk, fake_clock) -> None:
         ({"matcher": "host", "value": "x", "duration": -60, "created_by": "o"}, "duration"),
     ],
     ids=[
-        "bad matcher", "empty value", "no end", "end in the past", "bad duration", "no author",
-        "duration over 366 days", "negative duration",
+        "bad matcher",
+        "empty value",
+        "no end",
+        "end in the past",
+        "bad duration",
+        "no author",
+        "duration over 366 days",
+        "negative duration",
     ],
 )
 def test_bad_silences_name_the_field(desk, json, field) -> None:
