@@ -155,6 +155,32 @@ def bad_rows(db: Path) -> None:
             "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names,"
             " vals) VALUES ('huge', 1e308, 1, 1e308, -1e308, '[]', x'')"
         )
+        # Text that is not UTF-8 in TEXT columns, BLOBs where names belong, text where a
+        # count belongs, absurd times: SQLite stores them all as given.
+        conn.execute(
+            "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
+            " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s)"
+            " VALUES ('latin1', CAST(x'e9' AS TEXT), CAST(x'ff' AS TEXT), '1', 1,"
+            " 1700000000, 1, 0, 90)"
+        )
+        conn.execute(
+            "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
+            " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s)"
+            " VALUES (x'00ff', x'01', '{}', '1', 1, 1700000000, 1, 0, 90)"
+        )
+        for check, state in (("CAST(x'ff' AS TEXT)", "unknown"), ("x'00ff'", "critical"),
+                             ("x'00fe'", "unknown")):  # fmt: skip
+            conn.execute(
+                "INSERT INTO check_state (host, check_id, state, message, updated_at)"
+                f" VALUES ('latin1', {check}, '{state}', CAST(x'ff' AS TEXT), 1)"
+            )
+        conn.execute(
+            "INSERT INTO incidents (host, hostname, check_id, state, priority, opened_at,"
+            " resolved_at, message) VALUES"
+            " ('latin1', 'h', x'00', 'resolved', x'01', -1e308, 1e308, 'm'),"
+            " ('latin1', 'h', x'00', 'open', x'01', 1, NULL, CAST(x'ff' AS TEXT))"
+        )
+        conn.execute("INSERT INTO counters (name, value) VALUES ('reports_accepted', 'lots')")
 
 
 def post_report(url: str, agent_id: str) -> int:
@@ -210,7 +236,9 @@ def test_a_collector_starts_and_serves_over_bad_rows_in_its_store(tmp_path: Path
         assert healthz(url) == 200
         with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
             assert r.status == 200
-            assert b"vigil_" in r.read()
+            metrics = r.read().decode()
+        assert 'vigil_checks_unknown{check="\ufffd"} 1.0' in metrics
+        assert "\\x00" not in metrics  # no BLOB became a label value
         # Ingest works, for a host with a bad row too.
         assert post_report(url, "huge") == 200
         assert post_report(url, "fresh") == 200
@@ -218,6 +246,9 @@ def test_a_collector_starts_and_serves_over_bad_rows_in_its_store(tmp_path: Path
         assert stop(proc) == 0
     text = log.read_text()
     assert "skipping a bad hosts row" in text
+    assert "skipping a bad check_state row" in text
+    assert "skipping a bad counters row" in text
+    assert "not valid UTF-8" in text
     assert "Traceback" not in text
 
 
