@@ -112,6 +112,37 @@ def test_connections_past_the_cap_get_503_and_idle_ones_are_closed(tmp_path: Pat
     assert text.count("shedding new ones") <= 3
 
 
+def raw_reply(url: str, request: bytes) -> bytes:
+    """Send ``request`` bytes as they are on a fresh connection; the reply's first line."""
+    with socket.create_connection(address(url), timeout=5) as s:
+        s.sendall(request)
+        reply = b""
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while b"\r\n" not in reply and (chunk := s.recv(4096)):
+                reply += chunk
+    return reply.split(b"\r\n", 1)[0]
+
+
+def test_malformed_requests_are_400_without_a_traceback_per_request(tmp_path: Path) -> None:
+    """A request line or header aiohttp cannot parse is answered 400; the log gets one
+    short line per 10 s, not an ERROR with a traceback per request."""
+    log = tmp_path / "collector.log"
+    proc, url = start_collector(collector_config(tmp_path, agent_token=TOKEN), log)
+    try:
+        long_line = b"GET /api/v1/incidents?check=" + b"x" * 20_000 + b" HTTP/1.1\r\n\r\n"
+        long_header = b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"y" * 20_000 + b"\r\n\r\n"
+        bad_header = b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n"
+        replies = [raw_reply(url, r) for r in (long_line, long_header, bad_header) * 10]
+        assert all(r.split(b" ")[1] == b"400" for r in replies), set(replies)
+        assert healthz(url) == 200
+    finally:
+        assert stop(proc) == 0
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert 1 <= text.count("malformed HTTP request answered 400") <= 2
+    assert len(text) < 4000
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/limits")
 def test_the_soft_open_files_limit_is_raised_to_the_hard_one(tmp_path: Path) -> None:
     import resource
