@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -165,6 +166,59 @@ def test_the_soft_open_files_limit_is_raised_to_the_hard_one(tmp_path: Path) -> 
         assert stop(proc) == 0
 
 
+# ------------------------------------------------------------------------ memory
+
+MiB = 2**20
+
+
+def gzip_of(piece: bytes, total: int, head: bytes, tail: bytes) -> bytes:
+    """``head + piece * n + tail`` (about ``total`` bytes) gzipped without holding it."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = piece * (MiB // len(piece))
+    parts = [packer.compress(head)]
+    parts += [packer.compress(block) for _ in range(total // len(block))]
+    return b"".join(parts) + packer.compress(tail) + packer.flush()
+
+
+def proc_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
+@pytest.mark.parametrize(
+    ("piece", "head", "tail"),
+    [
+        (b"{},", b"[", b"{}]"),
+        (b'"k":0,', b"{", b'"z":0}'),
+        (b'"aaaa":1.5,', b'{"labels":{', b'"z":1}}'),
+        (b"0.5,", b"[", b"0]"),
+    ],
+    ids=["empty objects", "repeated keys", "a huge map", "numbers"],
+)
+def test_a_tiny_body_costs_a_real_collector_little_more_than_its_unpacked_size(
+    tmp_path: Path, piece: bytes, head: bytes, tail: bytes
+) -> None:
+    """About 16 KiB of gzip that unpacks to 15 MiB of values: refused with a 400 naming
+    the body, and the process's peak memory (VmHWM, reset just before) grows by the
+    unpacked bytes plus a few MiB, not by what parsing millions of values would take
+    (up to 140 MB before the bounds)."""
+    body = gzip_of(piece, 15 * MiB, head, tail)
+    assert len(body) < 64 * 1024
+    proc, url = start_collector(collector_config(tmp_path, agent_token=TOKEN), None)
+    try:
+        Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+        before = proc_kib(proc.pid, "VmRSS")
+        status, reply = post_raw_gzipped(url, body)
+        growth_mib = (proc_kib(proc.pid, "VmHWM") - before) / 1024
+    finally:
+        assert stop(proc) == 0
+    assert (status, reply["field"]) == (400, "body"), reply
+    assert growth_mib < 15 + 10, f"peak grew {growth_mib:.0f} MiB"
+
+
 # ------------------------------------------------------------------------ start-up
 
 
@@ -287,9 +341,13 @@ def test_a_collector_starts_and_serves_over_bad_rows_in_its_store(tmp_path: Path
 
 
 def post_raw(url: str, body: bytes) -> tuple[int, dict[str, object]]:
+    return post_raw_gzipped(url, gzip.compress(body, 1))
+
+
+def post_raw_gzipped(url: str, data: bytes) -> tuple[int, dict[str, object]]:
     req = urllib.request.Request(
         f"{url}/api/v1/reports",
-        data=gzip.compress(body, 1),
+        data=data,
         headers={
             "Authorization": f"Bearer {TOKEN}",
             "Content-Type": "application/json",
