@@ -68,12 +68,13 @@ MAX_CONTAINERS = 3 + 2 * MAX_EVENTS
 # by an event object. A denser body (``[0,0,0,...]``) is refused before it is parsed.
 MIN_BYTES_PER_COMMA = 6
 # Object members and list items in one report, at most (counted as commas outside
-# strings): 100 per event on average. The parser builds a document of about 16 bytes per
-# key and per value before any field is checked, so this bounds that to about 16 MB
-# whatever ``limits.max_decompressed_bytes`` allows (at 6 bytes per comma, 16 MiB of
-# ``"k":0,`` was 2.8 million members and 85 MB). An agent's batch (``outbox.batch_max_bytes``,
-# 2 MiB) holds at most about 350,000 even at the densest.
-MAX_ITEMS = 100 * MAX_EVENTS
+# strings): 50 per event on average. The parser builds a document of about 16 bytes per
+# key and per value, and Python objects for every value, before any field is checked:
+# this bounds that to a few tens of MB whatever ``limits.max_decompressed_bytes`` allows
+# (16 MiB of ``"k":0,`` was 2.8 million members and 85 MB, a list of short strings
+# 300 MB). An agent's batch (``outbox.batch_max_bytes``, 2 MiB) holds about 100,000 of
+# realistic series; only a batch of nothing but 2-character names could reach this.
+MAX_ITEMS = 50 * MAX_EVENTS
 # Longest excerpt of a bad value quoted in an error (a 400 body and a log line must never
 # be as large as the input behind them).
 MAX_QUOTED = 80
