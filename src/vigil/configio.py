@@ -390,10 +390,14 @@ class Section:
         The value is never echoed (the error would put it in logs). ``what`` names the
         kind in the advice ("token", "secret").
         """
-        value = self.get(name, str, default)
-        if value is None:
+        found, value = self._lookup(name, default)
+        if found and not isinstance(value, str):
+            # Not self.get(): its type error would quote the value, i.e. the secret.
+            problem: str | None = f"expected a string, got {_type_name(type(value))}"
+        elif value is None:
             return value  # an optional secret left out
-        problem = secret_problem(value)
+        else:
+            problem = secret_problem(value)
         if problem:
             raise self.error(name, f"{problem}; generate a {what} with: {SECRET_ADVICE}")
         return value

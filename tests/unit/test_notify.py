@@ -274,8 +274,9 @@ def test_notification_targets_load(tmp_path: Path) -> None:
         ("change-me-0123456789abcdef0123456789abcdef", "placeholder"),
         ("hook-secret", "11 characters long; at least 32"),
         ("'two words 0123456789abcdef0123456789'", "no whitespace"),
+        ("12345678901234567890", "expected a string, got an integer"),
     ],
-    ids=["placeholder", "long placeholder", "short", "whitespace"],
+    ids=["placeholder", "long placeholder", "short", "whitespace", "a number"],
 )
 def test_a_guessable_webhook_secret_is_refused_saying_how_to_make_one(
     tmp_path: Path, secret: str, why: str

@@ -21,6 +21,8 @@ from vigil.collector.desk.actions import carry_out, flapping_now
 from vigil.collector.desk.engine import KeyState
 from vigil.collector.desk.work import Work, key_state
 
+log = logging.getLogger("vigil.collector.desk")
+
 
 def tick(work: Work, now: float, remediation_wait_s: float) -> None:
     """Run :func:`engine.on_tick` over every key awaiting a remediation or flapping, and
@@ -83,8 +85,6 @@ def liveness_tick(work: Work, now: float) -> set[str]:
             carry_out(work, host, row.hostname, wire.HEARTBEAT_CHECK, old, new, actions, now)
     return silent_hosts
 
-
-log = logging.getLogger("vigil.collector.desk")
 
 # Keys already reported as skipped (bounded: a store full of bad rows logs at most this
 # many lines over the process's life, not one per row per tick).
