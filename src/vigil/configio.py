@@ -38,6 +38,17 @@ MAX_NODES = 100_000
 MAX_SHOWN = 80
 # Sizes are byte counts handed to the OS and SQLite: signed 64-bit at most.
 MAX_SIZE = 2**63 - 1
+# Longest duration any setting (or the silences API) takes: a year and a day. Every
+# interval, timeout, window, retention and SLA target in Vigil is far shorter; a larger
+# one is a typo ("9999999d") that would push deadlines past what timestamps can hold and
+# in effect disable the limit it sets. The wire caps durations at the same value.
+MAX_DURATION_S = 366 * 86400.0
+# Secrets (bearer tokens, webhook signing keys): at least this long
+# (``secrets.token_urlsafe(32)`` gives 43 characters), and never an example config's
+# ``change-me...`` placeholder, which anyone who read the example can guess.
+MIN_SECRET_LENGTH = 32
+PLACEHOLDER_PREFIX = "change-me"
+SECRET_ADVICE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 
 
 def shown(value: Any, limit: int = MAX_SHOWN) -> str:
@@ -225,7 +236,8 @@ def finite(value: float) -> float:
 def parse_duration(value: Any) -> float:
     """Seconds from a number or a string such as ``500ms``, ``15s``, ``2m``, ``1h``, ``7d``.
 
-    Finite and not negative; ``ValueError`` otherwise.
+    Finite, not negative and at most :data:`MAX_DURATION_S` (366 days); ``ValueError``
+    otherwise.
     """
     if isinstance(value, bool):
         raise ValueError("expected a duration such as 30s, 2m or 1h")
@@ -241,6 +253,8 @@ def parse_duration(value: Any) -> float:
     finite(seconds)
     if seconds < 0:
         raise ValueError("must not be negative")
+    if seconds > MAX_DURATION_S:
+        raise ValueError(f"must be at most {MAX_DURATION_S / 86400:g} days")
     return seconds
 
 
@@ -266,6 +280,18 @@ def parse_size(value: Any) -> int:
     if size > MAX_SIZE:
         raise ValueError(f"must be at most {MAX_SIZE} bytes")
     return size
+
+
+def secret_problem(value: str) -> str | None:
+    """Why ``value`` is not fit to be a secret (see :meth:`Section.secret`), or None.
+    The message never quotes the value."""
+    if not value or any(ch.isspace() for ch in value):
+        return "must be non-empty with no whitespace"
+    if value.lower().startswith(PLACEHOLDER_PREFIX):
+        return "is the example's placeholder, not a secret"
+    if len(value) < MIN_SECRET_LENGTH:
+        return f"is {len(value)} characters long; at least {MIN_SECRET_LENGTH} are required"
+    return None
 
 
 class Section:
@@ -355,6 +381,26 @@ class Section:
         if seconds is not None and seconds < minimum:
             raise self.error(name, f"must be at least {minimum}s", self.data.get(name))
         return seconds
+
+    def secret(self, name: str, default: Any = _MISSING, *, what: str = "secret") -> str:
+        """A string ``name`` holds that is fit to be a secret: non-empty, no whitespace,
+        not the ``change-me...`` placeholder and at least :data:`MIN_SECRET_LENGTH`
+        characters; otherwise a :class:`ConfigError` that says how to generate one.
+
+        The value is never echoed (the error would put it in logs). ``what`` names the
+        kind in the advice ("token", "secret").
+        """
+        found, value = self._lookup(name, default)
+        if found and not isinstance(value, str):
+            # Not self.get(): its type error would quote the value, i.e. the secret.
+            problem: str | None = f"expected a string, got {_type_name(type(value))}"
+        elif value is None:
+            return value  # an optional secret left out
+        else:
+            problem = secret_problem(value)
+        if problem:
+            raise self.error(name, f"{problem}; generate a {what} with: {SECRET_ADVICE}")
+        return value
 
     def size(self, name: str, default: Any = _MISSING) -> int:
         """Bytes; accepts ``1048576``, ``"1MiB"``, ``"100MB"``."""

@@ -67,6 +67,14 @@ MAX_CONTAINERS = 3 + 2 * MAX_EVENTS
 # is followed by an object member (``"k":0`` is the shortest, keys are never empty) or
 # by an event object. A denser body (``[0,0,0,...]``) is refused before it is parsed.
 MIN_BYTES_PER_COMMA = 6
+# Object members and list items in one report, at most (counted as commas outside
+# strings): 50 per event on average. The parser builds a document of about 16 bytes per
+# key and per value, and Python objects for every value, before any field is checked:
+# this bounds that to a few tens of MB whatever ``limits.max_decompressed_bytes`` allows
+# (16 MiB of ``"k":0,`` was 2.8 million members and 85 MB, a list of short strings
+# 300 MB). An agent's batch (``outbox.batch_max_bytes``, 2 MiB) holds about 100,000 of
+# realistic series; only a batch of nothing but 2-character names could reach this.
+MAX_ITEMS = 50 * MAX_EVENTS
 # Longest excerpt of a bad value quoted in an error (a 400 body and a log line must never
 # be as large as the input behind them).
 MAX_QUOTED = 80
@@ -232,7 +240,7 @@ def encode_report(report: Report) -> bytes:
     return json.dumps(report.to_dict(), separators=(",", ":"), allow_nan=False).encode()
 
 
-def decode_report(body: bytes) -> Report:
+def decode_report(body: bytes | bytearray) -> Report:
     """Parse and validate a JSON request body; raises :class:`WireError` on any problem.
 
     Parsed with orjson (about 4x faster than the standard library on a report, and the
@@ -267,11 +275,12 @@ _SCAN_WINDOW = 64 * 1024
 _BACKSLASH = 0x5C
 
 
-def _check_structure(body: bytes) -> None:
+def _check_structure(body: bytes | bytearray) -> None:
     """Refuse a body whose shape no valid report has, before parsing builds it: more
-    than :data:`MAX_CONTAINERS` objects and lists, or commas denser than
-    :data:`MIN_BYTES_PER_COMMA` allows. Parsing costs many times the bytes for such
-    input (a 16 KiB gzip body of ``{},`` is 16 MiB of JSON and 5.6 million objects).
+    than :data:`MAX_CONTAINERS` objects and lists, more than :data:`MAX_ITEMS` members
+    and items, or commas denser than :data:`MIN_BYTES_PER_COMMA` allows. Parsing costs
+    many times the bytes for such input (a 16 KiB gzip body of ``{},`` is 16 MiB of JSON
+    and 5.6 million objects).
 
     The counts include brackets and commas inside strings, so they can only over-count:
     a typical report passes on three C-speed scans. Only when a count is over its bound
@@ -279,16 +288,22 @@ def _check_structure(body: bytes) -> None:
     """
     containers = body.count(b"{") + body.count(b"[")
     commas = body.count(b",")
-    if containers <= MAX_CONTAINERS and commas * MIN_BYTES_PER_COMMA <= len(body):
+    if (
+        containers <= MAX_CONTAINERS
+        and commas <= MAX_ITEMS
+        and commas * MIN_BYTES_PER_COMMA <= len(body)
+    ):
         return
     inside_containers, inside_commas = _inside_strings(body)
     if containers - inside_containers > MAX_CONTAINERS:
         raise WireError("body", f"more than {MAX_CONTAINERS} objects and lists: not a report")
     if (commas - inside_commas) * MIN_BYTES_PER_COMMA > len(body):
         raise WireError("body", "too many values for its size: not a report")
+    if commas - inside_commas > MAX_ITEMS:
+        raise WireError("body", f"more than {MAX_ITEMS} members and items: not a report")
 
 
-def _inside_strings(body: bytes) -> tuple[int, int]:
+def _inside_strings(body: bytes | bytearray) -> tuple[int, int]:
     """How many ``{``/``[`` and how many ``,`` of ``body`` lie inside JSON strings.
 
     Window by window (:data:`_SCAN_WINDOW` bytes, never cutting a run of backslashes):
@@ -305,7 +320,9 @@ def _inside_strings(body: bytes) -> tuple[int, int]:
         end = min(start + _SCAN_WINDOW, size)
         while end < size and body[end - 1] == _BACKSLASH:
             end += 1  # keep a backslash with the byte it escapes
-        window = body[start:end].replace(b"\\\\", b"").replace(b'\\"', b"")
+        # As bytes, also when the body is a bytearray: splitting a bytearray makes pieces
+        # about twice the size.
+        window = bytes(body[start:end]).replace(b"\\\\", b"").replace(b'\\"', b"")
         pieces = window.split(b'"')
         strings = b"".join(pieces[0 if inside else 1 :: 2])
         containers += strings.count(b"{") + strings.count(b"[")

@@ -14,6 +14,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+import zlib
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -117,6 +118,37 @@ def test_connections_past_the_cap_get_503_and_idle_ones_are_closed(tmp_path: Pat
     assert text.count("shedding new ones") <= 3
 
 
+def raw_reply(url: str, request: bytes) -> bytes:
+    """Send ``request`` bytes as they are on a fresh connection; the reply's first line."""
+    with socket.create_connection(address(url), timeout=5) as s:
+        s.sendall(request)
+        reply = b""
+        with contextlib.suppress(ConnectionResetError, TimeoutError):
+            while b"\r\n" not in reply and (chunk := s.recv(4096)):
+                reply += chunk
+    return reply.split(b"\r\n", 1)[0]
+
+
+def test_malformed_requests_are_400_without_a_traceback_per_request(tmp_path: Path) -> None:
+    """A request line or header aiohttp cannot parse is answered 400; the log gets one
+    short line per 10 s, not an ERROR with a traceback per request."""
+    log = tmp_path / "collector.log"
+    proc, url = start_collector(collector_config(tmp_path, agent_token=TOKEN), log)
+    try:
+        long_line = b"GET /api/v1/incidents?check=" + b"x" * 20_000 + b" HTTP/1.1\r\n\r\n"
+        long_header = b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"y" * 20_000 + b"\r\n\r\n"
+        bad_header = b"GET /healthz HTTP/1.1\r\nHost x\r\n\r\n"
+        replies = [raw_reply(url, r) for r in (long_line, long_header, bad_header) * 10]
+        assert all(r.split(b" ")[1] == b"400" for r in replies), set(replies)
+        assert healthz(url) == 200
+    finally:
+        assert stop(proc) == 0
+    text = log.read_text()
+    assert "Traceback" not in text
+    assert 1 <= text.count("malformed HTTP request answered 400") <= 2
+    assert len(text) < 4000
+
+
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/limits")
 def test_the_soft_open_files_limit_is_raised_to_the_hard_one(tmp_path: Path) -> None:
     import resource
@@ -137,6 +169,59 @@ def test_the_soft_open_files_limit_is_raised_to_the_hard_one(tmp_path: Path) -> 
         assert healthz(url) == 200
     finally:
         assert stop(proc) == 0
+
+
+# ------------------------------------------------------------------------ memory
+
+MiB = 2**20
+
+
+def gzip_of(piece: bytes, total: int, head: bytes, tail: bytes) -> bytes:
+    """``head + piece * n + tail`` (about ``total`` bytes) gzipped without holding it."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    block = piece * (MiB // len(piece))
+    parts = [packer.compress(head)]
+    parts += [packer.compress(block) for _ in range(total // len(block))]
+    return b"".join(parts) + packer.compress(tail) + packer.flush()
+
+
+def proc_kib(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise AssertionError(f"no {field} in /proc/{pid}/status")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/PID/status")
+@pytest.mark.parametrize(
+    ("piece", "head", "tail"),
+    [
+        (b"{},", b"[", b"{}]"),
+        (b'"k":0,', b"{", b'"z":0}'),
+        (b'"aaaa":1.5,', b'{"labels":{', b'"z":1}}'),
+        (b"0.5,", b"[", b"0]"),
+    ],
+    ids=["empty objects", "repeated keys", "a huge map", "numbers"],
+)
+def test_a_tiny_body_costs_a_real_collector_little_more_than_its_unpacked_size(
+    tmp_path: Path, piece: bytes, head: bytes, tail: bytes
+) -> None:
+    """About 16 KiB of gzip that unpacks to 15 MiB of values: refused with a 400 naming
+    the body, and the process's peak memory (VmHWM, reset just before) grows by the
+    unpacked bytes plus a few MiB, not by what parsing millions of values would take
+    (up to 140 MB before the bounds)."""
+    body = gzip_of(piece, 15 * MiB, head, tail)
+    assert len(body) < 64 * 1024
+    proc, url = start_collector(collector_config(tmp_path, agent_token=TOKEN), None)
+    try:
+        Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # VmHWM := VmRSS
+        before = proc_kib(proc.pid, "VmRSS")
+        status, reply = post_raw_gzipped(url, body)
+        growth_mib = (proc_kib(proc.pid, "VmHWM") - before) / 1024
+    finally:
+        assert stop(proc) == 0
+    assert (status, reply["field"]) == (400, "body"), reply
+    assert growth_mib < 15 + 10, f"peak grew {growth_mib:.0f} MiB"
 
 
 # ------------------------------------------------------------------------ start-up
@@ -160,6 +245,32 @@ def bad_rows(db: Path) -> None:
             "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names,"
             " vals) VALUES ('huge', 1e308, 1, 1e308, -1e308, '[]', x'')"
         )
+        # Text that is not UTF-8 in TEXT columns, BLOBs where names belong, text where a
+        # count belongs, absurd times: SQLite stores them all as given.
+        conn.execute(
+            "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
+            " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s)"
+            " VALUES ('latin1', CAST(x'e9' AS TEXT), CAST(x'ff' AS TEXT), '1', 1,"
+            " 1700000000, 1, 0, 90)"
+        )
+        conn.execute(
+            "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
+            " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s)"
+            " VALUES (x'00ff', x'01', '{}', '1', 1, 1700000000, 1, 0, 90)"
+        )
+        for check, state in (("CAST(x'ff' AS TEXT)", "unknown"), ("x'00ff'", "critical"),
+                             ("x'00fe'", "unknown")):  # fmt: skip
+            conn.execute(
+                "INSERT INTO check_state (host, check_id, state, message, updated_at)"
+                f" VALUES ('latin1', {check}, '{state}', CAST(x'ff' AS TEXT), 1)"
+            )
+        conn.execute(
+            "INSERT INTO incidents (host, hostname, check_id, state, priority, opened_at,"
+            " resolved_at, message) VALUES"
+            " ('latin1', 'h', x'00', 'resolved', x'01', -1e308, 1e308, 'm'),"
+            " ('latin1', 'h', x'00', 'open', x'01', 1, NULL, CAST(x'ff' AS TEXT))"
+        )
+        conn.execute("INSERT INTO counters (name, value) VALUES ('reports_accepted', 'lots')")
 
 
 def post_report(url: str, agent_id: str) -> int:
@@ -215,14 +326,24 @@ def test_a_collector_starts_and_serves_over_bad_rows_in_its_store(tmp_path: Path
         assert healthz(url) == 200
         with urllib.request.urlopen(metrics_request(url), timeout=10) as r:
             assert r.status == 200
-            assert b"vigil_" in r.read()
+            metrics = r.read().decode()
+        assert 'vigil_checks_unknown{check="\ufffd"} 1.0' in metrics
+        assert "\\x00" not in metrics  # no BLOB became a label value
         # Ingest works, for a host with a bad row too.
         assert post_report(url, "huge") == 200
         assert post_report(url, "fresh") == 200
+        # The tick (every 5 s) still ages every host: the silent ones with usable rows
+        # get their incident, the unusable rows are skipped, and the tick never fails.
+        assert wait_for("a tick", lambda: "tick opened incidents" in log.read_text(), 15)
     finally:
         assert stop(proc) == 0
     text = log.read_text()
+    assert "desk tick failed" not in text
+    assert "tick: skipping text: hosts.last_seen is 'yesterday'" in text
     assert "skipping a bad hosts row" in text
+    assert "skipping a bad check_state row" in text
+    assert "skipping a bad counters row" in text
+    assert "not valid UTF-8" in text
     assert "Traceback" not in text
 
 
@@ -230,9 +351,13 @@ def test_a_collector_starts_and_serves_over_bad_rows_in_its_store(tmp_path: Path
 
 
 def post_raw(url: str, body: bytes) -> tuple[int, dict[str, object]]:
+    return post_raw_gzipped(url, gzip.compress(body, 1))
+
+
+def post_raw_gzipped(url: str, data: bytes) -> tuple[int, dict[str, object]]:
     req = urllib.request.Request(
         f"{url}/api/v1/reports",
-        data=gzip.compress(body, 1),
+        data=data,
         headers={
             "Authorization": f"Bearer {TOKEN}",
             "Content-Type": "application/json",

@@ -36,7 +36,7 @@ from tests.support.procs import (
 REPO = Path(__file__).resolve().parents[2]
 AGENT_TOKEN = "am-agent-token-0123456789abcdef0123456789abcdef"
 ADMIN_TOKEN = "am-admin-token-0123456789abcdef0123456789abcdef"
-SECRET = "hook-secret"
+SECRET = "hook-secret-0123456789abcdef0123456789abcdef"
 HOSTS = 3
 
 

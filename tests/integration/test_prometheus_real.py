@@ -348,7 +348,7 @@ def test_the_example_scrape_config_is_valid(tmp_path: Path) -> None:
 def test_prometheus_evaluates_every_shipped_rule_without_error(stack: Stack) -> None:
     groups = get_json(f"{stack.prometheus_url}/api/v1/rules")["data"]["groups"]
     rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
-    assert len(rules) == 10
+    assert len(rules) == 11
     assert {name: (r["health"], r.get("lastError", "")) for name, r in rules.items()} == {
         name: ("ok", "") for name in rules
     }

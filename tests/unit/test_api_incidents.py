@@ -301,6 +301,8 @@ def test_silences_crud(desk, fake_clock) -> None:
         ({"matcher": "host", "value": "x", "ends_at": 5}, "ends_at"),
         ({"matcher": "host", "value": "x", "duration": "soon"}, "duration"),
         ({"matcher": "host", "value": "x", "duration": "1h", "created_by": "o"}, "created_by"),
+        ({"matcher": "host", "value": "x", "duration": "400d"}, "duration"),
+        ({"matcher": "host", "value": "x", "duration": -60}, "duration"),
     ],
     ids=[
         "bad matcher",
@@ -309,6 +311,8 @@ def test_silences_crud(desk, fake_clock) -> None:
         "end in the past",
         "bad duration",
         "author refused",
+        "duration over 366 days",
+        "negative duration",
     ],
 )
 def test_bad_silences_name_the_field(desk, json, field) -> None:

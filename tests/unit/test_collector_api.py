@@ -444,8 +444,10 @@ def gzip_of(piece: bytes, total: int, head: bytes = b"", tail: bytes = b"") -> b
         (b"[],", b'{"events":[', b"[]]}", 15 * MiB, "objects and lists"),
         (b"0.5,", b"[", b"0]", 15 * MiB, "too many values"),
         (b'"",', b"[", b'""]', 15 * MiB, "too many values"),
+        (b'"k":0,', b"{", b'"z":0}', 15 * MiB, "more than 250000 members and items"),
+        (b'"aaaa":1.5,', b'{"labels":{', b'"z":1}}', 15 * MiB, "members and items"),
     ],
-    ids=["objects", "lists", "numbers", "strings"],
+    ids=["objects", "lists", "numbers", "strings", "repeated keys", "a huge map"],
 )
 def test_a_tiny_body_that_expands_to_millions_of_values_is_refused_before_parsing(
     piece: bytes, head: bytes, tail: bytes, size: int, why: str
@@ -478,6 +480,24 @@ def test_a_large_valid_report_still_passes_the_structure_check(
     raw = wire.encode_report(make_report(*events))
     assert len(raw) > 64 * MiB
     assert len(wire.decode_report(raw).events) == wire.MAX_EVENTS
+
+
+def test_members_and_items_are_bounded_with_room_for_any_agent_batch(make_report) -> None:
+    """60 summaries of 4,096 series each (about 246,000 members, 8 MiB of JSON: far
+    more than an agent's 2 MiB batch holds) pass; 4,096 labels more are refused as the
+    body, naming the bound, before anything is parsed."""
+    values = {f"series.{i:04d}": float(i) for i in range(wire.MAX_MAP_ITEMS)}
+    events = [
+        wire.MetricsEvent(event_id=f"e{i}", seq=i + 1, time=1.7e9, values=values) for i in range(60)
+    ]
+    raw = wire.encode_report(make_report(*events))
+    assert len(wire.decode_report(raw).events) == 60
+    labels = {f"l{i}": "" for i in range(wire.MAX_MAP_ITEMS)}
+    bigger = wire.encode_report(dataclasses.replace(make_report(*events), labels=labels))
+    with pytest.raises(wire.WireError) as err:
+        wire.decode_report(bigger)
+    assert err.value.path == "body"
+    assert f"more than {wire.MAX_ITEMS} members and items" in err.value.message
 
 
 # --------------------------------------------------------------------------- read API

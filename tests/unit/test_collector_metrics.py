@@ -30,6 +30,7 @@ from vigil.collector.desk.catalog import Catalog, HostGroup
 from vigil.collector.desk.service import Desk
 from vigil.collector.metrics import (
     MAX_LABEL_VALUES,
+    OTHER_LABEL,
     VigilCollector,
     agents_by_state,
     cap_histograms,
@@ -632,6 +633,20 @@ def test_checks_and_incidents_carry_the_service_the_catalog_names() -> None:
     samples = render(collector_over(snapshot, service_of=services.get))
     assert samples[("vigil_incidents_open", (("priority", "P1"), ("service", "erp")))] == 1
     assert samples[("vigil_checks_failing", (("check", "db.up"), ("service", "erp")))] == 3
+
+
+def test_unknown_checks_are_exported_by_check_with_bounded_labels() -> None:
+    """A check stuck unknown (a metric-name typo) has a series an alert can watch; past
+    the label cap, the rarest checks share one ``_other`` series, losing no host."""
+    unknown = {f"typo.{i:04d}": 1 for i in range(MAX_LABEL_VALUES + 5)} | {"disk.free": 7}
+    samples = render(collector_over(snapshot_of(checks_unknown=unknown)))
+    series = {
+        labels[0][1]: v for (name, labels), v in samples.items() if name == "vigil_checks_unknown"
+    }
+    assert series["disk.free"] == 7
+    assert len(series) == MAX_LABEL_VALUES + 1
+    assert sum(series.values()) == sum(unknown.values())
+    assert series[OTHER_LABEL] == 6
 
 
 def test_clock_skewed_agents_are_those_past_five_minutes() -> None:

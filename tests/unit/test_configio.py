@@ -137,6 +137,37 @@ def test_an_out_of_range_size_is_refused(value: object) -> None:
         parse_size(value)
 
 
+@pytest.mark.parametrize(
+    ("value", "seconds"),
+    [("366d", 366 * 86400.0), (366 * 86400, 366 * 86400.0), ("0s", 0.0)],
+    ids=["366d", "366 days as a number", "zero"],
+)
+def test_a_duration_up_to_a_year_and_a_day_is_accepted(value: object, seconds: float) -> None:
+    assert parse_duration(value) == seconds
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["367d", "9999999d", 366 * 86400 + 1, 1e300, "8785h"],
+    ids=["367d", "typo", "a second over", "1e300", "hours"],
+)
+def test_a_duration_over_366_days_is_refused(value: object) -> None:
+    """A finite but absurd duration would push a deadline past what a timestamp holds and
+    in effect switch off the limit it sets."""
+    with pytest.raises(ValueError, match="at most 366 days"):
+        parse_duration(value)
+
+
+def test_a_duration_key_names_itself_when_over_the_bound(tmp_path: Path) -> None:
+    path = write(tmp_path, "window: 9999999d\n")
+    section = Section(load_yaml(path), str(path))
+
+    with pytest.raises(ConfigError) as err:
+        section.duration("window")
+
+    assert str(err.value).startswith(f"{path}: window: must be at most 366 days")
+
+
 def test_a_duration_key_names_itself_when_non_finite(tmp_path: Path) -> None:
     path = write(tmp_path, "timeout: .nan\n")
     section = Section(load_yaml(path), str(path))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import tracemalloc
 import uuid
 from pathlib import Path
 from typing import Any
@@ -71,8 +72,46 @@ def test_any_raw_json_text_in_place_of_a_field(path: tuple[Any, ...], raw: str) 
     check_outcome(decode_or_wire_error(body.encode("utf-8", "surrogatepass")))
 
 
+# A fragment of JSON repeated many times, between a head and a tail: the shapes that cost
+# a parser far more memory than their bytes (empty containers, repeated keys, tiny
+# values), and some that are fine. Whatever the decoder makes of them, it holds a
+# bounded amount of memory doing so, whatever the body's size.
+FRAGMENTS = st.sampled_from(
+    [b"{},", b"[],", b"0,", b"0.5,", b'"",', b'"k":0,', b'"abcdef",', b'"k":[],', b"null,",
+     b'{"a":1},', b'"\\u0000",', b"[[[[", b" ", b'"x":"y",', b"1e308,"]
+)  # fmt: skip
+HEADS = st.sampled_from([b"[", b"{", b'{"events":[', b'{"labels":{', b""])
+TAILS = st.sampled_from([b"0]", b'"z":0}', b"]}", b"}}", b""])
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(FRAGMENTS, st.integers(min_value=1, max_value=2_000_000), HEADS, TAILS)
+def test_any_repeated_fragment_decodes_in_bounded_memory(
+    piece: bytes, repeat: int, head: bytes, tail: bytes
+) -> None:
+    """Up to 16 MiB of one fragment repeated: accepted or refused as the body or a field,
+    and the decoder's peak memory beyond the body itself stays under a fixed bound (the
+    structural limits: at most 10,003 containers and 250,000 members and items)."""
+    body = head + piece * min(repeat, (16 * 2**20) // len(piece)) + tail
+    tracemalloc.start()
+    try:
+        result = decode_or_wire_error(body)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    if isinstance(result, wire.WireError):  # the body, a field, or an unknown key it names
+        assert result.path and len(str(result)) < 400
+    else:
+        check_outcome(result)
+    assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB for {len(body)} bytes"
+
+
 # ------------------------------------------------------------------ config files
 
+# Durations and sizes as people write them, at any magnitude (a typo'd "9999999d").
+UNIT_STRINGS = st.from_regex(
+    r"-?[0-9]{1,400}(\.[0-9]{1,3})?\s?(ms|s|m|h|d|B|KB|KiB|MiB|GB|GiB|TiB)?", fullmatch=True
+)
 YAML_VALUES = st.recursive(
     st.one_of(
         st.none(),
@@ -80,6 +119,7 @@ YAML_VALUES = st.recursive(
         st.integers(min_value=-(2**70), max_value=2**70),
         st.floats(allow_nan=True, allow_infinity=True),
         st.text(max_size=20),
+        UNIT_STRINGS,
     ),
     lambda inner: st.one_of(
         st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)

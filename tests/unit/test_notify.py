@@ -241,6 +241,7 @@ def test_nothing_is_marked_when_every_target_fails() -> None:
 
 
 TOKEN = "t-0123456789abcdef0123456789abcdef"
+HOOK_SECRET = "k-0123456789abcdef0123456789abcdef"
 
 
 def write_config(tmp_path: Path, notifications: str) -> Path:
@@ -255,13 +256,42 @@ def test_notification_targets_load(tmp_path: Path) -> None:
             tmp_path,
             "  delay: 10s\n"
             "  alertmanager: [{url: 'http://127.0.0.1:9093/'}]\n"
-            "  webhooks: [{url: 'https://hooks.test/x', secret: k, max_attempts: 3}]\n",
+            f"  webhooks: [{{url: 'https://hooks.test/x', secret: {HOOK_SECRET},"
+            " max_attempts: 3}]\n",
         )
     )
     n = config.notifications
     assert n.delay_s == 10.0
     assert n.alertmanagers == (AlertmanagerTarget(url="http://127.0.0.1:9093"),)
     assert n.webhooks[0].max_attempts == 3
+    assert n.webhooks[0].secret == HOOK_SECRET
+
+
+@pytest.mark.parametrize(
+    ("secret", "why"),
+    [
+        ("change-me", "placeholder"),
+        ("change-me-0123456789abcdef0123456789abcdef", "placeholder"),
+        ("hook-secret", "11 characters long; at least 32"),
+        ("'two words 0123456789abcdef0123456789'", "no whitespace"),
+        ("12345678901234567890", "expected a string, got an integer"),
+    ],
+    ids=["placeholder", "long placeholder", "short", "whitespace", "a number"],
+)
+def test_a_guessable_webhook_secret_is_refused_saying_how_to_make_one(
+    tmp_path: Path, secret: str, why: str
+) -> None:
+    """A webhook key anyone can guess lets them forge signed notifications: held to the
+    same rule as the bearer tokens, and never echoed."""
+    path = write_config(
+        tmp_path, f"  webhooks: [{{url: 'https://hooks.test/x', secret: {secret}}}]\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_collector_config(path)
+    assert err.value.key == "notifications.webhooks[0].secret"
+    assert why in str(err.value)
+    assert "secrets.token_urlsafe(32)" in str(err.value)
+    assert secret.strip("'") not in str(err.value)
 
 
 @pytest.mark.parametrize(

@@ -95,6 +95,7 @@ async def _serve(config: CollectorConfig) -> int:
     from vigil.collector.listen import (
         GuardedTCPSite,
         effective_max_connections,
+        quiet_malformed_requests,
         raise_open_files_limit,
         server_options,
     )
@@ -114,6 +115,7 @@ async def _serve(config: CollectorConfig) -> int:
             loop.add_signal_handler(signal.SIGHUP, reload_context, ssl_context, tls)
 
     max_connections = effective_max_connections(config.max_connections, raise_open_files_limit())
+    quiet_malformed_requests()
     # aiohttp logs every request at INFO unless told otherwise: off unless configured.
     access_log = logging.getLogger("aiohttp.access") if config.access_log else None
     runner = web.AppRunner(

@@ -16,7 +16,14 @@ from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.notify.config import NotifyConfig, parse_notifications
 from vigil.collector.storage.url import SCHEMES, sqlite_path, sqlite_url
 from vigil.collector.tls import TlsConfig, create_server_context
-from vigil.configio import Section, load_yaml
+from vigil.configio import (
+    MIN_SECRET_LENGTH,
+    PLACEHOLDER_PREFIX,  # noqa: F401 - re-exported for callers that quote it
+    SECRET_ADVICE,
+    Section,
+    load_yaml,
+    secret_problem,
+)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9750
@@ -31,11 +38,10 @@ DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT_S = 30.0
 
 
-# Tokens are bearer secrets: at least this long (``secrets.token_urlsafe(32)`` gives 43
-# characters), and never the example config's ``change-me-...`` placeholders.
-MIN_TOKEN_LENGTH = 32
-PLACEHOLDER_PREFIX = "change-me"
-TOKEN_ADVICE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
+# Tokens are bearer secrets, held to the shared config reader's rule for every secret
+# (see Section.secret); the names (and PLACEHOLDER_PREFIX) stay for callers that quote them.
+MIN_TOKEN_LENGTH = MIN_SECRET_LENGTH
+TOKEN_ADVICE = SECRET_ADVICE
 
 
 @dataclass(frozen=True, slots=True)
@@ -248,20 +254,11 @@ def is_loopback(host: str) -> bool:
 
 
 def _check_token(section: Section, key: str, token: str) -> None:
-    """Refuse a token anyone could guess: the example's placeholder, or a short one.
-
-    The token itself is never echoed (it would end up in logs); the error says how to
-    make a good one.
-    """
-    if not token or any(ch.isspace() for ch in token):
-        problem = "must be non-empty with no whitespace"
-    elif token.lower().startswith(PLACEHOLDER_PREFIX):
-        problem = "is the example's placeholder, not a secret"
-    elif len(token) < MIN_TOKEN_LENGTH:
-        problem = f"is {len(token)} characters long; at least {MIN_TOKEN_LENGTH} are required"
-    else:
-        return
-    raise section.error(key, f"{problem}; generate a token with: {TOKEN_ADVICE}")
+    """Refuse a token anyone could guess (see :meth:`~vigil.configio.Section.secret`);
+    the token itself is never echoed, and the error says how to make a good one."""
+    problem = secret_problem(token)
+    if problem:
+        raise section.error(key, f"{problem}; generate a token with: {TOKEN_ADVICE}")
 
 
 def _tls(section: Section) -> TlsConfig:

@@ -14,6 +14,10 @@ stop answering, and nothing recovers while the idle sockets stay open. So:
 * :func:`raise_open_files_limit` lifts the soft ``RLIMIT_NOFILE`` to the hard one at
   start, and :func:`effective_max_connections` keeps the cap below what the limit allows,
   so the cap, not the kernel, is what refuses a connection.
+* A request aiohttp cannot parse (a request line or header over 8 KiB, a bad method or
+  header) is answered ``400`` by aiohttp, which also logs an ERROR with a traceback each
+  time; :func:`quiet_malformed_requests` turns those into one short INFO line at most
+  every 10 s, so a client cannot fill the log with tracebacks.
 """
 
 from __future__ import annotations
@@ -21,10 +25,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +49,51 @@ SHED_RESPONSE = (
 # Shed connections logged at most once per this many seconds (a flood must not flood
 # the log as well).
 _SHED_LOG_INTERVAL_S = 10.0
+
+
+# Longest excerpt of aiohttp's reason for a malformed request kept in the log line.
+_MALFORMED_REASON_CHARS = 120
+
+
+class MalformedRequestFilter(logging.Filter):
+    """On aiohttp's ``aiohttp.server`` logger: a record about a request that could not be
+    parsed (its exception an ``HttpProcessingError``; aiohttp has answered ``400``)
+    becomes one INFO line without traceback, at most one per ``interval_s`` seconds
+    (``clock``: monotonic seconds), saying how many were left out since. Every other
+    record, a real server error among them, passes unchanged."""
+
+    def __init__(
+        self, interval_s: float = _SHED_LOG_INTERVAL_S, clock: Callable[[], float] | None = None
+    ) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._clock = clock or time.monotonic
+        self._last = -interval_s
+        self._left_out = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        now = self._clock()
+        if now - self._last < self._interval_s:
+            self._left_out += 1
+            return False
+        self._last = now
+        reason = " ".join(str(exc.message or exc).split())[:_MALFORMED_REASON_CHARS]
+        record.msg = "malformed HTTP request answered %d: %s (%d more left out of the log)"
+        record.args = (exc.code or 400, reason, self._left_out)
+        record.levelno, record.levelname = logging.INFO, "INFO"
+        record.exc_info, record.exc_text = None, None
+        self._left_out = 0
+        return True
+
+
+def quiet_malformed_requests() -> None:
+    """Install one :class:`MalformedRequestFilter` on ``aiohttp.server`` (idempotent)."""
+    logger = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in logger.filters):
+        logger.addFilter(MalformedRequestFilter())
 
 
 def server_options(idle_timeout_s: float) -> dict[str, Any]:

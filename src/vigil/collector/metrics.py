@@ -311,6 +311,15 @@ def _checks_and_incidents(snap: MetricsSnapshot, service: Mapping[str, str]) -> 
     )
     yield _labelled(
         GaugeMetricFamily(
+            "vigil_checks_unknown",
+            "Hosts whose latest result for a check is unknown (it cannot read what it"
+            " watches: a metric-name typo, a missing path, a failing plugin), by check.",
+            labels=["check"],
+        ),
+        sorted(cap_label({(check,): n for check, n in snap.checks_unknown.items()}, 0).items()),
+    )
+    yield _labelled(
+        GaugeMetricFamily(
             "vigil_incidents_open",
             "Open incidents by priority and service.",
             labels=["priority", "service"],

@@ -391,6 +391,29 @@ def test_gauges_drop_keys_that_fall_to_zero(store: Desk) -> None:
     assert (snapshot.incidents_open, snapshot.checks_failing) == ({}, {})
 
 
+def test_unknown_checks_are_counted_by_check_and_rebuilt_at_start(db_path: Path) -> None:
+    """A check that cannot read what it watches (a metric-name typo) stays unknown for
+    ever with no incident: the collector counts the hosts where it is, per check, also
+    after a restart, and forgets a host once its check reads again."""
+    store = open_desk(db_path, remediation_wait_s=WAIT)
+    store.ingest(report(check("unknown"), agent="a1"), T0 + 101)
+    store.ingest(report(check("unknown"), agent="a2"), T0 + 102)
+    store.ingest(report(check("unknown", name="mem"), agent="a2"), T0 + 103)
+    store.ingest(report(check("critical", name="mem"), agent="a2"), T0 + 104)
+    store.ingest(report(check("unknown", name="dns"), agent="a3"), T0 + 105)
+    store.ingest(report(check("ok", name="dns"), agent="a3"), T0 + 106)
+    before = store.metrics_snapshot()
+    store.close()
+    assert before.checks_unknown == {CHECK: 2}
+    assert before.checks_failing == {"mem": 1}
+
+    reopened = open_desk(db_path, remediation_wait_s=WAIT)
+    try:
+        assert reopened.metrics_snapshot().checks_unknown == {CHECK: 2}
+    finally:
+        reopened.close()
+
+
 # --------------------------------------------------------------------------- reads
 
 

@@ -122,12 +122,17 @@ async def post_report(request: web.Request) -> web.Response:
     )
 
 
-def gunzip_bounded(data: bytes, limit: int) -> bytes:
+# Bytes inflated per zlib call in gunzip_bounded: the transient memory beyond the body.
+_INFLATE_STEP = 1024 * 1024
+
+
+def gunzip_bounded(data: bytes, limit: int) -> bytearray:
     """Decompress one gzip member, inflating at most ``limit + 1`` bytes of it.
 
     ``zlib.decompressobj`` with ``max_length`` stops inflating at the bound, so a gzip
-    bomb (50 MB of zeros in 50 KB) costs about ``limit`` bytes of memory (twice that at
-    the peak, while chunks are joined) before it is refused.
+    bomb (50 MB of zeros in 50 KB) costs about ``limit`` bytes of memory before it is
+    refused. The result is the buffer it was inflated into, not a ``bytes`` copy of it
+    (which would hold the body twice at the peak); the decoder reads either.
     Raises :class:`BodyTooLarge` over the limit and ``zlib.error``/``EOFError`` on corrupt,
     truncated or trailing data.
     """
@@ -135,7 +140,9 @@ def gunzip_bounded(data: bytes, limit: int) -> bytes:
     out = bytearray()
     pending = data
     while not inflater.eof:
-        room = limit + 1 - len(out)  # never 0: max_length=0 would mean "unbounded"
+        # Never 0 (max_length=0 would mean "unbounded"), and at most one step at a time:
+        # a chunk as large as the limit would sit beside the buffer it is appended to.
+        room = min(limit + 1 - len(out), _INFLATE_STEP)
         chunk = inflater.decompress(pending, room)
         out += chunk
         if len(out) > limit:
@@ -148,7 +155,7 @@ def gunzip_bounded(data: bytes, limit: int) -> bytes:
         raise EOFError("truncated gzip stream")
     if inflater.unused_data:
         raise zlib.error("unexpected data after the gzip stream")
-    return bytes(out)
+    return out
 
 
 def _unpack(body: bytes, gzipped: bool, max_out: int) -> Report:
@@ -158,8 +165,8 @@ def _unpack(body: bytes, gzipped: bool, max_out: int) -> Report:
     caller's inline attempt falls back to the thread for it as for a big gzip body.
     """
     if gzipped:
-        body = gunzip_bounded(body, max_out)
-    elif len(body) > max_out:
+        return decode_report(gunzip_bounded(body, max_out))
+    if len(body) > max_out:
         raise BodyTooLarge
     return decode_report(body)
 

@@ -101,10 +101,10 @@ def carry_out(
     # a check that never reported leaves no phantom "ok" state behind.
     if (old or KeyState()) != new:
         work.uow.keys.save(host, check, key_row(new), now)
-        was_failing = old is not None and old.check_state == "critical"
-        is_failing = new.check_state == "critical"
-        if is_failing != was_failing:
-            delta.checks_failing[check] += 1 if is_failing else -1
+        was_state = old.check_state if old is not None else None
+        for state, gauge in (("critical", delta.checks_failing), ("unknown", delta.checks_unknown)):
+            if (new.check_state == state) != (was_state == state):
+                gauge[check] += 1 if new.check_state == state else -1
 
 
 def insert_classified(

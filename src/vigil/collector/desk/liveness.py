@@ -3,15 +3,25 @@ overdue remediation results and flapping that settles.
 
 Liveness needs no timer state: it is judged from each host's stored ``last_seen`` and TTL
 (:func:`engine.is_silent`), so it survives a collector restart.
+
+A stored row whose times are not finite numbers (written by an older version or a hand
+edit; reports can no longer write one) is left out of the tick and logged once per
+host: one such row must not fail the tick's transaction, which would stop liveness and
+remediation deadlines for every host.
 """
 
 from __future__ import annotations
+
+import logging
+import math
 
 from vigil import wire
 from vigil.collector.desk import engine
 from vigil.collector.desk.actions import carry_out, flapping_now
 from vigil.collector.desk.engine import KeyState
 from vigil.collector.desk.work import Work, key_state
+
+log = logging.getLogger("vigil.collector.desk")
 
 
 def tick(work: Work, now: float, remediation_wait_s: float) -> None:
@@ -27,6 +37,9 @@ def tick(work: Work, now: float, remediation_wait_s: float) -> None:
             continue
         old = key_state(work.uow.keys.load(host, check))
         assert old is not None
+        if not _time_or_none(old.awaiting_since):
+            _skip(f"{host}/{check}", "check_state.awaiting_since", old.awaiting_since)
+            continue
         flapping = flapping_now(work, host, check, now) if old.flapping else None
         new, actions = engine.on_tick(old, now, remediation_wait_s, flapping=flapping)
         if old != new or actions:
@@ -43,6 +56,15 @@ def liveness_tick(work: Work, now: float) -> set[str]:
     grace_s = work.rules.heartbeat_grace_s
     for row in work.uow.hosts.liveness(wire.HEARTBEAT_CHECK):
         host = row.agent_id
+        if not isinstance(host, str):
+            _skip(repr(host), "hosts.agent_id", host)
+            continue
+        if not (_time_or_none(row.last_seen) and row.last_seen is not None):
+            _skip(host, "hosts.last_seen", row.last_seen)
+            continue
+        if not _time_or_none(row.heartbeat_ttl_s):
+            _skip(host, "hosts.heartbeat_ttl_s", row.heartbeat_ttl_s)
+            continue
         silent = engine.is_silent(row.last_seen, row.heartbeat_ttl_s, grace_s, now)
         if not silent:
             if row.key_state in (None, "ok") and row.incident_id is None:
@@ -62,3 +84,25 @@ def liveness_tick(work: Work, now: float) -> set[str]:
         if (old or KeyState()) != new or actions:
             carry_out(work, host, row.hostname, wire.HEARTBEAT_CHECK, old, new, actions, now)
     return silent_hosts
+
+
+# Keys already reported as skipped (bounded: a store full of bad rows logs at most this
+# many lines over the process's life, not one per row per tick).
+_REPORTED: set[str] = set()
+_MAX_REPORTED = 100
+
+
+def _time_or_none(value: object) -> bool:
+    """Whether ``value`` is None or a finite real number (a usable stored time)."""
+    if value is None:
+        return True
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _skip(key: str, column: str, value: object) -> None:
+    if key in _REPORTED or len(_REPORTED) >= _MAX_REPORTED:
+        return
+    _REPORTED.add(key)
+    log.warning(
+        "tick: skipping %s: %s is %s, not a finite time", key[:200], column, repr(value)[:80]
+    )

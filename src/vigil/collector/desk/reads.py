@@ -182,6 +182,7 @@ def load_aggregates(uow: UnitOfWork, catalog: Catalog) -> Aggregates:
     for row in uow.hosts.load():
         with bad.skipping("hosts", row):
             agent_id, hostname, labels, last_seen, ttl, offset = row
+            agent_id = _text(agent_id)
             last_seen, offset = _finite(last_seen), _finite(offset)
             ttl = None if ttl is None else _finite(ttl)
             expected = bool(catalog.groups) and catalog.silence_expected(labels)
@@ -202,24 +203,39 @@ def load_aggregates(uow: UnitOfWork, catalog: Catalog) -> Aggregates:
     for row in uow.metrics.footprints():
         with bad.skipping("host_metrics", row):
             host, at, own = row
-            agg.footprint.update(host, _finite(at), {k: _finite(v) for k, v in own.items()})
+            agg.footprint.update(_text(host), _finite(at), {k: _finite(v) for k, v in own.items()})
     # Counters and histograms keyed by agent-supplied names go through the caps of the
     # long-lived instance (Aggregates.merge_named), as they do for every later report.
     named = Aggregates()
     for row in uow.incidents.restore_times():
         with bad.skipping("incidents", row):
-            named.observe_restore(row[0], _finite(row[1]))
+            named.observe_restore(_text(row[0]), _finite(row[1]))
     for row in uow.runs.durations():
         with bad.skipping("remediation_runs", row):
-            named.observe_run_duration(row[0], _finite(row[1]))
-    for priority, check, n in uow.incidents.open_by_priority_check():
-        named.incidents_open[(priority, check)] += n
-    for check, n in uow.keys.critical_by_check().items():
-        named.checks_failing[check] += n
-    for name, outcome, n in uow.runs.outcome_counts():
-        named.remediation_runs[(name, outcome)] += n
-    for name, value in uow.counters.load().items():
-        named.counters[name] = value
+            named.observe_run_duration(_text(row[0]), _finite(row[1]))
+    # Names become label values and counts are added up: a BLOB where SQLite should hold
+    # text, or text where it should hold a count, leaves its row out (never a scrape
+    # that fails later, or a start-up that fails now).
+    for row in uow.incidents.open_by_priority_check():
+        with bad.skipping("incidents", row):
+            priority, check, n = row
+            named.incidents_open[(_text(priority), _text(check))] += _count(n)
+    for row in uow.keys.critical_by_check().items():
+        with bad.skipping("check_state", row):
+            named.checks_failing[_text(row[0])] += _count(row[1])
+    # Unknown keys from the full list rather than a second GROUP BY method on every
+    # backend's KeyRepository: one pass over the keys, once per start.
+    for row in uow.keys.states():
+        with bad.skipping("check_state", row):
+            if row[2] == "unknown":
+                named.checks_unknown[_text(row[1])] += 1
+    for row in uow.runs.outcome_counts():
+        with bad.skipping("remediation_runs", row):
+            name, outcome, n = row
+            named.remediation_runs[(_text(name), _text(outcome))] += _count(n)
+    for row in uow.counters.load().items():
+        with bad.skipping("counters", row):
+            named.counters[_text(row[0])] = _count(row[1])
     # Incident totals come from the incidents themselves (never deleted), so they cannot
     # drift from what the API shows.
     for state, n in uow.incidents.by_state().items():
@@ -242,6 +258,20 @@ def _finite(value: object) -> float:
     if not math.isfinite(number):
         raise ValueError(f"expected a finite number, got {number!r}")
     return number
+
+
+def _text(value: object) -> str:
+    """``value`` if it is a ``str``; ``ValueError`` otherwise (e.g. a BLOB in a name)."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected text, got {type(value).__name__}")
+    return value
+
+
+def _count(value: object) -> int:
+    """``value`` if it is a non-negative ``int``; ``ValueError`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"expected a count, got {reprlib.repr(value)}")
+    return value
 
 
 class _BadRows:

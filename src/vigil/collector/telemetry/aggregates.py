@@ -71,7 +71,9 @@ class MetricsSnapshot:
     label values + itemized hosts), not O(hosts).
 
     Times are Unix seconds (collector clock). Totals count since the database was created.
-    ``checks_failing`` counts hosts whose last state for the check is ``critical``;
+    ``checks_failing`` counts hosts whose last state for the check is ``critical``,
+    ``checks_unknown`` those whose last state is ``unknown`` (the check cannot read what
+    it watches: a metric-name typo, a missing path, a failing plugin);
     ``incidents_open`` is keyed ``(priority, check)``. ``host_detail`` lists the first
     ``host_series`` hosts (first-seen order, so a host keeps its series) as ``(agent_id,
     hostname, last_seen)``; ``host_overflow`` is ``(hosts not listed, oldest last_seen
@@ -106,6 +108,7 @@ class MetricsSnapshot:
     # metrics_snapshot(host_maps=False) (the /metrics path does not need them).
     host_last_seen: dict[str, float] = field(default_factory=dict)
     host_ttl: dict[str, float] = field(default_factory=dict)
+    checks_unknown: dict[str, int] = field(default_factory=dict)
     # ---- refreshed by refresh_metrics_figures() (at most one tick old)
     incidents_acknowledged: dict[str, int] = field(default_factory=dict)  # open, by priority
     incidents_past_sla: dict[str, int] = field(default_factory=dict)  # open, by priority
@@ -131,6 +134,7 @@ class Aggregates:
     host_silence_expected: dict[str, bool] = field(default_factory=dict)
     incidents_open: Counter[tuple[str, str]] = field(default_factory=Counter)
     checks_failing: Counter[str] = field(default_factory=Counter)
+    checks_unknown: Counter[str] = field(default_factory=Counter)
     remediation_runs: Counter[tuple[str, str]] = field(default_factory=Counter)
     counters: Counter[str] = field(default_factory=Counter)
     time_to_restore: dict[str, BucketCounts] = field(default_factory=dict)
@@ -203,6 +207,7 @@ class Aggregates:
                 incidents_resolved_total=agg.counters["incidents_resolved"],
                 incidents_prevented_total=agg.counters["incidents_prevented"],
                 checks_failing=dict(agg.checks_failing),
+                checks_unknown=dict(agg.checks_unknown),
                 remediation_runs=dict(agg.remediation_runs),
                 reports_accepted_total=agg.counters["reports_accepted"],
                 reports_duplicate_total=agg.counters["reports_duplicate"],
@@ -278,12 +283,15 @@ class Aggregates:
             self.incidents_open[(priority, checks(check))] += n
         for check, n in delta.checks_failing.items():
             self.checks_failing[checks(check)] += n
+        for check, n in delta.checks_unknown.items():
+            self.checks_unknown[checks(check)] += n
         for (name, outcome), n in delta.remediation_runs.items():
             self.remediation_runs[(fixes(name), outcome)] += n
         self.counters.update(delta.counters)
         for mine in (
             self.incidents_open,
             self.checks_failing,
+            self.checks_unknown,
             self.remediation_runs,
             self.counters,
         ):

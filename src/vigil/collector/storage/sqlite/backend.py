@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from vigil.collector.storage.records import StorageError
-from vigil.collector.storage.sqlite.codec import JsonMemo
+from vigil.collector.storage.sqlite.codec import JsonMemo, TextDecoder
 from vigil.collector.storage.sqlite.desk_repos import (
     SqliteIncidents,
     SqliteProblems,
@@ -107,6 +107,7 @@ class SqliteStorage:
             )
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(self.path, f"cannot open database: {exc}") from None
+        self._db.text_factory = TextDecoder()
         self._uow = SqliteUnitOfWork(self._db)
         try:
             self._setup()

@@ -85,7 +85,9 @@ class SqliteHosts:
         row = self._db.execute(
             "SELECT hostname, labels FROM hosts WHERE agent_id = ?", (agent_id,)
         ).fetchone()
-        return None if row is None else (row[0], json.loads(row[1]))
+        # As in load(): a labels text that does not decode reads as no labels, so one
+        # hand-edited row cannot fail the ingest or tick transaction that asks.
+        return None if row is None else (row[0], _labels_or_empty(row[1]))
 
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM hosts").fetchone()[0])
