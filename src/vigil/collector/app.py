@@ -21,10 +21,20 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from vigil.collector.api import hosts, incidents, problems, remediations, reports, silences, system
+from vigil.collector.api import (
+    enroll,
+    hosts,
+    incidents,
+    problems,
+    remediations,
+    reports,
+    silences,
+    system,
+)
 from vigil.collector.api.http import ITEM_ID, ApiError, error_response
 from vigil.collector.config import CollectorConfig
 from vigil.collector.desk.service import Desk
+from vigil.collector.identity.service import REFRESH_INTERVAL_S, AgentIdentity, IdentityMetrics
 from vigil.collector.ingest import IngestQueue
 from vigil.collector.keys import (
     clock_key,
@@ -32,6 +42,7 @@ from vigil.collector.keys import (
     counters_key,
     desk_key,
     executor_key,
+    identity_key,
     ingest_key,
     notify_health_key,
     registry_key,
@@ -76,7 +87,9 @@ def create_app(
         target_keys(config.notifications), base_s=config.notifications.interval_s
     )
     # ingest after the desk: on shutdown it commits what is queued before the storage closes.
-    app.cleanup_ctx.extend([_executor_ctx, _desk_ctx, _ingest_ctx, _tick_ctx, _notify_ctx])
+    app.cleanup_ctx.extend(
+        [_executor_ctx, _desk_ctx, _identity_ctx, _ingest_ctx, _tick_ctx, _notify_ctx]
+    )
     setup_routes(app)
     return app
 
@@ -90,6 +103,7 @@ def setup_routes(app: web.Application) -> None:
     r = app.router
     item = ITEM_ID  # the path segment ``api.http.item_id`` reads
     r.add_post("/api/v1/reports", reports.post_report)
+    r.add_post("/api/v1/enroll", enroll.post_enroll)
     r.add_get("/api/v1/incidents", incidents.list_incidents)
     r.add_get(f"/api/v1/incidents/{item}", incidents.get_incident)
     r.add_get(f"/api/v1/incidents/{item}/report", incidents.get_incident_report)
@@ -181,6 +195,39 @@ async def _desk_ctx(app: web.Application) -> AsyncIterator[None]:
     registry.unregister(collector)
     await loop.run_in_executor(executor, desk.close)
     log.info("storage closed")
+
+
+async def _identity_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Per-agent credentials: the cache loaded before the first request, then reloaded
+    every :data:`REFRESH_INTERVAL_S` when the storage says something changed (a
+    revocation by the CLI or another collector process)."""
+    config = app[config_key]
+    loop = asyncio.get_running_loop()
+    identity = AgentIdentity(
+        app[desk_key].storage,
+        functools.partial(loop.run_in_executor, app[executor_key]),
+        legacy_tokens=config.auth.agent_tokens,
+        credential_ttl_s=config.credential_ttl_s,
+    )
+    await identity.refresh()
+    app[identity_key] = identity
+    metrics = IdentityMetrics(identity)
+    app[registry_key].register(metrics)
+
+    async def forever() -> None:
+        while True:
+            await asyncio.sleep(REFRESH_INTERVAL_S)
+            try:
+                await identity.refresh()
+            except Exception:
+                log.exception("credential cache refresh failed")  # the next one tries again
+
+    task = asyncio.create_task(forever(), name="vigil-identity-refresh")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    app[registry_key].unregister(metrics)
 
 
 async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -15,6 +15,7 @@ from prometheus_client import CollectorRegistry
 
 from vigil.collector.config import CollectorConfig
 from vigil.collector.desk.service import Desk
+from vigil.collector.identity.service import AgentIdentity
 from vigil.collector.ingest import IngestQueue
 from vigil.collector.notify.health import NotifyHealth
 from vigil.collector.telemetry.requests import RequestCounters
@@ -33,3 +34,5 @@ counters_key = web.AppKey("counters", RequestCounters)
 ingest_key = web.AppKey("ingest", IngestQueue)
 # Backoff and failure counts of the notification targets (the notifier and /metrics).
 notify_health_key = web.AppKey("notify_health", NotifyHealth)
+# Per-agent credentials and enrollment (collector/identity/), set once the desk is open.
+identity_key = web.AppKey("identity", AgentIdentity)
