@@ -70,6 +70,7 @@ import email.utils
 import gzip
 import http.client
 import ipaddress
+import json
 import logging
 import random
 import select
@@ -84,6 +85,7 @@ from typing import Any
 
 from vigil import wire
 from vigil.agent.config import CollectorTarget
+from vigil.agent.delivery.credential import ROTATE_HEADER, CredentialSource
 from vigil.agent.delivery.outbox import Batch, Outbox
 from vigil.agent.identity import Identity
 
@@ -159,6 +161,7 @@ class Shipper:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        credentials: CredentialSource | None = None,
     ) -> None:
         if not 1 <= batch_max_events <= wire.MAX_EVENTS:
             raise ValueError(
@@ -187,6 +190,9 @@ class Shipper:
         self._hold_connection = hold_connection
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
+        # The per-agent credential (enrollment), else ``target.token`` is sent.
+        self._credentials = credentials
+        self._rejected_token: str | None = None  # the token a 4xx backoff was for
         self._url = target.url.rstrip("/") + REPORTS_PATH
         self._https = split.scheme == "https"
         self._host = split.hostname
@@ -233,6 +239,8 @@ class Shipper:
         the outbox; the collector may have stored it, and a resend is deduplicated).
         """
         async with self._lock:
+            if self._rejected_token is not None and self._rejected_token != self._token():
+                self.wake()  # refused, then (re-)enrolled: the new credential may go now
             if self._monotonic() < self._backoff_until:
                 return ShipResult(0, 0, "backing off", None)
             try:
@@ -257,6 +265,7 @@ class Shipper:
             self._outbox.ack(batch.batch_id)
             self._failures = 0
             self._backoff_until = 0.0
+            self._rejected_token = None
             sent_batches += 1
             sent_events += len(batch.events)
         return ShipResult(sent_batches, sent_events, None, None)
@@ -282,12 +291,16 @@ class Shipper:
         Sets the backoff window on failure.
         """
         body = gzip.compress(self._encode(batch), mtime=0)
+        token = self._token()
         headers = {
-            "Authorization": f"Bearer {self._target.token}",
+            "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
             "Content-Encoding": "gzip",
             "User-Agent": f"vigil-agent/{self._agent_version}",
         }
+        rotate = self._credentials is not None and self._credentials.wants_rotation()
+        if rotate:
+            headers[ROTATE_HEADER] = "1"
         try:
             reply = await self._request(body, headers)
         except (http.client.HTTPException, OSError) as exc:  # OSError: TimeoutError, ssl
@@ -297,6 +310,8 @@ class Shipper:
         status, text = reply.status, reply.text
         if 200 <= status < 300:
             log.debug("delivered batch %s (%d events)", batch.batch_id, len(batch.events))
+            if rotate:
+                self._take_rotated(text)
             return None, None
 
         error = f"collector answered HTTP {status} for batch {batch.batch_id}: {text[:200]}"
@@ -314,6 +329,7 @@ class Shipper:
             return error, None
         self._failures += 1
         self._backoff_until = self._monotonic() + REJECTED_BACKOFF_S
+        self._rejected_token = token
         log.error(
             "collector REJECTED batch %s (%d events) with HTTP %d; the batch is kept and "
             "will be retried in %.0f s. Fix the cause (token, URL, collector version). "
@@ -376,7 +392,7 @@ class Shipper:
             return _Reply(
                 resp.status,
                 resp.getheader("Retry-After"),
-                "" if ok else raw.decode("utf-8", errors="replace").strip(),
+                raw.decode("utf-8", errors="replace").strip(),
             )
         except BaseException:
             self._close_connection()
@@ -473,6 +489,20 @@ class Shipper:
             events=batch.events,
         )
         return wire.encode_report(report)
+
+    def _token(self) -> str:
+        return self._credentials.token() if self._credentials else self._target.token
+
+    def _take_rotated(self, ack: str) -> None:
+        """Store the rotated credential an ack carries (if any; a lost one is asked for
+        again on the next report, with the old credential, which stays valid)."""
+        assert self._credentials is not None
+        try:
+            issued = json.loads(ack).get("credential")
+            if issued is not None:
+                self._credentials.accept(str(issued["token"]), float(issued["expires_at"]))
+        except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+            log.error("cannot store the rotated credential: %s; asking again later", exc)
 
     def _transient_failure(self, error: str) -> None:
         """Exponential backoff with full jitter after a failure that may pass by itself."""
