@@ -152,3 +152,14 @@ class CredentialSource:
             self.path, Credential(self._agent_id, token, self._clock(), float(expires_at))
         )
         log.info("credential rotated; the new one expires at %.0f", expires_at)
+
+    def take_from_ack(self, ack: str) -> None:
+        """Store the rotated credential a report's ack carries, if any. A missing or
+        unusable one is logged and asked for again on the next report (the collector
+        keeps the current credential valid until a new one is used)."""
+        try:
+            issued = json.loads(ack).get("credential")
+            if issued is not None:
+                self.accept(str(issued["token"]), float(issued["expires_at"]))
+        except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
+            log.error("cannot store the rotated credential: %s; asking again later", exc)

@@ -18,9 +18,11 @@ How responses are handled:
 * **Any other status (4xx, 3xx)**: the collector refuses this batch or this agent (bad
   token, schema rejected, wrong URL). Retrying at once cannot help, but deleting data
   would lose it for good, so the batch is *kept*, the response text is logged at ERROR,
-  and the shipper backs off for :data:`REJECTED_BACKOFF_S` (5 minutes). A fixed token or
-  collector then lets the same batch through; a truly poisoned batch blocks the queue and
-  keeps logging, which is the loud failure an admin needs to see.
+  and the shipper backs off for :data:`REJECTED_BACKOFF_S` (5 minutes; a new credential,
+  e.g. after re-enrolling a revoked agent, ends it at once). A fixed token or collector
+  then lets the same batch through; a truly poisoned batch blocks the queue and keeps
+  logging, which is the loud failure an admin needs to see. The bearer token is the
+  agent's enrolled credential (``delivery/credential.py``), else ``collector.token``.
 
 Pacing: while a backlog drains, batches go out at most ``drain_batches_per_s`` per second,
 so a fleet returning from an outage arrives as a steady stream rather than a wall.
@@ -70,7 +72,6 @@ import email.utils
 import gzip
 import http.client
 import ipaddress
-import json
 import logging
 import random
 import select
@@ -310,8 +311,8 @@ class Shipper:
         status, text = reply.status, reply.text
         if 200 <= status < 300:
             log.debug("delivered batch %s (%d events)", batch.batch_id, len(batch.events))
-            if rotate:
-                self._take_rotated(text)
+            if rotate and self._credentials is not None:
+                self._credentials.take_from_ack(text)
             return None, None
 
         error = f"collector answered HTTP {status} for batch {batch.batch_id}: {text[:200]}"
@@ -492,17 +493,6 @@ class Shipper:
 
     def _token(self) -> str:
         return self._credentials.token() if self._credentials else self._target.token
-
-    def _take_rotated(self, ack: str) -> None:
-        """Store the rotated credential an ack carries (if any; a lost one is asked for
-        again on the next report, with the old credential, which stays valid)."""
-        assert self._credentials is not None
-        try:
-            issued = json.loads(ack).get("credential")
-            if issued is not None:
-                self._credentials.accept(str(issued["token"]), float(issued["expires_at"]))
-        except (ValueError, TypeError, KeyError, AttributeError, OSError) as exc:
-            log.error("cannot store the rotated credential: %s; asking again later", exc)
 
     def _transient_failure(self, error: str) -> None:
         """Exponential backoff with full jitter after a failure that may pass by itself."""
