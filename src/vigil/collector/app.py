@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 from vigil.collector.api import (
     enroll,
+    enroll_admin,
     hosts,
     incidents,
     problems,
@@ -104,6 +105,13 @@ def setup_routes(app: web.Application) -> None:
     item = ITEM_ID  # the path segment ``api.http.item_id`` reads
     r.add_post("/api/v1/reports", reports.post_report)
     r.add_post("/api/v1/enroll", enroll.post_enroll)
+    r.add_get("/api/v1/enroll-secrets", enroll_admin.list_secrets)
+    r.add_post("/api/v1/enroll-secrets", enroll_admin.create_secret)
+    r.add_post(
+        f"/api/v1/enroll-secrets/{enroll_admin.SECRET_ID}/revoke", enroll_admin.revoke_secret
+    )
+    r.add_get("/api/v1/agent-credentials", enroll_admin.list_credentials)
+    r.add_post(f"/api/v1/agents/{enroll_admin.AGENT_ID}/revoke", enroll_admin.revoke_agent)
     r.add_get("/api/v1/incidents", incidents.list_incidents)
     r.add_get(f"/api/v1/incidents/{item}", incidents.get_incident)
     r.add_get(f"/api/v1/incidents/{item}/report", incidents.get_incident_report)

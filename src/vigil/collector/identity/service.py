@@ -156,6 +156,20 @@ class AgentIdentity:
         await self.refresh()
         return issued
 
+    async def revoke_agent(self, agent_id: str) -> int:
+        """Revoke every credential of ``agent_id``; refused from the next request on."""
+        deleted: int = await self._run(enrollment.revoke_agent, self.storage, agent_id)
+        await self.refresh()
+        return deleted
+
+    async def revoke_secret(self, secret_id: str, now: float) -> int | None:
+        """Revoke a secret and its credentials (None: no such secret)."""
+        deleted: int | None = await self._run(
+            enrollment.revoke_secret, self.storage, secret_id, now
+        )
+        await self.refresh()
+        return deleted
+
     async def refresh(self) -> bool:
         """Reload the cache if storage changed (any process); whether it did."""
         changed: bool = await self._run(enrollment.refresh_cache, self.storage, self.cache)
