@@ -26,7 +26,14 @@
 its ingest queue answering at once and storing nothing, i.e. what a report costs before
 the store (a diagnostic of where Vigil's CPU goes, not a configuration anyone runs).
 
-Run: ``.venv/bin/python bench/delivery.py [--quick] [--rounds N] [--ingest-only] [--floor]``.
+``--credentials`` adds a fourth phase to (b): a collector where every one of the 100,000
+agents is enrolled (its credential stored as a hash, loaded into the in-memory cache at
+start) and every request carries that agent's own credential instead of the shared
+token; ``credential_overhead`` is its CPU per report over the shared-token collector's,
+minus one (target <= 0.10, issue #16).
+
+Run: ``.venv/bin/python bench/delivery.py [--quick] [--rounds N] [--ingest-only] [--floor]
+[--credentials]``.
 The last line is JSON.
 """
 
@@ -139,6 +146,35 @@ def start_collector(
         proc.kill()
         raise SystemExit(f"collector did not start: {(folder / 'collector.log').read_text()}")
     return proc, line.split("listening on ", 1)[1].strip()
+
+
+def enroll_all(folder: Path, agents: list[str], now: float) -> dict[str, str]:
+    """Store a credential for every agent in ``folder/collector.db`` (one transaction,
+    through the storage API, as enrollment would); ``{agent_id: credential}``."""
+    from vigil.collector.identity.credentials import CREDENTIAL_PREFIX, new_token, token_hash
+    from vigil.collector.storage.factory import create_storage
+    from vigil.collector.storage.url import sqlite_url
+
+    tokens = {agent: new_token(CREDENTIAL_PREFIX) for agent in agents}
+    storage = create_storage(sqlite_url(folder / "collector.db"))
+    try:
+        with storage.session() as uow, uow.transaction():
+            for agent, token in tokens.items():
+                uow.enrollment.put_credential(
+                    {
+                        "token_hash": token_hash(token),
+                        "agent_id": agent,
+                        "secret_id": "bench",
+                        "labels": {"role": "laptop"},
+                        "hostname": f"ws-{agent[:8]}",
+                        "issued_at": now,
+                        "expires_at": now + 86400.0,
+                        "pending": False,
+                    }
+                )
+    finally:
+        storage.close()
+    return tokens
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -369,10 +405,17 @@ def describe(name: str, m: dict[str, Any], unit: str) -> str:
 
 
 def ingest(
-    folder: Path, values: dict[str, float], args: LoadArgs, rounds: int, *, floor: bool = False
+    folder: Path,
+    values: dict[str, float],
+    args: LoadArgs,
+    rounds: int,
+    *,
+    floor: bool = False,
+    credentials: bool = False,
 ) -> dict:
     """Alternate Vigil and Pushgateway phases ``rounds`` times (and the store-less floor
-    collector's with ``floor``); every phase's measurements, per server."""
+    collector's with ``floor``, the enrolled-agents collector's with ``credentials``);
+    every phase's measurements, per server."""
     rng = random.Random(5)
     agents = [uuid.UUID(int=rng.getrandbits(128)).hex for _ in range(DISTINCT_AGENTS)]
     rng.shuffle(agents)
@@ -407,6 +450,24 @@ def ingest(
         for body in vigil_payloads(agents, values, now, total)
     ]
     print(f"(b) built {total} distinct Vigil requests in {time.perf_counter() - t0:.1f} s")
+    cred_pool: list[bytes] = []
+    cred_proc = cred_port = None
+    if credentials:
+        (folder / "credentials").mkdir()
+        tokens = enroll_all(folder / "credentials", agents, now)
+        # The same reports, each with its own agent's credential (agents round-robin).
+        cred_pool = [
+            http_request(
+                "POST",
+                "127.0.0.1",
+                "/api/v1/reports",
+                body,
+                {**headers, "Authorization": f"Bearer {tokens[agents[i % len(agents)]]}"},
+            )
+            for i, body in enumerate(vigil_payloads(agents, values, now, total))
+        ]
+        cred_proc, cred_url = start_collector(folder / "credentials", pin=pinned)
+        cred_port = int(cred_url.rsplit(":", 1)[1])
     pg_body = pushgateway_payload(values)
     pg_headers = {"Content-Type": "text/plain; version=0.0.4"}
     pg_pool = [
@@ -443,6 +504,7 @@ def ingest(
     vigil_runs: list[dict[str, Any]] = []
     pg_runs: list[dict[str, Any]] = []
     floor_runs: list[dict[str, Any]] = []
+    cred_runs: list[dict[str, Any]] = []
     try:
         for r in range(rounds):
             # Both servers are up the whole time, each idle while the other is measured.
@@ -458,14 +520,21 @@ def ingest(
                 m = measure(floor_proc.pid, floor_port, phase.__getitem__, args)
                 floor_runs.append(m)
                 print(describe("floor: vigil collector storing nothing", m, "reports"))
+            if cred_proc is not None and cred_port is not None:
+                cphase = cred_pool[r * args.max_requests : (r + 1) * args.max_requests]
+                m = measure(cred_proc.pid, cred_port, cphase.__getitem__, args)
+                cred_runs.append(m)
+                print(describe("vigil collector, per-agent credentials", m, "reports"))
     finally:
         stop(proc)
+        if cred_proc is not None:
+            stop(cred_proc)
         if floor_proc is not None:
             stop(floor_proc)
         if pg is not None:
             pg.send_signal(signal.SIGTERM)
             pg.wait(timeout=20)
-    return {"vigil": vigil_runs, "pushgateway": pg_runs, "floor": floor_runs}
+    return {"vigil": vigil_runs, "pushgateway": pg_runs, "floor": floor_runs, "cred": cred_runs}
 
 
 def wait_for_port(port: int, timeout_s: float = 60.0) -> None:
@@ -495,6 +564,11 @@ def main() -> None:
         action="store_true",
         help="also measure the collector with its store skipped (what HTTP and parsing cost)",
     )
+    parser.add_argument(
+        "--credentials",
+        action="store_true",
+        help="also measure a collector where every agent sends its own enrolled credential",
+    )
     args = parser.parse_args()
     load_args = LoadArgs(
         concurrency=args.concurrency,
@@ -509,7 +583,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vigil-bench-delivery-") as tmp:
         folder = Path(tmp)
         day = None if args.ingest_only else offline_day(folder, values, hours=24.0)
-        result = ingest(folder, values, load_args, args.rounds, floor=args.floor)
+        result = ingest(
+            folder, values, load_args, args.rounds, floor=args.floor, credentials=args.credentials
+        )
     vigil_runs, pg_runs = result["vigil"], result["pushgateway"]
     vigil = {k: median_of(vigil_runs, k) for k in ("per_s", "p50_ms", "p99_ms", "server_cpu_us")}
     pushgw = (
@@ -538,6 +614,15 @@ def main() -> None:
             f" {vigil['server_cpu_us']:.0f}"
             + (f"; pushgateway/floor {pushgw['server_cpu_us'] / floor_us:.2f}" if pushgw else "")
         )
+    cred_us = median_of(result["cred"], "server_cpu_us") if result["cred"] else None
+    overhead = None
+    if cred_us is not None:
+        overhead = cred_us / vigil["server_cpu_us"] - 1
+        print(
+            f"(b) per-agent credentials: {cred_us:.0f} us CPU per report vs"
+            f" {vigil['server_cpu_us']:.0f} us with the shared token: overhead"
+            f" {overhead:+.1%} (target <= +10%)"
+        )
     print(
         json.dumps(
             {
@@ -557,6 +642,8 @@ def main() -> None:
                 "ratio": round(ratio, 3) if ratio is not None else None,
                 "cpu_ratio": round(cpu_ratio, 3) if cpu_ratio is not None else None,
                 "floor_cpu_us_per_report": round(floor_us, 1) if floor_us is not None else None,
+                "credentials_cpu_us_per_report": round(cred_us, 1) if cred_us is not None else None,
+                "credential_overhead": round(overhead, 3) if overhead is not None else None,
                 "concurrency": args.concurrency,
                 "duration_s": load_args.duration_s,
                 "rounds": args.rounds,

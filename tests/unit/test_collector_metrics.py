@@ -224,6 +224,7 @@ def test_rejected_reports_are_counted_by_reason(
     }
     assert rejected == {
         "unauthorized": 2,
+        "forbidden": 0,
         "too_large": 1,
         "bad_gzip": 1,
         "invalid": 1,

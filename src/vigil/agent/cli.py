@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil import __version__
-from vigil.agent import remediation_cli
+from vigil.agent import enroll_cli, remediation_cli
 from vigil.agent.checks import classify
 from vigil.agent.config import AgentConfig, load_agent_config
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
@@ -54,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     check = sub.add_parser("check", help="run every configured check once and print the result")
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     remediation_cli.add_parser(sub)
+    enroll_cli.add_parser(sub)
     return parser
 
 
@@ -63,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = args.config or default_config_path()
     if args.command == "remediation":
         return remediation_cli.main(args, path)
+    if args.command == "enroll":
+        return enroll_cli.main(args, path)
     try:
         config = load_agent_config(path)
         if args.command == "check":

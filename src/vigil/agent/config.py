@@ -34,7 +34,9 @@ _CHECK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 
 @dataclass(frozen=True, slots=True)
 class CollectorTarget:
-    """Where and how the agent reports. ``token`` is the bearer token for ingest.
+    """Where and how the agent reports. ``token`` is the shared bearer token for ingest;
+    empty when the agent relies on its enrolled credential (``<state_dir>/credential.json``,
+    which takes precedence whenever it exists).
 
     ``ca_file``: PEM CA(s) trusted for an ``https://`` collector instead of the system's;
     ``client_cert_file`` / ``client_key_file``: a client certificate for mutual TLS.
@@ -406,7 +408,10 @@ def watched_process_names(checks: Iterable[CheckSpec]) -> tuple[str, ...]:
 
 
 def _token(col: Section) -> str:
-    """The ingest token, given inline (``token``) or in a file (``token_file``)."""
+    """The shared ingest token, given inline (``token``) or in a file (``token_file``);
+    ``""`` when neither is set (an enrolled agent needs none)."""
+    if not col.has("token") and not col.has("token_file"):
+        return ""
     if col.has("token") and col.has("token_file"):
         raise col.error(
             "token_file", "give either token or token_file, not both", col.data["token_file"]

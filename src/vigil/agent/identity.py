@@ -106,3 +106,14 @@ def _fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def renew_agent_id(state_dir: Path) -> str:
+    """Give this install a new agent id (``vigil-agent enroll --new-id``, for a cloned
+    machine that carries another machine's id); returns it. The collector sees a new host."""
+    state_dir = Path(state_dir)
+    state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    agent_id = uuid.uuid4().hex
+    _write_atomically(state_dir / ID_FILE, agent_id + "\n")
+    log.info("generated a new agent id %s in %s", agent_id, state_dir / ID_FILE)
+    return agent_id

@@ -48,6 +48,7 @@ from vigil.agent.checks import CheckStatus
 from vigil.agent.clock import ClockReading, detect_clock_jumps, read_clock
 from vigil.agent.config import AgentConfig, CheckSpec
 from vigil.agent.cycle import CheckCycle
+from vigil.agent.delivery.credential import CredentialSource
 from vigil.agent.delivery.outbox import Outbox
 from vigil.agent.delivery.shipper import KEEPALIVE_S, Shipper
 from vigil.agent.events import new_event_id
@@ -114,6 +115,9 @@ def build_service(
         # Routine deliveries are a report interval apart at least: hold the connection
         # only when that is short enough for it to be reused.
         hold_connection=config.intervals.report_s < KEEPALIVE_S,
+        credentials=CredentialSource(
+            config.state_dir, identity.agent_id, config.collector.token, clock=time.time
+        ),
     )
     measurer = Measurer(sampler if sampler is not None else Sampler(config.sampler))
     flow = RemediationFlow(

@@ -22,6 +22,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from vigil.collector.api import (
+    enroll,
+    enroll_admin,
     hosts,
     incidents,
     operators,
@@ -37,6 +39,7 @@ from vigil.collector.desk.service import Desk
 from vigil.collector.identity.audit import AuditCollector, AuditCounts
 from vigil.collector.identity.operators import config_principals, load_directory
 from vigil.collector.identity.roles import Directory
+from vigil.collector.identity.service import REFRESH_INTERVAL_S, AgentIdentity, IdentityMetrics
 from vigil.collector.ingest import IngestQueue
 from vigil.collector.keys import (
     audit_counts_key,
@@ -46,6 +49,7 @@ from vigil.collector.keys import (
     desk_key,
     directory_key,
     executor_key,
+    identity_key,
     ingest_key,
     notify_health_key,
     registry_key,
@@ -91,7 +95,7 @@ def create_app(
     app[registry_key] = CollectorRegistry(auto_describe=False)
     app[counters_key] = RequestCounters()
     # The config's admin tokens authenticate from the start; stored operators once the
-    # storage is open (_identity_ctx).
+    # storage is open (_operators_ctx).
     app[directory_key] = Directory(config_principals(config.auth.admin_tokens))
     app[audit_counts_key] = AuditCounts()
     app[notify_health_key] = NotifyHealth(
@@ -99,7 +103,15 @@ def create_app(
     )
     # ingest after the desk: on shutdown it commits what is queued before the storage closes.
     app.cleanup_ctx.extend(
-        [_executor_ctx, _desk_ctx, _identity_ctx, _ingest_ctx, _tick_ctx, _notify_ctx]
+        [
+            _executor_ctx,
+            _desk_ctx,
+            _operators_ctx,
+            _agents_ctx,
+            _ingest_ctx,
+            _tick_ctx,
+            _notify_ctx,
+        ]
     )
     setup_routes(app)
     return app
@@ -114,6 +126,14 @@ def setup_routes(app: web.Application) -> None:
     r = app.router
     item = ITEM_ID  # the path segment ``api.http.item_id`` reads
     r.add_post("/api/v1/reports", reports.post_report)
+    r.add_post("/api/v1/enroll", enroll.post_enroll)
+    r.add_get("/api/v1/enroll-secrets", enroll_admin.list_secrets)
+    r.add_post("/api/v1/enroll-secrets", enroll_admin.create_secret)
+    r.add_post(
+        f"/api/v1/enroll-secrets/{enroll_admin.SECRET_ID}/revoke", enroll_admin.revoke_secret
+    )
+    r.add_get("/api/v1/agent-credentials", enroll_admin.list_credentials)
+    r.add_post(f"/api/v1/agents/{enroll_admin.AGENT_ID}/revoke", enroll_admin.revoke_agent)
     r.add_get("/api/v1/incidents", incidents.list_incidents)
     r.add_get(f"/api/v1/incidents/{item}", incidents.get_incident)
     r.add_get(f"/api/v1/incidents/{item}/report", incidents.get_incident_report)
@@ -212,7 +232,7 @@ async def _desk_ctx(app: web.Application) -> AsyncIterator[None]:
     log.info("storage closed")
 
 
-async def _identity_ctx(app: web.Application) -> AsyncIterator[None]:
+async def _operators_ctx(app: web.Application) -> AsyncIterator[None]:
     """Load the stored operators and the audit counts now, then every
     :data:`IDENTITY_REFRESH_S` (a failed reload keeps the previous directory and is
     logged); ``vigil_audit_records_total`` is served from the counts."""
@@ -234,12 +254,45 @@ async def _identity_ctx(app: web.Application) -> AsyncIterator[None]:
             except Exception:
                 log.exception("reloading operators failed; keeping the previous ones")
 
-    task = asyncio.create_task(forever(), name="vigil-identity-refresh")
+    task = asyncio.create_task(forever(), name="vigil-operators-refresh")
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
     app[registry_key].unregister(collector)
+
+
+async def _agents_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Per-agent credentials: the cache loaded before the first request, then reloaded
+    every :data:`REFRESH_INTERVAL_S` when the storage says something changed (a
+    revocation by the CLI or another collector process)."""
+    config = app[config_key]
+    loop = asyncio.get_running_loop()
+    identity = AgentIdentity(
+        app[desk_key].storage,
+        functools.partial(loop.run_in_executor, app[executor_key]),
+        legacy_tokens=config.auth.agent_tokens,
+        credential_ttl_s=config.credential_ttl_s,
+    )
+    await identity.refresh()
+    app[identity_key] = identity
+    metrics = IdentityMetrics(identity)
+    app[registry_key].register(metrics)
+
+    async def forever() -> None:
+        while True:
+            await asyncio.sleep(REFRESH_INTERVAL_S)
+            try:
+                await identity.refresh()
+            except Exception:
+                log.exception("credential cache refresh failed")  # the next one tries again
+
+    task = asyncio.create_task(forever(), name="vigil-identity-refresh")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    app[registry_key].unregister(metrics)
 
 
 async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from vigil import __version__
 from vigil.collector.config import CollectorConfig, is_loopback, load_collector_config
+from vigil.collector.identity import cli as identity_cli
 from vigil.collector.storage.records import StorageError
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
 
@@ -54,6 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
+    identity_cli.add_parsers(parser)  # enroll-secret, agent (docs/security.md)
     return parser
 
 
@@ -71,6 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"{PROG}: {exc}", file=sys.stderr)
         return CONFIG_EXIT_CODE
+    if args.command in identity_cli.COMMANDS:
+        return identity_cli.main(args, config)
     overrides = {"host": args.host, "port": args.port}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if config.auth.open_read and not is_loopback(config.host):

@@ -36,6 +36,7 @@ DEFAULT_MAX_HOST_SERIES = 1000
 # connection is normally closed by the agent first.
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT_S = 30.0
+DEFAULT_CREDENTIAL_TTL_S = 90 * 86400.0
 
 
 # Tokens are bearer secrets, held to the shared config reader's rule for every secret
@@ -121,6 +122,9 @@ class CollectorConfig:
     # One INFO line per HTTP request (``logging.access_log``): off by default, since
     # every agent POST would be one.
     access_log: bool = False
+    # Seconds an issued per-agent credential is valid (``enrollment.credential_ttl``);
+    # agents rotate theirs automatically in the last quarter of that.
+    credential_ttl_s: float = DEFAULT_CREDENTIAL_TTL_S
 
 
 def load_collector_config(path: str | Path) -> CollectorConfig:
@@ -145,9 +149,9 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     storage.done()
 
     a = root.section("auth", required=True)
-    agent_tokens = a.str_list("agent_tokens")
-    if not agent_tokens:
-        raise a.error("agent_tokens", "at least one agent token is required", [])
+    # Optional since enrollment (docs/security.md): shared tokens serve agents not
+    # enrolled yet, so a fleet can migrate without losing a queued report.
+    agent_tokens = a.str_list("agent_tokens", ())
     admin_tokens = a.str_list("admin_tokens", ())
     for name, tokens in (("agent_tokens", agent_tokens), ("admin_tokens", admin_tokens)):
         for i, t in enumerate(tokens):
@@ -217,6 +221,10 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     access_log = logs.get("access_log", bool, False)
     logs.done()
 
+    enr = root.section("enrollment")
+    credential_ttl_s = enr.duration("credential_ttl", DEFAULT_CREDENTIAL_TTL_S, minimum=1.0)
+    enr.done()
+
     public_url = root.get("public_url", str, None)
     root.done()
     return CollectorConfig(
@@ -239,6 +247,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         notifications=notifications,
         ingest=ingest,
         access_log=access_log,
+        credential_ttl_s=credential_ttl_s,
     )
 
 

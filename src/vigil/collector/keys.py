@@ -17,6 +17,7 @@ from vigil.collector.config import CollectorConfig
 from vigil.collector.desk.service import Desk
 from vigil.collector.identity.audit import AuditCounts
 from vigil.collector.identity.roles import Directory
+from vigil.collector.identity.service import AgentIdentity
 from vigil.collector.ingest import IngestQueue
 from vigil.collector.notify.health import NotifyHealth
 from vigil.collector.telemetry.requests import RequestCounters
@@ -39,3 +40,5 @@ notify_health_key = web.AppKey("notify_health", NotifyHealth)
 # and the audit records per action for /metrics. Both reloaded by the identity task.
 directory_key = web.AppKey("directory", Directory)
 audit_counts_key = web.AppKey("audit_counts", AuditCounts)
+# Per-agent credentials and enrollment (collector/identity/), set once the desk is open.
+identity_key = web.AppKey("identity", AgentIdentity)

@@ -18,9 +18,11 @@ How responses are handled:
 * **Any other status (4xx, 3xx)**: the collector refuses this batch or this agent (bad
   token, schema rejected, wrong URL). Retrying at once cannot help, but deleting data
   would lose it for good, so the batch is *kept*, the response text is logged at ERROR,
-  and the shipper backs off for :data:`REJECTED_BACKOFF_S` (5 minutes). A fixed token or
-  collector then lets the same batch through; a truly poisoned batch blocks the queue and
-  keeps logging, which is the loud failure an admin needs to see.
+  and the shipper backs off for :data:`REJECTED_BACKOFF_S` (5 minutes; a new credential,
+  e.g. after re-enrolling a revoked agent, ends it at once). A fixed token or collector
+  then lets the same batch through; a truly poisoned batch blocks the queue and keeps
+  logging, which is the loud failure an admin needs to see. The bearer token is the
+  agent's enrolled credential (``delivery/credential.py``), else ``collector.token``.
 
 Pacing: while a backlog drains, batches go out at most ``drain_batches_per_s`` per second,
 so a fleet returning from an outage arrives as a steady stream rather than a wall.
@@ -84,6 +86,7 @@ from typing import Any
 
 from vigil import wire
 from vigil.agent.config import CollectorTarget
+from vigil.agent.delivery.credential import ROTATE_HEADER, CredentialSource
 from vigil.agent.delivery.outbox import Batch, Outbox
 from vigil.agent.delivery.tls import client_context
 from vigil.agent.identity import Identity
@@ -160,6 +163,7 @@ class Shipper:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
+        credentials: CredentialSource | None = None,
     ) -> None:
         if not 1 <= batch_max_events <= wire.MAX_EVENTS:
             raise ValueError(
@@ -188,6 +192,9 @@ class Shipper:
         self._hold_connection = hold_connection
         self._clock = clock
         self._rng = rng if rng is not None else random.Random()
+        # The per-agent credential (enrollment), else ``target.token`` is sent.
+        self._credentials = credentials
+        self._rejected_token: str | None = None  # the token a 4xx backoff was for
         self._url = target.url.rstrip("/") + REPORTS_PATH
         self._https = split.scheme == "https"
         self._host = split.hostname
@@ -234,6 +241,8 @@ class Shipper:
         the outbox; the collector may have stored it, and a resend is deduplicated).
         """
         async with self._lock:
+            if self._rejected_token is not None and self._rejected_token != self._token():
+                self.wake()  # refused, then (re-)enrolled: the new credential may go now
             if self._monotonic() < self._backoff_until:
                 return ShipResult(0, 0, "backing off", None)
             try:
@@ -258,6 +267,7 @@ class Shipper:
             self._outbox.ack(batch.batch_id)
             self._failures = 0
             self._backoff_until = 0.0
+            self._rejected_token = None
             sent_batches += 1
             sent_events += len(batch.events)
         return ShipResult(sent_batches, sent_events, None, None)
@@ -283,12 +293,16 @@ class Shipper:
         Sets the backoff window on failure.
         """
         body = gzip.compress(self._encode(batch), mtime=0)
+        token = self._token()
         headers = {
-            "Authorization": f"Bearer {self._target.token}",
+            "Authorization": f"Bearer {token}",
             "Content-Type": "application/json",
             "Content-Encoding": "gzip",
             "User-Agent": f"vigil-agent/{self._agent_version}",
         }
+        rotate = self._credentials is not None and self._credentials.wants_rotation()
+        if rotate:
+            headers[ROTATE_HEADER] = "1"
         try:
             reply = await self._request(body, headers)
         except (http.client.HTTPException, OSError) as exc:  # OSError: TimeoutError, ssl
@@ -298,6 +312,8 @@ class Shipper:
         status, text = reply.status, reply.text
         if 200 <= status < 300:
             log.debug("delivered batch %s (%d events)", batch.batch_id, len(batch.events))
+            if rotate and self._credentials is not None:
+                self._credentials.take_from_ack(text)
             return None, None
 
         error = f"collector answered HTTP {status} for batch {batch.batch_id}: {text[:200]}"
@@ -315,6 +331,7 @@ class Shipper:
             return error, None
         self._failures += 1
         self._backoff_until = self._monotonic() + REJECTED_BACKOFF_S
+        self._rejected_token = token
         log.error(
             "collector REJECTED batch %s (%d events) with HTTP %d; the batch is kept and "
             "will be retried in %.0f s. Fix the cause (token, URL, collector version). "
@@ -377,7 +394,7 @@ class Shipper:
             return _Reply(
                 resp.status,
                 resp.getheader("Retry-After"),
-                "" if ok else raw.decode("utf-8", errors="replace").strip(),
+                raw.decode("utf-8", errors="replace").strip(),
             )
         except BaseException:
             self._close_connection()
@@ -478,6 +495,9 @@ class Shipper:
             events=batch.events,
         )
         return wire.encode_report(report)
+
+    def _token(self) -> str:
+        return self._credentials.token() if self._credentials else self._target.token
 
     def _transient_failure(self, error: str) -> None:
         """Exponential backoff with full jitter after a failure that may pass by itself."""

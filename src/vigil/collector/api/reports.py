@@ -1,5 +1,11 @@
 """Agent report ingest, ``POST /api/v1/reports``: authenticate, bound, unpack, commit, ack.
 
+Authentication (``collector/identity/service.py``): an enrolled agent's own credential,
+which may only write as that agent's id (else 403, nothing changed), or a shared
+``auth.agent_tokens`` token for agents not enrolled yet. An enrolled agent may ask for a
+rotated credential with the ``Vigil-Credential-Rotate: 1`` header; the ack then carries
+``"credential": {"token", "expires_at"}``.
+
 Every rejection is counted by reason (``vigil_reports_rejected_total``) and logged at
 INFO with the client address. The commit itself goes through the ingest queue's group
 commit (``collector/ingest.py``).
@@ -18,13 +24,13 @@ from vigil.collector.api.http import (
     AUTH_CHALLENGE,
     ApiError,
     BodyTooLarge,
-    has_agent_token,
     json_response,
     read_body,
     require_json,
 )
+from vigil.collector.identity.service import ROTATE_HEADER, Forbidden
 from vigil.collector.ingest import QueueFull
-from vigil.collector.keys import clock_key, config_key, counters_key, ingest_key
+from vigil.collector.keys import clock_key, config_key, counters_key, identity_key, ingest_key
 from vigil.collector.telemetry.requests import RequestCounters
 from vigil.wire import Report, WireError, decode_report
 
@@ -52,7 +58,9 @@ async def post_report(request: web.Request) -> web.Response:
         log.info("rejected report from %s: %s (%s)", request.remote, message, reason)
         return ApiError(status, message, field, headers=AUTH_CHALLENGE if status == 401 else None)
 
-    if not has_agent_token(request):
+    identity = app[identity_key]
+    auth = identity.authenticate(request.headers.get("Authorization", ""), app[clock_key]())
+    if auth is None:
         raise reject("unauthorized", 401, "missing or unknown agent token")
     queue = app[ingest_key]
     if queue.full():
@@ -97,6 +105,11 @@ async def post_report(request: web.Request) -> web.Response:
         raise reject("bad_gzip", 400, f"body is not valid gzip: {exc}") from None
     except WireError as exc:
         raise reject("invalid", 400, exc.message, exc.path) from None
+    try:
+        report = identity.authorize(auth, report)
+    except Forbidden as exc:
+        raise reject("forbidden", 403, str(exc), "agent_id") from None
+    await identity.activate_if_pending(auth)
 
     received_at = app[clock_key]()
     try:
@@ -112,14 +125,17 @@ async def post_report(request: web.Request) -> web.Response:
         result.events,
         result.duplicate,
     )
-    return json_response(
-        {
-            "batch_id": report.batch_id,
-            "accepted": True,
-            "duplicate": result.duplicate,
-            "events": result.events,
-        }
-    )
+    ack = {
+        "batch_id": report.batch_id,
+        "accepted": True,
+        "duplicate": result.duplicate,
+        "events": result.events,
+    }
+    if request.headers.get(ROTATE_HEADER) == "1":
+        issued = await identity.rotate(auth, received_at)
+        if issued is not None:
+            ack["credential"] = {"token": issued.credential, "expires_at": issued.expires_at}
+    return json_response(ack)
 
 
 # Bytes inflated per zlib call in gunzip_bounded: the transient memory beyond the body.

@@ -336,6 +336,7 @@ class UnitOfWork(Protocol):
     counters: CounterRepository
     operators: OperatorRepository
     audit: AuditRepository
+    enrollment: EnrollmentRepository
 
     def begin(self) -> None:
         """Start a write transaction."""
@@ -399,3 +400,46 @@ class AuditRepository(Protocol):
 
     def counts(self) -> dict[str, int]:
         """How many records per action."""
+
+
+class EnrollmentRepository(Protocol):
+    """``enroll_secrets`` and ``agent_credentials``: enrollment secrets and the per-agent
+    credentials issued for them. Only SHA-256 hashes of secrets and credentials are
+    stored; rows are plain dicts. Every change bumps :meth:`generation`, which other
+    collector processes poll to reload their credential cache."""
+
+    def add_secret(self, row: Mapping[str, Any]) -> None:
+        """Insert a secret: ``id, secret_hash, labels (dict), comment, created_at,
+        expires_at, max_uses``; ``uses`` starts at 0."""
+
+    def secret_by_hash(self, secret_hash: str) -> dict[str, Any] | None:
+        """The secret row (``id, labels, expires_at, max_uses, uses, revoked_at``) or None."""
+
+    def use_secret(self, secret_id: str) -> None:
+        """Count one use of the secret."""
+
+    def revoke_secret(self, secret_id: str, at: float) -> int | None:
+        """Mark the secret revoked and delete every credential issued through it; the
+        number of credentials deleted, or None when no such secret exists."""
+
+    def list_secrets(self) -> list[dict[str, Any]]:
+        """Every secret, newest first, without its hash."""
+
+    def put_credential(self, row: Mapping[str, Any]) -> None:
+        """Insert a credential: ``token_hash, agent_id, secret_id, labels (dict), hostname,
+        issued_at, expires_at, pending (bool)``."""
+
+    def credentials_of(self, agent_id: str) -> list[dict[str, Any]]:
+        """The agent's credential rows (both the active one and a pending rotation)."""
+
+    def delete_credentials(self, agent_id: str, *, keep: str | None = None) -> int:
+        """Delete the agent's credentials except the one hashed ``keep``; how many."""
+
+    def activate(self, token_hash: str) -> None:
+        """Mark a pending credential active."""
+
+    def all_credentials(self) -> list[dict[str, Any]]:
+        """Every credential row (for the in-memory cache and listings)."""
+
+    def generation(self) -> int:
+        """A number that grows on every change of secrets or credentials."""

@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from vigil.collector.telemetry.buckets import INGEST_BUCKETS_S
 
 # Why an ingest is refused; fixed so the label set stays bounded.
-REJECT_REASONS: tuple[str, ...] = ("unauthorized", "too_large", "bad_gzip", "invalid", "overloaded")
+REJECT_REASONS: tuple[str, ...] = (
+    "unauthorized",
+    "forbidden",  # a valid credential writing as another agent id (collector/identity/)
+    "too_large",
+    "bad_gzip",
+    "invalid",
+    "overloaded",
+)
 
 
 @dataclass

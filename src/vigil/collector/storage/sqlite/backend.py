@@ -28,6 +28,7 @@ from vigil.collector.storage.sqlite.desk_repos import (
     SqliteSilences,
 )
 from vigil.collector.storage.sqlite.identity_repos import SqliteAudit, SqliteOperators
+from vigil.collector.storage.sqlite.enrollment_repo import SqliteEnrollment
 from vigil.collector.storage.sqlite.ingest_repos import (
     SqliteCheckResults,
     SqliteCounters,
@@ -58,6 +59,7 @@ class SqliteUnitOfWork:
         self.counters = SqliteCounters(db)
         self.operators = SqliteOperators(db)
         self.audit = SqliteAudit(db)
+        self.enrollment = SqliteEnrollment(db)
 
     def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")

@@ -19,7 +19,8 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # 3: problem kind 'self_healed' (a fleet-wide fault every host fixed; see
 # _migrate_problem_kinds).
 # 4: operators and the append-only audit log (_migrate_identity).
-SCHEMA_VERSION = 4
+# 5: enrollment secrets and per-agent credentials (migrate_enrollment).
+SCHEMA_VERSION = 5
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
 _SCHEMA = """
@@ -232,6 +233,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     _migrate_host_metrics(db)
     _migrate_seen(db)
     _migrate_identity(db)
+    migrate_enrollment(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -363,5 +365,45 @@ def _migrate_identity(db: sqlite3.Connection) -> None:
     EXISTS, so it runs on a new database and on any older one alike)."""
     # Split on the blank-line-free statement ends; a trigger body holds a ";" of its own.
     for statement in _IDENTITY.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
+
+
+# Enrollment (collector/identity/): secrets and credentials, stored as SHA-256 hashes only.
+_ENROLLMENT_SCHEMA = """
+CREATE TABLE IF NOT EXISTS enroll_secrets (
+    id          TEXT PRIMARY KEY,      -- public id shown by the CLI
+    secret_hash TEXT NOT NULL UNIQUE,  -- sha256 hex of the secret
+    labels      TEXT NOT NULL,         -- JSON object: the routing labels it grants
+    comment     TEXT NOT NULL,
+    created_at  REAL NOT NULL,
+    expires_at  REAL NOT NULL,
+    max_uses    INTEGER NOT NULL,
+    uses        INTEGER NOT NULL,
+    revoked_at  REAL
+);
+CREATE TABLE IF NOT EXISTS agent_credentials (
+    token_hash TEXT PRIMARY KEY,       -- sha256 hex of the credential
+    agent_id   TEXT NOT NULL,
+    secret_id  TEXT NOT NULL,          -- the enrollment secret it was issued through
+    labels     TEXT NOT NULL,          -- JSON object, copied from the secret
+    hostname   TEXT NOT NULL,
+    issued_at  REAL NOT NULL,
+    expires_at REAL NOT NULL,
+    pending    INTEGER NOT NULL        -- 1: a rotation not used yet (the old one still works)
+);
+CREATE INDEX IF NOT EXISTS agent_credentials_agent ON agent_credentials (agent_id);
+CREATE INDEX IF NOT EXISTS agent_credentials_secret ON agent_credentials (secret_id);
+CREATE TABLE IF NOT EXISTS enroll_generation (
+    id    INTEGER PRIMARY KEY CHECK (id = 0),
+    value INTEGER NOT NULL
+);
+"""
+
+
+def migrate_enrollment(db: sqlite3.Connection) -> None:
+    """Create the enrollment tables if missing (idempotent; older databases simply have
+    no secrets and no credentials, so their agents keep using shared tokens)."""
+    for statement in _ENROLLMENT_SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)

@@ -1,0 +1,128 @@
+"""``vigil-agent enroll``: exchange an enrollment secret for this agent's own credential.
+
+``vigil-agent [--config F] enroll --collector URL --secret-file FILE [--replace | --new-id]``
+posts the secret, this agent's id and hostname to ``URL/api/v1/enroll`` and stores the
+credential in ``<state_dir>/credential.json`` (mode 0600); a running agent picks it up on
+its next report. ``--replace``: this machine was re-imaged and keeps its id, so its old
+credential is replaced. ``--new-id``: this machine is a clone carrying another's id; it
+gets a fresh id first (stop the agent before, since it reports under the old id).
+
+Exit status: 0 enrolled; 1 refused by the collector or unreachable; 2 bad usage/config.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from vigil.agent.config import load_agent_config
+from vigil.agent.delivery.credential import CREDENTIAL_FILE, Credential, write_credential
+from vigil.agent.identity import load_identity, renew_agent_id
+from vigil.configio import CONFIG_EXIT_CODE, ConfigError
+
+ENROLL_PATH = "/api/v1/enroll"
+# Bytes of the collector's answer read at most (a credential answer is ~200 bytes).
+MAX_ANSWER_BYTES = 64 * 1024
+
+
+def add_parser(sub: Any) -> None:
+    """Add ``enroll`` to the agent's subcommands."""
+    p = sub.add_parser("enroll", help="exchange an enrollment secret for this agent's credential")
+    p.add_argument("--collector", help="collector base URL (default: collector.url)")
+    p.add_argument("--secret-file", type=Path, required=True, help="file holding the secret")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--replace", action="store_true", help="re-imaged machine: replace its old credential"
+    )
+    mode.add_argument(
+        "--new-id", action="store_true", help="cloned machine: take a new agent id first"
+    )
+
+
+def main(args: argparse.Namespace, config_path: Path) -> int:
+    """Run ``vigil-agent enroll``; the exit status."""
+    try:
+        config = load_agent_config(config_path)
+    except ConfigError as exc:
+        print(f"vigil-agent: {exc}", file=sys.stderr)
+        return CONFIG_EXIT_CODE
+    try:
+        secret = args.secret_file.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        print(f"vigil-agent: --secret-file {args.secret_file}: {exc.strerror}", file=sys.stderr)
+        return CONFIG_EXIT_CODE
+    if not secret or any(ch.isspace() for ch in secret):
+        print(f"vigil-agent: --secret-file {args.secret_file}: no secret in it", file=sys.stderr)
+        return CONFIG_EXIT_CODE
+    url = (args.collector or config.collector.url).rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        print(f"vigil-agent: --collector must be http(s)://..., got {url!r}", file=sys.stderr)
+        return CONFIG_EXIT_CODE
+    if args.new_id:
+        renew_agent_id(config.state_dir)
+    identity = load_identity(config.state_dir, hostname=config.hostname)
+    request = {
+        "secret": secret,
+        "agent_id": identity.agent_id,
+        "hostname": identity.hostname,
+        "replace": bool(args.replace),
+    }
+    status, answer = _post(url + ENROLL_PATH, request, config.collector.timeout_s)
+    if status != 201:
+        print(
+            f"vigil-agent: enrollment refused (HTTP {status}): {answer.get('error')}",
+            file=sys.stderr,
+        )
+        if status == 409:
+            print(
+                "vigil-agent: if this machine was re-imaged, run again with --replace; "
+                "if it is a clone of another machine, with --new-id",
+                file=sys.stderr,
+            )
+        return 1
+    try:
+        credential = Credential(
+            agent_id=identity.agent_id,
+            token=str(answer["credential"]),
+            issued_at=time.time(),
+            expires_at=float(answer["expires_at"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        print(f"vigil-agent: unexpected answer from {url}: {answer!r:.200}", file=sys.stderr)
+        return 1
+    path = config.state_dir / CREDENTIAL_FILE
+    write_credential(path, credential)
+    print(
+        f"enrolled agent {identity.agent_id} with labels {answer.get('labels', {})}; "
+        f"credential stored in {path}"
+    )
+    return 0
+
+
+def _post(url: str, body: dict[str, Any], timeout_s: float) -> tuple[int, dict[str, Any]]:
+    """POST JSON; ``(status, decoded answer)``, status 0 when the collector is unreachable."""
+    data = json.dumps(body).encode()
+    req = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            return resp.status, _decode(resp.read(MAX_ANSWER_BYTES))
+    except urllib.error.HTTPError as exc:
+        return exc.code, _decode(exc.read(MAX_ANSWER_BYTES))
+    except (urllib.error.URLError, OSError) as exc:
+        return 0, {"error": f"cannot reach {url}: {exc}"}
+
+
+def _decode(raw: bytes) -> dict[str, Any]:
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        return {"error": raw[:200].decode("utf-8", "replace")}
+    return answer if isinstance(answer, dict) else {"error": str(answer)[:200]}

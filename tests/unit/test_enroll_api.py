@@ -1,0 +1,171 @@
+"""The enrollment HTTP API of an in-process collector: ``POST /api/v1/enroll`` and the
+admin endpoints for secrets and credentials, with the ingest check behind them."""
+
+from __future__ import annotations
+
+import asyncio
+import gzip
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+
+from vigil import wire
+
+T = TypeVar("T")
+
+
+def run(main: Callable[[], Awaitable[T]]) -> T:
+    return asyncio.run(main())
+
+
+class Client:
+    """JSON calls against one collector, as admin or anonymous."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, admin: str) -> None:
+        self.http, self.url, self.admin = http, url, admin
+
+    async def call(
+        self, method: str, path: str, body: Any = None, *, admin: bool = True
+    ) -> tuple[int, Any]:
+        headers = {"Authorization": f"Bearer {self.admin}"} if admin else {}
+        async with self.http.request(method, self.url + path, json=body, headers=headers) as r:
+            return r.status, await r.json()
+
+    async def report(self, token: str, report: wire.Report) -> int:
+        headers = {
+            "Authorization": f"Bearer {token}",
+            "Content-Type": "application/json",
+            "Content-Encoding": "gzip",
+        }
+        body = gzip.compress(wire.encode_report(report))
+        async with self.http.post(self.url + "/api/v1/reports", data=body, headers=headers) as r:
+            return r.status
+
+
+def with_client(config: Any, server: Any, steps: Callable[[Client], Awaitable[T]]) -> T:
+    async def main() -> T:
+        async with server(config) as url, aiohttp.ClientSession() as http:
+            return await steps(Client(http, url, config.auth.admin_tokens[0]))
+
+    return run(main)
+
+
+def test_an_admin_creates_a_secret_an_agent_enrolls_and_revocation_is_immediate(
+    collector_config: Any, collector_server: Any, make_report: Any
+) -> None:
+    async def steps(c: Client) -> None:
+        status, body = await c.call(
+            "POST", "/api/v1/enroll-secrets", {"labels": {"role": "server"}, "uses": 2}
+        )
+        assert status == 201 and body["secret"]["secret"].startswith("vge_")
+        secret = body["secret"]["secret"]
+        status, listed = await c.call("GET", "/api/v1/enroll-secrets")
+        assert status == 200 and "secret" not in listed["secrets"][0]
+
+        enroll = {"secret": secret, "agent_id": "agent-0001", "hostname": "ws"}
+        status, issued = await c.call("POST", "/api/v1/enroll", enroll, admin=False)
+        assert status == 201 and issued["labels"] == {"role": "server"}
+        token = issued["credential"]
+        assert await c.report(token, make_report(agent_id="agent-0001")) == 200
+
+        status, body = await c.call("POST", "/api/v1/agents/agent-0001/revoke")
+        assert (status, body["credentials_revoked"]) == (200, 1)
+        # The very next request is refused, and revoking again is 404.
+        assert await c.report(token, make_report(agent_id="agent-0001")) == 401
+        status, body = await c.call("POST", "/api/v1/agents/agent-0001/revoke")
+        assert (status, body["field"]) == (404, "agent_id")
+
+    with_client(collector_config, collector_server, steps)
+
+
+def test_revoking_a_secret_over_the_api_revokes_its_credentials_at_once(
+    collector_config: Any, collector_server: Any, make_report: Any
+) -> None:
+    async def steps(c: Client) -> None:
+        _, body = await c.call("POST", "/api/v1/enroll-secrets", {"uses": 3})
+        secret_id, secret = body["secret"]["id"], body["secret"]["secret"]
+        enroll = {"secret": secret, "agent_id": "agent-0001", "hostname": "ws"}
+        _, issued = await c.call("POST", "/api/v1/enroll", enroll, admin=False)
+        status, body = await c.call("POST", f"/api/v1/enroll-secrets/{secret_id}/revoke")
+        assert (status, body["credentials_revoked"]) == (200, 1)
+        report = make_report(agent_id="agent-0001")
+        assert await c.report(issued["credential"], report) == 401
+        status, _ = await c.call("POST", "/api/v1/enroll-secrets/00000000/revoke")
+        assert status == 404
+
+    with_client(collector_config, collector_server, steps)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"labels": []}, "labels"),
+        ({"labels": {"bad key": "x"}}, "labels"),
+        ({"labels": {"role": ""}}, "labels.role"),
+        ({"uses": 0}, "uses"),
+        ({"uses": True}, "uses"),
+        ({"expires": "soon"}, "expires"),
+        ({"expires": "400d"}, "expires"),
+        ({"other": 1}, "other"),
+    ],
+    ids=[
+        "labels not an object",
+        "bad label name",
+        "blank label",
+        "no uses",
+        "bool uses",
+        "bad duration",
+        "too long",
+        "unknown field",
+    ],
+)
+def test_a_bad_secret_request_is_400_naming_the_field(
+    collector_config: Any, collector_server: Any, body: dict[str, Any], field: str
+) -> None:
+    async def steps(c: Client) -> tuple[int, Any]:
+        return await c.call("POST", "/api/v1/enroll-secrets", body)
+
+    status, answer = with_client(collector_config, collector_server, steps)
+    assert (status, answer["field"]) == (400, field)
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"agent_id": "a", "hostname": "h"}, "secret"),
+        ({"secret": "s", "hostname": "h"}, "agent_id"),
+        ({"secret": "s", "agent_id": "a b", "hostname": "h"}, "agent_id"),
+        ({"secret": "s", "agent_id": "a", "hostname": "h", "replace": "yes"}, "replace"),
+        ({"secret": "s", "agent_id": "a", "hostname": "h" * 256}, "hostname"),
+    ],
+    ids=["no secret", "no agent id", "agent id with a space", "replace not bool", "long host"],
+)
+def test_a_bad_enrollment_is_400_naming_the_field(
+    collector_config: Any, collector_server: Any, body: dict[str, Any], field: str
+) -> None:
+    async def steps(c: Client) -> tuple[int, Any]:
+        return await c.call("POST", "/api/v1/enroll", body, admin=False)
+
+    status, answer = with_client(collector_config, collector_server, steps)
+    assert (status, answer["field"]) == (400, field)
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/enroll-secrets"),
+        ("POST", "/api/v1/enroll-secrets"),
+        ("POST", "/api/v1/enroll-secrets/0123abcd/revoke"),
+        ("GET", "/api/v1/agent-credentials"),
+        ("POST", "/api/v1/agents/agent-0001/revoke"),
+    ],
+)
+def test_the_admin_endpoints_need_an_admin_token(
+    collector_config: Any, collector_server: Any, method: str, path: str
+) -> None:
+    async def steps(c: Client) -> int:
+        return (await c.call(method, path, {}, admin=False))[0]
+
+    assert with_client(collector_config, collector_server, steps) == 401
