@@ -27,8 +27,8 @@ from vigil.collector.storage.sqlite.desk_repos import (
     SqliteProblems,
     SqliteSilences,
 )
-from vigil.collector.storage.sqlite.identity_repos import SqliteAudit, SqliteOperators
 from vigil.collector.storage.sqlite.enrollment_repo import SqliteEnrollment
+from vigil.collector.storage.sqlite.identity_repos import SqliteAudit, SqliteOperators
 from vigil.collector.storage.sqlite.ingest_repos import (
     SqliteCheckResults,
     SqliteCounters,
