@@ -40,6 +40,7 @@ from vigil.collector.metrics import VigilCollector
 from vigil.collector.notify.health import NotifyHealth
 from vigil.collector.notify.service import Notifier, target_keys
 from vigil.collector.storage.factory import create_storage
+from vigil.collector.storage.url import redact
 from vigil.collector.telemetry.requests import RequestCounters
 
 log = logging.getLogger(__name__)
@@ -176,7 +177,7 @@ async def _desk_ctx(app: web.Application) -> AsyncIterator[None]:
     await loop.run_in_executor(executor, desk.refresh_metrics_figures, app[clock_key]())
     registry = app[registry_key]
     registry.register(collector)
-    log.info("storage open: %s", config.storage_url)
+    log.info("storage open: %s", redact(config.storage_url))
     yield
     registry.unregister(collector)
     await loop.run_in_executor(executor, desk.close)

@@ -1,0 +1,164 @@
+"""The PostgreSQL backend: one connection per storage, one lock, one unit of work.
+
+Shaped like the SQLite backend (``sqlite/backend.py``) so the desk cannot tell them
+apart: the app calls the storage from its worker thread, :attr:`PgStorage.lock` keeps
+the one connection to one user at a time, from :meth:`PgStorage.acquire` to
+:meth:`PgStorage.release`.
+
+Transactions: the connection runs in autocommit mode, so reads outside a unit of work
+are single statements that hold no snapshot open; :meth:`PgUnitOfWork.begin` opens a
+transaction and at once takes the schema's write lock (a transaction-scoped advisory
+lock), exactly like SQLite's ``BEGIN IMMEDIATE``: the dedup check and the writes of a
+group of reports cannot interleave with another writer, in this process or another
+collector on the same database, and correlation across hosts (fleet problems) sees
+every earlier group. Reads do not take it.
+
+Durability: ``synchronous_commit`` is forced ``on`` for the session, so COMMIT returns
+only once the WAL is flushed (on the primary, or as the server's setting says for
+replicas when it is already stricter), and the ack to the agent is true.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator
+
+import psycopg
+
+from vigil.collector.storage.postgres.desk_repos import PgIncidents, PgProblems, PgSilences
+from vigil.collector.storage.postgres.ingest_repos import (
+    PgCheckResults,
+    PgCounters,
+    PgHostMetrics,
+    PgHosts,
+    PgKeys,
+    PgRuns,
+    PgSeen,
+)
+from vigil.collector.storage.postgres.schema import WRITE_LOCK, SchemaTooNew, migrate
+from vigil.collector.storage.records import StorageError
+from vigil.collector.storage.url import redact
+
+CONNECT_TIMEOUT_S = 10  # libpq connect_timeout: a dead server fails start-up, not hangs it
+# Settings a stricter server configuration may keep (a replica acknowledging too).
+_DURABLE_COMMIT = ("on", "remote_write", "remote_apply")
+
+
+class PgUnitOfWork:
+    """:class:`~collector.storage.protocols.UnitOfWork` over one PostgreSQL connection."""
+
+    def __init__(self, db: psycopg.Connection) -> None:
+        self._db = db
+        self.hosts = PgHosts(db)
+        self.seen = PgSeen(db)
+        self.results = PgCheckResults(db)
+        self.keys = PgKeys(db)
+        self.runs = PgRuns(db)
+        self.metrics = PgHostMetrics(db)
+        self.incidents = PgIncidents(db)
+        self.problems = PgProblems(db)
+        self.silences = PgSilences(db)
+        self.counters = PgCounters(db)
+
+    def begin(self) -> None:
+        self._db.execute("BEGIN")
+        try:
+            # One writer per schema at a time, waited for (see the module docstring).
+            self._db.execute(
+                "SELECT pg_advisory_xact_lock(%s, hashtext(COALESCE(current_schema(), '')))",
+                (WRITE_LOCK,),
+            )
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def commit(self) -> None:
+        self._db.execute("COMMIT")
+
+    def rollback(self) -> None:
+        # After a lost connection there is nothing to roll back; the server already has.
+        if not self._db.closed:
+            self._db.execute("ROLLBACK")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        self.begin()
+        try:
+            yield
+        except BaseException:
+            self.rollback()
+            raise
+        self.commit()
+
+    @contextlib.contextmanager
+    def savepoint(self) -> Iterator[None]:
+        self._db.execute("SAVEPOINT report")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK TO SAVEPOINT report")
+            self._db.execute("RELEASE SAVEPOINT report")
+            raise
+        self._db.execute("RELEASE SAVEPOINT report")
+
+
+class PgStorage:
+    """:class:`~collector.storage.protocols.Storage` on a PostgreSQL database.
+
+    ``url`` is a libpq URI (``postgresql://user@host:5432/db``; a schema other than
+    ``public`` via ``?options=-csearch_path%3Dname``). Opening connects, then creates
+    the schema or applies pending migrations; raises
+    :class:`~collector.storage.records.StorageError` (naming the URL without its
+    password) when the server cannot be reached or the database cannot be used.
+    """
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.lock = threading.Lock()
+        where = redact(url)
+        try:
+            self._db = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        except psycopg.Error as exc:
+            raise StorageError(where, f"cannot connect: {_first_line(exc)}") from None
+        try:
+            self._setup()
+        except (psycopg.Error, SchemaTooNew) as exc:
+            self._db.close()
+            raise StorageError(where, f"cannot open database: {_first_line(exc)}") from None
+        self._uow = PgUnitOfWork(self._db)
+
+    def _setup(self) -> None:
+        row = self._db.execute("SHOW synchronous_commit").fetchone()
+        if row is None or row[0] not in _DURABLE_COMMIT:
+            self._db.execute("SET synchronous_commit = on")
+        migrate(self._db)
+
+    @property
+    def connection(self) -> psycopg.Connection:
+        """The connection (for the importer and tests; hold :attr:`lock` to use it)."""
+        return self._db
+
+    def acquire(self, *, blocking: bool = True) -> PgUnitOfWork | None:
+        if not self.lock.acquire(blocking=blocking):
+            return None
+        return self._uow
+
+    def release(self) -> None:
+        self.lock.release()
+
+    @contextlib.contextmanager
+    def session(self) -> Iterator[PgUnitOfWork]:
+        with self.lock:
+            yield self._uow
+
+    def close(self) -> None:
+        with self.lock:
+            self._db.close()
+
+    def __repr__(self) -> str:
+        return f"PgStorage({redact(self.url)!r})"
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
