@@ -7,14 +7,12 @@ To run the suite against another backend, add a factory here and its name to
 from __future__ import annotations
 
 import contextlib
-import os
 import sqlite3
-import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
+from tests.support.postgres import TestSchema
 from vigil.collector.desk.service import Desk
 from vigil.collector.storage.factory import create_storage
 from vigil.collector.storage.protocols import Storage
@@ -69,33 +67,6 @@ class SqliteFactory(BackendFactory):
             db.executescript(sql)
 
 
-# The server the PostgreSQL runs use; each test gets its own schema there.
-PG_DSN = os.environ.get("VIGIL_TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/test")
-
-
-def pg_unavailable() -> str | None:
-    """Why the PostgreSQL tests cannot run here (None: they can). Under ``CI=true`` the
-    caller fails instead of skipping: CI must test both backends."""
-    try:
-        import psycopg
-    except ImportError as exc:
-        return f"psycopg is not installed ({exc}); pip install -e '.[test]'"
-    try:
-        with psycopg.connect(PG_DSN, connect_timeout=3) as db:
-            db.execute("SELECT 1")
-    except psycopg.Error as exc:
-        first = (str(exc).strip().splitlines() or ["?"])[0]
-        return f"no PostgreSQL server answers at VIGIL_TEST_PG_DSN={PG_DSN} ({first})"
-    return None
-
-
-def with_search_path(dsn: str, schema: str) -> str:
-    """``dsn`` with libpq ``options`` selecting ``schema`` (every connection, including
-    other processes', then uses it)."""
-    separator = "&" if "?" in dsn else "?"
-    return f"{dsn}{separator}options={quote(f'-csearch_path={schema}')}"
-
-
 class PostgresFactory(BackendFactory):
     """The PostgreSQL backend: a fresh schema on the test server, dropped by
     :meth:`cleanup`."""
@@ -103,13 +74,9 @@ class PostgresFactory(BackendFactory):
     name = "postgresql"
 
     def __init__(self, tmp_path: Path) -> None:
-        import psycopg
-
         self.tmp_path = tmp_path
-        self.schema = f"vigil_test_{uuid.uuid4().hex[:12]}"
-        with psycopg.connect(PG_DSN, autocommit=True) as db:
-            db.execute(f"CREATE SCHEMA {self.schema}")  # type: ignore[call-overload]
-        super().__init__(with_search_path(PG_DSN, self.schema))
+        self.schema = TestSchema()
+        super().__init__(self.schema.url)
 
     def restore_schema2(self, sql: str) -> None:
         # The fixture is an SQLite dump: restore it to a file and import that, the way a
@@ -122,10 +89,7 @@ class PostgresFactory(BackendFactory):
         import_sqlite(path, self.url)
 
     def cleanup(self) -> None:
-        import psycopg
-
-        with psycopg.connect(PG_DSN, autocommit=True) as db:
-            db.execute(f"DROP SCHEMA IF EXISTS {self.schema} CASCADE")  # type: ignore[call-overload]
+        self.schema.drop()
 
 
 BACKENDS: dict[str, Callable[[Path], BackendFactory]] = {

@@ -1,0 +1,166 @@
+"""What only the PostgreSQL backend has: migrations under an advisory lock, the refusal
+of a newer schema, the write lock between collectors, the SQLite importer, HOT-friendly
+tables. (What every backend must do is in ``test_contract.py``.)"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.postgres import TestSchema, require_postgres
+from tests.support.procs import wait_for
+from vigil import wire
+
+psycopg = pytest.importorskip("psycopg", reason="the postgresql extra is not installed")
+
+from vigil.collector.storage.factory import create_storage  # noqa: E402
+from vigil.collector.storage.postgres.backend import PgStorage  # noqa: E402
+from vigil.collector.storage.postgres.importer import import_sqlite, main  # noqa: E402
+from vigil.collector.storage.postgres.schema import SCHEMA_VERSION  # noqa: E402
+from vigil.collector.storage.records import StorageError  # noqa: E402
+from vigil.collector.storage.sqlite.backend import SqliteStorage  # noqa: E402
+
+T0 = 1_700_000_000.0
+
+
+@pytest.fixture
+def schema() -> Iterator[TestSchema]:
+    require_postgres()
+    made = TestSchema()
+    yield made
+    made.drop()
+
+
+def sql(schema: TestSchema, query: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(schema.url, autocommit=True) as db:
+        return db.execute(query).fetchall()
+
+
+def test_collectors_starting_at_once_migrate_once(schema: TestSchema) -> None:
+    """Six storages open the same empty schema at the same moment: every one opens,
+    and each migration is recorded once."""
+    start = threading.Barrier(6)
+    opened: list[PgStorage] = []
+    errors: list[BaseException] = []
+
+    def open_one() -> None:
+        start.wait()
+        try:
+            opened.append(PgStorage(schema.url))
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    for s in opened:
+        s.close()
+    assert errors == [] and len(opened) == 6
+    assert sql(schema, "SELECT version FROM vigil_schema") == [(SCHEMA_VERSION,)]
+
+
+def test_a_schema_from_a_newer_collector_is_refused(schema: TestSchema) -> None:
+    PgStorage(schema.url).close()
+    sql(schema, f"INSERT INTO vigil_schema VALUES ({SCHEMA_VERSION + 1}, 0) RETURNING 1")
+    with pytest.raises(StorageError, match=f"schema version {SCHEMA_VERSION + 1} is newer"):
+        create_storage(schema.url)
+
+
+def test_a_writer_waits_for_another_collectors_transaction(schema: TestSchema) -> None:
+    """``begin`` takes the schema's write lock: a second storage's ``begin`` blocks
+    until the first commits (as SQLite's BEGIN IMMEDIATE does)."""
+    first, second = PgStorage(schema.url), PgStorage(schema.url)
+    order: list[str] = []
+    try:
+        with first.session() as uow:
+            uow.begin()
+            uow.counters.add("x", 1)
+
+            def write() -> None:
+                with second.session() as other, other.transaction():
+                    order.append("second began")
+                    other.counters.add("x", 1)
+
+            thread = threading.Thread(target=write)
+            thread.start()
+            thread.join(timeout=1.0)
+            assert thread.is_alive() and order == []
+            order.append("first commits")
+            uow.commit()
+            thread.join(timeout=30)
+        assert order == ["first commits", "second began"]
+        with first.session() as uow:
+            assert uow.counters.load() == {"x": 2}
+    finally:
+        first.close()
+        second.close()
+
+
+def test_hot_tables_leave_room_for_heap_only_updates(schema: TestSchema) -> None:
+    PgStorage(schema.url).close()
+    options = dict(
+        sql(
+            schema,
+            "SELECT relname, reloptions FROM pg_class WHERE relnamespace = current_schema()"
+            "::regnamespace AND relkind = 'r' AND reloptions IS NOT NULL",
+        )
+    )
+    for table in ("hosts", "host_metrics", "check_state", "counters"):
+        assert any(o.startswith("fillfactor=") for o in options[table]), table
+
+
+def test_a_host_refresh_is_a_heap_only_update(schema: TestSchema) -> None:
+    """Refreshing a host on every report touches no index (HOT): no index bloat from
+    the hottest write of all."""
+    storage = PgStorage(schema.url)
+    try:
+        with storage.session() as uow:
+            for n in range(20):
+                report = wire.Report(
+                    schema_version=wire.SCHEMA_VERSION, agent_id="h1", hostname="h1",
+                    labels={"a": "b"}, batch_id=f"b{n}", sent_at=T0 + n,
+                    agent_version="0.1.0", events=(),
+                )  # fmt: skip
+                with uow.transaction():
+                    uow.hosts.upsert(report, T0 + n, 0.5, 60.0)
+    finally:
+        storage.close()  # a backend flushes its statistics when it exits
+
+    def counts() -> tuple[int, int] | None:
+        rows = sql(
+            schema,
+            "SELECT n_tup_upd, n_tup_hot_upd FROM pg_stat_user_tables"
+            " WHERE relname = 'hosts' AND schemaname = current_schema()",
+        )
+        return rows[0] if rows and rows[0][0] >= 19 else None
+
+    updates, hot = wait_for("the statistics of the updates", counts, timeout_s=10)
+    assert hot == updates
+
+
+def test_the_importer_refuses_a_target_with_hosts(schema: TestSchema, tmp_path: Path) -> None:
+    source = tmp_path / "c.db"
+    SqliteStorage(source).close()
+    with contextlib.closing(sqlite3.connect(source)) as db, db:
+        db.execute(
+            "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
+            " last_seen, last_sent_at, clock_offset_s) VALUES ('h1', 'h1', '{}', '1', 0, 0, 0, 0)"
+        )
+    assert import_sqlite(source, schema.url)["hosts"] == 1
+    with pytest.raises(StorageError, match="already holds hosts"):
+        import_sqlite(source, schema.url)
+
+
+def test_the_importer_command_names_a_missing_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([str(tmp_path / "none.db"), "postgresql://127.0.0.1:1/x"]) == 1
+    assert "none.db: no such file" in capsys.readouterr().err
