@@ -1,12 +1,14 @@
 """What only the PostgreSQL backend has: migrations under an advisory lock, the refusal
 of a newer schema, the write lock between collectors, the SQLite importer, HOT-friendly
-tables. (What every backend must do is in ``test_contract.py``.)"""
+tables, monthly history partitions and retention. (What every backend must do is in
+``test_contract.py``.)"""
 
 from __future__ import annotations
 
 import contextlib
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,14 @@ psycopg = pytest.importorskip("psycopg", reason="the postgresql extra is not ins
 from vigil.collector.storage.factory import create_storage  # noqa: E402
 from vigil.collector.storage.postgres.backend import PgStorage  # noqa: E402
 from vigil.collector.storage.postgres.importer import import_sqlite, main  # noqa: E402
+from vigil.collector.storage.postgres.partitions import (  # noqa: E402
+    AHEAD_MONTHS,
+    PARTITIONED,
+    maintain,
+    month_start,
+    next_month,
+)
+from vigil.collector.storage.postgres.partitions import main as partitions_main  # noqa: E402
 from vigil.collector.storage.postgres.schema import SCHEMA_VERSION  # noqa: E402
 from vigil.collector.storage.records import StorageError  # noqa: E402
 from vigil.collector.storage.sqlite.backend import SqliteStorage  # noqa: E402
@@ -164,3 +174,66 @@ def test_the_importer_command_names_a_missing_file(
 ) -> None:
     assert main([str(tmp_path / "none.db"), "postgresql://127.0.0.1:1/x"]) == 1
     assert "none.db: no such file" in capsys.readouterr().err
+
+
+def _result(n: int) -> wire.CheckEvent:
+    return wire.CheckEvent(
+        event_id=f"e{n}", seq=n, time=T0, check="disk.root", state="critical",
+        previous_state=None, value=1.0, message="full",
+    )  # fmt: skip
+
+
+def _where_rows(schema: TestSchema) -> dict[str, int]:
+    return dict(
+        sql(
+            schema,
+            "SELECT tableoid::regclass::text, COUNT(*) FROM check_results GROUP BY 1",
+        )
+    )
+
+
+def test_history_goes_to_month_partitions_and_retention_drops_whole_months(
+    schema: TestSchema,
+) -> None:
+    """Results of 2023-11 and 2024-01 start in the default partition (no month made for
+    them); maintenance gives each month its partition, then retention at 2024-01-15
+    minus 30 days drops November's partition whole and keeps January's."""
+    storage = PgStorage(schema.url)
+    nov, jan = 1_700_000_000.0, 1_705_000_000.0  # 2023-11-14, 2024-01-11 (UTC)
+    try:
+        with storage.session() as uow, uow.transaction():
+            uow.results.add("h1", _result(1), nov)
+            uow.results.add("h1", _result(2), jan)
+        assert _where_rows(schema) == {"check_results_default": 2}
+        with storage.session():
+            made, dropped = maintain(storage.connection, 1_705_300_000.0, keep_s=None)
+        assert {"check_results_2023_11", "check_results_2024_01"} <= set(made)
+        assert dropped == []
+        assert _where_rows(schema) == {"check_results_2023_11": 1, "check_results_2024_01": 1}
+        with storage.session():
+            made, dropped = maintain(storage.connection, 1_705_300_000.0, keep_s=30 * 86400.0)
+        assert "check_results_2023_11" in dropped and made == []
+        assert _where_rows(schema) == {"check_results_2024_01": 1}
+        with storage.session() as uow:
+            assert uow.results.recent_times("h1", "disk.root", 0.0, 10) == [jan]
+    finally:
+        storage.close()
+
+
+def test_a_collector_opening_makes_this_and_the_coming_months(schema: TestSchema) -> None:
+    PgStorage(schema.url).close()
+    names = {n for (n,) in sql(schema, "SELECT relname FROM pg_class WHERE relkind = 'r'")}
+    start = month_start(time.time())
+    for _ in range(AHEAD_MONTHS + 1):
+        for table in PARTITIONED:
+            assert f"{table}_{start.year:04d}_{start.month:02d}" in names
+        start = next_month(start)
+
+
+def test_the_maintenance_command_applies_retention(
+    schema: TestSchema, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert partitions_main([schema.url, "--keep-days", "90"]) == 0
+    assert "made:" in capsys.readouterr().out
+    assert partitions_main(["postgresql://127.0.0.1:1/x"]) == 1
+    assert "maintenance failed" in capsys.readouterr().err

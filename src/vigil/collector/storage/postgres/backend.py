@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 
 import psycopg
@@ -36,6 +37,7 @@ from vigil.collector.storage.postgres.ingest_repos import (
     PgRuns,
     PgSeen,
 )
+from vigil.collector.storage.postgres.partitions import maintain
 from vigil.collector.storage.postgres.schema import WRITE_LOCK, SchemaTooNew, migrate
 from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.url import redact
@@ -133,6 +135,9 @@ class PgStorage:
         if row is None or row[0] not in _DURABLE_COMMIT:
             self._db.execute("SET synchronous_commit = on")
         migrate(self._db)
+        # This month's history partitions and the next ones (more by the daily
+        # maintenance; inserts never fail without them: see partitions.py).
+        maintain(self._db, time.time(), keep_s=None)
 
     @property
     def connection(self) -> psycopg.Connection:

@@ -28,6 +28,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from vigil.collector.storage.postgres.backend import PgStorage
+from vigil.collector.storage.postgres.partitions import adopt_default
 from vigil.collector.storage.postgres.schema import IDENTITY_TABLES
 from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.sqlite.backend import SqliteStorage
@@ -141,6 +142,7 @@ def _copy(src: sqlite3.Connection, db: psycopg.Connection, url: str) -> dict[str
         rows = src.execute(f"SELECT {columns} FROM {table}{_ORDER.get(table, '')}")
         copied[table] = _copy_rows(db, table, names, convert, rows)
     copied["host_metrics"] = _copy_metrics(src, db)
+    adopt_default(db)  # the copied history into its month partitions
     for table in IDENTITY_TABLES:
         db.execute(
             sql.SQL(
