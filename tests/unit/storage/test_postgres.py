@@ -237,3 +237,24 @@ def test_the_maintenance_command_applies_retention(
     assert "made:" in capsys.readouterr().out
     assert partitions_main(["postgresql://127.0.0.1:1/x"]) == 1
     assert "maintenance failed" in capsys.readouterr().err
+
+
+def test_a_lost_connection_fails_one_transaction_then_reconnects(schema: TestSchema) -> None:
+    """The server ends the session (a restart, a fail-over): the transaction that finds
+    out fails, and the next one runs on a new connection."""
+    storage = PgStorage(schema.url)
+    try:
+        pid = storage.connection.info.backend_pid
+        sql(schema, f"SELECT pg_terminate_backend({int(pid)})")
+        with (
+            pytest.raises(psycopg.OperationalError),
+            storage.session() as uow,
+            uow.transaction(),
+        ):
+            uow.counters.add("x", 1)
+        with storage.session() as uow, uow.transaction():
+            uow.counters.add("x", 2)
+        with storage.session() as uow:
+            assert uow.counters.load() == {"x": 2}
+    finally:
+        storage.close()

@@ -72,7 +72,7 @@ class PgUnitOfWork:
                 (WRITE_LOCK,),
             )
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self.rollback()
             raise
 
     def commit(self) -> None:
@@ -118,26 +118,42 @@ class PgStorage:
     def __init__(self, url: str) -> None:
         self.url = url
         self.lock = threading.Lock()
-        where = redact(url)
+        self._closed = False
+        self._db = self._connect()
         try:
-            self._db = psycopg.connect(url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
-        except psycopg.Error as exc:
-            raise StorageError(where, f"cannot connect: {_first_line(exc)}") from None
-        try:
-            self._setup()
+            migrate(self._db)
+            # This month's history partitions and the next ones (more by the daily
+            # maintenance; inserts never fail without them: see partitions.py).
+            maintain(self._db, time.time(), keep_s=None)
         except (psycopg.Error, SchemaTooNew) as exc:
             self._db.close()
-            raise StorageError(where, f"cannot open database: {_first_line(exc)}") from None
+            raise StorageError(redact(url), f"cannot open database: {_first_line(exc)}") from None
         self._uow = PgUnitOfWork(self._db)
 
-    def _setup(self) -> None:
-        row = self._db.execute("SHOW synchronous_commit").fetchone()
-        if row is None or row[0] not in _DURABLE_COMMIT:
-            self._db.execute("SET synchronous_commit = on")
-        migrate(self._db)
-        # This month's history partitions and the next ones (more by the daily
-        # maintenance; inserts never fail without them: see partitions.py).
-        maintain(self._db, time.time(), keep_s=None)
+    def _connect(self) -> psycopg.Connection:
+        """A new session, durable commits on; raises :class:`StorageError`."""
+        try:
+            db = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+        except psycopg.Error as exc:
+            raise StorageError(redact(self.url), f"cannot connect: {_first_line(exc)}") from None
+        try:
+            row = db.execute("SHOW synchronous_commit").fetchone()
+            if row is None or row[0] not in _DURABLE_COMMIT:
+                db.execute("SET synchronous_commit = on")
+        except psycopg.Error as exc:
+            db.close()
+            raise StorageError(redact(self.url), f"cannot connect: {_first_line(exc)}") from None
+        return db
+
+    def _usable(self) -> PgUnitOfWork:
+        # A connection lost (server restart, fail-over, idle timeout) fails the statement
+        # that finds out, and psycopg marks it broken; the next use reconnects, so the
+        # collector recovers without a restart (the failed report was not acknowledged,
+        # and its agent retries it).
+        if self._db.broken and not self._closed:
+            self._db = self._connect()
+            self._uow = PgUnitOfWork(self._db)
+        return self._uow
 
     @property
     def connection(self) -> psycopg.Connection:
@@ -147,7 +163,11 @@ class PgStorage:
     def acquire(self, *, blocking: bool = True) -> PgUnitOfWork | None:
         if not self.lock.acquire(blocking=blocking):
             return None
-        return self._uow
+        try:
+            return self._usable()
+        except BaseException:
+            self.lock.release()
+            raise
 
     def release(self) -> None:
         self.lock.release()
@@ -155,10 +175,11 @@ class PgStorage:
     @contextlib.contextmanager
     def session(self) -> Iterator[PgUnitOfWork]:
         with self.lock:
-            yield self._uow
+            yield self._usable()
 
     def close(self) -> None:
         with self.lock:
+            self._closed = True
             self._db.close()
 
     def __repr__(self) -> str:
