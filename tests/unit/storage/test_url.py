@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +10,7 @@ import pytest
 from vigil.collector import cli
 from vigil.collector.config import load_collector_config
 from vigil.collector.storage.factory import create_storage
+from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.sqlite.backend import SqliteStorage
 from vigil.collector.storage.url import redact, sqlite_url
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError
@@ -107,3 +109,16 @@ def test_the_factory_opens_an_sqlite_url(tmp_path: Path) -> None:
 def test_the_factory_refuses_another_scheme() -> None:
     with pytest.raises(ValueError, match="unsupported storage URL 'mysql://x/y'"):
         create_storage("mysql://x/y")
+
+
+def test_a_postgresql_url_without_psycopg_says_which_extra_to_install(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A collector installed without the postgresql extra: a clear StorageError (exit 1
+    at start-up), not an ImportError traceback."""
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # None: "import psycopg" fails
+    for name in [m for m in sys.modules if m.startswith("vigil.collector.storage.postgres")]:
+        monkeypatch.delitem(sys.modules, name)
+    with pytest.raises(StorageError, match=r"install vigil\[postgresql\]") as caught:
+        create_storage("postgresql://vigil:s3cret@127.0.0.1:1/vigil")
+    assert "s3cret" not in str(caught.value)
