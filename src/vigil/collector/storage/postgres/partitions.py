@@ -32,8 +32,7 @@ from collections.abc import Sequence
 import psycopg
 from psycopg import sql
 
-from vigil.collector.storage.postgres.schema import MIGRATE_LOCK
-from vigil.collector.storage.records import StorageError
+from vigil.collector.storage.postgres.schema import MIGRATE_LOCK, SchemaTooNew, migrate
 from vigil.collector.storage.url import redact
 
 PARTITIONED: dict[str, str] = {"check_results": "received_at", "remediation_runs": "received_at"}
@@ -206,17 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.keep_days is not None and not 1 <= args.keep_days <= 36500:
         parser.error(f"--keep-days: must be between 1 and 36500, got {args.keep_days}")
-    from vigil.collector.storage.postgres.backend import PgStorage  # migrates first
-
+    keep = None if args.keep_days is None else args.keep_days * 86400.0
     try:
-        storage = PgStorage(args.url)
-        try:
-            with storage.session():
-                keep = None if args.keep_days is None else args.keep_days * 86400.0
-                made, dropped = maintain(storage.connection, time.time(), keep)
-        finally:
-            storage.close()
-    except (StorageError, psycopg.Error) as exc:
+        with psycopg.connect(args.url, autocommit=True, connect_timeout=10) as db:
+            migrate(db)  # a database no collector opened yet gets its tables first
+            made, dropped = maintain(db, time.time(), keep)
+    except (SchemaTooNew, psycopg.Error) as exc:
         print(f"{redact(args.url)}: maintenance failed: {exc}", file=sys.stderr)
         return 1
     print(f"made: {', '.join(made) or 'none'}; dropped: {', '.join(dropped) or 'none'}")
