@@ -258,3 +258,17 @@ def test_a_lost_connection_fails_one_transaction_then_reconnects(schema: TestSch
             assert uow.counters.load() == {"x": 2}
     finally:
         storage.close()
+
+
+def test_every_wait_of_a_session_is_bounded(schema: TestSchema) -> None:
+    """Lock waits, a transaction left open by a hung collector, and a vanished server
+    (TCP keepalives) all end; a keepalive setting in the URL wins over the default."""
+    storage = PgStorage(schema.url + "&keepalives_idle=5")
+    try:
+        db = storage.connection
+        assert db.execute("SHOW lock_timeout").fetchone() == ("30s",)
+        assert db.execute("SHOW idle_in_transaction_session_timeout").fetchone() == ("1min",)
+        params = db.info.get_parameters()
+        assert (params["keepalives"], params["keepalives_idle"]) == ("1", "5")
+    finally:
+        storage.close()

@@ -26,6 +26,7 @@ import time
 from collections.abc import Iterator
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 from vigil.collector.storage.postgres.desk_repos import PgIncidents, PgProblems, PgSilences
 from vigil.collector.storage.postgres.ingest_repos import (
@@ -43,6 +44,18 @@ from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.url import redact
 
 CONNECT_TIMEOUT_S = 10  # libpq connect_timeout: a dead server fails start-up, not hangs it
+# Every wait bounded: a vanished server is noticed by TCP keepalives within ~1 min; a
+# writer waits at most LOCK_TIMEOUT for the write lock (then its group fails, unacked,
+# and is retried by its agents); a collector that dies or hangs inside a transaction
+# loses it (and the write lock) after IDLE_IN_TRANSACTION. Settings in the URL win.
+_CONNECT_DEFAULTS = {
+    "keepalives": "1",
+    "keepalives_idle": "30",
+    "keepalives_interval": "10",
+    "keepalives_count": "3",
+}
+LOCK_TIMEOUT = "30s"
+IDLE_IN_TRANSACTION = "60s"
 # Settings a stricter server configuration may keep (a replica acknowledging too).
 _DURABLE_COMMIT = ("on", "remote_write", "remote_apply")
 
@@ -133,13 +146,19 @@ class PgStorage:
     def _connect(self) -> psycopg.Connection:
         """A new session, durable commits on; raises :class:`StorageError`."""
         try:
-            db = psycopg.connect(self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S)
+            given = conninfo_to_dict(self.url)
+            extra = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in given}
+            db = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **extra
+            )
         except psycopg.Error as exc:
             raise StorageError(redact(self.url), f"cannot connect: {_first_line(exc)}") from None
         try:
             row = db.execute("SHOW synchronous_commit").fetchone()
             if row is None or row[0] not in _DURABLE_COMMIT:
                 db.execute("SET synchronous_commit = on")
+            db.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")
+            db.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION}'")
         except psycopg.Error as exc:
             db.close()
             raise StorageError(redact(self.url), f"cannot connect: {_first_line(exc)}") from None
