@@ -54,7 +54,12 @@ from vigil.agent.events import new_event_id
 from vigil.agent.identity import Identity, load_identity
 from vigil.agent.measure import Measurer, SampleSource
 from vigil.agent.remediation.flow import RemediationFlow
-from vigil.agent.remediation.manifest import Remediation, check_library, load_library
+from vigil.agent.remediation.manifest import (
+    Remediation,
+    check_library,
+    load_library,
+    with_schedule,
+)
 from vigil.agent.sampling.sampler import Sampler
 from vigil.agent.timers import Timers
 
@@ -88,6 +93,7 @@ def build_service(
             # One bad manifest never stops the others (or the agent).
             log.error("remediation not loaded: %s", err)
     check_library(config, library)
+    library = with_schedule(config, library)
     identity = load_identity(config.state_dir, hostname=config.hostname, labels=config.labels)
     outbox = Outbox(
         config.outbox.path,

@@ -89,8 +89,9 @@ class CheckResultRepository(Protocol):
     def latest_flapping(self, host: str, check: str) -> bool:
         """Whether the key's latest result says the agent saw it flapping."""
 
-    def recent_times(self, host: str, check: str, since: float, limit: int) -> list[float]:
-        """Receive times of the key's latest ``limit`` results at or after ``since``."""
+    def known_states(self, host: str, check: str, limit: int) -> list[tuple[float, str]]:
+        """``(receive time, state)`` of the key's latest ``limit`` results whose state is
+        not ``unknown``, oldest first (flap detection counts changes between these)."""
 
 
 class KeyRepository(Protocol):
@@ -195,6 +196,9 @@ class IncidentRepository(DeskItemRepository, Protocol):
     def open_since(self, check: str, since: float) -> list[tuple[int, str]]:
         """``(id, host)`` of the check's open incidents opened at or after ``since``."""
 
+    def prevented_since(self, check: str, since: float) -> list[tuple[int, str]]:
+        """``(id, host)`` of the check's prevented incidents opened at or after ``since``."""
+
     def list(
         self,
         *,
@@ -260,6 +264,9 @@ class ProblemRepository(DeskItemRepository, Protocol):
 
     def of_incident(self, incident_id: int) -> list[int]:
         """Problem ids the incident is linked to, ascending."""
+
+    def hosts_linked(self, problem_id: int) -> int:
+        """How many distinct hosts the linked incidents are on."""
 
     def list(
         self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int

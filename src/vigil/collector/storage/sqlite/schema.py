@@ -1,8 +1,9 @@
 """The SQLite schema (DDL) and the migrations from older databases.
 
-Schema 2 is what every collector since the group-commit change writes; schema 1
-databases (``metrics_latest``, ``batches``/``events_seen``, no desk columns) are
-migrated in place on open, inside one transaction, without losing a row.
+Schema 3 is what this collector writes (schema 2 plus the problem kind
+``self_healed``); schema 1 and 2 databases (``metrics_latest``, ``batches``/``events_seen``,
+no desk columns; the older problem kinds) are migrated in place on open, inside one
+transaction, without losing a row.
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 
 # 2: host_metrics (one row per host) replaces metrics_latest; seen replaces batches and
 # events_seen (fewer statements and page writes per report).
-SCHEMA_VERSION = 2
+# 3: problem kind 'self_healed' (a fleet-wide fault every host fixed; see
+# _migrate_problem_kinds).
+SCHEMA_VERSION = 3
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
 _SCHEMA = """
@@ -138,7 +141,7 @@ CREATE TABLE IF NOT EXISTS counters (
 _DESK_SCHEMA = """
 CREATE TABLE IF NOT EXISTS problems (
     id                  INTEGER PRIMARY KEY,
-    kind                TEXT NOT NULL CHECK (kind IN ('recurring', 'fleet')),
+    kind                TEXT NOT NULL CHECK (kind IN ('recurring', 'fleet', 'self_healed')),
     check_id            TEXT NOT NULL,
     host                TEXT,           -- NULL for a fleet problem
     hostname            TEXT,
@@ -224,6 +227,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
         if statement.strip():
             db.execute(statement)
     _migrate_desk(db)
+    _migrate_problem_kinds(db)
     _migrate_host_metrics(db)
     _migrate_seen(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -248,6 +252,35 @@ def _migrate_desk(db: sqlite3.Connection) -> None:
     for statement in _DESK_SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+def _migrate_problem_kinds(db: sqlite3.Connection) -> None:
+    """Schema 3 adds the problem kind ``self_healed``. SQLite cannot alter a CHECK
+    constraint, so an older ``problems`` table is rebuilt: same columns, rows and ids.
+
+    Foreign keys are on and cannot be switched off inside the caller's transaction, so
+    the rows pointing at ``problems`` (links, timeline) are set aside while the table is
+    swapped and put back after; nothing is ever left dangling.
+    """
+    row = db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'problems'"
+    ).fetchone()
+    if row is None or "'self_healed'" in row[0]:
+        return
+    children = ("problem_incidents", "problem_timeline")
+    for child in children:
+        db.execute(f"CREATE TEMP TABLE keep_{child} AS SELECT * FROM {child}")
+        db.execute(f"DELETE FROM {child}")
+    columns = ", ".join(r[1] for r in db.execute("PRAGMA table_info(problems)"))
+    create = _DESK_SCHEMA[: _DESK_SCHEMA.index(";")]  # the problems table comes first
+    db.execute(create.replace("IF NOT EXISTS problems (", "problems_v3 (", 1))
+    db.execute(f"INSERT INTO problems_v3 ({columns}) SELECT {columns} FROM problems")
+    db.execute("DROP TABLE problems")
+    db.execute("ALTER TABLE problems_v3 RENAME TO problems")
+    db.execute("CREATE INDEX IF NOT EXISTS problems_key ON problems (kind, check_id, state)")
+    for child in children:
+        db.execute(f"INSERT INTO {child} SELECT * FROM temp.keep_{child}")
+        db.execute(f"DROP TABLE temp.keep_{child}")
 
 
 def _migrate_host_metrics(db: sqlite3.Connection) -> None:
