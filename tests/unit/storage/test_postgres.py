@@ -215,7 +215,7 @@ def test_history_goes_to_month_partitions_and_retention_drops_whole_months(
         assert "check_results_2023_11" in dropped and made == []
         assert _where_rows(schema) == {"check_results_2024_01": 1}
         with storage.session() as uow:
-            assert uow.results.recent_times("h1", "disk.root", 0.0, 10) == [jan]
+            assert uow.results.known_states("h1", "disk.root", 10) == [(jan, "critical")]
     finally:
         storage.close()
 

@@ -162,6 +162,14 @@ class PgIncidents(_DeskItems):
         ).fetchall()
         return [(int(i), h) for i, h in rows]
 
+    def prevented_since(self, check: str, since: float) -> list[tuple[int, str]]:
+        rows = self._db.execute(
+            "SELECT id, host FROM incidents WHERE check_id = %s AND state = 'prevented'"
+            " AND opened_at >= %s ORDER BY id",
+            (check, since),
+        ).fetchall()
+        return [(int(i), h) for i, h in rows]
+
     def list(
         self,
         *,
@@ -334,6 +342,14 @@ class PgProblems(_DeskItems):
                 (incident_id,),
             ).fetchall()
         ]
+
+    def hosts_linked(self, problem_id: int) -> int:
+        row = self._db.execute(
+            "SELECT COUNT(DISTINCT i.host) FROM problem_incidents l"
+            " JOIN incidents i ON i.id = l.incident_id WHERE l.problem_id = %s",
+            (problem_id,),
+        ).fetchone()
+        return int(row[0]) if row else 0
 
     def list(
         self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int

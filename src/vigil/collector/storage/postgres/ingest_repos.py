@@ -226,15 +226,14 @@ class PgCheckResults:
         ).fetchone()
         return row is not None and bool(row[0])
 
-    def recent_times(self, host: str, check: str, since: float, limit: int) -> list[float]:
-        return [
-            t
-            for (t,) in self._db.execute(
-                "SELECT received_at FROM check_results WHERE host = %s AND check_id = %s"
-                " AND received_at >= %s ORDER BY id DESC LIMIT %s",
-                (host, check, since, limit),
-            ).fetchall()
-        ]
+    def known_states(self, host: str, check: str, limit: int) -> list[tuple[float, str]]:
+        # Newest first through the (host, check_id, id) index, as on SQLite.
+        rows = self._db.execute(
+            "SELECT received_at, state FROM check_results WHERE host = %s AND check_id = %s"
+            " AND state != 'unknown' ORDER BY id DESC LIMIT %s",
+            (host, check, limit),
+        ).fetchall()
+        return [(t, state) for t, state in reversed(rows)]
 
 
 class PgKeys:
