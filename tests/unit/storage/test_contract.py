@@ -573,3 +573,8 @@ def test_the_backend_implements_every_protocol_member(storage: Any) -> None:
                 assert _params(inspect.signature(method)) == want, f"{type(obj).__name__}.{name}"
     finally:
         storage.release()
+
+
+def test_a_lone_storage_leads(storage: Any) -> None:
+    """With one collector on the database, it runs the tick and the notifier."""
+    assert storage.leads() and storage.leads()

@@ -33,7 +33,7 @@ from vigil.collector.storage.postgres.partitions import (  # noqa: E402
     next_month,
 )
 from vigil.collector.storage.postgres.partitions import main as partitions_main  # noqa: E402
-from vigil.collector.storage.postgres.schema import SCHEMA_VERSION  # noqa: E402
+from vigil.collector.storage.postgres.schema import LEADER_LOCK, SCHEMA_VERSION  # noqa: E402
 from vigil.collector.storage.records import StorageError  # noqa: E402
 from vigil.collector.storage.sqlite.backend import SqliteStorage  # noqa: E402
 
@@ -307,3 +307,25 @@ def test_both_schemas_have_the_same_tables_and_columns_and_the_importer_copies_a
     copied = {table: {c.strip() for c in columns.split(",")} for table, columns, _ in _TABLES}
     copied["host_metrics"] = pg["host_metrics"]  # copied apart (its values are decoded)
     assert copied == pg
+
+
+def test_one_collector_leads_and_another_takes_over_when_it_goes(schema: TestSchema) -> None:
+    """The leader lock: one holder per database; a follower takes over at its next call
+    once the leader closes, or once its session dies (a killed or cut-off process)."""
+    first, second, third = (PgStorage(schema.url) for _ in range(3))
+    try:
+        assert first.leads() and first.leads()
+        assert not second.leads() and not third.leads()
+        first.close()
+        assert second.leads() and not third.leads()
+        leader_pid = sql(
+            schema,
+            "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND classid = "
+            f"{LEADER_LOCK} AND granted",
+        )[0][0]
+        sql(schema, f"SELECT pg_terminate_backend({int(leader_pid)})")
+        assert wait_for("the leader's session to end", lambda: third.leads(), timeout_s=10)
+        assert not second.leads()  # it noticed its session is gone
+    finally:
+        for s in (first, second, third):
+            s.close()

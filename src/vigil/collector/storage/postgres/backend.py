@@ -39,7 +39,12 @@ from vigil.collector.storage.postgres.ingest_repos import (
     PgSeen,
 )
 from vigil.collector.storage.postgres.partitions import maintain
-from vigil.collector.storage.postgres.schema import WRITE_LOCK, SchemaTooNew, migrate
+from vigil.collector.storage.postgres.schema import (
+    LEADER_LOCK,
+    WRITE_LOCK,
+    SchemaTooNew,
+    migrate,
+)
 from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.url import redact
 
@@ -142,6 +147,11 @@ class PgStorage:
             self._db.close()
             raise StorageError(redact(url), f"cannot open database: {_first_line(exc)}") from None
         self._uow = PgUnitOfWork(self._db)
+        # Leadership: a session advisory lock held on a connection of its own (so it
+        # outlives transactions and reconnects of the main one). The server frees it
+        # when that session ends: the process died, or keepalives found it gone.
+        self._leader_lock = threading.Lock()
+        self._leader: psycopg.Connection | None = None
 
     def _connect(self) -> psycopg.Connection:
         """A new session, durable commits on; raises :class:`StorageError`."""
@@ -196,9 +206,38 @@ class PgStorage:
         with self.lock:
             yield self._usable()
 
+    def leads(self) -> bool:
+        with self._leader_lock:
+            if self._closed:
+                return False
+            try:
+                if self._leader is not None:
+                    # Still ours while the session lives; a broken one lost the lock.
+                    self._leader.execute("SELECT 1")
+                    return True
+                candidate = self._connect()
+                row = candidate.execute(
+                    "SELECT pg_try_advisory_lock(%s, hashtext(COALESCE(current_schema(), '')))",
+                    (LEADER_LOCK,),
+                ).fetchone()
+                if row == (True,):
+                    self._leader = candidate
+                    return True
+                candidate.close()
+                return False
+            except (psycopg.Error, StorageError):
+                if self._leader is not None:
+                    self._leader.close()
+                    self._leader = None
+                return False
+
     def close(self) -> None:
-        with self.lock:
+        with self._leader_lock:
             self._closed = True
+            if self._leader is not None:
+                self._leader.close()  # frees the leader lock at once for the others
+                self._leader = None
+        with self.lock:
             self._db.close()
 
     def __repr__(self) -> str:

@@ -29,6 +29,7 @@ import psycopg
 # the schema name, so collectors on different schemas of one database do not contend.
 MIGRATE_LOCK = 0x76696731  # "vig1"
 WRITE_LOCK = 0x76696732  # "vig2"
+LEADER_LOCK = 0x76696733  # "vig3": held by the collector running the tick and notifier
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind, as in the SQLite backend
 
 _V1 = """
