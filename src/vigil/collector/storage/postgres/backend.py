@@ -21,6 +21,7 @@ replicas when it is already stricter), and the ack to the agent is true.
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 import time
 from collections.abc import Iterator
@@ -157,7 +158,9 @@ class PgStorage:
         """A new session, durable commits on; raises :class:`StorageError`."""
         try:
             given = conninfo_to_dict(self.url)
-            extra = {k: v for k, v in _CONNECT_DEFAULTS.items() if k not in given}
+            # pg_stat_activity then says which collector process a session belongs to.
+            defaults = {**_CONNECT_DEFAULTS, "application_name": f"vigil-collector-{os.getpid()}"}
+            extra = {k: v for k, v in defaults.items() if k not in given}
             db = psycopg.connect(
                 self.url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_S, **extra
             )
