@@ -119,7 +119,9 @@ def import_sqlite(source: Path, url: str) -> dict[str, int]:
     SqliteStorage(source).close()  # migrate an older file to the current schema
     target = PgStorage(url)
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{source}?mode=ro", uri=True)) as src:
+        with contextlib.closing(
+            sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
+        ) as src:
             uow = target.acquire()
             assert uow is not None
             try:
