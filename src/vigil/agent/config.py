@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from vigil.agent.delivery.tls import tls_problem
 from vigil.agent.sampler_config import (
     ClockSpec,
     PrintSpec,
@@ -33,11 +34,18 @@ _CHECK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 
 @dataclass(frozen=True, slots=True)
 class CollectorTarget:
-    """Where and how the agent reports. ``token`` is the bearer token for ingest."""
+    """Where and how the agent reports. ``token`` is the bearer token for ingest.
+
+    ``ca_file``: PEM CA(s) trusted for an ``https://`` collector instead of the system's;
+    ``client_cert_file`` / ``client_key_file``: a client certificate for mutual TLS.
+    """
 
     url: str
     token: str
     timeout_s: float = 10.0
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -265,8 +273,17 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise col.error("url", "must be an http:// or https:// URL", url)
     token = _token(col)
     collector = CollectorTarget(
-        url=url.rstrip("/"), token=token, timeout_s=col.duration("timeout", 10.0, minimum=0.1)
+        url=url.rstrip("/"),
+        token=token,
+        timeout_s=col.duration("timeout", 10.0, minimum=0.1),
+        ca_file=col.path_value("ca_file", None),
+        client_cert_file=col.path_value("client_cert_file", None),
+        client_key_file=col.path_value("client_key_file", None),
     )
+    problem = tls_problem(collector)
+    if problem is not None:
+        key, message = problem
+        raise col.error(key, message, str(getattr(collector, key)))
     col.done()
 
     iv = root.section("intervals")

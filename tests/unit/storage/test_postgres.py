@@ -329,3 +329,21 @@ def test_one_collector_leads_and_another_takes_over_when_it_goes(schema: TestSch
     finally:
         for s in (first, second, third):
             s.close()
+
+
+@pytest.mark.parametrize(
+    "statement", ["UPDATE audit SET actor = 'x'", "DELETE FROM audit", "TRUNCATE audit"]
+)
+def test_the_audit_log_is_append_only(schema: TestSchema, statement: str) -> None:
+    storage = PgStorage(schema.url)
+    try:
+        with storage.session() as uow, uow.transaction():
+            row = {"at": T0, "actor": "alice", "action": "a.b", "target": "t", "peer": "local"}
+            uow.audit.append({**row, "detail": {"k": 1}})
+        with pytest.raises(psycopg.errors.RaiseException, match="append-only"):
+            storage.connection.execute(statement)  # type: ignore[call-overload]
+        with storage.session() as uow:
+            (record,) = uow.audit.list(limit=10, offset=0, action=None)
+            assert (record["actor"], record["detail"]) == ("alice", {"k": 1})
+    finally:
+        storage.close()

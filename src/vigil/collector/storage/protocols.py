@@ -334,6 +334,8 @@ class UnitOfWork(Protocol):
     problems: ProblemRepository
     silences: SilenceRepository
     counters: CounterRepository
+    operators: OperatorRepository
+    audit: AuditRepository
 
     def begin(self) -> None:
         """Start a write transaction."""
@@ -371,3 +373,35 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Close; safe to call twice."""
+
+
+class OperatorRepository(Protocol):
+    """``operators``: named operator accounts. Only a hash of each token is stored."""
+
+    def add(self, name: str, role: str, token_hash: str, at: float) -> bool:
+        """Insert an operator; False (and nothing written) if ``name`` exists."""
+
+    def set_token(self, name: str, token_hash: str, at: float) -> bool:
+        """Replace an operator's token hash (rotation); False if there is no such one."""
+
+    def remove(self, name: str) -> bool:
+        """Delete an operator; False if there was none."""
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every operator by name: ``name, role, created_at, rotated_at`` (no hash)."""
+
+    def credentials(self) -> list[tuple[str, str, str]]:
+        """Every operator as ``(name, role, token_hash)``: what authentication needs."""
+
+
+class AuditRepository(Protocol):
+    """``audit``: the append-only log of writes. No method changes or deletes a record."""
+
+    def append(self, row: Mapping[str, Any]) -> int:
+        """Store one record (``at, actor, action, target, peer, detail``); its id."""
+
+    def list(self, *, limit: int, offset: int, action: str | None) -> list[dict[str, Any]]:
+        """Records newest first, optionally only one ``action``."""
+
+    def counts(self) -> dict[str, int]:
+        """How many records per action."""

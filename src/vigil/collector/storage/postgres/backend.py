@@ -30,6 +30,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from vigil.collector.storage.postgres.desk_repos import PgIncidents, PgProblems, PgSilences
+from vigil.collector.storage.postgres.identity_repos import PgAudit, PgOperators
 from vigil.collector.storage.postgres.ingest_repos import (
     PgCheckResults,
     PgCounters,
@@ -81,6 +82,8 @@ class PgUnitOfWork:
         self.problems = PgProblems(db)
         self.silences = PgSilences(db)
         self.counters = PgCounters(db)
+        self.operators = PgOperators(db)
+        self.audit = PgAudit(db)
 
     def begin(self) -> None:
         self._db.execute("BEGIN")

@@ -107,6 +107,8 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         {},
     ),
     ("counters", "name, value", {}),
+    ("operators", "name, role, token_hash, created_at, rotated_at", {}),
+    ("audit", "id, at, actor, action, target, peer, detail", {"detail": _json({})}),
 )
 _ORDER = {"hosts": " ORDER BY rowid"}
 

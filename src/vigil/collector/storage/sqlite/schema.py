@@ -18,7 +18,8 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # events_seen (fewer statements and page writes per report).
 # 3: problem kind 'self_healed' (a fleet-wide fault every host fixed; see
 # _migrate_problem_kinds).
-SCHEMA_VERSION = 3
+# 4: operators and the append-only audit log (_migrate_identity).
+SCHEMA_VERSION = 4
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
 _SCHEMA = """
@@ -230,6 +231,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     _migrate_problem_kinds(db)
     _migrate_host_metrics(db)
     _migrate_seen(db)
+    _migrate_identity(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -329,3 +331,37 @@ def _migrate_seen(db: sqlite3.Connection) -> None:
                 f" SELECT host, {kind}, {column}, received_at FROM {table}"
             )
             db.execute(f"DROP TABLE {table}")
+
+
+_IDENTITY = """
+CREATE TABLE IF NOT EXISTS operators (
+    name        TEXT PRIMARY KEY,
+    role        TEXT NOT NULL,      -- viewer | responder | admin
+    token_hash  TEXT NOT NULL,      -- sha256 hex of the token; the token is never stored
+    created_at  REAL NOT NULL,
+    rotated_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      REAL NOT NULL,          -- collector clock, Unix seconds
+    actor   TEXT NOT NULL,          -- the authenticated operator (or cli:USER)
+    action  TEXT NOT NULL,          -- e.g. incident.acknowledge, operator.add
+    target  TEXT NOT NULL,          -- what was written: incident:12, operator:alice
+    peer    TEXT NOT NULL,          -- where from: the client address, or "local"
+    detail  TEXT NOT NULL           -- JSON object
+);
+CREATE INDEX IF NOT EXISTS audit_action ON audit (action, id);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END
+"""
+
+
+def _migrate_identity(db: sqlite3.Connection) -> None:
+    """Create the operators and audit tables (idempotent: every statement is IF NOT
+    EXISTS, so it runs on a new database and on any older one alike)."""
+    # Split on the blank-line-free statement ends; a trigger body holds a ";" of its own.
+    for statement in _IDENTITY.split(";\n"):
+        if statement.strip():
+            db.execute(statement)
