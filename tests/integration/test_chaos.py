@@ -18,11 +18,13 @@ import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from tests.support.chaos_proxy import ChaosProxy
 from tests.support.peers import free_port
+from tests.support.postgres import TestSchema, require_postgres
 from tests.support.procs import (
     collector_config,
     read_line,
@@ -50,13 +52,18 @@ END;
 
 
 class CollectorProcess:
-    """The real collector on a fixed port, so it can be killed and restarted in place."""
+    """The real collector on a fixed port, so it can be killed and restarted in place.
 
-    def __init__(self, folder: Path, port: int) -> None:
+    ``pg_url`` None: SQLite (``collector.db`` in ``folder``); else that PostgreSQL URL.
+    :attr:`store` is what the query helpers below read.
+    """
+
+    def __init__(self, folder: Path, port: int, pg_url: str | None = None) -> None:
         self.folder = folder
         self.port = port
-        self.db = folder / "collector.db"
-        self.config = collector_config(folder, agent_token=TOKEN, port=port)
+        self.store: Path | str = folder / "collector.db" if pg_url is None else pg_url
+        storage = "{sqlite_path: collector.db}" if pg_url is None else f"{{url: '{pg_url}'}}"
+        self.config = collector_config(folder, agent_token=TOKEN, port=port, storage=storage)
         self.proc: subprocess.Popen[str] | None = None
         self.starts = 0
 
@@ -134,41 +141,60 @@ checks:
         return row[0]
 
 
-def stored_event_ids(db_path: Path) -> set[tuple[str, str]]:
+def query(store: Path | str, sql: str) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` (the same on both backends) from the collector's database, read-only:
+    an SQLite file, or a PostgreSQL URL."""
+    if isinstance(store, Path):
+        with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+            return db.execute(sql).fetchall()
+    import psycopg
+
+    with psycopg.connect(store, autocommit=True) as pg:
+        return [tuple(row) for row in pg.execute(sql).fetchall()]  # type: ignore[call-overload]
+
+
+def stored_event_ids(store: Path | str) -> set[tuple[str, str]]:
     """``(agent_id, event_id)`` of every event the collector applied (read-only)."""
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
-        return set(db.execute("SELECT host, id FROM seen WHERE kind = 1"))
+    return {(h, i) for h, i in query(store, "SELECT host, id FROM seen WHERE kind = 1")}
 
 
-def applied_twice(db_path: Path) -> int:
+def applied_twice(store: Path | str) -> int:
     """Events applied more than once, by three independent measures added up.
 
     The ``events`` counter grows by one per applied event in the same transaction, so it
     exceeds the distinct ids seen if any event was applied twice; check results and
     remediation runs are rows per application, so a repeated event id there is a double.
     """
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
-        counted = db.execute("SELECT value FROM counters WHERE name = 'events'").fetchone()[0]
-        distinct = db.execute("SELECT COUNT(*) FROM seen WHERE kind = 1").fetchone()[0]
-        checks = db.execute(
-            "SELECT COUNT(*) - COUNT(DISTINCT host || ' ' || event_id) FROM check_results"
-        ).fetchone()[0]
-        runs = db.execute(
-            "SELECT COUNT(*) - COUNT(DISTINCT host || ' ' || event_id) FROM remediation_runs"
-        ).fetchone()[0]
-    return (counted - distinct) + checks + runs
+    ((counted,),) = query(store, "SELECT value FROM counters WHERE name = 'events'")
+    ((distinct,),) = query(store, "SELECT COUNT(*) FROM seen WHERE kind = 1")
+    ((checks,),) = query(
+        store, "SELECT COUNT(*) - COUNT(DISTINCT host || ' ' || event_id) FROM check_results"
+    )
+    ((runs,),) = query(
+        store, "SELECT COUNT(*) - COUNT(DISTINCT host || ' ' || event_id) FROM remediation_runs"
+    )
+    return int((counted - distinct) + checks + runs)
 
 
-def duplicates_acknowledged(db_path: Path) -> int:
+def duplicates_acknowledged(store: Path | str) -> int:
     """Reports the collector acknowledged again without applying (retries after a lost ack)."""
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
-        row = db.execute("SELECT value FROM counters WHERE name = 'reports_duplicate'").fetchone()
-    return 0 if row is None else row[0]
+    rows = query(store, "SELECT value FROM counters WHERE name = 'reports_duplicate'")
+    return 0 if not rows else int(rows[0][0])
 
 
-@pytest.fixture
-def rig(tmp_path: Path) -> Iterator[tuple[CollectorProcess, ChaosProxy, list[AgentProcess]]]:
-    collector = CollectorProcess(tmp_path, free_port())
+@pytest.fixture(params=["sqlite", "postgresql"])
+def rig(
+    request: pytest.FixtureRequest, tmp_path: Path
+) -> Iterator[tuple[CollectorProcess, ChaosProxy, list[AgentProcess]]]:
+    """The collector on each backend: a SIGKILL mid-transaction must lose nothing and
+    apply nothing twice on PostgreSQL too (skipped without a server, failed under CI)."""
+    schema = None
+    if request.param == "postgresql":
+        require_postgres()
+        schema = TestSchema()
+    collector = CollectorProcess(tmp_path, free_port(), None if schema is None else schema.url)
+    if schema is not None:
+        request.addfinalizer(schema.drop)
     collector.start()
     proxy = ChaosProxy(collector.port)
     url = f"http://127.0.0.1:{proxy.start()}"
@@ -236,7 +262,7 @@ def test_no_event_is_lost_or_applied_twice_through_kills_and_network_cuts(
     expected = {(a.agent_id(), e) for a in agents for e in a.written()}
     wait_for(
         "the collector to hold every event written so far",
-        lambda: expected <= stored_event_ids(collector.db),
+        lambda: expected <= stored_event_ids(collector.store),
         timeout_s=20.0,
         retry_on=(),
     )
@@ -246,12 +272,12 @@ def test_no_event_is_lost_or_applied_twice_through_kills_and_network_cuts(
     assert collector.stop() == 0
 
     written = {(a.agent_id(), e) for a in agents for e in a.written()}
-    stored = stored_event_ids(collector.db)
+    stored = stored_event_ids(collector.store)
     lost = written - stored
     unknown = stored - written
-    twice = applied_twice(collector.db)
+    twice = applied_twice(collector.store)
     dropped = sum(a.dropped() for a in agents)
-    duplicates = duplicates_acknowledged(collector.db)
+    duplicates = duplicates_acknowledged(collector.store)
     print(
         f"\nchaos: {len(written)} events written by {N_AGENTS} agents, {len(stored)} stored;"
         f" lost={len(lost)} applied_twice={twice} dropped={dropped} unknown={len(unknown)};"

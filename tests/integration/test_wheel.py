@@ -6,7 +6,8 @@ dependency missing from the metadata, an entry point that names nothing. Here th
 is built once per session and installed twice, each time into a new venv, and every
 command runs from a folder outside the checkout, so nothing can come from ``src/``:
 
-- **venv A** (``pip install 'vigil-*.whl[collector]'``, the central service): both CLIs,
+- **venv A** (``pip install 'vigil-*.whl[collector,postgresql]'``, the central service
+  with both storage backends): both CLIs,
   an import of every module, the remediation library and example configs in place, a
   shipped remediation really run, and a collector really serving;
 - **venv B** (``pip install vigil-*.whl``, a laptop): no aiohttp, no prometheus_client,
@@ -255,8 +256,9 @@ def _install(tmp_path_factory: pytest.TempPathFactory, name: str, requirement: s
 
 @pytest.fixture(scope="module")
 def full(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Installed:
-    """Venv A: the wheel with the ``collector`` extra, as the central service installs it."""
-    return _install(tmp_path_factory, "venv-collector", f"{built.wheel}[collector]")
+    """Venv A: the wheel with the ``collector`` and ``postgresql`` extras, as the central
+    service installs it (the PostgreSQL backend's modules import psycopg)."""
+    return _install(tmp_path_factory, "venv-collector", f"{built.wheel}[collector,postgresql]")
 
 
 @pytest.fixture(scope="module")

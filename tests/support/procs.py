@@ -92,16 +92,18 @@ def collector_config(
     admin_token: str | None = None,
     port: int = 0,
     extra: str = "",
+    storage: str = "{sqlite_path: collector.db}",
 ) -> Path:
     """Write ``folder/collector.yaml``: 127.0.0.1:``port``, SQLite ``collector.db``, tokens.
 
-    ``extra`` is more top-level YAML appended as is (catalog, incidents, metrics...).
+    ``extra`` is more top-level YAML appended as is (catalog, incidents, metrics...);
+    ``storage`` is the ``storage:`` section (flow YAML), e.g. a PostgreSQL URL.
     """
     admin = f", admin_tokens: [{admin_token}]" if admin_token is not None else ""
     config = folder / "collector.yaml"
     config.write_text(
         f"listen: {{host: 127.0.0.1, port: {port}}}\n"
-        "storage: {sqlite_path: collector.db}\n"
+        f"storage: {storage}\n"
         f"auth: {{agent_tokens: [{agent_token}]{admin}}}\n" + extra
     )
     return config

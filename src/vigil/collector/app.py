@@ -58,6 +58,7 @@ from vigil.collector.metrics import VigilCollector
 from vigil.collector.notify.health import NotifyHealth
 from vigil.collector.notify.service import Notifier, target_keys
 from vigil.collector.storage.factory import create_storage
+from vigil.collector.storage.url import redact
 from vigil.collector.telemetry.requests import RequestCounters
 
 log = logging.getLogger(__name__)
@@ -225,7 +226,7 @@ async def _desk_ctx(app: web.Application) -> AsyncIterator[None]:
     await loop.run_in_executor(executor, desk.refresh_metrics_figures, app[clock_key]())
     registry = app[registry_key]
     registry.register(collector)
-    log.info("storage open: %s", config.storage_url)
+    log.info("storage open: %s", redact(config.storage_url))
     yield
     registry.unregister(collector)
     await loop.run_in_executor(executor, desk.close)
@@ -341,13 +342,20 @@ async def tick_once(app: web.Application) -> None:
     """One tick, on the storage thread: age incidents (silent hosts, overdue remediation
     results, flapping), refresh the figures /metrics reads from memory (off the scrape
     path), and forget at most :data:`PRUNE_CHUNK` dedup ids older than
-    ``storage.dedup_retention``."""
+    ``storage.dedup_retention``. Only the refresh when this process does not lead
+    (``Storage.leads``: another collector on the same database does the rest)."""
     loop = asyncio.get_running_loop()
     desk, executor, clock = app[desk_key], app[executor_key], app[clock_key]
-    opened = await loop.run_in_executor(executor, desk.tick, clock())
-    if opened:
-        log.info("tick opened incidents %s", list(opened))
+    # Aging and pruning once per database: with several collectors on one (PostgreSQL),
+    # only the one holding the leader lock; another takes over when it dies.
+    leader = await loop.run_in_executor(executor, desk.storage.leads)
+    if leader:
+        opened = await loop.run_in_executor(executor, desk.tick, clock())
+        if opened:
+            log.info("tick opened incidents %s", list(opened))
     await loop.run_in_executor(executor, desk.refresh_metrics_figures, clock())
+    if not leader:
+        return
     before = clock() - app[config_key].dedup_retention_s
     pruned = await loop.run_in_executor(
         executor, functools.partial(desk.prune_seen, before, limit=PRUNE_CHUNK)
@@ -378,7 +386,9 @@ async def _notify_ctx(app: web.Application) -> AsyncIterator[None]:
     async def forever() -> None:
         while True:
             try:
-                await notifier.run_once(clock())
+                # One notifier per database (see tick_once): a follower stays quiet.
+                if await loop.run_in_executor(executor, desk.storage.leads):
+                    await notifier.run_once(clock())
             except Exception:
                 log.exception("notifier pass failed")  # the next pass tries again
             await asyncio.sleep(config.notifications.interval_s)

@@ -10,11 +10,18 @@ import ipaddress
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog, load_catalog
 from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.notify.config import NotifyConfig, parse_notifications
-from vigil.collector.storage.url import SCHEMES, sqlite_path, sqlite_url
+from vigil.collector.storage.url import (
+    SCHEMES,
+    is_postgres_url,
+    redact,
+    sqlite_path,
+    sqlite_url,
+)
 from vigil.collector.tls import TlsConfig, create_server_context
 from vigil.configio import (
     MIN_SECRET_LENGTH,
@@ -294,8 +301,10 @@ def _tls(section: Section) -> TlsConfig:
 
 
 def _storage_url(storage: Section) -> str:
-    """``storage.url`` (``sqlite:///path``), or the older ``storage.sqlite_path`` as its
-    equivalent (not both); a relative SQLite path resolves against the config file."""
+    """``storage.url`` (``sqlite:///path`` or ``postgresql://...``), or the older
+    ``storage.sqlite_path`` as its equivalent (not both); a relative SQLite path
+    resolves against the config file. A PostgreSQL URL is kept as written: libpq checks
+    it when the collector connects."""
     if storage.has("url") and storage.has("sqlite_path"):
         raise storage.error(
             "url", "set either url or sqlite_path, not both", storage.get("url", str)
@@ -303,6 +312,12 @@ def _storage_url(storage: Section) -> str:
     if not storage.has("url"):
         return sqlite_url(storage.path_value("sqlite_path", "var/collector.db"))
     url = storage.get("url", str)
+    if is_postgres_url(url):
+        try:
+            urlsplit(url).port  # noqa: B018 - parsing it raises for a port that is not one
+        except ValueError as exc:
+            raise storage.error("url", f"not a PostgreSQL URL: {exc}", redact(url)) from None
+        return url
     path = sqlite_path(url)
     if path is None:
         scheme = url.partition(":")[0]

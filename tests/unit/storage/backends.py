@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.support.postgres import TestSchema
 from vigil.collector.desk.service import Desk
 from vigil.collector.storage.factory import create_storage
 from vigil.collector.storage.protocols import Storage
@@ -48,6 +49,9 @@ class BackendFactory:
         """Load ``sql`` (a dump of a schema-2 SQLite database) as the database."""
         raise NotImplementedError
 
+    def cleanup(self) -> None:
+        """Remove the database (after the test)."""
+
 
 class SqliteFactory(BackendFactory):
     """The embedded backend: one file in the test's temporary folder."""
@@ -63,4 +67,32 @@ class SqliteFactory(BackendFactory):
             db.executescript(sql)
 
 
-BACKENDS: dict[str, Callable[[Path], BackendFactory]] = {"sqlite": SqliteFactory}
+class PostgresFactory(BackendFactory):
+    """The PostgreSQL backend: a fresh schema on the test server, dropped by
+    :meth:`cleanup`."""
+
+    name = "postgresql"
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.schema = TestSchema()
+        super().__init__(self.schema.url)
+
+    def restore_schema2(self, sql: str) -> None:
+        # The fixture is an SQLite dump: restore it to a file and import that, the way a
+        # deployment moves from SQLite to PostgreSQL.
+        from vigil.collector.storage.postgres.importer import import_sqlite
+
+        path = self.tmp_path / "schema2.db"
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            db.executescript(sql)
+        import_sqlite(path, self.url)
+
+    def cleanup(self) -> None:
+        self.schema.drop()
+
+
+BACKENDS: dict[str, Callable[[Path], BackendFactory]] = {
+    "sqlite": SqliteFactory,
+    "postgresql": PostgresFactory,
+}

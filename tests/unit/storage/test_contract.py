@@ -573,3 +573,46 @@ def test_the_backend_implements_every_protocol_member(storage: Any) -> None:
                 assert _params(inspect.signature(method)) == want, f"{type(obj).__name__}.{name}"
     finally:
         storage.release()
+
+
+def test_a_lone_storage_leads(storage: Any) -> None:
+    """With one collector on the database, it runs the tick and the notifier."""
+    assert storage.leads() and storage.leads()
+
+
+def test_operators_are_stored_by_name_without_their_tokens(storage: Any) -> None:
+    with storage.session() as uow, uow.transaction():
+        assert uow.operators.add("bob", "viewer", "h1", T0)
+        assert uow.operators.add("alice", "admin", "h2", T0)
+        assert not uow.operators.add("bob", "admin", "h3", T0 + 1)
+        assert uow.operators.set_token("bob", "h4", T0 + 2)
+        assert not uow.operators.set_token("carol", "h5", T0 + 2)
+        assert uow.operators.list() == [
+            {"name": "alice", "role": "admin", "created_at": T0, "rotated_at": T0},
+            {"name": "bob", "role": "viewer", "created_at": T0, "rotated_at": T0 + 2},
+        ]
+        assert sorted(uow.operators.credentials()) == [
+            ("alice", "admin", "h2"),
+            ("bob", "viewer", "h4"),
+        ]
+        assert uow.operators.remove("bob") and not uow.operators.remove("bob")
+
+
+def test_audit_records_list_newest_first_and_count_by_action(storage: Any) -> None:
+    base = {"actor": "alice", "target": "incident:1", "peer": "127.0.0.1"}
+    with storage.session() as uow, uow.transaction():
+        first = uow.audit.append({**base, "at": T0, "action": "incident.acknowledge"})
+        second = uow.audit.append(
+            {**base, "at": T0 + 1, "action": "operator.add", "detail": {"role": "admin"}}
+        )
+        assert second > first
+        listed = uow.audit.list(limit=10, offset=0, action=None)
+        assert [r["id"] for r in listed] == [second, first]
+        assert listed[0] == {**base, "id": second, "at": T0 + 1, "action": "operator.add",
+                             "detail": {"role": "admin"}}  # fmt: skip
+        assert listed[1]["detail"] == {}
+        assert [r["id"] for r in uow.audit.list(limit=10, offset=0, action="operator.add")] == [
+            second
+        ]
+        assert uow.audit.list(limit=1, offset=1, action=None)[0]["id"] == first
+        assert uow.audit.counts() == {"incident.acknowledge": 1, "operator.add": 1}

@@ -366,6 +366,12 @@ class Storage(Protocol):
     def session(self) -> AbstractContextManager[UnitOfWork]:
         """``acquire`` then ``release``: for reads and single transactions."""
 
+    def leads(self) -> bool:
+        """Whether this process should run the once-per-fleet duties now (the tick that
+        ages incidents, notifications). Called before each; never blocks for long.
+        One process per database holds it; when it dies another takes over at its next
+        call. A single-process backend always leads."""
+
     def close(self) -> None:
         """Close; safe to call twice."""
 

@@ -141,6 +141,9 @@ class SqliteStorage:
         with self.lock:
             yield self._uow
 
+    def leads(self) -> bool:
+        return True  # one collector process per file
+
     def close(self) -> None:
         with self.lock:
             self._db.close()

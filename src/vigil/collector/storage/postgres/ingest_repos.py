@@ -1,0 +1,450 @@
+"""PostgreSQL repositories of what reports bring: hosts, seen ids, check results and key
+states, remediation runs, metrics summaries, counters. Queries only; no decisions.
+
+The statements mirror ``sqlite/ingest_repos.py`` one for one (same order, same
+results); where they differ it is for a PostgreSQL type (``jsonb``, arrays, booleans)
+or idiom (``ANY(array)`` instead of a list of placeholders, so one prepared statement
+serves every size).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from vigil import wire
+from vigil.collector.storage.postgres.schema import SEEN_BATCH, SEEN_EVENT
+from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow
+from vigil.collector.storage.sqlite.codec import columns_to_keys
+from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
+
+RUN_COLUMNS = (
+    "host, hostname, received_at, event_id, seq, time, remediation, check_id, outcome,"
+    " exit_code, started_at, duration_s, value_before, value_after, output, output_truncated,"
+    " script_sha256, dry_run"
+)
+_RUN_KEYS = columns_to_keys(RUN_COLUMNS)
+
+HOST_METRICS_UPSERT = (
+    "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names, vals)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (host) DO UPDATE SET"
+    " time = excluded.time, received_at = excluded.received_at,"
+    " agent_cpu = excluded.agent_cpu, agent_rss = excluded.agent_rss,"
+    " names = excluded.names, vals = excluded.vals"
+    " WHERE excluded.time >= host_metrics.time"
+)
+
+
+def where(*filters: tuple[str, str | None]) -> tuple[str, list[str]]:
+    """`` WHERE a = %s AND b = %s`` for the filters that are set (column names are ours)."""
+    used = [(column, value) for column, value in filters if value is not None]
+    if not used:
+        return "", []
+    return " WHERE " + " AND ".join(f"{c} = %s" for c, _ in used), [v for _, v in used]
+
+
+class PgHosts:
+    """:class:`~collector.storage.protocols.HostRepository` on PostgreSQL."""
+
+    def __init__(self, db: psycopg.Connection) -> None:
+        self._db = db
+
+    def before(self, agent_id: str) -> HostBefore | None:
+        row = self._db.execute(
+            "SELECT last_batch_id, clock_offset_s, last_seen FROM hosts WHERE agent_id = %s",
+            (agent_id,),
+        ).fetchone()
+        return None if row is None else HostBefore(*row)
+
+    def upsert(
+        self,
+        report: wire.Report,
+        received_at: float,
+        clock_offset_s: float,
+        heartbeat_ttl_s: float | None,
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
+            " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s, last_batch_id)"
+            " VALUES (%(agent)s, %(hostname)s, %(labels)s, %(version)s, %(at)s, %(at)s,"
+            " %(sent)s, %(offset)s, %(ttl)s::double precision, %(batch)s)"
+            " ON CONFLICT (agent_id) DO UPDATE SET hostname = excluded.hostname,"
+            " last_batch_id = excluded.last_batch_id,"
+            " labels = excluded.labels, agent_version = excluded.agent_version,"
+            " last_seen = excluded.last_seen, last_sent_at = excluded.last_sent_at,"
+            " clock_offset_s = excluded.clock_offset_s,"
+            " heartbeat_ttl_s = COALESCE(excluded.heartbeat_ttl_s, hosts.heartbeat_ttl_s)",
+            {
+                "agent": report.agent_id,
+                "hostname": report.hostname,
+                "labels": Jsonb(dict(report.labels)),
+                "version": report.agent_version,
+                "at": received_at,
+                "sent": report.sent_at,
+                "offset": clock_offset_s,
+                "ttl": heartbeat_ttl_s,
+                "batch": report.batch_id,
+            },
+        )
+
+    def info(self, agent_id: str) -> tuple[str, dict[str, str]] | None:
+        row = self._db.execute(
+            "SELECT hostname, labels FROM hosts WHERE agent_id = %s", (agent_id,)
+        ).fetchone()
+        return None if row is None else (row[0], _labels_or_empty(row[1]))
+
+    def count(self) -> int:
+        row = self._db.execute("SELECT COUNT(*) FROM hosts").fetchone()
+        return int(row[0]) if row else 0
+
+    def all_labels(self) -> Iterator[dict[str, str]]:
+        for (labels,) in self._db.execute("SELECT labels FROM hosts").fetchall():
+            yield _labels_or_empty(labels)
+
+    def liveness(self, heartbeat_check: str) -> list[LivenessRow]:
+        rows = self._db.execute(
+            "SELECT h.agent_id, h.hostname, h.labels, h.last_seen, h.heartbeat_ttl_s,"
+            " c.state, c.incident_id FROM hosts h LEFT JOIN check_state c"
+            " ON c.host = h.agent_id AND c.check_id = %s",
+            (heartbeat_check,),
+        ).fetchall()
+        return [
+            LivenessRow(host, hostname, _labels_or_empty(labels), seen, ttl, state, incident)
+            for host, hostname, labels, seen, ttl, state, incident in rows
+        ]
+
+    def list(self) -> list[dict[str, Any]]:
+        # COLLATE "C": byte order, as SQLite sorts text, whatever the database's locale.
+        rows = self._db.execute(
+            "SELECT agent_id, hostname, labels, agent_version, first_seen, last_seen,"
+            ' clock_offset_s, heartbeat_ttl_s FROM hosts ORDER BY agent_id COLLATE "C"'
+        ).fetchall()
+        return [
+            {
+                "agent_id": agent_id,
+                "hostname": hostname,
+                "labels": _labels_or_empty(labels),
+                "agent_version": version,
+                "first_seen": first_seen,
+                "last_seen": last_seen,
+                "clock_offset_s": offset,
+                "heartbeat_ttl_s": ttl,
+            }
+            for agent_id, hostname, labels, version, first_seen, last_seen, offset, ttl in rows
+        ]
+
+    def load(self) -> list[tuple[str, str, dict[str, str], float, float | None, float]]:
+        rows = self._db.execute(
+            "SELECT agent_id, hostname, labels, last_seen, heartbeat_ttl_s, clock_offset_s"
+            " FROM hosts ORDER BY first_order"
+        ).fetchall()
+        return [(a, h, _labels_or_empty(labels), s, t, o) for a, h, labels, s, t, o in rows]
+
+
+class PgSeen:
+    """:class:`~collector.storage.protocols.SeenRepository` on PostgreSQL."""
+
+    def __init__(self, db: psycopg.Connection) -> None:
+        self._db = db
+
+    def record(
+        self, host: str, batch_id: str, event_ids: Sequence[str], received_at: float
+    ) -> tuple[bool, set[str]]:
+        # One statement for the batch id and every event id; RETURNING yields only the
+        # rows inserted. A concurrent writer of the same id waits for this transaction
+        # (unique index), then inserts nothing.
+        kinds = [SEEN_BATCH] + [SEEN_EVENT] * len(event_ids)
+        rows = self._db.execute(
+            "INSERT INTO seen (host, kind, id, received_at)"
+            " SELECT %s, k, i, %s FROM unnest(%s::smallint[], %s::text[]) AS t (k, i)"
+            " ON CONFLICT DO NOTHING RETURNING kind, id",
+            (host, received_at, kinds, [batch_id, *event_ids]),
+        ).fetchall()
+        batch_is_new = False
+        new_ids: set[str] = set()
+        for kind, ident in rows:
+            if kind == SEEN_BATCH:
+                batch_is_new = True
+            else:
+                new_ids.add(ident)
+        return batch_is_new, new_ids
+
+    def forget_events(self, host: str, event_ids: set[str]) -> None:
+        self._db.execute(
+            "DELETE FROM seen WHERE host = %s AND kind = %s AND id = ANY(%s::text[])",
+            (host, SEEN_EVENT, list(event_ids)),
+        )
+
+    def prune(self, before: float, limit: int | None) -> int:
+        if limit is None:
+            cur = self._db.execute("DELETE FROM seen WHERE received_at < %s", (before,))
+        else:
+            cur = self._db.execute(
+                "DELETE FROM seen WHERE ctid = ANY(ARRAY(SELECT ctid FROM seen"
+                " WHERE received_at < %s ORDER BY received_at LIMIT %s))",
+                (before, limit),
+            )
+        return cur.rowcount
+
+
+class PgCheckResults:
+    """:class:`~collector.storage.protocols.CheckResultRepository` on PostgreSQL."""
+
+    def __init__(self, db: psycopg.Connection) -> None:
+        self._db = db
+
+    def add(self, host: str, event: wire.CheckEvent, received_at: float) -> None:
+        self._db.execute(
+            "INSERT INTO check_results (host, event_id, seq, time, received_at, check_id,"
+            " state, previous_state, value, message, remediation, ttl_s, flapping)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+            (
+                host,
+                event.event_id,
+                event.seq,
+                event.time,
+                received_at,
+                event.check,
+                event.state,
+                event.previous_state,
+                event.value,
+                event.message,
+                event.remediation,
+                event.ttl_s,
+                bool(event.flapping),
+            ),
+        )
+
+    def latest_flapping(self, host: str, check: str) -> bool:
+        row = self._db.execute(
+            "SELECT flapping FROM check_results WHERE host = %s AND check_id = %s"
+            " ORDER BY id DESC LIMIT 1",
+            (host, check),
+        ).fetchone()
+        return row is not None and bool(row[0])
+
+    def known_states(self, host: str, check: str, limit: int) -> list[tuple[float, str]]:
+        # Newest first through the (host, check_id, id) index, as on SQLite.
+        rows = self._db.execute(
+            "SELECT received_at, state FROM check_results WHERE host = %s AND check_id = %s"
+            " AND state != 'unknown' ORDER BY id DESC LIMIT %s",
+            (host, check, limit),
+        ).fetchall()
+        return [(t, state) for t, state in reversed(rows)]
+
+
+class PgKeys:
+    """:class:`~collector.storage.protocols.KeyRepository` on PostgreSQL."""
+
+    def __init__(self, db: psycopg.Connection) -> None:
+        self._db = db
+
+    def load(self, host: str, check: str) -> KeyRow | None:
+        row = self._db.execute(
+            "SELECT state, awaiting, awaiting_since, incident_id, value, message, flapping"
+            " FROM check_state WHERE host = %s AND check_id = %s",
+            (host, check),
+        ).fetchone()
+        if row is None:
+            return None
+        return KeyRow(row[0], row[1], row[2], row[3], row[4], row[5], bool(row[6]))
+
+    def save(self, host: str, check: str, key: KeyRow, updated_at: float) -> None:
+        self._db.execute(
+            "INSERT INTO check_state (host, check_id, state, value, message, updated_at,"
+            " awaiting, awaiting_since, incident_id, flapping)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+            " ON CONFLICT (host, check_id) DO UPDATE SET state = excluded.state,"
+            " value = excluded.value, message = excluded.message,"
+            " updated_at = excluded.updated_at, awaiting = excluded.awaiting,"
+            " awaiting_since = excluded.awaiting_since, incident_id = excluded.incident_id,"
+            " flapping = excluded.flapping",
+            (
+                host,
+                check,
+                key.state,
+                key.value,
+                key.message,
+                updated_at,
+                key.awaiting,
+                key.awaiting_since,
+                key.incident_id,
+                bool(key.flapping),
+            ),
+        )
+
+    def pending(self) -> list[tuple[str, str, str]]:
+        # UNION, not OR: each half uses its partial index instead of a full scan.
+        key = (
+            "SELECT c.host, c.check_id, COALESCE(h.hostname, c.host) FROM check_state c"
+            " LEFT JOIN hosts h ON h.agent_id = c.host WHERE "
+        )
+        rows = self._db.execute(  # type: ignore[call-overload]  # constants only
+            f"{key}c.awaiting IS NOT NULL UNION {key}c.flapping"
+        ).fetchall()
+        return [tuple(r) for r in rows]
+
+    def detach_incident(self, incident_id: int) -> None:
+        self._db.execute(
+            "UPDATE check_state SET incident_id = NULL WHERE incident_id = %s", (incident_id,)
+        )
+
+    def states(self) -> list[tuple[str, str, str]]:
+        rows = self._db.execute(
+            'SELECT host, check_id, state FROM check_state ORDER BY host COLLATE "C",'
+            ' check_id COLLATE "C"'
+        ).fetchall()
+        return [tuple(r) for r in rows]
+
+    def critical_by_check(self) -> dict[str, int]:
+        return dict(
+            self._db.execute(
+                "SELECT check_id, COUNT(*) FROM check_state WHERE state = 'critical'"
+                " GROUP BY check_id"
+            ).fetchall()
+        )
+
+
+class PgRuns:
+    """:class:`~collector.storage.protocols.RemediationRunRepository` on PostgreSQL."""
+
+    def __init__(self, db: psycopg.Connection) -> None:
+        self._db = db
+
+    def add(self, host: str, hostname: str, event: wire.RemediationEvent, at: float) -> None:
+        self._db.execute(
+            f"INSERT INTO remediation_runs ({RUN_COLUMNS}) VALUES ("  # type: ignore[call-overload]
+            + ", ".join(["%s"] * 18)
+            + ")",
+            (
+                host,
+                hostname,
+                at,
+                event.event_id,
+                event.seq,
+                event.time,
+                event.remediation,
+                event.check,
+                event.outcome,
+                event.exit_code,
+                event.started_at,
+                event.duration_s,
+                event.value_before,
+                event.value_after,
+                event.output,
+                bool(event.output_truncated),
+                event.script_sha256,
+                bool(event.dry_run),
+            ),
+        )
+
+    def list(
+        self, *, host: str | None, remediation: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        clause, args = where(("host", host), ("remediation", remediation))
+        rows = self._db.execute(  # type: ignore[call-overload]  # column names are ours
+            f"SELECT {RUN_COLUMNS} FROM remediation_runs{clause}"
+            " ORDER BY id DESC LIMIT %s OFFSET %s",
+            (*args, limit, offset),
+        ).fetchall()
+        return [_run_dict(row) for row in rows]
+
+    def for_key(
+        self, host: str, check: str, since: float, until: float, limit: int
+    ) -> list[dict[str, Any]]:
+        rows = self._db.execute(  # type: ignore[call-overload]
+            f"SELECT {RUN_COLUMNS} FROM remediation_runs WHERE host = %s AND check_id = %s"
+            " AND received_at >= %s AND received_at <= %s ORDER BY id LIMIT %s",
+            (host, check, since, until, limit),
+        ).fetchall()
+        return [_run_dict(row) for row in rows]
+
+    def outcome_counts(self) -> list[tuple[str, str, int]]:
+        rows = self._db.execute(
+            "SELECT remediation, outcome, COUNT(*) FROM remediation_runs"
+            " GROUP BY remediation, outcome"
+        ).fetchall()
+        return [tuple(r) for r in rows]
+
+    def hosts_by_remediation(self) -> dict[str, int]:
+        return dict(
+            self._db.execute(
+                "SELECT remediation, COUNT(DISTINCT host) FROM remediation_runs"
+                " GROUP BY remediation"
+            ).fetchall()
+        )
+
+    def durations(self) -> Iterator[tuple[str, float]]:
+        yield from self._db.execute(
+            "SELECT remediation, duration_s FROM remediation_runs"
+        ).fetchall()
+
+
+class PgHostMetrics:
+    """:class:`~collector.storage.protocols.HostMetricsRepository` on PostgreSQL."""
+
+    def __init__(self, db: psycopg.Connection) -> None:
+        self._db = db
+
+    def put(self, host: str, at: float, received_at: float, values: Mapping[str, float]) -> None:
+        self._db.execute(
+            HOST_METRICS_UPSERT,
+            (
+                host,
+                at,
+                received_at,
+                values.get(AGENT_CPU_SERIES),
+                values.get(AGENT_RSS_SERIES),
+                list(values),
+                [float(v) for v in values.values()],
+            ),
+        )
+
+    def latest(self, host: str) -> dict[str, float] | None:
+        row = self._db.execute(
+            "SELECT names, vals FROM host_metrics WHERE host = %s", (host,)
+        ).fetchone()
+        if row is None:
+            return None
+        return dict(zip(row[0], row[1], strict=True))
+
+    def footprints(self) -> Iterator[tuple[str, float, dict[str, float]]]:
+        for host, at, cpu, rss in self._db.execute(
+            "SELECT host, time, agent_cpu, agent_rss FROM host_metrics"
+            " WHERE agent_cpu IS NOT NULL OR agent_rss IS NOT NULL"
+        ).fetchall():
+            own = {AGENT_CPU_SERIES: cpu, AGENT_RSS_SERIES: rss}
+            yield host, at, {k: v for k, v in own.items() if v is not None}
+
+
+class PgCounters:
+    """:class:`~collector.storage.protocols.CounterRepository` on PostgreSQL."""
+
+    def __init__(self, db: psycopg.Connection) -> None:
+        self._db = db
+
+    def add(self, name: str, n: int) -> None:
+        self._db.execute(
+            "INSERT INTO counters (name, value) VALUES (%s, %s)"
+            " ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value",
+            (name, n),
+        )
+
+    def load(self) -> dict[str, int]:
+        return {n: int(v) for n, v in self._db.execute("SELECT name, value FROM counters")}
+
+
+def _labels_or_empty(labels: Any) -> dict[str, str]:
+    # jsonb comes back decoded; anything but an object (a row edited by hand) reads as no
+    # labels, as in the SQLite backend: start-up reads every host and must not fail.
+    return labels if isinstance(labels, dict) else {}
+
+
+def _run_dict(row: tuple[Any, ...]) -> dict[str, Any]:
+    run = dict(zip(_RUN_KEYS, row, strict=True))
+    run["output_truncated"] = bool(run["output_truncated"])
+    run["dry_run"] = bool(run["dry_run"])
+    return run
