@@ -655,6 +655,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--agents", type=int, default=8, help="agent processes (default 8)")
     parser.add_argument("--no-monit", action="store_true", help="skip the Monit comparison")
     parser.add_argument("--monit-trials", type=int, default=8, help="per fault kind (default 8)")
+    parser.add_argument(
+        "--keep", type=Path, default=None, help="work in this new folder and keep it (logs)"
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.agents <= 64:
         parser.error("--agents must be 1-64")
@@ -662,8 +665,12 @@ def main(argv: list[str] | None = None) -> int:
     reaper = Reaper()
     started = time.monotonic()
     try:
-        with tempfile.TemporaryDirectory(prefix="vigil-fleet-") as tmp_name:
-            tmp = Path(tmp_name)
+        with contextlib.ExitStack() as stack:
+            if args.keep is not None:
+                args.keep.mkdir(parents=True)
+                tmp = args.keep.resolve()
+            else:
+                tmp = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vigil-fleet-")))
             with fleet(tmp, args.agents, reaper) as (api, hosts):
                 faults = run_catalogue(api, hosts, reaper)
                 result = assess(faults, api)
