@@ -64,9 +64,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -78,9 +76,15 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.detect_to_fix import become_subreaper, kill_and_reap, p90, program  # noqa: E402
+from bench.fleet_procs import (  # noqa: E402
+    AGENT_TOKEN,
+    Api,
+    Reaper,
+    kill_named,
+    start_collector,
+    terminate,
+)
 
-AGENT_TOKEN = "fleet-agent-token-0123456789abcdef0123456789abcdef"
-ADMIN_TOKEN = "fleet-admin-token-0123456789abcdef0123456789abcdef"
 FILL_BYTES = 2_000_000
 LIMIT_BYTES = 1_000_000
 LEAK_BYTES = 200_000_000
@@ -133,135 +137,6 @@ FOLDERS = {
     "fleet_fixed": "fleet",
     "fleet_unfixed": "share",
 }
-
-
-# --------------------------------------------------------------------------- processes
-
-
-class Reaper:
-    """Reaps this process's children as they exit: the ones it started (through their
-    ``Popen``) and the orphans a subreaper inherits (a restarted service or application),
-    so a killed process never lingers as a zombie. Every 10 ms, until :meth:`stop`."""
-
-    def __init__(self) -> None:
-        self.popens: dict[int, subprocess.Popen[Any]] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def track(self, proc: subprocess.Popen[Any]) -> subprocess.Popen[Any]:
-        self.popens[proc.pid] = proc
-        return proc
-
-    def _run(self) -> None:
-        while not self._stop.wait(0.01):
-            for _ in range(100):  # bounded per tick
-                try:
-                    # Peek (WNOWAIT) so a Popen's own status goes to its Popen.
-                    got = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
-                except ChildProcessError:
-                    break
-                if got is None or got.si_pid == 0:
-                    break
-                if (popen := self.popens.get(got.si_pid)) is not None:
-                    popen.poll()
-                else:
-                    with contextlib.suppress(ChildProcessError):
-                        os.waitpid(got.si_pid, 0)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(2)
-
-
-def terminate(proc: subprocess.Popen[Any], timeout_s: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``timeout_s``."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
-
-def kill_named(names: set[str], deadline_s: float = 5.0) -> None:
-    """SIGKILL every process whose name (``/proc/PID/comm``) is in ``names``: the ones the
-    fixes started, which this script did not start itself."""
-    end = time.monotonic() + deadline_s
-    while time.monotonic() < end:
-        found = False
-        for pid_s in os.listdir("/proc"):
-            if not pid_s.isdigit():
-                continue
-            try:
-                comm = Path(f"/proc/{pid_s}/comm").read_text().strip()
-            except OSError:
-                continue
-            if comm in names:
-                found = True
-                kill_and_reap(int(pid_s))
-        if not found:
-            return
-        time.sleep(0.05)
-
-
-# --------------------------------------------------------------------------- collector API
-
-
-class Api:
-    """The collector's read API with the admin token."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-
-    def get(self, path: str) -> Any:
-        request = urllib.request.Request(
-            self.url + path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
-        )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return json.load(response)
-
-    def all(self, path: str, key: str) -> list[dict[str, Any]]:
-        """Every item of a list endpoint (paged by 1000, at most 20 pages)."""
-        out: list[dict[str, Any]] = []
-        sep = "&" if "?" in path else "?"
-        for page in range(20):
-            items = self.get(f"{path}{sep}limit=1000&offset={page * 1000}")[key]
-            out += items
-            if len(items) < 1000:
-                break
-        return out
-
-
-def start_collector(folder: Path, reaper: Reaper) -> tuple[subprocess.Popen[str], Api]:
-    config = folder / "collector.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "listen": {"host": "127.0.0.1", "port": 0},
-                "storage": {"sqlite_path": str(folder / "collector.db")},
-                "auth": {"agent_tokens": [AGENT_TOKEN], "admin_tokens": [ADMIN_TOKEN]},
-                "incidents": {"correlation": {"window": f"{CORRELATION_WINDOW_S:g}s"}},
-            }
-        )
-    )
-    proc = reaper.track(
-        subprocess.Popen(
-            [sys.executable, "-m", "vigil.collector", "--config", str(config), "--port", "0"],
-            stdout=subprocess.PIPE,
-            stderr=(folder / "collector.log").open("w"),
-            stdin=subprocess.DEVNULL,
-            text=True,
-            cwd=ROOT,
-        )
-    )
-    assert proc.stdout is not None
-    line = proc.stdout.readline()  # the collector prints one line once it listens
-    if "listening on " not in line:
-        terminate(proc)
-        raise RuntimeError(f"collector did not start: {(folder / 'collector.log').read_text()}")
-    return proc, Api(line.split("listening on ", 1)[1].strip())
 
 
 # --------------------------------------------------------------------------- hosts
@@ -589,7 +464,7 @@ def assess(faults: list[Fault], api: Api) -> dict[str, Any]:
 @contextlib.contextmanager
 def fleet(tmp: Path, n: int, reaper: Reaper) -> Iterator[tuple[Api, list[Host]]]:
     """A collector and ``n`` agents that all reported; everything stopped on exit."""
-    collector, api = start_collector(tmp, reaper)
+    collector, api = start_collector(tmp, reaper, CORRELATION_WINDOW_S)
     hosts = [Host(i, tmp / f"host-{i:02d}") for i in range(n)]
     try:
         lib = tuned_library(tmp / "lib")
@@ -602,9 +477,7 @@ def fleet(tmp: Path, n: int, reaper: Reaper) -> Iterator[tuple[Api, list[Host]]]
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             seen = {h["hostname"]: h["agent_id"] for h in api.get("/api/v1/hosts")["hosts"]}
-            # Up: reported, and the service started by the first detection (so a kill
-            # finds it running).
-            if len(seen) == n and all(h.pidfile.exists() for h in hosts):
+            if len(seen) == n:  # every agent reported
                 break
             time.sleep(0.25)
         else:
@@ -612,7 +485,7 @@ def fleet(tmp: Path, n: int, reaper: Reaper) -> Iterator[tuple[Api, list[Host]]]
             raise RuntimeError(f"only {len(seen)} of {n} agents came up; {hosts[0].name}: {log}")
         for host in hosts:
             host.agent_id = seen[host.name]
-        time.sleep(2.0)  # past the start-up transitions (first samples, the service start)
+        time.sleep(2.0)  # past the start-up transitions (first samples)
         yield api, hosts
     finally:
         for host in hosts:
