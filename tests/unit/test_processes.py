@@ -283,7 +283,7 @@ def test_a_watched_name_outside_the_top_n_is_still_sampled() -> None:
 
 def test_a_restarted_watched_process_is_measured_before_the_next_full_scan() -> None:
     """app-memory-restart starts the application again: its memory is read at once (the
-    verification needs it), its CPU waits for a second reading."""
+    verification needs it) and its CPU reads 0 % (not unknown) until a second reading."""
     ps = FakePs(FakeProc(1, "init"), FakeProc(2, "leaky", rss=4000))
     t = table(ps, top_n=1, watched=("leaky",))
     t.refresh(0, full=True)
@@ -294,8 +294,35 @@ def test_a_restarted_watched_process_is_measured_before_the_next_full_scan() -> 
     reading = t.reading()
 
     assert reading.values["process.top_rss_bytes[leaky]"] == 50
-    assert "process.top_cpu_percent[leaky]" not in reading.values
-    assert "no CPU reading yet" in reading.reasons["process.top_cpu_percent[leaky]"]
+    assert reading.values["process.top_cpu_percent[leaky]"] == 0.0
+    assert "process.top_cpu_percent[leaky]" not in reading.reasons
+
+
+def test_a_watched_process_first_seen_by_a_full_scan_reads_zero_cpu() -> None:
+    t = table(FakePs(FakeProc(1, "app", cpu=500.0), FakeProc(2, "other")), watched=("app",))
+    t.refresh(0, full=True)
+    values = t.reading().values
+
+    assert values["process.top_cpu_percent[app]"] == 0.0
+    assert "process.top_cpu_percent[other]" not in values  # not watched: nothing measured yet
+
+
+def test_a_watched_process_cpu_is_measured_on_every_refresh() -> None:
+    """A runaway that starts spinning between two full scans is seen at the next tick."""
+    app = FakeProc(2, "app", cpu=10.0)
+    t = table(FakePs(FakeProc(1, "init"), app), watched=("app",))
+    t.refresh(0, full=True)
+    app.cpu = 10.95  # 0.95 s of CPU in the next second
+    t.refresh(1, full=False)
+    assert t.reading().values["process.top_cpu_percent[app]"] == pytest.approx(95.0)
+
+    app.cpu = 11.0  # a reading 0.1 s later is too short to rate: the figure stays
+    t.refresh(1.1, full=False)
+    assert t.reading().values["process.top_cpu_percent[app]"] == pytest.approx(95.0)
+
+    app.cpu = 11.05  # idle again: 0.1 s of CPU over the 1 s since the rated reading
+    t.refresh(2, full=False)
+    assert t.reading().values["process.top_cpu_percent[app]"] == pytest.approx(10.0)
 
 
 def test_a_watched_process_first_read_between_scans_gets_its_cpu_over_its_own_interval() -> None:

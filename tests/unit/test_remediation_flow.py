@@ -323,6 +323,36 @@ def test_a_fix_that_does_not_clear_the_check_is_not_fixed(tmp_path: Path) -> Non
     ]
 
 
+def test_a_fix_verifies_as_soon_as_the_check_reads_clear_twice(tmp_path: Path) -> None:
+    """The manifest's verify.delay (5 s here) is an upper bound, not a wait: the check is
+    re-read when the script exits and confirmed 0.2 s later."""
+    env = Env(tmp_path)
+    fixing_remediation(env, verify={"delay": "5s"})
+    ref = {"id": "fix-level", "params": {"file": str(env.value_file("level"))}}
+    svc = env.service([{**LEVEL_CHECK, "remediation": ref}])
+    env.sampler.set("level", 50)
+
+    started = time.monotonic()
+    asyncio.run(cycle(svc))
+    took = time.monotonic() - started
+
+    assert [r.outcome for r in records(svc)] == ["fixed"]
+    assert took < 2.5, f"verification took {took:.2f} s of its 5 s bound"
+
+
+def test_a_fix_that_does_not_clear_is_read_until_the_verify_delay(tmp_path: Path) -> None:
+    env = Env(tmp_path)
+    env.remediation("no-op", "#!/bin/sh\necho did nothing\n", verify={"delay": "600ms"})
+    svc = env.service([{**LEVEL_CHECK, "remediation": "no-op"}])
+    env.sampler.set("level", 50)
+
+    started = time.monotonic()
+    asyncio.run(cycle(svc))
+
+    assert time.monotonic() - started >= 0.6
+    assert [r.outcome for r in records(svc)] == ["not_fixed"]
+
+
 @pytest.mark.parametrize("declared", ["needs_reboot", "needs_user"])
 def test_script_declared_outcome_is_recorded(tmp_path: Path, declared: str) -> None:
     env = Env(tmp_path)

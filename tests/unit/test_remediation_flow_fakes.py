@@ -19,7 +19,13 @@ import pytest
 from vigil import wire
 from vigil.agent.config import CheckSpec, RemediationRef, RemediationSettings
 from vigil.agent.exec.script import ScriptResult
-from vigil.agent.remediation.flow import RemediationFlow, detection_spec, index_triggers
+from vigil.agent.remediation.flow import (
+    VERIFY_CLEAR_READINGS,
+    VERIFY_STEP_S,
+    RemediationFlow,
+    detection_spec,
+    index_triggers,
+)
 from vigil.agent.remediation.gate import RunGate
 from vigil.agent.remediation.manifest import CheckTrigger, Remediation, current_platform
 from vigil.wire import CheckState
@@ -74,7 +80,8 @@ class FakeRunner:
 
 @dataclass
 class FakeMeasure:
-    """What the check reads when measured again, one value per call."""
+    """What the check reads when measured again, one value per call; the last one stays
+    (verification reads the check several times, see ``VERIFY_STEP_S``)."""
 
     values: list[float | None]
     level: CheckState | None = None
@@ -82,7 +89,7 @@ class FakeMeasure:
 
     async def __call__(self, spec: CheckSpec) -> tuple[float | None, CheckState | None]:
         self.asked.append(spec.id)
-        return self.values.pop(0), self.level
+        return (self.values.pop(0) if len(self.values) > 1 else self.values[0]), self.level
 
 
 class Sink:
@@ -201,7 +208,9 @@ def test_a_fix_that_clears_the_check_is_promise_record_recovery_in_that_order() 
     ]
     (record,) = h.sink.records()
     assert (record.value_before, record.value_after, record.output) == (50.0, 3.0, "done\n")
-    assert h.slept == [1.0]  # the agent's verify_delay
+    # Read at once and confirmed one step later, not after the agent's verify_delay (1 s).
+    assert h.slept == [VERIFY_STEP_S]
+    assert h.measure.asked == ["level.high"] * VERIFY_CLEAR_READINGS
     assert h.delivered == 1
 
 
@@ -246,11 +255,74 @@ def test_a_fix_that_leaves_the_check_bad_is_not_fixed_and_urgent() -> None:
 
 def test_a_manifest_verify_delay_wins_over_the_agents() -> None:
     rem = remediation(verify_delay_s=0.25)
-    h = Harness(rem, runner=FakeRunner(**{"fix.sh": [ran()]}), measure=FakeMeasure([3.0]))
+    h = Harness(rem, runner=FakeRunner(**{"fix.sh": [ran()]}), measure=FakeMeasure([50.0]))
 
     run(h.observe(with_fix(), 50.0))
 
-    assert h.slept == [0.25]
+    # A check that stays bad is read until the manifest's delay (not the agent's 1 s).
+    assert h.slept == pytest.approx([0.2, 0.05])
+    assert h.measure.asked == ["level.high"] * 3
+    (record,) = h.sink.records()
+    assert record.outcome == "not_fixed"
+
+
+# --- event-driven verification -----------------------------------------------------------
+
+
+def verify_with(*readings: float | None, delay: float | None = None) -> Harness:
+    """Run one fix whose check then reads ``readings`` (the last one stays)."""
+    h = Harness(
+        remediation(verify_delay_s=delay),
+        runner=FakeRunner(**{"fix.sh": [ran()]}),
+        measure=FakeMeasure(list(readings)),
+    )
+    run(h.observe(with_fix(), 50.0))
+    return h
+
+
+def test_verification_waits_for_the_check_to_clear_then_confirms_once() -> None:
+    h = verify_with(50.0, 50.0, 3.0, 3.0)
+
+    (record,) = h.sink.records()
+    assert (record.outcome, record.value_after) == ("fixed", 3.0)
+    # Clear at the third reading (0.4 s), confirmed at the fourth (0.6 s): well within 1 s.
+    assert h.slept == pytest.approx([VERIFY_STEP_S] * 3)
+    assert h.sink.story()[-1] == ("check", "level.high", "ok", "-")
+
+
+def test_one_clear_reading_followed_by_a_bad_one_is_not_verified() -> None:
+    h = verify_with(3.0, 50.0)  # a transient: the check goes bad again after one reading
+
+    (record,) = h.sink.records()
+    assert (record.outcome, record.value_after) == ("not_fixed", 50.0)
+    assert sum(h.slept) == pytest.approx(1.0)  # read until the verify delay, no longer
+    assert len(h.measure.asked) == 6
+
+
+def test_a_single_clear_reading_at_the_delay_still_verifies_as_before() -> None:
+    h = verify_with(50.0, 50.0, 50.0, 50.0, 50.0, 3.0)
+
+    (record,) = h.sink.records()
+    assert (record.outcome, record.value_after) == ("fixed", 3.0)
+    assert sum(h.slept) == pytest.approx(1.0)
+
+
+def test_unknown_readings_never_confirm_a_fix() -> None:
+    h = verify_with(None)
+
+    (record,) = h.sink.records()
+    assert record.outcome == "not_fixed"
+    assert (record.output, record.value_after) == ("after: unknown", None)
+    assert sum(h.slept) == pytest.approx(1.0)
+
+
+def test_a_zero_verify_delay_reads_once_at_once() -> None:
+    h = verify_with(3.0, delay=0.0)
+
+    (record,) = h.sink.records()
+    assert record.outcome == "fixed"
+    assert h.slept == []
+    assert len(h.measure.asked) == 1
 
 
 def test_a_failed_script_is_measured_at_once_and_recorded_as_an_error() -> None:
@@ -281,12 +353,13 @@ def test_a_script_that_could_not_run_keeps_the_value_and_says_why() -> None:
 
 def test_a_verification_script_decides_and_runs_in_the_verify_phase() -> None:
     rem = remediation(verify_scripts={HERE: LIB / "fix" / "verify.sh"})
-    runner = FakeRunner(**{"fix.sh": [ran()], "verify.sh": [ran(1)]})
+    runner = FakeRunner(**{"fix.sh": [ran()], "verify.sh": [ran(1)] * 6})
     h = Harness(rem, runner=runner, measure=FakeMeasure([3.0]))
 
     run(h.observe(with_fix(), 50.0))
 
-    assert h.runner.names() == ["fix.sh", "verify.sh"]
+    # The check reads clear, but the script says no at every reading up to the 1 s bound.
+    assert h.runner.names() == ["fix.sh"] + ["verify.sh"] * 6
     assert h.runner.calls[1].env["VIGIL_PHASE"] == "verify"
     (record,) = h.sink.records()
     assert (record.outcome, record.value_after) == ("not_fixed", 3.0)
@@ -437,7 +510,7 @@ def test_a_manifest_trigger_runs_only_for_enabled_remediations() -> None:
 
 def test_a_detection_script_is_a_check_and_re_runs_to_verify() -> None:
     rem = remediation(detection={HERE: LIB / "fix" / "detect.sh"})
-    runner = FakeRunner(**{"detect.sh": [ran(1), ran(0)], "fix.sh": [ran()]})
+    runner = FakeRunner(**{"detect.sh": [ran(1), ran(0), ran(0)], "fix.sh": [ran()]})
     h = Harness(rem, runner=runner, measure=FakeMeasure([]), enable=("fix",))
 
     async def scenario() -> bool:
@@ -446,7 +519,8 @@ def test_a_detection_script_is_a_check_and_re_runs_to_verify() -> None:
         return urgent
 
     assert run(scenario()) is False
-    assert h.runner.names() == ["detect.sh", "fix.sh", "detect.sh"]
+    # Detection re-runs at once and once more to confirm.
+    assert h.runner.names() == ["detect.sh", "fix.sh", "detect.sh", "detect.sh"]
     assert h.runner.calls[0].env["VIGIL_PHASE"] == "detect"
     assert h.sink.story() == [
         ("check", "detect.fix", "critical", "fix"),

@@ -9,8 +9,10 @@ remediation. For a check that names a remediation the flow is:
    collector waits for), or, when the gate refuses (already running, cooldown,
    attempts used up), the transition and a ``skipped`` record;
 2. the script runs under the exec limits, holding the gate's slot;
-3. after ``verify_delay`` the check is measured again (or the verification script
-   runs) and the outcome decided by :mod:`~vigil.agent.remediation.outcome`;
+3. the check is measured again (or the verification script runs) at once and every
+   0.2 s: two consecutive clear readings verify the fix, else the reading at
+   ``verify_delay`` (the upper bound) decides; the outcome rules are in
+   :mod:`~vigil.agent.remediation.outcome`;
 4. the corrective-action record is written *before* the check's recovery, so the
    collector sees "fixed while critical" (a prevented incident);
 5. a run that ends ``not_fixed``, ``error``, ``timeout`` (or was skipped because another
@@ -54,6 +56,13 @@ log = logging.getLogger("vigil.agent")
 
 # Outcomes after which a check that stays bad gets another attempt (gate permitting).
 RETRY_OUTCOMES = frozenset({"not_fixed", "error", "timeout", "skipped:busy"})
+
+# Event-driven verification (see RemediationFlow._verify): a fix counts as verified after
+# this many consecutive clear readings of its check, taken this many seconds apart, and
+# the manifest's ``verify.delay`` is only the upper bound. Two readings, not one: a value
+# read the instant a fix exits can be a transient (a service that dies again at once).
+VERIFY_STEP_S = 0.2
+VERIFY_CLEAR_READINGS = 2
 
 Measure = Callable[[CheckSpec], Awaitable[tuple[float | None, CheckState | None]]]
 """Measure a check again: ``(value, level)``; ``level`` is set for a command check (its
@@ -360,16 +369,45 @@ class RemediationFlow:
             after, level = await self._measure(spec)
             return RemediationOutcome(outcome, before, after, result, reason, level)
         delay = rem.verify_delay_s
-        await self.sleep(self.settings.verify_delay_s if delay is None else delay)
-        after, level = await self._measure(spec)
-        if (verify := rem.verify_for()) is not None:
-            cleared, detail = await self._verify_script(rem, verify, env)
-        else:
-            state = level or classify(spec, after, recovering=True)
-            cleared = state not in (rem.states_for(spec.id) or ("critical",)) and state != "unknown"
-            detail = f"after: {state}"
+        bound = self.settings.verify_delay_s if delay is None else delay
+        cleared, detail, after, level = await self._verify(spec, rem, env, bound)
         outcome, reason = verified_outcome(cleared, detail)
         return RemediationOutcome(outcome, before, after, result, reason, level)
+
+    async def _verify(
+        self, spec: CheckSpec, rem: Remediation, env: Mapping[str, str], bound_s: float
+    ) -> tuple[bool, str, float | None, CheckState | None]:
+        """Verify event-driven: (cleared, detail, value, level) of the deciding reading.
+
+        The check is read at once when the fix has exited, then every
+        :data:`VERIFY_STEP_S`: :data:`VERIFY_CLEAR_READINGS` consecutive clear readings
+        confirm the fix early; otherwise the reading at ``bound_s`` (the manifest's
+        ``verify.delay``, else the agent's) decides, as a single reading after the delay
+        always did. A reading is clear when the verification script exits 0, or else when
+        the check's state is known and not one the remediation is for (``unknown`` never
+        counts as fixed). ``bound_s`` is counted in the sleeps taken and on the monotonic
+        clock, whichever runs out first, and the number of readings is bounded too.
+        """
+        started = time.monotonic()
+        waited = 0.0
+        streak = 0
+        for _ in range(int(bound_s / VERIFY_STEP_S) + 2):
+            after, level = await self._measure(spec)
+            if (verify := rem.verify_for()) is not None:
+                cleared, detail = await self._verify_script(rem, verify, env)
+            else:
+                state = level or classify(spec, after, recovering=True)
+                bad = rem.states_for(spec.id) or ("critical",)
+                cleared = state not in bad and state != "unknown"
+                detail = f"after: {state}"
+            streak = streak + 1 if cleared else 0
+            left = bound_s - max(waited, time.monotonic() - started)
+            if streak >= VERIFY_CLEAR_READINGS or left <= 1e-9:
+                break
+            step = min(VERIFY_STEP_S, left)
+            await self.sleep(step)
+            waited += step
+        return cleared, detail, after, level
 
     async def _verify_script(
         self, rem: Remediation, script: Path, env: Mapping[str, str]

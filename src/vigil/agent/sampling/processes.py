@@ -23,10 +23,14 @@ a service that died into a zombie stops counting at once.
 Watched names (``SamplerConfig.watched_names``: the names whose ``process.top_*[name]``
 series a check reads) are sampled on every refresh whether or not they rank in the top
 N, and read 0 when no process of that name runs: the process a fix stopped is gone, which
-is the fix working, not a lack of knowledge. A watched process first seen since the last
-full scan is measured at once (memory; CPU needs a second reading, so its CPU series is
-unknown until the next full scan), and a process that vanished stops counting at the next
-refresh rather than the next full scan.
+is the fix working, not a lack of knowledge. Watched processes are measured on every
+refresh, not only at full scans: a watched process first seen reads its memory at once
+and 0 % CPU (a CPU percent needs two readings; a process that has just started has not
+been seen using any, and "unknown" would hold up the verification of a restart), and from
+its second reading on its CPU over the time since the previous one (at least
+:data:`MIN_CPU_INTERVAL_S`, so a reading taken right after another does not turn the
+10 ms granularity of CPU time into noise: it keeps the previous figure). A process that
+vanished stops counting at the next refresh rather than the next full scan.
 
 Races are normal: a process that vanishes mid-read is skipped; a field we may not read
 (``AccessDenied``, other users' command lines when not root) is remembered as denied, and
@@ -53,6 +57,9 @@ _ZombieProcess = psutil.ZombieProcess
 _ZOMBIE = psutil.STATUS_ZOMBIE
 # The series a watched name gets, and the _Entry field each one sums.
 _TOP_SERIES = (("process.top_cpu_percent", "cpu_percent"), ("process.top_rss_bytes", "rss"))
+# Shortest interval (seconds) a per-process CPU percent is computed over: CPU time moves in
+# 10 ms ticks, so over 0.5 s the figure is within 2 % of a core.
+MIN_CPU_INTERVAL_S = 0.5
 
 
 @dataclass(slots=True)
@@ -294,37 +301,30 @@ class ProcessTable:
                 continue
             except (_AccessDenied, OSError):
                 continue
-            cpu_s = float(times.user + times.system)
-            # Per process: a watched one may have had its first reading between scans.
-            elapsed = None if entry.cpu_at is None else now - entry.cpu_at
-            percent = cpu_time_percent(entry.cpu_s, cpu_s, elapsed)
-            if percent is not None:
-                entry.cpu_percent = percent
-            entry.cpu_s, entry.cpu_at = cpu_s, now
+            self._update_cpu(entry, float(times.user + times.system), now)
         self._full_done = True
         self._full_values = None
 
     def _refresh_watched(self, now: float) -> None:
-        """Between full scans: re-read the status of processes a presence check matches
-        or a watched name names (one may have died into a zombie), and measure the memory
-        of watched-name processes first seen since the last full scan (a restarted
-        application)."""
+        """Between full scans: measure watched-name processes (CPU, memory, status: a
+        restarted application, a runaway's load) and re-read the status of processes a
+        presence check matches (one may have died into a zombie)."""
         if not self.specs and not self._watched:
             return
         for entry in self._entries.values():
             if entry.zombie:
                 continue
-            watched = entry.name is not None and entry.name in self._watched
-            if watched and entry.cpu_s is None:
-                self._measure_new(entry, now)
-            elif watched or any(self._matches(s, entry) for s in self.specs):
+            if entry.name is not None and entry.name in self._watched:
+                self._measure_watched(entry, now)
+            elif any(self._matches(s, entry) for s in self.specs):
                 self._read_status(entry)
             if entry.zombie:
                 self._full_values = None  # it left the top N and joined the zombies
 
-    def _measure_new(self, entry: _Entry, now: float) -> None:
-        """First reading of a process between full scans: RSS, status and a CPU baseline
-        (a CPU percent needs a second reading, at the next full scan)."""
+    def _measure_watched(self, entry: _Entry, now: float) -> None:
+        """One reading of a watched process between full scans: RSS, status and CPU (see
+        :meth:`_update_cpu`). The top N keep their full-scan figures."""
+        new = entry.cpu_s is None
         try:
             with entry.proc.oneshot():
                 times = entry.proc.cpu_times()
@@ -335,8 +335,30 @@ class ProcessTable:
             return
         except (_NoSuchProcess, _AccessDenied, OSError):
             return
-        entry.cpu_s, entry.cpu_at = float(times.user + times.system), now
-        self._full_values = None
+        self._update_cpu(entry, float(times.user + times.system), now)
+        if new:
+            self._full_values = None  # a new process with a memory figure: top N may change
+
+    def _update_cpu(self, entry: _Entry, cpu_s: float, now: float) -> None:
+        """Take the CPU time ``cpu_s`` read at monotonic ``now`` into ``entry``.
+
+        The percent is over the interval since the entry's previous reading (a full scan
+        or a watched refresh), once that is at least :data:`MIN_CPU_INTERVAL_S`; a shorter
+        one keeps the previous percent and baseline. The first reading of a watched name
+        reads 0 % (see the module docstring); of any other process, nothing yet.
+        """
+        if entry.cpu_s is None or entry.cpu_at is None:
+            entry.cpu_s, entry.cpu_at = cpu_s, now
+            if entry.name is not None and entry.name in self._watched:
+                entry.cpu_percent = 0.0
+            return
+        elapsed = now - entry.cpu_at
+        if elapsed < MIN_CPU_INTERVAL_S:
+            return
+        percent = cpu_time_percent(entry.cpu_s, cpu_s, elapsed)
+        if percent is not None:
+            entry.cpu_percent = percent
+        entry.cpu_s, entry.cpu_at = cpu_s, now
 
     def _watched_value(self, name: str, attr: str) -> tuple[float | None, str]:
         """(value, reason when None) of ``attr`` summed over running processes ``name``."""
