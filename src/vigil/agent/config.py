@@ -282,7 +282,14 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         client_cert_file=col.path_value("client_cert_file", None),
         client_key_file=col.path_value("client_key_file", None),
     )
-    problem = tls_problem(collector)
+    problem = tls_problem(
+        collector.url,
+        {
+            "ca_file": collector.ca_file,
+            "client_cert_file": collector.client_cert_file,
+            "client_key_file": collector.client_key_file,
+        },
+    )
     if problem is not None:
         key, message = problem
         raise col.error(key, message, str(getattr(collector, key)))

@@ -10,11 +10,8 @@ certificate, for a collector that requires mutual TLS (``listen.tls.client_ca_fi
 from __future__ import annotations
 
 import ssl
+from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from vigil.agent.config import CollectorTarget
 
 
 def client_context(
@@ -34,23 +31,26 @@ def client_context(
     return context
 
 
-def tls_problem(target: CollectorTarget) -> tuple[str, str] | None:
-    """What is wrong with ``target``'s TLS files, as ``(key, message)`` for the config
-    error, or None: each must exist and load, a client key needs its certificate, and
-    they only make sense for an ``https://`` URL."""
-    names = ("ca_file", "client_cert_file", "client_key_file")
-    given = [n for n in names if getattr(target, n) is not None]
+def tls_problem(url: str, files: Mapping[str, Path | None]) -> tuple[str, str] | None:
+    """What is wrong with the collector's TLS files, as ``(key, message)`` for the config
+    error, or None. ``files`` maps ``ca_file``, ``client_cert_file`` and
+    ``client_key_file`` to their paths (None when not set): each must exist and load, a
+    client key needs its certificate, and they only make sense for an ``https://`` url."""
+    given = [name for name, path in files.items() if path is not None]
     if not given:
         return None
-    if not target.url.startswith("https://"):
+    if not url.startswith("https://"):
         return given[0], "needs an https:// collector url"
-    if target.client_key_file is not None and target.client_cert_file is None:
+    ca_file = files.get("ca_file")
+    cert_file, key_file = files.get("client_cert_file"), files.get("client_key_file")
+    if key_file is not None and cert_file is None:
         return "client_key_file", "needs client_cert_file as well"
     for name in given:
-        if not getattr(target, name).is_file():
+        path = files[name]
+        if path is not None and not path.is_file():
             return name, "no such file"
     try:
-        client_context(target.ca_file, target.client_cert_file, target.client_key_file)
+        client_context(ca_file, cert_file, key_file)
     except (OSError, ssl.SSLError) as exc:
         return given[0], f"cannot load: {exc}"
     return None
