@@ -24,6 +24,7 @@ import json
 import sys
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,17 +45,25 @@ from vigil.configio import CONFIG_EXIT_CODE, ConfigError
 _OK_OUTCOMES = ("fixed", "dry_run")
 
 
-def add_parser(sub: Any) -> None:
-    """Register ``remediation`` and its subcommands on the ``vigil-agent`` subparsers."""
-    rem = sub.add_parser("remediation", help="list, validate or test remediations")
+def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+    """Register ``remediation`` and its subcommands on the ``vigil-agent`` subparsers;
+    ``parents`` carry the global options, accepted after each command too."""
+    parents = list(parents)
+    rem = sub.add_parser("remediation", parents=parents, help="list, validate or test remediations")
     cmds = rem.add_subparsers(dest="remediation_command", metavar="SUBCOMMAND", required=True)
-    ls = cmds.add_parser("list", help="list the remediations in the library folders")
+    ls = cmds.add_parser(
+        "list", parents=parents, help="list the remediations in the library folders"
+    )
     ls.add_argument(
         "folders", nargs="*", type=Path, help="library folders (default: remediation.folders)"
     )
-    val = cmds.add_parser("validate", help="load one remediation folder strictly; run nothing")
+    val = cmds.add_parser(
+        "validate", parents=parents, help="load one remediation folder strictly; run nothing"
+    )
     val.add_argument("dir", type=Path, help="the remediation's folder (holds remediation.yaml)")
-    test = cmds.add_parser("test", help="run detection, remediation and verification here")
+    test = cmds.add_parser(
+        "test", parents=parents, help="run detection, remediation and verification here"
+    )
     test.add_argument("dir", type=Path, help="the remediation's folder (holds remediation.yaml)")
     test.add_argument("--dry-run", action="store_true", help="pass VIGIL_DRY_RUN=1")
     test.add_argument(
