@@ -139,9 +139,7 @@ def test_check_table_shows_bytes_in_binary_units(tmp_path: Path) -> None:
 def test_check_counts_the_unknown_checks_and_says_why(tmp_path: Path) -> None:
     config = write_config(
         tmp_path,
-        "checks:\n"
-        f"{ROOT_FREE}"
-        '  - {id: typo, metric: "disk.used_prcent[/]", critical: 95}\n',
+        f'checks:\n{ROOT_FREE}  - {{id: typo, metric: "disk.used_prcent[/]", critical: 95}}\n',
     )
 
     done = agent("--config", str(config), "check")
