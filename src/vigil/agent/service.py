@@ -379,7 +379,8 @@ class AgentService:
         self._ship_slack = iv.sample_s / 2
         result = await self.shipper.ship()
         if result.error and result.error != "backing off":
-            log.warning("delivery pending (%d events queued): %s", self._depth(), result.error)
+            # The shipper logs the outage itself (one WARNING, one INFO when it ends).
+            log.debug("delivery pending (%d events queued): %s", self._depth(), result.error)
         if self._ship_armed and self.outbox.pending == 0:
             self._set_ship_job(armed=False)
         elif not self._ship_armed and self.outbox.pending:
