@@ -348,7 +348,7 @@ def summary(report: dict[str, Any]) -> str:
         lines.append(f"result: {report['result']}")
         return "\n".join(lines)
     record = report["record"]
-    dry = " (dry run)" if record["dry_run"] else ""
+    dry = " (dry run)" if record["dry_run"] and record["outcome"] != "dry_run" else ""
     lines.append(f"outcome: {record['outcome']}{dry}: {report['reason']}")
     if record["value_before"] is not None or record["value_after"] is not None:
         lines.append(f"value: before {record['value_before']}, after {record['value_after']}")
