@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,45 @@ def test_check_counts_the_unknown_checks_and_says_why(tmp_path: Path) -> None:
     rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:] if line.strip()}
     assert "UNKNOWN" in rows["typo"]
     assert done.stdout.rstrip().endswith("1 of 2 checks unknown: typo")
+
+
+ADMIN = "cli-admin-token-0123456789abcdef0123456789abcdef"
+
+
+def test_a_real_agent_with_a_broken_bundle_runs_and_tells_the_collector(tmp_path: Path) -> None:
+    """One bad manifest (a Latin-1 byte) must not stop ``vigil-agent run``: the check that
+    names it runs without it, and the collector hears ``agent.remediations`` critical."""
+    from tests.support.procs import running_collector, spawn_agent, stop
+
+    lib = tmp_path / "lib"
+    (lib / "cursed").mkdir(parents=True)
+    (lib / "cursed" / "remediation.yaml").write_bytes(b"id: cursed\ntitle: caf\xe9\n")
+    with running_collector(tmp_path, agent_token=TOKEN, admin_token=ADMIN) as collector:
+        config = tmp_path / "agent.yaml"
+        config.write_text(
+            "agent: {state_dir: state}\n"
+            f"collector: {{url: '{collector.url}', token: {TOKEN}}}\n"
+            "intervals: {sample: 300ms, report: 300ms, heartbeat: 2s, metrics: 5s}\n"
+            f"remediation: {{folders: [{lib}, {SHIPPED}]}}\n"
+            "checks:\n"
+            '  - {id: root, metric: "disk.used_percent[/]", critical: 101,'
+            " remediation: {id: cursed}}\n"
+        )
+        log = tmp_path / "agent.log"
+        agent_proc = spawn_agent(config, log, cwd=REPO, unbuffered=True)
+        checks: dict[str, str] = {}
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and agent_proc.poll() is None:
+                hosts = collector.get("/api/v1/hosts")["hosts"]
+                checks = hosts[0]["checks"] if hosts else {}
+                if checks.get("agent.remediations") and checks.get("root"):
+                    break
+                time.sleep(0.2)
+        finally:
+            assert stop(agent_proc) == 0, log.read_text()
+
+    assert (checks.get("agent.remediations"), checks.get("root")) == ("critical", "ok")
+    text = log.read_text()
+    assert "remediation not loaded: " in text and "not valid UTF-8" in text
+    assert "check root runs without its remediation cursed (not loaded)" in text
