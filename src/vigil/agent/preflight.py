@@ -157,7 +157,8 @@ def _missing(rem: Remediation, values: Mapping[str, str]) -> list[str]:
 
 def check_state_dir(config: AgentConfig, *, create: bool) -> None:
     """Raise :class:`ConfigError` when the state folder (or the outbox's folder) cannot
-    exist: a regular file in the way, or no permission. ``create`` makes them."""
+    exist: a regular file in the way, or no permission. ``create`` makes them, and checks
+    that this user may write in them."""
     folders = [("agent.state_dir", config.state_dir), ("outbox.path", config.outbox.path.parent)]
     for key, folder in folders:
         if create:
@@ -165,6 +166,8 @@ def check_state_dir(config: AgentConfig, *, create: bool) -> None:
                 folder.mkdir(mode=0o700, parents=True, exist_ok=True)
             except OSError as exc:
                 raise ConfigError(config.file, key, str(folder), _why(folder, exc)) from None
+            if not os.access(folder, os.W_OK | os.X_OK):
+                raise ConfigError(config.file, key, str(folder), "not writable by this user")
             continue
         blocker = _first_non_folder(folder)
         if blocker is not None:
