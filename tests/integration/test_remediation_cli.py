@@ -303,3 +303,16 @@ def test_a_dry_run_the_script_refuses_is_an_error_with_a_non_zero_exit(tmp_path:
     assert done.returncode == 1
     assert (out["record"]["outcome"], out["record"]["exit_code"]) == ("error", 3)
     assert out["reason"] == "dry run failed: exit 3"
+
+
+@pytest.mark.parametrize("delay", ["nan", "-1", "inf"])
+def test_a_verify_delay_that_is_not_a_duration_is_a_usage_error(tmp_path: Path, delay: str) -> None:
+    folder = remediation(tmp_path, "patient", "echo\n")
+
+    done = cli("remediation", "test", str(folder), "--verify-delay", delay)
+
+    assert done.returncode == 2
+    assert (
+        f"argument --verify-delay: expected a duration such as 30s, 2m or 1h (got '{delay}')"
+        in (done.stderr)
+    )

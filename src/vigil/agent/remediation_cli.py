@@ -40,7 +40,7 @@ from vigil.agent.remediation.manifest import (
     load_manifest,
 )
 from vigil.agent.remediation.outcome import run_outcome, verified_outcome
-from vigil.configio import CONFIG_EXIT_CODE, ConfigError
+from vigil.configio import CONFIG_EXIT_CODE, ConfigError, parse_duration, shown
 
 _OK_OUTCOMES = ("fixed", "dry_run")
 
@@ -78,12 +78,20 @@ def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> Non
     )
     test.add_argument(
         "--verify-delay",
-        type=float,
+        type=_seconds,
         default=None,
         help="seconds before verifying (default: the manifest's verify.delay, else "
         f"{RemediationSettings().verify_delay_s:g}, the agent's default)",
     )
     test.add_argument("--json", action="store_true", help="print the whole report as JSON")
+
+
+def _seconds(raw: str) -> float:
+    """A command-line duration (``2``, ``500ms``, ``1m``): finite and not negative."""
+    try:
+        return parse_duration(raw)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} (got {shown(raw)})") from None
 
 
 def main(args: argparse.Namespace, config_path: Path) -> int:
