@@ -148,6 +148,7 @@ def test_check_counts_the_unknown_checks_and_says_why(tmp_path: Path) -> None:
     assert done.returncode == 1
     rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:] if line.strip()}
     assert "UNKNOWN" in rows["typo"]
+    assert "did you mean disk.used_percent[/]?" in rows["typo"]
     assert done.stdout.rstrip().endswith("1 of 2 checks unknown: typo")
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import difflib
 import json
 import os
 import sys
@@ -139,7 +140,7 @@ def check_once(config: AgentConfig, *, as_json: bool = False) -> int:
         else:
             value = values.get(spec.metric)
             state = classify(spec, value)
-            detail = sampler.reason_for(spec.metric) if value is None else ""
+            detail = "" if value is not None else _why_unknown(spec.metric, sampler, values)
         rows.append(
             {
                 "check": spec.id,
@@ -161,6 +162,14 @@ def check_once(config: AgentConfig, *, as_json: bool = False) -> int:
         if unknown:
             print(f"\n{len(unknown)} of {len(rows)} checks unknown: {', '.join(unknown)}")
     return 0 if all(r["state"] == "ok" for r in rows) else 1
+
+
+def _why_unknown(metric: str, sampler: Any, values: dict[str, float]) -> str:
+    """The sampler's reason for a missing ``metric``, plus the closest sampled series name
+    when there is one (a typo in ``metric`` keeps a check unknown for ever)."""
+    reason = str(sampler.reason_for(metric))
+    close = difflib.get_close_matches(metric, list(values), n=1, cutoff=0.8)
+    return f"{reason}; did you mean {close[0]}?" if close else reason
 
 
 def _fmt(value: float | None, metric: object = "") -> str:
