@@ -206,7 +206,8 @@ def bench_vigil(tmp: Path, hosts: int, renders: int) -> dict[str, float]:
         config.write_text(
             f"listen: {{host: 127.0.0.1, port: {port}}}\n"
             f"storage: {{sqlite_path: {db_path}}}\n"
-            f"auth: {{agent_tokens: [{TOKEN}]}}\n"
+            # /metrics open without a token: allowed on a loopback listener only.
+            f"auth: {{agent_tokens: [{TOKEN}], open_read: true}}\n"
             f"metrics: {{per_host_series: {str(per_host).lower()}}}\n"
         )
         started = time.perf_counter()

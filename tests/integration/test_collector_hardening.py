@@ -30,6 +30,11 @@ TOKEN = "hardening-agent-token-0123456789abcdef"
 ADMIN = "hardening-admin-token-0123456789abcdef"
 
 
+def metrics_request(url: str) -> urllib.request.Request:
+    """``GET url/metrics`` with the admin token (``/metrics`` needs an operator token)."""
+    return urllib.request.Request(f"{url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
+
+
 def healthz(url: str) -> int:
     with urllib.request.urlopen(f"{url}/healthz", timeout=5) as r:
         return r.status
@@ -208,7 +213,7 @@ def test_a_collector_starts_and_serves_over_bad_rows_in_its_store(tmp_path: Path
     proc, url = start_collector(config, log)
     try:
         assert healthz(url) == 200
-        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        with urllib.request.urlopen(metrics_request(url), timeout=10) as r:
             assert r.status == 200
             assert b"vigil_" in r.read()
         # Ingest works, for a host with a bad row too.
@@ -279,7 +284,7 @@ def test_fuzzed_reports_are_200_or_a_4xx_naming_the_field_and_the_store_restarts
     proc, url = start_collector(config, tmp_path / "restart.log")
     try:
         assert healthz(url) == 200
-        with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:
+        with urllib.request.urlopen(metrics_request(url), timeout=10) as r:
             assert r.status == 200
     finally:
         assert stop(proc) == 0

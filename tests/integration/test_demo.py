@@ -38,6 +38,8 @@ def test_demo_shows_a_prevented_fault_and_an_incident_that_resolves(tmp_path: Pa
     assert "outcome=fixed" in out
     assert "prevented incident #1 recorded, 0 incidents raised" in out
     assert "! incident #2 opened" in out
+    assert "Responder token:  vigil_op_" in out
+    assert "incident #2 acknowledged by demo-responder (its token)" in out
     assert "✓ incident #2 resolved" in out
     assert "agent stopped (exit 0)" in out
     assert "collector stopped (exit 0)" in out

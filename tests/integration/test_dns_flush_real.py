@@ -33,8 +33,10 @@ from pathlib import Path
 import pytest
 
 from tests.support.peers import require_binary
+from vigil.agent.config import ProbeSpec
 from vigil.agent.exec.script import ScriptResult, run_script
 from vigil.agent.remediation.manifest import load_manifest
+from vigil.agent.sampling.probes import Prober, ProbeResult, Probes
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "remediations"
@@ -304,3 +306,46 @@ def test_dns_flush_never_signals_a_pidfile_pid_that_is_not_dnsmasq(tmp_path: Pat
     finally:
         bystander.kill()
         bystander.wait(5)
+
+
+# --- probe.answer_ok: the series that triggers dns-flush, asked of the same real dnsmasq ----
+
+
+def answer_probe(port: int, *expect: str, name: str = NAME) -> ProbeResult:
+    """A dns probe asking dnsmasq on 127.0.0.1:``port`` directly, expecting ``expect``."""
+    spec = ProbeSpec("intranet", "dns", name, QUERY_TIMEOUT_S, f"127.0.0.1:{port}", expect)
+    return Prober().run(spec)
+
+
+def test_answer_ok_is_0_for_the_stale_answer_and_1_after_dns_flush(
+    tmp_path: Path, stale: Dnsmasq
+) -> None:
+    """The stale cache is seen as a wrong answer (the trigger), and dns-flush repairs it."""
+    before = answer_probe(stale.port, NEW)
+    assert (before.up, before.answer_ok) == (True, False)
+    assert OLD in (before.error or "")
+
+    assert flush(tmp_path, stale.pidfile).exit_code == 0
+
+    after = answer_probe(stale.port, NEW)
+    assert (after.up, after.answer_ok, after.error) == (True, True, None)
+
+
+def test_a_name_that_does_not_exist_is_a_wrong_answer(dnsmasq: Dnsmasq) -> None:
+    """NXDOMAIN for a name that should exist is an answer (0), not an unknown."""
+    result = answer_probe(dnsmasq.port, NEW, name="gone.vigil.test")
+    assert (result.up, result.answer_ok) == (False, False)
+
+
+def test_a_server_that_does_not_answer_leaves_answer_ok_unknown() -> None:
+    """No reply within the timeout: probe.up 0 and no probe.answer_ok series."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:
+        silent.bind(("127.0.0.1", 0))  # bound, never replies
+        spec = ProbeSpec(
+            "intranet", "dns", NAME, 0.3, f"127.0.0.1:{silent.getsockname()[1]}", (NEW,)
+        )
+        started = time.monotonic()
+        items = dict(Probes([spec], Prober()).read())
+    assert time.monotonic() - started < 2.0
+    assert items["probe.up[intranet]"] == 0.0
+    assert "probe.answer_ok[intranet]" not in items

@@ -23,10 +23,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import procs
 from tests.support.peers import free_port, require_binary
+from tests.support.procs import running_collector, spawn_agent, wait_for
+from vigil.agent.config import PrintSpec, SamplerConfig
 from vigil.agent.exec.script import ScriptResult, run_script
 from vigil.agent.remediation.manifest import load_manifest
 from vigil.agent.remediation.outcome import declared_outcome
+from vigil.agent.sampling.sampler import Sampler
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "remediations"
@@ -267,3 +271,156 @@ def test_a_malformed_cups_server_is_refused_before_cups_is_asked(stuck_queue: Cu
     assert result.exit_code == 3
     assert "bad cups_server" in result.output
     assert len(stuck_queue.jobs()) == 2
+
+
+# --- the print.* series that trigger print-queue-clear, read from the same real CUPS --------
+
+
+def print_series(server: str) -> tuple[dict[str, float], Sampler]:
+    """One read of the sampler's ``print`` source against the scheduler at ``server``."""
+    sampler = Sampler(SamplerConfig(printing=PrintSpec(server=server, timeout_s=CLIENT_TIMEOUT_S)))
+    values = sampler.sample(["print"])
+    return {k: v for k, v in values.items() if k.startswith("print.")}, sampler
+
+
+def test_print_series_of_a_healthy_queue_are_zero(cups: Cups) -> None:
+    values, _ = print_series(cups.server)
+    assert values["print.queue_jobs"] == 0
+    assert values["print.queues_disabled"] == 0
+    assert values[f"print.queue_disabled[{QUEUE}]"] == 0
+
+
+def test_print_series_see_a_stuck_queue_and_its_fix(stuck_queue: Cups) -> None:
+    """Disabled with two jobs: the series a check triggers print-queue-clear on; after the
+    shipped fix they read healthy again (what the agent's verification re-samples)."""
+    values, _ = print_series(stuck_queue.server)
+    assert values["print.queue_jobs"] == 2
+    assert values[f"print.queue_jobs[{QUEUE}]"] == 2
+    assert values["print.queues_disabled"] == 1
+    assert 0 <= values["print.oldest_job_age_s"] < 120
+
+    assert run_phase(stuck_queue, "remediate").exit_code == 0
+
+    after, _ = print_series(stuck_queue.server)
+    assert (after["print.queue_jobs"], after["print.queues_disabled"]) == (0, 0)
+
+
+def test_print_series_age_a_held_job(cups: Cups) -> None:
+    cups.submit(1, "-H", "hold")
+    time.sleep(1.1)  # lpstat shows whole seconds
+    values, _ = print_series(cups.server)
+    assert values["print.oldest_job_age_s"] >= 1
+
+
+def test_a_scheduler_that_does_not_answer_is_unknown_never_ok() -> None:
+    """No cupsd on that port: no print series at all, and the reason says why."""
+    require_binary("lpstat")
+    values, sampler = print_series(f"127.0.0.1:{free_port()}")
+    assert values == {}
+    assert "lpstat -o exited" in sampler.reason_for("print.queue_jobs")
+
+
+# --- a real agent and collector: the fix triggered by a check, or by a rescheduled detection --
+
+AGENT_TOKEN = "print-agent-token-0123456789abcdef0123456789abcdef"
+ADMIN_TOKEN = "print-admin-token-0123456789abcdef0123456789abcdef"
+
+
+def start_agent(tmp_path: Path, url: str, cups: Cups, extra: str) -> subprocess.Popen[bytes]:
+    """A real agent reading the private scheduler's queues every second."""
+    config = tmp_path / "agent.yaml"
+    config.write_text(
+        f"""\
+agent: {{state_dir: agent-state}}
+collector: {{url: "{url}", token: {AGENT_TOKEN}}}
+intervals: {{sample: 300ms, report: 500ms, heartbeat: 2s, metrics: 5s}}
+sampler:
+  disk_mounts: []
+  slow_interval: 1s
+  print: {{server: "{cups.server}", interval: 1s}}
+remediation:
+  folders: [{SHIPPED}]
+  verify_delay: 100ms
+{extra}"""
+    )
+    return spawn_agent(
+        config, tmp_path / "agent.log", unbuffered=True, env={"CUPS_SERVER": cups.server}
+    )
+
+
+def test_a_check_on_print_queues_disabled_runs_print_queue_clear(
+    tmp_path: Path, cups: Cups
+) -> None:
+    """The queue is disabled while the agent runs: the check on the sampled series fires
+    the shipped fix, which is verified by reading the queues anew and recorded fixed."""
+    with running_collector(tmp_path, agent_token=AGENT_TOKEN, admin_token=ADMIN_TOKEN) as collector:
+        agent = start_agent(
+            tmp_path,
+            collector.url,
+            cups,
+            "checks:\n"
+            "  - id: print.disabled\n"
+            "    metric: print.queues_disabled\n"
+            "    op: '>='\n"
+            "    critical: 1\n"
+            "    remediation:\n"
+            f"      id: print-queue-clear\n"
+            f"      params: {{queue: {QUEUE}, cups_server: '{cups.server}'}}\n",
+        )
+        try:
+            wait_for(
+                "the check to report ok",
+                lambda: (
+                    collector.get("/api/v1/hosts")["hosts"][0]["checks"].get("print.disabled")
+                    == "ok"
+                ),
+                retry_on=(OSError, IndexError),
+            )
+            cups.run("cupsdisable", QUEUE)
+            run = wait_for(
+                "the remediation record", lambda: collector.get("/api/v1/remediations/runs")["runs"]
+            )[0]
+            assert (run["remediation"], run["check"]) == ("print-queue-clear", "print.disabled")
+            assert (run["outcome"], run["value_before"], run["value_after"]) == ("fixed", 1, 0)
+            assert "disabled" not in cups.status()
+        finally:
+            assert procs.stop(agent) == 0, (tmp_path / "agent.log").read_text()
+
+
+def test_remediation_schedule_runs_detection_sooner_than_the_manifest(
+    tmp_path: Path, cups: Cups
+) -> None:
+    """The manifest detects every 10 min; `remediation.schedule` makes this host check
+    every second, so a queue disabled after start is cleared within seconds."""
+    assert load_manifest(SHIPPED / "print-queue-clear").detect_every_s == 600
+    with running_collector(tmp_path, agent_token=AGENT_TOKEN, admin_token=ADMIN_TOKEN) as collector:
+        agent = start_agent(
+            tmp_path,
+            collector.url,
+            cups,
+            "  enable: [print-queue-clear]\n"
+            "  schedule: {print-queue-clear: 1s}\n"
+            f"  params: {{print-queue-clear: {{queue: {QUEUE}, cups_server: '{cups.server}'}}}}\n",
+        )
+        try:
+            wait_for(
+                "the detection check to report ok",
+                lambda: (
+                    collector.get("/api/v1/hosts")["hosts"][0]["checks"].get(
+                        "detect.print-queue-clear"
+                    )
+                    == "ok"
+                ),
+                retry_on=(OSError, IndexError),
+            )
+            cups.run("cupsdisable", QUEUE)
+            run = wait_for(
+                "the remediation record",
+                lambda: collector.get("/api/v1/remediations/runs")["runs"],
+                timeout_s=30,
+            )[0]
+            assert run["remediation"] == "print-queue-clear"
+            assert run["outcome"] == "fixed"
+            assert "disabled" not in cups.status()
+        finally:
+            assert procs.stop(agent) == 0, (tmp_path / "agent.log").read_text()

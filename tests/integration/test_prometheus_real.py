@@ -20,6 +20,7 @@ from __future__ import annotations
 import gzip
 import json
 import math
+import shutil
 import subprocess
 import time
 import urllib.error
@@ -42,6 +43,8 @@ REPO = Path(__file__).resolve().parents[2]
 PROMETHEUS_DIR = REPO / "config" / "prometheus"
 DASHBOARD = REPO / "config" / "grafana" / "dashboards" / "vigil.json"
 AGENT_TOKEN = "prom-agent-token-0123456789abcdef0123456789abcdef"
+# /metrics needs an operator token; Prometheus sends it (scrape config ``authorization``).
+ADMIN_TOKEN = "prom-admin-token-0123456789abcdef0123456789abcdef"
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h"}
 # What wait_for treats as "not yet" here: connection errors and answers not JSON (yet).
 RETRY_ON = (OSError, ValueError)
@@ -226,6 +229,7 @@ global: {{scrape_interval: 1s, evaluation_interval: 1s}}
 rule_files: ["{PROMETHEUS_DIR / "vigil.rules.yml"}"]
 scrape_configs:
   - job_name: vigil-collector
+    authorization: {{credentials: "{ADMIN_TOKEN}"}}
     static_configs: [{{targets: ["{target}"]}}]
 """
     )
@@ -250,6 +254,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config = collector_config(
         tmp,
         agent_token=AGENT_TOKEN,
+        admin_token=ADMIN_TOKEN,
         extra="metrics: {per_host_series: true, max_host_series: 3}\n",
     )
     collector, collector_url = start_collector(config, tmp / "collector.log", cwd=REPO)
@@ -288,7 +293,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def test_promtool_check_metrics_is_clean_on_a_live_metrics_page(stack: Stack) -> None:
-    with urllib.request.urlopen(f"{stack.collector_url}/metrics", timeout=10) as response:
+    scrape = urllib.request.Request(
+        f"{stack.collector_url}/metrics", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    with urllib.request.urlopen(scrape, timeout=10) as response:
         page = response.read()
     done = subprocess.run(
         [require_binary("promtool"), "check", "metrics"],
@@ -320,13 +328,16 @@ def test_promtool_test_rules_passes_on_the_shipped_rule_tests() -> None:
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_the_example_scrape_config_is_valid() -> None:
+def test_the_example_scrape_config_is_valid(tmp_path: Path) -> None:
+    # A copy, with the viewer token file the example reads (promtool checks it exists).
+    shutil.copytree(PROMETHEUS_DIR, tmp_path / "prometheus")
+    (tmp_path / "prometheus" / "vigil-viewer.token").write_text("vigil_op_example\n")
     done = subprocess.run(
         [require_binary("promtool"), "check", "config", "prometheus.yml"],
         capture_output=True,
         text=True,
         timeout=30,
-        cwd=PROMETHEUS_DIR,
+        cwd=tmp_path / "prometheus",
     )
     assert done.returncode == 0, done.stdout + done.stderr
 

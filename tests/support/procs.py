@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import selectors
 import signal
 import subprocess
@@ -130,7 +131,7 @@ def start_collector(
     """Start a collector on an ephemeral port; ``(process, base URL)`` once it listens.
 
     Its stderr goes to ``log`` (discarded if ``None``). Fails the test, with the log, if
-    the ``vigil-collector listening on http://127.0.0.1:PORT`` line does not come within
+    the ``vigil-collector listening on http(s)://127.0.0.1:PORT`` line does not come within
     ``timeout_s``.
     """
     stderr = log.open("w") if log is not None else subprocess.DEVNULL
@@ -139,7 +140,7 @@ def start_collector(
     if not line:
         detail = log.read_text() if log is not None else ""
         pytest.fail(f"collector did not start within {timeout_s} s: {detail}")
-    assert "listening on http://127.0.0.1:" in line, line
+    assert re.search(r"listening on https?://127\.0\.0\.1:", line), line
     return proc, line.split("listening on ", 1)[1].strip()
 
 
@@ -176,9 +177,12 @@ def get_json(url: str, token: str | None = None, timeout_s: float = 10.0) -> Any
         return json.load(response)
 
 
-def read_metrics(url: str, timeout_s: float = 10.0) -> Metrics:
-    """``url``'s Prometheus text as ``{(name, sorted label pairs): value}``."""
-    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+def read_metrics(url: str, token: str | None = None, timeout_s: float = 10.0) -> Metrics:
+    """``url``'s Prometheus text as ``{(name, sorted label pairs): value}`` (read with
+    ``Authorization: Bearer token`` if given: ``/metrics`` needs a viewer token)."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    request = urllib.request.Request(url, headers=headers)
+    with urllib.request.urlopen(request, timeout=timeout_s) as response:
         text = response.read().decode()
     return {
         (s.name, tuple(sorted(s.labels.items()))): s.value
@@ -200,7 +204,7 @@ class Collector:
 
     def metrics(self) -> Metrics:
         """The collector's ``/metrics``, parsed by :func:`read_metrics`."""
-        return read_metrics(self.url + "/metrics")
+        return read_metrics(self.url + "/metrics", self.token)
 
 
 @contextlib.contextmanager

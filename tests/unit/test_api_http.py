@@ -41,7 +41,9 @@ from vigil.collector.api.http import (
     require_reader,
 )
 from vigil.collector.config import CollectorConfig
-from vigil.collector.keys import config_key
+from vigil.collector.identity.operators import config_principals
+from vigil.collector.identity.roles import Directory
+from vigil.collector.keys import config_key, directory_key
 
 
 def request_to(
@@ -55,6 +57,7 @@ def request_to(
     app = web.Application()
     if config is not None:
         app[config_key] = config
+        app[directory_key] = Directory(config_principals(config.auth.admin_tokens))
     headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
     return make_mocked_request("GET", path, headers, app=app, match_info=match_info or {})
 
@@ -194,7 +197,7 @@ def test_agent_and_admin_tokens_are_not_interchangeable(collector_config) -> Non
     assert has_agent_token(request_to("/x", collector_config, token=agent))
     assert not has_agent_token(request_to("/x", collector_config, token=admin))
     error = api_error(require_admin, request_to("/x", collector_config, token=agent))
-    assert (error.status, error.message) == (401, "missing or unknown admin token")
+    assert (error.status, error.message) == (401, "missing or unknown operator token")
     assert error.headers == {"WWW-Authenticate": 'Bearer realm="vigil"'}
     require_admin(request_to("/x", collector_config, token=admin))
 

@@ -363,6 +363,44 @@ def test_flap_history_keeps_only_changes_inside_the_window() -> None:
     assert statuses[-1].changes == (200.0,)
 
 
+def test_unknown_readings_are_not_flap_changes() -> None:
+    """ok -> unknown -> ok -> critical -> unknown -> ok is two changes, not five (#15)."""
+    steps = [(0, 50.0), (5, None), (10, 50.0), (15, 97.0), (20, None), (25, 50.0)]
+
+    statuses, _ = run(FLAPPY, steps)
+
+    assert statuses[-1].changes == (15.0, 25.0)
+    assert [s.flapping for s in statuses] == [False] * 6
+    assert statuses[-1].state == "ok"
+
+
+def test_a_known_state_after_unknown_counts_against_the_last_known_one() -> None:
+    """ok -> unknown -> critical is one change, made when critical is seen."""
+    statuses, _ = run(FLAPPY, [(0, 50.0), (5, None), (10, 97.0)])
+
+    assert statuses[-1].changes == (10.0,)
+
+
+def test_the_first_known_state_after_a_start_in_unknown_is_no_change() -> None:
+    statuses, _ = run(FLAPPY, [(0, None), (5, 97.0), (10, None), (15, 97.0)])
+
+    assert statuses[-1].changes == ()
+
+
+def test_missing_readings_alone_never_make_a_check_flap() -> None:
+    steps = [(i * 5.0, None if i % 2 else 50.0) for i in range(12)]
+
+    statuses, _ = run(FLAPPY, steps)
+
+    assert not any(s.flapping for s in statuses)
+
+
+def test_a_flapping_check_holds_its_worse_state_through_unknown() -> None:
+    statuses, _ = run(FLAPPY, [*alternate(5), (50.0, None)])
+
+    assert (statuses[-1].flapping, statuses[-1].state) == (True, "critical")
+
+
 # ------------------------------------------------------------------ unknown reasons and levels
 
 

@@ -493,7 +493,7 @@ def test_a_large_valid_report_still_passes_the_structure_check(
     [{}, bearer("test-agent-token-0123456789abcdef0123456789abcdef"), bearer("nope")],
     ids=["no-token", "agent-token", "unknown-token"],
 )
-def test_the_read_api_needs_an_admin_token(
+def test_the_read_api_needs_an_operator_token(
     path, headers, collector_config, collector_server
 ) -> None:
     async def main() -> tuple[int, Any]:
@@ -502,7 +502,7 @@ def test_the_read_api_needs_an_admin_token(
 
     status, body = run(main)
     assert status == 401
-    assert body == {"error": "missing or unknown admin token", "field": None}
+    assert body == {"error": "missing or unknown operator token", "field": None}
 
 
 @pytest.mark.parametrize(

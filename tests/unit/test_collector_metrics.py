@@ -22,6 +22,7 @@ import prometheus_client
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.conftest import COLLECTOR_ADMIN_TOKEN
 from tests.support.desk import open_desk
 from vigil import wire
 from vigil.collector.config import CollectorConfig, MetricsConfig, load_collector_config
@@ -73,8 +74,12 @@ def parse(text: str) -> Samples:
     }
 
 
+# /metrics needs a viewer token like the read API; the test config's admin token is one.
+SCRAPE_HEADERS = {"Authorization": f"Bearer {COLLECTOR_ADMIN_TOKEN}"}
+
+
 async def scrape(http: aiohttp.ClientSession, url: str) -> Samples:
-    async with http.get(f"{url}/metrics") as r:
+    async with http.get(f"{url}/metrics", headers=SCRAPE_HEADERS) as r:
         assert r.status == 200
         return parse(await r.text())
 
@@ -92,14 +97,14 @@ async def post(
         return r.status
 
 
-def test_metrics_are_served_without_a_token_in_the_prometheus_text_format(
+def test_metrics_are_served_to_a_viewer_in_the_prometheus_text_format(
     collector_config, collector_server
 ) -> None:
     async def main() -> tuple[int, str, str]:
         async with (
             collector_server(collector_config) as url,
             aiohttp.ClientSession() as http,
-            http.get(f"{url}/metrics") as r,
+            http.get(f"{url}/metrics", headers=SCRAPE_HEADERS) as r,
         ):
             return r.status, r.headers["Content-Type"], await r.text()
 

@@ -28,6 +28,11 @@ Rules of :func:`evaluate`
   check is *flapping*: it reports the worse of its last reported state and the base
   state (so an incident stays open instead of opening and closing every minute), and
   it stops flapping once the changes in the window fall to half the limit or fewer.
+  Only changes between *known* states count: ``unknown`` is the absence of knowledge,
+  not a state, so ok -> unknown -> ok is no change and ok -> unknown -> critical is one
+  (ok -> unknown -> ok -> critical -> unknown -> ok is two, not five). Otherwise a
+  sampler that misses a reading now and then would hold a recovered check's incident
+  open for the whole window (issue #15, item 4).
 - A :class:`Transition` is returned exactly when the reported state or the flapping
   flag changes (and on the first evaluation, with ``previous=None``).
   ``CheckStatus.value`` always updates.
@@ -67,7 +72,8 @@ class CheckStatus:
     timer running while a critical level is pending. ``base`` is the state before flap
     damping (equal to ``state`` unless flapping), ``changes`` the times ``base`` changed
     within the flap window, ``flapping`` whether damping is on. ``message`` describes the
-    latest evaluation (for an unknown state: why).
+    latest evaluation (for an unknown state: why). ``known`` is the last base state that
+    was not ``unknown`` (``None`` until one was seen): flap changes are counted against it.
     """
 
     state: CheckState
@@ -80,6 +86,7 @@ class CheckStatus:
     changes: tuple[float, ...] = ()
     flapping: bool = False
     message: str = ""
+    known: CheckState | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +192,7 @@ def evaluate(
     if pending is not None:
         pending_since = critical_since if pending == "critical" else bad_since
 
-    changes, flapping = _flap(spec, status, prev_base, base, now)
+    changes, flapping = _flap(spec, status, base, now)
     previous = status.state if status is not None else None
     state = base
     if flapping and previous is not None and _RANK[previous] > _RANK[base]:
@@ -206,6 +213,7 @@ def evaluate(
         changes=changes,
         flapping=flapping,
         message=message,
+        known=_known(status, base),
     )
     if not changed:
         return new_status, None
@@ -219,18 +227,28 @@ def evaluate(
     )
 
 
+def _known(status: CheckStatus | None, base: CheckState) -> CheckState | None:
+    """The last base state that was not ``unknown``, after this evaluation."""
+    if base != "unknown":
+        return base
+    return None if status is None else status.known
+
+
 def _flap(
     spec: CheckSpec,
     status: CheckStatus | None,
-    prev_base: CheckState | None,
     base: CheckState,
     now: float,
 ) -> tuple[tuple[float, ...], bool]:
-    """(base-state change times inside the window, flapping now)."""
+    """(base-state change times inside the window, flapping now).
+
+    A change is a known base state that differs from the last known one: moving into or
+    out of ``unknown`` is not counted, and the first known state is no change either.
+    """
     if spec.flap_changes <= 0 or status is None:
         return (), False
     changes = status.changes
-    if base != prev_base:
+    if base != "unknown" and status.known is not None and base != status.known:
         changes = (*changes, now)[-_MAX_FLAP_HISTORY:]
     changes = tuple(t for t in changes if t > now - spec.flap_window_s)
     if status.flapping:

@@ -14,7 +14,18 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
-from vigil.configio import ConfigError, Section, load_yaml
+from vigil.agent.delivery.tls import tls_problem
+from vigil.agent.sampler_config import (
+    ClockSpec,
+    PrintSpec,
+    ProbeSpec,
+    ServiceFallback,
+    clock_spec,
+    print_spec,
+    probe_spec,
+    services,
+)
+from vigil.configio import ConfigError, Section, load_yaml, parse_duration
 
 Operator = Literal[">", ">=", "<", "<="]
 OPERATORS: tuple[str, ...] = (">", ">=", "<", "<=")
@@ -23,11 +34,18 @@ _CHECK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 
 @dataclass(frozen=True, slots=True)
 class CollectorTarget:
-    """Where and how the agent reports. ``token`` is the bearer token for ingest."""
+    """Where and how the agent reports. ``token`` is the bearer token for ingest.
+
+    ``ca_file``: PEM CA(s) trusted for an ``https://`` collector instead of the system's;
+    ``client_cert_file`` / ``client_key_file``: a client certificate for mutual TLS.
+    """
 
     url: str
     token: str
     timeout_s: float = 10.0
+    ca_file: Path | None = None
+    client_cert_file: Path | None = None
+    client_key_file: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,22 +126,6 @@ class ProcessSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class ProbeSpec:
-    """A user-experience probe, bounded by ``timeout_s``.
-
-    ``kind`` ``dns`` resolves ``target`` (a host name); ``tcp`` connects to ``target``
-    (``host:port``); ``http`` GETs ``target`` (a URL). Sampled as
-    ``probe.seconds[<name>]`` and ``probe.up[<name>]`` (1/0), plus
-    ``probe.http_status[<name>]`` for ``http``.
-    """
-
-    name: str
-    kind: Literal["dns", "tcp", "http"]
-    target: str
-    timeout_s: float = 5.0
-
-
-@dataclass(frozen=True, slots=True)
 class SamplerConfig:
     """What the sampler reads besides the always-on CPU, memory, swap, load and uptime.
 
@@ -138,6 +140,8 @@ class SamplerConfig:
     whose ``process.top_cpu_percent[<name>]`` and ``process.top_rss_bytes[<name>]`` are
     sampled whether or not they rank in the top ``top_n``, reading 0 when no such process
     runs; :func:`load_agent_config` fills it with the names the checks read.
+    ``clock``, ``printing`` and ``service_fallbacks`` (see ``sampler_config``): the
+    ``clock.offset_s``, ``print.*`` sources and how a service is told without systemd.
     """
 
     disk_mounts: tuple[str, ...] | None = None
@@ -151,6 +155,9 @@ class SamplerConfig:
     top_n: int = 5
     slow_s: float = 60.0
     watched_names: tuple[str, ...] = ()
+    clock: ClockSpec | None = None
+    printing: PrintSpec | None = None
+    service_fallbacks: tuple[ServiceFallback, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +218,8 @@ class RemediationSettings:
     itself. A check that names a remediation needs no entry here. ``params`` maps a
     remediation id to parameter values for runs that no check's ``remediation.params``
     covers; a check's own params win over these. Values starting ``./`` or ``../`` are
-    paths.
+    paths. ``schedule`` maps a remediation id to the seconds between its detection runs,
+    replacing the manifest's ``trigger.every``.
     """
 
     folders: tuple[Path, ...] = ()
@@ -220,6 +228,7 @@ class RemediationSettings:
     verify_delay_s: float = 1.0
     params: dict[str, dict[str, str]] = field(default_factory=dict)
     enable: tuple[str, ...] = ()
+    schedule: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,8 +273,17 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         raise col.error("url", "must be an http:// or https:// URL", url)
     token = _token(col)
     collector = CollectorTarget(
-        url=url.rstrip("/"), token=token, timeout_s=col.duration("timeout", 10.0, minimum=0.1)
+        url=url.rstrip("/"),
+        token=token,
+        timeout_s=col.duration("timeout", 10.0, minimum=0.1),
+        ca_file=col.path_value("ca_file", None),
+        client_cert_file=col.path_value("client_cert_file", None),
+        client_key_file=col.path_value("client_key_file", None),
     )
+    problem = tls_problem(collector)
+    if problem is not None:
+        key, message = problem
+        raise col.error(key, message, str(getattr(collector, key)))
     col.done()
 
     iv = root.section("intervals")
@@ -306,23 +324,27 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     mounts = sa.str_list("disk_mounts", None)
     paths = tuple(_path_spec(p) for p in sa.sections("paths"))
     processes = tuple(_process_spec(p) for p in sa.sections("processes"))
-    probes = tuple(_probe_spec(p) for p in sa.sections("probes"))
+    probes = tuple(probe_spec(p) for p in sa.sections("probes"))
     for key, named in (("paths", paths), ("processes", processes), ("probes", probes)):
         names = [p.name for p in named]
         for i, name in enumerate(names):
             if name in names[:i]:
                 raise sa.error(f"{key}[{i}].name", f"duplicate {key} name", name)
+    service_names, service_fallbacks = services(sa)
     sampler = SamplerConfig(
         disk_mounts=mounts,
         paths=paths,
         disk_timeout_s=sa.duration("disk_timeout", 2.0, minimum=0.01),
         per_core=sa.get("per_core", bool, False),
         processes=processes,
-        services=sa.str_list("services", ()),
+        services=service_names,
         probes=probes,
         process_scan_s=sa.duration("process_scan", 60.0, minimum=1.0),
         top_n=sa.get("top_n", int, 5, minimum=0, maximum=50),
         slow_s=sa.duration("slow_interval", 60.0, minimum=1.0),
+        clock=clock_spec(sa),
+        printing=print_spec(sa),
+        service_fallbacks=service_fallbacks,
     )
     sa.done()
 
@@ -337,6 +359,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         verify_delay_s=rs.duration("verify_delay", 1.0),
         params=_remediation_params(rs.section("params")),
         enable=rs.str_list("enable", ()),
+        schedule=_schedule(rs.section("schedule")),
     )
     rs.done()
 
@@ -419,6 +442,21 @@ def _remediation_params(s: Section) -> dict[str, dict[str, str]]:
     return out
 
 
+MIN_SCHEDULE_S = 1.0  # the manifest loader's floor for trigger.every
+
+
+def _schedule(s: Section) -> dict[str, float]:
+    """``remediation.schedule``: remediation id -> seconds between detection runs."""
+    out: dict[str, float] = {}
+    for rem_id in s.data:
+        seconds = s.convert(str(rem_id), parse_duration)
+        if seconds < MIN_SCHEDULE_S:
+            raise s.error(str(rem_id), f"must be at least {MIN_SCHEDULE_S:g}s", s.data[rem_id])
+        out[str(rem_id)] = seconds
+    s.done()
+    return out
+
+
 def _path_spec(s: Section) -> PathSpec:
     name = s.get("name", str)
     if not _CHECK_ID.match(name):
@@ -448,32 +486,6 @@ def _process_spec(s: Section) -> ProcessSpec:
     )
     if spec.exe_name is None and spec.cmdline is None and spec.user is None:
         raise s.error("exe", "a process needs at least one of exe, cmdline, user")
-    s.done()
-    return spec
-
-
-_PROBE_KINDS = ("dns", "tcp", "http")
-
-
-def _probe_spec(s: Section) -> ProbeSpec:
-    name = s.get("name", str)
-    if not _CHECK_ID.match(name):
-        raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
-    given = [k for k in _PROBE_KINDS if s.has(k)]
-    if len(given) != 1:
-        raise s.error("dns", "a probe needs exactly one of dns, tcp, http", given or None)
-    kind = given[0]
-    target = s.get(kind, str)
-    if kind == "tcp" and not re.match(r"^\[?[^\s\]]+\]?:\d{1,5}$", target):
-        raise s.error("tcp", "expected host:port", target)
-    if kind == "http" and not re.match(r"^https?://[^/\s]+", target):
-        raise s.error("http", "must be an http:// or https:// URL", target)
-    spec = ProbeSpec(
-        name=name,
-        kind=kind,  # type: ignore[arg-type]
-        target=target,
-        timeout_s=s.duration("timeout", 5.0, minimum=0.01),
-    )
     s.done()
     return spec
 

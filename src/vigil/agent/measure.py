@@ -22,7 +22,8 @@ class SampleSource(Protocol):
 
     A sampler may also offer ``blocking(sources) -> bool`` (whether sampling those sources
     may block; without it every sample runs on a worker thread) and
-    ``reason_for(metric) -> str`` (why a series is missing).
+    ``reason_for(metric) -> str`` (why a series is missing) and ``refresh(sources)``
+    (read cached sources anew at the next sample, for a verification).
     """
 
     def sample(self, sources: Iterable[str] | None = None) -> dict[str, float]:
@@ -85,5 +86,8 @@ class Measurer:
             # Only the source this series comes from: a verification should not cost a
             # full sample (and must not disturb rates more than needed).
             source = source_of(metric)
+            refresh = getattr(self.sampler, "refresh", None)
+            if refresh is not None and source is not None:
+                refresh({source})  # a reading cached for an interval would be the stale one
             values = await self.sample(None if source is None else {source})
         return values.get(metric)

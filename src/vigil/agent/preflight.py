@@ -89,7 +89,7 @@ def load_checked_library(
 
 def without_broken(config: AgentConfig, broken: Mapping[str, str]) -> AgentConfig:
     """``config`` minus its references to ``broken`` bundles: checks naming one run with
-    no remediation, and it leaves ``remediation.enable`` and ``remediation.params``."""
+    no remediation, and it leaves ``remediation.enable``, ``.params`` and ``.schedule``."""
     if not broken:
         return config
     checks = []
@@ -107,6 +107,7 @@ def without_broken(config: AgentConfig, broken: Mapping[str, str]) -> AgentConfi
         rs,
         enable=tuple(i for i in rs.enable if i not in broken),
         params={k: v for k, v in rs.params.items() if k not in broken},
+        schedule={k: v for k, v in rs.schedule.items() if k not in broken},
     )
     return dataclasses.replace(config, checks=tuple(checks), remediation=settings)
 

@@ -55,7 +55,7 @@ from vigil.agent.identity import Identity, load_identity
 from vigil.agent.measure import Measurer, SampleSource
 from vigil.agent.preflight import REMEDIATIONS_CHECK, check_enabled, load_checked_library
 from vigil.agent.remediation.flow import RemediationFlow
-from vigil.agent.remediation.manifest import Remediation, check_library
+from vigil.agent.remediation.manifest import Remediation, check_library, with_schedule
 from vigil.agent.sampling.sampler import Sampler
 from vigil.agent.timers import Timers
 
@@ -93,6 +93,7 @@ def build_service(
     else:
         check_library(config, library)
         check_enabled(config, library)
+    library = with_schedule(config, library)
     identity = load_identity(config.state_dir, hostname=config.hostname, labels=config.labels)
     outbox = Outbox(
         config.outbox.path,

@@ -21,16 +21,30 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
-from vigil.collector.api import hosts, incidents, problems, remediations, reports, silences, system
+from vigil.collector.api import (
+    hosts,
+    incidents,
+    operators,
+    problems,
+    remediations,
+    reports,
+    silences,
+    system,
+)
 from vigil.collector.api.http import ITEM_ID, ApiError, error_response
 from vigil.collector.config import CollectorConfig
 from vigil.collector.desk.service import Desk
+from vigil.collector.identity.audit import AuditCollector, AuditCounts
+from vigil.collector.identity.operators import config_principals, load_directory
+from vigil.collector.identity.roles import Directory
 from vigil.collector.ingest import IngestQueue
 from vigil.collector.keys import (
+    audit_counts_key,
     clock_key,
     config_key,
     counters_key,
     desk_key,
+    directory_key,
     executor_key,
     ingest_key,
     notify_health_key,
@@ -50,6 +64,10 @@ TICK_INTERVAL_S = 5.0
 # Dedup ids forgotten per tick at most: one short transaction each time, and 4,000 ids/s
 # of capacity, well above what 100,000 agents on the shipped config add (~2,000/s).
 PRUNE_CHUNK = 20_000
+# Seconds between reloads of the operators (token hashes) and the audit counts: an
+# operator added, rotated or removed with the CLI or another collector process takes
+# effect within this delay (through this process's API: at once).
+IDENTITY_REFRESH_S = 5.0
 
 _Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -72,11 +90,17 @@ def create_app(
     app[clock_key] = clock
     app[registry_key] = CollectorRegistry(auto_describe=False)
     app[counters_key] = RequestCounters()
+    # The config's admin tokens authenticate from the start; stored operators once the
+    # storage is open (_identity_ctx).
+    app[directory_key] = Directory(config_principals(config.auth.admin_tokens))
+    app[audit_counts_key] = AuditCounts()
     app[notify_health_key] = NotifyHealth(
         target_keys(config.notifications), base_s=config.notifications.interval_s
     )
     # ingest after the desk: on shutdown it commits what is queued before the storage closes.
-    app.cleanup_ctx.extend([_executor_ctx, _desk_ctx, _ingest_ctx, _tick_ctx, _notify_ctx])
+    app.cleanup_ctx.extend(
+        [_executor_ctx, _desk_ctx, _identity_ctx, _ingest_ctx, _tick_ctx, _notify_ctx]
+    )
     setup_routes(app)
     return app
 
@@ -108,6 +132,11 @@ def setup_routes(app: web.Application) -> None:
     r.add_get("/api/v1/hosts", hosts.list_hosts)
     r.add_get("/api/v1/remediations/stats", remediations.remediation_stats)
     r.add_get("/api/v1/remediations/runs", remediations.list_remediation_runs)
+    r.add_get("/api/v1/operators", operators.list_operators)
+    r.add_post("/api/v1/operators", operators.add_operator)
+    r.add_post(f"/api/v1/operators/{operators.OPERATOR_NAME}/rotate", operators.rotate_operator)
+    r.add_delete(f"/api/v1/operators/{operators.OPERATOR_NAME}", operators.remove_operator)
+    r.add_get("/api/v1/audit", operators.list_audit)
     r.add_get("/metrics", system.get_metrics)
     r.add_get("/healthz", system.get_healthz)
 
@@ -181,6 +210,36 @@ async def _desk_ctx(app: web.Application) -> AsyncIterator[None]:
     registry.unregister(collector)
     await loop.run_in_executor(executor, desk.close)
     log.info("storage closed")
+
+
+async def _identity_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Load the stored operators and the audit counts now, then every
+    :data:`IDENTITY_REFRESH_S` (a failed reload keeps the previous directory and is
+    logged); ``vigil_audit_records_total`` is served from the counts."""
+    loop = asyncio.get_running_loop()
+    storage, executor = app[desk_key].storage, app[executor_key]
+    reload = functools.partial(
+        load_directory, storage, app[directory_key], app[config_key].auth.admin_tokens
+    )
+    counts = app[audit_counts_key]
+    counts.set(await loop.run_in_executor(executor, reload))
+    collector = AuditCollector(counts)
+    app[registry_key].register(collector)
+
+    async def forever() -> None:
+        while True:
+            await asyncio.sleep(IDENTITY_REFRESH_S)
+            try:
+                counts.set(await loop.run_in_executor(executor, reload))
+            except Exception:
+                log.exception("reloading operators failed; keeping the previous ones")
+
+    task = asyncio.create_task(forever(), name="vigil-identity-refresh")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    app[registry_key].unregister(collector)
 
 
 async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:

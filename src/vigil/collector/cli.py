@@ -1,8 +1,10 @@
-"""``vigil-collector``: run the collector until SIGINT/SIGTERM.
+"""``vigil-collector``: run the collector until SIGINT/SIGTERM; ``vigil-collector
+operator ...`` manages operator accounts instead (``collector/operator_cli.py``).
 
 Once listening it prints exactly one line to stdout,
-``vigil-collector listening on http://HOST:PORT`` (with the real port when ``--port 0``
-asked for an ephemeral one); tests and the demo parse it. Logs go to stderr.
+``vigil-collector listening on http://HOST:PORT`` (``https://`` with ``listen.tls``;
+the real port when ``--port 0`` asked for an ephemeral one); tests and the demo parse
+it. Logs go to stderr. SIGHUP reloads the TLS certificate files.
 
 Exit status: 0 clean shutdown; 1 cannot start (port taken, database unreadable);
 2 bad config or usage.
@@ -21,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vigil import __version__
-from vigil.collector.config import CollectorConfig, load_collector_config
+from vigil.collector.config import CollectorConfig, is_loopback, load_collector_config
 from vigil.collector.storage.records import StorageError
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
 
@@ -57,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the collector; returns the process exit status."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["operator"]:  # vigil-collector operator add|list|rotate|remove
+        from vigil.collector.operator_cli import main as operator_main
+
+        return operator_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:
@@ -66,6 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return CONFIG_EXIT_CODE
     overrides = {"host": args.host, "port": args.port}
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if config.auth.open_read and not is_loopback(config.host):
+        print(
+            f"{PROG}: --host {config.host}: auth.open_read needs a loopback address",
+            file=sys.stderr,
+        )
+        return CONFIG_EXIT_CODE
     try:
         return asyncio.run(_serve(config))
     except (OSError, StorageError) as exc:
@@ -85,6 +98,7 @@ async def _serve(config: CollectorConfig) -> int:
         raise_open_files_limit,
         server_options,
     )
+    from vigil.collector.tls import create_server_context, reload_context
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -92,6 +106,12 @@ async def _serve(config: CollectorConfig) -> int:
         # Windows has no add_signal_handler: Ctrl+C arrives as KeyboardInterrupt instead.
         with contextlib.suppress(NotImplementedError, RuntimeError):
             loop.add_signal_handler(sig, stop.set)
+    tls, ssl_context = config.tls, None
+    if tls is not None:
+        ssl_context = create_server_context(tls)
+        # SIGHUP: new certificate files, same listening socket (see collector/tls.py).
+        with contextlib.suppress(NotImplementedError, RuntimeError, AttributeError):
+            loop.add_signal_handler(signal.SIGHUP, reload_context, ssl_context, tls)
 
     max_connections = effective_max_connections(config.max_connections, raise_open_files_limit())
     # aiohttp logs every request at INFO unless told otherwise: off unless configured.
@@ -101,11 +121,18 @@ async def _serve(config: CollectorConfig) -> int:
     )
     try:
         await runner.setup()  # opens the storage
-        site = GuardedTCPSite(runner, config.host, config.port, max_connections=max_connections)
+        site = GuardedTCPSite(
+            runner,
+            config.host,
+            config.port,
+            max_connections=max_connections,
+            ssl_context=ssl_context,
+        )
         await site.start()
         port = runner.addresses[0][1]
         host = f"[{config.host}]" if ":" in config.host else config.host
-        print(f"{PROG} listening on http://{host}:{port}", flush=True)
+        scheme = "https" if ssl_context is not None else "http"
+        print(f"{PROG} listening on {scheme}://{host}:{port}", flush=True)
         await stop.wait()
         logging.getLogger(__name__).info("shutting down")
     finally:

@@ -6,6 +6,8 @@ the config file's folder.
 
 from __future__ import annotations
 
+import ipaddress
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog, load_catalog
 from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.notify.config import NotifyConfig, parse_notifications
 from vigil.collector.storage.url import SCHEMES, sqlite_path, sqlite_url
+from vigil.collector.tls import TlsConfig, create_server_context
 from vigil.configio import Section, load_yaml
 
 DEFAULT_HOST = "127.0.0.1"
@@ -39,8 +42,11 @@ TOKEN_ADVICE = "python3 -c 'import secrets; print(secrets.token_urlsafe(32))'"
 class AuthConfig:
     """Bearer tokens. Agents ingest with ``agent_tokens``; the API takes ``admin_tokens``.
 
-    ``open_read`` leaves the read-only API (GET) open without a token: meant for a demo on
-    127.0.0.1 only. Ingest always needs an agent token.
+    ``admin_tokens`` act as admin operators named ``config:admin_tokens.N`` (the shared
+    tokens of older configs; prefer named operators, ``vigil-collector operator add``).
+    ``open_read`` leaves the read-only API (GET) and ``/metrics`` open without a token:
+    refused unless the collector listens on a loopback address (the demo). Ingest always
+    needs an agent token; every write needs an operator token.
     """
 
     agent_tokens: tuple[str, ...]
@@ -85,6 +91,8 @@ class CollectorConfig:
     port: int = DEFAULT_PORT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    # Native TLS (``listen.tls``); None serves plain HTTP (behind a TLS proxy, or a demo).
+    tls: TlsConfig | None = None
     # Where the collector keeps its state (``storage.url``); a relative SQLite path was
     # already resolved against the config file.
     storage_url: str = sqlite_url("var/collector.db")
@@ -120,6 +128,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         "max_connections", int, DEFAULT_MAX_CONNECTIONS, minimum=1, maximum=1_000_000
     )
     idle_timeout_s = listen.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT_S, minimum=1.0)
+    tls = _tls(listen.section("tls")) if listen.has("tls") else None
     listen.done()
 
     storage = root.section("storage")
@@ -142,6 +151,12 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         admin_tokens=admin_tokens,
         open_read=a.get("open_read", bool, False),
     )
+    if auth.open_read and not is_loopback(host):
+        raise a.error(
+            "open_read",
+            f"is allowed only when listen.host is a loopback address, not {host!r}",
+            True,
+        )
     a.done()
 
     lim = root.section("limits")
@@ -204,6 +219,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         port=port,
         max_connections=max_connections,
         idle_timeout_s=idle_timeout_s,
+        tls=tls,
         storage_url=storage_url,
         dedup_retention_s=dedup_retention_s,
         auth=auth,
@@ -218,6 +234,17 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         ingest=ingest,
         access_log=access_log,
     )
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a listen address) only accepts connections from this machine:
+    ``localhost`` or a loopback IP (``127.0.0.0/8``, ``::1``). ``0.0.0.0`` and ``""`` are not."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _check_token(section: Section, key: str, token: str) -> None:
@@ -235,6 +262,29 @@ def _check_token(section: Section, key: str, token: str) -> None:
     else:
         return
     raise section.error(key, f"{problem}; generate a token with: {TOKEN_ADVICE}")
+
+
+def _tls(section: Section) -> TlsConfig:
+    """``listen.tls``: the files must exist and load (a certificate whose key does not
+    match is refused here, not at the first handshake)."""
+    client_ca = section.path_value("client_ca_file", None)
+    tls = TlsConfig(
+        cert_file=section.path_value("cert_file"),
+        key_file=section.path_value("key_file"),
+        client_ca_file=client_ca,
+    )
+    section.done()
+    for name in ("cert_file", "key_file", "client_ca_file"):
+        path = getattr(tls, name)
+        if path is not None and not path.is_file():
+            raise section.error(name, "no such file", str(path))
+    try:
+        create_server_context(tls)
+    except (OSError, ssl.SSLError) as exc:
+        raise section.error(
+            "cert_file", f"cannot load certificate, key or CA: {exc}", str(tls.cert_file)
+        ) from None
+    return tls
 
 
 def _storage_url(storage: Section) -> str:

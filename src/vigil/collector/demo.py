@@ -6,8 +6,13 @@ what Vigil does through its own HTTP API:
 
 (a) the demo spool folder fills past 1 MB; the agent's ``demo-cleanup`` remediation
     empties it and verifies the fix, so the collector records a *prevented* incident;
-(b) the demo inbox fills past 1 MB with no remediation, so an incident opens; the inbox
-    then drains on its own and the incident resolves.
+(b) the demo inbox fills past 1 MB with no remediation, so an incident opens; the demo
+    responder (an operator created with ``vigil-collector operator add``, whose token is
+    printed with curl examples) acknowledges it; the inbox then drains on its own and the
+    incident resolves.
+
+The read API and ``/metrics`` are open because the demo collector listens on 127.0.0.1
+with ``auth.open_read: true``; every write needs the responder's token.
 
 Everything stays running afterwards so you can explore; Ctrl-C stops both processes.
 Only the standard library is used here: the demo talks to Vigil the way a user would.
@@ -54,9 +59,38 @@ def say(text: str = "") -> None:
     print(text, flush=True)
 
 
+# The operator the demo creates; its token is printed so acknowledge/resolve can be tried.
+RESPONDER = "demo-responder"
+
+
 def get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return json.load(resp)
+
+
+def post_json(url: str, token: str, body: dict[str, Any]) -> Any:
+    """POST ``body`` as JSON with ``Authorization: Bearer token``; the decoded reply."""
+    request = urllib.request.Request(
+        url,
+        data=json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=5) as resp:
+        return json.load(resp)
+
+
+def create_responder(root: Path) -> str:
+    """``vigil-collector operator add demo-responder --role responder`` on the demo's
+    database; the token it printed (once, on its last line)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "vigil.collector", "operator", "--config",
+         str(root / "config/demo/collector.yaml"), "add", RESPONDER, "--role", "responder"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise DemoError(f"cannot create the demo responder: {done.stderr.strip()}")
+    return done.stdout.strip().splitlines()[-1]
 
 
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float) -> T:
@@ -134,6 +168,7 @@ def run(root: Path, port: int, stay: bool) -> int:
 
     say("Vigil demo — the real collector and agent on this machine")
     say("=" * 60)
+    token = create_responder(root)
     try:
         collector, url = start_collector(root, port, var / "collector.log")
     except DemoError:
@@ -162,13 +197,24 @@ def run(root: Path, port: int, stay: bool) -> int:
         say(f"Hosts (API):      curl {url}/api/v1/hosts")
         say(f"Fixes (API):      curl {url}/api/v1/remediations/runs")
         say(f"Prometheus:       curl {url}/metrics")
+        say(f"Responder token:  {token}  (operator {RESPONDER}, shown once)")
+        say(
+            f"Acknowledge:      curl -X POST -H 'Authorization: Bearer {token}'"
+            " -H 'Content-Type: application/json' -d '{\"note\": \"on it\"}'"
+            f" {url}/api/v1/incidents/ID/acknowledge"
+        )
+        say(
+            f"Resolve:          curl -X POST -H 'Authorization: Bearer {token}'"
+            " -H 'Content-Type: application/json' -d '{\"root_cause\": \"...\"}'"
+            f" {url}/api/v1/incidents/ID/resolve"
+        )
         say(f"Logs:             {var}/collector.log, {var}/agent.log")
         say()
         host = wait_for(
             "the agent's first report", lambda: get_json(f"{url}/api/v1/hosts")["hosts"], 30
         )[0]
         say(f"Agent {host['hostname']} ({host['agent_id'][:8]}…) is reporting.")
-        scenario(url, var)
+        scenario(url, var, token)
         say()
         if stay:
             say("Done. Vigil keeps running: explore the API above, Ctrl-C to stop.")
@@ -188,7 +234,7 @@ def run(root: Path, port: int, stay: bool) -> int:
     return 0
 
 
-def scenario(url: str, var: Path) -> None:
+def scenario(url: str, var: Path, token: str) -> None:
     """Inject faults (a) and (b) and narrate what Vigil does about them."""
     api = f"{url}/api/v1"
 
@@ -236,6 +282,10 @@ def scenario(url: str, var: Path) -> None:
         f"{(incident['sla_due'] - incident['opened_at']) / 86400:.0f} days)"
     )
     say(f"      {incident['message']}")
+    acked = post_json(
+        f"{api}/incidents/{incident['id']}/acknowledge", token, {"note": "looking at it"}
+    )["incident"]
+    say(f"    incident #{incident['id']} acknowledged by {acked['acknowledged_by']} (its token)")
     say("    … the inbox drains on its own in 10 s")
     time.sleep(10)
     for f in (var / "inbox").iterdir():

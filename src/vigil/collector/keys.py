@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry
 
 from vigil.collector.config import CollectorConfig
 from vigil.collector.desk.service import Desk
+from vigil.collector.identity.audit import AuditCounts
+from vigil.collector.identity.roles import Directory
 from vigil.collector.ingest import IngestQueue
 from vigil.collector.notify.health import NotifyHealth
 from vigil.collector.telemetry.requests import RequestCounters
@@ -33,3 +35,7 @@ counters_key = web.AppKey("counters", RequestCounters)
 ingest_key = web.AppKey("ingest", IngestQueue)
 # Backoff and failure counts of the notification targets (the notifier and /metrics).
 notify_health_key = web.AppKey("notify_health", NotifyHealth)
+# Operator token hashes → principals, for authentication without a database round trip;
+# and the audit records per action for /metrics. Both reloaded by the identity task.
+directory_key = web.AppKey("directory", Directory)
+audit_counts_key = web.AppKey("audit_counts", AuditCounts)

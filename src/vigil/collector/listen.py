@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -128,9 +129,15 @@ class GuardedTCPSite(web.BaseSite):
     on how a given aiohttp version starts its own ``TCPSite``."""
 
     def __init__(
-        self, runner: web.AppRunner, host: str, port: int, *, max_connections: int
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        *,
+        max_connections: int,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        super().__init__(runner)
+        super().__init__(runner, ssl_context=ssl_context)
         self._host = host
         self._port = port
         self._max_connections = max_connections
@@ -138,7 +145,8 @@ class GuardedTCPSite(web.BaseSite):
     @property
     def name(self) -> str:
         host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self._port}"
 
     async def start(self) -> None:
         await super().start()  # registers the site with the runner
@@ -147,5 +155,5 @@ class GuardedTCPSite(web.BaseSite):
         assert server is not None
         factory: Callable[[], asyncio.BaseProtocol] = _Guard(server, self._max_connections)
         self._server = await loop.create_server(
-            factory, self._host, self._port, backlog=self._backlog
+            factory, self._host, self._port, backlog=self._backlog, ssl=self._ssl_context
         )

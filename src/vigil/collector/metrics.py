@@ -47,9 +47,9 @@ from vigil.collector.telemetry.requests import RequestCounters
 # Priorities always rendered (at zero when nothing has them) so dashboards and alert rules
 # see a series, not an absent one; a priority outside this set is rendered as it comes.
 PRIORITIES: tuple[str, ...] = ("P1", "P2", "P3", "P4")
-# Problem kinds (shared/DESIGN.md): a key that keeps coming back, and one check failing on
-# many hosts at once.
-PROBLEM_KINDS: tuple[str, ...] = ("recurring", "fleet")
+# Problem kinds (shared/DESIGN.md): a key that keeps coming back, one check failing on
+# many hosts at once, and such a fleet-wide fault that every host fixed itself.
+PROBLEM_KINDS: tuple[str, ...] = ("recurring", "fleet", "self_healed")
 # The service label of a check the service catalog does not map (yet).
 NO_SERVICE = "none"
 # The label value that stands for every host past the per-host cap.
@@ -361,7 +361,8 @@ def _checks_and_incidents(snap: MetricsSnapshot, service: Mapping[str, str]) -> 
     yield _labelled(
         GaugeMetricFamily(
             "vigil_problems_open",
-            "Open problems (root cause not fixed) by kind: recurring key, or fleet-wide.",
+            "Open problems (root cause not fixed) by kind: recurring key, fleet-wide, or"
+            " fleet-wide and self-healed on every host.",
             labels=["kind"],
         ),
         [

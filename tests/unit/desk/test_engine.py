@@ -446,6 +446,28 @@ def test_flapping_detection_is_off_with_zero_changes() -> None:
     assert not incidents.is_flapping([1, 2, 3], 3, window_s=100, changes=0)
 
 
+@pytest.mark.parametrize(
+    ("states", "before", "expected"),
+    [
+        (["ok", "unknown", "ok", "critical", "unknown", "ok"], "ok", [4, 6]),
+        (["unknown", "ok", "unknown", "ok", "unknown"], "ok", []),
+        (["critical", "unknown", "critical"], "ok", [1]),
+        (["ok", "unknown", "critical"], "critical", [1, 3]),
+        (["critical", "critical"], "ok", [1]),
+    ],
+    ids=[
+        "ok-unknown-ok-critical-unknown-ok is two changes, not five",
+        "moving into and out of unknown is no change",
+        "critical across an unknown gap is one failure",
+        "the state before the first result counts",
+        "a repeated state (only the flapping flag changed) is no change",
+    ],
+)
+def test_known_changes_skip_unknown(states, before, expected) -> None:
+    rows = [(float(i), st) for i, st in enumerate(states, start=1)]
+    assert incidents.known_changes(rows, before) == expected
+
+
 # --------------------------------------------------------------------------- recurrence
 
 DAY = 86400.0
@@ -478,25 +500,35 @@ def test_recurrence_three_times_in_seven_days(times, expected) -> None:
     [
         (1, 1, 3, 0.5, False),
         (2, 100, 3, 0.5, False),
-        (3, 100, 3, 0.5, True),
-        (2, 4, 3, 0.5, True),
+        (3, 100, 3, 0.5, False),
+        (3, 6, 3, 0.5, True),
+        (8, 8, 3, 0.5, True),
+        (2, 4, 3, 0.5, False),
         (2, 5, 3, 0.5, False),
         (1, 2, 3, 0.5, False),
         (2, 4, 0, 0.0, False),
         (5, 100, 0, 0.05, True),
+        (1, 2, 0, 0.5, False),
+        (3, 100, 3, 0.0, True),
     ],
     ids=[
         "one host is never a fleet",
         "two of a hundred is below both rules",
-        "the absolute count is reached",
-        "half of a small group",
+        "the count without the share is not a fleet",
+        "the count and the share are reached",
+        "every host of the fleet",
+        "two unrelated failures on four hosts are not a fleet (issue #15)",
         "under half of a small group",
         "one host is never a fleet even at a share of one half",
         "both rules off",
         "share rule alone",
+        "share rule alone still needs two hosts",
+        "count rule alone",
     ],
 )
-def test_fleet_wide_by_count_or_share(failing, scope, min_hosts, min_share, expected) -> None:
+def test_fleet_wide_needs_the_count_and_the_share(
+    failing, scope, min_hosts, min_share, expected
+) -> None:
     assert incidents.fleet_wide(failing, scope, min_hosts, min_share) is expected
 
 

@@ -171,6 +171,87 @@ def test_share_of_a_group_makes_a_fleet_problem(db_path: Path) -> None:
     store.close()
 
 
+def self_heal_on(store, hosts: list[str], at: float, name: str = DISK) -> list[int]:
+    """Each host reports the check failing, its fix promised, then the fix verified."""
+    prevented = []
+    for n, h in enumerate(hosts):
+        failing = report(h, check(name, "critical", "fix-it"), fixed(name))
+        prevented += store.ingest(failing, at + n).prevented
+    return prevented
+
+
+def test_a_fault_every_host_fixed_is_one_self_healed_problem(store) -> None:
+    """Issue #15: eight prevented incidents of one check made no problem at all."""
+    hosts = [f"h{n}" for n in range(1, 9)]
+    prevented = self_heal_on(store, hosts, T0)
+    (problem,) = store.list_problems()
+    assert (problem["kind"], problem["state"], problem["host"]) == ("self_healed", "open", None)
+    assert problem["hosts"] == 8
+    assert problem["summary"].startswith("disk.root self-healed on 8 hosts")
+    assert problem["sla_due"] is None
+    assert problem["incidents"] == sorted(prevented)
+    assert store.list_incidents(state="open") == []
+
+
+def test_a_self_healed_problem_is_never_notified(store) -> None:
+    self_heal_on(store, ["h1", "h2", "h3"], T0)
+    assert store.list_problems(kind="self_healed") != []
+    assert store.alertables(T0 + 3600) == []
+
+
+def test_a_self_healed_problem_is_counted_by_kind(store) -> None:
+    self_heal_on(store, ["h1", "h2", "h3"], T0)
+    assert store.incident_aggregates(T0 + 10)["problems_open"] == {"self_healed": 1}
+
+
+def test_a_self_healed_problem_stays_open_until_resolved_with_capa(store) -> None:
+    self_heal_on(store, ["h1", "h2", "h3"], T0)
+    store.tick(T0 + DAY)
+    (problem,) = store.list_problems(state="open")
+    notes = {"root_cause": "log rotation missing", "corrective_action": "rotated"}
+    store.resolve_manually("problem", problem["id"], "alice", notes, T0 + DAY)
+    (done,) = store.list_problems()
+    assert (done["state"], done["root_cause"]) == ("resolved", "log rotation missing")
+
+
+def test_later_self_healed_hosts_join_the_open_problem(store) -> None:
+    self_heal_on(store, ["h1", "h2", "h3"], T0)
+    self_heal_on(store, ["h4"], T0 + DAY)
+    (problem,) = store.list_problems()
+    assert problem["hosts"] == 4
+    assert problem["summary"].startswith("disk.root self-healed on 4 hosts")
+
+
+def test_self_healed_hosts_further_apart_than_the_window_are_not_a_problem(store) -> None:
+    self_heal_on(store, ["h1", "h2"], T0)
+    self_heal_on(store, ["h3"], T0 + 400)
+    assert store.list_problems() == []
+
+
+def test_two_unrelated_failures_on_four_hosts_are_not_a_fleet(db_path: Path) -> None:
+    """Issue #15: ``min_share: 0.5`` alone made two failures on four hosts a fleet."""
+    rules = dataclasses.replace(RULES, fleet_min_hosts=3, fleet_min_share=0.5)
+    store = open_desk(db_path, catalog=CATALOG, rules=rules)
+    for h in ("h1", "h2", "h3", "h4"):
+        store.ingest(report(h, heartbeat()), T0)
+    fail_on(store, ["h1", "h2"], T0 + 1)
+    self_heal_on(store, ["h3", "h4"], T0 + 2, name=MAIL)
+    assert store.list_problems() == []
+    store.close()
+
+
+def test_the_count_and_the_share_together_make_a_fleet(db_path: Path) -> None:
+    rules = dataclasses.replace(RULES, fleet_min_hosts=3, fleet_min_share=0.5)
+    store = open_desk(db_path, catalog=CATALOG, rules=rules)
+    for h in ("h1", "h2", "h3", "h4", "h5", "h6"):
+        store.ingest(report(h, heartbeat()), T0)
+    fail_on(store, ["h1", "h2"], T0 + 1)
+    assert store.list_problems() == []
+    fail_on(store, ["h3"], T0 + 2)
+    assert [p["kind"] for p in store.list_problems()] == ["fleet"]
+    store.close()
+
+
 # --------------------------------------------------------------------------- liveness
 
 
@@ -244,6 +325,29 @@ def test_a_check_the_agent_says_is_flapping_holds_its_incident_until_it_settles(
     assert alert["held"]
     store.ingest(report("h1", check(DISK, "ok")), T0 + 4100)  # settled (flag cleared)
     assert store.get_incident(iid)["state"] == "resolved"
+
+
+def test_unknown_readings_do_not_hold_a_recovered_incident_open(db_path: Path) -> None:
+    """Issue #15: a needs_user incident, then ok -> unknown -> ok -> critical -> unknown
+    -> ok within 40 s. Unknown is no state change, so the key does not flap and every
+    incident resolves while the check is ok (it was held open for the flap window)."""
+    store = open_desk(db_path, catalog=CATALOG, rules=dataclasses.replace(RULES, flap_changes=6))
+    store.ingest(report("h1", check(DISK, "critical", "fix-it")), T0)
+    (iid,) = store.ingest(report("h1", fixed(DISK, outcome="needs_user")), T0 + 1).opened
+    states = ["ok", "unknown", "ok", "critical", "unknown", "ok"]
+    for i, state in enumerate(states):
+        store.ingest(report("h1", check(DISK, state)), T0 + 10 + 6 * i)
+    incidents = store.list_incidents()
+    assert iid in [i["id"] for i in incidents]
+    assert [i["state"] for i in incidents] == ["resolved"] * len(incidents)
+    store.close()
+
+
+def test_changes_through_unknown_between_failures_still_flap(store) -> None:
+    """Unknown is skipped, not a reset: critical/ok changes with unknown gaps still count."""
+    for i, state in enumerate(["critical", "unknown", "ok", "unknown", "critical", "ok"]):
+        store.ingest(report("h1", check(DISK, state)), T0 + i)
+    assert store.list_incidents()[0]["state"] == "flapping"
 
 
 # --------------------------------------------------------------------------- silences

@@ -20,6 +20,7 @@ from vigil import wire
 from vigil.collector.desk.apply import IngestResult
 from vigil.collector.desk.service import Desk
 from vigil.collector.storage.records import StorageError
+from vigil.collector.storage.sqlite import schema
 from vigil.collector.telemetry.buckets import AGENT_RSS_SERIES
 
 CHECK = "disk.free_percent[/]"
@@ -561,7 +562,7 @@ def test_a_schema_1_database_is_migrated_without_losing_ids_or_metrics(db_path: 
         with contextlib.closing(sqlite3.connect(db_path)) as db:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
             assert {"batches", "events_seen", "metrics_latest"}.isdisjoint(tables)
-            assert db.execute("PRAGMA user_version").fetchone() == (2,)
+            assert db.execute("PRAGMA user_version").fetchone() == (schema.SCHEMA_VERSION,)
     finally:
         store.close()
 

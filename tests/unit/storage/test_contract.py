@@ -8,6 +8,7 @@ included; and the repositories' own store-and-fetch promises.
 
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import json
 import multiprocessing
@@ -260,6 +261,27 @@ def _stored_state(incident: dict[str, Any]) -> str:
     return "open" if incident["state"] in ("acknowledged", "flapping") else incident["state"]
 
 
+def test_a_schema2_database_takes_a_self_healed_problem(migrated: Desk) -> None:
+    """The problem kinds of schema 2 were fixed by a CHECK; the migration allows the
+    self-healed kind and keeps every earlier link and timeline entry."""
+    before = {p["id"]: p for p in migrated.list_problems(limit=1000)}
+    for n, host in enumerate(("s1", "s2", "s3")):
+        fix = wire.RemediationEvent(
+            event_id=f"r{n}", seq=n + 100, time=T0, remediation="fix-it", check="disk.tmp",
+            outcome="fixed", exit_code=0, started_at=T0, duration_s=1.0,
+            value_before=9.0, value_after=1.0, output="", output_truncated=False,
+            script_sha256="0" * 64, dry_run=False,
+        )  # fmt: skip
+        failing = dataclasses.replace(check(n + 50, "disk.tmp"), remediation="fix-it")
+        migrated.ingest(report(f"m{n}", failing, fix, host=host), T0 + 9 * DAY + n)
+    (healed,) = migrated.list_problems(kind="self_healed")
+    assert healed["hosts"] == 3
+    for problem_id, problem in before.items():
+        again = migrated.get_problem(problem_id)
+        assert again is not None and again["incidents"] == problem["incidents"]
+        assert again["timeline"] != []
+
+
 @pytest.mark.parametrize(
     "state", ["open", "acknowledged", "flapping", "resolved", "prevented", None]
 )
@@ -468,6 +490,24 @@ def test_a_key_state_round_trips(storage: Any) -> None:
         assert uow.keys.load("h1", "disk.root") == key
         assert uow.keys.load("h1", "other") is None
         assert uow.keys.pending() == [("h1", "disk.root", "h1")]
+
+
+def test_known_states_skip_unknown_results_oldest_first(storage: Any) -> None:
+    states = ["critical", "unknown", "ok", "unknown", "critical"]
+    with storage.session() as uow, uow.transaction():
+        for n, state in enumerate(states):
+            uow.results.add("h1", check(n, state=state), T0 + n)
+        uow.results.add("h2", check(9, state="ok"), T0 + 9)
+        assert uow.results.known_states("h1", "disk.root", 2) == [
+            (T0 + 2, "ok"),
+            (T0 + 4, "critical"),
+        ]
+        assert [s for _, s in uow.results.known_states("h1", "disk.root", 9)] == [
+            "critical",
+            "ok",
+            "critical",
+        ]
+        assert uow.results.known_states("h1", "other", 9) == []
 
 
 def test_an_incident_resolves_once_and_a_problem_links_once(storage: Any) -> None:

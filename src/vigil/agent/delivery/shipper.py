@@ -85,6 +85,7 @@ from typing import Any
 from vigil import wire
 from vigil.agent.config import CollectorTarget
 from vigil.agent.delivery.outbox import Batch, Outbox
+from vigil.agent.delivery.tls import client_context
 from vigil.agent.identity import Identity
 
 log = logging.getLogger("vigil.agent.shipper")
@@ -410,8 +411,12 @@ class Shipper:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
         else:
             if self._ssl_context is None:
-                # Verifies the certificate chain and the hostname; honours SSL_CERT_FILE.
-                self._ssl_context = ssl.create_default_context()
+                # Verifies the certificate chain and the hostname against collector.ca_file
+                # (else the system's CAs, honouring SSL_CERT_FILE); see delivery/tls.py.
+                target = self._target
+                self._ssl_context = client_context(
+                    target.ca_file, target.client_cert_file, target.client_key_file
+                )
             conn = http.client.HTTPSConnection(
                 self._host, self._port, timeout=timeout, context=self._ssl_context
             )

@@ -24,7 +24,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -329,6 +329,33 @@ def check_library(config: AgentConfig, library: Mapping[str, Remediation]) -> No
             library[rem_id].script_env(values)
         except ValueError as exc:
             raise ConfigError(config.file, key, values, str(exc)) from None
+    for rem_id, seconds in config.remediation.schedule.items():
+        key = f"remediation.schedule.{rem_id}"
+        if rem_id not in library:
+            raise ConfigError(config.file, key, rem_id, "no such remediation loaded")
+        if not library[rem_id].detection:
+            raise ConfigError(
+                config.file,
+                key,
+                seconds,
+                "this remediation has no detection script to schedule (it is triggered by"
+                " checks: set `interval` on the check instead)",
+            )
+
+
+def with_schedule(
+    config: AgentConfig, library: Mapping[str, Remediation]
+) -> dict[str, Remediation]:
+    """``library`` with ``remediation.schedule`` applied: each listed remediation's
+    ``detect_every_s`` replaced by the agent config's value (the manifest's
+    ``trigger.every`` is the fleet default, a host may need it faster or slower).
+    Call after :func:`check_library`, which rejects an id that is not loaded or has no
+    detection script."""
+    out = dict(library)
+    for rem_id, seconds in config.remediation.schedule.items():
+        if rem_id in out:
+            out[rem_id] = replace(out[rem_id], detect_every_s=seconds)
+    return out
 
 
 def _list(section: Section, name: str) -> list[Any]:

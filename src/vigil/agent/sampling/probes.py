@@ -12,7 +12,12 @@ resolver that hangs costs one stuck thread per probe, never a blocked agent.
 
 Runs in the sampler's worker thread (blocking calls), not on the event loop.
 :class:`Probes` is the sampler source: ``probe.seconds[<name>]``, ``probe.up[<name>]``
-(1/0) and ``probe.http_status[<name>]`` per configured probe.
+(1/0) and ``probe.http_status[<name>]`` per configured probe, and
+``probe.answer_ok[<name>]`` (1/0) for a ``dns`` probe that states ``expect``: 1 when the
+answer holds at least one expected address, 0 when it holds none or the name does not
+exist; missing (unknown) when no answer came at all. A ``dns`` probe with a ``server``
+asks that server directly (:mod:`~vigil.agent.sampling.dns_query`, UDP, bounded by the
+socket timeout) instead of the system resolver.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from vigil.agent.config import ProbeSpec
+from vigil.agent.sampler_config import split_host_port
+from vigil.agent.sampling import dns_query
 from vigil.agent.sampling.bounded import BoundedCaller, BoundedCallError
 from vigil.agent.sampling.series import Item, log
 
@@ -37,12 +44,14 @@ MAX_BODY_BYTES = 64 * 1024
 class ProbeResult:
     """``seconds``: wall time of the probe (also on failure, up to the failure).
     ``up``: it succeeded (HTTP: a status below 500 was received). ``status``: the HTTP
-    status, if any. ``error``: why it failed."""
+    status, if any. ``error``: why it failed. ``answer_ok``: for a dns probe with
+    ``expect``, whether the answer held an expected address (``None``: no answer)."""
 
     seconds: float
     up: bool
     status: int | None = None
     error: str | None = None
+    answer_ok: bool | None = None
 
 
 class Prober:
@@ -60,6 +69,8 @@ class Prober:
     def run(self, spec: ProbeSpec) -> ProbeResult:
         """Run one probe; never raises."""
         started = self._clock()
+        if spec.kind == "dns":
+            return self._dns(spec, started)
         try:
             status = self._dispatch(spec)
         except (OSError, BoundedCallError, http.client.HTTPException, ValueError) as exc:
@@ -69,10 +80,37 @@ class Prober:
         error = None if up else f"HTTP {status}"
         return ProbeResult(elapsed, up, status, error)
 
+    def _dns(self, spec: ProbeSpec, started: float) -> ProbeResult:
+        """A name lookup, through ``spec.server`` or the system resolver; an answer that
+        the name does not exist is still an answer (``answer_ok`` 0 when ``expect``)."""
+        expect = set(spec.expect)
+        try:
+            if spec.server is not None:
+                host, port = split_host_port(spec.server, 53)
+                kinds = {dns_query.TYPE_AAAA if ":" in a else dns_query.TYPE_A for a in expect}
+                types = tuple(sorted(kinds)) or (dns_query.TYPE_A,)
+                addresses = dns_query.query(host, port, spec.target, types, spec.timeout_s)
+            else:
+                infos = self._caller.call(
+                    spec.name,
+                    lambda: socket.getaddrinfo(spec.target, None, type=socket.SOCK_STREAM),
+                    spec.timeout_s,
+                )
+                addresses = [str(info[4][0]) for info in infos]
+        except (dns_query.NoSuchName, socket.gaierror) as exc:
+            answered = isinstance(exc, dns_query.NoSuchName) or exc.errno in _NO_SUCH_NAME
+            answer_ok = False if expect and answered else None
+            return ProbeResult(self._clock() - started, False, None, _describe(exc), answer_ok)
+        except (OSError, BoundedCallError, ValueError) as exc:
+            return ProbeResult(self._clock() - started, False, None, _describe(exc))
+        elapsed = self._clock() - started
+        answer_ok = bool(expect & set(addresses)) if expect else None
+        if not addresses:
+            return ProbeResult(elapsed, False, None, "no addresses", answer_ok)
+        error = None if answer_ok is not False else f"unexpected answer {sorted(addresses)}"
+        return ProbeResult(elapsed, True, None, error, answer_ok)
+
     def _dispatch(self, spec: ProbeSpec) -> int | None:
-        if spec.kind == "dns":
-            self._resolve(spec, spec.target, None)
-            return None
         if spec.kind == "tcp":
             host, _, port = spec.target.rpartition(":")
             host = host.strip("[]")
@@ -150,9 +188,17 @@ class Probes:
             ]
             if result.status is not None:
                 items.append((f"probe.http_status[{spec.name}]", result.status))
+            if result.answer_ok is not None:
+                items.append((f"probe.answer_ok[{spec.name}]", 1.0 if result.answer_ok else 0.0))
             if result.error:
                 log.debug("probe %s: %s", spec.name, result.error)
         return items
+
+
+# getaddrinfo's "the name does not exist" (an answer) as opposed to "could not ask".
+_NO_SUCH_NAME = frozenset(
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
+)
 
 
 def _describe(exc: BaseException) -> str:

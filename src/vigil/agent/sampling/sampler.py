@@ -18,7 +18,10 @@ Series: ``cpu.busy_percent`` (from the second sample on), ``cpu.count``,
 ``temperature.celsius[<chip>]``, ``fan.rpm[<chip>:<label>]``, ``process.count``,
 ``process.zombies``, ``process.top_cpu_percent[<name>]``, ``process.top_rss_bytes[<name>]``,
 ``process.count[<name>]``, ``service.active[<name>]``, ``probe.seconds[<name>]``,
-``probe.up[<name>]``, ``probe.http_status[<name>]``, ``uptime_seconds``,
+``probe.up[<name>]``, ``probe.http_status[<name>]``, ``probe.answer_ok[<name>]``,
+``clock.offset_s``, ``clock.offset_signed_s``, ``print.queue_jobs``,
+``print.oldest_job_age_s``, ``print.queues_disabled`` (and per ``[<queue>]``),
+``uptime_seconds``,
 ``boot_time_seconds``, ``path.{size_bytes,count,age_seconds}[<path>]``,
 ``agent.cpu_seconds_total``, ``agent.rss_bytes`` and ``agent.sample_duration_seconds``.
 Rates (``*_per_second``) start from the second sample. ``process.top_*[<name>]`` covers
@@ -31,8 +34,8 @@ with that reason instead of a silent ok.
 
 Each source lives in a module of its own in this package (``cpu``, ``memory``,
 ``disks``, ``network``, ``sensors``, ``processes``, ``services``, ``probes``, ``uptime``,
-``agent_process``, ``paths``), with the rate maths pure in ``rates``; this facade runs
-them, keeps the reasons and serialises callers.
+``agent_process``, ``paths``, ``clock_offset``, ``printing``), with the rate maths pure
+in ``rates``; this facade runs them, keeps the reasons and serialises callers.
 
 Cost: without configured paths, processes, services or probes one sample is a handful of
 small ``/proc`` reads and one bounded ``statvfs`` per mount; sensors and battery are read
@@ -52,11 +55,13 @@ import psutil
 from vigil.agent import svc
 from vigil.agent.config import SamplerConfig
 from vigil.agent.sampling.agent_process import AgentProcess
+from vigil.agent.sampling.clock_offset import ClockOffset
 from vigil.agent.sampling.cpu import Cpu, read_load
 from vigil.agent.sampling.disks import DiskIO, DiskUsage
 from vigil.agent.sampling.memory import Memory
 from vigil.agent.sampling.network import Network
 from vigil.agent.sampling.paths import Paths
+from vigil.agent.sampling.printing import PrintQueues
 from vigil.agent.sampling.probes import Prober, Probes
 from vigil.agent.sampling.processes import Processes
 from vigil.agent.sampling.sensors import Battery, Sensors
@@ -64,6 +69,8 @@ from vigil.agent.sampling.series import FailureLog, Item, describe, put, source_
 from vigil.agent.sampling.services import Services
 from vigil.agent.sampling.slow import SlowReads
 from vigil.agent.sampling.uptime import Uptime
+
+_REFRESHABLE = frozenset({"clock", "print"})  # sources cached per their own interval
 
 
 class Sampler:
@@ -76,7 +83,9 @@ class Sampler:
     ``wall_clock`` gives epoch seconds for uptime and file ages.
 
     ``prober`` runs the probes and ``services`` is :func:`agent.svc.service_states` (both
-    replaceable in tests). Keeps previous snapshots (CPU, NICs, disks, the process table)
+    replaceable in tests); ``clock_seams`` and ``print_seams`` are keyword arguments
+    for :class:`ClockOffset` and :class:`PrintQueues` (``which``, ``run``, ``caller``).
+    Keeps previous snapshots (CPU, NICs, disks, the process table)
     between calls, so call :meth:`sample` from one thread at a time; :meth:`sample_paths`
     keeps no state.
     """
@@ -90,6 +99,8 @@ class Sampler:
         wall_clock: Callable[[], float] = time.time,
         prober: Prober | None = None,
         services: Callable[..., dict[str, svc.ServiceState]] = svc.service_states,
+        clock_seams: dict[str, Any] | None = None,
+        print_seams: dict[str, Any] | None = None,
     ) -> None:
         self._config = config
         self._clock = clock
@@ -117,6 +128,20 @@ class Sampler:
             failures=self._failures,
             reasons=reasons,
         )
+        self._clock_offset = ClockOffset(
+            config.clock,
+            slow=self._slow,
+            reasons=reasons,
+            wall_clock=wall_clock,
+            **(clock_seams or {}),
+        )
+        self._print = PrintQueues(
+            config.printing,
+            slow=self._slow,
+            reasons=reasons,
+            wall_clock=wall_clock,
+            **(print_seams or {}),
+        )
         # In the order they are read; each reader returns its source's items.
         self._readers: tuple[tuple[str, Callable[[], Iterable[Item]]], ...] = (
             ("cpu", Cpu(ps, self._slow, per_core=config.per_core).read),
@@ -129,8 +154,18 @@ class Sampler:
             ("battery", Battery(ps=ps, slow=self._slow, reasons=reasons).read),
             ("sensors", Sensors(ps=ps, slow=self._slow, reasons=reasons).read),
             ("processes", self._processes.read),
-            ("services", Services(config.services, states=services, reasons=reasons).read),
+            (
+                "services",
+                Services(
+                    config.services,
+                    states=services,
+                    reasons=reasons,
+                    fallbacks=config.service_fallbacks,
+                ).read,
+            ),
             ("probes", Probes(config.probes, prober or Prober()).read),
+            ("clock", self._clock_offset.read),
+            ("print", self._print.read),
             ("uptime", Uptime(ps=ps, wall_clock=wall_clock, slow=self._slow).read),
             ("agent", AgentProcess(ps=ps, failures=self._failures).read),
         )
@@ -178,7 +213,8 @@ class Sampler:
         caller with an event loop should run it on a worker thread rather than inline.
 
         True when it would run services or probes (subprocesses, network timeouts), or
-        when a full process scan, a path walk, or a battery or sensor read is due. Every
+        when a full process scan, a path walk, a battery or sensor read, a clock-offset
+        query or a print-queue read is due. Every
         other source is a few small ``/proc`` reads or syscalls; disk usage waits at most
         ``disk_timeout`` in all (once: a hung mount is then refused at once until its
         read returns, see ``sampling/bounded.py``).
@@ -196,7 +232,19 @@ class Sampler:
             return True
         if want("paths") and self._paths.walk_due(now):
             return True
+        if (want("clock") and self._clock_offset.due(now)) or (
+            want("print") and self._print.due(now)
+        ):
+            return True
         return any(want(slow) and self._slow.due(slow, now) for slow in ("battery", "sensors"))
+
+    def refresh(self, sources: Iterable[str]) -> None:
+        """Make the next :meth:`sample` read ``sources`` anew even where a read is cached
+        for an interval (the clock offset, the print queues): a verification after a fix
+        must see the state now, not the reading that triggered the fix."""
+        with self._lock:
+            for source in set(sources) & _REFRESHABLE:
+                self._slow.forget(source)
 
     def reason_for(self, metric: str) -> str:
         """Why ``metric`` has no value in the latest sample (for an ``unknown`` check)."""

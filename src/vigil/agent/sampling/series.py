@@ -34,6 +34,8 @@ SOURCES: tuple[str, ...] = (
     "uptime",
     "agent",
     "paths",
+    "clock",
+    "print",
 )
 _SOURCE_OF_PREFIX = {
     "temperature": "sensors",

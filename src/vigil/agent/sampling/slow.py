@@ -52,7 +52,15 @@ class SlowReads:
         self._cache[key] = (now, items, self._reasons.get(key))
         return items
 
-    def due(self, key: str, now: float) -> bool:
-        """Whether :meth:`every` with the default period would read ``key`` at ``now``."""
+    def due(self, key: str, now: float, period_s: float | None = None) -> bool:
+        """Whether :meth:`every` with ``period_s`` (default: the default period) would read
+        ``key`` at ``now``."""
         cached = self._cache.get(key)
-        return cached is None or now - cached[0] >= self._default_period_s
+        period = (
+            self._default_period_s if period_s is None else max(period_s, self._default_period_s)
+        )
+        return cached is None or now - cached[0] >= period
+
+    def forget(self, key: str) -> None:
+        """Drop ``key``'s cached read, so the next :meth:`every` reads it anew."""
+        self._cache.pop(key, None)

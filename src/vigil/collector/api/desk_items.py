@@ -15,19 +15,21 @@ from aiohttp import web
 
 from vigil.collector.api.http import (
     ApiError,
+    audit_entry,
     body_str,
     in_storage_thread,
     item_id,
     json_body,
     json_response,
-    require_admin,
+    refuse_by,
+    require_responder,
 )
 from vigil.collector.desk.commands import StateError
 from vigil.collector.keys import clock_key, desk_key
 
 Kind = Literal["incident", "problem"]
 
-# Fields of a resolve body besides ``by``, all optional: stored as CAPA notes.
+# Fields of a resolve body, all optional: stored as CAPA notes.
 _RESOLVE_NOTES = ("note", "root_cause", "corrective_action", "preventive_action")
 
 
@@ -43,18 +45,20 @@ async def fetch_item(request: web.Request, kind: Kind) -> dict[str, Any]:
 
 
 async def acknowledge_item(request: web.Request, kind: Kind) -> web.Response:
-    """Acknowledge with ``{"by": ..., "note": ...}`` (admin only); replies with the record
-    and ``changed`` (false when it was acknowledged before)."""
-    require_admin(request)
+    """Acknowledge with ``{"note": ...}`` (responder or admin); replies with the record
+    and ``changed`` (false when it was acknowledged before). The actor is the
+    authenticated operator; a ``by`` field is refused (:func:`refuse_by`)."""
+    actor = require_responder(request)
     wanted = item_id(request, kind)
     body = await json_body(request, ("by", "note"))
-    by = body_str(body, "by", required=True)
+    refuse_by(body, "by")
     note = body_str(body, "note") or ""
     desk = request.app[desk_key]
+    audit = audit_entry(request, actor, f"{kind}.acknowledge", f"{kind}:{wanted}")
     try:
         result = await in_storage_thread(
             request,
-            functools.partial(desk.acknowledge, kind, wanted, by, note),
+            functools.partial(desk.acknowledge, kind, wanted, actor.name, note, audit=audit),
             request.app[clock_key](),
         )
     except LookupError:
@@ -66,18 +70,19 @@ async def acknowledge_item(request: web.Request, kind: Kind) -> web.Response:
 
 
 async def resolve_item(request: web.Request, kind: Kind) -> web.Response:
-    """Resolve with ``by`` and optional notes (admin only), or add CAPA notes to a
-    resolved record; replies with the record."""
-    require_admin(request)
+    """Resolve with optional notes (responder or admin), or add CAPA notes to a
+    resolved record; replies with the record. The actor is the authenticated operator."""
+    actor = require_responder(request)
     wanted = item_id(request, kind)
     body = await json_body(request, ("by", *_RESOLVE_NOTES))
-    by = body_str(body, "by", required=True)
+    refuse_by(body, "by")
     notes = {k: body_str(body, k) or "" for k in _RESOLVE_NOTES}
     desk = request.app[desk_key]
+    audit = audit_entry(request, actor, f"{kind}.resolve", f"{kind}:{wanted}")
     try:
         await in_storage_thread(
             request,
-            functools.partial(desk.resolve_manually, kind, wanted, by, notes),
+            functools.partial(desk.resolve_manually, kind, wanted, actor.name, notes, audit=audit),
             request.app[clock_key](),
         )
     except LookupError:

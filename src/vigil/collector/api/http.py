@@ -18,7 +18,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from vigil.collector.keys import config_key, executor_key
+from vigil.collector.identity.audit import AuditEntry
+from vigil.collector.identity.roles import ADMIN, RESPONDER, VIEWER, Principal, allows
+from vigil.collector.keys import clock_key, config_key, directory_key, executor_key
 from vigil.wire import valid_text
 
 T = TypeVar("T")
@@ -134,19 +136,80 @@ def has_agent_token(request: web.Request) -> bool:
     return bearer_matches(request, request.app[config_key].auth.agent_tokens)
 
 
-def require_reader(request: web.Request) -> None:
-    """401 unless the read API is open (``auth.open_read``) or the request carries an
-    admin token."""
-    auth = request.app[config_key].auth
-    if not auth.open_read and not bearer_matches(request, auth.admin_tokens):
-        raise ApiError(401, "missing or unknown admin token", headers=AUTH_CHALLENGE)
+def bearer_token(request: web.Request) -> str | None:
+    """The token of ``Authorization: Bearer <token>``, or None when there is none."""
+    scheme, _, given = request.headers.get("Authorization", "").strip().partition(" ")
+    if scheme.lower() != "bearer" or not given.strip():
+        return None
+    return given.strip()
 
 
-def require_admin(request: web.Request) -> None:
-    """401 unless the request carries an admin token. Writes always need one, even when
-    ``open_read`` leaves the read API open."""
-    if not bearer_matches(request, request.app[config_key].auth.admin_tokens):
-        raise ApiError(401, "missing or unknown admin token", headers=AUTH_CHALLENGE)
+def authenticate(request: web.Request) -> Principal | None:
+    """The operator the request's bearer token belongs to (stored operators and
+    ``auth.admin_tokens``), or None. See :meth:`identity.roles.Directory.find`."""
+    token = bearer_token(request)
+    return None if token is None else request.app[directory_key].find(token)
+
+
+def require_role(request: web.Request, needed: str) -> Principal:
+    """The authenticated operator, if its role allows ``needed``: else 401 (no or an
+    unknown token, with :data:`AUTH_CHALLENGE`) or 403 (a known operator whose role is
+    too low)."""
+    principal = authenticate(request)
+    if principal is None:
+        raise ApiError(401, "missing or unknown operator token", headers=AUTH_CHALLENGE)
+    if not allows(principal.role, needed):
+        raise ApiError(
+            403, f"operator {principal.name!r} is a {principal.role}; this needs {needed}"
+        )
+    return principal
+
+
+def require_reader(request: web.Request) -> Principal | None:
+    """The read API and ``/metrics``: a viewer (or higher) token, unless ``auth.open_read``
+    (allowed on a loopback listener only, see ``config.py``) leaves reads open; then the
+    operator, if a token was given anyway, else None."""
+    if request.app[config_key].auth.open_read:
+        return authenticate(request)
+    return require_role(request, VIEWER)
+
+
+def require_responder(request: web.Request) -> Principal:
+    """Acknowledge, resolve, silences: a responder or admin token, always."""
+    return require_role(request, RESPONDER)
+
+
+def require_admin(request: web.Request) -> Principal:
+    """Operators and the audit log: an admin token, always (also with ``open_read``)."""
+    return require_role(request, ADMIN)
+
+
+def refuse_by(body: Mapping[str, Any], name: str) -> None:
+    """400 naming ``name`` if the body has it: the actor of a write is the authenticated
+    operator, never a request field (older clients sent ``by``/``created_by``)."""
+    if name in body:
+        raise ApiError(
+            400, f"{name} is not accepted: the actor is the operator whose token was used", name
+        )
+
+
+def audit_entry(
+    request: web.Request,
+    actor: Principal,
+    action: str,
+    target: str,
+    detail: Mapping[str, Any] | None = None,
+) -> AuditEntry:
+    """The audit record of a write by ``actor``: the collector's clock, and the client's
+    address as the peer (the socket's; ``X-Forwarded-For`` is not trusted)."""
+    return AuditEntry(
+        actor=actor.name,
+        action=action,
+        target=target,
+        peer=request.remote or "unknown",
+        at=request.app[clock_key](),
+        detail=dict(detail or {}),
+    )
 
 
 # --------------------------------------------------------------------------- query and path

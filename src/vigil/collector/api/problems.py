@@ -24,7 +24,7 @@ from vigil.collector.api.render import render_problem_report
 from vigil.collector.keys import desk_key
 
 LIST_FILTER_STATES = ("open", "acknowledged", "resolved", "all")
-LIST_FILTER_KINDS = ("recurring", "fleet", "all")
+LIST_FILTER_KINDS = ("recurring", "fleet", "self_healed", "all")
 
 
 async def list_problems(request: web.Request) -> web.Response:

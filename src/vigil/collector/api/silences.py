@@ -1,8 +1,9 @@
 """Silence handlers: ``/api/v1/silences`` and ``/api/v1/silences/{id}``.
 
 A silence mutes notifications for a host, host group, service or check between two
-times; incidents still open and are recorded. Reads need an admin token unless
-``auth.open_read`` is set; every write needs one.
+times; incidents still open and are recorded. Reads need a viewer token unless
+``auth.open_read`` is set; every write needs a responder (or admin) token, and its
+actor is that operator.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from aiohttp import web
 from vigil.collector.api.http import (
     MAX_TIME,
     ApiError,
+    audit_entry,
     body_str,
     body_time,
     choice,
@@ -22,8 +24,9 @@ from vigil.collector.api.http import (
     json_body,
     json_response,
     query_params,
-    require_admin,
+    refuse_by,
     require_reader,
+    require_responder,
 )
 from vigil.collector.desk import engine as incidents
 from vigil.collector.keys import clock_key, desk_key
@@ -55,13 +58,15 @@ async def get_silence(request: web.Request) -> web.Response:
 
 async def create_silence(request: web.Request) -> web.Response:
     """``POST /api/v1/silences``: ``matcher`` (host/group/service/check), ``value``,
-    ``ends_at`` (Unix seconds) or ``duration`` ("2h"), optional ``starts_at``, ``comment``,
-    ``created_by``. 201 with the silence."""
-    require_admin(request)
+    ``ends_at`` (Unix seconds) or ``duration`` ("2h"), optional ``starts_at``, ``comment``.
+    201 with the silence; ``created_by`` is the authenticated operator (a body field
+    of that name is refused)."""
+    actor = require_responder(request)
     body = await json_body(
         request,
         ("matcher", "value", "starts_at", "ends_at", "duration", "comment", "created_by"),
     )
+    refuse_by(body, "created_by")
     now = request.app[clock_key]()
     matcher = body_str(body, "matcher", required=True)
     if matcher not in incidents.SILENCE_MATCHERS:
@@ -90,12 +95,15 @@ async def create_silence(request: web.Request) -> web.Response:
     if ends_at <= max(starts_at, now):
         raise ApiError(400, "ends_at must be after starts_at and in the future", "ends_at")
     comment = body_str(body, "comment") or ""
-    by = body_str(body, "created_by", required=True)
     desk = request.app[desk_key]
+    detail = {"matcher": matcher, "value": value, "ends_at": ends_at}
+    audit = audit_entry(request, actor, "silence.create", "silence", detail)
     silence = await in_storage_thread(
         request,
-        functools.partial(desk.create_silence, matcher, value, starts_at, ends_at, comment),
-        by,
+        functools.partial(
+            desk.create_silence, matcher, value, starts_at, ends_at, comment, audit=audit
+        ),
+        actor.name,
         now,
     )
     return json_response({"silence": silence}, status=201)
@@ -103,16 +111,20 @@ async def create_silence(request: web.Request) -> web.Response:
 
 async def update_silence(request: web.Request) -> web.Response:
     """``PATCH /api/v1/silences/{id}``: change ``ends_at`` (e.g. end it now) or ``comment``."""
-    require_admin(request)
+    actor = require_responder(request)
     silence_id = item_id(request, "silence")
     body = await json_body(request, ("ends_at", "comment"))
     now = request.app[clock_key]()
     ends_at = body_time(body, "ends_at", now) if "ends_at" in body else None
     comment = body_str(body, "comment")
     desk = request.app[desk_key]
+    detail = {"ends_at": ends_at} if ends_at is not None else {}
+    audit = audit_entry(request, actor, "silence.update", f"silence:{silence_id}", detail)
     found = await in_storage_thread(
         request,
-        functools.partial(desk.update_silence, silence_id, ends_at=ends_at, comment=comment),
+        functools.partial(
+            desk.update_silence, silence_id, ends_at=ends_at, comment=comment, audit=audit
+        ),
     )
     if found is None:
         raise ApiError(404, f"no silence with id {silence_id}", "id")
@@ -121,8 +133,10 @@ async def update_silence(request: web.Request) -> web.Response:
 
 async def delete_silence(request: web.Request) -> web.Response:
     """``DELETE /api/v1/silences/{id}``: 204, or 404."""
-    require_admin(request)
+    actor = require_responder(request)
     silence_id = item_id(request, "silence")
-    if not await in_storage_thread(request, request.app[desk_key].delete_silence, silence_id):
+    audit = audit_entry(request, actor, "silence.delete", f"silence:{silence_id}")
+    delete = functools.partial(request.app[desk_key].delete_silence, silence_id, audit=audit)
+    if not await in_storage_thread(request, delete):
         raise ApiError(404, f"no silence with id {silence_id}", "id")
     return web.Response(status=204)

@@ -1,7 +1,8 @@
-"""Open endpoints for machines: ``GET /metrics`` (Prometheus) and ``GET /healthz``.
+"""Endpoints for machines: ``GET /metrics`` (Prometheus) and ``GET /healthz``.
 
-Neither needs a token, so Prometheus and load balancers can reach them; in production,
-firewall them to the monitoring network.
+``/metrics`` needs a viewer token like the read API (Prometheus sends one with
+``authorization: {credentials_file: ...}``), unless ``auth.open_read`` on a loopback
+listener; ``/healthz`` needs none, so load balancers can reach it.
 """
 
 from __future__ import annotations
@@ -12,12 +13,13 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vigil import __version__
-from vigil.collector.api.http import json_response
+from vigil.collector.api.http import json_response, require_reader
 from vigil.collector.keys import registry_key
 
 
 async def get_metrics(request: web.Request) -> web.Response:
     """``GET /metrics``: Prometheus text format, rendered from state at scrape time."""
+    require_reader(request)
     registry = request.app[registry_key]
     # Off the storage thread: the aggregates have their own lock (never held during a
     # database call), so a scrape does not queue behind ingest commits.

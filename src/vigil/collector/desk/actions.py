@@ -174,15 +174,22 @@ def note_silences(
 
 def flapping_now(work: Work, host: str, check: str, now: float) -> bool:
     """Whether the key flaps at ``now``: its latest result says the agent's check is
-    flapping, or its stored state changes say so (check results are stored on change
-    only, so every row is a change)."""
+    flapping, or its stored known states changed often enough lately (check results are
+    stored on change; ``unknown`` ones are skipped, see :func:`engine.known_changes`)."""
     results = work.uow.results
     if results.latest_flapping(host, check):
         return True
     rules = work.rules
     if rules.flap_changes <= 0:
         return False
-    times = results.recent_times(host, check, now - rules.flap_window_s, rules.flap_changes)
+    # One more row than changes needed: when the history is longer than that, the oldest
+    # row only says which state the first counted change left.
+    limit = rules.flap_changes + 1
+    rows = results.known_states(host, check, limit)
+    before = "ok"
+    if len(rows) == limit:
+        before, rows = rows[0][1], rows[1:]
+    times = engine.known_changes(rows, before)
     return engine.is_flapping(times, now, rules.flap_window_s, rules.flap_changes)
 
 

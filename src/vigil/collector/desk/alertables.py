@@ -31,14 +31,17 @@ def alertables(
     """Incidents then problems as the notifier sees them at ``now``.
 
     Each dict: ``ref`` (``incident:12``/``problem:3``), ``kind``, ``id``, ``active``,
-    ``held`` (flapping, silenced, or claimed by a fleet problem), ``notified``,
+    Self-healed problems are left out (never notified). ``held`` (flapping, silenced,
+    or claimed by a fleet problem), ``notified``,
     ``resolve_notified``, ``opened_at``, ``resolved_at`` and the fields notifications
     show (check, host, hostname, service, priority, summary, description, remediation,
     resolution).
     """
     active = [engine.Silence(s.id, s.matcher, s.value, s.starts_at, s.ends_at) for s in silences]
     out = [incident_alertable(row, active, now) for row in incidents]
-    out += [problem_alertable(row, active, now) for row in problems]
+    # A self-healed problem is never notified: every host fixed itself, nobody is to be
+    # paged; it waits in the problem list for its CAPA record.
+    out += [problem_alertable(row, active, now) for row in problems if row.kind != "self_healed"]
     return out
 
 

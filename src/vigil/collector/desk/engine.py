@@ -42,14 +42,17 @@ Ticks (:func:`on_tick`): a key ``awaiting`` for longer than ``remediation_wait_s
 stops waiting; if the check is still ``critical`` it gets :class:`OpenIncident` ("remediation
 X promised but no result within N s"), or a timeline note if an incident is already open.
 
-Flapping: the store passes ``flapping`` (see :func:`is_flapping`) with each check result.
+Flapping: the store passes ``flapping`` (see :func:`is_flapping`) with each check result;
+only changes between known states count (:func:`known_changes`: moving into and out of
+``unknown`` is not a change).
 While a key flaps, a recovery does not resolve its open incident (it is held open, one
 incident instead of a new one every few minutes) and notifications are held back; once
 the flapping ends, :func:`on_tick` resolves it if the check is ``ok``.
 
 Beyond one key, pure predicates the store calls with what it has stored:
 :func:`recurs` (the same key N times in a window: a recurring problem),
-:func:`fleet_wide` (one check failing on many hosts: one fleet problem),
+:func:`fleet_wide` (one check failing on many hosts: one fleet problem, or one
+self-healed problem when every host fixed it),
 :func:`silence_applies` (a maintenance window matching an incident) and
 :func:`plan_notifications` (what to notify as firing or resolved). The knobs are in
 :class:`IncidentRules`; ``docs/incidents.md`` explains the model with examples.
@@ -96,9 +99,11 @@ class IncidentRules:
 
     Flapping: ``flap_changes`` state changes within ``flap_window_s`` (0 disables).
     Recurrence: ``recurrence_count`` occurrences of one key within ``recurrence_window_s``
-    open a problem. Correlation: one check failing on ``fleet_min_hosts`` hosts, or on
-    ``fleet_min_share`` of the failing host's group, within ``fleet_window_s``, is one
-    fleet problem. ``heartbeat_grace_s``: silence tolerated past a heartbeat TTL.
+    open a problem. Correlation: one check failing on at least ``fleet_min_hosts`` hosts
+    that are also at least ``fleet_min_share`` of the failing host's group, within
+    ``fleet_window_s``, is one fleet problem (one *self-healed* problem when every one of
+    those hosts fixed it: see :func:`fleet_wide`). ``heartbeat_grace_s``: silence
+    tolerated past a heartbeat TTL.
     """
 
     remediation_wait_s: float = 600.0
@@ -329,6 +334,26 @@ def on_liveness(
 # --------------------------------------------------------------------------- fleet rules
 
 
+def known_changes(states: Sequence[tuple[float, str]], before: str = "ok") -> list[float]:
+    """The times at which a key's *known* state changed.
+
+    ``states`` are ``(time, state)`` results, oldest first; ``before`` is the known state
+    preceding the first (a key starts ``ok``). ``unknown`` results are skipped: unknown is
+    the absence of knowledge, not a state, so ok -> unknown -> ok is no change and
+    ok -> unknown -> ok -> critical -> unknown -> ok is two (issue #15, item 4). A result
+    repeating the known state (e.g. only its flapping flag changed) is no change either.
+    """
+    times: list[float] = []
+    last = before
+    for t, state in states:
+        if state == "unknown":
+            continue
+        if state != last:
+            times.append(t)
+        last = state
+    return times
+
+
 def is_flapping(change_times: Sequence[float], now: float, window_s: float, changes: int) -> bool:
     """Whether a key whose state changed at ``change_times`` (Unix seconds) flaps at ``now``:
     at least ``changes`` state changes within the last ``window_s`` seconds.
@@ -348,15 +373,20 @@ def recurs(times: Sequence[float], now: float, window_s: float, count: int) -> b
 def fleet_wide(hosts_failing: int, hosts_in_scope: int, min_hosts: int, min_share: float) -> bool:
     """Whether ``hosts_failing`` hosts failing the same check at once is a fleet problem.
 
-    True from ``min_hosts`` hosts (absolute), or when they are at least ``min_share``
-    (0..1) of the ``hosts_in_scope`` (the failing host's group, or the fleet) with at
-    least two hosts: one host is never a fleet. ``min_share <= 0`` disables the share rule.
+    Both rules must hold: at least ``min_hosts`` hosts (never fewer than two: one host is
+    never a fleet) *and* at least ``min_share`` (0..1) of the ``hosts_in_scope`` (the
+    failing host's group, or the fleet). A share alone made two unrelated failures on
+    four hosts a "fleet problem", a count alone makes three of a thousand one (issue #15,
+    item 5). ``min_share <= 0`` drops the share rule; ``min_hosts <= 0`` leaves the floor
+    of two hosts; both off disables correlation.
     """
-    if hosts_failing >= 2 and min_hosts > 0 and hosts_failing >= min_hosts:
-        return True
-    if hosts_failing < 2 or min_share <= 0 or hosts_in_scope <= 0:
+    if min_hosts <= 0 and min_share <= 0:
         return False
-    return hosts_failing / hosts_in_scope >= min_share
+    if hosts_failing < max(2, min_hosts):
+        return False
+    if min_share <= 0:
+        return True
+    return hosts_in_scope > 0 and hosts_failing / hosts_in_scope >= min_share
 
 
 def is_silent(last_seen: float, ttl_s: float | None, grace_s: float, now: float) -> bool:

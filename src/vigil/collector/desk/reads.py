@@ -15,6 +15,7 @@ from typing import Any
 
 from vigil.collector.desk import engine
 from vigil.collector.desk.catalog import Catalog
+from vigil.collector.desk.problems import SELF_HEALED, self_healed_summary
 from vigil.collector.storage.protocols import UnitOfWork
 from vigil.collector.telemetry.aggregates import Aggregates
 
@@ -23,7 +24,7 @@ log = logging.getLogger("vigil.collector.desk")
 # States a list can filter on: ``open`` (all not yet resolved) and its refinements.
 LIST_STATES: tuple[str, ...] = ("open", "acknowledged", "flapping", "resolved", "prevented")
 PROBLEM_STATES: tuple[str, ...] = ("open", "acknowledged", "resolved")
-PROBLEM_KINDS: tuple[str, ...] = ("recurring", "fleet")
+PROBLEM_KINDS: tuple[str, ...] = ("recurring", "fleet", "self_healed")
 # Corrective-action records shown with one incident, at most.
 INCIDENT_RUNS_LIMIT = 1000
 
@@ -86,7 +87,7 @@ def list_problems(
     if state is not None and state not in PROBLEM_STATES:
         raise ValueError(f"state: must be open, acknowledged or resolved, got {state!r}")
     if kind is not None and kind not in PROBLEM_KINDS:
-        raise ValueError(f"kind: must be recurring or fleet, got {kind!r}")
+        raise ValueError(f"kind: must be one of {list(PROBLEM_KINDS)}, got {kind!r}")
     rows = uow.problems.list(
         filters={"kind": kind, "check": check}, state=state, limit=limit, offset=offset
     )
@@ -275,6 +276,11 @@ def _incident(row: dict[str, Any]) -> dict[str, Any]:
 def _problem(uow: UnitOfWork, row: dict[str, Any]) -> dict[str, Any]:
     row["state"] = engine.display_state(row["state"], row["acknowledged_at"], False)
     row["incidents"] = uow.problems.incident_ids(row["id"])
+    if row["kind"] == SELF_HEALED:
+        # Hosts keep joining after it opened (the threshold is reached before the last
+        # host reports): the count and the summary are the links' as of now.
+        row["hosts"] = uow.problems.hosts_linked(row["id"])
+        row["summary"] = self_healed_summary(row["check"], row["hosts"])
     return row
 
 

@@ -13,6 +13,7 @@ its one storage thread, never on the event loop.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Callable, Mapping
@@ -26,10 +27,13 @@ from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog
 from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.desk.liveness import tick
 from vigil.collector.desk.work import Work
-from vigil.collector.storage.protocols import Storage
+from vigil.collector.identity.audit import AuditEntry, append_audit
+from vigil.collector.storage.protocols import Storage, UnitOfWork
 from vigil.collector.telemetry.aggregates import Aggregates, MetricsSnapshot
 
 log = logging.getLogger("vigil.collector.desk")
+# The audit record a command appends in its own transaction (None: not audited).
+Audit = AuditEntry | None
 
 
 class Desk:
@@ -185,17 +189,28 @@ class Desk:
 
     # ----------------------------------------------------------------- commands
 
-    def acknowledge(self, kind: str, item_id: int, by: str, note: str, now: float) -> str:
+    def acknowledge(
+        self, kind: str, item_id: int, by: str, note: str, now: float, audit: Audit = None
+    ) -> str:
         """Acknowledge an open incident or problem (``kind`` ``incident``/``problem``).
+        ``audit``, when given, is appended in the same transaction (as for every command).
 
         Returns ``"acknowledged"``, ``"already"`` (acknowledged before: unchanged) or
         raises :class:`LookupError` (no such id) / :class:`~collector.desk.commands.StateError`.
         """
         with self.storage.session() as uow, uow.transaction():
-            return commands.acknowledge(uow, kind, item_id, by, note, now)
+            result = commands.acknowledge(uow, kind, item_id, by, note, now)
+            _append(uow, audit)
+            return result
 
     def resolve_manually(
-        self, kind: str, item_id: int, by: str, notes: dict[str, str], now: float
+        self,
+        kind: str,
+        item_id: int,
+        by: str,
+        notes: dict[str, str],
+        now: float,
+        audit: Audit = None,
     ) -> None:
         """See :func:`collector.desk.commands.resolve_manually`."""
         delta = Aggregates()
@@ -203,6 +218,7 @@ class Desk:
             with uow.transaction():
                 work = Work(uow, self._catalog, self._rules, delta)
                 commands.resolve_manually(work, kind, item_id, by, notes, now)
+                _append(uow, audit)
             self._agg.merge(delta)
 
     def create_silence(
@@ -214,6 +230,7 @@ class Desk:
         comment: str,
         by: str,
         now: float,
+        audit: Audit = None,
     ) -> dict[str, Any]:
         """Store a silence (validated by the caller) and return it."""
         with self.storage.session() as uow:
@@ -229,24 +246,37 @@ class Desk:
                         "created_at": now,
                     }
                 )
+                if audit is not None:  # the target names the id only known now
+                    _append(uow, dataclasses.replace(audit, target=f"silence:{silence_id}"))
             found = uow.silences.get(silence_id)
         assert found is not None
         return found
 
     def update_silence(
-        self, silence_id: int, *, ends_at: float | None, comment: str | None
+        self,
+        silence_id: int,
+        *,
+        ends_at: float | None,
+        comment: str | None,
+        audit: Audit = None,
     ) -> dict[str, Any] | None:
         """Change a silence's end or comment; None if there is no such silence."""
         with self.storage.session() as uow:
             with uow.transaction():
+                if uow.silences.get(silence_id) is None:
+                    return None
                 uow.silences.update(silence_id, ends_at=ends_at, comment=comment)
+                _append(uow, audit)
             return uow.silences.get(silence_id)
 
-    def delete_silence(self, silence_id: int) -> bool:
+    def delete_silence(self, silence_id: int, audit: Audit = None) -> bool:
         """Remove a silence; False if there was none. Held-back incidents still open
         notify at the notifier's next pass (a real, ongoing failure)."""
         with self.storage.session() as uow, uow.transaction():
-            return uow.silences.delete(silence_id)
+            deleted = uow.silences.delete(silence_id)
+            if deleted:
+                _append(uow, audit)
+            return deleted
 
     def mark_notified(
         self, fired: list[str], resolved: list[str], targets: str, now: float
@@ -385,3 +415,9 @@ class Desk:
     def close(self) -> None:
         """Close the storage; safe to call twice."""
         self.storage.close()
+
+
+def _append(uow: UnitOfWork, audit: Audit) -> None:
+    """Append the audit record of a command, if the caller gave one (in its transaction)."""
+    if audit is not None:
+        append_audit(uow, audit)

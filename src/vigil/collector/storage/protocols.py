@@ -89,8 +89,9 @@ class CheckResultRepository(Protocol):
     def latest_flapping(self, host: str, check: str) -> bool:
         """Whether the key's latest result says the agent saw it flapping."""
 
-    def recent_times(self, host: str, check: str, since: float, limit: int) -> list[float]:
-        """Receive times of the key's latest ``limit`` results at or after ``since``."""
+    def known_states(self, host: str, check: str, limit: int) -> list[tuple[float, str]]:
+        """``(receive time, state)`` of the key's latest ``limit`` results whose state is
+        not ``unknown``, oldest first (flap detection counts changes between these)."""
 
 
 class KeyRepository(Protocol):
@@ -195,6 +196,9 @@ class IncidentRepository(DeskItemRepository, Protocol):
     def open_since(self, check: str, since: float) -> list[tuple[int, str]]:
         """``(id, host)`` of the check's open incidents opened at or after ``since``."""
 
+    def prevented_since(self, check: str, since: float) -> list[tuple[int, str]]:
+        """``(id, host)`` of the check's prevented incidents opened at or after ``since``."""
+
     def list(
         self,
         *,
@@ -260,6 +264,9 @@ class ProblemRepository(DeskItemRepository, Protocol):
 
     def of_incident(self, incident_id: int) -> list[int]:
         """Problem ids the incident is linked to, ascending."""
+
+    def hosts_linked(self, problem_id: int) -> int:
+        """How many distinct hosts the linked incidents are on."""
 
     def list(
         self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int
@@ -327,6 +334,8 @@ class UnitOfWork(Protocol):
     problems: ProblemRepository
     silences: SilenceRepository
     counters: CounterRepository
+    operators: OperatorRepository
+    audit: AuditRepository
 
     def begin(self) -> None:
         """Start a write transaction."""
@@ -358,3 +367,35 @@ class Storage(Protocol):
 
     def close(self) -> None:
         """Close; safe to call twice."""
+
+
+class OperatorRepository(Protocol):
+    """``operators``: named operator accounts. Only a hash of each token is stored."""
+
+    def add(self, name: str, role: str, token_hash: str, at: float) -> bool:
+        """Insert an operator; False (and nothing written) if ``name`` exists."""
+
+    def set_token(self, name: str, token_hash: str, at: float) -> bool:
+        """Replace an operator's token hash (rotation); False if there is no such one."""
+
+    def remove(self, name: str) -> bool:
+        """Delete an operator; False if there was none."""
+
+    def list(self) -> list[dict[str, Any]]:
+        """Every operator by name: ``name, role, created_at, rotated_at`` (no hash)."""
+
+    def credentials(self) -> list[tuple[str, str, str]]:
+        """Every operator as ``(name, role, token_hash)``: what authentication needs."""
+
+
+class AuditRepository(Protocol):
+    """``audit``: the append-only log of writes. No method changes or deletes a record."""
+
+    def append(self, row: Mapping[str, Any]) -> int:
+        """Store one record (``at, actor, action, target, peer, detail``); its id."""
+
+    def list(self, *, limit: int, offset: int, action: str | None) -> list[dict[str, Any]]:
+        """Records newest first, optionally only one ``action``."""
+
+    def counts(self) -> dict[str, int]:
+        """How many records per action."""

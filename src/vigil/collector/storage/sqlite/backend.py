@@ -27,6 +27,7 @@ from vigil.collector.storage.sqlite.desk_repos import (
     SqliteProblems,
     SqliteSilences,
 )
+from vigil.collector.storage.sqlite.identity_repos import SqliteAudit, SqliteOperators
 from vigil.collector.storage.sqlite.ingest_repos import (
     SqliteCheckResults,
     SqliteCounters,
@@ -55,6 +56,8 @@ class SqliteUnitOfWork:
         self.problems = SqliteProblems(db)
         self.silences = SqliteSilences(db)
         self.counters = SqliteCounters(db)
+        self.operators = SqliteOperators(db)
+        self.audit = SqliteAudit(db)
 
     def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")

@@ -196,6 +196,13 @@ class SqliteIncidents(_DeskItems):
             (check, since),
         ).fetchall()
 
+    def prevented_since(self, check: str, since: float) -> list[tuple[int, str]]:
+        return self._db.execute(
+            "SELECT id, host FROM incidents WHERE check_id = ? AND state = 'prevented'"
+            " AND opened_at >= ?",
+            (check, since),
+        ).fetchall()
+
     def list(
         self,
         *,
@@ -366,6 +373,15 @@ class SqliteProblems(_DeskItems):
                 (incident_id,),
             )
         ]
+
+    def hosts_linked(self, problem_id: int) -> int:
+        return int(
+            self._db.execute(
+                "SELECT COUNT(DISTINCT i.host) FROM problem_incidents l"
+                " JOIN incidents i ON i.id = l.incident_id WHERE l.problem_id = ?",
+                (problem_id,),
+            ).fetchone()[0]
+        )
 
     def list(
         self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int

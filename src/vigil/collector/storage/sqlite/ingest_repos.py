@@ -218,15 +218,15 @@ class SqliteCheckResults:
         ).fetchone()
         return row is not None and bool(row[0])
 
-    def recent_times(self, host: str, check: str, since: float, limit: int) -> list[float]:
-        return [
-            t
-            for (t,) in self._db.execute(
-                "SELECT received_at FROM check_results WHERE host = ? AND check_id = ?"
-                " AND received_at >= ? ORDER BY id DESC LIMIT ?",
-                (host, check, since, limit),
-            )
-        ]
+    def known_states(self, host: str, check: str, limit: int) -> list[tuple[float, str]]:
+        # Newest first through the (host, check_id, id) index; unknown rows are stored on
+        # change only, so they alternate with known ones and the scan stays near ``limit``.
+        rows = self._db.execute(
+            "SELECT received_at, state FROM check_results WHERE host = ? AND check_id = ?"
+            " AND state != 'unknown' ORDER BY id DESC LIMIT ?",
+            (host, check, limit),
+        ).fetchall()
+        return [(t, state) for t, state in reversed(rows)]
 
 
 class SqliteKeys:

@@ -1,8 +1,9 @@
 """The SQLite schema (DDL) and the migrations from older databases.
 
-Schema 2 is what every collector since the group-commit change writes; schema 1
-databases (``metrics_latest``, ``batches``/``events_seen``, no desk columns) are
-migrated in place on open, inside one transaction, without losing a row.
+Schema 3 is what this collector writes (schema 2 plus the problem kind
+``self_healed``); schema 1 and 2 databases (``metrics_latest``, ``batches``/``events_seen``,
+no desk columns; the older problem kinds) are migrated in place on open, inside one
+transaction, without losing a row.
 """
 
 from __future__ import annotations
@@ -15,7 +16,10 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 
 # 2: host_metrics (one row per host) replaces metrics_latest; seen replaces batches and
 # events_seen (fewer statements and page writes per report).
-SCHEMA_VERSION = 2
+# 3: problem kind 'self_healed' (a fleet-wide fault every host fixed; see
+# _migrate_problem_kinds).
+# 4: operators and the append-only audit log (_migrate_identity).
+SCHEMA_VERSION = 4
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
 _SCHEMA = """
@@ -138,7 +142,7 @@ CREATE TABLE IF NOT EXISTS counters (
 _DESK_SCHEMA = """
 CREATE TABLE IF NOT EXISTS problems (
     id                  INTEGER PRIMARY KEY,
-    kind                TEXT NOT NULL CHECK (kind IN ('recurring', 'fleet')),
+    kind                TEXT NOT NULL CHECK (kind IN ('recurring', 'fleet', 'self_healed')),
     check_id            TEXT NOT NULL,
     host                TEXT,           -- NULL for a fleet problem
     hostname            TEXT,
@@ -224,8 +228,10 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
         if statement.strip():
             db.execute(statement)
     _migrate_desk(db)
+    _migrate_problem_kinds(db)
     _migrate_host_metrics(db)
     _migrate_seen(db)
+    _migrate_identity(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -248,6 +254,35 @@ def _migrate_desk(db: sqlite3.Connection) -> None:
     for statement in _DESK_SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+def _migrate_problem_kinds(db: sqlite3.Connection) -> None:
+    """Schema 3 adds the problem kind ``self_healed``. SQLite cannot alter a CHECK
+    constraint, so an older ``problems`` table is rebuilt: same columns, rows and ids.
+
+    Foreign keys are on and cannot be switched off inside the caller's transaction, so
+    the rows pointing at ``problems`` (links, timeline) are set aside while the table is
+    swapped and put back after; nothing is ever left dangling.
+    """
+    row = db.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'problems'"
+    ).fetchone()
+    if row is None or "'self_healed'" in row[0]:
+        return
+    children = ("problem_incidents", "problem_timeline")
+    for child in children:
+        db.execute(f"CREATE TEMP TABLE keep_{child} AS SELECT * FROM {child}")
+        db.execute(f"DELETE FROM {child}")
+    columns = ", ".join(r[1] for r in db.execute("PRAGMA table_info(problems)"))
+    create = _DESK_SCHEMA[: _DESK_SCHEMA.index(";")]  # the problems table comes first
+    db.execute(create.replace("IF NOT EXISTS problems (", "problems_v3 (", 1))
+    db.execute(f"INSERT INTO problems_v3 ({columns}) SELECT {columns} FROM problems")
+    db.execute("DROP TABLE problems")
+    db.execute("ALTER TABLE problems_v3 RENAME TO problems")
+    db.execute("CREATE INDEX IF NOT EXISTS problems_key ON problems (kind, check_id, state)")
+    for child in children:
+        db.execute(f"INSERT INTO {child} SELECT * FROM temp.keep_{child}")
+        db.execute(f"DROP TABLE temp.keep_{child}")
 
 
 def _migrate_host_metrics(db: sqlite3.Connection) -> None:
@@ -296,3 +331,37 @@ def _migrate_seen(db: sqlite3.Connection) -> None:
                 f" SELECT host, {kind}, {column}, received_at FROM {table}"
             )
             db.execute(f"DROP TABLE {table}")
+
+
+_IDENTITY = """
+CREATE TABLE IF NOT EXISTS operators (
+    name        TEXT PRIMARY KEY,
+    role        TEXT NOT NULL,      -- viewer | responder | admin
+    token_hash  TEXT NOT NULL,      -- sha256 hex of the token; the token is never stored
+    created_at  REAL NOT NULL,
+    rotated_at  REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS audit (
+    id      INTEGER PRIMARY KEY AUTOINCREMENT,
+    at      REAL NOT NULL,          -- collector clock, Unix seconds
+    actor   TEXT NOT NULL,          -- the authenticated operator (or cli:USER)
+    action  TEXT NOT NULL,          -- e.g. incident.acknowledge, operator.add
+    target  TEXT NOT NULL,          -- what was written: incident:12, operator:alice
+    peer    TEXT NOT NULL,          -- where from: the client address, or "local"
+    detail  TEXT NOT NULL           -- JSON object
+);
+CREATE INDEX IF NOT EXISTS audit_action ON audit (action, id);
+CREATE TRIGGER IF NOT EXISTS audit_no_update BEFORE UPDATE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END;
+CREATE TRIGGER IF NOT EXISTS audit_no_delete BEFORE DELETE ON audit
+BEGIN SELECT RAISE(ABORT, 'the audit log is append-only'); END
+"""
+
+
+def _migrate_identity(db: sqlite3.Connection) -> None:
+    """Create the operators and audit tables (idempotent: every statement is IF NOT
+    EXISTS, so it runs on a new database and on any older one alike)."""
+    # Split on the blank-line-free statement ends; a trigger body holds a ";" of its own.
+    for statement in _IDENTITY.split(";\n"):
+        if statement.strip():
+            db.execute(statement)

@@ -1,0 +1,1 @@
+"""Identity and access: enrollment, per-agent credentials, operators and roles, audit."""
