@@ -136,7 +136,7 @@ def test_test_runs_detection_remediation_and_verification_on_a_real_daemon(
     }
     args = [arg for k, v in params.items() for arg in ("--param", f"{k}={v}")]
 
-    done = cli("remediation", "test", str(SHIPPED / "service-restart"), *args)
+    done = cli("remediation", "test", str(SHIPPED / "service-restart"), "--json", *args)
 
     try:
         out = report(done)
@@ -158,7 +158,7 @@ def test_test_dry_run_passes_the_flag_and_reports_dry_run(tmp_path: Path) -> Non
         tmp_path, "careful", '#!/bin/sh\necho "dry=$VIGIL_DRY_RUN phase=$VIGIL_PHASE"\n'
     )
 
-    out = report(cli("remediation", "test", str(folder), "--dry-run"))
+    out = report(cli("remediation", "test", str(folder), "--dry-run", "--json"))
 
     assert out["record"]["outcome"] == "dry_run"
     assert out["record"]["output"] == "dry=1 phase=remediate\n"
@@ -175,7 +175,7 @@ def test_test_does_not_remediate_when_detection_finds_nothing(tmp_path: Path) ->
     )
     (folder / "detect.sh").write_text("#!/bin/sh\nexit 0\n")
 
-    done = cli("remediation", "test", str(folder))
+    done = cli("remediation", "test", str(folder), "--json")
 
     assert done.returncode == 0
     assert report(done)["result"].startswith("no issue detected")
@@ -186,7 +186,7 @@ def test_test_does_not_remediate_when_detection_finds_nothing(tmp_path: Path) ->
 def test_test_of_a_failing_script_reports_error_and_exits_1(tmp_path: Path) -> None:
     folder = remediation(tmp_path, "broken", "#!/bin/sh\necho oops\nexit 137\n")
 
-    done = cli("remediation", "test", str(folder))
+    done = cli("remediation", "test", str(folder), "--json")
 
     out = report(done)
     assert done.returncode == 1
@@ -201,3 +201,118 @@ def test_test_rejects_an_undeclared_param(tmp_path: Path) -> None:
 
     assert done.returncode == 2
     assert "has no parameter 'colour'" in done.stderr
+
+
+# --- issue 14: hostile bundles, refusals, readable output ---------------------------------
+
+
+def broken_library(library: Path) -> None:
+    """A good bundle beside four that must each fail alone."""
+    remediation(library, "good", "echo ok\n")
+    remediation(library, "latin1", "echo\n")
+    with (library / "latin1" / "remediation.yaml").open("ab") as f:
+        f.write(b"# caf\xe9\n")
+    remediation(library, "huge-cap", "echo\n", output_cap="9" * 400 + "KiB")
+    deep = remediation(library, "deep", "echo\n")
+    with (deep / "remediation.yaml").open("a") as f:
+        f.write("params: " + "[" * 20_000 + "]" * 20_000 + "\n")
+    folder = remediation(library, "nan-timeout", "echo\n")
+    with (folder / "remediation.yaml").open("a") as f:
+        f.write("timeout: .nan\n")
+
+
+def test_list_shows_each_broken_bundle_as_not_loaded_with_its_reason(tmp_path: Path) -> None:
+    broken_library(tmp_path)
+
+    done = cli("remediation", "list", str(tmp_path))
+
+    assert done.returncode == 2, done.stderr
+    rows = {line.split()[0]: line for line in done.stdout.splitlines()[1:]}
+    assert "NOT LOADED" not in rows["good"]
+    assert "not valid UTF-8" in rows["latin1"]
+    assert "must be a finite number" in rows["huge-cap"]
+    assert "nested deeper" in rows["deep"]
+    assert "must be a finite number" in rows["nan-timeout"]
+    for bundle in ("latin1", "huge-cap", "deep", "nan-timeout"):
+        assert "NOT LOADED" in rows[bundle]
+        assert str(tmp_path / bundle / "remediation.yaml") in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@posix_only
+def test_test_refuses_a_bundle_that_is_a_symlink_out_of_the_library(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    remediation(tmp_path / "elsewhere", "sneaky", f'#!/bin/sh\ntouch "{marker}"\n')
+    library = tmp_path / "library"
+    library.mkdir()
+    (library / "sneaky").symlink_to(tmp_path / "elsewhere" / "sneaky")
+
+    done = cli("remediation", "test", str(library / "sneaky"))
+
+    assert done.returncode == 2
+    assert "outside the allowed folders" in done.stderr
+    assert not marker.exists()
+
+
+@posix_only
+def test_test_refuses_a_manifest_that_is_a_symlink_out_of_its_bundle(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    outside = remediation(tmp_path / "elsewhere", "odd", f'#!/bin/sh\ntouch "{marker}"\n')
+    folder = tmp_path / "library" / "odd"
+    folder.mkdir(parents=True)
+    (folder / "fix.sh").write_text(f'#!/bin/sh\ntouch "{marker}"\n')
+    (folder / "remediation.yaml").symlink_to(outside / "remediation.yaml")
+
+    done = cli("remediation", "test", str(folder))
+    listed = cli("remediation", "list", str(tmp_path / "library"))
+
+    assert done.returncode == 2
+    assert f"{folder / 'remediation.yaml'}: must be a file inside {folder}" in done.stderr
+    assert not marker.exists()
+    assert "NOT LOADED" in listed.stdout
+
+
+@posix_only
+def test_test_of_a_manifest_without_verify_delay_prints_its_outcome(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "junk.tmp").write_text("x")
+
+    done = cli("remediation", "test", str(SHIPPED / "demo-cleanup"), "--param", f"dir={spool}")
+
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "remediation demo-cleanup on " in done.stdout
+    assert "outcome: fixed" in done.stdout
+    assert not (spool / "junk.tmp").exists()
+
+
+@posix_only
+def test_a_dry_run_the_script_refuses_is_an_error_with_a_non_zero_exit(tmp_path: Path) -> None:
+    done = cli(
+        "remediation",
+        "test",
+        str(SHIPPED / "demo-cleanup"),
+        "--param",
+        f"dir={tmp_path / 'absent'}",
+        "--dry-run",
+        "--json",
+    )
+
+    out = report(done)
+    assert done.returncode == 1
+    assert (out["record"]["outcome"], out["record"]["exit_code"]) == ("error", 3)
+    assert out["reason"] == "dry run failed: exit 3"
+
+
+@pytest.mark.parametrize("delay", ["nan", "-1", "inf"])
+def test_a_verify_delay_that_is_not_a_duration_is_a_usage_error(tmp_path: Path, delay: str) -> None:
+    folder = remediation(tmp_path, "patient", "echo\n")
+
+    done = cli("remediation", "test", str(folder), "--verify-delay", delay)
+
+    assert done.returncode == 2
+    assert (
+        f"argument --verify-delay: expected a duration such as 30s, 2m or 1h (got '{delay}')"
+        in (done.stderr)
+    )

@@ -405,6 +405,7 @@ def test_an_installed_remediation_runs_through_the_runner(full: Installed, outsi
         f"dir={spool}",
         "--verify-delay",
         "0",
+        "--json",
         cwd=outside,
     )
     assert fixed.returncode == 0, fixed.stdout + fixed.stderr

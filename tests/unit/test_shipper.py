@@ -1283,3 +1283,37 @@ def test_https_checks_the_hostname_even_with_a_trusted_ca(
     assert result.sent_events == 0
     assert "certificate verify failed" in (result.error or "")
     assert "localhost" in (result.error or "")
+
+
+def test_an_outage_logs_one_warning_as_it_starts_and_one_info_as_it_ends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue #14: each failed delivery used to log two WARNINGs, and the end of an outage
+    none; the agent's whole delivery path (service and shipper) now logs one line each way."""
+    from vigil.agent.config import load_agent_config
+    from vigil.agent.service import build_service
+
+    collector = FakeCollector(Reply(503), Reply(500), Reply(502))
+
+    async def main() -> None:
+        async with collector as url:
+            path = tmp_path / "agent.yaml"
+            path.write_text(f"agent: {{state_dir: state}}\ncollector: {{url: '{url}', token: t}}\n")
+            service = build_service(load_agent_config(path), library={})
+            for i in range(4):  # three failures, then a delivery
+                service.outbox.put(metrics(i))
+                await service.ship()
+                service.shipper.wake()  # end the backoff window (not the outage)
+            await service._shutdown()
+
+    with caplog.at_level(logging.DEBUG, logger="vigil.agent"):
+        asyncio.run(main())
+
+    delivery = [
+        (r.levelname, r.getMessage())
+        for r in caplog.records
+        if r.levelno >= logging.INFO and "deliver" in r.getMessage()
+    ]
+    assert [level for level, _ in delivery] == ["WARNING", "INFO"]
+    assert delivery[0][1].startswith("delivery failing: collector answered HTTP 503")
+    assert delivery[1][1].startswith("delivery resumed after 3 failed attempts over ")

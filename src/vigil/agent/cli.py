@@ -1,6 +1,8 @@
 """``vigil-agent``: run the agent, or show what it sees.
 
 Exit status: 0 success; 1 ``check`` found a check that is not ok; 2 bad config or usage.
+``--config`` and ``--log-level`` go before or after the command. ``run`` and ``check``
+validate the config through the same :func:`~vigil.agent.preflight.preflight`.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import difflib
 import json
 import os
 import sys
@@ -19,8 +22,12 @@ from typing import Any
 from vigil import __version__
 from vigil.agent import enroll_cli, remediation_cli
 from vigil.agent.checks import classify
-from vigil.agent.config import AgentConfig, load_agent_config
+from vigil.agent.config import AgentConfig
+from vigil.agent.preflight import Preflight, preflight
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
+
+_LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+_BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
 
 def default_config_path() -> Path:
@@ -32,6 +39,20 @@ def default_config_path() -> Path:
     return Path("/etc/vigil/agent.yaml")
 
 
+def _global_options(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """``--config`` and ``--log-level``. Subcommands get them with defaults suppressed, so
+    one given after the command wins and one given before it is not reset."""
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=argparse.SUPPRESS if suppress else None,
+        help="agent config file (default: $VIGIL_AGENT_CONFIG or /etc/vigil/agent.yaml)",
+    )
+    parser.add_argument(
+        "--log-level", default=argparse.SUPPRESS if suppress else "INFO", choices=_LOG_LEVELS
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vigil-agent",
@@ -39,22 +60,20 @@ def build_parser() -> argparse.ArgumentParser:
         "and reports to the collector.",
     )
     parser.add_argument("--version", action="version", version=f"vigil-agent {__version__}")
-    parser.add_argument(
-        "--config",
-        type=Path,
-        default=None,
-        help="agent config file (default: $VIGIL_AGENT_CONFIG or /etc/vigil/agent.yaml)",
-    )
-    parser.add_argument(
-        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
-    )
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    run = sub.add_parser("run", help="run the agent until SIGINT/SIGTERM (the default)")
+    run = sub.add_parser(
+        "run", parents=[common], help="run the agent until SIGINT/SIGTERM (the default)"
+    )
     run.add_argument("--collector-url", help="override collector.url from the config")
-    check = sub.add_parser("check", help="run every configured check once and print the result")
+    check = sub.add_parser(
+        "check", parents=[common], help="run every configured check once and print the result"
+    )
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    remediation_cli.add_parser(sub)
-    enroll_cli.add_parser(sub)
+    remediation_cli.add_parser(sub, parents=[common])
+    enroll_cli.add_parser(sub, parents=[common])
     return parser
 
 
@@ -67,23 +86,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "enroll":
         return enroll_cli.main(args, path)
     try:
-        config = load_agent_config(path)
+        checked = preflight(path, create_state=args.command != "check")
         if args.command == "check":
-            return check_once(config, as_json=args.json)
+            return check_once(checked.config, as_json=args.json)
         if getattr(args, "collector_url", None):
+            config = checked.config
             config = dataclasses.replace(
                 config, collector=dataclasses.replace(config.collector, url=args.collector_url)
             )
-        return asyncio.run(_run(config))
+            checked = dataclasses.replace(checked, config=config)
+        return asyncio.run(_run(checked))
     except ConfigError as exc:
         print(f"vigil-agent: {exc}", file=sys.stderr)
         return CONFIG_EXIT_CODE
 
 
-async def _run(config: AgentConfig) -> int:
+async def _run(checked: Preflight) -> int:
     from vigil.agent.service import build_service  # heavy imports only when running
 
-    await build_service(config).run_until_signalled()
+    service = build_service(checked.config, library=checked.library, broken=checked.broken)
+    await service.run_until_signalled()
     return 0
 
 
@@ -93,7 +115,9 @@ def check_once(config: AgentConfig, *, as_json: bool = False) -> int:
     Samples twice, 0.5 s apart (CPU and I/O rates need a delta), and runs every command
     check (plugin) once, all at the same time. The for-duration, hysteresis and flapping
     are ignored here: this shows what each check would say *now*. An ``unknown`` row
-    says why in its ``detail``.
+    says why in its ``detail``, and a closing line counts the unknown checks (a running
+    agent reports the same per check as ``agent.unknown_total[<check>]``). Byte values
+    read in binary units (``78.5 GiB``); ``--json`` keeps raw numbers.
     """
     from vigil.agent.plugins import run_plugin
     from vigil.agent.sampling.sampler import Sampler
@@ -119,7 +143,7 @@ def check_once(config: AgentConfig, *, as_json: bool = False) -> int:
         else:
             value = values.get(spec.metric)
             state = classify(spec, value)
-            detail = sampler.reason_for(spec.metric) if value is None else ""
+            detail = "" if value is not None else _why_unknown(spec.metric, sampler, values)
         rows.append(
             {
                 "check": spec.id,
@@ -137,13 +161,40 @@ def check_once(config: AgentConfig, *, as_json: bool = False) -> int:
         print(json.dumps({"checks": rows, "values": values}, indent=2, sort_keys=True))
     else:
         print(_table(rows))
+        unknown = [str(r["check"]) for r in rows if r["state"] == "unknown"]
+        if unknown:
+            print(f"\n{len(unknown)} of {len(rows)} checks unknown: {', '.join(unknown)}")
     return 0 if all(r["state"] == "ok" for r in rows) else 1
 
 
-def _fmt(value: float | None) -> str:
+def _why_unknown(metric: str, sampler: Any, values: dict[str, float]) -> str:
+    """The sampler's reason for a missing ``metric``, plus the closest sampled series name
+    when there is one (a typo in ``metric`` keeps a check unknown for ever)."""
+    reason = str(sampler.reason_for(metric))
+    close = difflib.get_close_matches(metric, list(values), n=1, cutoff=0.8)
+    return f"{reason}; did you mean {close[0]}?" if close else reason
+
+
+def _fmt(value: float | None, metric: object = "") -> str:
+    """A value for the table: bytes (a ``*_bytes`` series) in binary units, other large
+    numbers without an exponent, small ones with up to six significant digits."""
     if value is None:
         return "-"
-    return f"{value:.6g}" if abs(value) < 1e6 else f"{value:.4g}"
+    if "_bytes" in str(metric):
+        return human_bytes(value)
+    if abs(value) >= 1e6:
+        return f"{value:,.0f}"
+    return f"{value:.6g}"
+
+
+def human_bytes(value: float) -> str:
+    """``value`` bytes in binary units: ``512 B``, ``1.5 KiB``, ``78.5 GiB``."""
+    size = float(value)
+    for unit in _BYTE_UNITS:
+        if abs(size) < 1024 or unit == _BYTE_UNITS[-1]:
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
 
 
 def _table(rows: list[dict[str, object]]) -> str:
@@ -152,10 +203,10 @@ def _table(rows: list[dict[str, object]]) -> str:
         (
             str(r["check"]),
             str(r["state"]).upper(),
-            _fmt(r["value"]),  # type: ignore[arg-type]
+            _fmt(r["value"], r["metric"]),  # type: ignore[arg-type]
             str(r["op"]),
-            _fmt(r["warning"]),  # type: ignore[arg-type]
-            _fmt(r["critical"]),  # type: ignore[arg-type]
+            _fmt(r["warning"], r["metric"]),  # type: ignore[arg-type]
+            _fmt(r["critical"], r["metric"]),  # type: ignore[arg-type]
             str(r["metric"]),
             str(r["remediation"] or "-"),
             str(r["detail"] or "-"),

@@ -7,7 +7,8 @@ only the sources its checks read, through the :class:`~vigil.agent.measure.Measu
 and hands every result to the :class:`~vigil.agent.remediation.flow.RemediationFlow`,
 which records transitions and runs remediations; a check whose remediation is in
 flight is left to the flow. :attr:`CheckCycle.latest` keeps the latest value of every
-series (plugin perfdata included) for the metrics summary.
+series (plugin perfdata included) for the metrics summary, and
+:attr:`CheckCycle.unknown_counts` how many readings of each check were ``unknown``.
 """
 
 from __future__ import annotations
@@ -57,6 +58,10 @@ class CheckCycle:
         )
         self.latest: dict[str, float] = {}
         self.plugin_values: dict[str, float] = {}
+        # Check id -> readings that came out unknown since start. A metric-name typo keeps
+        # a check unknown for ever; the metrics summary carries these counts (as
+        # agent.unknown_total[<check>]) so that is visible rather than silent.
+        self.unknown_counts: dict[str, int] = {}
         self._sampled_all = False
 
     async def main(self, *, everything: bool) -> bool:
@@ -89,6 +94,8 @@ class CheckCycle:
             del self.plugin_values[key]
         self.plugin_values.update(perf)
         value = next(iter(perf.values()), None)
+        if result.state == "unknown":
+            self._count_unknown(spec.id)
         return self.flow.evaluate(spec, value, self.clock(), level=result.state, text=result.text)
 
     def _evaluate_all(self, specs: Sequence[CheckSpec], values: Mapping[str, float]) -> bool:
@@ -99,5 +106,10 @@ class CheckCycle:
                 continue  # the remediation task owns this check until it has verified
             value = values.get(spec.metric)
             reason = self.measurer.reason_for(spec.metric) if value is None else None
+            if value is None:
+                self._count_unknown(spec.id)
             urgent |= self.flow.evaluate(spec, value, now, reason=reason)
         return urgent
+
+    def _count_unknown(self, check_id: str) -> None:
+        self.unknown_counts[check_id] = self.unknown_counts.get(check_id, 0) + 1

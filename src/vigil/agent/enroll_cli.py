@@ -18,6 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,9 +32,14 @@ ENROLL_PATH = "/api/v1/enroll"
 MAX_ANSWER_BYTES = 64 * 1024
 
 
-def add_parser(sub: Any) -> None:
-    """Add ``enroll`` to the agent's subcommands."""
-    p = sub.add_parser("enroll", help="exchange an enrollment secret for this agent's credential")
+def add_parser(sub: Any, parents: Sequence[argparse.ArgumentParser] = ()) -> None:
+    """Add ``enroll`` to the agent's subcommands; ``parents`` carry the global options,
+    accepted after the command too."""
+    p = sub.add_parser(
+        "enroll",
+        parents=list(parents),
+        help="exchange an enrollment secret for this agent's credential",
+    )
     p.add_argument("--collector", help="collector base URL (default: collector.url)")
     p.add_argument("--secret-file", type=Path, required=True, help="file holding the secret")
     mode = p.add_mutually_exclusive_group()

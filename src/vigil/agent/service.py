@@ -54,13 +54,9 @@ from vigil.agent.delivery.shipper import KEEPALIVE_S, Shipper
 from vigil.agent.events import new_event_id
 from vigil.agent.identity import Identity, load_identity
 from vigil.agent.measure import Measurer, SampleSource
+from vigil.agent.preflight import REMEDIATIONS_CHECK, check_enabled, load_checked_library
 from vigil.agent.remediation.flow import RemediationFlow
-from vigil.agent.remediation.manifest import (
-    Remediation,
-    check_library,
-    load_library,
-    with_schedule,
-)
+from vigil.agent.remediation.manifest import Remediation, check_library, with_schedule
 from vigil.agent.sampling.sampler import Sampler
 from vigil.agent.timers import Timers
 
@@ -68,6 +64,8 @@ log = logging.getLogger("vigil.agent")
 
 # A heartbeat promises the next one within this many intervals (the collector adds grace).
 HEARTBEAT_TTL_INTERVALS = 2.5
+# Per check, how many of its readings were unknown since the agent started (a counter).
+UNKNOWN_SERIES = "agent.unknown_total"
 # A clock jump smaller than this (seconds) between two sample cycles is noise.
 CLOCK_JUMP_TOLERANCE_S = 2.0
 
@@ -78,22 +76,24 @@ def build_service(
     sampler: SampleSource | None = None,
     clock: Callable[[], float] = time.time,
     library: Mapping[str, Remediation] | None = None,
+    broken: Mapping[str, str] | None = None,
 ) -> AgentService:
     """The real agent for ``config``: identity, outbox, shipper, sampler, remediation flow.
 
     ``sampler``, ``clock`` (wall seconds) and ``library`` may be given (tests); defaults
     are the real psutil sampler, ``time.time`` and the manifests found in
-    ``remediation.folders`` (a manifest that fails to load is logged and left out).
+    ``remediation.folders`` (a manifest that fails to load is logged, left out, and
+    reported as the ``agent.remediations`` check; see :mod:`~vigil.agent.preflight`).
+    ``broken`` (bundle -> reason) comes with a ``library`` that a preflight loaded.
     Raises :class:`~vigil.configio.ConfigError` when a check or ``remediation.enable`` /
-    ``remediation.params`` names a remediation that is not loaded, or a parameter its
-    manifest does not declare.
+    ``remediation.params`` names a remediation that is not loaded, a parameter its
+    manifest does not declare, or a remediation that could never run.
     """
     if library is None:
-        library, errors = load_library(config.remediation.folders)
-        for err in errors:
-            # One bad manifest never stops the others (or the agent).
-            log.error("remediation not loaded: %s", err)
-    check_library(config, library)
+        config, library, broken = load_checked_library(config)
+    else:
+        check_library(config, library)
+        check_enabled(config, library)
     library = with_schedule(config, library)
     identity = load_identity(config.state_dir, hostname=config.hostname, labels=config.labels)
     outbox = Outbox(
@@ -141,6 +141,7 @@ def build_service(
         # The first delivery waits a random part of the start jitter (at most one report
         # interval) so a fleet that boots together does not flush its backlogs in step.
         first_ship_delay_s=random.uniform(0, min(sh.start_jitter_s, config.intervals.report_s)),
+        broken_remediations=broken,
     )
 
 
@@ -153,6 +154,8 @@ class AgentService:
     remediation ``flow`` that check results go to. ``clock`` gives wall seconds for the records;
     ``first_ship_delay_s`` is when the first delivery goes. The service becomes the
     outbox's ``on_put`` and the flow's ``deliver_now``, so that what they store is shipped.
+    ``broken_remediations`` (bundle -> why it did not load) is reported once at start as
+    the ``agent.remediations`` check result; ``None`` reports nothing.
     """
 
     def __init__(
@@ -166,8 +169,10 @@ class AgentService:
         flow: RemediationFlow,
         clock: Callable[[], float] = time.time,
         first_ship_delay_s: float = 0.0,
+        broken_remediations: Mapping[str, str] | None = None,
     ) -> None:
         self.config = config
+        self.broken_remediations = broken_remediations
         self.clock = clock
         self.identity = identity
         self.outbox = outbox
@@ -227,6 +232,7 @@ class AgentService:
         self._add_detection_jobs(timers)
         self._timers = timers
         timers.start()
+        self.report_library()
         log.info(
             "agent %s (%s) started: %d checks, %d remediations, reporting to %s",
             self.identity.agent_id,
@@ -378,7 +384,8 @@ class AgentService:
         self._ship_slack = iv.sample_s / 2
         result = await self.shipper.ship()
         if result.error and result.error != "backing off":
-            log.warning("delivery pending (%d events queued): %s", self._depth(), result.error)
+            # The shipper logs the outage itself (one WARNING, one INFO when it ends).
+            log.debug("delivery pending (%d events queued): %s", self._depth(), result.error)
         if self._ship_armed and self.outbox.pending == 0:
             self._set_ship_job(armed=False)
         elif not self._ship_armed and self.outbox.pending:
@@ -426,6 +433,34 @@ class AgentService:
             # appears within one report interval.
             statuses[wire.HEARTBEAT_CHECK] = CheckStatus("ok", self.clock(), None)
 
+    def report_library(self) -> None:
+        """Record the ``agent.remediations`` check result: ``critical`` naming every bundle
+        that failed to load (and why), ``ok`` once all load, so fixing a bundle and
+        restarting resolves the collector's incident. Nothing when no folder is configured
+        or the library was handed in (tests)."""
+        broken = self.broken_remediations
+        if broken is None or not self.config.remediation.folders:
+            return
+        if broken:
+            names = ", ".join(sorted(broken))
+            reasons = "; ".join(f"{b}: {broken[b]}" for b in sorted(broken))
+            message = f"{len(broken)} remediation(s) not loaded: {names} ({reasons})"
+        else:
+            message = f"all {len(self.flow.library)} remediations loaded"
+        self.outbox.put(
+            wire.CheckEvent(
+                event_id=new_event_id(),
+                seq=0,
+                time=self.clock(),
+                check=REMEDIATIONS_CHECK,
+                state="critical" if broken else "ok",
+                previous_state=None,
+                value=float(len(broken)),
+                message=message[: wire.MAX_STR],
+            ),
+            urgent=bool(broken),
+        )
+
     async def watch_clock(self) -> None:
         """Detect a sleep/resume or a wall-clock step, report it, and resume delivery.
 
@@ -469,6 +504,8 @@ class AgentService:
             values["agent.outbox_events"] = float(ob.depth)
             values["agent.outbox_bytes"] = float(ob.payload_bytes)
             values["agent.outbox_dropped_total"] = float(ob.dropped_total)
+            for check_id, count in self.checks.unknown_counts.items():
+                values[f"{UNKNOWN_SERIES}[{check_id}]"] = float(count)
             self.outbox.put(
                 wire.MetricsEvent(event_id=new_event_id(), seq=0, time=self.clock(), values=values)
             )

@@ -202,6 +202,10 @@ class Shipper:
         self._path = split.path.rstrip("/") + REPORTS_PATH
         self._failures = 0
         self._backoff_until = 0.0
+        # The current outage (failed attempts, monotonic start) for its two log lines: a
+        # WARNING as it starts, an INFO as delivery resumes. wake() does not end it.
+        self._outage_failures = 0
+        self._outage_started = 0.0
         # Two overlapping ship() calls (report interval + urgent event) would otherwise
         # both send the in-flight batch.
         self._lock = asyncio.Lock()
@@ -268,6 +272,10 @@ class Shipper:
             self._failures = 0
             self._backoff_until = 0.0
             self._rejected_token = None
+            if self._outage_failures:
+                took, n = self._monotonic() - self._outage_started, self._outage_failures
+                log.info("delivery resumed after %d failed attempts over %.0f s", n, took)
+                self._outage_failures = 0
             sent_batches += 1
             sent_events += len(batch.events)
         return ShipResult(sent_batches, sent_events, None, None)
@@ -322,7 +330,7 @@ class Shipper:
             if retry_after is not None:
                 self._failures += 1
                 self._backoff_until = self._monotonic() + retry_after
-                log.warning("%s; retrying in %.1f s as asked", error, retry_after)
+                self._log_failure("%s; retrying in %.1f s as asked", error, retry_after)
                 return error, retry_after
             self._transient_failure(error)
             return error, None
@@ -332,6 +340,7 @@ class Shipper:
         self._failures += 1
         self._backoff_until = self._monotonic() + REJECTED_BACKOFF_S
         self._rejected_token = token
+        self._log_failure("batch rejected", level=logging.DEBUG)  # the ERROR below is loud
         log.error(
             "collector REJECTED batch %s (%d events) with HTTP %d; the batch is kept and "
             "will be retried in %.0f s. Fix the cause (token, URL, collector version). "
@@ -506,7 +515,17 @@ class Shipper:
         delay = self._rng.uniform(0, ceiling)
         self._failures += 1
         self._backoff_until = self._monotonic() + delay
-        log.warning("%s; attempt %d failed, retrying in %.1f s", error, self._failures, delay)
+        self._log_failure("%s; attempt %d failed, retrying in %.1f s", error, self._failures, delay)
+
+    def _log_failure(self, message: str, *args: object, level: int = logging.WARNING) -> None:
+        """Count a failed attempt; log it at ``level`` if it starts an outage, else at DEBUG
+        (no line per retry in a long outage; the INFO on resumption closes it)."""
+        self._outage_failures += 1
+        if self._outage_failures == 1:
+            self._outage_started = self._monotonic()
+        else:
+            level = logging.DEBUG
+        log.log(level, "delivery failing: " + message, *args)
 
 
 class _Resolver:

@@ -69,6 +69,28 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def confine(
+    path: Path, allowed_roots: Sequence[Path], *, what: str = "file"
+) -> tuple[Path | None, str | None]:
+    """(real path, ``None``) when ``path`` exists and, symlinks resolved, lies inside one of
+    ``allowed_roots`` (each resolved too); else (``None``, the refusal reason).
+
+    The one allowed-roots rule of the agent: remediation scripts, remediation bundles and
+    their ``remediation.yaml`` all pass through it, so a symlink can never lead the agent
+    (or ``vigil-agent remediation``) out of the folders the admin named. ``what`` names
+    the thing in the reason (``"script"``, ``"bundle"``...).
+    """
+    try:
+        real = Path(path).resolve(strict=True)
+    except (OSError, RuntimeError, ValueError):  # loop; ValueError: an embedded NUL byte
+        return None, f"{what} not found: {path}"
+    roots = [Path(os.path.realpath(r)) for r in allowed_roots]
+    if not any(real.is_relative_to(r) for r in roots):
+        shown = ", ".join(str(r) for r in roots) or "none configured"
+        return None, f"{what} {real} is outside the allowed folders ({shown})"
+    return real, None
+
+
 def vet_script(script: Path, allowed_roots: Sequence[Path]) -> tuple[Path | None, str | None]:
     """(real path, refusal reason) for a remediation script.
 
@@ -76,14 +98,9 @@ def vet_script(script: Path, allowed_roots: Sequence[Path]) -> tuple[Path | None
     (missing, outside every one of ``allowed_roots`` after resolving symlinks, not a
     regular file); the reason is ``None`` when it may run.
     """
-    try:
-        real = script.resolve(strict=True)
-    except (OSError, RuntimeError):  # RuntimeError: symlink loop on older Pythons
-        return None, f"script not found: {script}"
-    roots = [Path(os.path.realpath(r)) for r in allowed_roots]
-    if not any(real.is_relative_to(r) for r in roots):
-        shown = ", ".join(str(r) for r in roots) or "none configured"
-        return None, f"script {real} is outside the allowed folders ({shown})"
+    real, refusal = confine(script, allowed_roots, what="script")
+    if real is None:
+        return None, refusal
     try:
         st = real.stat()
     except OSError as exc:

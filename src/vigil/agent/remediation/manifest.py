@@ -20,14 +20,16 @@ run is judged lives in :mod:`~vigil.agent.remediation.outcome`.
 
 from __future__ import annotations
 
+import logging
 import re
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from vigil.agent.config import AgentConfig
+from vigil.agent.exec.vetting import confine, describe
 from vigil.configio import ConfigError, Section, load_yaml
 from vigil.wire import MAX_OUTPUT
 
@@ -48,6 +50,8 @@ _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _PARAM = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _CHECK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
 _USER = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,31}\$?$")
+
+log = logging.getLogger("vigil.agent")
 
 
 def current_platform() -> str:
@@ -79,7 +83,8 @@ class Remediation:
     ``verify_delay_s`` before verifying (``None``: the agent's ``remediation.verify_delay``).
     At most ``max_attempts`` runs start within any ``attempts_window_s``. ``run_as`` is a
     user name, or ``None`` for the agent's own user. ``params`` maps each declared
-    parameter to its description, ``param_defaults`` to its default value (if any).
+    parameter to its description, ``param_defaults`` to its default value (if any);
+    ``required_params`` are those the script cannot do without (``required: true``).
     """
 
     id: str
@@ -102,6 +107,7 @@ class Remediation:
     run_as: str | None = None
     dry_run: bool = False
     param_defaults: dict[str, str] = field(default_factory=dict)
+    required_params: tuple[str, ...] = ()
 
     def script_for(self, platform: str = current_platform()) -> Path | None:
         """The script to run on ``platform``, or ``None`` if this remediation has none."""
@@ -147,10 +153,23 @@ class Remediation:
 # --------------------------------------------------------------------------- loading
 
 
-def load_manifest(folder: Path) -> Remediation:
-    """Load ``folder/remediation.yaml``; raises :class:`ConfigError` naming the file and key."""
-    real_folder = Path(folder).resolve()
+def load_manifest(folder: Path, roots: Sequence[Path] | None = None) -> Remediation:
+    """Load ``folder/remediation.yaml``; raises :class:`ConfigError` naming the file and key.
+
+    The agent's allowed-roots rule (:func:`~vigil.agent.exec.vetting.confine`) applies to
+    the bundle itself: ``folder``, symlinks resolved, must lie inside one of ``roots``
+    (default: the library folder that names it, ``folder``'s parent as given), and its
+    ``remediation.yaml`` inside ``folder``; so a bundle or manifest that is a symlink to
+    elsewhere is refused rather than followed.
+    """
     file = str(Path(folder) / MANIFEST)
+    if roots is None:
+        roots = [Path(folder).absolute().parent]
+    real_folder, refusal = confine(Path(folder), roots, what="bundle")
+    if real_folder is None:
+        raise ConfigError(file, "", str(folder), str(refusal))
+    if confine(Path(file), [real_folder], what="manifest")[0] is None:
+        raise ConfigError(file, "", str(folder), f"must be a file inside {real_folder}")
     root = Section(load_yaml(file), file)
 
     rem_id = root.get("id", str)
@@ -192,7 +211,7 @@ def load_manifest(folder: Path) -> Remediation:
     if not _USER.match(run_as):
         raise root.error("run_as", f"must be {AGENT_USER!r} or a user name", run_as)
 
-    params, defaults = _params(root)
+    params, defaults, required = _params(root)
 
     remediation = Remediation(
         id=rem_id,
@@ -215,6 +234,7 @@ def load_manifest(folder: Path) -> Remediation:
         run_as=None if run_as == AGENT_USER else run_as,
         dry_run=root.get("dry_run", bool, False),
         param_defaults=defaults,
+        required_params=required,
     )
     if remediation.timeout_s > MAX_TIMEOUT_S:
         raise root.error("timeout", f"must be at most {MAX_TIMEOUT_S:g}s", root.data["timeout"])
@@ -226,24 +246,31 @@ def load_library(folders: Iterable[Path]) -> tuple[dict[str, Remediation], list[
     """Every remediation under ``folders``, by id, and the errors of those that failed.
 
     Each subfolder holding a ``remediation.yaml`` is one remediation; other subfolders are
-    ignored. A bad manifest lands in the error list and never stops the others. An id seen
-    again (in a later folder) is an error; the first one wins. A library folder that cannot
-    be listed is an error too.
+    ignored. A bad manifest lands in the error list and never stops the others, whatever
+    went wrong while loading it (an unexpected exception is logged with its traceback and
+    reported like a bad value). A bundle must lie inside its library folder (symlinks
+    resolved). An id seen again (in a later folder) is an error; the first one wins. A
+    library folder that cannot be listed is an error too. :func:`broken_bundle` tells which
+    bundle an error is about.
     """
     found: dict[str, Remediation] = {}
     errors: list[ConfigError] = []
     for library in folders:
         try:
-            children = sorted(p for p in Path(library).iterdir() if (p / MANIFEST).is_file())
+            children = sorted(p for p in Path(library).iterdir() if _has_manifest(p))
         except OSError as exc:
             # An empty Section builds an error about the folder itself, with no value shown.
             errors.append(Section({}, str(library)).error("", f"cannot list: {exc.strerror}"))
             continue
         for child in children:
             try:
-                rem = load_manifest(child)
+                rem = load_manifest(child, [library])
             except ConfigError as exc:
                 errors.append(exc)
+                continue
+            except Exception as exc:  # isolate every manifest: one bug must not stop the rest
+                log.exception("loading remediation %s failed", child)
+                errors.append(ConfigError(str(child / MANIFEST), "", child.name, describe(exc)))
                 continue
             if rem.id in found:
                 first = found[rem.id].folder / MANIFEST
@@ -253,6 +280,20 @@ def load_library(folders: Iterable[Path]) -> tuple[dict[str, Remediation], list[
                 continue
             found[rem.id] = rem
     return found, errors
+
+
+def _has_manifest(child: Path) -> bool:
+    """Whether ``child`` looks like a bundle; a symlinked ``remediation.yaml`` counts, so
+    that the loader refuses it by name rather than ignoring it."""
+    manifest = child / MANIFEST
+    return manifest.is_file() or manifest.is_symlink()
+
+
+def broken_bundle(error: ConfigError) -> str | None:
+    """The bundle (folder name, normally its id) a :func:`load_library` error is about, or
+    ``None`` when it is about a whole library folder."""
+    file = Path(error.file)
+    return file.parent.name if file.name == MANIFEST else None
 
 
 def check_library(config: AgentConfig, library: Mapping[str, Remediation]) -> None:
@@ -355,21 +396,23 @@ def _scripts(
 
 def _script(section: Section, platform: str, folder: Path) -> Path:
     raw = section.get(platform, str)
-    real = (folder / raw).resolve()
-    if not real.is_relative_to(folder):
-        raise section.error(platform, f"script must stay inside the folder {folder}", raw)
-    if not real.exists():
+    if not (folder / raw).exists():
         raise section.error(platform, "script not found", raw)
+    real, _ = confine(folder / raw, [folder], what="script")
+    if real is None:
+        raise section.error(platform, f"script must stay inside the folder {folder}", raw)
     if not real.is_file():
         raise section.error(platform, "script must be a regular file", raw)
     return real
 
 
-def _params(root: Section) -> tuple[dict[str, str], dict[str, str]]:
-    """``name: description`` or ``name: {description: ..., default: ...}``."""
+def _params(root: Section) -> tuple[dict[str, str], dict[str, str], tuple[str, ...]]:
+    """``name: description`` or ``name: {description: ..., default: ..., required: ...}``;
+    returns descriptions, defaults and the required names."""
     raw = root.get("params", dict, {})
     params: dict[str, str] = {}
     defaults: dict[str, str] = {}
+    required: list[str] = []
     for name, value in raw.items():
         if not isinstance(name, str) or not _PARAM.match(name):
             raise root.error(f"params.{name}", "name must be 1-32 of a-z, 0-9, '_'", name)
@@ -385,8 +428,12 @@ def _params(root: Section) -> tuple[dict[str, str], dict[str, str]]:
             if isinstance(default, float) and default.is_integer():
                 default = int(default)
             defaults[name] = str(default)
+        if s.get("required", bool, False):
+            if name in defaults:
+                raise s.error("required", "a parameter with a default is never missing", True)
+            required.append(name)
         s.done()
-    return params, defaults
+    return params, defaults, tuple(required)
 
 
 def _text(section: Section, name: str) -> str:

@@ -2,7 +2,7 @@
 
 The agent and ``vigil-agent remediation test`` both turn a run into an outcome here, so
 the test command always judges a run exactly as the agent would. In order: the script
-could not run, ran out of time, was a dry run, exited non-zero, or declared an outcome
+could not run, ran out of time, exited non-zero, was a dry run, or declared an outcome
 it cannot verify (``vigil-outcome: needs_reboot``); otherwise verification decides
 (``fixed`` or ``not_fixed``).
 """
@@ -65,18 +65,21 @@ def early_outcome(
     must be verified.
 
     In order: the script could not run → ``error``; it ran out of time → ``timeout``; a
-    dry run → ``dry_run`` (nothing was meant to change, so nothing is verified); a non-zero
-    exit → ``error``; a declared ``needs_reboot``/``needs_user`` → that outcome (the fix
+    non-zero exit → ``error`` (in a dry run too: a script that refuses, say exit 3 for a
+    missing folder, would refuse for real, and a dry run must say so); a clean dry run →
+    ``dry_run`` (nothing was meant to change, so nothing is verified); a declared
+    ``needs_reboot``/``needs_user`` → that outcome (the fix
     cannot be verified until the reboot or the person acts).
     """
     if error:
         return "error", error
     if timed_out:
         return "timeout", f"timed out after {timeout_s:g}s; process tree killed"
+    if exit_code != 0:
+        reason = _exit_reason(exit_code)
+        return "error", f"dry run failed: {reason}" if dry_run else reason
     if dry_run:
         return "dry_run", f"dry run (exit {exit_code})"
-    if exit_code != 0:
-        return "error", _exit_reason(exit_code)
     if declared in DECLARED_OUTCOMES:
         return declared, f"script declared {declared}"
     return None
