@@ -434,7 +434,12 @@ def assess(faults: list[Fault], api: Api) -> dict[str, Any]:
             "median_fault_to_fix_s": round(statistics.median(kt), 3) if kt else None,
         }
     fleet_problems = {
-        kind: sum(1 for p in problems if p["kind"] == "fleet" and p["check"] == FAULTS[kind].check)
+        # A fault every host fixed is a self-healed problem; one nobody fixed, a fleet one.
+        kind: sum(
+            1
+            for p in problems
+            if p["kind"] in ("fleet", "self_healed") and p["check"] == FAULTS[kind].check
+        )
         for kind in FLEET_KINDS
     }
     fleet_checks = {FAULTS[k].check for k in FLEET_KINDS}

@@ -55,7 +55,7 @@ head and the bounded body read) gets *T* seconds in total, like aiohttp's ``tota
 timeout: when the loop stops waiting it shuts the socket down, which ends the worker's
 blocking call at once, and the connection is dropped. Each socket operation also has *T*
 as its own timeout (a backstop). The DNS lookup (``getaddrinfo``) cannot be interrupted,
-so it runs on a daemon thread of its own (:class:`_Resolver`) that the worker waits for at
+so it runs on a daemon thread of its own (``sockets.Resolver``) that the worker waits for at
 most until the request is aborted or *T* runs out: a resolver that hangs (a captive
 portal, an unreachable VPN DNS server) never holds the worker, the next request or the
 agent's exit; while a lookup still hangs the next request waits for that one rather than
@@ -71,23 +71,20 @@ import contextlib
 import email.utils
 import gzip
 import http.client
-import ipaddress
 import logging
 import random
-import select
 import socket
 import ssl
-import threading
 import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 from vigil import wire
 from vigil.agent.config import CollectorTarget
 from vigil.agent.delivery.credential import ROTATE_HEADER, CredentialSource
 from vigil.agent.delivery.outbox import Batch, Outbox
+from vigil.agent.delivery.sockets import Resolver, peer_closed
 from vigil.agent.delivery.tls import client_context
 from vigil.agent.identity import Identity
 
@@ -217,7 +214,7 @@ class Shipper:
         self._conn: http.client.HTTPConnection | None = None
         self._conn_used_at = 0.0  # time.monotonic() at the end of the last request
         self._aborted = False  # the loop gave up on the request in flight (see _abort)
-        self._resolver = _Resolver()
+        self._resolver = Resolver()
         self._ssl_context: ssl.SSLContext | None = None
 
     @property
@@ -414,7 +411,7 @@ class Shipper:
         conn = self._conn
         if conn is not None and conn.sock is not None:
             idle_s = time.monotonic() - self._conn_used_at
-            if idle_s > KEEPALIVE_S or _peer_closed(conn.sock):
+            if idle_s > KEEPALIVE_S or peer_closed(conn.sock):
                 self._close_connection()
                 conn = None
         if conn is None:
@@ -446,7 +443,7 @@ class Shipper:
         self, address: tuple[str, int], timeout: float, source_address: object = None
     ) -> socket.socket:
         """``socket.create_connection`` for :meth:`_new_connection`, with the lookup
-        bounded by :class:`_Resolver` (the request's timeout, or until it is aborted).
+        bounded by ``sockets.Resolver`` (the request's timeout, or until it is aborted).
         ``source_address`` is part of http.client's hook; the shipper never sets one."""
         host, port = address
         infos = self._resolver.lookup(host, port, timeout, lambda: self._aborted)
@@ -528,70 +525,6 @@ class Shipper:
         log.log(level, "delivery failing: " + message, *args)
 
 
-class _Resolver:
-    """``getaddrinfo`` with a bound: each lookup runs on a daemon thread, which the caller
-    waits for only until its time is up or ``aborted()`` says so. A lookup that hangs is
-    left to finish on its own (a daemon thread never delays the agent's exit), and a
-    caller asking for the same name meanwhile waits for it instead of starting another,
-    so a dead resolver costs at most one thread."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._pending: dict[tuple[str, int], _Lookup] = {}
-
-    def lookup(
-        self, host: str, port: int, timeout_s: float, aborted: Callable[[], bool]
-    ) -> list[tuple[Any, ...]]:
-        """The addresses of ``host`` (``getaddrinfo``, TCP); raises what it raised,
-        ``TimeoutError`` after ``timeout_s``, or ``ConnectionAbortedError`` once
-        ``aborted()`` is true (checked every 50 ms)."""
-        if _is_ip_literal(host):  # nothing to look up: never blocks
-            return socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        key = (host, port)
-        with self._lock:
-            pending = self._pending.get(key)
-            if pending is None:
-                pending = self._pending[key] = _Lookup()
-                thread = threading.Thread(
-                    target=self._run, args=(key, pending), name="vigil-dns", daemon=True
-                )
-                thread.start()
-        deadline = time.monotonic() + timeout_s
-        while not pending.done.wait(min(0.05, max(0.0, deadline - time.monotonic()))):
-            if aborted():
-                raise ConnectionAbortedError(f"request aborted while looking up {host}")
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"DNS lookup of {host} took over {timeout_s:g} s")
-        if pending.error is not None:
-            raise pending.error
-        return pending.result
-
-    def _run(self, key: tuple[str, int], pending: _Lookup) -> None:
-        try:
-            pending.result = socket.getaddrinfo(*key, type=socket.SOCK_STREAM)
-        except OSError as exc:
-            pending.error = exc
-        finally:
-            with self._lock:
-                del self._pending[key]
-            pending.done.set()
-
-
-def _is_ip_literal(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
-
-
-@dataclass(eq=False)
-class _Lookup:
-    done: threading.Event = field(default_factory=threading.Event)
-    result: list[tuple[Any, ...]] = field(default_factory=list)
-    error: OSError | None = None
-
-
 # How a kept-alive connection the collector closed under a request fails, before any
 # response: EOF instead of a status line (RemoteDisconnected, a ConnectionResetError), a
 # reset, or a broken pipe while sending.
@@ -602,20 +535,6 @@ def _consume(future: asyncio.Future[_Reply]) -> None:
     """Retrieve an abandoned request's outcome so asyncio does not log it as unhandled."""
     if not future.cancelled():
         future.exception()
-
-
-def _peer_closed(sock: socket.socket) -> bool:
-    """Whether an idle keep-alive socket is readable: the collector closed it (EOF) or sent
-    something unasked. Either way it must not carry the next request."""
-    try:
-        if hasattr(select, "poll"):
-            poller = select.poll()
-            poller.register(sock, select.POLLIN)
-            return bool(poller.poll(0))
-        readable, _, _ = select.select([sock], [], [], 0)
-        return bool(readable)
-    except (OSError, ValueError):
-        return True
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:
