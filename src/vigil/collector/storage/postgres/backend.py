@@ -30,6 +30,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
 from vigil.collector.storage.postgres.desk_repos import PgIncidents, PgProblems, PgSilences
+from vigil.collector.storage.postgres.enrollment_repo import PgEnrollment
 from vigil.collector.storage.postgres.identity_repos import PgAudit, PgOperators
 from vigil.collector.storage.postgres.ingest_repos import (
     PgCheckResults,
@@ -84,6 +85,7 @@ class PgUnitOfWork:
         self.counters = PgCounters(db)
         self.operators = PgOperators(db)
         self.audit = PgAudit(db)
+        self.enrollment = PgEnrollment(db)
 
     def begin(self) -> None:
         self._db.execute("BEGIN")

@@ -109,6 +109,17 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
     ("counters", "name, value", {}),
     ("operators", "name, role, token_hash, created_at, rotated_at", {}),
     ("audit", "id, at, actor, action, target, peer, detail", {"detail": _json({})}),
+    (
+        "enroll_secrets",
+        "id, secret_hash, labels, comment, created_at, expires_at, max_uses, uses, revoked_at",
+        {"labels": _json({})},
+    ),
+    (
+        "agent_credentials",
+        "token_hash, agent_id, secret_id, labels, hostname, issued_at, expires_at, pending",
+        {"labels": _json({}), "pending": _bool},
+    ),
+    ("enroll_generation", "id, value", {}),
 )
 _ORDER = {"hosts": " ORDER BY rowid"}
 

@@ -242,6 +242,33 @@ CREATE TRIGGER audit_no_change BEFORE UPDATE OR DELETE ON audit
     FOR EACH ROW EXECUTE FUNCTION vigil_audit_append_only();
 CREATE TRIGGER audit_no_truncate BEFORE TRUNCATE ON audit
     FOR EACH STATEMENT EXECUTE FUNCTION vigil_audit_append_only();
+CREATE TABLE enroll_secrets (
+    id          text PRIMARY KEY,      -- public id shown by the CLI
+    secret_hash text NOT NULL UNIQUE,  -- sha256 hex of the secret
+    labels      jsonb NOT NULL,        -- the routing labels it grants
+    comment     text NOT NULL,
+    created_at  double precision NOT NULL,
+    expires_at  double precision NOT NULL,
+    max_uses    bigint NOT NULL,
+    uses        bigint NOT NULL,
+    revoked_at  double precision
+);
+CREATE TABLE agent_credentials (
+    token_hash text PRIMARY KEY,       -- sha256 hex of the credential
+    agent_id   text NOT NULL,
+    secret_id  text NOT NULL,          -- the enrollment secret it was issued through
+    labels     jsonb NOT NULL,         -- copied from the secret
+    hostname   text NOT NULL,
+    issued_at  double precision NOT NULL,
+    expires_at double precision NOT NULL,
+    pending    boolean NOT NULL        -- a rotation not used yet (the old one still works)
+);
+CREATE INDEX agent_credentials_agent ON agent_credentials (agent_id);
+CREATE INDEX agent_credentials_secret ON agent_credentials (secret_id);
+CREATE TABLE enroll_generation (
+    id    smallint PRIMARY KEY CHECK (id = 0),
+    value bigint NOT NULL              -- bumped on every enrollment change (cache reloads)
+);
 """
 
 # Append only: a migration once released is never edited, the next one is added below.
