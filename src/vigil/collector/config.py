@@ -310,7 +310,9 @@ def _storage_url(storage: Section) -> str:
             "url", "set either url or sqlite_path, not both", storage.get("url", str)
         )
     if not storage.has("url"):
-        return sqlite_url(storage.path_value("sqlite_path", "var/collector.db"))
+        db = storage.path_value("sqlite_path", "var/collector.db")
+        _check_sqlite_file(storage, "sqlite_path", db)
+        return sqlite_url(db)
     url = storage.get("url", str)
     if is_postgres_url(url):
         try:
@@ -328,4 +330,18 @@ def _storage_url(storage: Section) -> str:
         else:
             why = f"storage scheme {scheme!r} is not supported by this collector"
         raise storage.error("url", f"{why} (supported: {', '.join(SCHEMES)})", url)
-    return sqlite_url((storage.base_dir / Path(path).expanduser()).resolve())
+    db = (storage.base_dir / Path(path).expanduser()).resolve()
+    _check_sqlite_file(storage, "url", db)
+    return sqlite_url(db)
+
+
+def _check_sqlite_file(storage: Section, key: str, db: Path) -> None:
+    """Refuse a database path that can never be opened: a folder, or one under a regular
+    file (the collector creates missing folders, but not through a file)."""
+    if db.is_dir():
+        raise storage.error(key, "is a folder, not a database file", str(db))
+    for parent in db.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise storage.error(key, f"{parent} is a file, not a folder", str(db))
+            return

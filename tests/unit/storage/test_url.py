@@ -122,3 +122,34 @@ def test_a_postgresql_url_without_psycopg_says_which_extra_to_install(
     with pytest.raises(StorageError, match=r"install vigil\[postgresql\]") as caught:
         create_storage("postgresql://vigil:s3cret@127.0.0.1:1/vigil")
     assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("storage", "key"),
+    [
+        ("{url: 'sqlite:///blocker/c.db'}", "storage.url"),
+        ("{sqlite_path: blocker/sub/c.db}", "storage.sqlite_path"),
+        ("{sqlite_path: folder}", "storage.sqlite_path"),
+    ],
+    ids=["url under a file", "sqlite_path under a file", "a folder"],
+)
+def test_a_database_path_that_cannot_be_a_file_exits_2_naming_the_key(
+    tmp_path: Path, storage: str, key: str
+) -> None:
+    (tmp_path / "blocker").write_text("a regular file\n")
+    (tmp_path / "folder").mkdir()
+    path = config_with(tmp_path, storage)
+    with pytest.raises(ConfigError) as caught:
+        load_collector_config(path)
+    assert (caught.value.file, caught.value.key) == (str(path), key)
+    assert "is a file, not a folder" in str(caught.value) or "is a folder" in str(caught.value)
+
+
+def test_the_collector_exits_2_for_a_database_under_a_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "blocker").write_text("a regular file\n")
+    path = config_with(tmp_path, "{sqlite_path: blocker/c.db}")
+    assert cli.main(["--config", str(path)]) == CONFIG_EXIT_CODE
+    err = capsys.readouterr().err
+    assert "storage.sqlite_path" in err and "Traceback" not in err
