@@ -347,3 +347,53 @@ def test_the_audit_log_is_append_only(schema: TestSchema, statement: str) -> Non
             assert (record["actor"], record["detail"]) == ("alice", {"k": 1})
     finally:
         storage.close()
+
+
+def test_the_importer_keeps_enrollment_secrets_credentials_and_generation(
+    schema: TestSchema, tmp_path: Path
+) -> None:
+    """Enrolled agents keep working after a move to PostgreSQL: their credentials, the
+    secrets (hash, uses, labels) and the cache generation come across as they were."""
+    source = SqliteStorage(tmp_path / "c.db")
+    try:
+        with source.session() as uow, uow.transaction():
+            uow.enrollment.add_secret(
+                {
+                    "id": "s1",
+                    "secret_hash": "a" * 64,
+                    "labels": {"group": "ops"},
+                    "comment": "laptops",
+                    "created_at": T0,
+                    "expires_at": T0 + 3600,
+                    "max_uses": 5,
+                }
+            )
+            uow.enrollment.use_secret("s1")
+            uow.enrollment.put_credential(
+                {
+                    "token_hash": "b" * 64,
+                    "agent_id": "h1",
+                    "secret_id": "s1",
+                    "labels": {"group": "ops"},
+                    "hostname": "laptop1",
+                    "issued_at": T0,
+                    "expires_at": T0 + 86400,
+                    "pending": True,
+                }
+            )
+        with source.session() as uow:
+            secrets, credentials = uow.enrollment.list_secrets(), uow.enrollment.all_credentials()
+            generation = uow.enrollment.generation()
+    finally:
+        source.close()
+    copied = import_sqlite(tmp_path / "c.db", schema.url)
+    assert (copied["enroll_secrets"], copied["agent_credentials"]) == (1, 1)
+    target = PgStorage(schema.url)
+    try:
+        with target.session() as uow:
+            assert uow.enrollment.list_secrets() == secrets
+            assert uow.enrollment.all_credentials() == credentials
+            assert uow.enrollment.secret_by_hash("a" * 64) == secrets[0]
+            assert uow.enrollment.generation() == generation == 3
+    finally:
+        target.close()
