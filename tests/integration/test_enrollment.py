@@ -180,7 +180,7 @@ def hosts(url: str) -> dict[str, dict[str, Any]]:
 
 
 def metric(url: str, name: str, **labels: str) -> float:
-    return read_metrics(url + "/metrics").get((name, tuple(sorted(labels.items()))), 0.0)
+    return read_metrics(url + "/metrics", token=ADMIN_TOKEN).get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def outbox_event_ids(agent_folder: Path) -> set[str]:
