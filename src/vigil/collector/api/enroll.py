@@ -53,6 +53,7 @@ async def post_enroll(request: web.Request) -> web.Response:
             hostname=hostname,
             replace=replace,
             now=request.app[clock_key](),
+            peer=request.remote or "unknown",
         )
     except EnrollError as exc:
         log.info("refused enrollment of %s from %s: %s", agent_id, request.remote, exc.message)

@@ -132,9 +132,10 @@ class AgentIdentity:
         return issued
 
     async def enroll(
-        self, *, secret: str, agent_id: str, hostname: str, replace: bool, now: float
+        self, *, secret: str, agent_id: str, hostname: str, replace: bool, now: float, peer: str
     ) -> Issued:
-        """Exchange an enrollment secret; records the outcome either way and raises
+        """Exchange an enrollment secret for a request from ``peer`` (the client address);
+        records the outcome either way (counter, log, audit log) and raises
         :class:`~collector.identity.enrollment.EnrollError` on refusal."""
         call = functools.partial(
             enrollment.enroll,
@@ -145,6 +146,7 @@ class AgentIdentity:
             replace=replace,
             now=now,
             credential_ttl_s=self.credential_ttl_s,
+            peer=peer,
         )
         try:
             issued: Issued = await self._run(call)
@@ -156,17 +158,25 @@ class AgentIdentity:
         await self.refresh()
         return issued
 
-    async def revoke_agent(self, agent_id: str) -> int:
-        """Revoke every credential of ``agent_id``; refused from the next request on."""
-        deleted: int = await self._run(enrollment.revoke_agent, self.storage, agent_id)
+    async def revoke_agent(self, agent_id: str, *, actor: str, peer: str, now: float) -> int:
+        """Revoke every credential of ``agent_id``; refused from the next request on.
+        Audited as ``actor`` from ``peer``."""
+        call = functools.partial(
+            enrollment.revoke_agent, self.storage, agent_id, actor=actor, peer=peer, now=now
+        )
+        deleted: int = await self._run(call)
         await self.refresh()
         return deleted
 
-    async def revoke_secret(self, secret_id: str, now: float) -> int | None:
-        """Revoke a secret and its credentials (None: no such secret)."""
-        deleted: int | None = await self._run(
-            enrollment.revoke_secret, self.storage, secret_id, now
+    async def revoke_secret(
+        self, secret_id: str, now: float, *, actor: str, peer: str
+    ) -> int | None:
+        """Revoke a secret and its credentials (None: no such secret); audited as
+        ``actor`` from ``peer``."""
+        call = functools.partial(
+            enrollment.revoke_secret, self.storage, secret_id, now, actor=actor, peer=peer
         )
+        deleted: int | None = await self._run(call)
         await self.refresh()
         return deleted
 
