@@ -4,6 +4,7 @@ admin endpoints for secrets and credentials, with the ingest check behind them."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -226,3 +227,30 @@ def test_a_responder_may_not_manage_enrollment_and_by_is_refused(
     assert [status for status, _ in refused] == [403, 403, 400, 400]
     assert "rita" in refused[0][1]["error"] and "needs admin" in refused[0][1]["error"]
     assert [body.get("field") for _, body in refused[2:]] == ["by", "by"]
+
+
+def test_too_many_enrollment_attempts_from_one_address_are_429_with_retry_after(
+    collector_config: Any, collector_server: Any
+) -> None:
+    config = dataclasses.replace(collector_config, enroll_rate_per_minute=3)
+
+    async def steps(c: Client) -> list[tuple[int, str | None, Any]]:
+        answers = []
+        for n in range(4):
+            body = {"secret": "vge_wrong", "agent_id": f"agent-{n}", "hostname": "ws"}
+            async with c.http.post(c.url + "/api/v1/enroll", json=body) as r:
+                answers.append((r.status, r.headers.get("Retry-After"), await r.json()))
+        _, audit = await c.call("GET", "/api/v1/audit?limit=10")
+        answers.append((0, None, [r["target"] for r in audit["records"]]))
+        return answers
+
+    answers = with_client(config, collector_server, steps)
+    assert [(s, retry) for s, retry, _ in answers[:4]] == [
+        (401, None),
+        (401, None),
+        (401, None),
+        (429, "20"),
+    ]
+    assert "too many enrollment attempts" in answers[3][2]["error"]
+    # The refused-by-rate try never reached the secret check, so it is not audited.
+    assert answers[4][2] == ["agent:agent-2", "agent:agent-1", "agent:agent-0"]

@@ -51,10 +51,20 @@ OUTCOMES: tuple[str, ...] = (
     "revoked",
     "conflict",
     "invalid",
+    "rate_limited",
 )
 # Events logged as warnings: someone tried and was refused.
 _REFUSED = frozenset(
-    ("wrong_secret", "expired", "used_up", "revoked", "conflict", "invalid", "forbidden")
+    (
+        "wrong_secret",
+        "expired",
+        "used_up",
+        "revoked",
+        "conflict",
+        "invalid",
+        "forbidden",
+        "rate_limited",
+    )
 )
 # A rotation is granted only in the second half of a credential's life: an agent asking
 # on every report must not cause a write per report.

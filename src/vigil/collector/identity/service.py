@@ -29,6 +29,7 @@ from vigil import wire
 from vigil.collector.identity import enrollment
 from vigil.collector.identity.credentials import AgentCredential, CredentialCache, routing_labels
 from vigil.collector.identity.enrollment import EnrollmentCounters, Issued
+from vigil.collector.identity.ratelimit import ENROLL_PER_MINUTE, RateLimiter
 from vigil.collector.storage.protocols import Storage
 
 # Seconds between checks of the storage's enrollment generation: how long a revocation
@@ -56,7 +57,9 @@ class AgentIdentity:
 
     ``run`` runs a blocking function on the storage thread (``run(fn, *args)``);
     ``legacy_tokens`` are the shared ``auth.agent_tokens`` (may be empty);
-    ``credential_ttl_s`` is the lifetime of issued credentials.
+    ``credential_ttl_s`` is the lifetime of issued credentials;
+    ``enroll_rate_per_minute`` the enrollment tries per client address per minute (and
+    burst), see :mod:`~collector.identity.ratelimit`.
     """
 
     def __init__(
@@ -66,11 +69,16 @@ class AgentIdentity:
         *,
         legacy_tokens: tuple[str, ...],
         credential_ttl_s: float,
+        enroll_rate_per_minute: int = ENROLL_PER_MINUTE,
     ) -> None:
         self.storage = storage
         self.cache = CredentialCache()
         self.counters = EnrollmentCounters()
         self.credential_ttl_s = credential_ttl_s
+        # POST /api/v1/enroll tries per client address (the one unauthenticated write).
+        self.enroll_limit = RateLimiter(
+            burst=enroll_rate_per_minute, per_minute=enroll_rate_per_minute
+        )
         self._run = run
         self._legacy = tuple(t.encode("utf-8") for t in legacy_tokens)
 
