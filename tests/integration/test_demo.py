@@ -39,6 +39,11 @@ def test_demo_shows_a_prevented_fault_and_an_incident_that_resolves(tmp_path: Pa
     assert "prevented incident #1 recorded, 0 incidents raised" in out
     assert "! incident #2 opened" in out
     assert "Responder token:  vigil_op_" in out
+    # No shared token: the agent enrolled with a one-time secret and reports as itself.
+    assert "Enrollment:       secret " in out and "enrolled agent " in out
+    assert "reporting with its own credential" in out
+    assert "agent_tokens" not in (tmp_path / "config" / "demo" / "collector.yaml").read_text()
+    assert not (tmp_path / "var" / "demo" / "enroll-secret.txt").exists()
     assert "incident #2 acknowledged by demo-responder (its token)" in out
     assert "✓ incident #2 resolved" in out
     assert "agent stopped (exit 0)" in out

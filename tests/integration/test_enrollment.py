@@ -179,8 +179,18 @@ def hosts(url: str) -> dict[str, dict[str, Any]]:
     return {h["agent_id"]: h for h in rows}
 
 
+def audit(url: str) -> list[tuple[str, str, str]]:
+    """``(actor, action, target)`` of the audit log, newest first."""
+    request = urllib.request.Request(
+        url + "/api/v1/audit?limit=100", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return [(r["actor"], r["action"], r["target"]) for r in json.load(response)["records"]]
+
+
 def metric(url: str, name: str, **labels: str) -> float:
-    return read_metrics(url + "/metrics", token=ADMIN_TOKEN).get((name, tuple(sorted(labels.items()))), 0.0)
+    metrics = read_metrics(url + "/metrics", ADMIN_TOKEN)
+    return metrics.get((name, tuple(sorted(labels.items()))), 0.0)
 
 
 def outbox_event_ids(agent_folder: Path) -> set[str]:
@@ -261,6 +271,16 @@ def test_unusable_secrets_are_refused_with_4xx_counted_and_logged(tmp_path: Path
         result = enroll(config, tmp_path / "one.txt")
         assert result.returncode == 1 and "no uses left" in result.stderr
         assert not (tmp_path / "late" / "state" / "credential.json").exists()
+        # Every write and every refusal is in the audit log with its actor; the CLI's is
+        # the login that ran it.
+        records = audit(url)
+        refused = [(a, t) for a, action, t in records if action == "agent.enroll_refused"]
+        assert sorted(refused)[:4] == [
+            (f"agent:{i}", f"agent:{i}") for i in ("a2", "a3", "a4", "a5")
+        ]
+        cli = {(action, actor.startswith("cli:")) for actor, action, _ in records}
+        assert {("enroll_secret.create", True), ("enroll_secret.revoke", True)} <= cli
+        assert ("agent:a1", "agent.enroll", "agent:a1") in records
     log = (tmp_path / "collector.log").read_text()
     assert "identity used_up" in log and "identity wrong_secret" in log
 

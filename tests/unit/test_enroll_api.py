@@ -4,6 +4,7 @@ admin endpoints for secrets and credentials, with the ingest check behind them."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import gzip
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -169,3 +170,87 @@ def test_the_admin_endpoints_need_an_admin_token(
         return (await c.call(method, path, {}, admin=False))[0]
 
     assert with_client(collector_config, collector_server, steps) == 401
+
+
+def test_every_enrollment_write_shows_its_actor_in_the_audit_log(
+    collector_config: Any, collector_server: Any
+) -> None:
+    async def steps(c: Client) -> tuple[str, list[tuple[str, str, str]]]:
+        status, op = await c.call("POST", "/api/v1/operators", {"name": "ada", "role": "admin"})
+        assert status == 201
+        c.admin = op["token"]  # from here on, every admin call is operator "ada"
+        _, body = await c.call("POST", "/api/v1/enroll-secrets", {"uses": 1})
+        secret_id, secret = body["secret"]["id"], body["secret"]["secret"]
+        enroll = {"secret": secret, "agent_id": "agent-0001", "hostname": "ws"}
+        assert (await c.call("POST", "/api/v1/enroll", enroll, admin=False))[0] == 201
+        again = {**enroll, "agent_id": "agent-0002"}  # the secret is used up
+        assert (await c.call("POST", "/api/v1/enroll", again, admin=False))[0] == 403
+        assert (await c.call("POST", "/api/v1/agents/agent-0001/revoke"))[0] == 200
+        assert (await c.call("POST", f"/api/v1/enroll-secrets/{secret_id}/revoke"))[0] == 200
+        status, audit = await c.call("GET", "/api/v1/audit?limit=5")
+        assert status == 200
+        records = [(r["actor"], r["action"], r["target"]) for r in audit["records"]]
+        assert {r["peer"] for r in audit["records"]} == {"127.0.0.1"}
+        return secret_id, records
+
+    secret_id, records = with_client(collector_config, collector_server, steps)
+    assert records == [
+        ("ada", "enroll_secret.revoke", f"enroll-secret:{secret_id}"),
+        ("ada", "agent.revoke", "agent:agent-0001"),
+        ("agent:agent-0002", "agent.enroll_refused", "agent:agent-0002"),
+        ("agent:agent-0001", "agent.enroll", "agent:agent-0001"),
+        ("ada", "enroll_secret.create", f"enroll-secret:{secret_id}"),
+    ]
+
+
+def test_a_responder_may_not_manage_enrollment_and_by_is_refused(
+    collector_config: Any, collector_server: Any
+) -> None:
+    async def steps(c: Client) -> list[tuple[int, Any]]:
+        status, op = await c.call(
+            "POST", "/api/v1/operators", {"name": "rita", "role": "responder"}
+        )
+        assert status == 201
+        admin, c.admin = c.admin, op["token"]
+        refused = [
+            await c.call("POST", "/api/v1/enroll-secrets", {"uses": 1}),
+            await c.call("POST", "/api/v1/agents/agent-0001/revoke"),
+        ]
+        c.admin = admin
+        refused.append(await c.call("POST", "/api/v1/enroll-secrets", {"by": "mallory"}))
+        refused.append(await c.call("POST", "/api/v1/agents/agent-0001/revoke", {"by": "x"}))
+        _, listed = await c.call("GET", "/api/v1/enroll-secrets")
+        assert listed["secrets"] == []  # nothing was created
+        return refused
+
+    refused = with_client(collector_config, collector_server, steps)
+    assert [status for status, _ in refused] == [403, 403, 400, 400]
+    assert "rita" in refused[0][1]["error"] and "needs admin" in refused[0][1]["error"]
+    assert [body.get("field") for _, body in refused[2:]] == ["by", "by"]
+
+
+def test_too_many_enrollment_attempts_from_one_address_are_429_with_retry_after(
+    collector_config: Any, collector_server: Any
+) -> None:
+    config = dataclasses.replace(collector_config, enroll_rate_per_minute=3)
+
+    async def steps(c: Client) -> list[tuple[int, str | None, Any]]:
+        answers = []
+        for n in range(4):
+            body = {"secret": "vge_wrong", "agent_id": f"agent-{n}", "hostname": "ws"}
+            async with c.http.post(c.url + "/api/v1/enroll", json=body) as r:
+                answers.append((r.status, r.headers.get("Retry-After"), await r.json()))
+        _, audit = await c.call("GET", "/api/v1/audit?limit=10")
+        answers.append((0, None, [r["target"] for r in audit["records"]]))
+        return answers
+
+    answers = with_client(config, collector_server, steps)
+    assert [(s, retry) for s, retry, _ in answers[:4]] == [
+        (401, None),
+        (401, None),
+        (401, None),
+        (429, "20"),
+    ]
+    assert "too many enrollment attempts" in answers[3][2]["error"]
+    # The refused-by-rate try never reached the secret check, so it is not audited.
+    assert answers[4][2] == ["agent:agent-2", "agent:agent-1", "agent:agent-0"]

@@ -21,6 +21,7 @@ from vigil.collector.storage.sqlite.backend import SqliteStorage
 
 NOW = 1_700_000_000.0
 TTL = 1000.0
+WHO = {"actor": "cli:tester", "peer": "local"}
 SHARED = "shared-token-0123456789abcdef0123456789abcdef"
 
 
@@ -33,12 +34,13 @@ def storage(tmp_path: Path) -> Iterator[SqliteStorage]:
 
 def secret(storage: SqliteStorage, *, uses: int = 3, ttl_s: float = 3600.0) -> str:
     return enrollment.create_secret(
-        storage, labels={"role": "server"}, ttl_s=ttl_s, max_uses=uses, comment="", now=NOW
+        storage, labels={"role": "server"}, ttl_s=ttl_s, max_uses=uses, comment="", now=NOW, **WHO
     )[1]
 
 
 def enroll(storage: SqliteStorage, secret: str, agent_id: str, **kwargs: Any) -> enrollment.Issued:
     args: dict[str, Any] = {"hostname": "ws", "replace": False, "now": NOW, "credential_ttl_s": TTL}
+    args["peer"] = "127.0.0.1"
     return enrollment.enroll(storage, secret=secret, agent_id=agent_id, **{**args, **kwargs})
 
 
@@ -141,8 +143,8 @@ def test_revoking_a_secret_revokes_its_credentials(storage: SqliteStorage) -> No
     issued = enroll(storage, s, "agent-1")
     ident = identity(storage)
     (row,) = enrollment.list_secrets(storage)
-    assert enrollment.revoke_secret(storage, row["id"], NOW) == 1
-    assert enrollment.revoke_secret(storage, "nope", NOW) is None
+    assert enrollment.revoke_secret(storage, row["id"], NOW, **WHO) == 1
+    assert enrollment.revoke_secret(storage, "nope", NOW, **WHO) is None
     asyncio.run(ident.refresh())
     assert ident.authenticate(f"Bearer {issued.credential}", NOW) is None
     with pytest.raises(EnrollError) as exc:
@@ -195,3 +197,29 @@ def test_granted_labels_win_over_claimed_ones() -> None:
         "role": "server",
         "agent:role": "kiosk",
     }
+
+
+def audit_rows(storage: SqliteStorage) -> list[tuple[str, str, str, str]]:
+    with storage.session() as uow:
+        rows = uow.audit.list(limit=100, offset=0, action=None)
+    return sorted((r["actor"], r["action"], r["target"], r["peer"]) for r in rows)
+
+
+def test_every_enrollment_write_and_refusal_is_audited(storage: SqliteStorage) -> None:
+    s = secret(storage, uses=1)
+    row = enrollment.list_secrets(storage)[0]
+    enroll(storage, s, "agent-1")
+    with pytest.raises(enrollment.EnrollError):
+        enroll(storage, s, "agent-2")  # used up: refused, still recorded
+    assert enrollment.revoke_agent(storage, "agent-1", now=NOW, **WHO) == 1
+    assert enrollment.revoke_agent(storage, "agent-1", now=NOW, **WHO) == 0  # nothing: no record
+    assert enrollment.revoke_secret(storage, row["id"], NOW, **WHO) == 0
+    assert audit_rows(storage) == sorted(
+        [
+            ("cli:tester", "enroll_secret.create", f"enroll-secret:{row['id']}", "local"),
+            ("agent:agent-1", "agent.enroll", "agent:agent-1", "127.0.0.1"),
+            ("agent:agent-2", "agent.enroll_refused", "agent:agent-2", "127.0.0.1"),
+            ("cli:tester", "agent.revoke", "agent:agent-1", "local"),
+            ("cli:tester", "enroll_secret.revoke", f"enroll-secret:{row['id']}", "local"),
+        ]
+    )

@@ -7,6 +7,10 @@ its next report. ``--replace``: this machine was re-imaged and keeps its id, so 
 credential is replaced. ``--new-id``: this machine is a clone carrying another's id; it
 gets a fresh id first (stop the agent before, since it reports under the old id).
 
+Over ``https://`` the collector is verified exactly as the running agent verifies it:
+``collector.ca_file`` (else the system's CAs), and ``collector.client_cert_file`` /
+``client_key_file`` are presented to a collector that requires mutual TLS.
+
 Exit status: 0 enrolled; 1 refused by the collector or unreachable; 2 bad usage/config.
 """
 
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import ssl
 import sys
 import time
 import urllib.error
@@ -22,8 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from vigil.agent.config import load_agent_config
+from vigil.agent.config import AgentConfig, load_agent_config
 from vigil.agent.delivery.credential import CREDENTIAL_FILE, Credential, write_credential
+from vigil.agent.delivery.tls import client_context
 from vigil.agent.identity import load_identity, renew_agent_id
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError
 
@@ -70,6 +76,11 @@ def main(args: argparse.Namespace, config_path: Path) -> int:
     if not url.startswith(("http://", "https://")):
         print(f"vigil-agent: --collector must be http(s)://..., got {url!r}", file=sys.stderr)
         return CONFIG_EXIT_CODE
+    try:
+        context = _tls_context(config, url)
+    except (OSError, ssl.SSLError) as exc:
+        print(f"vigil-agent: {config_path}: collector TLS files: {exc}", file=sys.stderr)
+        return CONFIG_EXIT_CODE
     if args.new_id:
         renew_agent_id(config.state_dir)
     identity = load_identity(config.state_dir, hostname=config.hostname)
@@ -79,7 +90,7 @@ def main(args: argparse.Namespace, config_path: Path) -> int:
         "hostname": identity.hostname,
         "replace": bool(args.replace),
     }
-    status, answer = _post(url + ENROLL_PATH, request, config.collector.timeout_s)
+    status, answer = _post(url + ENROLL_PATH, request, config.collector.timeout_s, context)
     if status != 201:
         print(
             f"vigil-agent: enrollment refused (HTTP {status}): {answer.get('error')}",
@@ -111,14 +122,25 @@ def main(args: argparse.Namespace, config_path: Path) -> int:
     return 0
 
 
-def _post(url: str, body: dict[str, Any], timeout_s: float) -> tuple[int, dict[str, Any]]:
-    """POST JSON; ``(status, decoded answer)``, status 0 when the collector is unreachable."""
+def _tls_context(config: AgentConfig, url: str) -> ssl.SSLContext | None:
+    """The running agent's TLS client context for an ``https://`` url (None for http)."""
+    if not url.startswith("https://"):
+        return None
+    col = config.collector
+    return client_context(col.ca_file, col.client_cert_file, col.client_key_file)
+
+
+def _post(
+    url: str, body: dict[str, Any], timeout_s: float, context: ssl.SSLContext | None = None
+) -> tuple[int, dict[str, Any]]:
+    """POST JSON; ``(status, decoded answer)``, status 0 when the collector is unreachable
+    (or cannot be verified: the answer's error says why)."""
     data = json.dumps(body).encode()
     req = urllib.request.Request(
         url, data=data, method="POST", headers={"Content-Type": "application/json"}
     )
     try:
-        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+        with urllib.request.urlopen(req, timeout=timeout_s, context=context) as resp:
             return resp.status, _decode(resp.read(MAX_ANSWER_BYTES))
     except urllib.error.HTTPError as exc:
         return exc.code, _decode(exc.read(MAX_ANSWER_BYTES))

@@ -274,6 +274,7 @@ async def _agents_ctx(app: web.Application) -> AsyncIterator[None]:
         functools.partial(loop.run_in_executor, app[executor_key]),
         legacy_tokens=config.auth.agent_tokens,
         credential_ttl_s=config.credential_ttl_s,
+        enroll_rate_per_minute=config.enroll_rate_per_minute,
     )
     await identity.refresh()
     app[identity_key] = identity

@@ -44,6 +44,7 @@ DEFAULT_MAX_HOST_SERIES = 1000
 DEFAULT_MAX_CONNECTIONS = 1000
 DEFAULT_IDLE_TIMEOUT_S = 30.0
 DEFAULT_CREDENTIAL_TTL_S = 90 * 86400.0
+DEFAULT_ENROLL_RATE_PER_MINUTE = 10
 
 
 # Tokens are bearer secrets, held to the shared config reader's rule for every secret
@@ -132,6 +133,9 @@ class CollectorConfig:
     # Seconds an issued per-agent credential is valid (``enrollment.credential_ttl``);
     # agents rotate theirs automatically in the last quarter of that.
     credential_ttl_s: float = DEFAULT_CREDENTIAL_TTL_S
+    # ``POST /api/v1/enroll`` tries per client address per minute, also the burst
+    # (``enrollment.rate_limit``); beyond it 429 with Retry-After.
+    enroll_rate_per_minute: int = DEFAULT_ENROLL_RATE_PER_MINUTE
 
 
 def load_collector_config(path: str | Path) -> CollectorConfig:
@@ -230,6 +234,9 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
 
     enr = root.section("enrollment")
     credential_ttl_s = enr.duration("credential_ttl", DEFAULT_CREDENTIAL_TTL_S, minimum=1.0)
+    enroll_rate = enr.get(
+        "rate_limit", int, DEFAULT_ENROLL_RATE_PER_MINUTE, minimum=1, maximum=100_000
+    )
     enr.done()
 
     public_url = root.get("public_url", str, None)
@@ -255,6 +262,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         ingest=ingest,
         access_log=access_log,
         credential_ttl_s=credential_ttl_s,
+        enroll_rate_per_minute=enroll_rate,
     )
 
 

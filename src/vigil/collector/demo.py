@@ -1,8 +1,10 @@
 """``make demo``: the real collector and a real agent on this machine, with two faults.
 
 Starts ``vigil-collector`` (SQLite under ``var/demo/``) and ``vigil-agent`` with the
-configs in ``config/demo/``, then injects two harmless, self-contained faults and narrates
-what Vigil does through its own HTTP API:
+configs in ``config/demo/``. The agent holds no shared token: the demo creates a one-time
+enrollment secret (``vigil-collector enroll-secret create``), the agent exchanges it for
+its own credential (``vigil-agent enroll``), and reports with that. It then injects two
+harmless, self-contained faults and narrates what Vigil does through its own HTTP API:
 
 (a) the demo spool folder fills past 1 MB; the agent's ``demo-cleanup`` remediation
     empties it and verifies the fix, so the collector records a *prevented* incident;
@@ -93,6 +95,32 @@ def create_responder(root: Path) -> str:
     return done.stdout.strip().splitlines()[-1]
 
 
+def enroll_agent(root: Path, var: Path, url: str) -> str:
+    """Create a one-use enrollment secret (``vigil-collector enroll-secret create``,
+    written to a 0600 file) and run ``vigil-agent enroll`` with it: the agent's own
+    credential lands in its state folder. The enroll command's report line."""
+    secret_file = var / "enroll-secret.txt"
+    create = subprocess.run(
+        [sys.executable, "-m", "vigil.collector", "--config",
+         str(root / "config/demo/collector.yaml"), "enroll-secret", "create",
+         "--label", "department=demo", "--uses", "1", "--expires", "1h",
+         "--comment", "make demo", "--out", str(secret_file)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    if create.returncode != 0:
+        raise DemoError(f"cannot create the enrollment secret: {create.stderr.strip()}")
+    say(f"Enrollment:       {create.stdout.strip()} (one use, 1 h)")
+    enroll = subprocess.run(
+        [sys.executable, "-m", "vigil.agent", "--config", str(root / "config/demo/agent.yaml"),
+         "enroll", "--collector", url, "--secret-file", str(secret_file)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    secret_file.unlink()  # used up anyway; no secret left lying around
+    if enroll.returncode != 0:
+        raise DemoError(f"vigil-agent enroll failed: {enroll.stderr.strip()}")
+    return enroll.stdout.strip()
+
+
 def wait_for(what: str, probe: Callable[[], T | None], timeout_s: float) -> T:
     """Poll ``probe`` every 0.25 s until it returns something truthy."""
     deadline = time.monotonic() + timeout_s
@@ -176,6 +204,12 @@ def run(root: Path, port: int, stay: bool) -> int:
             raise
         say(f"  port {port} is busy; using a free port instead")
         collector, url = start_collector(root, 0, var / "collector.log")
+    procs = [(collector, "collector")]
+    try:
+        say(f"                  {enroll_agent(root, var, url)}")
+    except DemoError:
+        stop(collector, "collector")
+        raise
     agent_cmd = [
         sys.executable,
         "-m",
@@ -189,7 +223,7 @@ def run(root: Path, port: int, stay: bool) -> int:
     agent = subprocess.Popen(
         agent_cmd, stdout=subprocess.DEVNULL, stderr=(var / "agent.log").open("a")
     )
-    procs = [(agent, "agent"), (collector, "collector")]
+    procs.insert(0, (agent, "agent"))
     interrupted = False
     try:
         say(f"Collector:        {url}")
@@ -213,7 +247,10 @@ def run(root: Path, port: int, stay: bool) -> int:
         host = wait_for(
             "the agent's first report", lambda: get_json(f"{url}/api/v1/hosts")["hosts"], 30
         )[0]
-        say(f"Agent {host['hostname']} ({host['agent_id'][:8]}…) is reporting.")
+        say(
+            f"Agent {host['hostname']} ({host['agent_id'][:8]}…) is reporting with its own"
+            f" credential (labels granted by the secret: {host['labels']})."
+        )
         scenario(url, var, token)
         say()
         if stay:

@@ -3,8 +3,9 @@
 Body: ``{"secret": str, "agent_id": str, "hostname": str, "replace": bool}``. Answers
 ``201 {"agent_id", "credential", "expires_at", "labels"}``; a wrong secret is 401, an
 expired, used-up or revoked one 403, an agent id that is already enrolled 409 (unless
-``replace``); every refusal is counted (``vigil_enrollments_total{outcome}``) and logged.
-See ``docs/security.md``.
+``replace``), more than ``enrollment.rate_limit`` tries a minute from one client
+address 429 with ``Retry-After``; every refusal is counted
+(``vigil_enrollments_total{outcome}``) and logged. See ``docs/security.md``.
 """
 
 from __future__ import annotations
@@ -28,6 +29,16 @@ MAX_HOSTNAME = 255
 async def post_enroll(request: web.Request) -> web.Response:
     """``POST /api/v1/enroll``; see the module docstring."""
     identity = request.app[identity_key]
+    peer = request.remote or "unknown"
+    # Before the body is read: a client guessing secrets costs one dict lookup per try.
+    wait_s = identity.enroll_limit.take(peer)
+    if wait_s:
+        record(identity.counters, "rate_limited", remote=peer)
+        raise ApiError(
+            429,
+            "too many enrollment attempts from this address; retry later",
+            headers={"Retry-After": str(int(wait_s))},
+        )
     try:
         body = await json_body(request, _FIELDS)
         secret = body_str(body, "secret", required=True)
@@ -53,6 +64,7 @@ async def post_enroll(request: web.Request) -> web.Response:
             hostname=hostname,
             replace=replace,
             now=request.app[clock_key](),
+            peer=peer,
         )
     except EnrollError as exc:
         log.info("refused enrollment of %s from %s: %s", agent_id, request.remote, exc.message)

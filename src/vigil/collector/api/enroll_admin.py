@@ -24,6 +24,7 @@ from vigil.collector.api.http import (
     in_storage_thread,
     json_body,
     json_response,
+    refuse_by,
     require_admin,
 )
 from vigil.collector.identity import enrollment
@@ -53,8 +54,9 @@ async def create_secret(request: web.Request) -> web.Response:
     enrolled agents get), ``uses`` (1..1,000,000, default 1), ``expires`` (a duration
     such as ``"7d"``, default 7 days, at most 366 days), ``comment``. 201 with the row
     and ``secret``, shown this once."""
-    require_admin(request)
-    body = await json_body(request, ("labels", "uses", "expires", "comment"))
+    admin = require_admin(request)
+    body = await json_body(request, ("labels", "uses", "expires", "comment", "by"))
+    refuse_by(body, "by")
     labels = _labels(body.get("labels", {}))
     uses = body.get("uses", 1)
     if isinstance(uses, bool) or not isinstance(uses, int) or not 1 <= uses <= MAX_USES:
@@ -78,6 +80,8 @@ async def create_secret(request: web.Request) -> web.Response:
             max_uses=uses,
             comment=comment,
             now=now,
+            actor=admin.name,
+            peer=request.remote or "unknown",
         ),
     )
     row = {"id": secret_id, "labels": labels, "comment": comment, "created_at": now}
@@ -88,10 +92,13 @@ async def create_secret(request: web.Request) -> web.Response:
 async def revoke_secret(request: web.Request) -> web.Response:
     """``POST /api/v1/enroll-secrets/{secret_id}/revoke``: the secret and every
     credential issued through it; 404 for an unknown id."""
-    require_admin(request)
+    admin = require_admin(request)
+    await _no_by(request)
     secret_id = request.match_info["secret_id"]
     identity = request.app[identity_key]
-    deleted = await identity.revoke_secret(secret_id, request.app[clock_key]())
+    deleted = await identity.revoke_secret(
+        secret_id, request.app[clock_key](), actor=admin.name, peer=request.remote or "unknown"
+    )
     if deleted is None:
         raise ApiError(404, f"no enrollment secret {secret_id}", "secret_id")
     return json_response({"id": secret_id, "credentials_revoked": deleted})
@@ -108,12 +115,24 @@ async def list_credentials(request: web.Request) -> web.Response:
 async def revoke_agent(request: web.Request) -> web.Response:
     """``POST /api/v1/agents/{agent_id}/revoke``: every credential of the agent; 404 if
     it holds none."""
-    require_admin(request)
+    admin = require_admin(request)
+    await _no_by(request)
     agent_id = request.match_info["agent_id"]
-    deleted = await request.app[identity_key].revoke_agent(agent_id)
+    deleted = await request.app[identity_key].revoke_agent(
+        agent_id,
+        actor=admin.name,
+        peer=request.remote or "unknown",
+        now=request.app[clock_key](),
+    )
     if not deleted:
         raise ApiError(404, f"agent {agent_id} holds no credential", "agent_id")
     return json_response({"agent_id": agent_id, "credentials_revoked": deleted})
+
+
+async def _no_by(request: web.Request) -> None:
+    """A revoke takes no body (or ``{}``); a ``by`` field is 400: the actor is the
+    operator whose token was used (:func:`refuse_by`)."""
+    refuse_by(await json_body(request, ("by",)), "by")
 
 
 def _labels(value: Any) -> dict[str, str]:

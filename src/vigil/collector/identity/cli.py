@@ -17,6 +17,7 @@ Exit status: 0 done; 1 no such secret or agent, or the storage cannot be opened;
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import re
@@ -26,6 +27,7 @@ from pathlib import Path
 
 from vigil.collector.config import CollectorConfig
 from vigil.collector.identity import enrollment
+from vigil.collector.identity.audit import LOCAL_PEER
 from vigil.collector.storage.factory import create_storage
 from vigil.collector.storage.protocols import Storage
 from vigil.collector.storage.records import StorageError
@@ -84,6 +86,8 @@ def main(args: argparse.Namespace, config: CollectorConfig) -> int:
 
 def _run(args: argparse.Namespace, storage: Storage) -> int:
     now = time.time()
+    # Every change is audited as the login running the command, like ``operator``.
+    who = {"actor": f"cli:{_login()}", "peer": LOCAL_PEER}
     if args.command == "enroll-secret" and args.action == "create":
         labels = dict(args.label)
         secret_id, secret = enrollment.create_secret(
@@ -93,6 +97,7 @@ def _run(args: argparse.Namespace, storage: Storage) -> int:
             max_uses=args.uses,
             comment=args.comment,
             now=now,
+            **who,
         )
         if args.out is not None:
             _write_private(args.out, secret + "\n")
@@ -109,18 +114,26 @@ def _run(args: argparse.Namespace, storage: Storage) -> int:
         print(json.dumps(rows, indent=2, sort_keys=True))
         return 0
     if args.command == "enroll-secret":
-        deleted = enrollment.revoke_secret(storage, args.secret_id, now)
+        deleted = enrollment.revoke_secret(storage, args.secret_id, now, **who)
         if deleted is None:
             print(f"vigil-collector: no enrollment secret {args.secret_id!r}", file=sys.stderr)
             return 1
         print(f"revoked secret {args.secret_id} and {deleted} credential(s) issued through it")
         return 0
-    deleted = enrollment.revoke_agent(storage, args.agent_id)
+    deleted = enrollment.revoke_agent(storage, args.agent_id, now=now, **who)
     if not deleted:
         print(f"vigil-collector: agent {args.agent_id!r} holds no credential", file=sys.stderr)
         return 1
     print(f"revoked {deleted} credential(s) of agent {args.agent_id}")
     return 0
+
+
+def _login() -> str:
+    """The login name of whoever runs the command, for the audit log's actor."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
+        return "unknown"
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -26,6 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from vigil.collector.identity.audit import AuditEntry, append_audit
 from vigil.collector.identity.credentials import (
     CREDENTIAL_PREFIX,
     SECRET_PREFIX,
@@ -50,10 +51,20 @@ OUTCOMES: tuple[str, ...] = (
     "revoked",
     "conflict",
     "invalid",
+    "rate_limited",
 )
 # Events logged as warnings: someone tried and was refused.
 _REFUSED = frozenset(
-    ("wrong_secret", "expired", "used_up", "revoked", "conflict", "invalid", "forbidden")
+    (
+        "wrong_secret",
+        "expired",
+        "used_up",
+        "revoked",
+        "conflict",
+        "invalid",
+        "forbidden",
+        "rate_limited",
+    )
 )
 # A rotation is granted only in the second half of a credential's life: an agent asking
 # on every report must not cause a write per report.
@@ -100,8 +111,8 @@ class EnrollmentCounters:
 
 
 def record(counters: EnrollmentCounters | None, event: str, **fields: Any) -> None:
-    """The one place an enrollment, rotation or revocation is recorded: a log line and a
-    counter. The audit log (issue #16, operators and audit) plugs in here."""
+    """The log line and counter of an enrollment, rotation or revocation. The audit
+    record is not written here: each write appends its own inside its transaction."""
     if counters is not None and event in OUTCOMES:
         counters.add(event)
     detail = " ".join(f"{k}={v}" for k, v in sorted(fields.items()))
@@ -120,9 +131,12 @@ def create_secret(
     max_uses: int,
     comment: str,
     now: float,
+    actor: str,
+    peer: str,
 ) -> tuple[str, str]:
     """Create an enrollment secret; returns ``(secret id, secret)``. The secret is shown
-    once and never stored (only its hash)."""
+    once and never stored (only its hash). ``actor``/``peer``: who asked and from where,
+    for the audit record written in the same transaction."""
     secret = new_token(SECRET_PREFIX)
     secret_id = secrets.token_hex(4)
     with storage.session() as uow, uow.transaction():
@@ -137,6 +151,9 @@ def create_secret(
                 "max_uses": max_uses,
             }
         )
+        detail = {"labels": dict(labels), "uses": max_uses, "expires_at": now + ttl_s}
+        target = f"enroll-secret:{secret_id}"
+        append_audit(uow, AuditEntry(actor, "enroll_secret.create", target, peer, now, detail))
     record(None, "secret_created", secret_id=secret_id, labels=dict(labels), uses=max_uses)
     return secret_id, secret
 
@@ -147,10 +164,17 @@ def list_secrets(storage: Storage) -> list[dict[str, Any]]:
         return uow.enrollment.list_secrets()
 
 
-def revoke_secret(storage: Storage, secret_id: str, now: float) -> int | None:
-    """Revoke a secret and every credential issued through it; None if unknown."""
+def revoke_secret(
+    storage: Storage, secret_id: str, now: float, *, actor: str, peer: str
+) -> int | None:
+    """Revoke a secret and every credential issued through it; None if unknown. The
+    audit record (by ``actor`` from ``peer``) is written in the same transaction."""
     with storage.session() as uow, uow.transaction():
         deleted = uow.enrollment.revoke_secret(secret_id, now)
+        if deleted is not None:
+            target = f"enroll-secret:{secret_id}"
+            detail = {"credentials_revoked": deleted}
+            append_audit(uow, AuditEntry(actor, "enroll_secret.revoke", target, peer, now, detail))
     if deleted is not None:
         record(None, "secret_revoked", secret_id=secret_id, credentials=deleted)
     return deleted
@@ -166,10 +190,16 @@ def list_agents(storage: Storage) -> list[dict[str, Any]]:
     return [{k: v for k, v in row.items() if k != "token_hash"} for row in rows]
 
 
-def revoke_agent(storage: Storage, agent_id: str) -> int:
-    """Delete every credential of ``agent_id``; how many there were."""
+def revoke_agent(storage: Storage, agent_id: str, *, actor: str, peer: str, now: float) -> int:
+    """Delete every credential of ``agent_id``; how many there were. When there were
+    any, the audit record (by ``actor`` from ``peer``) is in the same transaction."""
     with storage.session() as uow, uow.transaction():
         deleted = uow.enrollment.delete_credentials(agent_id)
+        if deleted:
+            detail = {"credentials_revoked": deleted}
+            append_audit(
+                uow, AuditEntry(actor, "agent.revoke", f"agent:{agent_id}", peer, now, detail)
+            )
     if deleted:
         record(None, "agent_revoked", agent_id=agent_id, credentials=deleted)
     return deleted
@@ -205,10 +235,48 @@ def enroll(
     replace: bool,
     now: float,
     credential_ttl_s: float,
+    peer: str,
 ) -> Issued:
     """Exchange ``secret`` for a credential bound to ``agent_id``; raises
     :class:`EnrollError` (nothing changed) when the secret is unusable or the id is
-    already enrolled and ``replace`` is false."""
+    already enrolled and ``replace`` is false.
+
+    Either way the outcome is in the audit log with the actor ``agent:<agent_id>`` (the
+    id the caller claimed) and ``peer``: a success in the transaction that issues the
+    credential, a refusal in a transaction of its own (the refused one rolled back).
+    """
+    try:
+        return _enroll(
+            storage,
+            secret=secret,
+            agent_id=agent_id,
+            hostname=hostname,
+            replace=replace,
+            now=now,
+            credential_ttl_s=credential_ttl_s,
+            peer=peer,
+        )
+    except EnrollError as exc:
+        detail = {"reason": exc.reason, "hostname": hostname}
+        entry = AuditEntry(
+            f"agent:{agent_id}", "agent.enroll_refused", f"agent:{agent_id}", peer, now, detail
+        )
+        with storage.session() as uow, uow.transaction():
+            append_audit(uow, entry)
+        raise
+
+
+def _enroll(
+    storage: Storage,
+    *,
+    secret: str,
+    agent_id: str,
+    hostname: str,
+    replace: bool,
+    now: float,
+    credential_ttl_s: float,
+    peer: str,
+) -> Issued:
     credential = new_token(CREDENTIAL_PREFIX)
     with storage.session() as uow, uow.transaction():
         row = uow.enrollment.secret_by_hash(token_hash(secret))
@@ -241,6 +309,10 @@ def enroll(
                 "pending": False,
             }
         )
+        action = "agent.reenroll" if existing else "agent.enroll"
+        detail = {"secret_id": row["id"], "hostname": hostname, "labels": dict(row["labels"])}
+        target = f"agent:{agent_id}"
+        append_audit(uow, AuditEntry(f"agent:{agent_id}", action, target, peer, now, detail))
     return Issued(agent_id, credential, expires_at, dict(row["labels"]), bool(existing))
 
 

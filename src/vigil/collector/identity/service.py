@@ -29,6 +29,7 @@ from vigil import wire
 from vigil.collector.identity import enrollment
 from vigil.collector.identity.credentials import AgentCredential, CredentialCache, routing_labels
 from vigil.collector.identity.enrollment import EnrollmentCounters, Issued
+from vigil.collector.identity.ratelimit import ENROLL_PER_MINUTE, RateLimiter
 from vigil.collector.storage.protocols import Storage
 
 # Seconds between checks of the storage's enrollment generation: how long a revocation
@@ -56,7 +57,9 @@ class AgentIdentity:
 
     ``run`` runs a blocking function on the storage thread (``run(fn, *args)``);
     ``legacy_tokens`` are the shared ``auth.agent_tokens`` (may be empty);
-    ``credential_ttl_s`` is the lifetime of issued credentials.
+    ``credential_ttl_s`` is the lifetime of issued credentials;
+    ``enroll_rate_per_minute`` the enrollment tries per client address per minute (and
+    burst), see :mod:`~collector.identity.ratelimit`.
     """
 
     def __init__(
@@ -66,11 +69,16 @@ class AgentIdentity:
         *,
         legacy_tokens: tuple[str, ...],
         credential_ttl_s: float,
+        enroll_rate_per_minute: int = ENROLL_PER_MINUTE,
     ) -> None:
         self.storage = storage
         self.cache = CredentialCache()
         self.counters = EnrollmentCounters()
         self.credential_ttl_s = credential_ttl_s
+        # POST /api/v1/enroll tries per client address (the one unauthenticated write).
+        self.enroll_limit = RateLimiter(
+            burst=enroll_rate_per_minute, per_minute=enroll_rate_per_minute
+        )
         self._run = run
         self._legacy = tuple(t.encode("utf-8") for t in legacy_tokens)
 
@@ -132,9 +140,10 @@ class AgentIdentity:
         return issued
 
     async def enroll(
-        self, *, secret: str, agent_id: str, hostname: str, replace: bool, now: float
+        self, *, secret: str, agent_id: str, hostname: str, replace: bool, now: float, peer: str
     ) -> Issued:
-        """Exchange an enrollment secret; records the outcome either way and raises
+        """Exchange an enrollment secret for a request from ``peer`` (the client address);
+        records the outcome either way (counter, log, audit log) and raises
         :class:`~collector.identity.enrollment.EnrollError` on refusal."""
         call = functools.partial(
             enrollment.enroll,
@@ -145,6 +154,7 @@ class AgentIdentity:
             replace=replace,
             now=now,
             credential_ttl_s=self.credential_ttl_s,
+            peer=peer,
         )
         try:
             issued: Issued = await self._run(call)
@@ -156,17 +166,25 @@ class AgentIdentity:
         await self.refresh()
         return issued
 
-    async def revoke_agent(self, agent_id: str) -> int:
-        """Revoke every credential of ``agent_id``; refused from the next request on."""
-        deleted: int = await self._run(enrollment.revoke_agent, self.storage, agent_id)
+    async def revoke_agent(self, agent_id: str, *, actor: str, peer: str, now: float) -> int:
+        """Revoke every credential of ``agent_id``; refused from the next request on.
+        Audited as ``actor`` from ``peer``."""
+        call = functools.partial(
+            enrollment.revoke_agent, self.storage, agent_id, actor=actor, peer=peer, now=now
+        )
+        deleted: int = await self._run(call)
         await self.refresh()
         return deleted
 
-    async def revoke_secret(self, secret_id: str, now: float) -> int | None:
-        """Revoke a secret and its credentials (None: no such secret)."""
-        deleted: int | None = await self._run(
-            enrollment.revoke_secret, self.storage, secret_id, now
+    async def revoke_secret(
+        self, secret_id: str, now: float, *, actor: str, peer: str
+    ) -> int | None:
+        """Revoke a secret and its credentials (None: no such secret); audited as
+        ``actor`` from ``peer``."""
+        call = functools.partial(
+            enrollment.revoke_secret, self.storage, secret_id, now, actor=actor, peer=peer
         )
+        deleted: int | None = await self._run(call)
         await self.refresh()
         return deleted
 
