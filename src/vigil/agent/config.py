@@ -17,12 +17,16 @@ from typing import Literal
 from vigil.agent.delivery.tls import tls_problem
 from vigil.agent.sampler_config import (
     ClockSpec,
+    PathSpec,
     PrintSpec,
     ProbeSpec,
+    ProcessSpec,
     ServiceFallback,
     clock_spec,
+    path_spec,
     print_spec,
     probe_spec,
+    process_spec,
     services,
 )
 from vigil.configio import ConfigError, Section, load_yaml, parse_duration
@@ -93,38 +97,6 @@ class ShippingConfig:
     backoff_cap_s: float = 300.0
     drain_batches_per_s: float = 2.0
     start_jitter_s: float = 10.0
-
-
-@dataclass(frozen=True, slots=True)
-class PathSpec:
-    """A file or folder to watch, sampled under the short ``name`` (not the full path).
-
-    ``interval_s``: walk it at most this often (``None``: every sample); a big folder
-    costs CPU in proportion to its entries, and sizes change slowly. ``missing`` says what
-    a path that does not exist reads as: ``"unknown"`` (the default: no series, so a check
-    on it is ``unknown`` with the reason, never a silent ok) or ``"empty"`` (size 0, count
-    0, no age: for a folder created on demand, or one a remediation removes).
-    """
-
-    name: str
-    path: Path
-    interval_s: float | None = None
-    missing: Literal["unknown", "empty"] = "unknown"
-
-
-@dataclass(frozen=True, slots=True)
-class ProcessSpec:
-    """A named-process presence check, sampled as ``process.count[<name>]``.
-
-    A process matches when every given criterion holds: ``exe_name`` equals its name
-    (case-insensitive), ``cmdline`` (a regular expression) is found in its command line
-    joined by spaces, ``user`` equals its owner.
-    """
-
-    name: str
-    exe_name: str | None = None
-    cmdline: str | None = None
-    user: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,8 +303,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
 
     sa = root.section("sampler")
     mounts = sa.str_list("disk_mounts", None)
-    paths = tuple(_path_spec(p) for p in sa.sections("paths"))
-    processes = tuple(_process_spec(p) for p in sa.sections("processes"))
+    paths = tuple(path_spec(p) for p in sa.sections("paths"))
+    processes = tuple(process_spec(p) for p in sa.sections("processes"))
     probes = tuple(probe_spec(p) for p in sa.sections("probes"))
     for key, named in (("paths", paths), ("processes", processes), ("probes", probes)):
         names = [p.name for p in named]
@@ -467,39 +439,6 @@ def _schedule(s: Section) -> dict[str, float]:
         out[str(rem_id)] = seconds
     s.done()
     return out
-
-
-def _path_spec(s: Section) -> PathSpec:
-    name = s.get("name", str)
-    if not _CHECK_ID.match(name):
-        raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
-    spec = PathSpec(
-        name=name,
-        path=s.path_value("path"),
-        interval_s=s.duration("interval", None, minimum=0.1),
-        missing=s.get("missing", str, "unknown", choices=("unknown", "empty")),  # type: ignore[arg-type]
-    )
-    s.done()
-    return spec
-
-
-def _process_spec(s: Section) -> ProcessSpec:
-    name = s.get("name", str)
-    if not _CHECK_ID.match(name):
-        raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
-    pattern = s.get("cmdline", str, None)
-    if pattern is not None:
-        try:
-            re.compile(pattern)
-        except re.error as exc:
-            raise s.error("cmdline", f"not a regular expression: {exc}", pattern) from None
-    spec = ProcessSpec(
-        name=name, exe_name=s.get("exe", str, None), cmdline=pattern, user=s.get("user", str, None)
-    )
-    if spec.exe_name is None and spec.cmdline is None and spec.user is None:
-        raise s.error("exe", "a process needs at least one of exe, cmdline, user")
-    s.done()
-    return spec
 
 
 _CHECK_KEYS = (

@@ -27,6 +27,38 @@ _CUPS_SERVER = re.compile(
 
 
 @dataclass(frozen=True, slots=True)
+class PathSpec:
+    """A file or folder to watch, sampled under the short ``name`` (not the full path).
+
+    ``interval_s``: walk it at most this often (``None``: every sample); a big folder
+    costs CPU in proportion to its entries, and sizes change slowly. ``missing`` says what
+    a path that does not exist reads as: ``"unknown"`` (the default: no series, so a check
+    on it is ``unknown`` with the reason, never a silent ok) or ``"empty"`` (size 0, count
+    0, no age: for a folder created on demand, or one a remediation removes).
+    """
+
+    name: str
+    path: Path
+    interval_s: float | None = None
+    missing: Literal["unknown", "empty"] = "unknown"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """A named-process presence check, sampled as ``process.count[<name>]``.
+
+    A process matches when every given criterion holds: ``exe_name`` equals its name
+    (case-insensitive), ``cmdline`` (a regular expression) is found in its command line
+    joined by spaces, ``user`` equals its owner.
+    """
+
+    name: str
+    exe_name: str | None = None
+    cmdline: str | None = None
+    user: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class ProbeSpec:
     """A user-experience probe, bounded by ``timeout_s``.
 
@@ -173,6 +205,41 @@ def _fallback(s: Section) -> ServiceFallback:
         raise s.error("sysv", "give sysv: true, or leave the key out", False)
     s.done()
     return ServiceFallback(name=name, pidfile=pidfile, process=process, sysv=sysv)
+
+
+def path_spec(s: Section) -> PathSpec:
+    """One ``sampler.paths`` entry."""
+    name = s.get("name", str)
+    if not _NAME.match(name):
+        raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
+    spec = PathSpec(
+        name=name,
+        path=s.path_value("path"),
+        interval_s=s.duration("interval", None, minimum=0.1),
+        missing=s.get("missing", str, "unknown", choices=("unknown", "empty")),  # type: ignore[arg-type]
+    )
+    s.done()
+    return spec
+
+
+def process_spec(s: Section) -> ProcessSpec:
+    """One ``sampler.processes`` entry (a bad ``cmdline`` pattern names the key)."""
+    name = s.get("name", str)
+    if not _NAME.match(name):
+        raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
+    pattern = s.get("cmdline", str, None)
+    if pattern is not None:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise s.error("cmdline", f"not a regular expression: {exc}", pattern) from None
+    spec = ProcessSpec(
+        name=name, exe_name=s.get("exe", str, None), cmdline=pattern, user=s.get("user", str, None)
+    )
+    if spec.exe_name is None and spec.cmdline is None and spec.user is None:
+        raise s.error("exe", "a process needs at least one of exe, cmdline, user")
+    s.done()
+    return spec
 
 
 _PROBE_KINDS = ("dns", "tcp", "http")
