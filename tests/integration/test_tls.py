@@ -73,7 +73,8 @@ shipping: {{start_jitter: 0s, backoff_base: 200ms, backoff_cap: 1s}}
 sampler: {{disk_mounts: []}}
 """
     )
-    return spawn_agent(config, folder / "agent.log", cwd=folder, unbuffered=True)
+    # DEBUG: after the outage's one WARNING, each retry's failure is logged at DEBUG only.
+    return spawn_agent(config, folder / "agent.log", cwd=folder, unbuffered=True, log_level="DEBUG")
 
 
 def queued(folder: Path) -> int:

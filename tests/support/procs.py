@@ -153,8 +153,11 @@ def spawn_agent(
     cwd: Path | None = None,
     unbuffered: bool = False,
     env: dict[str, str] | None = None,
+    log_level: str | None = None,
 ) -> subprocess.Popen[bytes]:
     """``python -m agent --config CONFIG run``, stderr to ``log``, stdout discarded.
+
+    ``log_level`` (e.g. ``"DEBUG"``) is passed as ``--log-level``.
 
     ``unbuffered`` sets ``PYTHONUNBUFFERED=1`` so the log is complete when read early;
     ``env`` adds to (or overrides) this process's environment.
@@ -163,7 +166,15 @@ def spawn_agent(
     if unbuffered:
         env["PYTHONUNBUFFERED"] = "1"
     return subprocess.Popen(
-        [sys.executable, "-m", "vigil.agent", "--config", str(config), "run"],
+        [
+            sys.executable,
+            "-m",
+            "vigil.agent",
+            "--config",
+            str(config),
+            *(("--log-level", log_level) if log_level else ()),
+            "run",
+        ],
         stdout=subprocess.DEVNULL,
         stderr=log.open("w"),
         cwd=cwd,
