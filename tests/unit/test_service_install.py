@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vigil.agent.cli import main
-from vigil.agent.service_cli import SYSTEMD_RUNNING
+from vigil.agent.service_cli import SYSTEMD_RUNNING, _uninstall_commands
 from vigil.agent.svc.install import (
     LAUNCHD_THROTTLE_S,
     WATCHDOG_S,
@@ -197,3 +197,11 @@ def test_install_for_another_platform_is_refused_without_print(
     assert main(["service", "install", "--platform", other, "--unit-dir", str(tmp_path)]) == 2
     assert "--print" in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_windows_uninstall_stops_best_effort_then_removes_the_service() -> None:
+    module = Path("C:/ProgramData/Vigil/vigil_agent_service.py")
+    best_effort, before, after = _uninstall_commands("win32", module)
+    assert [argv[-1] for argv in best_effort] == ["stop"]  # may fail: not running
+    assert [argv[-1] for argv in before] == ["remove"]
+    assert after == []

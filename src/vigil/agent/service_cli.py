@@ -122,42 +122,48 @@ def _definition(platform: str, spec: ServiceSpec, path: Path) -> bytes:
     return windows_service(spec, path).module.encode("utf-8")
 
 
-def _manager_commands(platform: str, action: str, spec: ServiceSpec, path: Path) -> list[list[str]]:
-    """The service manager's argument vectors for ``action`` (never a shell string)."""
+def _install_commands(platform: str, spec: ServiceSpec, path: Path) -> list[list[str]]:
+    """The service manager's argument vectors that load ``path`` (never a shell string)."""
     if platform == "linux":
-        if action == "install":
-            return [
-                ["systemctl", "daemon-reload"],
-                ["systemctl", "enable", "--now", SYSTEMD_UNIT_NAME],
-            ]
-        return [
-            ["systemctl", "disable", "--now", SYSTEMD_UNIT_NAME],
-            ["systemctl", "daemon-reload"],
-        ]
+        return [["systemctl", "daemon-reload"], ["systemctl", "enable", "--now", SYSTEMD_UNIT_NAME]]
     if platform == "darwin":
-        if action == "install":
-            return [["launchctl", "bootstrap", "system", str(path)]]
-        return [["launchctl", "bootout", f"system/{LAUNCHD_LABEL}"]]
-    if action == "install":
-        return windows_service(spec, path).commands
-    python = str(spec.python)
-    return [[python, str(path), "stop"], [python, str(path), "remove"]]
+        return [["launchctl", "bootstrap", "system", str(path)]]
+    return windows_service(spec, path).commands
+
+
+def _uninstall_commands(
+    platform: str, path: Path
+) -> tuple[list[list[str]], list[list[str]], list[list[str]]]:
+    """``(best effort, before removal, after removal)`` argument vectors for uninstall.
+    A best-effort command (stopping a service that is not running) may fail."""
+    if platform == "linux":
+        before = [["systemctl", "disable", "--now", SYSTEMD_UNIT_NAME]]
+        return [], before, [["systemctl", "daemon-reload"]]
+    if platform == "darwin":
+        return [], [["launchctl", "bootout", f"system/{LAUNCHD_LABEL}"]], []
+    python = sys.executable
+    return [[python, str(path), "stop"]], [[python, str(path), "remove"]], []
 
 
 def _manager_present(platform: str) -> bool:
     return platform != "linux" or SYSTEMD_RUNNING.is_dir()
 
 
-def _run(commands: list[list[str]]) -> int:
+def _run(commands: list[list[str]], *, quiet: bool = False) -> int:
+    """Run each argument vector in turn (bounded by :data:`COMMAND_TIMEOUT_S`); 1 at the
+    first failure, said on stderr unless ``quiet``."""
     for argv in commands:
         try:
             done = subprocess.run(
                 argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False
             )
         except (OSError, subprocess.TimeoutExpired) as exc:
-            print(f"vigil-agent: service: {argv[0]}: {exc}", file=sys.stderr)
+            if not quiet:
+                print(f"vigil-agent: service: {argv[0]}: {exc}", file=sys.stderr)
             return 1
         if done.returncode != 0:
+            if quiet:
+                return 1
             detail = (done.stderr or done.stdout).strip()
             print(
                 f"vigil-agent: service: {' '.join(argv)} exited {done.returncode}: {detail}",
@@ -189,17 +195,19 @@ def _install(platform: str, spec: ServiceSpec, path: Path, content: bytes) -> in
         return 1
     if not _manager_present(platform):
         return _no_manager(path, "wrote")
-    code = _run(_manager_commands(platform, "install", spec, path))
+    code = _run(_install_commands(platform, spec, path))
     if code == 0:
         print(f"installed and started vigil-agent ({path})")
     return code
 
 
 def _uninstall(platform: str, path: Path) -> int:
-    spec = ServiceSpec(config=path.parent / "agent.yaml")  # only python/path matter here
+    best_effort, before, after = _uninstall_commands(platform, path)
     code = 0
     if path.exists() and _manager_present(platform):
-        code = _run(_manager_commands(platform, "uninstall", spec, path)[:1])
+        for argv in best_effort:
+            _run([argv], quiet=True)
+        code = _run(before)
     try:
         path.unlink(missing_ok=True)
     except OSError as exc:
@@ -207,8 +215,7 @@ def _uninstall(platform: str, path: Path) -> int:
         return 1
     if not _manager_present(platform):
         return _no_manager(path, "removed")
-    if platform == "linux":
-        code = _run(_manager_commands(platform, "uninstall", spec, path)[1:]) or code
+    code = _run(after) or code
     if code == 0:
         print(f"uninstalled vigil-agent ({path} removed)")
     return code
