@@ -11,7 +11,6 @@ is written by :mod:`plistlib` and the Windows module embeds values as Python lit
 
 from __future__ import annotations
 
-import plistlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,6 +150,8 @@ def launchd_plist(spec: ServiceSpec, log_dir: Path = Path("/Library/Logs/Vigil")
     after a crash (not after a clean exit), ``ThrottleInterval`` spaces relaunches so a
     crash loop backs off. launchd has no watchdog: a hung agent is seen by the collector
     as a silent agent (liveness), not restarted."""
+    import plistlib  # here, not at the top: every `vigil-agent` start would pay for expat
+
     return plistlib.dumps(
         {
             "Label": LAUNCHD_LABEL,
