@@ -30,7 +30,7 @@ log = logging.getLogger("vigil.agent")
 
 WATCHDOG_JOB = "watchdog"
 BLOCK_LOOP_ENV = "VIGIL_AGENT_TEST_BLOCK_LOOP"
-# The shortest ping period accepted: a WatchdogSec below 2 s would ask for pings faster
+# The shortest ping period accepted: a WatchdogSec below 1 s would ask for pings faster
 # than a laptop's loop can promise under load.
 MIN_PING_S = 0.5
 
