@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil import __version__
-from vigil.agent import enroll_cli, remediation_cli
+from vigil.agent import enroll_cli, remediation_cli, service_cli
 from vigil.agent.checks import classify
 from vigil.agent.config import AgentConfig
 from vigil.agent.preflight import Preflight, preflight
@@ -74,6 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print JSON instead of a table")
     remediation_cli.add_parser(sub, parents=[common])
     enroll_cli.add_parser(sub, parents=[common])
+    service_cli.add_parser(sub, parents=[common])
     return parser
 
 
@@ -85,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return remediation_cli.main(args, path)
     if args.command == "enroll":
         return enroll_cli.main(args, path)
+    if args.command == "service":
+        return service_cli.main(args, path)
     try:
         checked = preflight(path, create_state=args.command != "check")
         if args.command == "check":

@@ -58,6 +58,7 @@ from vigil.agent.preflight import REMEDIATIONS_CHECK, check_enabled, load_checke
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.remediation.manifest import Remediation, check_library, with_schedule
 from vigil.agent.sampling.sampler import Sampler
+from vigil.agent.svc.notify import start_notify, stop_notify
 from vigil.agent.timers import Timers
 
 log = logging.getLogger("vigil.agent")
@@ -232,6 +233,8 @@ class AgentService:
         self._add_detection_jobs(timers)
         self._timers = timers
         timers.start()
+        # Under systemd: READY=1 now, WATCHDOG=1 from a timer job (stops if the loop blocks).
+        notifier = start_notify(timers)
         self.report_library()
         log.info(
             "agent %s (%s) started: %d checks, %d remediations, reporting to %s",
@@ -245,6 +248,7 @@ class AgentService:
             await stop.wait()
         finally:
             self._timers = None
+            stop_notify(notifier)
             await timers.stop()
             await self._shutdown()
 

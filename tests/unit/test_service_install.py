@@ -1,0 +1,207 @@
+"""The agent's service definitions as generated files, and ``vigil-agent service``."""
+
+from __future__ import annotations
+
+import ast
+import configparser
+import os
+import plistlib
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vigil.agent.cli import main
+from vigil.agent.service_cli import SYSTEMD_RUNNING, _uninstall_commands
+from vigil.agent.svc.install import (
+    LAUNCHD_THROTTLE_S,
+    WATCHDOG_S,
+    ServiceSpec,
+    launchd_plist,
+    systemd_quote,
+    systemd_unit,
+    windows_service,
+)
+
+SPEC = ServiceSpec(config=Path("/etc/vigil/agent.yaml"))
+# A config path an attacker might hope to break out of a unit, a shell or Python source with.
+NASTY = Path("/srv/my vigil/50%$HOME\"';rm -rf \\.yaml")
+
+
+def _unit(spec: ServiceSpec = SPEC) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(interpolation=None, strict=True)
+    parser.optionxform = str  # type: ignore[assignment,method-assign]  # keys are case-sensitive
+    parser.read_string(systemd_unit(spec))
+    return parser
+
+
+def _systemd_unquote(line: str) -> list[str]:
+    """Undo :func:`systemd_quote` for a test: systemd's quoting is shlex's, plus %% and $$."""
+    return [w.replace("%%", "%").replace("$$", "$") for w in shlex.split(line, posix=True)]
+
+
+def test_unit_runs_this_interpreter_with_the_config_as_a_notify_service() -> None:
+    service = _unit()["Service"]
+    assert _systemd_unquote(service["ExecStart"]) == SPEC.argv()
+    assert SPEC.argv()[0] == sys.executable
+    assert service["Type"] == "notify"
+    assert service["WatchdogSec"] == str(WATCHDOG_S)
+
+
+def test_unit_restarts_on_failure_with_a_start_limit_so_a_crash_loop_backs_off() -> None:
+    unit = _unit()
+    assert unit["Service"]["Restart"] == "on-failure"
+    assert int(unit["Service"]["RestartSec"]) >= 5
+    # A config error (exit 2) is not retried for ever.
+    assert unit["Service"]["RestartPreventExitStatus"] == "2"
+    # Start limits belong in [Unit] (systemd ignores them in [Service] since v230).
+    assert int(unit["Unit"]["StartLimitBurst"]) >= 1
+    assert int(unit["Unit"]["StartLimitIntervalSec"]) > int(unit["Service"]["RestartSec"])
+
+
+def test_unit_is_hardened_where_remediations_allow() -> None:
+    service = _unit()["Service"]
+    assert service["ProtectSystem"] == "full"  # /var stays writable for log-rotate
+    assert service["ProtectHome"] == "read-only"
+    assert service["NoNewPrivileges"] == "yes"
+    assert service["StateDirectory"] == "vigil"  # /var/lib/vigil, the root default state_dir
+    assert "PrivateTmp" not in service  # temp-cleanup must see the real /tmp
+    assert _unit()["Install"]["WantedBy"] == "multi-user.target"
+
+
+def test_unit_explains_its_choices_in_comments() -> None:
+    text = systemd_unit(SPEC)
+    for key in ("Type=notify", "WatchdogSec=", "Restart=on-failure", "ProtectSystem=", "User="):
+        before = text.split(key, 1)[0].rstrip("\n").rsplit("\n", 1)[-1]
+        assert before.startswith("#"), f"no comment right above {key}"
+
+
+def test_exec_start_quotes_blanks_quotes_percent_and_dollar() -> None:
+    spec = ServiceSpec(config=NASTY, python=Path("/opt/vigil venv/bin/python"))
+    line = _unit(spec)["Service"]["ExecStart"]
+    assert _systemd_unquote(line) == spec.argv()
+    assert "%%" in line and "$$" in line
+
+
+@pytest.mark.parametrize("bad", ["a\nExecStartPre=/bin/evil", "nul\0", "esc\x1b"])
+def test_control_characters_are_refused_not_written(bad: str) -> None:
+    with pytest.raises(ValueError, match="control character"):
+        systemd_quote(bad)
+
+
+def test_a_newline_in_the_config_path_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "a\nExecStartPre=evil.yaml"
+    assert main(["--config", str(config), "service", "install", "--print"]) == 2
+    assert "control character" in capsys.readouterr().err
+
+
+def test_systemd_analyze_verifies_the_generated_unit(tmp_path: Path) -> None:
+    tool = shutil.which("systemd-analyze")
+    if tool is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("systemd-analyze is missing under CI=true (.ci/run installs systemd)")
+        pytest.skip("systemd-analyze not installed (Debian package systemd)")
+    unit = tmp_path / "vigil-agent.service"
+    unit.write_text(systemd_unit(SPEC))
+    done = subprocess.run(
+        [tool, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False
+    )
+    # verify also reports unrelated units of the host; keep only what is about ours.
+    ours = [line for line in done.stderr.splitlines() if "vigil-agent" in line]
+    assert done.returncode == 0 and not ours, done.stderr
+
+
+def test_launchd_plist_round_trips_with_keepalive_and_a_throttle() -> None:
+    plist = plistlib.loads(launchd_plist(SPEC))
+    assert plist["Label"] == "org.vigil.agent"
+    assert plist["ProgramArguments"] == SPEC.argv()
+    assert plist["RunAtLoad"] is True
+    # Relaunched after a crash, not after a clean exit; never faster than the throttle.
+    assert plist["KeepAlive"] == {"SuccessfulExit": False}
+    assert plist["ThrottleInterval"] == LAUNCHD_THROTTLE_S >= 10
+
+
+def test_launchd_plist_carries_a_nasty_path_as_one_argument() -> None:
+    spec = ServiceSpec(config=NASTY)
+    assert plistlib.loads(launchd_plist(spec))["ProgramArguments"][4] == str(NASTY)
+
+
+def test_windows_service_module_is_valid_python_with_the_argv_as_a_literal() -> None:
+    spec = ServiceSpec(config=NASTY, python=Path("C:/Program Files/Vigil/python.exe"))
+    svc = windows_service(spec, Path("C:/ProgramData/Vigil/vigil_agent_service.py"))
+    tree = ast.parse(svc.module)  # would raise if the path broke out of its literal
+    argv = next(
+        node.value
+        for node in tree.body
+        if isinstance(node, ast.Assign) and getattr(node.targets[0], "id", "") == "ARGV"
+    )
+    assert ast.literal_eval(argv) == spec.argv()
+    classes = [n for n in tree.body if isinstance(n, ast.ClassDef)]
+    assert [c.name for c in classes] == ["VigilAgentService"]
+    assert ast.unparse(classes[0].bases[0]) == "win32serviceutil.ServiceFramework"
+    # pywin32 is imported by the generated module only (on Windows), never by the agent.
+    assert "win32serviceutil" not in sys.modules
+
+
+def test_windows_commands_are_argument_vectors_with_restart_back_off() -> None:
+    module = Path("C:/ProgramData/Vigil/vigil_agent_service.py")
+    svc = windows_service(SPEC, module)
+    assert all(
+        isinstance(argv, list) and all(isinstance(a, str) for a in argv) for argv in svc.commands
+    )
+    assert svc.commands[0] == [sys.executable, str(module), "--startup", "auto", "install"]
+    failure = next(argv for argv in svc.commands if argv[:2] == ["sc.exe", "failure"])
+    actions = failure[failure.index("actions=") + 1].split("/")
+    delays = [int(ms) for ms in actions[1::2]]
+    assert actions[0::2] == ["restart"] * len(delays)
+    assert delays == sorted(delays) and delays[0] < delays[-1]  # backs off
+
+
+def test_print_shows_each_platforms_definition(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--config", "/etc/vigil/agent.yaml", "service", "install", "--print"]) == 0
+    if sys.platform.startswith("linux"):
+        assert "Type=notify" in capsys.readouterr().out
+    assert main(["service", "install", "--dry-run", "--platform", "darwin"]) == 0
+    assert plistlib.loads(capsys.readouterr().out.encode())["Label"] == "org.vigil.agent"
+    assert main(["service", "install", "--print", "--platform", "win32"]) == 0
+    ast.parse(capsys.readouterr().out)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="systemd install is Linux's")
+@pytest.mark.skipif(SYSTEMD_RUNNING.is_dir(), reason="would enable a real service on this host")
+def test_install_writes_the_unit_then_says_systemd_is_not_running(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "agent.yaml"
+    args = ["--config", str(config), "service"]
+    assert main([*args, "install", "--unit-dir", str(tmp_path / "units")]) == 1
+    unit = tmp_path / "units" / "vigil-agent.service"
+    assert unit.read_text() == systemd_unit(ServiceSpec(config=config))
+    assert oct(unit.stat().st_mode & 0o777) == "0o644"
+    assert "systemd is not the running init" in capsys.readouterr().err
+    assert main([*args, "status", "--unit-dir", str(tmp_path / "units")]) == 1
+    assert "(present)" in capsys.readouterr().out
+    assert main([*args, "uninstall", "--unit-dir", str(tmp_path / "units")]) == 1
+    assert not unit.exists()
+
+
+def test_install_for_another_platform_is_refused_without_print(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = "win32" if sys.platform != "win32" else "darwin"
+    assert main(["service", "install", "--platform", other, "--unit-dir", str(tmp_path)]) == 2
+    assert "--print" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_windows_uninstall_stops_best_effort_then_removes_the_service() -> None:
+    module = Path("C:/ProgramData/Vigil/vigil_agent_service.py")
+    best_effort, before, after = _uninstall_commands("win32", module)
+    assert [argv[-1] for argv in best_effort] == ["stop"]  # may fail: not running
+    assert [argv[-1] for argv in before] == ["remove"]
+    assert after == []
