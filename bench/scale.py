@@ -155,7 +155,7 @@ def fill_statements(
                 "check_state",
                 "host, check_id, state, value, message, updated_at, awaiting,"
                 " awaiting_since, incident_id, flapping",
-                f"{d.agent(f'(x - 1) / 2')}, {pick('x', ('disk_free', 'mem_pressure'))},"
+                f"{d.agent('(x - 1) / 2')}, {pick('x', ('disk_free', 'mem_pressure'))},"
                 " CASE WHEN x % 200 = 1 THEN 'critical' ELSE 'ok' END, 42.0, 'fill',"
                 f" {now} - (x % 600),"
                 " CASE WHEN x % 200 = 1 THEN 'clean_tmp' END,"
