@@ -18,7 +18,12 @@ measures:
   ``refresh_metrics_figures``, then ``prune_seen`` (one chunk); median of ``--ticks``;
 * ``db_bytes``: the database on disk (SQLite file + WAL; PostgreSQL: every relation of
   the schema incl. indexes and TOAST), and ``dedup_bytes_per_agent``: the ``seen`` table
-  with its indexes divided by the number of hosts.
+  with its indexes divided by the number of hosts. The collector keeps every batch id
+  and event id for ``storage.dedup_retention``, so this grows with the ids filled
+  (``--seen-per-host``, 20 by default: a 100k-host store at a real agent's rate, about
+  40,000 ids per agent over 14 days, would not fit a test machine); the bytes per id are
+  measured and ``dedup_bytes_per_agent_steady`` extrapolates them to
+  :data:`IDS_PER_AGENT_DAY` ids a day over ``--days`` (a floor for a default agent).
 
 How the fill is fast: no row goes through Python. Each table is filled by one
 ``INSERT ... SELECT`` over a generated sequence inside the database (SQLite: a recursive
@@ -71,6 +76,10 @@ DEFAULT_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 CHECKS = ("disk_free", "mem_pressure", "cpu_load", "service_up", "cert_expiry", "dns", "vpn", "av")
 SERVICES = ("mail", "vpn", "storage", "identity", "print")
 REMEDIATIONS = ("clean_tmp", "restart_service", "flush_dns", "renew_cert")
+# The dedup ids a default agent leaves per day: a batch a minute (the heartbeat) holding
+# at least one event, each id kept for ``storage.dedup_retention`` (14 days by default).
+# Metrics summaries and check events add more; this is a floor, for the extrapolation.
+IDS_PER_AGENT_DAY = 2 * 1440
 TARGET_P99_MS, TARGET_TICK_MS, TARGET_START_S, TARGET_DEDUP_B = 100.0, 50.0, 2.0, 64.0
 START_TIMEOUT_S = 120.0  # a collector not answering /healthz by then is a failed run
 
@@ -492,7 +501,12 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     ok = {k: v for k, v in api.items() if v["status"] == 200}
     worst = max(ok, key=lambda k: ok[k]["p99_ms"])
     dedup = seen_bytes / args.hosts
-    print(f"db {db_bytes / 1e6:.1f} MB, seen {seen_bytes / 1e6:.1f} MB = {dedup:.0f} B/agent")
+    per_id = seen_bytes / max(1, args.hosts * args.seen_per_host)
+    steady = per_id * IDS_PER_AGENT_DAY * args.days
+    print(
+        f"db {db_bytes / 1e6:.1f} MB, seen {seen_bytes / 1e6:.1f} MB = {dedup:.0f} B/agent"
+        f" ({per_id:.0f} B/id; a default agent over {args.days:g} days: >= {steady / 1e6:.1f} MB)"
+    )
     return {
         "backend": args.backend,
         "hosts": args.hosts,
@@ -508,6 +522,8 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "tick_parts_ms": tick,
         "start_s": round(start_s, 2),
         "dedup_bytes_per_agent": round(dedup, 1),
+        "dedup_bytes_per_id": round(per_id, 1),
+        "dedup_bytes_per_agent_steady": round(steady),
         "db_bytes": db_bytes,
         "targets": {
             "api_p99_ms": TARGET_P99_MS,
