@@ -113,7 +113,10 @@ SQLITE = Dialect(
     "1",
     "0",
 )
-POSTGRES = Dialect("postgresql", "", "generate_series(1, {n}) AS s(x)", "::jsonb", "true", "false")
+# bigint: the row number times the host stride (7919) overflows int4 past 271,000 rows.
+POSTGRES = Dialect(
+    "postgresql", "", "generate_series(1::bigint, {n}) AS s(x)", "::jsonb", "true", "false"
+)
 
 
 def pick(expr: str, values: tuple[str, ...]) -> str:
