@@ -51,6 +51,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import math
 import os
 import shutil
 import statistics
@@ -388,8 +389,8 @@ def get(conn: http.client.HTTPConnection, path: str) -> tuple[int, int]:
 
 def measure(base: str, path: str, requests: int, budget_s: float) -> dict[str, Any]:
     """``requests`` sequential GETs (after one warm-up), stopping early after ``budget_s``
-    (at least 3 then); p50/p99 in ms (p99 of fewer than 100 samples is the worst-but-one
-    at most: nearest-rank)."""
+    (at least 3 then); p50/p99 in ms, p99 by nearest rank (of fewer than 100 samples:
+    the worst one)."""
     parts = urllib.parse.urlsplit(base)
     conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=120)
     try:
@@ -405,7 +406,7 @@ def measure(base: str, path: str, requests: int, budget_s: float) -> dict[str, A
     finally:
         conn.close()
     samples.sort()
-    p99 = samples[min(len(samples) - 1, max(0, round(0.99 * len(samples)) - 1))]
+    p99 = samples[max(0, math.ceil(0.99 * len(samples)) - 1)]
     return {
         "status": status,
         "bytes": size,
