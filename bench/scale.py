@@ -497,6 +497,12 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         finally:
             stop(proc, 30.0)
             log.close()
+        # The log goes with the temporary folder: show what explains a latency spike.
+        lines = (folder / "collector.log").read_text(errors="replace").splitlines()
+        notable = [ln for ln in lines if "WARNING" in ln or "ERROR" in ln or "tick" in ln]
+        print(f"collector log: {len(lines)} lines; notable (last 5 of {len(notable)}):")
+        for ln in notable[-5:]:
+            print(f"  {ln[:200]}")
         tick = time_ticks(config, args.ticks)
         print(f"tick (median of {args.ticks}): {tick}")
         db_bytes, seen_bytes = store.db_bytes(), store.seen_bytes()
