@@ -93,8 +93,7 @@ class Dialect:
     seq: str  # a CTE header naming a sequence s(x) of 1..{n}
     seq_from: str  # FROM clause for it
     json_cast: str  # suffix turning a text literal into the JSON column type
-    true: str
-    false: str
+    false: str  # a boolean column's false (SQLite stores 0)
 
     def agent(self, expr: str) -> str:
         """The agent id of host number ``expr`` (0-based): ``agent-00000042``."""
@@ -103,6 +102,7 @@ class Dialect:
         return f"('agent-' || lpad(({expr})::text, 8, '0'))"
 
     def text(self, expr: str) -> str:
+        """``expr`` as text (for ``||``)."""
         return f"CAST({expr} AS TEXT)"
 
 
@@ -111,13 +111,10 @@ SQLITE = Dialect(
     "WITH RECURSIVE s(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM s WHERE x < {n}) ",
     "s",
     "",
-    "1",
     "0",
 )
 # bigint: the row number times the host stride (7919) overflows int4 past 271,000 rows.
-POSTGRES = Dialect(
-    "postgresql", "", "generate_series(1::bigint, {n}) AS s(x)", "::jsonb", "true", "false"
-)
+POSTGRES = Dialect("postgresql", "", "generate_series(1::bigint, {n}) AS s(x)", "::jsonb", "false")
 
 
 def pick(expr: str, values: tuple[str, ...]) -> str:
