@@ -35,10 +35,11 @@ incidents take seconds to tens of seconds on either backend (printed as ``fill_s
 
 What the fill contains per host: 2 check states (one ``ok``, 1% of hosts ``critical``
 awaiting a remediation result), ``--seen-per-host`` dedup ids spread over the history
-(half batch ids, half event ids), ``last_seen`` within the last 2 minutes for 99% of
-hosts (1% silent). Incidents: 1% open, 4% prevented, the rest resolved; 8 checks, 5
-services, P1..P4; one problem per 100 incidents (linked to one incident each), one
-remediation run per 4 incidents. Not filled: timelines, metrics summaries, check
+(half batch ids, half event ids), ``last_seen`` within the last 2 minutes and a
+heartbeat TTL of a day for 99% of hosts (none falls silent during the run: agents would
+be reporting), 1% silent for two days. Incidents: 1% open, 4% prevented, the rest
+resolved; 8 checks, 5 services, P1..P4; one problem per 100 incidents (linked to one
+incident each), one remediation run per 4 incidents. Not filled: timelines, metrics summaries, check
 result history (no list endpoint reads them).
 
 Run: ``.venv/bin/python bench/scale.py --backend sqlite|postgresql [--dsn URL]
@@ -54,6 +55,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -82,6 +84,10 @@ REMEDIATIONS = ("clean_tmp", "restart_service", "flush_dns", "renew_cert")
 # Metrics summaries and check events add more; this is a floor, for the extrapolation.
 IDS_PER_AGENT_DAY = 2 * 1440
 TARGET_P99_MS, TARGET_TICK_MS, TARGET_START_S, TARGET_DEDUP_B = 100.0, 50.0, 2.0, 64.0
+# Live hosts' heartbeat TTL in the fill: a day, so no host falls silent while the bench
+# runs (no agent reports; with a real 180 s TTL thousands would go silent a few minutes in
+# and every tick would open incidents for them: a mass outage, not the steady state).
+HEARTBEAT_TTL_S = 86400.0
 START_TIMEOUT_S = 120.0  # a collector not answering /healthz by then is a failed run
 
 
@@ -154,8 +160,9 @@ def fill_statements(
                 " last_sent_at, clock_offset_s, heartbeat_ttl_s",
                 f"{d.agent('x - 1')}, 'ws-' || {d.text('x - 1')},"
                 f" '{{\"role\": \"laptop\"}}'{d.json_cast}, '0.9.0', {now - span},"
-                f" CASE WHEN x % 100 = 0 THEN {now - 86400.0} ELSE {now} - (x % 120) END,"
-                f" {now} - (x % 120), 0.0, 180.0",
+                f" CASE WHEN x % 100 = 0 THEN {now - 2 * HEARTBEAT_TTL_S}"
+                f" ELSE {now} - (x % 120) END,"
+                f" {now} - (x % 120), 0.0, {HEARTBEAT_TTL_S}",
             ),
         ),
         (
@@ -569,6 +576,8 @@ def main() -> None:
             parser.error(f"--{name} must be at least 1")
     if args.days <= 0 or args.seen_per_host < 0:
         parser.error("--days must be > 0 and --seen-per-host >= 0")
+    # SIGTERM unwinds like Ctrl-C, so the PostgreSQL schema and the folder are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     folder = Path(tempfile.mkdtemp(prefix="vigil-scale-"))
     try:
         result = run(args, folder)
