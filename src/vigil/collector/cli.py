@@ -1,5 +1,5 @@
 """``vigil-collector``: run the collector until SIGINT/SIGTERM; ``vigil-collector
-operator ...`` manages operator accounts instead (``collector/operator_cli.py``).
+operator ...`` manages operator accounts instead (``collector/identity/operator_cli.py``).
 
 Once listening it prints exactly one line to stdout,
 ``vigil-collector listening on http://HOST:PORT`` (``https://`` with ``listen.tls``;
@@ -63,7 +63,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the collector; returns the process exit status."""
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["operator"]:  # vigil-collector operator add|list|rotate|remove
-        from vigil.collector.operator_cli import main as operator_main
+        from vigil.collector.identity.operator_cli import main as operator_main
 
         return operator_main(argv[1:])
     args = build_parser().parse_args(argv)

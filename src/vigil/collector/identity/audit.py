@@ -9,6 +9,7 @@ The storage refuses to change or delete a record (SQLite triggers).
 
 from __future__ import annotations
 
+import getpass
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -21,6 +22,15 @@ from vigil.collector.storage.protocols import UnitOfWork
 
 # The peer of a write made on the collector's machine with ``vigil-collector operator``.
 LOCAL_PEER = "local"
+
+
+def cli_actor() -> str:
+    """The audit actor of a collector CLI command: ``cli:<login>`` of whoever ran it
+    (``cli:unknown`` without a passwd entry, e.g. a container's arbitrary uid)."""
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli:unknown"
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,6 @@ Exit status: 0 done; 1 no such secret or agent, or the storage cannot be opened;
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import os
 import re
@@ -27,7 +26,7 @@ from pathlib import Path
 
 from vigil.collector.config import CollectorConfig
 from vigil.collector.identity import enrollment
-from vigil.collector.identity.audit import LOCAL_PEER
+from vigil.collector.identity.audit import LOCAL_PEER, cli_actor
 from vigil.collector.storage.factory import create_storage
 from vigil.collector.storage.protocols import Storage
 from vigil.collector.storage.records import StorageError
@@ -87,7 +86,7 @@ def main(args: argparse.Namespace, config: CollectorConfig) -> int:
 def _run(args: argparse.Namespace, storage: Storage) -> int:
     now = time.time()
     # Every change is audited as the login running the command, like ``operator``.
-    who = {"actor": f"cli:{_login()}", "peer": LOCAL_PEER}
+    who = {"actor": cli_actor(), "peer": LOCAL_PEER}
     if args.command == "enroll-secret" and args.action == "create":
         labels = dict(args.label)
         secret_id, secret = enrollment.create_secret(
@@ -126,14 +125,6 @@ def _run(args: argparse.Namespace, storage: Storage) -> int:
         return 1
     print(f"revoked {deleted} credential(s) of agent {args.agent_id}")
     return 0
-
-
-def _login() -> str:
-    """The login name of whoever runs the command, for the audit log's actor."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
-        return "unknown"
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -14,7 +14,6 @@ config, usage, name or role.
 from __future__ import annotations
 
 import argparse
-import getpass
 import json
 import sys
 import time
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from vigil.collector.config import load_collector_config
 from vigil.collector.identity import operators as ops
-from vigil.collector.identity.audit import LOCAL_PEER
+from vigil.collector.identity.audit import LOCAL_PEER, cli_actor
 from vigil.collector.identity.roles import ROLES
 from vigil.collector.storage.factory import create_storage
 from vigil.collector.storage.protocols import Storage
@@ -78,7 +77,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _run(storage: Storage, args: argparse.Namespace) -> int:
-    who = {"actor": f"cli:{_login()}", "peer": LOCAL_PEER, "now": time.time()}
+    who = {"actor": cli_actor(), "peer": LOCAL_PEER, "now": time.time()}
     if args.command == "list":
         rows = ops.list_operators(storage)
         if args.json:
@@ -99,14 +98,6 @@ def _run(storage: Storage, args: argparse.Namespace) -> int:
         print(f"operator {args.name}: new token, shown this once (the old one no longer works):")
     print(token)
     return 0
-
-
-def _login() -> str:
-    """The login name of whoever runs the command, for the audit log's actor."""
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # no passwd entry (a container's arbitrary uid)
-        return "unknown"
 
 
 def _iso(at: float) -> str:
