@@ -56,7 +56,7 @@ def load_identity(
     agent_id = _read_id(path)
     if agent_id is None:
         agent_id = uuid.uuid4().hex
-        _write_atomically(path, agent_id + "\n")
+        write_atomically(path, agent_id + "\n")
         log.info("generated agent id %s in %s", agent_id, path)
     name = socket.gethostname() if hostname is None else hostname
     if not name:
@@ -82,7 +82,10 @@ def _read_id(path: Path) -> str | None:
     return None
 
 
-def _write_atomically(path: Path, text: str) -> None:
+def write_atomically(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` (ASCII) durably: a temp file in the same folder
+    (created 0600 by ``mkstemp``: a secret in it is never readable by others), fsync,
+    rename, fsync of the folder. A crash leaves the old file or the new one, never half."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="ascii") as f:
@@ -114,6 +117,6 @@ def renew_agent_id(state_dir: Path) -> str:
     state_dir = Path(state_dir)
     state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
     agent_id = uuid.uuid4().hex
-    _write_atomically(state_dir / ID_FILE, agent_id + "\n")
+    write_atomically(state_dir / ID_FILE, agent_id + "\n")
     log.info("generated a new agent id %s in %s", agent_id, state_dir / ID_FILE)
     return agent_id

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from vigil.agent.identity import write_atomically
 
 log = logging.getLogger("vigil.agent.credential")
 
@@ -66,25 +67,11 @@ def read_credential(path: Path) -> Credential | None:
 
 
 def write_credential(path: Path, credential: Credential) -> None:
-    """Store ``credential`` at ``path`` atomically (temp file, fsync, rename), mode 0600."""
+    """Store ``credential`` at ``path`` atomically (temp file, fsync, rename), mode 0600
+    (see :func:`~vigil.agent.identity.write_atomically`)."""
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    # mkstemp creates the file with mode 0600: the token is never readable by others.
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(asdict(credential), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if os.name == "posix":
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+    # json.dumps escapes non-ASCII: the text is ASCII, as write_atomically needs.
+    write_atomically(path, json.dumps(asdict(credential)))
 
 
 class CredentialSource:
