@@ -45,7 +45,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import yaml
@@ -265,18 +265,14 @@ def vigil(tmp: Path, trials: int, rng: random.Random) -> list[tuple[float, float
 # --------------------------------------------------------------------------- monit
 
 
-def monit(tmp: Path, trials: int, rng: random.Random) -> list[tuple[float, float]]:
+@contextlib.contextmanager
+def running_monit(folder: Path, checks: str) -> Iterator[LineWatcher]:
+    """Run the Debian ``monit`` binary on a control file of its own in ``folder`` (a 1 s
+    cycle, then ``checks``), in the foreground; yields a watcher of its log and stops it
+    (SIGTERM, then SIGKILL after 10 s) on the way out."""
     binary = shutil.which("monit")
     if binary is None:
         raise RuntimeError("monit not found: apt-get install monit (.ci/run does)")
-    folder = tmp / "monit"
-    folder.mkdir()
-    pidfile = folder / "dummyd.pid"
-    daemon = daemon_kind(folder)
-    start = program(
-        folder / "start.sh",
-        f"#!/bin/sh\nsetsid '{daemon}' </dev/null >/dev/null 2>&1 &\necho $! > '{pidfile}'\n",
-    )
     log = folder / "monit.log"
     rc = folder / "monitrc"
     rc.write_text(
@@ -284,9 +280,7 @@ def monit(tmp: Path, trials: int, rng: random.Random) -> list[tuple[float, float
         f"set logfile {log}\n"
         f"set idfile {folder / 'monit.id'}\n"
         f"set statefile {folder / 'monit.state'}\n"
-        f"set pidfile {folder / 'monit.pid'}\n"
-        f"check process dummyd with pidfile {pidfile}\n"
-        f'  start program = "{start}"\n'
+        f"set pidfile {folder / 'monit.pid'}\n" + checks
     )
     rc.chmod(0o600)  # monit refuses a control file others can read
     proc = subprocess.Popen(
@@ -299,10 +293,7 @@ def monit(tmp: Path, trials: int, rng: random.Random) -> list[tuple[float, float
     watcher = LineWatcher()
     watcher.follow_file(log, stop)
     try:
-        if watcher.wait_for(MONIT_RUNNING, 0.0, SETUP_TIMEOUT_S) is None:
-            raise RuntimeError("monit: never saw the daemon running")
-        time.sleep(0.3)
-        return run_trials("monit", watcher, pidfile, MONIT_RUNNING, trials, rng)
+        yield watcher
     finally:
         stop.set()
         proc.send_signal(signal.SIGTERM)
@@ -311,6 +302,26 @@ def monit(tmp: Path, trials: int, rng: random.Random) -> list[tuple[float, float
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def monit(tmp: Path, trials: int, rng: random.Random) -> list[tuple[float, float]]:
+    folder = tmp / "monit"
+    folder.mkdir()
+    pidfile = folder / "dummyd.pid"
+    daemon = daemon_kind(folder)
+    start = program(
+        folder / "start.sh",
+        f"#!/bin/sh\nsetsid '{daemon}' </dev/null >/dev/null 2>&1 &\necho $! > '{pidfile}'\n",
+    )
+    try:
+        with running_monit(
+            folder, f'check process dummyd with pidfile {pidfile}\n  start program = "{start}"\n'
+        ) as watcher:
+            if watcher.wait_for(MONIT_RUNNING, 0.0, SETUP_TIMEOUT_S) is None:
+                raise RuntimeError("monit: never saw the daemon running")
+            time.sleep(0.3)
+            return run_trials("monit", watcher, pidfile, MONIT_RUNNING, trials, rng)
+    finally:
         if (pid := read_pid(pidfile)) is not None:
             kill_and_reap(pid)
 

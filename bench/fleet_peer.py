@@ -22,11 +22,9 @@ from __future__ import annotations
 
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -37,10 +35,10 @@ sys.path.insert(0, str(ROOT))
 from bench.detect_to_fix import (  # noqa: E402
     SETUP_TIMEOUT_S,
     TRIAL_TIMEOUT_S,
-    LineWatcher,
     kill_and_reap,
     monit,
     program,
+    running_monit,
 )
 
 COMPARED = ("service_down", "runaway")
@@ -48,8 +46,6 @@ COMPARED = ("service_down", "runaway")
 
 def monit_runaway(tmp: Path, trials: int, rng: random.Random) -> list[float]:
     """Seconds from a spinner's start to its being gone, per trial Monit stopped it."""
-    binary = shutil.which("monit")
-    assert binary is not None
     folder = tmp / "runaway"
     folder.mkdir(parents=True)
     spin = folder / "mspin"
@@ -59,31 +55,14 @@ def monit_runaway(tmp: Path, trials: int, rng: random.Random) -> list[float]:
         "#!/bin/sh\nexport VIGIL_PARAM_NAMES=mspin VIGIL_PARAM_MIN_CPU_PERCENT=10 "
         f"VIGIL_PARAM_GRACE=1\nexec /bin/sh '{ROOT / 'remediations/kill-runaway/kill.sh'}'\n",
     )
-    log = folder / "monit.log"
-    rc = folder / "monitrc"
-    rc.write_text(
-        "set daemon 1\n"
-        f"set logfile {log}\n"
-        f"set idfile {folder / 'monit.id'}\n"
-        f"set statefile {folder / 'monit.state'}\n"
-        f"set pidfile {folder / 'monit.pid'}\n"
+    results: list[float] = []
+    # repeat: Monit runs an exec action on a state change only; a new spinner after a
+    # killed one is the same failed state without it.
+    checks = (
         'check process mspin matching "mspin"\n'
-        # repeat: Monit runs an exec action on a state change only; a new spinner after a
-        # killed one is the same failed state without it.
         f'  if cpu > 20% then exec "{kill}" repeat every 1 cycles\n'
     )
-    rc.chmod(0o600)  # monit refuses a control file others can read
-    proc = subprocess.Popen(
-        [binary, "-c", str(rc), "-I"],
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    stop = threading.Event()
-    watcher = LineWatcher()
-    watcher.follow_file(log, stop)
-    results: list[float] = []
-    try:
+    with running_monit(folder, checks) as watcher:
         if watcher.wait_for("", 0.0, SETUP_TIMEOUT_S) is None:  # monit's first log line
             raise RuntimeError("monit: no log output")
         for i in range(trials):
@@ -100,15 +79,7 @@ def monit_runaway(tmp: Path, trials: int, rng: random.Random) -> list[float]:
             results.append(time.monotonic() - started)
             print(f"  monit runaway trial {i + 1}: gone after {results[-1]:.3f}s")
             time.sleep(1.5)  # monit notices it is gone before the next one
-        return results
-    finally:
-        stop.set()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    return results
 
 
 def compare(tmp: Path, faults: list[Any], trials: int) -> dict[str, Any]:
