@@ -207,11 +207,17 @@ def _fallback(s: Section) -> ServiceFallback:
     return ServiceFallback(name=name, pidfile=pidfile, process=process, sysv=sysv)
 
 
-def path_spec(s: Section) -> PathSpec:
-    """One ``sampler.paths`` entry."""
+def _series_name(s: Section) -> str:
+    """The entry's ``name``: the ``[name]`` of its series, so a safe, short label."""
     name = s.get("name", str)
     if not _NAME.match(name):
         raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
+    return name
+
+
+def path_spec(s: Section) -> PathSpec:
+    """One ``sampler.paths`` entry."""
+    name = _series_name(s)
     spec = PathSpec(
         name=name,
         path=s.path_value("path"),
@@ -224,9 +230,7 @@ def path_spec(s: Section) -> PathSpec:
 
 def process_spec(s: Section) -> ProcessSpec:
     """One ``sampler.processes`` entry (a bad ``cmdline`` pattern names the key)."""
-    name = s.get("name", str)
-    if not _NAME.match(name):
-        raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
+    name = _series_name(s)
     pattern = s.get("cmdline", str, None)
     if pattern is not None:
         try:
@@ -247,9 +251,7 @@ _PROBE_KINDS = ("dns", "tcp", "http")
 
 def probe_spec(s: Section) -> ProbeSpec:
     """One entry of ``sampler.probes``: exactly one of ``dns``, ``tcp``, ``http``."""
-    name = s.get("name", str)
-    if not _NAME.match(name):
-        raise s.error("name", "must be 1-128 of letters, digits, '_', '.', ':', '-'", name)
+    name = _series_name(s)
     given = [k for k in _PROBE_KINDS if s.has(k)]
     if len(given) != 1:
         raise s.error("dns", "a probe needs exactly one of dns, tcp, http", given or None)
