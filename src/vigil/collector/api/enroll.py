@@ -15,7 +15,7 @@ import re
 
 from aiohttp import web
 
-from vigil.collector.api.http import ApiError, body_str, json_body, json_response
+from vigil.collector.api.http import ApiError, body_str, json_body, json_response, peer_of
 from vigil.collector.identity.enrollment import EnrollError, record
 from vigil.collector.keys import clock_key, identity_key
 
@@ -29,7 +29,7 @@ MAX_HOSTNAME = 255
 async def post_enroll(request: web.Request) -> web.Response:
     """``POST /api/v1/enroll``; see the module docstring."""
     identity = request.app[identity_key]
-    peer = request.remote or "unknown"
+    peer = peer_of(request)
     # Before the body is read: a client guessing secrets costs one dict lookup per try.
     wait_s = identity.enroll_limit.take(peer)
     if wait_s:

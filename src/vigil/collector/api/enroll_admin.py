@@ -24,6 +24,7 @@ from vigil.collector.api.http import (
     in_storage_thread,
     json_body,
     json_response,
+    peer_of,
     refuse_by,
     require_admin,
 )
@@ -38,7 +39,6 @@ AGENT_ID = "{agent_id:[A-Za-z0-9][A-Za-z0-9._:-]{0,127}}"
 _LABEL_KEY = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 MAX_LABELS = 32
 MAX_USES = 1_000_000
-MAX_SECRET_TTL_S = 366 * 86400.0
 
 
 async def list_secrets(request: web.Request) -> web.Response:
@@ -65,8 +65,8 @@ async def create_secret(request: web.Request) -> web.Response:
         ttl_s = parse_duration(body.get("expires", "7d"))
     except ValueError as exc:
         raise ApiError(400, f"expires: {exc}", "expires") from None
-    if not 0 < ttl_s <= MAX_SECRET_TTL_S:
-        raise ApiError(400, "expires must be more than 0 and at most 366d", "expires")
+    if ttl_s <= 0:  # parse_duration already caps it at 366 days
+        raise ApiError(400, "expires must be more than 0", "expires")
     comment = body_str(body, "comment") or ""
     identity = request.app[identity_key]
     now = request.app[clock_key]()
@@ -81,7 +81,7 @@ async def create_secret(request: web.Request) -> web.Response:
             comment=comment,
             now=now,
             actor=admin.name,
-            peer=request.remote or "unknown",
+            peer=peer_of(request),
         ),
     )
     row = {"id": secret_id, "labels": labels, "comment": comment, "created_at": now}
@@ -97,7 +97,7 @@ async def revoke_secret(request: web.Request) -> web.Response:
     secret_id = request.match_info["secret_id"]
     identity = request.app[identity_key]
     deleted = await identity.revoke_secret(
-        secret_id, request.app[clock_key](), actor=admin.name, peer=request.remote or "unknown"
+        secret_id, request.app[clock_key](), actor=admin.name, peer=peer_of(request)
     )
     if deleted is None:
         raise ApiError(404, f"no enrollment secret {secret_id}", "secret_id")
@@ -121,7 +121,7 @@ async def revoke_agent(request: web.Request) -> web.Response:
     deleted = await request.app[identity_key].revoke_agent(
         agent_id,
         actor=admin.name,
-        peer=request.remote or "unknown",
+        peer=peer_of(request),
         now=request.app[clock_key](),
     )
     if not deleted:

@@ -193,6 +193,12 @@ def refuse_by(body: Mapping[str, Any], name: str) -> None:
         )
 
 
+def peer_of(request: web.Request) -> str:
+    """Where a request came from, for the audit log: the socket's address
+    (``X-Forwarded-For`` is not trusted), ``"unknown"`` when the transport has none."""
+    return request.remote or "unknown"
+
+
 def audit_entry(
     request: web.Request,
     actor: Principal,
@@ -206,7 +212,7 @@ def audit_entry(
         actor=actor.name,
         action=action,
         target=target,
-        peer=request.remote or "unknown",
+        peer=peer_of(request),
         at=request.app[clock_key](),
         detail=dict(detail or {}),
     )

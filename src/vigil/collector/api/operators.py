@@ -20,11 +20,11 @@ from vigil.collector.api.http import (
     json_body,
     json_response,
     page,
+    peer_of,
     query_params,
     require_admin,
 )
 from vigil.collector.identity import operators as ops
-from vigil.collector.identity.audit import LOCAL_PEER
 from vigil.collector.identity.roles import NAME_PATTERN
 from vigil.collector.keys import audit_counts_key, clock_key, config_key, desk_key, directory_key
 
@@ -109,7 +109,7 @@ async def _change(request: web.Request, change: functools.partial[T]) -> T:
     directory so the change holds for the next request."""
     app = request.app
     storage = app[desk_key].storage
-    peer = request.remote or LOCAL_PEER
+    peer = peer_of(request)
 
     def run() -> T:
         result = change(storage, peer=peer, now=app[clock_key]())
