@@ -385,14 +385,15 @@ class RemediationFlow:
         """Verify event-driven: (cleared, detail, value, level) of the deciding reading.
 
         The check is read at once when the fix has exited, then :data:`VERIFY_STEP_S`
-        after a clear reading and after a bad one a step that doubles with each bad reading
-        in a row (capped at :data:`VERIFY_STEP_MAX_S`): :data:`VERIFY_CLEAR_READINGS`
-        consecutive clear readings confirm the fix early; otherwise the reading at
-        ``bound_s`` (the manifest's ``verify.delay``, else the agent's) decides, as a
-        single reading after the delay always did. A reading is clear when the
-        verification script exits 0, or else when the check's state is known and not one
-        the remediation is for (``unknown`` never counts as fixed). ``bound_s`` is counted in the sleeps taken and on the monotonic
-        clock, whichever runs out first, and the number of readings is bounded too.
+        after a clear reading, and after a bad one at a step that doubles with each bad
+        reading in a row (capped at :data:`VERIFY_STEP_MAX_S`).
+        :data:`VERIFY_CLEAR_READINGS` consecutive clear readings confirm the fix early;
+        otherwise the reading at ``bound_s`` (the manifest's ``verify.delay``, else the
+        agent's) decides, as a single reading after the delay always did. A reading is
+        clear when the verification script exits 0, or else when the check's state is
+        known and not one the remediation is for (``unknown`` never counts as fixed).
+        ``bound_s`` is counted in the sleeps taken and on the monotonic clock, whichever
+        runs out first, and the number of readings is bounded too.
         """
         started = time.monotonic()
         waited = 0.0
