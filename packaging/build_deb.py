@@ -41,13 +41,17 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from vigil import __version__  # noqa: E402
-from vigil.agent.svc.install import SYSTEMD_UNIT_NAME, ServiceSpec, systemd_unit  # noqa: E402
+from vigil.agent.svc.install import (  # noqa: E402
+    PACKAGE_UNIT_DIR,
+    SYSTEMD_UNIT_NAME,
+    ServiceSpec,
+    systemd_unit,
+)
 
 PACKAGE = "vigil-agent"
 PREFIX = Path("/opt/vigil-agent")
 VENV_PYTHON = PREFIX / "venv" / "bin" / "python"
 CONFIG = Path("/etc/vigil/agent.yaml")
-UNIT_DIR = Path("/usr/lib/systemd/system")
 # CPython versions whose wheels ship: Debian 12 (3.11), Ubuntu 24.04 (3.12), Debian 13
 # (3.13). The control file's Depends bounds python3 to them.
 DEFAULT_PYTHONS = ("3.11", "3.12", "3.13")
@@ -168,7 +172,7 @@ def stage(root: Path, wheel: Path, pythons: list[str], arch: str) -> None:
         raise BuildError("config/agent.yaml: no `folders: [../remediations]` line to rewrite")
     (etc / CONFIG.name).write_text(config, encoding="utf-8")
     (etc / CONFIG.name).chmod(0o644)
-    unit = root / UNIT_DIR.relative_to("/") / SYSTEMD_UNIT_NAME
+    unit = root / PACKAGE_UNIT_DIR.relative_to("/") / SYSTEMD_UNIT_NAME
     unit.parent.mkdir(parents=True)
     unit.write_text(systemd_unit(ServiceSpec(config=CONFIG, python=VENV_PYTHON)), encoding="utf-8")
     unit.chmod(0o644)

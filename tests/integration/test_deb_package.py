@@ -182,6 +182,9 @@ def test_postinst_without_systemd_installs_the_unit_and_says_it_did_not_enable_i
     assert "systemd is not the running init" in installed, installed
     assert "systemctl enable --now vigil-agent" in installed
     assert not Path("/etc/systemd/system/multi-user.target.wants/vigil-agent.service").exists()
+    status = _run(["/usr/bin/vigil-agent", "service", "status"])
+    assert f"definition: {UNIT} (present)" in status.stdout, status.stdout
+    assert "systemd is not the running init" in status.stdout
 
 
 def test_systemd_analyze_verifies_the_installed_unit(installed: str) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from vigil.agent.cli import main
-from vigil.agent.service_cli import SYSTEMD_RUNNING, _uninstall_commands
+from vigil.agent.service_cli import SYSTEMD_RUNNING, _uninstall_commands, installed_unit
 from vigil.agent.svc.install import (
     LAUNCHD_THROTTLE_S,
     WATCHDOG_S,
@@ -249,3 +249,16 @@ def test_windows_service_module_compiles_and_names_the_service_everywhere() -> N
     assert "win32serviceutil.HandleCommandLine(VigilAgentService)" in svc.module
     sc_targets = [argv[2] for argv in svc.commands if argv[0] == "sc.exe"]
     assert sc_targets and set(sc_targets) == {WINDOWS_SERVICE_NAME}
+
+
+def test_status_reports_the_unit_systemd_would_load_etc_before_the_package(tmp_path: Path) -> None:
+    """``service status`` finds the .deb's unit in /usr/lib when ``service install`` wrote
+    none in /etc, and the /etc one (which overrides it) when both exist."""
+    etc, vendor = tmp_path / "etc", tmp_path / "usr-lib"
+    etc.mkdir()
+    vendor.mkdir()
+    assert installed_unit((etc, vendor)) == etc / "vigil-agent.service"  # neither: /etc's path
+    (vendor / "vigil-agent.service").write_text("[Unit]\n")
+    assert installed_unit((etc, vendor)) == vendor / "vigil-agent.service"
+    (etc / "vigil-agent.service").write_text("[Unit]\n")
+    assert installed_unit((etc, vendor)) == etc / "vigil-agent.service"
