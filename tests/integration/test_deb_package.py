@@ -171,6 +171,9 @@ def test_dpkg_installs_the_agent_into_its_own_venv(installed: str) -> None:
     )
     where, absent = _run([python, "-c", probe]).stdout.splitlines()
     assert where.startswith(str(PREFIX / "venv")), where
+    # `venv` is a link to the venv postinst built, so an upgrade can switch it atomically.
+    assert (PREFIX / "venv").is_symlink()
+    assert (PREFIX / "venv").resolve().parent == PREFIX
     assert absent == "[]"
     assert STATE.is_dir() and STATE.stat().st_mode & 0o777 == 0o700
 
@@ -246,16 +249,21 @@ def test_the_installed_agent_delivers_to_a_real_collector(installed: str, tmp_pa
 
 def test_reinstalling_keeps_an_edited_config_and_the_state(installed: str, deb: Path) -> None:
     """The upgrade path (prerm upgrade, new files, postinst configure): conffiles an admin
-    edited and the agent's state stay; the venv is built again and works."""
+    edited and the agent's state stay; a new venv replaces the old one and works."""
     config = ETC / "agent.yaml"
     edited = config.read_text() + "# edited by the admin\n"
     config.write_text(edited)
     marker = STATE / "identity-marker"
     marker.write_text("keep me")
+    before = (PREFIX / "venv").resolve()
     done = _run(["dpkg", "-i", str(deb)], DPKG_TIMEOUT_S)
     assert done.returncode == 0, done.stdout + done.stderr
     assert config.read_text() == edited
     assert marker.read_text() == "keep me"
+    # A new venv was built beside the old one, switched to, and the old one removed.
+    after = (PREFIX / "venv").resolve()
+    assert after != before and not before.exists()
+    assert sorted(p.name for p in PREFIX.iterdir()) == sorted(["venv", after.name, "wheels"])
     assert _run([str(AGENT), "--version"]).stdout.strip() == f"vigil-agent {vigil.__version__}"
 
 
