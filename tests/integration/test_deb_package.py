@@ -26,6 +26,7 @@ from pathlib import Path
 import pytest
 
 import vigil
+from tests.support.build_deb import SCRIPT, load_build_deb
 from tests.support.peers import INDEX_TROUBLE, unavailable
 from tests.support.procs import Collector, collector_config, start_collector, stop, wait_for
 from vigil.agent.config import load_agent_config
@@ -70,8 +71,7 @@ def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("dpkg-deb") is None:
         unavailable("dpkg-deb not found (Debian package dpkg)")
     out = tmp_path_factory.mktemp("deb")
-    script = str(REPO / "packaging" / "build_deb.py")
-    done = _run([sys.executable, script, "--out", str(out)], BUILD_TIMEOUT_S)
+    done = _run([sys.executable, str(SCRIPT), "--out", str(out)], BUILD_TIMEOUT_S)
     if done.returncode != 0:
         if INDEX_TROUBLE.search(done.stderr):
             unavailable(f"build_deb could not download the dependency wheels:\n{done.stderr}")
@@ -121,7 +121,7 @@ def test_the_package_names_its_dependencies_and_ships_every_wheel(deb: Path) -> 
     assert fields.returncode == 0, fields.stderr
     assert fields.stdout.splitlines() == [
         f"Package: {PACKAGE}",
-        f"Version: {vigil.__version__}",
+        f"Version: {load_build_deb().debian_version(vigil.__version__)}",
         "Depends: python3 (>= 3.11), python3 (<< 3.14), python3-venv",
     ]
     listing = _run(["dpkg-deb", "--contents", str(deb)]).stdout
