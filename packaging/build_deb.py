@@ -99,8 +99,8 @@ def build_wheel(work: Path) -> Path:
     source = work / "source"
     shutil.copytree(ROOT, source, symlinks=True, ignore=_NOT_SOURCE)
     out = work / "wheel"
-    _run("python -m build --wheel", [sys.executable, "-m", "build", "--wheel", "--outdir",
-         str(out), str(source)], work)  # fmt: skip
+    build = [sys.executable, "-m", "build", "--wheel", "--outdir", str(out), str(source)]
+    _run("python -m build --wheel", build, work)
     wheels = sorted(out.glob("vigil-*.whl"))
     if len(wheels) != 1:
         raise BuildError(f"expected one vigil wheel in {out}, found {wheels}")
@@ -113,13 +113,13 @@ def download_wheels(wheel: Path, dest: Path, pythons: list[str], arch: str) -> N
     shutil.copy2(wheel, dest / wheel.name)
     platforms = [arg for tag in PLATFORMS[arch] for arg in ("--platform", tag)]
     for version in pythons:
+        pip = [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:"]
+        target = ["--implementation", "cp", "--python-version", version, *platforms]
         _run(
             f"pip download (CPython {version}, {arch})",
-            [sys.executable, "-m", "pip", "download", "--quiet", "--only-binary=:all:",
-             "--implementation", "cp", "--python-version", version, *platforms,
-             "--dest", str(dest), str(wheel)],
+            [*pip, *target, "--dest", str(dest), str(wheel)],
             dest,
-        )  # fmt: skip
+        )
 
 
 def _copy_tree_normalised(src: Path, dest: Path) -> None:
