@@ -10,16 +10,19 @@ machine where systemd runs, postinst would enable and start a real agent service
 install tests skip there; CI (no systemd as PID 1) is where they run. Missing tools or
 index skip locally and fail under ``CI=true``.
 
-The tests after the install share it and run in file order; the last one purges.
+The tests after the install share it and run in file order; the last one purges. A lock
+in ``/run/lock`` keeps two sessions on one machine from installing at the same time.
 """
 
 from __future__ import annotations
 
 import configparser
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,6 +45,10 @@ STATE = Path("/var/lib/vigil")
 # Everything the package puts on the machine; none may exist before the test installs it.
 FOOTPRINT = (PREFIX, ETC, STATE, UNIT, Path("/usr/bin/vigil-agent"))
 SYSTEMD_RUNNING = Path("/run/systemd/system")
+# Two test sessions on one machine (two checkouts) must not install, test and purge the
+# one system package at the same time: the install tests hold this lock throughout.
+LOCK = Path("/run/lock/vigil-test-deb-package.lock")
+LOCK_WAIT_S = 300.0
 PYTHONS = ("3.11", "3.12", "3.13")
 AGENT_TOKEN = "deb-agent-token-0123456789abcdef0123456789abcdef"
 ADMIN_TOKEN = "deb-admin-token-0123456789abcdef0123456789abcdef"
@@ -102,18 +109,29 @@ def installed(deb: Path) -> Iterator[str]:
         unavailable(
             "python3-venv is not installed (the package depends on it; .ci/run installs it)"
         )
-    present = [str(p) for p in FOOTPRINT if p.exists() or p.is_symlink()]
-    if _package_known() or present:
-        unavailable(
-            f"{PACKAGE} or its paths already exist here ({present or 'dpkg knows it'}): "
-            "the test installs and purges the package and will not touch one it did not install"
-        )
-    try:
-        done = _run(["dpkg", "-i", str(deb)], DPKG_TIMEOUT_S)
-        assert done.returncode == 0, done.stdout + done.stderr
-        yield done.stdout + done.stderr
-    finally:
-        _run(["dpkg", "--purge", PACKAGE], DPKG_TIMEOUT_S)
+    LOCK.parent.mkdir(parents=True, exist_ok=True)
+    with LOCK.open("w") as lock:
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    unavailable(f"another test session held {LOCK} for {LOCK_WAIT_S:.0f} s")
+                time.sleep(1.0)
+        present = [str(p) for p in FOOTPRINT if p.exists() or p.is_symlink()]
+        if _package_known() or present:
+            unavailable(
+                f"{PACKAGE} or its paths already exist here ({present or 'dpkg knows it'}): the "
+                "test installs and purges the package and will not touch one it did not install"
+            )
+        try:
+            done = _run(["dpkg", "-i", str(deb)], DPKG_TIMEOUT_S)
+            assert done.returncode == 0, done.stdout + done.stderr
+            yield done.stdout + done.stderr
+        finally:
+            _run(["dpkg", "--purge", PACKAGE], DPKG_TIMEOUT_S)
 
 
 def test_the_package_names_its_dependencies_and_ships_every_wheel(deb: Path) -> None:
