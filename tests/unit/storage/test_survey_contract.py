@@ -37,11 +37,11 @@ def test_a_new_survey_is_pending_and_undelivered_until_it_expires(storage: Stora
     with storage.session() as uow:
         found = uow.surveys.get(sid)
         assert uow.surveys.get(sid + 100) is None
-        assert [s["id"] for s in uow.surveys.undelivered("a1", NOW + 99)] == [sid]
-        assert uow.surveys.undelivered("a1", NOW + 100) == []
-        assert uow.surveys.undelivered("other", NOW) == []
-        assert uow.surveys.hosts_undelivered(NOW) == {"a1"}
-        assert uow.surveys.hosts_undelivered(NOW + 100) == set()
+        assert [s["id"] for s in uow.surveys.undelivered("a1", NOW + 99, 5)] == [sid]
+        assert uow.surveys.undelivered("a1", NOW + 100, 5) == []
+        assert uow.surveys.undelivered("other", NOW, 5) == []
+        assert uow.surveys.hosts_undelivered(NOW, 5) == {"a1"}
+        assert uow.surveys.hosts_undelivered(NOW + 100, 5) == set()
     assert found is not None
     assert found["state"] == "pending" and found["offers"] == 0 and found["score"] is None
     assert found["department"] == "sales" and found["title"] == "Disk full"
@@ -62,10 +62,13 @@ def test_offers_are_counted_and_the_first_offer_time_kept(storage: Storage) -> N
         uow.surveys.mark_offered([], NOW + 3)
     with storage.session() as uow:
         found = uow.surveys.get(sid)
-        still = uow.surveys.undelivered("a1", NOW + 5)
+        still = uow.surveys.undelivered("a1", NOW + 5, 5)
     assert found is not None and found["state"] == "offered"
     assert found["offers"] == 2 and found["offered_at"] == NOW + 1
     assert [s["id"] for s in still] == [sid]  # offered but not confirmed: offered again
+    with storage.session() as uow:
+        assert uow.surveys.undelivered("a1", NOW + 5, 2) == []  # offered enough times
+        assert uow.surveys.hosts_undelivered(NOW + 5, 2) == set()
 
 
 def test_only_the_surveys_host_may_record_its_delivery(storage: Storage) -> None:
@@ -76,7 +79,7 @@ def test_only_the_surveys_host_may_record_its_delivery(storage: Storage) -> None
         assert not uow.surveys.mark_delivery(sid, "a1", "shown", "", NOW + 3)  # once
     with storage.session() as uow:
         found = uow.surveys.get(sid)
-        assert uow.surveys.undelivered("a1", NOW + 5) == []
+        assert uow.surveys.undelivered("a1", NOW + 5, 5) == []
         assert uow.surveys.state_counts() == {"unavailable": 1}
     assert found is not None and found["delivery_note"] == "no notifier"
     assert found["shown_at"] == NOW + 2

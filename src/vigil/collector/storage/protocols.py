@@ -337,11 +337,11 @@ class SurveyRepository(Protocol):
     def last_asked(self, host: str) -> float | None:
         """When ``host`` was last sent a survey (its newest ``created_at``), or None."""
 
-    def undelivered(self, host: str, now: float) -> list[dict[str, Any]]:
-        """``host``'s surveys still ``pending`` or ``offered`` and not expired at ``now``,
-        oldest first."""
+    def undelivered(self, host: str, now: float, max_offers: int) -> list[dict[str, Any]]:
+        """``host``'s surveys still ``pending`` or ``offered`` fewer than ``max_offers``
+        times, and not expired at ``now``; oldest first."""
 
-    def hosts_undelivered(self, now: float) -> set[str]:
+    def hosts_undelivered(self, now: float, max_offers: int) -> set[str]:
         """Hosts with at least one survey :meth:`undelivered` at ``now``."""
 
     def mark_offered(self, survey_ids: Sequence[int], at: float) -> None:

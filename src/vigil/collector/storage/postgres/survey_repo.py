@@ -68,19 +68,19 @@ class PgSurveys:
         ).fetchone()
         return None if row is None else row[0]
 
-    def undelivered(self, host: str, now: float) -> list[dict[str, Any]]:
+    def undelivered(self, host: str, now: float, max_offers: int) -> list[dict[str, Any]]:
         rows = self._db.execute(
             f"{_SELECT} WHERE host = %s AND state IN ('pending', 'offered')"
-            " AND expires_at > %s ORDER BY id",
-            (host, now),
+            " AND expires_at > %s AND offers < %s ORDER BY id",
+            (host, now, max_offers),
         ).fetchall()
         return [dict(zip(SURVEY_COLUMNS, r, strict=True)) for r in rows]
 
-    def hosts_undelivered(self, now: float) -> set[str]:
+    def hosts_undelivered(self, now: float, max_offers: int) -> set[str]:
         rows = self._db.execute(
             "SELECT DISTINCT host FROM surveys"
-            " WHERE state IN ('pending', 'offered') AND expires_at > %s",
-            (now,),
+            " WHERE state IN ('pending', 'offered') AND expires_at > %s AND offers < %s",
+            (now, max_offers),
         ).fetchall()
         return {h for (h,) in rows}
 

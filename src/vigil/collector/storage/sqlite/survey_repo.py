@@ -70,19 +70,19 @@ class SqliteSurveys:
         row = self._db.execute("SELECT MAX(created_at) FROM surveys WHERE host = ?", (host,))
         return row.fetchone()[0]
 
-    def undelivered(self, host: str, now: float) -> list[dict[str, Any]]:
+    def undelivered(self, host: str, now: float, max_offers: int) -> list[dict[str, Any]]:
         rows = self._db.execute(
             f"{_SELECT} WHERE host = ? AND state IN ('pending', 'offered') AND expires_at > ?"
-            " ORDER BY id",
-            (host, now),
+            " AND offers < ? ORDER BY id",
+            (host, now, max_offers),
         )
         return [dict(zip(SURVEY_COLUMNS, r, strict=True)) for r in rows]
 
-    def hosts_undelivered(self, now: float) -> set[str]:
+    def hosts_undelivered(self, now: float, max_offers: int) -> set[str]:
         rows = self._db.execute(
             "SELECT DISTINCT host FROM surveys"
-            " WHERE state IN ('pending', 'offered') AND expires_at > ?",
-            (now,),
+            " WHERE state IN ('pending', 'offered') AND expires_at > ? AND offers < ?",
+            (now, max_offers),
         )
         return {h for (h,) in rows}
 
