@@ -43,7 +43,9 @@ def parse_quiet_hours(value: object) -> QuietHours | None:
         return None
     match = _WINDOW.match(value) if isinstance(value, str) else None
     if match is None:
-        raise ValueError('expected "HH:MM-HH:MM" in 24-hour local time (e.g. "20:00-08:00") or "off"')
+        raise ValueError(
+            'expected "HH:MM-HH:MM" in 24-hour local time (e.g. "20:00-08:00") or "off"'
+        )
     h1, m1, h2, m2 = (int(g) for g in match.groups())
     return QuietHours(h1 * 3600 + m1 * 60, h2 * 3600 + m2 * 60)
 

@@ -16,6 +16,7 @@ CSAT here = % of answers that are 9 or 10 (the share of satisfied users on the s
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -30,6 +31,7 @@ SCORES = range(0, 11)
 QUESTION = "How likely are you to recommend IT support?"
 # Longest comment kept (characters): a survey answer, not a document.
 MAX_COMMENT_CHARS = 2000
+_SCORE = re.compile(r"10|[0-9]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,9 +96,9 @@ def may_deliver(quiet: QuietHours | None, now: float, utc_offset_s: float | None
 
 def valid_score(value: Any) -> int | None:
     """The form's score as an int 0-10, or None when it is not one."""
-    if isinstance(value, str) and value.strip().isdigit():
-        score = int(value.strip())
-        return score if score in SCORES else None
+    # ASCII digits only: str.isdigit() and int() also take other scripts' digits.
+    if isinstance(value, str) and _SCORE.fullmatch(value.strip()):
+        return int(value.strip())
     return None
 
 

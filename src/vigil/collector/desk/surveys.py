@@ -120,6 +120,12 @@ class SurveyDesk:
         """Whether ``host`` may have a survey to hand over (no I/O; see :meth:`refresh`)."""
         return host in self._waiting
 
+    def note_waiting(self, host: str) -> None:
+        """``host`` may have a survey queued since the last :meth:`refresh` (an incident
+        of it resolved): the next :meth:`offer` looks, instead of waiting for a tick."""
+        with self._lock:
+            self._waiting.add(host)
+
     def offer(self, host: str, now: float, utc_offset_s: float | None) -> list[dict[str, Any]]:
         """The surveys to hand to ``host``'s agent in this ack, each ``{id, token,
         incident, title}``, counted as offered; none inside the agent's quiet hours
@@ -147,7 +153,9 @@ class SurveyDesk:
             for r in rows
         ]
 
-    def record_delivery(self, host: str, reports: Sequence[tuple[int, str, str]], now: float) -> int:
+    def record_delivery(
+        self, host: str, reports: Sequence[tuple[int, str, str]], now: float
+    ) -> int:
         """Record ``(survey_id, state, note)`` reported by ``host``'s agent (state in
         :data:`DELIVERY_STATES`); a survey of another host, or one already answered or
         reported, is left alone. Returns how many changed."""

@@ -42,13 +42,13 @@ from vigil.collector.storage.postgres.ingest_repos import (
     PgSeen,
 )
 from vigil.collector.storage.postgres.partitions import maintain
-from vigil.collector.storage.postgres.survey_repo import PgSurveys
 from vigil.collector.storage.postgres.schema import (
     LEADER_LOCK,
     WRITE_LOCK,
     SchemaTooNew,
     migrate,
 )
+from vigil.collector.storage.postgres.survey_repo import PgSurveys
 from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.url import redact
 

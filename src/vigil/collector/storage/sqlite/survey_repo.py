@@ -1,4 +1,4 @@
-"""SQLite repository of satisfaction surveys (:class:`~collector.storage.protocols.SurveyRepository`).
+"""SQLite repository of satisfaction surveys (``SurveyRepository`` in ``protocols.py``).
 Queries only; whom to ask and when is decided in ``collector/desk/satisfaction.py``."""
 
 from __future__ import annotations
