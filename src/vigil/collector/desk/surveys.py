@@ -58,7 +58,7 @@ def queue_after_resolve(work: Work, incident_id: int, now: float) -> int | None:
         # resolve() is only reached for an open incident: a raised one. Asking the stored
         # row keeps the rule in one place should that change.
         state="prevented" if incident.get("state") == "prevented" else "open",
-        check=incident["check_id"],
+        check=incident["check"],
         last_asked_at=uow.surveys.last_asked(host),
         now=now,
     )
@@ -66,7 +66,7 @@ def queue_after_resolve(work: Work, incident_id: int, now: float) -> int | None:
         log.debug("no survey for incident %d: %s", incident_id, why)
         return None
     labels = work.host_info(host)[1]
-    title = (incident.get("message") or incident["check_id"])[:MAX_TITLE_CHARS]
+    title = (incident.get("message") or incident["check"])[:MAX_TITLE_CHARS]
     survey_id = uow.surveys.add(
         {
             "incident_id": incident_id,
@@ -74,7 +74,7 @@ def queue_after_resolve(work: Work, incident_id: int, now: float) -> int | None:
             "hostname": incident["hostname"],
             "department": labels.get(policy.department_label, ""),
             "service": incident.get("service") or "",
-            "check_id": incident["check_id"],
+            "check_id": incident["check"],
             "title": title,
             "created_at": now,
             "expires_at": now + policy.link_lifetime_s,
