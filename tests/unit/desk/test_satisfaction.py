@@ -43,7 +43,7 @@ KEY = b"k" * 32
             NOW - 3601,
             True,
             id="a shorter configured rate limit",
-        ),  # fmt: skip
+        ),
     ],
 )
 def test_who_is_asked(
@@ -143,7 +143,7 @@ def test_a_token_names_its_survey_and_incident() -> None:
         pytest.param(lambda t: t.replace(".345.", ".346."), id="another incident"),
         pytest.param(
             lambda t: t.replace(f".{int(NOW + 60)}.", f".{int(NOW + 9999)}."), id="a later expiry"
-        ),  # fmt: skip
+        ),
         pytest.param(lambda t: t[:-1] + ("A" if t[-1] != "A" else "B"), id="a changed mac"),
         pytest.param(lambda t: t.rsplit(".", 1)[0], id="no mac"),
         pytest.param(lambda t: "../../etc/passwd", id="garbage"),
