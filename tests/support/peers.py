@@ -30,6 +30,8 @@ PACKAGES = {
     "cupsdisable": "cups-client",
     "cancel": "cups-client",
     "dnsmasq": "dnsmasq",
+    "notify-send": "libnotify-bin",
+    "dbus-run-session": "dbus",
 }
 NAGIOS_PLUGINS = "/usr/lib/nagios/plugins"
 
