@@ -217,6 +217,29 @@ def test_the_agent_reports_a_survey_shown_and_it_is_not_offered_again(
     asyncio.run(main())
 
 
+def test_a_manually_resolved_incident_is_surveyed_too(
+    collector_config, collector_server, make_report, make_check_event
+) -> None:
+    config = surveyed(collector_config)
+
+    async def main() -> None:
+        async with (
+            collector_server(config, clock=FakeClock()) as url,
+            aiohttp.ClientSession() as http,
+        ):
+            await send(http, url, make_report(make_check_event("disk.free", "critical")), {})
+            async with http.get(f"{url}/api/v1/incidents", headers=ADMIN) as r:
+                (incident,) = (await r.json())["incidents"]
+            resolve = f"{url}/api/v1/incidents/{incident['id']}/resolve"
+            async with http.post(resolve, json={"note": "fixed it"}, headers=ADMIN) as r:
+                assert r.status == 200, await r.text()
+            await asyncio.sleep(5.5)  # a tick picks up surveys queued outside ingest
+            ack = await send(http, url, make_report(), NOON_EAST)
+            assert [s["incident"] for s in ack["surveys"]] == [incident["id"]]
+
+    asyncio.run(main())
+
+
 def test_the_survey_page_is_404_when_surveys_are_off(collector_config, collector_server) -> None:
     async def main() -> None:
         async with (

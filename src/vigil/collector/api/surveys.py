@@ -146,7 +146,7 @@ async def get_satisfaction(request: web.Request) -> web.Response:
     summary = await in_storage_thread(
         request,
         functools.partial(
-            desk.surveys.summary,
+            desk.satisfaction_summary,
             department=q.get("department"),
             service=q.get("service"),
             since=since,

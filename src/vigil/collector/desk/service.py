@@ -405,6 +405,16 @@ class Desk:
         with self.storage.session() as uow:
             return reads.incident_aggregates(uow, now)
 
+    def satisfaction_summary(
+        self,
+        department: str | None = None,
+        service: str | None = None,
+        since: float | None = None,
+    ) -> dict[str, Any]:
+        """NPS and CSAT overall, per department and per service (see
+        :meth:`~collector.desk.surveys.SurveyDesk.summary`); for the console's quality page."""
+        return self.surveys.summary(department=department, service=service, since=since)
+
     # ----------------------------------------------------------------- telemetry
 
     def metrics_snapshot(self, *, host_series: int = 0, host_maps: bool = True) -> MetricsSnapshot:
