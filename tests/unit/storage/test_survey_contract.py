@@ -8,7 +8,10 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import build_check_event, build_report
 from tests.unit.storage.backends import BackendFactory
+from vigil.collector.desk.satisfaction import SatisfactionPolicy
+from vigil.collector.desk.surveys import SurveyUsed
 from vigil.collector.storage.protocols import Storage
 
 NOW = 1_700_000_000.0
@@ -127,3 +130,32 @@ def test_the_first_link_key_stored_wins(storage: Storage, backend: BackendFactor
             assert uow.surveys.link_key("second-key") == "first-key"
     finally:
         other.close()
+
+
+def test_the_desk_queues_offers_and_takes_answers_on_every_backend(
+    backend: BackendFactory,
+) -> None:
+    """The whole collector-side flow over the backend: a raised incident resolves in an
+    ingest transaction, its survey is offered with a link two desks (two collectors on
+    one database) both accept, answered once, and summed up."""
+    policy = SatisfactionPolicy(enabled=True)
+    first, second = backend.desk(satisfaction=policy), backend.desk(satisfaction=policy)
+    try:
+        first.ingest(build_report(build_check_event("disk.free", "critical")), NOW)
+        ok = build_check_event("disk.free", "ok", previous_state="critical", seq=2)
+        first.ingest(build_report(ok), NOW + 60)
+        first.refresh_metrics_figures(NOW + 61)
+        assert first.surveys.has_waiting("agent-0001")
+        (offer,) = first.surveys.offer("agent-0001", NOW + 61, None)
+        row = second.surveys.answer(offer["token"], 10, "great", NOW + 70)
+        assert row["department"] == "test" and row["incident_id"] == offer["incident"]
+        with pytest.raises(SurveyUsed):
+            first.surveys.answer(offer["token"], 0, "", NOW + 71)
+        summary = first.satisfaction_summary(department="test")
+        assert summary["responses"] == 1 and summary["nps"] == 100.0
+        first.refresh_metrics_figures(NOW + 72)
+        assert first.surveys.figures().states == {"answered": 1}
+        assert not first.surveys.has_waiting("agent-0001")
+    finally:
+        first.close()
+        second.close()
