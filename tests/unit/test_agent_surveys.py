@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 
+from vigil.agent.config import load_agent_config
 from vigil.agent.notify_user import Notification, _darwin, _linux, _windows, command_notifier
 from vigil.agent.surveys import OFFSET_HEADER, SURVEYS_HEADER, SurveyInbox, SurveySettings
+from vigil.configio import ConfigError
 from vigil.quiet_hours import parse_quiet_hours
 
 NOW = 1_704_067_200.0  # midnight UTC
@@ -169,3 +171,34 @@ def test_the_real_notify_send_without_a_session_is_reported_unavailable(monkeypa
     why = _linux.unavailable()
     assert why is not None and ("graphical session" in why or "notify-send not found" in why)
     assert os.environ.get("DISPLAY") is None
+
+
+def agent_config(tmp_path: Path, surveys: str) -> Path:
+    path = tmp_path / "agent.yaml"
+    path.write_text("collector: {url: 'http://127.0.0.1:9', token: " + "t" * 40 + "}\n" + surveys)
+    return path
+
+
+def test_the_agent_surveys_section_is_read(tmp_path: Path) -> None:
+    config = load_agent_config(
+        agent_config(tmp_path, "surveys: {quiet_hours: '21:30-07:15', notifier: [/bin/true]}\n")
+    )
+    assert str(config.surveys.quiet_hours) == "21:30-07:15"
+    assert config.surveys.notifier == ("/bin/true",) and config.surveys.enabled
+
+
+@pytest.mark.parametrize(
+    ("section", "key"),
+    [
+        ("surveys: {quiet_hours: late}\n", "surveys.quiet_hours"),
+        ("surveys: {notifier: ['']}\n", "surveys.notifier"),
+        ("surveys: {enabled: sometimes}\n", "surveys.enabled"),
+        ("surveys: {popup: true}\n", "surveys.popup"),
+    ],
+)
+def test_a_bad_agent_surveys_value_names_file_and_key(
+    tmp_path: Path, section: str, key: str
+) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_agent_config(agent_config(tmp_path, section))
+    assert caught.value.key == key

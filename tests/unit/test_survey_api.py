@@ -217,6 +217,30 @@ def test_the_agent_reports_a_survey_shown_and_it_is_not_offered_again(
     asyncio.run(main())
 
 
+def test_a_fix_that_needed_the_user_brings_a_survey_once_the_check_recovers(
+    collector_config, collector_server, make_report, make_check_event, make_remediation_event
+) -> None:
+    config = surveyed(collector_config)
+
+    async def main() -> None:
+        async with (
+            collector_server(config, clock=FakeClock()) as url,
+            aiohttp.ClientSession() as http,
+        ):
+            promise = make_check_event("vpn.up", "critical", remediation="vpn-reset")
+            asked = make_remediation_event("vpn-reset", "vpn.up", "needs_user")
+            ack = await send(http, url, make_report(promise, asked), NOON_EAST)
+            assert "surveys" not in ack  # the user was asked to act: an incident opened
+            ok = make_check_event("vpn.up", "ok", previous_state="critical", seq=3)
+            done = await send(http, url, make_report(ok), NOON_EAST)
+            (offer,) = done["surveys"]
+            async with http.get(f"{url}/api/v1/incidents/{offer['incident']}", headers=ADMIN) as r:
+                incident = (await r.json())["incident"]
+            assert incident["remediation_outcome"] == "needs_user"
+
+    asyncio.run(main())
+
+
 def test_a_manually_resolved_incident_is_surveyed_too(
     collector_config, collector_server, make_report, make_check_event
 ) -> None:
