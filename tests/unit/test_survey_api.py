@@ -98,7 +98,7 @@ def test_a_resolved_incident_brings_a_survey_that_is_answered_once_and_counted(
     asyncio.run(main())
 
 
-def test_metrics_show_the_answer_after_the_next_refresh(
+def test_metrics_show_an_answer_at_once(
     collector_config, collector_server, make_report, make_check_event
 ) -> None:
     config = surveyed(collector_config)
@@ -109,7 +109,6 @@ def test_metrics_show_the_answer_after_the_next_refresh(
             ack = await incident_comes_and_goes(http, url, make_report, make_check_event, NOON_EAST)
             async with http.post(ack["surveys"][0]["url"], data={"score": "3"}) as r:
                 assert r.status == 200
-            await asyncio.sleep(5.5)  # one tick (TICK_INTERVAL_S) refreshes the figures
             async with http.get(f"{url}/metrics", headers=ADMIN) as r:
                 metrics = await r.text()
         assert 'vigil_nps{department="test",service="none"} -100.0' in metrics

@@ -11,7 +11,7 @@ import pytest
 from tests.conftest import build_check_event, build_report
 from tests.unit.storage.backends import BackendFactory
 from vigil.collector.desk.satisfaction import SatisfactionPolicy
-from vigil.collector.desk.surveys import SurveyUsed
+from vigil.collector.desk.surveys import FIGURES_INTERVAL_S, SurveyUsed
 from vigil.collector.storage.protocols import Storage
 
 NOW = 1_700_000_000.0
@@ -153,7 +153,10 @@ def test_the_desk_queues_offers_and_takes_answers_on_every_backend(
             first.surveys.answer(offer["token"], 0, "", NOW + 71)
         summary = first.satisfaction_summary(department="test")
         assert summary["responses"] == 1 and summary["nps"] == 100.0
+        assert second.surveys.figures().states == {"answered": 1}  # its own: at once
         first.refresh_metrics_figures(NOW + 72)
+        assert first.surveys.figures().states == {"pending": 1}  # another's: not yet
+        first.refresh_metrics_figures(NOW + 61 + FIGURES_INTERVAL_S)
         assert first.surveys.figures().states == {"answered": 1}
         assert not first.surveys.has_waiting("agent-0001")
     finally:

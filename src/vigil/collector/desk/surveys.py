@@ -30,6 +30,10 @@ MAX_TITLE_CHARS = 120
 # Acks that carry one survey at most: an agent that never confirms it (an older agent
 # that ignores the key) stops being handed it after this many, and costs no more writes.
 MAX_OFFERS = 20
+# Seconds between recounts of the /metrics figures (a GROUP BY over every survey): the
+# hosts waiting for a survey are reloaded every tick, the counts only this often; this
+# collector's own answers are added at once in between.
+FIGURES_INTERVAL_S = 60.0
 
 
 class SurveyUsed(Exception):
@@ -106,6 +110,7 @@ class SurveyDesk:
         self._lock = threading.Lock()
         self._waiting: set[str] = set()
         self._figures = SurveyFigures()
+        self._figures_at: float | None = None
 
     def _load_key(self) -> bytes:
         if self.policy.secret is not None:
@@ -191,6 +196,12 @@ class SurveyDesk:
             uow.incidents.add_timeline(
                 row["incident_id"], now, f"satisfaction survey {row['id']} answered: {score}/10"
             )
+        with self._lock:  # counted at once here; the next recount includes it anyway
+            figures = self._figures
+            figures.scores.append((row["department"], row["service"], score, 1))
+            if figures.states.get(row["state"], 0) > 0:
+                figures.states[row["state"]] -= 1
+            figures.states["answered"] = figures.states.get("answered", 0) + 1
         return row | {"score": score, "comment": text, "answered_at": now}
 
     # ----------------------------------------------------------- reads
@@ -217,18 +228,24 @@ class SurveyDesk:
     # ----------------------------------------------------------- figures
 
     def refresh(self, now: float) -> None:
-        """Reload the hosts with surveys waiting and the figures ``/metrics`` reads
-        (the app calls this with the other figures after every tick)."""
+        """Reload the hosts with surveys waiting, and every :data:`FIGURES_INTERVAL_S`
+        recount the figures ``/metrics`` reads (the app calls this with the other
+        figures after every tick; other collectors' answers show within the interval)."""
         if not self.policy.enabled:
             return
+        recount = self._figures_at is None or not 0 <= now - self._figures_at < FIGURES_INTERVAL_S
         with self._storage.session() as uow:
             waiting = uow.surveys.hosts_undelivered(now, MAX_OFFERS)
-            figures = SurveyFigures(uow.surveys.score_counts(None), uow.surveys.state_counts())
+            if recount:
+                figures = SurveyFigures(uow.surveys.score_counts(None), uow.surveys.state_counts())
         with self._lock:
             self._waiting = waiting
-            self._figures = figures
+            if recount:
+                self._figures = figures
+                self._figures_at = now
 
     def figures(self) -> SurveyFigures:
-        """The figures counted at the last :meth:`refresh` (no I/O)."""
+        """A copy of the figures counted at the last recount, plus this collector's
+        answers since (no I/O)."""
         with self._lock:
-            return self._figures
+            return SurveyFigures(list(self._figures.scores), dict(self._figures.states))
