@@ -288,7 +288,7 @@ def test_the_satisfaction_section_is_read(tmp_path: Path) -> None:
             tmp_path,
             "  enabled: true\n  rate_limit: 14d\n  link_lifetime: 2d\n"
             "  quiet_hours: '20:00-08:00'\n  public_url: https://it.example.com\n"
-            "  department_label: team\n",
+            "  department_label: team\n  retention: 180d\n",
         )
     )
     policy = config.satisfaction
@@ -297,6 +297,7 @@ def test_the_satisfaction_section_is_read(tmp_path: Path) -> None:
     )
     assert str(policy.quiet_hours) == "20:00-08:00" and policy.department_label == "team"
     assert policy.public_url == "https://it.example.com" and policy.secret is None
+    assert policy.retention_s == 180 * 86400
 
 
 @pytest.mark.parametrize(
@@ -309,6 +310,8 @@ def test_the_satisfaction_section_is_read(tmp_path: Path) -> None:
         ("  secret: short\n", "satisfaction.secret"),
         ("  enabled: maybe\n", "satisfaction.enabled"),
         ("  colour: blue\n", "satisfaction.colour"),
+        ("  retention: 12h\n", "satisfaction.retention"),
+        ("  rate_limit: 30d\n  retention: 20d\n", "satisfaction.retention"),
     ],
 )
 def test_a_bad_satisfaction_value_names_file_and_key(

@@ -294,7 +294,14 @@ def _satisfaction(section: Section, public_url: str | None) -> SatisfactionPolic
         public_url=url,
         secret=section.secret("secret", None),
         department_label=section.get("department_label", str, d.department_label),
+        retention_s=section.duration("retention", d.retention_s, minimum=86400.0),
     )
+    if policy.retention_s < max(policy.rate_limit_s, policy.link_lifetime_s):
+        # Deleting surveys sooner would forget who was asked (the rate limit) or break
+        # links still out.
+        raise section.error(
+            "retention", "must be at least rate_limit and link_lifetime", section.data["retention"]
+        )
     section.done()
     return policy
 

@@ -121,6 +121,19 @@ def test_score_counts_group_answers_and_honour_since(storage: Storage) -> None:
     assert recent == [("it", "", 3, 1)]
 
 
+def test_prune_deletes_the_oldest_surveys_first_up_to_the_limit(storage: Storage) -> None:
+    ids = add(storage, *(survey(n, created_at=NOW + n) for n in range(1, 6)))
+    with storage.session() as uow, uow.transaction():
+        assert uow.surveys.answer(ids[0], 10, "a comment", NOW + 10)
+        assert uow.surveys.prune(NOW + 4, 2) == 2
+        assert uow.surveys.prune(NOW + 4, 2) == 1
+        assert uow.surveys.prune(NOW + 4, 2) == 0
+    with storage.session() as uow:
+        left = [s["incident_id"] for s in (uow.surveys.get(i) for i in ids) if s is not None]
+        assert uow.surveys.score_counts(None) == []  # the answer went with its survey
+    assert left == [4, 5]
+
+
 def test_the_first_link_key_stored_wins(storage: Storage, backend: BackendFactory) -> None:
     with storage.session() as uow, uow.transaction():
         assert uow.surveys.link_key("first-key") == "first-key"
@@ -162,3 +175,18 @@ def test_the_desk_queues_offers_and_takes_answers_on_every_backend(
     finally:
         first.close()
         second.close()
+
+
+def test_the_desk_tick_deletes_surveys_past_their_retention(backend: BackendFactory) -> None:
+    desk = backend.desk(satisfaction=SatisfactionPolicy(enabled=True, retention_s=30 * 86400.0))
+    try:
+        with desk.storage.session() as uow, uow.transaction():
+            old, recent = (
+                uow.surveys.add(survey(1)),
+                uow.surveys.add(survey(2, created_at=NOW + 86400)),
+            )
+        desk.tick(NOW + 30 * 86400 + 1)
+        with desk.storage.session() as uow:
+            assert uow.surveys.get(old) is None and uow.surveys.get(recent) is not None
+    finally:
+        desk.close()

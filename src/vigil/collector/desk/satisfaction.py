@@ -44,7 +44,8 @@ class SatisfactionPolicy:
     browsers reach it (links are ``{public_url}/survey/{token}``). ``secret``: the HMAC key
     of the links; None means one generated once and kept in the database (so several
     collectors on one database agree). ``department_label``: the host label that names
-    the department.
+    the department. ``retention_s``: surveys (answers and comments included) older than
+    this are deleted.
     """
 
     enabled: bool = False
@@ -54,6 +55,7 @@ class SatisfactionPolicy:
     public_url: str | None = None
     secret: str | None = None
     department_label: str = "department"
+    retention_s: float = 365 * DAY_S
 
 
 DISABLED = SatisfactionPolicy()

@@ -180,13 +180,17 @@ class Desk:
     def tick(self, now: float) -> tuple[int, ...]:
         """Age incidents at ``now`` (collector time, Unix seconds): hosts gone silent,
         promised remediation results overdue by ``remediation_wait_s``, flapping that
-        settled. Returns the ids of incidents opened."""
+        settled; and delete satisfaction surveys past their retention. Returns the ids
+        of incidents opened."""
         delta = Aggregates()
         with self.storage.session() as uow:
             work = Work(uow, self._catalog, self._rules, delta, satisfaction=self._satisfaction)
             with uow.transaction():
                 tick(work, now, self._wait)
             self._agg.merge(delta)
+        pruned = self.surveys.prune(now)  # retention: satisfaction.retention
+        if pruned:
+            log.info("deleted %d satisfaction surveys past their retention", pruned)
         return tuple(work.changes.opened)
 
     def prune_seen(self, before: float, *, limit: int | None = None) -> int:

@@ -30,6 +30,8 @@ MAX_TITLE_CHARS = 120
 # Acks that carry one survey at most: an agent that never confirms it (an older agent
 # that ignores the key) stops being handed it after this many, and costs no more writes.
 MAX_OFFERS = 20
+# Surveys deleted per tick at most by retention (one short transaction).
+PRUNE_CHUNK = 1000
 # Seconds between recounts of the /metrics figures (a GROUP BY over every survey): the
 # hosts waiting for a survey are reloaded every tick, the counts only this often; this
 # collector's own answers are added at once in between.
@@ -224,6 +226,13 @@ class SurveyDesk:
         """The incident's surveys: delivery and answer, without the link (not kept)."""
         with self._storage.session() as uow:
             return uow.surveys.of_incident(incident_id)
+
+    def prune(self, now: float, *, limit: int = PRUNE_CHUNK) -> int:
+        """Delete at most ``limit`` surveys queued more than ``retention_s`` before
+        ``now``, with their answers and comments (privacy: kept no longer than needed).
+        Runs whether or not surveys are enabled now: surveys once taken still expire."""
+        with self._storage.session() as uow, uow.transaction():
+            return uow.surveys.prune(now - self.policy.retention_s, limit)
 
     # ----------------------------------------------------------- figures
 

@@ -369,6 +369,10 @@ class SurveyRepository(Protocol):
     def state_counts(self) -> dict[str, int]:
         """Surveys per state."""
 
+    def prune(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` surveys queued before ``before``, oldest first (their
+        answers and comments with them); how many were deleted."""
+
     def link_key(self, candidate: str) -> str:
         """The stored link key; stores ``candidate`` first if there is none (the first
         collector to ask wins, the others read its key)."""

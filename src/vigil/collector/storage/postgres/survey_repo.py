@@ -37,6 +37,7 @@ CREATE TABLE surveys (
     comment       text
 );
 CREATE INDEX surveys_host ON surveys (host, created_at);
+CREATE INDEX surveys_created ON surveys (created_at);
 CREATE INDEX surveys_incident ON surveys (incident_id);
 CREATE INDEX surveys_state ON surveys (state, expires_at);
 CREATE INDEX surveys_answered ON surveys (answered_at);
@@ -133,6 +134,14 @@ class PgSurveys:
     def state_counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, COUNT(*) FROM surveys GROUP BY state").fetchall()
         return {s: int(n) for s, n in rows}
+
+    def prune(self, before: float, limit: int) -> int:
+        cursor = self._db.execute(
+            "DELETE FROM surveys WHERE id IN (SELECT id FROM surveys WHERE created_at < %s"
+            " ORDER BY created_at LIMIT %s)",
+            (before, limit),
+        )
+        return cursor.rowcount
 
     def link_key(self, candidate: str) -> str:
         self._db.execute(

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS surveys (
     comment       TEXT
 );
 CREATE INDEX IF NOT EXISTS surveys_host ON surveys (host, created_at);
+CREATE INDEX IF NOT EXISTS surveys_created ON surveys (created_at);
 CREATE INDEX IF NOT EXISTS surveys_incident ON surveys (incident_id);
 CREATE INDEX IF NOT EXISTS surveys_state ON surveys (state, expires_at);
 CREATE INDEX IF NOT EXISTS surveys_answered ON surveys (answered_at);
@@ -129,6 +130,14 @@ class SqliteSurveys:
     def state_counts(self) -> dict[str, int]:
         rows = self._db.execute("SELECT state, COUNT(*) FROM surveys GROUP BY state")
         return {s: int(n) for s, n in rows}
+
+    def prune(self, before: float, limit: int) -> int:
+        cursor = self._db.execute(
+            "DELETE FROM surveys WHERE id IN (SELECT id FROM surveys WHERE created_at < ?"
+            " ORDER BY created_at LIMIT ?)",
+            (before, limit),
+        )
+        return cursor.rowcount
 
     def link_key(self, candidate: str) -> str:
         self._db.execute("INSERT OR IGNORE INTO survey_key (id, key) VALUES (0, ?)", (candidate,))
