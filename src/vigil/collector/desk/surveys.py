@@ -30,8 +30,10 @@ MAX_TITLE_CHARS = 120
 # Acks that carry one survey at most: an agent that never confirms it (an older agent
 # that ignores the key) stops being handed it after this many, and costs no more writes.
 MAX_OFFERS = 20
-# Surveys deleted per tick at most by retention (one short transaction).
+# Surveys deleted per tick at most by retention (one short transaction); retention is
+# looked at once per PRUNE_INTERVAL_S, and again at the next tick while chunks come full.
 PRUNE_CHUNK = 1000
+PRUNE_INTERVAL_S = 3600.0
 # Seconds between recounts of the /metrics figures (a GROUP BY over every survey): the
 # hosts waiting for a survey are reloaded every tick, the counts only this often; this
 # collector's own answers are added at once in between.
@@ -113,6 +115,7 @@ class SurveyDesk:
         self._waiting: set[str] = set()
         self._figures = SurveyFigures()
         self._figures_at: float | None = None
+        self._pruned_at: float | None = None
 
     def _load_key(self) -> bytes:
         if self.policy.secret is not None:
@@ -231,8 +234,13 @@ class SurveyDesk:
         """Delete at most ``limit`` surveys queued more than ``retention_s`` before
         ``now``, with their answers and comments (privacy: kept no longer than needed).
         Runs whether or not surveys are enabled now: surveys once taken still expire."""
+        if self._pruned_at is not None and 0 <= now - self._pruned_at < PRUNE_INTERVAL_S:
+            return 0
         with self._storage.session() as uow, uow.transaction():
-            return uow.surveys.prune(now - self.policy.retention_s, limit)
+            pruned = uow.surveys.prune(now - self.policy.retention_s, limit)
+        # A full chunk: more may be due, so look again at the next tick.
+        self._pruned_at = None if pruned >= limit else now
+        return pruned
 
     # ----------------------------------------------------------- figures
 
