@@ -44,12 +44,15 @@ def offer(survey_id: int = 7, url: str = "https://it.example/survey/tok") -> dic
     return {"id": survey_id, "url": url, "incident": 42, "title": "Disk full"}
 
 
-def inbox(notifier: RecordingNotifier, offset: int = 0, **settings: object) -> SurveyInbox:
+def inbox(
+    notifier: RecordingNotifier, offset: int = 0, state: Path | None = None, **settings: object
+) -> SurveyInbox:
     return SurveyInbox(
         SurveySettings(**settings),  # type: ignore[arg-type]
         notifier,
         clock=lambda: NOW,
         utc_offset=lambda now: offset,
+        state_file=state,
     )
 
 
@@ -66,6 +69,29 @@ def test_a_survey_in_the_ack_is_shown_once_and_reported_shown_until_delivered() 
     box.take_ack(ack(offer()), sent)  # offered again before the collector heard: not re-shown
     assert asyncio.run(box.show_due()) == 0 and len(notifier.shown) == 1
     assert SURVEYS_HEADER not in box.headers()
+
+
+def test_a_restart_neither_shows_a_survey_twice_nor_loses_its_report(tmp_path: Path) -> None:
+    state = tmp_path / "surveys.json"
+    notifier = RecordingNotifier()
+    before = inbox(notifier, state=state)
+    before.take_ack(ack(offer()), {})
+    asyncio.run(before.show_due())
+    after = inbox(notifier, state=state)  # the agent restarted before its next report
+    sent = after.headers()
+    assert sent[SURVEYS_HEADER] == "7=shown"
+    after.take_ack(ack(offer()), sent)
+    assert asyncio.run(after.show_due()) == 0 and len(notifier.shown) == 1
+    assert SURVEYS_HEADER not in inbox(notifier, state=state).headers()
+
+
+def test_an_unreadable_state_file_is_ignored(tmp_path: Path) -> None:
+    state = tmp_path / "surveys.json"
+    state.write_text('{"done": "nope"')
+    box = inbox(RecordingNotifier(), state=state)
+    box.take_ack(ack(offer()), {})
+    assert asyncio.run(box.show_due()) == 1
+    assert json.loads(state.read_text())["done"] == [7]
 
 
 def test_without_a_way_to_notify_the_survey_is_reported_unavailable_and_not_retried() -> None:

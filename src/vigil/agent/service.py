@@ -110,7 +110,7 @@ def build_service(
         if config.surveys.notifier
         else platform_notifier()
     )
-    surveys = SurveyInbox(config.surveys, notifier)
+    surveys = SurveyInbox(config.surveys, notifier, state_file=config.state_dir / "surveys.json")
     shipper = Shipper(
         config.collector,
         outbox,

@@ -6,7 +6,9 @@ adds ``Vigil-UTC-Offset`` (this machine's offset east of UTC, so the collector c
 its own quiet hours on local time) and ``Vigil-Surveys`` (``<id>=shown`` or
 ``<id>=unavailable:<why>``) to each report; :meth:`SurveyInbox.take_ack` reads the ack's
 ``"surveys"`` list. The collector offers a survey again on later acks until the agent has
-reported it, so nothing here needs to survive a restart.
+reported it. What was shown, and the outcomes not yet reported, are kept in
+``state_dir/surveys.json``, so a restart between showing a survey and reporting it
+neither shows it twice nor loses the report.
 
 A survey is shown once. When nothing can show it (no notifier, no graphical session, the
 notifier failed), that is reported as ``unavailable`` and not retried: the person is not
@@ -23,9 +25,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from vigil.agent.identity import write_atomically
 from vigil.agent.notify_user import Notification, Notifier
 from vigil.quiet_hours import QuietHours, local_seconds
 
@@ -38,6 +42,7 @@ TITLE = "IT support: how did we do?"
 MAX_PER_ACK = 5
 MAX_REMEMBERED = 1000
 _NOTE = re.compile(r"[^A-Za-z0-9_.-]+")
+_OUTCOME = re.compile(r"shown|unavailable:[A-Za-z0-9_.-]{0,60}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,7 @@ class SurveyInbox:
         *,
         clock: Callable[[], float] = time.time,
         utc_offset: Callable[[float], int] = local_utc_offset,
+        state_file: Path | None = None,
     ) -> None:
         self._settings = settings
         self._notifier = notifier
@@ -90,6 +96,8 @@ class SurveyInbox:
         self._to_report: dict[int, str] = {}  # id -> "shown" | "unavailable:why"
         self._done: OrderedDict[int, None] = OrderedDict()
         self._lock = asyncio.Lock()
+        self._state_file = state_file
+        self._load()
 
     @property
     def pending(self) -> int:
@@ -108,8 +116,11 @@ class SurveyInbox:
         the ack's ``"surveys"`` wait to be shown. A malformed entry is logged, skipped."""
         for part in sent.get(SURVEYS_HEADER, "").split(","):
             survey_id, _, _ = part.partition("=")
-            if survey_id.isdigit():
-                self._to_report.pop(int(survey_id), None)
+            if survey_id.isdigit() and int(survey_id) in self._to_report:
+                del self._to_report[int(survey_id)]
+                self._dirty = True
+        if self._dirty:
+            self._save()
         if not self._settings.enabled:
             return
         try:
@@ -156,7 +167,32 @@ class SurveyInbox:
                     slug = _NOTE.sub("-", why).strip("-")[:60]
                     self._to_report[survey.id] = f"unavailable:{slug}"
                     log.warning("could not show satisfaction survey %d: %s", survey.id, why)
+                self._save()
         return shown
+
+    def _load(self) -> None:
+        self._dirty = False
+        if self._state_file is None or not self._state_file.exists():
+            return
+        try:
+            saved = json.loads(self._state_file.read_text(encoding="ascii"))
+            done = [int(i) for i in saved["done"]][-MAX_REMEMBERED:]
+            report = {int(i): str(v) for i, v in saved["report"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            log.warning("ignoring unreadable %s: %s", self._state_file, exc)
+            return
+        self._done = OrderedDict.fromkeys(done)
+        self._to_report = {i: v for i, v in report.items() if _OUTCOME.fullmatch(v)}
+
+    def _save(self) -> None:
+        self._dirty = False
+        if self._state_file is None:
+            return
+        text = json.dumps({"done": list(self._done), "report": self._to_report})
+        try:
+            write_atomically(self._state_file, text)
+        except OSError as exc:  # the collector offers it again; at worst shown twice
+            log.warning("cannot save %s: %s", self._state_file, exc)
 
     def _remember(self, survey_id: int) -> None:
         self._done[survey_id] = None
