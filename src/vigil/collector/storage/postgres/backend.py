@@ -48,6 +48,7 @@ from vigil.collector.storage.postgres.schema import (
     SchemaTooNew,
     migrate,
 )
+from vigil.collector.storage.postgres.survey_repo import PgSurveys
 from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.url import redact
 
@@ -86,6 +87,7 @@ class PgUnitOfWork:
         self.operators = PgOperators(db)
         self.audit = PgAudit(db)
         self.enrollment = PgEnrollment(db)
+        self.surveys = PgSurveys(db)
 
     def begin(self) -> None:
         self._db.execute("BEGIN")
