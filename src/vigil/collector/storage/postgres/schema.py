@@ -313,14 +313,17 @@ def migrate(db: psycopg.Connection) -> int:
             "CREATE TABLE IF NOT EXISTS vigil_schema"
             " (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
         )
-        row = db.execute("SELECT COALESCE(MAX(version), 0) FROM vigil_schema").fetchone()
-        have = int(row[0]) if row else 0
+        applied = {int(r[0]) for r in db.execute("SELECT version FROM vigil_schema")}
+        have = max(applied, default=0)
         if have > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"schema version {have} is newer than this collector supports ({SCHEMA_VERSION})"
             )
+        # Every migration not applied yet, not only those above the highest applied: a
+        # database made by a development build may hold a later number without an earlier
+        # one (migrations are numbered per feature and land in any order).
         for version, ddl in MIGRATIONS:
-            if version <= have:
+            if version in applied:
                 continue
             # One call (no parameters: the simple protocol takes several statements, and
             # a function body's own ";" needs no splitting).
