@@ -120,8 +120,7 @@ def main(args: argparse.Namespace, config_path: Path) -> int:
     keys = store_policy_keys(config.state_dir, answer.get("policy_keys"))
     print(
         f"enrolled agent {identity.agent_id} with labels {answer.get('labels', {})}; "
-        f"credential stored in {path}"
-        + (f"; {keys} policy key(s) trusted" if keys else "")
+        f"credential stored in {path}" + (f"; {keys} policy key(s) trusted" if keys else "")
     )
     return 0
 
