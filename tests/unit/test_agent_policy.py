@@ -20,10 +20,12 @@ import yaml
 
 from vigil import __version__, wire
 from vigil import policy_bundle as pb
-from vigil.agent.config import load_agent_config
+from vigil.agent.config import CheckSpec, RemediationRef, load_agent_config
 from vigil.agent.delivery.outbox import Outbox
+from vigil.agent.enroll_cli import store_policy_keys
 from vigil.agent.policy.cache import PolicyCache
 from vigil.agent.policy.compose import compose, merged_config
+from vigil.agent.policy.settings import enrolled_keys
 from vigil.agent.policy.sync import POLICY_CHECK, PolicySync, initial_policy, parse_offer
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.service import build_service
@@ -533,3 +535,30 @@ async def test_a_running_agent_applies_a_policy_without_restart(
     assert again.shipper.policy_header == "finance@1"
     assert next(c for c in again.config.checks if c.id == "mem").critical == 50
     again.outbox.close()
+
+
+@run_async
+async def test_a_halted_remediation_is_not_triggered_by_its_check(
+    tmp_path: Path, keys: tuple[bytes, str]
+) -> None:
+    marker = tmp_path / "marker"
+    doc = signed_bundle(policy_source(tmp_path / "src", marker), keys[0], version=1)
+    h = Harness(tmp_path, keys[1], FakeFetcher(doc, "finance@1"))
+    await h.ack(offer(1, halted=["touch-file"]))
+    spec = CheckSpec(
+        id="disk", metric="disk.used_percent", critical=90, remediation=RemediationRef("touch-file")
+    )
+    assert h.flow.evaluate(spec, 99.0, NOW) is True  # urgent: a skip, nothing promised
+    await h.flow.idle()
+    assert not marker.exists()
+    (record,) = [e for e in h.events() if isinstance(e, wire.RemediationEvent)]
+    assert (record.outcome, record.check) == ("skipped", "disk")
+    assert record.output == "halted by the collector (kill switch)"
+
+
+def test_enroll_stores_the_offered_policy_keys(tmp_path: Path) -> None:
+    _, good = pb.generate_keypair()
+    assert store_policy_keys(tmp_path, [good, "ed25519:bad"]) == 1
+    assert enrolled_keys(tmp_path) == (good,)
+    assert store_policy_keys(tmp_path, None) == 0  # an older collector: file left alone
+    assert enrolled_keys(tmp_path) == (good,)
