@@ -60,6 +60,8 @@ from vigil.agent.policy.sync import PolicySync, initial_policy
 from vigil.agent.preflight import REMEDIATIONS_CHECK, check_enabled, load_checked_library
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.remediation.manifest import Remediation, check_library, with_schedule
+from vigil.agent.remediation.schedule import POLL_S
+from vigil.agent.remediation.timed import TimedRuns
 from vigil.agent.sampling.sampler import Sampler
 from vigil.agent.svc.notify import start_notify, stop_notify
 from vigil.agent.timers import Timers
@@ -240,6 +242,7 @@ class AgentService:
         self.policy = policy
         self._pending_policy: _Composed | None = None
         self._retired: list[RemediationFlow] = []  # flows replaced while runs were in flight
+        self._timed: TimedRuns | None = None  # daily/once schedules, made on first use
         if policy is not None:
             policy.flow = lambda: self.flow
             policy.apply = self.apply_policy
@@ -300,6 +303,7 @@ class AgentService:
         if timers is not None:
             self._add_check_jobs(timers)
             self._add_detection_jobs(timers)
+            self._add_schedule_job(timers)
         if self.policy is not None:
             self.shipper.policy_header = self.policy.header
         self.report_library()
@@ -341,6 +345,7 @@ class AgentService:
         if not self._fold_metrics:
             timers.add("metrics", self.metrics_summary, iv.metrics_s, first_in_s=iv.metrics_s)
         self._add_detection_jobs(timers)
+        self._add_schedule_job(timers)
         self._timers = timers
         timers.start()
         # Under systemd: READY=1 now, WATCHDOG=1 from a timer job (stops if the loop blocks).
@@ -491,6 +496,23 @@ class AgentService:
                 rem.detect_every_s,
                 timeout_s=bound,
             )
+
+    def _add_schedule_job(self, timers: Timers) -> None:
+        """The daily/once schedules' poll job, only while some exist (an idle agent
+        wakes once per sample interval and no more)."""
+        if self.config.remediation.timed and "schedules" not in timers.jobs:
+            timers.add("schedules", self.scheduled, POLL_S, first_in_s=min(POLL_S, 1.0))
+
+    async def scheduled(self) -> None:
+        """Run the daily and once schedules that are due (see
+        :mod:`~vigil.agent.remediation.timed`); nothing when there are none."""
+        timed = self.config.remediation.timed
+        if timed:
+            if self._timed is None:
+                self._timed = TimedRuns(
+                    self.config.state_dir, self.identity.agent_id, clock=self.clock
+                )
+            await self._timed.tick(self.flow, timed)
 
     async def detect(self, spec_id: str) -> None:
         """A detection job: run the detection script ``spec_id`` stands for (see
