@@ -202,6 +202,23 @@ def offer(version: int | None, **kw: Any) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("/api/v1/agent/policy?agent_id=a-1", "/api/v1/agent/policy?agent_id=a-1"),
+        ("/api/v1/admin/secrets", "/api/v1/agent/policy"),
+        ("http://elsewhere/api/v1/agent/policy", "/api/v1/agent/policy"),
+        (None, "/api/v1/agent/policy"),
+    ],
+    ids=["names-the-agent", "other-path", "other-host", "absent"],
+)
+def test_the_fetch_url_comes_from_the_ack_but_only_below_the_policy_endpoint(
+    url: str | None, expected: str
+) -> None:
+    parsed = parse_offer(orjson.dumps({"policy": dict(offer(1), url=url)}).decode())
+    assert parsed is not None and parsed.url == expected
+
+
+@pytest.mark.parametrize(
     "ack",
     ["", "not json", '{"accepted": true}', '{"policy": {"policy": "Bad Name", "version": 1}}'],
     ids=["empty", "not-json", "older-collector", "bad-name"],

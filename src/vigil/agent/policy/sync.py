@@ -70,6 +70,7 @@ class Offer:
     halted: frozenset[str]
     halt_all: bool
     run_now: tuple[dict[str, Any], ...]
+    url: str = POLICY_PATH
 
 
 def parse_offer(ack_text: str) -> Offer | None:
@@ -107,12 +108,18 @@ def parse_offer(ack_text: str) -> Offer | None:
         and isinstance(r.get("remediation"), str)
         and isinstance(r.get("params", {}), dict)
     )
+    # The fetch path (it names the agent on a shared token: ?agent_id=...); only ever a
+    # path below the policy endpoint of the same collector.
+    url = raw.get("url")
+    if not isinstance(url, str) or not (url == POLICY_PATH or url.startswith(POLICY_PATH + "?")):
+        url = POLICY_PATH
     return Offer(
         policy if policy is not None else None,
         version if policy is not None else None,
         frozenset(halted),
         halt_all,
         requests,
+        url,
     )
 
 
@@ -212,7 +219,7 @@ class PolicySync:
         refused_at = self._refused.get(tag)
         if refused_at is not None and self.monotonic() - refused_at < REFETCH_REFUSED_S:
             return
-        self._fetching = self._spawn(self.fetch(offer.policy, offer.version))
+        self._fetching = self._spawn(self.fetch(offer.policy, offer.version, offer.url))
 
     def _run_now(self, request: dict[str, Any]) -> None:
         request_id = str(request["id"])
@@ -243,7 +250,7 @@ class PolicySync:
 
     # ------------------------------------------------------------------ fetch and apply
 
-    async def fetch(self, policy: str, version: int) -> None:
+    async def fetch(self, policy: str, version: int, url: str = POLICY_PATH) -> None:
         """Fetch the offered bundle (conditional GET), verify, cache, compose, apply.
         Failures are reported as ``agent.policy``; network errors only logged (retried at
         a later ack)."""
@@ -260,7 +267,7 @@ class PolicySync:
             return
         headers = {"If-None-Match": f'"{self.header}"'}
         try:
-            reply = await self.fetcher.get(POLICY_PATH, headers, MAX_DOCUMENT)
+            reply = await self.fetcher.get(url, headers, MAX_DOCUMENT)
         except (OSError, ValueError, TimeoutError) as exc:
             log.warning("cannot fetch policy %s: %s", tag, exc)
             return
