@@ -80,7 +80,9 @@ def _public_key(section: Section, key: str, raw: str) -> str:
         try:
             text = path.read_text(encoding="utf-8").strip()
         except OSError as exc:
-            raise section.error(key, f"is neither an ed25519: key nor a readable file ({exc.strerror})", raw) from None
+            raise section.error(
+                key, f"is neither an ed25519: key nor a readable file ({exc.strerror})", raw
+            ) from None
     try:
         decoded = base64.b64decode(text[len(_KEY_PREFIX) :], validate=True)
     except (binascii.Error, ValueError):

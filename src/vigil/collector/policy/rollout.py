@@ -103,6 +103,25 @@ def check_rings(rings: Sequence[float]) -> tuple[float, ...]:
     return tuple(out)
 
 
+def rings_for(
+    defaults: Sequence[float],
+    rings: Sequence[float] | None,
+    canary: Sequence[str],
+    canary_share: float | None,
+) -> tuple[float, ...]:
+    """The ring shares of a publish: ``rings`` (else ``defaults``); ``canary_share``
+    replaces the first share; named ``canary`` hosts without either make ring 0 those
+    hosts alone (share 0). Raises ``ValueError`` like :func:`check_rings`."""
+    shares = list(rings if rings is not None else defaults)
+    if canary_share is not None:
+        shares = [canary_share, *(r for r in shares[1:] if r > canary_share)]
+        if shares[-1] != 1.0:
+            shares.append(1.0)
+    elif canary and rings is None:
+        shares = [0.0, *shares[1:]] if len(shares) > 1 else [0.0, 1.0]
+    return check_rings(shares)
+
+
 def position(agent_id: str, policy: str) -> float:
     """The host's stable place in ``[0, 1)`` for ``policy`` (SHA-256 based, so the same
     on every collector process and across restarts, and independent per policy)."""
