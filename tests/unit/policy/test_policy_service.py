@@ -100,13 +100,13 @@ def test_a_bundle_signed_by_an_untrusted_key_or_unsigned_is_refused(
     desk: Desk, source: Path, keys: tuple[bytes, str], config: PolicyConfig
 ) -> None:
     other = policy_bundle.generate_keypair()
-    with pytest.raises(PolicyError, match="^unknown_key"):
+    with pytest.raises(PolicyError, match=r"^unknown_key"):
         service.publish(desk.storage, bundle(source, other), config, ALICE, NOW)
     doc = orjson.loads(bundle(source, keys))
     doc["signatures"] = []
-    with pytest.raises(PolicyError, match="^unsigned"):
+    with pytest.raises(PolicyError, match=r"^unsigned"):
         service.publish(desk.storage, orjson.dumps(doc), config, ALICE, NOW)
-    with pytest.raises(PolicyError, match="^unknown_key"):  # no trusted keys configured
+    with pytest.raises(PolicyError, match=r"^unknown_key"):  # no trusted keys configured
         service.publish(desk.storage, bundle(source, keys), PolicyConfig(), ALICE, NOW)
 
 
@@ -114,7 +114,7 @@ def test_an_expired_bundle_is_refused(
     desk: Desk, source: Path, keys: tuple[bytes, str], config: PolicyConfig
 ) -> None:
     document = bundle(source, keys, expires_in_s=60.0)
-    with pytest.raises(PolicyError, match="^expired"):
+    with pytest.raises(PolicyError, match=r"^expired"):
         service.publish(desk.storage, document, config, ALICE, NOW + 120)
 
 
