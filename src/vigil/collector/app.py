@@ -60,6 +60,7 @@ from vigil.collector.metrics import VigilCollector
 from vigil.collector.notify.health import NotifyHealth
 from vigil.collector.notify.service import Notifier, target_keys
 from vigil.collector.policy import service as policy_service
+from vigil.collector.policy.metrics import PolicyMetrics
 from vigil.collector.policy.runtime import PolicyRuntime
 from vigil.collector.storage.factory import create_storage
 from vigil.collector.storage.url import redact
@@ -321,6 +322,8 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = PolicyRuntime()
     app[policy_key] = runtime
     await policy.reload_snapshot(app)
+    metrics = PolicyMetrics(runtime)
+    app[registry_key].register(metrics)
 
     async def forever() -> None:
         while True:
@@ -335,6 +338,7 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+    app[registry_key].unregister(metrics)
     await policy_pass(app, guard=False)  # store the last running versions
 
 

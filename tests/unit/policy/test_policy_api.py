@@ -245,3 +245,22 @@ def test_enrollment_hands_out_the_trusted_policy_keys(
             assert (await r.json())["policy_keys"] == [keys[1]]
 
     with_client(config, collector_server, steps)
+
+
+def test_a_halt_shows_in_vigil_remediations_paused(
+    config: CollectorConfig, collector_server: Any
+) -> None:
+    async def scrape(c: Client) -> str:
+        async with c.http.get(f"{c.url}/metrics", headers=c.admin) as r:
+            assert r.status == 200
+            return await r.text()
+
+    async def steps(c: Client) -> None:
+        before = await scrape(c)
+        assert "vigil_remediations_paused{" not in before
+        assert "vigil_policy_rollouts_paused 0.0" in before
+        await c.admin_call("POST", "/api/v1/policy-halts", {"remediation": "disk-cleanup"})
+        after = await scrape(c)
+        assert 'vigil_remediations_paused{remediation="disk-cleanup"} 1.0' in after
+
+    with_client(config, collector_server, steps)
