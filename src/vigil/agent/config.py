@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Literal
 
 from vigil.agent.delivery.tls import tls_problem
+from vigil.agent.policy.settings import PolicySettings, policy_settings
 from vigil.agent.sampler_config import (
     ClockSpec,
     PathSpec,
@@ -220,6 +221,7 @@ class AgentConfig:
     remediation: RemediationSettings
     checks: tuple[CheckSpec, ...]
     shipping: ShippingConfig = field(default_factory=ShippingConfig)
+    policy: PolicySettings = field(default_factory=PolicySettings)
 
 
 def default_state_dir() -> Path:
@@ -344,6 +346,16 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     )
     rs.done()
 
+    policy = policy_settings(root.section("policy"))
+    if policy.require_signed_local and remediation.folders:
+        raise ConfigError(
+            str(path),
+            "remediation.folders",
+            [str(f) for f in remediation.folders],
+            "unsigned local remediations are refused under policy.require_signed_local; "
+            "ship them in a signed bundle (policy.local_bundle)",
+        )
+
     checks = tuple(_check(s) for s in root.sections("checks"))
     seen: set[str] = set()
     for i, c in enumerate(checks):
@@ -365,6 +377,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         remediation=remediation,
         checks=checks,
         shipping=shipping,
+        policy=policy,
     )
 
 
@@ -554,3 +567,9 @@ def _command_check(s: Section, check_id: str) -> CheckSpec:
     )
     s.done()
     return spec
+
+
+# The same readers serve a policy bundle's config fragment (agent/policy/compose.py), so a
+# policy's checks and remediation settings follow exactly the agent.yaml schema.
+parse_check = _check
+parse_schedule = _schedule

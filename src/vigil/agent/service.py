@@ -54,6 +54,9 @@ from vigil.agent.delivery.shipper import KEEPALIVE_S, Shipper
 from vigil.agent.events import new_event_id
 from vigil.agent.identity import Identity, load_identity
 from vigil.agent.measure import Measurer, SampleSource
+from vigil.agent.policy.cache import PolicyCache
+from vigil.agent.policy.settings import trusted_keys
+from vigil.agent.policy.sync import PolicySync, initial_policy
 from vigil.agent.preflight import REMEDIATIONS_CHECK, check_enabled, load_checked_library
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.remediation.manifest import Remediation, check_library, with_schedule
@@ -63,6 +66,7 @@ from vigil.agent.timers import Timers
 
 log = logging.getLogger("vigil.agent")
 
+_Composed = tuple[AgentConfig, Mapping[str, Remediation], Mapping[str, str]]
 # A heartbeat promises the next one within this many intervals (the collector adds grace).
 HEARTBEAT_TTL_INTERVALS = 2.5
 # Per check, how many of its readings were unknown since the agent started (a counter).
@@ -78,6 +82,7 @@ def build_service(
     clock: Callable[[], float] = time.time,
     library: Mapping[str, Remediation] | None = None,
     broken: Mapping[str, str] | None = None,
+    policy: bool = False,
 ) -> AgentService:
     """The real agent for ``config``: identity, outbox, shipper, sampler, remediation flow.
 
@@ -86,6 +91,9 @@ def build_service(
     ``remediation.folders`` (a manifest that fails to load is logged, left out, and
     reported as the ``agent.remediations`` check; see :mod:`~vigil.agent.preflight`).
     ``broken`` (bundle -> reason) comes with a ``library`` that a preflight loaded.
+    ``policy`` turns on the central-policy exchange (``vigil-agent run`` does): the
+    newest cached bundle that verifies again is merged over ``config`` before anything
+    starts (see :mod:`~vigil.agent.policy.sync`).
     Raises :class:`~vigil.configio.ConfigError` when a check or ``remediation.enable`` /
     ``remediation.params`` names a remediation that is not loaded, a parameter its
     manifest does not declare, or a remediation that could never run.
@@ -95,6 +103,17 @@ def build_service(
     else:
         check_library(config, library)
         check_enabled(config, library)
+    local = config
+    running = None
+    problems: list[str] = []
+    if policy:
+        cache = PolicyCache(config.state_dir)
+        keys = trusted_keys(config.policy, config.state_dir)
+        composed, running, problems = initial_policy(
+            config, cache, keys, now=clock(), agent_version=__version__
+        )
+        if running is not None:
+            config, library, broken = composed
     library = with_schedule(config, library)
     identity = load_identity(config.state_dir, hostname=config.hostname, labels=config.labels)
     outbox = Outbox(
@@ -131,6 +150,21 @@ def build_service(
         flow=flow,
         clock=clock,
     )
+    sync = None
+    if policy:
+        sync = PolicySync(
+            local,
+            cache=cache,
+            trusted=keys,
+            fetcher=shipper,
+            sink=outbox,
+            flow=lambda: flow,  # replaced by the service's own view in AgentService
+            apply=lambda *composed: None,  # idem
+            agent_version=__version__,
+            running=running,
+            clock=clock,
+        )
+        sync.start_problems = problems
     return AgentService(
         config,
         identity=identity,
@@ -143,6 +177,7 @@ def build_service(
         # interval) so a fleet that boots together does not flush its backlogs in step.
         first_ship_delay_s=random.uniform(0, min(sh.start_jitter_s, config.intervals.report_s)),
         broken_remediations=broken,
+        policy=sync,
     )
 
 
@@ -171,6 +206,7 @@ class AgentService:
         clock: Callable[[], float] = time.time,
         first_ship_delay_s: float = 0.0,
         broken_remediations: Mapping[str, str] | None = None,
+        policy: PolicySync | None = None,
     ) -> None:
         self.config = config
         self.broken_remediations = broken_remediations
@@ -199,6 +235,80 @@ class AgentService:
         self._ship_not_before = float("inf")
         self._ship_slack = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        # Central policy: the ack hook, the header, and a composed config waiting for the
+        # next cycle (swapped in between cycles, see _swap_policy).
+        self.policy = policy
+        self._pending_policy: _Composed | None = None
+        self._retired: list[RemediationFlow] = []  # flows replaced while runs were in flight
+        if policy is not None:
+            policy.flow = lambda: self.flow
+            policy.apply = self.apply_policy
+            policy.enforce_halts(flow)
+            shipper.on_ack = policy.on_ack
+            shipper.policy_header = policy.header
+
+    # ------------------------------------------------------------------ policy
+
+    def apply_policy(
+        self,
+        config: AgentConfig,
+        library: Mapping[str, Remediation],
+        broken: Mapping[str, str],
+    ) -> None:
+        """Take a composed (verified, checked) config; it replaces the running checks
+        and remediations at the start of the next sample cycle, without a restart."""
+        self._pending_policy = (config, library, broken)
+
+    def _swap_policy(self) -> None:
+        """Swap in the pending config between cycles: a new remediation flow (statuses
+        and the kill switch carried over; runs in flight finish in the old one), a new
+        check cycle, and the check and detection jobs re-made on the timers."""
+        pending, self._pending_policy = self._pending_policy, None
+        if pending is None:
+            return
+        config, library, broken = pending
+        old = self.flow
+        flow = RemediationFlow(
+            config.remediation,
+            with_schedule(config, library),
+            self.outbox,
+            measure=old.measure,
+            clock=self.clock,
+            deliver_now=self._ship_soon,
+        )
+        flow.statuses = old.statuses
+        flow.halted, flow.halt_all = old.halted, old.halt_all
+        if old.tasks:
+            self._retired.append(old)
+        self._retired = [f for f in self._retired if f.tasks]
+        checks = CheckCycle(
+            config.checks,
+            sample_s=config.intervals.sample_s,
+            measurer=self.checks.measurer,
+            flow=flow,
+            clock=self.clock,
+        )
+        checks.latest = self.checks.latest
+        checks.unknown_counts = self.checks.unknown_counts
+        timers = self._timers
+        if timers is not None:
+            for job_id in list(timers.jobs):
+                if job_id.startswith(("checks@", "command:")) or job_id in old.detectors:
+                    timers.remove(job_id)
+        self.config, self.flow, self.checks = config, flow, checks
+        self.broken_remediations = broken
+        if timers is not None:
+            self._add_check_jobs(timers)
+            self._add_detection_jobs(timers)
+        if self.policy is not None:
+            self.shipper.policy_header = self.policy.header
+        self.report_library()
+        log.info(
+            "policy %s applied: %d checks, %d remediations",
+            self.shipper.policy_header,
+            len(config.checks),
+            len(flow.library),
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -236,6 +346,8 @@ class AgentService:
         # Under systemd: READY=1 now, WATCHDOG=1 from a timer job (stops if the loop blocks).
         notifier = start_notify(timers)
         self.report_library()
+        if self.policy is not None:
+            self.policy.report_start()
         log.info(
             "agent %s (%s) started: %d checks, %d remediations, reporting to %s",
             self.identity.agent_id,
@@ -263,6 +375,10 @@ class AgentService:
         await self.run(stop)
 
     async def _shutdown(self) -> None:
+        if self.policy is not None:
+            await self.policy.close()
+        for retired in self._retired:
+            await retired.close()
         await self.flow.close()
         for task in list(self._tasks):
             task.cancel()
@@ -301,6 +417,8 @@ class AgentService:
         """
         self._in_cycle = True
         try:
+            if self._pending_policy is not None:
+                self._swap_policy()
             await self._cycle()
         finally:
             self._in_cycle = False
