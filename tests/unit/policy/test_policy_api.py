@@ -98,7 +98,8 @@ def test_a_published_policy_is_offered_fetched_once_and_then_304(
         status, ack = await c.report(make_report)
         assert status == 200
         assert (ack["policy"]["policy"], ack["policy"]["version"]) == ("finance", 1)
-        assert ack["policy"]["url"] == "/api/v1/agent/policy"
+        # A shared token: the fetch url names the agent (an enrolled one gets the plain path).
+        assert ack["policy"]["url"] == "/api/v1/agent/policy?agent_id=agent-0001"
         status, body, etag = await c.fetch("agent-0001")
         assert (status, body, etag) == (200, document, '"finance@1"')
         status, body, etag = await c.fetch("agent-0001", '"finance@1"')
