@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog, load_catalog
 from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.notify.config import NotifyConfig, parse_notifications
+from vigil.collector.policy.config import PolicyConfig, parse_policy
 from vigil.collector.storage.url import (
     SCHEMES,
     is_postgres_url,
@@ -136,6 +137,8 @@ class CollectorConfig:
     # ``POST /api/v1/enroll`` tries per client address per minute, also the burst
     # (``enrollment.rate_limit``); beyond it 429 with Retry-After.
     enroll_rate_per_minute: int = DEFAULT_ENROLL_RATE_PER_MINUTE
+    # Central policy (``policy:``): trusted keys, rollout defaults, the guard.
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 def load_collector_config(path: str | Path) -> CollectorConfig:
@@ -239,6 +242,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     )
     enr.done()
 
+    policy = parse_policy(root.section("policy"))
     public_url = root.get("public_url", str, None)
     root.done()
     return CollectorConfig(
@@ -263,6 +267,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         access_log=access_log,
         credential_ttl_s=credential_ttl_s,
         enroll_rate_per_minute=enroll_rate,
+        policy=policy,
     )
 
 

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from vigil.collector.api.http import ApiError, body_str, json_body, json_response, peer_of
 from vigil.collector.identity.enrollment import EnrollError, record
-from vigil.collector.keys import clock_key, identity_key
+from vigil.collector.keys import clock_key, config_key, identity_key
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,9 @@ async def post_enroll(request: web.Request) -> web.Response:
             "credential": issued.credential,
             "expires_at": issued.expires_at,
             "labels": issued.labels,
+            # The keys policy bundles must be signed by (docs/policy.md); the agent
+            # stores them with its credential.
+            "policy_keys": list(request.app[config_key].policy.trusted_keys),
         },
         status=201,
     )

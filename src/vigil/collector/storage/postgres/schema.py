@@ -25,6 +25,8 @@ import time
 
 import psycopg
 
+from vigil.collector.storage.postgres.policy_repo import POLICY_MIGRATION
+
 # Advisory lock class ids (the first int of the two-int form); the second is a hash of
 # the schema name, so collectors on different schemas of one database do not contend.
 MIGRATE_LOCK = 0x76696731  # "vig1"
@@ -272,7 +274,10 @@ CREATE TABLE enroll_generation (
 """
 
 # Append only: a migration once released is never edited, the next one is added below.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, _V1),
+    (3, POLICY_MIGRATION),  # policy bundles, rollouts, halts, run-now (policy_repo.py)
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables with an identity id, for moving the sequence past ids copied in (importer).
