@@ -54,9 +54,8 @@ from vigil.agent.delivery.shipper import KEEPALIVE_S, Shipper
 from vigil.agent.events import new_event_id
 from vigil.agent.identity import Identity, load_identity
 from vigil.agent.measure import Measurer, SampleSource
-from vigil.agent.policy.cache import PolicyCache
-from vigil.agent.policy.settings import trusted_keys
-from vigil.agent.policy.sync import PolicySync, initial_policy
+from vigil.agent.policy.swap import rebuilt
+from vigil.agent.policy.sync import PolicySync, open_policy
 from vigil.agent.preflight import REMEDIATIONS_CHECK, check_enabled, load_checked_library
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.remediation.manifest import Remediation, check_library, with_schedule
@@ -105,17 +104,9 @@ def build_service(
     else:
         check_library(config, library)
         check_enabled(config, library)
-    local = config
-    running = None
-    problems: list[str] = []
-    if policy:
-        cache = PolicyCache(config.state_dir)
-        keys = trusted_keys(config.policy, config.state_dir)
-        composed, running, problems = initial_policy(
-            config, cache, keys, now=clock(), agent_version=__version__
-        )
-        if running is not None:
-            config, library, broken = composed
+    start = open_policy(config, now=clock(), agent_version=__version__) if policy else None
+    if start is not None and start.running is not None:
+        config, library, broken = start.composed
     library = with_schedule(config, library)
     identity = load_identity(config.state_dir, hostname=config.hostname, labels=config.labels)
     outbox = Outbox(
@@ -152,21 +143,7 @@ def build_service(
         flow=flow,
         clock=clock,
     )
-    sync = None
-    if policy:
-        sync = PolicySync(
-            local,
-            cache=cache,
-            trusted=keys,
-            fetcher=shipper,
-            sink=outbox,
-            flow=lambda: flow,  # replaced by the service's own view in AgentService
-            apply=lambda *composed: None,  # idem
-            agent_version=__version__,
-            running=running,
-            clock=clock,
-        )
-        sync.start_problems = problems
+    sync = start.sync(fetcher=shipper, sink=outbox, clock=clock) if start else None
     return AgentService(
         config,
         identity=identity,
@@ -271,28 +248,16 @@ class AgentService:
             return
         config, library, broken = pending
         old = self.flow
-        flow = RemediationFlow(
-            config.remediation,
-            with_schedule(config, library),
-            self.outbox,
-            measure=old.measure,
+        flow, checks = rebuilt(
+            config,
+            library,
+            old,
+            self.checks,
+            sink=self.outbox,
             clock=self.clock,
             deliver_now=self._ship_soon,
         )
-        flow.statuses = old.statuses
-        flow.halted, flow.halt_all = old.halted, old.halt_all
-        if old.tasks:
-            self._retired.append(old)
-        self._retired = [f for f in self._retired if f.tasks]
-        checks = CheckCycle(
-            config.checks,
-            sample_s=config.intervals.sample_s,
-            measurer=self.checks.measurer,
-            flow=flow,
-            clock=self.clock,
-        )
-        checks.latest = self.checks.latest
-        checks.unknown_counts = self.checks.unknown_counts
+        self._retired = [f for f in (*self._retired, old) if f.tasks]
         timers = self._timers
         if timers is not None:
             for job_id in list(timers.jobs):

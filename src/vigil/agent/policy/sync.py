@@ -37,6 +37,7 @@ from vigil.agent.config import AgentConfig
 from vigil.agent.events import EventSink, new_event_id
 from vigil.agent.policy.cache import CachedBundle, PolicyCache
 from vigil.agent.policy.compose import compose
+from vigil.agent.policy.settings import trusted_keys
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.remediation.manifest import Remediation
 from vigil.agent.remediation.requested import run_requested
@@ -402,3 +403,51 @@ def _take_local_bundle(
         return []  # the collector already delivered a newer version of the same policy
     cache.store(bundle, document)
     return []
+
+
+@dataclass
+class PolicyStart:
+    """What :func:`open_policy` found: the composed start (``running`` is the cached
+    bundle in it, ``None`` when the local config runs alone) and what it skipped."""
+
+    local: AgentConfig
+    cache: PolicyCache
+    trusted: tuple[str, ...]
+    composed: Composed
+    running: CachedBundle | None
+    problems: list[str]
+    agent_version: str
+
+    def sync(self, *, fetcher: Fetcher, sink: EventSink, clock: Callable[[], float]) -> PolicySync:
+        """The :class:`PolicySync` for the running agent; its ``flow`` and ``apply`` are
+        set by the service that owns them."""
+        sync = PolicySync(
+            self.local,
+            cache=self.cache,
+            trusted=self.trusted,
+            fetcher=fetcher,
+            sink=sink,
+            flow=_no_flow,
+            apply=lambda *composed: None,
+            agent_version=self.agent_version,
+            running=self.running,
+            clock=clock,
+        )
+        sync.start_problems = self.problems
+        return sync
+
+
+def _no_flow() -> RemediationFlow:
+    raise RuntimeError("PolicySync.flow is set by the agent service")
+
+
+def open_policy(local: AgentConfig, *, now: float, agent_version: str) -> PolicyStart:
+    """The agent's policy state at start: trusted keys (config + enrolled), and the
+    newest cached or local bundle that still verifies, merged over ``local`` (see
+    :func:`initial_policy`)."""
+    cache = PolicyCache(local.state_dir)
+    keys = trusted_keys(local.policy, local.state_dir)
+    composed, running, problems = initial_policy(
+        local, cache, keys, now=now, agent_version=agent_version
+    )
+    return PolicyStart(local, cache, keys, composed, running, problems, agent_version)
