@@ -173,6 +173,7 @@ class Harness:
         self.applied.append(config)
         self.flow = RemediationFlow(config.remediation, library, self.outbox)
         self.sync.enforce_halts(self.flow)
+        self.sync.applied()  # what the service does once it swapped the policy in
 
     async def ack(self, policy: dict[str, Any]) -> None:
         self.sync.on_ack(orjson.dumps({"accepted": True, "policy": policy}).decode())
@@ -546,6 +547,11 @@ async def test_a_running_agent_applies_a_policy_without_restart(
     assert svc.shipper.policy_header == "finance@1"
     await svc.flow.idle()
     assert marker.read_text() == "ran \n"
+    batch = svc.outbox.next_batch(1000)
+    reports = [
+        e for e in (batch.events if batch else ()) if getattr(e, "check", "") == POLICY_CHECK
+    ]
+    assert [(r.state, r.message) for r in reports] == [("ok", "running policy finance version 1")]
     svc.outbox.close()
     # A restart starts on the cached policy at once.
     again = build_service(config, sampler=FakeSampler({}), policy=True)
@@ -579,3 +585,14 @@ def test_enroll_stores_the_offered_policy_keys(tmp_path: Path) -> None:
     assert enrolled_keys(tmp_path) == (good,)
     assert store_policy_keys(tmp_path, None) == 0  # an older collector: file left alone
     assert enrolled_keys(tmp_path) == (good,)
+
+
+@run_async
+async def test_run_now_of_an_unknown_remediation_answers_the_request(
+    tmp_path: Path, keys: tuple[bytes, str]
+) -> None:
+    h = Harness(tmp_path, keys[1], FakeFetcher(None, ""))
+    await h.ack(offer(None, run_now=[{"id": "rn-3", "remediation": "nope", "params": {}}]))
+    (record,) = [e for e in h.events() if isinstance(e, wire.RemediationEvent)]
+    assert (record.remediation, record.outcome, record.request_id) == ("nope", "skipped", "rn-3")
+    assert record.output == "run-now: remediation nope is not loaded on this host"

@@ -269,9 +269,11 @@ class AgentService:
             self._add_check_jobs(timers)
             self._add_detection_jobs(timers)
             self._add_schedule_job(timers)
+        self.report_library()
         if self.policy is not None:
             self.shipper.policy_header = self.policy.header
-        self.report_library()
+            self.policy.applied()
+            self._ship_soon()  # the collector learns the running version at once
         log.info(
             "policy %s applied: %d checks, %d remediations",
             self.shipper.policy_header,

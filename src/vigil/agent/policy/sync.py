@@ -167,6 +167,7 @@ class PolicySync:
         self._refused: dict[str, float] = {}  # tag -> monotonic time it was refused
         self._last_report: tuple[str, str] | None = None
         self._said_no_keys = False
+        self._applied: str | None = None  # the ok message once the service swapped it in
         self.tasks: set[asyncio.Task[Any]] = set()
         # Cached bundles skipped at start (see initial_policy), reported by report_start.
         self.start_problems: list[str] = []
@@ -313,10 +314,18 @@ class PolicySync:
             self._refuse(bundle.tag, "config", str(exc))
             return False
         self.running = cached
+        log.info("policy %s verified (key %s); applying it", bundle.tag, bundle.key_id)
+        self._applied = f"running policy {bundle.policy} version {bundle.version}"
         self.apply(*composed)
-        log.info("policy %s verified (key %s) and applied", bundle.tag, bundle.key_id)
-        self.report("ok", f"running policy {bundle.policy} version {bundle.version}")
         return True
+
+    def applied(self) -> None:
+        """Called by the service once the accepted policy runs (swapped in): reports
+        ``agent.policy`` ok and ships it at once, so the report carrying the new
+        ``X-Vigil-Policy`` reaches the collector without waiting for a report interval."""
+        message, self._applied = self._applied, None
+        if message is not None:
+            self.report("ok", message, urgent=True)
 
     def _refuse(self, tag: str, reason: str, message: str) -> None:
         self._refused[tag] = self.monotonic()
@@ -325,8 +334,9 @@ class PolicySync:
         kept = f"; still running {self.header}" if self.running else ""
         self.report("critical", f"{reason}: {message} (policy {policy} version {version}){kept}")
 
-    def report(self, state: str, message: str) -> None:
-        """Record the ``agent.policy`` check result (only when it changed)."""
+    def report(self, state: str, message: str, *, urgent: bool | None = None) -> None:
+        """Record the ``agent.policy`` check result (only when it changed); ``urgent``
+        (default: when critical) ships it at once."""
         if self._last_report == (state, message):
             return
         self._last_report = (state, message)
@@ -341,7 +351,7 @@ class PolicySync:
                 value=None,
                 message=message[: wire.MAX_STR],
             ),
-            urgent=state == "critical",
+            urgent=state == "critical" if urgent is None else urgent,
         )
 
     async def close(self) -> None:
