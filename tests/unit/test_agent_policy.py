@@ -156,6 +156,7 @@ class Harness:
         )
         self.flow = RemediationFlow(self.config.remediation, library, self.outbox)
         self.applied: list[Any] = []
+        self.seen: list[Any] = []
         self.sync = PolicySync(
             self.config,
             cache=self.cache,
@@ -181,8 +182,12 @@ class Harness:
             await asyncio.gather(*list(self.sync.tasks))
 
     def events(self) -> list[Any]:
-        batch = self.outbox.next_batch(1000)
-        return list(batch.events) if batch else []
+        """Every event recorded so far (a batch, once formed, keeps its events: take and
+        acknowledge each one as the shipper would)."""
+        while (batch := self.outbox.next_batch(1000)) is not None:
+            self.seen.extend(batch.events)
+            self.outbox.ack(batch.batch_id)
+        return list(self.seen)
 
     def policy_checks(self) -> list[wire.CheckEvent]:
         return [e for e in self.events() if getattr(e, "check", None) == POLICY_CHECK]
@@ -287,6 +292,9 @@ async def test_a_refused_bundle_keeps_the_last_good_policy_and_says_why(
     assert "(policy finance version 2); still running finance@1" in last.message
     # The cache still starts the agent on the good version.
     assert PolicyCache(h.config.state_dir).good_tags() == ["finance@1"]
+    # The collector goes back to offering what runs: the check recovers.
+    await h.ack(offer(1))
+    assert (h.policy_checks()[-1].state, h.sync.header) == ("ok", "finance@1")
 
 
 @run_async

@@ -216,7 +216,14 @@ class PolicySync:
         if offer.policy is None or offer.version is None:
             return
         tag = policy_tag(offer.policy, offer.version)
-        if tag == self.header or (self._fetching is not None and not self._fetching.done()):
+        if tag == self.header:
+            # The collector offers what runs (again, e.g. a paused rollout after a refused
+            # version): the earlier refusal no longer applies.
+            if self.running is not None and self._last_report and self._last_report[0] != "ok":
+                bundle = self.running.bundle
+                self.report("ok", f"running policy {bundle.policy} version {bundle.version}")
+            return
+        if self._fetching is not None and not self._fetching.done():
             return
         refused_at = self._refused.get(tag)
         if refused_at is not None and self.monotonic() - refused_at < REFETCH_REFUSED_S:
