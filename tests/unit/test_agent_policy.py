@@ -6,6 +6,7 @@ real exchange is tested in tests/integration/test_policy_e2e.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import time
@@ -25,7 +26,7 @@ from vigil.agent.delivery.outbox import Outbox
 from vigil.agent.enroll_cli import store_policy_keys
 from vigil.agent.policy.cache import PolicyCache
 from vigil.agent.policy.compose import compose, merged_config
-from vigil.agent.policy.settings import enrolled_keys
+from vigil.agent.policy.settings import PolicySettings, enrolled_keys
 from vigil.agent.policy.sync import POLICY_CHECK, PolicySync, initial_policy, parse_offer
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.service import build_service
@@ -334,9 +335,24 @@ async def test_without_trusted_keys_nothing_is_fetched(
     fetcher = FakeFetcher(signed_bundle(source, keys[0], version=1), "finance@1")
     h = Harness(tmp_path, keys[1], fetcher)
     h.sync.trusted = ()
+    h.sync.local = dataclasses.replace(h.config, policy=PolicySettings())
     await h.ack(offer(1))
     assert fetcher.requests == []
     assert h.policy_checks()[-1].message.startswith("unknown_key: no trusted policy key")
+
+
+@run_async
+async def test_keys_stored_by_enrolling_a_running_agent_are_picked_up(
+    tmp_path: Path, keys: tuple[bytes, str]
+) -> None:
+    source = policy_source(tmp_path / "src", tmp_path / "marker")
+    fetcher = FakeFetcher(signed_bundle(source, keys[0], version=1), "finance@1")
+    h = Harness(tmp_path, keys[1], fetcher)
+    h.sync.trusted = ()
+    h.sync.local = dataclasses.replace(h.config, policy=PolicySettings())  # none configured
+    store_policy_keys(h.config.state_dir, [keys[1]])  # vigil-agent enroll, meanwhile
+    await h.ack(offer(1))
+    assert h.sync.header == "finance@1"
 
 
 # --------------------------------------------------------------------------- cache

@@ -264,6 +264,11 @@ class PolicySync:
         Failures are reported as ``agent.policy``; network errors only logged (retried at
         a later ack)."""
         tag = policy_tag(policy, version)
+        # Enrolling a running agent stores the collector's keys: pick them up (one small
+        # file read per fetch; fetches happen only when the offered version changes).
+        self.trusted = tuple(
+            dict.fromkeys((*self.trusted, *trusted_keys(self.local.policy, self.local.state_dir)))
+        )
         if not self.trusted:
             if not self._said_no_keys:
                 log.warning(
