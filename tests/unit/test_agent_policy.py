@@ -387,11 +387,13 @@ async def test_a_tampered_cache_falls_back_to_the_previous_good_bundle(
 @run_async
 async def test_an_expired_cached_bundle_is_not_run(tmp_path: Path, keys: tuple[bytes, str]) -> None:
     source = policy_source(tmp_path / "src", tmp_path / "marker")
-    doc = signed_bundle(source, keys[0], version=1, expires_at=NOW + 60)
+    # Relative to the real clock: the fetch verifies against it.
+    doc = signed_bundle(source, keys[0], version=1, expires_at=time.time() + 3600)
     h = Harness(tmp_path, keys[1], FakeFetcher(doc, "finance@1"))
     await h.ack(offer(1))
+    assert h.sync.header == "finance@1"
     (_config, library, _), running, problems = initial_policy(
-        h.config, h.cache, (keys[1],), now=NOW + 120, agent_version=__version__
+        h.config, h.cache, (keys[1],), now=time.time() + 7200, agent_version=__version__
     )
     assert running is None
     assert "touch-file" not in library
