@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=float, default=5.0, help="report interval, s")
     args = parser.parse_args(argv)
     n, interval = args.agents, args.interval
+    # A SIGTERM unwinds through the finally below, which stops every process started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     pem, public = policy_bundle.generate_keypair()
     reaper = Reaper()
     with tempfile.TemporaryDirectory(
@@ -283,13 +285,15 @@ def main(argv: list[str] | None = None) -> int:
             ]
             ran_noop = len({r["host"] for r in runs})
             print(
-                f"kill switch -> all {len(told)}/{n} told: {killswitch_s} s; runs after: {len(after)}; hosts that ran noop-fix: {ran_noop}",
+                f"kill switch -> {len(told)}/{n} told: {killswitch_s} s; runs started after:"
+                f" {len(after)}; hosts that had run noop-fix: {ran_noop}",
                 flush=True,
             )
 
             # 3. bad fix in the canary ring
             v2 = bundle(policy_source(tmp / "policy-v2", bad=True), pem, 2)
             canary = ",".join(ids[:CANARIES])
+            published = time.time()
             api.call(
                 "POST", f"/api/v1/policies?canary={canary}&rings=0,0.25,1.0&soak={SOAK}", raw=v2
             )
@@ -304,7 +308,9 @@ def main(argv: list[str] | None = None) -> int:
             bad_hosts = {r["host"] for r in bad_runs}
             bad_pct = 100.0 * len(bad_hosts) / n
             print(
-                f"bad fix: paused={status['paused']} ({status['paused_reason']}), halted={halts}, ran on {len(bad_hosts)} hosts ({bad_pct:.1f} %), ring {status['ring']}",
+                f"bad fix: paused={status['paused']} ({status['paused_reason']}) after"
+                f" {paused_s} s, halted={halts}, ran on {len(bad_hosts)} hosts"
+                f" ({bad_pct:.1f} %), ring {status['ring']}",
                 flush=True,
             )
         finally:
