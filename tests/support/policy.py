@@ -17,11 +17,11 @@ remediation:
 """
 MANIFEST = """\
 id: disk-cleanup
-description: remove old files from the spool
-trigger: {check: disk.free}
+title: Remove old spool files
+description: Removes old files from the spool (a test bundle).
+platforms: [linux, darwin]
+scripts: {linux: fix.sh, darwin: fix.sh}
 timeout: 30s
-scripts:
-  linux: fix.sh
 """
 
 
@@ -30,7 +30,7 @@ def write_source(root: Path, *, script: bytes = b"#!/bin/sh\nexit 0\n") -> Path:
     folder = root / "remediations" / "disk-cleanup"
     folder.mkdir(parents=True, exist_ok=True)
     (root / "policy.yaml").write_text(POLICY_YAML)
-    (folder / "manifest.yaml").write_text(MANIFEST)
+    (folder / "remediation.yaml").write_text(MANIFEST)
     (folder / "fix.sh").write_bytes(script)
     return root
 

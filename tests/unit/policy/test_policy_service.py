@@ -246,3 +246,13 @@ def test_a_reported_run_with_a_request_id_is_linked_to_the_request(desk: Desk) -
     assert got["results"] == [
         {"host": "ws-1", "event_id": event.event_id, "outcome": "fixed", "at": NOW + 5}
     ]
+
+
+def test_a_complete_soaked_rollout_is_no_longer_guarded(
+    desk: Desk, source: Path, keys: tuple[bytes, str], config: PolicyConfig
+) -> None:
+    service.publish(desk.storage, bundle(source, keys), config, ALICE, NOW, rings=[1.0], soak_s=60)
+    service.record_running(desk.storage, [("ws-1", "finance", 1, NOW)])
+    report_runs(desk, "ws-1", "error", 3, NOW + 5)
+    assert service.guard_pass(desk.storage, config.guard, NOW + 61, raise_on(desk)) == []
+    assert service.guard_pass(desk.storage, config.guard, NOW + 59, raise_on(desk)) != []

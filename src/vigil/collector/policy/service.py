@@ -338,7 +338,9 @@ def guard_pass(
         rollouts = [Rollout.from_row(r) for r in uow.policy.rollouts()]
         halted = {h["remediation"] for h in uow.policy.halts()}
     for current in rollouts:
-        if current.paused:
+        if current.paused or (current.complete and now - current.ring_started_at > current.soak_s):
+            # Paused: tripped already (or an admin's). Complete and soaked: the rollout is
+            # over, and scanning every host's runs each pass would cost for nothing.
             continue
         with storage.session() as uow:
             counts = uow.policy.guard_counts(
