@@ -11,9 +11,10 @@ folders themselves. One JSON document (media type :data:`MEDIA_TYPE`, extension 
 
 The manifest lists the SHA-256 and size of every file, so one signature covers them all.
 Both programs import this module (the collector verifies uploads, the agent verifies what it
-runs); it imports only the standard library, :mod:`orjson`, and -- lazily, inside the
-functions that need them -- ``cryptography`` (Ed25519) and ``yaml`` (only :func:`build`
-reads a YAML file), so ``import vigil.policy_bundle`` stays cheap on a laptop.
+runs); it imports only the standard library (``json``: the agent never loads orjson) and,
+lazily, inside the functions that need them, ``cryptography`` (Ed25519) and
+:mod:`vigil.policy_build` (only :func:`build` reads YAML), so ``import vigil.policy_bundle``
+stays cheap on a laptop.
 
 :func:`verify` never trusts anything it has not checked: the envelope is parsed with
 bounded sizes, the signature is checked over the manifest's exact bytes *before* the
@@ -27,11 +28,10 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
-
-import orjson
 
 from vigil.policy_format import (
     _CONFIG_KEYS,
@@ -160,7 +160,7 @@ def pack(manifest: bytes, signatures: list[dict], files: Mapping[str, bytes]) ->
         "signatures": [{"key_id": s["key_id"], "sig": s["sig"]} for s in signatures],
         "files": {path: base64.b64encode(data).decode() for path, data in sorted(files.items())},
     }
-    return orjson.dumps(document)
+    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
 # --------------------------------------------------------------------------- verify
@@ -171,6 +171,16 @@ def trusted_key_map(trusted: Mapping[str, str] | Iterable[str]) -> dict[str, byt
     :class:`ValueError` (a config error, not a bundle error)."""
     texts = trusted.values() if isinstance(trusted, Mapping) else trusted
     return {key_id(text): _raw_public(text.strip()) for text in texts}
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(raw: bytes) -> Any:
+    """Strict JSON: the standard library's parser (the agent never imports orjson: it
+    keeps the agent's footprint small), refusing NaN and Infinity."""
+    return json.loads(raw, parse_constant=_no_constant)
 
 
 def _malformed(message: str) -> BundleError:
@@ -190,8 +200,8 @@ def _envelope(document: bytes) -> tuple[bytes, list[tuple[str, bytes]], dict[str
     if len(document) > MAX_DOCUMENT:
         raise _malformed(f"document is {len(document)} bytes, at most {MAX_DOCUMENT}")
     try:
-        doc = orjson.loads(document)
-    except orjson.JSONDecodeError as exc:
+        doc = _loads(document)
+    except ValueError as exc:  # JSONDecodeError, a bad encoding, NaN/Infinity
         raise _malformed(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise _malformed("document: expected a JSON object")
@@ -252,8 +262,8 @@ def _check_signatures(
 
 def _parse_manifest(manifest: bytes) -> dict[str, Any]:
     try:
-        data = orjson.loads(manifest)
-    except orjson.JSONDecodeError as exc:
+        data = _loads(manifest)
+    except ValueError as exc:
         raise _malformed(f"manifest: not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise _malformed("manifest: expected a JSON object")
