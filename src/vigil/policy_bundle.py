@@ -28,7 +28,6 @@ import base64
 import binascii
 import hashlib
 import math
-import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -37,10 +36,40 @@ from typing import Any
 
 import orjson
 
+from vigil.policy_keys import (
+    KEY_PREFIX,
+    _load_private,
+    _public_text_of,
+    _raw_public,
+    check_public_key,
+    generate_keypair,
+    key_id,
+    public_key_text,
+    write_private_key,
+)
+
+__all__ = [
+    "KEY_PREFIX",
+    "BundleError",
+    "PolicySourceError",
+    "VerifiedBundle",
+    "build",
+    "check_public_key",
+    "generate_keypair",
+    "key_id",
+    "matches_target",
+    "pack",
+    "parse_policy_tag",
+    "policy_tag",
+    "public_key_text",
+    "sign",
+    "verify",
+    "write_private_key",
+]
+
 FORMAT = "vigil-policy/1"
 MEDIA_TYPE = "application/vnd.vigil.policy+json"
 EXTENSION = ".vpol"
-KEY_PREFIX = "ed25519:"
 POLICY_FILE = "policy.yaml"  # the config fragment in a policy source folder
 REMEDIATIONS_DIR = "remediations"  # the remediation folders in a policy source folder
 NO_POLICY = "none"  # X-Vigil-Policy header value of an agent running no bundle
@@ -160,97 +189,6 @@ def is_policy_name(name: object) -> bool:
     return isinstance(name, str) and bool(_POLICY_NAME.match(name))
 
 
-# --------------------------------------------------------------------------- keys
-
-
-def _raw_public(text: str) -> bytes:
-    """The 32 raw bytes of a public key in text form; ValueError when malformed."""
-    if not isinstance(text, str) or not text.startswith(KEY_PREFIX):
-        raise ValueError(f"public key must start with {KEY_PREFIX!r}, got {str(text)[:40]!r}")
-    try:
-        raw = base64.b64decode(text[len(KEY_PREFIX) :].strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise ValueError(f"public key {text[:60]!r} is not valid base64") from None
-    if len(raw) != 32:
-        raise ValueError(f"public key {text[:60]!r} is {len(raw)} bytes, expected 32")
-    return raw
-
-
-def check_public_key(text: str) -> str:
-    """Validate a public key text (``ed25519:<base64 of 32 bytes>``) and return it
-    normalised (no surrounding whitespace); :class:`ValueError` names the problem."""
-    raw = _raw_public(text.strip() if isinstance(text, str) else text)
-    return KEY_PREFIX + base64.b64encode(raw).decode()
-
-
-def key_id(public_text: str) -> str:
-    """Key id: the first 16 hex characters of sha256(raw public key bytes)."""
-    return hashlib.sha256(_raw_public(public_text.strip())).hexdigest()[:16]
-
-
-def _passphrase(passphrase: bytes | str | None) -> bytes | None:
-    if passphrase is None or passphrase == b"" or passphrase == "":
-        return None
-    return passphrase.encode() if isinstance(passphrase, str) else passphrase
-
-
-def generate_keypair(passphrase: bytes | str | None = None) -> tuple[bytes, str]:
-    """A new Ed25519 key pair: (private key as PKCS#8 PEM, public key text form).
-
-    With ``passphrase`` the PEM is encrypted (best available PKCS#8 encryption).
-    Write the private key with :func:`write_private_key` (mode 0600).
-    """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    key = Ed25519PrivateKey.generate()
-    secret = _passphrase(passphrase)
-    encryption: serialization.KeySerializationEncryption = (
-        serialization.BestAvailableEncryption(secret) if secret else serialization.NoEncryption()
-    )
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
-    )
-    return pem, _public_text_of(key)
-
-
-def _public_text_of(key: Any) -> str:
-    from cryptography.hazmat.primitives import serialization
-
-    raw = key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-    return KEY_PREFIX + base64.b64encode(raw).decode()
-
-
-def _load_private(private_pem: bytes, passphrase: bytes | str | None) -> Any:
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
-    try:
-        key = serialization.load_pem_private_key(private_pem, password=_passphrase(passphrase))
-    except (ValueError, TypeError) as exc:
-        # TypeError: encrypted without a passphrase, or a passphrase for a plain key.
-        raise ValueError(f"cannot load the private key: {exc}") from None
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"the private key is {type(key).__name__}, expected Ed25519")
-    return key
-
-
-def public_key_text(private_pem: bytes, passphrase: bytes | str | None = None) -> str:
-    """The public key text form (``ed25519:<base64>``) of a PKCS#8 PEM private key.
-    :class:`ValueError` when the PEM is not an Ed25519 key or the passphrase is wrong."""
-    return _public_text_of(_load_private(private_pem, passphrase))
-
-
-def write_private_key(path: Path, private_pem: bytes) -> None:
-    """Write a private key file created with mode 0600; refuses to overwrite an existing
-    file (:class:`FileExistsError`), so a keygen never destroys a key in use."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(private_pem)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 # --------------------------------------------------------------------------- build
 
 
@@ -310,107 +248,21 @@ def build(
     ``policy_dir/remediations/`` goes into the bundle. Symlinks and anything that is not a
     regular file or folder are refused (:class:`PolicySourceError` naming the path), as
     are bad arguments (:class:`ValueError`). Only the structure is checked here; the agent
-    validates the checks and remediations with its own loader before it applies them
-    (``vigil-agent remediation test`` checks them before signing). ``created_at`` and
-    ``expires_at`` are Unix seconds. The manifest's keys are sorted (orjson).
+    validates the checks and remediations with its own loader before it applies them.
+    ``created_at`` and ``expires_at`` are Unix seconds. The manifest's keys are sorted.
+    Implemented in :mod:`vigil.policy_build` (loaded on first use: it imports YAML).
     """
-    import yaml  # lazily: only building (an admin's offline step) reads YAML
+    from vigil.policy_build import build_manifest
 
-    if not is_policy_name(policy):
-        raise ValueError(f"policy name {policy!r} must match [a-z0-9][a-z0-9._-]{{0,63}}")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"version must be an integer >= 1, got {version!r}")
-    if not isinstance(min_agent_version, str) or not _VERSION.match(min_agent_version):
-        raise ValueError(
-            f"min_agent_version must be dotted integers like '0.1.0', got {min_agent_version!r}"
-        )
-    _finite_time(created_at, "created_at")
-    _finite_time(expires_at, "expires_at")
-    if expires_at <= created_at:
-        raise ValueError(f"expires_at {expires_at} is not after created_at {created_at}")
-    target_doc = _check_target(target)
-
-    root = Path(policy_dir)
-    policy_file = root / POLICY_FILE
-    if policy_file.is_symlink() or not policy_file.is_file():
-        raise PolicySourceError(f"{policy_file}: missing (or not a regular file)")
-    try:
-        loaded = yaml.safe_load(policy_file.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise PolicySourceError(f"{policy_file}: not valid YAML: {exc}") from None
-    config = _source_config(policy_file, {} if loaded is None else loaded)
-
-    files: dict[str, bytes] = {}
-    rem_root = root / REMEDIATIONS_DIR
-    if rem_root.is_symlink():
-        raise PolicySourceError(f"{rem_root}: symlinks are refused")
-    if rem_root.exists():
-        _collect(rem_root, REMEDIATIONS_DIR, files)
-    if len(files) > MAX_FILES:
-        raise PolicySourceError(f"{rem_root}: {len(files)} files, at most {MAX_FILES}")
-    manifest = {
-        "policy": policy,
-        "version": version,
-        "created_at": created_at,
-        "expires_at": expires_at,
-        "min_agent_version": min_agent_version,
-        "target": target_doc,
-        "files": {
-            path: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
-            for path, data in sorted(files.items())
-        },
-        "config": config,
-    }
-    return orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS), files
-
-
-def _source_config(policy_file: Path, loaded: Any) -> dict[str, Any]:
-    if not isinstance(loaded, dict):
-        raise PolicySourceError(f"{policy_file}: expected a mapping, got {type(loaded).__name__}")
-    unknown = sorted(str(k) for k in set(loaded) - _CONFIG_KEYS)
-    if unknown:
-        raise PolicySourceError(
-            f"{policy_file}: unknown key {unknown[0]!r} (allowed: checks, remediation)"
-        )
-    checks = loaded.get("checks") or []
-    if not isinstance(checks, list):
-        raise PolicySourceError(f"{policy_file}: checks: expected a list, got {checks!r}")
-    remediation = loaded.get("remediation") or {}
-    if not isinstance(remediation, dict):
-        raise PolicySourceError(f"{policy_file}: remediation: expected a mapping")
-    bad = sorted(str(k) for k in set(remediation) - _REMEDIATION_KEYS)
-    if bad:
-        raise PolicySourceError(
-            f"{policy_file}: remediation.{bad[0]}: unknown key (allowed: enabled, schedule)"
-        )
-    out_rem: dict[str, Any] = {}
-    for key in sorted(_REMEDIATION_KEYS):
-        value = remediation.get(key) or {}
-        if not isinstance(value, dict):
-            raise PolicySourceError(f"{policy_file}: remediation.{key}: expected a mapping")
-        out_rem[key] = value
-    config = {"checks": checks, "remediation": out_rem}
-    try:
-        orjson.dumps(config)  # dates, sets, non-string keys would not survive JSON
-    except TypeError as exc:
-        raise PolicySourceError(f"{policy_file}: not representable as JSON: {exc}") from None
-    return config
-
-
-def _collect(folder: Path, prefix: str, out: dict[str, bytes]) -> None:
-    for entry in sorted(folder.iterdir()):
-        rel = f"{prefix}/{entry.name}"
-        if entry.is_symlink():
-            raise PolicySourceError(f"{entry}: symlinks are refused in a policy bundle")
-        if entry.is_dir():
-            _collect(entry, rel, out)
-        elif entry.is_file():
-            problem = _check_path(rel)
-            if problem:
-                raise PolicySourceError(f"{entry}: {problem}")
-            out[rel] = entry.read_bytes()
-        else:
-            raise PolicySourceError(f"{entry}: not a regular file or folder")
+    return build_manifest(
+        policy_dir,
+        policy=policy,
+        version=version,
+        expires_at=expires_at,
+        min_agent_version=min_agent_version,
+        target=target,
+        created_at=created_at,
+    )
 
 
 # --------------------------------------------------------------------------- sign/pack

@@ -6,6 +6,7 @@ real exchange is tested in tests/integration/test_policy_e2e.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import os
 import time
@@ -20,10 +21,12 @@ import yaml
 
 from vigil import __version__, wire
 from vigil import policy_bundle as pb
-from vigil.agent.config import load_agent_config
+from vigil.agent.config import CheckSpec, RemediationRef, load_agent_config
 from vigil.agent.delivery.outbox import Outbox
+from vigil.agent.enroll_cli import store_policy_keys
 from vigil.agent.policy.cache import PolicyCache
 from vigil.agent.policy.compose import compose, merged_config
+from vigil.agent.policy.settings import PolicySettings, enrolled_keys
 from vigil.agent.policy.sync import POLICY_CHECK, PolicySync, initial_policy, parse_offer
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.service import build_service
@@ -154,6 +157,7 @@ class Harness:
         )
         self.flow = RemediationFlow(self.config.remediation, library, self.outbox)
         self.applied: list[Any] = []
+        self.seen: list[Any] = []
         self.sync = PolicySync(
             self.config,
             cache=self.cache,
@@ -171,6 +175,7 @@ class Harness:
         self.applied.append(config)
         self.flow = RemediationFlow(config.remediation, library, self.outbox)
         self.sync.enforce_halts(self.flow)
+        self.sync.applied()  # what the service does once it swapped the policy in
 
     async def ack(self, policy: dict[str, Any]) -> None:
         self.sync.on_ack(orjson.dumps({"accepted": True, "policy": policy}).decode())
@@ -178,8 +183,12 @@ class Harness:
             await asyncio.gather(*list(self.sync.tasks))
 
     def events(self) -> list[Any]:
-        batch = self.outbox.next_batch(1000)
-        return list(batch.events) if batch else []
+        """Every event recorded so far (a batch, once formed, keeps its events: take and
+        acknowledge each one as the shipper would)."""
+        while (batch := self.outbox.next_batch(1000)) is not None:
+            self.seen.extend(batch.events)
+            self.outbox.ack(batch.batch_id)
+        return list(self.seen)
 
     def policy_checks(self) -> list[wire.CheckEvent]:
         return [e for e in self.events() if getattr(e, "check", None) == POLICY_CHECK]
@@ -197,6 +206,23 @@ def offer(version: int | None, **kw: Any) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- offer
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("/api/v1/agent/policy?agent_id=a-1", "/api/v1/agent/policy?agent_id=a-1"),
+        ("/api/v1/admin/secrets", "/api/v1/agent/policy"),
+        ("http://elsewhere/api/v1/agent/policy", "/api/v1/agent/policy"),
+        (None, "/api/v1/agent/policy"),
+    ],
+    ids=["names-the-agent", "other-path", "other-host", "absent"],
+)
+def test_the_fetch_url_comes_from_the_ack_but_only_below_the_policy_endpoint(
+    url: str | None, expected: str
+) -> None:
+    parsed = parse_offer(orjson.dumps({"policy": dict(offer(1), url=url)}).decode())
+    assert parsed is not None and parsed.url == expected
 
 
 @pytest.mark.parametrize(
@@ -267,6 +293,9 @@ async def test_a_refused_bundle_keeps_the_last_good_policy_and_says_why(
     assert "(policy finance version 2); still running finance@1" in last.message
     # The cache still starts the agent on the good version.
     assert PolicyCache(h.config.state_dir).good_tags() == ["finance@1"]
+    # The collector goes back to offering what runs: the check recovers.
+    await h.ack(offer(1))
+    assert (h.policy_checks()[-1].state, h.sync.header) == ("ok", "finance@1")
 
 
 @run_async
@@ -306,9 +335,24 @@ async def test_without_trusted_keys_nothing_is_fetched(
     fetcher = FakeFetcher(signed_bundle(source, keys[0], version=1), "finance@1")
     h = Harness(tmp_path, keys[1], fetcher)
     h.sync.trusted = ()
+    h.sync.local = dataclasses.replace(h.config, policy=PolicySettings())
     await h.ack(offer(1))
     assert fetcher.requests == []
     assert h.policy_checks()[-1].message.startswith("unknown_key: no trusted policy key")
+
+
+@run_async
+async def test_keys_stored_by_enrolling_a_running_agent_are_picked_up(
+    tmp_path: Path, keys: tuple[bytes, str]
+) -> None:
+    source = policy_source(tmp_path / "src", tmp_path / "marker")
+    fetcher = FakeFetcher(signed_bundle(source, keys[0], version=1), "finance@1")
+    h = Harness(tmp_path, keys[1], fetcher)
+    h.sync.trusted = ()
+    h.sync.local = dataclasses.replace(h.config, policy=PolicySettings())  # none configured
+    store_policy_keys(h.config.state_dir, [keys[1]])  # vigil-agent enroll, meanwhile
+    await h.ack(offer(1))
+    assert h.sync.header == "finance@1"
 
 
 # --------------------------------------------------------------------------- cache
@@ -343,11 +387,13 @@ async def test_a_tampered_cache_falls_back_to_the_previous_good_bundle(
 @run_async
 async def test_an_expired_cached_bundle_is_not_run(tmp_path: Path, keys: tuple[bytes, str]) -> None:
     source = policy_source(tmp_path / "src", tmp_path / "marker")
-    doc = signed_bundle(source, keys[0], version=1, expires_at=NOW + 60)
+    # Relative to the real clock: the fetch verifies against it.
+    doc = signed_bundle(source, keys[0], version=1, expires_at=time.time() + 3600)
     h = Harness(tmp_path, keys[1], FakeFetcher(doc, "finance@1"))
     await h.ack(offer(1))
+    assert h.sync.header == "finance@1"
     (_config, library, _), running, problems = initial_policy(
-        h.config, h.cache, (keys[1],), now=NOW + 120, agent_version=__version__
+        h.config, h.cache, (keys[1],), now=time.time() + 7200, agent_version=__version__
     )
     assert running is None
     assert "touch-file" not in library
@@ -527,9 +573,52 @@ async def test_a_running_agent_applies_a_policy_without_restart(
     assert svc.shipper.policy_header == "finance@1"
     await svc.flow.idle()
     assert marker.read_text() == "ran \n"
+    batch = svc.outbox.next_batch(1000)
+    reports = [
+        e for e in (batch.events if batch else ()) if getattr(e, "check", "") == POLICY_CHECK
+    ]
+    assert [(r.state, r.message) for r in reports] == [("ok", "running policy finance version 1")]
     svc.outbox.close()
     # A restart starts on the cached policy at once.
     again = build_service(config, sampler=FakeSampler({}), policy=True)
     assert again.shipper.policy_header == "finance@1"
     assert next(c for c in again.config.checks if c.id == "mem").critical == 50
     again.outbox.close()
+
+
+@run_async
+async def test_a_halted_remediation_is_not_triggered_by_its_check(
+    tmp_path: Path, keys: tuple[bytes, str]
+) -> None:
+    marker = tmp_path / "marker"
+    doc = signed_bundle(policy_source(tmp_path / "src", marker), keys[0], version=1)
+    h = Harness(tmp_path, keys[1], FakeFetcher(doc, "finance@1"))
+    await h.ack(offer(1, halted=["touch-file"]))
+    spec = CheckSpec(
+        id="disk", metric="disk.used_percent", critical=90, remediation=RemediationRef("touch-file")
+    )
+    assert h.flow.evaluate(spec, 99.0, NOW) is True  # urgent: a skip, nothing promised
+    await h.flow.idle()
+    assert not marker.exists()
+    (record,) = [e for e in h.events() if isinstance(e, wire.RemediationEvent)]
+    assert (record.outcome, record.check) == ("skipped", "disk")
+    assert record.output == "halted by the collector (kill switch)"
+
+
+def test_enroll_stores_the_offered_policy_keys(tmp_path: Path) -> None:
+    _, good = pb.generate_keypair()
+    assert store_policy_keys(tmp_path, [good, "ed25519:bad"]) == 1
+    assert enrolled_keys(tmp_path) == (good,)
+    assert store_policy_keys(tmp_path, None) == 0  # an older collector: file left alone
+    assert enrolled_keys(tmp_path) == (good,)
+
+
+@run_async
+async def test_run_now_of_an_unknown_remediation_answers_the_request(
+    tmp_path: Path, keys: tuple[bytes, str]
+) -> None:
+    h = Harness(tmp_path, keys[1], FakeFetcher(None, ""))
+    await h.ack(offer(None, run_now=[{"id": "rn-3", "remediation": "nope", "params": {}}]))
+    (record,) = [e for e in h.events() if isinstance(e, wire.RemediationEvent)]
+    assert (record.remediation, record.outcome, record.request_id) == ("nope", "skipped", "rn-3")
+    assert record.output == "run-now: remediation nope is not loaded on this host"

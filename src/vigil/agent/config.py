@@ -16,6 +16,7 @@ from typing import Literal
 
 from vigil.agent.delivery.tls import tls_problem
 from vigil.agent.policy.settings import PolicySettings, policy_settings
+from vigil.agent.remediation.schedule import TimedSchedule, parse_schedules
 from vigil.agent.sampler_config import (
     ClockSpec,
     PathSpec,
@@ -30,7 +31,7 @@ from vigil.agent.sampler_config import (
     process_spec,
     services,
 )
-from vigil.configio import ConfigError, Section, load_yaml, parse_duration
+from vigil.configio import ConfigError, Section, load_yaml
 
 Operator = Literal[">", ">=", "<", "<="]
 OPERATORS: tuple[str, ...] = (">", ">=", "<", "<=")
@@ -194,7 +195,8 @@ class RemediationSettings:
     remediation id to parameter values for runs that no check's ``remediation.params``
     covers; a check's own params win over these. Values starting ``./`` or ``../`` are
     paths. ``schedule`` maps a remediation id to the seconds between its detection runs,
-    replacing the manifest's ``trigger.every``.
+    replacing the manifest's ``trigger.every``; ``timed`` maps one to a daily or once
+    schedule (:class:`~vigil.agent.remediation.schedule.TimedSchedule`).
     """
 
     folders: tuple[Path, ...] = ()
@@ -204,6 +206,7 @@ class RemediationSettings:
     params: dict[str, dict[str, str]] = field(default_factory=dict)
     enable: tuple[str, ...] = ()
     schedule: dict[str, float] = field(default_factory=dict)
+    timed: dict[str, TimedSchedule] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,6 +335,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     sa.done()
 
     rs = root.section("remediation")
+    schedule, timed = _schedule(rs.section("schedule"))
     folders = tuple(
         (rs.base_dir / Path(p).expanduser()).resolve() for p in rs.str_list("folders", ())
     )
@@ -342,7 +346,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         verify_delay_s=rs.duration("verify_delay", 1.0),
         params=_remediation_params(rs.section("params")),
         enable=rs.str_list("enable", ()),
-        schedule=_schedule(rs.section("schedule")),
+        schedule=schedule,
+        timed=timed,
     )
     rs.done()
 
@@ -439,19 +444,10 @@ def _remediation_params(s: Section) -> dict[str, dict[str, str]]:
     return out
 
 
-MIN_SCHEDULE_S = 1.0  # the manifest loader's floor for trigger.every
-
-
-def _schedule(s: Section) -> dict[str, float]:
-    """``remediation.schedule``: remediation id -> seconds between detection runs."""
-    out: dict[str, float] = {}
-    for rem_id in s.data:
-        seconds = s.convert(str(rem_id), parse_duration)
-        if seconds < MIN_SCHEDULE_S:
-            raise s.error(str(rem_id), f"must be at least {MIN_SCHEDULE_S:g}s", s.data[rem_id])
-        out[str(rem_id)] = seconds
-    s.done()
-    return out
+def _schedule(s: Section) -> tuple[dict[str, float], dict[str, TimedSchedule]]:
+    """``remediation.schedule``: detection intervals, and daily/once schedules (see
+    :mod:`~vigil.agent.remediation.schedule`)."""
+    return parse_schedules(s)
 
 
 _CHECK_KEYS = (

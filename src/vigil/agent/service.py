@@ -54,12 +54,13 @@ from vigil.agent.delivery.shipper import KEEPALIVE_S, Shipper
 from vigil.agent.events import new_event_id
 from vigil.agent.identity import Identity, load_identity
 from vigil.agent.measure import Measurer, SampleSource
-from vigil.agent.policy.cache import PolicyCache
-from vigil.agent.policy.settings import trusted_keys
-from vigil.agent.policy.sync import PolicySync, initial_policy
+from vigil.agent.policy.swap import rebuilt
+from vigil.agent.policy.sync import PolicySync, open_policy
 from vigil.agent.preflight import REMEDIATIONS_CHECK, check_enabled, load_checked_library
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.remediation.manifest import Remediation, check_library, with_schedule
+from vigil.agent.remediation.schedule import POLL_S
+from vigil.agent.remediation.timed import TimedRuns
 from vigil.agent.sampling.sampler import Sampler
 from vigil.agent.svc.notify import start_notify, stop_notify
 from vigil.agent.timers import Timers
@@ -103,17 +104,9 @@ def build_service(
     else:
         check_library(config, library)
         check_enabled(config, library)
-    local = config
-    running = None
-    problems: list[str] = []
-    if policy:
-        cache = PolicyCache(config.state_dir)
-        keys = trusted_keys(config.policy, config.state_dir)
-        composed, running, problems = initial_policy(
-            config, cache, keys, now=clock(), agent_version=__version__
-        )
-        if running is not None:
-            config, library, broken = composed
+    start = open_policy(config, now=clock(), agent_version=__version__) if policy else None
+    if start is not None and start.running is not None:
+        config, library, broken = start.composed
     library = with_schedule(config, library)
     identity = load_identity(config.state_dir, hostname=config.hostname, labels=config.labels)
     outbox = Outbox(
@@ -150,21 +143,7 @@ def build_service(
         flow=flow,
         clock=clock,
     )
-    sync = None
-    if policy:
-        sync = PolicySync(
-            local,
-            cache=cache,
-            trusted=keys,
-            fetcher=shipper,
-            sink=outbox,
-            flow=lambda: flow,  # replaced by the service's own view in AgentService
-            apply=lambda *composed: None,  # idem
-            agent_version=__version__,
-            running=running,
-            clock=clock,
-        )
-        sync.start_problems = problems
+    sync = start.sync(fetcher=shipper, sink=outbox, clock=clock) if start else None
     return AgentService(
         config,
         identity=identity,
@@ -240,6 +219,7 @@ class AgentService:
         self.policy = policy
         self._pending_policy: _Composed | None = None
         self._retired: list[RemediationFlow] = []  # flows replaced while runs were in flight
+        self._timed: TimedRuns | None = None  # daily/once schedules, made on first use
         if policy is not None:
             policy.flow = lambda: self.flow
             policy.apply = self.apply_policy
@@ -268,28 +248,16 @@ class AgentService:
             return
         config, library, broken = pending
         old = self.flow
-        flow = RemediationFlow(
-            config.remediation,
-            with_schedule(config, library),
-            self.outbox,
-            measure=old.measure,
+        flow, checks = rebuilt(
+            config,
+            library,
+            old,
+            self.checks,
+            sink=self.outbox,
             clock=self.clock,
             deliver_now=self._ship_soon,
         )
-        flow.statuses = old.statuses
-        flow.halted, flow.halt_all = old.halted, old.halt_all
-        if old.tasks:
-            self._retired.append(old)
-        self._retired = [f for f in self._retired if f.tasks]
-        checks = CheckCycle(
-            config.checks,
-            sample_s=config.intervals.sample_s,
-            measurer=self.checks.measurer,
-            flow=flow,
-            clock=self.clock,
-        )
-        checks.latest = self.checks.latest
-        checks.unknown_counts = self.checks.unknown_counts
+        self._retired = [f for f in (*self._retired, old) if f.tasks]
         timers = self._timers
         if timers is not None:
             for job_id in list(timers.jobs):
@@ -300,9 +268,12 @@ class AgentService:
         if timers is not None:
             self._add_check_jobs(timers)
             self._add_detection_jobs(timers)
+            self._add_schedule_job(timers)
+        self.report_library()
         if self.policy is not None:
             self.shipper.policy_header = self.policy.header
-        self.report_library()
+            self.policy.applied()
+            self._ship_soon()  # the collector learns the running version at once
         log.info(
             "policy %s applied: %d checks, %d remediations",
             self.shipper.policy_header,
@@ -341,6 +312,7 @@ class AgentService:
         if not self._fold_metrics:
             timers.add("metrics", self.metrics_summary, iv.metrics_s, first_in_s=iv.metrics_s)
         self._add_detection_jobs(timers)
+        self._add_schedule_job(timers)
         self._timers = timers
         timers.start()
         # Under systemd: READY=1 now, WATCHDOG=1 from a timer job (stops if the loop blocks).
@@ -491,6 +463,23 @@ class AgentService:
                 rem.detect_every_s,
                 timeout_s=bound,
             )
+
+    def _add_schedule_job(self, timers: Timers) -> None:
+        """The daily/once schedules' poll job, only while some exist (an idle agent
+        wakes once per sample interval and no more)."""
+        if self.config.remediation.timed and "schedules" not in timers.jobs:
+            timers.add("schedules", self.scheduled, POLL_S, first_in_s=min(POLL_S, 1.0))
+
+    async def scheduled(self) -> None:
+        """Run the daily and once schedules that are due (see
+        :mod:`~vigil.agent.remediation.timed`); nothing when there are none."""
+        timed = self.config.remediation.timed
+        if timed:
+            if self._timed is None:
+                self._timed = TimedRuns(
+                    self.config.state_dir, self.identity.agent_id, clock=self.clock
+                )
+            await self._timed.tick(self.flow, timed)
 
     async def detect(self, spec_id: str) -> None:
         """A detection job: run the detection script ``spec_id`` stands for (see

@@ -6,7 +6,8 @@ Precedence (``docs/policy.md``): the policy wins where both say something.
   the policy's other checks follow the local ones.
 - ``remediation.enabled`` (id -> params): each id is added to ``remediation.enable``;
   its params override the local ``remediation.params.<id>`` key by key.
-- ``remediation.schedule``: per id, the policy's schedule replaces the local one.
+- ``remediation.schedule``: per id, the policy's schedule replaces the local one (an
+  interval, daily or once, see :mod:`~vigil.agent.remediation.schedule`).
 - The bundle's ``remediations/`` folder comes first in ``remediation.folders``, so a
   remediation shipped in the policy wins over a local folder's copy of the same id.
 
@@ -54,7 +55,7 @@ def merged_config(local: AgentConfig, cached: CachedBundle) -> AgentConfig:
     for rem_id in enabled_section.data:
         enabled[str(rem_id)] = enabled_section.str_map(str(rem_id), {})
     enabled_section.done()
-    schedule = parse_schedule(rem.section("schedule"))
+    schedule, timed = parse_schedule(rem.section("schedule"))
     rem.done()
     root.done()
 
@@ -71,7 +72,9 @@ def merged_config(local: AgentConfig, cached: CachedBundle) -> AgentConfig:
         folders=folders,
         enable=tuple(dict.fromkeys((*rs.enable, *enabled))),
         params=params,
-        schedule={**rs.schedule, **schedule},
+        # A policy's schedule for an id replaces the local one, whatever its form.
+        schedule={**{k: v for k, v in rs.schedule.items() if k not in timed}, **schedule},
+        timed={**{k: v for k, v in rs.timed.items() if k not in schedule}, **timed},
     )
     sampler = dataclasses.replace(local.sampler, watched_names=watched_process_names(checks))
     return dataclasses.replace(local, checks=tuple(checks), remediation=settings, sampler=sampler)

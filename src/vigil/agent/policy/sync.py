@@ -37,6 +37,7 @@ from vigil.agent.config import AgentConfig
 from vigil.agent.events import EventSink, new_event_id
 from vigil.agent.policy.cache import CachedBundle, PolicyCache
 from vigil.agent.policy.compose import compose
+from vigil.agent.policy.settings import trusted_keys
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.remediation.manifest import Remediation
 from vigil.agent.remediation.requested import run_requested
@@ -70,6 +71,7 @@ class Offer:
     halted: frozenset[str]
     halt_all: bool
     run_now: tuple[dict[str, Any], ...]
+    url: str = POLICY_PATH
 
 
 def parse_offer(ack_text: str) -> Offer | None:
@@ -107,12 +109,18 @@ def parse_offer(ack_text: str) -> Offer | None:
         and isinstance(r.get("remediation"), str)
         and isinstance(r.get("params", {}), dict)
     )
+    # The fetch path (it names the agent on a shared token: ?agent_id=...); only ever a
+    # path below the policy endpoint of the same collector.
+    url = raw.get("url")
+    if not isinstance(url, str) or not (url == POLICY_PATH or url.startswith(POLICY_PATH + "?")):
+        url = POLICY_PATH
     return Offer(
         policy if policy is not None else None,
         version if policy is not None else None,
         frozenset(halted),
         halt_all,
         requests,
+        url,
     )
 
 
@@ -159,6 +167,7 @@ class PolicySync:
         self._refused: dict[str, float] = {}  # tag -> monotonic time it was refused
         self._last_report: tuple[str, str] | None = None
         self._said_no_keys = False
+        self._applied: str | None = None  # the ok message once the service swapped it in
         self.tasks: set[asyncio.Task[Any]] = set()
         # Cached bundles skipped at start (see initial_policy), reported by report_start.
         self.start_problems: list[str] = []
@@ -207,12 +216,19 @@ class PolicySync:
         if offer.policy is None or offer.version is None:
             return
         tag = policy_tag(offer.policy, offer.version)
-        if tag == self.header or (self._fetching is not None and not self._fetching.done()):
+        if tag == self.header:
+            # The collector offers what runs (again, e.g. a paused rollout after a refused
+            # version): the earlier refusal no longer applies.
+            if self.running is not None and self._last_report and self._last_report[0] != "ok":
+                bundle = self.running.bundle
+                self.report("ok", f"running policy {bundle.policy} version {bundle.version}")
+            return
+        if self._fetching is not None and not self._fetching.done():
             return
         refused_at = self._refused.get(tag)
         if refused_at is not None and self.monotonic() - refused_at < REFETCH_REFUSED_S:
             return
-        self._fetching = self._spawn(self.fetch(offer.policy, offer.version))
+        self._fetching = self._spawn(self.fetch(offer.policy, offer.version, offer.url))
 
     def _run_now(self, request: dict[str, Any]) -> None:
         request_id = str(request["id"])
@@ -243,11 +259,16 @@ class PolicySync:
 
     # ------------------------------------------------------------------ fetch and apply
 
-    async def fetch(self, policy: str, version: int) -> None:
+    async def fetch(self, policy: str, version: int, url: str = POLICY_PATH) -> None:
         """Fetch the offered bundle (conditional GET), verify, cache, compose, apply.
         Failures are reported as ``agent.policy``; network errors only logged (retried at
         a later ack)."""
         tag = policy_tag(policy, version)
+        # Enrolling a running agent stores the collector's keys: pick them up (one small
+        # file read per fetch; fetches happen only when the offered version changes).
+        self.trusted = tuple(
+            dict.fromkeys((*self.trusted, *trusted_keys(self.local.policy, self.local.state_dir)))
+        )
         if not self.trusted:
             if not self._said_no_keys:
                 log.warning(
@@ -260,7 +281,7 @@ class PolicySync:
             return
         headers = {"If-None-Match": f'"{self.header}"'}
         try:
-            reply = await self.fetcher.get(POLICY_PATH, headers, MAX_DOCUMENT)
+            reply = await self.fetcher.get(url, headers, MAX_DOCUMENT)
         except (OSError, ValueError, TimeoutError) as exc:
             log.warning("cannot fetch policy %s: %s", tag, exc)
             return
@@ -305,10 +326,18 @@ class PolicySync:
             self._refuse(bundle.tag, "config", str(exc))
             return False
         self.running = cached
+        log.info("policy %s verified (key %s); applying it", bundle.tag, bundle.key_id)
+        self._applied = f"running policy {bundle.policy} version {bundle.version}"
         self.apply(*composed)
-        log.info("policy %s verified (key %s) and applied", bundle.tag, bundle.key_id)
-        self.report("ok", f"running policy {bundle.policy} version {bundle.version}")
         return True
+
+    def applied(self) -> None:
+        """Called by the service once the accepted policy runs (swapped in): reports
+        ``agent.policy`` ok and ships it at once, so the report carrying the new
+        ``X-Vigil-Policy`` reaches the collector without waiting for a report interval."""
+        message, self._applied = self._applied, None
+        if message is not None:
+            self.report("ok", message, urgent=True)
 
     def _refuse(self, tag: str, reason: str, message: str) -> None:
         self._refused[tag] = self.monotonic()
@@ -317,8 +346,9 @@ class PolicySync:
         kept = f"; still running {self.header}" if self.running else ""
         self.report("critical", f"{reason}: {message} (policy {policy} version {version}){kept}")
 
-    def report(self, state: str, message: str) -> None:
-        """Record the ``agent.policy`` check result (only when it changed)."""
+    def report(self, state: str, message: str, *, urgent: bool | None = None) -> None:
+        """Record the ``agent.policy`` check result (only when it changed); ``urgent``
+        (default: when critical) ships it at once."""
         if self._last_report == (state, message):
             return
         self._last_report = (state, message)
@@ -333,7 +363,7 @@ class PolicySync:
                 value=None,
                 message=message[: wire.MAX_STR],
             ),
-            urgent=state == "critical",
+            urgent=state == "critical" if urgent is None else urgent,
         )
 
     async def close(self) -> None:
@@ -395,3 +425,51 @@ def _take_local_bundle(
         return []  # the collector already delivered a newer version of the same policy
     cache.store(bundle, document)
     return []
+
+
+@dataclass
+class PolicyStart:
+    """What :func:`open_policy` found: the composed start (``running`` is the cached
+    bundle in it, ``None`` when the local config runs alone) and what it skipped."""
+
+    local: AgentConfig
+    cache: PolicyCache
+    trusted: tuple[str, ...]
+    composed: Composed
+    running: CachedBundle | None
+    problems: list[str]
+    agent_version: str
+
+    def sync(self, *, fetcher: Fetcher, sink: EventSink, clock: Callable[[], float]) -> PolicySync:
+        """The :class:`PolicySync` for the running agent; its ``flow`` and ``apply`` are
+        set by the service that owns them."""
+        sync = PolicySync(
+            self.local,
+            cache=self.cache,
+            trusted=self.trusted,
+            fetcher=fetcher,
+            sink=sink,
+            flow=_no_flow,
+            apply=lambda *composed: None,
+            agent_version=self.agent_version,
+            running=self.running,
+            clock=clock,
+        )
+        sync.start_problems = self.problems
+        return sync
+
+
+def _no_flow() -> RemediationFlow:
+    raise RuntimeError("PolicySync.flow is set by the agent service")
+
+
+def open_policy(local: AgentConfig, *, now: float, agent_version: str) -> PolicyStart:
+    """The agent's policy state at start: trusted keys (config + enrolled), and the
+    newest cached or local bundle that still verifies, merged over ``local`` (see
+    :func:`initial_policy`)."""
+    cache = PolicyCache(local.state_dir)
+    keys = trusted_keys(local.policy, local.state_dir)
+    composed, running, problems = initial_policy(
+        local, cache, keys, now=now, agent_version=agent_version
+    )
+    return PolicyStart(local, cache, keys, composed, running, problems, agent_version)

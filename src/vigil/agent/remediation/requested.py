@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from vigil import wire
+from vigil.agent.events import new_event_id
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.remediation.manifest import Remediation
 from vigil.agent.remediation.outcome import RemediationOutcome, run_outcome
@@ -54,6 +56,9 @@ async def run_requested(
     rem = flow.library.get(rem_id)
     if rem is None:
         log.warning("%s %s: %s", why, request_id or "", reason)
+        if request_id is not None:
+            # Still answer the request, so the admin sees why this host did nothing.
+            _record_unknown(flow, rem_id, request_id, f"{why}: {reason}", now)
         return "skipped"
     if reason is not None:
         skipped = RemediationOutcome("skipped", None, None, None, f"{why}: {reason}")
@@ -99,3 +104,31 @@ async def _attempt(
         detail = "detection: issue gone" if fixed else "detection: issue still present"
         return RemediationOutcome("fixed" if fixed else "not_fixed", None, None, result, detail)
     return RemediationOutcome("fixed", None, None, result, "exit 0 (nothing to verify against)")
+
+
+def _record_unknown(
+    flow: RemediationFlow, rem_id: str, request_id: str, why: str, now: float
+) -> None:
+    """A ``skipped`` record for a request naming a remediation this host does not have."""
+    flow.sink.put(
+        wire.RemediationEvent(
+            event_id=new_event_id(),
+            seq=0,
+            time=now,
+            remediation=rem_id[: wire.MAX_STR] or "?",
+            check=None,
+            outcome="skipped",
+            exit_code=None,
+            started_at=now,
+            duration_s=0.0,
+            value_before=None,
+            value_after=None,
+            output=why[: wire.MAX_OUTPUT],
+            output_truncated=False,
+            script_sha256="",
+            dry_run=False,
+            request_id=request_id,
+        ),
+        urgent=True,
+    )
+    flow.deliver_now()
