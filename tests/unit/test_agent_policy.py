@@ -622,3 +622,19 @@ async def test_run_now_of_an_unknown_remediation_answers_the_request(
     (record,) = [e for e in h.events() if isinstance(e, wire.RemediationEvent)]
     assert (record.remediation, record.outcome, record.request_id) == ("nope", "skipped", "rn-3")
     assert record.output == "run-now: remediation nope is not loaded on this host"
+
+
+@run_async
+async def test_run_now_with_an_undeclared_parameter_runs_nothing_and_says_so(
+    tmp_path: Path, keys: tuple[bytes, str]
+) -> None:
+    marker = tmp_path / "marker"
+    doc = signed_bundle(policy_source(tmp_path / "src", marker), keys[0], version=1)
+    h = Harness(tmp_path, keys[1], FakeFetcher(doc, "finance@1"))
+    await h.ack(offer(1))
+    request = {"id": "rn-4", "remediation": "touch-file", "params": {"rm": "-rf"}}
+    await h.ack(offer(1, run_now=[request]))
+    assert not marker.exists()
+    (record,) = [e for e in h.events() if isinstance(e, wire.RemediationEvent)]
+    assert (record.outcome, record.request_id) == ("skipped", "rn-4")
+    assert "has no parameter 'rm'" in record.output

@@ -54,7 +54,8 @@ async def run_requested(
     """Run ``rem_id`` once with ``params`` (over the host's ``remediation.params``),
     verify it, record it (with ``request_id``), and return the outcome. A refusal (see
     :func:`refusal`) is recorded as ``skipped`` with the reason when the remediation
-    exists; an unknown id is only logged (there is nothing to attach a record to)."""
+    exists, and so is a parameter its manifest does not declare; an unknown id gets a
+    ``skipped`` record naming it when the run answers a request."""
     now = flow.clock()
     reason = refusal(flow, rem_id)
     rem = flow.library.get(rem_id)
@@ -67,6 +68,13 @@ async def run_requested(
     if reason is not None:
         skipped = RemediationOutcome("skipped", None, None, None, f"{why}: {reason}")
         flow._record_remediation(None, rem, skipped, now, now, request_id=request_id)
+        flow.deliver_now()
+        return "skipped"
+    try:
+        rem.script_env(params)
+    except ValueError as exc:  # a parameter the manifest does not declare: nothing runs
+        refused = RemediationOutcome("skipped", None, None, None, f"{why}: {exc}")
+        flow._record_remediation(None, rem, refused, now, now, request_id=request_id)
         flow.deliver_now()
         return "skipped"
     flow._busy.add(rem_id)
