@@ -75,6 +75,12 @@ class Offer:
     url: str = POLICY_PATH
 
 
+def _log_failure(task: asyncio.Task[Any]) -> None:
+    """A fetch or run-now task that failed unexpectedly is logged, never silent."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("policy task failed", exc_info=exc)
+
+
 def parse_offer(ack_text: str) -> Offer | None:
     """The ack's ``policy`` object; ``None`` when absent (an older collector) or malformed
     (logged): a bad ack never changes what the agent runs."""
@@ -256,6 +262,7 @@ class PolicySync:
         task = asyncio.ensure_future(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(_log_failure)
         return task
 
     # ------------------------------------------------------------------ fetch and apply
