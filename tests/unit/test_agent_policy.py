@@ -474,6 +474,8 @@ async def test_the_kill_switch_applies_at_once_and_persists(
     assert again.flow.is_halted("touch-file")
     await again.ack(offer(None, halt_all=True))
     assert again.flow.is_halted("anything")
+    await again.ack({"policy": None, "version": None})  # says nothing of halts: kept
+    assert again.flow.is_halted("anything")
     await again.ack(offer(None))  # lifted
     assert not again.flow.is_halted("touch-file")
     assert not Harness(tmp_path, keys[1], FakeFetcher(None, "")).flow.is_halted("touch-file")

@@ -69,7 +69,7 @@ class Offer:
 
     policy: str | None
     version: int | None
-    halted: frozenset[str]
+    halted: frozenset[str] | None  # None: the ack says nothing about halts (keep them)
     halt_all: bool
     run_now: tuple[dict[str, Any], ...]
     url: str = POLICY_PATH
@@ -121,10 +121,13 @@ def parse_offer(ack_text: str) -> Offer | None:
     url = raw.get("url")
     if not isinstance(url, str) or not (url == POLICY_PATH or url.startswith(POLICY_PATH + "?")):
         url = POLICY_PATH
+    # Halts are lifted only by an ack that carries the kill switch, never by one that
+    # happens to lack it.
+    says_halts = "halted" in raw or "halt_all" in raw
     return Offer(
         policy if policy is not None else None,
         version if policy is not None else None,
-        frozenset(halted),
+        frozenset(halted) if says_halts else None,
         halt_all,
         requests,
         url,
@@ -205,7 +208,10 @@ class PolicySync:
         offer = parse_offer(ack_text)
         if offer is None:
             return
-        if (offer.halted, offer.halt_all) != (self.halted, self.halt_all):
+        if offer.halted is not None and (offer.halted, offer.halt_all) != (
+            self.halted,
+            self.halt_all,
+        ):
             self.halted, self.halt_all = offer.halted, offer.halt_all
             self.enforce_halts(self.flow())
             log.warning(
