@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import yaml
 
-from vigil.policy_bundle import (
+from vigil.policy_format import (
     _CONFIG_KEYS,
     _REMEDIATION_KEYS,
     _VERSION,

@@ -11,9 +11,10 @@ folders themselves. One JSON document (media type :data:`MEDIA_TYPE`, extension 
 
 The manifest lists the SHA-256 and size of every file, so one signature covers them all.
 Both programs import this module (the collector verifies uploads, the agent verifies what it
-runs); it imports only the standard library, :mod:`orjson`, and -- lazily, inside the
-functions that need them -- ``cryptography`` (Ed25519) and ``yaml`` (only :func:`build`
-reads a YAML file), so ``import vigil.policy_bundle`` stays cheap on a laptop.
+runs); it imports only the standard library (``json``: the agent never loads orjson) and,
+lazily, inside the functions that need them, ``cryptography`` (Ed25519) and
+:mod:`vigil.policy_build` (only :func:`build` reads YAML), so ``import vigil.policy_bundle``
+stays cheap on a laptop.
 
 :func:`verify` never trusts anything it has not checked: the envelope is parsed with
 bounded sizes, the signature is checked over the manifest's exact bytes *before* the
@@ -27,15 +28,40 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import math
-import re
+import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import orjson
-
+from vigil.policy_format import (
+    _CONFIG_KEYS,
+    _KEY_ID,
+    _LEADING_VERSION,
+    _MANIFEST_KEYS,
+    _REMEDIATION_KEYS,
+    _SHA256,
+    _VERSION,
+    EXTENSION,
+    FORMAT,
+    MAX_DOCUMENT,
+    MAX_FILES,
+    MAX_PATH,
+    MAX_SIGNATURES,
+    MEDIA_TYPE,
+    NO_POLICY,
+    POLICY_FILE,
+    REASONS,
+    REMEDIATIONS_DIR,
+    BundleError,
+    PolicySourceError,
+    VerifiedBundle,
+    _check_path,
+    _check_target,
+    _finite_time,
+    is_policy_name,
+    parse_policy_tag,
+    policy_tag,
+)
 from vigil.policy_keys import (
     KEY_PREFIX,
     _load_private,
@@ -48,14 +74,26 @@ from vigil.policy_keys import (
     write_private_key,
 )
 
-__all__ = [
+__all__ = [  # the public API, including what it re-exports from policy_format/policy_keys
+    "EXTENSION",
+    "FORMAT",
     "KEY_PREFIX",
+    "MAX_DOCUMENT",
+    "MAX_FILES",
+    "MAX_PATH",
+    "MAX_SIGNATURES",
+    "MEDIA_TYPE",
+    "NO_POLICY",
+    "POLICY_FILE",
+    "REASONS",
+    "REMEDIATIONS_DIR",
     "BundleError",
     "PolicySourceError",
     "VerifiedBundle",
     "build",
     "check_public_key",
     "generate_keypair",
+    "is_policy_name",
     "key_id",
     "matches_target",
     "pack",
@@ -63,172 +101,11 @@ __all__ = [
     "policy_tag",
     "public_key_text",
     "sign",
+    "trusted_key_map",
     "verify",
+    "version_tuple",
     "write_private_key",
 ]
-
-FORMAT = "vigil-policy/1"
-MEDIA_TYPE = "application/vnd.vigil.policy+json"
-EXTENSION = ".vpol"
-POLICY_FILE = "policy.yaml"  # the config fragment in a policy source folder
-REMEDIATIONS_DIR = "remediations"  # the remediation folders in a policy source folder
-NO_POLICY = "none"  # X-Vigil-Policy header value of an agent running no bundle
-
-# Bounds on what verify() accepts, so a hostile document costs bounded memory and CPU.
-MAX_DOCUMENT = 32 * 1024 * 1024  # bytes
-MAX_FILES = 2000
-MAX_PATH = 255  # characters of one relative path
-MAX_SIGNATURES = 16
-
-# Stable failure reasons (agents report them, tests and the collector match on them).
-REASONS: tuple[str, ...] = (
-    "malformed",
-    "unsigned",
-    "unknown_key",
-    "bad_signature",
-    "unsafe_path",
-    "hash_mismatch",
-    "missing_file",
-    "extra_file",
-    "expired",
-    "downgrade",
-    "agent_too_old",
-)
-
-_POLICY_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
-_KEY_ID = re.compile(r"^[0-9a-f]{16}$")
-_SHA256 = re.compile(r"^[0-9a-f]{64}$")
-_VERSION = re.compile(r"^[0-9]+(\.[0-9]+)*$")
-_LEADING_VERSION = re.compile(r"^([0-9]+(?:\.[0-9]+)*)")
-_MANIFEST_KEYS = frozenset(
-    {
-        "policy",
-        "version",
-        "created_at",
-        "expires_at",
-        "min_agent_version",
-        "target",
-        "files",
-        "config",
-    }
-)
-_CONFIG_KEYS = frozenset({"checks", "remediation"})
-_REMEDIATION_KEYS = frozenset({"enabled", "schedule"})
-
-
-class BundleError(Exception):
-    """A bundle failed verification (or could not be built).
-
-    ``reason`` is one of :data:`REASONS` (a stable string for reports and tests);
-    ``message`` says what exactly is wrong, naming the path or field.
-    """
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
-        self.message = message
-
-
-class PolicySourceError(ValueError):
-    """A policy source folder (:func:`build`'s input) is unusable; names file and key."""
-
-
-@dataclass(frozen=True, slots=True)
-class VerifiedBundle:
-    """A bundle whose signature and every file hash verified.
-
-    ``created_at``/``expires_at`` are Unix seconds; ``target`` is the manifest's target
-    (``{"labels": {...}}`` or ``{}``); ``config`` is the agent-config fragment
-    (``checks``, ``remediation``); ``files`` maps relative posix paths to their bytes;
-    ``manifest_bytes`` are the exact signed bytes; ``key_id`` names the key that signed.
-    """
-
-    policy: str
-    version: int
-    created_at: float
-    expires_at: float
-    target: dict[str, Any]
-    config: dict[str, Any]
-    files: dict[str, bytes]
-    manifest_bytes: bytes
-    key_id: str
-
-    @property
-    def tag(self) -> str:
-        """``"<policy>@<version>"`` (the ETag and ``X-Vigil-Policy`` form)."""
-        return policy_tag(self.policy, self.version)
-
-
-# --------------------------------------------------------------------------- tags
-
-
-def policy_tag(policy: str, version: int) -> str:
-    """``"<policy>@<version>"``: what the agent sends in ``X-Vigil-Policy`` and the
-    collector's ETag (without the quotes)."""
-    return f"{policy}@{version}"
-
-
-def parse_policy_tag(text: str) -> tuple[str, int] | None:
-    """Inverse of :func:`policy_tag`; ``"none"`` gives ``None``. Surrounding double quotes
-    (an ETag) are accepted. Raises :class:`ValueError` naming the text when malformed."""
-    value = text.strip()
-    if len(value) >= 2 and value[0] == value[-1] == '"':
-        value = value[1:-1]
-    if value == NO_POLICY:
-        return None
-    name, sep, version = value.rpartition("@")
-    if not sep or not _POLICY_NAME.match(name) or not version.isascii():
-        raise ValueError(f"bad policy tag {text!r}: expected '<policy>@<version>' or 'none'")
-    if not version.isdigit() or int(version) < 1 or len(version) > 18:
-        raise ValueError(f"bad policy tag {text!r}: version must be an integer >= 1")
-    return name, int(version)
-
-
-def is_policy_name(name: object) -> bool:
-    """True for a valid policy name (``[a-z0-9][a-z0-9._-]{0,63}``)."""
-    return isinstance(name, str) and bool(_POLICY_NAME.match(name))
-
-
-# --------------------------------------------------------------------------- build
-
-
-def _check_path(path: str) -> str | None:
-    """Why ``path`` is not a safe relative posix path, or None when it is."""
-    if not isinstance(path, str) or not path:
-        return "empty path"
-    if len(path) > MAX_PATH:
-        return f"path longer than {MAX_PATH} characters"
-    if "\x00" in path:
-        return "NUL in path"
-    if "\\" in path:
-        return "backslash in path"
-    if path.startswith("/") or re.match(r"^[A-Za-z]:", path):
-        return "absolute path"
-    parts = path.split("/")
-    if any(part == "" for part in parts):
-        return "empty path component"
-    if any(part in (".", "..") for part in parts):
-        return "'.' or '..' component"
-    return None
-
-
-def _finite_time(value: float, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number of Unix seconds, got {value!r}")
-    return value
-
-
-def _check_target(target: Mapping[str, Any]) -> dict[str, Any]:
-    if not isinstance(target, Mapping) or set(target) - {"labels"}:
-        raise ValueError(f"target must be {{}} or {{'labels': {{...}}}}, got {target!r}")
-    if "labels" not in target:
-        return {}
-    labels = target["labels"]
-    if not isinstance(labels, Mapping) or not all(
-        isinstance(k, str) and k and isinstance(v, str) for k, v in labels.items()
-    ):
-        raise ValueError(f"target.labels must map label names to strings, got {labels!r}")
-    return {"labels": dict(labels)}
 
 
 def build(
@@ -283,7 +160,7 @@ def pack(manifest: bytes, signatures: list[dict], files: Mapping[str, bytes]) ->
         "signatures": [{"key_id": s["key_id"], "sig": s["sig"]} for s in signatures],
         "files": {path: base64.b64encode(data).decode() for path, data in sorted(files.items())},
     }
-    return orjson.dumps(document)
+    return json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
 
 
 # --------------------------------------------------------------------------- verify
@@ -294,6 +171,16 @@ def trusted_key_map(trusted: Mapping[str, str] | Iterable[str]) -> dict[str, byt
     :class:`ValueError` (a config error, not a bundle error)."""
     texts = trusted.values() if isinstance(trusted, Mapping) else trusted
     return {key_id(text): _raw_public(text.strip()) for text in texts}
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads(raw: bytes) -> Any:
+    """Strict JSON: the standard library's parser (the agent never imports orjson: it
+    keeps the agent's footprint small), refusing NaN and Infinity."""
+    return json.loads(raw, parse_constant=_no_constant)
 
 
 def _malformed(message: str) -> BundleError:
@@ -313,8 +200,8 @@ def _envelope(document: bytes) -> tuple[bytes, list[tuple[str, bytes]], dict[str
     if len(document) > MAX_DOCUMENT:
         raise _malformed(f"document is {len(document)} bytes, at most {MAX_DOCUMENT}")
     try:
-        doc = orjson.loads(document)
-    except orjson.JSONDecodeError as exc:
+        doc = _loads(document)
+    except ValueError as exc:  # JSONDecodeError, a bad encoding, NaN/Infinity
         raise _malformed(f"not JSON: {exc}") from None
     if not isinstance(doc, dict):
         raise _malformed("document: expected a JSON object")
@@ -375,8 +262,8 @@ def _check_signatures(
 
 def _parse_manifest(manifest: bytes) -> dict[str, Any]:
     try:
-        data = orjson.loads(manifest)
-    except orjson.JSONDecodeError as exc:
+        data = _loads(manifest)
+    except ValueError as exc:
         raise _malformed(f"manifest: not JSON: {exc}") from None
     if not isinstance(data, dict):
         raise _malformed("manifest: expected a JSON object")

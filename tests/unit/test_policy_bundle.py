@@ -422,11 +422,22 @@ def test_matches_target(target: dict, labels: dict, expected: bool) -> None:
     assert pb.matches_target(target, labels) is expected
 
 
-def test_import_does_not_load_cryptography() -> None:
-    """The agent imports the module at start; cryptography loads only when verifying."""
+def test_import_does_not_load_cryptography_orjson_or_yaml() -> None:
+    """The agent imports the module at start; cryptography loads only when verifying, and
+    neither orjson nor YAML ever for verifying."""
     import subprocess
     import sys
 
-    code = "import sys, vigil.policy_bundle; print('cryptography' in sys.modules)"
+    code = (
+        "import sys, vigil.policy_bundle\n"
+        "print(sorted(m for m in ('cryptography', 'orjson', 'yaml') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "False"
+    assert out.stdout.strip() == "[]"
+
+
+def test_nan_in_a_signed_manifest_is_malformed(signed: tuple, keypair: tuple[bytes, str]) -> None:
+    manifest, files, _ = signed
+    bad = manifest.replace(b'"version":3', b'"version":NaN')
+    doc = pb.pack(bad, [pb.sign(bad, keypair[0])], files)
+    assert reason_of(doc, keypair[1]) == "malformed"

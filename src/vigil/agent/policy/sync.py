@@ -30,7 +30,7 @@ import logging
 import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from vigil import wire
 from vigil.agent.config import AgentConfig
@@ -56,8 +56,9 @@ Composed = tuple[AgentConfig, dict[str, Remediation], dict[str, str]]
 Apply = Callable[[AgentConfig, dict[str, Remediation], dict[str, str]], None]
 
 
-class Fetcher:
-    """What :class:`PolicySync` needs of the shipper: an authenticated GET."""
+class Fetcher(Protocol):
+    """What :class:`PolicySync` needs of the shipper (:meth:`Shipper.get`): an
+    authenticated GET whose reply has ``status``, ``body``, ``text``."""
 
     async def get(self, path: str, headers: dict[str, str], max_body: int) -> Any: ...
 

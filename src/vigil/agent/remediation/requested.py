@@ -9,6 +9,10 @@ attempt budget do not apply to an admin's explicit request (they protect a lapto
 fix looping on its own); a repeated request is not run twice (``agent/policy/sync.py``
 remembers the ids it has run).
 
+This module is part of the flow, kept apart to keep ``flow.py`` small: it uses the flow's
+own script, environment, verification and record helpers (the ``_``-prefixed ones) so a
+requested run can never differ from a triggered one in how it runs or is recorded.
+
 Verification without a check: the manifest's verification script if it has one (exit 0
 is fixed), else its detection script (exit 0 = issue gone), else the script's own clean
 exit is recorded as ``fixed`` with that reason.
