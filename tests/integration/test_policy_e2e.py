@@ -156,6 +156,9 @@ def test_sign_publish_apply_run_now_and_halt(tmp_path: Path) -> None:
         assert marker.read_text() == "ran\n"  # once: a repeated ack does not run it again
         runs = get_json(f"{url}/api/v1/remediations/runs?remediation=mark", ADMIN_TOKEN)["runs"]
         assert [r["event_id"] for r in runs] == [result["event_id"]]
+        # The corrective-action record carries the request and who asked.
+        assert runs[0]["request_id"] == request["id"]
+        assert runs[0]["requested_by"] == status["requested_by"]
         audit = get_json(f"{url}/api/v1/audit?action=policy.run_now", ADMIN_TOKEN)["records"]
         assert audit[0]["actor"] == status["requested_by"]
 

@@ -265,3 +265,58 @@ def test_a_halt_shows_in_vigil_remediations_paused(
         assert 'vigil_remediations_paused{remediation="disk-cleanup"} 1.0' in after
 
     with_client(config, collector_server, steps)
+
+
+def test_rollout_control_over_http_is_audited_and_refuses_unknown_policies(
+    config: CollectorConfig, collector_server: Any, source: Path, keys: Any
+) -> None:
+    document = signed_bundle(source, keys[0], version=1)
+
+    async def steps(c: Client) -> None:
+        assert (await c.publish(document, "rings=0.1,1.0&soak=1h"))[0] == 201
+        status, row = await c.admin_call("POST", "/api/v1/policies/finance/pause")
+        assert status == 200 and row["paused"] and row["soak_s"] == 3600.0
+        status, row = await c.admin_call("POST", "/api/v1/policies/finance/resume")
+        assert status == 200 and not row["paused"]
+        status, row = await c.admin_call("POST", "/api/v1/policies/finance/advance")
+        assert (status, row["ring"]) == (200, 1)
+        status, body = await c.admin_call("POST", "/api/v1/policies/finance/advance")
+        assert status == 409
+        status, body = await c.admin_call("POST", "/api/v1/policies/nope/pause")
+        assert (status, body["field"]) == (404, "policy")
+        _, audit = await c.admin_call("GET", "/api/v1/audit")
+        actions = [r["action"] for r in audit["records"] if r["action"].startswith("policy.")]
+        assert actions == ["policy.advance", "policy.resume", "policy.pause", "policy.publish"]
+        assert all(r["actor"] == "config:admin_tokens.0" for r in audit["records"])
+
+    with_client(config, collector_server, steps)
+
+
+def test_an_enrolled_agent_fetches_by_its_credential_and_a_shared_token_must_name_one(
+    config: CollectorConfig, collector_server: Any, make_report: Any, source: Path, keys: Any
+) -> None:
+    document = signed_bundle(source, keys[0], version=1)
+
+    async def steps(c: Client) -> None:
+        assert (await c.publish(document))[0] == 201
+        _, body = await c.admin_call("POST", "/api/v1/enroll-secrets", {"labels": {"r": "x"}})
+        enroll = {"secret": body["secret"]["secret"], "agent_id": "agent-0009", "hostname": "ws"}
+        async with c.http.post(f"{c.url}/api/v1/enroll", json=enroll) as r:
+            credential = (await r.json())["credential"]
+        own = {"Authorization": f"Bearer {credential}"}
+        report = make_report(agent_id="agent-0009")
+        headers = own | {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+        body_bytes = gzip.compress(wire.encode_report(report))
+        async with c.http.post(f"{c.url}/api/v1/reports", data=body_bytes, headers=headers) as r:
+            ack = await r.json()
+        assert ack["policy"]["url"] == "/api/v1/agent/policy"  # no agent_id: the credential
+        async with c.http.get(f"{c.url}/api/v1/agent/policy", headers=own) as r:
+            assert r.status == 200 and await r.read() == document
+        async with c.http.get(f"{c.url}/api/v1/agent/policy", headers=c.agent) as r:
+            assert r.status == 400 and (await r.json())["field"] == "agent_id"
+        status, _, _ = await c.fetch("agent-0009")  # a shared token for an enrolled id
+        assert status == 403
+        async with c.http.get(f"{c.url}/api/v1/agent/policy") as r:
+            assert r.status == 401
+
+    with_client(config, collector_server, steps)

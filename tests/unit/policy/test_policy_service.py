@@ -246,6 +246,13 @@ def test_a_reported_run_with_a_request_id_is_linked_to_the_request(desk: Desk) -
     assert got["results"] == [
         {"host": "ws-1", "event_id": event.event_id, "outcome": "fixed", "at": NOW + 5}
     ]
+    # The corrective-action record itself says who asked; other runs say nothing of it.
+    desk.ingest(
+        build_report(build_remediation_event("disk-cleanup", None), agent_id="ws-1"), NOW + 6
+    )
+    other, linked = desk.list_remediation_runs(host="ws-1")
+    assert (linked["request_id"], linked["requested_by"]) == (row["id"], "alice")
+    assert "request_id" not in other and "requested_by" not in other
 
 
 def test_a_complete_soaked_rollout_is_no_longer_guarded(

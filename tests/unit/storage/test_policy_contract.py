@@ -148,3 +148,6 @@ def test_run_now_requests_collect_one_result_per_host(storage: Storage) -> None:
     assert open_["params"] == {"n": 1} and open_["labels"] == {"department": "finance"}
     assert got is not None and got["requested_by"] == "alice"
     assert got["results"] == [{"host": "a", "event_id": "e1", "outcome": "fixed", "at": NOW + 5}]
+    with storage.session() as uow:
+        asked = uow.policy.requests_for(["e1", "e-other"])
+    assert asked == {"e1": {"request_id": "rn-1", "requested_by": "alice", "requested_at": NOW}}

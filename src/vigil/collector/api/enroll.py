@@ -1,7 +1,8 @@
 """``POST /api/v1/enroll``: exchange an enrollment secret for a per-agent credential.
 
 Body: ``{"secret": str, "agent_id": str, "hostname": str, "replace": bool}``. Answers
-``201 {"agent_id", "credential", "expires_at", "labels"}``; a wrong secret is 401, an
+``201 {"agent_id", "credential", "expires_at", "labels", "policy_keys"}`` (the keys policy
+bundles must be signed by: ``policy.trusted_keys``); a wrong secret is 401, an
 expired, used-up or revoked one 403, an agent id that is already enrolled 409 (unless
 ``replace``), more than ``enrollment.rate_limit`` tries a minute from one client
 address 429 with ``Retry-After``; every refusal is counted

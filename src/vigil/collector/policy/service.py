@@ -284,6 +284,7 @@ def status(storage: Storage, name: str) -> dict[str, Any]:
     new version; and hosts per running version."""
     with storage.session() as uow:
         current = _existing(uow, name)
+        (row,) = [r for r in uow.policy.rollouts() if r["policy"] == name]
         running = uow.policy.running(name)
         hosts = uow.hosts.list()
     rings = [
@@ -298,7 +299,7 @@ def status(storage: Storage, name: str) -> dict[str, Any]:
     by_version: dict[str, int] = {}
     for version in running.values():
         by_version[str(version)] = by_version.get(str(version), 0) + 1
-    return current.to_row(current.ring_started_at) | {"rings_status": rings, "running": by_version}
+    return row | {"rings_status": rings, "running": by_version}
 
 
 def load_snapshot(storage: Storage, now: float) -> Snapshot:

@@ -4,7 +4,7 @@ exposes it as ``policy``. Implemented by ``policy_sql.py`` for both backends."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
 
@@ -67,6 +67,10 @@ class PolicyRepository(Protocol):
 
     def get_run_now(self, request_id: str) -> dict[str, Any] | None:
         """One request with its ``results`` (``host, event_id, outcome, at``), or None."""
+
+    def requests_for(self, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        """For the runs (by ``event_id``) that answered a run-now request: ``event_id ->
+        {"request_id", "requested_by", "requested_at"}`` (the others are absent)."""
 
     def add_run_now_result(
         self, request_id: str, host: str, event_id: str, outcome: str, at: float

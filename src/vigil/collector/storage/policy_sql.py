@@ -12,7 +12,7 @@ does next is decided in ``collector/policy/``.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 _VERSION_COLUMNS = (
@@ -236,6 +236,21 @@ class PolicySql:
         out["results"] = [
             {"host": h, "event_id": e, "outcome": o, "at": a} for h, e, o, a in results
         ]
+        return out
+
+    def requests_for(self, event_ids: Sequence[str]) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        ids = list(dict.fromkeys(event_ids))
+        for start in range(0, len(ids), 500):  # bounded statement size
+            chunk = ids[start : start + 500]
+            rows = self._run(
+                "SELECT s.event_id, q.id, q.requested_by, q.requested_at FROM run_now_results s"
+                " JOIN run_now q ON q.id = s.request_id"
+                f" WHERE s.event_id IN ({', '.join('?' for _ in chunk)})",
+                tuple(chunk),
+            ).fetchall()
+            for event_id, request_id, by, at in rows:
+                out[event_id] = {"request_id": request_id, "requested_by": by, "requested_at": at}
         return out
 
     def add_run_now_result(
