@@ -16,6 +16,7 @@ from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog, load_catalog
 from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.desk.satisfaction import DISABLED, SatisfactionPolicy
 from vigil.collector.notify.config import NotifyConfig, parse_notifications
+from vigil.collector.policy.config import PolicyConfig, parse_policy
 from vigil.collector.storage.url import (
     SCHEMES,
     is_postgres_url,
@@ -140,6 +141,8 @@ class CollectorConfig:
     enroll_rate_per_minute: int = DEFAULT_ENROLL_RATE_PER_MINUTE
     # Satisfaction surveys after incidents (``satisfaction:``; docs/satisfaction.md).
     satisfaction: SatisfactionPolicy = DISABLED
+    # Central policy (``policy:``): trusted keys, rollout defaults, the guard.
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 def load_collector_config(path: str | Path) -> CollectorConfig:
@@ -243,6 +246,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     )
     enr.done()
 
+    policy = parse_policy(root.section("policy"))
     public_url = root.get("public_url", str, None)
     satisfaction = _satisfaction(root.section("satisfaction"), public_url)
     root.done()
@@ -269,6 +273,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         credential_ttl_s=credential_ttl_s,
         enroll_rate_per_minute=enroll_rate,
         satisfaction=satisfaction,
+        policy=policy,
     )
 
 

@@ -265,6 +265,12 @@ def _apply_run(
     work.uow.runs.add(host, report.hostname, event, received_at)
     work.delta.remediation_runs[(event.remediation, event.outcome)] += 1
     work.delta.observe_run_duration(event.remediation, event.duration_s)
+    request_id = getattr(event, "request_id", None)
+    if request_id is not None:
+        # A run-now run: linked to its request (who asked) in the same transaction.
+        work.uow.policy.add_run_now_result(
+            request_id, host, event.event_id, event.outcome, received_at
+        )
     if event.check is None:
         return  # triggered by a detection script, not a check: no incident key
     old = key_state(work.uow.keys.load(host, event.check))

@@ -24,6 +24,7 @@ from vigil.collector.desk import commands, reads
 from vigil.collector.desk.alertables import alertables
 from vigil.collector.desk.apply import IngestResult, Items, Results, apply_group
 from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog
+from vigil.collector.desk.collector_checks import apply_collector_check
 from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.desk.liveness import tick
 from vigil.collector.desk.satisfaction import DISABLED, SatisfactionPolicy
@@ -440,6 +441,25 @@ class Desk:
             incidents_acknowledged=figures["incidents_acknowledged"],
         )
         self.surveys.refresh(now)
+
+    def collector_check(
+        self,
+        check: str,
+        state: wire.CheckState,
+        message: str,
+        now: float,
+        also: Callable[[UnitOfWork], None] | None = None,
+    ) -> tuple[int, ...]:
+        """Feed a check the collector observed itself (``desk/collector_checks.py``)
+        through the incident engine, with ``also`` (more writes, e.g. a halt and its
+        audit record) in the same transaction; the incident ids it opened."""
+        with self.storage.session() as uow, uow.transaction():
+            work = Work(uow, self._catalog, self._rules, Aggregates())
+            apply_collector_check(work, check, state, message, now)
+            if also is not None:
+                also(uow)
+        self._publish([work.delta])
+        return tuple(work.changes.opened)
 
     def close(self) -> None:
         """Close the storage; safe to call twice."""

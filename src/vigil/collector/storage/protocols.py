@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from vigil import wire
+from vigil.collector.storage.policy_protocol import PolicyRepository
 from vigil.collector.storage.records import (
     HostBefore,
     IncidentAlertRow,
@@ -400,6 +401,7 @@ class UnitOfWork(Protocol):
     audit: AuditRepository
     enrollment: EnrollmentRepository
     surveys: SurveyRepository
+    policy: PolicyRepository
 
     def begin(self) -> None:
         """Start a write transaction."""

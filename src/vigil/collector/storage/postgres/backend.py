@@ -42,6 +42,7 @@ from vigil.collector.storage.postgres.ingest_repos import (
     PgSeen,
 )
 from vigil.collector.storage.postgres.partitions import maintain
+from vigil.collector.storage.postgres.policy_repo import PgPolicies
 from vigil.collector.storage.postgres.schema import (
     LEADER_LOCK,
     WRITE_LOCK,
@@ -88,6 +89,7 @@ class PgUnitOfWork:
         self.audit = PgAudit(db)
         self.enrollment = PgEnrollment(db)
         self.surveys = PgSurveys(db)
+        self.policy = PgPolicies(db)
 
     def begin(self) -> None:
         self._db.execute("BEGIN")

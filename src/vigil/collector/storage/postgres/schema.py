@@ -25,6 +25,7 @@ import time
 
 import psycopg
 
+from vigil.collector.storage.postgres.policy_repo import POLICY_MIGRATION
 from vigil.collector.storage.postgres.survey_repo import SURVEYS_DDL
 
 # Advisory lock class ids (the first int of the two-int form); the second is a hash of
@@ -274,7 +275,11 @@ CREATE TABLE enroll_generation (
 """
 
 # Append only: a migration once released is never edited, the next one is added below.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (4, SURVEYS_DDL))
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, _V1),
+    (3, POLICY_MIGRATION),  # policy bundles, rollouts, halts, run-now (policy_repo.py)
+    (4, SURVEYS_DDL),  # satisfaction surveys and the survey link key (survey_repo.py)
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables with an identity id, for moving the sequence past ids copied in (importer).

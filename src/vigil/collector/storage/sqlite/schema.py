@@ -12,6 +12,7 @@ import json
 import sqlite3
 
 from vigil.collector.storage.sqlite.codec import HOST_METRICS_UPSERT, pack_floats
+from vigil.collector.storage.sqlite.policy_repo import migrate_policy
 from vigil.collector.storage.sqlite.survey_repo import migrate_surveys
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 
@@ -21,6 +22,7 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # _migrate_problem_kinds).
 # 4: operators and the append-only audit log (_migrate_identity).
 # 5: enrollment secrets and per-agent credentials (migrate_enrollment).
+# 7: policy bundles, rollouts, halts and run-now requests (migrate_policy).
 # 8: satisfaction surveys and the survey link key (sqlite/survey_repo.migrate_surveys).
 SCHEMA_VERSION = 8
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
@@ -237,6 +239,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     _migrate_identity(db)
     migrate_enrollment(db)
     migrate_surveys(db)
+    migrate_policy(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
