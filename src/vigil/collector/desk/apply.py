@@ -31,10 +31,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vigil import wire
-from vigil.collector.desk import engine
+from vigil.collector.desk import engine, sequence
 from vigil.collector.desk.actions import carry_out, flapping_now
 from vigil.collector.desk.catalog import Catalog
 from vigil.collector.desk.engine import IncidentRules, KeyState
+from vigil.collector.desk.sequence import Verdict
 from vigil.collector.desk.work import Changes, Work, key_state
 from vigil.collector.storage.protocols import UnitOfWork
 from vigil.collector.telemetry.aggregates import Aggregates
@@ -42,7 +43,7 @@ from vigil.collector.telemetry.aggregates import Aggregates
 log = logging.getLogger("vigil.collector.desk")
 
 # Counters the ingest path keeps in the ``counters`` repository, written once per group.
-INGEST_COUNTERS = ("reports_accepted", "reports_duplicate", "events")
+INGEST_COUNTERS = ("reports_accepted", "reports_duplicate", "reports_epoch_reset", "events")
 # The clock-offset estimate (see clock_offset_estimate): a sample further than this from
 # it replaces it (seconds), and it may rise this much per second without one (100 ppm,
 # more than a quartz clock drifts).
@@ -54,7 +55,7 @@ CLOCK_DRIFT_PER_S = 1e-4
 class IngestResult:
     """What applying one report did.
 
-    ``duplicate``: the batch was stored before and nothing was applied. ``events``: events
+    ``duplicate``: the batch was applied before and nothing was applied now. ``events``: events
     newly applied (events already seen in an earlier batch are not counted). ``opened``,
     ``resolved``, ``prevented``: incident ids opened, resolved, recorded as prevented.
     """
@@ -64,6 +65,11 @@ class IngestResult:
     opened: tuple[int, ...]
     resolved: tuple[int, ...]
     prevented: tuple[int, ...]
+    # The agent's seq is at or below the collector's mark for its epoch (a restored
+    # snapshot): nothing was applied, and the agent must start a new epoch. ``mark``: the
+    # collector's mark then, for the agent's log.
+    epoch_reset: bool = False
+    mark: int | None = None
 
 
 Items = Sequence[tuple[wire.Report, float]]
@@ -145,23 +151,48 @@ def apply_group(
 
 
 def apply_report(work: Work, report: wire.Report, received_at: float) -> IngestResult:
-    """Apply one report inside the caller's transaction, adding its effects to the delta."""
+    """Apply one report inside the caller's transaction, adding its effects to the delta.
+
+    Dedup (see ``desk/sequence.py``): a report with ``epoch``/``seq_first``/``seq_last``
+    is checked against the host's high-water mark, read under the host's lock and
+    written with the host row, in this transaction; one without them (an older agent)
+    by the ids it records in ``seen``.
+    """
     uow, delta = work.uow, work.delta
     events = report.events
     if any(a.seq > b.seq for a, b in itertools.pairwise(events)):
         events = tuple(sorted(events, key=lambda e: e.seq))
     before = uow.hosts.before(report.agent_id)
-    new_ids: set[str] | None = None
-    if before is None or before.last_batch_id != report.batch_id:
-        new_ids = _record_seen(uow, report, events, received_at)
+    decided = sequence.verdict(
+        report,
+        stored_epoch=None if before is None else before.epoch,
+        mark=None if before is None else before.mark,
+        last_batch_id=None if before is None else before.last_batch_id,
+    )
     fresh: list[wire.Event] = []
-    if new_ids is None:
-        delta.counters["reports_duplicate"] += 1
+    applied = decided not in (Verdict.DUPLICATE, Verdict.RESET)
+    if decided is Verdict.LEGACY or (
+        # An agent upgraded to sequence numbers: its first sequenced report is also
+        # checked against the ids its older version left in ``seen`` (until they age
+        # out), so nothing it had in flight across the upgrade is applied twice.
+        decided is Verdict.NEW_EPOCH and before is not None and before.epoch is None
+    ):
+        new_ids = _record_seen(uow, report, events, received_at)
+        if new_ids is None:
+            applied = False
+        else:
+            for event in events:
+                if event.event_id in new_ids:
+                    new_ids.discard(event.event_id)  # an id twice in one batch counts once
+                    fresh.append(event)
+    elif applied:
+        fresh = list(events)
+    if not applied:
+        if decided is Verdict.RESET:
+            delta.counters["reports_epoch_reset"] += 1
+        else:
+            delta.counters["reports_duplicate"] += 1
     else:
-        for event in events:
-            if event.event_id in new_ids:
-                new_ids.discard(event.event_id)  # an id twice in one batch counts once
-                fresh.append(event)
         ttl = None
         for event in fresh:
             if (
@@ -189,11 +220,13 @@ def apply_report(work: Work, report: wire.Report, received_at: float) -> IngestR
         delta.counters["events"] += len(fresh)
     changes: Changes = work.changes
     return IngestResult(
-        duplicate=new_ids is None,
+        duplicate=not applied and decided is not Verdict.RESET,
         events=len(fresh),
         opened=tuple(changes.opened),
         resolved=tuple(changes.resolved),
         prevented=tuple(changes.prevented),
+        epoch_reset=decided is Verdict.RESET,
+        mark=before.mark if decided is Verdict.RESET and before is not None else None,
     )
 
 
