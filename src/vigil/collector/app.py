@@ -200,6 +200,7 @@ def open_desk(config: CollectorConfig) -> Desk:
             remediation_wait_s=config.remediation_wait_s,
             catalog=config.catalog,
             rules=config.rules,
+            record_event_ids=config.record_event_ids,
         )
     except BaseException:
         storage.close()

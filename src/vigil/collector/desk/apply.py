@@ -108,7 +108,13 @@ def summary_time(agent_time: float, received_at: float) -> float:
 
 
 def apply_group(
-    uow: UnitOfWork, catalog: Catalog, rules: IncidentRules, items: Items, *, isolate: bool
+    uow: UnitOfWork,
+    catalog: Catalog,
+    rules: IncidentRules,
+    items: Items,
+    *,
+    isolate: bool,
+    record_ids: bool = False,
 ) -> tuple[Results, list[Aggregates]]:
     """The work of a group commit, inside the caller's open transaction.
 
@@ -117,6 +123,7 @@ def apply_group(
     failing one fails alone (its slot holds the exception) and its delta vanishes with
     it; without, one exception escapes and the caller rolls the whole group back.
     Returns one result per item and the aggregate deltas to merge after the COMMIT.
+    ``record_ids``: see :attr:`Work.record_ids`.
     """
     results: Results = []
     # One delta for the whole group when it commits or fails as a whole; with ``isolate``
@@ -127,12 +134,14 @@ def apply_group(
             results.append(ValueError(f"received_at: must be a finite number, got {received_at!r}"))
             continue
         if not isolate:
-            results.append(apply_report(Work(uow, catalog, rules, deltas[0]), report, received_at))
+            work = Work(uow, catalog, rules, deltas[0], record_ids=record_ids)
+            results.append(apply_report(work, report, received_at))
             continue
         delta = Aggregates()
         try:
             with uow.savepoint():
-                result = apply_report(Work(uow, catalog, rules, delta), report, received_at)
+                work = Work(uow, catalog, rules, delta, record_ids=record_ids)
+                result = apply_report(work, report, received_at)
         except Exception as exc:
             log.error("report %s not applied: %r", report.batch_id, exc)
             results.append(exc)
@@ -187,6 +196,10 @@ def apply_report(work: Work, report: wire.Report, received_at: float) -> IngestR
                     fresh.append(event)
     elif applied:
         fresh = list(events)
+        if work.record_ids:  # an audit trail only: the mark decided
+            uow.seen.record(
+                report.agent_id, report.batch_id, [e.event_id for e in events], received_at
+            )
     if not applied:
         if decided is Verdict.RESET:
             delta.counters["reports_epoch_reset"] += 1

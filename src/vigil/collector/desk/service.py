@@ -41,6 +41,8 @@ class Desk:
 
     ``remediation_wait_s``: seconds to wait for a promised remediation result before an
     incident opens anyway; ``rules`` default to :class:`IncidentRules` with that wait.
+    ``record_event_ids``: also store the event ids of sequenced reports in ``seen``, as
+    an audit trail (never consulted for them; ``storage.record_event_ids``).
     Loads the aggregates from storage at construction.
     """
 
@@ -51,6 +53,7 @@ class Desk:
         remediation_wait_s: float = 600.0,
         catalog: Catalog = EMPTY_CATALOG,
         rules: IncidentRules | None = None,
+        record_event_ids: bool = False,
     ) -> None:
         if not math.isfinite(remediation_wait_s) or remediation_wait_s < 0:
             raise ValueError(
@@ -60,6 +63,8 @@ class Desk:
         self._wait = remediation_wait_s
         self._catalog = catalog
         self._rules = rules or IncidentRules(remediation_wait_s=remediation_wait_s)
+        # An audit trail only: see apply.apply_report.
+        self._record_ids = record_event_ids
         with storage.session() as uow:
             self._agg = reads.load_aggregates(uow, catalog)
 
@@ -93,7 +98,12 @@ class Desk:
             try:
                 with uow.transaction():
                     results, deltas = apply_group(
-                        uow, self._catalog, self._rules, items, isolate=False
+                        uow,
+                        self._catalog,
+                        self._rules,
+                        items,
+                        isolate=False,
+                        record_ids=self._record_ids,
                     )
             except Exception as exc:
                 # One report spoiled the shared transaction, which was rolled back whole.
@@ -102,7 +112,12 @@ class Desk:
                 log.warning("group of %d reports failed (%r); retrying one by one", len(items), exc)
                 with uow.transaction():
                     results, deltas = apply_group(
-                        uow, self._catalog, self._rules, items, isolate=True
+                        uow,
+                        self._catalog,
+                        self._rules,
+                        items,
+                        isolate=True,
+                        record_ids=self._record_ids,
                     )
             self._publish(deltas)
         return results
@@ -129,7 +144,14 @@ class Desk:
         try:
             uow.begin()
             try:
-                results, deltas = apply_group(uow, self._catalog, self._rules, items, isolate=False)
+                results, deltas = apply_group(
+                    uow,
+                    self._catalog,
+                    self._rules,
+                    items,
+                    isolate=False,
+                    record_ids=self._record_ids,
+                )
             except BaseException:
                 uow.rollback()
                 raise

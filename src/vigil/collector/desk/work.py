@@ -31,6 +31,8 @@ class Work:
     rules: IncidentRules
     delta: Aggregates
     changes: Changes = field(default_factory=Changes)
+    # Record sequenced reports' event ids in ``seen`` too (an audit trail, never consulted).
+    record_ids: bool = False
 
     def host_info(self, host: str) -> tuple[str, dict[str, str]]:
         """``(hostname, labels)``; ``(host, {})`` for a host never seen."""
