@@ -70,11 +70,23 @@ def test_a_batch_at_or_below_the_mark_asks_for_a_new_epoch(desk: Desk) -> None:
     stale = desk.ingest(sequenced("b9", EPOCH_A, check(2, "new")), T0 + 2)
     assert (stale.epoch_reset, stale.duplicate, stale.events, stale.mark) == (True, False, 0, 3)
     assert results_checks(desk) == ["c1", "c2", "c3"]
+    assert desk.metrics_snapshot().reports_epoch_reset_total == 1
     # The agent's pending events under a new epoch: applied, once.
     renumbered = desk.ingest(sequenced("b9", EPOCH_B, check(2, "new")), T0 + 3)
     assert (renumbered.epoch_reset, renumbered.events) == (False, 1)
     assert desk.ingest(sequenced("b9", EPOCH_B, check(2, "new")), T0 + 4).duplicate
     assert results_checks(desk) == ["c1", "c2", "c3", "new"]
+
+
+def test_a_sequenced_batch_repeated_inside_one_group_is_a_duplicate_of_the_first(
+    desk: Desk,
+) -> None:
+    batch = sequenced("b1", EPOCH_A, check(1))
+    results = desk.ingest_many([(batch, T0), (batch, T0)])
+    assert [(r.duplicate, r.events) for r in results if isinstance(r, IngestResult)] == [
+        (False, 1),
+        (True, 0),
+    ]
 
 
 def test_a_new_epoch_starts_a_new_mark(desk: Desk) -> None:
