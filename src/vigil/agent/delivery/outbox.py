@@ -20,6 +20,10 @@ records it; until :meth:`Outbox.ack` deletes them, every call returns that same 
 again, so a retry after a failed send or a restart carries the same id and events and the
 collector can deduplicate it.
 
+Epoch: seqs count within a random ``epoch`` (``meta`` table) that every batch carries, so
+the collector deduplicates by the highest seq it applied per epoch (``desk/sequence.py``).
+:meth:`Outbox.new_epoch` starts another when the collector says the seqs were used before.
+
 Batches are size-capped: at most ``max_events`` events and ``max_bytes`` of stored JSON
 (but always at least one event, so one large record can never block the queue).
 
@@ -341,14 +345,10 @@ class Outbox:
         return self._epoch
 
     def new_epoch(self) -> str:
-        """Number every pending event in a fresh epoch (durably) and return it.
-
-        For when the collector answers that this outbox's seqs are at or below what it
-        already applied in the current epoch (the machine was restored from a snapshot or
-        backup, so seqs are being used a second time). The seqs themselves stay: within
-        a new epoch the collector's mark starts again, so the pending events, the
-        in-flight batch included, are sent again and applied.
-        """
+        """Switch (durably) to a fresh epoch and return it: for when the collector says
+        this outbox's seqs are at or below what it applied in this epoch (a restored
+        snapshot). Seqs stay; in the new epoch the collector's mark starts again, so the
+        pending events, the in-flight batch included, are sent again and applied."""
         epoch = uuid.uuid4().hex
         with self._lock, self._transaction(durable=True):
             self._db.execute("UPDATE meta SET value = ? WHERE name = 'epoch'", (epoch,))
