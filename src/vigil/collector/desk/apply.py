@@ -1,13 +1,17 @@
 """Applying reports: exactly-once dedup, the host row, and every event's effects.
 
 Exactly-once effect: a whole report is applied inside one transaction of the caller's
-unit of work. A ``batch_id`` already stored for the agent makes the report a duplicate
-and nothing is applied; every event id is recorded too, so an event re-sent inside a
-different batch is not applied twice. Both are unique per agent (``agent_id``), not
-globally, so two agents that happen to reuse ids cannot swallow each other's data.
-Pruning bounds the ``seen`` ids, so each host also keeps the agent's last applied
-``batch_id``: the only batch an agent retries is its oldest unacknowledged one, so a
-retry however late (a laptop that shut down between sending and the ack, back after
+unit of work. A report with sequence numbers is checked against the host's (epoch, seq)
+high-water mark, which the same transaction reads under the host's lock and writes with
+the host row (``desk/sequence.py``): the host's last applied ``batch_id`` is a duplicate,
+a batch above the mark is applied, one at or below it asks the agent for a new epoch.
+A report without them (an older agent) is checked by its ids: a ``batch_id`` already
+stored for the agent makes it a duplicate, and every event id is recorded too, so an
+event re-sent inside a different batch is not applied twice. Ids are unique per agent
+(``agent_id``), not globally, so two agents that happen to reuse ids cannot swallow each
+other's data. Pruning bounds the ``seen`` ids, so each host also keeps the agent's last
+applied ``batch_id``: the only batch an agent retries is its oldest unacknowledged one,
+so a retry however late (a laptop that shut down between sending and the ack, back after
 weeks) is recognised after its ids expired.
 
 Time: incidents, timelines and the host's ``last_seen`` use the collector's receive time
