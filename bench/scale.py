@@ -562,12 +562,17 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     # The dedup state: each host's mark (fixed size) plus the ``seen`` ids of agents that
     # send no sequence numbers (--seen-per-host, 0 by default: every agent sequenced).
     dedup = (seen_bytes + mark_bytes) / args.hosts
-    per_id = seen_bytes / max(1, args.hosts * args.seen_per_host)
-    steady = per_id * IDS_PER_AGENT_DAY * args.days
+    # Per id only when ids were filled (an empty table's pages are no cost per id).
+    per_id = seen_bytes / (args.hosts * args.seen_per_host) if args.seen_per_host else None
+    steady = None if per_id is None else per_id * IDS_PER_AGENT_DAY * args.days
+    older = (
+        "no older agents' ids filled"
+        if per_id is None or steady is None
+        else f"{per_id:.0f} B/id; an older agent over {args.days:g} days: >= {steady / 1e6:.1f} MB"
+    )
     print(
         f"db {db_bytes / 1e6:.1f} MB, dedup {dedup:.1f} B/agent: mark"
-        f" {mark_bytes / args.hosts:.1f} B/agent + seen {seen_bytes / 1e6:.1f} MB"
-        f" ({per_id:.0f} B/id; an older agent over {args.days:g} days: >= {steady / 1e6:.1f} MB)"
+        f" {mark_bytes / args.hosts:.1f} B/agent + seen {seen_bytes / 1e6:.1f} MB ({older})"
     )
     return {
         "backend": args.backend,
@@ -585,8 +590,8 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "start_s": round(start_s, 2),
         "dedup_bytes_per_agent": round(dedup, 1),
         "dedup_mark_bytes_per_agent": round(mark_bytes / args.hosts, 1),
-        "dedup_bytes_per_id": round(per_id, 1),
-        "dedup_bytes_per_agent_steady": round(steady),
+        "dedup_bytes_per_id": None if per_id is None else round(per_id, 1),
+        "dedup_bytes_per_agent_steady": None if steady is None else round(steady),
         "db_bytes": db_bytes,
         "targets": {
             "api_p99_ms": TARGET_P99_MS,
