@@ -15,7 +15,7 @@ import pytest
 
 from tests.support.desk import CATALOG, RULES
 from tests.unit.storage.backends import BackendFactory
-from tests.unit.storage.test_contract import T0, check, report
+from tests.unit.storage.test_contract import FIXTURES, T0, check, report
 from vigil import wire
 from vigil.collector.desk.apply import IngestResult
 from vigil.collector.desk.service import Desk
@@ -191,5 +191,26 @@ def test_processes_apply_one_sequenced_batch_once(backend: BackendFactory) -> No
     desk = backend.desk(catalog=CATALOG, rules=RULES)
     try:
         assert results_checks(desk) == ["c1", "c2", "c3"]
+    finally:
+        desk.close()
+
+
+def test_a_migrated_database_keeps_dedup_for_an_agent_upgraded_mid_batch(
+    backend: BackendFactory,
+) -> None:
+    """A schema-2 database of today's collector, migrated: srv-1's older agent sent event
+    e21 (still in ``seen``); upgraded, it sends e21 again with a new event in its first
+    sequenced batch. e21 is not applied twice; the new event is, and the mark is set."""
+    backend.restore_schema2((FIXTURES / "schema2.sql").read_text())
+    desk = backend.desk(catalog=CATALOG, rules=RULES)
+    try:
+        host = "srv-1"
+        e21, fresh = check(21, "mail.imap"), check(99, "fresh.check")
+        first = desk.ingest(sequenced("up-1", EPOCH_A, e21, fresh, host=host), T0 + 500)
+        assert (first.duplicate, first.events) == (False, 1)
+        later = desk.ingest(sequenced("up-2", EPOCH_A, check(100, "later"), host=host), T0 + 501)
+        assert later.events == 1
+        stale = sequenced("up-3", EPOCH_A, check(100, "x"), host=host)
+        assert desk.ingest(stale, T0 + 502).epoch_reset
     finally:
         desk.close()
