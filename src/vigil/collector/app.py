@@ -224,6 +224,7 @@ def open_desk(config: CollectorConfig) -> Desk:
             catalog=config.catalog,
             rules=config.rules,
             satisfaction=config.satisfaction,
+            record_event_ids=config.record_event_ids,
         )
     except BaseException:
         storage.close()

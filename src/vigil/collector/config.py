@@ -116,6 +116,9 @@ class CollectorConfig:
     storage_url: str = sqlite_url("var/collector.db")
     # Seconds batch and event ids are kept for deduplication (``storage.dedup_retention``).
     dedup_retention_s: float = 14 * 86400.0
+    # Also record the event ids of sequenced reports in ``seen`` (an audit trail; never
+    # used to decide, costs ~190 B per id until dedup_retention; ``storage.record_event_ids``).
+    record_event_ids: bool = False
     auth: AuthConfig = field(default_factory=lambda: AuthConfig(agent_tokens=()))
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     # Seconds a host may stay silent past its heartbeat TTL before it counts as silent.
@@ -164,6 +167,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     # Longer than an agent may stay offline with a full outbox (7 days by default), or a
     # very late retry would be applied twice.
     dedup_retention_s = storage.duration("dedup_retention", 14 * 86400.0, minimum=3600.0)
+    record_event_ids = storage.get("record_event_ids", bool, False)
     storage.done()
 
     a = root.section("auth", required=True)
@@ -259,6 +263,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         tls=tls,
         storage_url=storage_url,
         dedup_retention_s=dedup_retention_s,
+        record_event_ids=record_event_ids,
         auth=auth,
         limits=limits,
         heartbeat_grace_s=heartbeat_grace_s,

@@ -282,6 +282,12 @@ def _fleet(
         "Reports acknowledged again without effect (batch_id already stored).",
         snap.reports_duplicate_total,
     )
+    yield _counter(
+        "vigil_reports_epoch_reset",
+        "Reports refused with epoch_reset: seqs at or below the agent's applied mark"
+        " (an agent restored from a snapshot), which then resends in a new epoch.",
+        snap.reports_epoch_reset_total,
+    )
     yield _labelled(
         CounterMetricFamily(
             "vigil_reports_rejected", "Reports refused, by reason.", labels=["reason"]

@@ -72,6 +72,7 @@ import email.utils
 import functools
 import gzip
 import http.client
+import json
 import logging
 import random
 import socket
@@ -318,10 +319,15 @@ class Shipper:
 
     # ----------------------------------------------------------------- internals
 
-    async def _send(self, batch: Batch) -> tuple[str | None, float | None]:
+    async def _send(
+        self, batch: Batch, *, may_reset: bool = True
+    ) -> tuple[str | None, float | None]:
         """POST one batch; returns ``(error, retry_after_s)``, error ``None`` on success.
 
-        Sets the backoff window on failure.
+        Sets the backoff window on failure. A ``409`` with ``"epoch_reset": true`` (the
+        collector already applied seqs up to above this batch's in this epoch: the
+        machine was rolled back to a snapshot) starts a new epoch in the outbox and sends
+        the batch again at once under it, once (``may_reset``).
         """
         body = gzip.compress(self._encode(batch), mtime=0)
         token = self._token()
@@ -361,6 +367,21 @@ class Shipper:
             return None, None
 
         error = f"collector answered HTTP {status} for batch {batch.batch_id}: {text[:200]}"
+        if status == 409 and may_reset and _asks_epoch_reset(text):
+            log.warning(
+                "collector has applied seqs beyond batch %s (seq %d-%d) in epoch %s: this"
+                " machine was probably restored from a snapshot; sending the pending events"
+                " again in a new epoch",
+                batch.batch_id,
+                batch.events[0].seq,
+                batch.events[-1].seq,
+                batch.epoch,
+            )
+            self._outbox.new_epoch()
+            again = self._outbox.next_batch(self._batch_max_events, self._batch_max_bytes)
+            if again is not None:
+                return await self._send(again, may_reset=False)
+            return None, None  # nothing pending any more (cannot happen: the batch is kept)
         if status in (429, 503):
             retry_after = _parse_retry_after(reply.retry_after, self._clock())
             if retry_after is not None:
@@ -588,6 +609,11 @@ class Shipper:
             sent_at=self._clock(),
             agent_version=self._agent_version,
             events=batch.events,
+            # Sequence dedup at the collector (docs/delivery.md): a collector older than
+            # these fields answers 400 naming them, so upgrade collectors before agents.
+            epoch=batch.epoch,
+            seq_first=batch.events[0].seq,
+            seq_last=batch.events[-1].seq,
         )
         return wire.encode_report(report)
 
@@ -624,6 +650,15 @@ def _consume(future: asyncio.Future[_Reply]) -> None:
     """Retrieve an abandoned request's outcome so asyncio does not log it as unhandled."""
     if not future.cancelled():
         future.exception()
+
+
+def _asks_epoch_reset(text: str) -> bool:
+    """Whether a response body is the collector's ``{"epoch_reset": true, ...}``."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("epoch_reset") is True
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:

@@ -56,8 +56,10 @@ async def post_report(request: web.Request) -> web.Response:
 
     The 200 reply is sent only after the storage committed the batch (through the ingest
     queue's group commit); a repeated ``batch_id`` is acknowledged with
-    ``"duplicate": true`` and changes nothing. When the ingest queue is full the answer
-    is ``429`` with ``Retry-After``, before the body is even read.
+    ``"duplicate": true`` and changes nothing. A sequenced report at or below the
+    host's mark (not its last batch) changes nothing either and is answered ``409`` with
+    ``"epoch_reset": true``. When the ingest queue is full the answer is ``429`` with
+    ``Retry-After``, before the body is even read.
     """
     app = request.app
     config = app[config_key]
@@ -140,6 +142,31 @@ async def post_report(request: web.Request) -> web.Response:
         result.events,
         result.duplicate,
     )
+    if result.epoch_reset:
+        # The agent's seq is at or below what this collector already applied for its
+        # epoch (a restored snapshot): nothing was applied; it must start a new epoch and
+        # send its pending events again (desk/sequence.py, docs/delivery.md).
+        log.warning(
+            "agent %s sent seq %s-%s in epoch %s, at or below the applied mark %s:"
+            " asking it to start a new epoch",
+            report.agent_id,
+            report.seq_first,
+            report.seq_last,
+            report.epoch,
+            result.mark,
+        )
+        return json_response(
+            {
+                "error": f"seq_first {report.seq_first} is at or below the mark {result.mark}"
+                " already applied for this epoch (restored snapshot?): start a new epoch",
+                "field": "seq_first",
+                "batch_id": report.batch_id,
+                "accepted": False,
+                "epoch_reset": True,
+                "mark": result.mark,
+            },
+            status=409,
+        )
     ack = {
         "batch_id": report.batch_id,
         "accepted": True,

@@ -44,6 +44,8 @@ class Desk:
 
     ``remediation_wait_s``: seconds to wait for a promised remediation result before an
     incident opens anyway; ``rules`` default to :class:`IncidentRules` with that wait.
+    ``record_event_ids``: also store the event ids of sequenced reports in ``seen``, as
+    an audit trail (never consulted for them; ``storage.record_event_ids``).
     Loads the aggregates from storage at construction.
     """
 
@@ -55,6 +57,7 @@ class Desk:
         catalog: Catalog = EMPTY_CATALOG,
         rules: IncidentRules | None = None,
         satisfaction: SatisfactionPolicy = DISABLED,
+        record_event_ids: bool = False,
     ) -> None:
         if not math.isfinite(remediation_wait_s) or remediation_wait_s < 0:
             raise ValueError(
@@ -67,6 +70,8 @@ class Desk:
         self._satisfaction = satisfaction
         # Satisfaction surveys: queued when incidents resolve, handed over in acks.
         self.surveys = SurveyDesk(storage, satisfaction)
+        # An audit trail only: see apply.apply_report.
+        self._record_ids = record_event_ids
         with storage.session() as uow:
             self._agg = reads.load_aggregates(uow, catalog)
 
@@ -101,7 +106,13 @@ class Desk:
             try:
                 with uow.transaction():
                     results, deltas = apply_group(
-                        uow, self._catalog, self._rules, items, isolate=False, satisfaction=sat
+                        uow,
+                        self._catalog,
+                        self._rules,
+                        items,
+                        isolate=False,
+                        satisfaction=sat,
+                        record_ids=self._record_ids,
                     )
             except Exception as exc:
                 # One report spoiled the shared transaction, which was rolled back whole.
@@ -110,7 +121,13 @@ class Desk:
                 log.warning("group of %d reports failed (%r); retrying one by one", len(items), exc)
                 with uow.transaction():
                     results, deltas = apply_group(
-                        uow, self._catalog, self._rules, items, isolate=True, satisfaction=sat
+                        uow,
+                        self._catalog,
+                        self._rules,
+                        items,
+                        isolate=True,
+                        satisfaction=sat,
+                        record_ids=self._record_ids,
                     )
             self._publish(deltas)
         return results
@@ -144,6 +161,7 @@ class Desk:
                     items,
                     isolate=False,
                     satisfaction=self._satisfaction,
+                    record_ids=self._record_ids,
                 )
             except BaseException:
                 uow.rollback()

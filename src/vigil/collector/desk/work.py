@@ -34,6 +34,8 @@ class Work:
     changes: Changes = field(default_factory=Changes)
     # Whom to ask how it went when an incident resolves (``satisfaction:``).
     satisfaction: SatisfactionPolicy = DISABLED
+    # Record sequenced reports' event ids in ``seen`` too (an audit trail, never consulted).
+    record_ids: bool = False
 
     def host_info(self, host: str) -> tuple[str, dict[str, str]]:
         """``(hostname, labels)``; ``(host, {})`` for a host never seen."""

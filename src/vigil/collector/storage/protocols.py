@@ -39,7 +39,10 @@ class HostRepository(Protocol):
     """``hosts``: one row per agent that ever reported."""
 
     def before(self, agent_id: str) -> HostBefore | None:
-        """The host's last applied batch id, clock offset and last_seen, or None."""
+        """The host's last applied batch id, clock offset, last_seen, epoch and mark, or
+        None. Locks the host (also one not stored yet) until the transaction ends, so the
+        dedup check and the :meth:`upsert` that stores the new mark cannot interleave
+        with another writer's for the same agent (another collector process)."""
 
     def upsert(
         self,
@@ -49,7 +52,9 @@ class HostRepository(Protocol):
         heartbeat_ttl_s: float | None,
     ) -> None:
         """Insert or refresh the host of ``report`` (``last_batch_id`` becomes its batch
-        id); ``heartbeat_ttl_s`` None keeps the stored TTL."""
+        id; a sequenced report's ``epoch`` and ``seq_last`` become the host's epoch and
+        mark, a report without them keeps the stored ones); ``heartbeat_ttl_s`` None keeps
+        the stored TTL."""
 
     def info(self, agent_id: str) -> tuple[str, dict[str, str]] | None:
         """``(hostname, labels)`` or None for a host never seen."""
@@ -73,7 +78,9 @@ class HostRepository(Protocol):
 
 
 class SeenRepository(Protocol):
-    """``seen``: the batch and event ids each agent sent (idempotency)."""
+    """``seen``: the batch and event ids of agents that send no sequence numbers (older
+    versions), and of an agent's first sequenced report (the upgrade), for idempotency;
+    pruned after ``storage.dedup_retention``."""
 
     def record(
         self, host: str, batch_id: str, event_ids: Sequence[str], received_at: float

@@ -59,7 +59,7 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
     (
         "hosts",
         "agent_id, hostname, labels, agent_version, first_seen, last_seen, last_sent_at,"
-        " clock_offset_s, heartbeat_ttl_s, last_batch_id",
+        " clock_offset_s, heartbeat_ttl_s, last_batch_id, epoch, mark",
         {"labels": _json({})},
     ),
     ("seen", "host, kind, id, received_at", {}),

@@ -274,9 +274,18 @@ CREATE TABLE enroll_generation (
 );
 """
 
+# 2: the sequence dedup high-water mark per host (collector/desk/sequence.py): the
+# agent's epoch (16 bytes) and the highest seq applied in it. NULL for existing hosts,
+# which keep their ``seen`` ids until those age out; ``seen`` stays for agents that send
+# no sequence numbers. Adding nullable columns rewrites nothing.
+_V2 = """
+ALTER TABLE hosts ADD COLUMN epoch bytea, ADD COLUMN mark bigint;
+"""
+
 # Append only: a migration once released is never edited, the next one is added below.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _V1),
+    (2, _V2),  # hosts.epoch and hosts.mark: the sequence dedup high-water mark
     (3, POLICY_MIGRATION),  # policy bundles, rollouts, halts, run-now (policy_repo.py)
     (4, SURVEYS_DDL),  # satisfaction surveys and the survey link key (survey_repo.py)
 )

@@ -22,6 +22,8 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # _migrate_problem_kinds).
 # 4: operators and the append-only audit log (_migrate_identity).
 # 5: enrollment secrets and per-agent credentials (migrate_enrollment).
+# 6: hosts.epoch and hosts.mark, the sequence dedup high-water mark (desk/sequence.py);
+# ``seen`` stays for agents that send no sequence numbers, pruned as before.
 # 7: policy bundles, rollouts, halts and run-now requests (migrate_policy).
 # 8: satisfaction surveys and the survey link key (sqlite/survey_repo.migrate_surveys).
 SCHEMA_VERSION = 8
@@ -215,7 +217,10 @@ _DESK_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "check_state": (("flapping", "INTEGER NOT NULL DEFAULT 0"),),
     # The agent's last applied batch: its retry is a duplicate even after prune_seen.
-    "hosts": (("last_batch_id", "TEXT"),),
+    # The sequence dedup mark (schema 6): the agent's epoch (16 bytes) and the highest
+    # seq applied in it. Added columns, NULL for every existing host: an idempotent
+    # migration, and hosts keep their ``seen`` ids until those age out.
+    "hosts": (("last_batch_id", "TEXT"), ("epoch", "BLOB"), ("mark", "INTEGER")),
     # The agent said the check is flapping (it then holds the worse state and sends no
     # more changes, so the collector cannot count them itself).
     "check_results": (("flapping", "INTEGER NOT NULL DEFAULT 0"),),
