@@ -50,19 +50,7 @@ def build_manifest(
     (``vigil-agent remediation test`` checks them before signing). ``created_at`` and
     ``expires_at`` are Unix seconds. The manifest's keys are sorted (orjson).
     """
-    if not is_policy_name(policy):
-        raise ValueError(f"policy name {policy!r} must match [a-z0-9][a-z0-9._-]{{0,63}}")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ValueError(f"version must be an integer >= 1, got {version!r}")
-    if not isinstance(min_agent_version, str) or not _VERSION.match(min_agent_version):
-        raise ValueError(
-            f"min_agent_version must be dotted integers like '0.1.0', got {min_agent_version!r}"
-        )
-    _finite_time(created_at, "created_at")
-    _finite_time(expires_at, "expires_at")
-    if expires_at <= created_at:
-        raise ValueError(f"expires_at {expires_at} is not after created_at {created_at}")
-    target_doc = _check_target(target)
+    _check_fields(policy, version, min_agent_version, created_at, expires_at, target)
 
     root = Path(policy_dir)
     policy_file = root / POLICY_FILE
@@ -82,6 +70,37 @@ def build_manifest(
         _collect(rem_root, REMEDIATIONS_DIR, files)
     if len(files) > MAX_FILES:
         raise PolicySourceError(f"{rem_root}: {len(files)} files, at most {MAX_FILES}")
+    manifest = manifest_for(
+        files,
+        policy=policy,
+        version=version,
+        expires_at=expires_at,
+        min_agent_version=min_agent_version,
+        target=target,
+        created_at=created_at,
+        config=config,
+    )
+    return manifest, files
+
+
+def manifest_for(
+    files: Mapping[str, bytes],
+    *,
+    policy: str,
+    version: int,
+    expires_at: float,
+    min_agent_version: str,
+    target: Mapping[str, Any],
+    created_at: float,
+    config: Mapping[str, Any],
+) -> bytes:
+    """The manifest bytes (keys sorted) listing ``files`` with their SHA-256 and size.
+
+    :func:`build_manifest` uses it for a policy folder; an agent release (one wheel and an
+    empty ``config``, see ``vigil/agent/update/``) is built with it directly. Bad
+    arguments raise :class:`ValueError` naming the field.
+    """
+    target_doc = _check_fields(policy, version, min_agent_version, created_at, expires_at, target)
     manifest = {
         "policy": policy,
         "version": version,
@@ -93,9 +112,33 @@ def build_manifest(
             path: {"sha256": hashlib.sha256(data).hexdigest(), "size": len(data)}
             for path, data in sorted(files.items())
         },
-        "config": config,
+        "config": dict(config),
     }
-    return orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS), files
+    return orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS)
+
+
+def _check_fields(
+    policy: str,
+    version: int,
+    min_agent_version: str,
+    created_at: float,
+    expires_at: float,
+    target: Mapping[str, Any],
+) -> dict[str, Any]:
+    """Validate the manifest's scalar fields; the normalised target."""
+    if not is_policy_name(policy):
+        raise ValueError(f"policy name {policy!r} must match [a-z0-9][a-z0-9._-]{{0,63}}")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise ValueError(f"version must be an integer >= 1, got {version!r}")
+    if not isinstance(min_agent_version, str) or not _VERSION.match(min_agent_version):
+        raise ValueError(
+            f"min_agent_version must be dotted integers like '0.1.0', got {min_agent_version!r}"
+        )
+    _finite_time(created_at, "created_at")
+    _finite_time(expires_at, "expires_at")
+    if expires_at <= created_at:
+        raise ValueError(f"expires_at {expires_at} is not after created_at {created_at}")
+    return _check_target(target)
 
 
 def _source_config(policy_file: Path, loaded: Any) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from vigil.agent import enroll_cli, remediation_cli, service_cli
 from vigil.agent.checks import classify
 from vigil.agent.config import AgentConfig
 from vigil.agent.preflight import Preflight, preflight
+from vigil.agent.update.launch import launch, state_dir_of
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
 
 _LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
@@ -88,6 +89,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return enroll_cli.main(args, path)
     if args.command == "service":
         return service_cli.main(args, path)
+    if args.command != "check":
+        # Self-update: replaces this process with the current release, if there is one
+        # (see vigil/agent/update/launch.py); returns to run the base install.
+        launch(state_dir_of(path), list(sys.argv[1:] if argv is None else argv))
     try:
         checked = preflight(path, create_state=args.command != "check")
         if args.command == "check":
