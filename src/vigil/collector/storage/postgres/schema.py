@@ -271,8 +271,22 @@ CREATE TABLE enroll_generation (
 );
 """
 
+# 5: the console (numbers 2-4 and 6-7 are other changes', assigned up front): a
+# problem's CAPA record fields and indexes for the queue and the host search.
+_V5 = """
+ALTER TABLE problems ADD COLUMN known_error text, ADD COLUMN verification text,
+    ADD COLUMN capa_owner text, ADD COLUMN capa_due double precision;
+CREATE INDEX incidents_queue ON incidents (priority, sla_due, id) WHERE state = 'open';
+CREATE INDEX incidents_opened ON incidents (opened_at);
+CREATE INDEX incidents_open_host ON incidents (host) WHERE state = 'open';
+CREATE INDEX hosts_hostname ON hosts (hostname, agent_id);
+CREATE INDEX hosts_department ON hosts ((labels ->> 'department'), hostname);
+CREATE INDEX hosts_os ON hosts ((labels ->> 'os'), hostname);
+CREATE INDEX remediation_runs_received ON remediation_runs (received_at);
+"""
+
 # Append only: a migration once released is never edited, the next one is added below.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (5, _V5))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables with an identity id, for moving the sequence past ids copied in (importer).

@@ -38,6 +38,7 @@ from vigil.collector.storage.sqlite.ingest_repos import (
     SqliteRuns,
     SqliteSeen,
 )
+from vigil.collector.storage.sqlite.console_repo import ConsoleQueries
 from vigil.collector.storage.sqlite.schema import check_version, create_or_migrate
 
 
@@ -60,6 +61,7 @@ class SqliteUnitOfWork:
         self.operators = SqliteOperators(db)
         self.audit = SqliteAudit(db)
         self.enrollment = SqliteEnrollment(db)
+        self.console = ConsoleQueries(db)
 
     def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")

@@ -20,7 +20,9 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # _migrate_problem_kinds).
 # 4: operators and the append-only audit log (_migrate_identity).
 # 5: enrollment secrets and per-agent credentials (migrate_enrollment).
-SCHEMA_VERSION = 5
+# 9: the console: a problem's CAPA record fields and the queue/host search indexes
+#    (migrate_console). 6-8 and 10-11 are other changes' numbers (assigned up front).
+SCHEMA_VERSION = 9
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
 _SCHEMA = """
@@ -234,6 +236,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     _migrate_seen(db)
     _migrate_identity(db)
     migrate_enrollment(db)
+    migrate_console(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -405,5 +408,37 @@ def migrate_enrollment(db: sqlite3.Connection) -> None:
     """Create the enrollment tables if missing (idempotent; older databases simply have
     no secrets and no credentials, so their agents keep using shared tokens)."""
     for statement in _ENROLLMENT_SCHEMA.split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+# The console (schema 9): the CAPA record fields of a problem beside root cause,
+# corrective and preventive action, and indexes for the console's paged reads.
+_CONSOLE_COLUMNS = (
+    ("known_error", "TEXT"),  # the known-error / workaround text
+    ("verification", "TEXT"),  # how the fix was verified: required to close from the console
+    ("capa_owner", "TEXT"),
+    ("capa_due", "REAL"),  # Unix seconds
+)
+_CONSOLE_SCHEMA = """
+CREATE INDEX IF NOT EXISTS incidents_queue ON incidents (priority, sla_due, id)
+    WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS incidents_opened ON incidents (opened_at);
+CREATE INDEX IF NOT EXISTS incidents_open_host ON incidents (host) WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS hosts_hostname ON hosts (hostname, agent_id);
+CREATE INDEX IF NOT EXISTS hosts_department
+    ON hosts (json_extract(labels, '$.department'), hostname);
+CREATE INDEX IF NOT EXISTS hosts_os ON hosts (json_extract(labels, '$.os'), hostname);
+CREATE INDEX IF NOT EXISTS remediation_runs_received ON remediation_runs (received_at)
+"""
+
+
+def migrate_console(db: sqlite3.Connection) -> None:
+    """Add the console's problem columns and indexes (idempotent)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(problems)")}
+    for name, decl in _CONSOLE_COLUMNS:
+        if name not in have:
+            db.execute(f"ALTER TABLE problems ADD COLUMN {name} {decl}")
+    for statement in _CONSOLE_SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)

@@ -1,0 +1,283 @@
+"""The console's reads on SQLite: the paged queue, host search, one host, the service
+quality figures, and a problem's CAPA record fields. Queries only; the console and the
+desk decide what the rows mean.
+
+The SQL is written once for both backends: :class:`ConsoleQueries` takes a small
+:class:`Dialect` (placeholder, label extraction, boolean literal); the PostgreSQL
+repository subclasses it (``postgres/console_repo.py``). Every list is paged with
+``LIMIT``/``OFFSET`` and ordered along an index (schema 9 / migration 5), so a page costs
+the same with 50,000 hosts as with 50.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+# Columns of a queue row, in the order of :data:`QUEUE_KEYS`.
+_QUEUE_COLUMNS = (
+    "i.id, i.host, i.hostname, i.check_id, i.state, i.priority, i.opened_at, i.sla_due,"
+    " i.acknowledged_at, i.acknowledged_by, i.flapping, i.service, i.message"
+)
+QUEUE_KEYS = (
+    "id",
+    "host",
+    "hostname",
+    "check",
+    "state",
+    "priority",
+    "opened_at",
+    "sla_due",
+    "acknowledged_at",
+    "acknowledged_by",
+    "flapping",
+    "service",
+    "message",
+    "department",
+)
+HOST_KEYS = (
+    "agent_id",
+    "hostname",
+    "labels",
+    "agent_version",
+    "first_seen",
+    "last_seen",
+    "open_incidents",
+)
+# Fields of a problem's CAPA record that live beside root cause/corrective/preventive.
+RECORD_FIELDS = ("known_error", "verification", "capa_owner", "capa_due")
+# Queue refinements of "open" (constants only, never input).
+_QUEUE_STATES = {
+    None: "",
+    "open": "",
+    "unacknowledged": " AND i.acknowledged_at IS NULL",
+    "acknowledged": " AND i.acknowledged_at IS NOT NULL",
+    "flapping": " AND i.flapping = {true}",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    """What differs between the backends' SQL: the parameter placeholder, how a host
+    label is read from the ``labels`` column, and the boolean true literal."""
+
+    ph: str
+    label_sql: str  # format string with {col} and {key}
+    true: str
+
+    def label(self, col: str, key: str) -> str:
+        return self.label_sql.format(col=col, key=key)
+
+
+SQLITE = Dialect(ph="?", label_sql="json_extract({col}, '$.{key}')", true="1")
+
+
+class ConsoleQueries:
+    """:class:`~collector.storage.protocols.ConsoleRepository` over a DB-API connection."""
+
+    dialect: Dialect = SQLITE
+
+    def __init__(self, db: Any) -> None:
+        self._db = db
+
+    def _q(self, sql: str, args: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        # Column names and dialect fragments are ours; every value goes in as a parameter.
+        return list(self._db.execute(sql.replace("?", self.dialect.ph), tuple(args)).fetchall())
+
+    def _labels(self, raw: Any) -> dict[str, str]:
+        if isinstance(raw, dict):
+            return raw
+        try:
+            value = json.loads(raw)
+        except (TypeError, ValueError):
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    # ------------------------------------------------------------------ queue
+
+    def queue(
+        self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        d = self.dialect
+        dept = d.label("h.labels", "department")
+        conds, args = ["i.state = 'open'"], []
+        for column, key in (("i.service", "service"), ("i.hostname", "host")):
+            if filters.get(key):
+                conds.append(f"{column} = ?")
+                args.append(filters[key])
+        if filters.get("department"):
+            conds.append(f"{dept} = ?")
+            args.append(filters["department"])
+        refine = _QUEUE_STATES[state].format(true=d.true)
+        # Priority text sorts P1 < P2 < ...; an incident without a deadline comes last
+        # within its priority. The partial index incidents_queue serves this order.
+        rows = self._q(
+            f"SELECT {_QUEUE_COLUMNS}, {dept} FROM incidents i LEFT JOIN hosts h"
+            f" ON h.agent_id = i.host WHERE {' AND '.join(conds)}{refine}"
+            " ORDER BY i.priority, i.sla_due IS NULL, i.sla_due, i.id LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        out = []
+        for row in rows:
+            item = dict(zip(QUEUE_KEYS, row, strict=True))
+            item["flapping"] = bool(item["flapping"])
+            out.append(item)
+        return out
+
+    def queue_count(self) -> int:
+        return int(self._q("SELECT COUNT(*) FROM incidents WHERE state = 'open'")[0][0])
+
+    # ------------------------------------------------------------------ hosts
+
+    def search_hosts(
+        self, *, filters: Mapping[str, Any], limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        d = self.dialect
+        conds: list[str] = []
+        args: list[Any] = []
+        if filters.get("hostname"):
+            # A prefix range rather than LIKE: it uses the hostname index on both backends
+            # whatever the collation, and "%" or "_" in the input mean themselves.
+            prefix = str(filters["hostname"])
+            conds.append("h.hostname >= ? AND h.hostname < ?")
+            args += [prefix, prefix + "\U0010ffff"]
+        for key in ("department", "os"):
+            if filters.get(key):
+                conds.append(f"{d.label('h.labels', key)} = ?")
+                args.append(filters[key])
+        if filters.get("agent_version"):
+            conds.append("h.agent_version = ?")
+            args.append(filters["agent_version"])
+        if filters.get("seen_before") is not None:
+            conds.append("h.last_seen < ?")
+            args.append(filters["seen_before"])
+        if filters.get("seen_after") is not None:
+            conds.append("h.last_seen >= ?")
+            args.append(filters["seen_after"])
+        failing = "EXISTS (SELECT 1 FROM incidents x WHERE x.host = h.agent_id AND x.state = 'open')"
+        if filters.get("health") == "failing":
+            conds.append(failing)
+        elif filters.get("health") == "healthy":
+            conds.append(f"NOT {failing}")
+        where = f" WHERE {' AND '.join(conds)}" if conds else ""
+        rows = self._q(
+            "SELECT h.agent_id, h.hostname, h.labels, h.agent_version, h.first_seen,"
+            " h.last_seen, (SELECT COUNT(*) FROM incidents x WHERE x.host = h.agent_id"
+            f" AND x.state = 'open') FROM hosts h{where}"
+            " ORDER BY h.hostname, h.agent_id LIMIT ? OFFSET ?",
+            (*args, limit, offset),
+        )
+        return [self._host(row) for row in rows]
+
+    def host(self, agent_id: str) -> dict[str, Any] | None:
+        rows = self._q(
+            "SELECT h.agent_id, h.hostname, h.labels, h.agent_version, h.first_seen,"
+            " h.last_seen, (SELECT COUNT(*) FROM incidents x WHERE x.host = h.agent_id"
+            " AND x.state = 'open') FROM hosts h WHERE h.agent_id = ?",
+            (agent_id,),
+        )
+        return self._host(rows[0]) if rows else None
+
+    def _host(self, row: tuple[Any, ...]) -> dict[str, Any]:
+        host = dict(zip(HOST_KEYS, row, strict=True))
+        host["labels"] = self._labels(host["labels"])
+        return host
+
+    def host_incidents(self, agent_id: str, limit: int) -> list[dict[str, Any]]:
+        rows = self._q(
+            "SELECT id, check_id, state, priority, opened_at, resolved_at, message"
+            " FROM incidents WHERE host = ? ORDER BY id DESC LIMIT ?",
+            (agent_id, limit),
+        )
+        keys = ("id", "check", "state", "priority", "opened_at", "resolved_at", "message")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    # ------------------------------------------------------------------ quality
+
+    def quality_counts(self, dimension: str, since: float) -> list[tuple[Any, ...]]:
+        """``(group, prevented, raised, resolved_with_sla, within_sla)`` per group."""
+        group = self._dimension(dimension)
+        return self._q(
+            f"SELECT {group}, SUM(CASE WHEN i.state = 'prevented' THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN i.state <> 'prevented' THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN i.state = 'resolved' AND i.sla_due IS NOT NULL THEN 1 ELSE 0 END),"
+            " SUM(CASE WHEN i.state = 'resolved' AND i.resolved_at <= i.sla_due"
+            " THEN 1 ELSE 0 END)"
+            f" FROM incidents i{self._join(dimension)} WHERE i.opened_at >= ?"
+            f" GROUP BY {group} ORDER BY {group}",
+            (since,),
+        )
+
+    def restore_percentiles(
+        self, dimension: str, since: float
+    ) -> list[tuple[Any, int, float, float]]:
+        """``(group, resolved, median_s, p90_s)``: nearest-rank percentiles of time to
+        restore (resolved_at - opened_at) of incidents resolved since ``since``."""
+        group = self._dimension(dimension)
+        rows = self._q(
+            "SELECT g, n, rn, d FROM (SELECT"
+            f" {group} AS g, i.resolved_at - i.opened_at AS d,"
+            f" ROW_NUMBER() OVER (PARTITION BY {group} ORDER BY i.resolved_at - i.opened_at) AS rn,"
+            f" COUNT(*) OVER (PARTITION BY {group}) AS n"
+            f" FROM incidents i{self._join(dimension)}"
+            " WHERE i.state = 'resolved' AND i.resolved_at >= ?) t"
+            # Integer division on both backends (a CAST rounds in PostgreSQL).
+            " WHERE rn = ((n - 1) * 5) / 10 + 1 OR rn = ((n - 1) * 9) / 10 + 1 ORDER BY g, rn",
+            (since,),
+        )
+        out: dict[Any, list[Any]] = {}
+        for g, n, rn, d in rows:
+            entry = out.setdefault(g, [g, int(n), None, None])
+            if rn == ((n - 1) * 5) // 10 + 1:
+                entry[2] = float(d)
+            if rn == ((n - 1) * 9) // 10 + 1:
+                entry[3] = float(d)
+        return [tuple(v) for v in out.values()]  # type: ignore[misc]
+
+    def remediation_versions(self, since: float) -> list[tuple[str, str, str, int]]:
+        """``(remediation, script_sha256, outcome, runs)`` since ``since``."""
+        return self._q(
+            "SELECT remediation, script_sha256, outcome, COUNT(*) FROM remediation_runs"
+            " WHERE received_at >= ? GROUP BY remediation, script_sha256, outcome"
+            " ORDER BY remediation, script_sha256, outcome",
+            (since,),
+        )
+
+    def _dimension(self, dimension: str) -> str:
+        if dimension == "service":
+            return "COALESCE(i.service, '')"
+        if dimension == "department":
+            return f"COALESCE({self.dialect.label('h.labels', 'department')}, '')"
+        raise ValueError(f"dimension: must be service or department, got {dimension!r}")
+
+    @staticmethod
+    def _join(dimension: str) -> str:
+        return " LEFT JOIN hosts h ON h.agent_id = i.host" if dimension == "department" else ""
+
+    # ------------------------------------------------------------------ problem record
+
+    def problem_record(self, problem_id: int) -> dict[str, Any] | None:
+        rows = self._q(
+            f"SELECT {', '.join(RECORD_FIELDS)} FROM problems WHERE id = ?", (problem_id,)
+        )
+        return dict(zip(RECORD_FIELDS, rows[0], strict=True)) if rows else None
+
+    def set_problem_record(self, problem_id: int, fields: Mapping[str, Any]) -> None:
+        wanted = {k: v for k, v in fields.items() if k in RECORD_FIELDS}
+        if wanted:
+            sets = ", ".join(f"{k} = ?" for k in wanted)
+            sql = f"UPDATE problems SET {sets} WHERE id = ?"
+            self._db.execute(sql.replace("?", self.dialect.ph), (*wanted.values(), problem_id))
+
+    def open_problems(self, limit: int) -> list[tuple[int, str, str]]:
+        """``(id, kind, summary)`` of open problems, newest first (the link form)."""
+        return [
+            (int(r[0]), r[1], r[2])
+            for r in self._q(
+                "SELECT id, kind, summary FROM problems WHERE state = 'open'"
+                " ORDER BY id DESC LIMIT ?",
+                (limit,),
+            )
+        ]
