@@ -22,6 +22,7 @@ from pathlib import Path
 
 from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.sqlite.codec import JsonMemo, TextDecoder
+from vigil.collector.storage.sqlite.console_repo import ConsoleQueries
 from vigil.collector.storage.sqlite.desk_repos import (
     SqliteIncidents,
     SqliteProblems,
@@ -38,7 +39,6 @@ from vigil.collector.storage.sqlite.ingest_repos import (
     SqliteRuns,
     SqliteSeen,
 )
-from vigil.collector.storage.sqlite.console_repo import ConsoleQueries
 from vigil.collector.storage.sqlite.schema import check_version, create_or_migrate
 
 

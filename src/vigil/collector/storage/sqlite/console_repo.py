@@ -156,7 +156,9 @@ class ConsoleQueries:
         if filters.get("seen_after") is not None:
             conds.append("h.last_seen >= ?")
             args.append(filters["seen_after"])
-        failing = "EXISTS (SELECT 1 FROM incidents x WHERE x.host = h.agent_id AND x.state = 'open')"
+        failing = (
+            "EXISTS (SELECT 1 FROM incidents x WHERE x.host = h.agent_id AND x.state = 'open')"
+        )
         if filters.get("health") == "failing":
             conds.append(failing)
         elif filters.get("health") == "healthy":
