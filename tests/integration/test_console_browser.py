@@ -17,8 +17,10 @@ import os
 import re
 import urllib.request
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 
@@ -157,10 +159,12 @@ class Checked:
     """A browser page whose every navigation is weighed, checked by axe-core and
     photographed."""
 
-    def __init__(self, browser: Any, url: str) -> None:
+    def __init__(self, browser: Any, url: str, timezone: str = "UTC") -> None:
         # bypass_csp: only so the test can inject axe-core; the console's own CSP is
         # asserted over plain HTTP in tests/unit/console.
-        self.context = browser.new_context(bypass_csp=True, viewport={"width": 1280, "height": 900})
+        self.context = browser.new_context(
+            bypass_csp=True, viewport={"width": 1280, "height": 900}, timezone_id=timezone
+        )
         self.page = self.context.new_page()
         self.url = url
         self.bytes = 0
@@ -286,9 +290,16 @@ def test_a_viewer_cannot_acknowledge(collector: str, browser: Any) -> None:
     viewer = _api(url, "/api/v1/operators", {"name": "vic", "role": "viewer"})["token"]
     _report(url, "agent-1", "ws-sales-1", "disk.free", "critical", "sales")
     [incident] = _api(url, "/api/v1/incidents")["incidents"]
-    b = Checked(browser, url)
+    b = Checked(browser, url, timezone="Asia/Kolkata")
     b.login(viewer)
     assert b.page.locator("tr[data-incident]").count() == 1
+    # Times: ISO UTC in the markup, shown in the browser's zone (UTC+05:30) by console.js.
+    opened = b.page.locator("tr[data-incident] time").first
+    iso = opened.get_attribute("datetime") or ""
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", iso), iso
+    shown = opened.inner_text()
+    local = datetime.fromisoformat(iso).astimezone(ZoneInfo("Asia/Kolkata"))
+    assert shown.startswith(local.strftime("%Y-%m-%d %H:%M:%S ")), (iso, shown)
     assert b.page.get_by_role("button", name=re.compile("Acknowledge")).count() == 0
     b.goto(f"/console/incidents/{incident['id']}")
     assert b.page.get_by_role("button", name="Acknowledge").count() == 0
