@@ -173,10 +173,9 @@ class Checked:
     def _count(self, response: Any) -> None:
         if response.request.resource_type == "image":
             return
-        try:
-            self.bytes += len(response.body())
-        except Exception:  # a redirect has no body to read
-            pass
+        if 300 <= response.status < 400:
+            return  # a redirect has no body to read
+        self.bytes += len(response.body())
 
     def goto(self, path: str) -> None:
         self.bytes = 0

@@ -96,7 +96,7 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         "id, kind, check_id, host, hostname, service, impact, urgency, priority, sla_due,"
         " state, opened_at, resolved_at, acknowledged_at, acknowledged_by, summary,"
         " resolution, root_cause, corrective_action, preventive_action, notified_at,"
-        " resolve_notified_at",
+        " resolve_notified_at, known_error, verification, capa_owner, capa_due",
         {},
     ),
     ("problem_incidents", "problem_id, incident_id", {}),
