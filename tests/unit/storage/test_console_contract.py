@@ -130,13 +130,16 @@ def test_quality_counts_prevented_raised_restore_times_and_sla(desk: Desk) -> No
     assert set(by_dept) == {"it", "sales"}
     sales = by_dept["sales"]
     assert (sales.raised, sales.prevented, sales.resolved) == (2, 0, 2)
-    assert sales.restore_median_s == pytest.approx(600.0)  # nearest rank of (600, 1800)
+    # Nearest rank of (600, 1800): the median is the first; buckets of a minute here.
+    assert sales.restore_median_s == pytest.approx(600.0)
     assert sales.restore_p90_s == pytest.approx(600.0)
     assert sales.sla_attainment == 1.0
     by_service = {r.name: r for r in q.by_service}
     assert by_service["email"].resolved == 2
     assert by_service["email"].restore_median_s == pytest.approx(1800.0)
     assert by_service["health"].raised == 2
+    by_service_p90 = by_service["email"].restore_p90_s
+    assert by_service_p90 == pytest.approx(1800.0)
     later = console.quality(desk.storage, T0 + 10, T0 + 10_000)
     assert later.by_service == () and later.by_department == ()
 
@@ -180,3 +183,27 @@ def test_a_problem_record_is_saved_linked_and_closed_only_when_verified(desk: De
     with desk.storage.session() as uow:
         actions = [a["action"] for a in uow.audit.list(limit=10, offset=0, action=None)]
     assert sorted(actions) == ["incident.link", "problem.capa"], "one record per write"
+
+
+@pytest.mark.parametrize(
+    ("seconds", "low"),
+    [(59.0, 0.0), (61.0, 60.0), (7199.0, 7140.0), (7200.0, 7200.0), (90_500.0, 90_000.0),
+     (172_800.0, 172_800.0), (200_000.0, 172_800.0)],
+)  # fmt: skip
+def test_time_to_restore_is_read_to_the_minute_hour_or_day(
+    desk: Desk, seconds: float, low: float
+) -> None:
+    """Below 2 hours to the minute, below 2 days to the hour, beyond to the day: the
+    storage's buckets and the desk's bounds agree."""
+    desk.ingest(_report("lap1", "disk.free", "critical", LAPTOP), T0)
+    desk.resolve_manually("incident", 1, "t", {}, T0 + seconds)
+    [row] = console.quality(desk.storage, T0 - 1, T0 + seconds).by_service
+    assert row.restore_median_s == low and row.restore_p90_s == low
+
+
+def test_an_incident_carries_its_hosts_department(desk: Desk) -> None:
+    _fill(desk)
+    rows, _ = console.queue(desk.storage, filters={}, state=None, limit=10, offset=0)
+    assert {r["host"]: r["department"] for r in rows} == {
+        "srv9": "it", "lap2": "sales", "srv1": "it", "lap1": "sales",
+    }  # fmt: skip

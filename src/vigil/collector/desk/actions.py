@@ -126,6 +126,9 @@ def insert_classified(
             "impact": c.impact,
             "urgency": c.urgency,
             "groups": work.catalog.group_names(work.host_info(host)[1]),
+            # The host's department label as the incident opened: what the console's
+            # queue filters and quality figures group by, without a join on hosts.
+            "department": labels.get("department"),
             **({"sla_due": now + c.sla_s} if row.get("state") == "open" else {}),
             **row,
         }

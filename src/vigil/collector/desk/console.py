@@ -33,6 +33,17 @@ CAPA_TEXT = (
 HOST_INCIDENTS = 20
 
 
+def restore_bucket_bounds(bucket: int) -> tuple[float, float]:
+    """Seconds ``[low, high)`` of a ``ConsoleRepository.quality_rows`` restore bucket (the
+    storage computes the bucket with the same rule): whole minutes below
+    2 hours, whole hours below 2 days, whole days beyond."""
+    if bucket < 120:
+        return bucket * 60.0, (bucket + 1) * 60.0
+    if bucket < 168:
+        return (bucket - 120) * 3600.0, (bucket - 119) * 3600.0
+    return (bucket - 168) * 86400.0, (bucket - 167) * 86400.0
+
+
 @dataclass(frozen=True, slots=True)
 class QualityRow:
     """Service quality of one service or department over the period.
@@ -222,22 +233,30 @@ def check_closable(storage: Storage, problem_id: int) -> None:
 
 
 def quality(storage: Storage, since: float, now: float) -> Quality:
-    """The service-quality figures for incidents opened (resolved, for time to restore;
-    received, for remediation runs) since ``since``. Grouped queries: nothing per
-    incident reaches Python. Costs a scan of the period's incidents; the console caches
-    the result (``console/quality.py``)."""
+    """The service-quality figures for incidents opened (remediation runs: received)
+    since ``since``. One grouped pass over the period's incidents (``quality_rows``);
+    nothing per incident reaches Python. Time to restore is read from buckets (to the
+    minute below 2 hours, the hour below 2 days, the day beyond): a percentile is the
+    lower bound of the bucket holding its nearest-rank sample. Costs a scan of the
+    period (about a second per million incidents); the console caches the result
+    (``console/quality.py``)."""
     with storage.session() as uow:
-        c = uow.console
-        by = {dim: _rows(c.quality_counts(dim, since), c.restore_percentiles(dim, since))
-              for dim in ("service", "department")}  # fmt: skip
+        rows = uow.console.quality_rows(since)
         versions: dict[tuple[str, str], dict[str, int]] = {}
-        for name, sha, outcome, n in c.remediation_versions(since):
+        for name, sha, outcome, n in uow.console.remediation_versions(since):
             versions.setdefault((name, sha), {})[outcome] = int(n)
+    by_service: dict[str, _Tally] = {}
+    by_department: dict[str, _Tally] = {}
+    for service, department, bucket, prevented, raised, with_sla, within, n in rows:
+        for table, key in ((by_service, service), (by_department, department)):
+            tally = table.setdefault(key, _Tally())
+            tally.add(int(bucket), int(prevented or 0), int(raised or 0), int(with_sla or 0),
+                      int(within or 0), int(n))  # fmt: skip
     return Quality(
         since=since,
         computed_at=now,
-        by_service=by["service"],
-        by_department=by["department"],
+        by_service=tuple(t.row(k) for k, t in sorted(by_service.items())),
+        by_department=tuple(t.row(k) for k, t in sorted(by_department.items())),
         remediations=tuple(
             RemediationVersion(name, sha, outcomes)
             for (name, sha), outcomes in sorted(versions.items())
@@ -245,20 +264,46 @@ def quality(storage: Storage, since: float, now: float) -> Quality:
     )
 
 
-def _rows(counts: list[tuple[Any, ...]], restore: list[tuple[Any, ...]]) -> tuple[QualityRow, ...]:
-    times = {g: (n, med, p90) for g, n, med, p90 in restore}
-    out = []
-    for g, prevented, raised, with_sla, within in counts:
-        n, med, p90 = times.get(g, (0, None, None))
-        out.append(
-            QualityRow(
-                name=g or "(none)",
-                prevented=int(prevented or 0),
-                raised=int(raised or 0),
-                resolved=int(n),
-                sla_attainment=int(within or 0) / int(with_sla) if with_sla else None,
-                restore_median_s=med,
-                restore_p90_s=p90,
-            )
+@dataclass
+class _Tally:
+    """Counts and the restore-time histogram of one service or department."""
+
+    prevented: int = 0
+    raised: int = 0
+    with_sla: int = 0
+    within: int = 0
+    restores: dict[int, int] = field(default_factory=dict)
+
+    def add(
+        self, bucket: int, prevented: int, raised: int, with_sla: int, within: int, n: int
+    ) -> None:
+        self.prevented += prevented
+        self.raised += raised
+        self.with_sla += with_sla
+        self.within += within
+        if bucket >= 0:
+            self.restores[bucket] = self.restores.get(bucket, 0) + n
+
+    def percentile(self, share: float) -> float | None:
+        """Nearest-rank percentile (``share`` 0..1) as its bucket's lower bound."""
+        total = sum(self.restores.values())
+        if not total:
+            return None
+        rank = int((total - 1) * share)  # 0-based, as the tests' nearest rank
+        seen = 0
+        for bucket in sorted(self.restores):
+            seen += self.restores[bucket]
+            if seen > rank:
+                return restore_bucket_bounds(bucket)[0]
+        return None  # unreachable: rank < total
+
+    def row(self, name: str) -> QualityRow:
+        return QualityRow(
+            name=name or "(none)",
+            prevented=self.prevented,
+            raised=self.raised,
+            resolved=sum(self.restores.values()),
+            sla_attainment=self.within / self.with_sla if self.with_sla else None,
+            restore_median_s=self.percentile(0.5),
+            restore_p90_s=self.percentile(0.9),
         )
-    return tuple(out)

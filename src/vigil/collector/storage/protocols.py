@@ -343,14 +343,10 @@ class ConsoleRepository(Protocol):
     def host_incidents(self, agent_id: str, limit: int) -> list[dict[str, Any]]:
         """The host's newest incidents (any state)."""
 
-    def quality_counts(self, dimension: str, since: float) -> list[tuple[Any, ...]]:
-        """Per ``service`` or ``department``: prevented, raised, resolved with an SLA,
-        resolved within it, of incidents opened since ``since``."""
-
-    def restore_percentiles(
-        self, dimension: str, since: float
-    ) -> list[tuple[Any, int, float, float]]:
-        """Per group: resolved count, median and p90 time to restore (seconds)."""
+    def quality_rows(self, since: float) -> list[tuple[Any, ...]]:
+        """Per (service, department, restore bucket) of incidents opened since
+        ``since``: prevented, raised, resolved with an SLA, resolved within it, incidents
+        (see ``sqlite/console_repo.py``)."""
 
     def remediation_versions(self, since: float) -> list[tuple[str, str, str, int]]:
         """Runs per (remediation, script sha256, outcome) received since ``since``."""

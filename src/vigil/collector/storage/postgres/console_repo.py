@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from vigil.collector.storage.sqlite.console_repo import ConsoleQueries, Dialect
 
-POSTGRES = Dialect(ph="%s", label_sql="({col} ->> '{key}')", true="true")
+# FLOOR: a CAST to integer rounds in PostgreSQL.
+POSTGRES = Dialect(
+    ph="%s", label_sql="({col} ->> '{key}')", true="true", floor_sql="FLOOR({x})::integer"
+)
 
 
 class PgConsole(ConsoleQueries):

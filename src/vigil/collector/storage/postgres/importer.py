@@ -87,7 +87,7 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         "id, host, hostname, check_id, state, priority, opened_at, resolved_at, value,"
         " message, remediation, remediation_outcome, resolution, service, impact, urgency,"
         " sla_due, groups, acknowledged_at, acknowledged_by, flapping, root_cause,"
-        " corrective_action, preventive_action, notified_at, resolve_notified_at",
+        " corrective_action, preventive_action, notified_at, resolve_notified_at, department",
         {"groups": _json([]), "flapping": _bool},
     ),
     ("incident_timeline", "id, incident_id, at, text", {}),

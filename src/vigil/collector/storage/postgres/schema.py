@@ -276,6 +276,9 @@ CREATE TABLE enroll_generation (
 _V5 = """
 ALTER TABLE problems ADD COLUMN known_error text, ADD COLUMN verification text,
     ADD COLUMN capa_owner text, ADD COLUMN capa_due double precision;
+ALTER TABLE incidents ADD COLUMN department text;  -- the host's label when it opened
+UPDATE incidents i SET department = h.labels ->> 'department' FROM hosts h
+    WHERE h.agent_id = i.host;
 CREATE INDEX incidents_queue ON incidents (priority, sla_due, id) WHERE state = 'open';
 CREATE INDEX incidents_opened ON incidents (opened_at);
 CREATE INDEX incidents_open_host ON incidents (host) WHERE state = 'open';

@@ -66,12 +66,19 @@ class Dialect:
     ph: str
     label_sql: str  # format string with {col} and {key}
     true: str
+    floor_sql: str  # format string with {x}: the integer part of a non-negative number
 
     def label(self, col: str, key: str) -> str:
         return self.label_sql.format(col=col, key=key)
 
+    def floor(self, x: str) -> str:
+        return self.floor_sql.format(x=x)
 
-SQLITE = Dialect(ph="?", label_sql="json_extract({col}, '$.{key}')", true="1")
+
+# SQLite's CAST truncates (its FLOOR needs the optional math functions).
+SQLITE = Dialect(
+    ph="?", label_sql="json_extract({col}, '$.{key}')", true="1", floor_sql="CAST({x} AS INTEGER)"
+)
 
 
 class ConsoleQueries:
@@ -101,21 +108,20 @@ class ConsoleQueries:
         self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int
     ) -> list[dict[str, Any]]:
         d = self.dialect
-        dept = d.label("h.labels", "department")
         conds, args = ["i.state = 'open'"], []
         for column, key in (("i.service", "service"), ("i.hostname", "host")):
             if filters.get(key):
                 conds.append(f"{column} = ?")
                 args.append(filters[key])
         if filters.get("department"):
-            conds.append(f"{dept} = ?")
+            conds.append("i.department = ?")
             args.append(filters["department"])
         refine = _QUEUE_STATES[state].format(true=d.true)
         # Priority text sorts P1 < P2 < ...; an incident without a deadline comes last
         # within its priority. The partial index incidents_queue serves this order.
         rows = self._q(
-            f"SELECT {_QUEUE_COLUMNS}, {dept} FROM incidents i LEFT JOIN hosts h"
-            f" ON h.agent_id = i.host WHERE {' AND '.join(conds)}{refine}"
+            f"SELECT {_QUEUE_COLUMNS}, i.department FROM incidents i"
+            f" WHERE {' AND '.join(conds)}{refine}"
             " ORDER BY i.priority, i.sla_due IS NULL, i.sla_due, i.id LIMIT ? OFFSET ?",
             (*args, limit, offset),
         )
@@ -198,45 +204,29 @@ class ConsoleQueries:
 
     # ------------------------------------------------------------------ quality
 
-    def quality_counts(self, dimension: str, since: float) -> list[tuple[Any, ...]]:
-        """``(group, prevented, raised, resolved_with_sla, within_sla)`` per group."""
-        group = self._dimension(dimension)
+    def quality_rows(self, since: float) -> list[tuple[Any, ...]]:
+        """One grouped pass over the incidents opened since ``since``: ``(service,
+        department, restore_bucket, prevented, raised, resolved_with_sla, within_sla,
+        incidents)`` per group. ``restore_bucket`` is -1 for incidents not resolved, else
+        the bucket of their time to restore (``desk.console.restore_bucket_bounds``: a
+        few hundred buckets, so the rows stay few while the incidents are millions)."""
+        d = "(i.resolved_at - i.opened_at)"
+        bucket = (
+            f"CASE WHEN i.state <> 'resolved' THEN -1"
+            f" WHEN {d} < 7200 THEN {self.dialect.floor(f'{d} / 60')}"
+            f" WHEN {d} < 172800 THEN 120 + {self.dialect.floor(f'{d} / 3600')}"
+            f" ELSE 168 + {self.dialect.floor(f'{d} / 86400')} END"
+        )
         return self._q(
-            f"SELECT {group}, SUM(CASE WHEN i.state = 'prevented' THEN 1 ELSE 0 END),"
+            f"SELECT COALESCE(i.service, ''), COALESCE(i.department, ''), {bucket},"
+            " SUM(CASE WHEN i.state = 'prevented' THEN 1 ELSE 0 END),"
             " SUM(CASE WHEN i.state <> 'prevented' THEN 1 ELSE 0 END),"
             " SUM(CASE WHEN i.state = 'resolved' AND i.sla_due IS NOT NULL THEN 1 ELSE 0 END),"
             " SUM(CASE WHEN i.state = 'resolved' AND i.resolved_at <= i.sla_due"
-            " THEN 1 ELSE 0 END)"
-            f" FROM incidents i{self._join(dimension)} WHERE i.opened_at >= ?"
-            f" GROUP BY {group} ORDER BY {group}",
+            " THEN 1 ELSE 0 END), COUNT(*)"
+            " FROM incidents i WHERE i.opened_at >= ? GROUP BY 1, 2, 3",
             (since,),
         )
-
-    def restore_percentiles(
-        self, dimension: str, since: float
-    ) -> list[tuple[Any, int, float, float]]:
-        """``(group, resolved, median_s, p90_s)``: nearest-rank percentiles of time to
-        restore (resolved_at - opened_at) of incidents resolved since ``since``."""
-        group = self._dimension(dimension)
-        rows = self._q(
-            "SELECT g, n, rn, d FROM (SELECT"
-            f" {group} AS g, i.resolved_at - i.opened_at AS d,"
-            f" ROW_NUMBER() OVER (PARTITION BY {group} ORDER BY i.resolved_at - i.opened_at) AS rn,"
-            f" COUNT(*) OVER (PARTITION BY {group}) AS n"
-            f" FROM incidents i{self._join(dimension)}"
-            " WHERE i.state = 'resolved' AND i.resolved_at >= ?) t"
-            # Integer division on both backends (a CAST rounds in PostgreSQL).
-            " WHERE rn = ((n - 1) * 5) / 10 + 1 OR rn = ((n - 1) * 9) / 10 + 1 ORDER BY g, rn",
-            (since,),
-        )
-        out: dict[Any, list[Any]] = {}
-        for g, n, rn, d in rows:
-            entry = out.setdefault(g, [g, int(n), None, None])
-            if rn == ((n - 1) * 5) // 10 + 1:
-                entry[2] = float(d)
-            if rn == ((n - 1) * 9) // 10 + 1:
-                entry[3] = float(d)
-        return [tuple(v) for v in out.values()]  # type: ignore[misc]
 
     def remediation_versions(self, since: float) -> list[tuple[str, str, str, int]]:
         """``(remediation, script_sha256, outcome, runs)`` since ``since``."""
@@ -246,17 +236,6 @@ class ConsoleQueries:
             " ORDER BY remediation, script_sha256, outcome",
             (since,),
         )
-
-    def _dimension(self, dimension: str) -> str:
-        if dimension == "service":
-            return "COALESCE(i.service, '')"
-        if dimension == "department":
-            return f"COALESCE({self.dialect.label('h.labels', 'department')}, '')"
-        raise ValueError(f"dimension: must be service or department, got {dimension!r}")
-
-    @staticmethod
-    def _join(dimension: str) -> str:
-        return " LEFT JOIN hosts h ON h.agent_id = i.host" if dimension == "department" else ""
 
     # ------------------------------------------------------------------ problem record
 

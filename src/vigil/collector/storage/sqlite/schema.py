@@ -434,11 +434,18 @@ CREATE INDEX IF NOT EXISTS remediation_runs_received ON remediation_runs (receiv
 
 
 def migrate_console(db: sqlite3.Connection) -> None:
-    """Add the console's problem columns and indexes (idempotent)."""
+    """Add the console's problem columns, the incidents' department (filled from the
+    hosts' labels for incidents opened before) and indexes (idempotent)."""
     have = {row[1] for row in db.execute("PRAGMA table_info(problems)")}
     for name, decl in _CONSOLE_COLUMNS:
         if name not in have:
             db.execute(f"ALTER TABLE problems ADD COLUMN {name} {decl}")
+    if "department" not in {row[1] for row in db.execute("PRAGMA table_info(incidents)")}:
+        db.execute("ALTER TABLE incidents ADD COLUMN department TEXT")
+        db.execute(
+            "UPDATE incidents SET department = (SELECT json_extract(h.labels, '$.department')"
+            " FROM hosts h WHERE h.agent_id = incidents.host)"
+        )
     for statement in _CONSOLE_SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
