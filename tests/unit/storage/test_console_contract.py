@@ -140,7 +140,7 @@ def test_quality_counts_prevented_raised_restore_times_and_sla(desk: Desk) -> No
     assert by_service["health"].raised == 2
     by_service_p90 = by_service["email"].restore_p90_s
     assert by_service_p90 == pytest.approx(1800.0)
-    later = console.quality(desk.storage, T0 + 10, T0 + 10_000)
+    later = console.quality(desk.storage, T0 + 2 * 86400, T0 + 10_000)  # from 2 days on
     assert later.by_service == () and later.by_department == ()
 
 
@@ -207,3 +207,22 @@ def test_an_incident_carries_its_hosts_department(desk: Desk) -> None:
     assert {r["host"]: r["department"] for r in rows} == {
         "srv9": "it", "lap2": "sales", "srv1": "it", "lap1": "sales",
     }  # fmt: skip
+
+
+def test_the_migrations_backfill_gives_the_rollup_the_desk_keeps(desk: Desk) -> None:
+    """The rollup kept as incidents are recorded and resolved equals the one the
+    migration computes from the stored incidents (for databases older than it)."""
+    from vigil.collector.storage.sqlite.console_repo import rollup_backfill_sql
+
+    _fill(desk)
+    desk.ingest(_report("lap9", "disk.free", "critical", LAPTOP), T0 + 5)
+    for incident_id, minutes in ((1, 10), (3, 300), (4, 4000)):
+        desk.resolve_manually("incident", incident_id, "t", {}, T0 + minutes * 60)
+    kept = console.quality(desk.storage, T0 - 86400, T0)
+    with desk.storage.session() as uow, uow.transaction():
+        repo = uow.console
+        repo._db.execute("DELETE FROM incident_rollup")  # type: ignore[attr-defined]
+        repo._db.execute(rollup_backfill_sql(repo.dialect))  # type: ignore[attr-defined]
+    assert console.quality(desk.storage, T0 - 86400, T0) == kept
+    assert sum(r.raised for r in kept.by_service) == 5
+    assert sum(r.resolved for r in kept.by_service) == 3

@@ -15,6 +15,7 @@ from typing import Any
 
 from vigil.collector.desk import engine
 from vigil.collector.desk.commands import StateError
+from vigil.collector.desk.rollup import day_of, restore_bucket_bounds
 from vigil.collector.identity.audit import AuditEntry, append_audit
 from vigil.collector.storage.protocols import Storage
 
@@ -31,17 +32,6 @@ CAPA_TEXT = (
 )
 # Incidents shown on a host's page.
 HOST_INCIDENTS = 20
-
-
-def restore_bucket_bounds(bucket: int) -> tuple[float, float]:
-    """Seconds ``[low, high)`` of a ``ConsoleRepository.quality_rows`` restore bucket (the
-    storage computes the bucket with the same rule): whole minutes below
-    2 hours, whole hours below 2 days, whole days beyond."""
-    if bucket < 120:
-        return bucket * 60.0, (bucket + 1) * 60.0
-    if bucket < 168:
-        return (bucket - 120) * 3600.0, (bucket - 119) * 3600.0
-    return (bucket - 168) * 86400.0, (bucket - 167) * 86400.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,15 +223,15 @@ def check_closable(storage: Storage, problem_id: int) -> None:
 
 
 def quality(storage: Storage, since: float, now: float) -> Quality:
-    """The service-quality figures for incidents opened (remediation runs: received)
-    since ``since``. One grouped pass over the period's incidents (``quality_rows``);
-    nothing per incident reaches Python. Time to restore is read from buckets (to the
-    minute below 2 hours, the hour below 2 days, the day beyond): a percentile is the
-    lower bound of the bucket holding its nearest-rank sample. Costs a scan of the
-    period (about a second per million incidents); the console caches the result
+    """The service-quality figures for incidents opened on the UTC day of ``since`` or
+    later (remediation runs: received since ``since``), read from the per-day rollup
+    (:mod:`collector.desk.rollup`): a few thousand rows whatever the incident count.
+    Time to restore is read from buckets (to the minute below 2 hours, the hour below 2
+    days, the day beyond): a percentile is the lower bound of the bucket holding its
+    nearest-rank sample. The console caches the result for a minute
     (``console/quality.py``)."""
     with storage.session() as uow:
-        rows = uow.console.quality_rows(since)
+        rows = uow.console.quality_rows(day_of(since))
         versions: dict[tuple[str, str], dict[str, int]] = {}
         for name, sha, outcome, n in uow.console.remediation_versions(since):
             versions.setdefault((name, sha), {})[outcome] = int(n)

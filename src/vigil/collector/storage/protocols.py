@@ -343,10 +343,17 @@ class ConsoleRepository(Protocol):
     def host_incidents(self, agent_id: str, limit: int) -> list[dict[str, Any]]:
         """The host's newest incidents (any state)."""
 
-    def quality_rows(self, since: float) -> list[tuple[Any, ...]]:
-        """Per (service, department, restore bucket) of incidents opened since
-        ``since``: prevented, raised, resolved with an SLA, resolved within it, incidents
-        (see ``sqlite/console_repo.py``)."""
+    def quality_rows(self, since_day: int) -> list[tuple[Any, ...]]:
+        """``(service, department, bucket, prevented, raised, with_sla, within_sla,
+        resolved)`` of the incident rollup summed over the days from ``since_day`` on."""
+
+    def rollup_add(self, delta: Any) -> None:
+        """Add a ``desk.rollup.RollupDelta`` to its row of the incident rollup."""
+
+    def rollup_info(
+        self, incident_id: int
+    ) -> tuple[float, str | None, str | None, float | None] | None:
+        """``(opened_at, service, department, sla_due)`` of an incident, or None."""
 
     def remediation_versions(self, since: float) -> list[tuple[str, str, str, int]]:
         """Runs per (remediation, script sha256, outcome) received since ``since``."""

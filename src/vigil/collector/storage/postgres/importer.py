@@ -100,6 +100,11 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         {},
     ),
     ("problem_incidents", "problem_id, incident_id", {}),
+    (
+        "incident_rollup",
+        "day, service, department, bucket, prevented, raised, with_sla, within_sla, resolved",
+        {},
+    ),
     ("problem_timeline", "id, problem_id, at, text", {}),
     (
         "silences",

@@ -25,6 +25,9 @@ import time
 
 import psycopg
 
+from vigil.collector.storage.postgres.console_repo import POSTGRES as POSTGRES_DIALECT
+from vigil.collector.storage.sqlite.console_repo import rollup_backfill_sql
+
 # Advisory lock class ids (the first int of the two-int form); the second is a hash of
 # the schema name, so collectors on different schemas of one database do not contend.
 MIGRATE_LOCK = 0x76696731  # "vig1"
@@ -286,7 +289,19 @@ CREATE INDEX hosts_hostname ON hosts (hostname, agent_id);
 CREATE INDEX hosts_department ON hosts ((labels ->> 'department'), hostname);
 CREATE INDEX hosts_os ON hosts ((labels ->> 'os'), hostname);
 CREATE INDEX remediation_runs_received ON remediation_runs (received_at);
-"""
+CREATE TABLE incident_rollup (
+    day        integer NOT NULL,  -- UTC days since 1970-01-01 of opened_at
+    service    text NOT NULL,     -- '' for none
+    department text NOT NULL,     -- '' for none
+    bucket     integer NOT NULL,  -- -1: recorded; else the time-to-restore bucket
+    prevented  bigint NOT NULL,
+    raised     bigint NOT NULL,
+    with_sla   bigint NOT NULL,
+    within_sla bigint NOT NULL,
+    resolved   bigint NOT NULL,
+    PRIMARY KEY (day, service, department, bucket)
+);
+""" + rollup_backfill_sql(POSTGRES_DIALECT)
 
 # Append only: a migration once released is never edited, the next one is added below.
 MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (5, _V5))

@@ -81,6 +81,42 @@ SQLITE = Dialect(
 )
 
 
+_ROLLUP_COUNTS = ("prevented", "raised", "with_sla", "within_sla", "resolved")
+_ROLLUP_UPSERT = (
+    "INSERT INTO incident_rollup (day, service, department, bucket, prevented, raised,"
+    " with_sla, within_sla, resolved) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT (day, service, department, bucket) DO UPDATE SET "
+    + ", ".join(f"{c} = incident_rollup.{c} + excluded.{c}" for c in _ROLLUP_COUNTS)
+)
+
+
+def rollup_backfill_sql(d: Dialect) -> str:
+    """Fill ``incident_rollup`` from the incidents already stored (run once, by the
+    migration that creates it): the same counts :mod:`collector.desk.rollup` adds as
+    incidents are recorded and resolved."""
+    dur = "(resolved_at - opened_at)"
+    bucket = (
+        f"CASE WHEN {dur} < 7200 THEN {d.floor(f'{dur} / 60')}"
+        f" WHEN {dur} < 172800 THEN 120 + {d.floor(f'{dur} / 3600')}"
+        f" ELSE 168 + {d.floor(f'{dur} / 86400')} END"
+    )
+    day = d.floor("opened_at / 86400")
+    svc, dept = "COALESCE(service, '')", "COALESCE(department, '')"
+    return (
+        "INSERT INTO incident_rollup (day, service, department, bucket, prevented, raised,"
+        " with_sla, within_sla, resolved) SELECT day, service, department, bucket,"
+        " SUM(prevented), SUM(raised), SUM(with_sla), SUM(within_sla), SUM(resolved) FROM ("
+        f"SELECT {day} AS day, {svc} AS service, {dept} AS department, -1 AS bucket,"
+        " CASE WHEN state = 'prevented' THEN 1 ELSE 0 END AS prevented,"
+        " CASE WHEN state = 'prevented' THEN 0 ELSE 1 END AS raised,"
+        " 0 AS with_sla, 0 AS within_sla, 0 AS resolved FROM incidents"
+        f" UNION ALL SELECT {day}, {svc}, {dept}, {bucket}, 0, 0,"
+        " CASE WHEN sla_due IS NULL THEN 0 ELSE 1 END,"
+        " CASE WHEN resolved_at <= sla_due THEN 1 ELSE 0 END, 1"
+        " FROM incidents WHERE state = 'resolved') t GROUP BY day, service, department, bucket"
+    )
+
+
 class ConsoleQueries:
     """:class:`~collector.storage.protocols.ConsoleRepository` over a DB-API connection."""
 
@@ -204,29 +240,35 @@ class ConsoleQueries:
 
     # ------------------------------------------------------------------ quality
 
-    def quality_rows(self, since: float) -> list[tuple[Any, ...]]:
-        """One grouped pass over the incidents opened since ``since``: ``(service,
-        department, restore_bucket, prevented, raised, resolved_with_sla, within_sla,
-        incidents)`` per group. ``restore_bucket`` is -1 for incidents not resolved, else
-        the bucket of their time to restore (``desk.console.restore_bucket_bounds``: a
-        few hundred buckets, so the rows stay few while the incidents are millions)."""
-        d = "(i.resolved_at - i.opened_at)"
-        bucket = (
-            f"CASE WHEN i.state <> 'resolved' THEN -1"
-            f" WHEN {d} < 7200 THEN {self.dialect.floor(f'{d} / 60')}"
-            f" WHEN {d} < 172800 THEN 120 + {self.dialect.floor(f'{d} / 3600')}"
-            f" ELSE 168 + {self.dialect.floor(f'{d} / 86400')} END"
-        )
+    def quality_rows(self, since_day: int) -> list[tuple[Any, ...]]:
+        """``(service, department, bucket, prevented, raised, with_sla, within_sla,
+        resolved)`` summed over the rollup's days from ``since_day`` on."""
         return self._q(
-            f"SELECT COALESCE(i.service, ''), COALESCE(i.department, ''), {bucket},"
-            " SUM(CASE WHEN i.state = 'prevented' THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN i.state <> 'prevented' THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN i.state = 'resolved' AND i.sla_due IS NOT NULL THEN 1 ELSE 0 END),"
-            " SUM(CASE WHEN i.state = 'resolved' AND i.resolved_at <= i.sla_due"
-            " THEN 1 ELSE 0 END), COUNT(*)"
-            " FROM incidents i WHERE i.opened_at >= ? GROUP BY 1, 2, 3",
-            (since,),
+            "SELECT service, department, bucket, SUM(prevented), SUM(raised), SUM(with_sla),"
+            " SUM(within_sla), SUM(resolved) FROM incident_rollup WHERE day >= ?"
+            " GROUP BY service, department, bucket",
+            (since_day,),
         )
+
+    def rollup_add(self, delta: Any) -> None:
+        """Add a :class:`~collector.desk.rollup.RollupDelta` to its rollup row."""
+        self._db.execute(
+            _ROLLUP_UPSERT.replace("?", self.dialect.ph),
+            (
+                delta.day, delta.service, delta.department, delta.bucket, delta.prevented,
+                delta.raised, delta.with_sla, delta.within_sla, delta.resolved,
+            ),
+        )  # fmt: skip
+
+    def rollup_info(
+        self, incident_id: int
+    ) -> tuple[float, str | None, str | None, float | None] | None:
+        """``(opened_at, service, department, sla_due)`` of an incident, or None."""
+        rows = self._q(
+            "SELECT opened_at, service, department, sla_due FROM incidents WHERE id = ?",
+            (incident_id,),
+        )
+        return (rows[0][0], rows[0][1], rows[0][2], rows[0][3]) if rows else None
 
     def remediation_versions(self, since: float) -> list[tuple[str, str, str, int]]:
         """``(remediation, script_sha256, outcome, runs)`` since ``since``."""

@@ -12,6 +12,7 @@ import json
 import sqlite3
 
 from vigil.collector.storage.sqlite.codec import HOST_METRICS_UPSERT, pack_floats
+from vigil.collector.storage.sqlite.console_repo import SQLITE, rollup_backfill_sql
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 
 # 2: host_metrics (one row per host) replaces metrics_latest; seen replaces batches and
@@ -431,6 +432,21 @@ CREATE INDEX IF NOT EXISTS hosts_department
 CREATE INDEX IF NOT EXISTS hosts_os ON hosts (json_extract(labels, '$.os'), hostname);
 CREATE INDEX IF NOT EXISTS remediation_runs_received ON remediation_runs (received_at)
 """
+# Per day the incidents opened, by service, department and restore bucket: what the
+# console's quality page sums (collector/desk/rollup.py says what each incident adds).
+_ROLLUP_TABLE = """
+CREATE TABLE incident_rollup (
+    day        INTEGER NOT NULL,  -- UTC days since 1970-01-01 of opened_at
+    service    TEXT NOT NULL,     -- '' for none
+    department TEXT NOT NULL,     -- '' for none
+    bucket     INTEGER NOT NULL,  -- -1: recorded; else the time-to-restore bucket
+    prevented  INTEGER NOT NULL,
+    raised     INTEGER NOT NULL,
+    with_sla   INTEGER NOT NULL,
+    within_sla INTEGER NOT NULL,
+    resolved   INTEGER NOT NULL,
+    PRIMARY KEY (day, service, department, bucket)
+)"""
 
 
 def migrate_console(db: sqlite3.Connection) -> None:
@@ -449,3 +465,9 @@ def migrate_console(db: sqlite3.Connection) -> None:
     for statement in _CONSOLE_SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'incident_rollup'"
+    ).fetchone()
+    if exists is None:
+        db.execute(_ROLLUP_TABLE)
+        db.execute(rollup_backfill_sql(SQLITE))
