@@ -283,12 +283,12 @@ ALTER TABLE incidents ADD COLUMN department text;  -- the host's label when it o
 UPDATE incidents i SET department = h.labels ->> 'department' FROM hosts h
     WHERE h.agent_id = i.host;
 CREATE INDEX incidents_queue ON incidents (priority, sla_due, id) WHERE state = 'open';
-CREATE INDEX incidents_opened ON incidents (opened_at);
 CREATE INDEX incidents_open_host ON incidents (host) WHERE state = 'open';
 CREATE INDEX hosts_hostname ON hosts (hostname, agent_id);
 CREATE INDEX hosts_department ON hosts ((labels ->> 'department'), hostname);
 CREATE INDEX hosts_os ON hosts ((labels ->> 'os'), hostname);
-CREATE INDEX remediation_runs_received ON remediation_runs (received_at);
+CREATE INDEX remediation_runs_version
+    ON remediation_runs (remediation, script_sha256, outcome, received_at);
 CREATE TABLE incident_rollup (
     day        integer NOT NULL,  -- UTC days since 1970-01-01 of opened_at
     service    text NOT NULL,     -- '' for none
