@@ -55,6 +55,27 @@ OSES = ("debian-12", "ubuntu-24.04", "macos-15", "windows-11")
 _CSRF = re.compile(r'name="csrf" value="([^"]+)"')
 
 
+def derived(backend: str) -> list[str]:
+    """After the raw fill: the incidents' department from their host (as the schema
+    migration does for older rows), then the quality rollup the desk keeps, computed
+    from the incidents (the migration's backfill): the fill bypasses the desk."""
+    from vigil.collector.storage.postgres.console_repo import POSTGRES as PG_DIALECT
+    from vigil.collector.storage.sqlite.console_repo import SQLITE as SQLITE_DIALECT
+    from vigil.collector.storage.sqlite.console_repo import rollup_backfill_sql
+
+    if backend == "sqlite":
+        dept = (
+            "UPDATE incidents SET department = (SELECT json_extract(h.labels, '$.department')"
+            " FROM hosts h WHERE h.agent_id = incidents.host)"
+        )
+        return [dept, rollup_backfill_sql(SQLITE_DIALECT)]
+    dept = (
+        "UPDATE incidents i SET department = h.labels ->> 'department' FROM hosts h"
+        " WHERE h.agent_id = i.host"
+    )
+    return [dept, rollup_backfill_sql(PG_DIALECT)]
+
+
 def label_update(backend: str) -> str:
     """One UPDATE giving every host a department and an OS label (a spread by rowid)."""
 
@@ -149,6 +170,8 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
         with sqlite3.connect(folder / "collector.db", isolation_level=None) as db:
             db.execute(label_update("sqlite"))
+            for statement in derived("sqlite"):
+                db.execute(statement)
             db.execute("ANALYZE")
     else:
         store, _ = postgres_store(args.dsn, stmts)
@@ -157,7 +180,9 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         url = json.loads(store.storage_yaml[len("{url: ") : -1])
         with psycopg.connect(url, autocommit=True) as db:
             db.execute(label_update("postgresql"))  # type: ignore[call-overload]
-            db.execute("VACUUM ANALYZE hosts")
+            for statement in derived("postgresql"):
+                db.execute(statement)  # type: ignore[call-overload]
+            db.execute("VACUUM ANALYZE")
     fill_s = time.perf_counter() - t0
     print(
         f"filled {args.hosts} hosts, {args.incidents} incidents in {fill_s:.1f} s ({args.backend})"
