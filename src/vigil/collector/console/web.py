@@ -6,9 +6,10 @@ Console errors are HTML pages (``error.html``) with the status, never the API's 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp_jinja2
 from aiohttp import web
@@ -83,8 +84,6 @@ def require_login(request: web.Request) -> tuple[Session, Principal]:
 
 
 def _quote(path: str) -> str:
-    from urllib.parse import quote
-
     return quote(path, safe="/")
 
 
@@ -185,8 +184,6 @@ def int_field(form: MultiDictProxy[Any], name: str, low: int, high: int) -> int:
 def date_field(form: MultiDictProxy[Any], name: str) -> float | None:
     """Form field ``name`` as a ``YYYY-MM-DD`` date (midnight UTC, Unix seconds), or
     None when empty; :class:`FormError` otherwise."""
-    from datetime import UTC, datetime
-
     raw = text_field(form, name)
     if not raw:
         return None
@@ -194,8 +191,3 @@ def date_field(form: MultiDictProxy[Any], name: str) -> float | None:
         return datetime.strptime(raw, "%Y-%m-%d").replace(tzinfo=UTC).timestamp()
     except ValueError:
         raise FormError(name, f"must be a date YYYY-MM-DD, got {raw[:40]!r}") from None
-
-
-def monotonic() -> float:
-    """Seconds on the monotonic clock (for timings)."""
-    return time.monotonic()
