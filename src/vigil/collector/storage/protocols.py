@@ -323,7 +323,7 @@ class ConsoleRepository(Protocol):
     def queue(
         self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int
     ) -> list[dict[str, Any]]:
-        """Open incidents by priority, then SLA deadline (none last), then id; ``filters``
+        """Open incidents by priority, then SLA deadline (none first), then id; ``filters``
         ``service``, ``host`` (hostname), ``department`` (host label); ``state`` None/
         ``open``, ``unacknowledged``, ``acknowledged`` or ``flapping``."""
 

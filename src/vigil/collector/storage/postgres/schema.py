@@ -282,7 +282,8 @@ ALTER TABLE problems ADD COLUMN known_error text, ADD COLUMN verification text,
 ALTER TABLE incidents ADD COLUMN department text;  -- the host's label when it opened
 UPDATE incidents i SET department = h.labels ->> 'department' FROM hosts h
     WHERE h.agent_id = i.host;
-CREATE INDEX incidents_queue ON incidents (priority, sla_due, id) WHERE state = 'open';
+CREATE INDEX incidents_queue ON incidents (priority, sla_due NULLS FIRST, id)
+    WHERE state = 'open';
 CREATE INDEX incidents_open_host ON incidents (host) WHERE state = 'open';
 CREATE INDEX hosts_hostname ON hosts (hostname, agent_id);
 CREATE INDEX hosts_department ON hosts ((labels ->> 'department'), hostname);

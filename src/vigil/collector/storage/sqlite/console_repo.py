@@ -153,12 +153,14 @@ class ConsoleQueries:
             conds.append("i.department = ?")
             args.append(filters["department"])
         refine = _QUEUE_STATES[state].format(true=d.true)
-        # Priority text sorts P1 < P2 < ...; an incident without a deadline comes last
-        # within its priority. The partial index incidents_queue serves this order.
+        # Priority text sorts P1 < P2 < ...; within one, the earliest deadline first (an
+        # open incident from before deadlines existed, with none, first of all). The
+        # partial index incidents_queue has exactly this order on both backends, so a
+        # page reads its rows without sorting the open incidents.
         rows = self._q(
             f"SELECT {_QUEUE_COLUMNS}, i.department FROM incidents i"
             f" WHERE {' AND '.join(conds)}{refine}"
-            " ORDER BY i.priority, i.sla_due IS NULL, i.sla_due, i.id LIMIT ? OFFSET ?",
+            " ORDER BY i.priority, i.sla_due NULLS FIRST, i.id LIMIT ? OFFSET ?",
             (*args, limit, offset),
         )
         out = []
