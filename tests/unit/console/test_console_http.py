@@ -63,11 +63,13 @@ def test_root_redirects_to_the_console_and_the_console_to_its_login(
     async def main() -> tuple[Any, ...]:
         async with collector_server(config) as url, browser_session() as http:
             root = await page(http, url, "/")
+            bare = await page(http, url, "/console")
             queue = await page(http, url, "/console/")
-            return root, queue
+            return root, bare, queue
 
-    root, queue = run(main)
+    root, bare, queue = run(main)
     assert root[0] == 302 and root[2]["Location"] == "/console/"
+    assert bare[0] == 302 and bare[2]["Location"] == "/console/"
     assert queue[0] == 302 and queue[2]["Location"].startswith("/console/login?next=")
 
 
@@ -346,3 +348,26 @@ def test_alertmanager_links_open_the_console_incident_page() -> None:
     }  # fmt: skip
     alert = to_alert(item, now=10.0, resend_s=60.0, public_url="https://vigil.example.org/")
     assert alert["annotations"]["incident_url"] == "https://vigil.example.org/console/incidents/7"
+
+
+def test_rotating_an_operators_token_ends_its_console_session(config, collector_server) -> None:
+    async def main() -> tuple[int, int]:
+        async with collector_server(config) as url, browser_session() as http:
+            await add_operator(http, url, COLLECTOR_ADMIN_TOKEN, "rot", "viewer")
+            async with http.post(
+                f"{url}/api/v1/operators",
+                json={"name": "rot2", "role": "viewer"},
+                headers={"Authorization": f"Bearer {COLLECTOR_ADMIN_TOKEN}"},
+            ) as r:
+                token = (await r.json())["token"]
+            await login(http, url, token)
+            before = (await page(http, url, "/console/"))[0]
+            async with http.post(
+                f"{url}/api/v1/operators/rot2/rotate",
+                headers={"Authorization": f"Bearer {COLLECTOR_ADMIN_TOKEN}"},
+            ) as r:
+                assert r.status == 200
+            return before, (await page(http, url, "/console/"))[0]
+
+    before, after = run(main)
+    assert (before, after) == (200, 302)

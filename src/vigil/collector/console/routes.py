@@ -37,6 +37,7 @@ def setup_console(app: web.Application) -> None:
     app.on_response_prepare.append(add_secure_headers)
     r = app.router
     r.add_get("/", views.root)
+    r.add_get(PREFIX, views.root)
     r.add_get(f"{PREFIX}/", views.queue_page)
     r.add_get(f"{PREFIX}/login", views.login_page)
     r.add_post(f"{PREFIX}/login", forms.login)

@@ -47,7 +47,7 @@ def _filter(request: web.Request, name: str) -> str | None:
 
 
 async def root(request: web.Request) -> web.StreamResponse:
-    """``GET /``: the console."""
+    """``GET /`` and ``GET /console``: the console."""
     raise web.HTTPFound(f"{PREFIX}/")
 
 
