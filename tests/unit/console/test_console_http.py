@@ -371,3 +371,36 @@ def test_rotating_an_operators_token_ends_its_console_session(config, collector_
 
     before, after = run(main)
     assert (before, after) == (200, 302)
+
+
+def test_silences_from_the_queue_and_the_incident_page_match_what_was_chosen(
+    config, collector_server, make_report, make_check_event
+) -> None:
+    async def main() -> tuple[list[int], list[dict[str, Any]]]:
+        async with collector_server(config) as url, browser_session() as http:
+            await _inject(http, url, make_report, make_check_event)
+            await login(http, url, COLLECTOR_ADMIN_TOKEN)
+            _, html, _ = await page(http, url, "/console/incidents/2")
+            csrf = csrf_of(html)
+            statuses = [
+                (await submit(http, url, "/console/silences", form))[0]
+                for form in (
+                    {"csrf": csrf, "target": "check:mail.imap", "hours": "2", "comment": "c"},
+                    {"csrf": csrf, "matcher": "host", "value": "ws-0001", "hours": "4"},
+                    {"csrf": csrf, "target": "group:x", "hours": "4"},
+                    {"csrf": csrf, "target": "host:ws-0001", "hours": "0"},
+                )
+            ]
+            async with http.get(
+                f"{url}/api/v1/silences",
+                headers={"Authorization": f"Bearer {COLLECTOR_ADMIN_TOKEN}"},
+            ) as r:
+                return statuses, (await r.json())["silences"]
+
+    statuses, silences = run(main)
+    assert statuses == [303, 303, 400, 400]
+    got = sorted((s["matcher"], s["value"], s["created_by"]) for s in silences)
+    assert got == [
+        ("check", "mail.imap", "config:admin_tokens.0"),
+        ("host", "ws-0001", "config:admin_tokens.0"),
+    ]

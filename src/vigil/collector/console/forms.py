@@ -208,17 +208,26 @@ async def close_problem(request: web.Request) -> web.StreamResponse:
 
 
 async def silence(request: web.Request) -> web.StreamResponse:
-    """``POST /console/silences`` with ``matcher`` (host/check/service), ``value``,
-    ``hours`` (1..720) and ``comment``: holds notifications back from now on."""
+    """``POST /console/silences`` with ``matcher`` (host/check/service) and ``value``, or
+    ``target`` (``matcher:value``), ``hours`` (1..720) and ``comment``: holds
+    notifications back from now on."""
     checked = await checked_form(request)
     if isinstance(checked, web.Response):
         return checked
     principal, form = checked
     try:
-        matcher = text_field(form, "matcher", required=True)
-        if matcher not in SILENCE_MATCHERS:
-            raise FormError("matcher", f"must be one of {list(SILENCE_MATCHERS)}")
-        value = text_field(form, "value", required=True)
+        # The incident page sends one "target" (matcher:value) from a choice; the queue's
+        # buttons send matcher and value apart.
+        target = text_field(form, "target")
+        if target:
+            matcher, _, value = target.partition(":")
+            if matcher not in SILENCE_MATCHERS or not value:
+                raise FormError("target", f"must be one of {list(SILENCE_MATCHERS)}:<value>")
+        else:
+            matcher = text_field(form, "matcher", required=True)
+            if matcher not in SILENCE_MATCHERS:
+                raise FormError("matcher", f"must be one of {list(SILENCE_MATCHERS)}")
+            value = text_field(form, "value", required=True)
         hours = int_field(form, "hours", 1, MAX_SILENCE_S // 3600)
         comment = text_field(form, "comment")
     except FormError as exc:
