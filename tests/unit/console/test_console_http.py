@@ -240,6 +240,11 @@ def test_link_capa_and_closing_a_problem_needs_its_verification(
                     http, url, "/console/incidents/4/link", {"csrf": csrf, "problem": problem}
                 )
             )[0]
+            out["ack"] = (
+                await submit(
+                    http, url, f"/console/problems/{problem}/acknowledge", {"csrf": csrf}
+                )
+            )[0]
             out["close_early"] = (
                 await submit(http, url, f"/console/problems/{problem}/close", {"csrf": csrf})
             )[0]
@@ -271,6 +276,7 @@ def test_link_capa_and_closing_a_problem_needs_its_verification(
 
     out = run(main)
     assert out["link"] == 303
+    assert out["ack"] == 303
     assert out["close_early"] == 409
     assert out["capa"] == 303
     assert out["bad_date"] == 400
@@ -280,6 +286,7 @@ def test_link_capa_and_closing_a_problem_needs_its_verification(
     assert 'value="2027-01-31"' in html
     assert '<dd class="state">resolved</dd>' in html
     assert "incident 4 linked by config:admin_tokens.0" in html
+    assert "acknowledged by config:admin_tokens.0" in html
     assert "linked to problem" in out["incident_html"]
 
 
