@@ -65,7 +65,8 @@ def derived(backend: str) -> list[str]:
 
     if backend == "sqlite":
         dept = (
-            "UPDATE incidents SET department = (SELECT json_extract(h.labels, '$.department')"
+            "UPDATE incidents SET department = (SELECT"
+            f" {SQLITE_DIALECT.label('h.labels', 'department')}"
             " FROM hosts h WHERE h.agent_id = incidents.host)"
         )
         return [dept, rollup_backfill_sql(SQLITE_DIALECT)]

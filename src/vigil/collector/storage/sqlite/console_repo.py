@@ -75,9 +75,15 @@ class Dialect:
         return self.floor_sql.format(x=x)
 
 
+# A label read tolerates a labels text that is not JSON (a hand edit, an older version:
+# json_extract alone would raise "malformed JSON", in a query and in an index on it,
+# refusing the row). The hosts_department/hosts_os indexes use this same expression.
 # SQLite's CAST truncates (its FLOOR needs the optional math functions).
 SQLITE = Dialect(
-    ph="?", label_sql="json_extract({col}, '$.{key}')", true="1", floor_sql="CAST({x} AS INTEGER)"
+    ph="?",
+    label_sql="(CASE WHEN json_valid({col}) THEN json_extract({col}, '$.{key}') END)",
+    true="1",
+    floor_sql="CAST({x} AS INTEGER)",
 )
 
 

@@ -426,9 +426,8 @@ CREATE INDEX IF NOT EXISTS incidents_queue ON incidents (priority, sla_due, id)
     WHERE state = 'open';
 CREATE INDEX IF NOT EXISTS incidents_open_host ON incidents (host) WHERE state = 'open';
 CREATE INDEX IF NOT EXISTS hosts_hostname ON hosts (hostname, agent_id);
-CREATE INDEX IF NOT EXISTS hosts_department
-    ON hosts (json_extract(labels, '$.department'), hostname);
-CREATE INDEX IF NOT EXISTS hosts_os ON hosts (json_extract(labels, '$.os'), hostname);
+CREATE INDEX IF NOT EXISTS hosts_department ON hosts ({department}, hostname);
+CREATE INDEX IF NOT EXISTS hosts_os ON hosts ({os}, hostname);
 -- Covering: the quality page's runs per version and outcome without a sort.
 CREATE INDEX IF NOT EXISTS remediation_runs_version
     ON remediation_runs (remediation, script_sha256, outcome, received_at)
@@ -460,10 +459,13 @@ def migrate_console(db: sqlite3.Connection) -> None:
     if "department" not in {row[1] for row in db.execute("PRAGMA table_info(incidents)")}:
         db.execute("ALTER TABLE incidents ADD COLUMN department TEXT")
         db.execute(
-            "UPDATE incidents SET department = (SELECT json_extract(h.labels, '$.department')"
+            f"UPDATE incidents SET department = (SELECT {SQLITE.label('h.labels', 'department')}"
             " FROM hosts h WHERE h.agent_id = incidents.host)"
         )
-    for statement in _CONSOLE_SCHEMA.split(";"):
+    ddl = _CONSOLE_SCHEMA.format(
+        department=SQLITE.label("labels", "department"), os=SQLITE.label("labels", "os")
+    )
+    for statement in ddl.split(";"):
         if statement.strip():
             db.execute(statement)
     exists = db.execute(
