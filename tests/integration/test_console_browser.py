@@ -316,7 +316,7 @@ def test_a_viewer_cannot_acknowledge(collector: str, browser: Any) -> None:
 
 @pytest.mark.skip(
     reason="FOR THE LEAD: needs the satisfaction branch merged (survey link, answer form, "
-    "desk.satisfaction.satisfaction_summary); then answer a survey through the agent's "
+    "Desk.satisfaction_summary); then answer a survey through the agent's "
     "link and assert the quality page's #satisfaction NPS changes"
 )
 def test_a_survey_answer_changes_the_nps_on_the_quality_page(collector: str, browser: Any) -> None:

@@ -241,9 +241,7 @@ def test_link_capa_and_closing_a_problem_needs_its_verification(
                 )
             )[0]
             out["ack"] = (
-                await submit(
-                    http, url, f"/console/problems/{problem}/acknowledge", {"csrf": csrf}
-                )
+                await submit(http, url, f"/console/problems/{problem}/acknowledge", {"csrf": csrf})
             )[0]
             out["close_early"] = (
                 await submit(http, url, f"/console/problems/{problem}/close", {"csrf": csrf})
@@ -411,3 +409,32 @@ def test_silences_from_the_queue_and_the_incident_page_match_what_was_chosen(
         ("check", "mail.imap", "config:admin_tokens.0"),
         ("host", "ws-0001", "config:admin_tokens.0"),
     ]
+
+
+def test_the_quality_page_shows_nps_once_the_desk_reads_survey_answers(
+    config, collector_server, monkeypatch
+) -> None:
+    """The seam to the satisfaction work (branch ``satisfaction``): without
+    ``Desk.satisfaction_summary`` the page says so; with it, its figures are shown. The
+    summary here stands in for that branch's read (same shape as its ``summarize``)."""
+    from vigil.collector.desk.service import Desk
+
+    async def quality() -> str:
+        async with collector_server(config) as url, browser_session() as http:
+            await login(http, url, COLLECTOR_ADMIN_TOKEN)
+            return (await page(http, url, "/console/quality"))[1]
+
+    assert "No survey answers yet." in run(quality)
+    seen: list[float | None] = []
+
+    def summary(self: Desk, department=None, service=None, since=None) -> dict[str, Any]:
+        seen.append(since)
+        one = {"responses": 4, "promoters": 3, "passives": 0, "detractors": 1,
+               "nps": 50.0, "csat": 75.0}  # fmt: skip
+        return {**one, "departments": {"sales": one}, "services": {"email": one}}
+
+    monkeypatch.setattr(Desk, "satisfaction_summary", summary, raising=False)
+    html = run(quality)
+    assert "NPS <strong>50.0</strong>, CSAT 75.0 %, from 4 answers." in html
+    assert "<td>sales</td><td>4</td><td>50.0</td>" in html
+    assert seen and seen[0] is not None, "read for the page's period"

@@ -7,7 +7,6 @@ Every list is one page (``limit`` rows from ``offset``), never the whole table.
 from __future__ import annotations
 
 import functools
-import importlib
 import logging
 from typing import Any
 
@@ -241,7 +240,7 @@ async def quality_page(request: web.Request) -> web.StreamResponse:
         return await in_storage_thread(request, desk_console.quality, storage, t - days * DAY_S, t)
 
     quality = await request.app[quality_cache_key].get(days, compute)
-    nps = await _satisfaction(request, storage, quality.since, t)
+    nps = await _satisfaction(request, quality.since)
     charts_ = {
         "service": charts.stacked_bars(
             "Prevented and raised incidents per service",
@@ -258,23 +257,15 @@ async def quality_page(request: web.Request) -> web.StreamResponse:
     return render(request, "quality.html", context)
 
 
-async def _satisfaction(
-    request: web.Request, storage: Any, since: float, t: float
-) -> dict[str, Any] | None:
-    """NPS/CSAT through ``desk.satisfaction.satisfaction_summary(storage, since=, now=)``
-    when the satisfaction work provides it (a dict like ``summarize()``: ``responses``,
-    ``nps``, ``csat``, ``departments``, ``services``); None until then, and the page
-    says "no survey answers yet"."""
-    try:
-        module = importlib.import_module("vigil.collector.desk.satisfaction")
-    except ImportError:
-        return None
-    summary = getattr(module, "satisfaction_summary", None)
+async def _satisfaction(request: web.Request, since: float) -> dict[str, Any] | None:
+    """NPS/CSAT through ``Desk.satisfaction_summary(since=...)`` when the satisfaction
+    work provides it (branch ``satisfaction``: a dict with ``responses``, ``nps``,
+    ``csat``, ``departments`` and ``services``); None until then, or while no survey
+    was answered, and the page says "no survey answers yet"."""
+    summary = getattr(request.app[desk_key], "satisfaction_summary", None)
     if summary is None:
         return None
-    result = await in_storage_thread(
-        request, functools.partial(summary, storage, since=since, now=t)
-    )
+    result = await in_storage_thread(request, functools.partial(summary, since=since))
     return result if isinstance(result, dict) and result.get("responses") else None
 
 
