@@ -157,6 +157,9 @@ class RemediationEvent:
     ``outcome`` is ``fixed`` only when verification showed the trigger cleared.
     ``output`` is an excerpt (head and tail) of stdout+stderr; ``output_truncated`` says
     whether anything was cut. ``script_sha256`` identifies exactly what ran.
+    ``request_id`` is the id of the admin's run-now request this run answers (the
+    collector links the record to the request and who asked); added within schema version
+    1 and sent only when set, so an agent talks to an older collector as before.
     """
 
     event_id: str = field(metadata=_ID)
@@ -174,6 +177,7 @@ class RemediationEvent:
     output_truncated: bool
     script_sha256: str
     dry_run: bool
+    request_id: str | None = field(default=None, metadata={**_ID, **_OMIT_DEFAULT})
     type: Literal["remediation"] = "remediation"
 
 

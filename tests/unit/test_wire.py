@@ -238,6 +238,27 @@ def test_flapping_is_sent_only_when_true() -> None:
     assert wire.decode_report(wire.encode_report(calm)).events[1].flapping is False
 
 
+def _remediation_index(r: wire.Report) -> int:
+    return next(i for i, e in enumerate(r.events) if isinstance(e, wire.RemediationEvent))
+
+
+def test_request_id_is_sent_only_for_a_run_now() -> None:
+    """Added within schema 1 for run-now requests: absent unless set, round-trips when set,
+    and an empty id is refused naming the field."""
+    plain = report()
+    assert b'"request_id"' not in wire.encode_report(plain)
+    i = _remediation_index(plain)
+    events = list(plain.events)
+    events[i] = dataclasses.replace(events[i], request_id="rn-42")
+    asked = report(events=tuple(events))
+    raw = wire.encode_report(asked)
+    assert raw.count(b'"request_id":"rn-42"') == 1
+    assert wire.decode_report(raw) == asked
+    with pytest.raises(wire.WireError) as exc:
+        wire.decode_report(raw.replace(b'"rn-42"', b'""'))
+    assert exc.value.path == f"events[{i}].request_id"
+
+
 # ------------------------------------------------------------------ hostile input: a 400
 # naming the field for everything a client controls, never an exception the collector
 # would turn into a 500.

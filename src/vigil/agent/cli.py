@@ -107,7 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 async def _run(checked: Preflight) -> int:
     from vigil.agent.service import build_service  # heavy imports only when running
 
-    service = build_service(checked.config, library=checked.library, broken=checked.broken)
+    service = build_service(
+        checked.config, library=checked.library, broken=checked.broken, policy=True
+    )
     await service.run_until_signalled()
     return 0
 

@@ -22,6 +22,7 @@ from vigil.collector.identity.roles import Directory
 from vigil.collector.identity.service import AgentIdentity
 from vigil.collector.ingest import IngestQueue
 from vigil.collector.notify.health import NotifyHealth
+from vigil.collector.policy.runtime import PolicyRuntime
 from vigil.collector.telemetry.requests import RequestCounters
 
 config_key = web.AppKey("config", CollectorConfig)
@@ -49,3 +50,5 @@ identity_key = web.AppKey("identity", AgentIdentity)
 # and the cached service-quality figures (see console/quality.py).
 console_signer_key = web.AppKey("console_signer", Signer)
 quality_cache_key = web.AppKey("quality_cache", QualityCache)
+# Central policy: the in-memory snapshot the report acks are built from (collector/policy/).
+policy_key = web.AppKey("policy", PolicyRuntime)

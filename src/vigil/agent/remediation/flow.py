@@ -9,8 +9,9 @@ remediation. For a check that names a remediation the flow is:
    collector waits for), or, when the gate refuses (already running, cooldown,
    attempts used up), the transition and a ``skipped`` record;
 2. the script runs under the exec limits, holding the gate's slot;
-3. the check is measured again (or the verification script runs) at once and every
-   0.2 s: two consecutive clear readings verify the fix, else the reading at
+3. the check is measured again (or the verification script runs) at once, then 0.2 s
+   after a clear reading and at doubling steps (up to 5 s) while it stays bad: two
+   consecutive clear readings verify the fix, else the reading at
    ``verify_delay`` (the upper bound) decides; the outcome rules are in
    :mod:`~vigil.agent.remediation.outcome`;
 4. the corrective-action record is written *before* the check's recovery, so the
@@ -61,7 +62,11 @@ RETRY_OUTCOMES = frozenset({"not_fixed", "error", "timeout", "skipped:busy"})
 # this many consecutive clear readings of its check, taken this many seconds apart, and
 # the manifest's ``verify.delay`` is only the upper bound. Two readings, not one: a value
 # read the instant a fix exits can be a transient (a service that dies again at once).
+# While the check stays bad the step doubles up to VERIFY_STEP_MAX_S: a slow fix under a
+# 60 s ``verify.delay`` costs ~17 readings (a verification script runs that often), not
+# 300; a clear reading is confirmed one short step later.
 VERIFY_STEP_S = 0.2
+VERIFY_STEP_MAX_S = 5.0
 VERIFY_CLEAR_READINGS = 2
 
 Measure = Callable[[CheckSpec], Awaitable[tuple[float | None, CheckState | None]]]
@@ -143,6 +148,14 @@ class RemediationFlow:
         self._last_outcome: dict[str, str] = {}  # check id -> outcome of its last run
         self._remediating: set[str] = set()  # check ids whose remediation is in flight
         self.tasks: set[asyncio.Task[None]] = set()
+        # The collector's kill switch (agent/policy/sync.py sets these at once on each
+        # ack): a halted remediation starts no run and no detection; runs in flight end.
+        self.halted: frozenset[str] = frozenset()
+        self.halt_all = False
+
+    def is_halted(self, rem_id: str) -> bool:
+        """Whether the collector halted ``rem_id`` (or every remediation)."""
+        return self.halt_all or rem_id in self.halted
 
     # ------------------------------------------------------------------ check results
 
@@ -271,6 +284,8 @@ class RemediationFlow:
 
     def _gate_check(self, spec: CheckSpec, rem: Remediation) -> str | None:
         """Why ``rem`` may not start now (running, cooldown, attempts), else ``None``."""
+        if self.is_halted(rem.id):
+            return "halted by the collector (kill switch)"
         if rem.id in self._busy:
             # One run per remediation at a time (also while a promised run's task has not
             # entered the gate yet).
@@ -293,8 +308,10 @@ class RemediationFlow:
         as for a threshold check, so the collector sees the same promise/record/recovery.
         """
         spec, rem = self.detectors[spec_id]
-        if self.owns(spec.id):
-            return False  # the remediation task owns this check until it has verified
+        if self.owns(spec.id) or self.is_halted(rem.id):
+            # Owned: the remediation task evaluates it once verified. Halted: nothing of
+            # a halted remediation runs, its detection script included.
+            return False
         value = await self._detect_value(rem)
         return self.evaluate(spec, value, self.clock())
 
@@ -379,18 +396,20 @@ class RemediationFlow:
     ) -> tuple[bool, str, float | None, CheckState | None]:
         """Verify event-driven: (cleared, detail, value, level) of the deciding reading.
 
-        The check is read at once when the fix has exited, then every
-        :data:`VERIFY_STEP_S`: :data:`VERIFY_CLEAR_READINGS` consecutive clear readings
-        confirm the fix early; otherwise the reading at ``bound_s`` (the manifest's
-        ``verify.delay``, else the agent's) decides, as a single reading after the delay
-        always did. A reading is clear when the verification script exits 0, or else when
-        the check's state is known and not one the remediation is for (``unknown`` never
-        counts as fixed). ``bound_s`` is counted in the sleeps taken and on the monotonic
-        clock, whichever runs out first, and the number of readings is bounded too.
+        The check is read at once when the fix has exited, then :data:`VERIFY_STEP_S`
+        after a clear reading, and after a bad one at a step that doubles with each bad
+        reading in a row (capped at :data:`VERIFY_STEP_MAX_S`).
+        :data:`VERIFY_CLEAR_READINGS` consecutive clear readings confirm the fix early;
+        otherwise the reading at ``bound_s`` (the manifest's ``verify.delay``, else the
+        agent's) decides, as a single reading after the delay always did. A reading is
+        clear when the verification script exits 0, or else when the check's state is
+        known and not one the remediation is for (``unknown`` never counts as fixed).
+        ``bound_s`` is counted in the sleeps taken and on the monotonic clock, whichever
+        runs out first, and the number of readings is bounded too.
         """
         started = time.monotonic()
         waited = 0.0
-        streak = 0
+        streak = misses = 0
         for _ in range(int(bound_s / VERIFY_STEP_S) + 2):
             after, level = await self._measure(spec)
             if (verify := rem.verify_for()) is not None:
@@ -400,11 +419,12 @@ class RemediationFlow:
                 bad = rem.states_for(spec.id) or ("critical",)
                 cleared = state not in bad and state != "unknown"
                 detail = f"after: {state}"
-            streak = streak + 1 if cleared else 0
+            streak, misses = (streak + 1, 0) if cleared else (0, misses + 1)
             left = bound_s - max(waited, time.monotonic() - started)
             if streak >= VERIFY_CLEAR_READINGS or left <= 1e-9:
                 break
-            step = min(VERIFY_STEP_S, left)
+            backoff = VERIFY_STEP_S * 2 ** max(misses - 1, 0)
+            step = min(backoff, VERIFY_STEP_MAX_S, left)
             await self.sleep(step)
             waited += step
         return cleared, detail, after, level
@@ -459,14 +479,23 @@ class RemediationFlow:
         return self.settings.dry_run or rem.dry_run
 
     def _record_remediation(
-        self, spec: CheckSpec, rem: Remediation, r: RemediationOutcome, started: float, now: float
+        self,
+        spec: CheckSpec | None,
+        rem: Remediation,
+        r: RemediationOutcome,
+        started: float,
+        now: float,
+        *,
+        request_id: str | None = None,
     ) -> None:
+        """Write the corrective-action record; ``spec`` is ``None`` for a run no check
+        triggered (a run-now request, whose id is ``request_id``, or a schedule)."""
         res = r.result
         log.log(
             logging.INFO if r.outcome == "fixed" else logging.WARNING,
             "remediation %s for %s: %s (%s) %s -> %s",
             rem.id,
-            spec.id,
+            spec.id if spec is not None else f"request {request_id}",
             r.outcome,
             r.reason,
             r.value_before,
@@ -480,7 +509,7 @@ class RemediationFlow:
                 seq=0,
                 time=now,
                 remediation=rem.id,
-                check=spec.id,
+                check=spec.id if spec is not None else None,
                 outcome=r.outcome,  # type: ignore[arg-type]
                 exit_code=res.exit_code if res else None,
                 started_at=started,
@@ -491,6 +520,7 @@ class RemediationFlow:
                 output_truncated=bool(res and res.truncated),
                 script_sha256=res.script_sha256 if res else "",
                 dry_run=self._dry_run(rem),
+                request_id=request_id,
             ),
             urgent=r.outcome != "fixed",
         )

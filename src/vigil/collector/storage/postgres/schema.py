@@ -26,6 +26,8 @@ import time
 import psycopg
 
 from vigil.collector.storage.postgres.console_repo import POSTGRES as POSTGRES_DIALECT
+from vigil.collector.storage.postgres.policy_repo import POLICY_MIGRATION
+from vigil.collector.storage.postgres.survey_repo import SURVEYS_DDL
 from vigil.collector.storage.sqlite.console_repo import rollup_backfill_sql
 
 # Advisory lock class ids (the first int of the two-int form); the second is a hash of
@@ -305,7 +307,12 @@ CREATE TABLE incident_rollup (
 """ + rollup_backfill_sql(POSTGRES_DIALECT)
 
 # Append only: a migration once released is never edited, the next one is added below.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (5, _V5))
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, _V1),
+    (3, POLICY_MIGRATION),  # policy bundles, rollouts, halts, run-now (policy_repo.py)
+    (4, SURVEYS_DDL),  # satisfaction surveys and the survey link key (survey_repo.py)
+    (5, _V5),  # the console: problem CAPA fields, incident department, rollup, indexes
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables with an identity id, for moving the sequence past ids copied in (importer).
@@ -318,6 +325,7 @@ IDENTITY_TABLES = (
     "problem_timeline",
     "silences",
     "audit",
+    "surveys",
 )
 
 
@@ -343,14 +351,17 @@ def migrate(db: psycopg.Connection) -> int:
             "CREATE TABLE IF NOT EXISTS vigil_schema"
             " (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
         )
-        row = db.execute("SELECT COALESCE(MAX(version), 0) FROM vigil_schema").fetchone()
-        have = int(row[0]) if row else 0
+        applied = {int(r[0]) for r in db.execute("SELECT version FROM vigil_schema")}
+        have = max(applied, default=0)
         if have > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"schema version {have} is newer than this collector supports ({SCHEMA_VERSION})"
             )
+        # Every migration not applied yet, not only those above the highest applied: a
+        # database made by a development build may hold a later number without an earlier
+        # one (migrations are numbered per feature and land in any order).
         for version, ddl in MIGRATIONS:
-            if version <= have:
+            if version in applied:
                 continue
             # One call (no parameters: the simple protocol takes several statements, and
             # a function body's own ";" needs no splitting).

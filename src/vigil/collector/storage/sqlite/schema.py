@@ -13,6 +13,8 @@ import sqlite3
 
 from vigil.collector.storage.sqlite.codec import HOST_METRICS_UPSERT, pack_floats
 from vigil.collector.storage.sqlite.console_repo import SQLITE, rollup_backfill_sql
+from vigil.collector.storage.sqlite.policy_repo import migrate_policy
+from vigil.collector.storage.sqlite.survey_repo import migrate_surveys
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 
 # 2: host_metrics (one row per host) replaces metrics_latest; seen replaces batches and
@@ -21,8 +23,10 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # _migrate_problem_kinds).
 # 4: operators and the append-only audit log (_migrate_identity).
 # 5: enrollment secrets and per-agent credentials (migrate_enrollment).
-# 9: the console: a problem's CAPA record fields and the queue/host search indexes
-#    (migrate_console). 6-8 and 10-11 are other changes' numbers (assigned up front).
+# 7: policy bundles, rollouts, halts and run-now requests (migrate_policy).
+# 8: satisfaction surveys and the survey link key (sqlite/survey_repo.migrate_surveys).
+# 9: the console: a problem's CAPA record fields, the incidents' department, the quality
+#    rollup and the queue/host search indexes (migrate_console).
 SCHEMA_VERSION = 9
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
@@ -237,6 +241,8 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     _migrate_seen(db)
     _migrate_identity(db)
     migrate_enrollment(db)
+    migrate_surveys(db)
+    migrate_policy(db)
     migrate_console(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
