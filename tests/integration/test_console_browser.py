@@ -356,6 +356,7 @@ def test_a_survey_answer_changes_the_nps_on_the_quality_page(tmp_path: Path, bro
         person = browser.new_page()
         person.goto(link)
         person.check("#score-9")
+        person.fill("#comment", "quick fix, thanks")
         person.get_by_role("button", name="Send").click()
         person.wait_for_load_state()
         person.close()
@@ -364,6 +365,9 @@ def test_a_survey_answer_changes_the_nps_on_the_quality_page(tmp_path: Path, bro
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(again, timeout=10)
         assert refused.value.code in (403, 404, 409, 410), refused.value.code
+        b.goto(f"/console/incidents/{incident['id']}")
+        answers = b.page.locator("#satisfaction ~ table").inner_text()
+        assert "answered" in answers and "\t9\t" in answers and "quick fix" in answers, answers
         b.goto("/console/quality")
         nps = b.page.locator("#satisfaction .nps").inner_text()
         assert nps == "NPS 100.0, CSAT 100.0 %, from 1 answer.", nps

@@ -117,7 +117,10 @@ async def incident_page(request: web.Request) -> web.StreamResponse:
     extras = await in_storage_thread(
         request, desk_console.incident_extras, desk.storage, incident["host"], incident["problems"]
     )
-    return render(request, "incident.html", {"i": incident, **extras})
+    # The person's survey answers and comments (the satisfaction work's surveys).
+    surveys_of = getattr(getattr(desk, "surveys", None), "of_incident", None)
+    surveys = [] if surveys_of is None else await in_storage_thread(request, surveys_of, wanted)
+    return render(request, "incident.html", {"i": incident, "surveys": surveys, **extras})
 
 
 async def problems_page(request: web.Request) -> web.StreamResponse:
