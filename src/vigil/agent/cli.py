@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import sys
 import time
@@ -25,6 +26,8 @@ from vigil.agent.checks import classify
 from vigil.agent.config import AgentConfig
 from vigil.agent.preflight import Preflight, preflight
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
+
+log = logging.getLogger("vigil.agent")
 
 _LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -105,10 +108,22 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(checked: Preflight) -> int:
+    from vigil.agent.crashguard import CrashRecord
     from vigil.agent.service import build_service  # heavy imports only when running
+    from vigil.agent.svc.notify import backoff_sleep
 
-    service = build_service(checked.config, library=checked.library, broken=checked.broken)
+    config = checked.config
+    # Recorded before anything that could crash, cleared only by a clean stop: a start
+    # that finds a run of crashed starts waits (crashguard) instead of looping hot.
+    record = CrashRecord(config.state_dir)
+    crashed, delay = record.begin(time.time(), config.crash_backoff)
+    if delay > 0:
+        reason = f"crash-loop back-off: {crashed} unclean starts, waiting {delay:.1f} s"
+        log.warning("%s before starting", reason)
+        await backoff_sleep(delay, reason)
+    service = build_service(config, library=checked.library, broken=checked.broken)
     await service.run_until_signalled()
+    record.clean_stop()
     return 0
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from vigil.agent.crashguard import CrashBackoffConfig, crash_backoff_config
 from vigil.agent.delivery.tls import tls_problem
 from vigil.agent.sampler_config import (
     ClockSpec,
@@ -29,6 +30,7 @@ from vigil.agent.sampler_config import (
     process_spec,
     services,
 )
+from vigil.agent.selfhealth import SelfHealthConfig, self_health_config
 from vigil.configio import ConfigError, Section, load_yaml, parse_duration
 
 Operator = Literal[">", ">=", "<", "<="]
@@ -220,6 +222,8 @@ class AgentConfig:
     remediation: RemediationSettings
     checks: tuple[CheckSpec, ...]
     shipping: ShippingConfig = field(default_factory=ShippingConfig)
+    self_health: SelfHealthConfig = field(default_factory=SelfHealthConfig)
+    crash_backoff: CrashBackoffConfig = field(default_factory=CrashBackoffConfig)
 
 
 def default_state_dir() -> Path:
@@ -239,6 +243,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     state_dir = agent.path_value("state_dir", None) or default_state_dir()
     hostname = agent.get("hostname", str, None)
     labels = agent.str_map("labels", {})
+    crash_backoff = crash_backoff_config(agent)
     agent.done()
 
     col = root.section("collector", required=True)
@@ -344,6 +349,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     )
     rs.done()
 
+    self_health = self_health_config(root)
+
     checks = tuple(_check(s) for s in root.sections("checks"))
     seen: set[str] = set()
     for i, c in enumerate(checks):
@@ -365,6 +372,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         remediation=remediation,
         checks=checks,
         shipping=shipping,
+        self_health=self_health,
+        crash_backoff=crash_backoff,
     )
 
 
