@@ -83,10 +83,12 @@ def test_a_blocked_loop_raises_a_self_health_incident_that_resolves(
         _wait("self_health ok after the block", lambda: hosts_check("ok"), log)
         resolved = _wait(
             "the incident resolved",
-            lambda: get_json(f"{collector}/api/v1/incidents/{incident['id']}", ADMIN_TOKEN)[
-                "incident"
-            ]["state"]
-            == "resolved",
+            lambda: (
+                get_json(f"{collector}/api/v1/incidents/{incident['id']}", ADMIN_TOKEN)["incident"][
+                    "state"
+                ]
+                == "resolved"
+            ),
             log,
         )
         assert resolved

@@ -42,7 +42,12 @@ HEALTHY = SelfHealthReading(
         (replace(HEALTHY, loop_lag_s=6.0), 0, "warning", "event loop lag 6.0 s"),
         (replace(HEALTHY, loop_lag_s=6.0), 2, "critical", "at 3 heartbeats in a row"),
         (replace(HEALTHY, loop_lag_s=5.0), 2, "ok", "loop lag 5.000 s"),
-        (replace(HEALTHY, outbox_bytes=95_000, outbox_events=900), 0, "critical", "outbox 95% full"),
+        (
+            replace(HEALTHY, outbox_bytes=95_000, outbox_events=900),
+            0,
+            "critical",
+            "outbox 95% full",
+        ),
         (replace(HEALTHY, delivery_age_s=601, delivery_failures=40), 0, "warning", "40 failed"),
         (replace(HEALTHY, delivery_age_s=601, outbox_events=0), 0, "ok", "last delivery 601 s"),
     ],
@@ -126,7 +131,7 @@ def test_timers_measure_the_lag_of_a_blocked_loop_and_count_overruns() -> None:
     timers = Timers()
 
     async def block() -> None:
-        time.sleep(0.3)  # deliberately blocking: stands for a job that never yields
+        time.sleep(0.3)  # noqa: ASYNC251 - deliberately blocking: a job that never yields
 
     async def slow() -> None:
         await asyncio.sleep(0.25)

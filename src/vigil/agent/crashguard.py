@@ -94,7 +94,11 @@ class CrashRecord:
         starts = data.get("unclean_starts") if isinstance(data, dict) else None
         if not isinstance(starts, list):
             return []
-        return [float(t) for t in starts if isinstance(t, int | float) and math.isfinite(t)]
+        return [
+            float(t)
+            for t in starts
+            if isinstance(t, int | float) and not isinstance(t, bool) and math.isfinite(t)
+        ]
 
     def save(self, starts: list[float]) -> None:
         """Replace the file (temp file + rename: a crash mid-write leaves old or new)."""
