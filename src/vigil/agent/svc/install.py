@@ -114,8 +114,8 @@ Wants=network-online.target
 After=network-online.target
 # A crash loop backs off: restarts are {RESTART_S} s apart (growing, on systemd >= 254),
 # the agent itself waits longer at each crashed start (docs/install.md, "Crash-loop
-# back-off"), and after {START_LIMIT_BURST} starts in {START_LIMIT_INTERVAL_S} s systemd stops trying and
-# the unit stays failed until `systemctl reset-failed vigil-agent` (or a reboot).
+# back-off"), and after {START_LIMIT_BURST} starts in {START_LIMIT_INTERVAL_S} s systemd stops
+# trying and the unit stays failed until `systemctl reset-failed vigil-agent` (or a reboot).
 StartLimitIntervalSec={START_LIMIT_INTERVAL_S}
 StartLimitBurst={START_LIMIT_BURST}
 
