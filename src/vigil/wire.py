@@ -105,6 +105,7 @@ _ID: dict[str, Any] = {"min_len": 1}
 # fields added within a schema version, so that older collectors (which reject unknown
 # fields) see them only when they carry news.
 _OMIT_DEFAULT = {"omit_default": True}
+_OMIT_DEFAULT_ID = {**_ID, **_OMIT_DEFAULT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +158,9 @@ class RemediationEvent:
     ``outcome`` is ``fixed`` only when verification showed the trigger cleared.
     ``output`` is an excerpt (head and tail) of stdout+stderr; ``output_truncated`` says
     whether anything was cut. ``script_sha256`` identifies exactly what ran.
+    ``run_as_user``: the user the script ran as when its manifest asked for another user
+    than the agent's (``run_as``: a name or ``logged_on_user``); added within schema
+    version 1 and sent only when set, so older collectors see it only from such runs.
     """
 
     event_id: str = field(metadata=_ID)
@@ -174,6 +178,7 @@ class RemediationEvent:
     output_truncated: bool
     script_sha256: str
     dry_run: bool
+    run_as_user: str | None = field(default=None, metadata=_OMIT_DEFAULT_ID)
     type: Literal["remediation"] = "remediation"
 
 

@@ -491,6 +491,7 @@ class RemediationFlow:
                 output_truncated=bool(res and res.truncated),
                 script_sha256=res.script_sha256 if res else "",
                 dry_run=self._dry_run(rem),
+                run_as_user=res.ran_as if res is not None and rem.run_as else None,
             ),
             urgent=r.outcome != "fixed",
         )

@@ -271,8 +271,12 @@ CREATE TABLE enroll_generation (
 );
 """
 
+# 7 (agent self-health, issue #20): the user a remediation script ran as, when its
+# manifest asked for another than the agent's (``run_as``: a name or logged_on_user).
+_V7 = "ALTER TABLE remediation_runs ADD COLUMN run_as_user text;"
+
 # Append only: a migration once released is never edited, the next one is added below.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (7, _V7))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables with an identity id, for moving the sequence past ids copied in (importer).

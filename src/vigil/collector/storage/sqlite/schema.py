@@ -20,7 +20,8 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # _migrate_problem_kinds).
 # 4: operators and the append-only audit log (_migrate_identity).
 # 5: enrollment secrets and per-agent credentials (migrate_enrollment).
-SCHEMA_VERSION = 5
+# 11: remediation_runs.run_as_user (_migrate_run_as; 6-10 are other branches' numbers).
+SCHEMA_VERSION = 11
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
 _SCHEMA = """
@@ -234,6 +235,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     _migrate_seen(db)
     _migrate_identity(db)
     migrate_enrollment(db)
+    _migrate_run_as(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -244,6 +246,14 @@ def check_version(db: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError(
             f"schema version {version} is newer than this collector supports ({SCHEMA_VERSION})"
         )
+
+
+def _migrate_run_as(db: sqlite3.Connection) -> None:
+    """Schema 11: ``remediation_runs.run_as_user``, the user a script ran as when its
+    manifest asked for another than the agent's (NULL for older rows and for the rest)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(remediation_runs)")}
+    if "run_as_user" not in have:
+        db.execute("ALTER TABLE remediation_runs ADD COLUMN run_as_user TEXT")
 
 
 def _migrate_desk(db: sqlite3.Connection) -> None:
