@@ -44,7 +44,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from vigil import __version__, wire
-from vigil.agent.checks import CheckStatus
 from vigil.agent.clock import ClockReading, detect_clock_jumps, read_clock
 from vigil.agent.config import AgentConfig, CheckSpec
 from vigil.agent.cycle import CheckCycle
@@ -52,37 +51,22 @@ from vigil.agent.delivery.credential import CredentialSource
 from vigil.agent.delivery.outbox import Outbox
 from vigil.agent.delivery.shipper import KEEPALIVE_S, Shipper
 from vigil.agent.events import new_event_id
+from vigil.agent.heartbeat import HeartbeatRecorder
 from vigil.agent.identity import Identity, load_identity
 from vigil.agent.measure import Measurer, SampleSource
 from vigil.agent.preflight import REMEDIATIONS_CHECK, check_enabled, load_checked_library
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.remediation.manifest import Remediation, check_library, with_schedule
 from vigil.agent.sampling.sampler import Sampler
-from vigil.agent.selfhealth import (
-    SELF_HEALTH_CHECK,
-    SelfHealthMonitor,
-    SelfHealthReading,
-    describe,
-    take_reading,
-)
 from vigil.agent.svc.notify import start_notify, stop_notify
 from vigil.agent.timers import Timers
 
 log = logging.getLogger("vigil.agent")
 
-# A heartbeat promises the next one within this many intervals (the collector adds grace).
-HEARTBEAT_TTL_INTERVALS = 2.5
 # Per check, how many of its readings were unknown since the agent started (a counter).
 UNKNOWN_SERIES = "agent.unknown_total"
 # A clock jump smaller than this (seconds) between two sample cycles is noise.
 CLOCK_JUMP_TOLERANCE_S = 2.0
-# The agent.self_health check: its level comes from selfhealth.assess, so the spec only
-# names it for the check machinery (transitions, flapping, events).
-SELF_HEALTH_SPEC = CheckSpec(
-    id=SELF_HEALTH_CHECK,
-    metric="",
-    description="the agent's own health: event loop lag, outbox fill, delivery",
-)
 
 
 def build_service(
@@ -213,8 +197,9 @@ class AgentService:
         self._ship_not_before = float("inf")
         self._ship_slack = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
-        self.self_health = SelfHealthMonitor(config.self_health)
-        self._started_mono = time.monotonic()
+        self.beats = HeartbeatRecorder(
+            config, outbox=outbox, shipper=shipper, flow=flow, clock=clock
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -239,7 +224,7 @@ class AgentService:
         # job of their own: one wakeup fewer per interval on a laptop that should not
         # notice the agent, and a resume is still seen within one sample interval.
         self._clock_reading = read_clock()
-        self._started_mono = time.monotonic()
+        self.beats.start()
         self._next_heartbeat = time.monotonic()  # the first heartbeat goes at once
         self._next_summary = time.monotonic() + iv.metrics_s
         self._ship_not_before = time.monotonic() + self.first_ship_delay_s
@@ -434,62 +419,9 @@ class AgentService:
 
     async def heartbeat(self) -> None:
         """Record the liveness check result that tells the collector we are alive, with
-        the agent's self-health: the heartbeat's ``value`` is the largest event-loop lag
-        (seconds) since the previous one, its message the figures, and the
-        ``agent.self_health`` check is evaluated from them (:mod:`~vigil.agent.selfhealth`)."""
-        ttl = self.config.intervals.heartbeat_s * HEARTBEAT_TTL_INTERVALS
-        reading = self._read_self()
-        self.outbox.put(
-            wire.CheckEvent(
-                event_id=new_event_id(),
-                seq=0,
-                time=self.clock(),
-                check=wire.HEARTBEAT_CHECK,
-                state="ok",
-                previous_state=None,
-                value=None if reading is None else round(reading.loop_lag_s, 6),
-                message=f"agent {__version__} alive"
-                + ("" if reading is None else f"; {describe(reading)}"),
-                ttl_s=ttl,
-            )
-        )
-        if reading is not None and self.config.self_health.enabled:
-            verdict = self.self_health.observe(reading)
-            if self.flow.evaluate(
-                SELF_HEALTH_SPEC,
-                reading.loop_lag_s,
-                self.clock(),
-                level=verdict.level,  # type: ignore[arg-type]
-                text=verdict.message[: wire.MAX_STR],
-            ):
-                self._spawn(self.ship())
-        statuses = self.flow.statuses
-        if not statuses.get(wire.HEARTBEAT_CHECK):
-            # The first heartbeat goes out with the (jittered) first delivery, so a new host
-            # appears within one report interval.
-            statuses[wire.HEARTBEAT_CHECK] = CheckStatus("ok", self.clock(), None)
-
-    def _read_self(self) -> SelfHealthReading | None:
-        """The agent's self-health figures now; ``None`` before :meth:`run` started the
-        timers or when the outbox cannot be read."""
-        timers = self._timers
-        if timers is None:
-            return None
-        try:
-            ob = self.outbox.stats()
-        except Exception:  # a broken outbox is reported by the failures it causes
-            log.exception("cannot read the outbox's figures")
-            return None
-        return take_reading(
-            timers,
-            outbox_events=ob.depth,
-            outbox_bytes=ob.payload_bytes,
-            outbox_max_bytes=self.config.outbox.max_bytes,
-            last_delivery=self.shipper.last_delivery,
-            delivery_failures=self.shipper.failures_in_a_row,
-            started=self._started_mono,
-            now=time.monotonic(),
-        )
+        the agent's self-health (:class:`~vigil.agent.heartbeat.HeartbeatRecorder`)."""
+        if self.beats.record(self._timers):
+            self._spawn(self.ship())
 
     def report_library(self) -> None:
         """Record the ``agent.remediations`` check result: ``critical`` naming every bundle
@@ -564,7 +496,7 @@ class AgentService:
             values["agent.outbox_dropped_total"] = float(ob.dropped_total)
             for check_id, count in self.checks.unknown_counts.items():
                 values[f"{UNKNOWN_SERIES}[{check_id}]"] = float(count)
-            values.update(self.self_health.summary_values())
+            values.update(self.beats.monitor.summary_values())
             self.outbox.put(
                 wire.MetricsEvent(event_id=new_event_id(), seq=0, time=self.clock(), values=values)
             )
