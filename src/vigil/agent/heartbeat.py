@@ -47,7 +47,7 @@ class HeartbeatRecorder:
     """Records heartbeats and ``agent.self_health`` results for one agent run.
 
     ``outbox`` takes the heartbeat, ``flow`` evaluates the self-health check (and writes
-    its transitions), ``shipper`` tells how delivery goes; ``clock`` gives wall seconds.
+    its transitions); ``clock`` gives wall seconds.
     """
 
     def __init__(
@@ -55,13 +55,11 @@ class HeartbeatRecorder:
         config: AgentConfig,
         *,
         outbox: Outbox,
-        shipper: Shipper,
         flow: RemediationFlow,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.outbox = outbox
-        self.shipper = shipper
         self.flow = flow
         self.clock = clock
         self.monitor = SelfHealthMonitor(config.self_health)
@@ -71,12 +69,13 @@ class HeartbeatRecorder:
         """The agent's jobs start now (delivery age counts from here until a success)."""
         self.started = time.monotonic()
 
-    def record(self, timers: Timers | None) -> bool:
+    def record(self, timers: Timers | None, shipper: Shipper) -> bool:
         """Record one heartbeat and evaluate ``agent.self_health`` from ``timers`` (the
-        agent's, ``None`` before they run: no figures then). True when what was recorded
-        is urgent (the self-health check went critical): ship at once."""
+        agent's, ``None`` before they run: no figures then) and ``shipper`` (how delivery
+        goes). True when what was recorded is urgent (the self-health check went
+        critical): ship at once."""
         ttl = self.config.intervals.heartbeat_s * HEARTBEAT_TTL_INTERVALS
-        reading = self.read(timers)
+        reading = self.read(timers, shipper)
         self.outbox.put(
             wire.CheckEvent(
                 event_id=new_event_id(),
@@ -108,7 +107,7 @@ class HeartbeatRecorder:
             statuses[wire.HEARTBEAT_CHECK] = CheckStatus("ok", self.clock(), None)
         return urgent
 
-    def read(self, timers: Timers | None) -> SelfHealthReading | None:
+    def read(self, timers: Timers | None, shipper: Shipper) -> SelfHealthReading | None:
         """The self-health figures now (takes the timers' largest lag, resetting it);
         ``None`` without timers or when the outbox cannot be read."""
         if timers is None:
@@ -123,8 +122,8 @@ class HeartbeatRecorder:
             outbox_events=ob.depth,
             outbox_bytes=ob.payload_bytes,
             outbox_max_bytes=self.config.outbox.max_bytes,
-            last_delivery=self.shipper.last_delivery,
-            delivery_failures=self.shipper.failures_in_a_row,
+            last_delivery=shipper.last_delivery,
+            delivery_failures=shipper.failures_in_a_row,
             started=self.started,
             now=time.monotonic(),
         )

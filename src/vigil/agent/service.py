@@ -197,9 +197,7 @@ class AgentService:
         self._ship_not_before = float("inf")
         self._ship_slack = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
-        self.beats = HeartbeatRecorder(
-            config, outbox=outbox, shipper=shipper, flow=flow, clock=clock
-        )
+        self.beats = HeartbeatRecorder(config, outbox=outbox, flow=flow, clock=clock)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -420,7 +418,7 @@ class AgentService:
     async def heartbeat(self) -> None:
         """Record the liveness check result that tells the collector we are alive, with
         the agent's self-health (:class:`~vigil.agent.heartbeat.HeartbeatRecorder`)."""
-        if self.beats.record(self._timers):
+        if self.beats.record(self._timers, self.shipper):
             self._spawn(self.ship())
 
     def report_library(self) -> None:
