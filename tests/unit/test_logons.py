@@ -3,6 +3,8 @@ the session environment a ``logged_on_user`` script gets."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from dataclasses import replace
 
 import pytest
@@ -16,6 +18,7 @@ from vigil.agent.exec.logons import (
     session_env,
     session_from_properties,
 )
+from vigil.agent.exec.script import console_user_to_run_as
 
 DESKTOP = LogindSession(
     id="2",
@@ -122,3 +125,21 @@ def test_session_env_has_only_what_is_known() -> None:
     }
     x11 = ConsoleUser("carol", 1003, ":0")
     assert session_env(x11, 1003, exists=present.__contains__) == {"DISPLAY": ":0"}
+
+
+@pytest.mark.skipif(os.name != "posix", reason="logged_on_user runs are POSIX only")
+@pytest.mark.parametrize(
+    ("root", "at_console", "reason"),
+    [
+        (False, ConsoleUser("alice"), "run_as logged_on_user needs the agent to run as root"),
+        (True, None, "nobody is logged on at the console"),
+        (True, ConsoleUser("alice"), ""),
+    ],
+    ids=["agent not root", "nobody there", "someone there"],
+)
+def test_why_a_logged_on_user_run_is_skipped(
+    root: bool, at_console: ConsoleUser | None, reason: str
+) -> None:
+    found, why = asyncio.run(console_user_to_run_as(lambda: at_console, is_root=lambda: root))
+    assert why == reason
+    assert found == (at_console if not reason else None)

@@ -107,7 +107,7 @@ async def run_script(
         return failed(problem, sha)
     session: dict[str, str] = {}
     if run_as == LOGGED_ON_USER:
-        found, why_not = await _console_user(console)
+        found, why_not = await console_user_to_run_as(console)
         if found is None:
             return failed(why_not, sha, skipped=True)
         user_name = found.name
@@ -144,13 +144,16 @@ async def run_script(
     )
 
 
-async def _console_user(
+async def console_user_to_run_as(
     console: Callable[[], ConsoleUser | None],
+    *,
+    is_root: Callable[[], bool] = privileged,
 ) -> tuple[ConsoleUser | None, str]:
-    """(the console user, ``""``) or (``None``, why a ``logged_on_user`` run is skipped)."""
+    """(the console user, ``""``) or (``None``, why a ``logged_on_user`` run is skipped):
+    not POSIX, the agent not root (``is_root``), or nobody at the console (``console``)."""
     if os.name != "posix":
         return None, "run_as logged_on_user is not supported on this platform yet"
-    if not privileged():
+    if not is_root():
         return None, "run_as logged_on_user needs the agent to run as root"
     # loginctl is a subprocess with a timeout: off the event loop.
     found = await asyncio.to_thread(console)
