@@ -1,6 +1,7 @@
 """A real agent that crashes at every start (its outbox path is a folder, so the outbox
 cannot open) backs off: each restart waits longer, up to the cap, and once the fault is
-fixed and the agent has stopped cleanly, the next start waits for nothing.
+fixed and the agent has run for ``stable`` (or stopped cleanly), the next start waits for
+nothing.
 
 The restarts come from the test-side :class:`~tests.support.supervisor.NotifySupervisor`
 (``Restart=on-failure`` semantics, not systemd itself); the back-off is the agent's own.
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 from tests.support.supervisor import NotifySupervisor, Start
@@ -30,7 +32,7 @@ def test_a_crash_loop_backs_off_then_a_clean_run_resets_it(tmp_path: Path) -> No
     config.write_text(
         "agent:\n"
         "  state_dir: state\n"
-        "  crash_backoff: {after: 2, base: 0.5s, cap: 2s, window: 10m}\n"
+        "  crash_backoff: {after: 2, base: 0.5s, cap: 2s, window: 10m, stable: 3s}\n"
         "collector: {url: 'http://127.0.0.1:9', token: agent-secret-token-0123456789}\n"
         "sampler: {disk_mounts: [/]}\n"
         "intervals: {sample: 1s}\n"
@@ -53,16 +55,22 @@ def test_a_crash_loop_backs_off_then_a_clean_run_resets_it(tmp_path: Path) -> No
         assert lifetimes[4] > lifetimes[0] + 1.5, lifetimes
 
         # The admin fixes the fault; the next start still backs off (six recent crashes)
-        # but then runs; a clean stop clears the record.
+        # but then runs, and once it has run `stable` (3 s) the record is cleared.
         (state / "outbox.db").rmdir()
         sup.start_again()
         sup.run(30.0, until=lambda s: len(s.starts) == 7 and s.starts[-1].ready is not None)
         fixed = sup.starts[6]
         assert fixed.ready is not None, fixed.log.read_text()
         assert _delay(fixed) == 2.0
+        record = state / "crash-starts.json"
+        assert len(json.loads(record.read_text())["unclean_starts"]) == 7  # this one too
+        deadline = time.monotonic() + 20
+        while json.loads(record.read_text())["unclean_starts"] and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert json.loads(record.read_text()) == {"unclean_starts": []}
+        assert fixed.ended is None  # cleared while running: a run that lasted is no loop
         assert sup.stop_current() == 0, fixed.log.read_text()
-        record = json.loads((state / "crash-starts.json").read_text())
-        assert record == {"unclean_starts": []}
+        assert json.loads(record.read_text()) == {"unclean_starts": []}
 
         sup.start_again()
         sup.run(30.0, until=lambda s: len(s.starts) == 8 and s.starts[-1].ready is not None)

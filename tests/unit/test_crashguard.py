@@ -86,8 +86,9 @@ def test_a_state_folder_that_cannot_be_written_does_not_stop_the_start(tmp_path:
         ("{cap: 10m, window: 5m}", "agent.crash_backoff.window"),
         ("{after: -1}", "agent.crash_backoff.after"),
         ("{delay: 1s}", "agent.crash_backoff.delay"),
+        ("{stable: 0s}", "agent.crash_backoff.stable"),
     ],
-    ids=["cap below base", "window within cap", "negative after", "unknown key"],
+    ids=["cap below base", "window within cap", "negative after", "unknown key", "zero stable"],
 )
 def test_bad_crash_backoff_config_names_the_key(tmp_path: Path, section: str, key: str) -> None:
     path = tmp_path / "agent.yaml"

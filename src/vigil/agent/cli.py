@@ -113,16 +113,24 @@ async def _run(checked: Preflight) -> int:
     from vigil.agent.svc.notify import backoff_sleep
 
     config = checked.config
-    # Recorded before anything that could crash, cleared only by a clean stop: a start
-    # that finds a run of crashed starts waits (crashguard) instead of looping hot.
+    backoff = config.crash_backoff
+    # Recorded before anything that could crash, cleared by a clean stop or a run that
+    # lasted: a start that finds a run of crashed starts waits (crashguard) instead of
+    # looping hot.
     record = CrashRecord(config.state_dir)
-    crashed, delay = record.begin(time.time(), config.crash_backoff)
+    crashed, delay = record.begin(time.time(), backoff)
     if delay > 0:
         reason = f"crash-loop back-off: {crashed} unclean starts, waiting {delay:.1f} s"
         log.warning("%s before starting", reason)
         await backoff_sleep(delay, reason)
     service = build_service(config, library=checked.library, broken=checked.broken)
-    await service.run_until_signalled()
+    # A run that lasted is no crash loop, however it ends later (a Windows service stop
+    # is a hard kill, a watchdog abort after days is a new fault, not a loop).
+    stable = asyncio.get_running_loop().call_later(backoff.stable_s, record.clean_stop)
+    try:
+        await service.run_until_signalled()
+    finally:
+        stable.cancel()
     record.clean_stop()
     return 0
 

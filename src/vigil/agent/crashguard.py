@@ -4,7 +4,8 @@ A service manager restarts a crashed agent (systemd ``Restart=on-failure``, laun
 ``KeepAlive``, Windows recovery actions), but a fault that survives restarts (a corrupt
 state file, a full disk, a bad library) would make it start, crash and start again,
 eating CPU on someone's laptop. So the agent keeps its own record: every start appends
-its wall time to ``<state_dir>/crash-starts.json``, and a clean stop empties the file.
+its wall time to ``<state_dir>/crash-starts.json``, and a clean stop empties the file,
+as does a run that lasted ``stable`` (a crash loop crashes soon after start).
 A start that finds ``after`` or more earlier starts within ``window`` that never
 stopped cleanly sleeps :func:`backoff_delay` seconds (exponential from ``base``, capped
 at ``cap``) before doing any work. A process killed by a signal or the watchdog never
@@ -38,12 +39,14 @@ _FUTURE_SLACK_S = 60.0
 class CrashBackoffConfig:
     """``agent.crash_backoff``: after ``after`` unclean starts within ``window_s`` seconds,
     wait ``base_s * 2**(n - after)`` seconds (at most ``cap_s``) before starting work,
-    ``n`` being the number of such starts. ``after: 0`` turns the back-off off."""
+    ``n`` being the number of such starts. ``after: 0`` turns the back-off off. A run
+    that lasts ``stable_s`` seconds clears the record as a clean stop does."""
 
     after: int = 3
     window_s: float = 3600.0
     base_s: float = 10.0
     cap_s: float = 300.0
+    stable_s: float = 600.0
 
 
 def crash_backoff_config(agent: Section) -> CrashBackoffConfig:
@@ -55,6 +58,7 @@ def crash_backoff_config(agent: Section) -> CrashBackoffConfig:
         window_s=s.duration("window", 3600.0, minimum=1.0),
         base_s=s.duration("base", 10.0, minimum=0.01),
         cap_s=s.duration("cap", 300.0, minimum=0.01),
+        stable_s=s.duration("stable", 600.0, minimum=0.1),
     )
     if cfg.cap_s < cfg.base_s:
         raise s.error("cap", "must be at least base", s.data.get("cap", cfg.cap_s))
@@ -126,7 +130,7 @@ class CrashRecord:
         return len(earlier), backoff_delay(len(earlier), cfg)
 
     def clean_stop(self) -> None:
-        """The agent stopped cleanly: the crash loop, if any, is over."""
+        """The agent stopped cleanly, or ran long enough: the crash loop, if any, is over."""
         try:
             self.save([])
         except OSError as exc:

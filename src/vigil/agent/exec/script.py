@@ -105,7 +105,7 @@ async def run_script(
     sha = vetting.sha256(real)
     if problem:
         return failed(problem, sha)
-    session: dict[str, str] = {}
+    found: ConsoleUser | None = None
     if run_as == LOGGED_ON_USER:
         found, why_not = await console_user_to_run_as(console)
         if found is None:
@@ -113,8 +113,7 @@ async def run_script(
         user_name = found.name
     try:
         user = resolve_user(user_name)
-        if run_as == LOGGED_ON_USER:
-            session = session_env(found, _uid_of(user))  # type: ignore[arg-type]
+        session = session_env(found, _uid_of(user)) if found is not None else {}
         merged_env = child_env({**user.env, **session, **(env or {})})
     except ValueError as exc:
         return failed(str(exc), sha)
