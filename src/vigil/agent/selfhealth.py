@@ -15,8 +15,7 @@ Levels (thresholds in the ``self_health`` config section, :class:`SelfHealthConf
   in a row (something keeps blocking the event loop: checks and pings run late), or the
   outbox holds at least ``outbox_full`` of its byte bound (samples are about to be dropped).
 - ``warning``: no batch acknowledged for ``delivery_stale`` while the agent kept trying
-  (the heartbeat that says so arrives once one gets through), or one lag over the
-  threshold that has not yet lasted ``loop_lag_heartbeats``.
+  (the heartbeat that says so arrives once one gets through).
 - ``ok`` otherwise.
 
 This module is pure (no clock, no I/O): time comes in as parameters.
@@ -106,13 +105,13 @@ def assess(reading: SelfHealthReading, cfg: SelfHealthConfig, lag_streak: int) -
     streak = lag_streak + 1 if reading.loop_lag_s > cfg.loop_lag_s else 0
     critical: list[str] = []
     warning: list[str] = []
+    # One late wake-up is not a fault (a busy moment; on Windows a resume from sleep,
+    # whose monotonic clock counts the sleep): only a lag that keeps coming back is.
     if streak >= cfg.loop_lag_heartbeats:
         critical.append(
             f"event loop lag {reading.loop_lag_s:.1f} s over {cfg.loop_lag_s:g} s "
             f"at {streak} heartbeats in a row"
         )
-    elif streak:
-        warning.append(f"event loop lag {reading.loop_lag_s:.1f} s over {cfg.loop_lag_s:g} s")
     fill = reading.outbox_bytes / reading.outbox_max_bytes if reading.outbox_max_bytes else 0.0
     if fill >= cfg.outbox_full:
         critical.append(
