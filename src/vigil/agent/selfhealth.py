@@ -105,8 +105,8 @@ def assess(reading: SelfHealthReading, cfg: SelfHealthConfig, lag_streak: int) -
     streak = lag_streak + 1 if reading.loop_lag_s > cfg.loop_lag_s else 0
     critical: list[str] = []
     warning: list[str] = []
-    # One late wake-up is not a fault (a busy moment; on Windows a resume from sleep,
-    # whose monotonic clock counts the sleep): only a lag that keeps coming back is.
+    # One late wake-up is not a fault (a busy moment; on Windows, whose monotonic clock
+    # counts a sleep, a resume): only a lag that keeps coming back is.
     if streak >= cfg.loop_lag_heartbeats:
         critical.append(
             f"event loop lag {reading.loop_lag_s:.1f} s over {cfg.loop_lag_s:g} s "

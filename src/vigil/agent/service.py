@@ -480,11 +480,6 @@ class AgentService:
                 )
             )
         if jumps:
-            timers = self._timers
-            if timers is not None and any(j.kind == "sleep" for j in jumps):
-                # Where the monotonic clock counts a sleep (Windows), every timer is "late"
-                # by the whole sleep: that is no loop lag, so do not report it as one.
-                timers.take_max_lag()
             self.shipper.wake()
             self._spawn(self.ship())
 
