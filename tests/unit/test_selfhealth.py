@@ -38,10 +38,10 @@ HEALTHY = SelfHealthReading(
 @pytest.mark.parametrize(
     ("reading", "streak", "level", "words"),
     [
-        (HEALTHY, 0, "ok", "loop lag 0.010 s"),
-        (replace(HEALTHY, loop_lag_s=6.0), 0, "ok", "loop lag 6.000 s"),
+        (HEALTHY, 0, "ok", "lag=0.010s outbox=2/1000B delivered=30s ago failures=0"),
+        (replace(HEALTHY, loop_lag_s=6.0), 0, "ok", "lag=6.000s"),
         (replace(HEALTHY, loop_lag_s=6.0), 2, "critical", "at 3 heartbeats in a row"),
-        (replace(HEALTHY, loop_lag_s=5.0), 2, "ok", "loop lag 5.000 s"),
+        (replace(HEALTHY, loop_lag_s=5.0), 2, "ok", "lag=5.000s"),
         (
             replace(HEALTHY, outbox_bytes=95_000, outbox_events=900),
             0,
@@ -49,7 +49,7 @@ HEALTHY = SelfHealthReading(
             "outbox 95% full",
         ),
         (replace(HEALTHY, delivery_age_s=601, delivery_failures=40), 0, "warning", "40 failed"),
-        (replace(HEALTHY, delivery_age_s=601, outbox_events=0), 0, "ok", "last delivery 601 s"),
+        (replace(HEALTHY, delivery_age_s=601, outbox_events=0), 0, "ok", "delivered=601s ago"),
     ],
     ids=[
         "healthy is ok",

@@ -84,7 +84,7 @@ class HeartbeatRecorder:
                 check=wire.HEARTBEAT_CHECK,
                 state="ok",
                 previous_state=None,
-                value=None if reading is None else round(reading.loop_lag_s, 6),
+                value=None if reading is None else round(reading.loop_lag_s, 3),  # ms: enough
                 message=f"agent {__version__} alive"
                 + ("" if reading is None else f"; {describe(reading)}"),
                 ttl_s=ttl,

@@ -131,12 +131,14 @@ def assess(reading: SelfHealthReading, cfg: SelfHealthConfig, lag_streak: int) -
 
 
 def describe(reading: SelfHealthReading) -> str:
-    """One line of the figures, for the heartbeat's and an ok check's message."""
+    """The figures in one short line, for the heartbeat's and an ok check's message:
+    ``lag=0.012s outbox=2/812B delivered=120s ago failures=0 overruns=0`` (outbox: events
+    and stored bytes). Kept short: it rides on every heartbeat (docs/benchmarks.md)."""
     overruns = sum(reading.overruns.values())
     return (
-        f"loop lag {reading.loop_lag_s:.3f} s, outbox {reading.outbox_events} events "
-        f"({reading.outbox_bytes} bytes), last delivery {reading.delivery_age_s:.0f} s ago, "
-        f"{reading.delivery_failures} failures in a row, {overruns} job overruns"
+        f"lag={reading.loop_lag_s:.3f}s outbox={reading.outbox_events}/{reading.outbox_bytes}B"
+        f" delivered={reading.delivery_age_s:.0f}s ago failures={reading.delivery_failures}"
+        f" overruns={overruns}"
     )
 
 
