@@ -294,8 +294,18 @@ def offline_day(folder: Path, values: dict[str, float], hours: float) -> dict[st
 # --------------------------------------------------------------------------- (b) ingest
 
 
-def _report_json(agent_id: str, batch_id: str, values: dict[str, float], now: float) -> bytes:
-    """A report as an agent sends it in steady state: a heartbeat plus a metrics summary."""
+# Stand-ins in the report template for an agent's epoch and its two events' seqs (see
+# vigil_payloads); digits no real value in the template contains.
+_EPOCH_MARK, _SEQ_MARKS = "c" * 32, ("7770001", "7770002")
+
+
+def _report_json(
+    agent_id: str, batch_id: str, values: dict[str, float], now: float, sequenced: bool
+) -> bytes:
+    """A report as an agent sends it in steady state: a heartbeat plus a metrics summary;
+    ``sequenced``: with ``epoch``/``seq_first``/``seq_last`` as today's agent sends them
+    (else as an agent before sequence numbers, deduplicated by ids)."""
+    first, last = (int(m) for m in _SEQ_MARKS)
     report = wire.Report(
         schema_version=wire.SCHEMA_VERSION,
         agent_id=agent_id,
@@ -307,7 +317,7 @@ def _report_json(agent_id: str, batch_id: str, values: dict[str, float], now: fl
         events=(
             wire.CheckEvent(
                 event_id=batch_id[:31] + "h",
-                seq=1,
+                seq=first,
                 time=now,
                 check=wire.HEARTBEAT_CHECK,
                 state="ok",
@@ -316,20 +326,27 @@ def _report_json(agent_id: str, batch_id: str, values: dict[str, float], now: fl
                 message="agent 0.1.0 alive",
                 ttl_s=150.0,
             ),
-            wire.MetricsEvent(event_id=batch_id[:31] + "m", seq=2, time=now, values=values),
+            wire.MetricsEvent(event_id=batch_id[:31] + "m", seq=last, time=now, values=values),
         ),
+        epoch=_EPOCH_MARK if sequenced else None,
+        seq_first=first if sequenced else None,
+        seq_last=last if sequenced else None,
     )
     return wire.encode_report(report)
 
 
-def vigil_payloads(agents: list[str], values: dict[str, float], now: float, n: int) -> list[bytes]:
+def vigil_payloads(
+    agents: list[str], values: dict[str, float], now: float, n: int, *, sequenced: bool = True
+) -> list[bytes]:
     """``n`` distinct reports (agents round-robin, fresh batch and event ids), gzipped.
 
     Encoded once with the agent's wire code, then only the ids are substituted (a 32-hex
     id for a 32-hex id), so building 100,000s of them takes seconds, not minutes.
+    ``sequenced``: each agent's epoch is its id and its reports' seqs go up by two per
+    report (the collector applies them by its mark); else no sequence fields (ids).
     """
     agent_mark, batch_mark = "a" * 32, "b" * 32
-    template = _report_json(agent_mark, batch_mark, values, now).decode()
+    template = _report_json(agent_mark, batch_mark, values, now, sequenced).decode()
     hostname_mark = f"ws-{agent_mark[:8]}"
     assert template.count(agent_mark) == 1 and template.count(batch_mark[:31]) == 3
     out = []
@@ -337,6 +354,12 @@ def vigil_payloads(agents: list[str], values: dict[str, float], now: float, n: i
         agent = agents[i % len(agents)]
         body = template.replace(agent_mark, agent).replace(hostname_mark, f"ws-{agent[:8]}")
         body = body.replace(batch_mark[:31], uuid.uuid4().hex[:31])
+        if sequenced:
+            k = i // len(agents)  # this agent's k-th report
+            body = body.replace(_EPOCH_MARK, agent)
+            body = body.replace(_SEQ_MARKS[0], str(2 * k + 1)).replace(
+                _SEQ_MARKS[1], str(2 * k + 2)
+            )
         out.append(gzip.compress(body.encode(), mtime=0))
     return out
 

@@ -17,13 +17,14 @@ measures:
   tick's work is timed the way ``app.tick_once`` does it as leader: ``desk.tick``, then
   ``refresh_metrics_figures``, then ``prune_seen`` (one chunk); median of ``--ticks``;
 * ``db_bytes``: the database on disk (SQLite file + WAL; PostgreSQL: every relation of
-  the schema incl. indexes and TOAST), and ``dedup_bytes_per_agent``: the ``seen`` table
-  with its indexes divided by the number of hosts. The collector keeps every batch id
-  and event id for ``storage.dedup_retention``, so this grows with the ids filled
-  (``--seen-per-host``, 20 by default: a 100k-host store at a real agent's rate, about
-  40,000 ids per agent over 14 days, would not fit a test machine); the bytes per id are
-  measured and ``dedup_bytes_per_agent_steady`` extrapolates them to
-  :data:`IDS_PER_AGENT_DAY` ids a day over ``--days`` (a floor for a default agent).
+  the schema incl. indexes and TOAST), and ``dedup_bytes_per_agent``: each host's
+  sequence dedup state (its last batch id, epoch and mark: fixed-size columns of the
+  host row, summed per value) plus the ``seen`` table with its indexes, divided by the
+  number of hosts. Agents that send sequence numbers leave no ids in ``seen``; only
+  older agents do, for ``storage.dedup_retention`` (``--seen-per-host`` fills such ids,
+  0 by default; ``dedup_bytes_per_id`` measures them and
+  ``dedup_bytes_per_agent_steady`` extrapolates them to :data:`IDS_PER_AGENT_DAY` ids a
+  day over ``--days``, a floor for an older agent).
 
 How the fill is fast: no row goes through Python. Each table is filled by one
 ``INSERT ... SELECT`` over a generated sequence inside the database (SQLite: a recursive
@@ -35,12 +36,13 @@ incidents take seconds to tens of seconds on either backend (printed as ``fill_s
 
 What the fill contains per host: 2 check states (one ``ok``, 1% of hosts ``critical``
 awaiting a remediation result), ``--seen-per-host`` dedup ids spread over the history
-(half batch ids, half event ids), ``last_seen`` within the last 2 minutes and a
-heartbeat TTL of a day for 99% of hosts (none falls silent during the run: agents would
-be reporting), 1% silent for two days. Incidents: 1% open, 4% prevented, the rest
-resolved; 8 checks, 5 services, P1..P4; one problem per 100 incidents (linked to one
-incident each), one remediation run per 4 incidents. Not filled: timelines, metrics summaries, check
-result history (no list endpoint reads them).
+(half batch ids, half event ids; 0 by default), a last batch id, epoch and mark,
+``last_seen`` within the last 2 minutes and a heartbeat TTL of a day for 99% of hosts
+(none falls silent during the run: agents would be reporting), 1% silent for two days.
+Incidents: 1% open, 4% prevented, the rest resolved; 8 checks, 5 services, P1..P4; one
+problem per 100 incidents (linked to one incident each), one remediation run per 4
+incidents. Not filled: timelines, metrics summaries, check result history (no list
+endpoint reads them).
 
 Run: ``.venv/bin/python bench/scale.py --backend sqlite|postgresql [--dsn URL]
 [--hosts N] [--incidents N] [--days D]``. Targets: every endpoint p99 <= 100 ms, tick
@@ -83,6 +85,8 @@ REMEDIATIONS = ("clean_tmp", "restart_service", "flush_dns", "renew_cert")
 # at least one event, each id kept for ``storage.dedup_retention`` (14 days by default).
 # Metrics summaries and check events add more; this is a floor, for the extrapolation.
 IDS_PER_AGENT_DAY = 2 * 1440
+# Events a default agent writes a day (docs/delivery.md), for the filled marks' size.
+EVENTS_PER_AGENT_DAY = 1750
 TARGET_P99_MS, TARGET_TICK_MS, TARGET_START_S, TARGET_DEDUP_B = 100.0, 50.0, 2.0, 64.0
 # Live hosts' heartbeat TTL in the fill: a day, so no host falls silent while the bench
 # runs (no agent reports; with a real 180 s TTL thousands would go silent a few minutes in
@@ -110,6 +114,18 @@ class Dialect:
     def text(self, expr: str) -> str:
         """``expr`` as text (for ``||``)."""
         return f"CAST({expr} AS TEXT)"
+
+    def hex32(self, expr: str) -> str:
+        """32 lowercase hex digits derived from ``expr`` (a batch id as the agent makes)."""
+        if self.name == "sqlite":
+            return "lower(hex(randomblob(16)))"
+        return f"md5(({expr})::text)"
+
+    def bytes16(self, expr: str) -> str:
+        """16 bytes derived from ``expr`` (an epoch as the collector stores it)."""
+        if self.name == "sqlite":
+            return "randomblob(16)"
+        return f"decode(md5(({expr})::text || 'epoch'), 'hex')"
 
 
 SQLITE = Dialect(
@@ -157,12 +173,16 @@ def fill_statements(
                 hosts,
                 "hosts",
                 "agent_id, hostname, labels, agent_version, first_seen, last_seen,"
-                " last_sent_at, clock_offset_s, heartbeat_ttl_s",
+                " last_sent_at, clock_offset_s, heartbeat_ttl_s, last_batch_id, epoch, mark",
                 f"{d.agent('x - 1')}, 'ws-' || {d.text('x - 1')},"
                 f" '{{\"role\": \"laptop\"}}'{d.json_cast}, '0.9.0', {now - span},"
                 f" CASE WHEN x % 100 = 0 THEN {now - 2 * HEARTBEAT_TTL_S}"
                 f" ELSE {now} - (x % 120) END,"
-                f" {now} - (x % 120), 0.0, {HEARTBEAT_TTL_S}",
+                f" {now} - (x % 120), 0.0, {HEARTBEAT_TTL_S},"
+                # The sequence dedup state: the last batch id, the epoch and the mark (the
+                # seq an agent reaches in ``days`` at ~1,750 events a day).
+                f" {d.hex32('x')}, {d.bytes16('x')},"
+                f" {round(EVENTS_PER_AGENT_DAY * days)} + x % 1000",
             ),
         ),
         (
@@ -264,6 +284,8 @@ class Store:
     db_bytes: Callable[[], int]
     seen_bytes: Callable[[], int]
     drop: Callable[[], None]
+    # Bytes the hosts rows spend on sequence dedup (last_batch_id, epoch, mark), summed.
+    mark_bytes: Callable[[], int] = lambda: 0
 
 
 def sqlite_store(folder: Path, stmts: list[tuple[str, str]]) -> tuple[Store, dict[str, float]]:
@@ -288,13 +310,25 @@ def sqlite_store(folder: Path, stmts: list[tuple[str, str]]) -> tuple[Store, dic
     db.execute("ANALYZE")  # what an operator's periodic `PRAGMA optimize` would leave
     db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     seen_size = path.stat().st_size - seen_before  # seen is filled last: its pages
+    # Each value's stored bytes plus its one-byte type code in the record header; the
+    # mark is counted at 8 bytes although SQLite stores small integers in fewer.
+    (mark_size,) = db.execute(
+        "SELECT COALESCE(SUM(length(epoch) + 1 + 8 + 1 + length(last_batch_id) + 1), 0) FROM hosts"
+    ).fetchone()
     db.close()
 
     def size() -> int:
         return sum(p.stat().st_size for p in folder.glob("collector.db*"))
 
     return (
-        Store("sqlite", "{sqlite_path: collector.db}", size, lambda: seen_size, lambda: None),
+        Store(
+            "sqlite",
+            "{sqlite_path: collector.db}",
+            size,
+            lambda: seen_size,
+            lambda: None,
+            lambda: int(mark_size),
+        ),
         timings,
     )
 
@@ -348,6 +382,14 @@ def postgres_store(dsn: str, stmts: list[tuple[str, str]]) -> tuple[Store, dict[
         lambda: total(""),
         lambda: total("AND c.relname = 'seen'"),
         drop,
+        lambda: int(
+            admin.execute(
+                sql.SQL(
+                    "SELECT COALESCE(SUM(pg_column_size(epoch) + pg_column_size(mark)"
+                    " + pg_column_size(last_batch_id)), 0) FROM {}.hosts"
+                ).format(sql.Identifier(schema))
+            ).fetchone()[0]  # type: ignore[index]
+        ),
     )
     return store, timings
 
@@ -512,17 +554,25 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             print(f"  {ln[:200]}")
         tick = time_ticks(config, args.ticks)
         print(f"tick (median of {args.ticks}): {tick}")
-        db_bytes, seen_bytes = store.db_bytes(), store.seen_bytes()
+        db_bytes, seen_bytes, mark_bytes = store.db_bytes(), store.seen_bytes(), store.mark_bytes()
     finally:
         store.drop()
     ok = {k: v for k, v in api.items() if v["status"] == 200}
     worst = max(ok, key=lambda k: ok[k]["p99_ms"])
-    dedup = seen_bytes / args.hosts
-    per_id = seen_bytes / max(1, args.hosts * args.seen_per_host)
-    steady = per_id * IDS_PER_AGENT_DAY * args.days
+    # The dedup state: each host's mark (fixed size) plus the ``seen`` ids of agents that
+    # send no sequence numbers (--seen-per-host, 0 by default: every agent sequenced).
+    dedup = (seen_bytes + mark_bytes) / args.hosts
+    # Per id only when ids were filled (an empty table's pages are no cost per id).
+    per_id = seen_bytes / (args.hosts * args.seen_per_host) if args.seen_per_host else None
+    steady = None if per_id is None else per_id * IDS_PER_AGENT_DAY * args.days
+    older = (
+        "no older agents' ids filled"
+        if per_id is None or steady is None
+        else f"{per_id:.0f} B/id; an older agent over {args.days:g} days: >= {steady / 1e6:.1f} MB"
+    )
     print(
-        f"db {db_bytes / 1e6:.1f} MB, seen {seen_bytes / 1e6:.1f} MB = {dedup:.0f} B/agent"
-        f" ({per_id:.0f} B/id; a default agent over {args.days:g} days: >= {steady / 1e6:.1f} MB)"
+        f"db {db_bytes / 1e6:.1f} MB, dedup {dedup:.1f} B/agent: mark"
+        f" {mark_bytes / args.hosts:.1f} B/agent + seen {seen_bytes / 1e6:.1f} MB ({older})"
     )
     return {
         "backend": args.backend,
@@ -539,8 +589,9 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "tick_parts_ms": tick,
         "start_s": round(start_s, 2),
         "dedup_bytes_per_agent": round(dedup, 1),
-        "dedup_bytes_per_id": round(per_id, 1),
-        "dedup_bytes_per_agent_steady": round(steady),
+        "dedup_mark_bytes_per_agent": round(mark_bytes / args.hosts, 1),
+        "dedup_bytes_per_id": None if per_id is None else round(per_id, 1),
+        "dedup_bytes_per_agent_steady": None if steady is None else round(steady),
         "db_bytes": db_bytes,
         "targets": {
             "api_p99_ms": TARGET_P99_MS,
@@ -565,7 +616,10 @@ def main() -> None:
     parser.add_argument("--incidents", type=int, default=1_000_000)
     parser.add_argument("--days", type=float, default=14.0)
     parser.add_argument(
-        "--seen-per-host", type=int, default=20, help="dedup ids per host in the fill"
+        "--seen-per-host",
+        type=int,
+        default=0,
+        help="dedup ids per host in the fill (older agents without sequence numbers)",
     )
     parser.add_argument("--requests", type=int, default=50, help="per endpoint (max)")
     parser.add_argument("--budget", type=float, default=15.0, help="seconds per endpoint")

@@ -158,6 +158,9 @@ class RemediationEvent:
     ``outcome`` is ``fixed`` only when verification showed the trigger cleared.
     ``output`` is an excerpt (head and tail) of stdout+stderr; ``output_truncated`` says
     whether anything was cut. ``script_sha256`` identifies exactly what ran.
+    ``request_id`` is the id of the admin's run-now request this run answers (the
+    collector links the record to the request and who asked); added within schema version
+    1 and sent only when set, so an agent talks to an older collector as before.
     ``run_as_user``: the user the script ran as when its manifest asked for another user
     than the agent's (``run_as``: a name or ``logged_on_user``); added within schema
     version 1 and sent only when set, so older collectors see it only from such runs.
@@ -178,6 +181,7 @@ class RemediationEvent:
     output_truncated: bool
     script_sha256: str
     dry_run: bool
+    request_id: str | None = field(default=None, metadata={**_ID, **_OMIT_DEFAULT})
     run_as_user: str | None = field(default=None, metadata=_OMIT_DEFAULT_ID)
     type: Literal["remediation"] = "remediation"
 
@@ -202,6 +206,11 @@ class Report:
     sent_at: float = field(metadata=_TIME)
     agent_version: str
     events: tuple[Event, ...]
+    # Sequence dedup (added within schema version 1, all three or none; see
+    # check_sequence): the outbox's epoch and the seq range of ``events``.
+    epoch: str | None = field(default=None, metadata=_OMIT_DEFAULT)
+    seq_first: int | None = field(default=None, metadata={**_SEQ, **_OMIT_DEFAULT})
+    seq_last: int | None = field(default=None, metadata={**_SEQ, **_OMIT_DEFAULT})
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -216,7 +225,43 @@ class Report:
                 "schema_version",
                 f"unsupported version {report.schema_version}, expected {SCHEMA_VERSION}",
             )
+        check_sequence(report)
         return report
+
+
+EPOCH_LEN = 32  # an epoch is 32 lowercase hex digits (128 random bits, ``uuid4().hex``)
+_HEX = frozenset("0123456789abcdef")
+
+
+def check_sequence(report: Report) -> None:
+    """Validate a report's sequence fields; raises :class:`WireError` naming the field.
+
+    ``epoch``, ``seq_first`` and ``seq_last`` come together or not at all (a report
+    without them is an older agent's, deduplicated by ids). With them, the events' ``seq``
+    must be strictly increasing, the first equal to ``seq_first`` and the last to
+    ``seq_last``: the collector applies the events above its mark for the epoch and
+    keeps ``seq_last`` as the new mark, so the range must describe the events exactly.
+    """
+    given = [report.epoch is not None, report.seq_first is not None, report.seq_last is not None]
+    if not any(given):
+        return
+    if not all(given):
+        missing = ("epoch", "seq_first", "seq_last")[given.index(False)]
+        raise WireError(missing, "required with epoch, seq_first and seq_last (all or none)")
+    epoch = report.epoch
+    assert epoch is not None
+    if len(epoch) != EPOCH_LEN or not _HEX.issuperset(epoch):
+        raise WireError("epoch", f"must be {EPOCH_LEN} lowercase hex digits, got {_quote(epoch)}")
+    events = report.events
+    if not events:
+        raise WireError("events", "must not be empty when seq_first/seq_last are given")
+    if events[0].seq != report.seq_first:
+        raise WireError("seq_first", f"must equal events[0].seq ({events[0].seq})")
+    if events[-1].seq != report.seq_last:
+        raise WireError("seq_last", f"must equal the last event's seq ({events[-1].seq})")
+    for i in range(1, len(events)):
+        if events[i].seq <= events[i - 1].seq:
+            raise WireError(f"events[{i}].seq", "must be above the previous event's seq")
 
 
 # --------------------------------------------------------------------------- encoding

@@ -62,7 +62,11 @@ class CollectorProcess:
         self.folder = folder
         self.port = port
         self.store: Path | str = folder / "collector.db" if pg_url is None else pg_url
-        storage = "{sqlite_path: collector.db}" if pg_url is None else f"{{url: '{pg_url}'}}"
+        # record_event_ids: the agents' reports are deduplicated by their (epoch, seq)
+        # mark, which keeps no event id; the collector records them anyway (an audit trail
+        # it never consults) so the check below can compare events one by one.
+        where = "sqlite_path: collector.db" if pg_url is None else f"url: '{pg_url}'"
+        storage = f"{{{where}, record_event_ids: true}}"
         self.config = collector_config(folder, agent_token=TOKEN, port=port, storage=storage)
         self.proc: subprocess.Popen[str] | None = None
         self.starts = 0

@@ -43,7 +43,9 @@ def write_collector_config(folder: Path, *, shared: bool = False, extra: str = "
     config = folder / "collector.yaml"
     config.write_text(
         "listen: {host: 127.0.0.1, port: 0}\n"
-        "storage: {sqlite_path: collector.db}\n"
+        # record_event_ids: collector_event_ids reads the ids the collector applied from
+        # ``seen``, which sequenced agents leave empty unless asked (an audit trail).
+        "storage: {sqlite_path: collector.db, record_event_ids: true}\n"
         f"auth: {{{tokens}admin_tokens: [{ADMIN_TOKEN}]}}\n" + extra
     )
     return config

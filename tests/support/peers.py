@@ -31,6 +31,8 @@ PACKAGES = {
     "cupsdisable": "cups-client",
     "cancel": "cups-client",
     "dnsmasq": "dnsmasq",
+    "notify-send": "libnotify-bin",
+    "dbus-run-session": "dbus",
 }
 NAGIOS_PLUGINS = "/usr/lib/nagios/plugins"
 # What pip and build print when the package index cannot be reached or has nothing

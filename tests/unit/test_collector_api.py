@@ -110,7 +110,18 @@ def test_a_valid_gzip_report_is_acknowledged_with_its_batch_id_and_event_count(
 
     status, body = run(main)
     assert status == 200
-    assert body == {"batch_id": report.batch_id, "accepted": True, "duplicate": False, "events": 2}
+    # Since #18 every ack also says which policy the host should run (none published here);
+    # on a shared token the fetch url names the agent.
+    url = f"/api/v1/agent/policy?agent_id={report.agent_id}"
+    no_policy = {"policy": None, "version": None, "url": url}
+    no_policy |= {"halted": [], "halt_all": False, "run_now": []}
+    assert body == {
+        "batch_id": report.batch_id,
+        "accepted": True,
+        "duplicate": False,
+        "events": 2,
+        "policy": no_policy,
+    }
 
 
 def test_a_critical_check_without_a_fix_shows_as_an_open_incident(

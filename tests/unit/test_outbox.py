@@ -625,3 +625,59 @@ def test_forming_a_batch_and_its_ack_are_fsynced_and_puts_are_not(outbox: Outbox
     assert writes_by_batching > writes_by_put
     assert all(durable[writes_by_put:])  # the batch's formation, then the ack
     assert level == ["NORMAL"]  # restored for the next put
+
+
+# ------------------------------------------------------------------ epoch
+
+
+def test_the_epoch_is_random_hex_and_kept_across_reopens(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    epoch = box.epoch
+    box.close()
+    again = Outbox(tmp_path / "o.db")
+    other = Outbox(tmp_path / "other.db")
+    try:
+        assert len(epoch) == 32 and set(epoch) <= set("0123456789abcdef")
+        assert again.epoch == epoch
+        assert other.epoch != epoch
+    finally:
+        again.close()
+        other.close()
+
+
+def test_a_new_epoch_keeps_the_in_flight_batch_and_is_durable(tmp_path: Path) -> None:
+    box = Outbox(tmp_path / "o.db")
+    for i in range(3):
+        box.put(_epoch_event(i))
+    batch = box.next_batch(2)
+    assert batch is not None and batch.epoch == box.epoch
+    new = box.new_epoch()
+    again = box.next_batch(2)
+    box.close()
+    reopened = Outbox(tmp_path / "o.db")
+    try:
+        assert new != batch.epoch and reopened.epoch == new
+        assert again is not None
+        assert (again.batch_id, again.events, again.epoch) == (batch.batch_id, batch.events, new)
+    finally:
+        reopened.close()
+
+
+def test_a_schema1_outbox_gets_an_epoch_and_keeps_its_events(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    box = Outbox(path)
+    box.put(_epoch_event(1))
+    box.close()
+    with sqlite3.connect(path) as db:  # what an agent before epochs left behind
+        db.execute("DROP TABLE meta")
+        db.execute("PRAGMA user_version=1")
+    db.close()
+    box = Outbox(path)
+    try:
+        assert len(box.epoch) == 32 and box.depth() == 1
+    finally:
+        box.close()
+
+
+def _epoch_event(n: int) -> wire.MetricsEvent:
+    return wire.MetricsEvent(event_id=f"ep{n}", seq=0, time=float(n), values={"x": float(n)})

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import email.utils
 import gzip
+import json
 import logging
 import os
 import shutil
@@ -607,6 +608,57 @@ def test_after_a_500_the_same_batch_is_resent_and_nothing_is_lost(outbox: Outbox
     assert second.batch_id == first.batch_id
     assert [e.event_id for e in second.events] == ids
     assert outbox.depth() == 0
+
+
+def test_the_report_carries_the_outbox_epoch_and_the_seq_range(outbox: Outbox) -> None:
+    seqs = [outbox.put(metrics(i)) for i in range(3)]
+    collector = FakeCollector()
+
+    run_against(collector, outbox, FakeClock(), ship_once)
+
+    report = collector.received[0].report
+    assert (report.epoch, report.seq_first, report.seq_last) == (outbox.epoch, seqs[0], seqs[-1])
+
+
+EPOCH_RESET = json.dumps({"error": "seq at or below the mark", "epoch_reset": True, "mark": 99})
+
+
+def test_an_epoch_reset_resends_the_batch_at_once_in_a_new_epoch(outbox: Outbox) -> None:
+    """The collector's 409 epoch_reset (a restored snapshot): same events, new epoch."""
+    ids = fill(outbox, 3)
+    old_epoch = outbox.epoch
+    collector = FakeCollector(Reply(409, text=EPOCH_RESET))
+
+    result = run_against(collector, outbox, FakeClock(), ship_once)
+
+    first, second = (r.report for r in collector.received)
+    assert result == ShipResult(sent_batches=1, sent_events=3, error=None, retry_after_s=None)
+    assert first.epoch == old_epoch and second.epoch == outbox.epoch != old_epoch
+    assert [e.event_id for e in second.events] == ids
+    assert (second.seq_first, second.seq_last) == (first.seq_first, first.seq_last)
+    assert outbox.depth() == 0
+
+
+def test_a_second_epoch_reset_in_a_row_is_a_rejection_not_a_loop(outbox: Outbox) -> None:
+    fill(outbox, 1)
+    collector = FakeCollector(Reply(409, text=EPOCH_RESET), Reply(409, text=EPOCH_RESET))
+
+    result = run_against(collector, outbox, FakeClock(), ship_once)
+
+    assert len(collector.received) == 2
+    assert "409" in (result.error or "")
+    assert outbox.depth() == 1  # kept, as for any refusal
+
+
+def test_a_409_without_epoch_reset_is_an_ordinary_rejection(outbox: Outbox) -> None:
+    fill(outbox, 1)
+    epoch = outbox.epoch
+    collector = FakeCollector(Reply(409, text='{"error": "conflict"}'))
+
+    result = run_against(collector, outbox, FakeClock(), ship_once)
+
+    assert len(collector.received) == 1 and "409" in (result.error or "")
+    assert outbox.epoch == epoch and outbox.depth() == 1
 
 
 def test_inside_the_backoff_window_ship_does_not_send(outbox: Outbox) -> None:

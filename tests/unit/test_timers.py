@@ -176,6 +176,28 @@ def test_a_run_past_its_timeout_is_cancelled_and_a_failing_run_logged_and_both_g
     assert "job fail failed" in caplog.text and "boom" in caplog.text
 
 
+def test_a_removed_job_runs_no_more_and_its_id_can_be_added_again() -> None:
+    """A policy swap removes the old check jobs and adds the new ones while running."""
+    old: list[float] = []
+    new: list[float] = []
+
+    async def main() -> None:
+        timers = Timers()
+        timers.add("checks@1s", recorder(old), 0.05)
+        timers.start()
+        await asyncio.sleep(0.12)
+        timers.remove("checks@1s")
+        timers.remove("never-added")  # ignored
+        count = len(old)
+        timers.add("checks@1s", recorder(new), 0.05)
+        await asyncio.sleep(0.12)
+        assert len(old) == count
+        await timers.stop()
+
+    asyncio.run(main())
+    assert len(old) >= 2 and len(new) >= 2
+
+
 def test_stop_cancels_a_run_in_progress_and_every_timer() -> None:
     cancelled: list[bool] = []
     runs: list[float] = []

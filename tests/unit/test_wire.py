@@ -238,6 +238,27 @@ def test_flapping_is_sent_only_when_true() -> None:
     assert wire.decode_report(wire.encode_report(calm)).events[1].flapping is False
 
 
+def _remediation_index(r: wire.Report) -> int:
+    return next(i for i, e in enumerate(r.events) if isinstance(e, wire.RemediationEvent))
+
+
+def test_request_id_is_sent_only_for_a_run_now() -> None:
+    """Added within schema 1 for run-now requests: absent unless set, round-trips when set,
+    and an empty id is refused naming the field."""
+    plain = report()
+    assert b'"request_id"' not in wire.encode_report(plain)
+    i = _remediation_index(plain)
+    events = list(plain.events)
+    events[i] = dataclasses.replace(events[i], request_id="rn-42")
+    asked = report(events=tuple(events))
+    raw = wire.encode_report(asked)
+    assert raw.count(b'"request_id":"rn-42"') == 1
+    assert wire.decode_report(raw) == asked
+    with pytest.raises(wire.WireError) as exc:
+        wire.decode_report(raw.replace(b'"rn-42"', b'""'))
+    assert exc.value.path == f"events[{i}].request_id"
+
+
 # ------------------------------------------------------------------ hostile input: a 400
 # naming the field for everything a client controls, never an exception the collector
 # would turn into a 500.
@@ -383,3 +404,58 @@ def test_every_value_a_correct_agent_can_produce_is_accepted(
         target = target[part]
     target[path[-1]] = value
     wire.Report.from_dict(d)
+
+
+# --------------------------------------------------------------------------- sequence fields
+
+EPOCH = "0123456789abcdef" * 2
+
+
+def sequenced_dict(**overrides: Any) -> dict[str, Any]:
+    d = json.loads(wire.encode_report(report(epoch=EPOCH, seq_first=1, seq_last=4)))
+    d.update(overrides)
+    return d
+
+
+def test_a_sequenced_report_survives_encode_and_decode() -> None:
+    r = report(epoch=EPOCH, seq_first=1, seq_last=4)
+    assert wire.decode_report(wire.encode_report(r)) == r
+
+
+def test_a_report_without_sequence_fields_is_encoded_as_before() -> None:
+    """An agent that sends no epoch writes none of the three fields (an older collector
+    refuses unknown fields)."""
+    assert not {"epoch", "seq_first", "seq_last"} & set(as_dict())
+
+
+def _drop(d: dict[str, Any], key: str) -> dict[str, Any]:
+    d.pop(key)
+    return d
+
+
+@pytest.mark.parametrize(
+    ("body", "path"),
+    [
+        pytest.param(_drop(sequenced_dict(), "epoch"), "epoch", id="no-epoch"),
+        pytest.param(_drop(sequenced_dict(), "seq_last"), "seq_last", id="no-seq-last"),
+        pytest.param(sequenced_dict(epoch="XYZ"), "epoch", id="epoch-not-hex"),
+        pytest.param(sequenced_dict(epoch=EPOCH.upper()), "epoch", id="epoch-upper-case"),
+        pytest.param(sequenced_dict(seq_first=2), "seq_first", id="first-not-first-event"),
+        pytest.param(sequenced_dict(seq_last=9), "seq_last", id="last-not-last-event"),
+        pytest.param(sequenced_dict(seq_first=-1), "seq_first", id="negative"),
+        pytest.param(sequenced_dict(seq_last="4"), "seq_last", id="not-an-integer"),
+        pytest.param(sequenced_dict(events=[]), "events", id="no-events"),
+    ],
+)
+def test_bad_sequence_fields_are_named(body: dict[str, Any], path: str) -> None:
+    with pytest.raises(wire.WireError) as err:
+        wire.decode_report(json.dumps(body).encode())
+    assert err.value.path == path
+
+
+def test_sequenced_events_must_be_strictly_increasing() -> None:
+    body = sequenced_dict()
+    body["events"][2]["seq"] = 2  # same as the event before it
+    with pytest.raises(wire.WireError) as err:
+        wire.decode_report(json.dumps(body).encode())
+    assert err.value.path == "events[2].seq"

@@ -25,6 +25,7 @@ from vigil.agent import enroll_cli, remediation_cli, service_cli
 from vigil.agent.checks import classify
 from vigil.agent.config import AgentConfig
 from vigil.agent.preflight import Preflight, preflight
+from vigil.agent.update.launch import launch, state_dir_of
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
 
 log = logging.getLogger("vigil.agent")
@@ -91,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return enroll_cli.main(args, path)
     if args.command == "service":
         return service_cli.main(args, path)
+    if args.command != "check":
+        # Self-update: replaces this process with the current release, if there is one
+        # (see vigil/agent/update/launch.py); returns to run the base install.
+        launch(state_dir_of(path), list(sys.argv[1:] if argv is None else argv))
     try:
         checked = preflight(path, create_state=args.command != "check")
         if args.command == "check":
@@ -123,7 +128,7 @@ async def _run(checked: Preflight) -> int:
         reason = f"crash-loop back-off: {crashed} unclean starts, waiting {delay:.1f} s"
         log.warning("%s before starting", reason)
         await backoff_sleep(delay, reason)
-    service = build_service(config, library=checked.library, broken=checked.broken)
+    service = build_service(config, library=checked.library, broken=checked.broken, policy=True)
     # A run that lasted is no crash loop, however it ends later (a Windows service stop
     # is a hard kill, a watchdog abort after days is a new fault, not a loop).
     stable = asyncio.get_running_loop().call_later(backoff.stable_s, record.clean_stop)

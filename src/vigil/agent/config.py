@@ -16,6 +16,8 @@ from typing import Literal
 
 from vigil.agent.crashguard import CrashBackoffConfig, crash_backoff_config
 from vigil.agent.delivery.tls import tls_problem
+from vigil.agent.policy.settings import PolicySettings, policy_settings
+from vigil.agent.remediation.schedule import TimedSchedule, parse_schedules
 from vigil.agent.sampler_config import (
     ClockSpec,
     PathSpec,
@@ -31,7 +33,9 @@ from vigil.agent.sampler_config import (
     services,
 )
 from vigil.agent.selfhealth import SelfHealthConfig, self_health_config
-from vigil.configio import ConfigError, Section, load_yaml, parse_duration
+from vigil.agent.surveys import SurveySettings
+from vigil.configio import ConfigError, Section, load_yaml
+from vigil.quiet_hours import parse_quiet_hours
 
 Operator = Literal[">", ">=", "<", "<="]
 OPERATORS: tuple[str, ...] = (">", ">=", "<", "<=")
@@ -195,7 +199,8 @@ class RemediationSettings:
     remediation id to parameter values for runs that no check's ``remediation.params``
     covers; a check's own params win over these. Values starting ``./`` or ``../`` are
     paths. ``schedule`` maps a remediation id to the seconds between its detection runs,
-    replacing the manifest's ``trigger.every``.
+    replacing the manifest's ``trigger.every``; ``timed`` maps one to a daily or once
+    schedule (:class:`~vigil.agent.remediation.schedule.TimedSchedule`).
     """
 
     folders: tuple[Path, ...] = ()
@@ -205,6 +210,7 @@ class RemediationSettings:
     params: dict[str, dict[str, str]] = field(default_factory=dict)
     enable: tuple[str, ...] = ()
     schedule: dict[str, float] = field(default_factory=dict)
+    timed: dict[str, TimedSchedule] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -222,6 +228,9 @@ class AgentConfig:
     remediation: RemediationSettings
     checks: tuple[CheckSpec, ...]
     shipping: ShippingConfig = field(default_factory=ShippingConfig)
+    # Satisfaction surveys from the collector (``surveys:``; docs/satisfaction.md).
+    surveys: SurveySettings = field(default_factory=SurveySettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
     self_health: SelfHealthConfig = field(default_factory=SelfHealthConfig)
     crash_backoff: CrashBackoffConfig = field(default_factory=CrashBackoffConfig)
 
@@ -335,6 +344,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     sa.done()
 
     rs = root.section("remediation")
+    schedule, timed = _schedule(rs.section("schedule"))
     folders = tuple(
         (rs.base_dir / Path(p).expanduser()).resolve() for p in rs.str_list("folders", ())
     )
@@ -345,11 +355,22 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         verify_delay_s=rs.duration("verify_delay", 1.0),
         params=_remediation_params(rs.section("params")),
         enable=rs.str_list("enable", ()),
-        schedule=_schedule(rs.section("schedule")),
+        schedule=schedule,
+        timed=timed,
     )
     rs.done()
 
     self_health = self_health_config(root)
+    surveys = _surveys(root.section("surveys"))
+    policy = policy_settings(root.section("policy"))
+    if policy.require_signed_local and remediation.folders:
+        raise ConfigError(
+            str(path),
+            "remediation.folders",
+            [str(f) for f in remediation.folders],
+            "unsigned local remediations are refused under policy.require_signed_local; "
+            "ship them in a signed bundle (policy.local_bundle)",
+        )
 
     checks = tuple(_check(s) for s in root.sections("checks"))
     seen: set[str] = set()
@@ -372,9 +393,28 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         remediation=remediation,
         checks=checks,
         shipping=shipping,
+        surveys=surveys,
+        policy=policy,
         self_health=self_health,
         crash_backoff=crash_backoff,
     )
+
+
+def _surveys(s: Section) -> SurveySettings:
+    """``surveys:``: whether to show them, quiet hours (local time), the notifier."""
+    raw = s.get("quiet_hours", str, None)
+    try:
+        quiet = parse_quiet_hours(raw)
+    except ValueError as exc:
+        raise s.error("quiet_hours", str(exc), raw) from None
+    notifier = s.str_list("notifier", ())
+    if notifier and not notifier[0].strip():
+        raise s.error("notifier", "the first item must name a program", list(notifier))
+    settings = SurveySettings(
+        enabled=s.get("enabled", bool, True), quiet_hours=quiet, notifier=notifier
+    )
+    s.done()
+    return settings
 
 
 _TOP_SERIES = re.compile(r"^process\.top_(?:cpu_percent|rss_bytes)\[(.+)\]$")
@@ -435,19 +475,10 @@ def _remediation_params(s: Section) -> dict[str, dict[str, str]]:
     return out
 
 
-MIN_SCHEDULE_S = 1.0  # the manifest loader's floor for trigger.every
-
-
-def _schedule(s: Section) -> dict[str, float]:
-    """``remediation.schedule``: remediation id -> seconds between detection runs."""
-    out: dict[str, float] = {}
-    for rem_id in s.data:
-        seconds = s.convert(str(rem_id), parse_duration)
-        if seconds < MIN_SCHEDULE_S:
-            raise s.error(str(rem_id), f"must be at least {MIN_SCHEDULE_S:g}s", s.data[rem_id])
-        out[str(rem_id)] = seconds
-    s.done()
-    return out
+def _schedule(s: Section) -> tuple[dict[str, float], dict[str, TimedSchedule]]:
+    """``remediation.schedule``: detection intervals, and daily/once schedules (see
+    :mod:`~vigil.agent.remediation.schedule`)."""
+    return parse_schedules(s)
 
 
 _CHECK_KEYS = (
@@ -563,3 +594,9 @@ def _command_check(s: Section, check_id: str) -> CheckSpec:
     )
     s.done()
     return spec
+
+
+# The same readers serve a policy bundle's config fragment (agent/policy/compose.py), so a
+# policy's checks and remediation settings follow exactly the agent.yaml schema.
+parse_check = _check
+parse_schedule = _schedule

@@ -30,8 +30,10 @@ from typing import Any
 from vigil.agent.config import AgentConfig, load_agent_config
 from vigil.agent.delivery.credential import CREDENTIAL_FILE, Credential, write_credential
 from vigil.agent.delivery.tls import client_context
-from vigil.agent.identity import load_identity, renew_agent_id
+from vigil.agent.identity import load_identity, renew_agent_id, write_atomically
+from vigil.agent.policy.settings import ENROLLED_KEYS_FILE
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError
+from vigil.policy_bundle import check_public_key
 
 ENROLL_PATH = "/api/v1/enroll"
 # Bytes of the collector's answer read at most (a credential answer is ~200 bytes).
@@ -115,11 +117,29 @@ def main(args: argparse.Namespace, config_path: Path) -> int:
         return 1
     path = config.state_dir / CREDENTIAL_FILE
     write_credential(path, credential)
+    keys = store_policy_keys(config.state_dir, answer.get("policy_keys"))
     print(
         f"enrolled agent {identity.agent_id} with labels {answer.get('labels', {})}; "
-        f"credential stored in {path}"
+        f"credential stored in {path}" + (f"; {keys} policy key(s) trusted" if keys else "")
     )
     return 0
+
+
+def store_policy_keys(state_dir: Path, offered: Any) -> int:
+    """Store the policy keys the collector offered at enrollment (``policy_keys``) in
+    ``<state_dir>/policy_keys.json``, so the agent trusts bundles they signed (besides
+    ``policy.trusted_keys``); malformed keys are left out with a warning. Returns how
+    many were stored; an answer without the field leaves any earlier file alone."""
+    if not isinstance(offered, list):
+        return 0
+    keys: list[str] = []
+    for text in offered:
+        try:
+            keys.append(check_public_key(str(text)))
+        except ValueError as exc:
+            print(f"vigil-agent: ignoring a malformed policy key: {exc}", file=sys.stderr)
+    write_atomically(state_dir / ENROLLED_KEYS_FILE, json.dumps({"policy_keys": keys}))
+    return len(keys)
 
 
 def _tls_context(config: AgentConfig, url: str) -> ssl.SSLContext | None:

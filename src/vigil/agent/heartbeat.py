@@ -46,8 +46,9 @@ SELF_HEALTH_SPEC = CheckSpec(
 class HeartbeatRecorder:
     """Records heartbeats and ``agent.self_health`` results for one agent run.
 
-    ``outbox`` takes the heartbeat, ``flow`` evaluates the self-health check (and writes
-    its transitions); ``clock`` gives wall seconds.
+    ``outbox`` takes the heartbeat; ``clock`` gives wall seconds. The remediation flow
+    and the shipper come with each call: a central policy replaces the flow while the
+    agent runs, and tests replace the shipper.
     """
 
     def __init__(
@@ -55,12 +56,10 @@ class HeartbeatRecorder:
         config: AgentConfig,
         *,
         outbox: Outbox,
-        flow: RemediationFlow,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.outbox = outbox
-        self.flow = flow
         self.clock = clock
         self.monitor = SelfHealthMonitor(config.self_health)
         self.started = time.monotonic()
@@ -69,11 +68,11 @@ class HeartbeatRecorder:
         """The agent's jobs start now (delivery age counts from here until a success)."""
         self.started = time.monotonic()
 
-    def record(self, timers: Timers | None, shipper: Shipper) -> bool:
+    def record(self, timers: Timers | None, shipper: Shipper, flow: RemediationFlow) -> bool:
         """Record one heartbeat and evaluate ``agent.self_health`` from ``timers`` (the
         agent's, ``None`` before they run: no figures then) and ``shipper`` (how delivery
-        goes). True when what was recorded is urgent (the self-health check went
-        critical): ship at once."""
+        goes) through ``flow``'s check machinery. True when what was recorded is urgent
+        (the self-health check went critical): ship at once."""
         ttl = self.config.intervals.heartbeat_s * HEARTBEAT_TTL_INTERVALS
         reading = self.read(timers, shipper)
         self.outbox.put(
@@ -93,14 +92,14 @@ class HeartbeatRecorder:
         urgent = False
         if reading is not None and self.config.self_health.enabled:
             verdict = self.monitor.observe(reading)
-            urgent = self.flow.evaluate(
+            urgent = flow.evaluate(
                 SELF_HEALTH_SPEC,
                 reading.loop_lag_s,
                 self.clock(),
                 level=verdict.level,  # type: ignore[arg-type]
                 text=verdict.message[: wire.MAX_STR],
             )
-        statuses = self.flow.statuses
+        statuses = flow.statuses
         if not statuses.get(wire.HEARTBEAT_CHECK):
             # The first heartbeat goes out with the (jittered) first delivery, so a new host
             # appears within one report interval.

@@ -108,6 +108,7 @@ def without_broken(config: AgentConfig, broken: Mapping[str, str]) -> AgentConfi
         enable=tuple(i for i in rs.enable if i not in broken),
         params={k: v for k, v in rs.params.items() if k not in broken},
         schedule={k: v for k, v in rs.schedule.items() if k not in broken},
+        timed={k: v for k, v in rs.timed.items() if k not in broken},
     )
     return dataclasses.replace(config, checks=tuple(checks), remediation=settings)
 

@@ -54,15 +54,22 @@ from vigil.agent.events import new_event_id
 from vigil.agent.heartbeat import HeartbeatRecorder
 from vigil.agent.identity import Identity, load_identity
 from vigil.agent.measure import Measurer, SampleSource
+from vigil.agent.notify_user import command_notifier, platform_notifier
+from vigil.agent.policy.swap import rebuilt
+from vigil.agent.policy.sync import PolicySync, open_policy
 from vigil.agent.preflight import REMEDIATIONS_CHECK, check_enabled, load_checked_library
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.remediation.manifest import Remediation, check_library, with_schedule
+from vigil.agent.remediation.schedule import POLL_S
+from vigil.agent.remediation.timed import TimedRuns
 from vigil.agent.sampling.sampler import Sampler
+from vigil.agent.surveys import SurveyInbox
 from vigil.agent.svc.notify import start_notify, stop_notify
 from vigil.agent.timers import Timers
 
 log = logging.getLogger("vigil.agent")
 
+_Composed = tuple[AgentConfig, Mapping[str, Remediation], Mapping[str, str]]
 # Per check, how many of its readings were unknown since the agent started (a counter).
 UNKNOWN_SERIES = "agent.unknown_total"
 # A clock jump smaller than this (seconds) between two sample cycles is noise.
@@ -76,6 +83,7 @@ def build_service(
     clock: Callable[[], float] = time.time,
     library: Mapping[str, Remediation] | None = None,
     broken: Mapping[str, str] | None = None,
+    policy: bool = False,
 ) -> AgentService:
     """The real agent for ``config``: identity, outbox, shipper, sampler, remediation flow.
 
@@ -84,6 +92,9 @@ def build_service(
     ``remediation.folders`` (a manifest that fails to load is logged, left out, and
     reported as the ``agent.remediations`` check; see :mod:`~vigil.agent.preflight`).
     ``broken`` (bundle -> reason) comes with a ``library`` that a preflight loaded.
+    ``policy`` turns on the central-policy exchange (``vigil-agent run`` does): the
+    newest cached bundle that verifies again is merged over ``config`` before anything
+    starts (see :mod:`~vigil.agent.policy.sync`).
     Raises :class:`~vigil.configio.ConfigError` when a check or ``remediation.enable`` /
     ``remediation.params`` names a remediation that is not loaded, a parameter its
     manifest does not declare, or a remediation that could never run.
@@ -93,6 +104,9 @@ def build_service(
     else:
         check_library(config, library)
         check_enabled(config, library)
+    start = open_policy(config, now=clock(), agent_version=__version__) if policy else None
+    if start is not None and start.running is not None:
+        config, library, broken = start.composed
     library = with_schedule(config, library)
     identity = load_identity(config.state_dir, hostname=config.hostname, labels=config.labels)
     outbox = Outbox(
@@ -101,6 +115,12 @@ def build_service(
         max_age_s=config.outbox.max_age_s,
     )
     sh = config.shipping
+    notifier = (
+        command_notifier(config.surveys.notifier)
+        if config.surveys.notifier
+        else platform_notifier()
+    )
+    surveys = SurveyInbox(config.surveys, notifier, state_file=config.state_dir / "surveys.json")
     shipper = Shipper(
         config.collector,
         outbox,
@@ -117,6 +137,7 @@ def build_service(
         credentials=CredentialSource(
             config.state_dir, identity.agent_id, config.collector.token, clock=time.time
         ),
+        exchange=surveys,
     )
     measurer = Measurer(sampler if sampler is not None else Sampler(config.sampler))
     flow = RemediationFlow(
@@ -129,6 +150,7 @@ def build_service(
         flow=flow,
         clock=clock,
     )
+    sync = start.sync(fetcher=shipper, sink=outbox, clock=clock) if start else None
     return AgentService(
         config,
         identity=identity,
@@ -141,6 +163,8 @@ def build_service(
         # interval) so a fleet that boots together does not flush its backlogs in step.
         first_ship_delay_s=random.uniform(0, min(sh.start_jitter_s, config.intervals.report_s)),
         broken_remediations=broken,
+        surveys=surveys,
+        policy=sync,
     )
 
 
@@ -169,6 +193,8 @@ class AgentService:
         clock: Callable[[], float] = time.time,
         first_ship_delay_s: float = 0.0,
         broken_remediations: Mapping[str, str] | None = None,
+        surveys: SurveyInbox | None = None,
+        policy: PolicySync | None = None,
     ) -> None:
         self.config = config
         self.broken_remediations = broken_remediations
@@ -178,6 +204,7 @@ class AgentService:
         self.shipper = shipper
         self.checks = checks
         self.flow = flow
+        self.surveys = surveys
         outbox.on_put = self._stored
         flow.deliver_now = self._ship_soon
         self.first_ship_delay_s = first_ship_delay_s
@@ -197,7 +224,73 @@ class AgentService:
         self._ship_not_before = float("inf")
         self._ship_slack = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
-        self.beats = HeartbeatRecorder(config, outbox=outbox, flow=flow, clock=clock)
+        self.beats = HeartbeatRecorder(config, outbox=outbox, clock=clock)
+        # Central policy: the ack hook, the header, and a composed config waiting for the
+        # next cycle (swapped in between cycles, see _swap_policy).
+        self.policy = policy
+        self._pending_policy: _Composed | None = None
+        self._retired: list[RemediationFlow] = []  # flows replaced while runs were in flight
+        self._timed: TimedRuns | None = None  # daily/once schedules, made on first use
+        if policy is not None:
+            policy.flow = lambda: self.flow
+            policy.apply = self.apply_policy
+            policy.enforce_halts(flow)
+            shipper.on_ack = policy.on_ack
+            shipper.policy_header = policy.header
+
+    # ------------------------------------------------------------------ policy
+
+    def apply_policy(
+        self,
+        config: AgentConfig,
+        library: Mapping[str, Remediation],
+        broken: Mapping[str, str],
+    ) -> None:
+        """Take a composed (verified, checked) config; it replaces the running checks
+        and remediations at the start of the next sample cycle, without a restart."""
+        self._pending_policy = (config, library, broken)
+
+    def _swap_policy(self) -> None:
+        """Swap in the pending config between cycles: a new remediation flow (statuses
+        and the kill switch carried over; runs in flight finish in the old one), a new
+        check cycle, and the check and detection jobs re-made on the timers."""
+        pending, self._pending_policy = self._pending_policy, None
+        if pending is None:
+            return
+        config, library, broken = pending
+        old = self.flow
+        flow, checks = rebuilt(
+            config,
+            library,
+            old,
+            self.checks,
+            sink=self.outbox,
+            clock=self.clock,
+            deliver_now=self._ship_soon,
+        )
+        self._retired = [f for f in (*self._retired, old) if f.tasks]
+        timers = self._timers
+        if timers is not None:
+            for job_id in list(timers.jobs):
+                if job_id.startswith(("checks@", "command:")) or job_id in old.detectors:
+                    timers.remove(job_id)
+        self.config, self.flow, self.checks = config, flow, checks
+        self.broken_remediations = broken
+        if timers is not None:
+            self._add_check_jobs(timers)
+            self._add_detection_jobs(timers)
+            self._add_schedule_job(timers)
+        self.report_library()
+        if self.policy is not None:
+            self.shipper.policy_header = self.policy.header
+            self.policy.applied()
+            self._ship_soon()  # the collector learns the running version at once
+        log.info(
+            "policy %s applied: %d checks, %d remediations",
+            self.shipper.policy_header,
+            len(config.checks),
+            len(flow.library),
+        )
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -231,11 +324,14 @@ class AgentService:
         if not self._fold_metrics:
             timers.add("metrics", self.metrics_summary, iv.metrics_s, first_in_s=iv.metrics_s)
         self._add_detection_jobs(timers)
+        self._add_schedule_job(timers)
         self._timers = timers
         timers.start()
         # Under systemd: READY=1 now, WATCHDOG=1 from a timer job (stops if the loop blocks).
         notifier = start_notify(timers)
         self.report_library()
+        if self.policy is not None:
+            self.policy.report_start()
         log.info(
             "agent %s (%s) started: %d checks, %d remediations, reporting to %s",
             self.identity.agent_id,
@@ -263,6 +359,10 @@ class AgentService:
         await self.run(stop)
 
     async def _shutdown(self) -> None:
+        if self.policy is not None:
+            await self.policy.close()
+        for retired in self._retired:
+            await retired.close()
         await self.flow.close()
         for task in list(self._tasks):
             task.cancel()
@@ -301,6 +401,8 @@ class AgentService:
         """
         self._in_cycle = True
         try:
+            if self._pending_policy is not None:
+                self._swap_policy()
             await self._cycle()
         finally:
             self._in_cycle = False
@@ -374,6 +476,23 @@ class AgentService:
                 timeout_s=bound,
             )
 
+    def _add_schedule_job(self, timers: Timers) -> None:
+        """The daily/once schedules' poll job, only while some exist (an idle agent
+        wakes once per sample interval and no more)."""
+        if self.config.remediation.timed and "schedules" not in timers.jobs:
+            timers.add("schedules", self.scheduled, POLL_S, first_in_s=min(POLL_S, 1.0))
+
+    async def scheduled(self) -> None:
+        """Run the daily and once schedules that are due (see
+        :mod:`~vigil.agent.remediation.timed`); nothing when there are none."""
+        timed = self.config.remediation.timed
+        if timed:
+            if self._timed is None:
+                self._timed = TimedRuns(
+                    self.config.state_dir, self.identity.agent_id, clock=self.clock
+                )
+            await self._timed.tick(self.flow, timed)
+
     async def detect(self, spec_id: str) -> None:
         """A detection job: run the detection script ``spec_id`` stands for (see
         :meth:`RemediationFlow.detect`); ship at once when what it recorded is urgent."""
@@ -387,6 +506,8 @@ class AgentService:
         self._ship_not_before = time.monotonic() + iv.report_s
         self._ship_slack = iv.sample_s / 2
         result = await self.shipper.ship()
+        if self.surveys is not None and self.surveys.pending:
+            self._spawn(self._show_surveys())
         if result.error and result.error != "backing off":
             # The shipper logs the outage itself (one WARNING, one INFO when it ends).
             log.debug("delivery pending (%d events queued): %s", self._depth(), result.error)
@@ -394,6 +515,15 @@ class AgentService:
             self._set_ship_job(armed=False)
         elif not self._ship_armed and self.outbox.pending:
             self._set_ship_job(armed=True)  # left over (a failure, a long backlog): retry
+
+    async def _show_surveys(self) -> None:
+        """Show the surveys the last acks brought (in a task: a notifier may take a few
+        seconds, and delivery must not wait for it)."""
+        assert self.surveys is not None
+        try:
+            await self.surveys.show_due()
+        except Exception:
+            log.exception("showing satisfaction surveys failed")
 
     def _stored(self, urgent: bool) -> None:
         """The outbox's ``on_put``: resume the ship job if an empty outbox had paused it.
@@ -418,7 +548,7 @@ class AgentService:
     async def heartbeat(self) -> None:
         """Record the liveness check result that tells the collector we are alive, with
         the agent's self-health (:class:`~vigil.agent.heartbeat.HeartbeatRecorder`)."""
-        if self.beats.record(self._timers, self.shipper):
+        if self.beats.record(self._timers, self.shipper, self.flow):
             self._spawn(self.ship())
 
     def report_library(self) -> None:

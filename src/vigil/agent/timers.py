@@ -155,6 +155,14 @@ class Timers:
         if was_paused and self._loop is not None:
             self._arm(job, self._loop.time())
 
+    def remove(self, job_id: str) -> None:
+        """Forget ``job_id``: no further runs (a run in progress finishes on its own).
+        Unknown ids are ignored, so a caller can remove what it may have added."""
+        job = self.jobs.pop(job_id, None)
+        if job is not None and job.handle is not None:
+            job.handle.cancel()
+            job.handle = None
+
     def next_run_in(self, job_id: str) -> float | None:
         """Seconds until ``job_id`` next runs; ``None`` while paused or stopped."""
         job = self.jobs[job_id]

@@ -27,10 +27,12 @@ from vigil.collector.api import (
     hosts,
     incidents,
     operators,
+    policy,
     problems,
     remediations,
     reports,
     silences,
+    surveys,
     system,
 )
 from vigil.collector.api.http import ITEM_ID, ApiError, error_response
@@ -52,11 +54,15 @@ from vigil.collector.keys import (
     identity_key,
     ingest_key,
     notify_health_key,
+    policy_key,
     registry_key,
 )
 from vigil.collector.metrics import VigilCollector
 from vigil.collector.notify.health import NotifyHealth
 from vigil.collector.notify.service import Notifier, target_keys
+from vigil.collector.policy import service as policy_service
+from vigil.collector.policy.metrics import PolicyMetrics
+from vigil.collector.policy.runtime import PolicyRuntime
 from vigil.collector.storage.factory import create_storage
 from vigil.collector.storage.url import redact
 from vigil.collector.telemetry.requests import RequestCounters
@@ -109,6 +115,7 @@ def create_app(
             _desk_ctx,
             _operators_ctx,
             _agents_ctx,
+            _policy_ctx,
             _ingest_ctx,
             _tick_ctx,
             _notify_ctx,
@@ -158,6 +165,22 @@ def setup_routes(app: web.Application) -> None:
     r.add_post(f"/api/v1/operators/{operators.OPERATOR_NAME}/rotate", operators.rotate_operator)
     r.add_delete(f"/api/v1/operators/{operators.OPERATOR_NAME}", operators.remove_operator)
     r.add_get("/api/v1/audit", operators.list_audit)
+    r.add_get(f"/api/v1/incidents/{item}/surveys", surveys.get_incident_surveys)
+    r.add_get("/api/v1/satisfaction", surveys.get_satisfaction)
+    r.add_get(f"/survey/{surveys.TOKEN}", surveys.get_survey)
+    r.add_post(f"/survey/{surveys.TOKEN}", surveys.post_survey)
+    r.add_get("/api/v1/agent/policy", policy.get_agent_policy)
+    r.add_get("/api/v1/policies", policy.list_policies)
+    r.add_post("/api/v1/policies", policy.publish_policy)
+    name = policy.POLICY_NAME
+    r.add_get(f"/api/v1/policies/{name}", policy.get_policy)
+    r.add_post(f"/api/v1/policies/{name}/advance", policy.advance_policy)
+    r.add_post(f"/api/v1/policies/{name}/pause", policy.pause_policy)
+    r.add_post(f"/api/v1/policies/{name}/resume", policy.resume_policy)
+    r.add_post("/api/v1/policy-halts", policy.create_halt)
+    r.add_delete(f"/api/v1/policy-halts/{policy.REMEDIATION}", policy.delete_halt)
+    r.add_post("/api/v1/run-now", policy.create_run_now)
+    r.add_get(f"/api/v1/run-now/{policy.REQUEST_ID}", policy.get_run_now)
     r.add_get("/metrics", system.get_metrics)
     r.add_get("/healthz", system.get_healthz)
 
@@ -200,6 +223,8 @@ def open_desk(config: CollectorConfig) -> Desk:
             remediation_wait_s=config.remediation_wait_s,
             catalog=config.catalog,
             rules=config.rules,
+            satisfaction=config.satisfaction,
+            record_event_ids=config.record_event_ids,
         )
     except BaseException:
         storage.close()
@@ -222,6 +247,7 @@ async def _desk_ctx(app: web.Application) -> AsyncIterator[None]:
         max_host_series=config.metrics.max_host_series,
         service_of=lambda check: getattr(config.catalog.service_for(check), "name", None),
         notify_failures=app[notify_health_key].failed_totals,
+        surveys=desk.surveys.figures if config.satisfaction.enabled else None,
     )
     await loop.run_in_executor(executor, desk.refresh_metrics_figures, app[clock_key]())
     registry = app[registry_key]
@@ -295,6 +321,63 @@ async def _agents_ctx(app: web.Application) -> AsyncIterator[None]:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     app[registry_key].unregister(metrics)
+
+
+async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Central policy: the in-memory snapshot the acks are built from, loaded now and
+    then every ``policy.refresh``; each pass also stores the running versions hosts
+    reported, and (leader only) runs the blast-radius guard and auto-advance."""
+    runtime = PolicyRuntime()
+    app[policy_key] = runtime
+    await policy.reload_snapshot(app)
+    metrics = PolicyMetrics(runtime)
+    app[registry_key].register(metrics)
+
+    async def forever() -> None:
+        while True:
+            await asyncio.sleep(app[config_key].policy.refresh_s)
+            try:
+                await policy_pass(app)
+            except Exception:
+                log.exception("policy pass failed")  # the next one tries again
+
+    task = asyncio.create_task(forever(), name="vigil-policy")
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    app[registry_key].unregister(metrics)
+    await policy_pass(app, guard=False)  # store the last running versions
+
+
+async def policy_pass(app: web.Application, *, guard: bool = True) -> None:
+    """One policy pass: store what hosts said they run, then (when this process leads)
+    trip the guard and auto-advance rollouts, then reload the snapshot."""
+    loop = asyncio.get_running_loop()
+    desk, executor, clock = app[desk_key], app[executor_key], app[clock_key]
+    runtime = app[policy_key]
+    rows = runtime.take_changes()
+    try:
+        await loop.run_in_executor(executor, policy_service.record_running, desk.storage, rows)
+    except BaseException:
+        runtime.give_back(rows)
+        raise
+    if guard and await loop.run_in_executor(executor, desk.storage.leads):
+
+        def raise_check(check: str, message: str, now: float, also: Callable[..., None]) -> None:
+            desk.collector_check(check, "critical", message, now, also)
+
+        did = await loop.run_in_executor(
+            executor,
+            policy_service.guard_pass,
+            desk.storage,
+            app[config_key].policy.guard,
+            clock(),
+            raise_check,
+        )
+        for line in did:
+            log.warning("%s", line)
+    await policy.reload_snapshot(app)
 
 
 async def _ingest_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -1,5 +1,6 @@
 """``vigil-collector``: run the collector until SIGINT/SIGTERM; ``vigil-collector
-operator ...`` manages operator accounts instead (``collector/identity/operator_cli.py``).
+operator ...`` manages operator accounts instead (``collector/identity/operator_cli.py``),
+``vigil-collector policy ...`` central policy (``collector/policy/cli.py``).
 
 Once listening it prints exactly one line to stdout,
 ``vigil-collector listening on http://HOST:PORT`` (``https://`` with ``listen.tls``;
@@ -66,6 +67,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vigil.collector.identity.operator_cli import main as operator_main
 
         return operator_main(argv[1:])
+    if argv[:1] == ["policy"]:  # vigil-collector policy keygen|sign|publish|... (docs/policy.md)
+        from vigil.collector.policy.cli import main as policy_main
+
+        return policy_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:

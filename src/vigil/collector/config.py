@@ -14,7 +14,9 @@ from urllib.parse import urlsplit
 
 from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog, load_catalog
 from vigil.collector.desk.engine import IncidentRules
+from vigil.collector.desk.satisfaction import DISABLED, SatisfactionPolicy
 from vigil.collector.notify.config import NotifyConfig, parse_notifications
+from vigil.collector.policy.config import PolicyConfig, parse_policy
 from vigil.collector.storage.url import (
     SCHEMES,
     is_postgres_url,
@@ -31,6 +33,7 @@ from vigil.configio import (
     load_yaml,
     secret_problem,
 )
+from vigil.quiet_hours import parse_quiet_hours
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9750
@@ -113,6 +116,9 @@ class CollectorConfig:
     storage_url: str = sqlite_url("var/collector.db")
     # Seconds batch and event ids are kept for deduplication (``storage.dedup_retention``).
     dedup_retention_s: float = 14 * 86400.0
+    # Also record the event ids of sequenced reports in ``seen`` (an audit trail; never
+    # used to decide, costs ~190 B per id until dedup_retention; ``storage.record_event_ids``).
+    record_event_ids: bool = False
     auth: AuthConfig = field(default_factory=lambda: AuthConfig(agent_tokens=()))
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     # Seconds a host may stay silent past its heartbeat TTL before it counts as silent.
@@ -136,6 +142,10 @@ class CollectorConfig:
     # ``POST /api/v1/enroll`` tries per client address per minute, also the burst
     # (``enrollment.rate_limit``); beyond it 429 with Retry-After.
     enroll_rate_per_minute: int = DEFAULT_ENROLL_RATE_PER_MINUTE
+    # Satisfaction surveys after incidents (``satisfaction:``; docs/satisfaction.md).
+    satisfaction: SatisfactionPolicy = DISABLED
+    # Central policy (``policy:``): trusted keys, rollout defaults, the guard.
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
 
 
 def load_collector_config(path: str | Path) -> CollectorConfig:
@@ -157,6 +167,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     # Longer than an agent may stay offline with a full outbox (7 days by default), or a
     # very late retry would be applied twice.
     dedup_retention_s = storage.duration("dedup_retention", 14 * 86400.0, minimum=3600.0)
+    record_event_ids = storage.get("record_event_ids", bool, False)
     storage.done()
 
     a = root.section("auth", required=True)
@@ -239,7 +250,9 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     )
     enr.done()
 
+    policy = parse_policy(root.section("policy"))
     public_url = root.get("public_url", str, None)
+    satisfaction = _satisfaction(root.section("satisfaction"), public_url)
     root.done()
     return CollectorConfig(
         file=str(path),
@@ -250,6 +263,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         tls=tls,
         storage_url=storage_url,
         dedup_retention_s=dedup_retention_s,
+        record_event_ids=record_event_ids,
         auth=auth,
         limits=limits,
         heartbeat_grace_s=heartbeat_grace_s,
@@ -263,7 +277,43 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         access_log=access_log,
         credential_ttl_s=credential_ttl_s,
         enroll_rate_per_minute=enroll_rate,
+        satisfaction=satisfaction,
+        policy=policy,
     )
+
+
+def _satisfaction(section: Section, public_url: str | None) -> SatisfactionPolicy:
+    """``satisfaction:``; ``public_url`` defaults to the top-level one. Links must reach
+    people's browsers, so the URL must be ``http(s)://host...``."""
+    d = DISABLED
+    quiet_raw = section.get("quiet_hours", str, None)
+    try:
+        quiet = parse_quiet_hours(quiet_raw)
+    except ValueError as exc:
+        raise section.error("quiet_hours", str(exc), quiet_raw) from None
+    url = section.get("public_url", str, public_url)
+    if url is not None:
+        split = urlsplit(url)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise section.error("public_url", "must be an http:// or https:// URL", url)
+    policy = SatisfactionPolicy(
+        enabled=section.get("enabled", bool, d.enabled),
+        rate_limit_s=section.duration("rate_limit", d.rate_limit_s),
+        link_lifetime_s=section.duration("link_lifetime", d.link_lifetime_s, minimum=60.0),
+        quiet_hours=quiet,
+        public_url=url,
+        secret=section.secret("secret", None),
+        department_label=section.get("department_label", str, d.department_label),
+        retention_s=section.duration("retention", d.retention_s, minimum=86400.0),
+    )
+    if policy.retention_s < max(policy.rate_limit_s, policy.link_lifetime_s):
+        # Deleting surveys sooner would forget who was asked (the rate limit) or break
+        # links still out.
+        raise section.error(
+            "retention", "must be at least rate_limit and link_lifetime", section.data["retention"]
+        )
+    section.done()
+    return policy
 
 
 def is_loopback(host: str) -> bool:

@@ -20,6 +20,7 @@ from vigil.collector.identity.roles import Directory
 from vigil.collector.identity.service import AgentIdentity
 from vigil.collector.ingest import IngestQueue
 from vigil.collector.notify.health import NotifyHealth
+from vigil.collector.policy.runtime import PolicyRuntime
 from vigil.collector.telemetry.requests import RequestCounters
 
 config_key = web.AppKey("config", CollectorConfig)
@@ -42,3 +43,5 @@ directory_key = web.AppKey("directory", Directory)
 audit_counts_key = web.AppKey("audit_counts", AuditCounts)
 # Per-agent credentials and enrollment (collector/identity/), set once the desk is open.
 identity_key = web.AppKey("identity", AgentIdentity)
+# Central policy: the in-memory snapshot the report acks are built from (collector/policy/).
+policy_key = web.AppKey("policy", PolicyRuntime)

@@ -481,7 +481,7 @@ def test_a_host_keeps_its_ttl_when_a_report_brings_none(storage: Any) -> None:
     with storage.session() as uow, uow.transaction():
         uow.hosts.upsert(report("b1"), T0, 1.5, 90.0)
         uow.hosts.upsert(report("b2"), T0 + 5, 1.0, None)
-        assert uow.hosts.before("h1") == ("b2", 1.0, T0 + 5)
+        assert uow.hosts.before("h1") == ("b2", 1.0, T0 + 5, None, None)  # no epoch, no mark
         (row,) = uow.hosts.list()
         assert (row["first_seen"], row["heartbeat_ttl_s"], row["labels"]) == (
             T0,

@@ -20,6 +20,10 @@ records it; until :meth:`Outbox.ack` deletes them, every call returns that same 
 again, so a retry after a failed send or a restart carries the same id and events and the
 collector can deduplicate it.
 
+Epoch: seqs count within a random ``epoch`` (``meta`` table) that every batch carries, so
+the collector deduplicates by the highest seq it applied per epoch (``desk/sequence.py``).
+:meth:`Outbox.new_epoch` starts another when the collector says the seqs were used before.
+
 Batches are size-capped: at most ``max_events`` events and ``max_bytes`` of stored JSON
 (but always at least one event, so one large record can never block the queue).
 
@@ -59,7 +63,8 @@ from vigil import wire
 
 log = logging.getLogger("vigil.agent.outbox")
 
-_SCHEMA_VERSION = 1
+# 2: the ``meta`` table with the epoch (sequence dedup at the collector).
+_SCHEMA_VERSION = 2
 
 # Drop order when over the byte bound: lower tiers go first.
 _TIER_METRICS = 0
@@ -86,6 +91,11 @@ CREATE TABLE IF NOT EXISTS counters (
     name  TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+-- 'epoch': the random id the events' seqs are numbered in (see Outbox.new_epoch).
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
 
 
@@ -100,10 +110,12 @@ class OutboxError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class Batch:
-    """Events to send together under one ``batch_id`` (uuid4 hex), oldest first."""
+    """Events to send together under one ``batch_id`` (uuid4 hex), oldest first, with
+    the ``epoch`` their seqs are numbered in."""
 
     batch_id: str
     events: tuple[wire.Event, ...]
+    epoch: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +205,13 @@ class Outbox:
             for statement in _SCHEMA.split(";"):
                 if statement.strip():
                     db.execute(statement)
+            # A new outbox (or one of schema 1) gets its first epoch.
+            db.execute(
+                "INSERT OR IGNORE INTO meta (name, value) VALUES ('epoch', ?)", (uuid.uuid4().hex,)
+            )
+            self._epoch: str = db.execute("SELECT value FROM meta WHERE name = 'epoch'").fetchone()[
+                0
+            ]
             db.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
 
     # ----------------------------------------------------------------- public API
@@ -302,10 +321,11 @@ class Outbox:
                 if cur.rowcount == 0:
                     return None
             events = self._load_batch(batch_id)
+            epoch = self._epoch
         if not events:
             # Every row of the batch was unreadable and has been discarded; try the next.
             return self.next_batch(max_events)
-        return Batch(batch_id=batch_id, events=events)
+        return Batch(batch_id=batch_id, events=events, epoch=epoch)
 
     def ack(self, batch_id: str) -> int:
         """Delete the events of an acknowledged batch; returns how many (0 if unknown)."""
@@ -317,6 +337,25 @@ class Outbox:
             self._bytes -= freed
             self._pending -= cur.rowcount
             return cur.rowcount
+
+    @property
+    def epoch(self) -> str:
+        """The epoch the stored events' seqs count in: 32 hex digits, random, chosen when
+        the outbox was created and again by :meth:`new_epoch`."""
+        return self._epoch
+
+    def new_epoch(self) -> str:
+        """Switch (durably) to a fresh epoch and return it: for when the collector says
+        this outbox's seqs are at or below what it applied in this epoch (a restored
+        snapshot). Seqs stay; in the new epoch the collector's mark starts again, so the
+        pending events, the in-flight batch included, are sent again and applied."""
+        epoch = uuid.uuid4().hex
+        with self._lock, self._transaction(durable=True):
+            self._db.execute("UPDATE meta SET value = ? WHERE name = 'epoch'", (epoch,))
+            self._count("epoch_resets", 1)
+        self._epoch = epoch
+        log.warning("outbox: the collector asked for a new epoch; pending events go as %s", epoch)
+        return epoch
 
     def has_urgent(self) -> bool:
         """Whether any unacknowledged event was put with ``urgent=True``."""

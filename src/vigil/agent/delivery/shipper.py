@@ -69,8 +69,10 @@ import asyncio
 import concurrent.futures
 import contextlib
 import email.utils
+import functools
 import gzip
 import http.client
+import json
 import logging
 import random
 import socket
@@ -79,6 +81,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from vigil import wire
 from vigil.agent.config import CollectorTarget
@@ -104,6 +107,20 @@ _LOGGED_BODY_CHARS = 2000
 # At most this much of a 2xx response body is read (the collector's ack is a few bytes);
 # the connection is dropped rather than reused when the body is longer.
 MAX_ACK_BODY_BYTES = 64 * 1024
+# Sent on every report: the policy bundle this agent runs, "<policy>@<version>" or "none"
+# (the collector records it as the host's running version; see docs/policy.md).
+POLICY_HEADER = "X-Vigil-Policy"
+
+
+class AckExchange(Protocol):
+    """Something that rides on report delivery: :meth:`headers` go with every report,
+    and :meth:`take_ack` reads each 2xx ack (``sent``: the headers that went with it)."""
+
+    def headers(self) -> dict[str, str]:
+        """Extra request headers for the next report."""
+
+    def take_ack(self, text: str, sent: Mapping[str, str]) -> None:
+        """Read an ack's body (after a 2xx)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +145,8 @@ class _Reply:
     status: int
     retry_after: str | None
     text: str
+    etag: str | None = None
+    body: bytes = b""
 
 
 class Shipper:
@@ -161,6 +180,7 @@ class Shipper:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         credentials: CredentialSource | None = None,
+        exchange: AckExchange | None = None,
     ) -> None:
         if not 1 <= batch_max_events <= wire.MAX_EVENTS:
             raise ValueError(
@@ -191,6 +211,8 @@ class Shipper:
         self._rng = rng if rng is not None else random.Random()
         # The per-agent credential (enrollment), else ``target.token`` is sent.
         self._credentials = credentials
+        # What else rides on a report and its ack (satisfaction surveys), if anything.
+        self._exchange = exchange
         self._rejected_token: str | None = None  # the token a 4xx backoff was for
         self._url = target.url.rstrip("/") + REPORTS_PATH
         self._https = split.scheme == "https"
@@ -220,6 +242,11 @@ class Shipper:
         self._aborted = False  # the loop gave up on the request in flight (see _abort)
         self._resolver = Resolver()
         self._ssl_context: ssl.SSLContext | None = None
+        # Policy exchange (agent/policy/sync.py): the header value sent with every report,
+        # and who reads each acknowledgement's JSON (the offered policy, kill switch,
+        # run-now requests). on_ack must not raise or block: it runs on the event loop.
+        self.policy_header = "none"
+        self.on_ack: Callable[[str], None] | None = None
 
     @property
     def backoff_until(self) -> float:
@@ -309,10 +336,15 @@ class Shipper:
 
     # ----------------------------------------------------------------- internals
 
-    async def _send(self, batch: Batch) -> tuple[str | None, float | None]:
+    async def _send(
+        self, batch: Batch, *, may_reset: bool = True
+    ) -> tuple[str | None, float | None]:
         """POST one batch; returns ``(error, retry_after_s)``, error ``None`` on success.
 
-        Sets the backoff window on failure.
+        Sets the backoff window on failure. A ``409`` with ``"epoch_reset": true`` (the
+        collector already applied seqs up to above this batch's in this epoch: the
+        machine was rolled back to a snapshot) starts a new epoch in the outbox and sends
+        the batch again at once under it, once (``may_reset``).
         """
         body = gzip.compress(self._encode(batch), mtime=0)
         token = self._token()
@@ -321,10 +353,13 @@ class Shipper:
             "Content-Type": "application/json",
             "Content-Encoding": "gzip",
             "User-Agent": f"vigil-agent/{self._agent_version}",
+            POLICY_HEADER: self.policy_header,
         }
         rotate = self._credentials is not None and self._credentials.wants_rotation()
         if rotate:
             headers[ROTATE_HEADER] = "1"
+        if self._exchange is not None:
+            headers.update(self._exchange.headers())
         try:
             reply = await self._request(body, headers)
         except (http.client.HTTPException, OSError) as exc:  # OSError: TimeoutError, ssl
@@ -336,9 +371,34 @@ class Shipper:
             log.debug("delivered batch %s (%d events)", batch.batch_id, len(batch.events))
             if rotate and self._credentials is not None:
                 self._credentials.take_from_ack(text)
+            if self._exchange is not None:
+                try:
+                    self._exchange.take_ack(text, headers)
+                except Exception:  # the batch is delivered whatever a listener thinks
+                    log.exception("reading the ack's extras failed")
+            if self.on_ack is not None:
+                try:
+                    self.on_ack(text)
+                except Exception:  # the batch is delivered whatever the hook does
+                    log.exception("acknowledgement handler failed")
             return None, None
 
         error = f"collector answered HTTP {status} for batch {batch.batch_id}: {text[:200]}"
+        if status == 409 and may_reset and _asks_epoch_reset(text):
+            log.warning(
+                "collector has applied seqs beyond batch %s (seq %d-%d) in epoch %s: this"
+                " machine was probably restored from a snapshot; sending the pending events"
+                " again in a new epoch",
+                batch.batch_id,
+                batch.events[0].seq,
+                batch.events[-1].seq,
+                batch.epoch,
+            )
+            self._outbox.new_epoch()
+            again = self._outbox.next_batch(self._batch_max_events, self._batch_max_bytes)
+            if again is not None:
+                return await self._send(again, may_reset=False)
+            return None, None  # nothing pending any more (cannot happen: the batch is kept)
         if status in (429, 503):
             retry_after = _parse_retry_after(reply.retry_after, self._clock())
             if retry_after is not None:
@@ -367,7 +427,36 @@ class Shipper:
         )
         return error, None
 
-    async def _request(self, body: bytes, headers: Mapping[str, str]) -> _Reply:
+    async def get(self, path: str, headers: Mapping[str, str], max_body: int) -> _Reply:
+        """GET ``path`` (below the collector URL) with the agent's bearer token, on the same
+        worker thread and connection as reports, within ``timeout_s`` in total; the reply
+        carries ``etag`` and at most ``max_body`` bytes of ``body`` (a longer body raises
+        ``ValueError``). Raises ``OSError``/``http.client.HTTPException`` when the
+        collector cannot be reached (no backoff is set: the caller retries on a later ack).
+        """
+        all_headers = {
+            "Authorization": f"Bearer {self._token()}",
+            "User-Agent": f"vigil-agent/{self._agent_version}",
+            **headers,
+        }
+        base = urllib.parse.urlsplit(self._target.url).path.rstrip("/")
+        async with self._lock:
+            reply = await self._request(
+                b"", all_headers, method="GET", path=base + path, max_body=max_body + 1
+            )
+        if len(reply.body) > max_body:
+            raise ValueError(f"GET {path}: body longer than {max_body} bytes")
+        return reply
+
+    async def _request(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        method: str = "POST",
+        path: str | None = None,
+        max_body: int | None = None,
+    ) -> _Reply:
         """Run :meth:`_post` on the worker thread, within ``timeout_s`` in total.
 
         Raises ``TimeoutError`` when the time is up (the request is aborted), or what
@@ -379,7 +468,10 @@ class Shipper:
             )
         loop = asyncio.get_running_loop()
         self._aborted = False
-        future = loop.run_in_executor(self._executor, self._post, body, headers)
+        call = functools.partial(
+            self._post, body, headers, method=method, path=path, max_body=max_body
+        )
+        future = loop.run_in_executor(self._executor, call)
         self._inflight = future
         try:
             # shield: on timeout or cancellation the worker cannot be cancelled anyway;
@@ -390,15 +482,26 @@ class Shipper:
                 self._abort()
                 future.add_done_callback(_consume)
 
-    def _post(self, body: bytes, headers: Mapping[str, str]) -> _Reply:
-        """The blocking exchange, on the worker thread: POST, read status, headers and at
-        most a bounded part of the body. Closes the connection on any error (and when the
-        body was not read to its end, so it cannot be reused)."""
+    def _post(
+        self,
+        body: bytes,
+        headers: Mapping[str, str],
+        *,
+        method: str = "POST",
+        path: str | None = None,
+        max_body: int | None = None,
+    ) -> _Reply:
+        """The blocking exchange, on the worker thread: POST (or ``method`` on ``path``),
+        read status, headers and at most a bounded part of the body (``max_body`` bytes
+        of a GET's). Closes the connection on any error (and when the body was not read
+        to its end, so it cannot be reused)."""
         conn = self._connection()
         reused = conn.sock is not None
+        target = path or self._path
+        payload = body if method == "POST" else None
         try:
             try:
-                conn.request("POST", self._path, body=body, headers=dict(headers))
+                conn.request(method, target, body=payload, headers=dict(headers))
                 resp = conn.getresponse()
             except _CLOSED_UNDER_US:
                 if not reused or self._aborted:
@@ -407,17 +510,24 @@ class Shipper:
                 # (see the module docstring): no answer came, so send it again, once.
                 self._close_connection()
                 conn = self._conn = self._new_connection()
-                conn.request("POST", self._path, body=body, headers=dict(headers))
+                conn.request(method, target, body=payload, headers=dict(headers))
                 resp = conn.getresponse()
             ok = 200 <= resp.status < 300
-            raw = resp.read(MAX_ACK_BODY_BYTES if ok else _LOGGED_BODY_CHARS * 4)
+            if max_body is not None and ok:
+                cap = max_body
+            else:
+                cap = MAX_ACK_BODY_BYTES if ok else _LOGGED_BODY_CHARS * 4
+            raw = resp.read(cap)
             if not resp.isclosed():  # more body than we read: the stream is mid-response
                 self._close_connection()
             self._conn_used_at = time.monotonic()
+            is_get = method == "GET"
             return _Reply(
                 resp.status,
                 resp.getheader("Retry-After"),
-                raw.decode("utf-8", errors="replace").strip(),
+                "" if is_get and ok else raw.decode("utf-8", errors="replace").strip(),
+                etag=resp.getheader("ETag"),
+                body=raw if is_get else b"",
             )
         except BaseException:
             self._close_connection()
@@ -516,6 +626,11 @@ class Shipper:
             sent_at=self._clock(),
             agent_version=self._agent_version,
             events=batch.events,
+            # Sequence dedup at the collector (docs/delivery.md): a collector older than
+            # these fields answers 400 naming them, so upgrade collectors before agents.
+            epoch=batch.epoch,
+            seq_first=batch.events[0].seq,
+            seq_last=batch.events[-1].seq,
         )
         return wire.encode_report(report)
 
@@ -552,6 +667,15 @@ def _consume(future: asyncio.Future[_Reply]) -> None:
     """Retrieve an abandoned request's outcome so asyncio does not log it as unhandled."""
     if not future.cancelled():
         future.exception()
+
+
+def _asks_epoch_reset(text: str) -> bool:
+    """Whether a response body is the collector's ``{"epoch_reset": true, ...}``."""
+    try:
+        body = json.loads(text)
+    except ValueError:
+        return False
+    return isinstance(body, dict) and body.get("epoch_reset") is True
 
 
 def _parse_retry_after(value: str | None, now: float) -> float | None:

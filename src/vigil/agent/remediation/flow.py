@@ -148,6 +148,14 @@ class RemediationFlow:
         self._last_outcome: dict[str, str] = {}  # check id -> outcome of its last run
         self._remediating: set[str] = set()  # check ids whose remediation is in flight
         self.tasks: set[asyncio.Task[None]] = set()
+        # The collector's kill switch (agent/policy/sync.py sets these at once on each
+        # ack): a halted remediation starts no run and no detection; runs in flight end.
+        self.halted: frozenset[str] = frozenset()
+        self.halt_all = False
+
+    def is_halted(self, rem_id: str) -> bool:
+        """Whether the collector halted ``rem_id`` (or every remediation)."""
+        return self.halt_all or rem_id in self.halted
 
     # ------------------------------------------------------------------ check results
 
@@ -276,6 +284,8 @@ class RemediationFlow:
 
     def _gate_check(self, spec: CheckSpec, rem: Remediation) -> str | None:
         """Why ``rem`` may not start now (running, cooldown, attempts), else ``None``."""
+        if self.is_halted(rem.id):
+            return "halted by the collector (kill switch)"
         if rem.id in self._busy:
             # One run per remediation at a time (also while a promised run's task has not
             # entered the gate yet).
@@ -298,8 +308,10 @@ class RemediationFlow:
         as for a threshold check, so the collector sees the same promise/record/recovery.
         """
         spec, rem = self.detectors[spec_id]
-        if self.owns(spec.id):
-            return False  # the remediation task owns this check until it has verified
+        if self.owns(spec.id) or self.is_halted(rem.id):
+            # Owned: the remediation task evaluates it once verified. Halted: nothing of
+            # a halted remediation runs, its detection script included.
+            return False
         value = await self._detect_value(rem)
         return self.evaluate(spec, value, self.clock())
 
@@ -467,14 +479,23 @@ class RemediationFlow:
         return self.settings.dry_run or rem.dry_run
 
     def _record_remediation(
-        self, spec: CheckSpec, rem: Remediation, r: RemediationOutcome, started: float, now: float
+        self,
+        spec: CheckSpec | None,
+        rem: Remediation,
+        r: RemediationOutcome,
+        started: float,
+        now: float,
+        *,
+        request_id: str | None = None,
     ) -> None:
+        """Write the corrective-action record; ``spec`` is ``None`` for a run no check
+        triggered (a run-now request, whose id is ``request_id``, or a schedule)."""
         res = r.result
         log.log(
             logging.INFO if r.outcome == "fixed" else logging.WARNING,
             "remediation %s for %s: %s (%s) %s -> %s",
             rem.id,
-            spec.id,
+            spec.id if spec is not None else f"request {request_id}",
             r.outcome,
             r.reason,
             r.value_before,
@@ -488,7 +509,7 @@ class RemediationFlow:
                 seq=0,
                 time=now,
                 remediation=rem.id,
-                check=spec.id,
+                check=spec.id if spec is not None else None,
                 outcome=r.outcome,  # type: ignore[arg-type]
                 exit_code=res.exit_code if res else None,
                 started_at=started,
@@ -499,6 +520,7 @@ class RemediationFlow:
                 output_truncated=bool(res and res.truncated),
                 script_sha256=res.script_sha256 if res else "",
                 dry_run=self._dry_run(rem),
+                request_id=request_id,
                 run_as_user=res.ran_as if res is not None and rem.run_as else None,
             ),
             urgent=r.outcome != "fixed",

@@ -347,6 +347,10 @@ def check_library(config: AgentConfig, library: Mapping[str, Remediation]) -> No
                 "this remediation has no detection script to schedule (it is triggered by"
                 " checks: set `interval` on the check instead)",
             )
+    for rem_id in config.remediation.timed:
+        if rem_id not in library:
+            key = f"remediation.schedule.{rem_id}"
+            raise ConfigError(config.file, key, rem_id, "no such remediation loaded")
 
 
 def with_schedule(

@@ -1,7 +1,8 @@
 """``POST /api/v1/enroll``: exchange an enrollment secret for a per-agent credential.
 
 Body: ``{"secret": str, "agent_id": str, "hostname": str, "replace": bool}``. Answers
-``201 {"agent_id", "credential", "expires_at", "labels"}``; a wrong secret is 401, an
+``201 {"agent_id", "credential", "expires_at", "labels", "policy_keys"}`` (the keys policy
+bundles must be signed by: ``policy.trusted_keys``); a wrong secret is 401, an
 expired, used-up or revoked one 403, an agent id that is already enrolled 409 (unless
 ``replace``), more than ``enrollment.rate_limit`` tries a minute from one client
 address 429 with ``Retry-After``; every refusal is counted
@@ -17,7 +18,7 @@ from aiohttp import web
 
 from vigil.collector.api.http import ApiError, body_str, json_body, json_response, peer_of
 from vigil.collector.identity.enrollment import EnrollError, record
-from vigil.collector.keys import clock_key, identity_key
+from vigil.collector.keys import clock_key, config_key, identity_key
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,9 @@ async def post_enroll(request: web.Request) -> web.Response:
             "credential": issued.credential,
             "expires_at": issued.expires_at,
             "labels": issued.labels,
+            # The keys policy bundles must be signed by (docs/policy.md); the agent
+            # stores them with its credential.
+            "policy_keys": list(request.app[config_key].policy.trusted_keys),
         },
         status=201,
     )

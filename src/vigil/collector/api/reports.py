@@ -4,7 +4,8 @@ Authentication (``collector/identity/service.py``): an enrolled agent's own cred
 which may only write as that agent's id (else 403, nothing changed), or a shared
 ``auth.agent_tokens`` token for agents not enrolled yet. An enrolled agent may ask for a
 rotated credential with the ``Vigil-Credential-Rotate: 1`` header; the ack then carries
-``"credential": {"token", "expires_at"}``.
+``"credential": {"token", "expires_at"}``. Satisfaction surveys for the host ride on the
+ack too (``"surveys"``; see ``api/survey_ack.py``).
 
 Every rejection is counted by reason (``vigil_reports_rejected_total``) and logged at
 INFO with the client address. The commit itself goes through the ingest queue's group
@@ -28,9 +29,18 @@ from vigil.collector.api.http import (
     read_body,
     require_json,
 )
+from vigil.collector.api.survey_ack import survey_ack
 from vigil.collector.identity.service import ROTATE_HEADER, Forbidden
 from vigil.collector.ingest import QueueFull
-from vigil.collector.keys import clock_key, config_key, counters_key, identity_key, ingest_key
+from vigil.collector.keys import (
+    clock_key,
+    config_key,
+    counters_key,
+    identity_key,
+    ingest_key,
+    policy_key,
+)
+from vigil.collector.policy.runtime import POLICY_HEADER
 from vigil.collector.telemetry.requests import RequestCounters
 from vigil.wire import Report, WireError, decode_report
 
@@ -46,8 +56,10 @@ async def post_report(request: web.Request) -> web.Response:
 
     The 200 reply is sent only after the storage committed the batch (through the ingest
     queue's group commit); a repeated ``batch_id`` is acknowledged with
-    ``"duplicate": true`` and changes nothing. When the ingest queue is full the answer
-    is ``429`` with ``Retry-After``, before the body is even read.
+    ``"duplicate": true`` and changes nothing. A sequenced report at or below the
+    host's mark (not its last batch) changes nothing either and is answered ``409`` with
+    ``"epoch_reset": true``. When the ingest queue is full the answer is ``429`` with
+    ``Retry-After``, before the body is even read.
     """
     app = request.app
     config = app[config_key]
@@ -109,6 +121,11 @@ async def post_report(request: web.Request) -> web.Response:
         report = identity.authorize(auth, report)
     except Forbidden as exc:
         raise reject("forbidden", 403, str(exc), "agent_id") from None
+    policy_runtime = app[policy_key]
+    try:
+        running = policy_runtime.parse_header(request.headers.get(POLICY_HEADER, "none"))
+    except ValueError as exc:
+        raise reject("invalid", 400, str(exc), POLICY_HEADER) from None
     await identity.activate_if_pending(auth)
 
     received_at = app[clock_key]()
@@ -125,12 +142,49 @@ async def post_report(request: web.Request) -> web.Response:
         result.events,
         result.duplicate,
     )
+    if result.epoch_reset:
+        # The agent's seq is at or below what this collector already applied for its
+        # epoch (a restored snapshot): nothing was applied; it must start a new epoch and
+        # send its pending events again (desk/sequence.py, docs/delivery.md).
+        log.warning(
+            "agent %s sent seq %s-%s in epoch %s, at or below the applied mark %s:"
+            " asking it to start a new epoch",
+            report.agent_id,
+            report.seq_first,
+            report.seq_last,
+            report.epoch,
+            result.mark,
+        )
+        return json_response(
+            {
+                "error": f"seq_first {report.seq_first} is at or below the mark {result.mark}"
+                " already applied for this epoch (restored snapshot?): start a new epoch",
+                "field": "seq_first",
+                "batch_id": report.batch_id,
+                "accepted": False,
+                "epoch_reset": True,
+                "mark": result.mark,
+            },
+            status=409,
+        )
     ack = {
         "batch_id": report.batch_id,
         "accepted": True,
         "duplicate": result.duplicate,
         "events": result.events,
     }
+    offered = await survey_ack(
+        request, report.agent_id, received_at, resolved=bool(result.resolved)
+    )
+    if offered is not None:
+        ack["surveys"] = offered
+    # What the host runs, remembered in memory and stored by the next policy pass (no
+    # extra transaction here); the offer is built from the in-memory snapshot.
+    policy_runtime.note(report.agent_id, running, report.labels, received_at)
+    offer = policy_runtime.offer(report.agent_id, report.labels)
+    if auth.credential is None:  # a shared token: the fetch must name the agent
+        offer["url"] = f"{offer['url']}?agent_id={report.agent_id}"
+    ack["policy"] = offer
     if request.headers.get(ROTATE_HEADER) == "1":
         issued = await identity.rotate(auth, received_at)
         if issued is not None:

@@ -1,13 +1,17 @@
 """Applying reports: exactly-once dedup, the host row, and every event's effects.
 
 Exactly-once effect: a whole report is applied inside one transaction of the caller's
-unit of work. A ``batch_id`` already stored for the agent makes the report a duplicate
-and nothing is applied; every event id is recorded too, so an event re-sent inside a
-different batch is not applied twice. Both are unique per agent (``agent_id``), not
-globally, so two agents that happen to reuse ids cannot swallow each other's data.
-Pruning bounds the ``seen`` ids, so each host also keeps the agent's last applied
-``batch_id``: the only batch an agent retries is its oldest unacknowledged one, so a
-retry however late (a laptop that shut down between sending and the ack, back after
+unit of work. A report with sequence numbers is checked against the host's (epoch, seq)
+high-water mark, which the same transaction reads under the host's lock and writes with
+the host row (``desk/sequence.py``): the host's last applied ``batch_id`` is a duplicate,
+a batch above the mark is applied, one at or below it asks the agent for a new epoch.
+A report without them (an older agent) is checked by its ids: a ``batch_id`` already
+stored for the agent makes it a duplicate, and every event id is recorded too, so an
+event re-sent inside a different batch is not applied twice. Ids are unique per agent
+(``agent_id``), not globally, so two agents that happen to reuse ids cannot swallow each
+other's data. Pruning bounds the ``seen`` ids, so each host also keeps the agent's last
+applied ``batch_id``: the only batch an agent retries is its oldest unacknowledged one,
+so a retry however late (a laptop that shut down between sending and the ack, back after
 weeks) is recognised after its ids expired.
 
 Time: incidents, timelines and the host's ``last_seen`` use the collector's receive time
@@ -31,10 +35,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from vigil import wire
-from vigil.collector.desk import engine
+from vigil.collector.desk import engine, sequence
 from vigil.collector.desk.actions import carry_out, flapping_now
 from vigil.collector.desk.catalog import Catalog
 from vigil.collector.desk.engine import IncidentRules, KeyState
+from vigil.collector.desk.satisfaction import DISABLED, SatisfactionPolicy
+from vigil.collector.desk.sequence import Verdict
 from vigil.collector.desk.work import Changes, Work, key_state
 from vigil.collector.storage.protocols import UnitOfWork
 from vigil.collector.telemetry.aggregates import Aggregates
@@ -42,7 +48,7 @@ from vigil.collector.telemetry.aggregates import Aggregates
 log = logging.getLogger("vigil.collector.desk")
 
 # Counters the ingest path keeps in the ``counters`` repository, written once per group.
-INGEST_COUNTERS = ("reports_accepted", "reports_duplicate", "events")
+INGEST_COUNTERS = ("reports_accepted", "reports_duplicate", "reports_epoch_reset", "events")
 # The clock-offset estimate (see clock_offset_estimate): a sample further than this from
 # it replaces it (seconds), and it may rise this much per second without one (100 ppm,
 # more than a quartz clock drifts).
@@ -54,7 +60,7 @@ CLOCK_DRIFT_PER_S = 1e-4
 class IngestResult:
     """What applying one report did.
 
-    ``duplicate``: the batch was stored before and nothing was applied. ``events``: events
+    ``duplicate``: the batch was applied before and nothing was applied now. ``events``: events
     newly applied (events already seen in an earlier batch are not counted). ``opened``,
     ``resolved``, ``prevented``: incident ids opened, resolved, recorded as prevented.
     """
@@ -64,6 +70,11 @@ class IngestResult:
     opened: tuple[int, ...]
     resolved: tuple[int, ...]
     prevented: tuple[int, ...]
+    # The agent's seq is at or below the collector's mark for its epoch (a restored
+    # snapshot): nothing was applied, and the agent must start a new epoch. ``mark``: the
+    # collector's mark then, for the agent's log.
+    epoch_reset: bool = False
+    mark: int | None = None
 
 
 Items = Sequence[tuple[wire.Report, float]]
@@ -102,7 +113,14 @@ def summary_time(agent_time: float, received_at: float) -> float:
 
 
 def apply_group(
-    uow: UnitOfWork, catalog: Catalog, rules: IncidentRules, items: Items, *, isolate: bool
+    uow: UnitOfWork,
+    catalog: Catalog,
+    rules: IncidentRules,
+    items: Items,
+    *,
+    isolate: bool,
+    satisfaction: SatisfactionPolicy = DISABLED,
+    record_ids: bool = False,
 ) -> tuple[Results, list[Aggregates]]:
     """The work of a group commit, inside the caller's open transaction.
 
@@ -111,6 +129,7 @@ def apply_group(
     failing one fails alone (its slot holds the exception) and its delta vanishes with
     it; without, one exception escapes and the caller rolls the whole group back.
     Returns one result per item and the aggregate deltas to merge after the COMMIT.
+    ``record_ids``: see :attr:`Work.record_ids`.
     """
     results: Results = []
     # One delta for the whole group when it commits or fails as a whole; with ``isolate``
@@ -121,12 +140,18 @@ def apply_group(
             results.append(ValueError(f"received_at: must be a finite number, got {received_at!r}"))
             continue
         if not isolate:
-            results.append(apply_report(Work(uow, catalog, rules, deltas[0]), report, received_at))
+            work = Work(
+                uow, catalog, rules, deltas[0], satisfaction=satisfaction, record_ids=record_ids
+            )
+            results.append(apply_report(work, report, received_at))
             continue
         delta = Aggregates()
         try:
             with uow.savepoint():
-                result = apply_report(Work(uow, catalog, rules, delta), report, received_at)
+                work = Work(
+                    uow, catalog, rules, delta, satisfaction=satisfaction, record_ids=record_ids
+                )
+                result = apply_report(work, report, received_at)
         except Exception as exc:
             log.error("report %s not applied: %r", report.batch_id, exc)
             results.append(exc)
@@ -145,23 +170,52 @@ def apply_group(
 
 
 def apply_report(work: Work, report: wire.Report, received_at: float) -> IngestResult:
-    """Apply one report inside the caller's transaction, adding its effects to the delta."""
+    """Apply one report inside the caller's transaction, adding its effects to the delta.
+
+    Dedup (see ``desk/sequence.py``): a report with ``epoch``/``seq_first``/``seq_last``
+    is checked against the host's high-water mark, read under the host's lock and
+    written with the host row, in this transaction; one without them (an older agent)
+    by the ids it records in ``seen``.
+    """
     uow, delta = work.uow, work.delta
     events = report.events
     if any(a.seq > b.seq for a, b in itertools.pairwise(events)):
         events = tuple(sorted(events, key=lambda e: e.seq))
     before = uow.hosts.before(report.agent_id)
-    new_ids: set[str] | None = None
-    if before is None or before.last_batch_id != report.batch_id:
-        new_ids = _record_seen(uow, report, events, received_at)
+    decided = sequence.verdict(
+        report,
+        stored_epoch=None if before is None else before.epoch,
+        mark=None if before is None else before.mark,
+        last_batch_id=None if before is None else before.last_batch_id,
+    )
     fresh: list[wire.Event] = []
-    if new_ids is None:
-        delta.counters["reports_duplicate"] += 1
+    applied = decided not in (Verdict.DUPLICATE, Verdict.RESET)
+    if decided is Verdict.LEGACY or (
+        # An agent upgraded to sequence numbers: its first sequenced report is also
+        # checked against the ids its older version left in ``seen`` (until they age
+        # out), so nothing it had in flight across the upgrade is applied twice.
+        decided is Verdict.NEW_EPOCH and before is not None and before.epoch is None
+    ):
+        new_ids = _record_seen(uow, report, events, received_at)
+        if new_ids is None:
+            applied = False
+        else:
+            for event in events:
+                if event.event_id in new_ids:
+                    new_ids.discard(event.event_id)  # an id twice in one batch counts once
+                    fresh.append(event)
+    elif applied:
+        fresh = list(events)
+        if work.record_ids:  # an audit trail only: the mark decided
+            uow.seen.record(
+                report.agent_id, report.batch_id, [e.event_id for e in events], received_at
+            )
+    if not applied:
+        if decided is Verdict.RESET:
+            delta.counters["reports_epoch_reset"] += 1
+        else:
+            delta.counters["reports_duplicate"] += 1
     else:
-        for event in events:
-            if event.event_id in new_ids:
-                new_ids.discard(event.event_id)  # an id twice in one batch counts once
-                fresh.append(event)
         ttl = None
         for event in fresh:
             if (
@@ -189,11 +243,13 @@ def apply_report(work: Work, report: wire.Report, received_at: float) -> IngestR
         delta.counters["events"] += len(fresh)
     changes: Changes = work.changes
     return IngestResult(
-        duplicate=new_ids is None,
+        duplicate=not applied and decided is not Verdict.RESET,
         events=len(fresh),
         opened=tuple(changes.opened),
         resolved=tuple(changes.resolved),
         prevented=tuple(changes.prevented),
+        epoch_reset=decided is Verdict.RESET,
+        mark=before.mark if decided is Verdict.RESET and before is not None else None,
     )
 
 
@@ -251,6 +307,12 @@ def _apply_run(
     work.uow.runs.add(host, report.hostname, event, received_at)
     work.delta.remediation_runs[(event.remediation, event.outcome)] += 1
     work.delta.observe_run_duration(event.remediation, event.duration_s)
+    request_id = getattr(event, "request_id", None)
+    if request_id is not None:
+        # A run-now run: linked to its request (who asked) in the same transaction.
+        work.uow.policy.add_run_now_result(
+            request_id, host, event.event_id, event.outcome, received_at
+        )
     if event.check is None:
         return  # triggered by a detection script, not a check: no incident key
     old = key_state(work.uow.keys.load(host, event.check))

@@ -128,9 +128,12 @@ def list_remediation_runs(
     uow: UnitOfWork, *, host: str | None, remediation: str | None, limit: int, offset: int
 ) -> list[dict[str, Any]]:
     """Remediation runs, newest first: every RemediationEvent field plus ``host``,
-    ``hostname``, ``received_at`` and ``type``."""
+    ``hostname``, ``received_at`` and ``type``; a run that answered an admin's run-now
+    request also carries ``request_id``, ``requested_by`` and ``requested_at`` (who
+    asked: the corrective-action record says so)."""
     rows = uow.runs.list(host=host, remediation=remediation, limit=limit, offset=offset)
-    return [_run(row) for row in rows]
+    asked = uow.policy.requests_for([row["event_id"] for row in rows]) if rows else {}
+    return [_run(row) | asked.get(row["event_id"], {}) for row in rows]
 
 
 def remediation_stats(uow: UnitOfWork) -> list[dict[str, Any]]:

@@ -24,8 +24,11 @@ from vigil.collector.desk import commands, reads
 from vigil.collector.desk.alertables import alertables
 from vigil.collector.desk.apply import IngestResult, Items, Results, apply_group
 from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog
+from vigil.collector.desk.collector_checks import apply_collector_check
 from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.desk.liveness import tick
+from vigil.collector.desk.satisfaction import DISABLED, SatisfactionPolicy
+from vigil.collector.desk.surveys import SurveyDesk
 from vigil.collector.desk.work import Work
 from vigil.collector.identity.audit import AuditEntry, append_audit
 from vigil.collector.storage.protocols import Storage, UnitOfWork
@@ -41,6 +44,8 @@ class Desk:
 
     ``remediation_wait_s``: seconds to wait for a promised remediation result before an
     incident opens anyway; ``rules`` default to :class:`IncidentRules` with that wait.
+    ``record_event_ids``: also store the event ids of sequenced reports in ``seen``, as
+    an audit trail (never consulted for them; ``storage.record_event_ids``).
     Loads the aggregates from storage at construction.
     """
 
@@ -51,6 +56,8 @@ class Desk:
         remediation_wait_s: float = 600.0,
         catalog: Catalog = EMPTY_CATALOG,
         rules: IncidentRules | None = None,
+        satisfaction: SatisfactionPolicy = DISABLED,
+        record_event_ids: bool = False,
     ) -> None:
         if not math.isfinite(remediation_wait_s) or remediation_wait_s < 0:
             raise ValueError(
@@ -60,6 +67,11 @@ class Desk:
         self._wait = remediation_wait_s
         self._catalog = catalog
         self._rules = rules or IncidentRules(remediation_wait_s=remediation_wait_s)
+        self._satisfaction = satisfaction
+        # Satisfaction surveys: queued when incidents resolve, handed over in acks.
+        self.surveys = SurveyDesk(storage, satisfaction)
+        # An audit trail only: see apply.apply_report.
+        self._record_ids = record_event_ids
         with storage.session() as uow:
             self._agg = reads.load_aggregates(uow, catalog)
 
@@ -89,11 +101,18 @@ class Desk:
         acknowledged) until this returns; if the COMMIT itself fails it raises and none
         was applied.
         """
+        sat = self._satisfaction
         with self.storage.session() as uow:
             try:
                 with uow.transaction():
                     results, deltas = apply_group(
-                        uow, self._catalog, self._rules, items, isolate=False
+                        uow,
+                        self._catalog,
+                        self._rules,
+                        items,
+                        isolate=False,
+                        satisfaction=sat,
+                        record_ids=self._record_ids,
                     )
             except Exception as exc:
                 # One report spoiled the shared transaction, which was rolled back whole.
@@ -102,7 +121,13 @@ class Desk:
                 log.warning("group of %d reports failed (%r); retrying one by one", len(items), exc)
                 with uow.transaction():
                     results, deltas = apply_group(
-                        uow, self._catalog, self._rules, items, isolate=True
+                        uow,
+                        self._catalog,
+                        self._rules,
+                        items,
+                        isolate=True,
+                        satisfaction=sat,
+                        record_ids=self._record_ids,
                     )
             self._publish(deltas)
         return results
@@ -129,7 +154,15 @@ class Desk:
         try:
             uow.begin()
             try:
-                results, deltas = apply_group(uow, self._catalog, self._rules, items, isolate=False)
+                results, deltas = apply_group(
+                    uow,
+                    self._catalog,
+                    self._rules,
+                    items,
+                    isolate=False,
+                    satisfaction=self._satisfaction,
+                    record_ids=self._record_ids,
+                )
             except BaseException:
                 uow.rollback()
                 raise
@@ -166,13 +199,17 @@ class Desk:
     def tick(self, now: float) -> tuple[int, ...]:
         """Age incidents at ``now`` (collector time, Unix seconds): hosts gone silent,
         promised remediation results overdue by ``remediation_wait_s``, flapping that
-        settled. Returns the ids of incidents opened."""
+        settled; and delete satisfaction surveys past their retention. Returns the ids
+        of incidents opened."""
         delta = Aggregates()
         with self.storage.session() as uow:
-            work = Work(uow, self._catalog, self._rules, delta)
+            work = Work(uow, self._catalog, self._rules, delta, satisfaction=self._satisfaction)
             with uow.transaction():
                 tick(work, now, self._wait)
             self._agg.merge(delta)
+        pruned = self.surveys.prune(now)  # retention: satisfaction.retention
+        if pruned:
+            log.info("deleted %d satisfaction surveys past their retention", pruned)
         return tuple(work.changes.opened)
 
     def prune_seen(self, before: float, *, limit: int | None = None) -> int:
@@ -216,7 +253,7 @@ class Desk:
         delta = Aggregates()
         with self.storage.session() as uow:
             with uow.transaction():
-                work = Work(uow, self._catalog, self._rules, delta)
+                work = Work(uow, self._catalog, self._rules, delta, satisfaction=self._satisfaction)
                 commands.resolve_manually(work, kind, item_id, by, notes, now)
                 _append(uow, audit)
             self._agg.merge(delta)
@@ -391,6 +428,16 @@ class Desk:
         with self.storage.session() as uow:
             return reads.incident_aggregates(uow, now)
 
+    def satisfaction_summary(
+        self,
+        department: str | None = None,
+        service: str | None = None,
+        since: float | None = None,
+    ) -> dict[str, Any]:
+        """NPS and CSAT overall, per department and per service (see
+        :meth:`~collector.desk.surveys.SurveyDesk.summary`); for the console's quality page."""
+        return self.surveys.summary(department=department, service=service, since=since)
+
     # ----------------------------------------------------------------- telemetry
 
     def metrics_snapshot(self, *, host_series: int = 0, host_maps: bool = True) -> MetricsSnapshot:
@@ -411,6 +458,26 @@ class Desk:
             incidents_past_sla=figures["sla_breached"],
             incidents_acknowledged=figures["incidents_acknowledged"],
         )
+        self.surveys.refresh(now)
+
+    def collector_check(
+        self,
+        check: str,
+        state: wire.CheckState,
+        message: str,
+        now: float,
+        also: Callable[[UnitOfWork], None] | None = None,
+    ) -> tuple[int, ...]:
+        """Feed a check the collector observed itself (``desk/collector_checks.py``)
+        through the incident engine, with ``also`` (more writes, e.g. a halt and its
+        audit record) in the same transaction; the incident ids it opened."""
+        with self.storage.session() as uow, uow.transaction():
+            work = Work(uow, self._catalog, self._rules, Aggregates())
+            apply_collector_check(work, check, state, message, now)
+            if also is not None:
+                also(uow)
+        self._publish([work.delta])
+        return tuple(work.changes.opened)
 
     def close(self) -> None:
         """Close the storage; safe to call twice."""

@@ -16,6 +16,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from vigil import wire
+from vigil.collector.storage.policy_protocol import PolicyRepository
 from vigil.collector.storage.records import (
     HostBefore,
     IncidentAlertRow,
@@ -26,12 +27,22 @@ from vigil.collector.storage.records import (
     SilenceRow,
 )
 
+# The columns of a survey row, as the repositories return them.
+SURVEY_COLUMNS = (
+    "id", "incident_id", "host", "hostname", "department", "service", "check_id", "title",
+    "created_at", "expires_at", "state", "offered_at", "offers", "shown_at",
+    "delivery_note", "answered_at", "score", "comment",
+)  # fmt: skip
+
 
 class HostRepository(Protocol):
     """``hosts``: one row per agent that ever reported."""
 
     def before(self, agent_id: str) -> HostBefore | None:
-        """The host's last applied batch id, clock offset and last_seen, or None."""
+        """The host's last applied batch id, clock offset, last_seen, epoch and mark, or
+        None. Locks the host (also one not stored yet) until the transaction ends, so the
+        dedup check and the :meth:`upsert` that stores the new mark cannot interleave
+        with another writer's for the same agent (another collector process)."""
 
     def upsert(
         self,
@@ -41,7 +52,9 @@ class HostRepository(Protocol):
         heartbeat_ttl_s: float | None,
     ) -> None:
         """Insert or refresh the host of ``report`` (``last_batch_id`` becomes its batch
-        id); ``heartbeat_ttl_s`` None keeps the stored TTL."""
+        id; a sequenced report's ``epoch`` and ``seq_last`` become the host's epoch and
+        mark, a report without them keeps the stored ones); ``heartbeat_ttl_s`` None keeps
+        the stored TTL."""
 
     def info(self, agent_id: str) -> tuple[str, dict[str, str]] | None:
         """``(hostname, labels)`` or None for a host never seen."""
@@ -65,7 +78,9 @@ class HostRepository(Protocol):
 
 
 class SeenRepository(Protocol):
-    """``seen``: the batch and event ids each agent sent (idempotency)."""
+    """``seen``: the batch and event ids of agents that send no sequence numbers (older
+    versions), and of an agent's first sequenced report (the upgrade), for idempotency;
+    pruned after ``storage.dedup_retention``."""
 
     def record(
         self, host: str, batch_id: str, event_ids: Sequence[str], received_at: float
@@ -316,6 +331,61 @@ class CounterRepository(Protocol):
         """Every counter."""
 
 
+class SurveyRepository(Protocol):
+    """``surveys``: satisfaction surveys queued for the person at a host, their delivery
+    and their one answer; and ``survey_key``, the links' HMAC key when the config gives
+    none. States: ``pending`` (queued), ``offered`` (handed to the agent in an ack),
+    ``shown`` / ``unavailable`` (the agent showed it / had no way to), ``answered``.
+    Rows are dicts of :data:`SURVEY_COLUMNS`."""
+
+    def add(self, row: Mapping[str, Any]) -> int:
+        """Insert a ``pending`` survey (every column but the delivery and answer ones);
+        returns its id."""
+
+    def last_asked(self, host: str) -> float | None:
+        """When ``host`` was last sent a survey (its newest ``created_at``), or None."""
+
+    def undelivered(self, host: str, now: float, max_offers: int) -> list[dict[str, Any]]:
+        """``host``'s surveys still ``pending`` or ``offered`` fewer than ``max_offers``
+        times, and not expired at ``now``; oldest first."""
+
+    def hosts_undelivered(self, now: float, max_offers: int) -> set[str]:
+        """Hosts with at least one survey :meth:`undelivered` at ``now``."""
+
+    def mark_offered(self, survey_ids: Sequence[int], at: float) -> None:
+        """Count one more offer of each survey; the first sets ``offered_at``; a
+        ``pending`` one becomes ``offered``."""
+
+    def mark_delivery(self, survey_id: int, host: str, state: str, note: str, at: float) -> bool:
+        """Record that the agent of ``host`` showed (``state='shown'``) or could not show
+        (``'unavailable'``) the survey; only for that host's survey still ``pending`` or
+        ``offered``. Whether a row changed."""
+
+    def get(self, survey_id: int) -> dict[str, Any] | None:
+        """One survey, or None."""
+
+    def answer(self, survey_id: int, score: int, comment: str, at: float) -> bool:
+        """Record the answer if the survey has none yet (atomic: two concurrent answers,
+        one wins). Whether it was recorded."""
+
+    def score_counts(self, since: float | None) -> list[tuple[str, str, int, int]]:
+        """``(department, service, score, answers)`` of answers at or after ``since``."""
+
+    def of_incident(self, incident_id: int) -> list[dict[str, Any]]:
+        """The incident's surveys, oldest first."""
+
+    def state_counts(self) -> dict[str, int]:
+        """Surveys per state."""
+
+    def prune(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` surveys queued before ``before``, oldest first (their
+        answers and comments with them); how many were deleted."""
+
+    def link_key(self, candidate: str) -> str:
+        """The stored link key; stores ``candidate`` first if there is none (the first
+        collector to ask wins, the others read its key)."""
+
+
 class UnitOfWork(Protocol):
     """One session on the storage: the repositories plus transaction control.
 
@@ -337,6 +407,8 @@ class UnitOfWork(Protocol):
     operators: OperatorRepository
     audit: AuditRepository
     enrollment: EnrollmentRepository
+    surveys: SurveyRepository
+    policy: PolicyRepository
 
     def begin(self) -> None:
         """Start a write transaction."""

@@ -28,6 +28,10 @@ class HostBefore(NamedTuple):
     last_batch_id: str | None
     clock_offset_s: float
     last_seen: float
+    # Sequence dedup: the agent's current epoch (32 hex digits) and the highest seq
+    # applied in it; both None until the agent sends a sequenced report.
+    epoch: str | None = None
+    mark: int | None = None
 
 
 class KeyRow(NamedTuple):

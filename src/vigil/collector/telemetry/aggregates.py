@@ -109,6 +109,8 @@ class MetricsSnapshot:
     host_last_seen: dict[str, float] = field(default_factory=dict)
     host_ttl: dict[str, float] = field(default_factory=dict)
     checks_unknown: dict[str, int] = field(default_factory=dict)
+    # Reports refused with epoch_reset (an agent restored from a snapshot).
+    reports_epoch_reset_total: int = 0
     # ---- refreshed by refresh_metrics_figures() (at most one tick old)
     incidents_acknowledged: dict[str, int] = field(default_factory=dict)  # open, by priority
     incidents_past_sla: dict[str, int] = field(default_factory=dict)  # open, by priority
@@ -211,6 +213,7 @@ class Aggregates:
                 remediation_runs=dict(agg.remediation_runs),
                 reports_accepted_total=agg.counters["reports_accepted"],
                 reports_duplicate_total=agg.counters["reports_duplicate"],
+                reports_epoch_reset_total=agg.counters["reports_epoch_reset"],
                 events_total=agg.counters["events"],
                 clock_offsets=agg.clock_skew.snapshot(),
                 time_to_restore={p: h.copy() for p, h in agg.time_to_restore.items()},

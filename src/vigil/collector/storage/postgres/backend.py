@@ -42,12 +42,14 @@ from vigil.collector.storage.postgres.ingest_repos import (
     PgSeen,
 )
 from vigil.collector.storage.postgres.partitions import maintain
+from vigil.collector.storage.postgres.policy_repo import PgPolicies
 from vigil.collector.storage.postgres.schema import (
     LEADER_LOCK,
     WRITE_LOCK,
     SchemaTooNew,
     migrate,
 )
+from vigil.collector.storage.postgres.survey_repo import PgSurveys
 from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.url import redact
 
@@ -86,6 +88,8 @@ class PgUnitOfWork:
         self.operators = PgOperators(db)
         self.audit = PgAudit(db)
         self.enrollment = PgEnrollment(db)
+        self.surveys = PgSurveys(db)
+        self.policy = PgPolicies(db)
 
     def begin(self) -> None:
         self._db.execute("BEGIN")

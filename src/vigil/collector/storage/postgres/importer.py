@@ -59,7 +59,7 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
     (
         "hosts",
         "agent_id, hostname, labels, agent_version, first_seen, last_seen, last_sent_at,"
-        " clock_offset_s, heartbeat_ttl_s, last_batch_id",
+        " clock_offset_s, heartbeat_ttl_s, last_batch_id, epoch, mark",
         {"labels": _json({})},
     ),
     ("seen", "host, kind, id, received_at", {}),
@@ -120,6 +120,35 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         {"labels": _json({}), "pending": _bool},
     ),
     ("enroll_generation", "id, value", {}),
+    (
+        "surveys",
+        "id, incident_id, host, hostname, department, service, check_id, title, created_at,"
+        " expires_at, state, offered_at, offers, shown_at, delivery_note, answered_at, score,"
+        " comment",
+        {},
+    ),
+    ("survey_key", "id, key", {}),
+    # Central policy (policy_sql.py): the same column types on both backends (JSON as text).
+    (
+        "policy_versions",
+        "policy, version, sha256, key_id, target, created_at, expires_at, uploaded_at,"
+        " uploaded_by, document",
+        {},
+    ),
+    (
+        "policy_rollouts",
+        "policy, version, previous_version, target, rings, canary, soak_s, ring,"
+        " ring_started_at, started_at, paused, paused_reason, updated_at",
+        {},
+    ),
+    ("policy_hosts", "agent_id, policy, version, seen_at", {}),
+    ("policy_halts", "remediation, halted_at, halted_by, reason", {}),
+    (
+        "run_now",
+        "id, remediation, params, host, labels, requested_by, requested_at, expires_at",
+        {},
+    ),
+    ("run_now_results", "request_id, host, event_id, outcome, at", {}),
 )
 _ORDER = {"hosts": " ORDER BY rowid"}
 

@@ -53,11 +53,19 @@ class PgHosts:
         self._db = db
 
     def before(self, agent_id: str) -> HostBefore | None:
+        # FOR UPDATE: the row stays locked until the transaction ends, so the dedup
+        # check and the new mark (upsert) are atomic per host. A host not stored yet has
+        # no row to lock: the schema's write lock (PgUnitOfWork.begin), which every
+        # write transaction takes first, covers that case (and today every other too).
         row = self._db.execute(
-            "SELECT last_batch_id, clock_offset_s, last_seen FROM hosts WHERE agent_id = %s",
+            "SELECT last_batch_id, clock_offset_s, last_seen, epoch, mark FROM hosts"
+            " WHERE agent_id = %s FOR UPDATE",
             (agent_id,),
         ).fetchone()
-        return None if row is None else HostBefore(*row)
+        if row is None:
+            return None
+        batch, offset, seen, epoch, mark = row
+        return HostBefore(batch, offset, seen, None if epoch is None else bytes(epoch).hex(), mark)
 
     def upsert(
         self,
@@ -68,11 +76,15 @@ class PgHosts:
     ) -> None:
         self._db.execute(
             "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
-            " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s, last_batch_id)"
+            " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s, last_batch_id,"
+            " epoch, mark)"
             " VALUES (%(agent)s, %(hostname)s, %(labels)s, %(version)s, %(at)s, %(at)s,"
-            " %(sent)s, %(offset)s, %(ttl)s::double precision, %(batch)s)"
+            " %(sent)s, %(offset)s, %(ttl)s::double precision, %(batch)s,"
+            " %(epoch)s::bytea, %(mark)s::bigint)"
             " ON CONFLICT (agent_id) DO UPDATE SET hostname = excluded.hostname,"
             " last_batch_id = excluded.last_batch_id,"
+            " epoch = COALESCE(excluded.epoch, hosts.epoch),"
+            " mark = COALESCE(excluded.mark, hosts.mark),"
             " labels = excluded.labels, agent_version = excluded.agent_version,"
             " last_seen = excluded.last_seen, last_sent_at = excluded.last_sent_at,"
             " clock_offset_s = excluded.clock_offset_s,"
@@ -87,6 +99,9 @@ class PgHosts:
                 "offset": clock_offset_s,
                 "ttl": heartbeat_ttl_s,
                 "batch": report.batch_id,
+                # 16 bytes, not 32 characters: the mark is the whole dedup state per agent.
+                "epoch": None if report.epoch is None else bytes.fromhex(report.epoch),
+                "mark": report.seq_last if report.epoch is not None else None,
             },
         )
 

@@ -25,6 +25,9 @@ import time
 
 import psycopg
 
+from vigil.collector.storage.postgres.policy_repo import POLICY_MIGRATION
+from vigil.collector.storage.postgres.survey_repo import SURVEYS_DDL
+
 # Advisory lock class ids (the first int of the two-int form); the second is a hash of
 # the schema name, so collectors on different schemas of one database do not contend.
 MIGRATE_LOCK = 0x76696731  # "vig1"
@@ -275,8 +278,22 @@ CREATE TABLE enroll_generation (
 # manifest asked for another than the agent's (``run_as``: a name or logged_on_user).
 _V7 = "ALTER TABLE remediation_runs ADD COLUMN run_as_user text;"
 
+# 2: the sequence dedup high-water mark per host (collector/desk/sequence.py): the
+# agent's epoch (16 bytes) and the highest seq applied in it. NULL for existing hosts,
+# which keep their ``seen`` ids until those age out; ``seen`` stays for agents that send
+# no sequence numbers. Adding nullable columns rewrites nothing.
+_V2 = """
+ALTER TABLE hosts ADD COLUMN epoch bytea, ADD COLUMN mark bigint;
+"""
+
 # Append only: a migration once released is never edited, the next one is added below.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (7, _V7))
+MIGRATIONS: tuple[tuple[int, str], ...] = (
+    (1, _V1),
+    (2, _V2),  # hosts.epoch and hosts.mark: the sequence dedup high-water mark
+    (3, POLICY_MIGRATION),  # policy bundles, rollouts, halts, run-now (policy_repo.py)
+    (4, SURVEYS_DDL),  # satisfaction surveys and the survey link key (survey_repo.py)
+    (7, _V7),  # remediation_runs.run_as_user (agent self-health branch, issue #20)
+)
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables with an identity id, for moving the sequence past ids copied in (importer).
@@ -289,6 +306,7 @@ IDENTITY_TABLES = (
     "problem_timeline",
     "silences",
     "audit",
+    "surveys",
 )
 
 
@@ -314,14 +332,17 @@ def migrate(db: psycopg.Connection) -> int:
             "CREATE TABLE IF NOT EXISTS vigil_schema"
             " (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
         )
-        row = db.execute("SELECT COALESCE(MAX(version), 0) FROM vigil_schema").fetchone()
-        have = int(row[0]) if row else 0
+        applied = {int(r[0]) for r in db.execute("SELECT version FROM vigil_schema")}
+        have = max(applied, default=0)
         if have > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"schema version {have} is newer than this collector supports ({SCHEMA_VERSION})"
             )
+        # Every migration not applied yet, not only those above the highest applied: a
+        # database made by a development build may hold a later number without an earlier
+        # one (migrations are numbered per feature and land in any order).
         for version, ddl in MIGRATIONS:
-            if version <= have:
+            if version in applied:
                 continue
             # One call (no parameters: the simple protocol takes several statements, and
             # a function body's own ";" needs no splitting).

@@ -38,7 +38,9 @@ from vigil.collector.storage.sqlite.ingest_repos import (
     SqliteRuns,
     SqliteSeen,
 )
+from vigil.collector.storage.sqlite.policy_repo import SqlitePolicies
 from vigil.collector.storage.sqlite.schema import check_version, create_or_migrate
+from vigil.collector.storage.sqlite.survey_repo import SqliteSurveys
 
 
 class SqliteUnitOfWork:
@@ -60,6 +62,8 @@ class SqliteUnitOfWork:
         self.operators = SqliteOperators(db)
         self.audit = SqliteAudit(db)
         self.enrollment = SqliteEnrollment(db)
+        self.surveys = SqliteSurveys(db)
+        self.policy = SqlitePolicies(db)
 
     def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")

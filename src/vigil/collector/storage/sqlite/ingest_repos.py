@@ -45,11 +45,16 @@ class SqliteHosts:
         self._memo = memo
 
     def before(self, agent_id: str) -> HostBefore | None:
+        # No lock needed: SQLite has one writer, and the caller's transaction holds it.
         row = self._db.execute(
-            "SELECT last_batch_id, clock_offset_s, last_seen FROM hosts WHERE agent_id = ?",
+            "SELECT last_batch_id, clock_offset_s, last_seen, epoch, mark FROM hosts"
+            " WHERE agent_id = ?",
             (agent_id,),
         ).fetchone()
-        return None if row is None else HostBefore(*row)
+        if row is None:
+            return None
+        batch, offset, seen, epoch, mark = row
+        return HostBefore(batch, offset, seen, None if epoch is None else epoch.hex(), mark)
 
     def upsert(
         self,
@@ -60,10 +65,13 @@ class SqliteHosts:
     ) -> None:
         self._db.execute(
             "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
-            " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s, last_batch_id)"
-            " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9)"
+            " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s, last_batch_id,"
+            " epoch, mark)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
             " ON CONFLICT (agent_id) DO UPDATE SET hostname = excluded.hostname,"
             " last_batch_id = excluded.last_batch_id,"
+            " epoch = COALESCE(excluded.epoch, hosts.epoch),"
+            " mark = COALESCE(excluded.mark, hosts.mark),"
             " labels = excluded.labels, agent_version = excluded.agent_version,"
             " last_seen = excluded.last_seen, last_sent_at = excluded.last_sent_at,"
             " clock_offset_s = excluded.clock_offset_s,"
@@ -78,6 +86,9 @@ class SqliteHosts:
                 clock_offset_s,
                 heartbeat_ttl_s,
                 report.batch_id,
+                # 16 bytes, not 32 characters: the mark is the whole dedup state per agent.
+                None if report.epoch is None else bytes.fromhex(report.epoch),
+                report.seq_last if report.epoch is not None else None,
             ),
         )
 

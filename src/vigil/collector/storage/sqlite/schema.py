@@ -12,6 +12,8 @@ import json
 import sqlite3
 
 from vigil.collector.storage.sqlite.codec import HOST_METRICS_UPSERT, pack_floats
+from vigil.collector.storage.sqlite.policy_repo import migrate_policy
+from vigil.collector.storage.sqlite.survey_repo import migrate_surveys
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 
 # 2: host_metrics (one row per host) replaces metrics_latest; seen replaces batches and
@@ -20,7 +22,11 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # _migrate_problem_kinds).
 # 4: operators and the append-only audit log (_migrate_identity).
 # 5: enrollment secrets and per-agent credentials (migrate_enrollment).
-# 11: remediation_runs.run_as_user (_migrate_run_as; 6-10 are other branches' numbers).
+# 6: hosts.epoch and hosts.mark, the sequence dedup high-water mark (desk/sequence.py);
+# ``seen`` stays for agents that send no sequence numbers, pruned as before.
+# 7: policy bundles, rollouts, halts and run-now requests (migrate_policy).
+# 8: satisfaction surveys and the survey link key (sqlite/survey_repo.migrate_surveys).
+# 11: remediation_runs.run_as_user (_migrate_run_as; 9-10 are other branches' numbers).
 SCHEMA_VERSION = 11
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
@@ -212,7 +218,10 @@ _DESK_COLUMNS: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "check_state": (("flapping", "INTEGER NOT NULL DEFAULT 0"),),
     # The agent's last applied batch: its retry is a duplicate even after prune_seen.
-    "hosts": (("last_batch_id", "TEXT"),),
+    # The sequence dedup mark (schema 6): the agent's epoch (16 bytes) and the highest
+    # seq applied in it. Added columns, NULL for every existing host: an idempotent
+    # migration, and hosts keep their ``seen`` ids until those age out.
+    "hosts": (("last_batch_id", "TEXT"), ("epoch", "BLOB"), ("mark", "INTEGER")),
     # The agent said the check is flapping (it then holds the worse state and sends no
     # more changes, so the collector cannot count them itself).
     "check_results": (("flapping", "INTEGER NOT NULL DEFAULT 0"),),
@@ -235,6 +244,8 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     _migrate_seen(db)
     _migrate_identity(db)
     migrate_enrollment(db)
+    migrate_surveys(db)
+    migrate_policy(db)
     _migrate_run_as(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 

@@ -1,0 +1,90 @@
+"""What one collector process keeps in memory for the policy exchange, so a report's
+acknowledgement costs no storage query: the :class:`~collector.policy.service.Snapshot`
+(rollouts, halts, open run-now requests; reloaded every ``policy.refresh`` and at once
+after a write through this process), the version each host said it runs (written to the
+storage in one transaction per refresh, only what changed), and recently served bundle
+documents (immutable once stored).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+from vigil.collector.policy import rollout as core
+from vigil.collector.policy.service import Snapshot
+from vigil.policy_bundle import parse_policy_tag
+
+AGENT_POLICY_URL = "/api/v1/agent/policy"
+POLICY_HEADER = "X-Vigil-Policy"
+_DOCUMENTS_KEPT = 16  # bundle documents cached (each up to 32 MiB, usually a few KiB)
+_LABELS_KEPT = 200_000  # hosts whose last labels are remembered for GET agent/policy
+
+Running = tuple[str | None, int | None]
+
+
+class PolicyRuntime:
+    """Thread-safe: the event loop reads and notes, the storage thread flushes."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.snapshot = Snapshot()
+        self._known: dict[str, Running] = {}
+        self._dirty: dict[str, tuple[str | None, int | None, float]] = {}
+        self._labels: OrderedDict[str, dict[str, str]] = OrderedDict()
+        self._documents: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+
+    @staticmethod
+    def parse_header(value: str) -> Running:
+        """``X-Vigil-Policy`` (``<policy>@<version>`` or ``none``); ValueError when bad."""
+        parsed = parse_policy_tag(value)
+        return (None, None) if parsed is None else parsed
+
+    def note(self, agent_id: str, running: Running, labels: Mapping[str, str], now: float) -> None:
+        """Remember what ``agent_id`` runs (stored at the next flush when it changed)
+        and its labels (for its next policy fetch)."""
+        with self._lock:
+            if self._known.get(agent_id) != running:
+                self._known[agent_id] = running
+                self._dirty[agent_id] = (*running, now)
+            self._labels[agent_id] = dict(labels)
+            self._labels.move_to_end(agent_id)
+            if len(self._labels) > _LABELS_KEPT:
+                self._labels.popitem(last=False)
+
+    def take_changes(self) -> list[tuple[str, str | None, int | None, float]]:
+        """The running versions that changed since the last call (to store)."""
+        with self._lock:
+            rows = [(a, p, v, t) for a, (p, v, t) in self._dirty.items()]
+            self._dirty.clear()
+        return rows
+
+    def give_back(self, rows: list[tuple[str, str | None, int | None, float]]) -> None:
+        """Changes whose flush failed: kept for the next one (unless newer ones came)."""
+        with self._lock:
+            for agent_id, policy, version, at in rows:
+                self._dirty.setdefault(agent_id, (policy, version, at))
+
+    def labels_of(self, agent_id: str) -> dict[str, str] | None:
+        with self._lock:
+            return self._labels.get(agent_id)
+
+    def offer(self, agent_id: str, labels: Mapping[str, str]) -> dict[str, Any]:
+        """The ack's ``"policy"`` key for this host (see ``rollout.offer``)."""
+        snap = self.snapshot  # one consistent snapshot (replaced whole, never mutated)
+        return core.offer(
+            snap.rollouts, snap.halts, snap.run_now, agent_id, labels, AGENT_POLICY_URL
+        )
+
+    def document(self, key: tuple[str, int]) -> bytes | None:
+        with self._lock:
+            return self._documents.get(key)
+
+    def keep_document(self, key: tuple[str, int], document: bytes) -> None:
+        with self._lock:
+            self._documents[key] = document
+            self._documents.move_to_end(key)
+            while len(self._documents) > _DOCUMENTS_KEPT:
+                self._documents.popitem(last=False)

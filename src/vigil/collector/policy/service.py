@@ -1,0 +1,423 @@
+"""Central policy operations over the storage: publish a verified bundle, advance, pause
+and resume a rollout, halt and unhalt remediations, ask for a run-now, report status,
+and the periodic pass (record what hosts run, the blast-radius guard, auto-advance).
+
+Every function blocks on the storage: the app calls them on its storage thread, the CLI
+directly. Every write appends its audit record in its own transaction. The decisions
+(rings, which version, when to advance, when the guard trips) are the pure functions of
+``rollout.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vigil import policy_bundle
+from vigil.collector.identity.audit import AuditEntry, append_audit
+from vigil.collector.policy import rollout as core
+from vigil.collector.policy.config import PolicyConfig
+from vigil.collector.policy.rollout import HALT_ALL, GuardRules, Rollout
+from vigil.collector.storage.protocols import Storage, UnitOfWork
+
+log = logging.getLogger(__name__)
+
+# The version any min_agent_version is below: the collector checks everything else of an
+# upload; whether an agent is new enough is each agent's own check.
+_ANY_AGENT = "999999"
+_REMEDIATION = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+GUARD_ACTOR = "guard"
+GUARD_CHECK_PREFIX = "policy.guard."
+
+
+class PolicyError(Exception):
+    """A refused policy operation: ``status`` is the HTTP status it maps to (400 bad
+    input, 404 unknown, 409 conflict), ``field`` the request field at fault."""
+
+    def __init__(self, status: int, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+
+
+@dataclass(frozen=True, slots=True)
+class Who:
+    """Who writes, for the audit record: the operator (``cli:USER`` on the CLI) and from
+    where (client address, or ``local``)."""
+
+    actor: str
+    peer: str
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the report acknowledgements are built from (reloaded every few seconds)."""
+
+    rollouts: tuple[Rollout, ...] = ()
+    halts: frozenset[str] = frozenset()
+    run_now: tuple[dict[str, Any], ...] = ()
+
+
+def check_remediation(name: str, field: str = "remediation") -> str:
+    """A remediation id (or ``*`` where allowed by the caller); PolicyError when bad."""
+    if not _REMEDIATION.fullmatch(name or ""):
+        raise PolicyError(400, f"{field}: expected a remediation id, got {name[:80]!r}", field)
+    return name
+
+
+def verify_upload(
+    document: bytes, trusted: Sequence[str], now: float
+) -> policy_bundle.VerifiedBundle:
+    """Verify an uploaded bundle like an agent would (signature by a trusted key, every
+    file hash, expiry); PolicyError 400 naming the reason otherwise."""
+    if not trusted:
+        raise PolicyError(
+            400, "unknown_key: the collector has no policy.trusted_keys configured", "document"
+        )
+    try:
+        return policy_bundle.verify(
+            document, trusted, now=now, installed=None, agent_version=_ANY_AGENT
+        )
+    except policy_bundle.BundleError as exc:
+        raise PolicyError(400, f"{exc.reason}: {exc.message}", "document") from None
+
+
+def publish(
+    storage: Storage,
+    document: bytes,
+    config: PolicyConfig,
+    who: Who,
+    now: float,
+    *,
+    rings: Sequence[float] | None = None,
+    canary: Iterable[str] = (),
+    soak_s: float | None = None,
+) -> dict[str, Any]:
+    """Store a verified bundle as uploaded and start its rollout; the rollout row.
+
+    ``rings`` default to ``policy.rings``, ``soak_s`` to ``policy.soak``; ``canary``
+    agent ids are in ring 0. Hosts outside the reached rings keep the version the
+    previous rollout had reached every host with (the new policy: none). Refuses a
+    version not above the stored ones (409): roll back by publishing the older
+    content as a new version.
+    """
+    verified = verify_upload(document, config.trusted_keys, now)
+    try:
+        ring_shares = core.check_rings(list(rings if rings is not None else config.rings))
+    except ValueError as exc:
+        raise PolicyError(400, str(exc), "rings") from None
+    soak = config.soak_s if soak_s is None else soak_s
+    if not soak >= 0:
+        raise PolicyError(400, f"soak: must be a duration of at least 0 s, got {soak!r}", "soak")
+    name, version = verified.policy, verified.version
+    row = {
+        "policy": name,
+        "version": version,
+        "sha256": hashlib.sha256(document).hexdigest(),
+        "key_id": verified.key_id,
+        "target": verified.target,
+        "created_at": verified.created_at,
+        "expires_at": verified.expires_at,
+        "uploaded_at": now,
+        "uploaded_by": who.actor,
+    }
+    with storage.session() as uow, uow.transaction():
+        latest = uow.policy.latest_version(name)
+        if latest is not None and version <= latest:
+            raise PolicyError(
+                409,
+                f"policy {name} version {version} is not above the stored version {latest};"
+                " publish a higher version (a rollback is the older content signed anew)",
+                "document",
+            )
+        uow.policy.add_version(row, bytes(document))
+        old = _rollout(uow, name)
+        previous = None if old is None else (old.version if old.complete else old.previous_version)
+        new = Rollout(
+            policy=name,
+            version=version,
+            previous_version=previous,
+            target=verified.target,
+            rings=ring_shares,
+            canary=frozenset(canary),
+            soak_s=soak,
+            ring=0,
+            ring_started_at=now,
+            started_at=now,
+        )
+        uow.policy.put_rollout(new.to_row(now))
+        detail = {"rings": list(ring_shares), "canary": sorted(new.canary), "soak_s": soak}
+        _audit(
+            uow,
+            who,
+            now,
+            "policy.publish",
+            f"policy:{name}@{version}",
+            detail | {"sha256": row["sha256"]},
+        )
+    return new.to_row(now)
+
+
+def advance(storage: Storage, name: str, who: Who, now: float) -> dict[str, Any]:
+    """Move the rollout to its next ring now (an admin's decision; unpauses it too)."""
+    with storage.session() as uow, uow.transaction():
+        current = _existing(uow, name)
+        if current.complete:
+            raise PolicyError(409, f"policy {name}: the rollout already reached every host")
+        new = core.resumed(core.advanced(current, now), now)
+        uow.policy.put_rollout(new.to_row(now))
+        _audit(uow, who, now, "policy.advance", f"policy:{name}@{new.version}", {"ring": new.ring})
+    return new.to_row(now)
+
+
+def set_paused(storage: Storage, name: str, pause: bool, who: Who, now: float) -> dict[str, Any]:
+    """Pause (no auto-advance) or resume (the current ring soaks again from ``now``)."""
+    with storage.session() as uow, uow.transaction():
+        current = _existing(uow, name)
+        new = (
+            core.paused(current, f"paused by {who.actor}") if pause else core.resumed(current, now)
+        )
+        uow.policy.put_rollout(new.to_row(now))
+        action = "policy.pause" if pause else "policy.resume"
+        _audit(uow, who, now, action, f"policy:{name}@{new.version}", {"ring": new.ring})
+    return new.to_row(now)
+
+
+def halt(storage: Storage, remediation: str, who: Who, now: float, reason: str = "") -> bool:
+    """Halt ``remediation`` (``*``: every one) fleet-wide; False if it was halted."""
+    if remediation != HALT_ALL:
+        check_remediation(remediation)
+    with storage.session() as uow, uow.transaction():
+        done = uow.policy.halt(remediation, now, who.actor, reason or f"halted by {who.actor}")
+        if done:
+            _audit(uow, who, now, "policy.halt", f"remediation:{remediation}", {"reason": reason})
+    return done
+
+
+def unhalt(
+    storage: Storage,
+    remediation: str,
+    who: Who,
+    now: float,
+    resolve: Callable[[str, float], Any] | None = None,
+) -> bool:
+    """Lift a halt; False if there was none. ``resolve(check, now)`` resolves the guard's
+    incident for it (the desk's collector check), when given."""
+    with storage.session() as uow, uow.transaction():
+        done = uow.policy.unhalt(remediation)
+        if done:
+            _audit(uow, who, now, "policy.unhalt", f"remediation:{remediation}", {})
+    if done and resolve is not None and remediation != HALT_ALL:
+        resolve(GUARD_CHECK_PREFIX + remediation, now)
+    return done
+
+
+def request_run_now(
+    storage: Storage,
+    remediation: str,
+    who: Who,
+    now: float,
+    *,
+    host: str | None,
+    labels: Mapping[str, str],
+    params: Mapping[str, Any],
+    ttl_s: float,
+) -> dict[str, Any]:
+    """Ask for ``remediation`` to run now on one host (``host``) or every host whose
+    labels include ``labels``; offered in acks for ``ttl_s`` seconds. The request row."""
+    check_remediation(remediation)
+    if (host is None) == (not labels):
+        raise PolicyError(400, "give exactly one of host or labels", "host")
+    row = {
+        "id": "rn-" + secrets.token_hex(8),
+        "remediation": remediation,
+        "params": dict(params),
+        "host": host,
+        "labels": {} if host is not None else dict(labels),
+        "requested_by": who.actor,
+        "requested_at": now,
+        "expires_at": now + ttl_s,
+    }
+    with storage.session() as uow, uow.transaction():
+        uow.policy.add_run_now(row)
+        target = (
+            f"host:{host}"
+            if host is not None
+            else "labels:" + ",".join(f"{k}={v}" for k, v in sorted(labels.items()))
+        )
+        _audit(
+            uow, who, now, "policy.run_now", target, {"id": row["id"], "remediation": remediation}
+        )
+    return row
+
+
+def get_run_now(storage: Storage, request_id: str) -> dict[str, Any] | None:
+    """A run-now request with who asked and each host's reported outcome."""
+    with storage.session() as uow:
+        return uow.policy.get_run_now(request_id)
+
+
+def document(storage: Storage, name: str, version: int) -> bytes | None:
+    """The stored bundle document, as uploaded."""
+    with storage.session() as uow:
+        return uow.policy.document(name, version)
+
+
+def list_policies(storage: Storage) -> dict[str, Any]:
+    """Every rollout, stored version and halt."""
+    with storage.session() as uow:
+        return {
+            "rollouts": uow.policy.rollouts(),
+            "versions": uow.policy.versions(None),
+            "halts": uow.policy.halts(),
+        }
+
+
+def status(storage: Storage, name: str) -> dict[str, Any]:
+    """The rollout of ``name`` with, per ring, the targeted hosts and how many run the
+    new version; and hosts per running version."""
+    with storage.session() as uow:
+        current = _existing(uow, name)
+        (row,) = [r for r in uow.policy.rollouts() if r["policy"] == name]
+        running = uow.policy.running(name)
+        hosts = uow.hosts.list()
+    rings = [
+        {"ring": i, "share": s, "hosts": 0, "on_version": 0} for i, s in enumerate(current.rings)
+    ]
+    for host in hosts:
+        if not core.matches(current.target, host["labels"]):
+            continue
+        entry = rings[core.ring_of(host["agent_id"], current)]
+        entry["hosts"] += 1
+        entry["on_version"] += running.get(host["agent_id"]) == current.version
+    by_version: dict[str, int] = {}
+    for version in running.values():
+        by_version[str(version)] = by_version.get(str(version), 0) + 1
+    return row | {"rings_status": rings, "running": by_version}
+
+
+def load_snapshot(storage: Storage, now: float) -> Snapshot:
+    """Read what the acks need (a few small tables)."""
+    with storage.session() as uow:
+        rollouts = tuple(Rollout.from_row(r) for r in uow.policy.rollouts())
+        halts = frozenset(h["remediation"] for h in uow.policy.halts())
+        run_now = uow.policy.run_now_open(now)
+    for r in run_now:
+        r["done_hosts"] = frozenset(r["done_hosts"])
+    return Snapshot(rollouts, halts, tuple(run_now))
+
+
+def record_running(
+    storage: Storage, rows: Iterable[tuple[str, str | None, int | None, float]]
+) -> None:
+    """Store what hosts said they run (``X-Vigil-Policy``), in one transaction."""
+    rows = list(rows)
+    if rows:
+        with storage.session() as uow, uow.transaction():
+            uow.policy.set_running(rows)
+
+
+GuardHook = Callable[[str, str, float, Callable[[UnitOfWork], None]], Any]
+
+
+def guard_pass(
+    storage: Storage, rules: GuardRules, now: float, raise_check: GuardHook
+) -> list[str]:
+    """The periodic duty (one collector process per database): trip the blast-radius
+    guard and auto-advance soaked rollouts. For a trip: the rollout pauses, the
+    remediation is halted fleet-wide (actor ``guard``) and ``raise_check(check,
+    message, now, also)`` opens the incident, running ``also`` (the halt, pause and
+    audit) in the incident's transaction. Returns what it did, one line each."""
+    did: list[str] = []
+    with storage.session() as uow:
+        rollouts = [Rollout.from_row(r) for r in uow.policy.rollouts()]
+        halted = {h["remediation"] for h in uow.policy.halts()}
+    for current in rollouts:
+        if current.paused or (current.complete and now - current.ring_started_at > current.soak_s):
+            # Paused: tripped already (or an admin's). Complete and soaked: the rollout is
+            # over, and scanning every host's runs each pass would cost for nothing.
+            continue
+        with storage.session() as uow:
+            counts = uow.policy.guard_counts(
+                current.policy, current.version, current.ring_started_at
+            )
+        trips = [t for t in core.guard_trips(counts, rules) if t.remediation not in halted]
+        if trips:
+            trip = trips[0]
+            message = (
+                f"blast-radius guard: {trip.remediation} failed {trip.failed} of {trip.runs} runs"
+                f" on hosts running policy {current.policy} version {current.version}"
+                f" (ring {current.ring}); rollout paused, {trip.remediation} halted fleet-wide"
+            )
+
+            def also(uow: UnitOfWork, current: Rollout = current, trips: list = trips) -> None:
+                stopped = core.paused(current, "guard: " + ", ".join(t.remediation for t in trips))
+                uow.policy.put_rollout(stopped.to_row(now))
+                who = Who(GUARD_ACTOR, "local")
+                for t in trips:
+                    uow.policy.halt(
+                        t.remediation, now, GUARD_ACTOR, f"{t.failed}/{t.runs} runs failed"
+                    )
+                    detail = {
+                        "policy": current.policy,
+                        "version": current.version,
+                        "failed": t.failed,
+                        "runs": t.runs,
+                    }
+                    _audit(uow, who, now, "policy.halt", f"remediation:{t.remediation}", detail)
+                _audit(
+                    uow,
+                    who,
+                    now,
+                    "policy.pause",
+                    f"policy:{current.policy}@{current.version}",
+                    {"ring": current.ring},
+                )
+
+            raise_check(GUARD_CHECK_PREFIX + trip.remediation, message, now, also)
+            halted.update(t.remediation for t in trips)
+            did.append(message)
+            continue
+        if core.due_to_advance(current, now):
+            with storage.session() as uow, uow.transaction():
+                fresh = _rollout(uow, current.policy)
+                if fresh != current:  # changed meanwhile (an admin, another process)
+                    continue
+                new = core.advanced(current, now)
+                uow.policy.put_rollout(new.to_row(now))
+                _audit(
+                    uow,
+                    Who(GUARD_ACTOR, "local"),
+                    now,
+                    "policy.advance",
+                    f"policy:{new.policy}@{new.version}",
+                    {"ring": new.ring, "auto": True},
+                )
+            did.append(f"policy {new.policy} version {new.version} advanced to ring {new.ring}")
+    return did
+
+
+def _rollout(uow: UnitOfWork, name: str) -> Rollout | None:
+    for row in uow.policy.rollouts():
+        if row["policy"] == name:
+            return Rollout.from_row(row)
+    return None
+
+
+def _existing(uow: UnitOfWork, name: str) -> Rollout:
+    found = _rollout(uow, name)
+    if found is None:
+        raise PolicyError(404, f"no policy {name!r} was published", "policy")
+    return found
+
+
+def _audit(
+    uow: UnitOfWork, who: Who, now: float, action: str, target: str, detail: Mapping[str, Any]
+) -> None:
+    append_audit(uow, AuditEntry(who.actor, action, target, who.peer, now, detail))
