@@ -254,6 +254,22 @@ def test_a_schema2_database_takes_new_reports(migrated: Desk, served: dict[str, 
     assert max(i["id"] for i in served["list_incidents"]) < result.opened[0]
 
 
+def test_the_user_a_run_ran_as_is_kept_and_older_runs_read_as_before(desk: Desk) -> None:
+    """``run_as_user`` (schema 11 / migration 7) comes back on the runs that carry it;
+    a run without it reads exactly as before (no key)."""
+    run = wire.RemediationEvent(
+        event_id="r1", seq=1, time=T0, remediation="notify-user", check="disk.root",
+        outcome="fixed", exit_code=0, started_at=T0, duration_s=1.0,
+        value_before=9.0, value_after=1.0, output="", output_truncated=False,
+        script_sha256="0" * 64, dry_run=False, run_as_user="alice",
+    )  # fmt: skip
+    plain_run = dataclasses.replace(run, event_id="r2", seq=2, run_as_user=None)
+    desk.ingest(report("b1", run, plain_run), T0)
+    by_id = {r["event_id"]: r for r in desk.list_remediation_runs(limit=10)}
+    assert by_id["r1"]["run_as_user"] == "alice"
+    assert "run_as_user" not in by_id["r2"]
+
+
 # --------------------------------------------------------------------------- API queries
 
 

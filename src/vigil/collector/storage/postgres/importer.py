@@ -79,7 +79,7 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         "remediation_runs",
         "id, host, hostname, received_at, event_id, seq, time, remediation, check_id, outcome,"
         " exit_code, started_at, duration_s, value_before, value_after, output,"
-        " output_truncated, script_sha256, dry_run",
+        " output_truncated, script_sha256, dry_run, run_as_user",
         {"output_truncated": _bool, "dry_run": _bool},
     ),
     (

@@ -24,7 +24,7 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 RUN_COLUMNS = (
     "host, hostname, received_at, event_id, seq, time, remediation, check_id, outcome,"
     " exit_code, started_at, duration_s, value_before, value_after, output, output_truncated,"
-    " script_sha256, dry_run"
+    " script_sha256, dry_run, run_as_user"
 )
 _RUN_KEYS = columns_to_keys(RUN_COLUMNS)
 
@@ -332,7 +332,7 @@ class PgRuns:
     def add(self, host: str, hostname: str, event: wire.RemediationEvent, at: float) -> None:
         self._db.execute(
             f"INSERT INTO remediation_runs ({RUN_COLUMNS}) VALUES ("  # type: ignore[call-overload]
-            + ", ".join(["%s"] * 18)
+            + ", ".join(["%s"] * 19)
             + ")",
             (
                 host,
@@ -353,6 +353,7 @@ class PgRuns:
                 bool(event.output_truncated),
                 event.script_sha256,
                 bool(event.dry_run),
+                event.run_as_user,
             ),
         )
 
@@ -462,4 +463,7 @@ def _run_dict(row: tuple[Any, ...]) -> dict[str, Any]:
     run = dict(zip(_RUN_KEYS, row, strict=True))
     run["output_truncated"] = bool(run["output_truncated"])
     run["dry_run"] = bool(run["dry_run"])
+    if run["run_as_user"] is None:
+        # Only runs as another user carry it, so older records read exactly as before.
+        del run["run_as_user"]
     return run

@@ -276,6 +276,10 @@ CREATE TABLE enroll_generation (
 );
 """
 
+# 7 (agent self-health, issue #20): the user a remediation script ran as, when its
+# manifest asked for another than the agent's (``run_as``: a name or logged_on_user).
+_V7 = "ALTER TABLE remediation_runs ADD COLUMN run_as_user text;"
+
 # 2: the sequence dedup high-water mark per host (collector/desk/sequence.py): the
 # agent's epoch (16 bytes) and the highest seq applied in it. NULL for existing hosts,
 # which keep their ``seen`` ids until those age out; ``seen`` stays for agents that send
@@ -320,6 +324,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (3, POLICY_MIGRATION),  # policy bundles, rollouts, halts, run-now (policy_repo.py)
     (4, SURVEYS_DDL),  # satisfaction surveys and the survey link key (survey_repo.py)
     (5, _V5),  # the console: problem CAPA fields, incident department, rollup, indexes
+    (7, _V7),  # remediation_runs.run_as_user (agent self-health branch, issue #20)
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

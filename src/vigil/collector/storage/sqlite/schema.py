@@ -29,7 +29,8 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # 8: satisfaction surveys and the survey link key (sqlite/survey_repo.migrate_surveys).
 # 9: the console: a problem's CAPA record fields, the incidents' department, the quality
 #    rollup and the queue/host search indexes (migrate_console).
-SCHEMA_VERSION = 9
+# 11: remediation_runs.run_as_user (_migrate_run_as; 10 is assigned to another change).
+SCHEMA_VERSION = 11
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
 _SCHEMA = """
@@ -249,6 +250,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     migrate_surveys(db)
     migrate_policy(db)
     migrate_console(db)
+    _migrate_run_as(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -259,6 +261,14 @@ def check_version(db: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError(
             f"schema version {version} is newer than this collector supports ({SCHEMA_VERSION})"
         )
+
+
+def _migrate_run_as(db: sqlite3.Connection) -> None:
+    """Schema 11: ``remediation_runs.run_as_user``, the user a script ran as when its
+    manifest asked for another than the agent's (NULL for older rows and for the rest)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(remediation_runs)")}
+    if "run_as_user" not in have:
+        db.execute("ALTER TABLE remediation_runs ADD COLUMN run_as_user TEXT")
 
 
 def _migrate_desk(db: sqlite3.Connection) -> None:
