@@ -52,8 +52,13 @@ class HostRepository(Protocol):
     def all_labels(self) -> Iterator[dict[str, str]]:
         """Every host's labels."""
 
-    def liveness(self, heartbeat_check: str) -> list[LivenessRow]:
-        """Every host with the state of its ``heartbeat_check`` key."""
+    def liveness(self, heartbeat_check: str, deadline_before: float) -> list[LivenessRow]:
+        """Each host, once, with the state of its ``heartbeat_check`` key, whose
+        deadline (``last_seen + heartbeat_ttl_s``; none without a TTL) is before
+        ``deadline_before``, or whose key's state is not ``ok`` or holds an incident.
+
+        A superset of the hosts whose liveness verdict can change something, read
+        through indexes: the cost follows the hosts due, not the fleet's size."""
 
     def list(self) -> list[dict[str, Any]]:
         """Every host by agent_id: ``agent_id, hostname, labels, agent_version,
@@ -103,8 +108,9 @@ class KeyRepository(Protocol):
     def save(self, host: str, check: str, key: KeyRow, updated_at: float) -> None:
         """Insert or replace the key's state."""
 
-    def pending(self) -> list[tuple[str, str, str]]:
-        """``(host, check, hostname)`` of every key awaiting a remediation or flapping."""
+    def pending(self, awaiting_before: float) -> list[tuple[str, str, str]]:
+        """``(host, check, hostname)`` of every flapping key and every key awaiting a
+        remediation since before ``awaiting_before`` (or with no recorded start)."""
 
     def detach_incident(self, incident_id: int) -> None:
         """Forget ``incident_id`` on any key pointing at it."""
@@ -134,10 +140,11 @@ class RemediationRunRepository(Protocol):
         """The key's runs received in ``[since, until]``, oldest first."""
 
     def outcome_counts(self) -> list[tuple[str, str, int]]:
-        """``(remediation, outcome, runs)``."""
+        """``(remediation, outcome, runs)``, from counters kept as runs are added (the
+        cost follows the distinct names, not the runs)."""
 
     def hosts_by_remediation(self) -> dict[str, int]:
-        """Distinct hosts that ran each remediation."""
+        """Distinct hosts that ran each remediation, kept as runs are added."""
 
     def durations(self) -> Iterator[tuple[str, float]]:
         """``(remediation, duration_s)`` of every run (start-up aggregates)."""

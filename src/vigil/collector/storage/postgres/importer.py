@@ -120,6 +120,10 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         {"labels": _json({}), "pending": _bool},
     ),
     ("enroll_generation", "id, value", {}),
+    # Schema 10 summaries (the SQLite file was migrated first, so they hold its runs).
+    ("remediation_outcomes", "remediation, version, outcome, runs", {}),
+    ("remediation_hosts", "remediation, host", {}),
+    ("remediation_totals", "remediation, hosts", {}),
 )
 _ORDER = {"hosts": " ORDER BY rowid"}
 

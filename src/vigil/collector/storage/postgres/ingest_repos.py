@@ -104,17 +104,30 @@ class PgHosts:
         for (labels,) in self._db.execute("SELECT labels FROM hosts").fetchall():
             yield _labels_or_empty(labels)
 
-    def liveness(self, heartbeat_check: str) -> list[LivenessRow]:
-        rows = self._db.execute(
+    def liveness(self, heartbeat_check: str, deadline_before: float) -> list[LivenessRow]:
+        # Two indexed halves bounded by what is due, not by the fleet (issue #17): hosts
+        # whose deadline passed (the hosts_deadline expression index) and hosts whose
+        # heartbeat key is not plainly ok (the check_state_abnormal partial index, whose
+        # predicate the second WHERE repeats so the planner can prove it).
+        cols = (
             "SELECT h.agent_id, h.hostname, h.labels, h.last_seen, h.heartbeat_ttl_s,"
-            " c.state, c.incident_id FROM hosts h LEFT JOIN check_state c"
-            " ON c.host = h.agent_id AND c.check_id = %s",
-            (heartbeat_check,),
+            " c.state, c.incident_id"
+        )
+        rows = self._db.execute(  # type: ignore[call-overload]  # constants only
+            f"{cols} FROM hosts h LEFT JOIN check_state c"
+            " ON c.host = h.agent_id AND c.check_id = %(check)s"
+            " WHERE (h.last_seen + h.heartbeat_ttl_s) < %(before)s"
+            f" UNION ALL {cols} FROM check_state c JOIN hosts h ON h.agent_id = c.host"
+            " WHERE c.check_id = %(check)s"
+            " AND (c.state <> 'ok' OR c.incident_id IS NOT NULL)",
+            {"check": heartbeat_check, "before": deadline_before},
         ).fetchall()
-        return [
-            LivenessRow(host, hostname, _labels_or_empty(labels), seen, ttl, state, incident)
-            for host, hostname, labels, seen, ttl, state, incident in rows
-        ]
+        out: dict[str, LivenessRow] = {}
+        for host, hostname, labels, seen, ttl, state, incident in rows:
+            out[host] = LivenessRow(
+                host, hostname, _labels_or_empty(labels), seen, ttl, state, incident
+            )
+        return list(out.values())
 
     def list(self) -> list[dict[str, Any]]:
         # COLLATE "C": byte order, as SQLite sorts text, whatever the database's locale.
@@ -276,14 +289,18 @@ class PgKeys:
             ),
         )
 
-    def pending(self) -> list[tuple[str, str, str]]:
-        # UNION, not OR: each half uses its partial index instead of a full scan.
+    def pending(self, awaiting_before: float) -> list[tuple[str, str, str]]:
+        # UNION, not OR: each half uses its partial index instead of a full scan; only
+        # waits that began before ``awaiting_before`` (or never recorded a start).
         key = (
             "SELECT c.host, c.check_id, COALESCE(h.hostname, c.host) FROM check_state c"
             " LEFT JOIN hosts h ON h.agent_id = c.host WHERE "
         )
         rows = self._db.execute(  # type: ignore[call-overload]  # constants only
-            f"{key}c.awaiting IS NOT NULL UNION {key}c.flapping"
+            f"{key}c.awaiting IS NOT NULL AND c.awaiting_since < %(before)s"
+            f" UNION {key}c.awaiting IS NOT NULL AND c.awaiting_since IS NULL"
+            f" UNION {key}c.flapping",
+            {"before": awaiting_before},
         ).fetchall()
         return [tuple(r) for r in rows]
 
@@ -340,6 +357,25 @@ class PgRuns:
                 bool(event.dry_run),
             ),
         )
+        # The summaries, in the run's transaction (migration 6): stats never scan runs.
+        # Writers hold the write lock, so the host count cannot race.
+        self._db.execute(
+            "INSERT INTO remediation_outcomes (remediation, version, outcome, runs)"
+            " VALUES (%s, %s, %s, 1) ON CONFLICT (remediation, version, outcome)"
+            " DO UPDATE SET runs = remediation_outcomes.runs + 1",
+            (event.remediation, event.script_sha256, event.outcome),
+        )
+        first = self._db.execute(
+            "INSERT INTO remediation_hosts (remediation, host) VALUES (%s, %s)"
+            " ON CONFLICT DO NOTHING",
+            (event.remediation, host),
+        ).rowcount
+        if first:
+            self._db.execute(
+                "INSERT INTO remediation_totals (remediation, hosts) VALUES (%s, 1)"
+                " ON CONFLICT (remediation) DO UPDATE SET hosts = remediation_totals.hosts + 1",
+                (event.remediation,),
+            )
 
     def list(
         self, *, host: str | None, remediation: str | None, limit: int, offset: int
@@ -364,17 +400,14 @@ class PgRuns:
 
     def outcome_counts(self) -> list[tuple[str, str, int]]:
         rows = self._db.execute(
-            "SELECT remediation, outcome, COUNT(*) FROM remediation_runs"
+            "SELECT remediation, outcome, SUM(runs)::bigint FROM remediation_outcomes"
             " GROUP BY remediation, outcome"
         ).fetchall()
         return [tuple(r) for r in rows]
 
     def hosts_by_remediation(self) -> dict[str, int]:
         return dict(
-            self._db.execute(
-                "SELECT remediation, COUNT(DISTINCT host) FROM remediation_runs"
-                " GROUP BY remediation"
-            ).fetchall()
+            self._db.execute("SELECT remediation, hosts FROM remediation_totals").fetchall()
         )
 
     def durations(self) -> Iterator[tuple[str, float]]:

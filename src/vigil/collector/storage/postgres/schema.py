@@ -271,8 +271,47 @@ CREATE TABLE enroll_generation (
 );
 """
 
+# 6 (issue #17; 2-5 are other branches' numbers): reads, tick and start-up at fleet scale.
+# hosts_deadline indexes an expression of columns every report updates, so a heartbeat
+# is no longer a HOT update (one index write per report): the price of a tick that reads
+# only the hosts whose deadline passed instead of all of them (0.55 s at 100k hosts).
+_V6 = """
+CREATE INDEX hosts_deadline ON hosts ((last_seen + heartbeat_ttl_s));
+CREATE INDEX check_state_abnormal ON check_state (check_id, host)
+    WHERE state <> 'ok' OR incident_id IS NOT NULL;
+CREATE INDEX check_state_awaiting_since ON check_state (awaiting_since)
+    WHERE awaiting IS NOT NULL;
+CREATE INDEX problems_check ON problems (check_id, id);
+-- Covering indexes for the counts of every tick (/metrics) and of remediation stats.
+CREATE INDEX incidents_figures ON incidents (state, priority, sla_due, acknowledged_at);
+CREATE INDEX incidents_remediation ON incidents (state, remediation);
+CREATE TABLE remediation_outcomes (
+    remediation text NOT NULL,
+    version     text NOT NULL,  -- the script's sha256
+    outcome     text NOT NULL,
+    runs        bigint NOT NULL,
+    PRIMARY KEY (remediation, version, outcome)
+) WITH (fillfactor = 50);
+INSERT INTO remediation_outcomes (remediation, version, outcome, runs)
+    SELECT remediation, script_sha256, outcome, COUNT(*) FROM remediation_runs
+    GROUP BY remediation, script_sha256, outcome;
+CREATE TABLE remediation_hosts (
+    remediation text NOT NULL,
+    host        text NOT NULL,
+    PRIMARY KEY (remediation, host)
+);
+INSERT INTO remediation_hosts (remediation, host)
+    SELECT DISTINCT remediation, host FROM remediation_runs;
+CREATE TABLE remediation_totals (
+    remediation text PRIMARY KEY,
+    hosts       bigint NOT NULL  -- distinct hosts that ran it (rows of remediation_hosts)
+) WITH (fillfactor = 50);
+INSERT INTO remediation_totals (remediation, hosts)
+    SELECT remediation, COUNT(*) FROM remediation_hosts GROUP BY remediation;
+"""
+
 # Append only: a migration once released is never edited, the next one is added below.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1),)
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (6, _V6))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables with an identity id, for moving the sequence past ids copied in (importer).
