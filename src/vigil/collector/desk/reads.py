@@ -39,13 +39,17 @@ def list_incidents(
     priority: str | None,
     limit: int,
     offset: int,
+    before: int | None = None,
 ) -> list[dict[str, Any]]:
     """Incidents, newest first; ``ValueError`` naming ``state`` if it is not one of
-    :data:`LIST_STATES` (``open`` includes acknowledged and flapping ones)."""
+    :data:`LIST_STATES` (``open`` includes acknowledged and flapping ones). ``before``:
+    only ids below it (keyset paging: the next page starts below the last id shown)."""
     if state is not None and state not in LIST_STATES:
         raise ValueError(f"state: must be one of {list(LIST_STATES)}, got {state!r}")
     filters = {"host": host, "check": check, "service": service, "priority": priority}
-    rows = uow.incidents.list(filters=filters, state=state, limit=limit, offset=offset)
+    rows = uow.incidents.list(
+        filters=filters, state=state, limit=limit, offset=offset, before=before
+    )
     return [_incident(row) for row in rows]
 
 
@@ -82,14 +86,20 @@ def list_problems(
     check: str | None,
     limit: int,
     offset: int,
+    before: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Problems, newest first; ``ValueError`` naming the argument on bad input."""
+    """Problems, newest first (``before``: ids below it only); ``ValueError`` naming the
+    argument on bad input."""
     if state is not None and state not in PROBLEM_STATES:
         raise ValueError(f"state: must be open, acknowledged or resolved, got {state!r}")
     if kind is not None and kind not in PROBLEM_KINDS:
         raise ValueError(f"kind: must be one of {list(PROBLEM_KINDS)}, got {kind!r}")
     rows = uow.problems.list(
-        filters={"kind": kind, "check": check}, state=state, limit=limit, offset=offset
+        filters={"kind": kind, "check": check},
+        state=state,
+        limit=limit,
+        offset=offset,
+        before=before,
     )
     return [_problem(uow, row) for row in rows]
 
@@ -104,13 +114,18 @@ def get_problem(uow: UnitOfWork, problem_id: int) -> dict[str, Any] | None:
     return problem
 
 
-def list_hosts(uow: UnitOfWork) -> list[dict[str, Any]]:
-    """Every host that ever reported, by agent_id, with current check states and its
-    number of open incidents."""
-    hosts = uow.hosts.list()
-    open_counts = uow.incidents.open_by_host()
+def list_hosts(
+    uow: UnitOfWork, *, after: str | None = None, limit: int = -1
+) -> list[dict[str, Any]]:
+    """Hosts that reported, by agent_id (byte order), with current check states and
+    their number of open incidents: those after the agent_id ``after``, at most
+    ``limit`` (-1: every host, O(fleet): for tools, not for the API). The per-host
+    figures are read for the page's hosts only, so a page costs the same at any size."""
+    hosts = uow.hosts.list(after=after, limit=limit)
+    page = None if limit < 0 else [h["agent_id"] for h in hosts]
+    open_counts = uow.incidents.open_by_host(page)
     by_host: dict[str, dict[str, str]] = {}
-    for host, check, state in uow.keys.states():
+    for host, check, state in uow.keys.states(page):
         by_host.setdefault(host, {})[check] = state
     for host in hosts:
         host["open_incidents"] = open_counts.get(host["agent_id"], 0)
@@ -125,11 +140,19 @@ def latest_metrics(uow: UnitOfWork, agent_id: str) -> dict[str, float]:
 
 
 def list_remediation_runs(
-    uow: UnitOfWork, *, host: str | None, remediation: str | None, limit: int, offset: int
+    uow: UnitOfWork,
+    *,
+    host: str | None,
+    remediation: str | None,
+    limit: int,
+    offset: int,
+    before: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Remediation runs, newest first: every RemediationEvent field plus ``host``,
-    ``hostname``, ``received_at`` and ``type``."""
-    rows = uow.runs.list(host=host, remediation=remediation, limit=limit, offset=offset)
+    """Remediation runs, newest first (``before``: ids below it only): every
+    RemediationEvent field plus ``id``, ``host``, ``hostname``, ``received_at``, ``type``."""
+    rows = uow.runs.list(
+        host=host, remediation=remediation, limit=limit, offset=offset, before=before
+    )
     return [_run(row) for row in rows]
 
 

@@ -308,6 +308,7 @@ class Desk:
         priority: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         """See :func:`collector.desk.reads.list_incidents` (page validated by the API)."""
         with self.storage.session() as uow:
@@ -320,6 +321,7 @@ class Desk:
                 priority=priority,
                 limit=limit,
                 offset=offset,
+                before=before,
             )
 
     def get_incident(self, incident_id: int) -> dict[str, Any] | None:
@@ -335,11 +337,18 @@ class Desk:
         check: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         """See :func:`collector.desk.reads.list_problems`."""
         with self.storage.session() as uow:
             return reads.list_problems(
-                uow, state=state, kind=kind, check=check, limit=limit, offset=offset
+                uow,
+                state=state,
+                kind=kind,
+                check=check,
+                limit=limit,
+                offset=offset,
+                before=before,
             )
 
     def get_problem(self, problem_id: int) -> dict[str, Any] | None:
@@ -357,10 +366,10 @@ class Desk:
         with self.storage.session() as uow:
             return uow.silences.list(active_at=active_at)
 
-    def list_hosts(self) -> list[dict[str, Any]]:
+    def list_hosts(self, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
         """See :func:`collector.desk.reads.list_hosts`."""
         with self.storage.session() as uow:
-            return reads.list_hosts(uow)
+            return reads.list_hosts(uow, after=after, limit=limit)
 
     def latest_metrics(self, agent_id: str) -> dict[str, float]:
         """See :func:`collector.desk.reads.latest_metrics`."""
@@ -374,11 +383,17 @@ class Desk:
         remediation: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         """See :func:`collector.desk.reads.list_remediation_runs`."""
         with self.storage.session() as uow:
             return reads.list_remediation_runs(
-                uow, host=host, remediation=remediation, limit=limit, offset=offset
+                uow,
+                host=host,
+                remediation=remediation,
+                limit=limit,
+                offset=offset,
+                before=before,
             )
 
     def remediation_stats(self) -> list[dict[str, Any]]:

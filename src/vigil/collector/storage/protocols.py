@@ -5,8 +5,10 @@ Every method runs inside the unit of work it belongs to, so "dedup and its effec
 in one transaction: the desk calls :meth:`UnitOfWork.begin`, applies any number of
 reports (group commit: one transaction, one fsync), then :meth:`UnitOfWork.commit`.
 
-Times are Unix seconds. Listing methods take a page (``limit``, ``offset``) that the API
-layer has already validated, and return rows newest first.
+Times are Unix seconds. Listing methods take a page (``limit``, ``offset``, and for
+keyset paging ``before``: only rows whose id is below it) that the API layer has already
+validated, and return rows newest first. ``before`` costs the same on any page, where
+``offset`` costs what it skips.
 """
 
 from __future__ import annotations
@@ -60,9 +62,10 @@ class HostRepository(Protocol):
         A superset of the hosts whose liveness verdict can change something, read
         through indexes: the cost follows the hosts due, not the fleet's size."""
 
-    def list(self) -> list[dict[str, Any]]:
-        """Every host by agent_id: ``agent_id, hostname, labels, agent_version,
-        first_seen, last_seen, clock_offset_s, heartbeat_ttl_s``."""
+    def list(self, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        """Hosts by agent_id (byte order): ``agent_id, hostname, labels, agent_version,
+        first_seen, last_seen, clock_offset_s, heartbeat_ttl_s``; only those after the
+        agent_id ``after`` (keyset paging), at most ``limit`` (-1: no limit)."""
 
     def load(self) -> list[tuple[str, str, dict[str, str], float, float | None, float]]:
         """``(agent_id, hostname, labels, last_seen, ttl, clock_offset_s)`` in first-seen
@@ -115,8 +118,9 @@ class KeyRepository(Protocol):
     def detach_incident(self, incident_id: int) -> None:
         """Forget ``incident_id`` on any key pointing at it."""
 
-    def states(self) -> list[tuple[str, str, str]]:
-        """``(host, check, state)`` of every key, by host then check."""
+    def states(self, hosts: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
+        """``(host, check, state)`` of every key (of ``hosts`` only, when given), by host
+        then check."""
 
     def critical_by_check(self) -> dict[str, int]:
         """Keys whose state is critical, counted by check (start-up aggregates)."""
@@ -129,7 +133,13 @@ class RemediationRunRepository(Protocol):
         """Append one run received at ``at``."""
 
     def list(
-        self, *, host: str | None, remediation: str | None, limit: int, offset: int
+        self,
+        *,
+        host: str | None,
+        remediation: str | None,
+        limit: int,
+        offset: int,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         """Runs newest first (every RemediationEvent field plus host, hostname,
         received_at)."""
@@ -213,6 +223,7 @@ class IncidentRepository(DeskItemRepository, Protocol):
         state: str | None,
         limit: int,
         offset: int,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         """Incidents newest first; ``filters`` by host, check, service, priority;
         ``state`` one of open, acknowledged, flapping, resolved, prevented."""
@@ -223,8 +234,8 @@ class IncidentRepository(DeskItemRepository, Protocol):
     def alertable(self) -> list[IncidentAlertRow]:
         """Open incidents, and resolved ones notified firing but not resolved."""
 
-    def open_by_host(self) -> dict[str, int]:
-        """Open incidents per host."""
+    def open_by_host(self, hosts: Sequence[str] | None = None) -> dict[str, int]:
+        """Open incidents per host (of ``hosts`` only, when given: one page's)."""
 
     def open_by_priority_check(self) -> list[tuple[str, str, int]]:
         """``(priority, check, open incidents)``."""
@@ -276,7 +287,13 @@ class ProblemRepository(DeskItemRepository, Protocol):
         """How many distinct hosts the linked incidents are on."""
 
     def list(
-        self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int
+        self,
+        *,
+        filters: Mapping[str, str | None],
+        state: str | None,
+        limit: int,
+        offset: int,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         """Problems newest first; ``filters`` by kind, check; ``state`` open,
         acknowledged or resolved."""
@@ -408,7 +425,9 @@ class AuditRepository(Protocol):
     def append(self, row: Mapping[str, Any]) -> int:
         """Store one record (``at, actor, action, target, peer, detail``); its id."""
 
-    def list(self, *, limit: int, offset: int, action: str | None) -> list[dict[str, Any]]:
+    def list(
+        self, *, limit: int, offset: int, action: str | None, before: int | None = None
+    ) -> list[dict[str, Any]]:
         """Records newest first, optionally only one ``action``."""
 
     def counts(self) -> dict[str, int]:

@@ -129,11 +129,15 @@ class PgHosts:
             )
         return list(out.values())
 
-    def list(self) -> list[dict[str, Any]]:
-        # COLLATE "C": byte order, as SQLite sorts text, whatever the database's locale.
+    def list(self, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        # COLLATE "C": byte order, as SQLite sorts text, whatever the database's locale;
+        # the hosts_agent_c index serves this order, so any keyset page costs the same.
         rows = self._db.execute(
             "SELECT agent_id, hostname, labels, agent_version, first_seen, last_seen,"
-            ' clock_offset_s, heartbeat_ttl_s FROM hosts ORDER BY agent_id COLLATE "C"'
+            " clock_offset_s, heartbeat_ttl_s FROM hosts"
+            ' WHERE %(after)s::text IS NULL OR agent_id COLLATE "C" > %(after)s'
+            ' ORDER BY agent_id COLLATE "C" LIMIT %(limit)s',
+            {"after": after, "limit": None if limit < 0 else limit},
         ).fetchall()
         return [
             {
@@ -309,10 +313,12 @@ class PgKeys:
             "UPDATE check_state SET incident_id = NULL WHERE incident_id = %s", (incident_id,)
         )
 
-    def states(self) -> list[tuple[str, str, str]]:
-        rows = self._db.execute(
-            'SELECT host, check_id, state FROM check_state ORDER BY host COLLATE "C",'
-            ' check_id COLLATE "C"'
+    def states(self, hosts: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
+        where = "" if hosts is None else " WHERE host = ANY(%s)"
+        rows = self._db.execute(  # type: ignore[call-overload]  # constants only
+            f"SELECT host, check_id, state FROM check_state{where}"
+            ' ORDER BY host COLLATE "C", check_id COLLATE "C"',
+            () if hosts is None else (list(hosts),),
         ).fetchall()
         return [tuple(r) for r in rows]
 
@@ -378,15 +384,24 @@ class PgRuns:
             )
 
     def list(
-        self, *, host: str | None, remediation: str | None, limit: int, offset: int
+        self,
+        *,
+        host: str | None,
+        remediation: str | None,
+        limit: int,
+        offset: int,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         clause, args = where(("host", host), ("remediation", remediation))
+        if before is not None:  # keyset paging, newest first
+            clause = f"{clause} AND id < %s" if clause else " WHERE id < %s"
+            args = [*args, before]
         rows = self._db.execute(  # type: ignore[call-overload]  # column names are ours
-            f"SELECT {RUN_COLUMNS} FROM remediation_runs{clause}"
+            f"SELECT id, {RUN_COLUMNS} FROM remediation_runs{clause}"
             " ORDER BY id DESC LIMIT %s OFFSET %s",
             (*args, limit, offset),
         ).fetchall()
-        return [_run_dict(row) for row in rows]
+        return [_listed_run(row) for row in rows]
 
     def for_key(
         self, host: str, check: str, since: float, until: float, limit: int
@@ -474,6 +489,11 @@ def _labels_or_empty(labels: Any) -> dict[str, str]:
     # jsonb comes back decoded; anything but an object (a row edited by hand) reads as no
     # labels, as in the SQLite backend: start-up reads every host and must not fail.
     return labels if isinstance(labels, dict) else {}
+
+
+def _listed_run(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A listed run: its ``id`` (the keyset of its pages) and :func:`_run_dict`."""
+    return {"id": row[0], **_run_dict(row[1:])}
 
 
 def _run_dict(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -282,6 +282,7 @@ CREATE INDEX check_state_abnormal ON check_state (check_id, host)
 CREATE INDEX check_state_awaiting_since ON check_state (awaiting_since)
     WHERE awaiting IS NOT NULL;
 CREATE INDEX problems_check ON problems (check_id, id);
+CREATE INDEX hosts_agent_c ON hosts (agent_id COLLATE "C");  -- keyset pages of /hosts
 -- Covering indexes for the counts of every tick (/metrics) and of remediation stats.
 CREATE INDEX incidents_figures ON incidents (state, priority, sla_due, acknowledged_at);
 CREATE INDEX incidents_remediation ON incidents (state, remediation);

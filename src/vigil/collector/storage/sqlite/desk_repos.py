@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from vigil.collector.storage.records import (
@@ -74,6 +74,13 @@ _SILENCE_WRITABLE = frozenset(
     ["matcher", "value", "starts_at", "ends_at", "comment", "created_by", "created_at"]
 )
 _CAPA = ("root_cause", "corrective_action", "preventive_action")
+
+
+def _before(clause: str, args: list[Any], before: int | None) -> tuple[str, list[Any]]:
+    """``clause`` narrowed to ids below ``before`` (keyset paging, newest first)."""
+    if before is None:
+        return clause, args
+    return (f"{clause} AND id < ?" if clause else " WHERE id < ?"), [*args, before]
 
 
 def _state_clause(state: str | None) -> str:
@@ -210,6 +217,7 @@ class SqliteIncidents(_DeskItems):
         state: str | None,
         limit: int,
         offset: int,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         clause, args = where(
             ("host", filters.get("host")),
@@ -220,6 +228,7 @@ class SqliteIncidents(_DeskItems):
         extra = _state_clause(state)
         if extra:
             clause = f"{clause} AND {extra}" if clause else f" WHERE {extra}"
+        clause, args = _before(clause, args, before)
         rows = self._db.execute(
             f"SELECT {_INCIDENT_COLUMNS} FROM incidents{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
             (*args, limit, offset),
@@ -251,12 +260,24 @@ class SqliteIncidents(_DeskItems):
             out.append(IncidentAlertRow(*fields))
         return out
 
-    def open_by_host(self) -> dict[str, int]:
-        return dict(
-            self._db.execute(
-                "SELECT host, COUNT(*) FROM incidents WHERE state = 'open' GROUP BY host"
-            ).fetchall()
-        )
+    def open_by_host(self, hosts: Sequence[str] | None = None) -> dict[str, int]:
+        if hosts is None:
+            return dict(
+                self._db.execute(
+                    "SELECT host, COUNT(*) FROM incidents WHERE state = 'open' GROUP BY host"
+                ).fetchall()
+            )
+        counts: dict[str, int] = {}
+        for start in range(0, len(hosts), 500):  # bounded IN lists
+            chunk = hosts[start : start + 500]
+            counts.update(
+                self._db.execute(
+                    "SELECT host, COUNT(*) FROM incidents WHERE state = 'open' AND host IN"
+                    f" ({', '.join('?' * len(chunk))}) GROUP BY host",
+                    chunk,
+                ).fetchall()
+            )
+        return counts
 
     def open_by_priority_check(self) -> list[tuple[str, str, int]]:
         return self._db.execute(
@@ -384,7 +405,13 @@ class SqliteProblems(_DeskItems):
         )
 
     def list(
-        self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int
+        self,
+        *,
+        filters: Mapping[str, str | None],
+        state: str | None,
+        limit: int,
+        offset: int,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         clause, args = where(("kind", filters.get("kind")), ("check_id", filters.get("check")))
         extra = _state_clause(state)
@@ -392,6 +419,7 @@ class SqliteProblems(_DeskItems):
             extra = "state = 'open' AND acknowledged_at IS NOT NULL"
         if extra:
             clause = f"{clause} AND {extra}" if clause else f" WHERE {extra}"
+        clause, args = _before(clause, args, before)
         rows = self._db.execute(
             f"SELECT {_PROBLEM_COLUMNS} FROM problems{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
             (*args, limit, offset),

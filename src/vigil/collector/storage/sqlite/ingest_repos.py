@@ -117,10 +117,13 @@ class SqliteHosts:
         ).fetchall()
         return _liveness_rows(rows)
 
-    def list(self) -> list[dict[str, Any]]:
+    def list(self, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        # Keyset paging on the primary key: any page costs the same (issue #17).
         rows = self._db.execute(
             "SELECT agent_id, hostname, labels, agent_version, first_seen, last_seen,"
-            " clock_offset_s, heartbeat_ttl_s FROM hosts ORDER BY agent_id"
+            " clock_offset_s, heartbeat_ttl_s FROM hosts WHERE ?1 IS NULL OR agent_id > ?1"
+            " ORDER BY agent_id LIMIT ?2",
+            (after, limit),
         ).fetchall()
         return [
             {
@@ -299,10 +302,19 @@ class SqliteKeys:
             "UPDATE check_state SET incident_id = NULL WHERE incident_id = ?", (incident_id,)
         )
 
-    def states(self) -> list[tuple[str, str, str]]:
-        return self._db.execute(
-            "SELECT host, check_id, state FROM check_state ORDER BY host, check_id"
-        ).fetchall()
+    def states(self, hosts: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
+        if hosts is None:
+            return self._db.execute(
+                "SELECT host, check_id, state FROM check_state ORDER BY host, check_id"
+            ).fetchall()
+        found: list[tuple[str, str, str]] = []
+        for chunk in _chunks(hosts):
+            found += self._db.execute(
+                "SELECT host, check_id, state FROM check_state WHERE host IN"
+                f" ({', '.join('?' * len(chunk))}) ORDER BY host, check_id",
+                chunk,
+            ).fetchall()
+        return sorted(found)
 
     def critical_by_check(self) -> dict[str, int]:
         return dict(
@@ -363,14 +375,24 @@ class SqliteRuns:
             )
 
     def list(
-        self, *, host: str | None, remediation: str | None, limit: int, offset: int
+        self,
+        *,
+        host: str | None,
+        remediation: str | None,
+        limit: int,
+        offset: int,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         clause, args = where(("host", host), ("remediation", remediation))
+        if before is not None:  # keyset paging, newest first
+            clause = f"{clause} AND id < ?" if clause else " WHERE id < ?"
+            args = [*args, before]
         rows = self._db.execute(
-            f"SELECT {RUN_COLUMNS} FROM remediation_runs{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+            f"SELECT id, {RUN_COLUMNS} FROM remediation_runs{clause}"
+            " ORDER BY id DESC LIMIT ? OFFSET ?",
             (*args, limit, offset),
         ).fetchall()
-        return [_run_dict(row) for row in rows]
+        return [_listed_run(row) for row in rows]
 
     def for_key(
         self, host: str, check: str, since: float, until: float, limit: int
@@ -460,6 +482,12 @@ def _labels_or_empty(text: Any) -> dict[str, str]:
     return labels if isinstance(labels, dict) else {}
 
 
+def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    """``items`` in slices of at most ``size`` (bounded IN lists)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
 def _liveness_rows(rows: list[tuple[Any, ...]]) -> list[LivenessRow]:
     """Rows of :meth:`SqliteHosts.liveness` as records, each host once."""
     out: dict[str, LivenessRow] = {}
@@ -468,6 +496,11 @@ def _liveness_rows(rows: list[tuple[Any, ...]]) -> list[LivenessRow]:
             host, hostname, _labels_or_empty(labels), seen, ttl, state, incident
         )
     return list(out.values())
+
+
+def _listed_run(row: tuple[Any, ...]) -> dict[str, Any]:
+    """A listed run: its ``id`` (the keyset of its pages) and :func:`_run_dict`."""
+    return {"id": row[0], **_run_dict(row[1:])}
 
 
 def _run_dict(row: tuple[Any, ...]) -> dict[str, Any]:
