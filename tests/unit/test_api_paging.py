@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.unit.test_api_incidents import Api, desk, mail_down  # noqa: F401  # desk: the fixture
+from tests.unit.test_api_incidents import Api, mail_down, scenario
 from vigil.collector.api.http import MAX_ID, ApiError
 from vigil.collector.api.paging import (
     DEFAULT_LIMIT,
@@ -27,6 +27,15 @@ from vigil.collector.api.paging import (
 )
 
 HOSTS = ("agent-3", "agent-1", "agent-5", "agent-2", "agent-4")
+
+
+@pytest.fixture
+def desk(collector_config, collector_server, fake_clock):
+    """``desk(body)`` runs ``body(api)`` against a fresh collector (as in
+    test_api_incidents)."""
+    return lambda body, **changes: scenario(
+        collector_config, collector_server, fake_clock, body, **changes
+    )
 
 
 def api_error(func: Any, *args: Any) -> ApiError:
