@@ -38,10 +38,10 @@ from vigil.collector.storage.postgres.ingest_repos import (
     PgHostMetrics,
     PgHosts,
     PgKeys,
-    PgRuns,
     PgSeen,
 )
 from vigil.collector.storage.postgres.partitions import maintain
+from vigil.collector.storage.postgres.runs_repo import PgRuns
 from vigil.collector.storage.postgres.schema import (
     LEADER_LOCK,
     WRITE_LOCK,

@@ -18,15 +18,7 @@ from psycopg.types.json import Jsonb
 from vigil import wire
 from vigil.collector.storage.postgres.schema import SEEN_BATCH, SEEN_EVENT
 from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow
-from vigil.collector.storage.sqlite.codec import columns_to_keys
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
-
-RUN_COLUMNS = (
-    "host, hostname, received_at, event_id, seq, time, remediation, check_id, outcome,"
-    " exit_code, started_at, duration_s, value_before, value_after, output, output_truncated,"
-    " script_sha256, dry_run"
-)
-_RUN_KEYS = columns_to_keys(RUN_COLUMNS)
 
 HOST_METRICS_UPSERT = (
     "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names, vals)"
@@ -331,106 +323,6 @@ class PgKeys:
         )
 
 
-class PgRuns:
-    """:class:`~collector.storage.protocols.RemediationRunRepository` on PostgreSQL."""
-
-    def __init__(self, db: psycopg.Connection) -> None:
-        self._db = db
-
-    def add(self, host: str, hostname: str, event: wire.RemediationEvent, at: float) -> None:
-        self._db.execute(
-            f"INSERT INTO remediation_runs ({RUN_COLUMNS}) VALUES ("  # type: ignore[call-overload]
-            + ", ".join(["%s"] * 18)
-            + ")",
-            (
-                host,
-                hostname,
-                at,
-                event.event_id,
-                event.seq,
-                event.time,
-                event.remediation,
-                event.check,
-                event.outcome,
-                event.exit_code,
-                event.started_at,
-                event.duration_s,
-                event.value_before,
-                event.value_after,
-                event.output,
-                bool(event.output_truncated),
-                event.script_sha256,
-                bool(event.dry_run),
-            ),
-        )
-        # The summaries, in the run's transaction (migration 6): stats never scan runs.
-        # Writers hold the write lock, so the host count cannot race.
-        self._db.execute(
-            "INSERT INTO remediation_outcomes (remediation, version, outcome, runs)"
-            " VALUES (%s, %s, %s, 1) ON CONFLICT (remediation, version, outcome)"
-            " DO UPDATE SET runs = remediation_outcomes.runs + 1",
-            (event.remediation, event.script_sha256, event.outcome),
-        )
-        first = self._db.execute(
-            "INSERT INTO remediation_hosts (remediation, host) VALUES (%s, %s)"
-            " ON CONFLICT DO NOTHING",
-            (event.remediation, host),
-        ).rowcount
-        if first:
-            self._db.execute(
-                "INSERT INTO remediation_totals (remediation, hosts) VALUES (%s, 1)"
-                " ON CONFLICT (remediation) DO UPDATE SET hosts = remediation_totals.hosts + 1",
-                (event.remediation,),
-            )
-
-    def list(
-        self,
-        *,
-        host: str | None,
-        remediation: str | None,
-        limit: int,
-        offset: int,
-        before: int | None = None,
-    ) -> list[dict[str, Any]]:
-        clause, args = where(("host", host), ("remediation", remediation))
-        if before is not None:  # keyset paging, newest first
-            clause = f"{clause} AND id < %s" if clause else " WHERE id < %s"
-            args = [*args, before]
-        rows = self._db.execute(  # type: ignore[call-overload]  # column names are ours
-            f"SELECT id, {RUN_COLUMNS} FROM remediation_runs{clause}"
-            " ORDER BY id DESC LIMIT %s OFFSET %s",
-            (*args, limit, offset),
-        ).fetchall()
-        return [_listed_run(row) for row in rows]
-
-    def for_key(
-        self, host: str, check: str, since: float, until: float, limit: int
-    ) -> list[dict[str, Any]]:
-        rows = self._db.execute(  # type: ignore[call-overload]
-            f"SELECT {RUN_COLUMNS} FROM remediation_runs WHERE host = %s AND check_id = %s"
-            " AND received_at >= %s AND received_at <= %s ORDER BY id LIMIT %s",
-            (host, check, since, until, limit),
-        ).fetchall()
-        return [_run_dict(row) for row in rows]
-
-    def outcome_counts(self) -> list[tuple[str, str, int]]:
-        rows = self._db.execute(
-            "SELECT remediation, outcome, SUM(runs)::bigint FROM remediation_outcomes"
-            " GROUP BY remediation, outcome"
-        ).fetchall()
-        return [tuple(r) for r in rows]
-
-    def hosts_by_remediation(self) -> dict[str, int]:
-        return dict(
-            self._db.execute("SELECT remediation, hosts FROM remediation_totals").fetchall()
-        )
-
-    def durations(self) -> Iterator[tuple[str, float]]:
-        yield from self._db.execute(
-            "SELECT remediation, duration_s FROM remediation_runs"
-        ).fetchall()
-
-
 class PgHostMetrics:
     """:class:`~collector.storage.protocols.HostMetricsRepository` on PostgreSQL."""
 
@@ -489,15 +381,3 @@ def _labels_or_empty(labels: Any) -> dict[str, str]:
     # jsonb comes back decoded; anything but an object (a row edited by hand) reads as no
     # labels, as in the SQLite backend: start-up reads every host and must not fail.
     return labels if isinstance(labels, dict) else {}
-
-
-def _listed_run(row: tuple[Any, ...]) -> dict[str, Any]:
-    """A listed run: its ``id`` (the keyset of its pages) and :func:`_run_dict`."""
-    return {"id": row[0], **_run_dict(row[1:])}
-
-
-def _run_dict(row: tuple[Any, ...]) -> dict[str, Any]:
-    run = dict(zip(_RUN_KEYS, row, strict=True))
-    run["output_truncated"] = bool(run["output_truncated"])
-    run["dry_run"] = bool(run["dry_run"])
-    return run

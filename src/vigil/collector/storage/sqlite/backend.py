@@ -35,9 +35,9 @@ from vigil.collector.storage.sqlite.ingest_repos import (
     SqliteHostMetrics,
     SqliteHosts,
     SqliteKeys,
-    SqliteRuns,
     SqliteSeen,
 )
+from vigil.collector.storage.sqlite.runs_repo import SqliteRuns
 from vigil.collector.storage.sqlite.schema import check_version, create_or_migrate
 
 
