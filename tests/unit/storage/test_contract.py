@@ -535,6 +535,62 @@ def test_remediation_stats_are_kept_as_runs_are_added(storage: Any) -> None:
         assert uow.runs.hosts_by_remediation() == {"fix": 2, "other": 1}
 
 
+def test_histograms_add_up_and_a_family_is_known_once_replaced(storage: Any) -> None:
+    with storage.session() as uow, uow.transaction():
+        uow.histograms.add("f/1", "P1", [0, 2, 0], 3.5)
+        assert uow.histograms.load("f/1") is None  # never filled from history
+        uow.histograms.replace("f/1", {"P1": ([1, 0, 0], 0.5), "P2": ([0, 0, 4], 40.0)})
+        uow.histograms.add("f/1", "P1", [0, 2, 0], 3.5)
+        uow.histograms.add("f/2", "P1", [9], 9.0)
+        assert uow.histograms.load("f/1") == {"P1": ({0: 1, 1: 2}, 4.0), "P2": ({2: 4}, 40.0)}
+        uow.histograms.replace("f/1", {})
+        assert uow.histograms.load("f/1") == {}
+
+
+def test_restarts_load_the_histograms_kept_not_the_history(backend: BackendFactory) -> None:
+    """Time to restore and remediation durations survive a restart from their summaries
+    alone: with the history's rows gone, the next start shows the same histograms."""
+
+    def fix(n: int, outcome: str, seconds: float) -> wire.RemediationEvent:
+        return wire.RemediationEvent(
+            event_id=f"r{n}", seq=n, time=T0, remediation="fix-it", check="disk.tmp",
+            outcome=outcome, exit_code=0, started_at=T0, duration_s=seconds,  # type: ignore[arg-type]
+            value_before=None, value_after=None, output="", output_truncated=False,
+            script_sha256="0" * 64, dry_run=False,
+        )  # fmt: skip
+
+    def histograms(desk: Desk) -> Any:
+        snap = desk.metrics_snapshot()
+        return plain(
+            {
+                "restore": {k: [h.counts, h.total] for k, h in snap.time_to_restore.items()},
+                "runs": {k: [h.counts, h.total] for k, h in snap.remediation_durations.items()},
+            }
+        )
+
+    first = backend.desk(catalog=CATALOG, rules=RULES)
+    try:
+        first.ingest(report("b1", check(1)), T0)
+        first.ingest(report("b2", check(2, state="ok"), fix(3, "fixed", 2.5)), T0 + 300)
+        first.ingest(report("b3", fix(4, "error", 40.0), host="h2"), T0 + 301)
+        before = histograms(first)
+    finally:
+        first.close()
+    assert before["restore"] and before["runs"]["fix-it"][1] == 42.5
+    again = backend.desk(catalog=CATALOG, rules=RULES)
+    try:
+        assert histograms(again) == before
+    finally:
+        again.close()
+    backend.execute("DELETE FROM remediation_runs")
+    backend.execute("UPDATE incidents SET resolved_at = opened_at + 99999")
+    third = backend.desk(catalog=CATALOG, rules=RULES)
+    try:
+        assert histograms(third) == before
+    finally:
+        third.close()
+
+
 def test_a_late_older_metrics_summary_does_not_replace_a_newer_one(storage: Any) -> None:
     with storage.session() as uow, uow.transaction():
         uow.metrics.put("h1", T0 + 60, T0 + 60, {"cpu": 2.0, "mem": 3.0})

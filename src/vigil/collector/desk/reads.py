@@ -13,7 +13,7 @@ import reprlib
 from collections.abc import Iterator
 from typing import Any
 
-from vigil.collector.desk import engine
+from vigil.collector.desk import engine, histograms
 from vigil.collector.desk.catalog import Catalog
 from vigil.collector.desk.problems import SELF_HEALED, self_healed_summary
 from vigil.collector.storage.protocols import UnitOfWork
@@ -230,12 +230,20 @@ def load_aggregates(uow: UnitOfWork, catalog: Catalog) -> Aggregates:
     # Counters and histograms keyed by agent-supplied names go through the caps of the
     # long-lived instance (Aggregates.merge_named), as they do for every later report.
     named = Aggregates()
-    for row in uow.incidents.restore_times():
-        with bad.skipping("incidents", row):
-            named.observe_restore(_text(row[0]), _finite(row[1]))
-    for row in uow.runs.durations():
-        with bad.skipping("remediation_runs", row):
-            named.observe_run_duration(_text(row[0]), _finite(row[1]))
+
+    # Histograms come from the summaries kept as values are observed; these scans of
+    # the history run once, on a store that has none yet (desk/histograms.py).
+    def scan_restores(target: Aggregates) -> None:
+        for row in uow.incidents.restore_times():
+            with bad.skipping("incidents", row):
+                target.observe_restore(_text(row[0]), _finite(row[1]))
+
+    def scan_runs(target: Aggregates) -> None:
+        for row in uow.runs.durations():
+            with bad.skipping("remediation_runs", row):
+                target.observe_run_duration(_text(row[0]), _finite(row[1]))
+
+    histograms.load(uow, named, scan_restores, scan_runs)
     # Names become label values and counts are added up: a BLOB where SQLite should hold
     # text, or text where it should hold a count, leaves its row out (never a scrape
     # that fails later, or a start-up that fails now).

@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from vigil import wire
-from vigil.collector.desk import commands, reads
+from vigil.collector.desk import commands, histograms, reads
 from vigil.collector.desk.alertables import alertables
 from vigil.collector.desk.apply import IngestResult, Items, Results, apply_group
 from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog
@@ -95,6 +95,7 @@ class Desk:
                     results, deltas = apply_group(
                         uow, self._catalog, self._rules, items, isolate=False
                     )
+                    histograms.save(uow, deltas)
             except Exception as exc:
                 # One report spoiled the shared transaction, which was rolled back whole.
                 # Redo with each report in its own savepoint so only the culprit fails
@@ -104,6 +105,7 @@ class Desk:
                     results, deltas = apply_group(
                         uow, self._catalog, self._rules, items, isolate=True
                     )
+                    histograms.save(uow, deltas)
             self._publish(deltas)
         return results
 
@@ -130,6 +132,7 @@ class Desk:
             uow.begin()
             try:
                 results, deltas = apply_group(uow, self._catalog, self._rules, items, isolate=False)
+                histograms.save(uow, deltas)
             except BaseException:
                 uow.rollback()
                 raise
@@ -172,6 +175,7 @@ class Desk:
             work = Work(uow, self._catalog, self._rules, delta)
             with uow.transaction():
                 tick(work, now, self._wait)
+                histograms.save(uow, (delta,))
             self._agg.merge(delta)
         return tuple(work.changes.opened)
 
@@ -218,6 +222,7 @@ class Desk:
             with uow.transaction():
                 work = Work(uow, self._catalog, self._rules, delta)
                 commands.resolve_manually(work, kind, item_id, by, notes, now)
+                histograms.save(uow, (delta,))
                 _append(uow, audit)
             self._agg.merge(delta)
 

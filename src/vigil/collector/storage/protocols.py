@@ -340,6 +340,23 @@ class CounterRepository(Protocol):
         """Every counter."""
 
 
+class HistogramRepository(Protocol):
+    """``histograms``: bucket counts kept as values are observed (time to restore,
+    remediation durations), so start-up reads a few rows instead of the history. A
+    ``family`` names a histogram and its bucket bounds; ``label`` one series of it."""
+
+    def add(self, family: str, label: str, counts: Sequence[int], total: float) -> None:
+        """Add ``counts`` (by bucket index) and ``total`` (the values' sum) to the series."""
+
+    def load(self, family: str) -> dict[str, tuple[dict[int, int], float]] | None:
+        r"""Per label: counts by bucket index and the sum; None if the family was never
+        :meth:`replace`\ d (filled from history), whatever :meth:`add` wrote."""
+
+    def replace(self, family: str, hists: Mapping[str, tuple[Sequence[int], float]]) -> None:
+        """Make the family exactly ``hists`` (label -> counts by bucket index, sum) and
+        mark it complete."""
+
+
 class UnitOfWork(Protocol):
     """One session on the storage: the repositories plus transaction control.
 
@@ -358,6 +375,7 @@ class UnitOfWork(Protocol):
     problems: ProblemRepository
     silences: SilenceRepository
     counters: CounterRepository
+    histograms: HistogramRepository
     operators: OperatorRepository
     audit: AuditRepository
     enrollment: EnrollmentRepository

@@ -48,6 +48,7 @@ from vigil.collector.storage.postgres.schema import (
     SchemaTooNew,
     migrate,
 )
+from vigil.collector.storage.postgres.summary_repos import PgHistograms
 from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.url import redact
 
@@ -83,6 +84,7 @@ class PgUnitOfWork:
         self.problems = PgProblems(db)
         self.silences = PgSilences(db)
         self.counters = PgCounters(db)
+        self.histograms = PgHistograms(db)
         self.operators = PgOperators(db)
         self.audit = PgAudit(db)
         self.enrollment = PgEnrollment(db)

@@ -124,6 +124,7 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
     ("remediation_outcomes", "remediation, version, outcome, runs", {}),
     ("remediation_hosts", "remediation, host", {}),
     ("remediation_totals", "remediation, hosts", {}),
+    ("histograms", "family, label, bucket, count, total", {}),
 )
 _ORDER = {"hosts": " ORDER BY rowid"}
 

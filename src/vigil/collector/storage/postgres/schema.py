@@ -309,6 +309,14 @@ CREATE TABLE remediation_totals (
 ) WITH (fillfactor = 50);
 INSERT INTO remediation_totals (remediation, hosts)
     SELECT remediation, COUNT(*) FROM remediation_hosts GROUP BY remediation;
+CREATE TABLE histograms (
+    family text NOT NULL,     -- e.g. time_to_restore/<fingerprint of the bucket bounds>
+    label  text NOT NULL,     -- priority, remediation name
+    bucket integer NOT NULL,  -- index into the bounds; -1: the sum; -2: family complete
+    count  bigint NOT NULL,
+    total  double precision NOT NULL,
+    PRIMARY KEY (family, label, bucket)
+) WITH (fillfactor = 50);
 """
 
 # Append only: a migration once released is never edited, the next one is added below.

@@ -39,6 +39,7 @@ from vigil.collector.storage.sqlite.ingest_repos import (
 )
 from vigil.collector.storage.sqlite.runs_repo import SqliteRuns
 from vigil.collector.storage.sqlite.schema import check_version, create_or_migrate
+from vigil.collector.storage.sqlite.summary_repos import SqliteHistograms
 
 
 class SqliteUnitOfWork:
@@ -57,6 +58,7 @@ class SqliteUnitOfWork:
         self.problems = SqliteProblems(db)
         self.silences = SqliteSilences(db)
         self.counters = SqliteCounters(db)
+        self.histograms = SqliteHistograms(db)
         self.operators = SqliteOperators(db)
         self.audit = SqliteAudit(db)
         self.enrollment = SqliteEnrollment(db)

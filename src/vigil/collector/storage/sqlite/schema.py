@@ -470,6 +470,20 @@ _SCALE_TABLES: tuple[tuple[str, str, str], ...] = (
         "INSERT INTO remediation_totals (remediation, hosts)"
         " SELECT remediation, COUNT(*) FROM remediation_hosts GROUP BY remediation",
     ),
+    # Histograms (time to restore, remediation durations) kept as values are observed;
+    # filled from history by the first collector that starts on it (desk/histograms.py).
+    (
+        "histograms",
+        """CREATE TABLE histograms (
+    family TEXT NOT NULL,     -- e.g. time_to_restore/<fingerprint of the bucket bounds>
+    label  TEXT NOT NULL,     -- priority, remediation name
+    bucket INTEGER NOT NULL,  -- index into the bounds; -1: the sum; -2: family complete
+    count  INTEGER NOT NULL,
+    total  REAL NOT NULL,
+    PRIMARY KEY (family, label, bucket)
+) WITHOUT ROWID""",
+        "",
+    ),
 )
 
 
@@ -486,4 +500,5 @@ def migrate_scale_reads(db: sqlite3.Connection) -> None:
         ).fetchone()
         if exists is None:
             db.execute(create)
-            db.execute(fill)
+            if fill:
+                db.execute(fill)
