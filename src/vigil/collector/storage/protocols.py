@@ -125,6 +125,9 @@ class KeyRepository(Protocol):
     def critical_by_check(self) -> dict[str, int]:
         """Keys whose state is critical, counted by check (start-up aggregates)."""
 
+    def unknown_by_check(self) -> dict[str, int]:
+        """Keys whose state is unknown, counted by check (start-up aggregates)."""
+
 
 class RemediationRunRepository(Protocol):
     """``remediation_runs``: corrective-action records."""

@@ -9,6 +9,8 @@ serves every size).
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -146,11 +148,14 @@ class PgHosts:
         ]
 
     def load(self) -> list[tuple[str, str, dict[str, str], float, float | None, float]]:
+        # labels as text, each distinct set decoded once (a fleet has few; hosts sharing
+        # one share the dict, which start-up only reads), not one jsonb parse per host.
         rows = self._db.execute(
-            "SELECT agent_id, hostname, labels, last_seen, heartbeat_ttl_s, clock_offset_s"
-            " FROM hosts ORDER BY first_order"
+            "SELECT agent_id, hostname, labels::text, last_seen, heartbeat_ttl_s,"
+            " clock_offset_s FROM hosts ORDER BY first_order"
         ).fetchall()
-        return [(a, h, _labels_or_empty(labels), s, t, o) for a, h, labels, s, t, o in rows]
+        decoded = functools.lru_cache(maxsize=4096)(_labels_from_text)
+        return [(a, h, decoded(labels), s, t, o) for a, h, labels, s, t, o in rows]
 
 
 class PgSeen:
@@ -314,6 +319,14 @@ class PgKeys:
         ).fetchall()
         return [tuple(r) for r in rows]
 
+    def unknown_by_check(self) -> dict[str, int]:
+        return dict(
+            self._db.execute(
+                "SELECT check_id, COUNT(*) FROM check_state WHERE state = 'unknown'"
+                " GROUP BY check_id"
+            ).fetchall()
+        )
+
     def critical_by_check(self) -> dict[str, int]:
         return dict(
             self._db.execute(
@@ -375,6 +388,13 @@ class PgCounters:
 
     def load(self) -> dict[str, int]:
         return {n: int(v) for n, v in self._db.execute("SELECT name, value FROM counters")}
+
+
+def _labels_from_text(text: str) -> dict[str, str]:
+    try:
+        return _labels_or_empty(json.loads(text))
+    except (TypeError, ValueError):
+        return {}
 
 
 def _labels_or_empty(labels: Any) -> dict[str, str]:

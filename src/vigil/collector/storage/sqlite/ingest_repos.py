@@ -138,8 +138,11 @@ class SqliteHosts:
             " FROM hosts ORDER BY rowid"
         ).fetchall()
         # A labels text that does not decode (a row edited by hand) reads as no labels:
-        # start-up reads every host through here and must not fail on one row.
-        return [(a, h, _labels_or_empty(labels), s, t, o) for a, h, labels, s, t, o in rows]
+        # start-up reads every host through here and must not fail on one row. A fleet
+        # has few distinct label sets: each is decoded once (hosts sharing one share the
+        # dict, which start-up only reads).
+        decoded = functools.lru_cache(maxsize=4096)(_labels_or_empty)
+        return [(a, h, decoded(labels), s, t, o) for a, h, labels, s, t, o in rows]
 
 
 class SqliteSeen:
@@ -307,6 +310,14 @@ class SqliteKeys:
                 chunk,
             ).fetchall()
         return sorted(found)
+
+    def unknown_by_check(self) -> dict[str, int]:
+        return dict(
+            self._db.execute(
+                "SELECT check_id, COUNT(*) FROM check_state WHERE state = 'unknown'"
+                " GROUP BY check_id"
+            ).fetchall()
+        )
 
     def critical_by_check(self) -> dict[str, int]:
         return dict(
