@@ -101,7 +101,15 @@ def list_problems(
         offset=offset,
         before=before,
     )
-    return [_problem(uow, row) for row in rows]
+    if not rows:
+        return []
+    # The page's links in two queries, not one or two per problem (a round trip each on
+    # PostgreSQL: 25-50 ms a page of 100).
+    ids = [row["id"] for row in rows]
+    links = uow.problems.incident_ids_of(ids)
+    healed = [row["id"] for row in rows if row["kind"] == SELF_HEALED]
+    hosts = uow.problems.hosts_linked_of(healed) if healed else {}
+    return [_problem(uow, row, links[row["id"]], hosts.get(row["id"])) for row in rows]
 
 
 def get_problem(uow: UnitOfWork, problem_id: int) -> dict[str, Any] | None:
@@ -332,13 +340,20 @@ def _incident(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _problem(uow: UnitOfWork, row: dict[str, Any]) -> dict[str, Any]:
+def _problem(
+    uow: UnitOfWork,
+    row: dict[str, Any],
+    incidents: list[int] | None = None,
+    hosts: int | None = None,
+) -> dict[str, Any]:
+    """Shape one problem; ``incidents`` and ``hosts`` (its links, when the caller read
+    them for a whole page) are read here otherwise."""
     row["state"] = engine.display_state(row["state"], row["acknowledged_at"], False)
-    row["incidents"] = uow.problems.incident_ids(row["id"])
+    row["incidents"] = uow.problems.incident_ids(row["id"]) if incidents is None else incidents
     if row["kind"] == SELF_HEALED:
         # Hosts keep joining after it opened (the threshold is reached before the last
         # host reports): the count and the summary are the links' as of now.
-        row["hosts"] = uow.problems.hosts_linked(row["id"])
+        row["hosts"] = uow.problems.hosts_linked(row["id"]) if hosts is None else hosts
         row["summary"] = self_healed_summary(row["check"], row["hosts"])
     return row
 

@@ -283,6 +283,12 @@ class ProblemRepository(DeskItemRepository, Protocol):
     def incident_ids(self, problem_id: int) -> list[int]:
         """Linked incident ids, ascending."""
 
+    def incident_ids_of(self, problem_ids: Sequence[int]) -> dict[int, list[int]]:
+        """:meth:`incident_ids` of each problem (one page's: a query, not one each)."""
+
+    def hosts_linked_of(self, problem_ids: Sequence[int]) -> dict[int, int]:
+        """:meth:`hosts_linked` of each problem (one page's: a query, not one each)."""
+
     def of_incident(self, incident_id: int) -> list[int]:
         """Problem ids the incident is linked to, ascending."""
 

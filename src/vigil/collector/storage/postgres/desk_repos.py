@@ -350,6 +350,25 @@ class PgProblems(_DeskItems):
             ).fetchall()
         ]
 
+    def incident_ids_of(self, problem_ids: Sequence[int]) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {int(p): [] for p in problem_ids}
+        for problem, incident in self._db.execute(
+            "SELECT problem_id, incident_id FROM problem_incidents WHERE problem_id = ANY(%s)"
+            " ORDER BY problem_id, incident_id",
+            (list(problem_ids),),
+        ).fetchall():
+            out[int(problem)].append(int(incident))
+        return out
+
+    def hosts_linked_of(self, problem_ids: Sequence[int]) -> dict[int, int]:
+        rows = self._db.execute(
+            "SELECT l.problem_id, COUNT(DISTINCT i.host) FROM problem_incidents l"
+            " JOIN incidents i ON i.id = l.incident_id WHERE l.problem_id = ANY(%s)"
+            " GROUP BY l.problem_id",
+            (list(problem_ids),),
+        ).fetchall()
+        return {int(p): 0 for p in problem_ids} | {int(p): int(n) for p, n in rows}
+
     def of_incident(self, incident_id: int) -> list[int]:
         return [
             int(p)

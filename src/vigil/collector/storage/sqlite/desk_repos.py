@@ -385,6 +385,27 @@ class SqliteProblems(_DeskItems):
             )
         ]
 
+    def incident_ids_of(self, problem_ids: Sequence[int]) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {p: [] for p in problem_ids}
+        marks = ", ".join("?" * len(problem_ids))  # one page of ids: at most 1000
+        for problem, incident in self._db.execute(
+            f"SELECT problem_id, incident_id FROM problem_incidents WHERE problem_id IN ({marks})"
+            " ORDER BY problem_id, incident_id",
+            tuple(problem_ids),
+        ):
+            out[problem].append(incident)
+        return out
+
+    def hosts_linked_of(self, problem_ids: Sequence[int]) -> dict[int, int]:
+        marks = ", ".join("?" * len(problem_ids))
+        rows = self._db.execute(
+            "SELECT l.problem_id, COUNT(DISTINCT i.host) FROM problem_incidents l"
+            f" JOIN incidents i ON i.id = l.incident_id WHERE l.problem_id IN ({marks})"
+            " GROUP BY l.problem_id",
+            tuple(problem_ids),
+        ).fetchall()
+        return {p: 0 for p in problem_ids} | dict(rows)
+
     def of_incident(self, incident_id: int) -> list[int]:
         return [
             p
