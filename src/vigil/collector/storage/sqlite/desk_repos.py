@@ -305,9 +305,12 @@ class SqliteIncidents(_DeskItems):
         )
 
     def past_sla(self, now: float) -> dict[str, int]:
+        # INDEXED BY: with ANALYZE statistics SQLite prefers incidents_priority, which is
+        # not covering (measured 29 ms against 0.1 ms at 200k incidents, every tick).
         return dict(
             self._db.execute(
-                "SELECT priority, COUNT(*) FROM incidents WHERE state = 'open'"
+                "SELECT priority, COUNT(*) FROM incidents INDEXED BY incidents_figures"
+                " WHERE state = 'open'"
                 " AND sla_due IS NOT NULL AND sla_due < ? GROUP BY priority",
                 (now,),
             ).fetchall()
@@ -316,7 +319,8 @@ class SqliteIncidents(_DeskItems):
     def acknowledged_open(self) -> dict[str, int]:
         return dict(
             self._db.execute(
-                "SELECT priority, COUNT(*) FROM incidents WHERE state = 'open'"
+                "SELECT priority, COUNT(*) FROM incidents INDEXED BY incidents_figures"
+                " WHERE state = 'open'"
                 " AND acknowledged_at IS NOT NULL GROUP BY priority"
             ).fetchall()
         )
