@@ -25,7 +25,7 @@ from vigil.collector.desk.alertables import alertables
 from vigil.collector.desk.apply import IngestResult, Items, Results, apply_group
 from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog
 from vigil.collector.desk.engine import IncidentRules
-from vigil.collector.desk.liveness import tick
+from vigil.collector.desk.liveness import Budget, tick
 from vigil.collector.desk.work import Work
 from vigil.collector.identity.audit import AuditEntry, append_audit
 from vigil.collector.storage.protocols import Storage, UnitOfWork
@@ -169,15 +169,23 @@ class Desk:
     def tick(self, now: float) -> tuple[int, ...]:
         """Age incidents at ``now`` (collector time, Unix seconds): hosts gone silent,
         promised remediation results overdue by ``remediation_wait_s``, flapping that
-        settled. Returns the ids of incidents opened."""
+        settled. Returns the ids of incidents opened. One transaction, however many
+        changes: see :meth:`tick_step` for bounded ones."""
+        return self.tick_step(now, None)[0]
+
+    def tick_step(self, now: float, max_changes: int | None) -> tuple[tuple[int, ...], bool]:
+        """One bounded step of :meth:`tick`: at most ``max_changes`` state changes (None:
+        all) in one transaction. Returns the ids of incidents opened and whether the tick
+        is done; if not, call again (with the storage released in between, so reads and
+        reports queued meanwhile go first)."""
         delta = Aggregates()
         with self.storage.session() as uow:
             work = Work(uow, self._catalog, self._rules, delta)
             with uow.transaction():
-                tick(work, now, self._wait)
+                done = tick(work, now, self._wait, Budget(max_changes))
                 histograms.save(uow, (delta,))
             self._agg.merge(delta)
-        return tuple(work.changes.opened)
+        return tuple(work.changes.opened), done
 
     def prune_seen(self, before: float, *, limit: int | None = None) -> int:
         """Forget batch and event ids received before ``before`` (Unix seconds), oldest
