@@ -210,20 +210,30 @@ def load_aggregates(uow: UnitOfWork, catalog: Catalog) -> Aggregates:
     """
     agg = Aggregates()
     bad = _BadRows()
+    # Per host (O(fleet), the bulk of a start at 100k hosts): a plain try, not the
+    # context manager, and the catalog asked once per distinct label set (hosts sharing
+    # one share its dict, see HostRepository.load).
+    expected_by_labels: dict[int, bool] = {}
     for row in uow.hosts.load():
-        with bad.skipping("hosts", row):
+        try:
             agent_id, hostname, labels, last_seen, ttl, offset = row
             agent_id = _text(agent_id)
             last_seen, offset = _finite(last_seen), _finite(offset)
             ttl = None if ttl is None else _finite(ttl)
-            expected = bool(catalog.groups) and catalog.silence_expected(labels)
-            agg.host_last_seen[agent_id] = last_seen
-            agg.host_names[agent_id] = str(hostname)
-            agg.clock_skew.set(agent_id, abs(offset))
-            if ttl is not None:
-                agg.host_ttl[agent_id] = ttl
-            if expected:
-                agg.host_silence_expected[agent_id] = True
+            expected = expected_by_labels.get(id(labels))
+            if expected is None:
+                expected = bool(catalog.groups) and catalog.silence_expected(labels)
+                expected_by_labels[id(labels)] = expected
+        except _BAD_ROW as exc:
+            bad.skip("hosts", row, exc)
+            continue
+        agg.host_last_seen[agent_id] = last_seen
+        agg.host_names[agent_id] = str(hostname)
+        agg.clock_skew.set(agent_id, abs(offset))
+        if ttl is not None:
+            agg.host_ttl[agent_id] = ttl
+        if expected:
+            agg.host_silence_expected[agent_id] = True
     agg.liveness.load(
         (host, seen, agg.host_ttl.get(host)) for host, seen in agg.host_last_seen.items()
     )
@@ -311,6 +321,10 @@ def _count(value: object) -> int:
     return value
 
 
+# What a bad stored row raises while start-up reads it.
+_BAD_ROW = (TypeError, ValueError, ArithmeticError, LookupError, AttributeError)
+
+
 class _BadRows:
     """Counts and logs the rows :func:`load_aggregates` leaves out: the first few of each
     table with a short excerpt, then one line with the totals (a store full of bad rows
@@ -325,10 +339,14 @@ class _BadRows:
     def skipping(self, table: str, row: object) -> Iterator[None]:
         try:
             yield
-        except (TypeError, ValueError, ArithmeticError, LookupError, AttributeError) as exc:
-            n = self.skipped[table] = self.skipped.get(table, 0) + 1
-            if n <= self.LOGGED:
-                log.warning("start-up: skipping a bad %s row %s: %s", table, reprlib.repr(row), exc)
+        except _BAD_ROW as exc:
+            self.skip(table, row, exc)
+
+    def skip(self, table: str, row: object, exc: Exception) -> None:
+        """Count (and log, the first few) a ``row`` of ``table`` left out for ``exc``."""
+        n = self.skipped[table] = self.skipped.get(table, 0) + 1
+        if n <= self.LOGGED:
+            log.warning("start-up: skipping a bad %s row %s: %s", table, reprlib.repr(row), exc)
 
     def report(self) -> None:
         for table, n in self.skipped.items():

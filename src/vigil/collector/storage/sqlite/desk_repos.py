@@ -306,12 +306,13 @@ class SqliteIncidents(_DeskItems):
 
     def past_sla(self, now: float) -> dict[str, int]:
         # INDEXED BY: with ANALYZE statistics SQLite prefers incidents_priority, which is
-        # not covering (measured 29 ms against 0.1 ms at 200k incidents, every tick).
+        # not covering (measured 29 ms against 0.1 ms at 200k incidents, every tick); and
+        # +sla_due (no index range on it; NULL < x is not true): else it skip-scans the
+        # index over every state and priority (233 ms against 1 ms at 1M incidents).
         return dict(
             self._db.execute(
                 "SELECT priority, COUNT(*) FROM incidents INDEXED BY incidents_figures"
-                " WHERE state = 'open'"
-                " AND sla_due IS NOT NULL AND sla_due < ? GROUP BY priority",
+                " WHERE state = 'open' AND +sla_due < ? GROUP BY priority",
                 (now,),
             ).fetchall()
         )
