@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.vigil-installed
 
-.PHONY: demo test wheel lint format clean
+.PHONY: demo test wheel package lint format clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ test: $(STAMP)
 wheel: $(STAMP)
 	rm -rf build
 	$(BIN)/python -m build --wheel --outdir dist .
+
+# The agent's Debian package, dist/vigil-agent_<version>_<arch>.deb: the wheel plus the
+# agent's dependency wheels for each CPython in PYTHONS (downloaded now; installing it is
+# offline). tests/integration/test_deb_package.py builds, installs and purges the same.
+PYTHONS ?= 3.11,3.12,3.13
+package: $(STAMP)
+	$(BIN)/python packaging/build_deb.py --out dist --pythons $(PYTHONS)
 
 lint: $(STAMP)
 	$(BIN)/ruff format --check .

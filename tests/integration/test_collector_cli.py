@@ -140,6 +140,14 @@ def test_a_bad_config_value_exits_2_naming_it(tmp_path) -> None:
     assert f"{config}: listen.port: expected an integer (got 'abc')" in result.stderr
 
 
+def test_bad_satisfaction_quiet_hours_exit_2_naming_file_key_and_value(tmp_path) -> None:
+    config = write_config(tmp_path, VALID + "satisfaction: {enabled: true, quiet_hours: 8pm-7am}\n")
+    result = run_to_exit(config)
+    assert result.returncode == 2
+    assert f'{config}: satisfaction.quiet_hours: expected "HH:MM-HH:MM"' in result.stderr
+    assert "(got '8pm-7am')" in result.stderr
+
+
 @pytest.mark.parametrize(
     ("auth", "key", "problem"),
     [

@@ -54,6 +54,13 @@ RETRY_ON = (OSError, ValueError)
 
 
 def post_report(url: str, report: wire.Report, token: str = AGENT_TOKEN) -> int:
+    return post_report_ack(url, report, token)[0]
+
+
+def post_report_ack(
+    url: str, report: wire.Report, token: str = AGENT_TOKEN
+) -> tuple[int, dict[str, Any]]:
+    """POST a report; ``(status, the JSON ack or {})``."""
     request = urllib.request.Request(
         f"{url}/api/v1/reports",
         data=gzip.compress(wire.encode_report(report)),
@@ -66,9 +73,9 @@ def post_report(url: str, report: wire.Report, token: str = AGENT_TOKEN) -> int:
     )
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status
+            return response.status, json.load(response)
     except urllib.error.HTTPError as exc:
-        return exc.code
+        return exc.code, {}
 
 
 def dashboard_queries() -> list[tuple[str, str]]:
@@ -94,6 +101,7 @@ class Fleet:
         self.url = url
         self.accepted = 0
         self._seq = 0
+        self.surveys: list[dict[str, Any]] = []  # survey offers the acks carried
 
     def send(self, host: str, *events: wire.Event, sent_at: float | None = None) -> None:
         now = time.time()
@@ -107,8 +115,10 @@ class Fleet:
             agent_version="0.1.0",
             events=events,
         )
-        assert post_report(self.url, report) == 200
+        status, ack = post_report_ack(self.url, report)
+        assert status == 200
         self.accepted += 1
+        self.surveys += ack.get("surveys", [])
 
     def _next(self) -> int:
         self._seq += 1
@@ -183,6 +193,11 @@ class Fleet:
         """While Prometheus watches: a restore, more runs, CPU rates, a rejection."""
         time.sleep(1.0)  # a measurable time to restore, and a CPU interval
         self.send("ws-1", self.check("disk.free", "ok"))
+        # ws-1's user answers the survey its resolved incident brought (NPS panels).
+        (survey,) = self.surveys
+        answer = urllib.parse.urlencode({"score": "9"}).encode()
+        with urllib.request.urlopen(survey["url"], data=answer, timeout=10) as response:
+            assert response.status == 200
         self.send(
             "ws-5",
             self.check("disk.free", "critical", remediation="disk-cleanup"),
@@ -255,7 +270,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         tmp,
         agent_token=AGENT_TOKEN,
         admin_token=ADMIN_TOKEN,
-        extra="metrics: {per_host_series: true, max_host_series: 3}\n",
+        extra="metrics: {per_host_series: true, max_host_series: 3}\n"
+        "satisfaction: {enabled: true}\n",
     )
     collector, collector_url = start_collector(config, tmp / "collector.log", cwd=REPO)
     prometheus: subprocess.Popen[str] | None = None
@@ -279,6 +295,11 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         wait_for(
             "a scrape after phase two",
             lambda: scraped_value("sum(vigil_reports_accepted_total)") == fleet.accepted,
+            retry_on=RETRY_ON,
+        )
+        wait_for(  # survey figures are counted at the collector's tick (every 5 s)
+            "a scrape with the survey answer",
+            lambda: scraped_value("sum(vigil_survey_responses_total)") == 1,
             retry_on=RETRY_ON,
         )
         time.sleep(2.5)  # two more scrapes and rule evaluations on the final state

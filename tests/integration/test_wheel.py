@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import stat
 import subprocess
@@ -44,7 +43,7 @@ import pytest
 import yaml
 
 import vigil
-from tests.support.peers import unavailable
+from tests.support.peers import INDEX_TROUBLE, unavailable
 from tests.support.procs import collector_config, read_line, stop
 
 REPO = Path(__file__).resolve().parents[2]
@@ -59,15 +58,6 @@ RUN_TIMEOUT_S = 60.0
 # A build and an install (each mostly waiting on the package index) fit in the first test
 # that needs them; the suite's default of 120 s does not when the index is slow.
 pytestmark = pytest.mark.timeout(BUILD_TIMEOUT_S + PIP_TIMEOUT_S)
-
-# What pip and build print when the package index cannot be reached or has nothing
-# suitable; anything else going wrong is a packaging bug and fails the test everywhere.
-_INDEX_TROUBLE = re.compile(
-    r"No matching distribution found|Could not find a version that satisfies"
-    r"|Failed to establish a new connection|Temporary failure in name resolution"
-    r"|Name or service not known|Network is unreachable|Max retries exceeded"
-    r"|ConnectTimeoutError|ReadTimeoutError"
-)
 
 # The working tree minus what is not source: virtualenvs, build output, run state, caches.
 _NOT_SOURCE = shutil.ignore_patterns(
@@ -198,7 +188,7 @@ def _run_tool(what: str, args: list[str], timeout_s: float, cwd: Path) -> str:
         unavailable(f"{what} took over {timeout_s:.0f} s (package index unreachable or slow?)")
     output = result.stdout + result.stderr
     if result.returncode != 0:
-        if _INDEX_TROUBLE.search(output):
+        if INDEX_TROUBLE.search(output):
             tail = "\n".join(output.strip().splitlines()[-6:])
             unavailable(f"{what} could not get its dependencies from a package index:\n{tail}")
         pytest.fail(f"{what} failed (exit {result.returncode}):\n{output}")

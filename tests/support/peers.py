@@ -7,6 +7,7 @@ because ``.ci/run`` installs every peer and a skip there would hide a broken ins
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import socket
 from typing import NoReturn
@@ -30,8 +31,18 @@ PACKAGES = {
     "cupsdisable": "cups-client",
     "cancel": "cups-client",
     "dnsmasq": "dnsmasq",
+    "notify-send": "libnotify-bin",
+    "dbus-run-session": "dbus",
 }
 NAGIOS_PLUGINS = "/usr/lib/nagios/plugins"
+# What pip and build print when the package index cannot be reached or has nothing
+# suitable; anything else going wrong is a packaging bug and fails the test everywhere.
+INDEX_TROUBLE = re.compile(
+    r"No matching distribution found|Could not find a version that satisfies"
+    r"|Failed to establish a new connection|Temporary failure in name resolution"
+    r"|Name or service not known|Network is unreachable|Max retries exceeded"
+    r"|ConnectTimeoutError|ReadTimeoutError"
+)
 
 
 _EXTRA_PATH = os.pathsep.join(["/usr/local/sbin", "/usr/sbin", "/sbin", NAGIOS_PLUGINS])

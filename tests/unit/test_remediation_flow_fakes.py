@@ -21,6 +21,7 @@ from vigil.agent.config import CheckSpec, RemediationRef, RemediationSettings
 from vigil.agent.exec.script import ScriptResult
 from vigil.agent.remediation.flow import (
     VERIFY_CLEAR_READINGS,
+    VERIFY_STEP_MAX_S,
     VERIFY_STEP_S,
     RemediationFlow,
     detection_spec,
@@ -285,8 +286,9 @@ def test_verification_waits_for_the_check_to_clear_then_confirms_once() -> None:
 
     (record,) = h.sink.records()
     assert (record.outcome, record.value_after) == ("fixed", 3.0)
-    # Clear at the third reading (0.4 s), confirmed at the fourth (0.6 s): well within 1 s.
-    assert h.slept == pytest.approx([VERIFY_STEP_S] * 3)
+    # Bad at 0 s and 0.2 s (the step doubles), clear at 0.6 s, confirmed one short step
+    # later (0.8 s): well within 1 s.
+    assert h.slept == pytest.approx([VERIFY_STEP_S, 2 * VERIFY_STEP_S, VERIFY_STEP_S])
     assert h.sink.story()[-1] == ("check", "level.high", "ok", "-")
 
 
@@ -296,15 +298,31 @@ def test_one_clear_reading_followed_by_a_bad_one_is_not_verified() -> None:
     (record,) = h.sink.records()
     assert (record.outcome, record.value_after) == ("not_fixed", 50.0)
     assert sum(h.slept) == pytest.approx(1.0)  # read until the verify delay, no longer
-    assert len(h.measure.asked) == 6
+    # 0 (clear), 0.2 (bad), 0.4 (bad: the step doubles), 0.8, and the deadline at 1.0.
+    assert h.slept == pytest.approx([0.2, 0.2, 0.4, 0.2])
+    assert len(h.measure.asked) == 5
+
+
+def test_a_check_that_stays_bad_is_read_rarely_under_a_long_verify_delay() -> None:
+    """Backoff: a 60 s delay costs a handful of readings (a verify script runs once per
+    reading), the steps never exceed the cap, and the last reading is at the delay."""
+    h = verify_with(50.0, delay=60.0)
+
+    (record,) = h.sink.records()
+    assert record.outcome == "not_fixed"
+    assert sum(h.slept) == pytest.approx(60.0)
+    assert max(h.slept) == pytest.approx(VERIFY_STEP_MAX_S)
+    assert h.slept[:5] == pytest.approx([0.2, 0.4, 0.8, 1.6, 3.2])
+    assert len(h.measure.asked) <= 20
 
 
 def test_a_single_clear_reading_at_the_delay_still_verifies_as_before() -> None:
-    h = verify_with(50.0, 50.0, 50.0, 50.0, 50.0, 3.0)
+    # Readings at 0, 0.2, 0.6 (bad, the step doubling) and at the 1 s delay (clear).
+    h = verify_with(50.0, 50.0, 50.0, 3.0)
 
     (record,) = h.sink.records()
     assert (record.outcome, record.value_after) == ("fixed", 3.0)
-    assert sum(h.slept) == pytest.approx(1.0)
+    assert h.slept == pytest.approx([0.2, 0.4, 0.4])
 
 
 def test_unknown_readings_never_confirm_a_fix() -> None:
@@ -353,13 +371,14 @@ def test_a_script_that_could_not_run_keeps_the_value_and_says_why() -> None:
 
 def test_a_verification_script_decides_and_runs_in_the_verify_phase() -> None:
     rem = remediation(verify_scripts={HERE: LIB / "fix" / "verify.sh"})
-    runner = FakeRunner(**{"fix.sh": [ran()], "verify.sh": [ran(1)] * 6})
+    runner = FakeRunner(**{"fix.sh": [ran()], "verify.sh": [ran(1)] * 4})
     h = Harness(rem, runner=runner, measure=FakeMeasure([3.0]))
 
     run(h.observe(with_fix(), 50.0))
 
-    # The check reads clear, but the script says no at every reading up to the 1 s bound.
-    assert h.runner.names() == ["fix.sh"] + ["verify.sh"] * 6
+    # The check reads clear, but the script says no at every reading up to the 1 s bound
+    # (at 0, 0.2, 0.6 and 1 s: the step doubles while the answer is no).
+    assert h.runner.names() == ["fix.sh"] + ["verify.sh"] * 4
     assert h.runner.calls[1].env["VIGIL_PHASE"] == "verify"
     (record,) = h.sink.records()
     assert (record.outcome, record.value_after) == ("not_fixed", 3.0)

@@ -15,10 +15,11 @@ from pathlib import Path
 import pytest
 
 from vigil.agent.cli import main
-from vigil.agent.service_cli import SYSTEMD_RUNNING, _uninstall_commands
+from vigil.agent.service_cli import SYSTEMD_RUNNING, _uninstall_commands, installed_unit
 from vigil.agent.svc.install import (
     LAUNCHD_THROTTLE_S,
     WATCHDOG_S,
+    WINDOWS_SERVICE_NAME,
     ServiceSpec,
     launchd_plist,
     systemd_quote,
@@ -205,3 +206,59 @@ def test_windows_uninstall_stops_best_effort_then_removes_the_service() -> None:
     assert [argv[-1] for argv in best_effort] == ["stop"]  # may fail: not running
     assert [argv[-1] for argv in before] == ["remove"]
     assert after == []
+
+
+def test_launchd_plist_is_an_xml_property_list_of_a_background_daemon() -> None:
+    """launchd reads XML plists with Apple's DOCTYPE; the job runs at low priority and
+    logs where docs/install.md says."""
+    raw = launchd_plist(SPEC, log_dir=Path("/Library/Logs/Vigil"))
+    assert raw.startswith(b'<?xml version="1.0" encoding="UTF-8"?>\n<!DOCTYPE plist')
+    plist = plistlib.loads(raw, fmt=plistlib.FMT_XML)
+    assert plist["ProcessType"] == "Background"
+    assert plist["LowPriorityIO"] is True
+    assert plist["Nice"] == 10
+    assert plist["StandardErrorPath"] == "/Library/Logs/Vigil/agent.log"
+    assert plist["StandardOutPath"] == "/Library/Logs/Vigil/agent.out"
+    # Only keys launchd knows (a typo is silently ignored by launchd, so catch it here).
+    known = {
+        "Label", "ProgramArguments", "RunAtLoad", "KeepAlive", "ThrottleInterval",
+        "ProcessType", "LowPriorityIO", "Nice", "StandardErrorPath", "StandardOutPath",
+    }  # fmt: skip
+    assert set(plist) == known
+
+
+def test_windows_service_module_compiles_and_names_the_service_everywhere() -> None:
+    """The module byte-compiles, registers ``VigilAgent`` (the name the sc.exe recovery
+    commands use) and hands its command line to pywin32 when run as a script."""
+    module = Path("C:/ProgramData/Vigil/vigil_agent_service.py")
+    svc = windows_service(SPEC, module)
+    compile(svc.module, str(module), "exec")  # raises SyntaxError if the template broke
+    tree = ast.parse(svc.module)
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef))
+    attrs = {
+        t.id: ast.literal_eval(n.value)
+        for n in cls.body
+        if isinstance(n, ast.Assign)
+        for t in n.targets
+        if isinstance(t, ast.Name)
+    }
+    assert attrs["_svc_name_"] == WINDOWS_SERVICE_NAME == "VigilAgent"
+    assert attrs["_svc_display_name_"]
+    methods = {n.name for n in cls.body if isinstance(n, ast.FunctionDef)}
+    assert {"SvcStop", "SvcDoRun"} <= methods
+    assert "win32serviceutil.HandleCommandLine(VigilAgentService)" in svc.module
+    sc_targets = [argv[2] for argv in svc.commands if argv[0] == "sc.exe"]
+    assert sc_targets and set(sc_targets) == {WINDOWS_SERVICE_NAME}
+
+
+def test_status_reports_the_unit_systemd_would_load_etc_before_the_package(tmp_path: Path) -> None:
+    """``service status`` finds the .deb's unit in /usr/lib when ``service install`` wrote
+    none in /etc, and the /etc one (which overrides it) when both exist."""
+    etc, vendor = tmp_path / "etc", tmp_path / "usr-lib"
+    etc.mkdir()
+    vendor.mkdir()
+    assert installed_unit((etc, vendor)) == etc / "vigil-agent.service"  # neither: /etc's path
+    (vendor / "vigil-agent.service").write_text("[Unit]\n")
+    assert installed_unit((etc, vendor)) == vendor / "vigil-agent.service"
+    (etc / "vigil-agent.service").write_text("[Unit]\n")
+    assert installed_unit((etc, vendor)) == etc / "vigil-agent.service"

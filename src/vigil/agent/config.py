@@ -29,7 +29,9 @@ from vigil.agent.sampler_config import (
     process_spec,
     services,
 )
+from vigil.agent.surveys import SurveySettings
 from vigil.configio import ConfigError, Section, load_yaml, parse_duration
+from vigil.quiet_hours import parse_quiet_hours
 
 Operator = Literal[">", ">=", "<", "<="]
 OPERATORS: tuple[str, ...] = (">", ">=", "<", "<=")
@@ -220,6 +222,8 @@ class AgentConfig:
     remediation: RemediationSettings
     checks: tuple[CheckSpec, ...]
     shipping: ShippingConfig = field(default_factory=ShippingConfig)
+    # Satisfaction surveys from the collector (``surveys:``; docs/satisfaction.md).
+    surveys: SurveySettings = field(default_factory=SurveySettings)
 
 
 def default_state_dir() -> Path:
@@ -344,6 +348,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     )
     rs.done()
 
+    surveys = _surveys(root.section("surveys"))
+
     checks = tuple(_check(s) for s in root.sections("checks"))
     seen: set[str] = set()
     for i, c in enumerate(checks):
@@ -365,7 +371,25 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         remediation=remediation,
         checks=checks,
         shipping=shipping,
+        surveys=surveys,
     )
+
+
+def _surveys(s: Section) -> SurveySettings:
+    """``surveys:``: whether to show them, quiet hours (local time), the notifier."""
+    raw = s.get("quiet_hours", str, None)
+    try:
+        quiet = parse_quiet_hours(raw)
+    except ValueError as exc:
+        raise s.error("quiet_hours", str(exc), raw) from None
+    notifier = s.str_list("notifier", ())
+    if notifier and not notifier[0].strip():
+        raise s.error("notifier", "the first item must name a program", list(notifier))
+    settings = SurveySettings(
+        enabled=s.get("enabled", bool, True), quiet_hours=quiet, notifier=notifier
+    )
+    s.done()
+    return settings
 
 
 _TOP_SERIES = re.compile(r"^process\.top_(?:cpu_percent|rss_bytes)\[(.+)\]$")

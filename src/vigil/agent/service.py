@@ -54,10 +54,12 @@ from vigil.agent.delivery.shipper import KEEPALIVE_S, Shipper
 from vigil.agent.events import new_event_id
 from vigil.agent.identity import Identity, load_identity
 from vigil.agent.measure import Measurer, SampleSource
+from vigil.agent.notify_user import command_notifier, platform_notifier
 from vigil.agent.preflight import REMEDIATIONS_CHECK, check_enabled, load_checked_library
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.remediation.manifest import Remediation, check_library, with_schedule
 from vigil.agent.sampling.sampler import Sampler
+from vigil.agent.surveys import SurveyInbox
 from vigil.agent.svc.notify import start_notify, stop_notify
 from vigil.agent.timers import Timers
 
@@ -103,6 +105,12 @@ def build_service(
         max_age_s=config.outbox.max_age_s,
     )
     sh = config.shipping
+    notifier = (
+        command_notifier(config.surveys.notifier)
+        if config.surveys.notifier
+        else platform_notifier()
+    )
+    surveys = SurveyInbox(config.surveys, notifier, state_file=config.state_dir / "surveys.json")
     shipper = Shipper(
         config.collector,
         outbox,
@@ -119,6 +127,7 @@ def build_service(
         credentials=CredentialSource(
             config.state_dir, identity.agent_id, config.collector.token, clock=time.time
         ),
+        exchange=surveys,
     )
     measurer = Measurer(sampler if sampler is not None else Sampler(config.sampler))
     flow = RemediationFlow(
@@ -143,6 +152,7 @@ def build_service(
         # interval) so a fleet that boots together does not flush its backlogs in step.
         first_ship_delay_s=random.uniform(0, min(sh.start_jitter_s, config.intervals.report_s)),
         broken_remediations=broken,
+        surveys=surveys,
     )
 
 
@@ -171,6 +181,7 @@ class AgentService:
         clock: Callable[[], float] = time.time,
         first_ship_delay_s: float = 0.0,
         broken_remediations: Mapping[str, str] | None = None,
+        surveys: SurveyInbox | None = None,
     ) -> None:
         self.config = config
         self.broken_remediations = broken_remediations
@@ -180,6 +191,7 @@ class AgentService:
         self.shipper = shipper
         self.checks = checks
         self.flow = flow
+        self.surveys = surveys
         outbox.on_put = self._stored
         flow.deliver_now = self._ship_soon
         self.first_ship_delay_s = first_ship_delay_s
@@ -387,6 +399,8 @@ class AgentService:
         self._ship_not_before = time.monotonic() + iv.report_s
         self._ship_slack = iv.sample_s / 2
         result = await self.shipper.ship()
+        if self.surveys is not None and self.surveys.pending:
+            self._spawn(self._show_surveys())
         if result.error and result.error != "backing off":
             # The shipper logs the outage itself (one WARNING, one INFO when it ends).
             log.debug("delivery pending (%d events queued): %s", self._depth(), result.error)
@@ -394,6 +408,15 @@ class AgentService:
             self._set_ship_job(armed=False)
         elif not self._ship_armed and self.outbox.pending:
             self._set_ship_job(armed=True)  # left over (a failure, a long backlog): retry
+
+    async def _show_surveys(self) -> None:
+        """Show the surveys the last acks brought (in a task: a notifier may take a few
+        seconds, and delivery must not wait for it)."""
+        assert self.surveys is not None
+        try:
+            await self.surveys.show_due()
+        except Exception:
+            log.exception("showing satisfaction surveys failed")
 
     def _stored(self, urgent: bool) -> None:
         """The outbox's ``on_put``: resume the ship job if an empty outbox had paused it.

@@ -8,7 +8,8 @@ print. On Linux the unit goes to ``--unit-dir`` (default ``/etc/systemd/system``
 ``systemctl daemon-reload`` + ``enable --now`` run only when systemd is the running init
 (``/run/systemd/system`` exists, as ``sd_booted()`` checks); otherwise the command says so
 and exits 1 with the file written. ``uninstall`` reverses it; ``status`` says whether the
-file is there and, under systemd, whether the unit is active.
+file is there (on Linux also the .deb's unit in ``/usr/lib/systemd/system``) and, under
+systemd, whether the unit is active.
 
 Exit status: 0 done; 1 the service manager failed or is absent, or writing failed;
 2 bad usage (an unsupported platform, a config path with control characters).
@@ -26,6 +27,7 @@ from typing import Any
 from vigil.agent.svc.install import (
     LAUNCHD_DIR,
     LAUNCHD_LABEL,
+    PACKAGE_UNIT_DIR,
     SYSTEMD_UNIT_DIR,
     SYSTEMD_UNIT_NAME,
     ServiceSpec,
@@ -81,6 +83,16 @@ def definition_path(platform: str, unit_dir: Path | None, config: Path) -> Path:
     return (unit_dir or config.parent) / WINDOWS_MODULE
 
 
+def installed_unit(unit_dirs: Sequence[Path]) -> Path:
+    """The unit file systemd loads from the first of ``unit_dirs`` that has one (systemd's
+    own precedence: ``/etc`` before the package's ``/usr/lib``); the first folder's path
+    when none has."""
+    for folder in unit_dirs:
+        if (folder / SYSTEMD_UNIT_NAME).is_file():
+            return folder / SYSTEMD_UNIT_NAME
+    return unit_dirs[0] / SYSTEMD_UNIT_NAME
+
+
 def main(args: argparse.Namespace, config_path: Path) -> int:
     """Run ``vigil-agent service ...``; the exit status."""
     platform = _platform(args)
@@ -89,6 +101,9 @@ def main(args: argparse.Namespace, config_path: Path) -> int:
         return CONFIG_EXIT_CODE
     spec = ServiceSpec(config=config_path.absolute(), log_level=args.log_level or "INFO")
     path = definition_path(platform, args.unit_dir, spec.config)
+    if args.action == "status" and platform == "linux" and args.unit_dir is None:
+        # Installed by the .deb rather than by `service install`: report that unit.
+        path = installed_unit((SYSTEMD_UNIT_DIR, PACKAGE_UNIT_DIR))
     try:
         content = _definition(platform, spec, path)
     except ValueError as exc:

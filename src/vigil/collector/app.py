@@ -31,6 +31,7 @@ from vigil.collector.api import (
     remediations,
     reports,
     silences,
+    surveys,
     system,
 )
 from vigil.collector.api.http import ITEM_ID, ApiError, error_response
@@ -163,6 +164,10 @@ def setup_routes(app: web.Application) -> None:
     r.add_post(f"/api/v1/operators/{operators.OPERATOR_NAME}/rotate", operators.rotate_operator)
     r.add_delete(f"/api/v1/operators/{operators.OPERATOR_NAME}", operators.remove_operator)
     r.add_get("/api/v1/audit", operators.list_audit)
+    r.add_get(f"/api/v1/incidents/{item}/surveys", surveys.get_incident_surveys)
+    r.add_get("/api/v1/satisfaction", surveys.get_satisfaction)
+    r.add_get(f"/survey/{surveys.TOKEN}", surveys.get_survey)
+    r.add_post(f"/survey/{surveys.TOKEN}", surveys.post_survey)
     r.add_get("/metrics", system.get_metrics)
     r.add_get("/healthz", system.get_healthz)
 
@@ -205,6 +210,7 @@ def open_desk(config: CollectorConfig) -> Desk:
             remediation_wait_s=config.remediation_wait_s,
             catalog=config.catalog,
             rules=config.rules,
+            satisfaction=config.satisfaction,
         )
     except BaseException:
         storage.close()
@@ -227,6 +233,7 @@ async def _desk_ctx(app: web.Application) -> AsyncIterator[None]:
         max_host_series=config.metrics.max_host_series,
         service_of=lambda check: getattr(config.catalog.service_for(check), "name", None),
         notify_failures=app[notify_health_key].failed_totals,
+        surveys=desk.surveys.figures if config.satisfaction.enabled else None,
     )
     await loop.run_in_executor(executor, desk.refresh_metrics_figures, app[clock_key]())
     registry = app[registry_key]

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 
 from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog, load_catalog
 from vigil.collector.desk.engine import IncidentRules
+from vigil.collector.desk.satisfaction import DISABLED, SatisfactionPolicy
 from vigil.collector.notify.config import NotifyConfig, parse_notifications
 from vigil.collector.storage.url import (
     SCHEMES,
@@ -31,6 +32,7 @@ from vigil.configio import (
     load_yaml,
     secret_problem,
 )
+from vigil.quiet_hours import parse_quiet_hours
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9750
@@ -136,6 +138,8 @@ class CollectorConfig:
     # ``POST /api/v1/enroll`` tries per client address per minute, also the burst
     # (``enrollment.rate_limit``); beyond it 429 with Retry-After.
     enroll_rate_per_minute: int = DEFAULT_ENROLL_RATE_PER_MINUTE
+    # Satisfaction surveys after incidents (``satisfaction:``; docs/satisfaction.md).
+    satisfaction: SatisfactionPolicy = DISABLED
 
 
 def load_collector_config(path: str | Path) -> CollectorConfig:
@@ -240,6 +244,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     enr.done()
 
     public_url = root.get("public_url", str, None)
+    satisfaction = _satisfaction(root.section("satisfaction"), public_url)
     root.done()
     return CollectorConfig(
         file=str(path),
@@ -263,7 +268,42 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         access_log=access_log,
         credential_ttl_s=credential_ttl_s,
         enroll_rate_per_minute=enroll_rate,
+        satisfaction=satisfaction,
     )
+
+
+def _satisfaction(section: Section, public_url: str | None) -> SatisfactionPolicy:
+    """``satisfaction:``; ``public_url`` defaults to the top-level one. Links must reach
+    people's browsers, so the URL must be ``http(s)://host...``."""
+    d = DISABLED
+    quiet_raw = section.get("quiet_hours", str, None)
+    try:
+        quiet = parse_quiet_hours(quiet_raw)
+    except ValueError as exc:
+        raise section.error("quiet_hours", str(exc), quiet_raw) from None
+    url = section.get("public_url", str, public_url)
+    if url is not None:
+        split = urlsplit(url)
+        if split.scheme not in ("http", "https") or not split.hostname:
+            raise section.error("public_url", "must be an http:// or https:// URL", url)
+    policy = SatisfactionPolicy(
+        enabled=section.get("enabled", bool, d.enabled),
+        rate_limit_s=section.duration("rate_limit", d.rate_limit_s),
+        link_lifetime_s=section.duration("link_lifetime", d.link_lifetime_s, minimum=60.0),
+        quiet_hours=quiet,
+        public_url=url,
+        secret=section.secret("secret", None),
+        department_label=section.get("department_label", str, d.department_label),
+        retention_s=section.duration("retention", d.retention_s, minimum=86400.0),
+    )
+    if policy.retention_s < max(policy.rate_limit_s, policy.link_lifetime_s):
+        # Deleting surveys sooner would forget who was asked (the rate limit) or break
+        # links still out.
+        raise section.error(
+            "retention", "must be at least rate_limit and link_lifetime", section.data["retention"]
+        )
+    section.done()
+    return policy
 
 
 def is_loopback(host: str) -> bool:

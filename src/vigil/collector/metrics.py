@@ -35,6 +35,7 @@ from prometheus_client.core import (
 
 from vigil import __version__
 from vigil.collector.desk.engine import is_silent
+from vigil.collector.desk.surveys import SurveyFigures
 from vigil.collector.telemetry.aggregates import MetricsSnapshot
 from vigil.collector.telemetry.buckets import (
     CLOCK_SKEW_LIMIT_S,
@@ -43,6 +44,7 @@ from vigil.collector.telemetry.buckets import (
     BucketCounts,
 )
 from vigil.collector.telemetry.requests import RequestCounters
+from vigil.collector.telemetry.satisfaction import survey_families
 
 # Priorities always rendered (at zero when nothing has them) so dashboards and alert rules
 # see a series, not an absent one; a priority outside this set is rendered as it comes.
@@ -180,6 +182,7 @@ class VigilCollector:
     ``max_host_series`` hosts. ``service_of(check)`` names the catalog service a check
     belongs to (``None``: no service, labelled ``none``). ``notify_failures()`` gives the
     failed notification deliveries per ``(kind, target)`` (bounded by the config).
+    ``surveys()`` gives the satisfaction figures (None: surveys off, no such series).
     """
 
     def __init__(
@@ -194,6 +197,7 @@ class VigilCollector:
         max_host_series: int = 1000,
         service_of: Callable[[str], str | None] = lambda check: None,
         notify_failures: Callable[[], Mapping[tuple[str, str], int]] = dict,
+        surveys: Callable[[], SurveyFigures] | None = None,
     ) -> None:
         self._snapshot = snapshot
         self._counters = counters
@@ -203,6 +207,7 @@ class VigilCollector:
         self._host_series = max_host_series if per_host_series else 0
         self._service_of = service_of
         self._notify_failures = notify_failures
+        self._surveys = surveys
 
     def describe(self) -> list[Metric]:
         # Empty on purpose: registering must not call the desk (which may not be open
@@ -223,6 +228,9 @@ class VigilCollector:
         yield from _remediations(snap)
         yield from _footprint(snap)
         yield from _notifications(self._notify_failures())
+        if self._surveys is not None:
+            figures = self._surveys()
+            yield from survey_families(figures.scores, figures.states)
         if self._host_series:
             yield from _hosts(snap)
 

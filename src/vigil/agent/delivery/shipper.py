@@ -79,6 +79,7 @@ import time
 import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from vigil import wire
 from vigil.agent.config import CollectorTarget
@@ -104,6 +105,17 @@ _LOGGED_BODY_CHARS = 2000
 # At most this much of a 2xx response body is read (the collector's ack is a few bytes);
 # the connection is dropped rather than reused when the body is longer.
 MAX_ACK_BODY_BYTES = 64 * 1024
+
+
+class AckExchange(Protocol):
+    """Something that rides on report delivery: :meth:`headers` go with every report,
+    and :meth:`take_ack` reads each 2xx ack (``sent``: the headers that went with it)."""
+
+    def headers(self) -> dict[str, str]:
+        """Extra request headers for the next report."""
+
+    def take_ack(self, text: str, sent: Mapping[str, str]) -> None:
+        """Read an ack's body (after a 2xx)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +173,7 @@ class Shipper:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         credentials: CredentialSource | None = None,
+        exchange: AckExchange | None = None,
     ) -> None:
         if not 1 <= batch_max_events <= wire.MAX_EVENTS:
             raise ValueError(
@@ -191,6 +204,8 @@ class Shipper:
         self._rng = rng if rng is not None else random.Random()
         # The per-agent credential (enrollment), else ``target.token`` is sent.
         self._credentials = credentials
+        # What else rides on a report and its ack (satisfaction surveys), if anything.
+        self._exchange = exchange
         self._rejected_token: str | None = None  # the token a 4xx backoff was for
         self._url = target.url.rstrip("/") + REPORTS_PATH
         self._https = split.scheme == "https"
@@ -308,6 +323,8 @@ class Shipper:
         rotate = self._credentials is not None and self._credentials.wants_rotation()
         if rotate:
             headers[ROTATE_HEADER] = "1"
+        if self._exchange is not None:
+            headers.update(self._exchange.headers())
         try:
             reply = await self._request(body, headers)
         except (http.client.HTTPException, OSError) as exc:  # OSError: TimeoutError, ssl
@@ -319,6 +336,11 @@ class Shipper:
             log.debug("delivered batch %s (%d events)", batch.batch_id, len(batch.events))
             if rotate and self._credentials is not None:
                 self._credentials.take_from_ack(text)
+            if self._exchange is not None:
+                try:
+                    self._exchange.take_ack(text, headers)
+                except Exception:  # the batch is delivered whatever a listener thinks
+                    log.exception("reading the ack's extras failed")
             return None, None
 
         error = f"collector answered HTTP {status} for batch {batch.batch_id}: {text[:200]}"

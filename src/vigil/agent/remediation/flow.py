@@ -9,8 +9,9 @@ remediation. For a check that names a remediation the flow is:
    collector waits for), or, when the gate refuses (already running, cooldown,
    attempts used up), the transition and a ``skipped`` record;
 2. the script runs under the exec limits, holding the gate's slot;
-3. the check is measured again (or the verification script runs) at once and every
-   0.2 s: two consecutive clear readings verify the fix, else the reading at
+3. the check is measured again (or the verification script runs) at once, then 0.2 s
+   after a clear reading and at doubling steps (up to 5 s) while it stays bad: two
+   consecutive clear readings verify the fix, else the reading at
    ``verify_delay`` (the upper bound) decides; the outcome rules are in
    :mod:`~vigil.agent.remediation.outcome`;
 4. the corrective-action record is written *before* the check's recovery, so the
@@ -61,7 +62,11 @@ RETRY_OUTCOMES = frozenset({"not_fixed", "error", "timeout", "skipped:busy"})
 # this many consecutive clear readings of its check, taken this many seconds apart, and
 # the manifest's ``verify.delay`` is only the upper bound. Two readings, not one: a value
 # read the instant a fix exits can be a transient (a service that dies again at once).
+# While the check stays bad the step doubles up to VERIFY_STEP_MAX_S: a slow fix under a
+# 60 s ``verify.delay`` costs ~17 readings (a verification script runs that often), not
+# 300; a clear reading is confirmed one short step later.
 VERIFY_STEP_S = 0.2
+VERIFY_STEP_MAX_S = 5.0
 VERIFY_CLEAR_READINGS = 2
 
 Measure = Callable[[CheckSpec], Awaitable[tuple[float | None, CheckState | None]]]
@@ -379,18 +384,20 @@ class RemediationFlow:
     ) -> tuple[bool, str, float | None, CheckState | None]:
         """Verify event-driven: (cleared, detail, value, level) of the deciding reading.
 
-        The check is read at once when the fix has exited, then every
-        :data:`VERIFY_STEP_S`: :data:`VERIFY_CLEAR_READINGS` consecutive clear readings
-        confirm the fix early; otherwise the reading at ``bound_s`` (the manifest's
-        ``verify.delay``, else the agent's) decides, as a single reading after the delay
-        always did. A reading is clear when the verification script exits 0, or else when
-        the check's state is known and not one the remediation is for (``unknown`` never
-        counts as fixed). ``bound_s`` is counted in the sleeps taken and on the monotonic
-        clock, whichever runs out first, and the number of readings is bounded too.
+        The check is read at once when the fix has exited, then :data:`VERIFY_STEP_S`
+        after a clear reading, and after a bad one at a step that doubles with each bad
+        reading in a row (capped at :data:`VERIFY_STEP_MAX_S`).
+        :data:`VERIFY_CLEAR_READINGS` consecutive clear readings confirm the fix early;
+        otherwise the reading at ``bound_s`` (the manifest's ``verify.delay``, else the
+        agent's) decides, as a single reading after the delay always did. A reading is
+        clear when the verification script exits 0, or else when the check's state is
+        known and not one the remediation is for (``unknown`` never counts as fixed).
+        ``bound_s`` is counted in the sleeps taken and on the monotonic clock, whichever
+        runs out first, and the number of readings is bounded too.
         """
         started = time.monotonic()
         waited = 0.0
-        streak = 0
+        streak = misses = 0
         for _ in range(int(bound_s / VERIFY_STEP_S) + 2):
             after, level = await self._measure(spec)
             if (verify := rem.verify_for()) is not None:
@@ -400,11 +407,12 @@ class RemediationFlow:
                 bad = rem.states_for(spec.id) or ("critical",)
                 cleared = state not in bad and state != "unknown"
                 detail = f"after: {state}"
-            streak = streak + 1 if cleared else 0
+            streak, misses = (streak + 1, 0) if cleared else (0, misses + 1)
             left = bound_s - max(waited, time.monotonic() - started)
             if streak >= VERIFY_CLEAR_READINGS or left <= 1e-9:
                 break
-            step = min(VERIFY_STEP_S, left)
+            backoff = VERIFY_STEP_S * 2 ** max(misses - 1, 0)
+            step = min(backoff, VERIFY_STEP_MAX_S, left)
             await self.sleep(step)
             waited += step
         return cleared, detail, after, level

@@ -17,6 +17,9 @@ from pathlib import Path
 
 SYSTEMD_UNIT_NAME = "vigil-agent.service"
 SYSTEMD_UNIT_DIR = Path("/etc/systemd/system")
+# Where the vigil-agent .deb ships the same unit (packaging/build_deb.py): the vendor
+# folder, which a unit of the same name in SYSTEMD_UNIT_DIR overrides.
+PACKAGE_UNIT_DIR = Path("/usr/lib/systemd/system")
 LAUNCHD_LABEL = "org.vigil.agent"
 LAUNCHD_DIR = Path("/Library/LaunchDaemons")
 WINDOWS_SERVICE_NAME = "VigilAgent"

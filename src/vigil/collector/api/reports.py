@@ -4,7 +4,8 @@ Authentication (``collector/identity/service.py``): an enrolled agent's own cred
 which may only write as that agent's id (else 403, nothing changed), or a shared
 ``auth.agent_tokens`` token for agents not enrolled yet. An enrolled agent may ask for a
 rotated credential with the ``Vigil-Credential-Rotate: 1`` header; the ack then carries
-``"credential": {"token", "expires_at"}``.
+``"credential": {"token", "expires_at"}``. Satisfaction surveys for the host ride on the
+ack too (``"surveys"``; see ``api/survey_ack.py``).
 
 Every rejection is counted by reason (``vigil_reports_rejected_total``) and logged at
 INFO with the client address. The commit itself goes through the ingest queue's group
@@ -28,6 +29,7 @@ from vigil.collector.api.http import (
     read_body,
     require_json,
 )
+from vigil.collector.api.survey_ack import survey_ack
 from vigil.collector.identity.service import ROTATE_HEADER, Forbidden
 from vigil.collector.ingest import QueueFull
 from vigil.collector.keys import clock_key, config_key, counters_key, identity_key, ingest_key
@@ -131,6 +133,11 @@ async def post_report(request: web.Request) -> web.Response:
         "duplicate": result.duplicate,
         "events": result.events,
     }
+    offered = await survey_ack(
+        request, report.agent_id, received_at, resolved=bool(result.resolved)
+    )
+    if offered is not None:
+        ack["surveys"] = offered
     if request.headers.get(ROTATE_HEADER) == "1":
         issued = await identity.rotate(auth, received_at)
         if issued is not None:

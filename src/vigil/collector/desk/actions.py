@@ -21,6 +21,7 @@ from vigil.collector.desk.engine import (
     ResolveIncident,
 )
 from vigil.collector.desk.problems import after_open, close_fleet_problems
+from vigil.collector.desk.surveys import queue_after_resolve
 from vigil.collector.desk.work import Work, key_row
 
 log = logging.getLogger("vigil.collector.desk")
@@ -146,6 +147,7 @@ def resolve(work: Work, incident_id: int, now: float, reason: str) -> None:
     delta.incidents_open[(resolved.priority, resolved.check)] -= 1
     delta.observe_restore(resolved.priority, now - resolved.opened_at)
     delta.counters["incidents_resolved"] += 1
+    queue_after_resolve(work, incident_id, now)  # ask the person how it went, maybe
 
 
 def note_silences(

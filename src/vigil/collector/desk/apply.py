@@ -35,6 +35,7 @@ from vigil.collector.desk import engine
 from vigil.collector.desk.actions import carry_out, flapping_now
 from vigil.collector.desk.catalog import Catalog
 from vigil.collector.desk.engine import IncidentRules, KeyState
+from vigil.collector.desk.satisfaction import DISABLED, SatisfactionPolicy
 from vigil.collector.desk.work import Changes, Work, key_state
 from vigil.collector.storage.protocols import UnitOfWork
 from vigil.collector.telemetry.aggregates import Aggregates
@@ -102,7 +103,13 @@ def summary_time(agent_time: float, received_at: float) -> float:
 
 
 def apply_group(
-    uow: UnitOfWork, catalog: Catalog, rules: IncidentRules, items: Items, *, isolate: bool
+    uow: UnitOfWork,
+    catalog: Catalog,
+    rules: IncidentRules,
+    items: Items,
+    *,
+    isolate: bool,
+    satisfaction: SatisfactionPolicy = DISABLED,
 ) -> tuple[Results, list[Aggregates]]:
     """The work of a group commit, inside the caller's open transaction.
 
@@ -121,12 +128,19 @@ def apply_group(
             results.append(ValueError(f"received_at: must be a finite number, got {received_at!r}"))
             continue
         if not isolate:
-            results.append(apply_report(Work(uow, catalog, rules, deltas[0]), report, received_at))
+            results.append(
+                apply_report(
+                    Work(uow, catalog, rules, deltas[0], satisfaction=satisfaction),
+                    report,
+                    received_at,
+                )
+            )
             continue
         delta = Aggregates()
         try:
             with uow.savepoint():
-                result = apply_report(Work(uow, catalog, rules, delta), report, received_at)
+                work = Work(uow, catalog, rules, delta, satisfaction=satisfaction)
+                result = apply_report(work, report, received_at)
         except Exception as exc:
             log.error("report %s not applied: %r", report.batch_id, exc)
             results.append(exc)

@@ -26,6 +26,8 @@ from vigil.collector.desk.apply import IngestResult, Items, Results, apply_group
 from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog
 from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.desk.liveness import Budget, tick
+from vigil.collector.desk.satisfaction import DISABLED, SatisfactionPolicy
+from vigil.collector.desk.surveys import SurveyDesk
 from vigil.collector.desk.work import Work
 from vigil.collector.identity.audit import AuditEntry, append_audit
 from vigil.collector.storage.protocols import Storage, UnitOfWork
@@ -51,6 +53,7 @@ class Desk:
         remediation_wait_s: float = 600.0,
         catalog: Catalog = EMPTY_CATALOG,
         rules: IncidentRules | None = None,
+        satisfaction: SatisfactionPolicy = DISABLED,
     ) -> None:
         if not math.isfinite(remediation_wait_s) or remediation_wait_s < 0:
             raise ValueError(
@@ -60,6 +63,9 @@ class Desk:
         self._wait = remediation_wait_s
         self._catalog = catalog
         self._rules = rules or IncidentRules(remediation_wait_s=remediation_wait_s)
+        self._satisfaction = satisfaction
+        # Satisfaction surveys: queued when incidents resolve, handed over in acks.
+        self.surveys = SurveyDesk(storage, satisfaction)
         with storage.session() as uow:
             self._agg = reads.load_aggregates(uow, catalog)
 
@@ -89,11 +95,12 @@ class Desk:
         acknowledged) until this returns; if the COMMIT itself fails it raises and none
         was applied.
         """
+        sat = self._satisfaction
         with self.storage.session() as uow:
             try:
                 with uow.transaction():
                     results, deltas = apply_group(
-                        uow, self._catalog, self._rules, items, isolate=False
+                        uow, self._catalog, self._rules, items, isolate=False, satisfaction=sat
                     )
                     histograms.save(uow, deltas)
             except Exception as exc:
@@ -103,7 +110,7 @@ class Desk:
                 log.warning("group of %d reports failed (%r); retrying one by one", len(items), exc)
                 with uow.transaction():
                     results, deltas = apply_group(
-                        uow, self._catalog, self._rules, items, isolate=True
+                        uow, self._catalog, self._rules, items, isolate=True, satisfaction=sat
                     )
                     histograms.save(uow, deltas)
             self._publish(deltas)
@@ -131,7 +138,14 @@ class Desk:
         try:
             uow.begin()
             try:
-                results, deltas = apply_group(uow, self._catalog, self._rules, items, isolate=False)
+                results, deltas = apply_group(
+                    uow,
+                    self._catalog,
+                    self._rules,
+                    items,
+                    isolate=False,
+                    satisfaction=self._satisfaction,
+                )
                 histograms.save(uow, deltas)
             except BaseException:
                 uow.rollback()
@@ -169,22 +183,27 @@ class Desk:
     def tick(self, now: float) -> tuple[int, ...]:
         """Age incidents at ``now`` (collector time, Unix seconds): hosts gone silent,
         promised remediation results overdue by ``remediation_wait_s``, flapping that
-        settled. Returns the ids of incidents opened. One transaction, however many
-        changes: see :meth:`tick_step` for bounded ones."""
+        settled; and delete satisfaction surveys past their retention. Returns the ids
+        of incidents opened. One transaction for the aging, however many changes: see
+        :meth:`tick_step` for bounded ones."""
         return self.tick_step(now, None)[0]
 
     def tick_step(self, now: float, max_changes: int | None) -> tuple[tuple[int, ...], bool]:
         """One bounded step of :meth:`tick`: at most ``max_changes`` state changes (None:
-        all) in one transaction. Returns the ids of incidents opened and whether the tick
-        is done; if not, call again (with the storage released in between, so reads and
-        reports queued meanwhile go first)."""
+        all) in one transaction, then (once done) the survey retention. Returns the ids of incidents
+        opened and whether the tick is done; if not, call again (with the storage
+        released in between, so reads and reports queued meanwhile go first)."""
         delta = Aggregates()
         with self.storage.session() as uow:
-            work = Work(uow, self._catalog, self._rules, delta)
+            work = Work(uow, self._catalog, self._rules, delta, satisfaction=self._satisfaction)
             with uow.transaction():
                 done = tick(work, now, self._wait, Budget(max_changes))
                 histograms.save(uow, (delta,))
             self._agg.merge(delta)
+        if done:  # once the aging is done, not at every step of a long tick
+            pruned = self.surveys.prune(now)  # retention: satisfaction.retention
+            if pruned:
+                log.info("deleted %d satisfaction surveys past their retention", pruned)
         return tuple(work.changes.opened), done
 
     def prune_seen(self, before: float, *, limit: int | None = None) -> int:
@@ -228,7 +247,7 @@ class Desk:
         delta = Aggregates()
         with self.storage.session() as uow:
             with uow.transaction():
-                work = Work(uow, self._catalog, self._rules, delta)
+                work = Work(uow, self._catalog, self._rules, delta, satisfaction=self._satisfaction)
                 commands.resolve_manually(work, kind, item_id, by, notes, now)
                 histograms.save(uow, (delta,))
                 _append(uow, audit)
@@ -419,6 +438,16 @@ class Desk:
         with self.storage.session() as uow:
             return reads.incident_aggregates(uow, now)
 
+    def satisfaction_summary(
+        self,
+        department: str | None = None,
+        service: str | None = None,
+        since: float | None = None,
+    ) -> dict[str, Any]:
+        """NPS and CSAT overall, per department and per service (see
+        :meth:`~collector.desk.surveys.SurveyDesk.summary`); for the console's quality page."""
+        return self.surveys.summary(department=department, service=service, since=since)
+
     # ----------------------------------------------------------------- telemetry
 
     def metrics_snapshot(self, *, host_series: int = 0, host_maps: bool = True) -> MetricsSnapshot:
@@ -439,6 +468,7 @@ class Desk:
             incidents_past_sla=figures["sla_breached"],
             incidents_acknowledged=figures["incidents_acknowledged"],
         )
+        self.surveys.refresh(now)
 
     def close(self) -> None:
         """Close the storage; safe to call twice."""

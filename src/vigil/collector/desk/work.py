@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 from vigil.collector.desk.catalog import Catalog
 from vigil.collector.desk.engine import IncidentRules, KeyState
+from vigil.collector.desk.satisfaction import DISABLED, SatisfactionPolicy
 from vigil.collector.storage.protocols import UnitOfWork
 from vigil.collector.storage.records import KeyRow
 from vigil.collector.telemetry.aggregates import Aggregates
@@ -31,6 +32,8 @@ class Work:
     rules: IncidentRules
     delta: Aggregates
     changes: Changes = field(default_factory=Changes)
+    # Whom to ask how it went when an incident resolves (``satisfaction:``).
+    satisfaction: SatisfactionPolicy = DISABLED
 
     def host_info(self, host: str) -> tuple[str, dict[str, str]]:
         """``(hostname, labels)``; ``(host, {})`` for a host never seen."""

@@ -28,6 +28,13 @@ from vigil.collector.storage.records import (
     SilenceRow,
 )
 
+# The columns of a survey row, as the repositories return them.
+SURVEY_COLUMNS = (
+    "id", "incident_id", "host", "hostname", "department", "service", "check_id", "title",
+    "created_at", "expires_at", "state", "offered_at", "offers", "shown_at",
+    "delivery_note", "answered_at", "score", "comment",
+)  # fmt: skip
+
 
 class HostRepository(Protocol):
     """``hosts``: one row per agent that ever reported."""
@@ -366,6 +373,61 @@ class HistogramRepository(Protocol):
         mark it complete."""
 
 
+class SurveyRepository(Protocol):
+    """``surveys``: satisfaction surveys queued for the person at a host, their delivery
+    and their one answer; and ``survey_key``, the links' HMAC key when the config gives
+    none. States: ``pending`` (queued), ``offered`` (handed to the agent in an ack),
+    ``shown`` / ``unavailable`` (the agent showed it / had no way to), ``answered``.
+    Rows are dicts of :data:`SURVEY_COLUMNS`."""
+
+    def add(self, row: Mapping[str, Any]) -> int:
+        """Insert a ``pending`` survey (every column but the delivery and answer ones);
+        returns its id."""
+
+    def last_asked(self, host: str) -> float | None:
+        """When ``host`` was last sent a survey (its newest ``created_at``), or None."""
+
+    def undelivered(self, host: str, now: float, max_offers: int) -> list[dict[str, Any]]:
+        """``host``'s surveys still ``pending`` or ``offered`` fewer than ``max_offers``
+        times, and not expired at ``now``; oldest first."""
+
+    def hosts_undelivered(self, now: float, max_offers: int) -> set[str]:
+        """Hosts with at least one survey :meth:`undelivered` at ``now``."""
+
+    def mark_offered(self, survey_ids: Sequence[int], at: float) -> None:
+        """Count one more offer of each survey; the first sets ``offered_at``; a
+        ``pending`` one becomes ``offered``."""
+
+    def mark_delivery(self, survey_id: int, host: str, state: str, note: str, at: float) -> bool:
+        """Record that the agent of ``host`` showed (``state='shown'``) or could not show
+        (``'unavailable'``) the survey; only for that host's survey still ``pending`` or
+        ``offered``. Whether a row changed."""
+
+    def get(self, survey_id: int) -> dict[str, Any] | None:
+        """One survey, or None."""
+
+    def answer(self, survey_id: int, score: int, comment: str, at: float) -> bool:
+        """Record the answer if the survey has none yet (atomic: two concurrent answers,
+        one wins). Whether it was recorded."""
+
+    def score_counts(self, since: float | None) -> list[tuple[str, str, int, int]]:
+        """``(department, service, score, answers)`` of answers at or after ``since``."""
+
+    def of_incident(self, incident_id: int) -> list[dict[str, Any]]:
+        """The incident's surveys, oldest first."""
+
+    def state_counts(self) -> dict[str, int]:
+        """Surveys per state."""
+
+    def prune(self, before: float, limit: int) -> int:
+        """Delete at most ``limit`` surveys queued before ``before``, oldest first (their
+        answers and comments with them); how many were deleted."""
+
+    def link_key(self, candidate: str) -> str:
+        """The stored link key; stores ``candidate`` first if there is none (the first
+        collector to ask wins, the others read its key)."""
+
+
 class UnitOfWork(Protocol):
     """One session on the storage: the repositories plus transaction control.
 
@@ -388,6 +450,7 @@ class UnitOfWork(Protocol):
     operators: OperatorRepository
     audit: AuditRepository
     enrollment: EnrollmentRepository
+    surveys: SurveyRepository
 
     def begin(self) -> None:
         """Start a write transaction."""

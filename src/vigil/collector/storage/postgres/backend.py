@@ -49,6 +49,7 @@ from vigil.collector.storage.postgres.schema import (
     migrate,
 )
 from vigil.collector.storage.postgres.summary_repos import PgHistograms
+from vigil.collector.storage.postgres.survey_repo import PgSurveys
 from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.url import redact
 
@@ -88,6 +89,7 @@ class PgUnitOfWork:
         self.operators = PgOperators(db)
         self.audit = PgAudit(db)
         self.enrollment = PgEnrollment(db)
+        self.surveys = PgSurveys(db)
 
     def begin(self) -> None:
         self._db.execute("BEGIN")

@@ -120,6 +120,14 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         {"labels": _json({}), "pending": _bool},
     ),
     ("enroll_generation", "id, value", {}),
+    (
+        "surveys",
+        "id, incident_id, host, hostname, department, service, check_id, title, created_at,"
+        " expires_at, state, offered_at, offers, shown_at, delivery_note, answered_at, score,"
+        " comment",
+        {},
+    ),
+    ("survey_key", "id, key", {}),
     # Schema 10 summaries (the SQLite file was migrated first, so they hold its runs).
     ("remediation_outcomes", "remediation, version, outcome, runs", {}),
     ("remediation_hosts", "remediation, host", {}),

@@ -25,6 +25,8 @@ import time
 
 import psycopg
 
+from vigil.collector.storage.postgres.survey_repo import SURVEYS_DDL
+
 # Advisory lock class ids (the first int of the two-int form); the second is a hash of
 # the schema name, so collectors on different schemas of one database do not contend.
 MIGRATE_LOCK = 0x76696731  # "vig1"
@@ -320,7 +322,7 @@ CREATE TABLE histograms (
 """
 
 # Append only: a migration once released is never edited, the next one is added below.
-MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (6, _V6))
+MIGRATIONS: tuple[tuple[int, str], ...] = ((1, _V1), (4, SURVEYS_DDL), (6, _V6))
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables with an identity id, for moving the sequence past ids copied in (importer).
@@ -333,6 +335,7 @@ IDENTITY_TABLES = (
     "problem_timeline",
     "silences",
     "audit",
+    "surveys",
 )
 
 
@@ -358,14 +361,17 @@ def migrate(db: psycopg.Connection) -> int:
             "CREATE TABLE IF NOT EXISTS vigil_schema"
             " (version integer PRIMARY KEY, applied_at double precision NOT NULL)"
         )
-        row = db.execute("SELECT COALESCE(MAX(version), 0) FROM vigil_schema").fetchone()
-        have = int(row[0]) if row else 0
+        applied = {int(r[0]) for r in db.execute("SELECT version FROM vigil_schema")}
+        have = max(applied, default=0)
         if have > SCHEMA_VERSION:
             raise SchemaTooNew(
                 f"schema version {have} is newer than this collector supports ({SCHEMA_VERSION})"
             )
+        # Every migration not applied yet, not only those above the highest applied: a
+        # database made by a development build may hold a later number without an earlier
+        # one (migrations are numbered per feature and land in any order).
         for version, ddl in MIGRATIONS:
-            if version <= have:
+            if version in applied:
                 continue
             # One call (no parameters: the simple protocol takes several statements, and
             # a function body's own ";" needs no splitting).

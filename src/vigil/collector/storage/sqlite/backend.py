@@ -40,6 +40,7 @@ from vigil.collector.storage.sqlite.ingest_repos import (
 from vigil.collector.storage.sqlite.runs_repo import SqliteRuns
 from vigil.collector.storage.sqlite.schema import check_version, create_or_migrate
 from vigil.collector.storage.sqlite.summary_repos import SqliteHistograms
+from vigil.collector.storage.sqlite.survey_repo import SqliteSurveys
 
 
 class SqliteUnitOfWork:
@@ -62,6 +63,7 @@ class SqliteUnitOfWork:
         self.operators = SqliteOperators(db)
         self.audit = SqliteAudit(db)
         self.enrollment = SqliteEnrollment(db)
+        self.surveys = SqliteSurveys(db)
 
     def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")

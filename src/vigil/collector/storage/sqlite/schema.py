@@ -12,6 +12,7 @@ import json
 import sqlite3
 
 from vigil.collector.storage.sqlite.codec import HOST_METRICS_UPSERT, pack_floats
+from vigil.collector.storage.sqlite.survey_repo import migrate_surveys
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 
 # 2: host_metrics (one row per host) replaces metrics_latest; seen replaces batches and
@@ -20,6 +21,7 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # _migrate_problem_kinds).
 # 4: operators and the append-only audit log (_migrate_identity).
 # 5: enrollment secrets and per-agent credentials (migrate_enrollment).
+# 8: satisfaction surveys and the survey link key (sqlite/survey_repo.migrate_surveys).
 # 10: reads at fleet scale (issue #17; 6-9 are other branches' numbers): the deadline and
 # filter indexes and the remediation summaries (migrate_scale_reads).
 SCHEMA_VERSION = 10
@@ -236,6 +238,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     _migrate_seen(db)
     _migrate_identity(db)
     migrate_enrollment(db)
+    migrate_surveys(db)
     migrate_scale_reads(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 

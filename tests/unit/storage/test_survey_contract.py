@@ -1,0 +1,192 @@
+"""The :class:`~collector.storage.protocols.SurveyRepository` contract, run against every
+backend (see ``backends.py``): what the satisfaction flow relies on."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.conftest import build_check_event, build_report
+from tests.unit.storage.backends import BackendFactory
+from vigil.collector.desk.satisfaction import SatisfactionPolicy
+from vigil.collector.desk.surveys import FIGURES_INTERVAL_S, SurveyUsed
+from vigil.collector.storage.protocols import Storage
+
+NOW = 1_700_000_000.0
+
+
+@pytest.fixture
+def storage(backend: BackendFactory) -> Iterator[Storage]:
+    store = backend.open()
+    yield store
+    store.close()
+
+
+def survey(incident_id: int = 1, host: str = "a1", **extra: Any) -> dict[str, Any]:
+    row = {"incident_id": incident_id, "host": host, "hostname": f"ws-{host}"}
+    row |= {"department": "sales", "service": "email", "check_id": "disk.free"}
+    return row | {"title": "Disk full", "created_at": NOW, "expires_at": NOW + 100} | extra
+
+
+def add(storage: Storage, *rows: dict[str, Any]) -> list[int]:
+    with storage.session() as uow, uow.transaction():
+        return [uow.surveys.add(r) for r in rows]
+
+
+def test_a_new_survey_is_pending_and_undelivered_until_it_expires(storage: Storage) -> None:
+    (sid,) = add(storage, survey())
+    with storage.session() as uow:
+        found = uow.surveys.get(sid)
+        assert uow.surveys.get(sid + 100) is None
+        assert [s["id"] for s in uow.surveys.undelivered("a1", NOW + 99, 5)] == [sid]
+        assert uow.surveys.undelivered("a1", NOW + 100, 5) == []
+        assert uow.surveys.undelivered("other", NOW, 5) == []
+        assert uow.surveys.hosts_undelivered(NOW, 5) == {"a1"}
+        assert uow.surveys.hosts_undelivered(NOW + 100, 5) == set()
+    assert found is not None
+    assert found["state"] == "pending" and found["offers"] == 0 and found["score"] is None
+    assert found["department"] == "sales" and found["title"] == "Disk full"
+
+
+def test_last_asked_is_the_newest_survey_of_the_host(storage: Storage) -> None:
+    add(storage, survey(created_at=NOW), survey(2, created_at=NOW + 50), survey(3, host="b"))
+    with storage.session() as uow:
+        assert uow.surveys.last_asked("a1") == NOW + 50
+        assert uow.surveys.last_asked("nobody") is None
+
+
+def test_offers_are_counted_and_the_first_offer_time_kept(storage: Storage) -> None:
+    (sid,) = add(storage, survey())
+    with storage.session() as uow, uow.transaction():
+        uow.surveys.mark_offered([sid], NOW + 1)
+        uow.surveys.mark_offered([sid], NOW + 2)
+        uow.surveys.mark_offered([], NOW + 3)
+    with storage.session() as uow:
+        found = uow.surveys.get(sid)
+        still = uow.surveys.undelivered("a1", NOW + 5, 5)
+    assert found is not None and found["state"] == "offered"
+    assert found["offers"] == 2 and found["offered_at"] == NOW + 1
+    assert [s["id"] for s in still] == [sid]  # offered but not confirmed: offered again
+    with storage.session() as uow:
+        assert uow.surveys.undelivered("a1", NOW + 5, 2) == []  # offered enough times
+        assert uow.surveys.hosts_undelivered(NOW + 5, 2) == set()
+
+
+def test_only_the_surveys_host_may_record_its_delivery(storage: Storage) -> None:
+    (sid,) = add(storage, survey())
+    with storage.session() as uow, uow.transaction():
+        assert not uow.surveys.mark_delivery(sid, "intruder", "shown", "", NOW + 1)
+        assert uow.surveys.mark_delivery(sid, "a1", "unavailable", "no notifier", NOW + 2)
+        assert not uow.surveys.mark_delivery(sid, "a1", "shown", "", NOW + 3)  # once
+    with storage.session() as uow:
+        found = uow.surveys.get(sid)
+        assert uow.surveys.undelivered("a1", NOW + 5, 5) == []
+        assert uow.surveys.state_counts() == {"unavailable": 1}
+    assert found is not None and found["delivery_note"] == "no notifier"
+    assert found["shown_at"] == NOW + 2
+
+
+def test_a_survey_is_answered_once(storage: Storage) -> None:
+    (sid,) = add(storage, survey())
+    with storage.session() as uow, uow.transaction():
+        assert uow.surveys.answer(sid, 9, "quick fix", NOW + 5)
+        assert not uow.surveys.answer(sid, 0, "second try", NOW + 6)
+        assert not uow.surveys.answer(sid + 100, 5, "", NOW + 6)
+    with storage.session() as uow:
+        found = uow.surveys.get(sid)
+        (by_incident,) = uow.surveys.of_incident(1)
+    assert found is not None and found["state"] == "answered"
+    assert (found["score"], found["comment"], found["answered_at"]) == (9, "quick fix", NOW + 5)
+    assert by_incident["id"] == sid
+
+
+def test_score_counts_group_answers_and_honour_since(storage: Storage) -> None:
+    ids = add(
+        storage,
+        survey(1),
+        survey(2),
+        survey(3, department="it", service=""),
+        survey(4),  # never answered
+    )
+    with storage.session() as uow, uow.transaction():
+        uow.surveys.answer(ids[0], 10, "", NOW + 1)
+        uow.surveys.answer(ids[1], 10, "", NOW + 2)
+        uow.surveys.answer(ids[2], 3, "slow", NOW + 3)
+    with storage.session() as uow:
+        every = uow.surveys.score_counts(None)
+        recent = uow.surveys.score_counts(NOW + 3)
+    assert sorted(every) == [("it", "", 3, 1), ("sales", "email", 10, 2)]
+    assert recent == [("it", "", 3, 1)]
+
+
+def test_prune_deletes_the_oldest_surveys_first_up_to_the_limit(storage: Storage) -> None:
+    ids = add(storage, *(survey(n, created_at=NOW + n) for n in range(1, 6)))
+    with storage.session() as uow, uow.transaction():
+        assert uow.surveys.answer(ids[0], 10, "a comment", NOW + 10)
+        assert uow.surveys.prune(NOW + 4, 2) == 2
+        assert uow.surveys.prune(NOW + 4, 2) == 1
+        assert uow.surveys.prune(NOW + 4, 2) == 0
+    with storage.session() as uow:
+        left = [s["incident_id"] for s in (uow.surveys.get(i) for i in ids) if s is not None]
+        assert uow.surveys.score_counts(None) == []  # the answer went with its survey
+    assert left == [4, 5]
+
+
+def test_the_first_link_key_stored_wins(storage: Storage, backend: BackendFactory) -> None:
+    with storage.session() as uow, uow.transaction():
+        assert uow.surveys.link_key("first-key") == "first-key"
+    other = backend.open()
+    try:
+        with other.session() as uow, uow.transaction():
+            assert uow.surveys.link_key("second-key") == "first-key"
+    finally:
+        other.close()
+
+
+def test_the_desk_queues_offers_and_takes_answers_on_every_backend(
+    backend: BackendFactory,
+) -> None:
+    """The whole collector-side flow over the backend: a raised incident resolves in an
+    ingest transaction, its survey is offered with a link two desks (two collectors on
+    one database) both accept, answered once, and summed up."""
+    policy = SatisfactionPolicy(enabled=True)
+    first, second = backend.desk(satisfaction=policy), backend.desk(satisfaction=policy)
+    try:
+        first.ingest(build_report(build_check_event("disk.free", "critical")), NOW)
+        ok = build_check_event("disk.free", "ok", previous_state="critical", seq=2)
+        first.ingest(build_report(ok), NOW + 60)
+        first.refresh_metrics_figures(NOW + 61)
+        assert first.surveys.has_waiting("agent-0001")
+        (offer,) = first.surveys.offer("agent-0001", NOW + 61, None)
+        row = second.surveys.answer(offer["token"], 10, "great", NOW + 70)
+        assert row["department"] == "test" and row["incident_id"] == offer["incident"]
+        with pytest.raises(SurveyUsed):
+            first.surveys.answer(offer["token"], 0, "", NOW + 71)
+        summary = first.satisfaction_summary(department="test")
+        assert summary["responses"] == 1 and summary["nps"] == 100.0
+        assert second.surveys.figures().states == {"answered": 1}  # its own: at once
+        first.refresh_metrics_figures(NOW + 72)
+        assert first.surveys.figures().states == {"pending": 1}  # another's: not yet
+        first.refresh_metrics_figures(NOW + 61 + FIGURES_INTERVAL_S)
+        assert first.surveys.figures().states == {"answered": 1}
+        assert not first.surveys.has_waiting("agent-0001")
+    finally:
+        first.close()
+        second.close()
+
+
+def test_the_desk_tick_deletes_surveys_past_their_retention(backend: BackendFactory) -> None:
+    desk = backend.desk(satisfaction=SatisfactionPolicy(enabled=True, retention_s=30 * 86400.0))
+    try:
+        with desk.storage.session() as uow, uow.transaction():
+            old, recent = (
+                uow.surveys.add(survey(1)),
+                uow.surveys.add(survey(2, created_at=NOW + 86400)),
+            )
+        desk.tick(NOW + 30 * 86400 + 1)
+        with desk.storage.session() as uow:
+            assert uow.surveys.get(old) is None and uow.surveys.get(recent) is not None
+    finally:
+        desk.close()
