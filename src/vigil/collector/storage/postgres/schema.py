@@ -288,6 +288,7 @@ CREATE INDEX hosts_agent_c ON hosts (agent_id COLLATE "C");  -- keyset pages of 
 -- Covering indexes for the counts of every tick (/metrics) and of remediation stats.
 CREATE INDEX incidents_figures ON incidents (state, priority, sla_due, acknowledged_at);
 CREATE INDEX incidents_remediation ON incidents (state, remediation);
+CREATE INDEX incidents_open_host ON incidents (host) WHERE state = 'open';  -- /hosts pages
 CREATE TABLE remediation_outcomes (
     remediation text NOT NULL,
     version     text NOT NULL,  -- the script's sha256

@@ -434,7 +434,9 @@ CREATE INDEX IF NOT EXISTS problems_check ON problems (check_id, id);
 -- Covering indexes for counts taken on every tick (/metrics) and by remediation stats.
 CREATE INDEX IF NOT EXISTS incidents_figures
     ON incidents (state, priority, sla_due, acknowledged_at);
-CREATE INDEX IF NOT EXISTS incidents_remediation ON incidents (state, remediation)
+CREATE INDEX IF NOT EXISTS incidents_remediation ON incidents (state, remediation);
+-- Open incidents of a page of hosts (/hosts): small, only the open ones.
+CREATE INDEX IF NOT EXISTS incidents_open_host ON incidents (host) WHERE state = 'open'
 """
 
 # Remediation statistics kept on insert, in the run's own transaction, instead of a
