@@ -591,6 +591,20 @@ def test_restarts_load_the_histograms_kept_not_the_history(backend: BackendFacto
         third.close()
 
 
+def test_hosts_page_by_agent_id_in_byte_order(storage: Any) -> None:
+    """Keyset pages of hosts: after a given agent_id, at most ``limit``, in byte order
+    whatever the database's collation ("B" before "a")."""
+    names = ["h-b", "h-a", "h-B", "h-c", "h-1"]
+    with storage.session() as uow, uow.transaction():
+        for name in names:
+            uow.hosts.upsert(report("b", host=name), T0, 0.0, None)
+        first = [h["agent_id"] for h in uow.hosts.list(limit=2)]
+        rest = [h["agent_id"] for h in uow.hosts.list(after=first[-1], limit=10)]
+        assert first + rest == sorted(names) == ["h-1", "h-B", "h-a", "h-b", "h-c"]
+        assert [h["agent_id"] for h in uow.hosts.list(after="h-c", limit=10)] == []
+        assert [h["agent_id"] for h in uow.hosts.list()] == sorted(names)
+
+
 def test_a_late_older_metrics_summary_does_not_replace_a_newer_one(storage: Any) -> None:
     with storage.session() as uow, uow.transaction():
         uow.metrics.put("h1", T0 + 60, T0 + 60, {"cpu": 2.0, "mem": 3.0})

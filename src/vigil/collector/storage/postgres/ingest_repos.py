@@ -126,10 +126,11 @@ class PgHosts:
     def list(self, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
         # COLLATE "C": byte order, as SQLite sorts text, whatever the database's locale;
         # the hosts_agent_c index serves this order, so any keyset page costs the same.
-        rows = self._db.execute(
+        # Two statements rather than "IS NULL OR >": a generic plan would not seek.
+        where = "" if after is None else ' WHERE agent_id COLLATE "C" > %(after)s'
+        rows = self._db.execute(  # type: ignore[call-overload]  # constants only
             "SELECT agent_id, hostname, labels, agent_version, first_seen, last_seen,"
-            " clock_offset_s, heartbeat_ttl_s FROM hosts"
-            ' WHERE %(after)s::text IS NULL OR agent_id COLLATE "C" > %(after)s'
+            f" clock_offset_s, heartbeat_ttl_s FROM hosts{where}"
             ' ORDER BY agent_id COLLATE "C" LIMIT %(limit)s',
             {"after": after, "limit": None if limit < 0 else limit},
         ).fetchall()

@@ -110,12 +110,14 @@ class SqliteHosts:
         return _liveness_rows(rows)
 
     def list(self, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
-        # Keyset paging on the primary key: any page costs the same (issue #17).
+        # Keyset paging on the primary key: any page costs the same (issue #17). Two
+        # statements, not "? IS NULL OR agent_id > ?": with the OR, SQLite scans the key
+        # from its start instead of seeking to ``after``.
+        where, args = ("", (limit,)) if after is None else (" WHERE agent_id > ?", (after, limit))
         rows = self._db.execute(
             "SELECT agent_id, hostname, labels, agent_version, first_seen, last_seen,"
-            " clock_offset_s, heartbeat_ttl_s FROM hosts WHERE ?1 IS NULL OR agent_id > ?1"
-            " ORDER BY agent_id LIMIT ?2",
-            (after, limit),
+            f" clock_offset_s, heartbeat_ttl_s FROM hosts{where} ORDER BY agent_id LIMIT ?",
+            args,
         ).fetchall()
         return [
             {
