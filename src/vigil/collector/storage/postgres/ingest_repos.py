@@ -113,7 +113,10 @@ class PgHosts:
             " WHERE (h.last_seen + h.heartbeat_ttl_s) < %(before)s"
             f" UNION ALL {cols} FROM check_state c JOIN hosts h ON h.agent_id = c.host"
             " WHERE c.check_id = %(check)s"
-            " AND (c.state <> 'ok' OR c.incident_id IS NOT NULL)",
+            " AND (c.state <> 'ok' OR c.incident_id IS NOT NULL)"
+            # Not those the first half returned (a silent host with its incident open is
+            # in both): half the rows and label decodes in a long outage.
+            " AND ((h.last_seen + h.heartbeat_ttl_s) < %(before)s) IS NOT TRUE",
             {"check": heartbeat_check, "before": deadline_before},
         ).fetchall()
         out: dict[str, LivenessRow] = {}

@@ -103,8 +103,11 @@ class SqliteHosts:
             f"{cols} FROM hosts h LEFT JOIN check_state c"
             " ON c.host = h.agent_id AND c.check_id = ?1"
             " WHERE h.last_seen + h.heartbeat_ttl_s < ?2"
-            f" UNION {cols} FROM check_state c JOIN hosts h ON h.agent_id = c.host"
-            " WHERE c.check_id = ?1 AND (c.state <> 'ok' OR c.incident_id IS NOT NULL)",
+            f" UNION ALL {cols} FROM check_state c JOIN hosts h ON h.agent_id = c.host"
+            " WHERE c.check_id = ?1 AND (c.state <> 'ok' OR c.incident_id IS NOT NULL)"
+            # Not those the first half returned (a silent host with its incident open is
+            # in both): no duplicate rows to sort out in a long outage.
+            " AND (h.last_seen + h.heartbeat_ttl_s < ?2) IS NOT 1",
             (heartbeat_check, deadline_before),
         ).fetchall()
         return _liveness_rows(rows)
