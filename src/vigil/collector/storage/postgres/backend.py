@@ -39,17 +39,18 @@ from vigil.collector.storage.postgres.ingest_repos import (
     PgHostMetrics,
     PgHosts,
     PgKeys,
-    PgRuns,
     PgSeen,
 )
 from vigil.collector.storage.postgres.partitions import maintain
 from vigil.collector.storage.postgres.policy_repo import PgPolicies
+from vigil.collector.storage.postgres.runs_repo import PgRuns
 from vigil.collector.storage.postgres.schema import (
     LEADER_LOCK,
     WRITE_LOCK,
     SchemaTooNew,
     migrate,
 )
+from vigil.collector.storage.postgres.summary_repos import PgHistograms
 from vigil.collector.storage.postgres.survey_repo import PgSurveys
 from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.url import redact
@@ -86,6 +87,7 @@ class PgUnitOfWork:
         self.problems = PgProblems(db)
         self.silences = PgSilences(db)
         self.counters = PgCounters(db)
+        self.histograms = PgHistograms(db)
         self.operators = PgOperators(db)
         self.audit = PgAudit(db)
         self.enrollment = PgEnrollment(db)

@@ -154,6 +154,11 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         {},
     ),
     ("run_now_results", "request_id, host, event_id, outcome, at", {}),
+    # Schema 10 summaries (the SQLite file was migrated first, so they hold its runs).
+    ("remediation_outcomes", "remediation, version, outcome, runs", {}),
+    ("remediation_hosts", "remediation, host", {}),
+    ("remediation_totals", "remediation, hosts", {}),
+    ("histograms", "family, label, bucket, count, total", {}),
 )
 _ORDER = {"hosts": " ORDER BY rowid"}
 

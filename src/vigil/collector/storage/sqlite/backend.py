@@ -36,11 +36,12 @@ from vigil.collector.storage.sqlite.ingest_repos import (
     SqliteHostMetrics,
     SqliteHosts,
     SqliteKeys,
-    SqliteRuns,
     SqliteSeen,
 )
 from vigil.collector.storage.sqlite.policy_repo import SqlitePolicies
+from vigil.collector.storage.sqlite.runs_repo import SqliteRuns
 from vigil.collector.storage.sqlite.schema import check_version, create_or_migrate
+from vigil.collector.storage.sqlite.summary_repos import SqliteHistograms
 from vigil.collector.storage.sqlite.survey_repo import SqliteSurveys
 
 
@@ -60,6 +61,7 @@ class SqliteUnitOfWork:
         self.problems = SqliteProblems(db)
         self.silences = SqliteSilences(db)
         self.counters = SqliteCounters(db)
+        self.histograms = SqliteHistograms(db)
         self.operators = SqliteOperators(db)
         self.audit = SqliteAudit(db)
         self.enrollment = SqliteEnrollment(db)
