@@ -38,7 +38,9 @@ from vigil.collector.api import (
 from vigil.collector.api.http import ITEM_ID, ApiError, error_response
 from vigil.collector.config import CollectorConfig
 from vigil.collector.console.routes import setup_console
+from vigil.collector.console.session import Signer
 from vigil.collector.desk.service import Desk
+from vigil.collector.desk.surveys import derived_key
 from vigil.collector.identity.audit import AuditCollector, AuditCounts
 from vigil.collector.identity.operators import config_principals, load_directory
 from vigil.collector.identity.roles import Directory
@@ -48,6 +50,7 @@ from vigil.collector.keys import (
     audit_counts_key,
     clock_key,
     config_key,
+    console_signer_key,
     counters_key,
     desk_key,
     directory_key,
@@ -246,6 +249,10 @@ async def _desk_ctx(app: web.Application) -> AsyncIterator[None]:
     # Opened on the storage thread: an SQLite connection belongs to the thread that made it.
     desk = await loop.run_in_executor(executor, open_desk, config)
     app[desk_key] = desk
+    # Console sessions signed with a key every collector on this database shares: a
+    # restart logs nobody out and a load balancer needs no sticky sessions.
+    key = await loop.run_in_executor(executor, derived_key, desk.storage, "console-session")
+    app[console_signer_key] = Signer(key)
     collector = VigilCollector(
         desk.metrics_snapshot,
         app[counters_key],

@@ -438,3 +438,21 @@ def test_the_quality_page_shows_nps_once_the_desk_reads_survey_answers(
     assert "NPS <strong>50.0</strong>, CSAT 75.0 %, from 4 answers." in html
     assert "<td>sales</td><td>4</td><td>50.0</td>" in html
     assert seen and seen[0] is not None, "read for the page's period"
+
+
+def test_a_session_outlives_a_restart_of_the_collector(config, collector_server) -> None:
+    """The session key comes from the secret the store keeps, not from the process: the
+    collector restarted on the same store (or another collector on it) takes the cookie."""
+
+    async def main() -> tuple[int, int, str]:
+        async with browser_session() as http:
+            async with collector_server(config) as url:
+                await login(http, url, COLLECTOR_ADMIN_TOKEN)
+                before, _, _ = await page(http, url, "/console/")
+            async with collector_server(config) as url:
+                after, html, _ = await page(http, url, "/console/")
+                return before, after, html
+
+    before, after, html = run(main)
+    assert (before, after) == (200, 200)
+    assert "Queue" in html and "Log in" not in html

@@ -12,9 +12,8 @@ from aiohttp import web
 
 from vigil.collector.console import fmt, forms, views
 from vigil.collector.console.quality import QualityCache
-from vigil.collector.console.session import Signer
 from vigil.collector.console.web import PREFIX, add_secure_headers
-from vigil.collector.keys import console_signer_key, quality_cache_key
+from vigil.collector.keys import quality_cache_key
 
 HERE = Path(__file__).parent
 ITEM = "{item_id:[0-9]{1,19}}"
@@ -32,7 +31,6 @@ def setup_console(app: web.Application) -> None:
     )
     env.filters.update(fmt.FILTERS)
     env.globals["sla"] = fmt.sla
-    app[console_signer_key] = Signer.random()
     app[quality_cache_key] = QualityCache()
     app.on_response_prepare.append(add_secure_headers)
     r = app.router

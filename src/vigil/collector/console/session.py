@@ -10,9 +10,9 @@ A form's CSRF token is an HMAC of the session's signature (synchronizer token bo
 the session, so a token from another session or a forged one is refused). The login form,
 which has no session yet, binds its token to a random pre-login cookie instead.
 
-Caveat: the key is random per collector process (:func:`Signer.random`), so a restart
-logs everyone out and several collector processes behind one address need sticky
-sessions (or one console process).
+The key is derived from the collectors' shared secret in the database
+(:func:`vigil.collector.desk.surveys.derived_key`), so a restart logs nobody out and
+several collector processes behind one address accept each other's sessions.
 """
 
 from __future__ import annotations
@@ -49,11 +49,6 @@ class Signer:
         if len(key) < 32:
             raise ValueError("key: at least 32 bytes")
         self._key = key
-
-    @classmethod
-    def random(cls) -> Signer:
-        """A signer with a fresh random key (see the module's caveat)."""
-        return cls(secrets.token_bytes(32))
 
     def _mac(self, purpose: str, data: str) -> str:
         digest = hmac.new(self._key, f"{purpose}|{data}".encode(), sha256).digest()
