@@ -62,6 +62,7 @@ from vigil.collector.notify.health import NotifyHealth
 from vigil.collector.notify.service import Notifier, target_keys
 from vigil.collector.policy import service as policy_service
 from vigil.collector.policy.metrics import PolicyMetrics
+from vigil.collector.policy.release import fleet_versions
 from vigil.collector.policy.runtime import PolicyRuntime
 from vigil.collector.storage.factory import create_storage
 from vigil.collector.storage.url import redact
@@ -170,6 +171,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_get(f"/survey/{surveys.TOKEN}", surveys.get_survey)
     r.add_post(f"/survey/{surveys.TOKEN}", surveys.post_survey)
     r.add_get("/api/v1/agent/policy", policy.get_agent_policy)
+    r.add_get("/api/v1/agent/release", policy.get_agent_release)
+    r.add_get("/api/v1/agent-versions", policy.get_agent_versions)
     r.add_get("/api/v1/policies", policy.list_policies)
     r.add_post("/api/v1/policies", policy.publish_policy)
     name = policy.POLICY_NAME
@@ -330,6 +333,12 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = PolicyRuntime()
     app[policy_key] = runtime
     await policy.reload_snapshot(app)
+    # The fleet's agent versions, seeded once from storage; reports keep them current.
+    runtime.prime_versions(
+        await asyncio.get_running_loop().run_in_executor(
+            app[executor_key], fleet_versions, app[desk_key].storage
+        )
+    )
     metrics = PolicyMetrics(runtime)
     app[registry_key].register(metrics)
 

@@ -10,6 +10,7 @@ directly. Every write appends its audit record in its own transaction. The decis
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -20,10 +21,12 @@ from typing import Any
 
 from vigil import policy_bundle
 from vigil.collector.identity.audit import AuditEntry, append_audit
+from vigil.collector.policy import release
 from vigil.collector.policy import rollout as core
 from vigil.collector.policy.config import PolicyConfig
 from vigil.collector.policy.rollout import HALT_ALL, GuardRules, Rollout
 from vigil.collector.storage.protocols import Storage, UnitOfWork
+from vigil.release_bundle import RELEASE_POLICY
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ class Snapshot:
     rollouts: tuple[Rollout, ...] = ()
     halts: frozenset[str] = frozenset()
     run_now: tuple[dict[str, Any], ...] = ()
+    # The agent release channel: serial -> agent version, for the ack's "release" key.
+    releases: Mapping[int, str] = dataclasses.field(default_factory=dict)
 
 
 def check_remediation(name: str, field: str = "remediation") -> str:
@@ -116,6 +121,11 @@ def publish(
     if not soak >= 0:
         raise PolicyError(400, f"soak: must be a duration of at least 0 s, got {soak!r}", "soak")
     name, version = verified.policy, verified.version
+    if name == RELEASE_POLICY:  # the reserved name: only a real agent wheel may use it
+        try:
+            release.check_upload(verified)
+        except ValueError as exc:
+            raise PolicyError(400, str(exc), "document") from None
     row = {
         "policy": name,
         "version": version,
@@ -287,6 +297,14 @@ def status(storage: Storage, name: str) -> dict[str, Any]:
         (row,) = [r for r in uow.policy.rollouts() if r["policy"] == name]
         running = uow.policy.running(name)
         hosts = uow.hosts.list()
+        if name == RELEASE_POLICY:
+            # Hosts say which agent they run in every report, not in X-Vigil-Policy.
+            wanted = release.release_versions(uow, [current]).get(current.version)
+            running = {
+                h["agent_id"]: current.version
+                for h in hosts
+                if wanted and h["agent_version"] == wanted
+            }
     rings = [
         {"ring": i, "share": s, "hosts": 0, "on_version": 0} for i, s in enumerate(current.rings)
     ]
@@ -308,9 +326,10 @@ def load_snapshot(storage: Storage, now: float) -> Snapshot:
         rollouts = tuple(Rollout.from_row(r) for r in uow.policy.rollouts())
         halts = frozenset(h["remediation"] for h in uow.policy.halts())
         run_now = uow.policy.run_now_open(now)
+        releases = release.release_versions(uow, rollouts)
     for r in run_now:
         r["done_hosts"] = frozenset(r["done_hosts"])
-    return Snapshot(rollouts, halts, tuple(run_now))
+    return Snapshot(rollouts, halts, tuple(run_now), releases)
 
 
 def record_running(
