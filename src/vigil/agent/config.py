@@ -32,6 +32,7 @@ from vigil.agent.sampler_config import (
     services,
 )
 from vigil.agent.surveys import SurveySettings
+from vigil.agent.update.settings import UpdateSettings, update_settings
 from vigil.configio import ConfigError, Section, load_yaml
 from vigil.quiet_hours import parse_quiet_hours
 
@@ -229,6 +230,8 @@ class AgentConfig:
     # Satisfaction surveys from the collector (``surveys:``; docs/satisfaction.md).
     surveys: SurveySettings = field(default_factory=SurveySettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    # Self-update from the collector's release channel (``update:``; docs/install.md).
+    update: UpdateSettings = field(default_factory=UpdateSettings)
 
 
 def default_state_dir() -> Path:
@@ -357,6 +360,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
 
     surveys = _surveys(root.section("surveys"))
     policy = policy_settings(root.section("policy"))
+    update = update_settings(root.section("update"))
     if policy.require_signed_local and remediation.folders:
         raise ConfigError(
             str(path),
@@ -389,6 +393,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         shipping=shipping,
         surveys=surveys,
         policy=policy,
+        update=update,
     )
 
 

@@ -66,6 +66,7 @@ from vigil.agent.sampling.sampler import Sampler
 from vigil.agent.surveys import SurveyInbox
 from vigil.agent.svc.notify import start_notify, stop_notify
 from vigil.agent.timers import Timers
+from vigil.agent.update.sync import ReleaseSync, release_sync_for
 
 log = logging.getLogger("vigil.agent")
 
@@ -153,6 +154,11 @@ def build_service(
         clock=clock,
     )
     sync = start.sync(fetcher=shipper, sink=outbox, clock=clock) if start else None
+    release = (
+        release_sync_for(config, fetcher=shipper, sink=outbox, agent_version=__version__)
+        if policy
+        else None
+    )
     return AgentService(
         config,
         identity=identity,
@@ -167,6 +173,7 @@ def build_service(
         broken_remediations=broken,
         surveys=surveys,
         policy=sync,
+        release=release,
     )
 
 
@@ -197,6 +204,7 @@ class AgentService:
         broken_remediations: Mapping[str, str] | None = None,
         surveys: SurveyInbox | None = None,
         policy: PolicySync | None = None,
+        release: ReleaseSync | None = None,
     ) -> None:
         self.config = config
         self.broken_remediations = broken_remediations
@@ -238,6 +246,32 @@ class AgentService:
             policy.enforce_halts(flow)
             shipper.on_ack = policy.on_ack
             shipper.policy_header = policy.header
+        # Self-update: a delivered report counts for the guard, an offered release is
+        # fetched; a new release (or a rollback) restarts the agent through the CLI.
+        self.release = release
+        self.restart_requested = False
+        self._stop: asyncio.Event | None = None
+        if release is not None:
+            release.restart = self.request_restart
+            shipper.on_ack = self._on_ack
+
+    def _on_ack(self, text: str) -> None:
+        if self.policy is not None:
+            self.policy.on_ack(text)
+        if self.release is not None:
+            self.release.on_ack(text)
+
+    def request_restart(self) -> None:
+        """Stop cleanly so that ``vigil-agent run`` re-executes the launcher (a new
+        release was installed, or a pending one rolled back)."""
+        self.restart_requested = True
+        if self._stop is not None:
+            self._stop.set()
+
+    async def _update_guard(self) -> None:
+        """The guard's timer: roll back a pending release that missed its deadline."""
+        if self.release is not None:
+            self.release.check_overdue()
 
     # ------------------------------------------------------------------ policy
 
@@ -298,8 +332,13 @@ class AgentService:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down cleanly (bounded final flush)."""
         iv = self.config.intervals
+        self._stop = stop
         timers = Timers()
         timers.add("sample", self.cycle, iv.sample_s)
+        if self.release is not None and self.release.guard.pending:
+            # Only while a new release has to prove itself: an idle agent wakes no more.
+            within = self.release.guard.confirm_within_s
+            timers.add("update-guard", self._update_guard, min(30.0, within / 4))
         self._add_check_jobs(timers)
         # Shipping runs on its report-interval grid (starting after the jittered first
         # delay), but only while the outbox holds events: added paused when it is empty,
@@ -332,6 +371,8 @@ class AgentService:
         self.report_library()
         if self.policy is not None:
             self.policy.report_start()
+        if self.release is not None:
+            self.release.report_start()
         log.info(
             "agent %s (%s) started: %d checks, %d remediations, reporting to %s",
             self.identity.agent_id,
@@ -361,6 +402,8 @@ class AgentService:
     async def _shutdown(self) -> None:
         if self.policy is not None:
             await self.policy.close()
+        if self.release is not None:
+            await self.release.close()
         for retired in self._retired:
             await retired.close()
         await self.flow.close()
