@@ -32,7 +32,7 @@ def update_settings(s: Section) -> UpdateSettings:
     """Read the ``update:`` section (unknown keys refused, naming file and key)."""
     settings = UpdateSettings(
         enabled=s.get("enabled", bool, None),
-        confirm_within_s=s.duration("confirm_within", CONFIRM_WITHIN_S, minimum=30.0),
+        confirm_within_s=s.duration("confirm_within", CONFIRM_WITHIN_S, minimum=5.0),
     )
     s.done()
     return settings
