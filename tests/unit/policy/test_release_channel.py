@@ -68,7 +68,8 @@ def test_a_release_is_offered_per_ring_and_never_as_a_config_policy(
     publish_release(desk, config, keys, 1, "0.2.0", rings=[0.2, 1.0], soak_s=3600)
     alone = service.load_snapshot(desk.storage, NOW)
     # With only a release published, no host is offered a config policy.
-    assert core.offer(alone.rollouts, (), (), "host-0", {}, "/p")["policy"] is None
+    (first,) = ids_in_ring(alone.rollouts[0], 0, 1)
+    assert core.offer(alone.rollouts, (), (), first, {}, "/p")["policy"] is None
     finance = signed_bundle(write_source(tmp_path / "src"), keys[0], version=1, now=NOW)
     service.publish(desk.storage, finance, config, ALICE, NOW, rings=[1.0])
     snap = service.load_snapshot(desk.storage, NOW)
