@@ -253,25 +253,13 @@ class AgentService:
         self._stop: asyncio.Event | None = None
         if release is not None:
             release.restart = self.request_restart
-            shipper.on_ack = self._on_ack
-
-    def _on_ack(self, text: str) -> None:
-        if self.policy is not None:
-            self.policy.on_ack(text)
-        if self.release is not None:
-            self.release.on_ack(text)
+            shipper.on_ack = release.chain(shipper.on_ack)
 
     def request_restart(self) -> None:
-        """Stop cleanly so that ``vigil-agent run`` re-executes the launcher (a new
-        release was installed, or a pending one rolled back)."""
+        """Stop cleanly so that ``vigil-agent run`` re-executes the launcher."""
         self.restart_requested = True
         if self._stop is not None:
             self._stop.set()
-
-    async def _update_guard(self) -> None:
-        """The guard's timer: roll back a pending release that missed its deadline."""
-        if self.release is not None:
-            self.release.check_overdue()
 
     # ------------------------------------------------------------------ policy
 
@@ -338,7 +326,7 @@ class AgentService:
         if self.release is not None and self.release.guard.pending:
             # Only while a new release has to prove itself: an idle agent wakes no more.
             within = self.release.guard.confirm_within_s
-            timers.add("update-guard", self._update_guard, min(30.0, within / 4))
+            timers.add("update-guard", self.release.tick, min(30.0, within / 4))
         self._add_check_jobs(timers)
         # Shipping runs on its report-interval grid (starting after the jittered first
         # delay), but only while the outbox holds events: added paused when it is empty,

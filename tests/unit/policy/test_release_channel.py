@@ -182,3 +182,30 @@ def test_the_fleet_view_reports_compliance_with_the_newest_release(
     assert view["versions"] == [{"version": "0.2.0", "hosts": 3}, {"version": "0.1.0", "hosts": 1}]
     assert view["release"]["serial"] == 1 and view["release"]["compliance"] == 0.75
     assert release.release_fleet({}, service.Snapshot())["release"] is None
+
+
+def test_release_sign_refuses_a_wheel_that_is_not_the_agent(
+    tmp_path: Path, keys: tuple[bytes, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vigil.collector.policy import release_cli
+
+    key = tmp_path / "policy-key.pem"
+    policy_bundle.write_private_key(key, keys[0])
+    name, data = fake_wheel("0.2.0", init_version="0.2.1")
+    wheel = tmp_path / name
+    wheel.write_bytes(data)
+    out = tmp_path / "r.vpol"
+    argv = ["sign", "--wheel", str(wheel), "--serial", "3", "--key", str(key)]
+    argv += ["--expires", "90d", "--out", str(out)]
+    assert release_cli.main(argv) == 2 and not out.exists()
+    assert "says '0.2.1', not '0.2.0'" in capsys.readouterr().err
+    wheel.write_bytes(fake_wheel("0.2.0")[1])
+    assert release_cli.main(argv) == 0
+    verified = policy_bundle.verify(
+        out.read_bytes(), [keys[1]], now=time.time(), installed=None, agent_version="0.1.0"
+    )
+    assert (verified.policy, verified.version, list(verified.files)) == (
+        RELEASE_POLICY,
+        3,
+        [name],
+    )

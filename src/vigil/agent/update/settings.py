@@ -4,15 +4,17 @@ release channel, and how long a new release has to prove itself.
 ``enabled`` (default: on when a policy key is trusted, since a release is verified with
 the same keys; off without one — there would be nothing to verify with);
 ``confirm_within`` (default ``10m``): a new release that has not delivered
-:data:`~vigil.agent.update.guard.CONFIRM_DELIVERIES` reports by then is rolled back.
+two reports (``guard.CONFIRM_DELIVERIES``) by then is rolled back.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from vigil.agent.update.guard import CONFIRM_WITHIN_S
 from vigil.configio import Section
+
+# A new release that has not confirmed itself this long after the switch is rolled back.
+CONFIRM_WITHIN_S = 600.0
 
 
 @dataclass(frozen=True, slots=True)

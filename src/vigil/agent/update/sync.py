@@ -150,6 +150,20 @@ class ReleaseSync:
         self._fetching = asyncio.ensure_future(self.fetch(offer))
         self._fetching.add_done_callback(_log_failure)
 
+    def chain(self, first: Callable[[str], None] | None) -> Callable[[str], None]:
+        """An ``on_ack`` for the shipper: ``first`` (the policy sync's), then this one."""
+
+        def on_ack(text: str) -> None:
+            if first is not None:
+                first(text)
+            self.on_ack(text)
+
+        return on_ack
+
+    async def tick(self) -> None:
+        """The guard's timer job (only while a release is pending)."""
+        self.check_overdue()
+
     def check_overdue(self) -> bool:
         """The guard's timer: True (and ``restart`` called) when the pending release
         missed its deadline and was rolled back."""
