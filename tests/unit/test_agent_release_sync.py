@@ -213,3 +213,32 @@ def test_update_settings_default_on_with_a_key_and_bad_values_are_named(tmp_path
         with pytest.raises(ConfigError) as caught:
             load_agent_config(path)
         assert caught.value.key == key and caught.value.file == str(path)
+
+
+def test_with_update_off_a_pending_release_still_confirms_but_nothing_is_fetched(
+    tmp_path: Path, keys: tuple[bytes, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vigil.agent.update.sync import release_sync_for
+
+    path = tmp_path / "agent.yaml"
+    path.write_text(
+        MINIMAL + f"agent: {{state_dir: st}}\npolicy: {{trusted_keys: ['{keys[1]}']}}\n"
+        "update: {enabled: false}\n"
+    )
+    config = load_agent_config(path)
+    fetcher, sink = Fetcher([]), Sink()
+    assert release_sync_for(config, fetcher=fetcher, sink=sink, agent_version="0.1.0") is None
+    st.save_state(
+        config.state_dir, st.switch_to(st.UpdateState(), st.Release(1, "0.2.0", "1-0.2.0"), 1.0)
+    )
+    monkeypatch.setenv("VIGIL_AGENT_RELEASE", "1")
+    sync = release_sync_for(config, fetcher=fetcher, sink=sink, agent_version="0.2.0")
+    assert sync is not None and sync.guard.pending
+
+    async def go() -> None:
+        sync.on_ack(ack(2))
+        sync.on_ack(ack(2))
+        await settle(sync)
+
+    asyncio.run(go())
+    assert fetcher.calls == [] and st.load_state(config.state_dir).pending is None

@@ -9,7 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from vigil.agent.svc.notify import MIN_PING_S, Notifier, notify_address, watchdog_ping_s
+from vigil.agent.svc.notify import (
+    MIN_PING_S,
+    Notifier,
+    notify_address,
+    stop_notify,
+    watchdog_ping_s,
+)
 
 
 @pytest.mark.parametrize(
@@ -60,5 +66,23 @@ def test_a_send_to_a_missing_socket_is_reported_not_raised() -> None:
         assert receiver.recv(64) == b"WATCHDOG=1"
         receiver.close()
         notifier.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.mark.parametrize("restarting", [False, True])
+def test_stop_says_stopping_or_reloading_before_a_self_update_restart(restarting: bool) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="vigil-sd-", dir="/tmp"))
+    try:
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind(str(folder / "notify"))
+        stop_notify(Notifier(str(folder / "notify")), restarting=restarting)
+        lines = receiver.recv(256).decode().splitlines()
+        receiver.close()
+        if restarting:  # systemd waits for the re-executed process's READY=1
+            assert lines[0] == "RELOADING=1" and lines[1].startswith("MONOTONIC_USEC=")
+            assert int(lines[1].split("=")[1]) > 0
+        else:
+            assert lines == ["STOPPING=1"]
     finally:
         shutil.rmtree(folder, ignore_errors=True)

@@ -373,7 +373,7 @@ class AgentService:
             await stop.wait()
         finally:
             self._timers = None
-            stop_notify(notifier)
+            stop_notify(notifier, restarting=self.restart_requested)
             await timers.stop()
             await self._shutdown()
 

@@ -96,6 +96,7 @@ class ReleaseSync:
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
         installer: Installer = install,
+        offers: bool = True,
     ) -> None:
         self.state_dir = state_dir
         self.guard = guard
@@ -107,6 +108,7 @@ class ReleaseSync:
         self.clock = clock
         self.monotonic = monotonic
         self.installer = installer
+        self.offers = offers  # False: update disabled, only the guard's duties remain
         self._fetching: asyncio.Task[None] | None = None
         self._refused: dict[int, float] = {}  # serial -> monotonic time it was refused
         self._last_report: tuple[str, str] | None = None
@@ -134,7 +136,7 @@ class ReleaseSync:
         """One report was delivered (the shipper's ``on_ack``); never raises."""
         if self.guard.delivered():
             self.report("ok", f"running {self.running}, confirmed", urgent=True)
-        offer = parse_release(ack_text)
+        offer = parse_release(ack_text) if self.offers else None
         if offer is None or self.restarting:
             return
         state = self.guard.state
@@ -273,12 +275,17 @@ def release_sync_for(
     config: AgentConfig, *, fetcher: Fetcher, sink: EventSink, agent_version: str
 ) -> ReleaseSync | None:
     """The release sync of a running agent, None when ``update`` is off (explicitly, or
-    by default without a trusted policy key). Its ``restart`` is set by the service."""
-    if not config.update.active(trusted_keys(config.policy, config.state_dir)):
-        return None
+    by default without a trusted policy key) and no release is pending. Its ``restart``
+    is set by the service."""
+    active = config.update.active(trusted_keys(config.policy, config.state_dir))
     guard = UpdateGuard(
         config.state_dir, time.time, confirm_within_s=config.update.confirm_within_s
     )
+    if not active and not guard.pending:
+        return None
+    # Turned off while a release still has to prove itself: it still confirms or rolls
+    # back (else the launcher would roll it back after a few restarts anyway), but no new
+    # release is fetched.
     return ReleaseSync(
         config.state_dir,
         guard=guard,
@@ -287,4 +294,5 @@ def release_sync_for(
         sink=sink,
         restart=lambda: None,
         agent_version=agent_version,
+        offers=active,
     )
