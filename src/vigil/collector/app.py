@@ -37,6 +37,7 @@ from vigil.collector.api import (
 )
 from vigil.collector.api.http import ITEM_ID, ApiError, error_response
 from vigil.collector.config import CollectorConfig
+from vigil.collector.console.routes import setup_console
 from vigil.collector.desk.service import Desk
 from vigil.collector.identity.audit import AuditCollector, AuditCounts
 from vigil.collector.identity.operators import config_principals, load_directory
@@ -186,6 +187,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_get(f"/api/v1/run-now/{policy.REQUEST_ID}", policy.get_run_now)
     r.add_get("/metrics", system.get_metrics)
     r.add_get("/healthz", system.get_healthz)
+    # The service-desk console (``/`` redirects there): its own templates, hooks, routes.
+    setup_console(app)
 
 
 @web.middleware

@@ -84,6 +84,31 @@ def test_collectors_starting_at_once_migrate_once(schema: TestSchema) -> None:
     assert sql(schema, "SELECT version FROM vigil_schema ORDER BY version") == expected
 
 
+def test_a_migration_numbered_below_the_highest_applied_is_still_applied(
+    schema: TestSchema, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Migrations are numbered per feature and land in any order: a database that a
+    development build took to the last migration without the earlier ones gets those
+    when a build that has them starts."""
+    from vigil.collector.storage.postgres import schema as pg_schema
+
+    first, last = MIGRATIONS[0], MIGRATIONS[-1]
+    monkeypatch.setattr(pg_schema, "MIGRATIONS", (first, last))
+    with psycopg.connect(schema.url, autocommit=True) as db:
+        pg_schema.migrate(db)
+    assert sql(schema, "SELECT version FROM vigil_schema ORDER BY version") == [
+        (first[0],),
+        (last[0],),
+    ]
+    monkeypatch.undo()
+
+    PgStorage(schema.url).close()
+
+    assert sql(schema, "SELECT version FROM vigil_schema ORDER BY version") == [
+        (version,) for version, _ in MIGRATIONS
+    ]
+
+
 def test_a_schema_from_a_newer_collector_is_refused(schema: TestSchema) -> None:
     PgStorage(schema.url).close()
     sql(schema, f"INSERT INTO vigil_schema VALUES ({SCHEMA_VERSION + 1}, 0) RETURNING 1")

@@ -331,6 +331,58 @@ class CounterRepository(Protocol):
         """Every counter."""
 
 
+class ConsoleRepository(Protocol):
+    """The console's paged reads (``sqlite/console_repo.py``) and a problem's CAPA
+    record fields beside root cause / corrective / preventive action."""
+
+    def queue(
+        self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """Open incidents by priority, then SLA deadline (none first), then id; ``filters``
+        ``service``, ``host`` (hostname), ``department`` (host label); ``state`` None/
+        ``open``, ``unacknowledged``, ``acknowledged`` or ``flapping``."""
+
+    def queue_count(self) -> int:
+        """Open incidents in all."""
+
+    def search_hosts(
+        self, *, filters: Mapping[str, Any], limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """Hosts by hostname, filtered by ``hostname`` (prefix), ``department``, ``os``
+        (labels), ``agent_version``, ``seen_after``/``seen_before`` (Unix s), ``health``
+        (``failing``: an open incident; ``healthy``: none)."""
+
+    def host(self, agent_id: str) -> dict[str, Any] | None:
+        """One host with ``open_incidents``, or None."""
+
+    def host_incidents(self, agent_id: str, limit: int) -> list[dict[str, Any]]:
+        """The host's newest incidents (any state)."""
+
+    def quality_rows(self, since_day: int) -> list[tuple[Any, ...]]:
+        """``(service, department, bucket, prevented, raised, with_sla, within_sla,
+        resolved)`` of the incident rollup summed over the days from ``since_day`` on."""
+
+    def rollup_add(self, delta: Any) -> None:
+        """Add a ``desk.rollup.RollupDelta`` to its row of the incident rollup."""
+
+    def rollup_info(
+        self, incident_id: int
+    ) -> tuple[float, str | None, str | None, float | None] | None:
+        """``(opened_at, service, department, sla_due)`` of an incident, or None."""
+
+    def remediation_versions(self, since: float) -> list[tuple[str, str, str, int]]:
+        """Runs per (remediation, script sha256, outcome) received since ``since``."""
+
+    def problem_record(self, problem_id: int) -> dict[str, Any] | None:
+        """``known_error, verification, capa_owner, capa_due`` of a problem, or None."""
+
+    def set_problem_record(self, problem_id: int, fields: Mapping[str, Any]) -> None:
+        """Set those of ``fields`` that are record fields."""
+
+    def open_problems(self, limit: int) -> list[tuple[int, str, str]]:
+        """``(id, kind, summary)`` of open problems, newest first."""
+
+
 class SurveyRepository(Protocol):
     """``surveys``: satisfaction surveys queued for the person at a host, their delivery
     and their one answer; and ``survey_key``, the links' HMAC key when the config gives
@@ -407,6 +459,7 @@ class UnitOfWork(Protocol):
     operators: OperatorRepository
     audit: AuditRepository
     enrollment: EnrollmentRepository
+    console: ConsoleRepository
     surveys: SurveyRepository
     policy: PolicyRepository
 

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from vigil.collector.storage.postgres.console_repo import PgConsole
 from vigil.collector.storage.postgres.desk_repos import PgIncidents, PgProblems, PgSilences
 from vigil.collector.storage.postgres.enrollment_repo import PgEnrollment
 from vigil.collector.storage.postgres.identity_repos import PgAudit, PgOperators
@@ -88,6 +89,7 @@ class PgUnitOfWork:
         self.operators = PgOperators(db)
         self.audit = PgAudit(db)
         self.enrollment = PgEnrollment(db)
+        self.console = PgConsole(db)
         self.surveys = PgSurveys(db)
         self.policy = PgPolicies(db)
 

@@ -87,7 +87,7 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         "id, host, hostname, check_id, state, priority, opened_at, resolved_at, value,"
         " message, remediation, remediation_outcome, resolution, service, impact, urgency,"
         " sla_due, groups, acknowledged_at, acknowledged_by, flapping, root_cause,"
-        " corrective_action, preventive_action, notified_at, resolve_notified_at",
+        " corrective_action, preventive_action, notified_at, resolve_notified_at, department",
         {"groups": _json([]), "flapping": _bool},
     ),
     ("incident_timeline", "id, incident_id, at, text", {}),
@@ -96,10 +96,15 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         "id, kind, check_id, host, hostname, service, impact, urgency, priority, sla_due,"
         " state, opened_at, resolved_at, acknowledged_at, acknowledged_by, summary,"
         " resolution, root_cause, corrective_action, preventive_action, notified_at,"
-        " resolve_notified_at",
+        " resolve_notified_at, known_error, verification, capa_owner, capa_due",
         {},
     ),
     ("problem_incidents", "problem_id, incident_id", {}),
+    (
+        "incident_rollup",
+        "day, service, department, bucket, prevented, raised, with_sla, within_sla, resolved",
+        {},
+    ),
     ("problem_timeline", "id, problem_id, at, text", {}),
     (
         "silences",

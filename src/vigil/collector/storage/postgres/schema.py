@@ -25,8 +25,10 @@ import time
 
 import psycopg
 
+from vigil.collector.storage.postgres.console_repo import POSTGRES as POSTGRES_DIALECT
 from vigil.collector.storage.postgres.policy_repo import POLICY_MIGRATION
 from vigil.collector.storage.postgres.survey_repo import SURVEYS_DDL
+from vigil.collector.storage.sqlite.console_repo import rollup_backfill_sql
 
 # Advisory lock class ids (the first int of the two-int form); the second is a hash of
 # the schema name, so collectors on different schemas of one database do not contend.
@@ -281,6 +283,35 @@ CREATE TABLE enroll_generation (
 _V2 = """
 ALTER TABLE hosts ADD COLUMN epoch bytea, ADD COLUMN mark bigint;
 """
+# 5: the console (numbers 2-4 and 6-7 are other changes', assigned up front): a
+# problem's CAPA record fields and indexes for the queue and the host search.
+_V5 = """
+ALTER TABLE problems ADD COLUMN known_error text, ADD COLUMN verification text,
+    ADD COLUMN capa_owner text, ADD COLUMN capa_due double precision;
+ALTER TABLE incidents ADD COLUMN department text;  -- the host's label when it opened
+UPDATE incidents i SET department = h.labels ->> 'department' FROM hosts h
+    WHERE h.agent_id = i.host;
+CREATE INDEX incidents_queue ON incidents (priority, sla_due NULLS FIRST, id)
+    WHERE state = 'open';
+CREATE INDEX incidents_open_host ON incidents (host) WHERE state = 'open';
+CREATE INDEX hosts_hostname ON hosts (hostname, agent_id);
+CREATE INDEX hosts_department ON hosts ((labels ->> 'department'), hostname);
+CREATE INDEX hosts_os ON hosts ((labels ->> 'os'), hostname);
+CREATE INDEX remediation_runs_version
+    ON remediation_runs (remediation, script_sha256, outcome, received_at);
+CREATE TABLE incident_rollup (
+    day        integer NOT NULL,  -- UTC days since 1970-01-01 of opened_at
+    service    text NOT NULL,     -- '' for none
+    department text NOT NULL,     -- '' for none
+    bucket     integer NOT NULL,  -- -1: recorded; else the time-to-restore bucket
+    prevented  bigint NOT NULL,
+    raised     bigint NOT NULL,
+    with_sla   bigint NOT NULL,
+    within_sla bigint NOT NULL,
+    resolved   bigint NOT NULL,
+    PRIMARY KEY (day, service, department, bucket)
+);
+""" + rollup_backfill_sql(POSTGRES_DIALECT)
 
 # Append only: a migration once released is never edited, the next one is added below.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -288,6 +319,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (2, _V2),  # hosts.epoch and hosts.mark: the sequence dedup high-water mark
     (3, POLICY_MIGRATION),  # policy bundles, rollouts, halts, run-now (policy_repo.py)
     (4, SURVEYS_DDL),  # satisfaction surveys and the survey link key (survey_repo.py)
+    (5, _V5),  # the console: problem CAPA fields, incident department, rollup, indexes
 )
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 

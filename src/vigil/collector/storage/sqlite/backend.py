@@ -22,6 +22,7 @@ from pathlib import Path
 
 from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.sqlite.codec import JsonMemo, TextDecoder
+from vigil.collector.storage.sqlite.console_repo import ConsoleQueries
 from vigil.collector.storage.sqlite.desk_repos import (
     SqliteIncidents,
     SqliteProblems,
@@ -62,6 +63,7 @@ class SqliteUnitOfWork:
         self.operators = SqliteOperators(db)
         self.audit = SqliteAudit(db)
         self.enrollment = SqliteEnrollment(db)
+        self.console = ConsoleQueries(db)
         self.surveys = SqliteSurveys(db)
         self.policy = SqlitePolicies(db)
 

@@ -53,6 +53,7 @@ _INCIDENT_WRITABLE = frozenset(
         "sla_due",
         "groups",
         "flapping",
+        "department",
     ]
 )
 _PROBLEM_WRITABLE = frozenset(

@@ -12,6 +12,7 @@ import json
 import sqlite3
 
 from vigil.collector.storage.sqlite.codec import HOST_METRICS_UPSERT, pack_floats
+from vigil.collector.storage.sqlite.console_repo import SQLITE, rollup_backfill_sql
 from vigil.collector.storage.sqlite.policy_repo import migrate_policy
 from vigil.collector.storage.sqlite.survey_repo import migrate_surveys
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
@@ -26,7 +27,9 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # ``seen`` stays for agents that send no sequence numbers, pruned as before.
 # 7: policy bundles, rollouts, halts and run-now requests (migrate_policy).
 # 8: satisfaction surveys and the survey link key (sqlite/survey_repo.migrate_surveys).
-SCHEMA_VERSION = 8
+# 9: the console: a problem's CAPA record fields, the incidents' department, the quality
+#    rollup and the queue/host search indexes (migrate_console).
+SCHEMA_VERSION = 9
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
 _SCHEMA = """
@@ -245,6 +248,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     migrate_enrollment(db)
     migrate_surveys(db)
     migrate_policy(db)
+    migrate_console(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -418,3 +422,66 @@ def migrate_enrollment(db: sqlite3.Connection) -> None:
     for statement in _ENROLLMENT_SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+# The console (schema 9): the CAPA record fields of a problem beside root cause,
+# corrective and preventive action, and indexes for the console's paged reads.
+_CONSOLE_COLUMNS = (
+    ("known_error", "TEXT"),  # the known-error / workaround text
+    ("verification", "TEXT"),  # how the fix was verified: required to close from the console
+    ("capa_owner", "TEXT"),
+    ("capa_due", "REAL"),  # Unix seconds
+)
+_CONSOLE_SCHEMA = """
+CREATE INDEX IF NOT EXISTS incidents_queue ON incidents (priority, sla_due, id)
+    WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS incidents_open_host ON incidents (host) WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS hosts_hostname ON hosts (hostname, agent_id);
+CREATE INDEX IF NOT EXISTS hosts_department ON hosts ({department}, hostname);
+CREATE INDEX IF NOT EXISTS hosts_os ON hosts ({os}, hostname);
+-- Covering: the quality page's runs per version and outcome without a sort.
+CREATE INDEX IF NOT EXISTS remediation_runs_version
+    ON remediation_runs (remediation, script_sha256, outcome, received_at)
+"""
+# Per day the incidents opened, by service, department and restore bucket: what the
+# console's quality page sums (collector/desk/rollup.py says what each incident adds).
+_ROLLUP_TABLE = """
+CREATE TABLE incident_rollup (
+    day        INTEGER NOT NULL,  -- UTC days since 1970-01-01 of opened_at
+    service    TEXT NOT NULL,     -- '' for none
+    department TEXT NOT NULL,     -- '' for none
+    bucket     INTEGER NOT NULL,  -- -1: recorded; else the time-to-restore bucket
+    prevented  INTEGER NOT NULL,
+    raised     INTEGER NOT NULL,
+    with_sla   INTEGER NOT NULL,
+    within_sla INTEGER NOT NULL,
+    resolved   INTEGER NOT NULL,
+    PRIMARY KEY (day, service, department, bucket)
+)"""
+
+
+def migrate_console(db: sqlite3.Connection) -> None:
+    """Add the console's problem columns, the incidents' department (filled from the
+    hosts' labels for incidents opened before) and indexes (idempotent)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(problems)")}
+    for name, decl in _CONSOLE_COLUMNS:
+        if name not in have:
+            db.execute(f"ALTER TABLE problems ADD COLUMN {name} {decl}")
+    if "department" not in {row[1] for row in db.execute("PRAGMA table_info(incidents)")}:
+        db.execute("ALTER TABLE incidents ADD COLUMN department TEXT")
+        db.execute(
+            f"UPDATE incidents SET department = (SELECT {SQLITE.label('h.labels', 'department')}"
+            " FROM hosts h WHERE h.agent_id = incidents.host)"
+        )
+    ddl = _CONSOLE_SCHEMA.format(
+        department=SQLITE.label("labels", "department"), os=SQLITE.label("labels", "os")
+    )
+    for statement in ddl.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'incident_rollup'"
+    ).fetchone()
+    if exists is None:
+        db.execute(_ROLLUP_TABLE)
+        db.execute(rollup_backfill_sql(SQLITE))
