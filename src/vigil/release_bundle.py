@@ -18,6 +18,8 @@ from collections.abc import Mapping
 
 # The bundle name an agent release is published under (reserved: no policy may use it).
 RELEASE_POLICY = "vigil-agent"
+# The agent's check for self-update: critical for a refused release or a rollback.
+UPDATE_CHECK = "agent.update"
 WHEEL_NAME = re.compile(r"^vigil-([0-9]+(?:\.[0-9]+)*)-py3-none-any\.whl$")
 VERSION_LINE = re.compile(r'^__version__\s*=\s*"([0-9]+(?:\.[0-9]+)*)"\s*$', re.M)
 # vigil/__init__.py is a few lines; read at most this much of it.

@@ -25,7 +25,7 @@ from vigil.collector.policy.runtime import PolicyRuntime
 from vigil.collector.policy.service import PolicyError, Who
 from vigil.collector.storage.factory import create_storage
 from vigil.collector.storage.url import sqlite_url
-from vigil.release_bundle import RELEASE_POLICY, NotARelease, release_wheel
+from vigil.release_bundle import RELEASE_POLICY, UPDATE_CHECK, NotARelease, release_wheel
 
 NOW = time.time()  # release_document signs with the real clock
 ALICE = Who("alice", "127.0.0.1")
@@ -209,3 +209,36 @@ def test_release_sign_refuses_a_wheel_that_is_not_the_agent(
         3,
         [name],
     )
+
+
+def test_the_release_guard_pauses_on_a_refusal_or_rollback_inside_the_reached_rings(
+    desk: Desk, config: PolicyConfig, keys: tuple[bytes, str]
+) -> None:
+    from tests.conftest import build_check_event
+
+    publish_release(desk, config, keys, 1, "0.2.0", rings=[0.3, 1.0], soak_s=0)
+    snap = service.load_snapshot(desk.storage, NOW)
+    (rollout,) = snap.rollouts
+    (inside,), (outside,) = ids_in_ring(rollout, 0, 1), ids_in_ring(rollout, 1, 1)
+
+    def update_critical(agent_id: str, at: float) -> None:
+        event = build_check_event(UPDATE_CHECK, "critical", previous_state=None, value=None)
+        desk.ingest(build_report(event, agent_id=agent_id, hostname=agent_id), at)
+
+    def no_hook(*args: object) -> None:
+        raise AssertionError("the release guard raises no collector incident")
+
+    # A host outside the reached ring: not the release's doing yet; nothing stops it.
+    update_critical(outside, NOW + 1)
+    with desk.storage.session() as uow:
+        assert release.troubled_hosts(uow, rollout) == []
+    # A ring-0 host refused or rolled it back: paused before the next ring, audited.
+    update_critical(inside, NOW + 2)
+    (line,) = service.guard_pass(desk.storage, config.guard, NOW + 3, no_hook)
+    assert "paused" in line and inside in line
+    row = service.status(desk.storage, RELEASE_POLICY)
+    assert row["paused"] and row["ring"] == 0 and inside in row["paused_reason"]
+    assert service.guard_pass(desk.storage, config.guard, NOW + 4, no_hook) == []
+    with desk.storage.session() as uow:
+        actions = [a["action"] for a in uow.audit.list(limit=10, offset=0, action="policy.pause")]
+    assert "policy.pause" in actions

@@ -38,11 +38,12 @@ from vigil.agent.policy.sync import REFETCH_REFUSED_S, Fetcher
 from vigil.agent.update.guard import UpdateGuard
 from vigil.agent.update.release import ReleaseError, install
 from vigil.policy_bundle import MAX_DOCUMENT, BundleError, policy_tag, verify
-from vigil.release_bundle import RELEASE_POLICY
+from vigil.release_bundle import RELEASE_POLICY, UPDATE_CHECK
+
+__all__ = ["RELEASE_PATH", "UPDATE_CHECK", "ReleaseSync", "parse_release", "release_sync_for"]
 
 log = logging.getLogger("vigil.agent.update")
 
-UPDATE_CHECK = "agent.update"
 RELEASE_PATH = "/api/v1/agent/release"
 
 

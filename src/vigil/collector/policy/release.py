@@ -20,7 +20,7 @@ from typing import Any
 from vigil.collector.policy import rollout as core
 from vigil.collector.policy.rollout import Rollout
 from vigil.policy_bundle import VerifiedBundle
-from vigil.release_bundle import RELEASE_POLICY, NotARelease, release_wheel
+from vigil.release_bundle import RELEASE_POLICY, UPDATE_CHECK, NotARelease, release_wheel
 from vigil.release_bundle import WHEEL_NAME as _WHEEL_NAME
 
 AGENT_RELEASE_URL = "/api/v1/agent/release"
@@ -143,3 +143,16 @@ def fleet_versions(storage: Any) -> dict[str, str]:
     """``agent_id -> agent_version`` of every known host (read once at start)."""
     with storage.session() as uow:
         return {h["agent_id"]: h["agent_version"] for h in uow.hosts.list()}
+
+
+def troubled_hosts(uow: Any, rollout: Rollout) -> list[str]:
+    """Hosts in the rollout's reached rings with an ``agent.update`` incident opened
+    since the rollout started (a release they refused or rolled back): the release
+    guard pauses the rollout on any (``service.guard_pass``)."""
+    return sorted(
+        {
+            host
+            for _, host in uow.incidents.open_since(UPDATE_CHECK, rollout.started_at)
+            if core.ring_of(host, rollout) <= rollout.ring
+        }
+    )

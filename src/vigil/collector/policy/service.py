@@ -349,7 +349,8 @@ def guard_pass(
     storage: Storage, rules: GuardRules, now: float, raise_check: GuardHook
 ) -> list[str]:
     """The periodic duty (one collector process per database): trip the blast-radius
-    guard and auto-advance soaked rollouts. For a trip: the rollout pauses, the
+    guard, pause an agent release that hosts refused or rolled back (the release guard)
+    and auto-advance soaked rollouts. For a trip: the rollout pauses, the
     remediation is halted fleet-wide (actor ``guard``) and ``raise_check(check,
     message, now, also)`` opens the incident, running ``also`` (the halt, pause and
     audit) in the incident's transaction. Returns what it did, one line each."""
@@ -362,6 +363,11 @@ def guard_pass(
             # Paused: tripped already (or an admin's). Complete and soaked: the rollout is
             # over, and scanning every host's runs each pass would cost for nothing.
             continue
+        if current.policy == RELEASE_POLICY and not current.complete:
+            stopped = _release_guard(storage, current, now)
+            if stopped:
+                did.append(stopped)
+                continue
         with storage.session() as uow:
             counts = uow.policy.guard_counts(
                 current.policy, current.version, current.ring_started_at
@@ -420,6 +426,28 @@ def guard_pass(
                 )
             did.append(f"policy {new.policy} version {new.version} advanced to ring {new.ring}")
     return did
+
+
+def _release_guard(storage: Storage, current: Rollout, now: float) -> str | None:
+    """Pause the agent release rollout when a host in its reached rings refused or
+    rolled back the release (its ``agent.update`` incident): the next ring waits for an
+    admin. Returns what it did, or None."""
+    with storage.session() as uow:
+        hosts = release.troubled_hosts(uow, current)
+    if not hosts:
+        return None
+    reason = (
+        f"release guard: agent.update critical on {len(hosts)} host(s) in rings 0-"
+        f"{current.ring} ({', '.join(hosts[:5])}{', ...' if len(hosts) > 5 else ''})"
+    )
+    with storage.session() as uow, uow.transaction():
+        if _rollout(uow, current.policy) != current:  # changed meanwhile
+            return None
+        uow.policy.put_rollout(core.paused(current, reason).to_row(now))
+        target = f"policy:{current.policy}@{current.version}"
+        detail = {"ring": current.ring, "hosts": hosts[:50]}
+        _audit(uow, Who(GUARD_ACTOR, "local"), now, "policy.pause", target, detail)
+    return f"agent release {current.version} paused: {reason}"
 
 
 def _rollout(uow: UnitOfWork, name: str) -> Rollout | None:
