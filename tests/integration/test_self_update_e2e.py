@@ -9,7 +9,8 @@ agent processes, and REAL wheels of this checkout at bumped versions
   two delivered reports;
 - a release that cannot deliver (a *test build* whose shipper is patched to fail every
   delivery) misses its confirmation deadline and is rolled back to the previous release,
-  reported as ``agent.update`` critical, and is never installed again;
+  reported as ``agent.update`` critical, and is never installed again; the release guard
+  pauses its rollout before the next ring;
 - a tampered release (bytes flipped in the stored document) is refused by the agent,
   which reports ``agent.update`` critical and keeps running the code it had.
 """
@@ -260,6 +261,14 @@ def test_ring_boundary_atomic_swap_and_rollback(
         assert incident is not None and "rolled back release 2" in incident["message"]
         assert a.proc.poll() is None and a.proc.pid == pid_a
         assert host_version(s, a) == "0.1.1"
+        # The release guard paused rollout 2 before its next ring (A is in ring 0).
+        wait_for(
+            "the release guard's pause",
+            lambda: admin(s.c, "GET", "/api/v1/policies/vigil-agent")["paused"],
+            20,
+        )
+        rollout = admin(s.c, "GET", "/api/v1/policies/vigil-agent")
+        assert rollout["ring"] == 0 and a.id in rollout["paused_reason"]
         time.sleep(2.0)  # more acks still offer release 2: it is not installed again
         assert a.state()["current"]["serial"] == 1
         assert b.state()["current"]["serial"] == 1  # outside the ring: untouched
