@@ -242,3 +242,19 @@ def test_with_update_off_a_pending_release_still_confirms_but_nothing_is_fetched
 
     asyncio.run(go())
     assert fetcher.calls == [] and st.load_state(config.state_dir).pending is None
+
+
+def test_a_signed_release_that_is_not_a_wheel_is_refused_before_unpacking(
+    tmp_path: Path, keys: tuple[bytes, str]
+) -> None:
+    document = release_document(("vigil-0.2.0-py3-none-any.whl", b"not a zip"), 1, keys[0])
+    sync, _, sink, restarts = make(tmp_path, keys[1], [Reply(200, document)])
+
+    async def go() -> None:
+        sync.on_ack(ack(1))
+        await settle(sync)
+
+    asyncio.run(go())
+    [(state, message)] = sink.update_checks()
+    assert state == "critical" and "bad_wheel" in message and "not a readable wheel" in message
+    assert restarts == [] and st.load_state(tmp_path) == st.UpdateState()

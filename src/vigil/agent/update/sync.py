@@ -38,7 +38,7 @@ from vigil.agent.policy.sync import REFETCH_REFUSED_S, Fetcher
 from vigil.agent.update.guard import UpdateGuard
 from vigil.agent.update.release import ReleaseError, install
 from vigil.policy_bundle import MAX_DOCUMENT, BundleError, policy_tag, verify
-from vigil.release_bundle import RELEASE_POLICY, UPDATE_CHECK
+from vigil.release_bundle import RELEASE_POLICY, UPDATE_CHECK, NotARelease, release_wheel
 
 __all__ = ["RELEASE_PATH", "UPDATE_CHECK", "ReleaseSync", "parse_release", "release_sync_for"]
 
@@ -213,6 +213,10 @@ class ReleaseSync:
             )
             if bundle.policy != RELEASE_POLICY:
                 raise ReleaseError("not_a_release", f"bundle {bundle.tag} is not an agent release")
+            try:  # the shape, before anything is unpacked (a signed non-zip, say)
+                release_wheel(bundle.files)
+            except NotARelease as exc:
+                raise ReleaseError("bad_wheel", str(exc)) from None
             loop = asyncio.get_running_loop()
             await loop.run_in_executor(None, lambda: self.installer(bundle, self.state_dir))
         except BundleError as exc:
