@@ -71,6 +71,10 @@ from vigil.collector.telemetry.requests import RequestCounters
 
 log = logging.getLogger(__name__)
 
+# Seconds between re-reads of every host's agent version from storage (the fleet view of
+# self-update): other collector processes' reports show up within this.
+FLEET_RESYNC_S = 300.0
+
 # Seconds between desk.tick() calls: silent agents and overdue remediation results turn
 # into incidents within this delay of their deadline.
 TICK_INTERVAL_S = 5.0
@@ -336,18 +340,29 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = PolicyRuntime()
     app[policy_key] = runtime
     await policy.reload_snapshot(app)
-    # The fleet's agent versions, seeded once from storage; reports keep them current.
-    runtime.prime_versions(
-        await asyncio.get_running_loop().run_in_executor(
-            app[executor_key], fleet_versions, app[desk_key].storage
-        )
-    )
+    loop = asyncio.get_running_loop()
+
+    async def resync_versions() -> None:
+        # The fleet's agent versions from storage (every host's last report, whichever
+        # collector process took it); reports to this process keep them current between.
+        hosts = await loop.run_in_executor(app[executor_key], fleet_versions, app[desk_key].storage)
+        runtime.replace_versions(hosts)
+
+    await resync_versions()
     metrics = PolicyMetrics(runtime)
     app[registry_key].register(metrics)
+    resynced = time.monotonic()
 
     async def forever() -> None:
+        nonlocal resynced
         while True:
             await asyncio.sleep(app[config_key].policy.refresh_s)
+            if time.monotonic() - resynced >= FLEET_RESYNC_S:
+                resynced = time.monotonic()
+                try:
+                    await resync_versions()
+                except Exception:
+                    log.exception("reading the fleet's agent versions failed")
             try:
                 await policy_pass(app)
             except Exception:

@@ -159,12 +159,17 @@ def test_release_status_counts_hosts_by_their_reported_agent_version(
 
 def test_fleet_versions_move_with_reports_and_the_metric_stays_bounded() -> None:
     runtime = PolicyRuntime()
-    runtime.prime_versions({"a": "0.1.0", "b": "0.1.0"})
+    runtime.replace_versions({"a": "0.1.0", "b": "0.1.0"})
     runtime.note("a", (None, None), {}, 1.0, "0.2.0")
-    runtime.prime_versions({"a": "0.1.0"})  # a report beats what storage said at start
     assert runtime.agents_by_version() == {"0.1.0": 1, "0.2.0": 1}
     runtime.note("b", (None, None), {}, 2.0, "0.2.0")
+    runtime.note("b", (None, None), {}, 3.0, "0.2.0")  # the same version: counted once
     assert runtime.agents_by_version() == {"0.2.0": 2}
+    # Storage's view (another process heard c, and b's newest report) replaces it.
+    runtime.replace_versions({"a": "0.2.0", "b": "0.3.0", "c": "0.1.0"})
+    assert runtime.agents_by_version() == {"0.1.0": 1, "0.2.0": 1, "0.3.0": 1}
+    runtime.note("c", (None, None), {}, 4.0, "0.3.0")
+    assert runtime.agents_by_version() == {"0.2.0": 1, "0.3.0": 2}
     many = {f"1.{i}.0": 100 - i for i in range(30)}
     top = release.top_versions(many)
     assert len(top) == 21 and top[0] == ("1.0.0", 100)

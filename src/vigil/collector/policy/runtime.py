@@ -81,13 +81,16 @@ class PolicyRuntime:
         self._agent_version[agent_id] = version
         self._by_version[version] = self._by_version.get(version, 0) + 1
 
-    def prime_versions(self, hosts: Mapping[str, str]) -> None:
-        """Seed the fleet view from storage (``agent_id -> agent_version`` of every known
-        host) at start; what hosts report later overrides it."""
+    def replace_versions(self, hosts: Mapping[str, str]) -> None:
+        """Take every host's agent version from storage (``agent_id -> version``), at
+        start and every few minutes: what other collector processes heard shows up; what
+        this one hears in between updates it at once (:meth:`note`)."""
+        counts: dict[str, int] = {}
+        for version in hosts.values():
+            counts[version] = counts.get(version, 0) + 1
         with self._lock:
-            for agent_id, version in hosts.items():
-                if agent_id not in self._agent_version:
-                    self._set_version(agent_id, version)
+            self._agent_version = dict(hosts)
+            self._by_version = counts
 
     def agents_by_version(self) -> dict[str, int]:
         """Hosts per agent version (a copy; cost O(distinct versions))."""
