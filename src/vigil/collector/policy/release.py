@@ -140,7 +140,8 @@ def top_versions(by_version: Mapping[str, int], keep: int = 20) -> list[tuple[st
 
 
 def fleet_versions(storage: Any) -> dict[str, str]:
-    """``agent_id -> agent_version`` of every known host (read once at start)."""
+    """``agent_id -> agent_version`` of every known host (read at start and every
+    ``FLEET_RESYNC_S`` by the app; one pass over the hosts table)."""
     with storage.session() as uow:
         return {h["agent_id"]: h["agent_version"] for h in uow.hosts.list()}
 
