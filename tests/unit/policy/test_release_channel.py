@@ -1,6 +1,7 @@
 """The collector's agent release channel: a rollout of the reserved policy ``vigil-agent``
-on a real SQLite storage with real signed release bundles; the ack's ``release`` key per
-ring; the fleet's agent versions (bounded metric labels, counts kept in step)."""
+on real storage (SQLite and PostgreSQL) with real signed release bundles; the ack's
+``release`` key per ring; the release guard; the fleet's agent versions (bounded metric
+labels, counts kept in step)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,9 @@ import pytest
 
 from tests.conftest import build_report
 from tests.support.policy import signed_bundle, write_source
+from tests.support.postgres import require_postgres
 from tests.support.releases import fake_wheel, release_document
+from tests.unit.storage.backends import BACKENDS
 from vigil import policy_bundle
 from vigil.collector.desk.service import Desk
 from vigil.collector.policy import release, service
@@ -23,8 +26,6 @@ from vigil.collector.policy import rollout as core
 from vigil.collector.policy.config import PolicyConfig
 from vigil.collector.policy.runtime import PolicyRuntime
 from vigil.collector.policy.service import PolicyError, Who
-from vigil.collector.storage.factory import create_storage
-from vigil.collector.storage.url import sqlite_url
 from vigil.release_bundle import RELEASE_POLICY, UPDATE_CHECK, NotARelease, release_wheel
 
 NOW = time.time()  # release_document signs with the real clock
@@ -41,11 +42,17 @@ def config(keys: tuple[bytes, str]) -> PolicyConfig:
     return PolicyConfig(trusted_keys=(keys[1],))
 
 
-@pytest.fixture
-def desk(tmp_path: Path) -> Iterator[Desk]:
-    d = Desk(create_storage(sqlite_url(tmp_path / "c.db")))
+@pytest.fixture(params=sorted(BACKENDS))
+def desk(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Desk]:
+    """A desk on each storage backend (PostgreSQL: a fresh schema, skipped without a
+    server locally, failing under CI=true)."""
+    if request.param == "postgresql":
+        require_postgres()
+    factory = BACKENDS[request.param](tmp_path)
+    d = factory.desk()
     yield d
     d.close()
+    factory.cleanup()
 
 
 def publish_release(
