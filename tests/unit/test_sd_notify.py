@@ -17,6 +17,7 @@ from vigil.agent.svc.notify import (
     Notifier,
     backoff_sleep,
     notify_address,
+    stop_notify,
     watchdog_ping_s,
 )
 
@@ -96,3 +97,21 @@ def test_the_crash_back_off_wait_extends_the_start_timeout_and_keeps_pinging() -
     assert first[0] == "STATUS=crash-loop back-off"
     assert int(first[1].removeprefix("EXTEND_TIMEOUT_USEC=")) >= 1_200_000
     assert got[1:].count("WATCHDOG=1") >= 2  # every 0.5 s during a 1.2 s wait
+
+
+@pytest.mark.parametrize("restarting", [False, True])
+def test_stop_says_stopping_or_reloading_before_a_self_update_restart(restarting: bool) -> None:
+    folder = Path(tempfile.mkdtemp(prefix="vigil-sd-", dir="/tmp"))
+    try:
+        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        receiver.bind(str(folder / "notify"))
+        stop_notify(Notifier(str(folder / "notify")), restarting=restarting)
+        lines = receiver.recv(256).decode().splitlines()
+        receiver.close()
+        if restarting:  # systemd waits for the re-executed process's READY=1
+            assert lines[0] == "RELOADING=1" and lines[1].startswith("MONOTONIC_USEC=")
+            assert int(lines[1].split("=")[1]) > 0
+        else:
+            assert lines == ["STOPPING=1"]
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)

@@ -25,7 +25,7 @@ from vigil.agent import enroll_cli, remediation_cli, service_cli
 from vigil.agent.checks import classify
 from vigil.agent.config import AgentConfig
 from vigil.agent.preflight import Preflight, preflight
-from vigil.agent.update.launch import launch, state_dir_of
+from vigil.agent.update.launch import launch, reexec, state_dir_of
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
 
 log = logging.getLogger("vigil.agent")
@@ -106,10 +106,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 config, collector=dataclasses.replace(config.collector, url=args.collector_url)
             )
             checked = dataclasses.replace(checked, config=config)
-        return asyncio.run(_run(checked))
+        code = asyncio.run(_run(checked))
     except ConfigError as exc:
         print(f"vigil-agent: {exc}", file=sys.stderr)
         return CONFIG_EXIT_CODE
+    if code == RESTART:
+        # Self-update: a new release is installed (or a pending one rolled back); the
+        # base install's launch step picks what runs now (same PID under the service).
+        reexec(None, 0, list(sys.argv[1:] if argv is None else argv), os.environ)
+    return code
+
+
+# _run's result when the service stopped to re-execute the launcher.
+RESTART = -1
 
 
 async def _run(checked: Preflight) -> int:
@@ -137,7 +146,7 @@ async def _run(checked: Preflight) -> int:
     finally:
         stable.cancel()
     record.clean_stop()
-    return 0
+    return RESTART if service.restart_requested else 0
 
 
 def check_once(config: AgentConfig, *, as_json: bool = False) -> int:

@@ -34,6 +34,7 @@ from vigil.agent.sampler_config import (
 )
 from vigil.agent.selfhealth import SelfHealthConfig, self_health_config
 from vigil.agent.surveys import SurveySettings
+from vigil.agent.update.settings import UpdateSettings, update_settings
 from vigil.configio import ConfigError, Section, load_yaml
 from vigil.quiet_hours import parse_quiet_hours
 
@@ -233,6 +234,8 @@ class AgentConfig:
     policy: PolicySettings = field(default_factory=PolicySettings)
     self_health: SelfHealthConfig = field(default_factory=SelfHealthConfig)
     crash_backoff: CrashBackoffConfig = field(default_factory=CrashBackoffConfig)
+    # Self-update from the collector's release channel (``update:``; docs/install.md).
+    update: UpdateSettings = field(default_factory=UpdateSettings)
 
 
 def default_state_dir() -> Path:
@@ -363,6 +366,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     self_health = self_health_config(root)
     surveys = _surveys(root.section("surveys"))
     policy = policy_settings(root.section("policy"))
+    update = update_settings(root.section("update"))
     if policy.require_signed_local and remediation.folders:
         raise ConfigError(
             str(path),
@@ -397,6 +401,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         policy=policy,
         self_health=self_health,
         crash_backoff=crash_backoff,
+        update=update,
     )
 
 

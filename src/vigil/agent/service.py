@@ -66,6 +66,7 @@ from vigil.agent.sampling.sampler import Sampler
 from vigil.agent.surveys import SurveyInbox
 from vigil.agent.svc.notify import start_notify, stop_notify
 from vigil.agent.timers import Timers
+from vigil.agent.update.sync import ReleaseSync, release_sync_for
 
 log = logging.getLogger("vigil.agent")
 
@@ -151,6 +152,11 @@ def build_service(
         clock=clock,
     )
     sync = start.sync(fetcher=shipper, sink=outbox, clock=clock) if start else None
+    release = (
+        release_sync_for(config, fetcher=shipper, sink=outbox, agent_version=__version__)
+        if policy
+        else None
+    )
     return AgentService(
         config,
         identity=identity,
@@ -165,6 +171,7 @@ def build_service(
         broken_remediations=broken,
         surveys=surveys,
         policy=sync,
+        release=release,
     )
 
 
@@ -195,6 +202,7 @@ class AgentService:
         broken_remediations: Mapping[str, str] | None = None,
         surveys: SurveyInbox | None = None,
         policy: PolicySync | None = None,
+        release: ReleaseSync | None = None,
     ) -> None:
         self.config = config
         self.broken_remediations = broken_remediations
@@ -237,6 +245,20 @@ class AgentService:
             policy.enforce_halts(flow)
             shipper.on_ack = policy.on_ack
             shipper.policy_header = policy.header
+        # Self-update: a delivered report counts for the guard, an offered release is
+        # fetched; a new release (or a rollback) restarts the agent through the CLI.
+        self.release = release
+        self.restart_requested = False
+        self._stop: asyncio.Event | None = None
+        if release is not None:
+            release.restart = self.request_restart
+            shipper.on_ack = release.chain(shipper.on_ack)
+
+    def request_restart(self) -> None:
+        """Stop cleanly so that ``vigil-agent run`` re-executes the launcher."""
+        self.restart_requested = True
+        if self._stop is not None:
+            self._stop.set()
 
     # ------------------------------------------------------------------ policy
 
@@ -297,8 +319,13 @@ class AgentService:
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then shut down cleanly (bounded final flush)."""
         iv = self.config.intervals
+        self._stop = stop
         timers = Timers()
         timers.add("sample", self.cycle, iv.sample_s)
+        if self.release is not None and self.release.guard.pending:
+            # Only while a new release has to prove itself: an idle agent wakes no more.
+            within = self.release.guard.confirm_within_s
+            timers.add("update-guard", self.release.tick, min(30.0, within / 4))
         self._add_check_jobs(timers)
         # Shipping runs on its report-interval grid (starting after the jittered first
         # delay), but only while the outbox holds events: added paused when it is empty,
@@ -332,6 +359,8 @@ class AgentService:
         self.report_library()
         if self.policy is not None:
             self.policy.report_start()
+        if self.release is not None:
+            self.release.report_start()
         log.info(
             "agent %s (%s) started: %d checks, %d remediations, reporting to %s",
             self.identity.agent_id,
@@ -344,7 +373,7 @@ class AgentService:
             await stop.wait()
         finally:
             self._timers = None
-            stop_notify(notifier)
+            stop_notify(notifier, restarting=self.restart_requested)
             await timers.stop()
             await self._shutdown()
 
@@ -361,6 +390,8 @@ class AgentService:
     async def _shutdown(self) -> None:
         if self.policy is not None:
             await self.policy.close()
+        if self.release is not None:
+            await self.release.close()
         for retired in self._retired:
             await retired.close()
         await self.flow.close()

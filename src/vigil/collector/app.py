@@ -66,12 +66,17 @@ from vigil.collector.notify.health import NotifyHealth
 from vigil.collector.notify.service import Notifier, target_keys
 from vigil.collector.policy import service as policy_service
 from vigil.collector.policy.metrics import PolicyMetrics
+from vigil.collector.policy.release import fleet_versions
 from vigil.collector.policy.runtime import PolicyRuntime
 from vigil.collector.storage.factory import create_storage
 from vigil.collector.storage.url import redact
 from vigil.collector.telemetry.requests import RequestCounters
 
 log = logging.getLogger(__name__)
+
+# Seconds between re-reads of every host's agent version from storage (the fleet view of
+# self-update): other collector processes' reports show up within this.
+FLEET_RESYNC_S = 300.0
 
 # Seconds between desk.tick() calls: silent agents and overdue remediation results turn
 # into incidents within this delay of their deadline.
@@ -179,6 +184,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_get(f"/survey/{surveys.TOKEN}", surveys.get_survey)
     r.add_post(f"/survey/{surveys.TOKEN}", surveys.post_survey)
     r.add_get("/api/v1/agent/policy", policy.get_agent_policy)
+    r.add_get("/api/v1/agent/release", policy.get_agent_release)
+    r.add_get("/api/v1/agent-versions", policy.get_agent_versions)
     r.add_get("/api/v1/policies", policy.list_policies)
     r.add_post("/api/v1/policies", policy.publish_policy)
     name = policy.POLICY_NAME
@@ -345,12 +352,29 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
     runtime = PolicyRuntime()
     app[policy_key] = runtime
     await policy.reload_snapshot(app)
+    loop = asyncio.get_running_loop()
+
+    async def resync_versions() -> None:
+        # The fleet's agent versions from storage (every host's last report, whichever
+        # collector process took it); reports to this process keep them current between.
+        hosts = await loop.run_in_executor(app[executor_key], fleet_versions, app[desk_key].storage)
+        runtime.replace_versions(hosts)
+
+    await resync_versions()
     metrics = PolicyMetrics(runtime)
     app[registry_key].register(metrics)
+    resynced = time.monotonic()
 
     async def forever() -> None:
+        nonlocal resynced
         while True:
             await asyncio.sleep(app[config_key].policy.refresh_s)
+            if time.monotonic() - resynced >= FLEET_RESYNC_S:
+                resynced = time.monotonic()
+                try:
+                    await resync_versions()
+                except Exception:
+                    log.exception("reading the fleet's agent versions failed")
             try:
                 await policy_pass(app)
             except Exception:

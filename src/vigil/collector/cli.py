@@ -71,6 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from vigil.collector.policy.cli import main as policy_main
 
         return policy_main(argv[1:])
+    if argv[:1] == ["release"]:  # vigil-collector release sign|publish|... (docs/install.md)
+        from vigil.collector.policy.release_cli import main as release_main
+
+        return release_main(argv[1:])
     args = build_parser().parse_args(argv)
     setup_logging(args.log_level)
     try:

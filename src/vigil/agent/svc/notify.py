@@ -114,11 +114,20 @@ def start_notify(timers: Timers, environ: Mapping[str, str] | None = None) -> No
     return notifier
 
 
-def stop_notify(notifier: Notifier | None) -> None:
-    """Say ``STOPPING=1`` (systemd then stops expecting pings) and close the socket."""
+def stop_notify(notifier: Notifier | None, *, restarting: bool = False) -> None:
+    """Say ``STOPPING=1`` (systemd then stops expecting pings) and close the socket.
+
+    ``restarting``: the process is about to re-execute itself into another agent release
+    (self-update, same PID): it says ``RELOADING=1`` instead (with ``MONOTONIC_USEC``, as
+    systemd asks of a reload), so systemd waits for the next ``READY=1`` rather than for
+    the process to exit."""
     if notifier is None:
         return
-    notifier.send("STOPPING=1")
+    if restarting:
+        usec = time.monotonic_ns() // 1000  # CLOCK_MONOTONIC, as systemd expects
+        notifier.send(f"RELOADING=1\nMONOTONIC_USEC={usec}\nSTATUS=restarting into a new release")
+    else:
+        notifier.send("STOPPING=1")
     notifier.close()
 
 

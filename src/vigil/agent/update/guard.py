@@ -16,12 +16,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vigil.agent.update.launch import RELEASE_ENV
+from vigil.agent.update.settings import CONFIRM_WITHIN_S
 from vigil.agent.update.state import UpdateState, confirm, load_state, roll_back, save_state
 
 log = logging.getLogger("vigil.agent.update")
 
+__all__ = ["CONFIRM_DELIVERIES", "CONFIRM_WITHIN_S", "UpdateGuard"]
+
 CONFIRM_DELIVERIES = 2
-CONFIRM_WITHIN_S = 600.0
 
 
 class UpdateGuard:

@@ -34,13 +34,14 @@ from vigil.agent.update.state import (
     switch_to,
 )
 from vigil.policy_bundle import VerifiedBundle, version_tuple
+from vigil.release_bundle import RELEASE_POLICY, VERSION_LINE, WHEEL_NAME
+
+__all__ = ["RELEASE_POLICY", "ReleaseError", "install"]
 
 log = logging.getLogger("vigil.agent.update")
 
-# The bundle name an agent release is published under (reserved: no policy may use it).
-RELEASE_POLICY = "vigil-agent"
-_WHEEL = re.compile(r"^vigil-([0-9]+(?:\.[0-9]+)*)-py3-none-any\.whl$")
-_VERSION_LINE = re.compile(r'^__version__\s*=\s*"([0-9]+(?:\.[0-9]+)*)"\s*$', re.M)
+_WHEEL = WHEEL_NAME
+_VERSION_LINE = VERSION_LINE
 _REQUIREMENT = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(.*)$")
 # Bounds on the unpacked wheel (the bundle itself is bounded by policy_bundle).
 MAX_MEMBERS = 5000

@@ -6,6 +6,9 @@ answers the bundle document this host should run, exactly as uploaded, with ``ET
 An agent on a shared ``auth.agent_tokens`` token names itself with ``?agent_id=``
 (the same trust as its reports, which may write for any agent id not enrolled).
 
+``GET /api/v1/agent/release`` serves the signed agent release the host's ring has
+reached the same way (``docs/install.md``, "Self-update").
+
 Admins (every route needs an admin token; every write is audited): ``POST
 /api/v1/policies`` (body: the signed ``.vpol`` document; rollout options in the query:
 ``rings=0.05,0.25,1.0``, ``canary=ID,ID``, ``canary_share=0.05``, ``soak=10m``),
@@ -13,7 +16,8 @@ Admins (every route needs an admin token; every write is audited): ``POST
 /api/v1/policies/{name}/advance|pause|resume``, ``POST /api/v1/policy-halts``
 (``{"remediation": ID or "*", "reason"}``), ``DELETE /api/v1/policy-halts/{remediation}``,
 ``POST /api/v1/run-now`` (``{"remediation", "host" or "labels", "params"}``) and ``GET
-/api/v1/run-now/{id}``.
+/api/v1/run-now/{id}``, ``GET /api/v1/agent-versions``. An agent release is published
+and steered with the same routes under the reserved name ``vigil-agent``.
 """
 
 from __future__ import annotations
@@ -48,10 +52,12 @@ from vigil.collector.keys import (
 )
 from vigil.collector.policy import rollout as core
 from vigil.collector.policy import service
+from vigil.collector.policy.release import release_fleet
 from vigil.collector.policy.runtime import PolicyRuntime
 from vigil.collector.policy.service import PolicyError, Who
 from vigil.configio import ConfigError, parse_duration
 from vigil.policy_bundle import MAX_DOCUMENT, MEDIA_TYPE, policy_tag
+from vigil.release_bundle import RELEASE_POLICY
 
 POLICY_NAME = "{name}"
 REMEDIATION = "{remediation}"
@@ -62,6 +68,29 @@ _MAX_CANARY = 1000
 
 async def get_agent_policy(request: web.Request) -> web.Response:
     """``GET /api/v1/agent/policy``; see the module docstring."""
+    agent_id, labels = await _agent_of(request)
+    offered = request.app[policy_key].offer(agent_id, labels)
+    name, version = offered["policy"], offered["version"]
+    if name is None or version is None:
+        raise ApiError(404, "no policy for this host")
+    return await _serve_document(request, name, version, "no policy for this host")
+
+
+async def get_agent_release(request: web.Request) -> web.Response:
+    """``GET /api/v1/agent/release``: the signed agent release this host's ring has
+    reached, like ``GET /api/v1/agent/policy`` (``ETag: "vigil-agent@<serial>"``, 304,
+    404 when no release is offered to it)."""
+    agent_id, labels = await _agent_of(request)
+    offered = request.app[policy_key].release_offer(agent_id, labels)
+    if offered is None:
+        raise ApiError(404, "no agent release for this host")
+    return await _serve_document(
+        request, RELEASE_POLICY, offered["serial"], "no agent release for this host"
+    )
+
+
+async def _agent_of(request: web.Request) -> tuple[str, dict[str, str]]:
+    """The authenticated agent's id and its last known labels (401/400/403 otherwise)."""
     app = request.app
     auth = app[identity_key].authenticate(
         request.headers.get("Authorization", ""), app[clock_key]()
@@ -79,28 +108,40 @@ async def get_agent_policy(request: web.Request) -> web.Response:
             )
         if app[identity_key].cache.is_enrolled(agent_id):
             raise ApiError(403, f"agent {agent_id} is enrolled: use its own credential", "agent_id")
-    runtime = app[policy_key]
-    labels = runtime.labels_of(agent_id)
+    labels = app[policy_key].labels_of(agent_id)
     if labels is None:
         desk = app[desk_key]
         info = await in_storage_thread(request, _host_labels, desk.storage, agent_id)
         labels = {} if info is None else info
-    offered = runtime.offer(agent_id, labels)
-    name, version = offered["policy"], offered["version"]
-    if name is None or version is None:
-        raise ApiError(404, "no policy for this host")
+    return agent_id, labels
+
+
+async def _serve_document(
+    request: web.Request, name: str, version: int, missing: str
+) -> web.Response:
+    """The stored bundle ``name@version`` with its ETag, or 304 when the agent has it."""
+    runtime = request.app[policy_key]
     etag = f'"{policy_tag(name, version)}"'
     if etag in _etags(request.headers.get("If-None-Match", "")):
         return web.Response(status=304, headers={"ETag": etag})
     document = runtime.document((name, version))
     if document is None:
         document = await in_storage_thread(
-            request, service.document, app[desk_key].storage, name, version
+            request, service.document, request.app[desk_key].storage, name, version
         )
         if document is None:
-            raise ApiError(404, "no policy for this host")
+            raise ApiError(404, missing)
         runtime.keep_document((name, version), document)
     return web.Response(body=document, headers={"ETag": etag, "Content-Type": MEDIA_TYPE})
+
+
+async def get_agent_versions(request: web.Request) -> web.Response:
+    """``GET /api/v1/agent-versions`` (admin): hosts per reported agent version, and the
+    compliance with the newest published release (share of hosts on its version)."""
+    require_admin(request)
+    query_params(request, ())
+    runtime = request.app[policy_key]
+    return json_response(release_fleet(runtime.agents_by_version(), runtime.snapshot))
 
 
 def _host_labels(storage: Any, agent_id: str) -> dict[str, str] | None:

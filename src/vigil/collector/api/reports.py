@@ -180,11 +180,16 @@ async def post_report(request: web.Request) -> web.Response:
         ack["surveys"] = offered
     # What the host runs, remembered in memory and stored by the next policy pass (no
     # extra transaction here); the offer is built from the in-memory snapshot.
-    policy_runtime.note(report.agent_id, running, report.labels, received_at)
+    policy_runtime.note(report.agent_id, running, report.labels, received_at, report.agent_version)
     offer = policy_runtime.offer(report.agent_id, report.labels)
+    release = policy_runtime.release_offer(report.agent_id, report.labels)
     if auth.credential is None:  # a shared token: the fetch must name the agent
         offer["url"] = f"{offer['url']}?agent_id={report.agent_id}"
+        if release is not None:
+            release["url"] = f"{release['url']}?agent_id={report.agent_id}"
     ack["policy"] = offer
+    if release is not None:  # the agent release its ring has reached (self-update)
+        ack["release"] = release
     if request.headers.get(ROTATE_HEADER) == "1":
         issued = await identity.rotate(auth, received_at)
         if issued is not None:

@@ -18,6 +18,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vigil.release_bundle import RELEASE_POLICY
+
 # Outcomes that always count as a failure for the guard; ``needs_reboot``/``needs_user``
 # only when configured (``policy.guard.include``).
 FAILED_OUTCOMES = frozenset({"not_fixed", "error", "timeout"})
@@ -151,7 +153,8 @@ def policy_for(rollouts: Iterable[Rollout], labels: Mapping[str, str]) -> Rollou
     the most specific (most target labels), ties broken by policy name."""
     best: Rollout | None = None
     for rollout in rollouts:
-        if not matches(rollout.target, labels):
+        # The agent release channel is a rollout too, but never a host's config policy.
+        if rollout.policy == RELEASE_POLICY or not matches(rollout.target, labels):
             continue
         key = (-len(rollout.target.get("labels") or {}), rollout.policy)
         if best is None or key < (-len(best.target.get("labels") or {}), best.policy):

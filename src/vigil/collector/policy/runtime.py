@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from vigil.collector.policy import rollout as core
+from vigil.collector.policy.release import release_offer
 from vigil.collector.policy.service import Snapshot
 from vigil.policy_bundle import parse_policy_tag
 
@@ -35,6 +36,10 @@ class PolicyRuntime:
         self._dirty: dict[str, tuple[str | None, int | None, float]] = {}
         self._labels: OrderedDict[str, dict[str, str]] = OrderedDict()
         self._documents: OrderedDict[tuple[str, int], bytes] = OrderedDict()
+        # Fleet view of agent versions: each host's last reported agent_version and the
+        # count per version, kept in step on every report (read at scrape time).
+        self._agent_version: dict[str, str] = {}
+        self._by_version: dict[str, int] = {}
 
     @staticmethod
     def parse_header(value: str) -> Running:
@@ -42,10 +47,19 @@ class PolicyRuntime:
         parsed = parse_policy_tag(value)
         return (None, None) if parsed is None else parsed
 
-    def note(self, agent_id: str, running: Running, labels: Mapping[str, str], now: float) -> None:
-        """Remember what ``agent_id`` runs (stored at the next flush when it changed)
-        and its labels (for its next policy fetch)."""
+    def note(
+        self,
+        agent_id: str,
+        running: Running,
+        labels: Mapping[str, str],
+        now: float,
+        agent_version: str | None = None,
+    ) -> None:
+        """Remember what ``agent_id`` runs (stored at the next flush when it changed),
+        its labels (for its next policy fetch) and its agent version (fleet view)."""
         with self._lock:
+            if agent_version is not None:
+                self._set_version(agent_id, agent_version)
             if self._known.get(agent_id) != running:
                 self._known[agent_id] = running
                 self._dirty[agent_id] = (*running, now)
@@ -53,6 +67,40 @@ class PolicyRuntime:
             self._labels.move_to_end(agent_id)
             if len(self._labels) > _LABELS_KEPT:
                 self._labels.popitem(last=False)
+
+    def _set_version(self, agent_id: str, version: str) -> None:
+        old = self._agent_version.get(agent_id)
+        if old == version:
+            return
+        if old is not None:
+            left = self._by_version[old] - 1
+            if left:
+                self._by_version[old] = left
+            else:
+                del self._by_version[old]
+        self._agent_version[agent_id] = version
+        self._by_version[version] = self._by_version.get(version, 0) + 1
+
+    def replace_versions(self, hosts: Mapping[str, str]) -> None:
+        """Take every host's agent version from storage (``agent_id -> version``), at
+        start and every few minutes: what other collector processes heard shows up; what
+        this one hears in between updates it at once (:meth:`note`)."""
+        counts: dict[str, int] = {}
+        for version in hosts.values():
+            counts[version] = counts.get(version, 0) + 1
+        with self._lock:
+            self._agent_version = dict(hosts)
+            self._by_version = counts
+
+    def agents_by_version(self) -> dict[str, int]:
+        """Hosts per agent version (a copy; cost O(distinct versions))."""
+        with self._lock:
+            return dict(self._by_version)
+
+    def release_offer(self, agent_id: str, labels: Mapping[str, str]) -> dict[str, Any] | None:
+        """The ack's ``"release"`` key for this host (see ``release.release_offer``)."""
+        snap = self.snapshot
+        return release_offer(snap.rollouts, snap.releases, agent_id, labels)
 
     def take_changes(self) -> list[tuple[str, str | None, int | None, float]]:
         """The running versions that changed since the last call (to store)."""

@@ -10,6 +10,7 @@ directly. Every write appends its audit record in its own transaction. The decis
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import re
@@ -20,10 +21,12 @@ from typing import Any
 
 from vigil import policy_bundle
 from vigil.collector.identity.audit import AuditEntry, append_audit
+from vigil.collector.policy import release
 from vigil.collector.policy import rollout as core
 from vigil.collector.policy.config import PolicyConfig
 from vigil.collector.policy.rollout import HALT_ALL, GuardRules, Rollout
 from vigil.collector.storage.protocols import Storage, UnitOfWork
+from vigil.release_bundle import RELEASE_POLICY
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +65,8 @@ class Snapshot:
     rollouts: tuple[Rollout, ...] = ()
     halts: frozenset[str] = frozenset()
     run_now: tuple[dict[str, Any], ...] = ()
+    # The agent release channel: serial -> agent version, for the ack's "release" key.
+    releases: Mapping[int, str] = dataclasses.field(default_factory=dict)
 
 
 def check_remediation(name: str, field: str = "remediation") -> str:
@@ -116,6 +121,11 @@ def publish(
     if not soak >= 0:
         raise PolicyError(400, f"soak: must be a duration of at least 0 s, got {soak!r}", "soak")
     name, version = verified.policy, verified.version
+    if name == RELEASE_POLICY:  # the reserved name: only a real agent wheel may use it
+        try:
+            release.check_upload(verified)
+        except ValueError as exc:
+            raise PolicyError(400, str(exc), "document") from None
     row = {
         "policy": name,
         "version": version,
@@ -287,6 +297,14 @@ def status(storage: Storage, name: str) -> dict[str, Any]:
         (row,) = [r for r in uow.policy.rollouts() if r["policy"] == name]
         running = uow.policy.running(name)
         hosts = uow.hosts.list()
+        if name == RELEASE_POLICY:
+            # Hosts say which agent they run in every report, not in X-Vigil-Policy.
+            wanted = release.release_versions(uow, [current]).get(current.version)
+            running = {
+                h["agent_id"]: current.version
+                for h in hosts
+                if wanted and h["agent_version"] == wanted
+            }
     rings = [
         {"ring": i, "share": s, "hosts": 0, "on_version": 0} for i, s in enumerate(current.rings)
     ]
@@ -308,9 +326,10 @@ def load_snapshot(storage: Storage, now: float) -> Snapshot:
         rollouts = tuple(Rollout.from_row(r) for r in uow.policy.rollouts())
         halts = frozenset(h["remediation"] for h in uow.policy.halts())
         run_now = uow.policy.run_now_open(now)
+        releases = release.release_versions(uow, rollouts)
     for r in run_now:
         r["done_hosts"] = frozenset(r["done_hosts"])
-    return Snapshot(rollouts, halts, tuple(run_now))
+    return Snapshot(rollouts, halts, tuple(run_now), releases)
 
 
 def record_running(
@@ -330,7 +349,8 @@ def guard_pass(
     storage: Storage, rules: GuardRules, now: float, raise_check: GuardHook
 ) -> list[str]:
     """The periodic duty (one collector process per database): trip the blast-radius
-    guard and auto-advance soaked rollouts. For a trip: the rollout pauses, the
+    guard, pause an agent release that hosts refused or rolled back (the release guard)
+    and auto-advance soaked rollouts. For a trip: the rollout pauses, the
     remediation is halted fleet-wide (actor ``guard``) and ``raise_check(check,
     message, now, also)`` opens the incident, running ``also`` (the halt, pause and
     audit) in the incident's transaction. Returns what it did, one line each."""
@@ -343,6 +363,11 @@ def guard_pass(
             # Paused: tripped already (or an admin's). Complete and soaked: the rollout is
             # over, and scanning every host's runs each pass would cost for nothing.
             continue
+        if current.policy == RELEASE_POLICY and not current.complete:
+            stopped = _release_guard(storage, current, now)
+            if stopped:
+                did.append(stopped)
+                continue
         with storage.session() as uow:
             counts = uow.policy.guard_counts(
                 current.policy, current.version, current.ring_started_at
@@ -401,6 +426,28 @@ def guard_pass(
                 )
             did.append(f"policy {new.policy} version {new.version} advanced to ring {new.ring}")
     return did
+
+
+def _release_guard(storage: Storage, current: Rollout, now: float) -> str | None:
+    """Pause the agent release rollout when a host in its reached rings refused or
+    rolled back the release (its ``agent.update`` incident): the next ring waits for an
+    admin. Returns what it did, or None."""
+    with storage.session() as uow:
+        hosts = release.troubled_hosts(uow, current)
+    if not hosts:
+        return None
+    reason = (
+        f"release guard: agent.update critical on {len(hosts)} host(s) in rings 0-"
+        f"{current.ring} ({', '.join(hosts[:5])}{', ...' if len(hosts) > 5 else ''})"
+    )
+    with storage.session() as uow, uow.transaction():
+        if _rollout(uow, current.policy) != current:  # changed meanwhile
+            return None
+        uow.policy.put_rollout(core.paused(current, reason).to_row(now))
+        target = f"policy:{current.policy}@{current.version}"
+        detail = {"ring": current.ring, "hosts": hosts[:50]}
+        _audit(uow, Who(GUARD_ACTOR, "local"), now, "policy.pause", target, detail)
+    return f"agent release {current.version} paused: {reason}"
 
 
 def _rollout(uow: UnitOfWork, name: str) -> Rollout | None:
