@@ -138,6 +138,7 @@ async def _serve(config: CollectorConfig) -> int:
             config.port,
             max_connections=max_connections,
             ssl_context=ssl_context,
+            reuse_port=config.reuse_port,
         )
         await site.start()
         port = runner.addresses[0][1]
