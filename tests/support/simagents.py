@@ -29,14 +29,20 @@ class SimAgent:
     batches: int = 0
     sent: list[str] = field(default_factory=list)
 
-    def report(self, *, check: str | None = None, state: wire.CheckState = "ok") -> wire.Report:
-        """The next report: a heartbeat (TTL 60 s) and, when ``check`` is given, that
-        check's result in ``state`` (from ``ok``)."""
+    def report(
+        self,
+        *,
+        check: str | None = None,
+        state: wire.CheckState = "ok",
+        heartbeat_ttl_s: float = 60.0,
+    ) -> wire.Report:
+        """The next report: a heartbeat (``heartbeat_ttl_s``) and, when ``check`` is
+        given, that check's result in ``state`` (from ``ok``)."""
         now = time.time()
         self.batches += 1
         batch = f"{self.agent_id}-b{self.batches}"
         events: list[wire.CheckEvent] = [
-            self._event(batch, now, "agent.heartbeat", "ok", None, ttl_s=60.0)
+            self._event(batch, now, "agent.heartbeat", "ok", None, ttl_s=heartbeat_ttl_s)
         ]
         if check is not None:
             events.append(self._event(batch, now, check, state, "ok"))
