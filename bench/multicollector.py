@@ -144,6 +144,27 @@ def leader_pid(url: str) -> int | None:
     return int(str(rows[0][0]).rsplit("-", 1)[1]) if rows else None
 
 
+def cpu_s(pids: list[int]) -> float:
+    """CPU seconds (user + system, every thread) the processes ``pids`` used so far;
+    a process gone meanwhile counts 0 (read from /proc, Linux)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
+def backend_pids(url: str, collectors: list[int]) -> list[int]:
+    """The PostgreSQL server processes serving these collector processes' sessions."""
+    names = [f"vigil-collector-{pid}" for pid in collectors]
+    rows = query(url, "SELECT pid FROM pg_stat_activity WHERE application_name = ANY(%s)", names)
+    return [int(r[0]) for r in rows]
+
+
 def api(port: int, path: str) -> Any:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}{path}", headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
@@ -197,6 +218,9 @@ def run_phase(
                     acked[0] += ok
                     unacked[0] += not ok
 
+        pids = [p.pid for p in procs]
+        backends = backend_pids(schema.url, pids)
+        cpu_before = cpu_s(pids), cpu_s(backends)
         started = time.monotonic()
         with ThreadPoolExecutor(max_workers=args.threads) as pool:
             futures = [pool.submit(run_agent, a) for a in agents]
@@ -220,6 +244,9 @@ def run_phase(
                 f.result()
         elapsed = time.monotonic() - started
         total = sum(a.batches for a in agents)
+        if not kill:  # CPU per report: collectors, and their PostgreSQL server processes
+            out["collector_cpu_us"] = round((cpu_s(pids) - cpu_before[0]) / total * 1e6)
+            out["postgres_cpu_us"] = round((cpu_s(backends) - cpu_before[1]) / total * 1e6)
         out["reports"] = total
         out["reports_per_s"] = round(total / elapsed, 1)
         out["unacknowledged"] = unacked[0]
@@ -285,9 +312,13 @@ def main() -> None:
     if why:
         raise SystemExit(why)
     single = run_phase(args, TestSchema, 1, kill=False)
-    print(f"peer, one collector:   {single['reports']} reports, {single['reports_per_s']}/s")
     double = run_phase(args, TestSchema, 2, kill=False)
-    print(f"two collectors:        {double['reports']} reports, {double['reports_per_s']}/s")
+    for name, phase in (("peer, one collector:", single), ("two collectors:", double)):
+        print(
+            f"{name:22} {phase['reports']} reports, {phase['reports_per_s']}/s; CPU per"
+            f" report: collectors {phase['collector_cpu_us']} us, PostgreSQL"
+            f" {phase['postgres_cpu_us']} us"
+        )
     chaos = run_phase(args, TestSchema, 2, kill=True)
     print(
         f"two, leader SIGKILLed: {chaos['reports']} reports, {chaos['reports_per_s']}/s;"
@@ -310,6 +341,10 @@ def main() -> None:
         "problems_per_fleet_fault": chaos["problems_per_fleet_fault"],
         "reports_per_s_one": single["reports_per_s"],
         "reports_per_s_two": double["reports_per_s"],
+        "collector_cpu_us_one": single["collector_cpu_us"],
+        "postgres_cpu_us_one": single["postgres_cpu_us"],
+        "collector_cpu_us_two": double["collector_cpu_us"],
+        "postgres_cpu_us_two": double["postgres_cpu_us"],
     }
     print(json.dumps(result))
 
