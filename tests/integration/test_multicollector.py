@@ -24,7 +24,6 @@ from tests.support.procs import (
     collector_config,
     read_line,
     read_metrics,
-    spawn_collector,
     stop,
     wait_for,
 )
@@ -48,8 +47,13 @@ def schema() -> Iterator[TestSchema]:
     made.drop()
 
 
-def start_on(config: Path, log: Path) -> subprocess.Popen[str]:
-    proc = spawn_collector(config, log.open("w"), ephemeral_port=False)
+def start_on(config: Path, log: Path, process_port: int) -> subprocess.Popen[str]:
+    """A collector on the config's (shared) port, and alone on ``process_port``."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vigil.collector", "--config", str(config),
+         "--process-port", str(process_port)],
+        stdout=subprocess.PIPE, stderr=log.open("w"), text=True,
+    )  # fmt: skip
     line = read_line(proc, 20.0)
     if "listening on" not in line:
         pytest.fail(f"collector did not start: {line!r} {log.read_text()}")
@@ -87,7 +91,8 @@ def test_two_processes_on_one_port_apply_each_report_once(
     )
     config.write_text(config.read_text().replace("port: ", "reuse_port: true, port: ", 1))
     logs = [tmp_path / "first.log", tmp_path / "second.log"]
-    procs = [start_on(config, logs[0]), start_on(config, logs[1])]
+    own = [free_port(), free_port()]
+    procs = [start_on(config, logs[0], own[0]), start_on(config, logs[1], own[1])]
     url = f"http://127.0.0.1:{port}"
     try:
         agents = [SimAgent(f"mc{i}") for i in range(AGENTS)]
@@ -123,6 +128,9 @@ def test_two_processes_on_one_port_apply_each_report_once(
             return both if accepted == reports else None
 
         both = wait_for("the leader's fleet figures to count every report", leader_caught_up)
+        # Each process at its own port (--process-port) says the same about itself.
+        alone = [read_metrics(f"http://127.0.0.1:{p}/metrics", ADMIN_TOKEN) for p in own]
+        assert sorted(m[("vigil_collector_leader", ())] for m in alone) == [0, 1]
         leader, follower = both[1], both[0]
         assert leader[("vigil_reports_duplicate_total", ())] == reports
         assert leader[("vigil_agents", (("state", "up"),))] == AGENTS
