@@ -111,3 +111,32 @@ def test_a_new_leader_rebuilds_at_once_then_every_interval() -> None:
     flag.set(False)
     flag.set(True)  # lost the lock and took it again: others applied meanwhile
     assert flag.rebuild_due(1.0, 60.0)
+
+
+def test_a_rebuild_counts_what_another_process_applied(tmp_path: Path) -> None:
+    """Two desks on one database stand for two collector processes: the leader's figures
+    follow only its own reports until it rebuilds them from the database."""
+    from tests.support.desk import open_desk
+    from tests.support.simagents import SimAgent
+
+    leader, other = open_desk(tmp_path / "c.db"), open_desk(tmp_path / "c.db")
+    try:
+        agents = [SimAgent(f"h{i}") for i in range(3)]
+        leader.ingest(agents[0].report(), 1000.0)
+        for agent in agents[1:]:
+            other.ingest(agent.report(check="disk.full", state="critical"), 1000.0)
+        before = leader.metrics_snapshot()
+        assert before.reports_accepted_total == 1 and before.liveness.hosts == 1
+
+        leader.refresh_metrics_figures(1000.0)
+        leader.reload_aggregates()
+        after = leader.metrics_snapshot()
+        assert after.reports_accepted_total == 3 and after.liveness.hosts == 3
+        assert after.checks_failing == {"disk.full": 2}
+        assert sum(after.incidents_open.values()) == 2
+        # Its own next report still counts once, on top of the rebuilt figures.
+        leader.ingest(agents[0].report(), 1001.0)
+        assert leader.metrics_snapshot().reports_accepted_total == 4
+    finally:
+        leader.close()
+        other.close()
