@@ -170,8 +170,8 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     tls = _tls(listen.section("tls")) if listen.has("tls") else None
     reuse_port = listen.get("reuse_port", bool, False)
     if reuse_port and not sys.platform.startswith("linux"):
-        # Elsewhere SO_REUSEPORT either does not exist (Windows) or does not spread
-        # connections (macOS/BSD hand them all to the last process that bound).
+        # Elsewhere SO_REUSEPORT either does not exist (Windows) or does not balance
+        # connections over the processes (macOS, the BSDs without SO_REUSEPORT_LB).
         raise listen.error(
             "reuse_port", f"needs Linux (SO_REUSEPORT), not {sys.platform}", reuse_port
         )
