@@ -1,7 +1,8 @@
 """Two real collector processes on one port (``listen.reuse_port``) and one PostgreSQL
 database: connections spread over both, every report is applied once whichever process
 takes it (and its retry), and ``/metrics`` serves fleet figures from the leader only
-while each process serves its own counts, so a sum over processes is right.
+while each process serves its own counts, so a sum over processes is right. The leader
+SIGKILLed, the survivor serves the port alone, takes the lead, and loses nothing.
 
 Needs the server ``VIGIL_TEST_PG_DSN`` names (``tests/support/postgres.py``): skipped
 with the reason without one, failed under ``CI=true``.
@@ -9,6 +10,7 @@ with the reason without one, failed under ``CI=true``.
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -140,6 +142,25 @@ def test_two_processes_on_one_port_apply_each_report_once(
         assert ingested == 2 * reports  # every answered report, duplicates too
         for metrics in both.values():  # every process says what it runs
             assert [v for (name, _), v in metrics.items() if name == "vigil_build_info"] == [1]
+
+        # The leader SIGKILLed: the port stays served by the survivor, which takes over
+        # the lead (and the fleet figures); the next round is applied once, all of it.
+        lead = 0 if alone[0][("vigil_collector_leader", ())] == 1 else 1
+        procs[lead].send_signal(signal.SIGKILL)
+        procs[lead].wait(timeout=10)
+        for agent in agents:
+            assert deliver(port, agent.report(), AGENT_TOKEN)[0]
+        survivor = f"http://127.0.0.1:{own[1 - lead]}/metrics"
+        wait_for(
+            "the survivor to lead and count every report",
+            lambda: (
+                read_metrics(survivor, ADMIN_TOKEN).get(("vigil_reports_accepted_total", ()))
+                == reports + AGENTS
+            ),
+        )
+        sent = {(a.agent_id, e) for a in agents for e in a.sent}
+        assert stored_event_ids(schema.url) == sent
+        assert applied_twice(schema.url) == 0
     finally:
         for proc in procs:
             stop(proc)
