@@ -542,7 +542,8 @@ def ingest(
             phase = pool[r * args.max_requests : (r + 1) * args.max_requests]
             m = measure(proc.pid, vigil_port, phase.__getitem__, args)
             vigil_runs.append(m)
-            print(describe("vigil collector (SQLite, synchronous=FULL)", m, "reports"))
+            backend = "SQLite" if INGEST_STORAGE[0].startswith("{sqlite") else "PostgreSQL"
+            print(describe(f"vigil collector ({backend}, durable commits)", m, "reports"))
             if pg is not None:
                 m = measure(pg.pid, pg_port, lambda i: pg_pool[i % DISTINCT_AGENTS], args)
                 pg_runs.append(m)
