@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from vigil.collector.config import load_collector_config
 from vigil.collector.telemetry.scope import LeaderFlag, ScopedRegistry
@@ -74,7 +75,7 @@ def test_the_collector_exits_2_for_reuse_port_on_sqlite(tmp_path: Path) -> None:
 class _Families:
     """One fleet gauge, one fleet counter and two process families."""
 
-    def collect(self):  # type: ignore[no-untyped-def]
+    def collect(self) -> Iterator[Metric]:
         yield GaugeMetricFamily("vigil_agents", "fleet", value=7)
         yield CounterMetricFamily("vigil_reports_accepted", "fleet", value=100)
         yield CounterMetricFamily("vigil_reports_rejected", "process", value=2)
