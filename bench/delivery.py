@@ -32,8 +32,11 @@ start) and every request carries that agent's own credential instead of the shar
 token; ``credential_overhead`` is its CPU per report over the shared-token collector's,
 minus one (target <= 0.10, issue #16).
 
+``--dsn URL`` runs (b)'s collector on a fresh schema of that PostgreSQL server instead of
+SQLite (sizing: docs/deployment.md); not with ``--credentials``.
+
 Run: ``.venv/bin/python bench/delivery.py [--quick] [--rounds N] [--ingest-only] [--floor]
-[--credentials]``.
+[--credentials] [--dsn URL]``.
 The last line is JSON.
 """
 
@@ -120,13 +123,18 @@ sys.exit(cli.main())
 """
 
 
+# The ``storage:`` section of the measured collector in (b): SQLite, or with ``--dsn`` a
+# fresh schema on that PostgreSQL server (sizing for docs/deployment.md).
+INGEST_STORAGE = ["{sqlite_path: collector.db}"]
+
+
 def start_collector(
-    folder: Path, *, pin: bool, floor: bool = False
+    folder: Path, *, pin: bool, floor: bool = False, storage: str = "{sqlite_path: collector.db}"
 ) -> tuple[subprocess.Popen[str], str]:
     config = folder / "collector.yaml"
     config.write_text(
         "listen: {host: 127.0.0.1, port: 0}\n"
-        "storage: {sqlite_path: collector.db}\n"
+        f"storage: {storage}\n"
         f"auth: {{agent_tokens: [{TOKEN}]}}\n"
     )
     program = ["-c", FLOOR_SERVER] if floor else ["-m", "vigil.collector"]
@@ -503,7 +511,7 @@ def ingest(
         print("(b) prometheus-pushgateway not installed: apt-get install prometheus-pushgateway")
     vigil_dir = folder / "ingest"
     vigil_dir.mkdir()
-    proc, url = start_collector(vigil_dir, pin=pinned)
+    proc, url = start_collector(vigil_dir, pin=pinned, storage=INGEST_STORAGE[0])
     vigil_port = int(url.rsplit(":", 1)[1])
     pg_port = free_port()
     pg = None
@@ -534,7 +542,8 @@ def ingest(
             phase = pool[r * args.max_requests : (r + 1) * args.max_requests]
             m = measure(proc.pid, vigil_port, phase.__getitem__, args)
             vigil_runs.append(m)
-            print(describe("vigil collector (SQLite, synchronous=FULL)", m, "reports"))
+            backend = "SQLite" if INGEST_STORAGE[0].startswith("{sqlite") else "PostgreSQL"
+            print(describe(f"vigil collector ({backend}, durable commits)", m, "reports"))
             if pg is not None:
                 m = measure(pg.pid, pg_port, lambda i: pg_pool[i % DISTINCT_AGENTS], args)
                 pg_runs.append(m)
@@ -592,7 +601,20 @@ def main() -> None:
         action="store_true",
         help="also measure a collector where every agent sends its own enrolled credential",
     )
+    parser.add_argument(
+        "--dsn",
+        help="run (b)'s collector on a fresh schema of this PostgreSQL server, not SQLite",
+    )
     args = parser.parse_args()
+    schema = None
+    if args.dsn:
+        if args.credentials:
+            parser.error("--credentials seeds an SQLite store: not with --dsn")
+        os.environ["VIGIL_TEST_PG_DSN"] = args.dsn
+        from tests.support.postgres import TestSchema
+
+        schema = TestSchema()
+        INGEST_STORAGE[0] = f"{{url: '{schema.url}'}}"
     load_args = LoadArgs(
         concurrency=args.concurrency,
         duration_s=5.0 if args.quick else 10.0,
@@ -606,9 +628,18 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="vigil-bench-delivery-") as tmp:
         folder = Path(tmp)
         day = None if args.ingest_only else offline_day(folder, values, hours=24.0)
-        result = ingest(
-            folder, values, load_args, args.rounds, floor=args.floor, credentials=args.credentials
-        )
+        try:
+            result = ingest(
+                folder,
+                values,
+                load_args,
+                args.rounds,
+                floor=args.floor,
+                credentials=args.credentials,
+            )
+        finally:
+            if schema is not None:
+                schema.drop()
     vigil_runs, pg_runs = result["vigil"], result["pushgateway"]
     vigil = {k: median_of(vigil_runs, k) for k in ("per_s", "p50_ms", "p99_ms", "server_cpu_us")}
     pushgw = (
@@ -653,6 +684,7 @@ def main() -> None:
                 "offline_events": day["offline_events"] if day else None,
                 "dropped": day["dropped"] if day else None,
                 "drain_s": day["drain_s"] if day else None,
+                "vigil_backend": "postgresql" if schema is not None else "sqlite",
                 "vigil_reports_per_s": round(vigil["per_s"], 1),
                 "vigil_p50_ms": round(vigil["p50_ms"], 2),
                 "vigil_p99_ms": round(vigil["p99_ms"], 2),

@@ -369,10 +369,15 @@ def test_the_example_scrape_config_is_valid(tmp_path: Path) -> None:
 def test_prometheus_evaluates_every_shipped_rule_without_error(stack: Stack) -> None:
     groups = get_json(f"{stack.prometheus_url}/api/v1/rules")["data"]["groups"]
     rules = {rule["name"]: rule for group in groups for rule in group["rules"]}
-    assert len(rules) == 11
+    assert len(rules) == 12  # 12th: VigilNoCollectorLeads (several collectors)
     assert {name: (r["health"], r.get("lastError", "")) for name, r in rules.items()} == {
         name: ("ok", "") for name in rules
     }
+
+
+def test_a_single_collector_leads_so_the_no_leader_alert_stays_quiet(stack: Stack) -> None:
+    result = stack.query("sum by (job) (vigil_collector_leader)")["data"]["result"]
+    assert [float(r["value"][1]) for r in result] == [1.0]
 
 
 def test_the_failed_fix_is_seen_by_the_success_rate_alert_expression(stack: Stack) -> None:

@@ -57,6 +57,7 @@ from vigil.collector.keys import (
     executor_key,
     identity_key,
     ingest_key,
+    leader_key,
     notify_health_key,
     policy_key,
     registry_key,
@@ -69,8 +70,9 @@ from vigil.collector.policy.metrics import PolicyMetrics
 from vigil.collector.policy.release import fleet_versions
 from vigil.collector.policy.runtime import PolicyRuntime
 from vigil.collector.storage.factory import create_storage
-from vigil.collector.storage.url import redact
+from vigil.collector.storage.url import is_postgres_url, redact
 from vigil.collector.telemetry.requests import RequestCounters
+from vigil.collector.telemetry.scope import LeaderFlag
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +117,7 @@ def create_app(
     app[clock_key] = clock
     app[registry_key] = CollectorRegistry(auto_describe=False)
     app[counters_key] = RequestCounters()
+    app[leader_key] = LeaderFlag()
     # The config's admin tokens authenticate from the start; stored operators once the
     # storage is open (_operators_ctx).
     app[directory_key] = Directory(config_principals(config.auth.admin_tokens))
@@ -272,6 +275,9 @@ async def _desk_ctx(app: web.Application) -> AsyncIterator[None]:
         surveys=desk.surveys.figures if config.satisfaction.enabled else None,
     )
     await loop.run_in_executor(executor, desk.refresh_metrics_figures, app[clock_key]())
+    # Just loaded from the database: fresh fleet figures if this process leads already.
+    await leads(app)
+    app[leader_key].rebuilt(time.monotonic())
     registry = app[registry_key]
     registry.register(collector)
     log.info("storage open: %s", redact(config.storage_url))
@@ -401,7 +407,7 @@ async def policy_pass(app: web.Application, *, guard: bool = True) -> None:
     except BaseException:
         runtime.give_back(rows)
         raise
-    if guard and await loop.run_in_executor(executor, desk.storage.leads):
+    if guard and await leads(app):
 
         def raise_check(check: str, message: str, now: float, also: Callable[..., None]) -> None:
             desk.collector_check(check, "critical", message, now, also)
@@ -471,7 +477,14 @@ async def tick_once(app: web.Application) -> None:
     desk, executor, clock = app[desk_key], app[executor_key], app[clock_key]
     # Aging and pruning once per database: with several collectors on one (PostgreSQL),
     # only the one holding the leader lock; another takes over when it dies.
-    leader = await loop.run_in_executor(executor, desk.storage.leads)
+    leader = await leads(app)
+    config, flag = app[config_key], app[leader_key]
+    shared = is_postgres_url(config.storage_url)
+    if shared and flag.rebuild_due(time.monotonic(), config.metrics.fleet_refresh_s):
+        # Several collectors on one database: the leader serves the fleet figures
+        # (telemetry/scope.py), so they must include what the others applied.
+        await loop.run_in_executor(executor, desk.reload_aggregates)
+        flag.rebuilt(time.monotonic())
     if leader:
         now = clock()
         for _ in range(TICK_STEPS):
@@ -491,6 +504,15 @@ async def tick_once(app: web.Application) -> None:
     )
     if pruned:
         log.debug("forgot %d dedup ids received before %.0f", pruned, before)
+
+
+async def leads(app: web.Application) -> bool:
+    """Whether this process leads (``Storage.leads``, on the storage thread); the answer
+    is also kept for ``/metrics`` (:class:`~collector.telemetry.scope.LeaderFlag`)."""
+    loop = asyncio.get_running_loop()
+    leader = await loop.run_in_executor(app[executor_key], app[desk_key].storage.leads)
+    app[leader_key].set(leader)
+    return leader
 
 
 async def _notify_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -516,7 +538,7 @@ async def _notify_ctx(app: web.Application) -> AsyncIterator[None]:
         while True:
             try:
                 # One notifier per database (see tick_once): a follower stays quiet.
-                if await loop.run_in_executor(executor, desk.storage.leads):
+                if await leads(app):
                     await notifier.run_once(clock())
             except Exception:
                 log.exception("notifier pass failed")  # the next pass tries again

@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="listen port, overriding listen.port (0 picks a free one)",
     )
     parser.add_argument(
+        "--process-port",
+        type=_port,
+        help="also serve this process alone on this port of the listen address (no"
+        " SO_REUSEPORT): with listen.reuse_port, the address Prometheus scrapes each"
+        " process at (docs/deployment.md)",
+    )
+    parser.add_argument(
         "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
     )
     identity_cli.add_parsers(parser)  # enroll-secret, agent (docs/security.md)
@@ -93,7 +100,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return CONFIG_EXIT_CODE
     try:
-        return asyncio.run(_serve(config))
+        return asyncio.run(_serve(config, process_port=args.process_port))
     except (OSError, StorageError) as exc:
         print(f"{PROG}: cannot start: {exc}", file=sys.stderr)
         return START_FAILED_EXIT_CODE
@@ -101,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
 
 
-async def _serve(config: CollectorConfig) -> int:
+async def _serve(config: CollectorConfig, *, process_port: int | None = None) -> int:
     from aiohttp import web  # heavy imports only when serving
 
     from vigil.collector.app import create_app
@@ -142,9 +149,24 @@ async def _serve(config: CollectorConfig) -> int:
             config.port,
             max_connections=max_connections,
             ssl_context=ssl_context,
+            reuse_port=config.reuse_port,
         )
         await site.start()
         port = runner.addresses[0][1]
+        if process_port is not None:
+            # This process's own address, beside the shared port: the shared one lands
+            # on any process, so /metrics of one given process needs its own.
+            own = GuardedTCPSite(
+                runner,
+                config.host,
+                process_port,
+                max_connections=max_connections,
+                ssl_context=ssl_context,
+            )
+            await own.start()
+            logging.getLogger(__name__).info(
+                "this process alone on port %d", runner.addresses[-1][1]
+            )
         host = f"[{config.host}]" if ":" in config.host else config.host
         scheme = "https" if ssl_context is not None else "http"
         print(f"{PROG} listening on {scheme}://{host}:{port}", flush=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import ssl
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -88,6 +89,10 @@ class MetricsConfig:
 
     per_host_series: bool = False
     max_host_series: int = DEFAULT_MAX_HOST_SERIES
+    # Seconds between rebuilds of the leader's fleet figures from a shared (PostgreSQL)
+    # database, so they include what other collector processes applied
+    # (``metrics.fleet_refresh``; collector/telemetry/scope.py). At most once per tick.
+    fleet_refresh_s: float = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,9 @@ class CollectorConfig:
     port: int = DEFAULT_PORT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    # Bind the port with SO_REUSEPORT (``listen.reuse_port``), so several collector
+    # processes on this machine share it and the kernel spreads connections over them.
+    reuse_port: bool = False
     # Native TLS (``listen.tls``); None serves plain HTTP (behind a TLS proxy, or a demo).
     tls: TlsConfig | None = None
     # Where the collector keeps its state (``storage.url``); a relative SQLite path was
@@ -160,10 +168,27 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
     )
     idle_timeout_s = listen.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT_S, minimum=1.0)
     tls = _tls(listen.section("tls")) if listen.has("tls") else None
+    reuse_port = listen.get("reuse_port", bool, False)
+    if reuse_port and not sys.platform.startswith("linux"):
+        # Elsewhere SO_REUSEPORT either does not exist (Windows) or does not balance
+        # connections over the processes (macOS, the BSDs without SO_REUSEPORT_LB).
+        raise listen.error(
+            "reuse_port", f"needs Linux (SO_REUSEPORT), not {sys.platform}", reuse_port
+        )
     listen.done()
 
     storage = root.section("storage")
     storage_url = _storage_url(storage)
+    if reuse_port and not is_postgres_url(storage_url):
+        # Several processes on one SQLite file would each keep their own in-memory view
+        # and fight over the write lock; the multi-process design needs PostgreSQL.
+        raise listen.error(
+            "reuse_port",
+            "several collector processes need a PostgreSQL storage.url; SQLite ("
+            f"{redact(storage_url)}) serves one process: set storage.url to postgresql://..."
+            " or reuse_port to false",
+            reuse_port,
+        )
     # Longer than an agent may stay offline with a full outbox (7 days by default), or a
     # very late retry would be applied twice.
     dedup_retention_s = storage.duration("dedup_retention", 14 * 86400.0, minimum=3600.0)
@@ -228,6 +253,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         max_host_series=met.get(
             "max_host_series", int, DEFAULT_MAX_HOST_SERIES, minimum=1, maximum=100_000
         ),
+        fleet_refresh_s=met.duration("fleet_refresh", 60.0, minimum=1.0),
     )
     met.done()
 
@@ -260,6 +286,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         port=port,
         max_connections=max_connections,
         idle_timeout_s=idle_timeout_s,
+        reuse_port=reuse_port,
         tls=tls,
         storage_url=storage_url,
         dedup_retention_s=dedup_retention_s,

@@ -24,6 +24,7 @@ from vigil.collector.ingest import IngestQueue
 from vigil.collector.notify.health import NotifyHealth
 from vigil.collector.policy.runtime import PolicyRuntime
 from vigil.collector.telemetry.requests import RequestCounters
+from vigil.collector.telemetry.scope import LeaderFlag
 
 config_key = web.AppKey("config", CollectorConfig)
 # Epoch seconds; the collector stamps receive times and judges liveness with it.
@@ -52,3 +53,6 @@ console_signer_key = web.AppKey("console_signer", Signer)
 quality_cache_key = web.AppKey("quality_cache", QualityCache)
 # Central policy: the in-memory snapshot the report acks are built from (collector/policy/).
 policy_key = web.AppKey("policy", PolicyRuntime)
+# Whether this process leads (last answer of Storage.leads); /metrics reads it to serve
+# fleet figures from the leader only (collector/telemetry/scope.py).
+leader_key = web.AppKey("leader", LeaderFlag)

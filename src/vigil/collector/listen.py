@@ -14,6 +14,9 @@ stop answering, and nothing recovers while the idle sockets stay open. So:
 * :func:`raise_open_files_limit` lifts the soft ``RLIMIT_NOFILE`` to the hard one at
   start, and :func:`effective_max_connections` keeps the cap below what the limit allows,
   so the cap, not the kernel, is what refuses a connection.
+* ``listen.reuse_port`` binds with ``SO_REUSEPORT`` (Linux): several collector processes
+  on one machine listen on one port and the kernel spreads connections over them; the
+  connection cap is per process.
 * A request aiohttp cannot parse (a request line or header over 8 KiB, a bad method or
   header) is answered ``400`` by aiohttp, which also logs an ERROR with a traceback each
   time; :func:`quiet_malformed_requests` turns those into one short INFO line at most
@@ -187,11 +190,13 @@ class GuardedTCPSite(web.BaseSite):
         *,
         max_connections: int,
         ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
         self._host = host
         self._port = port
         self._max_connections = max_connections
+        self._reuse_port = reuse_port
 
     @property
     def name(self) -> str:
@@ -205,6 +210,13 @@ class GuardedTCPSite(web.BaseSite):
         server = self._runner.server
         assert server is not None
         factory: Callable[[], asyncio.BaseProtocol] = _Guard(server, self._max_connections)
+        # reuse_port: SO_REUSEPORT, so collector processes on this machine share the
+        # port and the kernel spreads new connections over them (Linux; config checks).
         self._server = await loop.create_server(
-            factory, self._host, self._port, backlog=self._backlog, ssl=self._ssl_context
+            factory,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            ssl=self._ssl_context,
+            reuse_port=self._reuse_port or None,
         )

@@ -14,13 +14,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from vigil import __version__
 from vigil.collector.api.http import json_response, require_reader
-from vigil.collector.keys import registry_key
+from vigil.collector.keys import leader_key, registry_key
+from vigil.collector.telemetry.scope import ScopedRegistry
 
 
 async def get_metrics(request: web.Request) -> web.Response:
-    """``GET /metrics``: Prometheus text format, rendered from state at scrape time."""
+    """``GET /metrics``: Prometheus text format, rendered from state at scrape time.
+    A process that does not lead serves only its own figures (telemetry/scope.py)."""
     require_reader(request)
-    registry = request.app[registry_key]
+    registry = ScopedRegistry(request.app[registry_key], request.app[leader_key])
     # Off the storage thread: the aggregates have their own lock (never held during a
     # database call), so a scrape does not queue behind ingest commits.
     loop = asyncio.get_running_loop()

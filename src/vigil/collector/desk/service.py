@@ -489,6 +489,25 @@ class Desk:
         )
         self.surveys.refresh(now)
 
+    def reload_aggregates(self) -> None:
+        """Rebuild the in-memory aggregates from storage, as at start-up (blocking; on
+        the storage thread). For the leader of several collectors on one database, whose
+        figures otherwise follow only the reports it applied itself. Holds the storage
+        while it reads, so none of this process's groups commits in between (their
+        figures are either read or merged afterwards, never both); another process's
+        commit may land between two of its reads and shows in the next rebuild. Costs
+        what start-up's load costs (O(hosts))."""
+        with self.storage.session() as uow:
+            fresh = reads.load_aggregates(uow, self._catalog)
+            old = self._agg
+            with old.lock:  # the figures refresh_metrics_figures keeps
+                fresh.replace_figures(
+                    problems_open=old.problems_open,
+                    incidents_past_sla=old.incidents_past_sla,
+                    incidents_acknowledged=old.incidents_acknowledged,
+                )
+            self._agg = fresh
+
     def collector_check(
         self,
         check: str,
