@@ -570,9 +570,9 @@ async def test_a_running_agent_applies_a_policy_without_restart(
     assert svc.flow.statuses["mem"].state == "ok"
     svc.policy.on_ack(orjson.dumps({"policy": offer(1)}).decode())
     await asyncio.gather(*svc.policy.tasks)
-    assert svc.shipper.policy_header == "none"  # swapped between cycles, not mid-cycle
+    assert svc.policy.announced == "none"  # swapped between cycles, not mid-cycle
     await svc.cycle()
-    assert svc.shipper.policy_header == "finance@1"
+    assert svc.policy.announced == "finance@1"
     await svc.flow.idle()
     assert marker.read_text() == "ran \n"
     batch = svc.outbox.next_batch(1000)
@@ -583,7 +583,7 @@ async def test_a_running_agent_applies_a_policy_without_restart(
     svc.outbox.close()
     # A restart starts on the cached policy at once.
     again = build_service(config, sampler=FakeSampler({}), policy=True)
-    assert again.shipper.policy_header == "finance@1"
+    assert again.policy is not None and again.policy.announced == "finance@1"
     assert next(c for c in again.config.checks if c.id == "mem").critical == 50
     again.outbox.close()
 

@@ -1,10 +1,11 @@
-"""The shipper's part of the policy exchange against a real HTTP server (aiohttp stub):
-the ``X-Vigil-Policy`` header on every report, the ack handed to the hook, and the
-conditional GET of a bundle on the same connection."""
+"""The shipper's exchanges against a real HTTP server (aiohttp stub): every exchange's
+headers on every report (``X-Vigil-Policy`` here), each ack handed to every exchange, and
+the conditional GET of a bundle on the same connection."""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from aiohttp import web
 
 from tests.unit.test_shipper import FakeClock, fill, make_shipper
 from vigil.agent.delivery.outbox import Outbox
-from vigil.agent.delivery.shipper import POLICY_HEADER
+from vigil.agent.policy.sync import POLICY_HEADER
 
 DOCUMENT = b'{"format": "vigil-policy/1"}' * 100
 
@@ -53,20 +54,39 @@ class Stub:
         return runner, f"http://{host}:{port}"
 
 
-def test_every_report_carries_the_policy_header_and_the_ack_reaches_the_hook(
+class Exchange:
+    """An exchange that sends header ``name: tag`` and records the acks and what was sent."""
+
+    def __init__(self, tag: str = "none", name: str = POLICY_HEADER, fail: bool = False) -> None:
+        self.name = name
+        self.tag = tag
+        self.fail = fail
+        self.acks: list[tuple[str, dict[str, str]]] = []
+
+    def headers(self) -> dict[str, str]:
+        return {self.name: self.tag}
+
+    def take_ack(self, text: str, sent: Mapping[str, str]) -> None:
+        self.acks.append((text, dict(sent)))
+        if self.fail:
+            raise RuntimeError("bug")
+
+
+def test_every_report_carries_the_exchange_headers_and_every_exchange_reads_the_ack(
     outbox: Outbox,
 ) -> None:
     stub = Stub()
-    acks: list[str] = []
+    policy, other = Exchange(), Exchange("o", name="X-Other")
 
     async def main() -> None:
         runner, url = await stub.start()
         shipper = make_shipper(url, outbox, FakeClock())
-        shipper.on_ack = acks.append
+        shipper.add_exchange(policy)
+        shipper.add_exchange(other)
         try:
             fill(outbox, 1)
             await shipper.ship()
-            shipper.policy_header = "p@2"
+            policy.tag = "p@2"
             fill(outbox, 1)
             await shipper.ship()
         finally:
@@ -75,19 +95,24 @@ def test_every_report_carries_the_policy_header_and_the_ack_reaches_the_hook(
 
     asyncio.run(main())
     assert [h[POLICY_HEADER] for h in stub.headers] == ["none", "p@2"]
+    assert [h["X-Other"] for h in stub.headers] == ["o", "o"]
+    acks = [text for text, _ in policy.acks]
     assert len(acks) == 2 and '"policy":{"policy":"p","version":2}' in acks[0].replace(" ", "")
+    assert [text for text, _ in other.acks] == acks
+    assert [sent[POLICY_HEADER] for _, sent in policy.acks] == ["none", "p@2"]
 
 
-def test_a_failing_ack_hook_loses_no_batch(outbox: Outbox) -> None:
+def test_a_failing_exchange_loses_no_batch_and_the_others_still_read_the_ack(
+    outbox: Outbox,
+) -> None:
     stub = Stub()
-
-    def broken(text: str) -> None:
-        raise RuntimeError("bug")
+    after = Exchange()
 
     async def main() -> None:
         runner, url = await stub.start()
         shipper = make_shipper(url, outbox, FakeClock())
-        shipper.on_ack = broken
+        shipper.add_exchange(Exchange(fail=True))
+        shipper.add_exchange(after)
         try:
             fill(outbox, 2)
             result = await shipper.ship()
@@ -98,6 +123,7 @@ def test_a_failing_ack_hook_loses_no_batch(outbox: Outbox) -> None:
 
     asyncio.run(main())
     assert outbox.depth() == 0
+    assert len(after.acks) == 1
 
 
 def test_get_fetches_with_the_token_and_honours_the_etag(outbox: Outbox) -> None:

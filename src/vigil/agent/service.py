@@ -138,7 +138,7 @@ def build_service(
         credentials=CredentialSource(
             config.state_dir, identity.agent_id, config.collector.token, clock=time.time
         ),
-        exchange=surveys,
+        exchanges=(surveys,),
     )
     measurer = Measurer(sampler if sampler is not None else Sampler(config.sampler))
     flow = RemediationFlow(
@@ -243,8 +243,7 @@ class AgentService:
             policy.flow = lambda: self.flow
             policy.apply = self.apply_policy
             policy.enforce_halts(flow)
-            shipper.on_ack = policy.on_ack
-            shipper.policy_header = policy.header
+            shipper.add_exchange(policy)
         # Self-update: a delivered report counts for the guard, an offered release is
         # fetched; a new release (or a rollback) restarts the agent through the CLI.
         self.release = release
@@ -252,7 +251,7 @@ class AgentService:
         self._stop: asyncio.Event | None = None
         if release is not None:
             release.restart = self.request_restart
-            shipper.on_ack = release.chain(shipper.on_ack)
+            shipper.add_exchange(release)
 
     def request_restart(self) -> None:
         """Stop cleanly so that ``vigil-agent run`` re-executes the launcher."""
@@ -304,12 +303,11 @@ class AgentService:
             self._add_schedule_job(timers)
         self.report_library()
         if self.policy is not None:
-            self.shipper.policy_header = self.policy.header
             self.policy.applied()
             self._ship_soon()  # the collector learns the running version at once
         log.info(
             "policy %s applied: %d checks, %d remediations",
-            self.shipper.policy_header,
+            self.policy.announced if self.policy is not None else "none",
             len(config.checks),
             len(flow.library),
         )

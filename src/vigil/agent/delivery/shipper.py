@@ -79,7 +79,7 @@ import socket
 import ssl
 import time
 import urllib.parse
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -107,14 +107,13 @@ _LOGGED_BODY_CHARS = 2000
 # At most this much of a 2xx response body is read (the collector's ack is a few bytes);
 # the connection is dropped rather than reused when the body is longer.
 MAX_ACK_BODY_BYTES = 64 * 1024
-# Sent on every report: the policy bundle this agent runs, "<policy>@<version>" or "none"
-# (the collector records it as the host's running version; see docs/policy.md).
-POLICY_HEADER = "X-Vigil-Policy"
 
 
 class AckExchange(Protocol):
     """Something that rides on report delivery: :meth:`headers` go with every report,
-    and :meth:`take_ack` reads each 2xx ack (``sent``: the headers that went with it)."""
+    and :meth:`take_ack` reads each 2xx ack (``sent``: the headers that went with it).
+    Satisfaction surveys, central policy and self-update each are one. Both run on the
+    event loop between requests: they must not block, and what they raise is logged."""
 
     def headers(self) -> dict[str, str]:
         """Extra request headers for the next report."""
@@ -180,7 +179,7 @@ class Shipper:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         rng: random.Random | None = None,
         credentials: CredentialSource | None = None,
-        exchange: AckExchange | None = None,
+        exchanges: Sequence[AckExchange] = (),
     ) -> None:
         if not 1 <= batch_max_events <= wire.MAX_EVENTS:
             raise ValueError(
@@ -211,8 +210,8 @@ class Shipper:
         self._rng = rng if rng is not None else random.Random()
         # The per-agent credential (enrollment), else ``target.token`` is sent.
         self._credentials = credentials
-        # What else rides on a report and its ack (satisfaction surveys), if anything.
-        self._exchange = exchange
+        # What else rides on a report and its ack (surveys, policy, self-update).
+        self._exchanges: list[AckExchange] = list(exchanges)
         self._rejected_token: str | None = None  # the token a 4xx backoff was for
         self._url = target.url.rstrip("/") + REPORTS_PATH
         self._https = split.scheme == "https"
@@ -242,11 +241,10 @@ class Shipper:
         self._aborted = False  # the loop gave up on the request in flight (see _abort)
         self._resolver = Resolver()
         self._ssl_context: ssl.SSLContext | None = None
-        # Policy exchange (agent/policy/sync.py): the header value sent with every report,
-        # and who reads each acknowledgement's JSON (the offered policy, kill switch,
-        # run-now requests). on_ack must not raise or block: it runs on the event loop.
-        self.policy_header = "none"
-        self.on_ack: Callable[[str], None] | None = None
+
+    def add_exchange(self, exchange: AckExchange) -> None:
+        """Let ``exchange`` ride on every later report and ack (see :class:`AckExchange`)."""
+        self._exchanges.append(exchange)
 
     @property
     def backoff_until(self) -> float:
@@ -353,13 +351,12 @@ class Shipper:
             "Content-Type": "application/json",
             "Content-Encoding": "gzip",
             "User-Agent": f"vigil-agent/{self._agent_version}",
-            POLICY_HEADER: self.policy_header,
         }
         rotate = self._credentials is not None and self._credentials.wants_rotation()
         if rotate:
             headers[ROTATE_HEADER] = "1"
-        if self._exchange is not None:
-            headers.update(self._exchange.headers())
+        for exchange in self._exchanges:
+            headers.update(exchange.headers())
         try:
             reply = await self._request(body, headers)
         except (http.client.HTTPException, OSError) as exc:  # OSError: TimeoutError, ssl
@@ -371,16 +368,11 @@ class Shipper:
             log.debug("delivered batch %s (%d events)", batch.batch_id, len(batch.events))
             if rotate and self._credentials is not None:
                 self._credentials.take_from_ack(text)
-            if self._exchange is not None:
+            for exchange in self._exchanges:
                 try:
-                    self._exchange.take_ack(text, headers)
+                    exchange.take_ack(text, headers)
                 except Exception:  # the batch is delivered whatever a listener thinks
-                    log.exception("reading the ack's extras failed")
-            if self.on_ack is not None:
-                try:
-                    self.on_ack(text)
-                except Exception:  # the batch is delivered whatever the hook does
-                    log.exception("acknowledgement handler failed")
+                    log.exception("reading the ack's extras failed (%r)", exchange)
             return None, None
 
         error = f"collector answered HTTP {status} for batch {batch.batch_id}: {text[:200]}"

@@ -28,7 +28,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,6 +43,10 @@ from vigil.agent.remediation.manifest import Remediation
 from vigil.agent.remediation.requested import run_requested
 from vigil.configio import ConfigError
 from vigil.policy_bundle import MAX_DOCUMENT, BundleError, is_policy_name, policy_tag, verify
+
+# Sent on every report: the policy bundle this agent runs, "<policy>@<version>" or "none"
+# (the collector records it as the host's running version; see docs/policy.md).
+POLICY_HEADER = "X-Vigil-Policy"
 
 log = logging.getLogger("vigil.agent")
 
@@ -178,6 +182,9 @@ class PolicySync:
         self._last_report: tuple[str, str] | None = None
         self._said_no_keys = False
         self._applied: str | None = None  # the ok message once the service swapped it in
+        # What X-Vigil-Policy says: the bundle in use, which changes when the service has
+        # swapped a verified bundle in (applied()), not when it was verified.
+        self._announced = self.header
         self.tasks: set[asyncio.Task[Any]] = set()
         # Cached bundles skipped at start (see initial_policy), reported by report_start.
         self.start_problems: list[str] = []
@@ -202,6 +209,19 @@ class PolicySync:
         flow.halted, flow.halt_all = self.halted, self.halt_all
 
     # ------------------------------------------------------------------ the ack
+
+    @property
+    def announced(self) -> str:
+        """The ``X-Vigil-Policy`` value sent now: the policy the agent runs."""
+        return self._announced
+
+    def headers(self) -> dict[str, str]:
+        """The exchange's headers for the next report (:class:`AckExchange`)."""
+        return {POLICY_HEADER: self._announced}
+
+    def take_ack(self, text: str, sent: Mapping[str, str]) -> None:
+        """Read a report's ack (:class:`AckExchange`): :meth:`on_ack`."""
+        self.on_ack(text)
 
     def on_ack(self, ack_text: str) -> None:
         """Handle one acknowledgement (the shipper's ``on_ack``); never raises."""
@@ -349,6 +369,7 @@ class PolicySync:
         """Called by the service once the accepted policy runs (swapped in): reports
         ``agent.policy`` ok and ships it at once, so the report carrying the new
         ``X-Vigil-Policy`` reaches the collector without waiting for a report interval."""
+        self._announced = self.header
         message, self._applied = self._applied, None
         if message is not None:
             self.report("ok", message, urgent=True)

@@ -25,7 +25,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -153,15 +153,14 @@ class ReleaseSync:
         self._fetching = asyncio.ensure_future(self.fetch(offer))
         self._fetching.add_done_callback(_log_failure)
 
-    def chain(self, first: Callable[[str], None] | None) -> Callable[[str], None]:
-        """An ``on_ack`` for the shipper: ``first`` (the policy sync's), then this one."""
+    def headers(self) -> dict[str, str]:
+        """Nothing to add to a report (:class:`AckExchange`): the running release is the
+        report's ``agent_version``."""
+        return {}
 
-        def on_ack(text: str) -> None:
-            if first is not None:
-                first(text)
-            self.on_ack(text)
-
-        return on_ack
+    def take_ack(self, text: str, sent: Mapping[str, str]) -> None:
+        """Read a report's ack (:class:`AckExchange`): :meth:`on_ack`."""
+        self.on_ack(text)
 
     async def tick(self) -> None:
         """The guard's timer job (only while a release is pending)."""
