@@ -224,7 +224,7 @@ class PolicySync:
         self.on_ack(text)
 
     def on_ack(self, ack_text: str) -> None:
-        """Handle one acknowledgement (the shipper's ``on_ack``); never raises."""
+        """Handle one acknowledgement (through :meth:`take_ack`); never raises."""
         offer = parse_offer(ack_text)
         if offer is None:
             return

@@ -134,7 +134,7 @@ class ReleaseSync:
             )
 
     def on_ack(self, ack_text: str) -> None:
-        """One report was delivered (the shipper's ``on_ack``); never raises."""
+        """One report was delivered (through :meth:`take_ack`); never raises."""
         if self.guard.delivered():
             self.report("ok", f"running {self.running}, confirmed", urgent=True)
         offer = parse_release(ack_text) if self.offers else None
