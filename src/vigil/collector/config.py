@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog, load_catalog
 from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.desk.satisfaction import DISABLED, SatisfactionPolicy
+from vigil.collector.eventloop import EVENT_LOOPS
 from vigil.collector.notify.config import NotifyConfig, parse_notifications
 from vigil.collector.policy.config import PolicyConfig, parse_policy
 from vigil.collector.storage.url import (
@@ -36,6 +37,9 @@ from vigil.configio import (
 from vigil.quiet_hours import parse_quiet_hours
 
 DEFAULT_HOST = "127.0.0.1"
+# Who serves POST /api/v1/reports (``listen.ingest_front``; collector/front.py).
+INGEST_FRONTS = ("aiohttp", "lean")
+DEFAULT_INGEST_FRONT = "aiohttp"
 DEFAULT_PORT = 9750
 DEFAULT_MAX_BODY = 1 * 2**20
 DEFAULT_MAX_DECOMPRESSED = 16 * 2**20
@@ -109,6 +113,13 @@ class CollectorConfig:
     port: int = DEFAULT_PORT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
+    # ``listen.event_loop``: auto (uvloop when installed), asyncio or uvloop; see
+    # collector/eventloop.py.
+    event_loop: str = "auto"
+    # ``listen.ingest_front``: "lean" serves POST /api/v1/reports with collector/front.py
+    # (httptools) and hands every other request to aiohttp; "aiohttp" serves all of them
+    # through aiohttp.
+    ingest_front: str = DEFAULT_INGEST_FRONT
     # Native TLS (``listen.tls``); None serves plain HTTP (behind a TLS proxy, or a demo).
     tls: TlsConfig | None = None
     # Where the collector keeps its state (``storage.url``); a relative SQLite path was
@@ -159,6 +170,8 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         "max_connections", int, DEFAULT_MAX_CONNECTIONS, minimum=1, maximum=1_000_000
     )
     idle_timeout_s = listen.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT_S, minimum=1.0)
+    event_loop = listen.get("event_loop", str, "auto", choices=EVENT_LOOPS)
+    ingest_front = listen.get("ingest_front", str, DEFAULT_INGEST_FRONT, choices=INGEST_FRONTS)
     tls = _tls(listen.section("tls")) if listen.has("tls") else None
     listen.done()
 
@@ -260,6 +273,8 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         port=port,
         max_connections=max_connections,
         idle_timeout_s=idle_timeout_s,
+        event_loop=event_loop,
+        ingest_front=ingest_front,
         tls=tls,
         storage_url=storage_url,
         dedup_retention_s=dedup_retention_s,
