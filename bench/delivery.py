@@ -126,7 +126,7 @@ def start_collector(
     pin: bool,
     floor: bool = False,
     event_loop: str = "auto",
-    front: str = "aiohttp",
+    front: str = "lean",
 ) -> tuple[subprocess.Popen[str], str]:
     config = folder / "collector.yaml"
     config.write_text(
@@ -441,7 +441,7 @@ def ingest(
     floor: bool = False,
     credentials: bool = False,
     event_loop: str = "auto",
-    front: str = "aiohttp",
+    front: str = "lean",
 ) -> dict:
     """Alternate Vigil and Pushgateway phases ``rounds`` times (and the store-less floor
     collector's with ``floor``, the enrolled-agents collector's with ``credentials``);
@@ -668,8 +668,8 @@ def main() -> None:
     parser.add_argument(
         "--front",
         choices=("aiohttp", "lean"),
-        default="aiohttp",
-        help="the collectors' listen.ingest_front (default aiohttp)",
+        default="lean",
+        help="the collectors' listen.ingest_front (default lean, as the collector's)",
     )
     parser.add_argument(
         "--seconds", type=float, default=None, help="seconds a phase (default 10, 5 with --quick)"

@@ -39,7 +39,7 @@ from vigil.quiet_hours import parse_quiet_hours
 DEFAULT_HOST = "127.0.0.1"
 # Who serves POST /api/v1/reports (``listen.ingest_front``; collector/front.py).
 INGEST_FRONTS = ("aiohttp", "lean")
-DEFAULT_INGEST_FRONT = "aiohttp"
+DEFAULT_INGEST_FRONT = "lean"
 DEFAULT_PORT = 9750
 DEFAULT_MAX_BODY = 1 * 2**20
 DEFAULT_MAX_DECOMPRESSED = 16 * 2**20
