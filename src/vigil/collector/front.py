@@ -38,22 +38,18 @@ import asyncio
 import http
 import logging
 import ssl
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import cast
 
-import httptools
 from aiohttp import web
-from aiohttp.helpers import HeadersMixin
 from multidict import CIMultiDict, CIMultiDictProxy
-from yarl import URL
 
 from vigil.collector.api.http import ApiError, error_response
+from vigil.collector.front_request import INGEST_PATH, Body, LeanRequest, lean_head
 from vigil.collector.listen import SHED_RESPONSE
 
 log = logging.getLogger(__name__)
 
-INGEST_PATH = b"/api/v1/reports"
 # Longest request head served here (aiohttp's own limit for a line is 8190 bytes); a
 # longer one is aiohttp's to refuse.
 MAX_HEAD_BYTES = 8192
@@ -65,136 +61,6 @@ _DRAIN_S = 2.0
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class _Body:
-    """A request body arriving while the handler may already run: what aiohttp's
-    ``request.content`` offers to ``read_body`` (``iter_chunked``), fed by the protocol."""
-
-    def __init__(self) -> None:
-        self._chunks: deque[bytes] = deque()
-        self._done = False
-        self._error: Exception | None = None
-        self._waiter: asyncio.Future[None] | None = None
-
-    def feed(self, data: bytes) -> None:
-        self._chunks.append(data)
-        self._wake()
-
-    def end(self) -> None:
-        self._done = True
-        self._wake()
-
-    def fail(self, error: Exception) -> None:
-        if not self._done:
-            self._error = error
-            self._wake()
-
-    def _wake(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    async def iter_chunked(self, n: int) -> AsyncIterator[bytes]:
-        """The body in the pieces it arrived in (``n`` is accepted for aiohttp's
-        signature; pieces are never larger than what the socket delivered)."""
-        while True:
-            while self._chunks:
-                yield self._chunks.popleft()
-            if self._error is not None:
-                raise self._error
-            if self._done:
-                return
-            self._waiter = asyncio.get_running_loop().create_future()
-            await self._waiter
-            self._waiter = None
-
-
-class LeanRequest(HeadersMixin):
-    """The part of ``web.Request`` the report handler uses, for a request this front
-    parsed: ``app``, ``headers``, ``remote``, ``url``, ``content`` (the body stream) and,
-    from aiohttp's own ``HeadersMixin``, ``content_type``, ``charset`` and
-    ``content_length`` (parsed exactly as aiohttp parses them)."""
-
-    method = "POST"
-    body_exists = True
-
-    def __init__(
-        self,
-        app: web.Application,
-        headers: CIMultiDictProxy[str],
-        target: bytes,
-        remote: str | None,
-        scheme: str,
-        body: _Body,
-    ) -> None:
-        self.app = app
-        self._headers = headers
-        self._target = target
-        self.remote = remote
-        self._scheme = scheme
-        self.content = body
-
-    @property
-    def headers(self) -> CIMultiDictProxy[str]:
-        return cast(CIMultiDictProxy[str], self._headers)
-
-    @property
-    def path(self) -> str:
-        return INGEST_PATH.decode()
-
-    @property
-    def url(self) -> URL:
-        """The request URL as the client addressed it (``Host`` header), for links."""
-        host = self._headers.get("Host", "localhost")
-        return URL(f"{self._scheme}://{host}").join(URL(self._target.decode("latin-1")))
-
-
-class _Head:
-    """``httptools`` callbacks collecting one request head."""
-
-    def __init__(self) -> None:
-        self.url = b""
-        self.headers: list[tuple[bytes, bytes]] = []
-        self.complete = False
-
-    def on_url(self, url: bytes) -> None:
-        self.url += url
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self.headers.append((name, value))
-
-    def on_headers_complete(self) -> None:
-        self.complete = True
-
-
-def _lean_head(raw: bytes) -> tuple[_Head, bool] | None:
-    """Parse a request head (up to and with its blank line); the parsed head and whether
-    the client keeps the connection open, or None when this front does not serve it
-    (handed to aiohttp: wrong method or path, unusual framing, or a head that does not
-    parse, which aiohttp then answers)."""
-    if not raw.startswith(b"POST " + INGEST_PATH):
-        return None
-    head = _Head()
-    parser = httptools.HttpRequestParser(head)
-    try:
-        parser.feed_data(raw)
-    except httptools.HttpParserError:
-        return None
-    if not head.complete or parser.get_http_version() != "1.1":
-        return None
-    path = head.url.split(b"?", 1)[0]
-    if path != INGEST_PATH:
-        return None
-    lengths = 0
-    for name, _ in head.headers:
-        lower = name.lower()
-        if lower == b"content-length":
-            lengths += 1
-        elif lower in (b"transfer-encoding", b"expect", b"upgrade"):
-            return None
-    if lengths != 1:
-        return None
-    return head, parser.should_keep_alive()
-
-
 class IngestFrontProtocol(asyncio.Protocol):
     """One client connection; see the module docstring."""
 
@@ -202,7 +68,7 @@ class IngestFrontProtocol(asyncio.Protocol):
         self._front = front
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
-        self._body: _Body | None = None
+        self._body: Body | None = None
         self._remaining = 0  # body bytes of the current request not received yet
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -259,7 +125,7 @@ class IngestFrontProtocol(asyncio.Protocol):
                 self._hand_over()
             return
         raw = bytes(self._buffer[: end + len(_HEAD_END)])
-        parsed = _lean_head(raw)
+        parsed = lean_head(raw)
         if parsed is None:
             self._hand_over()
             return
@@ -269,7 +135,7 @@ class IngestFrontProtocol(asyncio.Protocol):
             (name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers
         )
         length = int(headers["Content-Length"])
-        body = _Body()
+        body = Body()
         self._body = body
         # A body over the limit is refused before any of it is read; the rest of it then
         # is not waited for (the connection closes after the reply).
