@@ -125,7 +125,7 @@ def start_collector(
     *,
     pin: bool,
     floor: bool = False,
-    event_loop: str = "auto",
+    event_loop: str = "asyncio",
     front: str = "lean",
 ) -> tuple[subprocess.Popen[str], str]:
     config = folder / "collector.yaml"
@@ -440,7 +440,7 @@ def ingest(
     *,
     floor: bool = False,
     credentials: bool = False,
-    event_loop: str = "auto",
+    event_loop: str = "asyncio",
     front: str = "lean",
 ) -> dict:
     """Alternate Vigil and Pushgateway phases ``rounds`` times (and the store-less floor
@@ -662,8 +662,8 @@ def main() -> None:
     parser.add_argument(
         "--event-loop",
         choices=("auto", "asyncio", "uvloop"),
-        default="auto",
-        help="the collectors' listen.event_loop (default auto: uvloop when installed)",
+        default="asyncio",
+        help="the collectors' listen.event_loop (default asyncio, as the collector's)",
     )
     parser.add_argument(
         "--front",

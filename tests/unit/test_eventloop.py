@@ -55,9 +55,9 @@ def test_run_runs_the_coroutine_on_the_chosen_loop() -> None:
     assert eventloop.run(loop_type(), "asyncio").startswith("asyncio")
 
 
-def test_the_defaults_are_auto_and_the_lean_front(tmp_path: Path) -> None:
+def test_the_defaults_are_the_asyncio_loop_and_the_lean_front(tmp_path: Path) -> None:
     config = load_collector_config(write_config(tmp_path, ""))
-    assert (config.event_loop, config.ingest_front) == ("auto", "lean")
+    assert (config.event_loop, config.ingest_front) == ("asyncio", "lean")
 
 
 @pytest.mark.parametrize(

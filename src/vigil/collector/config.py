@@ -113,9 +113,9 @@ class CollectorConfig:
     port: int = DEFAULT_PORT
     max_connections: int = DEFAULT_MAX_CONNECTIONS
     idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S
-    # ``listen.event_loop``: auto (uvloop when installed), asyncio or uvloop; see
-    # collector/eventloop.py.
-    event_loop: str = "auto"
+    # ``listen.event_loop``: asyncio (the default), auto (uvloop when installed) or
+    # uvloop; see collector/eventloop.py.
+    event_loop: str = "asyncio"
     # ``listen.ingest_front``: "lean" serves POST /api/v1/reports with collector/front.py
     # (httptools) and hands every other request to aiohttp; "aiohttp" serves all of them
     # through aiohttp.
@@ -170,7 +170,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         "max_connections", int, DEFAULT_MAX_CONNECTIONS, minimum=1, maximum=1_000_000
     )
     idle_timeout_s = listen.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT_S, minimum=1.0)
-    event_loop = listen.get("event_loop", str, "auto", choices=EVENT_LOOPS)
+    event_loop = listen.get("event_loop", str, "asyncio", choices=EVENT_LOOPS)
     ingest_front = listen.get("ingest_front", str, DEFAULT_INGEST_FRONT, choices=INGEST_FRONTS)
     tls = _tls(listen.section("tls")) if listen.has("tls") else None
     listen.done()

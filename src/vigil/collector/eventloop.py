@@ -1,12 +1,13 @@
-"""The collector's event loop: uvloop where it is installed, asyncio's own otherwise.
+"""The collector's event loop: asyncio's own (the default), or uvloop.
 
-Why: issue #17's profile of a durable report put ~93 µs of ~717 µs in asyncio's event
-loop and ~41 µs in its socket handling; uvloop (libuv, Cython) runs the same coroutines
-and transports with less of both, and aiohttp works on it unchanged. It is optional
-(``pip install vigil[collector]`` brings it on Linux and macOS; it has no Windows build),
-so ``listen.event_loop: auto`` falls back to asyncio without it, and ``asyncio`` forces the
-standard loop (for comparison, or to rule uvloop out when chasing a problem).
-Measured in docs/benchmarks.md (delivery).
+Why offer uvloop: issue #17's profile of a durable report put ~93 µs of ~717 µs in
+asyncio's event loop and ~41 µs in its socket handling; uvloop (libuv, Cython) runs the
+same coroutines and transports, and aiohttp works on it unchanged. Why it is not the
+default: measured with the lean ingest front (docs/benchmarks.md, delivery) it saved
+~20 µs per report at 128 connections and nothing at 32, within this machine's noise, so
+not a clear win. ``pip install vigil[collector]`` brings it on Linux and macOS (it has no
+Windows build): ``listen.event_loop: auto`` takes it when it imports and falls back to
+asyncio otherwise; ``uvloop`` refuses to start without it.
 """
 
 from __future__ import annotations
