@@ -481,7 +481,7 @@ def fleet(tmp: Path, n: int, reaper: Reaper) -> Iterator[tuple[Api, list[Host]]]
             start_agent(host, config, reaper)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            seen = {h["hostname"]: h["agent_id"] for h in api.get("/api/v1/hosts")["hosts"]}
+            seen = {h["hostname"]: h["agent_id"] for h in api.all("/api/v1/hosts", "hosts")}
             if len(seen) == n:  # every agent reported
                 break
             time.sleep(0.25)

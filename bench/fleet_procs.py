@@ -119,14 +119,16 @@ class Api:
             return json.load(response)
 
     def all(self, path: str, key: str) -> list[dict[str, Any]]:
-        """Every item of a list endpoint (paged by 1000, at most 20 pages)."""
+        """Every item of a list endpoint (pages of 1000 following ``next``, at most 20)."""
         out: list[dict[str, Any]] = []
         sep = "&" if "?" in path else "?"
-        for page in range(20):
-            items = self.get(f"{path}{sep}limit=1000&offset={page * 1000}")[key]
-            out += items
-            if len(items) < 1000:
+        url: str | None = f"{path}{sep}limit=1000"
+        for _ in range(20):
+            if url is None:
                 break
+            reply = self.get(url)
+            out += reply[key]
+            url = reply["next"]
         return out
 
 

@@ -8,9 +8,10 @@ measures:
 
 * ``start_s``: collector process start to the first ``/healthz`` 200;
 * p50/p99 of every list endpoint with each filter (incidents by state, service, check,
-  host, priority and a deep offset; problems by state, kind, check; hosts, and hosts
-  with ``limit``/``offset``; remediation stats and runs by host, remediation and a deep
-  offset), sequential requests on one keep-alive connection, while the collector's own
+  host, priority, ``offset`` at its bound and a ``cursor`` half-way down; problems by
+  state, kind, check and a cursor; hosts (the default page, a 1000-host page, a cursor
+  half-way); remediation stats and runs by host, remediation, offset and cursor),
+  sequential requests on one keep-alive connection, while the collector's own
   tick runs every 5 s as in production (so a request that meets a tick waits for it);
 * ``tick_ms``: the collector exposes no tick duration, so after it stops, the desk is
   opened on the same store exactly as the collector opens it (``app.open_desk``) and one
@@ -258,6 +259,24 @@ def fill_statements(
                 f" 'freed 2 GB', {d.false}, '{'0' * 64}', {d.false}",
             ),
         ),
+        # The remediation summaries the collector keeps as each run is stored (schema 10 /
+        # migration 6), filled from the runs just as a migration fills them.
+        (
+            "remediation_outcomes",
+            "INSERT INTO remediation_outcomes (remediation, version, outcome, runs)"
+            " SELECT remediation, script_sha256, outcome, COUNT(*) FROM remediation_runs"
+            " GROUP BY remediation, script_sha256, outcome",
+        ),
+        (
+            "remediation_hosts",
+            "INSERT INTO remediation_hosts (remediation, host)"
+            " SELECT DISTINCT remediation, host FROM remediation_runs",
+        ),
+        (
+            "remediation_totals",
+            "INSERT INTO remediation_totals (remediation, hosts)"
+            " SELECT remediation, COUNT(*) FROM remediation_hosts GROUP BY remediation",
+        ),
         (
             "seen",
             q(
@@ -280,6 +299,7 @@ class Store:
     """A filled store: the collector's ``storage`` YAML, and how to size and drop it."""
 
     backend: str
+    url: str  # the storage URL, for opening it from this process
     storage_yaml: str
     db_bytes: Callable[[], int]
     seen_bytes: Callable[[], int]
@@ -323,6 +343,7 @@ def sqlite_store(folder: Path, stmts: list[tuple[str, str]]) -> tuple[Store, dic
     return (
         Store(
             "sqlite",
+            sqlite_url(path),
             "{sqlite_path: collector.db}",
             size,
             lambda: seen_size,
@@ -378,6 +399,7 @@ def postgres_store(dsn: str, stmts: list[tuple[str, str]]) -> tuple[Store, dict[
 
     store = Store(
         "postgresql",
+        url,
         "{url: " + json.dumps(url) + "}",
         lambda: total(""),
         lambda: total("AND c.relname = 'seen'"),
@@ -398,10 +420,14 @@ def postgres_store(dsn: str, stmts: list[tuple[str, str]]) -> tuple[Store, dict[
 
 
 def endpoints(hosts: int, incidents: int) -> list[tuple[str, str]]:
-    """``(name, path)`` of every list endpoint with each filter (deep offsets: half-way)."""
+    """``(name, path)`` of every list endpoint with each filter (deep pages: a cursor
+    half-way; ``offset`` at its bound, :data:`MAX_OFFSET`)."""
+    from vigil.collector.api.paging import MAX_OFFSET, encode_cursor
+
     host = f"agent-{(7919 * 42) % hosts:08d}"
     inc = "/api/v1/incidents"
     runs = "/api/v1/remediations/runs"
+    half_host = encode_cursor(f"agent-{hosts // 2:08d}")
     return [
         ("incidents", inc),
         ("incidents state=open", f"{inc}?state=open"),
@@ -411,18 +437,23 @@ def endpoints(hosts: int, incidents: int) -> list[tuple[str, str]]:
         ("incidents host", f"{inc}?host={host}"),
         ("incidents priority", f"{inc}?priority=P1"),
         ("incidents priority+open", f"{inc}?priority=P1&state=open"),
-        ("incidents offset", f"{inc}?offset={incidents // 2}"),
+        ("incidents offset", f"{inc}?offset={MAX_OFFSET}"),
+        ("incidents cursor", f"{inc}?cursor={encode_cursor(incidents // 2)}"),
+        ("incidents cursor+check", f"{inc}?check=dns&cursor={encode_cursor(incidents // 2)}"),
         ("problems", "/api/v1/problems"),
         ("problems state=open", "/api/v1/problems?state=open"),
         ("problems kind=fleet", "/api/v1/problems?kind=fleet"),
         ("problems check", "/api/v1/problems?check=dns"),
+        ("problems cursor", f"/api/v1/problems?cursor={encode_cursor(incidents // 200)}"),
         ("hosts", "/api/v1/hosts"),
-        ("hosts offset", f"/api/v1/hosts?limit=100&offset={hosts // 2}"),
+        ("hosts cursor", f"/api/v1/hosts?cursor={half_host}"),
+        ("hosts limit=1000", "/api/v1/hosts?limit=1000"),
         ("remediations/stats", "/api/v1/remediations/stats"),
         ("runs", runs),
         ("runs host", f"{runs}?host={host}"),
         ("runs remediation", f"{runs}?remediation=flush_dns"),
-        ("runs offset", f"{runs}?offset={incidents // 8}"),
+        ("runs offset", f"{runs}?offset={MAX_OFFSET}"),
+        ("runs cursor", f"{runs}?cursor={encode_cursor(incidents // 8)}"),
     ]
 
 
@@ -508,6 +539,18 @@ def time_ticks(config: Path, ticks: int) -> dict[str, float]:
     return {**medians, "total_max": round(max(parts["total"]), 1)}
 
 
+def first_open(url: str) -> float:
+    """Seconds for the first desk to open the filled store. A store written without the
+    histogram summaries (the fill writes history only, as an upgraded store has it) gets
+    them filled from history here, once; the collector's ``start_s`` is then what every
+    later start costs."""
+    from vigil.collector.desk.service import Desk
+
+    t0 = time.perf_counter()
+    Desk(create_storage(url)).close()
+    return time.perf_counter() - t0
+
+
 def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     now = time.time()
     dialect = SQLITE if args.backend == "sqlite" else POSTGRES
@@ -520,6 +563,8 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     fill_s = time.perf_counter() - t0
     print(f"fill {fill_s:.1f} s: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
     try:
+        histograms_s = first_open(store.url)
+        print(f"first open (histograms filled from history, once): {histograms_s:.2f} s")
         config = collector_config(
             folder, agent_token=AGENT_TOKEN, admin_token=ADMIN_TOKEN, storage=store.storage_yaml
         )
@@ -588,6 +633,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "tick_ms": tick["total"],
         "tick_parts_ms": tick,
         "start_s": round(start_s, 2),
+        "first_open_s": round(histograms_s, 2),
         "dedup_bytes_per_agent": round(dedup, 1),
         "dedup_mark_bytes_per_agent": round(mark_bytes / args.hosts, 1),
         "dedup_bytes_per_id": None if per_id is None else round(per_id, 1),

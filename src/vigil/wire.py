@@ -105,6 +105,7 @@ _ID: dict[str, Any] = {"min_len": 1}
 # fields added within a schema version, so that older collectors (which reject unknown
 # fields) see them only when they carry news.
 _OMIT_DEFAULT = {"omit_default": True}
+_OMIT_DEFAULT_ID = {**_ID, **_OMIT_DEFAULT}
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +161,9 @@ class RemediationEvent:
     ``request_id`` is the id of the admin's run-now request this run answers (the
     collector links the record to the request and who asked); added within schema version
     1 and sent only when set, so an agent talks to an older collector as before.
+    ``run_as_user``: the user the script ran as when its manifest asked for another user
+    than the agent's (``run_as``: a name or ``logged_on_user``); added within schema
+    version 1 and sent only when set, so older collectors see it only from such runs.
     """
 
     event_id: str = field(metadata=_ID)
@@ -178,6 +182,7 @@ class RemediationEvent:
     script_sha256: str
     dry_run: bool
     request_id: str | None = field(default=None, metadata={**_ID, **_OMIT_DEFAULT})
+    run_as_user: str | None = field(default=None, metadata=_OMIT_DEFAULT_ID)
     type: Literal["remediation"] = "remediation"
 
 

@@ -431,6 +431,11 @@ def test_the_collector_serves_from_the_wheel(
     url = line.split("listening on ", 1)[1].strip()
     with urllib.request.urlopen(url + "/healthz", timeout=10) as response:
         assert response.status == 200
+    # The console's templates and static files are package data: served from the wheel.
+    with urllib.request.urlopen(url + "/console/login", timeout=10) as response:
+        assert response.status == 200 and b"Operator token" in response.read()
+    with urllib.request.urlopen(url + "/console/static/htmx.min.js", timeout=10) as response:
+        assert response.status == 200 and response.read().startswith(b"/*! htmx")
     assert stop(collector_from_wheel) == 0, (outside / "collector.log").read_text()
     assert (outside / "collector.db").is_file()
 

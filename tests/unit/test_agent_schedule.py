@@ -58,12 +58,16 @@ class FakeShipper:
     def __init__(self, outbox: Outbox) -> None:
         self.outbox = outbox
         self.calls: list[list[wire.Event]] = []
+        # What the agent's self-health reads of a shipper (it never fails here).
+        self.last_delivery: float | None = None
+        self.failures_in_a_row = 0
 
     async def ship(self) -> ShipResult:
         sent: list[wire.Event] = []
         while (batch := self.outbox.next_batch(1000)) is not None:
             sent += batch.events
             self.outbox.ack(batch.batch_id)
+            self.last_delivery = time.monotonic()
         self.calls.append(sent)
         return ShipResult(1 if sent else 0, len(sent), None, None)
 
@@ -212,7 +216,14 @@ def test_no_ship_wakeup_while_the_outbox_is_empty(tmp_path: Path) -> None:
     asyncio.run(run_for(svc, 0, watch()))
 
     assert seen == [(1, True)]  # one delivery in 1.5 s, and the ship job paused
-    assert len(shipper.calls[0]) == 2  # cpu's first state and the first heartbeat
+    # cpu's first state, the first heartbeat and the agent.self_health check's first state
+    first = shipper.calls[0]
+    assert sorted(e.check for e in first if isinstance(e, wire.CheckEvent)) == [
+        "agent.heartbeat",
+        "agent.self_health",
+        "cpu",
+    ]
+    assert len(first) == 3
 
 
 def test_an_event_stored_between_cycles_goes_at_the_next_report_tick(tmp_path: Path) -> None:

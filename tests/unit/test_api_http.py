@@ -20,10 +20,8 @@ from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 import vigil.collector
 from vigil.collector.api.http import (
-    DEFAULT_LIMIT,
     MAX_ID,
     MAX_JSON_BODY,
-    MAX_LIMIT,
     MAX_TEXT,
     ApiError,
     bearer_matches,
@@ -35,7 +33,6 @@ from vigil.collector.api.http import (
     item_id,
     json_body,
     json_response,
-    page,
     query_params,
     require_admin,
     require_reader,
@@ -126,28 +123,6 @@ def test_int_param_refuses_anything_but_digits_in_range_naming_the_parameter(raw
     error = api_error(int_param, {"n": raw}, "n", 7, 0, 10)
     assert (error.status, error.field) == (400, "n")
     assert error.message == f"n must be an integer from 0 to 10, got {raw!r}"
-
-
-def test_page_defaults_to_the_first_page_of_default_size() -> None:
-    assert page({}) == {"limit": DEFAULT_LIMIT, "offset": 0}
-
-
-def test_page_takes_limit_up_to_max_limit_and_any_64_bit_offset() -> None:
-    query = {"limit": str(MAX_LIMIT), "offset": str(MAX_ID)}
-    assert page(query) == {"limit": MAX_LIMIT, "offset": MAX_ID}
-
-
-@pytest.mark.parametrize(
-    ("query", "field"),
-    [
-        ({"limit": "0"}, "limit"),
-        ({"limit": str(MAX_LIMIT + 1)}, "limit"),
-        ({"offset": str(MAX_ID + 1)}, "offset"),
-    ],
-    ids=["limit zero", "limit over the maximum", "offset over 64 bits"],
-)
-def test_page_out_of_range_is_400_naming_the_parameter(query: dict[str, str], field: str) -> None:
-    assert api_error(page, query).field == field
 
 
 def test_choice_returns_the_default_when_absent_and_refuses_other_values() -> None:

@@ -555,7 +555,7 @@ def test_open_read_serves_the_read_api_without_a_token(
         async with collector_server(config) as url, aiohttp.ClientSession() as http:
             return await get_json(http, url, path)
 
-    assert run(main) == (200, {key: []})
+    assert run(main) == (200, {key: [], "next": None})
 
 
 @pytest.mark.parametrize(

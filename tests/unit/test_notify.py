@@ -144,7 +144,8 @@ def test_an_alert_carries_the_documented_labels_and_annotations() -> None:
         "summary": "mail.imap failing on ws-1",
         "description": "timeout",
         "remediation": "restart-mail: not_fixed",
-        "incident_url": "https://v.test/api/v1/incidents/7",
+        # The console page (issue #19), not the JSON API.
+        "incident_url": "https://v.test/console/incidents/7",
     }
     assert alert["startsAt"] == "2024-01-01T00:00:00Z"
     assert alert["endsAt"] == "2024-01-01T00:05:00Z"  # now + 4 re-post intervals

@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import shutil
 import socket
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
 
-from vigil.agent.svc.notify import MIN_PING_S, Notifier, notify_address, watchdog_ping_s
+from vigil.agent.svc.notify import (
+    MIN_PING_S,
+    Notifier,
+    backoff_sleep,
+    notify_address,
+    watchdog_ping_s,
+)
 
 
 @pytest.mark.parametrize(
@@ -62,3 +71,28 @@ def test_a_send_to_a_missing_socket_is_reported_not_raised() -> None:
         notifier.close()
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_crash_back_off_wait_extends_the_start_timeout_and_keeps_pinging() -> None:
+    """Under a notify unit the back-off says why, stretches systemd's start timeout past
+    the wait, and keeps the watchdog fed, so systemd never kills an agent for waiting."""
+    folder = tempfile.mkdtemp(prefix="vigil-bo-", dir="/tmp")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    try:
+        sock.bind(f"{folder}/notify")
+        env = {"NOTIFY_SOCKET": f"{folder}/notify", "WATCHDOG_USEC": "1000000"}
+        started = time.monotonic()
+        asyncio.run(backoff_sleep(1.2, "crash-loop back-off", env))
+        assert time.monotonic() - started >= 1.2
+        sock.settimeout(0.1)
+        got = []
+        with contextlib.suppress(TimeoutError):
+            while True:
+                got.append(sock.recv(4096).decode())
+    finally:
+        sock.close()
+        shutil.rmtree(folder, ignore_errors=True)
+    first = got[0].split("\n")
+    assert first[0] == "STATUS=crash-loop back-off"
+    assert int(first[1].removeprefix("EXTEND_TIMEOUT_USEC=")) >= 1_200_000
+    assert got[1:].count("WATCHDOG=1") >= 2  # every 0.5 s during a 1.2 s wait

@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import difflib
 import json
+import logging
 import os
 import sys
 import time
@@ -26,6 +27,8 @@ from vigil.agent.config import AgentConfig
 from vigil.agent.preflight import Preflight, preflight
 from vigil.agent.update.launch import launch, state_dir_of
 from vigil.configio import CONFIG_EXIT_CODE, ConfigError, setup_logging
+
+log = logging.getLogger("vigil.agent")
 
 _LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 _BYTE_UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
@@ -110,12 +113,30 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def _run(checked: Preflight) -> int:
+    from vigil.agent.crashguard import CrashRecord
     from vigil.agent.service import build_service  # heavy imports only when running
+    from vigil.agent.svc.notify import backoff_sleep
 
-    service = build_service(
-        checked.config, library=checked.library, broken=checked.broken, policy=True
-    )
-    await service.run_until_signalled()
+    config = checked.config
+    backoff = config.crash_backoff
+    # Recorded before anything that could crash, cleared by a clean stop or a run that
+    # lasted: a start that finds a run of crashed starts waits (crashguard) instead of
+    # looping hot.
+    record = CrashRecord(config.state_dir)
+    crashed, delay = record.begin(time.time(), backoff)
+    if delay > 0:
+        reason = f"crash-loop back-off: {crashed} unclean starts, waiting {delay:.1f} s"
+        log.warning("%s before starting", reason)
+        await backoff_sleep(delay, reason)
+    service = build_service(config, library=checked.library, broken=checked.broken, policy=True)
+    # A run that lasted is no crash loop, however it ends later (a Windows service stop
+    # is a hard kill, a watchdog abort after days is a new fault, not a loop).
+    stable = asyncio.get_running_loop().call_later(backoff.stable_s, record.clean_stop)
+    try:
+        await service.run_until_signalled()
+    finally:
+        stable.cancel()
+    record.clean_stop()
     return 0
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Literal
 
+from vigil.agent.crashguard import CrashBackoffConfig, crash_backoff_config
 from vigil.agent.delivery.tls import tls_problem
 from vigil.agent.policy.settings import PolicySettings, policy_settings
 from vigil.agent.remediation.schedule import TimedSchedule, parse_schedules
@@ -31,6 +32,7 @@ from vigil.agent.sampler_config import (
     process_spec,
     services,
 )
+from vigil.agent.selfhealth import SelfHealthConfig, self_health_config
 from vigil.agent.surveys import SurveySettings
 from vigil.configio import ConfigError, Section, load_yaml
 from vigil.quiet_hours import parse_quiet_hours
@@ -229,6 +231,8 @@ class AgentConfig:
     # Satisfaction surveys from the collector (``surveys:``; docs/satisfaction.md).
     surveys: SurveySettings = field(default_factory=SurveySettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    self_health: SelfHealthConfig = field(default_factory=SelfHealthConfig)
+    crash_backoff: CrashBackoffConfig = field(default_factory=CrashBackoffConfig)
 
 
 def default_state_dir() -> Path:
@@ -248,6 +252,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     state_dir = agent.path_value("state_dir", None) or default_state_dir()
     hostname = agent.get("hostname", str, None)
     labels = agent.str_map("labels", {})
+    crash_backoff = crash_backoff_config(agent)
     agent.done()
 
     col = root.section("collector", required=True)
@@ -355,6 +360,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     )
     rs.done()
 
+    self_health = self_health_config(root)
     surveys = _surveys(root.section("surveys"))
     policy = policy_settings(root.section("policy"))
     if policy.require_signed_local and remediation.folders:
@@ -389,6 +395,8 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         shipping=shipping,
         surveys=surveys,
         policy=policy,
+        self_health=self_health,
+        crash_backoff=crash_backoff,
     )
 
 

@@ -44,7 +44,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 from vigil import __version__, wire
-from vigil.agent.checks import CheckStatus
 from vigil.agent.clock import ClockReading, detect_clock_jumps, read_clock
 from vigil.agent.config import AgentConfig, CheckSpec
 from vigil.agent.cycle import CheckCycle
@@ -52,6 +51,7 @@ from vigil.agent.delivery.credential import CredentialSource
 from vigil.agent.delivery.outbox import Outbox
 from vigil.agent.delivery.shipper import KEEPALIVE_S, Shipper
 from vigil.agent.events import new_event_id
+from vigil.agent.heartbeat import HeartbeatRecorder
 from vigil.agent.identity import Identity, load_identity
 from vigil.agent.measure import Measurer, SampleSource
 from vigil.agent.notify_user import command_notifier, platform_notifier
@@ -70,8 +70,6 @@ from vigil.agent.timers import Timers
 log = logging.getLogger("vigil.agent")
 
 _Composed = tuple[AgentConfig, Mapping[str, Remediation], Mapping[str, str]]
-# A heartbeat promises the next one within this many intervals (the collector adds grace).
-HEARTBEAT_TTL_INTERVALS = 2.5
 # Per check, how many of its readings were unknown since the agent started (a counter).
 UNKNOWN_SERIES = "agent.unknown_total"
 # A clock jump smaller than this (seconds) between two sample cycles is noise.
@@ -226,6 +224,7 @@ class AgentService:
         self._ship_not_before = float("inf")
         self._ship_slack = 0.0
         self._tasks: set[asyncio.Task[None]] = set()
+        self.beats = HeartbeatRecorder(config, outbox=outbox, clock=clock)
         # Central policy: the ack hook, the header, and a composed config waiting for the
         # next cycle (swapped in between cycles, see _swap_policy).
         self.policy = policy
@@ -316,6 +315,7 @@ class AgentService:
         # job of their own: one wakeup fewer per interval on a laptop that should not
         # notice the agent, and a resume is still seen within one sample interval.
         self._clock_reading = read_clock()
+        self.beats.start()
         self._next_heartbeat = time.monotonic()  # the first heartbeat goes at once
         self._next_summary = time.monotonic() + iv.metrics_s
         self._ship_not_before = time.monotonic() + self.first_ship_delay_s
@@ -546,26 +546,10 @@ class AgentService:
             timers.pause("ship")
 
     async def heartbeat(self) -> None:
-        """Record the liveness check result that tells the collector we are alive."""
-        ttl = self.config.intervals.heartbeat_s * HEARTBEAT_TTL_INTERVALS
-        self.outbox.put(
-            wire.CheckEvent(
-                event_id=new_event_id(),
-                seq=0,
-                time=self.clock(),
-                check=wire.HEARTBEAT_CHECK,
-                state="ok",
-                previous_state=None,
-                value=None,
-                message=f"agent {__version__} alive",
-                ttl_s=ttl,
-            )
-        )
-        statuses = self.flow.statuses
-        if not statuses.get(wire.HEARTBEAT_CHECK):
-            # The first heartbeat goes out with the (jittered) first delivery, so a new host
-            # appears within one report interval.
-            statuses[wire.HEARTBEAT_CHECK] = CheckStatus("ok", self.clock(), None)
+        """Record the liveness check result that tells the collector we are alive, with
+        the agent's self-health (:class:`~vigil.agent.heartbeat.HeartbeatRecorder`)."""
+        if self.beats.record(self._timers, self.shipper, self.flow):
+            self._spawn(self.ship())
 
     def report_library(self) -> None:
         """Record the ``agent.remediations`` check result: ``critical`` naming every bundle
@@ -640,6 +624,7 @@ class AgentService:
             values["agent.outbox_dropped_total"] = float(ob.dropped_total)
             for check_id, count in self.checks.unknown_counts.items():
                 values[f"{UNKNOWN_SERIES}[{check_id}]"] = float(count)
+            values.update(self.beats.monitor.summary_values())
             self.outbox.put(
                 wire.MetricsEvent(event_id=new_event_id(), seq=0, time=self.clock(), values=values)
             )

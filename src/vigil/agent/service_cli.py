@@ -99,7 +99,11 @@ def main(args: argparse.Namespace, config_path: Path) -> int:
     if platform not in PLATFORMS:
         print(f"vigil-agent: service: platform {platform!r} is not supported", file=sys.stderr)
         return CONFIG_EXIT_CODE
-    spec = ServiceSpec(config=config_path.absolute(), log_level=args.log_level or "INFO")
+    spec = ServiceSpec(
+        config=config_path.absolute(),
+        log_level=args.log_level or "INFO",
+        systemd_version=systemd_version() if platform == "linux" else None,
+    )
     path = definition_path(platform, args.unit_dir, spec.config)
     if args.action == "status" and platform == "linux" and args.unit_dir is None:
         # Installed by the .deb rather than by `service install`: report that unit.
@@ -127,6 +131,29 @@ def main(args: argparse.Namespace, config_path: Path) -> int:
     if args.action == "uninstall":
         return _uninstall(platform, path)
     return _status(platform, path)
+
+
+def systemd_version(
+    run: Any = subprocess.run,
+) -> int | None:
+    """This machine's systemd version from ``systemctl --version`` (first line
+    ``systemd 252 (...)``); ``None`` when systemctl is missing, fails or says otherwise.
+    The unit gets the keys that version understands (:func:`systemd_unit`)."""
+    try:
+        done = run(
+            ["systemctl", "--version"],
+            capture_output=True,
+            text=True,
+            timeout=COMMAND_TIMEOUT_S,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    words = (done.stdout or "").split()
+    if done.returncode != 0 or len(words) < 2 or words[0] != "systemd":
+        return None
+    digits = words[1].split(".")[0]
+    return int(digits) if digits.isdigit() else None
 
 
 def _definition(platform: str, spec: ServiceSpec, path: Path) -> bytes:

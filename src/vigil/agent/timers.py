@@ -18,6 +18,11 @@ are the ones the agent needs and nothing more:
   job keeps its schedule.
 - **Pause and resume.** A paused job has no timer at all; resuming schedules it at the
   next grid point (the start, if that is still ahead).
+- **Self-measurement.** Every timer callback notes how late it woke (loop lag: the loop
+  time it ran at minus the time it was due, the sign of a loop that something blocked)
+  and every run that outlived its period or timed out counts as an overrun; the agent
+  reports both as its self-health (:mod:`~vigil.agent.selfhealth`). Measuring on the
+  callbacks that run anyway costs no extra wake-up.
 
 One timer handle per job and one task per run, nothing else: an idle agent pays one
 event-loop wake-up per sample interval (APScheduler's own per-run bookkeeping cost
@@ -51,6 +56,8 @@ class IntervalJob:
     paused: bool = False
     runs: int = 0
     skipped: int = 0
+    # Runs that took longer than the period (or hit the timeout): the job cannot keep up.
+    overruns: int = 0
     handle: asyncio.TimerHandle | None = field(default=None, repr=False)
     task: asyncio.Task[None] | None = field(default=None, repr=False)
 
@@ -68,6 +75,13 @@ class Timers:
     def __init__(self) -> None:
         self.jobs: dict[str, IntervalJob] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._max_lag_s = 0.0
+
+    def take_max_lag(self) -> float:
+        """The largest loop lag (seconds a timer callback ran after it was due) seen
+        since the previous call, and start over. 0.0 when no timer fired meanwhile."""
+        lag, self._max_lag_s = self._max_lag_s, 0.0
+        return lag
 
     @property
     def running(self) -> bool:
@@ -176,6 +190,8 @@ class Timers:
         loop = self._loop
         if loop is None:
             return
+        # asyncio may run a callback up to its clock resolution early: never negative.
+        self._max_lag_s = max(self._max_lag_s, loop.time() - due)
         # The next grid point after both now and this one: a late wake-up runs once, not
         # once per missed period; one a hair early (the loop's clock resolution) does not
         # fire the same point twice.
@@ -189,11 +205,17 @@ class Timers:
 
     @staticmethod
     async def _run(job: IntervalJob) -> None:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
         try:
             # asyncio.timeout, not wait_for: no extra task per run.
             async with asyncio.timeout(job.timeout_s):
                 await job.func()
         except TimeoutError:
+            job.overruns += 1
             log.warning("job %s exceeded %.1fs and was cancelled", job.id, job.timeout_s)
+            return
         except Exception:
             log.exception("job %s failed", job.id)
+        if loop.time() - started > job.period_s:
+            job.overruns += 1

@@ -37,7 +37,10 @@ from vigil.collector.api import (
 )
 from vigil.collector.api.http import ITEM_ID, ApiError, error_response
 from vigil.collector.config import CollectorConfig
+from vigil.collector.console.routes import setup_console
+from vigil.collector.console.session import Signer
 from vigil.collector.desk.service import Desk
+from vigil.collector.desk.surveys import derived_key
 from vigil.collector.identity.audit import AuditCollector, AuditCounts
 from vigil.collector.identity.operators import config_principals, load_directory
 from vigil.collector.identity.roles import Directory
@@ -47,6 +50,7 @@ from vigil.collector.keys import (
     audit_counts_key,
     clock_key,
     config_key,
+    console_signer_key,
     counters_key,
     desk_key,
     directory_key,
@@ -75,6 +79,11 @@ TICK_INTERVAL_S = 5.0
 # Dedup ids forgotten per tick at most: one short transaction each time, and 4,000 ids/s
 # of capacity, well above what 100,000 agents on the shipped config add (~2,000/s).
 PRUNE_CHUNK = 20_000
+# State changes per tick step (one transaction): a mass outage opens its incidents a step
+# at a time, the storage thread free for reads and reports in between (a step of 50
+# changes holds it ~0.1 s); at most TICK_STEPS steps per tick, the rest at the next.
+TICK_CHANGES = 50
+TICK_STEPS = 200
 # Seconds between reloads of the operators (token hashes) and the audit counts: an
 # operator added, rotated or removed with the CLI or another collector process takes
 # effect within this delay (through this process's API: at once).
@@ -183,6 +192,8 @@ def setup_routes(app: web.Application) -> None:
     r.add_get(f"/api/v1/run-now/{policy.REQUEST_ID}", policy.get_run_now)
     r.add_get("/metrics", system.get_metrics)
     r.add_get("/healthz", system.get_healthz)
+    # The service-desk console (``/`` redirects there): its own templates, hooks, routes.
+    setup_console(app)
 
 
 @web.middleware
@@ -238,6 +249,10 @@ async def _desk_ctx(app: web.Application) -> AsyncIterator[None]:
     # Opened on the storage thread: an SQLite connection belongs to the thread that made it.
     desk = await loop.run_in_executor(executor, open_desk, config)
     app[desk_key] = desk
+    # Console sessions signed with a key every collector on this database shares: a
+    # restart logs nobody out and a load balancer needs no sticky sessions.
+    key = await loop.run_in_executor(executor, derived_key, desk.storage, "console-session")
+    app[console_signer_key] = Signer(key)
     collector = VigilCollector(
         desk.metrics_snapshot,
         app[counters_key],
@@ -434,9 +449,15 @@ async def tick_once(app: web.Application) -> None:
     # only the one holding the leader lock; another takes over when it dies.
     leader = await loop.run_in_executor(executor, desk.storage.leads)
     if leader:
-        opened = await loop.run_in_executor(executor, desk.tick, clock())
-        if opened:
-            log.info("tick opened incidents %s", list(opened))
+        now = clock()
+        for _ in range(TICK_STEPS):
+            opened, done = await loop.run_in_executor(
+                executor, functools.partial(desk.tick_step, now, TICK_CHANGES)
+            )
+            if opened:
+                log.info("tick opened incidents %s", list(opened))
+            if done:
+                break
     await loop.run_in_executor(executor, desk.refresh_metrics_figures, clock())
     if not leader:
         return

@@ -14,6 +14,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from vigil.collector.config import CollectorConfig
+from vigil.collector.console.quality import QualityCache
+from vigil.collector.console.session import Signer
 from vigil.collector.desk.service import Desk
 from vigil.collector.identity.audit import AuditCounts
 from vigil.collector.identity.roles import Directory
@@ -43,5 +45,10 @@ directory_key = web.AppKey("directory", Directory)
 audit_counts_key = web.AppKey("audit_counts", AuditCounts)
 # Per-agent credentials and enrollment (collector/identity/), set once the desk is open.
 identity_key = web.AppKey("identity", AgentIdentity)
+
+# The console (collector/console/): the signer of its session cookies and CSRF tokens,
+# and the cached service-quality figures (see console/quality.py).
+console_signer_key = web.AppKey("console_signer", Signer)
+quality_cache_key = web.AppKey("quality_cache", QualityCache)
 # Central policy: the in-memory snapshot the report acks are built from (collector/policy/).
 policy_key = web.AppKey("policy", PolicyRuntime)

@@ -290,6 +290,25 @@ def test_no_per_check_incident_is_opened_for_a_silent_host(store) -> None:
     assert store.list_incidents() == []
 
 
+def test_a_mass_outage_is_opened_a_bounded_step_at_a_time(store) -> None:
+    """Seven hosts silent at once, at most three changes a step: three steps open them
+    all, each step but the last saying it is not done, and no key of a silent host gets
+    a per-check incident while its silence waits for a later step."""
+    hosts = [f"h{n}" for n in range(7)]
+    for host in hosts:
+        store.ingest(report(host, heartbeat(60), check(DISK, "critical", "fix-it")), T0)
+    steps = [store.tick_step(T0 + 700, 3) for _ in range(4)]
+    assert [(len(opened), done) for opened, done in steps] == [
+        (3, False),
+        (3, False),
+        (1, True),
+        (0, True),
+    ]
+    incidents = store.list_incidents()
+    assert sorted(i["host"] for i in incidents) == hosts
+    assert {i["check"] for i in incidents} == {wire.HEARTBEAT_CHECK}
+
+
 # --------------------------------------------------------------------------- flapping
 
 

@@ -493,6 +493,7 @@ def test_remediation_run_dict_holds_every_wire_field(store: Desk) -> None:
     (stored,) = store.list_remediation_runs()
     assert stored == {
         **wire.to_dict(event),
+        "id": 1,  # listed runs carry their id: the key of keyset paging (issue #17)
         "host": "a1",
         "hostname": "a1.example.test",
         "received_at": T0 + 101,

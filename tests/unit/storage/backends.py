@@ -52,6 +52,11 @@ class BackendFactory:
     def cleanup(self) -> None:
         """Remove the database (after the test)."""
 
+    def execute(self, sql: str) -> None:
+        """Run ``sql`` on the database behind the storage's back (as an operator's
+        maintenance, or a hand edit, would)."""
+        raise NotImplementedError
+
 
 class SqliteFactory(BackendFactory):
     """The embedded backend: one file in the test's temporary folder."""
@@ -65,6 +70,10 @@ class SqliteFactory(BackendFactory):
     def restore_schema2(self, sql: str) -> None:
         with contextlib.closing(sqlite3.connect(self.path)) as db:
             db.executescript(sql)
+
+    def execute(self, sql: str) -> None:
+        with contextlib.closing(sqlite3.connect(self.path)) as db, db:
+            db.execute(sql)
 
 
 class PostgresFactory(BackendFactory):
@@ -90,6 +99,12 @@ class PostgresFactory(BackendFactory):
 
     def cleanup(self) -> None:
         self.schema.drop()
+
+    def execute(self, sql: str) -> None:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as db:
+            db.execute(sql)  # type: ignore[call-overload]  # the tests' constants
 
 
 BACKENDS: dict[str, Callable[[Path], BackendFactory]] = {

@@ -254,6 +254,22 @@ def test_a_schema2_database_takes_new_reports(migrated: Desk, served: dict[str, 
     assert max(i["id"] for i in served["list_incidents"]) < result.opened[0]
 
 
+def test_the_user_a_run_ran_as_is_kept_and_older_runs_read_as_before(desk: Desk) -> None:
+    """``run_as_user`` (schema 11 / migration 7) comes back on the runs that carry it;
+    a run without it reads exactly as before (no key)."""
+    run = wire.RemediationEvent(
+        event_id="r1", seq=1, time=T0, remediation="notify-user", check="disk.root",
+        outcome="fixed", exit_code=0, started_at=T0, duration_s=1.0,
+        value_before=9.0, value_after=1.0, output="", output_truncated=False,
+        script_sha256="0" * 64, dry_run=False, run_as_user="alice",
+    )  # fmt: skip
+    plain_run = dataclasses.replace(run, event_id="r2", seq=2, run_as_user=None)
+    desk.ingest(report("b1", run, plain_run), T0)
+    by_id = {r["event_id"]: r for r in desk.list_remediation_runs(limit=10)}
+    assert by_id["r1"]["run_as_user"] == "alice"
+    assert "run_as_user" not in by_id["r2"]
+
+
 # --------------------------------------------------------------------------- API queries
 
 
@@ -475,6 +491,136 @@ def test_a_host_keeps_its_ttl_when_a_report_brings_none(storage: Any) -> None:
         assert uow.hosts.before("nobody") is None
 
 
+def test_liveness_reads_the_hosts_due_and_those_with_a_heartbeat_to_recover(
+    storage: Any,
+) -> None:
+    """Hosts whose deadline (last_seen + TTL) passed, and hosts whose heartbeat key is
+    not plainly ok, each once; a host in time with an ok key, or without a TTL, is not
+    read at all (the tick's cost follows what is due, not the fleet)."""
+    heartbeat = wire.HEARTBEAT_CHECK
+    ok = KeyRow("ok", None, None, None, None, "", False)
+    with storage.session() as uow, uow.transaction():
+        for host, seen, ttl in (
+            ("late", T0, 60.0),  # deadline T0 + 60
+            ("late-open", T0, 60.0),  # deadline passed and an incident already open
+            ("fresh", T0 + 100, 60.0),
+            ("no-ttl", T0, None),
+            ("back", T0 + 100, 60.0),  # in time again, its incident still to resolve
+            ("asleep", T0 + 100, 60.0),  # key unknown: recorded asleep
+        ):
+            uow.hosts.upsert(report("b", host=host), seen, 0.0, ttl)
+        uow.keys.save("late-open", heartbeat, ok._replace(state="critical", incident_id=7), T0)
+        uow.keys.save("fresh", heartbeat, ok, T0)
+        uow.keys.save("back", heartbeat, ok._replace(incident_id=8), T0)
+        uow.keys.save("asleep", heartbeat, ok._replace(state="unknown"), T0)
+        uow.keys.save("fresh", "disk.root", ok._replace(state="critical"), T0)
+        rows = uow.hosts.liveness(heartbeat, T0 + 61)
+    got = {r.agent_id: (r.last_seen, r.heartbeat_ttl_s, r.key_state, r.incident_id) for r in rows}
+    assert len(rows) == len(got)
+    assert got == {
+        "late": (T0, 60.0, None, None),
+        "late-open": (T0, 60.0, "critical", 7),
+        "back": (T0 + 100, 60.0, "ok", 8),
+        "asleep": (T0 + 100, 60.0, "unknown", None),
+    }
+    assert rows[0].labels == {"role": "server"} and rows[0].hostname.endswith(".example.test")
+
+
+def test_remediation_stats_are_kept_as_runs_are_added(storage: Any) -> None:
+    """Runs by (remediation, outcome) over every script version, and distinct hosts per
+    remediation, counted as each run is stored rather than scanned at each request."""
+
+    def run(n: int, name: str, outcome: str, sha: str = "a" * 64) -> wire.RemediationEvent:
+        return wire.RemediationEvent(
+            event_id=f"r{n}", seq=n, time=T0, remediation=name, check="disk.tmp",
+            outcome=outcome, exit_code=0, started_at=T0, duration_s=1.0,  # type: ignore[arg-type]
+            value_before=None, value_after=None, output="", output_truncated=False,
+            script_sha256=sha, dry_run=False,
+        )  # fmt: skip
+
+    with storage.session() as uow, uow.transaction():
+        uow.runs.add("h1", "h1", run(1, "fix", "fixed"), T0)
+        uow.runs.add("h1", "h1", run(2, "fix", "fixed", "b" * 64), T0)
+        uow.runs.add("h2", "h2", run(3, "fix", "error"), T0)
+        uow.runs.add("h1", "h1", run(4, "other", "fixed"), T0)
+        assert sorted(uow.runs.outcome_counts()) == [
+            ("fix", "error", 1),
+            ("fix", "fixed", 2),
+            ("other", "fixed", 1),
+        ]
+        assert uow.runs.hosts_by_remediation() == {"fix": 2, "other": 1}
+
+
+def test_histograms_add_up_and_a_family_is_known_once_replaced(storage: Any) -> None:
+    with storage.session() as uow, uow.transaction():
+        uow.histograms.add("f/1", "P1", [0, 2, 0], 3.5)
+        assert uow.histograms.load("f/1") is None  # never filled from history
+        uow.histograms.replace("f/1", {"P1": ([1, 0, 0], 0.5), "P2": ([0, 0, 4], 40.0)})
+        uow.histograms.add("f/1", "P1", [0, 2, 0], 3.5)
+        uow.histograms.add("f/2", "P1", [9], 9.0)
+        assert uow.histograms.load("f/1") == {"P1": ({0: 1, 1: 2}, 4.0), "P2": ({2: 4}, 40.0)}
+        uow.histograms.replace("f/1", {})
+        assert uow.histograms.load("f/1") == {}
+
+
+def test_restarts_load_the_histograms_kept_not_the_history(backend: BackendFactory) -> None:
+    """Time to restore and remediation durations survive a restart from their summaries
+    alone: with the history's rows gone, the next start shows the same histograms."""
+
+    def fix(n: int, outcome: str, seconds: float) -> wire.RemediationEvent:
+        return wire.RemediationEvent(
+            event_id=f"r{n}", seq=n, time=T0, remediation="fix-it", check="disk.tmp",
+            outcome=outcome, exit_code=0, started_at=T0, duration_s=seconds,  # type: ignore[arg-type]
+            value_before=None, value_after=None, output="", output_truncated=False,
+            script_sha256="0" * 64, dry_run=False,
+        )  # fmt: skip
+
+    def histograms(desk: Desk) -> Any:
+        snap = desk.metrics_snapshot()
+        return plain(
+            {
+                "restore": {k: [h.counts, h.total] for k, h in snap.time_to_restore.items()},
+                "runs": {k: [h.counts, h.total] for k, h in snap.remediation_durations.items()},
+            }
+        )
+
+    first = backend.desk(catalog=CATALOG, rules=RULES)
+    try:
+        first.ingest(report("b1", check(1)), T0)
+        first.ingest(report("b2", check(2, state="ok"), fix(3, "fixed", 2.5)), T0 + 300)
+        first.ingest(report("b3", fix(4, "error", 40.0), host="h2"), T0 + 301)
+        before = histograms(first)
+    finally:
+        first.close()
+    assert before["restore"] and before["runs"]["fix-it"][1] == 42.5
+    again = backend.desk(catalog=CATALOG, rules=RULES)
+    try:
+        assert histograms(again) == before
+    finally:
+        again.close()
+    backend.execute("DELETE FROM remediation_runs")
+    backend.execute("UPDATE incidents SET resolved_at = opened_at + 99999")
+    third = backend.desk(catalog=CATALOG, rules=RULES)
+    try:
+        assert histograms(third) == before
+    finally:
+        third.close()
+
+
+def test_hosts_page_by_agent_id_in_byte_order(storage: Any) -> None:
+    """Keyset pages of hosts: after a given agent_id, at most ``limit``, in byte order
+    whatever the database's collation ("B" before "a")."""
+    names = ["h-b", "h-a", "h-B", "h-c", "h-1"]
+    with storage.session() as uow, uow.transaction():
+        for name in names:
+            uow.hosts.upsert(report("b", host=name), T0, 0.0, None)
+        first = [h["agent_id"] for h in uow.hosts.list(limit=2)]
+        rest = [h["agent_id"] for h in uow.hosts.list(after=first[-1], limit=10)]
+        assert first + rest == sorted(names) == ["h-1", "h-B", "h-a", "h-b", "h-c"]
+        assert [h["agent_id"] for h in uow.hosts.list(after="h-c", limit=10)] == []
+        assert [h["agent_id"] for h in uow.hosts.list()] == sorted(names)
+
+
 def test_a_late_older_metrics_summary_does_not_replace_a_newer_one(storage: Any) -> None:
     with storage.session() as uow, uow.transaction():
         uow.metrics.put("h1", T0 + 60, T0 + 60, {"cpu": 2.0, "mem": 3.0})
@@ -489,7 +635,27 @@ def test_a_key_state_round_trips(storage: Any) -> None:
         uow.keys.save("h1", "disk.root", key, T0)
         assert uow.keys.load("h1", "disk.root") == key
         assert uow.keys.load("h1", "other") is None
-        assert uow.keys.pending() == [("h1", "disk.root", "h1")]
+        assert uow.keys.pending(T0 + 1) == [("h1", "disk.root", "h1")]
+
+
+def test_pending_keys_are_the_flapping_ones_and_the_overdue_waits(storage: Any) -> None:
+    """A wait that began at or after ``awaiting_before`` is not due yet; a flapping key
+    always is (the tick must see it stop flapping); a wait with no start is due."""
+    waiting = KeyRow("critical", "fix-it", T0, None, 1.0, "bad", False)
+    with storage.session() as uow, uow.transaction():
+        uow.keys.save("h1", "young", waiting, T0)
+        uow.keys.save("h1", "old", waiting._replace(awaiting_since=T0 - 700), T0)
+        uow.keys.save("h1", "nostart", waiting._replace(awaiting_since=None), T0)
+        uow.keys.save("h1", "flaps", KeyRow("ok", None, None, None, 0.0, "ok", True), T0)
+        uow.keys.save("h1", "calm", KeyRow("ok", None, None, None, 0.0, "ok", False), T0)
+        due = sorted(check for _, check, _ in uow.keys.pending(T0 - 600))
+        assert due == ["flaps", "nostart", "old"]
+        assert sorted(check for _, check, _ in uow.keys.pending(T0 + 1)) == [
+            "flaps",
+            "nostart",
+            "old",
+            "young",
+        ]
 
 
 def test_known_states_skip_unknown_results_oldest_first(storage: Any) -> None:

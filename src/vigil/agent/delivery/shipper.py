@@ -221,6 +221,10 @@ class Shipper:
         self._path = split.path.rstrip("/") + REPORTS_PATH
         self._failures = 0
         self._backoff_until = 0.0
+        # For the agent's self-health: failed sends in a row (wake() does not reset it,
+        # unlike _failures) and the monotonic time of the last acknowledged batch.
+        self._failed_in_a_row = 0
+        self._last_delivery: float | None = None
         # The current outage (failed attempts, monotonic start) for its two log lines: a
         # WARNING as it starts, an INFO as delivery resumes. wake() does not end it.
         self._outage_failures = 0
@@ -254,6 +258,16 @@ class Shipper:
         """Whether a connection to the collector is held open for the next request."""
         conn = self._conn
         return conn is not None and conn.sock is not None
+
+    @property
+    def failures_in_a_row(self) -> int:
+        """Attempts that failed since the last acknowledged batch (a self-health figure)."""
+        return self._failed_in_a_row
+
+    @property
+    def last_delivery(self) -> float | None:
+        """Monotonic time the collector last acknowledged a batch; ``None`` before the first."""
+        return self._last_delivery
 
     def wake(self) -> None:
         """End any backoff window now (e.g. after a resume from sleep); keeps nothing else."""
@@ -291,8 +305,11 @@ class Shipper:
                 await self._sleep(self._drain_gap_s)
             error, retry_after = await self._send(batch)
             if error is not None:
+                self._failed_in_a_row += 1
                 return ShipResult(sent_batches, sent_events, error, retry_after)
             self._outbox.ack(batch.batch_id)
+            self._failed_in_a_row = 0
+            self._last_delivery = self._monotonic()
             self._failures = 0
             self._backoff_until = 0.0
             self._rejected_token = None

@@ -14,13 +14,17 @@ outcome to report, not a crash of the agent.
 
 from __future__ import annotations
 
+import asyncio
+import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from vigil.agent.exec import vetting
-from vigil.agent.exec.process import child_env, resolve_user, run_bounded
+from vigil.agent.exec.console import console_user
+from vigil.agent.exec.logons import LOGGED_ON_USER, ConsoleUser, session_env
+from vigil.agent.exec.process import RunAs, child_env, privileged, resolve_user, run_bounded
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,7 +38,10 @@ class ScriptResult:
     ``duration_s`` is wall-clock seconds from start to reaping. ``error`` says why the
     script could not run (``None`` when it ran). ``script_sha256`` is the hex digest of
     the script's bytes, ``""`` when it could not be read or was refused before reading
-    (missing, outside the allowed folders, not a regular file).
+    (missing, outside the allowed folders, not a regular file). ``skipped``: the script
+    was not run on purpose (``error`` says why: nobody logged on for a
+    ``logged_on_user`` run, the agent not root). ``ran_as``: the user name it ran (or
+    would have run) as, when ``run_as`` asked for another user; ``None`` otherwise.
     """
 
     exit_code: int | None
@@ -44,6 +51,8 @@ class ScriptResult:
     timed_out: bool
     error: str | None
     script_sha256: str
+    skipped: bool = False
+    ran_as: str | None = None
 
 
 async def run_script(
@@ -56,6 +65,7 @@ async def run_script(
     output_cap_bytes: int,
     cwd: Path | None = None,
     run_as: str | None = None,
+    console: Callable[[], ConsoleUser | None] = console_user,
 ) -> ScriptResult:
     """Run ``script`` with ``args`` and return what happened; never raises for script faults.
 
@@ -75,11 +85,19 @@ async def run_script(
     ``run_as`` names a user to run as (POSIX only; ``None`` is the agent's own user). It
     needs root unless it names the agent's own user; the child then gets that user's
     uid, gid, supplementary groups and ``HOME``, ``USER`` and ``LOGNAME``.
+    ``run_as="logged_on_user"`` runs as whoever ``console()`` finds at the console
+    (:mod:`~vigil.agent.exec.console`), with their session's ``XDG_RUNTIME_DIR``,
+    ``DBUS_SESSION_BUS_ADDRESS``, ``DISPLAY``/``WAYLAND_DISPLAY`` when known; with nobody
+    there, the agent not root, or on Windows, the result is ``skipped`` with the reason.
     """
     started = time.monotonic()
 
-    def failed(reason: str, sha: str = "") -> ScriptResult:
-        return ScriptResult(None, "", False, time.monotonic() - started, False, reason, sha)
+    def failed(reason: str, sha: str = "", *, skipped: bool = False) -> ScriptResult:
+        took = time.monotonic() - started
+        return ScriptResult(None, "", False, took, False, reason, sha, skipped, user_name)
+
+    # Who it runs as, for the record: known up front unless it is the console user.
+    user_name = None if run_as == LOGGED_ON_USER else run_as
 
     real, problem = vetting.vet_script(Path(script), allowed_roots)
     if real is None:
@@ -87,9 +105,16 @@ async def run_script(
     sha = vetting.sha256(real)
     if problem:
         return failed(problem, sha)
+    found: ConsoleUser | None = None
+    if run_as == LOGGED_ON_USER:
+        found, why_not = await console_user_to_run_as(console)
+        if found is None:
+            return failed(why_not, sha, skipped=True)
+        user_name = found.name
     try:
-        user = resolve_user(run_as)
-        merged_env = child_env({**user.env, **(env or {})})
+        user = resolve_user(user_name)
+        session = session_env(found, _uid_of(user)) if found is not None else {}
+        merged_env = child_env({**user.env, **session, **(env or {})})
     except ValueError as exc:
         return failed(str(exc), sha)
 
@@ -114,4 +139,29 @@ async def run_script(
         timed_out=run.timed_out,
         error=None,
         script_sha256=sha,
+        ran_as=user_name,
     )
+
+
+async def console_user_to_run_as(
+    console: Callable[[], ConsoleUser | None],
+    *,
+    is_root: Callable[[], bool] = privileged,
+) -> tuple[ConsoleUser | None, str]:
+    """(the console user, ``""``) or (``None``, why a ``logged_on_user`` run is skipped):
+    not POSIX, the agent not root (``is_root``), or nobody at the console (``console``)."""
+    if os.name != "posix":
+        return None, "run_as logged_on_user is not supported on this platform yet"
+    if not is_root():
+        return None, "run_as logged_on_user needs the agent to run as root"
+    # loginctl is a subprocess with a timeout: off the event loop.
+    found = await asyncio.to_thread(console)
+    if found is None:
+        return None, "nobody is logged on at the console"
+    return found, ""
+
+
+def _uid_of(user: RunAs) -> int:
+    """The uid a :class:`RunAs` starts the child as (the agent's own when it is empty)."""
+    uid = user.spawn_kwargs.get("user")
+    return uid if isinstance(uid, int) else os.geteuid()

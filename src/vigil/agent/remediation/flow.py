@@ -521,6 +521,7 @@ class RemediationFlow:
                 script_sha256=res.script_sha256 if res else "",
                 dry_run=self._dry_run(rem),
                 request_id=request_id,
+                run_as_user=res.ran_as if res is not None and rem.run_as else None,
             ),
             urgent=r.outcome != "fixed",
         )

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from vigil.agent.config import AgentConfig
+from vigil.agent.exec.logons import LOGGED_ON_USER
 from vigil.agent.exec.vetting import confine, describe
 from vigil.configio import ConfigError, Section, load_yaml
 from vigil.wire import MAX_OUTPUT
@@ -46,6 +47,8 @@ DEFAULT_ATTEMPTS_WINDOW_S = 3600.0
 MIN_OUTPUT_CAP = 256  # room for a head, a tail and the truncation marker
 TRIGGER_STATES: tuple[str, ...] = ("warning", "critical")
 AGENT_USER = "agent"  # run_as value meaning "the agent's own user" (the default)
+# run_as: logged_on_user runs as whoever is at the console then (vigil.agent.exec.logons);
+# the value is a keyword, so a real account of that name cannot be named.
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$")
 _PARAM = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _CHECK_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,127}$")
@@ -82,7 +85,8 @@ class Remediation:
     to the start of the next, ``detect_every_s`` between detection runs,
     ``verify_delay_s`` before verifying (``None``: the agent's ``remediation.verify_delay``).
     At most ``max_attempts`` runs start within any ``attempts_window_s``. ``run_as`` is a
-    user name, or ``None`` for the agent's own user. ``params`` maps each declared
+    user name, ``"logged_on_user"`` (whoever is at the console when it runs), or ``None``
+    for the agent's own user. ``params`` maps each declared
     parameter to its description, ``param_defaults`` to its default value (if any);
     ``required_params`` are those the script cannot do without (``required: true``).
     """
@@ -209,7 +213,9 @@ def load_manifest(folder: Path, roots: Sequence[Path] | None = None) -> Remediat
 
     run_as = root.get("run_as", str, AGENT_USER)
     if not _USER.match(run_as):
-        raise root.error("run_as", f"must be {AGENT_USER!r} or a user name", run_as)
+        raise root.error(
+            "run_as", f"must be {AGENT_USER!r}, {LOGGED_ON_USER!r} or a user name", run_as
+        )
 
     params, defaults, required = _params(root)
 

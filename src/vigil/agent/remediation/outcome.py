@@ -60,17 +60,22 @@ def early_outcome(
     exit_code: int | None,
     dry_run: bool,
     declared: str | None,
+    skipped: bool = False,
 ) -> tuple[str, str] | None:
     """``(outcome, reason)`` when the script run alone decides it, ``None`` when the result
     must be verified.
 
-    In order: the script could not run → ``error``; it ran out of time → ``timeout``; a
-    non-zero exit → ``error`` (in a dry run too: a script that refuses, say exit 3 for a
-    missing folder, would refuse for real, and a dry run must say so); a clean dry run →
+    In order: the script was not run on purpose (``skipped``: nobody logged on for a
+    ``logged_on_user`` run) → ``skipped``; the script could not run → ``error``; it ran
+    out of time → ``timeout``; a non-zero exit → ``error`` (in a dry run too: a script
+    that refuses, say exit 3 for a missing folder, would refuse for real, and a dry run
+    must say so); a clean dry run →
     ``dry_run`` (nothing was meant to change, so nothing is verified); a declared
     ``needs_reboot``/``needs_user`` → that outcome (the fix
     cannot be verified until the reboot or the person acts).
     """
+    if skipped:
+        return "skipped", error or "skipped"
     if error:
         return "error", error
     if timed_out:
@@ -96,6 +101,7 @@ def run_outcome(rem: Remediation, result: ScriptResult, *, dry_run: bool) -> tup
         exit_code=result.exit_code,
         dry_run=dry_run,
         declared=declared_outcome(result.output),
+        skipped=result.skipped,
     )
 
 

@@ -27,10 +27,19 @@ WINDOWS_SERVICE_NAME = "VigilAgent"
 # (vigil.agent.svc.notify), so a loop blocked this long gets the agent restarted.
 WATCHDOG_S = 60
 # Restart back-off: the first restart after RESTART_S; more than START_LIMIT_BURST starts
-# within START_LIMIT_INTERVAL_S stop the restarts (systemd) until an admin looks.
+# within START_LIMIT_INTERVAL_S stop the restarts (systemd) until an admin looks. The
+# agent backs off by itself too (vigil.agent.crashguard: 10 s doubling to 5 min after 3
+# crashed starts), so the start limit is the last resort for a loop that the agent's own
+# back-off cannot stop: wide enough that the back-off gets to work (about 18 starts in
+# the first hour of a loop), narrow enough that a broken agent is not started for ever.
 RESTART_S = 10
-START_LIMIT_BURST = 5
-START_LIMIT_INTERVAL_S = 600
+START_LIMIT_BURST = 30
+START_LIMIT_INTERVAL_S = 3600
+# systemd >= 254 grows the restart delay itself: RESTART_S up to RESTART_MAX_DELAY_S in
+# RESTART_STEPS steps. Older versions reject the keys, so they are written only for them.
+RESTART_STEPS = 5
+RESTART_MAX_DELAY_S = 300
+RESTART_STEPS_SINCE = 254
 # launchd relaunches no more often than this (seconds): its crash-loop back-off.
 LAUNCHD_THROTTLE_S = 30
 # Windows service recovery: restart after 10 s, 60 s, then 5 min; the count resets daily.
@@ -49,6 +58,9 @@ class ServiceSpec:
     config: Path
     python: Path = field(default_factory=lambda: Path(sys.executable))
     log_level: str = "INFO"
+    # The target's systemd version (``None``: unknown, assume an old one): from 254 the
+    # unit also gets RestartSteps=/RestartMaxDelaySec=.
+    systemd_version: int | None = None
 
     def argv(self) -> list[str]:
         """The agent's command line as an argument vector."""
@@ -82,8 +94,18 @@ def systemd_quote(arg: str) -> str:
 
 
 def systemd_unit(spec: ServiceSpec) -> str:
-    """The hardened ``vigil-agent.service`` text; each choice is explained in the file."""
+    """The hardened ``vigil-agent.service`` text; each choice is explained in the file.
+
+    With ``spec.systemd_version`` >= 254 the restart delay also grows by itself
+    (``RestartSteps=``, ``RestartMaxDelaySec=``); older systemd refuses those keys."""
     exec_start = " ".join(systemd_quote(a) for a in spec.argv())
+    steps = ""
+    if spec.systemd_version is not None and spec.systemd_version >= RESTART_STEPS_SINCE:
+        steps = (
+            f"# systemd >= {RESTART_STEPS_SINCE}: the delay grows from {RESTART_S} s to "
+            f"{RESTART_MAX_DELAY_S} s over {RESTART_STEPS} restarts.\n"
+            f"RestartSteps={RESTART_STEPS}\nRestartMaxDelaySec={RESTART_MAX_DELAY_S}\n"
+        )
     return f"""\
 # vigil-agent.service, written by `vigil-agent service install`; see docs/install.md.
 # Regenerate with `vigil-agent service install --print` rather than editing by hand.
@@ -93,9 +115,10 @@ Description=Vigil endpoint agent
 # once the network is configured, without delaying boot for it (the outbox holds events).
 Wants=network-online.target
 After=network-online.target
-# A crash loop backs off: restarts are {RESTART_S} s apart, and after {START_LIMIT_BURST} starts in
-# {START_LIMIT_INTERVAL_S} s systemd stops trying and the unit stays failed until
-# `systemctl reset-failed vigil-agent` (or a reboot).
+# A crash loop backs off: restarts are {RESTART_S} s apart (growing, on systemd >= 254),
+# the agent itself waits longer at each crashed start (docs/install.md, "Crash-loop
+# back-off"), and after {START_LIMIT_BURST} starts in {START_LIMIT_INTERVAL_S} s systemd stops
+# trying and the unit stays failed until `systemctl reset-failed vigil-agent` (or a reboot).
 StartLimitIntervalSec={START_LIMIT_INTERVAL_S}
 StartLimitBurst={START_LIMIT_BURST}
 
@@ -114,7 +137,7 @@ WatchdogSec={WATCHDOG_S}
 Restart=on-failure
 RestartPreventExitStatus=2
 RestartSec={RESTART_S}
-# SIGTERM makes the agent flush its outbox for up to 3 s and stop; allow some margin.
+{steps}# SIGTERM makes the agent flush its outbox for up to 3 s and stop; allow some margin.
 TimeoutStopSec=20
 # Runs as root: remediations restart services, flush DNS caches, clear print queues and
 # kill runaway processes, which need it (docs/install.md, "What runs as root").

@@ -137,3 +137,28 @@ def _schedule_test_block(environ: Mapping[str, str]) -> None:
     )
     # Deliberately blocking: this stands for a job that never yields.
     asyncio.get_running_loop().call_later(after_s, time.sleep, min(block_s, 600.0))
+
+
+async def backoff_sleep(
+    delay_s: float, reason: str, environ: Mapping[str, str] | None = None
+) -> None:
+    """Sleep ``delay_s`` seconds before start-up (the crash-loop back-off of
+    :mod:`~vigil.agent.crashguard`) without systemd mistaking the wait for a hang: under a
+    notify unit, ``STATUS=`` says why, ``EXTEND_TIMEOUT_USEC=`` stretches the start
+    timeout past the wait (systemd >= 236), and ``WATCHDOG=1`` keeps going meanwhile."""
+    env = os.environ if environ is None else environ
+    address = notify_address(env)
+    if address is None:
+        await asyncio.sleep(delay_s)
+        return
+    notifier = Notifier(address)
+    try:
+        extend_usec = int((delay_s + 30.0) * 1_000_000)
+        notifier.send(f"STATUS={reason}\nEXTEND_TIMEOUT_USEC={extend_usec}")
+        ping_s = watchdog_ping_s(env) or delay_s
+        end = time.monotonic() + delay_s
+        while (left := end - time.monotonic()) > 0:
+            await asyncio.sleep(min(ping_s, left))
+            notifier.send("WATCHDOG=1")
+    finally:
+        notifier.close()

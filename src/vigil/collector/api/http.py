@@ -25,9 +25,6 @@ from vigil.wire import valid_text
 
 T = TypeVar("T")
 
-# Rows per page of every list endpoint: the default and the most a client may ask for.
-DEFAULT_LIMIT = 100
-MAX_LIMIT = 1000
 # SQLite integers are signed 64-bit; a larger id cannot exist and would overflow the driver.
 MAX_ID = 2**63 - 1
 # The path segment of every ``/{id}`` route; :func:`item_id` reads it.
@@ -247,15 +244,6 @@ def int_param(query: Mapping[str, str], name: str, default: int, low: int, high:
     if value is None or not low <= value <= high:
         raise ApiError(400, f"{name} must be an integer from {low} to {high}, got {raw!r}", name)
     return value
-
-
-def page(query: Mapping[str, str]) -> dict[str, int]:
-    """``limit`` (1..:data:`MAX_LIMIT`, default :data:`DEFAULT_LIMIT`) and ``offset``
-    (0.., default 0) from the query, as keyword arguments for a desk ``list_*`` call."""
-    return {
-        "limit": int_param(query, "limit", DEFAULT_LIMIT, 1, MAX_LIMIT),
-        "offset": int_param(query, "offset", 0, 0, MAX_ID),
-    }
 
 
 def choice(query: Mapping[str, str], name: str, allowed: tuple[str, ...], default: str) -> str:

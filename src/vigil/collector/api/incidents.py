@@ -16,10 +16,10 @@ from vigil.collector.api.http import (
     choice,
     in_storage_thread,
     json_response,
-    page,
     query_params,
     require_reader,
 )
+from vigil.collector.api.paging import next_link, page
 from vigil.collector.api.render import render_incident_report
 from vigil.collector.desk.reads import LIST_STATES
 from vigil.collector.keys import desk_key
@@ -29,14 +29,18 @@ PRIORITIES = ("P1", "P2", "P3", "P4")
 
 
 async def list_incidents(request: web.Request) -> web.Response:
-    """``GET /api/v1/incidents?state=&host=&check=&service=&priority=&limit=&offset=``."""
+    """``GET /api/v1/incidents?state=&host=&check=&service=&priority=&limit=&cursor=``
+    (or ``&offset=``, bounded): ``{"incidents": [...], "next": url or null}``."""
     require_reader(request)
-    q = query_params(request, ("state", "host", "check", "service", "priority", "limit", "offset"))
+    q = query_params(
+        request, ("state", "host", "check", "service", "priority", "limit", "offset", "cursor")
+    )
     state = choice(q, "state", LIST_FILTER_STATES, "all")
     priority = q.get("priority")
     if priority is not None and priority not in PRIORITIES:
         raise ApiError(400, f"priority must be P1, P2, P3 or P4, got {priority!r}", "priority")
     desk = request.app[desk_key]
+    paged = page(q)
     rows = await in_storage_thread(
         request,
         functools.partial(
@@ -46,10 +50,10 @@ async def list_incidents(request: web.Request) -> web.Response:
             check=q.get("check"),
             service=q.get("service"),
             priority=priority,
-            **page(q),
+            **paged,
         ),
     )
-    return json_response({"incidents": rows})
+    return json_response({"incidents": rows, "next": next_link(request, q, rows, paged["limit"])})
 
 
 async def get_incident(request: web.Request) -> web.Response:

@@ -19,11 +19,11 @@ from vigil.collector.api.http import (
     in_storage_thread,
     json_body,
     json_response,
-    page,
     peer_of,
     query_params,
     require_admin,
 )
+from vigil.collector.api.paging import next_link, page
 from vigil.collector.identity import operators as ops
 from vigil.collector.identity.roles import NAME_PATTERN
 from vigil.collector.keys import audit_counts_key, clock_key, config_key, desk_key, directory_key
@@ -80,19 +80,24 @@ async def remove_operator(request: web.Request) -> web.Response:
 
 
 async def list_audit(request: web.Request) -> web.Response:
-    """``GET /api/v1/audit?action=&limit=&offset=``: audit records, newest first."""
+    """``GET /api/v1/audit?action=&limit=&cursor=`` (or ``&offset=``, bounded): audit
+    records, newest first, and ``next``, the following page's URL or null."""
     require_admin(request)
-    q = query_params(request, ("action", "limit", "offset"))
+    q = query_params(request, ("action", "limit", "offset", "cursor"))
     action = q.get("action")
     if action is not None and (not action or len(action) > _MAX_ACTION):
         raise ApiError(400, f"action must be 1-{_MAX_ACTION} characters", "action")
     storage = request.app[desk_key].storage
+    paged = page(q)
 
     def read() -> list[dict[str, object]]:
         with storage.session() as uow:
-            return uow.audit.list(action=action, **page(q))
+            return uow.audit.list(action=action, **paged)
 
-    return json_response({"records": await in_storage_thread(request, read)})
+    records = await in_storage_thread(request, read)
+    return json_response(
+        {"records": records, "next": next_link(request, q, records, paged["limit"])}
+    )
 
 
 def _name(request: web.Request) -> str:

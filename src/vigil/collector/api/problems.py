@@ -16,10 +16,10 @@ from vigil.collector.api.http import (
     choice,
     in_storage_thread,
     json_response,
-    page,
     query_params,
     require_reader,
 )
+from vigil.collector.api.paging import next_link, page
 from vigil.collector.api.render import render_problem_report
 from vigil.collector.keys import desk_key
 
@@ -28,12 +28,14 @@ LIST_FILTER_KINDS = ("recurring", "fleet", "self_healed", "all")
 
 
 async def list_problems(request: web.Request) -> web.Response:
-    """``GET /api/v1/problems?state=&kind=&check=&limit=&offset=``."""
+    """``GET /api/v1/problems?state=&kind=&check=&limit=&cursor=`` (or ``&offset=``,
+    bounded): ``{"problems": [...], "next": url or null}``."""
     require_reader(request)
-    q = query_params(request, ("state", "kind", "check", "limit", "offset"))
+    q = query_params(request, ("state", "kind", "check", "limit", "offset", "cursor"))
     state = choice(q, "state", LIST_FILTER_STATES, "all")
     kind = choice(q, "kind", LIST_FILTER_KINDS, "all")
     desk = request.app[desk_key]
+    paged = page(q)
     rows = await in_storage_thread(
         request,
         functools.partial(
@@ -41,10 +43,10 @@ async def list_problems(request: web.Request) -> web.Response:
             state=None if state == "all" else state,
             kind=None if kind == "all" else kind,
             check=q.get("check"),
-            **page(q),
+            **paged,
         ),
     )
-    return json_response({"problems": rows})
+    return json_response({"problems": rows, "next": next_link(request, q, rows, paged["limit"])})
 
 
 async def get_problem(request: web.Request) -> web.Response:

@@ -9,28 +9,30 @@ from aiohttp import web
 from vigil.collector.api.http import (
     in_storage_thread,
     json_response,
-    page,
     query_params,
     require_reader,
 )
+from vigil.collector.api.paging import next_link, page
 from vigil.collector.keys import desk_key
 
 
 async def list_remediation_runs(request: web.Request) -> web.Response:
-    """``GET /api/v1/remediations/runs?host=&remediation=&limit=&offset=``."""
+    """``GET /api/v1/remediations/runs?host=&remediation=&limit=&cursor=`` (or
+    ``&offset=``, bounded): ``{"runs": [...], "next": url or null}``."""
     require_reader(request)
-    q = query_params(request, ("host", "remediation", "limit", "offset"))
+    q = query_params(request, ("host", "remediation", "limit", "offset", "cursor"))
     desk = request.app[desk_key]
+    paged = page(q)
     runs = await in_storage_thread(
         request,
         functools.partial(
             desk.list_remediation_runs,
             host=q.get("host"),
             remediation=q.get("remediation"),
-            **page(q),
+            **paged,
         ),
     )
-    return json_response({"runs": runs})
+    return json_response({"runs": runs, "next": next_link(request, q, runs, paged["limit"])})
 
 
 async def remediation_stats(request: web.Request) -> web.Response:

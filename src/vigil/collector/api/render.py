@@ -95,7 +95,9 @@ def render_incident_report(incident: dict[str, Any]) -> str:
         ]
         lines += [
             f"| {_iso(r['received_at'])} | {_md(r['remediation'])} | {_md(r['outcome'])}"
-            f" | {'-' if r['exit_code'] is None else r['exit_code']} | {r['duration_s']:.1f} s"
+            # The user the script ran as, when its manifest asked for another than the agent's.
+            + (f" (as {_md(r['run_as_user'])})" if r.get("run_as_user") else "")
+            + f" | {'-' if r['exit_code'] is None else r['exit_code']} | {r['duration_s']:.1f} s"
             f" | {_num(r['value_before'])} → {_num(r['value_after'])}"
             f" | {_md(r['output'], OUTPUT_EXCERPT)}{' …' if r['output_truncated'] else ''} |"
             for r in runs

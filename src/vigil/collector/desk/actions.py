@@ -11,7 +11,7 @@ import logging
 from dataclasses import replace
 from typing import Any
 
-from vigil.collector.desk import engine
+from vigil.collector.desk import engine, rollup
 from vigil.collector.desk.catalog import Classification
 from vigil.collector.desk.engine import (
     AddTimeline,
@@ -127,9 +127,15 @@ def insert_classified(
             "impact": c.impact,
             "urgency": c.urgency,
             "groups": work.catalog.group_names(work.host_info(host)[1]),
+            # The host's department label as the incident opened: what the console's
+            # queue filters and quality figures group by, without a join on hosts.
+            "department": labels.get("department"),
             **({"sla_due": now + c.sla_s} if row.get("state") == "open" else {}),
             **row,
         }
+    )
+    work.uow.console.rollup_add(
+        rollup.recorded(now, c.service, labels.get("department"), row.get("state", "open"))
     )
     return incident_id, c
 
@@ -142,6 +148,9 @@ def resolve(work: Work, incident_id: int, now: float, reason: str) -> None:
         log.warning("incident %d to resolve is not open", incident_id)
         return
     work.uow.incidents.add_timeline(incident_id, now, f"resolved: {reason}")
+    info = work.uow.console.rollup_info(incident_id)
+    if info is not None:
+        work.uow.console.rollup_add(rollup.resolved(*info, resolved_at=now))
     close_fleet_problems(work, incident_id, now)
     delta = work.delta
     delta.incidents_open[(resolved.priority, resolved.check)] -= 1

@@ -24,15 +24,45 @@ from vigil.collector.desk.work import Work, key_state
 log = logging.getLogger("vigil.collector.desk")
 
 
-def tick(work: Work, now: float, remediation_wait_s: float) -> None:
+class Budget:
+    """How many state changes one tick step may still carry out (None: no bound).
+
+    A mass outage (a site's network down) silences thousands of hosts at once, and each
+    incident opened costs several statements: carried out in one transaction, the tick
+    held the storage for seconds while reads and reports queued (issue #17). Bounded, a
+    step ends early and the next step, judged again from the stored state, carries on.
+    """
+
+    def __init__(self, changes: int | None) -> None:
+        self.left = changes
+        self.exhausted = False
+
+    def take(self) -> bool:
+        """Whether one more change may be carried out now (and count it)."""
+        if self.left is None:
+            return True
+        if self.left <= 0:
+            self.exhausted = True
+            return False
+        self.left -= 1
+        return True
+
+
+def tick(work: Work, now: float, remediation_wait_s: float, budget: Budget | None = None) -> bool:
     """Run :func:`engine.on_tick` over every key awaiting a remediation or flapping, and
     :func:`engine.on_liveness` over every host, inside the caller's transaction.
 
     Keys of a silent host are skipped: per-check incidents are not opened for a host that
-    cannot report. Opened incident ids land in ``work.changes``.
+    cannot report. Opened incident ids land in ``work.changes``. With a ``budget``, at
+    most that many changes are carried out; returns False when some were left for the
+    next step (which finds them again: nothing is judged from memory).
     """
-    silent = liveness_tick(work, now)
-    for host, check, hostname in work.uow.keys.pending():
+    budget = budget or Budget(None)
+    silent = liveness_tick(work, now, budget)
+    # Only waits already past ``remediation_wait_s`` (engine.on_tick changes nothing for
+    # a younger one), read through an index on awaiting_since: O(keys due), not
+    # O(keys awaiting).
+    for host, check, hostname in work.uow.keys.pending(now - remediation_wait_s):
         if host in silent or check == wire.HEARTBEAT_CHECK:
             continue
         old = key_state(work.uow.keys.load(host, check))
@@ -42,19 +72,24 @@ def tick(work: Work, now: float, remediation_wait_s: float) -> None:
             continue
         flapping = flapping_now(work, host, check, now) if old.flapping else None
         new, actions = engine.on_tick(old, now, remediation_wait_s, flapping=flapping)
-        if old != new or actions:
+        if (old != new or actions) and budget.take():
             carry_out(work, host, hostname, check, old, new, actions, now)
+    return not budget.exhausted
 
 
-def liveness_tick(work: Work, now: float) -> set[str]:
-    """Judge every host's liveness; returns the agent_ids that are silent.
+def liveness_tick(work: Work, now: float, budget: Budget | None = None) -> set[str]:
+    """Judge the liveness of the hosts whose verdict can change something; returns the
+    agent_ids among them that are silent.
 
-    One query for every host and its heartbeat key; the engine runs only for a host whose
-    verdict could change something (O(hosts) cheap comparisons per tick).
+    Reads only hosts whose heartbeat deadline passed or whose heartbeat key is not plainly
+    ok (indexed, see :meth:`HostRepository.liveness`): O(due hosts) per tick, not
+    O(hosts). A host left out is one that reported in time and has nothing to recover,
+    for which :func:`engine.on_liveness` would change nothing.
     """
+    budget = budget or Budget(None)
     silent_hosts: set[str] = set()
     grace_s = work.rules.heartbeat_grace_s
-    for row in work.uow.hosts.liveness(wire.HEARTBEAT_CHECK):
+    for row in work.uow.hosts.liveness(wire.HEARTBEAT_CHECK, now - grace_s):
         host = row.agent_id
         if not isinstance(host, str):
             _skip(repr(host), "hosts.agent_id", host)
@@ -81,7 +116,8 @@ def liveness_tick(work: Work, now: float) -> set[str]:
         new, actions = engine.on_liveness(
             old or KeyState(), silent=silent, expected=expected, silent_for_s=now - row.last_seen
         )
-        if (old or KeyState()) != new or actions:
+        # Past the budget the host still counts as silent (its keys wait), unchanged.
+        if ((old or KeyState()) != new or actions) and budget.take():
             carry_out(work, host, row.hostname, wire.HEARTBEAT_CHECK, old, new, actions, now)
     return silent_hosts
 

@@ -20,13 +20,13 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from vigil import wire
-from vigil.collector.desk import commands, reads
+from vigil.collector.desk import commands, histograms, reads
 from vigil.collector.desk.alertables import alertables
 from vigil.collector.desk.apply import IngestResult, Items, Results, apply_group
 from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog
 from vigil.collector.desk.collector_checks import apply_collector_check
 from vigil.collector.desk.engine import IncidentRules
-from vigil.collector.desk.liveness import tick
+from vigil.collector.desk.liveness import Budget, tick
 from vigil.collector.desk.satisfaction import DISABLED, SatisfactionPolicy
 from vigil.collector.desk.surveys import SurveyDesk
 from vigil.collector.desk.work import Work
@@ -114,6 +114,7 @@ class Desk:
                         satisfaction=sat,
                         record_ids=self._record_ids,
                     )
+                    histograms.save(uow, deltas)
             except Exception as exc:
                 # One report spoiled the shared transaction, which was rolled back whole.
                 # Redo with each report in its own savepoint so only the culprit fails
@@ -129,6 +130,7 @@ class Desk:
                         satisfaction=sat,
                         record_ids=self._record_ids,
                     )
+                    histograms.save(uow, deltas)
             self._publish(deltas)
         return results
 
@@ -163,6 +165,7 @@ class Desk:
                     satisfaction=self._satisfaction,
                     record_ids=self._record_ids,
                 )
+                histograms.save(uow, deltas)
             except BaseException:
                 uow.rollback()
                 raise
@@ -200,17 +203,27 @@ class Desk:
         """Age incidents at ``now`` (collector time, Unix seconds): hosts gone silent,
         promised remediation results overdue by ``remediation_wait_s``, flapping that
         settled; and delete satisfaction surveys past their retention. Returns the ids
-        of incidents opened."""
+        of incidents opened. One transaction for the aging, however many changes: see
+        :meth:`tick_step` for bounded ones."""
+        return self.tick_step(now, None)[0]
+
+    def tick_step(self, now: float, max_changes: int | None) -> tuple[tuple[int, ...], bool]:
+        """One bounded step of :meth:`tick`: at most ``max_changes`` state changes (None:
+        all) in one transaction, then (once done) the survey retention. Returns the ids of incidents
+        opened and whether the tick is done; if not, call again (with the storage
+        released in between, so reads and reports queued meanwhile go first)."""
         delta = Aggregates()
         with self.storage.session() as uow:
             work = Work(uow, self._catalog, self._rules, delta, satisfaction=self._satisfaction)
             with uow.transaction():
-                tick(work, now, self._wait)
+                done = tick(work, now, self._wait, Budget(max_changes))
+                histograms.save(uow, (delta,))
             self._agg.merge(delta)
-        pruned = self.surveys.prune(now)  # retention: satisfaction.retention
-        if pruned:
-            log.info("deleted %d satisfaction surveys past their retention", pruned)
-        return tuple(work.changes.opened)
+        if done:  # once the aging is done, not at every step of a long tick
+            pruned = self.surveys.prune(now)  # retention: satisfaction.retention
+            if pruned:
+                log.info("deleted %d satisfaction surveys past their retention", pruned)
+        return tuple(work.changes.opened), done
 
     def prune_seen(self, before: float, *, limit: int | None = None) -> int:
         """Forget batch and event ids received before ``before`` (Unix seconds), oldest
@@ -255,6 +268,7 @@ class Desk:
             with uow.transaction():
                 work = Work(uow, self._catalog, self._rules, delta, satisfaction=self._satisfaction)
                 commands.resolve_manually(work, kind, item_id, by, notes, now)
+                histograms.save(uow, (delta,))
                 _append(uow, audit)
             self._agg.merge(delta)
 
@@ -345,6 +359,7 @@ class Desk:
         priority: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         """See :func:`collector.desk.reads.list_incidents` (page validated by the API)."""
         with self.storage.session() as uow:
@@ -357,6 +372,7 @@ class Desk:
                 priority=priority,
                 limit=limit,
                 offset=offset,
+                before=before,
             )
 
     def get_incident(self, incident_id: int) -> dict[str, Any] | None:
@@ -372,11 +388,18 @@ class Desk:
         check: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         """See :func:`collector.desk.reads.list_problems`."""
         with self.storage.session() as uow:
             return reads.list_problems(
-                uow, state=state, kind=kind, check=check, limit=limit, offset=offset
+                uow,
+                state=state,
+                kind=kind,
+                check=check,
+                limit=limit,
+                offset=offset,
+                before=before,
             )
 
     def get_problem(self, problem_id: int) -> dict[str, Any] | None:
@@ -394,10 +417,10 @@ class Desk:
         with self.storage.session() as uow:
             return uow.silences.list(active_at=active_at)
 
-    def list_hosts(self) -> list[dict[str, Any]]:
+    def list_hosts(self, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
         """See :func:`collector.desk.reads.list_hosts`."""
         with self.storage.session() as uow:
-            return reads.list_hosts(uow)
+            return reads.list_hosts(uow, after=after, limit=limit)
 
     def latest_metrics(self, agent_id: str) -> dict[str, float]:
         """See :func:`collector.desk.reads.latest_metrics`."""
@@ -411,11 +434,17 @@ class Desk:
         remediation: str | None = None,
         limit: int = 100,
         offset: int = 0,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         """See :func:`collector.desk.reads.list_remediation_runs`."""
         with self.storage.session() as uow:
             return reads.list_remediation_runs(
-                uow, host=host, remediation=remediation, limit=limit, offset=offset
+                uow,
+                host=host,
+                remediation=remediation,
+                limit=limit,
+                offset=offset,
+                before=before,
             )
 
     def remediation_stats(self) -> list[dict[str, Any]]:

@@ -83,5 +83,17 @@ class Directory:
                 found = principal
         return found
 
+    def find_hash(self, token_hash: str) -> Principal | None:
+        """The principal whose stored token hash is ``token_hash`` (hex), or None: how a
+        console session (which keeps the hash, never the token) finds its operator, so a
+        rotated or removed token ends its sessions too. Same constant-time scan as
+        :meth:`find`."""
+        given = token_hash.encode("ascii", "replace")
+        found: Principal | None = None
+        for stored, principal in self._entries:
+            if hmac.compare_digest(stored, given) and found is None:
+                found = principal
+        return found
+
     def __len__(self) -> int:
         return len(self._entries)

@@ -31,7 +31,8 @@ def to_alert(
     item: dict[str, Any], *, now: float, resend_s: float, public_url: str | None
 ) -> dict[str, Any]:
     """The v2 alert for ``item`` at ``now`` (see the module docstring)."""
-    path = f"/api/v1/{'incidents' if item['kind'] == 'incident' else 'problems'}/{item['id']}"
+    # The console's page of the incident or problem: what a person opening the link wants.
+    path = f"/console/{'incidents' if item['kind'] == 'incident' else 'problems'}/{item['id']}"
     url = (public_url.rstrip("/") if public_url else "") + path
     ends = item["resolved_at"] if not item["active"] else now + ENDS_AFTER_RESENDS * resend_s
     alert: dict[str, Any] = {

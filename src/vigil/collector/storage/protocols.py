@@ -5,8 +5,10 @@ Every method runs inside the unit of work it belongs to, so "dedup and its effec
 in one transaction: the desk calls :meth:`UnitOfWork.begin`, applies any number of
 reports (group commit: one transaction, one fsync), then :meth:`UnitOfWork.commit`.
 
-Times are Unix seconds. Listing methods take a page (``limit``, ``offset``) that the API
-layer has already validated, and return rows newest first.
+Times are Unix seconds. Listing methods take a page (``limit``, ``offset``, and for
+keyset paging ``before``: only rows whose id is below it) that the API layer has already
+validated, and return rows newest first. ``before`` costs the same on any page, where
+``offset`` costs what it skips.
 """
 
 from __future__ import annotations
@@ -65,12 +67,18 @@ class HostRepository(Protocol):
     def all_labels(self) -> Iterator[dict[str, str]]:
         """Every host's labels."""
 
-    def liveness(self, heartbeat_check: str) -> list[LivenessRow]:
-        """Every host with the state of its ``heartbeat_check`` key."""
+    def liveness(self, heartbeat_check: str, deadline_before: float) -> list[LivenessRow]:
+        """Each host, once, with the state of its ``heartbeat_check`` key, whose
+        deadline (``last_seen + heartbeat_ttl_s``; none without a TTL) is before
+        ``deadline_before``, or whose key's state is not ``ok`` or holds an incident.
 
-    def list(self) -> list[dict[str, Any]]:
-        """Every host by agent_id: ``agent_id, hostname, labels, agent_version,
-        first_seen, last_seen, clock_offset_s, heartbeat_ttl_s``."""
+        A superset of the hosts whose liveness verdict can change something, read
+        through indexes: the cost follows the hosts due, not the fleet's size."""
+
+    def list(self, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        """Hosts by agent_id (byte order): ``agent_id, hostname, labels, agent_version,
+        first_seen, last_seen, clock_offset_s, heartbeat_ttl_s``; only those after the
+        agent_id ``after`` (keyset paging), at most ``limit`` (-1: no limit)."""
 
     def load(self) -> list[tuple[str, str, dict[str, str], float, float | None, float]]:
         """``(agent_id, hostname, labels, last_seen, ttl, clock_offset_s)`` in first-seen
@@ -118,17 +126,22 @@ class KeyRepository(Protocol):
     def save(self, host: str, check: str, key: KeyRow, updated_at: float) -> None:
         """Insert or replace the key's state."""
 
-    def pending(self) -> list[tuple[str, str, str]]:
-        """``(host, check, hostname)`` of every key awaiting a remediation or flapping."""
+    def pending(self, awaiting_before: float) -> list[tuple[str, str, str]]:
+        """``(host, check, hostname)`` of every flapping key and every key awaiting a
+        remediation since before ``awaiting_before`` (or with no recorded start)."""
 
     def detach_incident(self, incident_id: int) -> None:
         """Forget ``incident_id`` on any key pointing at it."""
 
-    def states(self) -> list[tuple[str, str, str]]:
-        """``(host, check, state)`` of every key, by host then check."""
+    def states(self, hosts: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
+        """``(host, check, state)`` of every key (of ``hosts`` only, when given), by host
+        then check."""
 
     def critical_by_check(self) -> dict[str, int]:
         """Keys whose state is critical, counted by check (start-up aggregates)."""
+
+    def unknown_by_check(self) -> dict[str, int]:
+        """Keys whose state is unknown, counted by check (start-up aggregates)."""
 
 
 class RemediationRunRepository(Protocol):
@@ -138,7 +151,13 @@ class RemediationRunRepository(Protocol):
         """Append one run received at ``at``."""
 
     def list(
-        self, *, host: str | None, remediation: str | None, limit: int, offset: int
+        self,
+        *,
+        host: str | None,
+        remediation: str | None,
+        limit: int,
+        offset: int,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         """Runs newest first (every RemediationEvent field plus host, hostname,
         received_at)."""
@@ -149,10 +168,11 @@ class RemediationRunRepository(Protocol):
         """The key's runs received in ``[since, until]``, oldest first."""
 
     def outcome_counts(self) -> list[tuple[str, str, int]]:
-        """``(remediation, outcome, runs)``."""
+        """``(remediation, outcome, runs)``, from counters kept as runs are added (the
+        cost follows the distinct names, not the runs)."""
 
     def hosts_by_remediation(self) -> dict[str, int]:
-        """Distinct hosts that ran each remediation."""
+        """Distinct hosts that ran each remediation, kept as runs are added."""
 
     def durations(self) -> Iterator[tuple[str, float]]:
         """``(remediation, duration_s)`` of every run (start-up aggregates)."""
@@ -221,6 +241,7 @@ class IncidentRepository(DeskItemRepository, Protocol):
         state: str | None,
         limit: int,
         offset: int,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         """Incidents newest first; ``filters`` by host, check, service, priority;
         ``state`` one of open, acknowledged, flapping, resolved, prevented."""
@@ -231,8 +252,8 @@ class IncidentRepository(DeskItemRepository, Protocol):
     def alertable(self) -> list[IncidentAlertRow]:
         """Open incidents, and resolved ones notified firing but not resolved."""
 
-    def open_by_host(self) -> dict[str, int]:
-        """Open incidents per host."""
+    def open_by_host(self, hosts: Sequence[str] | None = None) -> dict[str, int]:
+        """Open incidents per host (of ``hosts`` only, when given: one page's)."""
 
     def open_by_priority_check(self) -> list[tuple[str, str, int]]:
         """``(priority, check, open incidents)``."""
@@ -277,6 +298,12 @@ class ProblemRepository(DeskItemRepository, Protocol):
     def incident_ids(self, problem_id: int) -> list[int]:
         """Linked incident ids, ascending."""
 
+    def incident_ids_of(self, problem_ids: Sequence[int]) -> dict[int, list[int]]:
+        """:meth:`incident_ids` of each problem (one page's: a query, not one each)."""
+
+    def hosts_linked_of(self, problem_ids: Sequence[int]) -> dict[int, int]:
+        """:meth:`hosts_linked` of each problem (one page's: a query, not one each)."""
+
     def of_incident(self, incident_id: int) -> list[int]:
         """Problem ids the incident is linked to, ascending."""
 
@@ -284,7 +311,13 @@ class ProblemRepository(DeskItemRepository, Protocol):
         """How many distinct hosts the linked incidents are on."""
 
     def list(
-        self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int
+        self,
+        *,
+        filters: Mapping[str, str | None],
+        state: str | None,
+        limit: int,
+        offset: int,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         """Problems newest first; ``filters`` by kind, check; ``state`` open,
         acknowledged or resolved."""
@@ -329,6 +362,75 @@ class CounterRepository(Protocol):
 
     def load(self) -> dict[str, int]:
         """Every counter."""
+
+
+class ConsoleRepository(Protocol):
+    """The console's paged reads (``sqlite/console_repo.py``) and a problem's CAPA
+    record fields beside root cause / corrective / preventive action."""
+
+    def queue(
+        self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """Open incidents by priority, then SLA deadline (none first), then id; ``filters``
+        ``service``, ``host`` (hostname), ``department`` (host label); ``state`` None/
+        ``open``, ``unacknowledged``, ``acknowledged`` or ``flapping``."""
+
+    def queue_count(self) -> int:
+        """Open incidents in all."""
+
+    def search_hosts(
+        self, *, filters: Mapping[str, Any], limit: int, offset: int
+    ) -> list[dict[str, Any]]:
+        """Hosts by hostname, filtered by ``hostname`` (prefix), ``department``, ``os``
+        (labels), ``agent_version``, ``seen_after``/``seen_before`` (Unix s), ``health``
+        (``failing``: an open incident; ``healthy``: none)."""
+
+    def host(self, agent_id: str) -> dict[str, Any] | None:
+        """One host with ``open_incidents``, or None."""
+
+    def host_incidents(self, agent_id: str, limit: int) -> list[dict[str, Any]]:
+        """The host's newest incidents (any state)."""
+
+    def quality_rows(self, since_day: int) -> list[tuple[Any, ...]]:
+        """``(service, department, bucket, prevented, raised, with_sla, within_sla,
+        resolved)`` of the incident rollup summed over the days from ``since_day`` on."""
+
+    def rollup_add(self, delta: Any) -> None:
+        """Add a ``desk.rollup.RollupDelta`` to its row of the incident rollup."""
+
+    def rollup_info(
+        self, incident_id: int
+    ) -> tuple[float, str | None, str | None, float | None] | None:
+        """``(opened_at, service, department, sla_due)`` of an incident, or None."""
+
+    def remediation_versions(self, since: float) -> list[tuple[str, str, str, int]]:
+        """Runs per (remediation, script sha256, outcome) received since ``since``."""
+
+    def problem_record(self, problem_id: int) -> dict[str, Any] | None:
+        """``known_error, verification, capa_owner, capa_due`` of a problem, or None."""
+
+    def set_problem_record(self, problem_id: int, fields: Mapping[str, Any]) -> None:
+        """Set those of ``fields`` that are record fields."""
+
+    def open_problems(self, limit: int) -> list[tuple[int, str, str]]:
+        """``(id, kind, summary)`` of open problems, newest first."""
+
+
+class HistogramRepository(Protocol):
+    """``histograms``: bucket counts kept as values are observed (time to restore,
+    remediation durations), so start-up reads a few rows instead of the history. A
+    ``family`` names a histogram and its bucket bounds; ``label`` one series of it."""
+
+    def add(self, family: str, label: str, counts: Sequence[int], total: float) -> None:
+        """Add ``counts`` (by bucket index) and ``total`` (the values' sum) to the series."""
+
+    def load(self, family: str) -> dict[str, tuple[dict[int, int], float]] | None:
+        r"""Per label: counts by bucket index and the sum; None if the family was never
+        :meth:`replace`\ d (filled from history), whatever :meth:`add` wrote."""
+
+    def replace(self, family: str, hists: Mapping[str, tuple[Sequence[int], float]]) -> None:
+        """Make the family exactly ``hists`` (label -> counts by bucket index, sum) and
+        mark it complete."""
 
 
 class SurveyRepository(Protocol):
@@ -404,9 +506,11 @@ class UnitOfWork(Protocol):
     problems: ProblemRepository
     silences: SilenceRepository
     counters: CounterRepository
+    histograms: HistogramRepository
     operators: OperatorRepository
     audit: AuditRepository
     enrollment: EnrollmentRepository
+    console: ConsoleRepository
     surveys: SurveyRepository
     policy: PolicyRepository
 
@@ -473,7 +577,9 @@ class AuditRepository(Protocol):
     def append(self, row: Mapping[str, Any]) -> int:
         """Store one record (``at, actor, action, target, peer, detail``); its id."""
 
-    def list(self, *, limit: int, offset: int, action: str | None) -> list[dict[str, Any]]:
+    def list(
+        self, *, limit: int, offset: int, action: str | None, before: int | None = None
+    ) -> list[dict[str, Any]]:
         """Records newest first, optionally only one ``action``."""
 
     def counts(self) -> dict[str, int]:

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from vigil.collector.storage.postgres.console_repo import PgConsole
 from vigil.collector.storage.postgres.desk_repos import PgIncidents, PgProblems, PgSilences
 from vigil.collector.storage.postgres.enrollment_repo import PgEnrollment
 from vigil.collector.storage.postgres.identity_repos import PgAudit, PgOperators
@@ -38,17 +39,18 @@ from vigil.collector.storage.postgres.ingest_repos import (
     PgHostMetrics,
     PgHosts,
     PgKeys,
-    PgRuns,
     PgSeen,
 )
 from vigil.collector.storage.postgres.partitions import maintain
 from vigil.collector.storage.postgres.policy_repo import PgPolicies
+from vigil.collector.storage.postgres.runs_repo import PgRuns
 from vigil.collector.storage.postgres.schema import (
     LEADER_LOCK,
     WRITE_LOCK,
     SchemaTooNew,
     migrate,
 )
+from vigil.collector.storage.postgres.summary_repos import PgHistograms
 from vigil.collector.storage.postgres.survey_repo import PgSurveys
 from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.url import redact
@@ -85,9 +87,11 @@ class PgUnitOfWork:
         self.problems = PgProblems(db)
         self.silences = PgSilences(db)
         self.counters = PgCounters(db)
+        self.histograms = PgHistograms(db)
         self.operators = PgOperators(db)
         self.audit = PgAudit(db)
         self.enrollment = PgEnrollment(db)
+        self.console = PgConsole(db)
         self.surveys = PgSurveys(db)
         self.policy = PgPolicies(db)
 

@@ -6,7 +6,7 @@ Mirrors ``sqlite/desk_repos.py``: same column lists, same orders, same results.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -42,6 +42,13 @@ _STATE_CLAUSES: dict[str | None, str] = {
     "resolved": "state = 'resolved'",
     "prevented": "state = 'prevented'",
 }
+
+
+def _before(clause: str, args: list[Any], before: int | None) -> tuple[str, list[Any]]:
+    """``clause`` narrowed to ids below ``before`` (keyset paging, newest first)."""
+    if before is None:
+        return clause, args
+    return (f"{clause} AND id < %s" if clause else " WHERE id < %s"), [*args, before]
 
 
 def _with_state(clause: str, extra: str) -> str:
@@ -177,6 +184,7 @@ class PgIncidents(_DeskItems):
         state: str | None,
         limit: int,
         offset: int,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         clause, args = where(
             ("host", filters.get("host")),
@@ -185,6 +193,7 @@ class PgIncidents(_DeskItems):
             ("priority", filters.get("priority")),
         )
         clause = _with_state(clause, _STATE_CLAUSES[state])
+        clause, args = _before(clause, args, before)
         rows = self._run(
             f"SELECT {_INCIDENT_COLUMNS} FROM incidents{clause}"
             " ORDER BY id DESC LIMIT %s OFFSET %s",
@@ -216,10 +225,18 @@ class PgIncidents(_DeskItems):
             out.append(IncidentAlertRow(*fields))
         return out
 
-    def open_by_host(self) -> dict[str, int]:
+    def open_by_host(self, hosts: Sequence[str] | None = None) -> dict[str, int]:
+        if hosts is None:
+            return dict(
+                self._db.execute(
+                    "SELECT host, COUNT(*) FROM incidents WHERE state = 'open' GROUP BY host"
+                ).fetchall()
+            )
         return dict(
             self._db.execute(
-                "SELECT host, COUNT(*) FROM incidents WHERE state = 'open' GROUP BY host"
+                "SELECT host, COUNT(*) FROM incidents WHERE state = 'open'"
+                " AND host = ANY(%s) GROUP BY host",
+                (list(hosts),),
             ).fetchall()
         )
 
@@ -333,6 +350,25 @@ class PgProblems(_DeskItems):
             ).fetchall()
         ]
 
+    def incident_ids_of(self, problem_ids: Sequence[int]) -> dict[int, list[int]]:
+        out: dict[int, list[int]] = {int(p): [] for p in problem_ids}
+        for problem, incident in self._db.execute(
+            "SELECT problem_id, incident_id FROM problem_incidents WHERE problem_id = ANY(%s)"
+            " ORDER BY problem_id, incident_id",
+            (list(problem_ids),),
+        ).fetchall():
+            out[int(problem)].append(int(incident))
+        return out
+
+    def hosts_linked_of(self, problem_ids: Sequence[int]) -> dict[int, int]:
+        rows = self._db.execute(
+            "SELECT l.problem_id, COUNT(DISTINCT i.host) FROM problem_incidents l"
+            " JOIN incidents i ON i.id = l.incident_id WHERE l.problem_id = ANY(%s)"
+            " GROUP BY l.problem_id",
+            (list(problem_ids),),
+        ).fetchall()
+        return {int(p): 0 for p in problem_ids} | {int(p): int(n) for p, n in rows}
+
     def of_incident(self, incident_id: int) -> list[int]:
         return [
             int(p)
@@ -352,13 +388,20 @@ class PgProblems(_DeskItems):
         return int(row[0]) if row else 0
 
     def list(
-        self, *, filters: Mapping[str, str | None], state: str | None, limit: int, offset: int
+        self,
+        *,
+        filters: Mapping[str, str | None],
+        state: str | None,
+        limit: int,
+        offset: int,
+        before: int | None = None,
     ) -> list[dict[str, Any]]:
         clause, args = where(("kind", filters.get("kind")), ("check_id", filters.get("check")))
         extra = _STATE_CLAUSES[state]
         if state == "acknowledged":  # problems do not flap
             extra = "state = 'open' AND acknowledged_at IS NOT NULL"
         clause = _with_state(clause, extra)
+        clause, args = _before(clause, args, before)
         rows = self._run(
             f"SELECT {_PROBLEM_COLUMNS} FROM problems{clause} ORDER BY id DESC LIMIT %s OFFSET %s",
             (*args, limit, offset),

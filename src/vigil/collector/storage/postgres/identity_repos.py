@@ -75,8 +75,13 @@ class PgAudit:
         assert found is not None
         return int(found[0])
 
-    def list(self, *, limit: int, offset: int, action: str | None) -> list[dict[str, Any]]:
+    def list(
+        self, *, limit: int, offset: int, action: str | None, before: int | None = None
+    ) -> list[dict[str, Any]]:
         clause, args = ("", ()) if action is None else (" WHERE action = %s", (action,))
+        if before is not None:  # keyset paging, newest first
+            clause = f"{clause} AND id < %s" if clause else " WHERE id < %s"
+            args = (*args, before)
         rows = self._db.execute(  # type: ignore[call-overload]  # constants only
             f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM audit{clause}"
             " ORDER BY id DESC LIMIT %s OFFSET %s",

@@ -79,7 +79,7 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         "remediation_runs",
         "id, host, hostname, received_at, event_id, seq, time, remediation, check_id, outcome,"
         " exit_code, started_at, duration_s, value_before, value_after, output,"
-        " output_truncated, script_sha256, dry_run",
+        " output_truncated, script_sha256, dry_run, run_as_user",
         {"output_truncated": _bool, "dry_run": _bool},
     ),
     (
@@ -87,7 +87,7 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         "id, host, hostname, check_id, state, priority, opened_at, resolved_at, value,"
         " message, remediation, remediation_outcome, resolution, service, impact, urgency,"
         " sla_due, groups, acknowledged_at, acknowledged_by, flapping, root_cause,"
-        " corrective_action, preventive_action, notified_at, resolve_notified_at",
+        " corrective_action, preventive_action, notified_at, resolve_notified_at, department",
         {"groups": _json([]), "flapping": _bool},
     ),
     ("incident_timeline", "id, incident_id, at, text", {}),
@@ -96,10 +96,15 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         "id, kind, check_id, host, hostname, service, impact, urgency, priority, sla_due,"
         " state, opened_at, resolved_at, acknowledged_at, acknowledged_by, summary,"
         " resolution, root_cause, corrective_action, preventive_action, notified_at,"
-        " resolve_notified_at",
+        " resolve_notified_at, known_error, verification, capa_owner, capa_due",
         {},
     ),
     ("problem_incidents", "problem_id, incident_id", {}),
+    (
+        "incident_rollup",
+        "day, service, department, bucket, prevented, raised, with_sla, within_sla, resolved",
+        {},
+    ),
     ("problem_timeline", "id, problem_id, at, text", {}),
     (
         "silences",
@@ -149,6 +154,11 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         {},
     ),
     ("run_now_results", "request_id, host, event_id, outcome, at", {}),
+    # Schema 10 summaries (the SQLite file was migrated first, so they hold its runs).
+    ("remediation_outcomes", "remediation, version, outcome, runs", {}),
+    ("remediation_hosts", "remediation, host", {}),
+    ("remediation_totals", "remediation, hosts", {}),
+    ("histograms", "family, label, bucket, count, total", {}),
 )
 _ORDER = {"hosts": " ORDER BY rowid"}
 

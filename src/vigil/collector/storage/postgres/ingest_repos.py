@@ -9,6 +9,8 @@ serves every size).
 
 from __future__ import annotations
 
+import functools
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -18,15 +20,7 @@ from psycopg.types.json import Jsonb
 from vigil import wire
 from vigil.collector.storage.postgres.schema import SEEN_BATCH, SEEN_EVENT
 from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow
-from vigil.collector.storage.sqlite.codec import columns_to_keys
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
-
-RUN_COLUMNS = (
-    "host, hostname, received_at, event_id, seq, time, remediation, check_id, outcome,"
-    " exit_code, started_at, duration_s, value_before, value_after, output, output_truncated,"
-    " script_sha256, dry_run"
-)
-_RUN_KEYS = columns_to_keys(RUN_COLUMNS)
 
 HOST_METRICS_UPSERT = (
     "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names, vals)"
@@ -119,23 +113,44 @@ class PgHosts:
         for (labels,) in self._db.execute("SELECT labels FROM hosts").fetchall():
             yield _labels_or_empty(labels)
 
-    def liveness(self, heartbeat_check: str) -> list[LivenessRow]:
-        rows = self._db.execute(
+    def liveness(self, heartbeat_check: str, deadline_before: float) -> list[LivenessRow]:
+        # Two indexed halves bounded by what is due, not by the fleet (issue #17): hosts
+        # whose deadline passed (the hosts_deadline expression index) and hosts whose
+        # heartbeat key is not plainly ok (the check_state_abnormal partial index, whose
+        # predicate the second WHERE repeats so the planner can prove it).
+        cols = (
             "SELECT h.agent_id, h.hostname, h.labels, h.last_seen, h.heartbeat_ttl_s,"
-            " c.state, c.incident_id FROM hosts h LEFT JOIN check_state c"
-            " ON c.host = h.agent_id AND c.check_id = %s",
-            (heartbeat_check,),
+            " c.state, c.incident_id"
+        )
+        rows = self._db.execute(  # type: ignore[call-overload]  # constants only
+            f"{cols} FROM hosts h LEFT JOIN check_state c"
+            " ON c.host = h.agent_id AND c.check_id = %(check)s"
+            " WHERE (h.last_seen + h.heartbeat_ttl_s) < %(before)s"
+            f" UNION ALL {cols} FROM check_state c JOIN hosts h ON h.agent_id = c.host"
+            " WHERE c.check_id = %(check)s"
+            " AND (c.state <> 'ok' OR c.incident_id IS NOT NULL)"
+            # Not those the first half returned (a silent host with its incident open is
+            # in both): half the rows and label decodes in a long outage.
+            " AND ((h.last_seen + h.heartbeat_ttl_s) < %(before)s) IS NOT TRUE",
+            {"check": heartbeat_check, "before": deadline_before},
         ).fetchall()
-        return [
-            LivenessRow(host, hostname, _labels_or_empty(labels), seen, ttl, state, incident)
-            for host, hostname, labels, seen, ttl, state, incident in rows
-        ]
+        out: dict[str, LivenessRow] = {}
+        for host, hostname, labels, seen, ttl, state, incident in rows:
+            out[host] = LivenessRow(
+                host, hostname, _labels_or_empty(labels), seen, ttl, state, incident
+            )
+        return list(out.values())
 
-    def list(self) -> list[dict[str, Any]]:
-        # COLLATE "C": byte order, as SQLite sorts text, whatever the database's locale.
-        rows = self._db.execute(
+    def list(self, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
+        # COLLATE "C": byte order, as SQLite sorts text, whatever the database's locale;
+        # the hosts_agent_c index serves this order, so any keyset page costs the same.
+        # Two statements rather than "IS NULL OR >": a generic plan would not seek.
+        where = "" if after is None else ' WHERE agent_id COLLATE "C" > %(after)s'
+        rows = self._db.execute(  # type: ignore[call-overload]  # constants only
             "SELECT agent_id, hostname, labels, agent_version, first_seen, last_seen,"
-            ' clock_offset_s, heartbeat_ttl_s FROM hosts ORDER BY agent_id COLLATE "C"'
+            f" clock_offset_s, heartbeat_ttl_s FROM hosts{where}"
+            ' ORDER BY agent_id COLLATE "C" LIMIT %(limit)s',
+            {"after": after, "limit": None if limit < 0 else limit},
         ).fetchall()
         return [
             {
@@ -152,11 +167,14 @@ class PgHosts:
         ]
 
     def load(self) -> list[tuple[str, str, dict[str, str], float, float | None, float]]:
+        # labels as text, each distinct set decoded once (a fleet has few; hosts sharing
+        # one share the dict, which start-up only reads), not one jsonb parse per host.
         rows = self._db.execute(
-            "SELECT agent_id, hostname, labels, last_seen, heartbeat_ttl_s, clock_offset_s"
-            " FROM hosts ORDER BY first_order"
+            "SELECT agent_id, hostname, labels::text, last_seen, heartbeat_ttl_s,"
+            " clock_offset_s FROM hosts ORDER BY first_order"
         ).fetchall()
-        return [(a, h, _labels_or_empty(labels), s, t, o) for a, h, labels, s, t, o in rows]
+        decoded = functools.lru_cache(maxsize=4096)(_labels_from_text)
+        return [(a, h, decoded(labels), s, t, o) for a, h, labels, s, t, o in rows]
 
 
 class PgSeen:
@@ -291,14 +309,18 @@ class PgKeys:
             ),
         )
 
-    def pending(self) -> list[tuple[str, str, str]]:
-        # UNION, not OR: each half uses its partial index instead of a full scan.
+    def pending(self, awaiting_before: float) -> list[tuple[str, str, str]]:
+        # UNION, not OR: each half uses its partial index instead of a full scan; only
+        # waits that began before ``awaiting_before`` (or never recorded a start).
         key = (
             "SELECT c.host, c.check_id, COALESCE(h.hostname, c.host) FROM check_state c"
             " LEFT JOIN hosts h ON h.agent_id = c.host WHERE "
         )
         rows = self._db.execute(  # type: ignore[call-overload]  # constants only
-            f"{key}c.awaiting IS NOT NULL UNION {key}c.flapping"
+            f"{key}c.awaiting IS NOT NULL AND c.awaiting_since < %(before)s"
+            f" UNION {key}c.awaiting IS NOT NULL AND c.awaiting_since IS NULL"
+            f" UNION {key}c.flapping",
+            {"before": awaiting_before},
         ).fetchall()
         return [tuple(r) for r in rows]
 
@@ -307,12 +329,22 @@ class PgKeys:
             "UPDATE check_state SET incident_id = NULL WHERE incident_id = %s", (incident_id,)
         )
 
-    def states(self) -> list[tuple[str, str, str]]:
-        rows = self._db.execute(
-            'SELECT host, check_id, state FROM check_state ORDER BY host COLLATE "C",'
-            ' check_id COLLATE "C"'
+    def states(self, hosts: Sequence[str] | None = None) -> list[tuple[str, str, str]]:
+        where = "" if hosts is None else " WHERE host = ANY(%s)"
+        rows = self._db.execute(  # type: ignore[call-overload]  # constants only
+            f"SELECT host, check_id, state FROM check_state{where}"
+            ' ORDER BY host COLLATE "C", check_id COLLATE "C"',
+            () if hosts is None else (list(hosts),),
         ).fetchall()
         return [tuple(r) for r in rows]
+
+    def unknown_by_check(self) -> dict[str, int]:
+        return dict(
+            self._db.execute(
+                "SELECT check_id, COUNT(*) FROM check_state WHERE state = 'unknown'"
+                " GROUP BY check_id"
+            ).fetchall()
+        )
 
     def critical_by_check(self) -> dict[str, int]:
         return dict(
@@ -321,81 +353,6 @@ class PgKeys:
                 " GROUP BY check_id"
             ).fetchall()
         )
-
-
-class PgRuns:
-    """:class:`~collector.storage.protocols.RemediationRunRepository` on PostgreSQL."""
-
-    def __init__(self, db: psycopg.Connection) -> None:
-        self._db = db
-
-    def add(self, host: str, hostname: str, event: wire.RemediationEvent, at: float) -> None:
-        self._db.execute(
-            f"INSERT INTO remediation_runs ({RUN_COLUMNS}) VALUES ("  # type: ignore[call-overload]
-            + ", ".join(["%s"] * 18)
-            + ")",
-            (
-                host,
-                hostname,
-                at,
-                event.event_id,
-                event.seq,
-                event.time,
-                event.remediation,
-                event.check,
-                event.outcome,
-                event.exit_code,
-                event.started_at,
-                event.duration_s,
-                event.value_before,
-                event.value_after,
-                event.output,
-                bool(event.output_truncated),
-                event.script_sha256,
-                bool(event.dry_run),
-            ),
-        )
-
-    def list(
-        self, *, host: str | None, remediation: str | None, limit: int, offset: int
-    ) -> list[dict[str, Any]]:
-        clause, args = where(("host", host), ("remediation", remediation))
-        rows = self._db.execute(  # type: ignore[call-overload]  # column names are ours
-            f"SELECT {RUN_COLUMNS} FROM remediation_runs{clause}"
-            " ORDER BY id DESC LIMIT %s OFFSET %s",
-            (*args, limit, offset),
-        ).fetchall()
-        return [_run_dict(row) for row in rows]
-
-    def for_key(
-        self, host: str, check: str, since: float, until: float, limit: int
-    ) -> list[dict[str, Any]]:
-        rows = self._db.execute(  # type: ignore[call-overload]
-            f"SELECT {RUN_COLUMNS} FROM remediation_runs WHERE host = %s AND check_id = %s"
-            " AND received_at >= %s AND received_at <= %s ORDER BY id LIMIT %s",
-            (host, check, since, until, limit),
-        ).fetchall()
-        return [_run_dict(row) for row in rows]
-
-    def outcome_counts(self) -> list[tuple[str, str, int]]:
-        rows = self._db.execute(
-            "SELECT remediation, outcome, COUNT(*) FROM remediation_runs"
-            " GROUP BY remediation, outcome"
-        ).fetchall()
-        return [tuple(r) for r in rows]
-
-    def hosts_by_remediation(self) -> dict[str, int]:
-        return dict(
-            self._db.execute(
-                "SELECT remediation, COUNT(DISTINCT host) FROM remediation_runs"
-                " GROUP BY remediation"
-            ).fetchall()
-        )
-
-    def durations(self) -> Iterator[tuple[str, float]]:
-        yield from self._db.execute(
-            "SELECT remediation, duration_s FROM remediation_runs"
-        ).fetchall()
 
 
 class PgHostMetrics:
@@ -452,14 +409,14 @@ class PgCounters:
         return {n: int(v) for n, v in self._db.execute("SELECT name, value FROM counters")}
 
 
+def _labels_from_text(text: str) -> dict[str, str]:
+    try:
+        return _labels_or_empty(json.loads(text))
+    except (TypeError, ValueError):
+        return {}
+
+
 def _labels_or_empty(labels: Any) -> dict[str, str]:
     # jsonb comes back decoded; anything but an object (a row edited by hand) reads as no
     # labels, as in the SQLite backend: start-up reads every host and must not fail.
     return labels if isinstance(labels, dict) else {}
-
-
-def _run_dict(row: tuple[Any, ...]) -> dict[str, Any]:
-    run = dict(zip(_RUN_KEYS, row, strict=True))
-    run["output_truncated"] = bool(run["output_truncated"])
-    run["dry_run"] = bool(run["dry_run"])
-    return run

@@ -25,8 +25,10 @@ import time
 
 import psycopg
 
+from vigil.collector.storage.postgres.console_repo import POSTGRES as POSTGRES_DIALECT
 from vigil.collector.storage.postgres.policy_repo import POLICY_MIGRATION
 from vigil.collector.storage.postgres.survey_repo import SURVEYS_DDL
+from vigil.collector.storage.sqlite.console_repo import rollup_backfill_sql
 
 # Advisory lock class ids (the first int of the two-int form); the second is a hash of
 # the schema name, so collectors on different schemas of one database do not contend.
@@ -281,6 +283,88 @@ CREATE TABLE enroll_generation (
 _V2 = """
 ALTER TABLE hosts ADD COLUMN epoch bytea, ADD COLUMN mark bigint;
 """
+# 5: the console (numbers 2-4 and 6-7 are other changes', assigned up front): a
+# problem's CAPA record fields and indexes for the queue and the host search.
+_V5 = """
+ALTER TABLE problems ADD COLUMN known_error text, ADD COLUMN verification text,
+    ADD COLUMN capa_owner text, ADD COLUMN capa_due double precision;
+ALTER TABLE incidents ADD COLUMN department text;  -- the host's label when it opened
+UPDATE incidents i SET department = h.labels ->> 'department' FROM hosts h
+    WHERE h.agent_id = i.host;
+CREATE INDEX incidents_queue ON incidents (priority, sla_due NULLS FIRST, id)
+    WHERE state = 'open';
+CREATE INDEX incidents_open_host ON incidents (host) WHERE state = 'open';
+CREATE INDEX hosts_hostname ON hosts (hostname, agent_id);
+CREATE INDEX hosts_department ON hosts ((labels ->> 'department'), hostname);
+CREATE INDEX hosts_os ON hosts ((labels ->> 'os'), hostname);
+CREATE INDEX remediation_runs_version
+    ON remediation_runs (remediation, script_sha256, outcome, received_at);
+CREATE TABLE incident_rollup (
+    day        integer NOT NULL,  -- UTC days since 1970-01-01 of opened_at
+    service    text NOT NULL,     -- '' for none
+    department text NOT NULL,     -- '' for none
+    bucket     integer NOT NULL,  -- -1: recorded; else the time-to-restore bucket
+    prevented  bigint NOT NULL,
+    raised     bigint NOT NULL,
+    with_sla   bigint NOT NULL,
+    within_sla bigint NOT NULL,
+    resolved   bigint NOT NULL,
+    PRIMARY KEY (day, service, department, bucket)
+);
+""" + rollup_backfill_sql(POSTGRES_DIALECT)
+
+# 6 (issue #17; 2-5 are other branches' numbers): reads, tick and start-up at fleet scale.
+# hosts_deadline indexes an expression of columns every report updates, so a heartbeat
+# is no longer a HOT update (one index write per report): the price of a tick that reads
+# only the hosts whose deadline passed instead of all of them (0.55 s at 100k hosts).
+_V6 = """
+CREATE INDEX hosts_deadline ON hosts ((last_seen + heartbeat_ttl_s));
+CREATE INDEX check_state_abnormal ON check_state (check_id, host)
+    WHERE state <> 'ok' OR incident_id IS NOT NULL;
+CREATE INDEX check_state_awaiting_since ON check_state (awaiting_since)
+    WHERE awaiting IS NOT NULL;
+CREATE INDEX problems_check ON problems (check_id, id);
+CREATE INDEX hosts_agent_c ON hosts (agent_id COLLATE "C");  -- keyset pages of /hosts
+-- Covering indexes for the counts of every tick (/metrics) and of remediation stats.
+CREATE INDEX incidents_figures ON incidents (state, priority, sla_due, acknowledged_at);
+CREATE INDEX incidents_remediation ON incidents (state, remediation);
+-- incidents_open_host (open incidents of a page of hosts) comes with migration 5.
+CREATE TABLE remediation_outcomes (
+    remediation text NOT NULL,
+    version     text NOT NULL,  -- the script's sha256
+    outcome     text NOT NULL,
+    runs        bigint NOT NULL,
+    PRIMARY KEY (remediation, version, outcome)
+) WITH (fillfactor = 50);
+INSERT INTO remediation_outcomes (remediation, version, outcome, runs)
+    SELECT remediation, script_sha256, outcome, COUNT(*) FROM remediation_runs
+    GROUP BY remediation, script_sha256, outcome;
+CREATE TABLE remediation_hosts (
+    remediation text NOT NULL,
+    host        text NOT NULL,
+    PRIMARY KEY (remediation, host)
+);
+INSERT INTO remediation_hosts (remediation, host)
+    SELECT DISTINCT remediation, host FROM remediation_runs;
+CREATE TABLE remediation_totals (
+    remediation text PRIMARY KEY,
+    hosts       bigint NOT NULL  -- distinct hosts that ran it (rows of remediation_hosts)
+) WITH (fillfactor = 50);
+INSERT INTO remediation_totals (remediation, hosts)
+    SELECT remediation, COUNT(*) FROM remediation_hosts GROUP BY remediation;
+CREATE TABLE histograms (
+    family text NOT NULL,     -- e.g. time_to_restore/<fingerprint of the bucket bounds>
+    label  text NOT NULL,     -- priority, remediation name
+    bucket integer NOT NULL,  -- index into the bounds; -1: the sum; -2: family complete
+    count  bigint NOT NULL,
+    total  double precision NOT NULL,
+    PRIMARY KEY (family, label, bucket)
+) WITH (fillfactor = 50);
+"""
+
+# 7 (agent self-health, issue #20): the user a remediation script ran as, when its
+# manifest asked for another than the agent's (``run_as``: a name or logged_on_user).
+_V7 = "ALTER TABLE remediation_runs ADD COLUMN run_as_user text;"
 
 # Append only: a migration once released is never edited, the next one is added below.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
@@ -288,7 +372,11 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (2, _V2),  # hosts.epoch and hosts.mark: the sequence dedup high-water mark
     (3, POLICY_MIGRATION),  # policy bundles, rollouts, halts, run-now (policy_repo.py)
     (4, SURVEYS_DDL),  # satisfaction surveys and the survey link key (survey_repo.py)
+    (5, _V5),  # the console: problem CAPA fields, incident department, rollup, indexes
+    (6, _V6),  # reads, tick and start-up at fleet scale: deadline index, summaries
+    (7, _V7),  # remediation_runs.run_as_user (agent self-health branch, issue #20)
 )
+
 SCHEMA_VERSION = MIGRATIONS[-1][0]
 
 # Tables with an identity id, for moving the sequence past ids copied in (importer).

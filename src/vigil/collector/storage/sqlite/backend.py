@@ -22,6 +22,7 @@ from pathlib import Path
 
 from vigil.collector.storage.records import StorageError
 from vigil.collector.storage.sqlite.codec import JsonMemo, TextDecoder
+from vigil.collector.storage.sqlite.console_repo import ConsoleQueries
 from vigil.collector.storage.sqlite.desk_repos import (
     SqliteIncidents,
     SqliteProblems,
@@ -35,11 +36,12 @@ from vigil.collector.storage.sqlite.ingest_repos import (
     SqliteHostMetrics,
     SqliteHosts,
     SqliteKeys,
-    SqliteRuns,
     SqliteSeen,
 )
 from vigil.collector.storage.sqlite.policy_repo import SqlitePolicies
+from vigil.collector.storage.sqlite.runs_repo import SqliteRuns
 from vigil.collector.storage.sqlite.schema import check_version, create_or_migrate
+from vigil.collector.storage.sqlite.summary_repos import SqliteHistograms
 from vigil.collector.storage.sqlite.survey_repo import SqliteSurveys
 
 
@@ -59,9 +61,11 @@ class SqliteUnitOfWork:
         self.problems = SqliteProblems(db)
         self.silences = SqliteSilences(db)
         self.counters = SqliteCounters(db)
+        self.histograms = SqliteHistograms(db)
         self.operators = SqliteOperators(db)
         self.audit = SqliteAudit(db)
         self.enrollment = SqliteEnrollment(db)
+        self.console = ConsoleQueries(db)
         self.surveys = SqliteSurveys(db)
         self.policy = SqlitePolicies(db)
 

@@ -70,8 +70,13 @@ class SqliteAudit:
         assert cursor.lastrowid is not None
         return cursor.lastrowid
 
-    def list(self, *, limit: int, offset: int, action: str | None) -> list[dict[str, Any]]:
+    def list(
+        self, *, limit: int, offset: int, action: str | None, before: int | None = None
+    ) -> list[dict[str, Any]]:
         clause, args = ("", ()) if action is None else (" WHERE action = ?", (action,))
+        if before is not None:  # keyset paging, newest first
+            clause = f"{clause} AND id < ?" if clause else " WHERE id < ?"
+            args = (*args, before)
         rows = self._db.execute(
             f"SELECT {', '.join(_AUDIT_COLUMNS)} FROM audit{clause}"
             " ORDER BY id DESC LIMIT ? OFFSET ?",

@@ -12,6 +12,7 @@ import json
 import sqlite3
 
 from vigil.collector.storage.sqlite.codec import HOST_METRICS_UPSERT, pack_floats
+from vigil.collector.storage.sqlite.console_repo import SQLITE, rollup_backfill_sql
 from vigil.collector.storage.sqlite.policy_repo import migrate_policy
 from vigil.collector.storage.sqlite.survey_repo import migrate_surveys
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
@@ -26,7 +27,12 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # ``seen`` stays for agents that send no sequence numbers, pruned as before.
 # 7: policy bundles, rollouts, halts and run-now requests (migrate_policy).
 # 8: satisfaction surveys and the survey link key (sqlite/survey_repo.migrate_surveys).
-SCHEMA_VERSION = 8
+# 9: the console: a problem's CAPA record fields, the incidents' department, the quality
+#    rollup and the queue/host search indexes (migrate_console).
+# 10: reads at fleet scale (issue #17): the deadline and filter indexes and the
+#     remediation summaries (migrate_scale_reads).
+# 11: remediation_runs.run_as_user (_migrate_run_as).
+SCHEMA_VERSION = 11
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
 _SCHEMA = """
@@ -245,6 +251,9 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     migrate_enrollment(db)
     migrate_surveys(db)
     migrate_policy(db)
+    migrate_console(db)
+    migrate_scale_reads(db)
+    _migrate_run_as(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -255,6 +264,14 @@ def check_version(db: sqlite3.Connection) -> None:
         raise sqlite3.DatabaseError(
             f"schema version {version} is newer than this collector supports ({SCHEMA_VERSION})"
         )
+
+
+def _migrate_run_as(db: sqlite3.Connection) -> None:
+    """Schema 11: ``remediation_runs.run_as_user``, the user a script ran as when its
+    manifest asked for another than the agent's (NULL for older rows and for the rest)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(remediation_runs)")}
+    if "run_as_user" not in have:
+        db.execute("ALTER TABLE remediation_runs ADD COLUMN run_as_user TEXT")
 
 
 def _migrate_desk(db: sqlite3.Connection) -> None:
@@ -418,3 +435,160 @@ def migrate_enrollment(db: sqlite3.Connection) -> None:
     for statement in _ENROLLMENT_SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
+
+
+# The console (schema 9): the CAPA record fields of a problem beside root cause,
+# corrective and preventive action, and indexes for the console's paged reads.
+_CONSOLE_COLUMNS = (
+    ("known_error", "TEXT"),  # the known-error / workaround text
+    ("verification", "TEXT"),  # how the fix was verified: required to close from the console
+    ("capa_owner", "TEXT"),
+    ("capa_due", "REAL"),  # Unix seconds
+)
+_CONSOLE_SCHEMA = """
+CREATE INDEX IF NOT EXISTS incidents_queue ON incidents (priority, sla_due, id)
+    WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS incidents_open_host ON incidents (host) WHERE state = 'open';
+CREATE INDEX IF NOT EXISTS hosts_hostname ON hosts (hostname, agent_id);
+CREATE INDEX IF NOT EXISTS hosts_department ON hosts ({department}, hostname);
+CREATE INDEX IF NOT EXISTS hosts_os ON hosts ({os}, hostname);
+-- Covering: the quality page's runs per version and outcome without a sort.
+CREATE INDEX IF NOT EXISTS remediation_runs_version
+    ON remediation_runs (remediation, script_sha256, outcome, received_at)
+"""
+# Per day the incidents opened, by service, department and restore bucket: what the
+# console's quality page sums (collector/desk/rollup.py says what each incident adds).
+_ROLLUP_TABLE = """
+CREATE TABLE incident_rollup (
+    day        INTEGER NOT NULL,  -- UTC days since 1970-01-01 of opened_at
+    service    TEXT NOT NULL,     -- '' for none
+    department TEXT NOT NULL,     -- '' for none
+    bucket     INTEGER NOT NULL,  -- -1: recorded; else the time-to-restore bucket
+    prevented  INTEGER NOT NULL,
+    raised     INTEGER NOT NULL,
+    with_sla   INTEGER NOT NULL,
+    within_sla INTEGER NOT NULL,
+    resolved   INTEGER NOT NULL,
+    PRIMARY KEY (day, service, department, bucket)
+)"""
+
+
+def migrate_console(db: sqlite3.Connection) -> None:
+    """Add the console's problem columns, the incidents' department (filled from the
+    hosts' labels for incidents opened before) and indexes (idempotent)."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(problems)")}
+    for name, decl in _CONSOLE_COLUMNS:
+        if name not in have:
+            db.execute(f"ALTER TABLE problems ADD COLUMN {name} {decl}")
+    if "department" not in {row[1] for row in db.execute("PRAGMA table_info(incidents)")}:
+        db.execute("ALTER TABLE incidents ADD COLUMN department TEXT")
+        db.execute(
+            f"UPDATE incidents SET department = (SELECT {SQLITE.label('h.labels', 'department')}"
+            " FROM hosts h WHERE h.agent_id = incidents.host)"
+        )
+    ddl = _CONSOLE_SCHEMA.format(
+        department=SQLITE.label("labels", "department"), os=SQLITE.label("labels", "os")
+    )
+    for statement in ddl.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    exists = db.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'incident_rollup'"
+    ).fetchone()
+    if exists is None:
+        db.execute(_ROLLUP_TABLE)
+        db.execute(rollup_backfill_sql(SQLITE))
+
+
+# Schema 10 (issue #17): what reads, the tick and start-up need at 100k hosts.
+_SCALE_INDEXES = """
+-- The liveness deadline, kept by the index itself whenever a heartbeat moves last_seen
+-- or a report changes the TTL (an expression index cannot drift from the row): the tick
+-- reads only hosts whose deadline passed. NULL (no TTL) is never due.
+CREATE INDEX IF NOT EXISTS hosts_deadline ON hosts (last_seen + heartbeat_ttl_s);
+-- Keys that are not plainly ok: with hosts_deadline, all the liveness tick reads.
+CREATE INDEX IF NOT EXISTS check_state_abnormal ON check_state (check_id, host)
+    WHERE state <> 'ok' OR incident_id IS NOT NULL;
+-- Promised remediation results by when the wait began: the tick reads only overdue ones.
+CREATE INDEX IF NOT EXISTS check_state_awaiting_since ON check_state (awaiting_since)
+    WHERE awaiting IS NOT NULL;
+-- Filters the API offers (incidents by service, by priority and state).
+CREATE INDEX IF NOT EXISTS incidents_service ON incidents (service, id);
+CREATE INDEX IF NOT EXISTS incidents_priority ON incidents (priority, state, id);
+CREATE INDEX IF NOT EXISTS problems_check ON problems (check_id, id);
+-- Covering indexes for counts taken on every tick (/metrics) and by remediation stats.
+CREATE INDEX IF NOT EXISTS incidents_figures
+    ON incidents (state, priority, sla_due, acknowledged_at);
+CREATE INDEX IF NOT EXISTS incidents_remediation ON incidents (state, remediation);
+-- Open incidents of a page of hosts (/hosts): small, only the open ones.
+CREATE INDEX IF NOT EXISTS incidents_open_host ON incidents (host) WHERE state = 'open'
+"""
+
+# Remediation statistics kept on insert, in the run's own transaction, instead of a
+# GROUP BY over every run at each request (8.7 s at 250k runs, issue #17). ``version`` is
+# the script's sha256: a new script version starts its own counts.
+_SCALE_TABLES: tuple[tuple[str, str, str], ...] = (
+    (
+        "remediation_outcomes",
+        """CREATE TABLE remediation_outcomes (
+    remediation TEXT NOT NULL,
+    version     TEXT NOT NULL,
+    outcome     TEXT NOT NULL,
+    runs        INTEGER NOT NULL,
+    PRIMARY KEY (remediation, version, outcome)
+) WITHOUT ROWID""",
+        "INSERT INTO remediation_outcomes (remediation, version, outcome, runs)"
+        " SELECT remediation, script_sha256, outcome, COUNT(*) FROM remediation_runs"
+        " GROUP BY remediation, script_sha256, outcome",
+    ),
+    (
+        "remediation_hosts",
+        """CREATE TABLE remediation_hosts (
+    remediation TEXT NOT NULL,
+    host        TEXT NOT NULL,
+    PRIMARY KEY (remediation, host)
+) WITHOUT ROWID""",
+        "INSERT INTO remediation_hosts (remediation, host)"
+        " SELECT DISTINCT remediation, host FROM remediation_runs",
+    ),
+    (
+        "remediation_totals",
+        """CREATE TABLE remediation_totals (
+    remediation TEXT PRIMARY KEY,
+    hosts       INTEGER NOT NULL   -- distinct hosts that ran it (rows of remediation_hosts)
+) WITHOUT ROWID""",
+        "INSERT INTO remediation_totals (remediation, hosts)"
+        " SELECT remediation, COUNT(*) FROM remediation_hosts GROUP BY remediation",
+    ),
+    # Histograms (time to restore, remediation durations) kept as values are observed;
+    # filled from history by the first collector that starts on it (desk/histograms.py).
+    (
+        "histograms",
+        """CREATE TABLE histograms (
+    family TEXT NOT NULL,     -- e.g. time_to_restore/<fingerprint of the bucket bounds>
+    label  TEXT NOT NULL,     -- priority, remediation name
+    bucket INTEGER NOT NULL,  -- index into the bounds; -1: the sum; -2: family complete
+    count  INTEGER NOT NULL,
+    total  REAL NOT NULL,
+    PRIMARY KEY (family, label, bucket)
+) WITHOUT ROWID""",
+        "",
+    ),
+)
+
+
+def migrate_scale_reads(db: sqlite3.Connection) -> None:
+    """Schema 10: the indexes and summary tables of issue #17 (idempotent). A summary
+    table created on a database that has runs is filled from them once, here, in the
+    caller's transaction; from then on every run added updates it."""
+    for statement in _SCALE_INDEXES.split(";"):
+        if statement.strip():
+            db.execute(statement)
+    for table, create, fill in _SCALE_TABLES:
+        exists = db.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (table,)
+        ).fetchone()
+        if exists is None:
+            db.execute(create)
+            if fill:
+                db.execute(fill)

@@ -1,0 +1,277 @@
+"""The console's pages (GET): queue, incident, problems, hosts, service catalog, service
+quality, login. Thin: parse the query, call the desk on the storage thread, render.
+
+Every list is one page (``limit`` rows from ``offset``), never the whole table.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from vigil.collector.api.http import MAX_ID, in_storage_thread
+from vigil.collector.console import charts
+from vigil.collector.console.session import LOGIN_COOKIE, LOGIN_TTL_S
+from vigil.collector.console.web import (
+    PREFIX,
+    error_page,
+    now,
+    render,
+    require_login,
+    safe_next,
+    session_of,
+)
+from vigil.collector.desk import console as desk_console
+from vigil.collector.desk.reads import PROBLEM_KINDS, PROBLEM_STATES
+from vigil.collector.keys import config_key, console_signer_key, desk_key, quality_cache_key
+
+log = logging.getLogger(__name__)
+
+PAGE = 50  # rows per page of every console list
+QUALITY_DAYS = (7, 30, 90)
+DAY_S = 86400.0
+
+
+def _page(request: web.Request) -> int:
+    raw = request.query.get("offset", "0")
+    return int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else 0
+
+
+def _filter(request: web.Request, name: str) -> str | None:
+    value = request.query.get(name, "").strip()
+    return value[:200] or None
+
+
+async def root(request: web.Request) -> web.StreamResponse:
+    """``GET /`` and ``GET /console``: the console."""
+    raise web.HTTPFound(f"{PREFIX}/")
+
+
+async def login_page(request: web.Request) -> web.StreamResponse:
+    """``GET /console/login``: the token form, with a pre-login cookie for its CSRF token."""
+    if session_of(request) is not None:
+        raise web.HTTPFound(safe_next(request.query.get("next")))
+    signer = request.app[console_signer_key]
+    nonce = signer.login_nonce()
+    response = render(
+        request,
+        "login.html",
+        {"login_csrf": signer.login_csrf(nonce), "next": safe_next(request.query.get("next"))},
+    )
+    response.set_cookie(
+        LOGIN_COOKIE, nonce, max_age=LOGIN_TTL_S, httponly=True, samesite="Strict",
+        secure=request.secure, path=PREFIX,
+    )  # fmt: skip
+    return response
+
+
+async def queue_page(request: web.Request) -> web.StreamResponse:
+    """``GET /console/``: open incidents by priority then SLA deadline, filtered by
+    ``department``, ``service``, ``host``, ``state``; ``offset`` pages."""
+    require_login(request)
+    state = _filter(request, "state")
+    if state is not None and state not in desk_console.QUEUE_STATES:
+        return error_page(
+            request, 400, f"state must be one of {list(desk_console.QUEUE_STATES)}, got {state!r}"
+        )
+    filters = {k: _filter(request, k) for k in ("department", "service", "host")}
+    offset = _page(request)
+    rows, total = await in_storage_thread(
+        request,
+        functools.partial(
+            desk_console.queue,
+            request.app[desk_key].storage,
+            filters=filters,
+            state=state,
+            limit=PAGE + 1,
+            offset=offset,
+        ),
+    )
+    context = {
+        "rows": rows[:PAGE],
+        "more": len(rows) > PAGE,
+        "offset": offset,
+        "page": PAGE,
+        "total": total,
+        "filters": {**filters, "state": state},
+        "states": desk_console.QUEUE_STATES,
+        "services": [s.name for s in request.app[config_key].catalog.services],
+    }
+    return render(request, "queue.html", context)
+
+
+async def incident_page(request: web.Request) -> web.StreamResponse:
+    """``GET /console/incidents/{id}``: timeline, remediation runs, CAPA, host health,
+    linked problems."""
+    require_login(request)
+    wanted = _id(request)
+    desk = request.app[desk_key]
+    incident = (
+        None if wanted is None else await in_storage_thread(request, desk.get_incident, wanted)
+    )
+    if incident is None:
+        return error_page(request, 404, f"no incident with id {request.match_info['item_id']}")
+    extras = await in_storage_thread(
+        request, desk_console.incident_extras, desk.storage, incident["host"], incident["problems"]
+    )
+    # The person's survey answers and comments (the satisfaction work's surveys).
+    surveys_of = getattr(getattr(desk, "surveys", None), "of_incident", None)
+    surveys = [] if surveys_of is None else await in_storage_thread(request, surveys_of, wanted)
+    return render(request, "incident.html", {"i": incident, "surveys": surveys, **extras})
+
+
+async def problems_page(request: web.Request) -> web.StreamResponse:
+    """``GET /console/problems``: problems newest first, by ``state`` and ``kind``."""
+    require_login(request)
+    state, kind = _filter(request, "state"), _filter(request, "kind")
+    if state is not None and state not in PROBLEM_STATES:
+        return error_page(request, 400, f"state must be one of {list(PROBLEM_STATES)}")
+    if kind is not None and kind not in PROBLEM_KINDS:
+        return error_page(request, 400, f"kind must be one of {list(PROBLEM_KINDS)}")
+    offset = _page(request)
+    rows = await in_storage_thread(
+        request,
+        functools.partial(
+            request.app[desk_key].list_problems,
+            state=state,
+            kind=kind,
+            check=None,
+            limit=PAGE + 1,
+            offset=offset,
+        ),
+    )
+    context = {
+        "rows": rows[:PAGE],
+        "more": len(rows) > PAGE,
+        "offset": offset,
+        "page": PAGE,
+        "filters": {"state": state, "kind": kind},
+        "states": PROBLEM_STATES,
+        "kinds": PROBLEM_KINDS,
+    }
+    return render(request, "problems.html", context)
+
+
+async def problem_page(request: web.Request) -> web.StreamResponse:
+    """``GET /console/problems/{id}``: incidents, known error, CAPA record, timeline."""
+    require_login(request)
+    wanted = _id(request)
+    desk = request.app[desk_key]
+    problem = None if wanted is None else await in_storage_thread(request, desk.get_problem, wanted)
+    if problem is None or wanted is None:
+        return error_page(request, 404, f"no problem with id {request.match_info['item_id']}")
+    record = await in_storage_thread(request, desk_console.problem_record, desk.storage, wanted)
+    return render(request, "problem.html", {"p": problem, "record": record or {}})
+
+
+async def hosts_page(request: web.Request) -> web.StreamResponse:
+    """``GET /console/hosts``: inventory search by hostname prefix, department, OS, agent
+    version, last seen (``seen``: ``1h``/``1d``/``7d`` = within; ``stale`` = not for
+    7 days) and health."""
+    require_login(request)
+    q = {k: _filter(request, k) for k in ("hostname", "department", "os", "agent_version")}
+    health = _filter(request, "health")
+    seen = _filter(request, "seen")
+    t = now(request)
+    windows = {"1h": 3600.0, "1d": DAY_S, "7d": 7 * DAY_S}
+    filters: dict[str, Any] = {**q, "health": health}
+    if seen in windows:
+        filters["seen_after"] = t - windows[seen]
+    elif seen == "stale":
+        filters["seen_before"] = t - 7 * DAY_S
+    elif seen is not None:
+        return error_page(request, 400, "seen must be one of 1h, 1d, 7d, stale")
+    offset = _page(request)
+    try:
+        rows = await in_storage_thread(
+            request,
+            functools.partial(
+                desk_console.search_hosts,
+                request.app[desk_key].storage,
+                filters=filters,
+                limit=PAGE + 1,
+                offset=offset,
+            ),
+        )
+    except ValueError as exc:
+        return error_page(request, 400, str(exc))
+    context = {
+        "rows": rows[:PAGE],
+        "more": len(rows) > PAGE,
+        "offset": offset,
+        "page": PAGE,
+        "filters": {**q, "health": health, "seen": seen},
+    }
+    return render(request, "hosts.html", context)
+
+
+async def host_page(request: web.Request) -> web.StreamResponse:
+    """``GET /console/hosts/{agent_id}``: labels, latest health, recent incidents."""
+    require_login(request)
+    agent_id = request.match_info["agent_id"]
+    host = await in_storage_thread(
+        request, desk_console.host_page, request.app[desk_key].storage, agent_id
+    )
+    if host is None:
+        return error_page(request, 404, f"no host with agent id {agent_id[:80]!r}")
+    return render(request, "host.html", {"h": host})
+
+
+async def catalog_page(request: web.Request) -> web.StreamResponse:
+    """``GET /console/catalog``: services, owners, criticality, SLA targets, groups and
+    the priority matrix, from the loaded catalog."""
+    require_login(request)
+    catalog = request.app[config_key].catalog
+    return render(request, "catalog.html", {"c": catalog, "levels": ("high", "medium", "low")})
+
+
+async def quality_page(request: web.Request) -> web.StreamResponse:
+    """``GET /console/quality?days=30``: per service and department, prevented vs raised,
+    time to restore median/p90, SLA attainment; remediation success per version; NPS."""
+    require_login(request)
+    raw = request.query.get("days", "30")
+    days = int(raw) if raw.isdigit() and int(raw) in QUALITY_DAYS else None
+    if days is None:
+        return error_page(request, 400, f"days must be one of {list(QUALITY_DAYS)}")
+    storage = request.app[desk_key].storage
+    t = now(request)
+
+    async def compute() -> desk_console.Quality:
+        return await in_storage_thread(request, desk_console.quality, storage, t - days * DAY_S, t)
+
+    quality = await request.app[quality_cache_key].get(days, compute)
+    nps = await _satisfaction(request, quality.since)
+    charts_ = {
+        "service": charts.stacked_bars(
+            "Prevented and raised incidents per service",
+            [(r.name, r.prevented, r.raised) for r in quality.by_service],
+            ("prevented", "raised"),
+        ),
+        "department": charts.stacked_bars(
+            "Prevented and raised incidents per department",
+            [(r.name, r.prevented, r.raised) for r in quality.by_department],
+            ("prevented", "raised"),
+        ),
+    }
+    context = {"q": quality, "days": days, "choices": QUALITY_DAYS, "charts": charts_, "nps": nps}
+    return render(request, "quality.html", context)
+
+
+async def _satisfaction(request: web.Request, since: float) -> dict[str, Any] | None:
+    """NPS/CSAT through ``Desk.satisfaction_summary(since=...)`` when the satisfaction
+    work provides it (branch ``satisfaction``: a dict with ``responses``, ``nps``,
+    ``csat``, ``departments`` and ``services``); None until then, or while no survey
+    was answered, and the page says "no survey answers yet"."""
+    summary = getattr(request.app[desk_key], "satisfaction_summary", None)
+    if summary is None:
+        return None
+    result = await in_storage_thread(request, functools.partial(summary, since=since))
+    return result if isinstance(result, dict) and result.get("responses") else None
+
+
+def _id(request: web.Request) -> int | None:
+    raw = request.match_info["item_id"]
+    return int(raw) if len(raw) <= 19 and int(raw) <= MAX_ID else None
