@@ -24,10 +24,10 @@ ADMIN = "front-admin-token-0123456789abcdef0123456789"
 
 @contextlib.contextmanager
 def collector(
-    folder: Path, front: str = "lean", listen_extra: str = ""
+    folder: Path, front: str = "lean", listen_extra: str = "", extra: str = ""
 ) -> Iterator[tuple[str, int]]:
     """A real collector with ``listen.ingest_front: front``; yields (host, port)."""
-    config = collector_config(folder, agent_token=TOKEN, admin_token=ADMIN)
+    config = collector_config(folder, agent_token=TOKEN, admin_token=ADMIN, extra=extra)
     config.write_text(
         config.read_text().replace(
             "listen: {host: 127.0.0.1, port: 0}",
@@ -239,3 +239,16 @@ def test_the_aiohttp_front_serves_the_same_ack(tmp_path: Path) -> None:
             acks[front] = json.loads(body)
             c.close()
     assert acks["aiohttp"] == acks["lean"]
+
+
+def test_the_access_log_has_a_line_per_lean_request_when_asked_for(tmp_path: Path) -> None:
+    with collector(tmp_path, extra="logging: {access_log: true}\n") as address:
+        c = Client(address)
+        c.send(post(report_body("log1")))
+        assert c.response()[0] == 200
+        c.send(post(report_body("log2"), token="not-a-token-0123456789abcdef0123456789"))
+        assert c.response()[0] == 401
+        c.close()
+    text = (tmp_path / "collector.log").read_text()
+    assert '"POST /api/v1/reports HTTP/1.1" 200' in text
+    assert '"POST /api/v1/reports HTTP/1.1" 401' in text

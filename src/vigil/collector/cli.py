@@ -149,6 +149,7 @@ async def _serve(config: CollectorConfig) -> int:
                 max_connections=max_connections,
                 max_body_bytes=config.limits.max_body_bytes,
                 idle_timeout_s=config.idle_timeout_s,
+                access_log=config.access_log,
                 ssl_context=ssl_context,
             )
         else:

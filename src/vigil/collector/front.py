@@ -174,6 +174,16 @@ class IngestFrontProtocol(asyncio.Protocol):
         # reused, since the next request would start somewhere inside it.
         keep_alive = keep_alive and not self._remaining and self._body_complete()
         self._write(response, keep_alive)
+        if self._front.access_log:
+            # One INFO line per request, as aiohttp's access log gives for the rest
+            # (``logging.access_log``; off by default: every agent POST would be one).
+            log.info(
+                '%s "POST %s HTTP/1.1" %d %d',
+                request.remote,
+                request.path,
+                response.status,
+                len(response.body) if isinstance(response.body, bytes) else 0,
+            )
         body_pending = not self._body_complete()
         self._body = None
         if not keep_alive:
@@ -297,8 +307,10 @@ class IngestFront:
         *,
         max_body_bytes: int,
         idle_timeout_s: float,
+        access_log: bool = False,
     ) -> None:
         self.app = app
+        self.access_log = access_log
         self.server = server
         self.handler = handler
         self.max_body_bytes = max_body_bytes
@@ -372,6 +384,7 @@ class IngestFrontSite(web.BaseSite):
         max_connections: int,
         max_body_bytes: int,
         idle_timeout_s: float,
+        access_log: bool = False,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         super().__init__(runner, ssl_context=ssl_context)
@@ -381,6 +394,7 @@ class IngestFrontSite(web.BaseSite):
         self._max_connections = max_connections
         self._max_body_bytes = max_body_bytes
         self._idle_timeout_s = idle_timeout_s
+        self._access_log = access_log
         self._front: IngestFront | None = None
 
     @property
@@ -401,6 +415,7 @@ class IngestFrontSite(web.BaseSite):
             self._handler,
             max_body_bytes=self._max_body_bytes,
             idle_timeout_s=self._idle_timeout_s,
+            access_log=self._access_log,
         )
         factory: Callable[[], asyncio.BaseProtocol] = _FrontGuard(
             self._front, self._max_connections
