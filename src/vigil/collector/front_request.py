@@ -99,9 +99,16 @@ class LeanRequest(HeadersMixin):
 
     @property
     def url(self) -> URL:
-        """The request URL as the client addressed it (``Host`` header), for links."""
+        """The request URL as the client addressed it (``Host`` header), for links; a
+        ``Host`` that is not a valid authority gives ``localhost`` instead of an error."""
         host = self._headers.get("Host", "localhost")
-        return URL(f"{self._scheme}://{host}").join(URL(self._target.decode("latin-1")))
+        try:
+            base = URL(f"{self._scheme}://{host}")
+            if not base.host:
+                raise ValueError(host)
+        except ValueError:
+            base = URL(f"{self._scheme}://localhost")
+        return base.join(URL(INGEST_PATH.decode()))
 
 
 class Head:
