@@ -129,11 +129,17 @@ INGEST_STORAGE = ["{sqlite_path: collector.db}"]
 
 
 def start_collector(
-    folder: Path, *, pin: bool, floor: bool = False, storage: str = "{sqlite_path: collector.db}"
+    folder: Path,
+    *,
+    pin: bool,
+    floor: bool = False,
+    storage: str = "{sqlite_path: collector.db}",
+    event_loop: str = "asyncio",
+    front: str = "aiohttp",
 ) -> tuple[subprocess.Popen[str], str]:
     config = folder / "collector.yaml"
     config.write_text(
-        "listen: {host: 127.0.0.1, port: 0}\n"
+        f"listen: {{host: 127.0.0.1, port: 0, event_loop: {event_loop}, ingest_front: {front}}}\n"
         f"storage: {storage}\n"
         f"auth: {{agent_tokens: [{TOKEN}]}}\n"
     )
@@ -443,6 +449,8 @@ def ingest(
     *,
     floor: bool = False,
     credentials: bool = False,
+    event_loop: str = "asyncio",
+    front: str = "aiohttp",
 ) -> dict:
     """Alternate Vigil and Pushgateway phases ``rounds`` times (and the store-less floor
     collector's with ``floor``, the enrolled-agents collector's with ``credentials``);
@@ -484,7 +492,7 @@ def ingest(
     cred_pool: list[bytes] = []
     cred_proc = cred_port = None
     if credentials:
-        (folder / "credentials").mkdir()
+        (folder / "credentials").mkdir(exist_ok=True)
         tokens = enroll_all(folder / "credentials", agents, now)
         # The same reports, each with its own agent's credential (agents round-robin).
         cred_pool = [
@@ -497,7 +505,9 @@ def ingest(
             )
             for i, body in enumerate(vigil_payloads(agents, values, now, total))
         ]
-        cred_proc, cred_url = start_collector(folder / "credentials", pin=pinned)
+        cred_proc, cred_url = start_collector(
+            folder / "credentials", pin=pinned, event_loop=event_loop, front=front
+        )
         cred_port = int(cred_url.rsplit(":", 1)[1])
     pg_body = pushgateway_payload(values)
     pg_headers = {"Content-Type": "text/plain; version=0.0.4"}
@@ -510,8 +520,10 @@ def ingest(
     if binary is None:
         print("(b) prometheus-pushgateway not installed: apt-get install prometheus-pushgateway")
     vigil_dir = folder / "ingest"
-    vigil_dir.mkdir()
-    proc, url = start_collector(vigil_dir, pin=pinned, storage=INGEST_STORAGE[0])
+    vigil_dir.mkdir(exist_ok=True)
+    proc, url = start_collector(
+        vigil_dir, pin=pinned, storage=INGEST_STORAGE[0], event_loop=event_loop, front=front
+    )
     vigil_port = int(url.rsplit(":", 1)[1])
     pg_port = free_port()
     pg = None
@@ -529,8 +541,10 @@ def ingest(
         wait_for_port(pg_port)
     floor_proc = floor_port = None
     if floor:
-        (folder / "floor").mkdir()
-        floor_proc, floor_url = start_collector(folder / "floor", pin=pinned, floor=True)
+        (folder / "floor").mkdir(exist_ok=True)
+        floor_proc, floor_url = start_collector(
+            folder / "floor", pin=pinned, floor=True, event_loop=event_loop, front=front
+        )
         floor_port = int(floor_url.rsplit(":", 1)[1])
     vigil_runs: list[dict[str, Any]] = []
     pg_runs: list[dict[str, Any]] = []
@@ -585,80 +599,25 @@ def median_of(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test)")
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=3, help="load phases per server")
-    parser.add_argument("--ingest-only", action="store_true", help="skip (a), the offline day")
-    parser.add_argument(
-        "--floor",
-        action="store_true",
-        help="also measure the collector with its store skipped (what HTTP and parsing cost)",
-    )
-    parser.add_argument(
-        "--credentials",
-        action="store_true",
-        help="also measure a collector where every agent sends its own enrolled credential",
-    )
-    parser.add_argument(
-        "--dsn",
-        help="run (b)'s collector on a fresh schema of this PostgreSQL server, not SQLite",
-    )
-    args = parser.parse_args()
-    schema = None
-    if args.dsn:
-        if args.credentials:
-            parser.error("--credentials seeds an SQLite store: not with --dsn")
-        os.environ["VIGIL_TEST_PG_DSN"] = args.dsn
-        from tests.support.postgres import TestSchema
-
-        schema = TestSchema()
-        INGEST_STORAGE[0] = f"{{url: '{schema.url}'}}"
-    load_args = LoadArgs(
-        concurrency=args.concurrency,
-        duration_s=5.0 if args.quick else 10.0,
-        max_requests=60_000 if args.quick else 150_000,
-    )
-    values = real_sample()
-    print(
-        f"delivery benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
-        f" {os.cpu_count()} cores; metrics summary of {len(values)} series"
-    )
-    with tempfile.TemporaryDirectory(prefix="vigil-bench-delivery-") as tmp:
-        folder = Path(tmp)
-        day = None if args.ingest_only else offline_day(folder, values, hours=24.0)
-        try:
-            result = ingest(
-                folder,
-                values,
-                load_args,
-                args.rounds,
-                floor=args.floor,
-                credentials=args.credentials,
-            )
-        finally:
-            if schema is not None:
-                schema.drop()
+def summarise(result: dict[str, Any], concurrency: int, rounds: int) -> dict[str, Any]:
+    """Print one concurrency level's medians and return them (None where not measured)."""
     vigil_runs, pg_runs = result["vigil"], result["pushgateway"]
-    vigil = {k: median_of(vigil_runs, k) for k in ("per_s", "p50_ms", "p99_ms", "server_cpu_us")}
-    pushgw = (
-        {k: median_of(pg_runs, k) for k in ("per_s", "p50_ms", "p99_ms", "server_cpu_us")}
-        if pg_runs
-        else None
-    )
+    keys = ("per_s", "p50_ms", "p99_ms", "server_cpu_us")
+    vigil = {k: median_of(vigil_runs, k) for k in keys}
+    pushgw = {k: median_of(pg_runs, k) for k in keys} if pg_runs else None
     ratio = cpu_ratio = None
     if pushgw:
         ratio = vigil["per_s"] / pushgw["per_s"]
         cpu_ratio = pushgw["server_cpu_us"] / vigil["server_cpu_us"]
         print(
-            f"(b) medians of {args.rounds}: vigil {vigil['per_s']:.0f} reports/s"
-            f" ({vigil['server_cpu_us']:.0f} us CPU each), pushgateway {pushgw['per_s']:.0f}"
-            f" pushes/s ({pushgw['server_cpu_us']:.0f} us CPU each)"
+            f"(b) {concurrency} connections, medians of {rounds}: vigil {vigil['per_s']:.0f}"
+            f" reports/s ({vigil['server_cpu_us']:.0f} us CPU each, p99"
+            f" {vigil['p99_ms']:.1f} ms), pushgateway {pushgw['per_s']:.0f} pushes/s"
+            f" ({pushgw['server_cpu_us']:.0f} us CPU each)"
         )
         print(
-            f"(b) ratio vigil/pushgateway: {ratio:.2f} by throughput, {cpu_ratio:.2f} by CPU per"
-            " request (target >= 1.25)"
+            f"(b) {concurrency} connections: ratio vigil/pushgateway {ratio:.2f} by throughput,"
+            f" {cpu_ratio:.2f} by CPU per request (target >= 1.5 at 128, >= 1.0 at 32)"
         )
     floor_us = median_of(result["floor"], "server_cpu_us") if result["floor"] else None
     if floor_us is not None:
@@ -677,6 +636,118 @@ def main() -> None:
             f" {vigil['server_cpu_us']:.0f} us with the shared token: overhead"
             f" {overhead:+.1%} (target <= +10%)"
         )
+    return {
+        "vigil": vigil,
+        "pushgw": pushgw,
+        "ratio": ratio,
+        "cpu_ratio": cpu_ratio,
+        "floor_us": floor_us,
+        "cred_us": cred_us,
+        "overhead": overhead,
+    }
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="shorter runs (smoke test)")
+    parser.add_argument(
+        "--concurrency",
+        default="128,32",
+        help="connection counts, comma-separated; each is a run of its own (default 128,32)",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="load phases per server")
+    parser.add_argument("--ingest-only", action="store_true", help="skip (a), the offline day")
+    parser.add_argument(
+        "--floor",
+        action="store_true",
+        help="also measure the collector with its store skipped (what HTTP and parsing cost)",
+    )
+    parser.add_argument(
+        "--credentials",
+        action="store_true",
+        help="also measure a collector where every agent sends its own enrolled credential",
+    )
+    parser.add_argument(
+        "--event-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="asyncio",
+        help="the collectors' listen.event_loop (default asyncio, as the collector's)",
+    )
+    parser.add_argument(
+        "--front",
+        choices=("aiohttp", "lean"),
+        default="aiohttp",
+        help="the collectors' listen.ingest_front (default aiohttp, as the collector's)",
+    )
+    parser.add_argument(
+        "--seconds", type=float, default=None, help="seconds a phase (default 10, 5 with --quick)"
+    )
+    parser.add_argument(
+        "--dsn",
+        help="run (b)'s collector on a fresh schema of this PostgreSQL server, not SQLite",
+    )
+    args = parser.parse_args()
+    schema = None
+    if args.dsn:
+        if args.credentials:
+            parser.error("--credentials seeds an SQLite store: not with --dsn")
+        os.environ["VIGIL_TEST_PG_DSN"] = args.dsn
+        from tests.support.postgres import TestSchema
+
+        schema = TestSchema()
+        INGEST_STORAGE[0] = f"{{url: '{schema.url}'}}"
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    duration_s = args.seconds or (5.0 if args.quick else 10.0)
+    values = real_sample()
+    print(
+        f"delivery benchmark, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())},"
+        f" {os.cpu_count()} cores; metrics summary of {len(values)} series;"
+        f" event loop {args.event_loop}, ingest front {args.front}"
+    )
+    summaries: dict[int, dict[str, Any]] = {}
+    try:
+        with tempfile.TemporaryDirectory(prefix="vigil-bench-delivery-") as tmp:
+            folder = Path(tmp)
+            day = None if args.ingest_only else offline_day(folder, values, hours=24.0)
+            for concurrency in levels:
+                load_args = LoadArgs(
+                    concurrency=concurrency,
+                    duration_s=duration_s,
+                    max_requests=60_000 if args.quick else 150_000,
+                )
+                level_dir = folder / f"c{concurrency}"
+                level_dir.mkdir()
+                result = ingest(
+                    level_dir,
+                    values,
+                    load_args,
+                    args.rounds,
+                    floor=args.floor,
+                    credentials=args.credentials,
+                    event_loop=args.event_loop,
+                    front=args.front,
+                )
+                summaries[concurrency] = summarise(result, concurrency, args.rounds)
+    finally:
+        if schema is not None:
+            schema.drop()
+    # The headline figures are the first level's (128 connections by default); every
+    # level also gets ratio_N, cpu_ratio_N and vigil_p99_ms_N.
+    head = summaries[levels[0]]
+    vigil, pushgw = head["vigil"], head["pushgw"]
+    per_level: dict[str, float | None] = {}
+    for concurrency, summary in summaries.items():
+        per_level[f"ratio_{concurrency}"] = _round(summary["ratio"], 3)
+        per_level[f"cpu_ratio_{concurrency}"] = _round(summary["cpu_ratio"], 3)
+        per_level[f"vigil_p99_ms_{concurrency}"] = _round(summary["vigil"]["p99_ms"], 2)
+        per_level[f"vigil_cpu_us_per_report_{concurrency}"] = _round(
+            summary["vigil"]["server_cpu_us"], 1
+        )
+        per_level[f"floor_cpu_us_per_report_{concurrency}"] = _round(summary["floor_us"], 1)
     print(
         json.dumps(
             {
@@ -694,13 +765,17 @@ def main() -> None:
                 "pushgateway_cpu_us_per_push": round(pushgw["server_cpu_us"], 1)
                 if pushgw
                 else None,
-                "ratio": round(ratio, 3) if ratio is not None else None,
-                "cpu_ratio": round(cpu_ratio, 3) if cpu_ratio is not None else None,
-                "floor_cpu_us_per_report": round(floor_us, 1) if floor_us is not None else None,
-                "credentials_cpu_us_per_report": round(cred_us, 1) if cred_us is not None else None,
-                "credential_overhead": round(overhead, 3) if overhead is not None else None,
-                "concurrency": args.concurrency,
-                "duration_s": load_args.duration_s,
+                "ratio": _round(head["ratio"], 3),
+                "cpu_ratio": _round(head["cpu_ratio"], 3),
+                **per_level,
+                "floor_cpu_us_per_report": _round(head["floor_us"], 1),
+                "credentials_cpu_us_per_report": _round(head["cred_us"], 1),
+                "credential_overhead": _round(head["overhead"], 3),
+                "concurrency": levels[0],
+                "concurrency_levels": levels,
+                "event_loop": args.event_loop,
+                "ingest_front": args.front,
+                "duration_s": duration_s,
                 "rounds": args.rounds,
                 "cores": os.cpu_count(),
             }

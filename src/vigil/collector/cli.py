@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vigil import __version__
+from vigil.collector import eventloop
 from vigil.collector.config import CollectorConfig, is_loopback, load_collector_config
 from vigil.collector.identity import cli as identity_cli
 from vigil.collector.storage.records import StorageError
@@ -100,7 +101,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return CONFIG_EXIT_CODE
     try:
-        return asyncio.run(_serve(config, process_port=args.process_port))
+        return eventloop.run(_serve(config, process_port=args.process_port), config.event_loop)
+    except eventloop.EventLoopUnavailable as exc:
+        print(f"{PROG}: {exc}", file=sys.stderr)
+        return CONFIG_EXIT_CODE
     except (OSError, StorageError) as exc:
         print(f"{PROG}: cannot start: {exc}", file=sys.stderr)
         return START_FAILED_EXIT_CODE
@@ -143,14 +147,32 @@ async def _serve(config: CollectorConfig, *, process_port: int | None = None) ->
     )
     try:
         await runner.setup()  # opens the storage
-        site = GuardedTCPSite(
-            runner,
-            config.host,
-            config.port,
-            max_connections=max_connections,
-            ssl_context=ssl_context,
-            reuse_port=config.reuse_port,
-        )
+        site: web.BaseSite
+        if config.ingest_front == "lean":
+            from vigil.collector.api.reports import post_report
+            from vigil.collector.front import IngestFrontSite
+
+            site = IngestFrontSite(
+                runner,
+                config.host,
+                config.port,
+                handler=post_report,
+                max_connections=max_connections,
+                max_body_bytes=config.limits.max_body_bytes,
+                idle_timeout_s=config.idle_timeout_s,
+                access_log=config.access_log,
+                ssl_context=ssl_context,
+                reuse_port=config.reuse_port,
+            )
+        else:
+            site = GuardedTCPSite(
+                runner,
+                config.host,
+                config.port,
+                max_connections=max_connections,
+                ssl_context=ssl_context,
+                reuse_port=config.reuse_port,
+            )
         await site.start()
         port = runner.addresses[0][1]
         if process_port is not None:

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from vigil.collector.desk.catalog import EMPTY_CATALOG, Catalog, load_catalog
 from vigil.collector.desk.engine import IncidentRules
 from vigil.collector.desk.satisfaction import DISABLED, SatisfactionPolicy
+from vigil.collector.eventloop import EVENT_LOOPS
 from vigil.collector.notify.config import NotifyConfig, parse_notifications
 from vigil.collector.policy.config import PolicyConfig, parse_policy
 from vigil.collector.storage.url import (
@@ -37,6 +38,11 @@ from vigil.configio import (
 from vigil.quiet_hours import parse_quiet_hours
 
 DEFAULT_HOST = "127.0.0.1"
+# Who serves POST /api/v1/reports (``listen.ingest_front``; collector/front.py).
+INGEST_FRONTS = ("aiohttp", "lean")
+# aiohttp by default: the lean front saved 0-11 % of CPU per durable report (docs/
+# benchmarks.md, "Ingest front"), too little yet for a second HTTP parser on the hot path.
+DEFAULT_INGEST_FRONT = "aiohttp"
 DEFAULT_PORT = 9750
 DEFAULT_MAX_BODY = 1 * 2**20
 DEFAULT_MAX_DECOMPRESSED = 16 * 2**20
@@ -117,6 +123,13 @@ class CollectorConfig:
     # Bind the port with SO_REUSEPORT (``listen.reuse_port``), so several collector
     # processes on this machine share it and the kernel spreads connections over them.
     reuse_port: bool = False
+    # ``listen.event_loop``: asyncio (the default), auto (uvloop when installed) or
+    # uvloop; see collector/eventloop.py.
+    event_loop: str = "asyncio"
+    # ``listen.ingest_front``: "lean" serves POST /api/v1/reports with collector/front.py
+    # (httptools) and hands every other request to aiohttp; "aiohttp" serves all of them
+    # through aiohttp.
+    ingest_front: str = DEFAULT_INGEST_FRONT
     # Native TLS (``listen.tls``); None serves plain HTTP (behind a TLS proxy, or a demo).
     tls: TlsConfig | None = None
     # Where the collector keeps its state (``storage.url``); a relative SQLite path was
@@ -167,6 +180,8 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         "max_connections", int, DEFAULT_MAX_CONNECTIONS, minimum=1, maximum=1_000_000
     )
     idle_timeout_s = listen.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT_S, minimum=1.0)
+    event_loop = listen.get("event_loop", str, "asyncio", choices=EVENT_LOOPS)
+    ingest_front = listen.get("ingest_front", str, DEFAULT_INGEST_FRONT, choices=INGEST_FRONTS)
     tls = _tls(listen.section("tls")) if listen.has("tls") else None
     reuse_port = listen.get("reuse_port", bool, False)
     if reuse_port and not sys.platform.startswith("linux"):
@@ -287,6 +302,8 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         max_connections=max_connections,
         idle_timeout_s=idle_timeout_s,
         reuse_port=reuse_port,
+        event_loop=event_loop,
+        ingest_front=ingest_front,
         tls=tls,
         storage_url=storage_url,
         dedup_retention_s=dedup_retention_s,

@@ -30,7 +30,7 @@ import logging
 import ssl
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -143,9 +143,11 @@ class _Shed(asyncio.Protocol):
     """A connection past the cap: a 503 and closed, without reading the request."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(SHED_RESPONSE)
-        transport.close()
+        # A cast, not an isinstance check: uvloop's transports are not subclasses of
+        # asyncio.Transport, though they offer the same methods.
+        stream = cast(asyncio.Transport, transport)
+        stream.write(SHED_RESPONSE)
+        stream.close()
 
 
 class _Guard:

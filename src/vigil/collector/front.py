@@ -1,0 +1,448 @@
+"""A lean HTTP front for ``POST /api/v1/reports``, in front of aiohttp on the same port.
+
+Why: issue #17's profile put ~40 % of a durable report's CPU in aiohttp's HTTP stack
+(request parsing, the per-request task and stream objects, the response writer). Agents
+post the same small request over and over on a keep-alive connection, so this module
+serves exactly that request itself and hands everything else to aiohttp:
+
+* :class:`IngestFrontProtocol` is the protocol of every accepted connection. It frames
+  requests itself (the head ends at the first blank line, the body is ``Content-Length``
+  bytes) and parses the head with ``httptools`` (llhttp, the parser uvicorn uses).
+* A request it serves is a plain ``POST /api/v1/reports`` over HTTP/1.1 with one
+  ``Content-Length`` and no ``Transfer-Encoding``, ``Expect`` or ``Upgrade``. It runs the
+  very same handler as aiohttp does (:func:`vigil.collector.api.reports.post_report`,
+  through :class:`LeanRequest`, which offers the handful of request attributes that
+  handler reads), so authentication, the limits, the 4xx answers naming the field and the
+  ack are the same code, not a copy.
+* Anything else (another path or method, a chunked body, a head that does not parse or is
+  over 8 KiB, HTTP/1.0) is handed over at a request boundary: the connection is given to
+  aiohttp's own protocol (``transport.set_protocol``) with the bytes not yet consumed, and
+  stays with aiohttp from then on. So malformed input gets aiohttp's answer and logging,
+  exactly as without this front.
+
+Limits kept: the connection cap (``listen.max_connections`` counts lean and aiohttp
+connections together; past it a ``503`` as in ``listen.py``); ``listen.idle_timeout`` both
+for an idle connection and for a head that is not complete (slow headers), and as the
+bound on receiving a body once its head arrived; the body size is refused from
+``Content-Length`` before any of it is read, and the connection is closed after a reply
+sent before its body was read; at most one request is handled at a time per connection
+and reading pauses meanwhile. TLS is the listening socket's: the protocol sees plain text.
+
+Selected by ``listen.ingest_front: lean`` (``aiohttp``: every request through aiohttp).
+Measured in docs/benchmarks.md (delivery).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import ssl
+from collections.abc import Awaitable, Callable
+from typing import cast
+
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+
+from vigil.collector.api.http import ApiError, error_response
+from vigil.collector.front_request import INGEST_PATH, Body, LeanRequest, lean_head
+from vigil.collector.listen import SHED_RESPONSE
+
+log = logging.getLogger(__name__)
+
+# Longest request head served here (aiohttp's own limit for a line is 8190 bytes); a
+# longer one is aiohttp's to refuse.
+MAX_HEAD_BYTES = 8192
+_HEAD_END = b"\r\n\r\n"
+_SHED_LOG_INTERVAL_S = 10.0
+# Seconds the rest of a refused body is read and discarded before the connection closes.
+_DRAIN_S = 2.0
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class IngestFrontProtocol(asyncio.Protocol):
+    """One client connection; see the module docstring."""
+
+    def __init__(self, front: IngestFront) -> None:
+        self._front = front
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._body: Body | None = None
+        self._remaining = 0  # body bytes of the current request not received yet
+        self._task: asyncio.Task[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._paused = False
+        self._closed = False
+        self._draining = -1  # bytes still discarded after an early reply; -1: not draining
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._front.open.add(self)
+        self._arm(self._idle_timeout)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._closed = True
+        self._front.open.discard(self)
+        self._disarm()
+        if self._body is not None:
+            self._body.fail(web.RequestPayloadError("connection closed before the body ended"))
+
+    def data_received(self, data: bytes) -> None:
+        if self._draining >= 0:
+            self._drain(len(data))
+            return
+        if self._remaining:
+            piece = data[: self._remaining]
+            self._remaining -= len(piece)
+            assert self._body is not None
+            self._body.feed(bytes(piece))
+            if not self._remaining:
+                self._body.end()
+                self._disarm()
+            data = data[len(piece) :]
+        if data:
+            self._buffer += data
+        self._process()
+
+    # ------------------------------------------------------------------ framing
+
+    def _process(self) -> None:
+        if self._task is not None or self._closed:
+            # One request at a time: what comes next waits, bounded by pausing the socket.
+            if len(self._buffer) > MAX_HEAD_BYTES and not self._paused:
+                self._pause()
+            return
+        end = self._buffer.find(_HEAD_END, 0, MAX_HEAD_BYTES)
+        if end < 0:
+            if len(self._buffer) >= MAX_HEAD_BYTES or (
+                # A request line that already shows this is not ours: aiohttp's at once.
+                len(self._buffer) > len(INGEST_PATH) + 5
+                and not self._buffer.startswith(b"POST " + INGEST_PATH)
+            ):
+                self._hand_over()
+            return
+        raw = bytes(self._buffer[: end + len(_HEAD_END)])
+        parsed = lean_head(raw)
+        if parsed is None:
+            self._hand_over()
+            return
+        head, keep_alive = parsed
+        del self._buffer[: len(raw)]
+        headers = CIMultiDict(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers
+        )
+        length = int(headers["Content-Length"])
+        body = Body()
+        self._body = body
+        # A body over the limit is refused before any of it is read; the rest of it then
+        # is not waited for (the connection closes after the reply).
+        limit = self._front.max_body_bytes
+        self._remaining = length if length <= limit else 0
+        taken = bytes(self._buffer[: self._remaining])
+        del self._buffer[: len(taken)]
+        self._remaining -= len(taken)
+        if taken:
+            body.feed(taken)
+        complete = length <= limit and not self._remaining
+        if complete:
+            body.end()
+        transport = self._transport
+        assert transport is not None
+        peer = transport.get_extra_info("peername")
+        remote = peer[0] if isinstance(peer, tuple) else None
+        scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
+        request = LeanRequest(
+            self._front.app, CIMultiDictProxy(headers), head.url, remote, scheme, body
+        )
+        self._disarm()
+        if not complete and length <= limit:
+            self._arm(self._body_timeout)
+        reusable = keep_alive and length <= limit
+        self._task = asyncio.ensure_future(self._serve(request, reusable))
+        self._front.tasks.add(self._task)
+        self._task.add_done_callback(self._front.tasks.discard)
+
+    async def _serve(self, request: LeanRequest, keep_alive: bool) -> None:
+        response = await self._front.respond(request)
+        self._task = None
+        if self._closed:
+            return
+        # The body not fully read (refused early, or cut off): the connection cannot be
+        # reused, since the next request would start somewhere inside it.
+        keep_alive = keep_alive and not self._remaining and self._body_complete()
+        self._write(response, keep_alive)
+        if self._front.access_log:
+            # One INFO line per request, as aiohttp's access log gives for the rest
+            # (``logging.access_log``; off by default: every agent POST would be one).
+            log.info(
+                '%s "POST %s HTTP/1.1" %d %d',
+                request.remote,
+                request.path,
+                response.status,
+                len(response.body) if isinstance(response.body, bytes) else 0,
+            )
+        body_pending = not self._body_complete()
+        self._body = None
+        if not keep_alive:
+            if body_pending:
+                # Closing with unread input makes the kernel send RST, which can destroy
+                # the reply before the client reads it: discard what the client still
+                # sends (bounded in bytes and time), then close.
+                self._start_draining()
+            else:
+                assert self._transport is not None
+                self._transport.close()
+            return
+        self._arm(self._idle_timeout)
+        if self._paused:
+            self._paused = False
+            assert self._transport is not None
+            self._transport.resume_reading()
+        if self._buffer:
+            self._process()
+
+    def _start_draining(self) -> None:
+        assert self._transport is not None
+        self._buffer.clear()
+        self._remaining = 0
+        self._draining = self._front.max_body_bytes
+        if self._paused:
+            self._paused = False
+            self._transport.resume_reading()
+        self._disarm()
+        self._timer = asyncio.get_running_loop().call_later(_DRAIN_S, self._transport.close)
+
+    def _drain(self, received: int) -> None:
+        self._draining -= received
+        if self._draining < 0 and self._transport is not None:
+            self._transport.close()
+
+    def _body_complete(self) -> bool:
+        body = self._body
+        return body is None or (body._done and body._error is None)
+
+    def _write(self, response: web.Response, keep_alive: bool) -> None:
+        body = response.body
+        payload = body if isinstance(body, bytes) else b""
+        status = response.status
+        try:
+            reason = http.HTTPStatus(status).phrase
+        except ValueError:
+            reason = "Unknown"
+        lines = [f"HTTP/1.1 {status} {reason}"]
+        for name, value in response.headers.items():
+            if name.lower() not in ("content-length", "connection"):
+                lines.append(f"{name}: {value}")
+        lines.append(f"Content-Length: {len(payload)}")
+        if not keep_alive:
+            lines.append("Connection: close")
+        assert self._transport is not None
+        self._transport.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + payload)
+
+    def _hand_over(self) -> None:
+        """Give the connection to aiohttp, with every byte not consumed yet."""
+        transport = self._transport
+        assert transport is not None
+        self._disarm()
+        self._front.open.discard(self)
+        self._closed = True
+        handler = self._front.server()
+        transport.set_protocol(handler)
+        handler.connection_made(transport)
+        if self._paused:
+            transport.resume_reading()
+        if self._buffer:
+            handler.data_received(bytes(self._buffer))
+            self._buffer.clear()
+
+    # ------------------------------------------------------------------ timers
+
+    def _arm(self, callback: Callable[[], None]) -> None:
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_later(self._front.idle_timeout_s, callback)
+
+    def _disarm(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _idle_timeout(self) -> None:
+        """No complete request head within ``listen.idle_timeout``: close."""
+        self._timer = None
+        if self._task is None and self._transport is not None:
+            self._transport.close()
+
+    def _body_timeout(self) -> None:
+        """The body did not arrive within ``listen.idle_timeout`` of its head: the handler
+        sees a broken body (400) and the connection closes after that reply."""
+        self._timer = None
+        if self._body is not None:
+            self._body.fail(web.RequestPayloadError("request body not received in time"))
+
+    def _pause(self) -> None:
+        self._paused = True
+        assert self._transport is not None
+        self._transport.pause_reading()
+
+    def close_if_idle(self) -> None:
+        """Close the connection unless a request is being handled (shutdown)."""
+        if self._task is None and self._transport is not None:
+            self._transport.close()
+
+
+class IngestFront:
+    """What the connections of one listening socket share: the app and its report
+    handler, aiohttp's protocol factory for everything else, the limits, and the open
+    lean connections and in-flight requests (for the connection cap and shutdown)."""
+
+    def __init__(
+        self,
+        app: web.Application,
+        server: web.Server,
+        handler: Handler,
+        *,
+        max_body_bytes: int,
+        idle_timeout_s: float,
+        access_log: bool = False,
+    ) -> None:
+        self.app = app
+        self.access_log = access_log
+        self.server = server
+        self.handler = handler
+        self.max_body_bytes = max_body_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self.open: set[IngestFrontProtocol] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    async def respond(self, request: LeanRequest) -> web.Response:
+        """The handler's response, with failures rendered as the app's middleware
+        renders them (``collector/app.py``: ``error_middleware``)."""
+        try:
+            response = await self.handler(cast(web.Request, request))
+        except ApiError as exc:
+            return error_response(exc.status, exc.message, exc.field, headers=exc.headers)
+        except Exception:
+            log.exception("unhandled error on POST %s", INGEST_PATH.decode())
+            return error_response(500, "internal server error")
+        assert isinstance(response, web.Response)
+        return response
+
+
+class _Shed(asyncio.Protocol):
+    """A connection past the cap: a 503 and closed, without reading the request."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # A cast, not an isinstance check: uvloop's transports are not subclasses of
+        # asyncio.Transport, though they offer the same methods.
+        stream = cast(asyncio.Transport, transport)
+        stream.write(SHED_RESPONSE)
+        stream.close()
+
+
+class _FrontGuard:
+    """The listening socket's protocol factory: a lean connection while fewer than
+    ``limit`` connections (lean and aiohttp's) are open, a 503 past it."""
+
+    def __init__(self, front: IngestFront, limit: int) -> None:
+        self._front = front
+        self._limit = limit
+        self.shed = 0
+        self._last_log = -_SHED_LOG_INTERVAL_S
+
+    def __call__(self) -> asyncio.BaseProtocol:
+        front = self._front
+        if len(front.open) + len(front.server.connections) < self._limit:
+            return IngestFrontProtocol(front)
+        self.shed += 1
+        now = asyncio.get_running_loop().time()
+        if now - self._last_log >= _SHED_LOG_INTERVAL_S:
+            self._last_log = now
+            log.warning(
+                "%d connections open (listen.max_connections): shedding new ones with 503"
+                " (%d so far)",
+                self._limit,
+                self.shed,
+            )
+        return _Shed()
+
+
+class IngestFrontSite(web.BaseSite):
+    """A TCP site whose connections go through :class:`IngestFrontProtocol` (reports
+    served lean, the rest by the runner's aiohttp server), with the connection cap."""
+
+    def __init__(
+        self,
+        runner: web.AppRunner,
+        host: str,
+        port: int,
+        *,
+        handler: Handler,
+        max_connections: int,
+        max_body_bytes: int,
+        idle_timeout_s: float,
+        access_log: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+        reuse_port: bool = False,
+    ) -> None:
+        super().__init__(runner, ssl_context=ssl_context)
+        self._reuse_port = reuse_port
+        self._host = host
+        self._port = port
+        self._handler = handler
+        self._max_connections = max_connections
+        self._max_body_bytes = max_body_bytes
+        self._idle_timeout_s = idle_timeout_s
+        self._access_log = access_log
+        self._front: IngestFront | None = None
+
+    @property
+    def name(self) -> str:
+        host = f"[{self._host}]" if ":" in self._host else self._host
+        scheme = "https" if self._ssl_context is not None else "http"
+        return f"{scheme}://{host}:{self._port}"
+
+    async def start(self) -> None:
+        await super().start()
+        loop = asyncio.get_running_loop()
+        runner = cast(web.AppRunner, self._runner)
+        server = runner.server
+        assert server is not None
+        self._front = IngestFront(
+            runner.app,
+            server,
+            self._handler,
+            max_body_bytes=self._max_body_bytes,
+            idle_timeout_s=self._idle_timeout_s,
+            access_log=self._access_log,
+        )
+        factory: Callable[[], asyncio.BaseProtocol] = _FrontGuard(
+            self._front, self._max_connections
+        )
+        self._server = await loop.create_server(
+            factory,
+            self._host,
+            self._port,
+            backlog=self._backlog,
+            ssl=self._ssl_context,
+            reuse_port=self._reuse_port or None,  # listen.reuse_port, as GuardedTCPSite
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, close idle lean connections and let the requests in flight
+        finish (their reports are committed and acked) before the app shuts down."""
+        front = self._front
+        if front is not None:
+            if self._server is not None:
+                self._server.close()
+            for protocol in list(front.open):
+                protocol.close_if_idle()
+            if front.tasks:
+                await asyncio.wait(list(front.tasks), timeout=30.0)
+            for protocol in list(front.open):
+                if protocol._transport is not None:
+                    protocol._transport.close()
+        await super().stop()
