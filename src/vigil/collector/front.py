@@ -46,7 +46,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from vigil.collector.api.http import ApiError, error_response
 from vigil.collector.front_request import INGEST_PATH, Body, LeanRequest, lean_head
-from vigil.collector.listen import SHED_RESPONSE
+from vigil.collector.listen import ConnectionGuard
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 # longer one is aiohttp's to refuse.
 MAX_HEAD_BYTES = 8192
 _HEAD_END = b"\r\n\r\n"
-_SHED_LOG_INTERVAL_S = 10.0
 # Seconds the rest of a refused body is read and discarded before the connection closes.
 _DRAIN_S = 2.0
 
@@ -332,44 +331,6 @@ class IngestFront:
         return response
 
 
-class _Shed(asyncio.Protocol):
-    """A connection past the cap: a 503 and closed, without reading the request."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # A cast, not an isinstance check: uvloop's transports are not subclasses of
-        # asyncio.Transport, though they offer the same methods.
-        stream = cast(asyncio.Transport, transport)
-        stream.write(SHED_RESPONSE)
-        stream.close()
-
-
-class _FrontGuard:
-    """The listening socket's protocol factory: a lean connection while fewer than
-    ``limit`` connections (lean and aiohttp's) are open, a 503 past it."""
-
-    def __init__(self, front: IngestFront, limit: int) -> None:
-        self._front = front
-        self._limit = limit
-        self.shed = 0
-        self._last_log = -_SHED_LOG_INTERVAL_S
-
-    def __call__(self) -> asyncio.BaseProtocol:
-        front = self._front
-        if len(front.open) + len(front.server.connections) < self._limit:
-            return IngestFrontProtocol(front)
-        self.shed += 1
-        now = asyncio.get_running_loop().time()
-        if now - self._last_log >= _SHED_LOG_INTERVAL_S:
-            self._last_log = now
-            log.warning(
-                "%d connections open (listen.max_connections): shedding new ones with 503"
-                " (%d so far)",
-                self._limit,
-                self.shed,
-            )
-        return _Shed()
-
-
 class IngestFrontSite(web.BaseSite):
     """A TCP site whose connections go through :class:`IngestFrontProtocol` (reports
     served lean, the rest by the runner's aiohttp server), with the connection cap."""
@@ -411,7 +372,7 @@ class IngestFrontSite(web.BaseSite):
         runner = cast(web.AppRunner, self._runner)
         server = runner.server
         assert server is not None
-        self._front = IngestFront(
+        front = self._front = IngestFront(
             runner.app,
             server,
             self._handler,
@@ -419,8 +380,11 @@ class IngestFrontSite(web.BaseSite):
             idle_timeout_s=self._idle_timeout_s,
             access_log=self._access_log,
         )
-        factory: Callable[[], asyncio.BaseProtocol] = _FrontGuard(
-            self._front, self._max_connections
+        # The cap counts lean connections and those handed to aiohttp together.
+        factory = ConnectionGuard(
+            self._max_connections,
+            lambda: len(front.open) + len(front.server.connections),
+            lambda: IngestFrontProtocol(front),
         )
         self._server = await loop.create_server(
             factory,

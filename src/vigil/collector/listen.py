@@ -150,22 +150,27 @@ class _Shed(asyncio.Protocol):
         stream.close()
 
 
-class _Guard:
-    """The protocol factory the listening socket uses: aiohttp's handler while there is
-    room, :class:`_Shed` past ``limit`` open connections."""
+class ConnectionGuard:
+    """A listening socket's protocol factory: ``make()`` while fewer than ``limit``
+    connections are open (``open_count()``), a 503 (:class:`_Shed`) past it, logged at
+    most once per :data:`_SHED_LOG_INTERVAL_S`. The aiohttp site and the lean ingest front
+    (``collector/front.py``) each count their own connections."""
 
-    def __init__(self, server: web.Server, limit: int) -> None:
-        self._server = server
+    def __init__(
+        self,
+        limit: int,
+        open_count: Callable[[], int],
+        make: Callable[[], asyncio.BaseProtocol],
+    ) -> None:
         self._limit = limit
+        self._open_count = open_count
+        self._make = make
         self.shed = 0
         self._last_log = -_SHED_LOG_INTERVAL_S
 
     def __call__(self) -> asyncio.BaseProtocol:
-        server = self._server
-        # Server.connections lists the handlers whose connection is open (a new handler
-        # registers in connection_made, right after this factory returns it).
-        if len(server.connections) < self._limit:
-            return server()
+        if self._open_count() < self._limit:
+            return self._make()
         self.shed += 1
         now = asyncio.get_running_loop().time()
         if now - self._last_log >= _SHED_LOG_INTERVAL_S:
@@ -181,7 +186,7 @@ class _Guard:
 
 class GuardedTCPSite(web.BaseSite):
     """A TCP site like ``web.TCPSite`` whose connections past ``max_connections`` are
-    shed (see :class:`_Guard`). Built on ``BaseSite`` alone, so that it does not depend
+    shed (see :class:`ConnectionGuard`). Built on ``BaseSite`` alone, so that it does not depend
     on how a given aiohttp version starts its own ``TCPSite``."""
 
     def __init__(
@@ -211,7 +216,9 @@ class GuardedTCPSite(web.BaseSite):
         loop = asyncio.get_running_loop()
         server = self._runner.server
         assert server is not None
-        factory: Callable[[], asyncio.BaseProtocol] = _Guard(server, self._max_connections)
+        # Server.connections lists the handlers whose connection is open (a new handler
+        # registers in connection_made, right after the factory returns it).
+        factory = ConnectionGuard(self._max_connections, lambda: len(server.connections), server)
         # reuse_port: SO_REUSEPORT, so collector processes on this machine share the
         # port and the kernel spreads new connections over them (Linux; config checks).
         self._server = await loop.create_server(
