@@ -25,3 +25,21 @@ class EventSink(Protocol):
 def new_event_id() -> str:
     """A globally unique event id (the outbox assigns the per-agent ``seq``)."""
     return uuid.uuid4().hex
+
+
+def status_event(
+    check: str, state: wire.CheckState, message: str, *, time: float, value: float | None = None
+) -> wire.CheckEvent:
+    """A check result the agent reports about itself (``agent.policy``, ``agent.update``,
+    ``agent.remediations``, ``agent.clock``): no previous state (the collector keeps
+    it), the message cut to the wire's bound. ``time`` is wall seconds."""
+    return wire.CheckEvent(
+        event_id=new_event_id(),
+        seq=0,
+        time=time,
+        check=check,
+        state=state,
+        previous_state=None,
+        value=value,
+        message=message[: wire.MAX_STR],
+    )

@@ -50,7 +50,7 @@ from vigil.agent.cycle import CheckCycle
 from vigil.agent.delivery.credential import CredentialSource
 from vigil.agent.delivery.outbox import Outbox
 from vigil.agent.delivery.shipper import KEEPALIVE_S, Shipper
-from vigil.agent.events import new_event_id
+from vigil.agent.events import new_event_id, status_event
 from vigil.agent.heartbeat import HeartbeatRecorder
 from vigil.agent.identity import Identity, load_identity
 from vigil.agent.measure import Measurer, SampleSource
@@ -595,15 +595,12 @@ class AgentService:
         else:
             message = f"all {len(self.flow.library)} remediations loaded"
         self.outbox.put(
-            wire.CheckEvent(
-                event_id=new_event_id(),
-                seq=0,
+            status_event(
+                REMEDIATIONS_CHECK,
+                "critical" if broken else "ok",
+                message,
                 time=self.clock(),
-                check=REMEDIATIONS_CHECK,
-                state="critical" if broken else "ok",
-                previous_state=None,
                 value=float(len(broken)),
-                message=message[: wire.MAX_STR],
             ),
             urgent=bool(broken),
         )
@@ -627,15 +624,8 @@ class AgentService:
                 message = f"wall clock stepped {jump.seconds:+.0f} s"
             log.info("clock jump: %s", message)
             self.outbox.put(
-                wire.CheckEvent(
-                    event_id=new_event_id(),
-                    seq=0,
-                    time=now.wall,
-                    check=wire.CLOCK_CHECK,
-                    state="ok",
-                    previous_state=None,
-                    value=round(jump.seconds, 3),
-                    message=message,
+                status_event(
+                    wire.CLOCK_CHECK, "ok", message, time=now.wall, value=round(jump.seconds, 3)
                 )
             )
         if jumps:

@@ -32,9 +32,8 @@ from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from vigil import wire
 from vigil.agent.config import AgentConfig
-from vigil.agent.events import EventSink, new_event_id
+from vigil.agent.events import EventSink, status_event
 from vigil.agent.policy.cache import CachedBundle, PolicyCache
 from vigil.agent.policy.compose import compose
 from vigil.agent.policy.settings import trusted_keys
@@ -388,16 +387,7 @@ class PolicySync:
             return
         self._last_report = (state, message)
         self.sink.put(
-            wire.CheckEvent(
-                event_id=new_event_id(),
-                seq=0,
-                time=self.clock(),
-                check=POLICY_CHECK,
-                state=state,  # type: ignore[arg-type]
-                previous_state=None,
-                value=None,
-                message=message[: wire.MAX_STR],
-            ),
+            status_event(POLICY_CHECK, state, message, time=self.clock()),  # type: ignore[arg-type]
             urgent=state == "critical" if urgent is None else urgent,
         )
 

@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from vigil import wire
 from vigil.agent.config import AgentConfig
-from vigil.agent.events import EventSink, new_event_id
+from vigil.agent.events import EventSink, status_event
 from vigil.agent.policy.settings import trusted_keys
 from vigil.agent.policy.sync import REFETCH_REFUSED_S, Fetcher
 from vigil.agent.update.guard import UpdateGuard
@@ -249,16 +248,7 @@ class ReleaseSync:
             return
         self._last_report = (state, message)
         self.sink.put(
-            wire.CheckEvent(
-                event_id=new_event_id(),
-                seq=0,
-                time=self.clock(),
-                check=UPDATE_CHECK,
-                state=state,  # type: ignore[arg-type]
-                previous_state=None,
-                value=None,
-                message=message[: wire.MAX_STR],
-            ),
+            status_event(UPDATE_CHECK, state, message, time=self.clock()),  # type: ignore[arg-type]
             urgent=state == "critical" if urgent is None else urgent,
         )
 
