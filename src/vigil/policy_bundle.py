@@ -118,17 +118,9 @@ def build(
     target: Mapping[str, Any],
     created_at: float,
 ) -> tuple[bytes, dict[str, bytes]]:
-    """Build a manifest from a policy source folder: ``(manifest bytes, files)``.
-
-    ``policy_dir/policy.yaml`` holds the config fragment (``checks``: a list in the agent
-    config's schema; ``remediation``: ``enabled`` and ``schedule`` maps); every file under
-    ``policy_dir/remediations/`` goes into the bundle. Symlinks and anything that is not a
-    regular file or folder are refused (:class:`PolicySourceError` naming the path), as
-    are bad arguments (:class:`ValueError`). Only the structure is checked here; the agent
-    validates the checks and remediations with its own loader before it applies them.
-    ``created_at`` and ``expires_at`` are Unix seconds. The manifest's keys are sorted.
-    Implemented in :mod:`vigil.policy_build` (loaded on first use: it imports YAML).
-    """
+    """Build a manifest from a policy source folder: ``(manifest bytes, files)``. The
+    facade of :func:`vigil.policy_build.build_manifest`, which documents the folder and
+    the errors; loaded on first use, as it imports YAML (an admin's offline step)."""
     from vigil.policy_build import build_manifest
 
     return build_manifest(
