@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, TypeVar
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -56,6 +57,23 @@ def wait_for(
             return last
         time.sleep(interval_s)
     pytest.fail(f"timed out waiting for {what} (last: {last!r})")
+
+
+def assert_process_gone(pid: int, timeout_s: float = 5.0) -> None:
+    """Fail unless process ``pid`` is gone (or a zombie) within ``timeout_s`` seconds.
+
+    A SIGKILL is delivered asynchronously: on a loaded machine a killed process can still
+    read as running for a moment while the kernel tears it down, so one sample right
+    after the kill is a race. Bounded polling waits for the death the kill promised.
+    """
+
+    def gone() -> bool:
+        try:
+            return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return True
+
+    wait_for(f"process {pid} to be gone", gone, timeout_s, interval_s=0.05)
 
 
 def read_line(proc: subprocess.Popen[str], timeout_s: float) -> str:

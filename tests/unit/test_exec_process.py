@@ -10,9 +10,9 @@ import os
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
+from tests.support.procs import assert_process_gone
 from vigil.agent.exec.process import KILL_GRACE_S, BoundedRun, child_env, run_bounded
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="POSIX process groups and sh")
@@ -59,7 +59,7 @@ def test_timeout_kills_the_tree_and_reports_no_exit_code(tmp_path: Path) -> None
     assert run.timed_out and run.exit_code is None
     assert time.monotonic() - started < 0.5 + KILL_GRACE_S + 2.0
     grandchild = int(pidfile.read_text())
-    assert not psutil.pid_exists(grandchild) or psutil.Process(grandchild).status() == "zombie"
+    assert_process_gone(grandchild)
 
 
 def test_start_failure_raises() -> None:

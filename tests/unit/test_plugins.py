@@ -12,9 +12,9 @@ import stat
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
+from tests.support.procs import assert_process_gone
 from vigil.agent.plugins import PerfDatum, parse_output, parse_perfdata, run_plugin, series_label
 
 
@@ -118,7 +118,7 @@ def test_timeout_kills_the_whole_process_tree(tmp_path: Path) -> None:
     assert result.text == "plugin timed out after 0.5s"
     assert time.monotonic() - started < 5
     child = int(pidfile.read_text())
-    assert not psutil.pid_exists(child) or psutil.Process(child).status() == "zombie"
+    assert_process_gone(child)
 
 
 def test_output_is_capped(tmp_path: Path) -> None:

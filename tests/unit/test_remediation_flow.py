@@ -16,10 +16,10 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import psutil
 import pytest
 import yaml
 
+from tests.support.procs import assert_process_gone
 from vigil import wire
 from vigil.agent.config import load_agent_config
 from vigil.agent.service import AgentService, build_service
@@ -406,7 +406,7 @@ def test_hanging_script_with_a_stubborn_grandchild_times_out_and_leaves_nothing(
     (record,) = records(svc)
     assert (record.outcome, record.exit_code) == ("timeout", None)
     pid = int(pidfile.read_text())
-    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert_process_gone(pid)
 
 
 def test_100mb_of_output_is_recorded_as_a_bounded_excerpt(tmp_path: Path) -> None:
