@@ -9,6 +9,7 @@ import asyncio
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -60,6 +61,49 @@ def test_timeout_kills_the_tree_and_reports_no_exit_code(tmp_path: Path) -> None
     assert time.monotonic() - started < 0.5 + KILL_GRACE_S + 2.0
     grandchild = int(pidfile.read_text())
     assert_process_gone(grandchild)
+
+
+def test_a_cancel_while_asyncio_still_wires_the_pipes_kills_the_whole_tree(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The child runs from the fork on, while create_subprocess_exec still connects its
+    # pipes; on a loaded machine a cancel can land in that window (CI saw it). asyncio's
+    # own clean-up then kills only the direct child: the group must still be killed.
+    pidfile = tmp_path / "child.pid"
+    real_spawn = asyncio.create_subprocess_exec
+
+    async def pid_written() -> None:
+        for _ in range(1000):  # at most ~10 s
+            if pidfile.exists() and pidfile.read_text().strip():
+                return
+            await asyncio.sleep(0.01)
+
+    async def slow_spawn(*args: Any, **kwargs: Any) -> asyncio.subprocess.Process:
+        proc = await real_spawn(*args, **kwargs)
+        await pid_written()
+        await asyncio.sleep(0.2)  # the window, widened: the cancel lands in here
+        return proc
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", slow_spawn)
+
+    async def main() -> None:
+        task = asyncio.create_task(
+            run_bounded(
+                ["/bin/sh", "-c", f"sleep 60 & echo $! > {pidfile}; wait"],
+                env=child_env(None),
+                cwd="/",
+                timeout_s=30,
+                output_cap_bytes=1024,
+            )
+        )
+        await pid_written()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(main())
+
+    assert_process_gone(int(pidfile.read_text()))
 
 
 def test_start_failure_raises() -> None:

@@ -17,9 +17,9 @@ from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
-import psutil
 import pytest
 
+from tests.support.procs import assert_process_gone
 from vigil.agent.exec.process import KILL_GRACE_S
 from vigil.agent.exec.script import ScriptResult, run_script
 
@@ -52,26 +52,6 @@ def wait_for_file(path: Path, timeout_s: float = 5.0) -> str:
             return text
         time.sleep(0.01)
     raise AssertionError(f"{path} was never written")
-
-
-def is_gone(pid: int, within_s: float = 1.0) -> bool:
-    """True when ``pid`` stops running within ``within_s`` seconds.
-
-    The short wait covers the kernel finishing an exit we already caused (a process
-    closes its files, which ends our read, a moment before it is fully dead). A zombie
-    counts as gone: where PID 1 does not reap orphans (many containers), a killed
-    grandchild stays a zombie of PID 1, which no longer runs or holds anything.
-    """
-    deadline = time.monotonic() + within_s
-    while True:
-        try:
-            if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
-                return True
-        except psutil.NoSuchProcess:
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.01)
 
 
 # --- running and exit codes ---------------------------------------------------------
@@ -318,7 +298,7 @@ def test_timeout_kills_a_grandchild_that_ignores_sigterm(tmp_path: Path) -> None
     assert result.timed_out
     assert result.exit_code is None
     assert result.error is None
-    assert is_gone(grandchild)
+    assert_process_gone(grandchild)
     assert result.duration_s < 0.5 + KILL_GRACE_S + 2.0
 
 
@@ -342,7 +322,7 @@ def test_background_child_left_after_normal_exit_is_killed(tmp_path: Path) -> No
 
     assert result.exit_code == 0
     assert not result.timed_out
-    assert is_gone(int(wait_for_file(pidfile)))
+    assert_process_gone(int(wait_for_file(pidfile)))
     assert result.duration_s < KILL_GRACE_S
 
 
@@ -371,7 +351,7 @@ def test_cancelled_run_kills_the_process_group(tmp_path: Path) -> None:
 
     run(main())
 
-    assert is_gone(int(pidfile.read_text()))
+    assert_process_gone(int(pidfile.read_text()))
 
 
 ESCAPING_GRANDCHILD = """\

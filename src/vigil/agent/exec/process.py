@@ -22,8 +22,9 @@ import contextlib
 import os
 import signal
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from vigil.agent.exec.capture import HeadTail
 
@@ -153,15 +154,17 @@ async def run_bounded(
     if not argv:
         raise ValueError("empty command")
     started = time.monotonic()
-    proc = await asyncio.create_subprocess_exec(
-        *argv,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.DEVNULL,
-        env=dict(env),
-        cwd=cwd,
-        **_impl.session_kwargs(),
-        **run_as.spawn_kwargs,
+    proc = await _spawn(
+        asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT if merge_stderr else asyncio.subprocess.DEVNULL,
+            env=dict(env),
+            cwd=cwd,
+            **_impl.session_kwargs(),
+            **run_as.spawn_kwargs,
+        )
     )
 
     capture = HeadTail(output_cap_bytes)
@@ -196,6 +199,28 @@ async def run_bounded(
         timed_out=timed_out,
         duration_s=time.monotonic() - started,
     )
+
+
+async def _spawn(
+    starting: Coroutine[Any, Any, asyncio.subprocess.Process],
+) -> asyncio.subprocess.Process:
+    """Await ``starting`` (a ``create_subprocess_exec``); a cancellation meanwhile kills
+    the whole group before it propagates.
+
+    The child runs from the fork on, while asyncio still connects its pipes; cancelled
+    in that window, asyncio's own clean-up kills only the direct child, so a background
+    grandchild the script had already started would outlive the run. Shielding the start
+    lets it finish, and the group is then killed like any other cancelled run.
+    """
+    spawn = asyncio.ensure_future(starting)
+    try:
+        return await asyncio.shield(spawn)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            proc = await spawn
+            _impl.signal_tree(proc, _impl.SIGKILL)
+            proc._transport.close()  # type: ignore[attr-defined]  # see run_bounded
+        raise
 
 
 async def _stop_group(proc: asyncio.subprocess.Process, reader: asyncio.Task[None]) -> None:
