@@ -699,7 +699,7 @@ def test_an_incident_resolves_once_and_a_problem_links_once(storage: Any) -> Non
 
 def test_counts_and_links_answer_for_more_ids_than_one_statement_takes(storage: Any) -> None:
     """``open_by_host`` and a page of problems' links answer for lists longer than one
-    IN list or array holds (500 a statement), repeats included, naming every problem."""
+    statement takes (SQLite: 1000 ids), repeats included, naming every problem."""
     row = {
         "hostname": "ws", "check_id": "c", "state": "open", "priority": "P3",
         "opened_at": T0, "message": "m", "groups": [], "flapping": False,

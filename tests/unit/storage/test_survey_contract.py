@@ -75,8 +75,8 @@ def test_offers_are_counted_and_the_first_offer_time_kept(storage: Storage) -> N
 
 
 def test_offers_are_marked_on_more_surveys_than_one_statement_takes(storage: Storage) -> None:
-    """Every survey of a long list is offered once (the list goes 500 ids a statement),
-    an id repeated in the list included; surveys not in it stay pending."""
+    """Every survey of a list longer than one statement takes (SQLite: 1000 ids) is
+    offered once, an id repeated in the list included; surveys not in it stay pending."""
     ids = add(storage, *(survey(n) for n in range(1002)))
     with storage.session() as uow, uow.transaction():
         uow.surveys.mark_offered([*ids[:1001], ids[0]], NOW + 1)

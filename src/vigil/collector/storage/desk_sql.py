@@ -258,7 +258,7 @@ class IncidentsSql(_DeskItemsSql):
                 ).fetchall()
             )
         counts: dict[str, int] = {}
-        for chunk in chunks(hosts):
+        for chunk in chunks(hosts, self.in_max):
             condition, args = self._in("host", chunk)
             counts.update(
                 self._run(
@@ -363,7 +363,7 @@ class ProblemsSql(_DeskItemsSql):
 
     def incident_ids_of(self, problem_ids: Sequence[int]) -> dict[int, list[int]]:
         out: dict[int, list[int]] = {int(p): [] for p in problem_ids}
-        for chunk in chunks(problem_ids):
+        for chunk in chunks(problem_ids, self.in_max):
             condition, args = self._in("problem_id", chunk)
             for problem, incident in self._run(
                 f"SELECT problem_id, incident_id FROM problem_incidents WHERE {condition}"
@@ -375,7 +375,7 @@ class ProblemsSql(_DeskItemsSql):
 
     def hosts_linked_of(self, problem_ids: Sequence[int]) -> dict[int, int]:
         out = {int(p): 0 for p in problem_ids}
-        for chunk in chunks(problem_ids):
+        for chunk in chunks(problem_ids, self.in_max):
             condition, args = self._in("l.problem_id", chunk)
             for problem, hosts in self._run(
                 "SELECT l.problem_id, COUNT(DISTINCT i.host) FROM problem_incidents l"

@@ -31,8 +31,6 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
-IN_CHUNK = 500  # values per IN list / array: a bounded statement on either backend
-
 
 class SqlHooks:
     """The hooks a shared repository calls where the backends differ; ``_db`` is the
@@ -41,6 +39,9 @@ class SqlHooks:
     backend: ClassVar[str] = ""
     """``"sqlite"`` or ``"postgresql"``: picks between two texts kept side by side where
     the engines need really different SQL (a forced index)."""
+    in_max: ClassVar[int] = 0
+    """Values one :meth:`_in` takes (lists go :func:`chunks` of it): a bounded statement
+    on either backend, and one statement for an API page (at most 1000 ids)."""
 
     def __init__(self, db: Any) -> None:
         self._db = db
@@ -66,8 +67,8 @@ class SqlHooks:
         raise NotImplementedError
 
     def _in(self, column: str, values: Sequence[Any]) -> tuple[str, list[Any]]:
-        """``column`` is one of ``values`` (at most :data:`IN_CHUNK`): the condition and
-        its arguments."""
+        """``column`` is one of ``values`` (at most :attr:`in_max`): the condition and its
+        arguments."""
         raise NotImplementedError
 
     def _bytewise(self, column: str) -> str:
@@ -96,7 +97,7 @@ class SqlHooks:
         )
 
 
-def chunks(values: Sequence[Any], size: int = IN_CHUNK) -> Iterator[list[Any]]:
+def chunks(values: Sequence[Any], size: int) -> Iterator[list[Any]]:
     """``values`` without repeats, ``size`` at a time (for :meth:`SqlHooks._in`)."""
     unique = list(dict.fromkeys(values))
     for start in range(0, len(unique), size):

@@ -47,7 +47,7 @@ class SurveysSql(SqlHooks):
         return {h for (h,) in rows}
 
     def mark_offered(self, survey_ids: Sequence[int], at: float) -> None:
-        for chunk in chunks(survey_ids):
+        for chunk in chunks(survey_ids, self.in_max):
             condition, args = self._in("id", chunk)
             self._run(
                 "UPDATE surveys SET offers = offers + 1, offered_at = COALESCE(offered_at, ?),"

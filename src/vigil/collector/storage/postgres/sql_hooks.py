@@ -16,6 +16,7 @@ class PgHooks(SqlHooks):
     """:class:`~collector.storage.sql_hooks.SqlHooks` on a psycopg 3 connection."""
 
     backend = "postgresql"
+    in_max = 10_000  # one array parameter, whatever its length
 
     def _run(self, sql: str, args: Sequence[Any] = ()) -> Any:
         # The shared statements hold no literal "?" or "%": a plain replace is exact.

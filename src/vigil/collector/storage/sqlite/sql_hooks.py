@@ -14,6 +14,8 @@ class SqliteHooks(SqlHooks):
     """:class:`~collector.storage.sql_hooks.SqlHooks` on an ``sqlite3`` connection."""
 
     backend = "sqlite"
+    # One variable per value: far below SQLite's limit (32766 since 3.32).
+    in_max = 1000
 
     def _run(self, sql: str, args: Sequence[Any] = ()) -> Any:
         return self._db.execute(sql, args)
