@@ -15,7 +15,8 @@ no hook:
   ``INSERT OR IGNORE``, with table-qualified columns on the right of an upsert's ``SET``
   (PostgreSQL finds a bare ``value`` ambiguous);
 - ``RETURNING`` (SQLite 3.35, which the SQLite backend already needs for ingest), read
-  with ``fetchall()``: in SQLite a ``RETURNING`` statement must run to completion;
+  with ``fetchall()``: in SQLite a ``RETURNING`` statement must run to completion (but
+  a new row's id is a hook: SQLite's ``lastrowid`` costs a third of ``RETURNING id``);
 - booleans bound as Python ``bool`` (SQLite stores 1/0), tested as ``flapping`` /
   ``NOT flapping``, written with ``TRUE``/``FALSE`` (SQLite 3.23), read back with
   ``bool()``;
@@ -82,8 +83,7 @@ class SqlHooks:
 
     def _insert_id(self, sql: str, args: Sequence[Any]) -> int:
         """Run ``sql``, an INSERT into a table with an ``id`` key, and return the new id."""
-        rows = self._run(f"{sql} RETURNING id", args).fetchall()
-        return int(rows[0][0])
+        raise NotImplementedError
 
     def _insert_row(self, table: str, allowed: frozenset[str], row: Mapping[str, Any]) -> int:
         """Insert ``row`` into ``table``, its keys checked against the column names in

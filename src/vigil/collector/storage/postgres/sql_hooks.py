@@ -22,6 +22,10 @@ class PgHooks(SqlHooks):
         # The shared statements hold no literal "?" or "%": a plain replace is exact.
         return self._db.execute(sql.replace("?", "%s"), args)
 
+    def _insert_id(self, sql: str, args: Sequence[Any]) -> int:
+        row = self._run(f"{sql} RETURNING id", args).fetchone()
+        return int(row[0])
+
     def _json(self, value: Any) -> Any:
         return Jsonb(value)
 
