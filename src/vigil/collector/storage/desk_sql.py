@@ -100,19 +100,32 @@ _PAST_SLA = {
 }
 
 
-def _before(clause: str, args: list[Any], before: int | None) -> tuple[str, list[Any]]:
-    """``clause`` narrowed to ids below ``before`` (keyset paging, newest first)."""
-    if before is None:
-        return clause, args
-    return narrowed(clause, "id < ?"), [*args, before]
-
-
 class _DeskItemsSql(SqlHooks):
-    """State, acknowledgement, CAPA notes and notification marks of one table."""
+    """Pages, state, acknowledgement, CAPA notes and notification marks of one table."""
 
     _table = ""
     _timeline_table = ""
     _timeline_key = ""
+
+    def _page(
+        self,
+        columns: str,
+        clause: str,
+        args: list[Any],
+        before: int | None,
+        limit: int,
+        offset: int,
+    ) -> list[tuple[Any, ...]]:
+        """A page of ``columns`` of the rows ``clause`` selects, newest first, below the id
+        ``before`` if set (keyset paging) or from ``offset``."""
+        if before is not None:
+            clause, args = narrowed(clause, "id < ?"), [*args, before]
+        return list(
+            self._run(
+                f"SELECT {columns} FROM {self._table}{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
+            ).fetchall()
+        )
 
     def state_of(self, item_id: int) -> tuple[str, float | None] | None:
         row = self._run(
@@ -216,11 +229,8 @@ class IncidentsSql(_DeskItemsSql):
             ("service", filters.get("service")),
             ("priority", filters.get("priority")),
         )
-        clause, args = _before(narrowed(clause, _STATE_CLAUSES[state]), args, before)
-        rows = self._run(
-            f"SELECT {_INCIDENT_COLUMNS} FROM incidents{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-            (*args, limit, offset),
-        ).fetchall()
+        clause = narrowed(clause, _STATE_CLAUSES[state])
+        rows = self._page(_INCIDENT_COLUMNS, clause, args, before, limit, offset)
         return [_incident_dict(row) for row in rows]
 
     def get(self, incident_id: int) -> dict[str, Any] | None:
@@ -413,11 +423,8 @@ class ProblemsSql(_DeskItemsSql):
         extra = _STATE_CLAUSES[state]
         if state == "acknowledged":  # problems do not flap
             extra = "state = 'open' AND acknowledged_at IS NOT NULL"
-        clause, args = _before(narrowed(clause, extra), args, before)
-        rows = self._run(
-            f"SELECT {_PROBLEM_COLUMNS} FROM problems{clause} ORDER BY id DESC LIMIT ? OFFSET ?",
-            (*args, limit, offset),
-        ).fetchall()
+        clause = narrowed(clause, extra)
+        rows = self._page(_PROBLEM_COLUMNS, clause, args, before, limit, offset)
         return [dict(zip(_PROBLEM_KEYS, row, strict=True)) for row in rows]
 
     def get(self, problem_id: int) -> dict[str, Any] | None:
