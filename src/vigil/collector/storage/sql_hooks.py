@@ -16,7 +16,8 @@ no hook:
   (PostgreSQL finds a bare ``value`` ambiguous);
 - ``RETURNING`` (SQLite 3.35, which the SQLite backend already needs for ingest), read
   with ``fetchall()``: in SQLite a ``RETURNING`` statement must run to completion (but
-  a new row's id is a hook: SQLite's ``lastrowid`` costs a third of ``RETURNING id``);
+  a new row's id is a hook: SQLite's ``lastrowid`` costs well under half of
+  ``RETURNING id``);
 - booleans bound as Python ``bool`` (SQLite stores 1/0), tested as ``flapping`` /
   ``NOT flapping``, written with ``TRUE``/``FALSE`` (SQLite 3.23), read back with
   ``bool()``;
