@@ -697,6 +697,38 @@ def test_an_incident_resolves_once_and_a_problem_links_once(storage: Any) -> Non
         assert uow.incidents.state_of(incident) == ("resolved", None)
 
 
+def test_counts_and_links_answer_for_more_ids_than_one_statement_takes(storage: Any) -> None:
+    """``open_by_host`` and a page of problems' links answer for lists longer than one
+    statement takes (SQLite: 1000 ids), repeats included, naming every problem."""
+    row = {
+        "hostname": "ws", "check_id": "c", "state": "open", "priority": "P3",
+        "opened_at": T0, "message": "m", "groups": [], "flapping": False,
+    }  # fmt: skip
+    problem = {
+        "kind": "recurring", "check_id": "c", "hostname": "ws", "service": None, "impact": "low",
+        "urgency": "low", "priority": "P3", "sla_due": None, "opened_at": T0, "summary": "s",
+    }  # fmt: skip
+    hosts = [f"h{n:04d}" for n in range(1201)]
+    with storage.session() as uow, uow.transaction():
+        incidents = [uow.incidents.insert({**row, "host": h}) for h in hosts[:1100]]
+        uow.incidents.insert({**row, "host": "h0777"})
+        uow.incidents.insert({**row, "host": hosts[1100], "state": "resolved"})
+        counts = uow.incidents.open_by_host([*hosts, *hosts[:3]])
+        problems = [uow.problems.insert({**problem, "host": h}) for h in hosts[:1001]]
+        for n, p in enumerate(problems[:1000]):
+            uow.problems.link(p, incidents[n])
+            if n % 2:  # a second incident, of the next host
+                uow.problems.link(p, incidents[n + 1])
+        linked = uow.problems.incident_ids_of([*problems, problems[0]])
+        spread = uow.problems.hosts_linked_of(problems)
+    assert counts == {h: 1 for h in hosts[:1100]} | {"h0777": 2}
+    assert linked[problems[1000]] == [] and spread[problems[1000]] == 0
+    for n, p in enumerate(problems[:1000]):
+        assert linked[p] == incidents[n : n + 1 + n % 2]
+        assert spread[p] == 1 + n % 2
+    assert len(linked) == len(spread) == 1001
+
+
 def test_an_acknowledged_open_problem_is_listed_as_acknowledged(desk: Desk) -> None:
     """Problems have no flapping flag: the acknowledged filter must not need one."""
     for n, host in enumerate(("h1", "h2", "h3")):

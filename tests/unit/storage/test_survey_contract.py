@@ -74,6 +74,18 @@ def test_offers_are_counted_and_the_first_offer_time_kept(storage: Storage) -> N
         assert uow.surveys.hosts_undelivered(NOW + 5, 2) == set()
 
 
+def test_offers_are_marked_on_more_surveys_than_one_statement_takes(storage: Storage) -> None:
+    """Every survey of a list longer than one statement takes (SQLite: 1000 ids) is
+    offered once, an id repeated in the list included; surveys not in it stay pending."""
+    ids = add(storage, *(survey(n) for n in range(1002)))
+    with storage.session() as uow, uow.transaction():
+        uow.surveys.mark_offered([*ids[:1001], ids[0]], NOW + 1)
+    with storage.session() as uow:
+        states = [uow.surveys.get(i) for i in ids]
+    assert all(s is not None and (s["state"], s["offers"]) == ("offered", 1) for s in states[:1001])
+    assert states[1001] is not None and states[1001]["state"] == "pending"
+
+
 def test_only_the_surveys_host_may_record_its_delivery(storage: Storage) -> None:
     (sid,) = add(storage, survey())
     with storage.session() as uow, uow.transaction():

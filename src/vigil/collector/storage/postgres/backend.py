@@ -53,6 +53,7 @@ from vigil.collector.storage.postgres.schema import (
 from vigil.collector.storage.postgres.summary_repos import PgHistograms
 from vigil.collector.storage.postgres.survey_repo import PgSurveys
 from vigil.collector.storage.records import StorageError
+from vigil.collector.storage.unit_of_work import SqlUnitOfWork
 from vigil.collector.storage.url import redact
 
 CONNECT_TIMEOUT_S = 10  # libpq connect_timeout: a dead server fails start-up, not hangs it
@@ -72,11 +73,11 @@ IDLE_IN_TRANSACTION = "60s"
 _DURABLE_COMMIT = ("on", "remote_write", "remote_apply")
 
 
-class PgUnitOfWork:
+class PgUnitOfWork(SqlUnitOfWork):
     """:class:`~collector.storage.protocols.UnitOfWork` over one PostgreSQL connection."""
 
     def __init__(self, db: psycopg.Connection) -> None:
-        self._db = db
+        super().__init__(db)
         self.hosts = PgHosts(db)
         self.seen = PgSeen(db)
         self.results = PgCheckResults(db)
@@ -107,34 +108,10 @@ class PgUnitOfWork:
             self.rollback()
             raise
 
-    def commit(self) -> None:
-        self._db.execute("COMMIT")
-
     def rollback(self) -> None:
         # After a lost connection there is nothing to roll back; the server already has.
         if not self._db.closed:
             self._db.execute("ROLLBACK")
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        self.begin()
-        try:
-            yield
-        except BaseException:
-            self.rollback()
-            raise
-        self.commit()
-
-    @contextlib.contextmanager
-    def savepoint(self) -> Iterator[None]:
-        self._db.execute("SAVEPOINT report")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK TO SAVEPOINT report")
-            self._db.execute("RELEASE SAVEPOINT report")
-            raise
-        self._db.execute("RELEASE SAVEPOINT report")
 
 
 class PgStorage:

@@ -1,18 +1,10 @@
-"""PostgreSQL repository of satisfaction surveys; mirrors ``sqlite/survey_repo.py``.
-Queries only; whom to ask and when is decided in ``collector/desk/satisfaction.py``."""
+"""Satisfaction surveys on PostgreSQL: the tables (migration 4) and the shared queries
+of ``storage/survey_sql.py`` with the PostgreSQL hooks (``postgres/sql_hooks.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from typing import Any
-
-import psycopg
-
-from vigil.collector.storage.protocols import SURVEY_COLUMNS
-
-_SELECT = f"SELECT {', '.join(SURVEY_COLUMNS)} FROM surveys"
-_ADDED = ("incident_id", "host", "hostname", "department", "service", "check_id", "title",
-          "created_at", "expires_at")  # fmt: skip
+from vigil.collector.storage.postgres.sql_hooks import PgHooks
+from vigil.collector.storage.survey_sql import SurveysSql
 
 # Migration 4 (append-only; see schema.MIGRATIONS).
 SURVEYS_DDL = """
@@ -48,105 +40,5 @@ CREATE TABLE survey_key (
 """
 
 
-class PgSurveys:
+class PgSurveys(PgHooks, SurveysSql):
     """:class:`~collector.storage.protocols.SurveyRepository` on PostgreSQL."""
-
-    def __init__(self, db: psycopg.Connection) -> None:
-        self._db = db
-
-    def add(self, row: Mapping[str, Any]) -> int:
-        found = self._db.execute(
-            f"INSERT INTO surveys ({', '.join(_ADDED)})"
-            f" VALUES ({', '.join(['%s'] * len(_ADDED))}) RETURNING id",
-            tuple(row[c] for c in _ADDED),
-        ).fetchone()
-        assert found is not None
-        return int(found[0])
-
-    def last_asked(self, host: str) -> float | None:
-        row = self._db.execute(
-            "SELECT MAX(created_at) FROM surveys WHERE host = %s", (host,)
-        ).fetchone()
-        return None if row is None else row[0]
-
-    def undelivered(self, host: str, now: float, max_offers: int) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            f"{_SELECT} WHERE host = %s AND state IN ('pending', 'offered')"
-            " AND expires_at > %s AND offers < %s ORDER BY id",
-            (host, now, max_offers),
-        ).fetchall()
-        return [dict(zip(SURVEY_COLUMNS, r, strict=True)) for r in rows]
-
-    def hosts_undelivered(self, now: float, max_offers: int) -> set[str]:
-        rows = self._db.execute(
-            "SELECT DISTINCT host FROM surveys"
-            " WHERE state IN ('pending', 'offered') AND expires_at > %s AND offers < %s",
-            (now, max_offers),
-        ).fetchall()
-        return {h for (h,) in rows}
-
-    def mark_offered(self, survey_ids: Sequence[int], at: float) -> None:
-        if not survey_ids:
-            return
-        self._db.execute(
-            "UPDATE surveys SET offers = offers + 1, offered_at = COALESCE(offered_at, %s),"
-            " state = CASE state WHEN 'pending' THEN 'offered' ELSE state END"
-            " WHERE id = ANY(%s)",
-            (at, list(survey_ids)),
-        )
-
-    def mark_delivery(self, survey_id: int, host: str, state: str, note: str, at: float) -> bool:
-        cursor = self._db.execute(
-            "UPDATE surveys SET state = %s, shown_at = %s, delivery_note = %s"
-            " WHERE id = %s AND host = %s AND state IN ('pending', 'offered')",
-            (state, at, note, survey_id, host),
-        )
-        return cursor.rowcount > 0
-
-    def get(self, survey_id: int) -> dict[str, Any] | None:
-        row = self._db.execute(f"{_SELECT} WHERE id = %s", (survey_id,)).fetchone()
-        return None if row is None else dict(zip(SURVEY_COLUMNS, row, strict=True))
-
-    def answer(self, survey_id: int, score: int, comment: str, at: float) -> bool:
-        cursor = self._db.execute(
-            "UPDATE surveys SET state = 'answered', answered_at = %s, score = %s, comment = %s"
-            " WHERE id = %s AND answered_at IS NULL",
-            (at, score, comment, survey_id),
-        )
-        return cursor.rowcount > 0
-
-    def score_counts(self, since: float | None) -> list[tuple[str, str, int, int]]:
-        rows = self._db.execute(
-            "SELECT department, service, score, COUNT(*) FROM surveys"
-            " WHERE answered_at IS NOT NULL AND (%s::double precision IS NULL"
-            " OR answered_at >= %s)"
-            " GROUP BY department, service, score ORDER BY department, service, score",
-            (since, since),
-        ).fetchall()
-        return [(d, s, int(sc), int(n)) for d, s, sc, n in rows]
-
-    def of_incident(self, incident_id: int) -> list[dict[str, Any]]:
-        rows = self._db.execute(
-            f"{_SELECT} WHERE incident_id = %s ORDER BY id", (incident_id,)
-        ).fetchall()
-        return [dict(zip(SURVEY_COLUMNS, r, strict=True)) for r in rows]
-
-    def state_counts(self) -> dict[str, int]:
-        rows = self._db.execute("SELECT state, COUNT(*) FROM surveys GROUP BY state").fetchall()
-        return {s: int(n) for s, n in rows}
-
-    def prune(self, before: float, limit: int) -> int:
-        cursor = self._db.execute(
-            "DELETE FROM surveys WHERE id IN (SELECT id FROM surveys WHERE created_at < %s"
-            " ORDER BY created_at LIMIT %s)",
-            (before, limit),
-        )
-        return cursor.rowcount
-
-    def link_key(self, candidate: str) -> str:
-        self._db.execute(
-            "INSERT INTO survey_key (id, key) VALUES (0, %s) ON CONFLICT DO NOTHING", (candidate,)
-        )
-        row = self._db.execute("SELECT key FROM survey_key WHERE id = 0").fetchone()
-        assert row is not None
-        return str(row[0])

@@ -43,13 +43,14 @@ from vigil.collector.storage.sqlite.runs_repo import SqliteRuns
 from vigil.collector.storage.sqlite.schema import check_version, create_or_migrate
 from vigil.collector.storage.sqlite.summary_repos import SqliteHistograms
 from vigil.collector.storage.sqlite.survey_repo import SqliteSurveys
+from vigil.collector.storage.unit_of_work import SqlUnitOfWork
 
 
-class SqliteUnitOfWork:
+class SqliteUnitOfWork(SqlUnitOfWork):
     """:class:`~collector.storage.protocols.UnitOfWork` over one SQLite connection."""
 
     def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
+        super().__init__(db)
         memo = JsonMemo()
         self.hosts = SqliteHosts(db, memo)
         self.seen = SqliteSeen(db)
@@ -71,33 +72,6 @@ class SqliteUnitOfWork:
 
     def begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
-
-    def commit(self) -> None:
-        self._db.execute("COMMIT")
-
-    def rollback(self) -> None:
-        self._db.execute("ROLLBACK")
-
-    @contextlib.contextmanager
-    def transaction(self) -> Iterator[None]:
-        self.begin()
-        try:
-            yield
-        except BaseException:
-            self.rollback()
-            raise
-        self.commit()
-
-    @contextlib.contextmanager
-    def savepoint(self) -> Iterator[None]:
-        self._db.execute("SAVEPOINT report")
-        try:
-            yield
-        except BaseException:
-            self._db.execute("ROLLBACK TO report")
-            self._db.execute("RELEASE report")
-            raise
-        self._db.execute("RELEASE report")
 
 
 class SqliteStorage:
