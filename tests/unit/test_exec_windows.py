@@ -281,7 +281,10 @@ def test_a_failed_user_spawn_leaves_no_handle_open_and_no_child_running(failing:
 
 def test_the_user_environment_comes_from_their_token_which_is_then_closed() -> None:
     api = FakeWin32()
-    assert winproc.user_environment(api, 3) == {"USERPROFILE": "C:\\Users\\alice"}
+    assert winproc.user_environment(api, 3) == {
+        "USERPROFILE": "C:\\Users\\alice",
+        "HOME": "C:\\Users\\alice",  # not LocalSystem's profile, the agent's HOME
+    }
     assert api.names() == ["query_user_token", "user_environment", "close"]
     assert api.open == {}
 

@@ -431,12 +431,18 @@ def spawn_as_user(
 
 def user_environment(api: Win32, session: int) -> dict[str, str]:
     """The environment the user of console ``session`` gets at logon (their profile
-    folders, ``TEMP``, ``PATH`` with their own entries), from their token."""
+    folders, ``TEMP``, ``PATH`` with their own entries), from their token, plus ``HOME``
+    set to their ``USERPROFILE`` (else the agent's ``HOME``, LocalSystem's profile,
+    would stay: the child environment starts from the agent's base)."""
     token = api.query_user_token(session)
     try:
-        return api.user_environment(token)
+        env = api.user_environment(token)
     finally:
         api.close_handle(token)
+    profile = next((v for k, v in env.items() if k.upper() == "USERPROFILE"), None)
+    if profile:
+        set_env(env, "HOME", profile)
+    return env
 
 
 class SessionUserChild:
