@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import subprocess
 import sys
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -389,6 +390,44 @@ def test_a_pipe_that_cannot_be_connected_kills_the_child_and_closes_everything()
             )
         )
     assert "terminate_job" in api.names()
+    assert api.open == {}
+
+
+def test_a_cancelled_user_start_releases_what_the_spawn_thread_started() -> None:
+    """The blocking spawn cannot be interrupted: once it finishes, its child is killed and
+    every handle closed, though nobody awaits it any more."""
+    api = FakeWin32()
+    gate = threading.Event()
+    take_token = api.query_user_token
+
+    def slow_token(session: int) -> int:
+        gate.wait(5)
+        return take_token(session)
+
+    api.query_user_token = slow_token  # type: ignore[method-assign]
+
+    async def never(handle: int) -> tuple[asyncio.BaseTransport, asyncio.StreamReader]:
+        raise AssertionError("connected a pipe for a cancelled start")
+
+    async def scenario() -> None:
+        start = asyncio.create_task(
+            start_as_session_user(
+                api, ["prog"], env={}, cwd=None, merge_stderr=True, session=3, connect=never
+            )
+        )
+        await asyncio.sleep(0.05)
+        start.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await start
+        gate.set()
+        for _ in range(100):  # at most 5 s for the thread to finish and the clean-up to run
+            if "terminate_job" in api.names() and not api.open:
+                break
+            await asyncio.sleep(0.05)
+
+    asyncio.run(scenario())
+    assert "resume_thread" in api.names()  # it did start...
+    assert "terminate_job" in api.names()  # ...and was killed
     assert api.open == {}
 
 
