@@ -4,7 +4,6 @@ the session environment a ``logged_on_user`` script gets."""
 from __future__ import annotations
 
 import asyncio
-import os
 from dataclasses import replace
 
 import pytest
@@ -127,7 +126,6 @@ def test_session_env_has_only_what_is_known() -> None:
     assert session_env(x11, 1003, exists=present.__contains__) == {"DISPLAY": ":0"}
 
 
-@pytest.mark.skipif(os.name != "posix", reason="logged_on_user runs are POSIX only")
 @pytest.mark.parametrize(
     ("root", "at_console", "reason"),
     [
@@ -140,6 +138,18 @@ def test_session_env_has_only_what_is_known() -> None:
 def test_why_a_logged_on_user_run_is_skipped(
     root: bool, at_console: ConsoleUser | None, reason: str
 ) -> None:
-    found, why = asyncio.run(console_user_to_run_as(lambda: at_console, is_root=lambda: root))
+    found, why = asyncio.run(
+        console_user_to_run_as(lambda: at_console, is_root=lambda: root, account="root")
+    )
     assert why == reason
     assert found == (at_console if not reason else None)
+
+
+def test_on_windows_the_skip_names_localsystem() -> None:
+    """WTSQueryUserToken needs LocalSystem: a service under another account is told so."""
+    found, why = asyncio.run(
+        console_user_to_run_as(
+            lambda: ConsoleUser("alice", session=1), is_root=lambda: False, account="LocalSystem"
+        )
+    )
+    assert (found, why) == (None, "run_as logged_on_user needs the agent to run as LocalSystem")

@@ -313,3 +313,27 @@ def test_status_reports_the_unit_systemd_would_load_etc_before_the_package(tmp_p
     assert installed_unit((etc, vendor)) == vendor / "vigil-agent.service"
     (etc / "vigil-agent.service").write_text("[Unit]\n")
     assert installed_unit((etc, vendor)) == etc / "vigil-agent.service"
+
+
+def test_the_windows_service_hosts_the_agent_and_relaunches_it_after_an_update() -> None:
+    """Windows has no execve: the host runs relaunch.run_host from the base install, with
+    its request file beside the module, and fails (recovery) only on a non-zero status."""
+    from vigil.agent.svc.install import RELAUNCH_REQUEST_NAME
+
+    module = Path("C:/ProgramData/Vigil/vigil_agent_service.py")
+    tree = ast.parse(windows_service(SPEC, module).module)
+    imports = {
+        f"{n.module}.{a.name}"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom)
+        for a in n.names
+    }
+    assert "vigil.agent.update.relaunch" in imports
+    calls = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+    assert "relaunch.run_host" in calls
+    request = next(
+        n.value
+        for n in tree.body
+        if isinstance(n, ast.Assign) and getattr(n.targets[0], "id", "") == "REQUEST"
+    )
+    assert ast.unparse(request) == f"Path(__file__).with_name({RELAUNCH_REQUEST_NAME!r})"

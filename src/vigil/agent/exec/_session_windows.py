@@ -1,7 +1,9 @@
 """Windows side of :mod:`vigil.agent.exec.console`: the active console session's user.
 
 Imported only on Windows, by :mod:`~vigil.agent.exec.console` alone: it loads
-``kernel32`` and ``wtsapi32`` through ctypes (no pywin32 needed).
+``kernel32`` and ``wtsapi32`` through ctypes (no pywin32 needed). The session id comes
+back with the user: a ``logged_on_user`` run takes that session's token. Not run on
+Windows in this project's CI.
 """
 
 from __future__ import annotations
@@ -38,4 +40,4 @@ def console_user() -> ConsoleUser | None:
         name = buffer.value or ""
     finally:
         wtsapi32.WTSFreeMemory(buffer)
-    return ConsoleUser(name=name, source="wts") if name else None
+    return ConsoleUser(name=name, source="wts", session=int(session)) if name else None

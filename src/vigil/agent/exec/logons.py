@@ -12,8 +12,12 @@ through ctypes, is imported only on Windows):
 - macOS (:mod:`._session_darwin`): the owner of ``/dev/console`` (root while the login
   window shows, so nobody then).
 - Windows (:mod:`._session_windows`): the user of ``WTSGetActiveConsoleSessionId``'s
-  session. Finding the user works; running a script as them needs a token from
-  ``WTSQueryUserToken`` and ``CreateProcessAsUser``, which this agent does not do yet.
+  session, with the session id. A script runs as them with the session's token
+  (``WTSQueryUserToken``, which needs the agent to run as LocalSystem), their own
+  environment block (``CreateEnvironmentBlock``) and ``CreateProcessAsUserW``, in a Job
+  Object like every child (:mod:`~vigil.agent.exec.winproc`). Nobody at the console
+  (the session is disconnected, or shows the logon screen) means nobody is found. This
+  path has not run on Windows in this project's CI.
 
 The choosing here (:func:`pick_logind`, :func:`pick_users`) is tested with fake session
 tables; the platform modules only read the tables.
@@ -42,13 +46,16 @@ _LOCAL_DISPLAY = re.compile(r"^:\d+(\.\d+)?$")
 class ConsoleUser:
     """The console user: ``name`` and, when known, their ``uid``, the session's
     ``display`` (X11 ``:0``) and whether it is a ``wayland`` session; ``source`` says
-    how it was found (``loginctl``, ``utmp``, ``/dev/console``, ``wts``)."""
+    how it was found (``loginctl``, ``utmp``, ``/dev/console``, ``wts``). ``session`` is
+    the Windows console session id (whose token a ``logged_on_user`` run is started
+    with), ``None`` elsewhere."""
 
     name: str
     uid: int | None = None
     display: str | None = None
     wayland: bool = False
     source: str = ""
+    session: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

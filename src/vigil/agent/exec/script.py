@@ -15,7 +15,6 @@ outcome to report, not a crash of the agent.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,8 +22,15 @@ from pathlib import Path
 
 from vigil.agent.exec import vetting
 from vigil.agent.exec.console import console_user
-from vigil.agent.exec.logons import LOGGED_ON_USER, ConsoleUser, session_env
-from vigil.agent.exec.process import RunAs, child_env, privileged, resolve_user, run_bounded
+from vigil.agent.exec.logons import LOGGED_ON_USER, ConsoleUser
+from vigil.agent.exec.process import (
+    PRIVILEGED_ACCOUNT,
+    child_env,
+    may_switch_user,
+    resolve_console_user,
+    resolve_user,
+    run_bounded,
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,13 +88,16 @@ async def run_script(
     script that exited on its own are killed the same way. At most ``output_cap_bytes``
     characters of output are kept (head and tail, the truncation marker included).
 
-    ``run_as`` names a user to run as (POSIX only; ``None`` is the agent's own user). It
-    needs root unless it names the agent's own user; the child then gets that user's
-    uid, gid, supplementary groups and ``HOME``, ``USER`` and ``LOGNAME``.
+    ``run_as`` names a user to run as (a name: POSIX only; ``None`` is the agent's own
+    user). It needs root unless it names the agent's own user; the child then gets that
+    user's uid, gid, supplementary groups and ``HOME``, ``USER`` and ``LOGNAME``.
     ``run_as="logged_on_user"`` runs as whoever ``console()`` finds at the console
-    (:mod:`~vigil.agent.exec.console`), with their session's ``XDG_RUNTIME_DIR``,
-    ``DBUS_SESSION_BUS_ADDRESS``, ``DISPLAY``/``WAYLAND_DISPLAY`` when known; with nobody
-    there, the agent not root, or on Windows, the result is ``skipped`` with the reason.
+    (:mod:`~vigil.agent.exec.console`): on POSIX with their session's
+    ``XDG_RUNTIME_DIR``, ``DBUS_SESSION_BUS_ADDRESS``, ``DISPLAY``/``WAYLAND_DISPLAY``
+    when known; on Windows with their console session's token and their own environment
+    block (the agent must be LocalSystem). With nobody there or the agent not root
+    (LocalSystem), the result is ``skipped`` with the reason. ``ran_as`` records the
+    user's name either way.
     """
     started = time.monotonic()
 
@@ -112,10 +121,10 @@ async def run_script(
             return failed(why_not, sha, skipped=True)
         user_name = found.name
     try:
-        user = resolve_user(user_name)
-        session = session_env(found, _uid_of(user)) if found is not None else {}
-        merged_env = child_env({**user.env, **session, **(env or {})})
-    except ValueError as exc:
+        # resolve_console_user may ask Windows for the user's token (a few fast calls).
+        user = resolve_console_user(found) if found is not None else resolve_user(user_name)
+        merged_env = child_env({**user.env, **(env or {})})
+    except (ValueError, OSError) as exc:
         return failed(str(exc), sha)
 
     try:
@@ -146,22 +155,16 @@ async def run_script(
 async def console_user_to_run_as(
     console: Callable[[], ConsoleUser | None],
     *,
-    is_root: Callable[[], bool] = privileged,
+    is_root: Callable[[], bool] = may_switch_user,
+    account: str = PRIVILEGED_ACCOUNT,
 ) -> tuple[ConsoleUser | None, str]:
     """(the console user, ``""``) or (``None``, why a ``logged_on_user`` run is skipped):
-    not POSIX, the agent not root (``is_root``), or nobody at the console (``console``)."""
-    if os.name != "posix":
-        return None, "run_as logged_on_user is not supported on this platform yet"
+    the agent not ``account`` (root, or LocalSystem on Windows: ``is_root``), or nobody
+    at the console (``console``)."""
     if not is_root():
-        return None, "run_as logged_on_user needs the agent to run as root"
+        return None, f"run_as logged_on_user needs the agent to run as {account}"
     # loginctl is a subprocess with a timeout: off the event loop.
     found = await asyncio.to_thread(console)
     if found is None:
         return None, "nobody is logged on at the console"
     return found, ""
-
-
-def _uid_of(user: RunAs) -> int:
-    """The uid a :class:`RunAs` starts the child as (the agent's own when it is empty)."""
-    uid = user.spawn_kwargs.get("user")
-    return uid if isinstance(uid, int) else os.geteuid()

@@ -15,6 +15,8 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vigil.agent.update.relaunch import RELAUNCH_EXIT_CODE
+
 SYSTEMD_UNIT_NAME = "vigil-agent.service"
 SYSTEMD_UNIT_DIR = Path("/etc/systemd/system")
 # Where the vigil-agent .deb ships the same unit (packaging/build_deb.py): the vendor
@@ -45,6 +47,9 @@ LAUNCHD_THROTTLE_S = 30
 # Windows service recovery: restart after 10 s, 60 s, then 5 min; the count resets daily.
 WINDOWS_RESTART_MS = (10_000, 60_000, 300_000)
 WINDOWS_RESET_S = 86_400
+# Where the Windows service host and the agent exchange relaunch requests (self-update):
+# a file beside the service module (vigil.agent.update.relaunch).
+RELAUNCH_REQUEST_NAME = "vigil_agent_relaunch.json"
 
 
 @dataclass(frozen=True)
@@ -207,18 +212,32 @@ class WindowsService:
 
 def windows_service(spec: ServiceSpec, module_path: Path) -> WindowsService:
     """The pywin32 service (imported only on Windows, when the module runs) for ``spec``;
-    ``module_path`` is where its source will be written."""
+    ``module_path`` is where its source will be written. The module is the agent's host:
+    it runs :func:`vigil.agent.update.relaunch.run_host`, which starts the agent again
+    in a new release when it exits with
+    :data:`~vigil.agent.update.relaunch.RELAUNCH_EXIT_CODE` (Windows has no ``execve``)."""
     module = f'''\
-"""Vigil agent as a Windows service (pywin32). Written by `vigil-agent service install`."""
+"""Vigil agent as a Windows service (pywin32). Written by `vigil-agent service install`.
 
+The host owns the agent's process: an agent that self-updates exits with
+{RELAUNCH_EXIT_CODE} and this host starts it again in the release it asked for
+(vigil.agent.update.relaunch, from the base install: a bad release cannot replace it).
+"""
+
+import os
 import subprocess
+from pathlib import Path
 
 import servicemanager
 import win32event
 import win32service
 import win32serviceutil
 
+from vigil.agent.update import relaunch
+
 ARGV = {spec.argv()!r}
+# The agent's relaunch requests: beside this module, as trusted as the module itself.
+REQUEST = Path(__file__).with_name({RELAUNCH_REQUEST_NAME!r})
 
 
 class VigilAgentService(win32serviceutil.ServiceFramework):
@@ -233,16 +252,30 @@ class VigilAgentService(win32serviceutil.ServiceFramework):
 
     def SvcStop(self):
         self.ReportServiceStatus(win32service.SERVICE_STOP_PENDING)
+        # The event first, then the process: run_host checks the event after each start.
         win32event.SetEvent(self.stop_event)
-        if self.proc is not None:
-            self.proc.terminate()
+        proc = self.proc
+        if proc is not None:
+            proc.terminate()
+
+    def stopping(self):
+        return win32event.WaitForSingleObject(self.stop_event, 0) == win32event.WAIT_OBJECT_0
+
+    def start(self, argv, env):
+        self.proc = subprocess.Popen(argv, env=env)
+        return self.proc
 
     def SvcDoRun(self):
-        servicemanager.LogInfoMsg("vigil-agent starting: " + " ".join(ARGV))
-        self.proc = subprocess.Popen(ARGV)
-        code = self.proc.wait()
-        stopping = win32event.WaitForSingleObject(self.stop_event, 0) == 0
-        if code != 0 and not stopping:
+        servicemanager.LogInfoMsg("vigil-agent starting: " + subprocess.list2cmdline(ARGV))
+        code = relaunch.run_host(
+            ARGV,
+            REQUEST,
+            environ=os.environ,
+            start=self.start,
+            stopping=self.stopping,
+            note=servicemanager.LogInfoMsg,
+        )
+        if code != 0:
             # A non-zero exit makes the service manager apply its recovery actions.
             raise SystemExit(code)
 

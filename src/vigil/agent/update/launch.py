@@ -4,22 +4,24 @@ The base install (the package or venv the service manager starts) always runs th
 It reads the update state, applies :func:`~vigil.agent.update.state.decide_launch` (count
 one more start of an unconfirmed release, or roll it back), saves the state, and when a
 release other than the base is current, replaces this process with a fresh interpreter
-whose ``PYTHONPATH`` puts the release's folder ahead of the base install (``os.execve``:
-same PID, so the service manager and ``sd_notify`` see one process). The child carries
-:data:`RELEASE_ENV` and skips the step. This code is stdlib-only and small on purpose: it
-is the part of the agent a bad release cannot replace.
+whose ``PYTHONPATH`` puts the release's folder ahead of the base install
+(:func:`~vigil.agent.update.relaunch.relaunch`: ``os.execve`` on POSIX, same PID, so the
+service manager and ``sd_notify`` see one process; on Windows the service host starts
+it). The new process carries :data:`RELEASE_ENV` and skips the step. This code is
+stdlib-only and small on purpose: it is the part of the agent a bad release cannot
+replace.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import sys
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from vigil.agent.update.relaunch import RELEASE_ENV, relaunch
 from vigil.agent.update.state import (
     RELEASES_DIR,
     UpdateState,
@@ -30,8 +32,7 @@ from vigil.agent.update.state import (
 
 log = logging.getLogger("vigil.agent.update")
 
-# Set in the environment of the re-executed agent: the serial of the release it runs.
-RELEASE_ENV = "VIGIL_AGENT_RELEASE"
+__all__ = ["RELEASE_ENV", "launch", "reexec", "release_folder", "state_dir_of"]
 
 
 def state_dir_of(config_path: Path) -> Path:
@@ -100,12 +101,7 @@ def reexec(
     folder: Path | None, serial: int, argv: Sequence[str], environ: Mapping[str, str]
 ) -> NoReturn:
     """Replace this process with ``python -m vigil.agent ARGV`` running from ``folder``
-    (None: the base install, which runs the launch step again)."""
-    env = {k: v for k, v in environ.items() if k not in (RELEASE_ENV, "PYTHONPATH")}
-    if folder is not None:
-        env["PYTHONPATH"] = str(folder)
-        env[RELEASE_ENV] = str(serial)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    logging.shutdown()
-    os.execve(sys.executable, [sys.executable, "-m", "vigil.agent", *argv], env)
+    (None: the base install, which runs the launch step again). On Windows the service
+    host does the starting (exit status
+    :data:`~vigil.agent.update.relaunch.RELAUNCH_EXIT_CODE`)."""
+    relaunch(argv, environ, folder, serial)
