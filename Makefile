@@ -19,8 +19,11 @@ $(STAMP): pyproject.toml | $(BIN)/python
 demo: $(STAMP)
 	$(BIN)/python -m vigil.collector.demo
 
+# Two workers, a test file each at a time (--dist loadfile: a file's module fixtures,
+# such as a built wheel or .deb, are made once). `.venv/bin/python -m pytest FILE` runs
+# one file serially.
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadfile
 
 # The installable wheel, in dist/ (tests/integration/test_wheel.py builds and checks the
 # same). build/ goes first: setuptools reuses it, so a module deleted since the last build
