@@ -33,13 +33,8 @@ from aiohttp import web
 from vigil import wire
 from vigil.agent.config import CollectorTarget
 from vigil.agent.delivery.outbox import Outbox
-from vigil.agent.delivery.shipper import (
-    _LOGGED_BODY_CHARS,
-    MAX_ACK_BODY_BYTES,
-    REJECTED_BACKOFF_S,
-    Shipper,
-    ShipResult,
-)
+from vigil.agent.delivery.shipper import REJECTED_BACKOFF_S, Shipper, ShipResult
+from vigil.agent.delivery.transport import LOGGED_BODY_CHARS, MAX_ACK_BODY_BYTES
 from vigil.agent.identity import Identity
 
 T = TypeVar("T")
@@ -555,7 +550,7 @@ def test_connection_close_from_the_collector_is_honoured(outbox: Outbox) -> None
 def test_a_connection_idle_longer_than_the_keepalive_is_not_reused(
     outbox: Outbox, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("vigil.agent.delivery.shipper.KEEPALIVE_S", 0.05)
+    monkeypatch.setattr("vigil.agent.delivery.transport.KEEPALIVE_S", 0.05)
     fill(outbox, 1)
     collector = FakeCollector()
 
@@ -1070,8 +1065,8 @@ def test_only_the_start_of_a_huge_error_body_is_read_and_logged(
 
     assert "400" in (result.error or "")
     (record,) = [r for r in caplog.records if "REJECTED" in r.getMessage()]
-    assert "x" * _LOGGED_BODY_CHARS in record.getMessage()
-    assert "x" * (_LOGGED_BODY_CHARS + 1) not in record.getMessage()
+    assert "x" * LOGGED_BODY_CHARS in record.getMessage()
+    assert "x" * (LOGGED_BODY_CHARS + 1) not in record.getMessage()
     assert not held  # the unread rest would corrupt the next response: dropped
 
 

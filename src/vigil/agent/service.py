@@ -49,7 +49,8 @@ from vigil.agent.config import AgentConfig, CheckSpec
 from vigil.agent.cycle import CheckCycle
 from vigil.agent.delivery.credential import CredentialSource
 from vigil.agent.delivery.outbox import Outbox
-from vigil.agent.delivery.shipper import KEEPALIVE_S, Shipper
+from vigil.agent.delivery.shipper import Shipper
+from vigil.agent.delivery.transport import KEEPALIVE_S
 from vigil.agent.events import new_event_id, status_event
 from vigil.agent.heartbeat import HeartbeatRecorder
 from vigil.agent.identity import Identity, load_identity

@@ -32,53 +32,20 @@ early; ``sent_at`` uses the wall clock because the collector compares it with it
 :meth:`Shipper.wake` ends a backoff at once (after a resume from sleep the collector is
 probably reachable again and waiting out a pre-sleep backoff helps no one).
 
-Transport: the standard library's :mod:`http.client`, not aiohttp (importing aiohttp cost
-the agent ~13 MB of RSS). Every request is a blocking call on ONE worker thread
-owned by the shipper (created on the first send, stopped by :meth:`Shipper.close`); the
-event loop awaits it, so a slow collector never blocks the loop and at most one request is
-in flight. One persistent connection (``HTTPConnection`` or, for ``https://``,
-``HTTPSConnection`` with ``ssl.create_default_context()``: system CA store, or the file
-named by ``SSL_CERT_FILE``; certificate and hostname verified) is reused for the next
-request, unless it has been idle for more than :data:`KEEPALIVE_S`, the collector closed
-it (it is checked before reuse) or the last response asked for a close. Any error closes
-it; the next request opens a new one. One race is left after that check: the collector
-closing the idle connection just as the request goes out. A reused connection that fails
-before any byte of a response is therefore retried once, at once, on a new connection,
-within the same time budget (as urllib3 does): resending is safe because the collector
-deduplicates by ``batch_id``. Redirects are never followed (a 3xx is a rejection,
-see above); at most ``_LOGGED_BODY_CHARS * 4`` bytes of an error response (and
-:data:`MAX_ACK_BODY_BYTES` of a 2xx one) are read: a longer body costs the connection, not
-memory.
-
-Timeout (``CollectorTarget.timeout_s``, *T*): the whole request (connect, send, response
-head and the bounded body read) gets *T* seconds in total, like aiohttp's ``total``
-timeout: when the loop stops waiting it shuts the socket down, which ends the worker's
-blocking call at once, and the connection is dropped. Each socket operation also has *T*
-as its own timeout (a backstop). The DNS lookup (``getaddrinfo``) cannot be interrupted,
-so it runs on a daemon thread of its own (``sockets.Resolver``) that the worker waits for at
-most until the request is aborted or *T* runs out: a resolver that hangs (a captive
-portal, an unreachable VPN DNS server) never holds the worker, the next request or the
-agent's exit; while a lookup still hangs the next request waits for that one rather than
-starting another. A request that timed out may still have reached the collector;
-resending it is safe (same ``batch_id``).
+Transport (one worker thread, one kept-alive ``http.client`` connection, the total
+timeout, the bounded DNS lookup): :mod:`vigil.agent.delivery.transport`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import contextlib
 import email.utils
-import functools
 import gzip
 import http.client
 import json
 import logging
 import random
-import socket
-import ssl
 import time
-import urllib.parse
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -87,8 +54,7 @@ from vigil import wire
 from vigil.agent.config import CollectorTarget
 from vigil.agent.delivery.credential import ROTATE_HEADER, CredentialSource
 from vigil.agent.delivery.outbox import Batch, Outbox
-from vigil.agent.delivery.sockets import Resolver, peer_closed
-from vigil.agent.delivery.tls import client_context
+from vigil.agent.delivery.transport import LOGGED_BODY_CHARS, Connection, Reply
 from vigil.agent.identity import Identity
 
 log = logging.getLogger("vigil.agent.shipper")
@@ -97,16 +63,8 @@ REPORTS_PATH = "/api/v1/reports"
 BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 300.0
 REJECTED_BACKOFF_S = 300.0
-# A held connection idle for longer than this is not reused: it is closed and replaced at
-# the next request (checked then, so no timer wakes the agent to close it).
-KEEPALIVE_S = 15.0
 # A Retry-After longer than this is treated as a collector misconfiguration, not obeyed.
 MAX_RETRY_AFTER_S = 3600.0
-# How much of a rejection's response body goes into the log (characters).
-_LOGGED_BODY_CHARS = 2000
-# At most this much of a 2xx response body is read (the collector's ack is a few bytes);
-# the connection is dropped rather than reused when the body is longer.
-MAX_ACK_BODY_BYTES = 64 * 1024
 
 
 class AckExchange(Protocol):
@@ -137,26 +95,16 @@ class ShipResult:
     retry_after_s: float | None
 
 
-@dataclass(frozen=True, slots=True)
-class _Reply:
-    """What the worker thread read of one response: status, ``Retry-After``, body start."""
-
-    status: int
-    retry_after: str | None
-    text: str
-    etag: str | None = None
-    body: bytes = b""
-
-
 class Shipper:
     """Sends the outbox to one collector; see the module docstring for retry rules and the
     transport (one worker thread, one persistent ``http.client`` connection, timeouts).
 
     ``hold_connection=False`` closes the connection at the end of every :meth:`ship` call
     instead of keeping it for the next: for deliveries further apart than
-    :data:`KEEPALIVE_S` a held connection would never be reused, only left open. ``clock``
-    gives wall-clock seconds (for ``sent_at``); ``monotonic`` measures backoff windows;
-    ``sleep`` paces a draining backlog; ``rng`` draws the backoff jitter.
+    :data:`~vigil.agent.delivery.transport.KEEPALIVE_S` a held connection would never be
+    reused, only left open. ``clock`` gives wall-clock seconds (for ``sent_at``);
+    ``monotonic`` measures backoff windows; ``sleep`` paces a draining backlog; ``rng``
+    draws the backoff jitter.
 
     Raises ``ValueError`` for a URL that is not ``http://`` or ``https://`` with a host.
     """
@@ -191,9 +139,7 @@ class Shipper:
             )
         if drain_batches_per_s is not None and not drain_batches_per_s > 0:
             raise ValueError(f"drain_batches_per_s: must be positive, got {drain_batches_per_s!r}")
-        split = urllib.parse.urlsplit(target.url)
-        if split.scheme not in ("http", "https") or not split.hostname:
-            raise ValueError(f"collector url: must be http:// or https://, got {target.url!r}")
+        self._transport = Connection(target)  # ValueError for a URL it cannot use
         self._target = target
         self._outbox = outbox
         self._batch_max_bytes = batch_max_bytes
@@ -214,10 +160,7 @@ class Shipper:
         self._exchanges: list[AckExchange] = list(exchanges)
         self._rejected_token: str | None = None  # the token a 4xx backoff was for
         self._url = target.url.rstrip("/") + REPORTS_PATH
-        self._https = split.scheme == "https"
-        self._host = split.hostname
-        self._port = split.port  # None: the scheme's default
-        self._path = split.path.rstrip("/") + REPORTS_PATH
+        self._path = self._transport.base_path + REPORTS_PATH
         self._failures = 0
         self._backoff_until = 0.0
         # For the agent's self-health: failed sends in a row (wake() does not reset it,
@@ -231,16 +174,6 @@ class Shipper:
         # Two overlapping ship() calls (report interval + urgent event) would otherwise
         # both send the in-flight batch.
         self._lock = asyncio.Lock()
-        # The transport. _conn and _conn_used_at are only touched by the worker thread
-        # (or by the loop while no request is in flight); the loop may shut the socket
-        # down under a request to abort it (_abort).
-        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
-        self._inflight: asyncio.Future[_Reply] | None = None
-        self._conn: http.client.HTTPConnection | None = None
-        self._conn_used_at = 0.0  # time.monotonic() at the end of the last request
-        self._aborted = False  # the loop gave up on the request in flight (see _abort)
-        self._resolver = Resolver()
-        self._ssl_context: ssl.SSLContext | None = None
 
     def add_exchange(self, exchange: AckExchange) -> None:
         """Let ``exchange`` ride on every later report and ack (see :class:`AckExchange`)."""
@@ -254,8 +187,7 @@ class Shipper:
     @property
     def connected(self) -> bool:
         """Whether a connection to the collector is held open for the next request."""
-        conn = self._conn
-        return conn is not None and conn.sock is not None
+        return self._transport.connected
 
     @property
     def failures_in_a_row(self) -> int:
@@ -289,7 +221,7 @@ class Shipper:
                 return await self._ship(max_batches)
             finally:
                 if not self._hold_connection:
-                    self._drop_connection()  # see the class docstring
+                    self._transport.drop()  # see the class docstring
 
     async def _ship(self, max_batches: int) -> ShipResult:
         sent_batches = sent_events = 0
@@ -327,10 +259,7 @@ class Shipper:
         that request is aborted by shutting its socket down (or, during a DNS lookup, by
         no longer waiting for it), and the thread exits at once.
         """
-        self._drop_connection()
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=False)
+        self._transport.close()
 
     # ----------------------------------------------------------------- internals
 
@@ -358,7 +287,7 @@ class Shipper:
         for exchange in self._exchanges:
             headers.update(exchange.headers())
         try:
-            reply = await self._request(body, headers)
+            reply = await self._transport.request(body, headers, path=self._path)
         except (http.client.HTTPException, OSError) as exc:  # OSError: TimeoutError, ssl
             error = f"cannot reach collector at {self._url}: {_describe(exc)}"
             self._transient_failure(error)
@@ -415,11 +344,11 @@ class Shipper:
             len(batch.events),
             status,
             REJECTED_BACKOFF_S,
-            text[:_LOGGED_BODY_CHARS],
+            text[:LOGGED_BODY_CHARS],
         )
         return error, None
 
-    async def get(self, path: str, headers: Mapping[str, str], max_body: int) -> _Reply:
+    async def get(self, path: str, headers: Mapping[str, str], max_body: int) -> Reply:
         """GET ``path`` (below the collector URL) with the agent's bearer token, on the same
         worker thread and connection as reports, within ``timeout_s`` in total; the reply
         carries ``etag`` and at most ``max_body`` bytes of ``body`` (a longer body raises
@@ -431,182 +360,17 @@ class Shipper:
             "User-Agent": f"vigil-agent/{self._agent_version}",
             **headers,
         }
-        base = urllib.parse.urlsplit(self._target.url).path.rstrip("/")
         async with self._lock:
-            reply = await self._request(
-                b"", all_headers, method="GET", path=base + path, max_body=max_body + 1
+            reply = await self._transport.request(
+                b"",
+                all_headers,
+                method="GET",
+                path=self._transport.base_path + path,
+                max_body=max_body + 1,
             )
         if len(reply.body) > max_body:
             raise ValueError(f"GET {path}: body longer than {max_body} bytes")
         return reply
-
-    async def _request(
-        self,
-        body: bytes,
-        headers: Mapping[str, str],
-        *,
-        method: str = "POST",
-        path: str | None = None,
-        max_body: int | None = None,
-    ) -> _Reply:
-        """Run :meth:`_post` on the worker thread, within ``timeout_s`` in total.
-
-        Raises ``TimeoutError`` when the time is up (the request is aborted), or what
-        :meth:`_post` raised.
-        """
-        if self._executor is None:
-            self._executor = concurrent.futures.ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix="vigil-shipper"
-            )
-        loop = asyncio.get_running_loop()
-        self._aborted = False
-        call = functools.partial(
-            self._post, body, headers, method=method, path=path, max_body=max_body
-        )
-        future = loop.run_in_executor(self._executor, call)
-        self._inflight = future
-        try:
-            # shield: on timeout or cancellation the worker cannot be cancelled anyway;
-            # _abort makes its blocking call return instead.
-            return await asyncio.wait_for(asyncio.shield(future), self._target.timeout_s)
-        finally:
-            if not future.done():
-                self._abort()
-                future.add_done_callback(_consume)
-
-    def _post(
-        self,
-        body: bytes,
-        headers: Mapping[str, str],
-        *,
-        method: str = "POST",
-        path: str | None = None,
-        max_body: int | None = None,
-    ) -> _Reply:
-        """The blocking exchange, on the worker thread: POST (or ``method`` on ``path``),
-        read status, headers and at most a bounded part of the body (``max_body`` bytes
-        of a GET's). Closes the connection on any error (and when the body was not read
-        to its end, so it cannot be reused)."""
-        conn = self._connection()
-        reused = conn.sock is not None
-        target = path or self._path
-        payload = body if method == "POST" else None
-        try:
-            try:
-                conn.request(method, target, body=payload, headers=dict(headers))
-                resp = conn.getresponse()
-            except _CLOSED_UNDER_US:
-                if not reused or self._aborted:
-                    raise
-                # The collector closed the kept-alive connection as this request went out
-                # (see the module docstring): no answer came, so send it again, once.
-                self._close_connection()
-                conn = self._conn = self._new_connection()
-                conn.request(method, target, body=payload, headers=dict(headers))
-                resp = conn.getresponse()
-            ok = 200 <= resp.status < 300
-            if max_body is not None and ok:
-                cap = max_body
-            else:
-                cap = MAX_ACK_BODY_BYTES if ok else _LOGGED_BODY_CHARS * 4
-            raw = resp.read(cap)
-            if not resp.isclosed():  # more body than we read: the stream is mid-response
-                self._close_connection()
-            self._conn_used_at = time.monotonic()
-            is_get = method == "GET"
-            return _Reply(
-                resp.status,
-                resp.getheader("Retry-After"),
-                "" if is_get and ok else raw.decode("utf-8", errors="replace").strip(),
-                etag=resp.getheader("ETag"),
-                body=raw if is_get else b"",
-            )
-        except BaseException:
-            self._close_connection()
-            raise
-
-    def _connection(self) -> http.client.HTTPConnection:
-        """The held connection if it is still usable, else a new (not yet connected) one."""
-        conn = self._conn
-        if conn is not None and conn.sock is not None:
-            idle_s = time.monotonic() - self._conn_used_at
-            if idle_s > KEEPALIVE_S or peer_closed(conn.sock):
-                self._close_connection()
-                conn = None
-        if conn is None:
-            conn = self._conn = self._new_connection()
-        return conn
-
-    def _new_connection(self) -> http.client.HTTPConnection:
-        timeout = self._target.timeout_s
-        conn: http.client.HTTPConnection
-        if not self._https:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=timeout)
-        else:
-            if self._ssl_context is None:
-                # Verifies the certificate chain and the hostname against collector.ca_file
-                # (else the system's CAs, honouring SSL_CERT_FILE); see delivery/tls.py.
-                target = self._target
-                self._ssl_context = client_context(
-                    target.ca_file, target.client_cert_file, target.client_key_file
-                )
-            conn = http.client.HTTPSConnection(
-                self._host, self._port, timeout=timeout, context=self._ssl_context
-            )
-        # http.client's own hook for opening the TCP connection: the name is looked up
-        # by the bounded resolver; TLS still verifies the certificate against self._host.
-        conn._create_connection = self._open_socket  # type: ignore[attr-defined]
-        return conn
-
-    def _open_socket(
-        self, address: tuple[str, int], timeout: float, source_address: object = None
-    ) -> socket.socket:
-        """``socket.create_connection`` for :meth:`_new_connection`, with the lookup
-        bounded by ``sockets.Resolver`` (the request's timeout, or until it is aborted).
-        ``source_address`` is part of http.client's hook; the shipper never sets one."""
-        host, port = address
-        infos = self._resolver.lookup(host, port, timeout, lambda: self._aborted)
-        error: OSError | None = None
-        for family, kind, proto, _, sockaddr in infos:
-            if self._aborted:  # a connect has no socket to shut down yet: stop between them
-                raise ConnectionAbortedError(f"request aborted while connecting to {host}")
-            sock = socket.socket(family, kind, proto)
-            try:
-                sock.settimeout(timeout)
-                sock.connect(sockaddr)
-                return sock
-            except OSError as exc:
-                sock.close()
-                error = exc
-        raise error or OSError(f"no address for {host}")
-
-    def _close_connection(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            conn.close()
-
-    def _abort(self) -> None:
-        """From the loop: make the request in flight fail now by shutting its socket down
-        (closing it from this thread could race with the worker over the descriptor).
-        A request still connecting has no socket yet; its connect timeout bounds it."""
-        self._aborted = True  # before the shutdown: the worker must not retry after it
-        conn = self._conn
-        sock = conn.sock if conn is not None else None
-        if sock is not None:
-            # The plain socket's method: SSLSocket.shutdown would also drop its SSL object
-            # under the worker's feet. OSError: already closed, or never connected.
-            with contextlib.suppress(OSError):
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-
-    def _drop_connection(self) -> None:
-        """Close the connection now; if a request is in flight, abort it and let the
-        worker close the connection once the aborted call has returned."""
-        if self._inflight is not None and not self._inflight.done():
-            self._abort()
-            if self._executor is not None:
-                self._executor.submit(self._close_connection)
-            return
-        self._close_connection()
 
     def _encode(self, batch: Batch) -> bytes:
         report = wire.Report(
@@ -647,18 +411,6 @@ class Shipper:
         else:
             level = logging.DEBUG
         log.log(level, "delivery failing: " + message, *args)
-
-
-# How a kept-alive connection the collector closed under a request fails, before any
-# response: EOF instead of a status line (RemoteDisconnected, a ConnectionResetError), a
-# reset, or a broken pipe while sending.
-_CLOSED_UNDER_US = (ConnectionResetError, BrokenPipeError, ConnectionAbortedError)
-
-
-def _consume(future: asyncio.Future[_Reply]) -> None:
-    """Retrieve an abandoned request's outcome so asyncio does not log it as unhandled."""
-    if not future.cancelled():
-        future.exception()
 
 
 def _asks_epoch_reset(text: str) -> bool:
