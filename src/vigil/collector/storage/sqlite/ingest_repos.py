@@ -55,6 +55,36 @@ class SqliteHosts:
         clock_offset_s: float,
         heartbeat_ttl_s: float | None,
     ) -> None:
+        labels = self._memo.labels(report.labels)
+        # 16 bytes, not 32 characters: the mark is the whole dedup state per agent.
+        epoch = None if report.epoch is None else bytes.fromhex(report.epoch)
+        mark = report.seq_last if report.epoch is not None else None
+        # The steady state first: a known host whose name, labels and version are as
+        # stored. Only the liveness and dedup columns are set, so SQLite leaves the
+        # hostname, department and os indexes alone (an UPDATE rewrites the entries of
+        # every index over a column it sets, changed or not). Measured at 100,000 hosts:
+        # ~22 us a report instead of ~50 for the upsert (issue #17). The row ends as the
+        # upsert below would leave it; any other case (a new host, a rename) takes that.
+        if self._db.execute(
+            "UPDATE hosts SET last_seen = ?1, last_sent_at = ?2, clock_offset_s = ?3,"
+            " heartbeat_ttl_s = COALESCE(?4, heartbeat_ttl_s), last_batch_id = ?5,"
+            " epoch = COALESCE(?6, epoch), mark = COALESCE(?7, mark)"
+            " WHERE agent_id = ?8 AND hostname = ?9 AND labels = ?10 AND agent_version = ?11",
+            (
+                received_at,
+                report.sent_at,
+                clock_offset_s,
+                heartbeat_ttl_s,
+                report.batch_id,
+                epoch,
+                mark,
+                report.agent_id,
+                report.hostname,
+                labels,
+                report.agent_version,
+            ),
+        ).rowcount:
+            return
         self._db.execute(
             "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
             " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s, last_batch_id,"
@@ -71,16 +101,15 @@ class SqliteHosts:
             (
                 report.agent_id,
                 report.hostname,
-                self._memo.labels(report.labels),
+                labels,
                 report.agent_version,
                 received_at,
                 report.sent_at,
                 clock_offset_s,
                 heartbeat_ttl_s,
                 report.batch_id,
-                # 16 bytes, not 32 characters: the mark is the whole dedup state per agent.
-                None if report.epoch is None else bytes.fromhex(report.epoch),
-                report.seq_last if report.epoch is not None else None,
+                epoch,
+                mark,
             ),
         )
 
