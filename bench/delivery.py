@@ -13,7 +13,9 @@
     never the bottleneck; its CPU share is printed) posts realistic reports (a heartbeat
     plus a metrics summary of a real sample, gzip JSON) as 100,000 distinct agents, every
     request a new batch, with a fixed number of concurrent connections for a fixed time, to
-    the real collector (SQLite, synchronous=FULL, group commit); and, with the same values
+    the real collector (SQLite, synchronous=FULL, group commit), its store pre-filled
+    with ``--prefill`` hosts (default 100,000: the load's agents, so every report updates
+    a known host and fleet-size costs show); and, with the same values
     in its own text format and the same generator settings, to Debian's
     prometheus-pushgateway (``--push.disable-consistency-check``). Both servers are pinned
     to the same other core and stay up the whole run; phases alternate for ``--rounds``
@@ -36,7 +38,7 @@ minus one (target <= 0.10, issue #16).
 SQLite (sizing: docs/deployment.md); not with ``--credentials``.
 
 Run: ``.venv/bin/python bench/delivery.py [--quick] [--rounds N] [--ingest-only] [--floor]
-[--credentials] [--dsn URL]``.
+[--credentials] [--dsn URL] [--prefill N]``.
 The last line is JSON.
 """
 

@@ -55,10 +55,20 @@ class SqliteHosts:
         clock_offset_s: float,
         heartbeat_ttl_s: float | None,
     ) -> None:
-        labels = self._memo.labels(report.labels)
-        # 16 bytes, not 32 characters: the mark is the whole dedup state per agent.
-        epoch = None if report.epoch is None else bytes.fromhex(report.epoch)
-        mark = report.seq_last if report.epoch is not None else None
+        params = {
+            "agent": report.agent_id,
+            "hostname": report.hostname,
+            "labels": self._memo.labels(report.labels),
+            "version": report.agent_version,
+            "at": received_at,
+            "sent": report.sent_at,
+            "offset": clock_offset_s,
+            "ttl": heartbeat_ttl_s,
+            "batch": report.batch_id,
+            # 16 bytes, not 32 characters: the mark is the whole dedup state per agent.
+            "epoch": None if report.epoch is None else bytes.fromhex(report.epoch),
+            "mark": report.seq_last if report.epoch is not None else None,
+        }
         # The steady state first: a known host whose name, labels and version are as
         # stored. Only the liveness and dedup columns are set, so SQLite leaves the
         # hostname, department and os indexes alone (an UPDATE rewrites the entries of
@@ -66,30 +76,20 @@ class SqliteHosts:
         # ~22 us a report instead of ~50 for the upsert (issue #17). The row ends as the
         # upsert below would leave it; any other case (a new host, a rename) takes that.
         if self._db.execute(
-            "UPDATE hosts SET last_seen = ?1, last_sent_at = ?2, clock_offset_s = ?3,"
-            " heartbeat_ttl_s = COALESCE(?4, heartbeat_ttl_s), last_batch_id = ?5,"
-            " epoch = COALESCE(?6, epoch), mark = COALESCE(?7, mark)"
-            " WHERE agent_id = ?8 AND hostname = ?9 AND labels = ?10 AND agent_version = ?11",
-            (
-                received_at,
-                report.sent_at,
-                clock_offset_s,
-                heartbeat_ttl_s,
-                report.batch_id,
-                epoch,
-                mark,
-                report.agent_id,
-                report.hostname,
-                labels,
-                report.agent_version,
-            ),
+            "UPDATE hosts SET last_seen = :at, last_sent_at = :sent, clock_offset_s = :offset,"
+            " heartbeat_ttl_s = COALESCE(:ttl, heartbeat_ttl_s), last_batch_id = :batch,"
+            " epoch = COALESCE(:epoch, epoch), mark = COALESCE(:mark, mark)"
+            " WHERE agent_id = :agent AND hostname = :hostname AND labels = :labels"
+            " AND agent_version = :version",
+            params,
         ).rowcount:
             return
         self._db.execute(
             "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
             " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s, last_batch_id,"
             " epoch, mark)"
-            " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            " VALUES (:agent, :hostname, :labels, :version, :at, :at, :sent, :offset, :ttl,"
+            " :batch, :epoch, :mark)"
             " ON CONFLICT (agent_id) DO UPDATE SET hostname = excluded.hostname,"
             " last_batch_id = excluded.last_batch_id,"
             " epoch = COALESCE(excluded.epoch, hosts.epoch),"
@@ -98,19 +98,7 @@ class SqliteHosts:
             " last_seen = excluded.last_seen, last_sent_at = excluded.last_sent_at,"
             " clock_offset_s = excluded.clock_offset_s,"
             " heartbeat_ttl_s = COALESCE(excluded.heartbeat_ttl_s, hosts.heartbeat_ttl_s)",
-            (
-                report.agent_id,
-                report.hostname,
-                labels,
-                report.agent_version,
-                received_at,
-                report.sent_at,
-                clock_offset_s,
-                heartbeat_ttl_s,
-                report.batch_id,
-                epoch,
-                mark,
-            ),
+            params,
         )
 
     def info(self, agent_id: str) -> tuple[str, dict[str, str]] | None:
