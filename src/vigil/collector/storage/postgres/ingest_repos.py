@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from vigil import wire
 from vigil.collector.storage.postgres.schema import SEEN_BATCH, SEEN_EVENT
-from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow
+from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow, host_row
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 
 HOST_METRICS_UPSERT = (
@@ -68,20 +68,8 @@ class PgHosts:
         clock_offset_s: float,
         heartbeat_ttl_s: float | None,
     ) -> None:
-        params = {
-            "agent": report.agent_id,
-            "hostname": report.hostname,
-            "labels": Jsonb(dict(report.labels)),
-            "version": report.agent_version,
-            "at": received_at,
-            "sent": report.sent_at,
-            "offset": clock_offset_s,
-            "ttl": heartbeat_ttl_s,
-            "batch": report.batch_id,
-            # 16 bytes, not 32 characters: the mark is the whole dedup state per agent.
-            "epoch": None if report.epoch is None else bytes.fromhex(report.epoch),
-            "mark": report.seq_last if report.epoch is not None else None,
-        }
+        params = host_row(report, received_at, clock_offset_s, heartbeat_ttl_s)
+        params["labels"] = Jsonb(dict(report.labels))
         # The steady state first: a known host whose name, labels and version are as
         # stored gets a plain UPDATE of its liveness and dedup columns (no speculative
         # insert, and no indexed name/label column set); the row ends as the upsert below

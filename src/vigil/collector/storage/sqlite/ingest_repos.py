@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from vigil import wire
-from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow
+from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow, host_row
 from vigil.collector.storage.sqlite.codec import (
     HOST_METRICS_UPSERT,
     JsonMemo,
@@ -55,20 +55,8 @@ class SqliteHosts:
         clock_offset_s: float,
         heartbeat_ttl_s: float | None,
     ) -> None:
-        params = {
-            "agent": report.agent_id,
-            "hostname": report.hostname,
-            "labels": self._memo.labels(report.labels),
-            "version": report.agent_version,
-            "at": received_at,
-            "sent": report.sent_at,
-            "offset": clock_offset_s,
-            "ttl": heartbeat_ttl_s,
-            "batch": report.batch_id,
-            # 16 bytes, not 32 characters: the mark is the whole dedup state per agent.
-            "epoch": None if report.epoch is None else bytes.fromhex(report.epoch),
-            "mark": report.seq_last if report.epoch is not None else None,
-        }
+        params = host_row(report, received_at, clock_offset_s, heartbeat_ttl_s)
+        params["labels"] = self._memo.labels(report.labels)
         # The steady state first: a known host whose name, labels and version are as
         # stored. Only the liveness and dedup columns are set, so SQLite leaves the
         # hostname, department and os indexes alone (an UPDATE rewrites the entries of
