@@ -13,7 +13,9 @@
     never the bottleneck; its CPU share is printed) posts realistic reports (a heartbeat
     plus a metrics summary of a real sample, gzip JSON) as 100,000 distinct agents, every
     request a new batch, with a fixed number of concurrent connections for a fixed time, to
-    the real collector (SQLite, synchronous=FULL, group commit); and, with the same values
+    the real collector (SQLite, synchronous=FULL, group commit), its store pre-filled
+    with ``--prefill`` hosts (default 100,000: the load's agents, so every report updates
+    a known host and fleet-size costs show); and, with the same values
     in its own text format and the same generator settings, to Debian's
     prometheus-pushgateway (``--push.disable-consistency-check``). Both servers are pinned
     to the same other core and stay up the whole run; phases alternate for ``--rounds``
@@ -36,7 +38,7 @@ minus one (target <= 0.10, issue #16).
 SQLite (sizing: docs/deployment.md); not with ``--credentials``.
 
 Run: ``.venv/bin/python bench/delivery.py [--quick] [--rounds N] [--ingest-only] [--floor]
-[--credentials] [--dsn URL]``.
+[--credentials] [--dsn URL] [--prefill N]``.
 The last line is JSON.
 """
 
@@ -126,6 +128,8 @@ sys.exit(cli.main())
 # The ``storage:`` section of the measured collector in (b): SQLite, or with ``--dsn`` a
 # fresh schema on that PostgreSQL server (sizing for docs/deployment.md).
 INGEST_STORAGE = ["{sqlite_path: collector.db}"]
+# Its storage URL, for the pre-fill (None: the SQLite file in the phase's folder).
+INGEST_URL: list[str | None] = [None]
 
 
 def start_collector(
@@ -189,6 +193,44 @@ def enroll_all(folder: Path, agents: list[str], now: float) -> dict[str, str]:
     finally:
         storage.close()
     return tokens
+
+
+def prefill(url: str, agents: list[str], values: dict[str, float], now: float) -> float:
+    """Store every agent in ``agents`` as a known host with a metrics summary, as a
+    fleet that has been reporting leaves the store; seconds taken.
+
+    Written through the storage API (the collector's own statements, either backend),
+    one transaction. Each host's epoch is the one the load generator's reports carry
+    (the agent's id) with mark 0, so the measured reports are that epoch's next batches:
+    the steady state of an enrolled fleet, where every report updates an existing host
+    and the collector starts with the whole fleet in memory (issue #17: fleet-size costs
+    must show).
+    """
+    from vigil.collector.storage.factory import create_storage
+
+    t0 = time.perf_counter()
+    storage = create_storage(url)
+    try:
+        with storage.session() as uow, uow.transaction():
+            for agent in agents:
+                report = wire.Report(
+                    schema_version=wire.SCHEMA_VERSION,
+                    agent_id=agent,
+                    hostname=f"ws-{agent[:8]}",
+                    labels={"department": "bench"},
+                    batch_id=uuid.uuid4().hex,
+                    sent_at=now - 60.0,
+                    agent_version="0.1.0",
+                    events=(),
+                    epoch=agent,
+                    seq_first=0,
+                    seq_last=0,
+                )
+                uow.hosts.upsert(report, now - 60.0, 0.0, 150.0)
+                uow.metrics.put(agent, now - 60.0, now - 60.0, values)
+    finally:
+        storage.close()
+    return time.perf_counter() - t0
 
 
 def stop(proc: subprocess.Popen[str]) -> None:
@@ -451,10 +493,12 @@ def ingest(
     credentials: bool = False,
     event_loop: str = "asyncio",
     front: str = "aiohttp",
+    prefill_hosts: int = 0,
 ) -> dict:
     """Alternate Vigil and Pushgateway phases ``rounds`` times (and the store-less floor
     collector's with ``floor``, the enrolled-agents collector's with ``credentials``);
-    every phase's measurements, per server."""
+    every phase's measurements, per server. ``prefill_hosts``: hosts stored before the
+    measured collector starts (the load's agents first, see :func:`prefill`)."""
     rng = random.Random(5)
     agents = [uuid.UUID(int=rng.getrandbits(128)).hex for _ in range(DISTINCT_AGENTS)]
     rng.shuffle(agents)
@@ -521,6 +565,16 @@ def ingest(
         print("(b) prometheus-pushgateway not installed: apt-get install prometheus-pushgateway")
     vigil_dir = folder / "ingest"
     vigil_dir.mkdir(exist_ok=True)
+    if prefill_hosts:
+        from vigil.collector.storage.url import sqlite_url
+
+        known = agents[:prefill_hosts] + [
+            uuid.UUID(int=rng.getrandbits(128)).hex
+            for _ in range(max(0, prefill_hosts - len(agents)))
+        ]
+        url = INGEST_URL[0] or sqlite_url(vigil_dir / "collector.db")
+        took = prefill(url, known, values, now)
+        print(f"(b) pre-filled the store with {len(known)} hosts in {took:.1f} s")
     proc, url = start_collector(
         vigil_dir, pin=pinned, storage=INGEST_STORAGE[0], event_loop=event_loop, front=front
     )
@@ -687,6 +741,12 @@ def main() -> None:
         "--seconds", type=float, default=None, help="seconds a phase (default 10, 5 with --quick)"
     )
     parser.add_argument(
+        "--prefill",
+        type=int,
+        default=DISTINCT_AGENTS,
+        help=f"hosts stored before (b)'s collector starts (default {DISTINCT_AGENTS:,}; 0: empty)",
+    )
+    parser.add_argument(
         "--dsn",
         help="run (b)'s collector on a fresh schema of this PostgreSQL server, not SQLite",
     )
@@ -700,6 +760,7 @@ def main() -> None:
 
         schema = TestSchema()
         INGEST_STORAGE[0] = f"{{url: '{schema.url}'}}"
+        INGEST_URL[0] = schema.url
     levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     duration_s = args.seconds or (5.0 if args.quick else 10.0)
     values = real_sample()
@@ -730,6 +791,7 @@ def main() -> None:
                     credentials=args.credentials,
                     event_loop=args.event_loop,
                     front=args.front,
+                    prefill_hosts=args.prefill,
                 )
                 summaries[concurrency] = summarise(result, concurrency, args.rounds)
     finally:
@@ -775,6 +837,7 @@ def main() -> None:
                 "concurrency_levels": levels,
                 "event_loop": args.event_loop,
                 "ingest_front": args.front,
+                "prefilled_hosts": args.prefill,
                 "duration_s": duration_s,
                 "rounds": args.rounds,
                 "cores": os.cpu_count(),

@@ -301,7 +301,7 @@ def decode_report(body: bytes | bytearray) -> Report:
     # Imported here, not at the top: the agent imports this module but never decodes.
     import orjson
 
-    _check_structure(body)
+    check_structure(body)
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -325,7 +325,7 @@ _SCAN_WINDOW = 64 * 1024
 _BACKSLASH = 0x5C
 
 
-def _check_structure(body: bytes | bytearray) -> None:
+def check_structure(body: bytes | bytearray) -> None:
     """Refuse a body whose shape no valid report has, before parsing builds it: more
     than :data:`MAX_CONTAINERS` objects and lists, more than :data:`MAX_ITEMS` members
     and items, or commas denser than :data:`MIN_BYTES_PER_COMMA` allows. Parsing costs

@@ -491,6 +491,40 @@ def test_a_host_keeps_its_ttl_when_a_report_brings_none(storage: Any) -> None:
         assert uow.hosts.before("nobody") is None
 
 
+def test_a_known_host_row_follows_renames_relabels_and_its_sequence(storage: Any) -> None:
+    """Every report leaves the host row as a full upsert would, whether the host's name,
+    labels and version are unchanged (the steady state's short update) or not."""
+    epoch = "ab" * 16
+    sequenced = dataclasses.replace(report("b1"), epoch=epoch, seq_first=1, seq_last=2)
+    with storage.session() as uow, uow.transaction():
+        uow.hosts.upsert(sequenced, T0, 1.5, 90.0)
+        uow.hosts.upsert(
+            dataclasses.replace(sequenced, batch_id="b2", seq_last=4), T0 + 5, 1.0, None
+        )
+        assert uow.hosts.before("h1") == ("b2", 1.0, T0 + 5, epoch, 4)
+        # An older agent version without sequence fields keeps the stored epoch and mark.
+        uow.hosts.upsert(report("b3"), T0 + 6, 0.5, None)
+        assert uow.hosts.before("h1") == ("b3", 0.5, T0 + 6, epoch, 4)
+        renamed = dataclasses.replace(
+            report("b4"), hostname="renamed.example.test", labels={"role": "laptop"},
+            agent_version="0.2.0",
+        )  # fmt: skip
+        uow.hosts.upsert(renamed, T0 + 7, 0.25, 60.0)
+        assert uow.hosts.before("h1") == ("b4", 0.25, T0 + 7, epoch, 4)
+        (row,) = uow.hosts.list()
+        assert {k: row[k] for k in ("hostname", "labels", "agent_version")} == {
+            "hostname": "renamed.example.test",
+            "labels": {"role": "laptop"},
+            "agent_version": "0.2.0",
+        }
+        assert (row["first_seen"], row["last_seen"], row["heartbeat_ttl_s"]) == (
+            T0,
+            T0 + 7,
+            60.0,
+        )
+        assert uow.hosts.info("h1") == ("renamed.example.test", {"role": "laptop"})
+
+
 def test_liveness_reads_the_hosts_due_and_those_with_a_heartbeat_to_recover(
     storage: Any,
 ) -> None:

@@ -42,7 +42,8 @@ from vigil.collector.keys import (
 )
 from vigil.collector.policy.runtime import POLICY_HEADER
 from vigil.collector.telemetry.requests import RequestCounters
-from vigil.wire import Report, WireError, decode_report
+from vigil.wire import Report, WireError
+from vigil.wire_fast import decode_report
 
 log = logging.getLogger(__name__)
 

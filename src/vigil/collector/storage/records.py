@@ -7,7 +7,9 @@ booleans as ``bool``. Nothing here decides anything.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+from vigil import wire
 
 
 class StorageError(Exception):
@@ -118,3 +120,25 @@ class ResolvedIncident(NamedTuple):
     priority: str
     check: str
     opened_at: float
+
+
+def host_row(
+    report: wire.Report, received_at: float, clock_offset_s: float, heartbeat_ttl_s: float | None
+) -> dict[str, Any]:
+    """The named parameters both backends write a host row with (``HostRepository.upsert``):
+    ``labels`` as the report's dict (each backend encodes it), ``epoch`` as its 16 bytes
+    (not 32 characters: the mark is the whole dedup state per agent), ``mark`` the report's
+    ``seq_last`` when it carries sequence fields."""
+    return {
+        "agent": report.agent_id,
+        "hostname": report.hostname,
+        "labels": report.labels,
+        "version": report.agent_version,
+        "at": received_at,
+        "sent": report.sent_at,
+        "offset": clock_offset_s,
+        "ttl": heartbeat_ttl_s,
+        "batch": report.batch_id,
+        "epoch": None if report.epoch is None else bytes.fromhex(report.epoch),
+        "mark": report.seq_last if report.epoch is not None else None,
+    }

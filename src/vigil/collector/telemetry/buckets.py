@@ -14,6 +14,8 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from sortedcontainers import SortedList
+
 # An agent whose clock differs from the collector's by more than this is clock-skewed:
 # five minutes is Kerberos' default tolerance, past which logins on the host start to fail.
 CLOCK_SKEW_LIMIT_S = 300.0
@@ -213,40 +215,40 @@ class LivenessView:
 
 
 class LivenessIndex:
-    """Every host's liveness deadline in sorted lists, updated per report.
+    """Every host's liveness deadline in sorted containers, updated per report.
 
-    An update is a bisect plus a list insert/delete (a memmove: microseconds at 100 000
-    hosts); :meth:`view` copies two lists of floats. Not thread-safe: the desk updates it
-    under its lock.
+    An update removes the host's old key and adds its new one, each O(log hosts)
+    (``sortedcontainers.SortedList``: ~2.5 us at 100,000 hosts, where a plain sorted list
+    paid a memmove proportional to the fleet, ~12 us; issue #17); :meth:`view` copies
+    the keys into two lists of floats. Not thread-safe: the desk updates it under its lock.
     """
 
     __slots__ = ("_key", "_with_ttl", "_without")
 
     def __init__(self) -> None:
         self._key: dict[str, tuple[bool, float]] = {}
-        self._with_ttl: list[float] = []
-        self._without: list[float] = []
+        self._with_ttl: SortedList = SortedList()
+        self._without: SortedList = SortedList()
 
     def load(self, hosts: Iterable[tuple[str, float, float | None]]) -> None:
         """Bulk-load ``(host, last_seen, ttl or None)`` in O(n log n) (at start-up)."""
         for host, seen, ttl in hosts:
             self._key[host] = (ttl is not None, seen if ttl is None else seen + ttl)
-        self._with_ttl = sorted(k for has_ttl, k in self._key.values() if has_ttl)
-        self._without = sorted(k for has_ttl, k in self._key.values() if not has_ttl)
+        self._with_ttl = SortedList(k for has_ttl, k in self._key.values() if has_ttl)
+        self._without = SortedList(k for has_ttl, k in self._key.values() if not has_ttl)
 
     def update(self, host: str, last_seen: float, ttl: float | None) -> None:
         """Set the host's last report time and announced heartbeat TTL (seconds)."""
         self.discard(host)
         new = (ttl is not None, last_seen if ttl is None else last_seen + ttl)
-        bisect.insort(self._with_ttl if new[0] else self._without, new[1])
+        (self._with_ttl if new[0] else self._without).add(new[1])
         self._key[host] = new
 
     def discard(self, host: str) -> None:
         old = self._key.pop(host, None)
         if old is not None:
-            keys = self._with_ttl if old[0] else self._without
             # Equal keys of different hosts are interchangeable: removing any one is right.
-            del keys[bisect.bisect_left(keys, old[1])]
+            (self._with_ttl if old[0] else self._without).remove(old[1])
 
     def view(self) -> LivenessView:
         return LivenessView(list(self._with_ttl), list(self._without))

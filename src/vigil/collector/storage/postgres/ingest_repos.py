@@ -19,7 +19,7 @@ from psycopg.types.json import Jsonb
 
 from vigil import wire
 from vigil.collector.storage.postgres.schema import SEEN_BATCH, SEEN_EVENT
-from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow
+from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow, host_row
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 
 HOST_METRICS_UPSERT = (
@@ -68,6 +68,23 @@ class PgHosts:
         clock_offset_s: float,
         heartbeat_ttl_s: float | None,
     ) -> None:
+        params = host_row(report, received_at, clock_offset_s, heartbeat_ttl_s)
+        params["labels"] = Jsonb(dict(report.labels))
+        # The steady state first: a known host whose name, labels and version are as
+        # stored gets a plain UPDATE of its liveness and dedup columns (no speculative
+        # insert, and no indexed name/label column set); the row ends as the upsert below
+        # would leave it, which any other case (a new host, a rename) takes.
+        if self._db.execute(
+            "UPDATE hosts SET last_seen = %(at)s, last_sent_at = %(sent)s,"
+            " clock_offset_s = %(offset)s,"
+            " heartbeat_ttl_s = COALESCE(%(ttl)s::double precision, heartbeat_ttl_s),"
+            " last_batch_id = %(batch)s, epoch = COALESCE(%(epoch)s::bytea, epoch),"
+            " mark = COALESCE(%(mark)s::bigint, mark)"
+            " WHERE agent_id = %(agent)s AND hostname = %(hostname)s"
+            " AND labels = %(labels)s AND agent_version = %(version)s",
+            params,
+        ).rowcount:
+            return
         self._db.execute(
             "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
             " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s, last_batch_id,"
@@ -83,20 +100,7 @@ class PgHosts:
             " last_seen = excluded.last_seen, last_sent_at = excluded.last_sent_at,"
             " clock_offset_s = excluded.clock_offset_s,"
             " heartbeat_ttl_s = COALESCE(excluded.heartbeat_ttl_s, hosts.heartbeat_ttl_s)",
-            {
-                "agent": report.agent_id,
-                "hostname": report.hostname,
-                "labels": Jsonb(dict(report.labels)),
-                "version": report.agent_version,
-                "at": received_at,
-                "sent": report.sent_at,
-                "offset": clock_offset_s,
-                "ttl": heartbeat_ttl_s,
-                "batch": report.batch_id,
-                # 16 bytes, not 32 characters: the mark is the whole dedup state per agent.
-                "epoch": None if report.epoch is None else bytes.fromhex(report.epoch),
-                "mark": report.seq_last if report.epoch is not None else None,
-            },
+            params,
         )
 
     def info(self, agent_id: str) -> tuple[str, dict[str, str]] | None:

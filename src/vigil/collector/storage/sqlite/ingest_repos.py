@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from vigil import wire
-from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow
+from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow, host_row
 from vigil.collector.storage.sqlite.codec import (
     HOST_METRICS_UPSERT,
     JsonMemo,
@@ -55,11 +55,29 @@ class SqliteHosts:
         clock_offset_s: float,
         heartbeat_ttl_s: float | None,
     ) -> None:
+        params = host_row(report, received_at, clock_offset_s, heartbeat_ttl_s)
+        params["labels"] = self._memo.labels(report.labels)
+        # The steady state first: a known host whose name, labels and version are as
+        # stored. Only the liveness and dedup columns are set, so SQLite leaves the
+        # hostname, department and os indexes alone (an UPDATE rewrites the entries of
+        # every index over a column it sets, changed or not). Measured at 100,000 hosts:
+        # ~22 us a report instead of ~50 for the upsert (issue #17). The row ends as the
+        # upsert below would leave it; any other case (a new host, a rename) takes that.
+        if self._db.execute(
+            "UPDATE hosts SET last_seen = :at, last_sent_at = :sent, clock_offset_s = :offset,"
+            " heartbeat_ttl_s = COALESCE(:ttl, heartbeat_ttl_s), last_batch_id = :batch,"
+            " epoch = COALESCE(:epoch, epoch), mark = COALESCE(:mark, mark)"
+            " WHERE agent_id = :agent AND hostname = :hostname AND labels = :labels"
+            " AND agent_version = :version",
+            params,
+        ).rowcount:
+            return
         self._db.execute(
             "INSERT INTO hosts (agent_id, hostname, labels, agent_version, first_seen,"
             " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s, last_batch_id,"
             " epoch, mark)"
-            " VALUES (?1, ?2, ?3, ?4, ?5, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+            " VALUES (:agent, :hostname, :labels, :version, :at, :at, :sent, :offset, :ttl,"
+            " :batch, :epoch, :mark)"
             " ON CONFLICT (agent_id) DO UPDATE SET hostname = excluded.hostname,"
             " last_batch_id = excluded.last_batch_id,"
             " epoch = COALESCE(excluded.epoch, hosts.epoch),"
@@ -68,20 +86,7 @@ class SqliteHosts:
             " last_seen = excluded.last_seen, last_sent_at = excluded.last_sent_at,"
             " clock_offset_s = excluded.clock_offset_s,"
             " heartbeat_ttl_s = COALESCE(excluded.heartbeat_ttl_s, hosts.heartbeat_ttl_s)",
-            (
-                report.agent_id,
-                report.hostname,
-                self._memo.labels(report.labels),
-                report.agent_version,
-                received_at,
-                report.sent_at,
-                clock_offset_s,
-                heartbeat_ttl_s,
-                report.batch_id,
-                # 16 bytes, not 32 characters: the mark is the whole dedup state per agent.
-                None if report.epoch is None else bytes.fromhex(report.epoch),
-                report.seq_last if report.epoch is not None else None,
-            ),
+            params,
         )
 
     def info(self, agent_id: str) -> tuple[str, dict[str, str]] | None:
