@@ -9,6 +9,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from vigil import wire
+from vigil.collector.storage.sql_hooks import where
 from vigil.collector.storage.sqlite.codec import columns_to_keys
 
 RUN_COLUMNS = (
@@ -85,7 +86,7 @@ class RunsSql:
         offset: int,
         before: int | None = None,
     ) -> list[dict[str, Any]]:
-        clause, args = _where(("host", host), ("remediation", remediation))
+        clause, args = where(("host", host), ("remediation", remediation))
         if before is not None:  # keyset paging, newest first
             clause = f"{clause} AND id < ?" if clause else " WHERE id < ?"
             args = [*args, before]
@@ -118,14 +119,6 @@ class RunsSql:
 
     def durations(self) -> Iterator[tuple[str, float]]:
         yield from self._run("SELECT remediation, duration_s FROM remediation_runs")
-
-
-def _where(*filters: tuple[str, str | None]) -> tuple[str, list[Any]]:
-    """`` WHERE a = ? AND b = ?`` for the filters that are set (column names are ours)."""
-    used = [(column, value) for column, value in filters if value is not None]
-    if not used:
-        return "", []
-    return " WHERE " + " AND ".join(f"{c} = ?" for c, _ in used), [v for _, v in used]
 
 
 def _listed_run(row: tuple[Any, ...]) -> dict[str, Any]:

@@ -32,14 +32,6 @@ HOST_METRICS_UPSERT = (
 )
 
 
-def where(*filters: tuple[str, str | None]) -> tuple[str, list[str]]:
-    """`` WHERE a = %s AND b = %s`` for the filters that are set (column names are ours)."""
-    used = [(column, value) for column, value in filters if value is not None]
-    if not used:
-        return "", []
-    return " WHERE " + " AND ".join(f"{c} = %s" for c, _ in used), [v for _, v in used]
-
-
 class PgHosts:
     """:class:`~collector.storage.protocols.HostRepository` on PostgreSQL."""
 

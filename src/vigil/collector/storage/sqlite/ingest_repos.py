@@ -21,14 +21,6 @@ from vigil.collector.storage.sqlite.schema import SEEN_BATCH, SEEN_EVENT
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 
 
-def where(*filters: tuple[str, str | None]) -> tuple[str, list[str]]:
-    """`` WHERE a = ? AND b = ?`` for the filters that are set (column names are ours)."""
-    used = [(column, value) for column, value in filters if value is not None]
-    if not used:
-        return "", []
-    return " WHERE " + " AND ".join(f"{c} = ?" for c, _ in used), [v for _, v in used]
-
-
 class SqliteHosts:
     """:class:`~collector.storage.protocols.HostRepository` on SQLite."""
 
