@@ -7,7 +7,7 @@ agent processes, and REAL wheels of this checkout at bumped versions
 - a good release swaps atomically (same PID, a new folder, the state switched in one
   rename) and the agent then reports the new ``agent_version``; it confirms itself after
   two delivered reports;
-- a release that cannot deliver (a *test build* whose shipper is patched to fail every
+- a release that cannot deliver (a *test build* whose transport is patched to fail every
   delivery) misses its confirmation deadline and is rolled back to the previous release,
   reported as ``agent.update`` critical, and is never installed again; the release guard
   pauses its rollout before the next ring;
@@ -59,7 +59,7 @@ def good_wheel() -> Path:
 
 @pytest.fixture(scope="module")
 def bad_wheel() -> Path:
-    return agent_wheel("0.1.2", {"vigil/agent/delivery/shipper.py": CANNOT_DELIVER})
+    return agent_wheel("0.1.2", {"vigil/agent/delivery/transport.py": CANNOT_DELIVER})
 
 
 def collector_cli(*args: str | Path) -> str:

@@ -35,7 +35,7 @@ _NOT_SOURCE = shutil.ignore_patterns(
 _CACHE: dict[tuple[str, tuple[tuple[str, str], ...]], Path] = {}
 _ROOT: list[Path] = []
 
-# Appended to vigil/agent/delivery/shipper.py of a test build: every delivery fails as if
+# Appended to vigil/agent/delivery/transport.py of a test build: every request fails as if
 # the collector were unreachable, so the release never confirms itself.
 CANNOT_DELIVER = """
 
@@ -44,7 +44,10 @@ async def _test_build_cannot_deliver(self, *args, **kwargs):
     raise OSError("test build: delivery disabled")
 
 
-Shipper._request = _test_build_cannot_deliver
+# Assigning a name the class does not have would patch nothing (and the release would
+# deliver and confirm): fail the build's import instead when the transport is renamed.
+assert callable(getattr(Connection, "request", None)), "test build: Connection.request moved"
+Connection.request = _test_build_cannot_deliver
 """
 
 
