@@ -14,6 +14,7 @@ from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow, hos
 from vigil.collector.storage.sqlite.codec import (
     HOST_METRICS_UPSERT,
     JsonMemo,
+    fetch_strict_text,
     pack_floats,
     unpack_floats,
 )
@@ -146,10 +147,11 @@ class SqliteHosts:
 
     def load(self) -> list[tuple[str, str, dict[str, str], float, float | None, float]]:
         # ORDER BY rowid: first-seen order, which decides which hosts get per-host series.
-        rows = self._db.execute(
+        rows = fetch_strict_text(
+            self._db,
             "SELECT agent_id, hostname, labels, last_seen, heartbeat_ttl_s, clock_offset_s"
-            " FROM hosts ORDER BY rowid"
-        ).fetchall()
+            " FROM hosts ORDER BY rowid",
+        )
         # A labels text that does not decode (a row edited by hand) reads as no labels:
         # start-up reads every host through here and must not fail on one row. A fleet
         # has few distinct label sets: each is decoded once (hosts sharing one share the
