@@ -431,6 +431,9 @@ class AgentService:
         """
         self._in_cycle = True
         try:
+            if self.policy is not None:
+                # An expired bundle stops here at the latest (its fallback swaps in now).
+                self.policy.check_expiry()
             if self._pending_policy is not None:
                 self._swap_policy()
             await self._cycle()
