@@ -15,18 +15,23 @@ policy sign``'s code path and published over the admin API. Measured:
    first report the collector receives after the halt carries it in the ack (the host's
    ``last_seen``, polled every 0.1 s). Reported: the time until every agent got it, and
    the number of ``noop-fix`` runs any agent *started* after it got the halt (must be 0).
-3. *bad fix*: version 2 adds ``bad-fix`` (it always fails) and is published to two named
-   canary hosts first (ring 0, 4 % of 50), then 25 %, then all, with a 60 s soak. The
-   guard (2 failed runs, 50 %) must pause the rollout and halt ``bad-fix``; reported: the
-   share of hosts that ran it (``bad_fix_hosts_pct``), checked again 20 s later.
+3. *bad fix*: version 2 adds ``bad-fix`` (it always fails) and is published to named
+   canary hosts first (ring 0: 4 % of the agents, at least one; 2 of 50), then 25 %, then
+   all, with a soak of 2 intervals. The guard (2 failed runs, 50 %) must pause the
+   rollout and halt ``bad-fix``. Reported: the share of hosts that ran it
+   (``bad_fix_hosts_pct``), read at a fixed time after the publish (``bad_fix_window_s``:
+   the soak plus 4 intervals), by which a rollout *without* the guard would have
+   advanced past the canaries (their evidence within about an interval, then the soak)
+   and ring 1 (~21 % of the hosts) would have run ``bad-fix``: the figure can fail.
 
 Targets (issue #18): 50 agents, 5 s interval: ``publish_to_95pct_s`` <= 2 intervals,
-``killswitch_to_all_s`` <= 1 interval, ``bad_fix_hosts_pct`` <= 5. There is no external
-peer for this: the targets are the comparison. Everything on 127.0.0.1; every wait is
-bounded.
+``killswitch_to_all_s`` <= 1 interval, ``bad_fix_hosts_pct`` <= 5 with the rollout paused
+and ``bad-fix`` halted. There is no external peer for this: the targets are the
+comparison. Everything on 127.0.0.1; every wait is bounded.
 
-Run: ``.venv/bin/python bench/rollout.py [--agents 50] [--interval 5]``. The last line
-is JSON.
+Run: ``.venv/bin/python bench/rollout.py [--agents 50] [--interval 5] [--no-guard]``.
+The last line is JSON. ``--no-guard`` is the control run of phase 3: the guard's minimum
+is out of reach, so ``bad_fix_hosts_pct`` must exceed 5 (targets not met).
 """
 
 from __future__ import annotations
@@ -53,8 +58,7 @@ sys.path.insert(0, str(ROOT))
 from bench.fleet_procs import ADMIN_TOKEN, AGENT_TOKEN, Reaper, terminate  # noqa: E402
 from vigil import policy_bundle  # noqa: E402
 
-CANARIES = 2
-SOAK = "60s"
+CANARY_SHARE = 0.04  # ring 0 of the bad-fix phase: within the issue's <= 5 % of hosts
 
 DETECT = "#!/bin/sh\nexit 1\n"  # the issue is always there: the fix runs at every cooldown
 OK = "#!/bin/sh\nexit 0\n"
@@ -126,7 +130,9 @@ class Api:
             return json.load(response)
 
 
-def start_collector(tmp: Path, public: str, reaper: Reaper) -> tuple[subprocess.Popen[str], Api]:
+def start_collector(
+    tmp: Path, public: str, reaper: Reaper, *, guard: bool = True
+) -> tuple[subprocess.Popen[str], Api]:
     config = tmp / "collector.yaml"
     config.write_text(
         yaml.safe_dump(
@@ -138,7 +144,8 @@ def start_collector(tmp: Path, public: str, reaper: Reaper) -> tuple[subprocess.
                 "policy": {
                     "trusted_keys": [public],
                     "refresh": "0.5s",
-                    "guard": {"failure_rate": 0.5, "min_runs": 2},
+                    # --no-guard: a minimum no run count reaches, the guard never trips.
+                    "guard": {"failure_rate": 0.5, "min_runs": 2 if guard else 1_000_000},
                 },
             }
         )
@@ -203,6 +210,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--agents", type=int, default=50)
     parser.add_argument("--interval", type=float, default=5.0, help="report interval, s")
+    parser.add_argument(
+        "--no-guard", action="store_true", help="control run: the guard cannot trip"
+    )
     args = parser.parse_args(argv)
     n, interval = args.agents, args.interval
     # A SIGTERM unwinds through the finally below, which stops every process started.
@@ -213,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         prefix="vigil-rollout-", dir=os.environ.get("VIGIL_BENCH_TMP")
     ) as tmp_name:
         tmp = Path(tmp_name)
-        collector, api = start_collector(tmp, public, reaper)
+        collector, api = start_collector(tmp, public, reaper, guard=not args.no_guard)
         agents: list[subprocess.Popen[bytes]] = []
         try:
             secret = api.call("POST", "/api/v1/enroll-secrets", {"labels": {}, "uses": n})
@@ -292,14 +302,22 @@ def main(argv: list[str] | None = None) -> int:
 
             # 3. bad fix in the canary ring
             v2 = bundle(policy_source(tmp / "policy-v2", bad=True), pem, 2)
-            canary = ",".join(ids[:CANARIES])
+            canaries = max(1, int(n * CANARY_SHARE))
+            canary = ",".join(ids[:canaries])
+            # Short enough that without the guard ring 1 runs bad-fix inside the window.
+            soak_s = 2 * interval
+            window_s = soak_s + 4 * interval
             published = time.time()
             api.call(
-                "POST", f"/api/v1/policies?canary={canary}&rings=0,0.25,1.0&soak={SOAK}", raw=v2
+                "POST",
+                f"/api/v1/policies?canary={canary}&rings=0,0.25,1.0&soak={soak_s:g}s",
+                raw=v2,
             )
-            paused = wait(lambda: api.call("GET", "/api/v1/policies/bench")["paused"], 60, 0.25)
+            paused = wait(
+                lambda: api.call("GET", "/api/v1/policies/bench")["paused"], window_s, 0.25
+            )
             paused_s = round(time.time() - published, 3) if paused else None
-            time.sleep(20)
+            time.sleep(max(0.0, published + window_s - time.time()))
             status = api.call("GET", "/api/v1/policies/bench")
             halts = [h["remediation"] for h in api.call("GET", "/api/v1/policies")["halts"]]
             bad_runs = api.call("GET", "/api/v1/remediations/runs?remediation=bad-fix&limit=1000")[
@@ -308,9 +326,10 @@ def main(argv: list[str] | None = None) -> int:
             bad_hosts = {r["host"] for r in bad_runs}
             bad_pct = 100.0 * len(bad_hosts) / n
             print(
-                f"bad fix: paused={status['paused']} ({status['paused_reason']}) after"
-                f" {paused_s} s, halted={halts}, ran on {len(bad_hosts)} hosts"
-                f" ({bad_pct:.1f} %), ring {status['ring']}",
+                f"bad fix ({canaries} canaries, soak {soak_s:g} s): paused={status['paused']}"
+                f" ({status['paused_reason']}) after {paused_s} s, halted={halts}, ran on"
+                f" {len(bad_hosts)} hosts ({bad_pct:.1f} %) by {window_s:g} s, ring"
+                f" {status['ring']}",
                 flush=True,
             )
         finally:
@@ -323,9 +342,14 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "agents": n,
         "interval_s": interval,
+        "guard": not args.no_guard,
         "publish_to_95pct_s": None if publish_s is None else round(publish_s, 3),
         "killswitch_to_all_s": None if killswitch_s is None else round(killswitch_s, 3),
         "killswitch_runs_after": len(after),
+        "bad_fix_canaries": canaries,
+        "bad_fix_soak_s": soak_s,
+        "bad_fix_window_s": window_s,
+        "bad_fix_ring": status["ring"],
         "bad_fix_hosts_pct": round(bad_pct, 2),
         "bad_fix_paused": bool(status["paused"]),
         "bad_fix_paused_after_s": paused_s,
@@ -336,7 +360,8 @@ def main(argv: list[str] | None = None) -> int:
         and killswitch_s <= interval
         and not after
         and bad_pct <= 5.0
-        and bool(status["paused"]),
+        and bool(status["paused"])
+        and "bad-fix" in halts,
     }
     print(json.dumps(result))
     return 0 if result["targets_met"] else 1

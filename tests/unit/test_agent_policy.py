@@ -83,11 +83,16 @@ def policy_source(root: Path, marker: Path, *, checks: list[dict] | None = None)
 
 
 def signed_bundle(
-    source: Path, pem: bytes, *, version: int, expires_at: float = NOW + 30 * DAY
+    source: Path,
+    pem: bytes,
+    *,
+    version: int,
+    expires_at: float = NOW + 30 * DAY,
+    policy: str = "finance",
 ) -> bytes:
     manifest, files = pb.build(
         source,
-        policy="finance",
+        policy=policy,
         version=version,
         expires_at=expires_at,
         min_agent_version="0.1",
@@ -194,9 +199,9 @@ class Harness:
         return [e for e in self.events() if getattr(e, "check", None) == POLICY_CHECK]
 
 
-def offer(version: int | None, **kw: Any) -> dict[str, Any]:
+def offer(version: int | None, policy: str = "finance", **kw: Any) -> dict[str, Any]:
     return {
-        "policy": "finance" if version is not None else None,
+        "policy": policy if version is not None else None,
         "version": version,
         "url": "/api/v1/agent/policy",
         "halted": kw.get("halted", []),
@@ -312,6 +317,38 @@ async def test_a_downgrade_is_refused(tmp_path: Path, keys: tuple[bytes, str]) -
 
 
 @run_async
+async def test_an_older_version_is_refused_after_running_another_policy(
+    tmp_path: Path, keys: tuple[bytes, str]
+) -> None:
+    """The highest version accepted per policy name is kept (persisted): finance@1 is
+    a downgrade after finance@2, also once the host ran hr in between (finance@2 no
+    longer cached) and restarted."""
+    source = policy_source(tmp_path / "src", tmp_path / "marker")
+    fetcher = FakeFetcher(signed_bundle(source, keys[0], version=2), "finance@2")
+    h = Harness(tmp_path, keys[1], fetcher)
+    await h.ack(offer(2))
+    for version in (1, 2, 3):  # enough to push finance@2 out of the kept bundles
+        fetcher.document = signed_bundle(source, keys[0], version=version, policy="hr")
+        fetcher.tag = f"hr@{version}"
+        await h.ack(offer(version, policy="hr"))
+    assert h.cache.good_tags() == ["hr@3", "hr@2", "hr@1"]
+    restarted = Harness(tmp_path, keys[1], fetcher)  # the same state dir
+    assert restarted.sync.header == "hr@3"
+    fetcher.document, fetcher.tag = signed_bundle(source, keys[0], version=1), "finance@1"
+    await restarted.ack(offer(1))
+    assert restarted.sync.header == "hr@3"
+    last = restarted.policy_checks()[-1]
+    assert last.state == "critical"
+    assert last.message.startswith(
+        "downgrade: policy finance version 1 is older than version 2, accepted before"
+    )
+    # The same version again is no downgrade: switching back to finance@2 works.
+    fetcher.document, fetcher.tag = signed_bundle(source, keys[0], version=2), "finance@2"
+    await restarted.ack(offer(2))
+    assert restarted.sync.header == "finance@2"
+
+
+@run_async
 async def test_a_policy_that_does_not_fit_the_agent_config_is_refused(
     tmp_path: Path, keys: tuple[bytes, str]
 ) -> None:
@@ -398,6 +435,52 @@ async def test_an_expired_cached_bundle_is_not_run(tmp_path: Path, keys: tuple[b
     assert running is None
     assert "touch-file" not in library
     assert problems[0].startswith("cached finance@1: expired: ")
+
+
+@run_async
+async def test_a_running_bundle_that_expires_falls_back_to_the_previous_good_one(
+    tmp_path: Path, keys: tuple[bytes, str]
+) -> None:
+    """Expiry is checked while running (at every exchange), not only at fetch and
+    start: the expired bundle stops and the previous good one runs, said as critical."""
+    source = policy_source(tmp_path / "src", tmp_path / "marker")
+    fetcher = FakeFetcher(signed_bundle(source, keys[0], version=1), "finance@1")
+    h = Harness(tmp_path, keys[1], fetcher)
+    await h.ack(offer(1))
+    soon = time.time() + 3600
+    fetcher.document = signed_bundle(source, keys[0], version=2, expires_at=soon)
+    fetcher.tag = "finance@2"
+    await h.ack(offer(2))
+    assert h.sync.header == "finance@2"
+    h.sync.clock = lambda: soon + 1
+    await h.ack(offer(2))  # the collector still offers it: refused, not fetched again
+    assert h.sync.header == "finance@1"
+    assert len(fetcher.requests) == 2
+    assert h.flow.library["touch-file"].folder.is_relative_to(h.cache.version_dir("finance", 1))
+    last = h.policy_checks()[-1]
+    assert last.state == "critical"
+    assert last.message.startswith("expired: policy finance version 2 expired at ")
+    assert last.message.endswith("(policy finance version 2); running finance@1")
+    assert h.cache.good_tags() == ["finance@1"]
+
+
+@run_async
+async def test_an_expired_running_bundle_without_a_fallback_runs_none_of_its_remediations(
+    tmp_path: Path, keys: tuple[bytes, str]
+) -> None:
+    source = policy_source(tmp_path / "src", tmp_path / "marker")
+    soon = time.time() + 3600
+    doc = signed_bundle(source, keys[0], version=1, expires_at=soon)
+    h = Harness(tmp_path, keys[1], FakeFetcher(doc, "finance@1"))
+    await h.ack(offer(1))
+    assert "touch-file" in h.flow.library
+    h.sync.clock = lambda: soon + 1
+    assert h.sync.check_expiry()  # what the agent's sample cycle calls too
+    assert h.sync.header == "none" and h.sync.announced == "none"
+    assert "touch-file" not in h.flow.library
+    last = h.policy_checks()[-1]
+    assert (last.state, last.message.endswith("; running the local config")) == ("critical", True)
+    assert not h.sync.check_expiry()  # once
 
 
 def test_a_signed_local_bundle_is_used_offline(tmp_path: Path, keys: tuple[bytes, str]) -> None:

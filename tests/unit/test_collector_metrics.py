@@ -660,7 +660,10 @@ def test_clock_skewed_agents_are_those_past_five_minutes() -> None:
 
 
 def test_no_paused_remediations_gauge_until_a_guard_can_pause_anything() -> None:
-    """No blast-radius guard exists yet: a gauge that cannot move would only mislead."""
+    """The desk's collector renders no ``vigil_remediations_paused``: that gauge belongs
+    to the policy collector (``collector/policy/metrics.py``), rendered from the kill
+    switch's halts (an admin's or the blast-radius guard's), so the desk must not
+    render a second, always-empty family of the same name."""
     samples = render(collector_over(snapshot_of()))
     assert not any(name.startswith("vigil_remediations_paused") for name, _ in samples)
 

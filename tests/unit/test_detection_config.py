@@ -17,7 +17,10 @@ from vigil.agent.config import (
     load_agent_config,
 )
 from vigil.agent.remediation.manifest import check_library, load_library, with_schedule
+from vigil.agent.remediation.schedule import host_offset
 from vigil.agent.sampling.series import source_of
+from vigil.agent.service import build_service
+from vigil.agent.timers import Timers
 from vigil.configio import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -169,6 +172,29 @@ def test_schedule_override_replaces_the_manifests_interval(tmp_path: Path) -> No
     assert (
         scheduled["print-queue-clear"].detect_every_s == library["print-queue-clear"].detect_every_s
     )
+
+
+def test_an_every_schedule_with_a_splay_starts_each_host_at_its_own_offset(
+    tmp_path: Path,
+) -> None:
+    """Like a daily schedule's splay: the first detection run comes a stable per-host
+    offset below the splay after the job starts, then every interval."""
+    config = load_agent_config(
+        write(
+            tmp_path,
+            f"agent: {{state_dir: {tmp_path / 'state'}}}\n"
+            f"remediation:\n  folders: [{SHIPPED}]\n  enable: [service-restart]\n"
+            "  params: {service-restart: {service: cups}}\n"
+            "  schedule: {service-restart: {every: 60s, splay: 40s}}\n",
+        )
+    )
+    svc = build_service(config)
+    timers = Timers()
+    svc._add_detection_jobs(timers)
+    job = timers.jobs["detect.service-restart"]
+    offset = host_offset(svc.identity.agent_id, "service-restart", 40.0)
+    assert (job.period_s, job.first_in_s) == (60.0, offset)
+    assert 0 < offset < 40.0
 
 
 @pytest.mark.parametrize(

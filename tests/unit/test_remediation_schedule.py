@@ -17,6 +17,7 @@ from vigil.agent.remediation.manifest import load_library
 from vigil.agent.remediation.schedule import (
     TimedSchedule,
     due,
+    every_splays,
     host_offset,
     latest_instant,
     parse_schedules,
@@ -39,6 +40,15 @@ def test_every_form_and_the_plain_seconds_form_mean_the_same() -> None:
         {"a": 900.0, "b": 900.0, "c": 30.0},
         {},
     )
+
+
+def test_an_every_schedule_takes_a_splay_of_at_most_its_interval() -> None:
+    data = {"a": "15m", "b": {"every": "15m", "splay": "5m"}}
+    assert parse(data) == ({"a": 900.0, "b": 900.0}, {})
+    assert every_splays(Section(data, "agent.yaml", "remediation.schedule")) == {"b": 300.0}
+    with pytest.raises(ConfigError) as info:
+        parse({"x": {"every": "1m", "splay": "2m"}})
+    assert info.value.key == "remediation.schedule.x.splay"
 
 
 def test_daily_and_once_forms() -> None:

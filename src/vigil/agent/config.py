@@ -17,7 +17,7 @@ from typing import Literal
 from vigil.agent.crashguard import CrashBackoffConfig, crash_backoff_config
 from vigil.agent.delivery.tls import tls_problem
 from vigil.agent.policy.settings import PolicySettings, policy_settings
-from vigil.agent.remediation.schedule import TimedSchedule, parse_schedules
+from vigil.agent.remediation.schedule import TimedSchedule, every_splays, parse_schedules
 from vigil.agent.sampler_config import (
     ClockSpec,
     PathSpec,
@@ -200,8 +200,9 @@ class RemediationSettings:
     remediation id to parameter values for runs that no check's ``remediation.params``
     covers; a check's own params win over these. Values starting ``./`` or ``../`` are
     paths. ``schedule`` maps a remediation id to the seconds between its detection runs,
-    replacing the manifest's ``trigger.every``; ``timed`` maps one to a daily or once
-    schedule (:class:`~vigil.agent.remediation.schedule.TimedSchedule`).
+    replacing the manifest's ``trigger.every``; ``splay`` maps one of those to the width
+    (seconds) of the per-host offset of its first detection run; ``timed`` maps one to a
+    daily or once schedule (:class:`~vigil.agent.remediation.schedule.TimedSchedule`).
     """
 
     folders: tuple[Path, ...] = ()
@@ -212,6 +213,7 @@ class RemediationSettings:
     enable: tuple[str, ...] = ()
     schedule: dict[str, float] = field(default_factory=dict)
     timed: dict[str, TimedSchedule] = field(default_factory=dict)
+    splay: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -360,6 +362,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         enable=rs.str_list("enable", ()),
         schedule=schedule,
         timed=timed,
+        splay=every_splays(rs.section("schedule")),
     )
     rs.done()
 

@@ -61,7 +61,7 @@ from vigil.agent.policy.sync import PolicySync, open_policy
 from vigil.agent.preflight import REMEDIATIONS_CHECK, check_enabled, load_checked_library
 from vigil.agent.remediation.flow import RemediationFlow
 from vigil.agent.remediation.manifest import Remediation, check_library, with_schedule
-from vigil.agent.remediation.schedule import POLL_S
+from vigil.agent.remediation.schedule import POLL_S, host_offset
 from vigil.agent.remediation.timed import TimedRuns
 from vigil.agent.sampling.sampler import Sampler
 from vigil.agent.surveys import SurveyInbox
@@ -431,6 +431,9 @@ class AgentService:
         """
         self._in_cycle = True
         try:
+            if self.policy is not None:
+                # An expired bundle stops here at the latest (its fallback swaps in now).
+                self.policy.check_expiry()
             if self._pending_policy is not None:
                 self._swap_policy()
             await self._cycle()
@@ -504,6 +507,9 @@ class AgentService:
                 functools.partial(self.detect, spec.id),
                 rem.detect_every_s,
                 timeout_s=bound,
+                # A schedule's splay: a fleet that got it at once (a policy, a restart
+                # after an update) does not run it in the same second, like daily ones.
+                first_in_s=host_offset(self.identity.agent_id, rem.id, rem.detect_splay_s),
             )
 
     def _add_schedule_job(self, timers: Timers) -> None:

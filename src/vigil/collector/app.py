@@ -412,14 +412,17 @@ async def policy_pass(app: web.Application, *, guard: bool = True) -> None:
         def raise_check(check: str, message: str, now: float, also: Callable[..., None]) -> None:
             desk.collector_check(check, "critical", message, now, also)
 
-        did = await loop.run_in_executor(
-            executor,
+        config = app[config_key].policy
+        call = functools.partial(
             policy_service.guard_pass,
             desk.storage,
-            app[config_key].policy.guard,
+            config.guard,
             clock(),
             raise_check,
+            min_share=config.advance_share,
+            checked=runtime.evidence_checked,
         )
+        did = await loop.run_in_executor(executor, call)
         for line in did:
             log.warning("%s", line)
     await policy.reload_snapshot(app)

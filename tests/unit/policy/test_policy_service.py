@@ -148,9 +148,21 @@ def test_advance_pause_and_resume_are_audited(
     assert actions == ["policy.advance", "policy.resume", "policy.pause", "policy.publish"]
 
 
-def report_runs(desk: Desk, agent_id: str, outcome: wire.Outcome, n: int, at: float) -> None:
-    events = [build_remediation_event("disk-cleanup", None, outcome, seq=i + 1) for i in range(n)]
+def report_runs(
+    desk: Desk,
+    agent_id: str,
+    outcome: wire.Outcome,
+    n: int,
+    at: float,
+    remediation: str = "disk-cleanup",
+) -> None:
+    events = [build_remediation_event(remediation, None, outcome, seq=i + 1) for i in range(n)]
     desk.ingest(build_report(*events, agent_id=agent_id), at)
+
+
+def seen(desk: Desk, agent_id: str, at: float) -> None:
+    """A report without events: ``agent_id`` is known and exchanged at ``at``."""
+    desk.ingest(build_report(agent_id=agent_id), at)
 
 
 def raise_on(desk: Desk) -> service.GuardHook:
@@ -192,18 +204,111 @@ def test_runs_from_hosts_on_another_version_do_not_trip_the_guard(
     assert service.guard_pass(desk.storage, config.guard, NOW + 6, raise_on(desk)) == []
 
 
-def test_a_healthy_ring_advances_after_its_soak(
+def test_a_healthy_ring_advances_a_soak_after_its_hosts_run_the_new_version(
     desk: Desk, source: Path, keys: tuple[bytes, str], config: PolicyConfig
 ) -> None:
-    service.publish(desk.storage, bundle(source, keys), config, ALICE, NOW, soak_s=60)
-    service.record_running(desk.storage, [("ws-1", "finance", 1, NOW)])
+    def guard(at: float) -> list[str]:
+        return service.guard_pass(desk.storage, config.guard, at, raise_on(desk))
+
+    service.publish(
+        desk.storage,
+        bundle(source, keys),
+        config,
+        ALICE,
+        NOW,
+        rings=[0.0, 0.25, 1.0],
+        canary=["ws-1"],
+        soak_s=60,
+    )
     report_runs(desk, "ws-1", "fixed", 3, NOW + 5)
-    assert service.guard_pass(desk.storage, config.guard, NOW + 59, raise_on(desk)) == []
-    (line,) = service.guard_pass(desk.storage, config.guard, NOW + 60, raise_on(desk))
+    # ws-1 exchanged but has not picked the version up: no evidence, however long.
+    assert guard(NOW + 5) == [] and guard(NOW + 600) == []
+    service.record_running(desk.storage, [("ws-1", "finance", 1, NOW + 601)])
+    assert guard(NOW + 601) == []  # the evidence: the soak starts now
+    assert guard(NOW + 660) == []
+    (line,) = guard(NOW + 661)
     assert line.endswith("advanced to ring 1")
-    (line,) = service.guard_pass(desk.storage, config.guard, NOW + 125, raise_on(desk))
+    # Ring 1 holds no host the collector knows: nothing to wait for but its soak.
+    assert guard(NOW + 662) == []
+    (line,) = guard(NOW + 722)
     assert line.endswith("advanced to ring 2")
-    assert service.guard_pass(desk.storage, config.guard, NOW + 999, raise_on(desk)) == []
+    assert guard(NOW + 9999) == []
+
+
+def test_a_ring_whose_hosts_never_ran_the_new_version_waits_for_an_admin(
+    desk: Desk, source: Path, keys: tuple[bytes, str], config: PolicyConfig
+) -> None:
+    """Time alone never advances a ring: one canary of two on the new version is under
+    the 80 % needed, the status says so, and only an admin's advance moves it."""
+    service.publish(
+        desk.storage,
+        bundle(source, keys),
+        config,
+        ALICE,
+        NOW,
+        rings=[0.0, 1.0],
+        canary=["ws-1", "ws-2"],
+        soak_s=60,
+    )
+    seen(desk, "ws-1", NOW + 5)
+    seen(desk, "ws-2", NOW + 5)
+    service.record_running(desk.storage, [("ws-1", "finance", 1, NOW + 5)])
+    for at in (NOW + 5, NOW + 100, NOW + 6000):
+        assert service.guard_pass(desk.storage, config.guard, at, raise_on(desk)) == []
+    got = service.status(desk.storage, "finance", NOW + 6000)
+    assert got["ring"] == 0
+    assert got["waiting"] == "waiting: 1 of 2 canary hosts on version 1 (2 needed)"
+    assert service.advance(desk.storage, "finance", ALICE, NOW + 6001)["ring"] == 1
+    assert service.status(desk.storage, "finance", NOW + 6002)["waiting"] is None
+
+
+def test_the_status_says_when_a_ring_with_its_evidence_advances(
+    desk: Desk, source: Path, keys: tuple[bytes, str], config: PolicyConfig
+) -> None:
+    service.publish(
+        desk.storage, bundle(source, keys), config, ALICE, NOW, rings=[0.0, 1.0], canary=["ws-1"]
+    )
+    seen(desk, "ws-1", NOW + 5)
+    service.record_running(desk.storage, [("ws-1", "finance", 1, NOW + 5)])
+    assert service.guard_pass(desk.storage, config.guard, NOW + 10, raise_on(desk)) == []
+    got = service.status(desk.storage, "finance", NOW + 100)
+    assert got["evidence_at"] == NOW + 10
+    assert got["waiting"] == "soaking: ring 1 in 510 s"
+
+
+def test_each_remediation_the_guard_halts_gets_its_own_incident(
+    desk: Desk, source: Path, keys: tuple[bytes, str], config: PolicyConfig
+) -> None:
+    (source / "policy.yaml").write_text(
+        "checks: []\nremediation:\n  enabled:\n    disk-cleanup: {}\n    spool-reset: {}\n"
+    )
+    service.publish(desk.storage, bundle(source, keys), config, ALICE, NOW)
+    service.record_running(desk.storage, [("ws-1", "finance", 1, NOW)])
+    report_runs(desk, "ws-1", "error", 2, NOW + 5)
+    report_runs(desk, "ws-1", "timeout", 2, NOW + 5, remediation="spool-reset")
+    lines = service.guard_pass(desk.storage, config.guard, NOW + 6, raise_on(desk))
+    assert len(lines) == 2
+    incidents = desk.list_incidents(state="open")
+    assert sorted(i["check"] for i in incidents) == [
+        "policy.guard.disk-cleanup",
+        "policy.guard.spool-reset",
+    ]
+    listed = service.list_policies(desk.storage)
+    assert [h["remediation"] for h in listed["halts"]] == ["disk-cleanup", "spool-reset"]
+    (rollout,) = listed["rollouts"]
+    assert rollout["paused_reason"] == "guard: disk-cleanup, spool-reset"
+
+
+def test_failing_runs_of_remediations_outside_the_new_version_do_not_trip_the_guard(
+    desk: Desk, source: Path, keys: tuple[bytes, str], config: PolicyConfig
+) -> None:
+    """The version enables disk-cleanup only: a host's own local fix (or a run-now of
+    another remediation) failing says nothing about it."""
+    service.publish(desk.storage, bundle(source, keys), config, ALICE, NOW)
+    service.record_running(desk.storage, [("ws-1", "finance", 1, NOW)])
+    report_runs(desk, "ws-1", "error", 5, NOW + 5, remediation="local-fix")
+    assert service.guard_pass(desk.storage, config.guard, NOW + 6, raise_on(desk)) == []
+    assert service.list_policies(desk.storage)["halts"] == []
 
 
 def test_a_run_now_request_records_who_asked_and_is_audited(desk: Desk) -> None:

@@ -72,20 +72,83 @@ def test_the_most_specific_matching_policy_wins() -> None:
 @pytest.mark.parametrize(
     ("changes", "now", "due"),
     [
-        ({}, NOW + 599, False),
-        ({}, NOW + 600, True),
-        ({"paused": True}, NOW + 6000, False),
-        ({"ring": 2}, NOW + 6000, False),
+        ({"evidence_at": NOW}, NOW + 599, False),
+        ({"evidence_at": NOW}, NOW + 600, True),
+        ({"evidence_at": NOW + 300}, NOW + 600, False),
+        ({}, NOW + 6000, False),
+        ({"evidence_at": NOW, "paused": True}, NOW + 6000, False),
+        ({"evidence_at": NOW, "ring": 2}, NOW + 6000, False),
     ],
-    ids=["still soaking", "soaked", "paused never advances", "complete never advances"],
+    ids=[
+        "still soaking",
+        "soaked",
+        "the soak counts from the evidence",
+        "no evidence never advances",
+        "paused never advances",
+        "complete never advances",
+    ],
 )
-def test_auto_advance_waits_for_the_soak(changes: dict[str, Any], now: float, due: bool) -> None:
+def test_auto_advance_waits_for_evidence_and_the_soak(
+    changes: dict[str, Any], now: float, due: bool
+) -> None:
     assert core.due_to_advance(make(**changes), now) is due
 
 
+def host(agent_id: str, last_seen: float = NOW + 5, **labels: str) -> dict[str, Any]:
+    return {"agent_id": agent_id, "labels": labels, "last_seen": last_seen}
+
+
+CANARIES = frozenset({"c1", "c2", "c3", "c4", "c5"})
+
+
+@pytest.mark.parametrize(
+    ("hosts", "running", "met", "needed"),
+    [
+        ([host(c) for c in sorted(CANARIES)], {}, False, 4),
+        ([host(c) for c in sorted(CANARIES)], {"c1": 2, "c2": 2, "c3": 2}, False, 4),
+        ([host(c) for c in sorted(CANARIES)], {"c1": 2, "c2": 2, "c3": 2, "c4": 2}, True, 4),
+        ([host(c) for c in sorted(CANARIES)], {c: 1 for c in CANARIES}, False, 4),
+        ([host("c1"), *(host(c, NOW - 1) for c in ("c2", "c3", "c4", "c5"))], {}, False, 1),
+        ([host("c1"), *(host(c, NOW - 1) for c in ("c2", "c3", "c4", "c5"))], {"c1": 2}, True, 1),
+        ([host(c, NOW - 1) for c in sorted(CANARIES)], {c: 2 for c in CANARIES}, False, 1),
+        ([], {}, True, 1),
+    ],
+    ids=[
+        "nobody picked the version up",
+        "three of five is under 80 %",
+        "four of five is 80 %",
+        "the previous version is no evidence",
+        "hosts offline during the soak are not waited for",
+        "one online host on it is enough when the rest were offline",
+        "nobody seen since the ring started: no evidence",
+        "a ring without hosts has nothing to wait for",
+    ],
+)
+def test_a_ring_advances_on_evidence_of_its_hosts_running_the_version(
+    hosts: list[dict[str, Any]], running: dict[str, int], met: bool, needed: int
+) -> None:
+    rollout = make(rings=(0.0, 1.0), canary=CANARIES)
+    found = core.evidence(rollout, [rollout], hosts, running, 0.8)
+    assert (found.met, found.needed) == (met, needed)
+
+
+def test_hosts_of_another_ring_or_a_more_specific_policy_are_no_evidence() -> None:
+    rollout = make(rings=(0.0, 1.0), canary=frozenset({"c1", "c2"}))
+    finance = make(policy="finance-laptops", target={"labels": {"kind": "laptop"}})
+    hosts = [host("c1"), host("c2", kind="laptop"), host("other")]
+    found = core.evidence(rollout, [rollout, finance], hosts, {"c1": 2, "other": 2}, 0.8)
+    assert (found.hosts, found.online, found.on_version, found.met) == (1, 1, 1, True)
+
+
+def test_a_waiting_ring_says_how_many_of_its_hosts_run_the_version() -> None:
+    rollout = make(version=3, rings=(0.0, 1.0), canary=frozenset({"c1", "c2"}))
+    found = core.evidence(rollout, [rollout], [host("c1"), host("c2")], {"c1": 3}, 0.8)
+    assert found.describe() == "waiting: 1 of 2 canary hosts on version 3 (2 needed)"
+
+
 def test_advancing_restarts_the_soak_and_stops_at_the_last_ring() -> None:
-    rollout = core.advanced(make(), NOW + 700)
-    assert (rollout.ring, rollout.ring_started_at) == (1, NOW + 700)
+    rollout = core.advanced(make(evidence_at=NOW), NOW + 700)
+    assert (rollout.ring, rollout.ring_started_at, rollout.evidence_at) == (1, NOW + 700, None)
     last = core.advanced(core.advanced(rollout, NOW + 800), NOW + 900)
     assert last.ring == 2 and last.complete
 

@@ -86,6 +86,17 @@ def test_a_rollout_is_replaced_whole(storage: Storage) -> None:
     assert rollout["previous_version"] == 1
 
 
+def test_a_rollouts_evidence_time_and_remediations_are_kept(storage: Storage) -> None:
+    """Both are optional: a row without them stores NULL."""
+    with storage.session() as uow, uow.transaction():
+        uow.policy.put_rollout(rollout_row(policy="a", evidence_at=NOW + 5, remediations=["x"]))
+        uow.policy.put_rollout(rollout_row(policy="b"))
+    with storage.session() as uow:
+        a, b = uow.policy.rollouts()
+    assert (a["evidence_at"], a["remediations"]) == (NOW + 5, ["x"])
+    assert (b["evidence_at"], b["remediations"]) == (None, None)
+
+
 def test_running_versions_are_upserted_per_host(storage: Storage) -> None:
     with storage.session() as uow, uow.transaction():
         uow.policy.set_running([("a", "finance", 1, NOW), ("b", "finance", 1, NOW)])

@@ -5,6 +5,7 @@ Layout under ``<state_dir>/policy/`` (folders 0700)::
     <policy>/<version>/bundle.vpol      the document exactly as fetched (and verified)
     <policy>/<version>/files/...        its files, extracted (scripts run from here)
     current.json                        {"good": ["finance@7", "finance@6", ...]}, newest first
+    highest.json                        {"finance": 7, ...}: highest version accepted per name
     halt.json                           {"halted": [...], "halt_all": false}
     run_now_done.json                   {"ids": [...]}: run-now requests already run
 
@@ -94,8 +95,32 @@ class PolicyCache:
             raise
         good = [t for t in self.good_tags() if t != bundle.tag]
         self._write_good([bundle.tag, *good][:KEEP_GOOD])
+        self._note_highest(bundle.policy, bundle.version)
         self._prune()
         return CachedBundle(bundle, target / FILES)
+
+    def highest(self, policy: str) -> int | None:
+        """The highest version of ``policy`` this agent ever accepted (persisted, also
+        while it runs another policy), or None. Older ones are downgrades."""
+        data = _read_json(self.root / "highest.json")
+        versions = [data.get(policy)] if isinstance(data, dict) else []
+        # A cache from before highest.json existed: its good bundles count too.
+        for tag in self.good_tags():
+            with contextlib.suppress(ValueError):
+                parsed = parse_policy_tag(tag)
+                if parsed is not None and parsed[0] == policy:
+                    versions.append(parsed[1])
+        found = [v for v in versions if isinstance(v, int) and not isinstance(v, bool)]
+        return max(found) if found else None
+
+    def _note_highest(self, policy: str, version: int) -> None:
+        data = _read_json(self.root / "highest.json")
+        highest = dict(data) if isinstance(data, dict) else {}
+        known = highest.get(policy)
+        if isinstance(known, int) and known >= version:
+            return
+        highest[policy] = version
+        write_atomically(self.root / "highest.json", json.dumps(highest, sort_keys=True))
 
     def good_tags(self) -> list[str]:
         """Tags of the good bundles, newest first (the first is the current one)."""

@@ -33,6 +33,7 @@ from vigil.agent.config import (
 from vigil.agent.policy.cache import CachedBundle
 from vigil.agent.preflight import load_checked_library
 from vigil.agent.remediation.manifest import Remediation
+from vigil.agent.remediation.schedule import every_splays
 from vigil.configio import ConfigError, Section
 from vigil.policy_bundle import POLICY_FILE, REMEDIATIONS_DIR
 
@@ -56,6 +57,7 @@ def merged_config(local: AgentConfig, cached: CachedBundle) -> AgentConfig:
         enabled[str(rem_id)] = enabled_section.str_map(str(rem_id), {})
     enabled_section.done()
     schedule, timed = parse_schedule(rem.section("schedule"))
+    splay = every_splays(rem.section("schedule"))
     rem.done()
     root.done()
 
@@ -75,6 +77,10 @@ def merged_config(local: AgentConfig, cached: CachedBundle) -> AgentConfig:
         # A policy's schedule for an id replaces the local one, whatever its form.
         schedule={**{k: v for k, v in rs.schedule.items() if k not in timed}, **schedule},
         timed={**{k: v for k, v in rs.timed.items() if k not in schedule}, **timed},
+        splay={
+            **{k: v for k, v in rs.splay.items() if k not in schedule and k not in timed},
+            **splay,
+        },
     )
     sampler = dataclasses.replace(local.sampler, watched_names=watched_process_names(checks))
     return dataclasses.replace(local, checks=tuple(checks), remediation=settings, sampler=sampler)

@@ -224,6 +224,7 @@ class PolicySync:
 
     def on_ack(self, ack_text: str) -> None:
         """Handle one acknowledgement (through :meth:`take_ack`); never raises."""
+        self.check_expiry()
         offer = parse_offer(ack_text)
         if offer is None:
             return
@@ -347,6 +348,16 @@ class PolicySync:
         except ValueError as exc:  # a malformed trusted key
             self._refuse(offered, "unknown_key", str(exc))
             return False
+        # verify() compares with the running bundle only: the highest version of this
+        # name ever accepted also holds after running another policy for a while.
+        top = self.cache.highest(bundle.policy)
+        if top is not None and bundle.version < top:
+            message = (
+                f"policy {bundle.policy} version {bundle.version} is older than version"
+                f" {top}, accepted before"
+            )
+            self._refuse(bundle.tag, "downgrade", message)
+            return False
         try:
             cached = self.cache.store(bundle, document)
         except OSError as exc:
@@ -361,6 +372,41 @@ class PolicySync:
         self.running = cached
         log.info("policy %s verified (key %s); applying it", bundle.tag, bundle.key_id)
         self._applied = f"running policy {bundle.policy} version {bundle.version}"
+        self.apply(*composed)
+        return True
+
+    def check_expiry(self) -> bool:
+        """Stop running the bundle once it expired (called at every exchange and every
+        sample cycle; expiry was checked at fetch and at start only before). Falls back
+        like a refused bundle: to the newest cached good bundle that still verifies and
+        composes, else to the local config alone (none of the policy's remediations),
+        reported as ``agent.policy`` critical. Returns whether it fell back."""
+        running = self.running
+        now = self.clock()
+        if running is None or now <= running.bundle.expires_at:
+            return False
+        bundle = running.bundle
+        log.error("policy %s expired at %s; no longer running it", bundle.tag, bundle.expires_at)
+        # Offered again, the same bytes would be refused again (see REFETCH_REFUSED_S).
+        self._refused[bundle.tag] = self.monotonic()
+        # Blocks for a moment, once per expiry: the fallback is verified again (files
+        # hashed, signature checked) before it runs, like at start.
+        try:
+            self.cache.forget(bundle.tag)
+            composed, fallback, _skipped = first_good(
+                self.local, self.cache, self.trusted, now=now, agent_version=self.agent_version
+            )
+        except (ConfigError, OSError) as exc:  # the local config started, so unlikely
+            log.error("cannot fall back from expired policy %s: %s", bundle.tag, exc)
+            composed, fallback = compose(self.local, None), None
+        self.running = fallback
+        self._applied = None  # the swap must not report ok: the expiry stands
+        kept = f"; running {fallback.tag}" if fallback else "; running the local config"
+        self.report(
+            "critical",
+            f"expired: policy {bundle.policy} version {bundle.version} expired at"
+            f" {bundle.expires_at:.0f} (policy {bundle.policy} version {bundle.version}){kept}",
+        )
         self.apply(*composed)
         return True
 
@@ -415,6 +461,24 @@ def initial_policy(
         return compose(local, None), None, problems
     if local.policy.local_bundle is not None:
         problems += _take_local_bundle(local, cache, trusted, now=now, version=agent_version)
+    composed, cached, skipped = first_good(
+        local, cache, trusted, now=now, agent_version=agent_version
+    )
+    return composed, cached, problems + skipped
+
+
+def first_good(
+    local: AgentConfig,
+    cache: PolicyCache,
+    trusted: tuple[str, ...],
+    *,
+    now: float,
+    agent_version: str,
+) -> tuple[Composed, CachedBundle | None, list[str]]:
+    """The newest cached bundle that verifies again (expiry included, at ``now``) and
+    composes with ``local``, else ``local`` alone; plus a message per bundle skipped
+    (each dropped from the good list). Raises :class:`ConfigError` only for ``local``."""
+    problems: list[str] = []
     while True:
         cached, skipped = cache.load_good(trusted, now=now, agent_version=agent_version)
         problems += skipped
@@ -445,8 +509,8 @@ def _take_local_bundle(
         return [f"local bundle {path}: {exc.reason}: {exc.message}"]
     if bundle.tag in good:
         return []
-    newer = [t for t in good if t.rpartition("@")[0] == bundle.policy]
-    if newer and int(newer[0].rpartition("@")[2]) > bundle.version:
+    top = cache.highest(bundle.policy)
+    if top is not None and top > bundle.version:
         return []  # the collector already delivered a newer version of the same policy
     cache.store(bundle, document)
     return []

@@ -104,6 +104,9 @@ class Remediation:
     trigger_checks: tuple[CheckTrigger, ...] = ()
     detection: dict[str, Path] = field(default_factory=dict)
     detect_every_s: float = DEFAULT_DETECT_EVERY_S
+    # Width of the per-host offset of the first detection run (remediation.schedule's
+    # splay; 0: at once when the job starts).
+    detect_splay_s: float = 0.0
     verify_scripts: dict[str, Path] = field(default_factory=dict)
     verify_delay_s: float | None = None
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
@@ -358,13 +361,15 @@ def with_schedule(
 ) -> dict[str, Remediation]:
     """``library`` with ``remediation.schedule`` applied: each listed remediation's
     ``detect_every_s`` replaced by the agent config's value (the manifest's
-    ``trigger.every`` is the fleet default, a host may need it faster or slower).
+    ``trigger.every`` is the fleet default, a host may need it faster or slower), and
+    its ``detect_splay_s`` set from the schedule's ``splay``.
     Call after :func:`check_library`, which rejects an id that is not loaded or has no
     detection script."""
     out = dict(library)
     for rem_id, seconds in config.remediation.schedule.items():
         if rem_id in out:
-            out[rem_id] = replace(out[rem_id], detect_every_s=seconds)
+            splay = config.remediation.splay.get(rem_id, 0.0)
+            out[rem_id] = replace(out[rem_id], detect_every_s=seconds, detect_splay_s=splay)
     return out
 
 

@@ -2,8 +2,10 @@
 
 Forms (``docs/policy.md``, ``docs/configuration.md``):
 
-- ``15m`` or ``{every: 15m}``: the remediation's detection script runs this often (the
-  long-standing form; the remediation needs a detection script);
+- ``15m`` or ``{every: 15m, splay: 5m}``: the remediation's detection script runs this
+  often (the long-standing form; the remediation needs a detection script), the first
+  run a per-host stable offset in ``[0, splay)`` after the job starts (default 0: at
+  once), so a fleet that got the schedule at once does not run it in the same second;
 - ``{daily: "09:30", splay: 30m}``: once a day at 09:30 local time plus a per-host stable
   offset in ``[0, splay)`` (a fleet does not run it in the same second);
 - ``{once: true, splay: 10m}``: once per host, ``splay`` after the agent first starts with
@@ -62,6 +64,8 @@ def parse_schedules(s: Section) -> tuple[dict[str, float], dict[str, TimedSchedu
             )
         if kinds[0] == "every":
             seconds = entry.duration("every", minimum=MIN_EVERY_S)
+            if entry.duration("splay", 0.0, minimum=0.0) > seconds:
+                raise entry.error("splay", "at most the interval (every)", entry.data["splay"])
             entry.done()
             every[rem_id] = seconds
             continue
@@ -83,6 +87,18 @@ def parse_schedules(s: Section) -> tuple[dict[str, float], dict[str, TimedSchedu
         entry.done()
     s.done()
     return every, timed
+
+
+def every_splays(s: Section) -> dict[str, float]:
+    """``remediation.schedule``'s ``{every: ..., splay: ...}`` entries: id -> splay
+    (seconds). For a section :func:`parse_schedules` accepted (it checks each splay)."""
+    splays: dict[str, float] = {}
+    for raw_id, raw in s.data.items():
+        if isinstance(raw, dict) and "every" in raw and "splay" in raw:
+            splay = s.section(str(raw_id)).duration("splay", 0.0, minimum=0.0)
+            if splay > 0:
+                splays[str(raw_id)] = splay
+    return splays
 
 
 def host_offset(agent_id: str, rem_id: str, splay_s: float) -> float:

@@ -212,7 +212,11 @@ async def get_policy(request: web.Request) -> web.Response:
     require_admin(request)
     query_params(request, ())
     call = functools.partial(
-        service.status, request.app[desk_key].storage, request.match_info["name"]
+        service.status,
+        request.app[desk_key].storage,
+        request.match_info["name"],
+        request.app[clock_key](),
+        request.app[config_key].policy.advance_share,
     )
     return json_response(await _write(request, call, refresh=False))
 

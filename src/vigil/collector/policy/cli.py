@@ -191,7 +191,7 @@ def _run(args: argparse.Namespace, storage: Any, config: Any) -> int:
     elif command == "list":
         result = service.list_policies(storage)
     elif command == "status":
-        result = service.status(storage, args.name)
+        result = service.status(storage, args.name, now, config.advance_share)
     elif command == "advance":
         result = service.advance(storage, args.name, who, now)
     elif command in ("pause", "resume"):

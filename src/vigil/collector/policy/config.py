@@ -7,7 +7,12 @@ import binascii
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from vigil.collector.policy.rollout import OPTIONAL_OUTCOMES, GuardRules, check_rings
+from vigil.collector.policy.rollout import (
+    DEFAULT_ADVANCE_SHARE,
+    OPTIONAL_OUTCOMES,
+    GuardRules,
+    check_rings,
+)
 from vigil.configio import Section
 
 DEFAULT_RINGS = (0.05, 0.25, 1.0)
@@ -24,12 +29,15 @@ _KEY_PREFIX = "ed25519:"
 class PolicyConfig:
     """``trusted_keys``: public keys (``ed25519:<base64>``) an uploaded bundle must be
     signed by, also offered to agents at enrollment; ``rings``/``soak_s``: a publish's
-    defaults; ``guard``: the blast-radius guard; ``run_now_ttl_s``: how long a run-now
-    request is offered to hosts that have not run it yet."""
+    defaults; ``advance_share``: the share of a ring's hosts seen during its soak that
+    must run the new version before it soaks towards an automatic advance; ``guard``:
+    the blast-radius guard; ``run_now_ttl_s``: how long a run-now request is offered to
+    hosts that have not run it yet."""
 
     trusted_keys: tuple[str, ...] = ()
     rings: tuple[float, ...] = DEFAULT_RINGS
     soak_s: float = DEFAULT_SOAK_S
+    advance_share: float = DEFAULT_ADVANCE_SHARE
     guard: GuardRules = field(default_factory=GuardRules)
     run_now_ttl_s: float = DEFAULT_RUN_NOW_TTL_S
     refresh_s: float = DEFAULT_REFRESH_S
@@ -62,6 +70,9 @@ def parse_policy(section: Section) -> PolicyConfig:
         trusted_keys=tuple(keys),
         rings=rings,
         soak_s=section.duration("soak", DEFAULT_SOAK_S),
+        advance_share=section.get(
+            "advance_share", float, DEFAULT_ADVANCE_SHARE, minimum=0.0, maximum=1.0
+        ),
         guard=rules,
         run_now_ttl_s=section.duration("run_now_ttl", DEFAULT_RUN_NOW_TTL_S, minimum=60.0),
         refresh_s=section.duration("refresh", DEFAULT_REFRESH_S, minimum=0.1),

@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from vigil.policy_format import REMEDIATIONS_DIR
 from vigil.release_bundle import RELEASE_POLICY
 
 # Outcomes that always count as a failure for the guard; ``needs_reboot``/``needs_user``
@@ -25,6 +26,9 @@ from vigil.release_bundle import RELEASE_POLICY
 FAILED_OUTCOMES = frozenset({"not_fixed", "error", "timeout"})
 OPTIONAL_OUTCOMES = frozenset({"needs_reboot", "needs_user"})
 HALT_ALL = "*"
+# Auto-advance evidence: at least this share of the current ring's hosts that exchanged
+# during its soak (and at least one host) must say they run the new version.
+DEFAULT_ADVANCE_SHARE = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +47,12 @@ class Rollout:
     started_at: float
     paused: bool = False
     paused_reason: str = ""
+    # When the current ring's hosts showed the new version running (see evidence()):
+    # its soak counts from here. None: no evidence yet, so no automatic advance.
+    evidence_at: float | None = None
+    # The remediation ids the version enables, schedules or ships: only their runs count
+    # towards the guard. None (a rollout stored before this was kept): every run counts.
+    remediations: frozenset[str] | None = None
 
     @property
     def complete(self) -> bool:
@@ -66,6 +76,10 @@ class Rollout:
             started_at=float(row["started_at"]),
             paused=bool(row["paused"]),
             paused_reason=row["paused_reason"],
+            evidence_at=None if row.get("evidence_at") is None else float(row["evidence_at"]),
+            remediations=None
+            if row.get("remediations") is None
+            else frozenset(row["remediations"]),
         )
 
     def to_row(self, updated_at: float) -> dict[str, Any]:
@@ -83,6 +97,8 @@ class Rollout:
             "paused": self.paused,
             "paused_reason": self.paused_reason,
             "updated_at": updated_at,
+            "evidence_at": self.evidence_at,
+            "remediations": None if self.remediations is None else sorted(self.remediations),
         }
 
 
@@ -170,20 +186,117 @@ def version_for(rollout: Rollout, agent_id: str) -> int | None:
     return rollout.previous_version
 
 
+@dataclass(frozen=True, slots=True)
+class Evidence:
+    """What the current ring's hosts show of the new version (see :func:`evidence`).
+
+    ``hosts``: the ring's hosts the collector knows (targeted, and this policy is the
+    one they run); ``online``: of them, those that exchanged since the ring started;
+    ``on_version``: of those, the ones that said they run the new version; ``needed``:
+    how many must, for the ring to soak towards an automatic advance."""
+
+    ring: int
+    version: int
+    hosts: int
+    online: int
+    on_version: int
+    needed: int
+
+    @property
+    def met(self) -> bool:
+        """Whether the ring may soak towards its automatic advance. A ring without a
+        single known host has nothing to wait for (it soaks on time alone, as the rings
+        after it still need their own evidence)."""
+        return self.hosts == 0 or self.on_version >= self.needed
+
+    def describe(self) -> str:
+        """E.g. ``waiting: 1 of 2 canary hosts on version 3 (2 needed)``."""
+        where = "canary" if self.ring == 0 else f"ring {self.ring}"
+        offline = self.hosts - self.online
+        tail = f", {offline} offline since the ring started" if offline else ""
+        return (
+            f"waiting: {self.on_version} of {self.online} {where} hosts on version"
+            f" {self.version} ({self.needed} needed{tail})"
+        )
+
+
+def evidence(
+    rollout: Rollout,
+    rollouts: Iterable[Rollout],
+    hosts: Iterable[Mapping[str, Any]],
+    running: Mapping[str, int],
+    min_share: float = DEFAULT_ADVANCE_SHARE,
+) -> Evidence:
+    """Whether the hosts of ``rollout``'s current ring run its new version.
+
+    ``hosts``: the collector's hosts (``agent_id``, ``labels``, ``last_seen`` on the
+    collector's clock, Unix seconds); ``running``: ``agent_id -> version`` the hosts
+    said they run of this policy; ``rollouts``: every rollout (a host whose labels pick
+    a more specific policy is not this one's). Needed: ``min_share`` of the ring's hosts
+    seen since the ring started, rounded up, and at least one host, so a ring whose
+    hosts were all offline or never picked the version up never advances by itself.
+    """
+    others = list(rollouts)
+    total = online = on_version = 0
+    for host in hosts:
+        labels = host["labels"]
+        if rollout.policy == RELEASE_POLICY:
+            theirs = matches(rollout.target, labels)
+        else:
+            chosen = policy_for(others, labels)
+            theirs = chosen is not None and chosen.policy == rollout.policy
+        if not theirs or ring_of(host["agent_id"], rollout) != rollout.ring:
+            continue
+        total += 1
+        if host["last_seen"] < rollout.ring_started_at:
+            continue
+        online += 1
+        on_version += running.get(host["agent_id"]) == rollout.version
+    # The small epsilon keeps 0.8 * 5 = 4.000000000000001 from asking for 5 hosts.
+    needed = max(1, math.ceil(min_share * online - 1e-9))
+    return Evidence(rollout.ring, rollout.version, total, online, on_version, needed)
+
+
+def with_evidence(rollout: Rollout, now: float) -> Rollout:
+    """The rollout whose current ring met its evidence at ``now`` (its soak starts)."""
+    return _replace(rollout, evidence_at=now)
+
+
+def evidence_every(soak_s: float) -> float:
+    """Seconds between evidence checks of a waiting ring (each reads every host): a
+    twentieth of the soak, at most 10 s, so a ring soaks at most ~5 % longer."""
+    return min(10.0, soak_s / 20)
+
+
 def due_to_advance(rollout: Rollout, now: float) -> bool:
-    """Whether the rollout moves to its next ring now: not paused, not complete, and the
-    current ring soaked ``soak_s`` seconds (a guard trip pauses it, so an unpaused
-    rollout had none)."""
-    if rollout.paused or rollout.complete:
+    """Whether the rollout moves to its next ring now: not paused, not complete, its
+    current ring met the evidence (:func:`evidence`) and has soaked ``soak_s`` seconds
+    since (a guard trip pauses it, so an unpaused rollout had none). Time alone never
+    advances a rollout; an admin's advance does not ask."""
+    if rollout.paused or rollout.complete or rollout.evidence_at is None:
         return False
-    return now - rollout.ring_started_at >= rollout.soak_s
+    return now - rollout.evidence_at >= rollout.soak_s
 
 
 def advanced(rollout: Rollout, now: float) -> Rollout:
-    """The rollout one ring further (unchanged when complete)."""
+    """The rollout one ring further (unchanged when complete); the new ring waits for
+    its own evidence."""
     if rollout.complete:
         return rollout
-    return _replace(rollout, ring=rollout.ring + 1, ring_started_at=now)
+    return _replace(rollout, ring=rollout.ring + 1, ring_started_at=now, evidence_at=None)
+
+
+def remediations_of(config: Mapping[str, Any], files: Iterable[str]) -> frozenset[str]:
+    """The remediation ids a policy version is about: those its config enables
+    (``remediation.enabled``) or schedules (``remediation.schedule``) and those it ships
+    (``remediations/<id>/...``). ``config`` is the verified manifest's ``config``."""
+    rem = config.get("remediation") or {}
+    ids = set(rem.get("enabled") or {}) | set(rem.get("schedule") or {})
+    prefix = REMEDIATIONS_DIR + "/"
+    for path in files:
+        if path.startswith(prefix) and "/" in path[len(prefix) :]:
+            ids.add(path[len(prefix) :].split("/", 1)[0])
+    return frozenset(str(i) for i in ids)
 
 
 @dataclass(frozen=True, slots=True)
@@ -236,8 +349,9 @@ def paused(rollout: Rollout, reason: str) -> Rollout:
 
 
 def resumed(rollout: Rollout, now: float) -> Rollout:
-    """Unpaused; the current ring soaks again from ``now``."""
-    return _replace(rollout, paused=False, paused_reason="", ring_started_at=now)
+    """Unpaused; the current ring starts again from ``now`` (its hosts show the version
+    running again before it soaks towards an automatic advance)."""
+    return _replace(rollout, paused=False, paused_reason="", ring_started_at=now, evidence_at=None)
 
 
 def _replace(rollout: Rollout, **changes: Any) -> Rollout:

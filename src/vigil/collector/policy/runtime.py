@@ -40,6 +40,9 @@ class PolicyRuntime:
         # count per version, kept in step on every report (read at scrape time).
         self._agent_version: dict[str, str] = {}
         self._by_version: dict[str, int] = {}
+        # The leader's guard pass: when each waiting ring's evidence was last read
+        # (service.guard_pass spaces those reads; only the storage thread touches it).
+        self.evidence_checked: dict[tuple[str, int, int], float] = {}
 
     @staticmethod
     def parse_header(value: str) -> Running:

@@ -15,6 +15,7 @@ import hashlib
 import logging
 import re
 import secrets
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -160,6 +161,7 @@ def publish(
             ring=0,
             ring_started_at=now,
             started_at=now,
+            remediations=core.remediations_of(verified.config, verified.files),
         )
         uow.policy.put_rollout(new.to_row(now))
         detail = {"rings": list(ring_shares), "canary": sorted(new.canary), "soak_s": soak}
@@ -289,22 +291,23 @@ def list_policies(storage: Storage) -> dict[str, Any]:
         }
 
 
-def status(storage: Storage, name: str) -> dict[str, Any]:
+def status(
+    storage: Storage, name: str, now: float | None = None, min_share: float | None = None
+) -> dict[str, Any]:
     """The rollout of ``name`` with, per ring, the targeted hosts and how many run the
-    new version; and hosts per running version."""
+    new version; hosts per running version; and ``waiting``, why it has not advanced
+    yet (``None`` once complete): ``"waiting: 1 of 2 canary hosts on version 3 (2
+    needed)"``, ``"soaking: ring 1 in 42 s"`` or ``"paused: <reason>"``. ``now``
+    (Unix seconds) defaults to the wall clock; ``min_share`` to
+    :data:`~collector.policy.rollout.DEFAULT_ADVANCE_SHARE`."""
+    now = time.time() if now is None else now
+    share = core.DEFAULT_ADVANCE_SHARE if min_share is None else min_share
     with storage.session() as uow:
         current = _existing(uow, name)
-        (row,) = [r for r in uow.policy.rollouts() if r["policy"] == name]
-        running = uow.policy.running(name)
+        rows = uow.policy.rollouts()
+        (row,) = [r for r in rows if r["policy"] == name]
         hosts = uow.hosts.list()
-        if name == RELEASE_POLICY:
-            # Hosts say which agent they run in every report, not in X-Vigil-Policy.
-            wanted = release.release_versions(uow, [current]).get(current.version)
-            running = {
-                h["agent_id"]: current.version
-                for h in hosts
-                if wanted and h["agent_version"] == wanted
-            }
+        running = _running(uow, current, hosts)
     rings = [
         {"ring": i, "share": s, "hosts": 0, "on_version": 0} for i, s in enumerate(current.rings)
     ]
@@ -317,7 +320,30 @@ def status(storage: Storage, name: str) -> dict[str, Any]:
     by_version: dict[str, int] = {}
     for version in running.values():
         by_version[str(version)] = by_version.get(str(version), 0) + 1
-    return row | {"rings_status": rings, "running": by_version}
+    if current.complete:
+        waiting = None
+    elif current.paused:
+        waiting = f"paused: {current.paused_reason}"
+    elif current.evidence_at is None:
+        everyone = [Rollout.from_row(r) for r in rows]
+        found = core.evidence(current, everyone, hosts, running, share)
+        # Met but not recorded yet: the leader's next evidence check records it.
+        waiting = found.describe() if not found.met else "waiting: evidence met, soak starts"
+    else:
+        left = max(0.0, current.evidence_at + current.soak_s - now)
+        waiting = f"soaking: ring {current.ring + 1} in {left:.0f} s"
+    return row | {"rings_status": rings, "running": by_version, "waiting": waiting}
+
+
+def _running(uow: UnitOfWork, current: Rollout, hosts: list[dict[str, Any]]) -> dict[str, int]:
+    """``agent_id -> version`` the hosts run of ``current``'s policy."""
+    if current.policy != RELEASE_POLICY:
+        return uow.policy.running(current.policy)
+    # Hosts say which agent they run in every report, not in X-Vigil-Policy.
+    wanted = release.release_versions(uow, [current]).get(current.version)
+    return {
+        h["agent_id"]: current.version for h in hosts if wanted and h["agent_version"] == wanted
+    }
 
 
 def load_snapshot(storage: Storage, now: float) -> Snapshot:
@@ -346,18 +372,37 @@ GuardHook = Callable[[str, str, float, Callable[[UnitOfWork], None]], Any]
 
 
 def guard_pass(
-    storage: Storage, rules: GuardRules, now: float, raise_check: GuardHook
+    storage: Storage,
+    rules: GuardRules,
+    now: float,
+    raise_check: GuardHook,
+    *,
+    min_share: float = core.DEFAULT_ADVANCE_SHARE,
+    checked: dict[tuple[str, int, int], float] | None = None,
 ) -> list[str]:
     """The periodic duty (one collector process per database): trip the blast-radius
-    guard, pause an agent release that hosts refused or rolled back (the release guard)
-    and auto-advance soaked rollouts. For a trip: the rollout pauses, the
-    remediation is halted fleet-wide (actor ``guard``) and ``raise_check(check,
-    message, now, also)`` opens the incident, running ``also`` (the halt, pause and
-    audit) in the incident's transaction. Returns what it did, one line each."""
+    guard, pause an agent release that hosts refused or rolled back (the release guard),
+    record when a waiting ring's hosts show the new version running (logged) and
+    auto-advance soaked rollouts. Returns what it did, one line each.
+
+    A trip pauses the rollout and halts each tripped remediation fleet-wide (actor
+    ``guard``); ``raise_check(check, message, now, also)`` opens one incident per
+    halted remediation, running ``also`` (its halt and audit, and with the last one the
+    pause) in the incident's transaction. Only runs of the remediations the new version
+    enables, schedules or ships count. A ring advances only ``soak_s`` after its
+    evidence was met (:func:`~collector.policy.rollout.evidence`, ``min_share``), which
+    reads every host: ``checked`` (kept by the caller across passes; ``(policy,
+    version, ring) -> time``) spaces those reads by
+    :func:`~collector.policy.rollout.evidence_every`; without it every pass checks.
+    """
     did: list[str] = []
     with storage.session() as uow:
         rollouts = [Rollout.from_row(r) for r in uow.policy.rollouts()]
         halted = {h["remediation"] for h in uow.policy.halts()}
+    if checked is not None:  # forget the rings that are no longer waited on
+        live = {(r.policy, r.version, r.ring) for r in rollouts}
+        for key in [k for k in checked if k not in live]:
+            del checked[key]
     for current in rollouts:
         if current.paused or (current.complete and now - current.ring_started_at > current.soak_s):
             # Paused: tripped already (or an admin's). Complete and soaked: the rollout is
@@ -372,42 +417,21 @@ def guard_pass(
             counts = uow.policy.guard_counts(
                 current.policy, current.version, current.ring_started_at
             )
+        if current.remediations is not None:
+            # Runs of remediations the version is not about (the host's local config, a
+            # run-now of another one) say nothing of this version.
+            counts = [c for c in counts if c[0] in current.remediations]
         trips = [t for t in core.guard_trips(counts, rules) if t.remediation not in halted]
         if trips:
-            trip = trips[0]
-            message = (
-                f"blast-radius guard: {trip.remediation} failed {trip.failed} of {trip.runs} runs"
-                f" on hosts running policy {current.policy} version {current.version}"
-                f" (ring {current.ring}); rollout paused, {trip.remediation} halted fleet-wide"
-            )
-
-            def also(uow: UnitOfWork, current: Rollout = current, trips: list = trips) -> None:
-                stopped = core.paused(current, "guard: " + ", ".join(t.remediation for t in trips))
-                uow.policy.put_rollout(stopped.to_row(now))
-                who = Who(GUARD_ACTOR, "local")
-                for t in trips:
-                    uow.policy.halt(
-                        t.remediation, now, GUARD_ACTOR, f"{t.failed}/{t.runs} runs failed"
-                    )
-                    detail = {
-                        "policy": current.policy,
-                        "version": current.version,
-                        "failed": t.failed,
-                        "runs": t.runs,
-                    }
-                    _audit(uow, who, now, "policy.halt", f"remediation:{t.remediation}", detail)
-                _audit(
-                    uow,
-                    who,
-                    now,
-                    "policy.pause",
-                    f"policy:{current.policy}@{current.version}",
-                    {"ring": current.ring},
-                )
-
-            raise_check(GUARD_CHECK_PREFIX + trip.remediation, message, now, also)
+            did.extend(_trip(current, trips, now, raise_check))
             halted.update(t.remediation for t in trips)
-            did.append(message)
+            continue
+        if current.complete:
+            continue
+        if current.evidence_at is None:
+            line = _check_evidence(storage, current, rollouts, now, min_share, checked)
+            if line:  # progress, not an intervention: not among what the pass "did"
+                log.info("%s", line)
             continue
         if core.due_to_advance(current, now):
             with storage.session() as uow, uow.transaction():
@@ -426,6 +450,77 @@ def guard_pass(
                 )
             did.append(f"policy {new.policy} version {new.version} advanced to ring {new.ring}")
     return did
+
+
+def _trip(
+    current: Rollout, trips: list[core.Trip], now: float, raise_check: GuardHook
+) -> list[str]:
+    """Halt each tripped remediation with an incident of its own and pause the rollout
+    (with the last incident: should one fail, the rollout is still unpaused and the next
+    pass trips the remediations left). One line per incident."""
+    who = Who(GUARD_ACTOR, "local")
+    lines = []
+    for i, trip in enumerate(trips):
+        message = (
+            f"blast-radius guard: {trip.remediation} failed {trip.failed} of {trip.runs} runs"
+            f" on hosts running policy {current.policy} version {current.version}"
+            f" (ring {current.ring}); rollout paused, {trip.remediation} halted fleet-wide"
+        )
+        last = i == len(trips) - 1
+
+        def also(uow: UnitOfWork, t: core.Trip = trip, last: bool = last) -> None:
+            uow.policy.halt(t.remediation, now, GUARD_ACTOR, f"{t.failed}/{t.runs} runs failed")
+            detail = {
+                "policy": current.policy,
+                "version": current.version,
+                "failed": t.failed,
+                "runs": t.runs,
+            }
+            _audit(uow, who, now, "policy.halt", f"remediation:{t.remediation}", detail)
+            if not last:
+                return
+            reason = "guard: " + ", ".join(x.remediation for x in trips)
+            uow.policy.put_rollout(core.paused(current, reason).to_row(now))
+            target = f"policy:{current.policy}@{current.version}"
+            _audit(uow, who, now, "policy.pause", target, {"ring": current.ring})
+
+        raise_check(GUARD_CHECK_PREFIX + trip.remediation, message, now, also)
+        lines.append(message)
+    return lines
+
+
+def _check_evidence(
+    storage: Storage,
+    current: Rollout,
+    rollouts: list[Rollout],
+    now: float,
+    min_share: float,
+    checked: dict[tuple[str, int, int], float] | None,
+) -> str | None:
+    """Record when the current ring's hosts met the evidence (its soak starts then);
+    what it did, or None. Skipped when ``checked`` says it was looked at recently."""
+    key = (current.policy, current.version, current.ring)
+    if checked is not None:
+        last = checked.get(key)
+        if last is not None and now - last < core.evidence_every(current.soak_s):
+            return None
+        checked[key] = now
+    with storage.session() as uow:
+        hosts = uow.hosts.list()
+        found = core.evidence(current, rollouts, hosts, _running(uow, current, hosts), min_share)
+    if not found.met:
+        return None
+    with storage.session() as uow, uow.transaction():
+        if _rollout(uow, current.policy) != current:  # changed meanwhile
+            return None
+        uow.policy.put_rollout(core.with_evidence(current, now).to_row(now))
+    if checked is not None:
+        checked.pop(key, None)
+    return (
+        f"policy {current.policy} version {current.version} ring {current.ring}:"
+        f" {found.on_version} of {found.online} hosts on it (of {found.hosts}); soaking"
+        f" {current.soak_s:g} s"
+    )
 
 
 def _release_guard(storage: Storage, current: Rollout, now: float) -> str | None:

@@ -31,7 +31,8 @@ class PolicyRepository(Protocol):
     def put_rollout(self, row: Mapping[str, Any]) -> None:
         """Insert or replace the policy's rollout: ``policy, version, previous_version,
         target, rings, canary, soak_s, ring, ring_started_at, started_at, paused,
-        paused_reason, updated_at``."""
+        paused_reason, updated_at`` and, optional (NULL when absent), ``evidence_at``
+        (Unix seconds) and ``remediations`` (a JSON list of ids)."""
 
     def rollouts(self) -> list[dict[str, Any]]:
         """Every rollout, by policy."""

@@ -40,8 +40,12 @@ _ROLLOUT_COLUMNS = (
     "paused",
     "paused_reason",
     "updated_at",
+    "evidence_at",
+    "remediations",
 )
 _JSON_COLUMNS = frozenset({"target", "rings", "canary", "params", "labels"})
+# JSON columns that may be NULL (added to existing rows by a migration): None stays None.
+_NULLABLE_JSON = frozenset({"remediations"})
 _RUN_NOW_COLUMNS = (
     "id",
     "remediation",
@@ -55,6 +59,8 @@ _RUN_NOW_COLUMNS = (
 
 
 def _encode(column: str, value: Any) -> Any:
+    if column in _NULLABLE_JSON:
+        return None if value is None else json.dumps(value, sort_keys=True)
     if column in _JSON_COLUMNS:
         return json.dumps(value, sort_keys=True)
     if column == "paused":
@@ -66,6 +72,8 @@ def _decode(columns: tuple[str, ...], row: Iterable[Any]) -> dict[str, Any]:
     out = dict(zip(columns, row, strict=True))
     for column in _JSON_COLUMNS.intersection(out):
         out[column] = json.loads(out[column])
+    for column in _NULLABLE_JSON.intersection(out):
+        out[column] = None if out[column] is None else json.loads(out[column])
     if "paused" in out:
         out["paused"] = bool(out["paused"])
     return out
@@ -130,7 +138,8 @@ class PolicySql:
         self._run(
             f"INSERT INTO policy_rollouts ({', '.join(_ROLLOUT_COLUMNS)})"
             f" VALUES ({', '.join('?' for _ in _ROLLOUT_COLUMNS)})",
-            tuple(_encode(c, row[c]) for c in _ROLLOUT_COLUMNS),
+            # The columns added later may be absent from a row: NULL then.
+            tuple(_encode(c, row.get(c)) for c in _ROLLOUT_COLUMNS),
         )
 
     def rollouts(self) -> list[dict[str, Any]]:
@@ -295,6 +304,7 @@ CREATE TABLE IF NOT EXISTS policy_rollouts (
     paused           INTEGER NOT NULL,
     paused_reason    TEXT NOT NULL,
     updated_at       DOUBLE PRECISION NOT NULL
+    -- evidence_at and remediations: added by POLICY_ROLLOUT_COLUMNS below
 );
 CREATE TABLE IF NOT EXISTS policy_hosts (
     agent_id TEXT PRIMARY KEY,
@@ -328,6 +338,14 @@ CREATE TABLE IF NOT EXISTS run_now_results (
     PRIMARY KEY (request_id, host)
 )
 """
+
+
+# Added to policy_rollouts after its first release (SQLite schema 12, PostgreSQL 8):
+# ``evidence_at``, when the current ring's hosts showed the new version running (the
+# ring's soak counts from it; NULL: not yet, the rollout waits); ``remediations``, JSON
+# list of the remediation ids the version enables, schedules or ships (only their runs
+# count towards the guard; NULL for rollouts published before: every run counts).
+POLICY_ROLLOUT_COLUMNS = (("evidence_at", "DOUBLE PRECISION"), ("remediations", "TEXT"))
 
 
 def policy_ddl(blob: str) -> list[str]:

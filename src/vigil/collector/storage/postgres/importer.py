@@ -143,7 +143,8 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
     (
         "policy_rollouts",
         "policy, version, previous_version, target, rings, canary, soak_s, ring,"
-        " ring_started_at, started_at, paused, paused_reason, updated_at",
+        " ring_started_at, started_at, paused, paused_reason, updated_at, evidence_at,"
+        " remediations",
         {},
     ),
     ("policy_hosts", "agent_id, policy, version, seen_at", {}),

@@ -25,6 +25,7 @@ import time
 
 import psycopg
 
+from vigil.collector.storage.policy_sql import POLICY_ROLLOUT_COLUMNS
 from vigil.collector.storage.postgres.console_repo import POSTGRES as POSTGRES_DIALECT
 from vigil.collector.storage.postgres.policy_repo import POLICY_MIGRATION
 from vigil.collector.storage.postgres.survey_repo import SURVEYS_DDL
@@ -366,6 +367,17 @@ CREATE TABLE histograms (
 # manifest asked for another than the agent's (``run_as``: a name or logged_on_user).
 _V7 = "ALTER TABLE remediation_runs ADD COLUMN run_as_user text;"
 
+# 8 (policy gaps): the rollout's evidence time and the version's remediation ids (see
+# policy_sql.POLICY_ROLLOUT_COLUMNS). Nullable: existing rows are not rewritten. The
+# policy tables' DDL first (all IF NOT EXISTS): migrations land in any order, and a
+# database without migration 3 yet gets the tables here (3 is then a no-op).
+_V8 = (
+    POLICY_MIGRATION
+    + "\nALTER TABLE policy_rollouts "
+    + ", ".join(f"ADD COLUMN IF NOT EXISTS {name} {decl}" for name, decl in POLICY_ROLLOUT_COLUMNS)
+    + ";"
+)
+
 # Append only: a migration once released is never edited, the next one is added below.
 MIGRATIONS: tuple[tuple[int, str], ...] = (
     (1, _V1),
@@ -375,6 +387,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (5, _V5),  # the console: problem CAPA fields, incident department, rollup, indexes
     (6, _V6),  # reads, tick and start-up at fleet scale: deadline index, summaries
     (7, _V7),  # remediation_runs.run_as_user (agent self-health branch, issue #20)
+    (8, _V8),  # policy_rollouts.evidence_at and .remediations (policy-gaps branch)
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

@@ -32,7 +32,9 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # 10: reads at fleet scale (issue #17): the deadline and filter indexes and the
 #     remediation summaries (migrate_scale_reads).
 # 11: remediation_runs.run_as_user (_migrate_run_as).
-SCHEMA_VERSION = 11
+# 12: policy_rollouts.evidence_at and .remediations (migrate_policy): auto-advance on
+#     evidence, the guard counting only the new version's remediations.
+SCHEMA_VERSION = 12
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
 _SCHEMA = """
