@@ -1,9 +1,10 @@
 """The console in real Chromium (Debian's ``chromium`` driven by Playwright, never a
 downloaded browser) against a real collector process on an ephemeral port: log in, see
 injected incidents in priority order, acknowledge, open the timeline, link to a problem,
-fill the CAPA record, resolve; a viewer cannot acknowledge. Every page is checked with
-axe-core (no serious or critical violation) and for its weight (≤ 150 KB without
-images), and its screenshot written to ``docs/screenshots/``.
+fill the CAPA record, resolve; a viewer cannot acknowledge; a person answers the
+satisfaction survey their agent linked to, and a forged or used link is refused. Every
+page is checked with axe-core (no serious or critical violation) and for its weight
+(≤ 150 KB without images), and its screenshot written to ``docs/screenshots/``.
 
 Skipped with the reason when ``/usr/bin/chromium`` or Playwright is missing; under
 ``CI=true`` that is a failure (``.ci/run`` installs the package).
@@ -406,18 +407,34 @@ def test_a_survey_answer_changes_the_nps_on_the_quality_page(tmp_path: Path, bro
             ack = _report(url, "agent-5", "ws-sales-5", "cpu.busy", "ok", "sales")
         [survey] = ack["surveys"]
         link = survey["url"] if survey["url"].startswith("http") else url + survey["url"]
-        person = browser.new_page()
-        person.goto(link)
-        person.check("#score-9")
-        person.fill("#comment", "quick fix, thanks")
-        person.get_by_role("button", name="Send").click()
-        person.wait_for_load_state()
-        person.close()
-        # The same link again: single use.
+        # The person's page, checked like every console page (it is served without a
+        # login, to whoever holds the link).
+        person = Checked(browser, url)
+        assert person.page.goto(link).status == 200
+        person.check("survey")
+        person.page.check("#score-9")
+        person.page.fill("#comment", "quick fix, thanks")
+        person.page.get_by_role("button", name="Send").click()
+        person.page.wait_for_load_state()
+        assert person.page.locator("h1").inner_text() == "Thank you"
+        # A forged link (the signature of another survey's token): 403, said on a page.
+        token = link.rsplit("/", 1)[1]
+        mac = token.rsplit(".", 1)[1]
+        forged = link.replace(mac, ("B" if mac[0] == "A" else "A") + mac[1:])
+        assert person.page.goto(forged).status == 403
+        assert person.page.locator("h1").inner_text() == "This link cannot be used"
+        assert "not valid" in person.page.locator("[role=alert]").inner_text()
+        person.check("survey-forged", screenshot=False)
+        # The same link again, opened and posted: single use, 410 Gone.
+        assert person.page.goto(link).status == 410
+        assert person.page.locator("h1").inner_text() == "Already answered"
+        assert person.page.locator("form").count() == 0
+        person.check("survey-used", screenshot=False)
+        person.context.close()
         again = urllib.request.Request(link, data=b"score=0", method="POST")
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(again, timeout=10)
-        assert refused.value.code in (403, 404, 409, 410), refused.value.code
+        assert refused.value.code == 410
         b.goto(f"/console/incidents/{incident['id']}")
         answers = b.page.locator("#satisfaction ~ table").inner_text()
         assert "answered" in answers and "\t9\t" in answers and "quick fix" in answers, answers
