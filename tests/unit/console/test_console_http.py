@@ -98,6 +98,37 @@ def test_login_sets_a_strict_httponly_session_cookie_and_pages_carry_secure_head
     assert "<script>" not in html and " style=" not in html, "no inline script or style"
 
 
+def test_behind_an_https_public_url_the_console_cookies_are_secure_over_plain_http(
+    config, collector_server
+) -> None:
+    """A proxy terminating TLS talks plain HTTP to the collector: with ``public_url``
+    on https:// the session and login cookies still get ``Secure``."""
+    config = dataclasses.replace(config, public_url="https://desk.example.com")
+
+    async def main() -> tuple[list[str], list[str]]:
+        async with collector_server(config) as url, browser_session() as http:
+            async with http.get(f"{url}/console/login") as r:
+                login_cookies = r.headers.getall("Set-Cookie")
+                form = await r.text()
+            # The client rightly keeps a Secure cookie off plain HTTP: send it by hand,
+            # as the proxy would have.
+            nonce = r.cookies["vigil_login"].value
+            async with http.post(
+                f"{url}/console/login",
+                data={"token": COLLECTOR_ADMIN_TOKEN, "csrf": csrf_of(form)},
+                headers={"Cookie": f"vigil_login={nonce}"},
+                allow_redirects=False,
+            ) as r:
+                assert r.status == 303
+                return login_cookies, r.headers.getall("Set-Cookie")
+
+    login_cookies, cookies = run(main)
+    [before] = [c for c in login_cookies if c.startswith("vigil_login=")]
+    [session] = [c for c in cookies if c.startswith("vigil_session=")]
+    assert "Secure" in before
+    assert "Secure" in session and "HttpOnly" in session and "SameSite=Strict" in session
+
+
 @pytest.mark.parametrize(
     ("token", "with_csrf", "status"),
     [("vigil_op_" + "x" * 43, True, 401), (COLLECTOR_ADMIN_TOKEN, False, 403)],

@@ -22,6 +22,7 @@ from vigil.collector.console.web import (
     render,
     require_login,
     safe_next,
+    secure_cookies,
     session_of,
 )
 from vigil.collector.desk import console as desk_console
@@ -63,7 +64,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     )
     response.set_cookie(
         LOGIN_COOKIE, nonce, max_age=LOGIN_TTL_S, httponly=True, samesite="Strict",
-        secure=request.secure, path=PREFIX,
+        secure=secure_cookies(request), path=PREFIX,
     )  # fmt: skip
     return response
 
