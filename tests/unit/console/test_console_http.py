@@ -445,9 +445,8 @@ def test_silences_from_the_queue_and_the_incident_page_match_what_was_chosen(
 def test_the_quality_page_shows_nps_once_the_desk_reads_survey_answers(
     config, collector_server, monkeypatch
 ) -> None:
-    """The seam to the satisfaction work (branch ``satisfaction``): without
-    ``Desk.satisfaction_summary`` the page says so; with it, its figures are shown. The
-    summary here stands in for that branch's read (same shape as its ``summarize``)."""
+    """Without an answer the page says so; with ``Desk.satisfaction_summary``'s figures,
+    it shows them. The summary here stands in for the desk's read (same shape)."""
     from vigil.collector.desk.service import Desk
 
     async def quality() -> str:

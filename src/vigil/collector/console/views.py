@@ -118,9 +118,8 @@ async def incident_page(request: web.Request) -> web.StreamResponse:
     extras = await in_storage_thread(
         request, desk_console.incident_extras, desk.storage, incident["host"], incident["problems"]
     )
-    # The person's survey answers and comments (the satisfaction work's surveys).
-    surveys_of = getattr(getattr(desk, "surveys", None), "of_incident", None)
-    surveys = [] if surveys_of is None else await in_storage_thread(request, surveys_of, wanted)
+    # The person's survey answers and comments.
+    surveys = await in_storage_thread(request, desk.surveys.of_incident, wanted)
     return render(request, "incident.html", {"i": incident, "surveys": surveys, **extras})
 
 
@@ -262,15 +261,13 @@ async def quality_page(request: web.Request) -> web.StreamResponse:
 
 
 async def _satisfaction(request: web.Request, since: float) -> dict[str, Any] | None:
-    """NPS/CSAT through ``Desk.satisfaction_summary(since=...)`` when the satisfaction
-    work provides it (branch ``satisfaction``: a dict with ``responses``, ``nps``,
-    ``csat``, ``departments`` and ``services``); None until then, or while no survey
-    was answered, and the page says "no survey answers yet"."""
-    summary = getattr(request.app[desk_key], "satisfaction_summary", None)
-    if summary is None:
-        return None
+    """NPS/CSAT of the answers since ``since`` (Unix s) through
+    ``Desk.satisfaction_summary``: a dict with ``responses``, ``nps``, ``csat``,
+    ``departments`` and ``services``; None while no survey was answered, and the page
+    says "no survey answers yet"."""
+    summary = request.app[desk_key].satisfaction_summary
     result = await in_storage_thread(request, functools.partial(summary, since=since))
-    return result if isinstance(result, dict) and result.get("responses") else None
+    return result if result.get("responses") else None
 
 
 def _id(request: web.Request) -> int | None:
