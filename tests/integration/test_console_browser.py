@@ -304,6 +304,12 @@ def test_a_responder_works_an_incident_through_the_console(collector: str, brows
     b.page.wait_for_load_state()
     assert f"Problem #{problem['id']}" in b.page.locator("#problem ~ ul").inner_text()
     b.check("incident")
+    # The incident's whole timeline and attempts, paged (the page shows the latest).
+    b.goto(f"/console/incidents/{mail['id']}/timeline")
+    assert "acknowledged by rita" in b.page.locator("ol.timeline").inner_text()
+    b.check("incident-timeline", screenshot=False)
+    b.goto(f"/console/incidents/{mail['id']}/runs")
+    b.check("incident-runs", screenshot=False)
 
     b.goto(f"/console/problems/{problem['id']}")
     b.page.fill("#c-root", "temp folder never cleaned")
