@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import pytest
 from yarl import URL
 
-from tests.conftest import COLLECTOR_ADMIN_TOKEN, COLLECTOR_AGENT_TOKEN
+from tests.conftest import COLLECTOR_ADMIN_TOKEN, COLLECTOR_AGENT_TOKEN, T0
 from tests.support.console import (
     add_operator,
     browser_session,
@@ -23,6 +23,7 @@ from tests.support.console import (
     post_report,
     submit,
 )
+from vigil import wire
 from vigil.collector.config import CollectorConfig
 from vigil.collector.desk.catalog import Catalog, Service
 
@@ -96,6 +97,37 @@ def test_login_sets_a_strict_httponly_session_cookie_and_pages_carry_secure_head
     assert headers["X-Content-Type-Options"] == "nosniff"
     assert headers["Referrer-Policy"] == "same-origin"
     assert "<script>" not in html and " style=" not in html, "no inline script or style"
+
+
+def test_behind_an_https_public_url_the_console_cookies_are_secure_over_plain_http(
+    config, collector_server
+) -> None:
+    """A proxy terminating TLS talks plain HTTP to the collector: with ``public_url``
+    on https:// the session and login cookies still get ``Secure``."""
+    config = dataclasses.replace(config, public_url="https://desk.example.com")
+
+    async def main() -> tuple[list[str], list[str]]:
+        async with collector_server(config) as url, browser_session() as http:
+            async with http.get(f"{url}/console/login") as r:
+                login_cookies = r.headers.getall("Set-Cookie")
+                form = await r.text()
+            # The client rightly keeps a Secure cookie off plain HTTP: send it by hand,
+            # as the proxy would have.
+            nonce = r.cookies["vigil_login"].value
+            async with http.post(
+                f"{url}/console/login",
+                data={"token": COLLECTOR_ADMIN_TOKEN, "csrf": csrf_of(form)},
+                headers={"Cookie": f"vigil_login={nonce}"},
+                allow_redirects=False,
+            ) as r:
+                assert r.status == 303
+                return login_cookies, r.headers.getall("Set-Cookie")
+
+    login_cookies, cookies = run(main)
+    [before] = [c for c in login_cookies if c.startswith("vigil_login=")]
+    [session] = [c for c in cookies if c.startswith("vigil_session=")]
+    assert "Secure" in before
+    assert "Secure" in session and "HttpOnly" in session and "SameSite=Strict" in session
 
 
 @pytest.mark.parametrize(
@@ -319,6 +351,103 @@ def test_every_page_renders_within_the_page_weight(
         assert size <= PAGE_LIMIT, f"{path}: {size} bytes"
 
 
+async def _page_weight(http: Any, url: str, path: str) -> tuple[int, int, str]:
+    """Status, bytes of the page's HTML plus every script and stylesheet it references,
+    and the HTML."""
+    status, html, _ = await page(http, url, path)
+    size = len(html.encode())
+    for asset in re.findall(r'(?:src|href)="(/console/static/[^"]+)"', html):
+        async with http.get(f"{url}{asset}") as r:
+            assert r.status == 200, asset
+            size += len(await r.read())
+    return status, size, html
+
+
+# What escapes worst: "&" is five bytes in HTML, "€" three in UTF-8, "𝄞" four.
+HEAVY = "&&&&<>\"'€𝄞"
+
+
+def test_an_incident_with_many_long_runs_and_a_long_timeline_stays_within_the_page_weight(
+    config, collector_server, make_report, make_check_event, make_remediation_event
+) -> None:
+    """40 failed attempts with the longest output an agent may send (16,384 characters,
+    of what escapes worst) and 120 timeline entries of 1,024-character messages: the
+    incident page shows the latest ones as excerpts within 150 KB and links to all
+    attempts, the whole timeline (paged views, each within 150 KB too) and every
+    attempt's output and entry's text in full."""
+    output = (HEAVY * 2000)[: wire.MAX_OUTPUT]
+    message = (HEAVY * 200)[: wire.MAX_STR]
+    runs = [
+        dataclasses.replace(
+            make_remediation_event(outcome="not_fixed", seq=100 + n),
+            output=f"attempt {n + 1}\n{output}"[: wire.MAX_OUTPUT],
+            output_truncated=True,
+        )
+        for n in range(40)
+    ]
+    flaps = [
+        dataclasses.replace(
+            make_check_event(
+                "disk.free", state, previous_state=previous, seq=200 + n, time=T0 + 10 + n
+            ),
+            message=message,
+        )
+        for n, (state, previous) in enumerate(
+            [("warning", "critical"), ("critical", "warning")] * 60
+        )
+    ]
+
+    async def main() -> dict[str, Any]:
+        async with collector_server(config) as url, browser_session() as http:
+            await post_report(http, url, make_report(make_check_event()), COLLECTOR_AGENT_TOKEN)
+            for k in range(0, len(runs), 10):
+                await post_report(http, url, make_report(*runs[k : k + 10]), COLLECTOR_AGENT_TOKEN)
+            await post_report(http, url, make_report(*flaps), COLLECTOR_AGENT_TOKEN)
+            await login(http, url, COLLECTOR_ADMIN_TOKEN)
+            out: dict[str, Any] = {}
+            for name, path in (
+                ("incident", "/console/incidents/1"),
+                ("runs", "/console/incidents/1/runs"),
+                ("runs-2", "/console/incidents/1/runs?offset=20"),
+                ("timeline", "/console/incidents/1/timeline"),
+                ("timeline-2", "/console/incidents/1/timeline?offset=100"),
+            ):
+                out[name] = await _page_weight(http, url, path)
+            out["output-40"] = await page(http, url, "/console/incidents/1/runs/40")
+            out["output-41"] = await page(http, url, "/console/incidents/1/runs/41")
+            entry = re.search(r'href="(/console/incidents/1/timeline/\d+)"', out["incident"][2])
+            out["entry"] = await page(http, url, entry.group(1)) if entry else (None, "", {})
+            return out
+
+    out = run(main)
+    for name in ("incident", "runs", "runs-2", "timeline", "timeline-2"):
+        status, size, _ = out[name]
+        assert status == 200, name
+        assert size <= PAGE_LIMIT, f"{name}: {size} bytes"
+    html = out["incident"][2]
+    assert "The latest 20 of 40 attempts" in html
+    assert 'href="/console/incidents/1/runs"' in html
+    assert 'href="/console/incidents/1/timeline"' in html
+    assert "Attempt 40:" in html and "Attempt 20:" not in html, "the latest 20, not the first"
+    assert 'href="/console/incidents/1/runs/40"' in html, "the clipped output links to the whole"
+    assert "characters left out" in html
+    runs_page, next_page = out["runs"][2], out["runs-2"][2]
+    assert (
+        "Attempt 1:" in runs_page and "Attempt 20:" in runs_page and "Attempt 21:" not in runs_page
+    )
+    assert 'href="?offset=20"' in runs_page
+    assert "Attempt 40:" in next_page and 'href="?offset=0"' in next_page
+    status, text, headers = out["output-40"]
+    assert status == 200 and headers["Content-Type"].startswith("text/plain")
+    assert text.startswith("attempt 40\n&&&&<>") and "[output truncated by the agent]" in text
+    assert len(text) >= wire.MAX_OUTPUT
+    assert out["output-41"][0] == 404
+    status, text, _ = out["entry"]
+    assert status == 200, "a clipped entry links to its full text"
+    assert text in (f"check warning: {message}", f"check critical: {message}")
+    assert "Entries 101 to " in out["timeline-2"][2]
+
+
 def test_host_search_filters_by_department_and_health(
     config, collector_server, make_report, make_check_event
 ) -> None:
@@ -414,9 +543,8 @@ def test_silences_from_the_queue_and_the_incident_page_match_what_was_chosen(
 def test_the_quality_page_shows_nps_once_the_desk_reads_survey_answers(
     config, collector_server, monkeypatch
 ) -> None:
-    """The seam to the satisfaction work (branch ``satisfaction``): without
-    ``Desk.satisfaction_summary`` the page says so; with it, its figures are shown. The
-    summary here stands in for that branch's read (same shape as its ``summarize``)."""
+    """Without an answer the page says so; with ``Desk.satisfaction_summary``'s figures,
+    it shows them. The summary here stands in for the desk's read (same shape)."""
     from vigil.collector.desk.service import Desk
 
     async def quality() -> str:

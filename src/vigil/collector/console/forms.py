@@ -26,6 +26,7 @@ from vigil.collector.console.web import (
     int_field,
     now,
     safe_next,
+    secure_cookies,
     text_field,
 )
 from vigil.collector.desk import console as desk_console
@@ -56,7 +57,7 @@ async def login(request: web.Request) -> web.StreamResponse:
     response = web.HTTPSeeOther(safe_next(next_ if isinstance(next_, str) else None))
     response.set_cookie(
         SESSION_COOKIE, signer.issue(hash_token(token), now(request)), httponly=True,
-        samesite="Strict", secure=request.secure, path=PREFIX,
+        samesite="Strict", secure=secure_cookies(request), path=PREFIX,
     )  # fmt: skip
     response.del_cookie(LOGIN_COOKIE, path=PREFIX)
     raise response

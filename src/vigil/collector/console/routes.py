@@ -10,13 +10,14 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from vigil.collector.console import fmt, forms, views
+from vigil.collector.console import bounded, fmt, forms, views
 from vigil.collector.console.quality import QualityCache
 from vigil.collector.console.web import PREFIX, add_secure_headers
 from vigil.collector.keys import quality_cache_key
 
 HERE = Path(__file__).parent
 ITEM = "{item_id:[0-9]{1,19}}"
+NTH = "{n:[0-9]{1,9}}"  # an item's number in an incident's list, from 1
 
 
 def setup_console(app: web.Application) -> None:
@@ -31,6 +32,9 @@ def setup_console(app: web.Application) -> None:
     )
     env.filters.update(fmt.FILTERS)
     env.globals["sla"] = fmt.sla
+    env.globals["excerpt"] = bounded.excerpt
+    env.globals["RUN_EXCERPT_BYTES"] = bounded.RUN_EXCERPT_BYTES
+    env.globals["ENTRY_BYTES"] = bounded.ENTRY_BYTES
     app[quality_cache_key] = QualityCache()
     app.on_response_prepare.append(add_secure_headers)
     r = app.router
@@ -41,6 +45,10 @@ def setup_console(app: web.Application) -> None:
     r.add_post(f"{PREFIX}/login", forms.login)
     r.add_post(f"{PREFIX}/logout", forms.logout)
     r.add_get(f"{PREFIX}/incidents/{ITEM}", views.incident_page)
+    r.add_get(f"{PREFIX}/incidents/{ITEM}/runs", views.incident_runs_page)
+    r.add_get(f"{PREFIX}/incidents/{ITEM}/runs/{NTH}", views.incident_run_output)
+    r.add_get(f"{PREFIX}/incidents/{ITEM}/timeline", views.incident_timeline_page)
+    r.add_get(f"{PREFIX}/incidents/{ITEM}/timeline/{NTH}", views.incident_timeline_entry)
     r.add_post(f"{PREFIX}/incidents/{ITEM}/acknowledge", forms.acknowledge)
     r.add_post(f"{PREFIX}/incidents/{ITEM}/resolve", forms.resolve)
     r.add_post(f"{PREFIX}/incidents/{ITEM}/link", forms.link_problem)

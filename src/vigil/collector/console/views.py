@@ -13,7 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from vigil.collector.api.http import MAX_ID, in_storage_thread
-from vigil.collector.console import charts
+from vigil.collector.console import bounded, charts
 from vigil.collector.console.session import LOGIN_COOKIE, LOGIN_TTL_S
 from vigil.collector.console.web import (
     PREFIX,
@@ -22,10 +22,11 @@ from vigil.collector.console.web import (
     render,
     require_login,
     safe_next,
+    secure_cookies,
     session_of,
 )
 from vigil.collector.desk import console as desk_console
-from vigil.collector.desk.reads import PROBLEM_KINDS, PROBLEM_STATES
+from vigil.collector.desk.reads import INCIDENT_RUNS_LIMIT, PROBLEM_KINDS, PROBLEM_STATES
 from vigil.collector.keys import config_key, console_signer_key, desk_key, quality_cache_key
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ async def login_page(request: web.Request) -> web.StreamResponse:
     )
     response.set_cookie(
         LOGIN_COOKIE, nonce, max_age=LOGIN_TTL_S, httponly=True, samesite="Strict",
-        secure=request.secure, path=PREFIX,
+        secure=secure_cookies(request), path=PREFIX,
     )  # fmt: skip
     return response
 
@@ -103,10 +104,9 @@ async def queue_page(request: web.Request) -> web.StreamResponse:
     return render(request, "queue.html", context)
 
 
-async def incident_page(request: web.Request) -> web.StreamResponse:
-    """``GET /console/incidents/{id}``: timeline, remediation runs, CAPA, host health,
-    linked problems."""
-    require_login(request)
+async def _incident(request: web.Request) -> dict[str, Any] | web.Response:
+    """The incident the path names (with its whole timeline and attempts), or the 404
+    page to answer."""
     wanted = _id(request)
     desk = request.app[desk_key]
     incident = (
@@ -114,13 +114,87 @@ async def incident_page(request: web.Request) -> web.StreamResponse:
     )
     if incident is None:
         return error_page(request, 404, f"no incident with id {request.match_info['item_id']}")
+    return incident
+
+
+async def incident_page(request: web.Request) -> web.StreamResponse:
+    """``GET /console/incidents/{id}``: the latest timeline entries and remediation
+    attempts (excerpts, linking to the rest: see :mod:`.bounded`), CAPA, host health,
+    linked problems, survey answers."""
+    require_login(request)
+    incident = await _incident(request)
+    if isinstance(incident, web.Response):
+        return incident
+    desk = request.app[desk_key]
     extras = await in_storage_thread(
         request, desk_console.incident_extras, desk.storage, incident["host"], incident["problems"]
     )
-    # The person's survey answers and comments (the satisfaction work's surveys).
-    surveys_of = getattr(getattr(desk, "surveys", None), "of_incident", None)
-    surveys = [] if surveys_of is None else await in_storage_thread(request, surveys_of, wanted)
-    return render(request, "incident.html", {"i": incident, "surveys": surveys, **extras})
+    # The person's survey answers and comments.
+    surveys = await in_storage_thread(request, desk.surveys.of_incident, incident["id"])
+    context = {
+        "i": incident,
+        "surveys": surveys,
+        "timeline": bounded.latest(incident["timeline"], bounded.TIMELINE_SHOWN),
+        "runs": bounded.latest(incident["remediation_runs"], bounded.RUNS_SHOWN),
+        "runs_limit": INCIDENT_RUNS_LIMIT,
+        **extras,
+    }
+    return render(request, "incident.html", context)
+
+
+async def incident_runs_page(request: web.Request) -> web.StreamResponse:
+    """``GET /console/incidents/{id}/runs?offset=``: every remediation attempt of the
+    incident, oldest first, a page at a time, output excerpts linking to the whole."""
+    require_login(request)
+    incident = await _incident(request)
+    if isinstance(incident, web.Response):
+        return incident
+    runs = bounded.page_of(incident["remediation_runs"], _page(request), bounded.RUNS_SHOWN)
+    return render(request, "incident_runs.html", {"i": incident, "runs": runs})
+
+
+async def incident_timeline_page(request: web.Request) -> web.StreamResponse:
+    """``GET /console/incidents/{id}/timeline?offset=``: the whole timeline, oldest
+    first, a page at a time, long entries clipped with a link to their full text."""
+    require_login(request)
+    incident = await _incident(request)
+    if isinstance(incident, web.Response):
+        return incident
+    timeline = bounded.page_of(incident["timeline"], _page(request), bounded.TIMELINE_PAGE)
+    return render(request, "incident_timeline.html", {"i": incident, "timeline": timeline})
+
+
+async def incident_run_output(request: web.Request) -> web.StreamResponse:
+    """``GET /console/incidents/{id}/runs/{n}``: attempt ``n`` (1-based, oldest first,
+    as numbered on the pages) of the incident: its whole output as plain text."""
+    require_login(request)
+    incident = await _incident(request)
+    if isinstance(incident, web.Response):
+        return incident
+    run = _nth(incident["remediation_runs"], request.match_info["n"])
+    if run is None:
+        return error_page(request, 404, f"incident {incident['id']} has no such attempt")
+    cut = "\n[output truncated by the agent]\n" if run.get("output_truncated") else ""
+    return web.Response(text=run["output"] + cut, content_type="text/plain", charset="utf-8")
+
+
+async def incident_timeline_entry(request: web.Request) -> web.StreamResponse:
+    """``GET /console/incidents/{id}/timeline/{n}``: timeline entry ``n`` (1-based, oldest
+    first) in full, as plain text."""
+    require_login(request)
+    incident = await _incident(request)
+    if isinstance(incident, web.Response):
+        return incident
+    entry = _nth(incident["timeline"], request.match_info["n"])
+    if entry is None:
+        return error_page(request, 404, f"incident {incident['id']} has no such entry")
+    return web.Response(text=entry["text"], content_type="text/plain", charset="utf-8")
+
+
+def _nth(items: list[dict[str, Any]], raw: str) -> dict[str, Any] | None:
+    """Item number ``raw`` (1-based) of ``items``, or None."""
+    n = int(raw) if raw.isascii() and raw.isdigit() and len(raw) < 10 else 0
+    return items[n - 1] if 1 <= n <= len(items) else None
 
 
 async def problems_page(request: web.Request) -> web.StreamResponse:
@@ -261,15 +335,13 @@ async def quality_page(request: web.Request) -> web.StreamResponse:
 
 
 async def _satisfaction(request: web.Request, since: float) -> dict[str, Any] | None:
-    """NPS/CSAT through ``Desk.satisfaction_summary(since=...)`` when the satisfaction
-    work provides it (branch ``satisfaction``: a dict with ``responses``, ``nps``,
-    ``csat``, ``departments`` and ``services``); None until then, or while no survey
-    was answered, and the page says "no survey answers yet"."""
-    summary = getattr(request.app[desk_key], "satisfaction_summary", None)
-    if summary is None:
-        return None
+    """NPS/CSAT of the answers since ``since`` (Unix s) through
+    ``Desk.satisfaction_summary``: a dict with ``responses``, ``nps``, ``csat``,
+    ``departments`` and ``services``; None while no survey was answered, and the page
+    says "no survey answers yet"."""
+    summary = request.app[desk_key].satisfaction_summary
     result = await in_storage_thread(request, functools.partial(summary, since=since))
-    return result if isinstance(result, dict) and result.get("responses") else None
+    return result if result.get("responses") else None
 
 
 def _id(request: web.Request) -> int | None:

@@ -18,7 +18,7 @@ from multidict import MultiDictProxy
 from vigil.collector.api.http import MAX_TEXT
 from vigil.collector.console.session import SESSION_COOKIE, Session
 from vigil.collector.identity.roles import RESPONDER, Principal, allows
-from vigil.collector.keys import clock_key, console_signer_key, directory_key
+from vigil.collector.keys import clock_key, config_key, console_signer_key, directory_key
 from vigil.wire import valid_text
 
 PREFIX = "/console"
@@ -57,6 +57,15 @@ async def add_secure_headers(request: web.Request, response: web.StreamResponse)
 def now(request: web.Request) -> float:
     """The collector's clock (Unix seconds)."""
     return request.app[clock_key]()
+
+
+def secure_cookies(request: web.Request) -> bool:
+    """Whether the console's cookies get ``Secure``: when this request came over HTTPS,
+    and also when the collector's ``public_url`` is ``https://`` (behind a proxy that
+    terminates TLS and talks plain HTTP to us, ``request.secure`` is False, yet every
+    browser reaches the console over HTTPS and the cookie must never go out in clear)."""
+    public_url = request.app[config_key].public_url or ""
+    return request.secure or public_url.lower().startswith("https://")
 
 
 def session_of(request: web.Request) -> tuple[Session, Principal] | None:
