@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Union, get_args, get_origin
 
 SCHEMA_VERSION = 1
+# ``Report.console_user``: a SHA-256 in lowercase hex.
+CONSOLE_USER_LEN = 64
 HEARTBEAT_CHECK = "agent.heartbeat"
 # A clock jump the agent detected (sleep/resume or a wall-clock step), reported as a check
 # result with state "ok", ``value`` the jump in seconds and ``message`` its kind; the
@@ -211,6 +213,13 @@ class Report:
     epoch: str | None = field(default=None, metadata=_OMIT_DEFAULT)
     seq_first: int | None = field(default=None, metadata={**_SEQ, **_OMIT_DEFAULT})
     seq_last: int | None = field(default=None, metadata={**_SEQ, **_OMIT_DEFAULT})
+    # Who is at the machine's console as the batch is sent, as an opaque id (added
+    # within schema version 1; see check_console_user and docs/satisfaction.md): what
+    # the collector rate-limits satisfaction surveys by. None: nobody, or not said.
+    console_user: str | None = field(
+        default=None,
+        metadata={"min_len": CONSOLE_USER_LEN, "max_len": CONSOLE_USER_LEN, **_OMIT_DEFAULT},
+    )
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -226,7 +235,16 @@ class Report:
                 f"unsupported version {report.schema_version}, expected {SCHEMA_VERSION}",
             )
         check_sequence(report)
+        check_console_user(report)
         return report
+
+
+def check_console_user(report: Report) -> None:
+    """Validate ``console_user``: :data:`CONSOLE_USER_LEN` lowercase hex digits (a
+    SHA-256), so that a user name sent by mistake is refused rather than stored."""
+    user = report.console_user
+    if user is not None and not _HEX.issuperset(user):
+        raise WireError("console_user", f"must be {CONSOLE_USER_LEN} lowercase hex digits")
 
 
 EPOCH_LEN = 32  # an epoch is 32 lowercase hex digits (128 random bits, ``uuid4().hex``)

@@ -9,9 +9,9 @@ wire.py stays the one schema: the msgspec Structs here are generated at import f
 wire.py's frozen dataclasses (their fields, type hints and ``metadata`` bounds), and a
 decoded report is returned as those same dataclasses. The fast path only ever
 *accepts*: input it refuses, or that its few checks in Python (finite unbounded floats,
-valid Unicode text, the sequence fields) do not pass, is decoded again by
-:func:`vigil.wire.decode_report`, whose :class:`~vigil.wire.WireError` names the field
-exactly as before. ``tests/unit/test_wire_fast.py`` shows it accepts exactly what
+valid Unicode text, the sequence fields, the console user's hex digits) do not pass, is
+decoded again by :func:`vigil.wire.decode_report`, whose :class:`~vigil.wire.WireError`
+names the field exactly as before. ``tests/unit/test_wire_fast.py`` shows it accepts exactly what
 wire.py accepts and yields equal objects.
 
 Collector only: msgspec is in the ``collector`` extra, never the agent's; without it,
@@ -170,6 +170,7 @@ def _build() -> Callable[[bytes | bytearray], wire.Report | None]:
             if report.schema_version != wire.SCHEMA_VERSION:
                 return None
             wire.check_sequence(report)
+            wire.check_console_user(report)
         except errors:
             return None
         return report

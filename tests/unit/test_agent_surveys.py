@@ -13,8 +13,16 @@ from pathlib import Path
 import pytest
 
 from vigil.agent.config import load_agent_config
+from vigil.agent.exec.logons import ConsoleUser
 from vigil.agent.notify_user import Notification, _darwin, _linux, _windows, command_notifier
-from vigil.agent.surveys import OFFSET_HEADER, SURVEYS_HEADER, SurveyInbox, SurveySettings
+from vigil.agent.surveys import (
+    CONSOLE_REFRESH_S,
+    OFFSET_HEADER,
+    SURVEYS_HEADER,
+    SurveyInbox,
+    SurveySettings,
+    console_user_id,
+)
 from vigil.configio import ConfigError
 from vigil.quiet_hours import parse_quiet_hours
 
@@ -228,3 +236,66 @@ def test_a_bad_agent_surveys_value_names_file_and_key(
     with pytest.raises(ConfigError) as caught:
         load_agent_config(agent_config(tmp_path, section))
     assert caught.value.key == key
+
+
+# ------------------------------------------------------------------ who is at the console
+
+
+def test_a_console_user_id_is_a_stable_case_blind_hash_never_the_name() -> None:
+    alice = console_user_id("alice")
+    assert alice == console_user_id("Alice") == console_user_id("ALICE")
+    assert alice != console_user_id("bob")
+    assert len(alice) == 64 and set(alice) <= set("0123456789abcdef") and "alice" not in alice
+
+
+def console_inbox(found: ConsoleUser | None, clock: list[float], **settings: object) -> SurveyInbox:
+    return SurveyInbox(
+        SurveySettings(**settings),  # type: ignore[arg-type]
+        RecordingNotifier(),
+        clock=lambda: NOW,
+        console=lambda: found,
+        monotonic=lambda: clock[0],
+    )
+
+
+def test_the_inbox_says_who_is_at_the_console_once_it_looked() -> None:
+    box = console_inbox(ConsoleUser("alice", uid=1000, source="loginctl"), [0.0])
+    assert box.console_user_id() is None  # not looked yet: unknown
+    asyncio.run(box.refresh_console_user())
+    assert box.console_user_id() == console_user_id("alice")
+
+
+def test_nobody_at_the_console_is_said_as_unknown() -> None:
+    box = console_inbox(None, [0.0])
+    asyncio.run(box.refresh_console_user())
+    assert box.console_user_id() is None
+
+
+def test_with_surveys_off_the_console_user_is_neither_looked_up_nor_sent() -> None:
+    looks: list[int] = []
+
+    def console() -> ConsoleUser:
+        looks.append(1)
+        return ConsoleUser("alice")
+
+    box = SurveyInbox(SurveySettings(enabled=False), RecordingNotifier(), console=console)
+    asyncio.run(box.refresh_console_user())
+    assert looks == [] and box.console_user_id() is None
+
+
+def test_the_console_is_looked_at_again_only_after_the_refresh_interval() -> None:
+    users = iter([ConsoleUser("alice"), ConsoleUser("bob")])
+    clock = [100.0]
+    box = SurveyInbox(
+        SurveySettings(),
+        RecordingNotifier(),
+        console=lambda: next(users),
+        monotonic=lambda: clock[0],
+    )
+    asyncio.run(box.refresh_console_user())
+    clock[0] += CONSOLE_REFRESH_S - 1
+    asyncio.run(box.refresh_console_user())
+    assert box.console_user_id() == console_user_id("alice")
+    clock[0] += 1
+    asyncio.run(box.refresh_console_user())
+    assert box.console_user_id() == console_user_id("bob")

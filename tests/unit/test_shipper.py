@@ -615,6 +615,26 @@ def test_the_report_carries_the_outbox_epoch_and_the_seq_range(outbox: Outbox) -
     assert (report.epoch, report.seq_first, report.seq_last) == (outbox.epoch, seqs[0], seqs[-1])
 
 
+def test_the_report_carries_who_is_at_the_console(outbox: Outbox) -> None:
+    """The survey rate limit per person: each report says the console user's id as the
+    shipper's source gives it when sent, and leaves the field out while unknown."""
+    users = iter(["a" * 64, None])
+    outbox.put(metrics(1))
+    collector = FakeCollector(Reply(status=500))
+
+    async def twice(shipper: Shipper) -> None:
+        await shipper.ship()  # refused: the batch stays and goes again
+        shipper.wake()
+        await shipper.ship()
+
+    run_against(collector, outbox, FakeClock(), twice, console_user=lambda: next(users))
+
+    first, second = collector.received
+    assert first.report.console_user == "a" * 64
+    assert second.report.console_user is None
+    assert b"console_user" not in gzip.decompress(second.body)
+
+
 EPOCH_RESET = json.dumps({"error": "seq at or below the mark", "epoch_reset": True, "mark": 99})
 
 

@@ -459,3 +459,38 @@ def test_sequenced_events_must_be_strictly_increasing() -> None:
     with pytest.raises(wire.WireError) as err:
         wire.decode_report(json.dumps(body).encode())
     assert err.value.path == "events[2].seq"
+
+
+# --------------------------------------------------------------------------- console user
+
+USER_ID = "0123456789abcdef" * 4
+
+
+def test_a_report_with_its_console_user_survives_encode_and_decode() -> None:
+    r = report(console_user=USER_ID)
+    assert wire.decode_report(wire.encode_report(r)) == r
+
+
+def test_a_report_without_a_console_user_is_encoded_as_before() -> None:
+    """Nobody at the console (or surveys off at the agent): no field for an older
+    collector to refuse."""
+    assert "console_user" not in as_dict()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        pytest.param("alice", id="a-user-name"),
+        pytest.param(USER_ID.upper(), id="upper-case"),
+        pytest.param(USER_ID[:-1] + "g", id="not-hex"),
+        pytest.param(USER_ID + "0", id="too-long"),
+        pytest.param("", id="empty"),
+        pytest.param(7, id="not-a-string"),
+    ],
+)
+def test_a_console_user_that_is_not_a_sha256_in_hex_is_refused_naming_it(value: Any) -> None:
+    body = json.loads(wire.encode_report(report()))
+    body["console_user"] = value
+    with pytest.raises(wire.WireError) as err:
+        wire.decode_report(json.dumps(body).encode())
+    assert err.value.path == "console_user"

@@ -47,7 +47,17 @@ def sequenced_report() -> dict[str, Any]:
     return data
 
 
-@pytest.mark.parametrize("make", [valid_report, sequenced_report], ids=["ids", "sequenced"])
+def with_console_user() -> dict[str, Any]:
+    data = sequenced_report()
+    data["console_user"] = "0123456789abcdef" * 4
+    return data
+
+
+@pytest.mark.parametrize(
+    "make",
+    [valid_report, sequenced_report, with_console_user],
+    ids=["ids", "sequenced", "console-user"],
+)
 def test_a_valid_report_takes_the_fast_path_and_equals_wires(make: Any) -> None:
     body = json.dumps(make()).encode()
     fast = wire_fast.fast_path(body)
@@ -87,6 +97,10 @@ def test_errors_name_the_field_as_wire_does() -> None:
         (("sent_at",), 1e10 + 1),
         (("hostname",), "x" * (wire.MAX_STR + 1)),
         (("agent_id",), ""),
+        (("console_user",), "0123456789ABCDEF" * 4),  # upper case: not what agents send
+        (("console_user",), "alice" + "0" * 59),  # a name sent by mistake
+        (("console_user",), "0" * 63),
+        (("console_user",), None),
     ],
 )
 def test_edge_values_decode_as_wire_decodes_them(path: tuple[Any, ...], value: Any) -> None:
@@ -110,6 +124,13 @@ def test_any_field_replaced_by_any_value(path: tuple[Any, ...], value: Any) -> N
 @given(st.sampled_from(REPORT_PATHS), JSON_VALUES)
 def test_any_field_of_a_sequenced_report_replaced(path: tuple[Any, ...], value: Any) -> None:
     data = replaced(sequenced_report(), path, value)
+    check_same(json.dumps(data).encode("utf-8", "surrogatepass"))
+
+
+@FUZZ
+@given(st.sampled_from(["console_user"]), JSON_VALUES)
+def test_the_console_user_replaced_by_any_value(key: str, value: Any) -> None:
+    data = replaced(with_console_user(), (key,), value)
     check_same(json.dumps(data).encode("utf-8", "surrogatepass"))
 
 

@@ -140,6 +140,7 @@ def build_service(
             config.state_dir, identity.agent_id, config.collector.token, clock=time.time
         ),
         exchanges=(surveys,),
+        console_user=surveys.console_user_id,
     )
     measurer = Measurer(sampler if sampler is not None else Sampler(config.sampler))
     flow = RemediationFlow(
@@ -541,6 +542,10 @@ class AgentService:
         iv = self.config.intervals
         self._ship_not_before = time.monotonic() + iv.report_s
         self._ship_slack = iv.sample_s / 2
+        if self.surveys is not None:
+            # For the next reports (in a task: a look may take a moment, and this batch,
+            # perhaps urgent, must not wait for it; it carries the last look's answer).
+            self._spawn(self.surveys.refresh_console_user())
         result = await self.shipper.ship()
         if self.surveys is not None and self.surveys.pending:
             self._spawn(self._show_surveys())

@@ -10,6 +10,13 @@ reported it. What was shown, and the outcomes not yet reported, are kept in
 ``state_dir/surveys.json``, so a restart between showing a survey and reporting it
 neither shows it twice nor loses the report.
 
+Who is at the console goes with every report too (``Report.console_user``, set by the
+shipper from :meth:`SurveyInbox.console_user_id`): the collector asks a person at most
+once per rate limit, whichever machine they use. It is :func:`console_user_id` of the
+name, a hash the same on every machine, never the name itself; it is read off the event
+loop (:meth:`SurveyInbox.refresh_console_user`: ``loginctl`` may take a moment) and not
+sent at all while surveys are off here.
+
 A survey is shown once. When nothing can show it (no notifier, no graphical session, the
 notifier failed), that is reported as ``unavailable`` and not retried: the person is not
 pestered by a machine that cannot reach them properly, and the collector stops offering.
@@ -18,6 +25,7 @@ pestered by a machine that cannot reach them properly, and the collector stops o
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import re
@@ -29,6 +37,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from vigil.agent.exec.console import console_user
+from vigil.agent.exec.logons import ConsoleUser
 from vigil.agent.identity import write_atomically
 from vigil.agent.notify_user import Notification, Notifier
 from vigil.quiet_hours import QuietHours, local_seconds
@@ -41,6 +51,12 @@ TITLE = "IT support: how did we do?"
 # Surveys taken from one ack at most, and survey ids remembered as done (bounded memory).
 MAX_PER_ACK = 5
 MAX_REMEMBERED = 1000
+# Seconds between looks at who is at the console (a look runs loginctl on Linux; logging
+# on and off is rare, and a report a minute late in saying so costs nothing).
+CONSOLE_REFRESH_S = 60.0
+# Domain separation for console_user_id: the same name hashes differently in any other
+# use of SHA-256.
+_USER_ID_PREFIX = b"vigil/console-user/v1\n"
 _NOTE = re.compile(r"[^A-Za-z0-9_.-]+")
 _OUTCOME = re.compile(r"shown|unavailable:[A-Za-z0-9_.-]{0,60}")
 
@@ -66,6 +82,18 @@ class Survey:
     title: str
 
 
+def console_user_id(name: str) -> str:
+    """The opaque id of the person logged on as ``name``: SHA-256 (lowercase hex) of the
+    case-folded name under a fixed prefix, the same on every machine and platform, so a
+    person moving between laptops keeps one id (and two people named alike on different
+    machines, such as two local ``admin`` accounts, share one).
+
+    Pseudonymous, not secret: whoever has a list of user names can hash them and match
+    (the prefix is public). It keeps names out of the collector's survey table and
+    logs; it is no protection against an operator who sets out to identify someone."""
+    return hashlib.sha256(_USER_ID_PREFIX + name.casefold().encode("utf-8")).hexdigest()
+
+
 def local_utc_offset(now: float) -> int:
     """This machine's offset east of UTC at ``now`` (seconds; follows daylight saving)."""
     return time.localtime(now).tm_gmtoff
@@ -75,8 +103,10 @@ class SurveyInbox:
     """Surveys waiting to be shown, and what to report about shown ones.
 
     ``notifier`` shows them; ``clock`` gives wall seconds; ``utc_offset(now)`` this
-    machine's offset east of UTC. Thread-compatible with the shipper: :meth:`headers`
-    and :meth:`take_ack` are called on the event loop, between requests.
+    machine's offset east of UTC; ``console`` says who is at the console (blocking: run
+    on a thread), ``monotonic`` paces those looks. Thread-compatible with the shipper:
+    :meth:`headers`, :meth:`take_ack` and :meth:`console_user_id` are called on the
+    event loop, between requests.
     """
 
     def __init__(
@@ -87,8 +117,15 @@ class SurveyInbox:
         clock: Callable[[], float] = time.time,
         utc_offset: Callable[[float], int] = local_utc_offset,
         state_file: Path | None = None,
+        console: Callable[[], ConsoleUser | None] = console_user,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._settings = settings
+        self._console = console
+        self._monotonic = monotonic
+        self._user_id: str | None = None
+        self._user_looked_at: float | None = None
+        self._looking = False
         self._notifier = notifier
         self._clock = clock
         self._utc_offset = utc_offset
@@ -103,6 +140,32 @@ class SurveyInbox:
     def pending(self) -> int:
         """Surveys waiting to be shown."""
         return len(self._pending)
+
+    def console_user_id(self) -> str | None:
+        """The id (:func:`console_user_id`) of who was at the console at the last look;
+        None when nobody was, before the first look, or while surveys are off here (no
+        reason then to say who is logged on). No I/O."""
+        return self._user_id if self._settings.enabled else None
+
+    async def refresh_console_user(self) -> None:
+        """Look again who is at the console, on a thread, unless a look is running or
+        the last one is under :data:`CONSOLE_REFRESH_S` old. A failed look is logged and
+        leaves the previous answer (the collector then limits as it last knew)."""
+        now = self._monotonic()
+        if not self._settings.enabled or self._looking:
+            return
+        if self._user_looked_at is not None and 0 <= now - self._user_looked_at < CONSOLE_REFRESH_S:
+            return
+        self._looking = True
+        try:
+            found = await asyncio.to_thread(self._console)
+        except Exception:
+            log.exception("cannot tell who is at the console")
+            return
+        finally:
+            self._looking = False
+            self._user_looked_at = now
+        self._user_id = None if found is None else console_user_id(found.name)
 
     def headers(self) -> dict[str, str]:
         """Headers for the next report: the UTC offset, and the outcomes not yet sent."""

@@ -3,6 +3,7 @@ backend (see ``backends.py``): what the satisfaction flow relies on."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from tests.conftest import build_check_event, build_report
 from tests.unit.storage.backends import BackendFactory
 from vigil.collector.desk.satisfaction import SatisfactionPolicy
+from vigil.collector.desk.service import Desk
 from vigil.collector.desk.surveys import FIGURES_INTERVAL_S, SurveyUsed
 from vigil.collector.storage.protocols import Storage
 
@@ -55,6 +57,74 @@ def test_last_asked_is_the_newest_survey_of_the_host(storage: Storage) -> None:
     with storage.session() as uow:
         assert uow.surveys.last_asked("a1") == NOW + 50
         assert uow.surveys.last_asked("nobody") is None
+
+
+ALICE, BOB = "a" * 64, "b" * 64  # opaque console user ids, as agents send them
+
+
+def test_last_asked_user_is_the_newest_survey_of_the_person_on_any_host(
+    storage: Storage,
+) -> None:
+    add(
+        storage,
+        survey(1, host="a1", console_user=ALICE, created_at=NOW),
+        survey(2, host="b2", console_user=ALICE, created_at=NOW + 50),
+        survey(3, host="a1", console_user=BOB, created_at=NOW + 90),
+    )
+    with storage.session() as uow:
+        assert uow.surveys.last_asked_user(ALICE, "c3") == NOW + 50
+        assert uow.surveys.last_asked_user(BOB, "c3") == NOW + 90
+        assert uow.surveys.last_asked_user("c" * 64, "a1") is None  # a1's were others'
+        assert uow.surveys.last_asked("a1") == NOW + 90  # per host: whoever it was for
+
+
+def test_last_asked_user_counts_the_hosts_surveys_for_an_unknown_user(storage: Storage) -> None:
+    """A survey queued without a user (an older agent, a responder's resolve) may have
+    been the person's: it counts for its host, and only there."""
+    add(storage, survey(1, host="a1", created_at=NOW + 10))
+    with storage.session() as uow:
+        assert uow.surveys.last_asked_user(ALICE, "a1") == NOW + 10
+        assert uow.surveys.last_asked_user(ALICE, "b2") is None
+
+
+def test_a_store_from_before_console_user_gains_it_and_keeps_its_surveys(
+    backend: BackendFactory,
+) -> None:
+    """A database at SQLite schema 12 / PostgreSQL migration 8 (surveys without the
+    ``console_user`` column) opens, gains the column, keeps its surveys (their user
+    unknown) and takes surveys with a user."""
+    backend.open().close()
+    if backend.name == "sqlite":
+        downgrade = [
+            "DROP INDEX surveys_user",
+            "ALTER TABLE surveys DROP COLUMN console_user",
+            "PRAGMA user_version=12",
+        ]
+    else:
+        downgrade = [
+            "DROP INDEX surveys_user",
+            "ALTER TABLE surveys DROP COLUMN console_user",
+            "DELETE FROM vigil_schema WHERE version = 9",
+        ]
+    for statement in downgrade:
+        backend.execute(statement)
+    backend.execute(
+        "INSERT INTO surveys (incident_id, host, hostname, department, service, check_id,"
+        f" title, created_at, expires_at) VALUES (7, 'a1', 'ws-a1', 'sales', 'email',"
+        f" 'disk.free', 'Disk full', {NOW}, {NOW + 100})"
+    )
+    upgraded = backend.open()
+    try:
+        (new,) = add(upgraded, survey(8, host="b2", console_user=ALICE, created_at=NOW + 5))
+        with upgraded.session() as uow:
+            (old,) = uow.surveys.of_incident(7)
+            assert old["title"] == "Disk full" and old["state"] == "pending"
+            assert uow.surveys.last_asked_user(BOB, "a1") == NOW  # unknown user, its host
+            assert uow.surveys.last_asked_user(ALICE, "a1") == NOW + 5
+            assert uow.surveys.last_asked_user(BOB, "b2") is None
+            assert uow.surveys.get(new) is not None
+    finally:
+        upgraded.close()
 
 
 def test_offers_are_counted_and_the_first_offer_time_kept(storage: Storage) -> None:
@@ -202,3 +272,59 @@ def test_the_desk_tick_deletes_surveys_past_their_retention(backend: BackendFact
             assert uow.surveys.get(old) is None and uow.surveys.get(recent) is not None
     finally:
         desk.close()
+
+
+# ------------------------------------------------------------------ the limit per person
+
+WEEK = 7 * 86400.0
+
+
+def surveyed_after_resolve(desk: Desk, host: str, user: str | None, at: float) -> bool:
+    """Raise and resolve an incident on ``host`` with ``user`` at its console (reports
+    at ``at`` and ``at + 60``); whether a survey was queued for it."""
+    raised = build_report(build_check_event("disk.free", "critical"), agent_id=host)
+    desk.ingest(dataclasses.replace(raised, console_user=user), at)
+    ok = build_check_event("disk.free", "ok", previous_state="critical", seq=2)
+    recovered = build_report(ok, agent_id=host)
+    (incident,) = desk.ingest(dataclasses.replace(recovered, console_user=user), at + 60).resolved
+    return bool(desk.surveys.of_incident(incident))
+
+
+@pytest.fixture
+def weekly(backend: BackendFactory) -> Iterator[Desk]:
+    desk = backend.desk(satisfaction=SatisfactionPolicy(enabled=True, rate_limit_s=WEEK))
+    yield desk
+    desk.close()
+
+
+def test_a_person_asked_on_one_host_is_not_asked_on_another_within_the_limit(
+    weekly: Desk,
+) -> None:
+    assert surveyed_after_resolve(weekly, "laptop", ALICE, NOW)
+    assert not surveyed_after_resolve(weekly, "desktop", ALICE, NOW + 86400)
+    assert surveyed_after_resolve(weekly, "desktop", ALICE, NOW + WEEK + 60)
+
+
+def test_two_people_sharing_a_host_are_each_asked(weekly: Desk) -> None:
+    assert surveyed_after_resolve(weekly, "kiosk", ALICE, NOW)
+    assert surveyed_after_resolve(weekly, "kiosk", BOB, NOW + 3600)
+    assert not surveyed_after_resolve(weekly, "kiosk", ALICE, NOW + 7200)
+
+
+def test_without_a_console_user_the_limit_is_per_host(weekly: Desk) -> None:
+    """An older agent, or nobody logged on: one survey per host per week, whoever had
+    one elsewhere."""
+    assert surveyed_after_resolve(weekly, "laptop", ALICE, NOW)
+    assert surveyed_after_resolve(weekly, "old-agent", None, NOW + 60)
+    assert not surveyed_after_resolve(weekly, "old-agent", None, NOW + 3600)
+    assert not surveyed_after_resolve(weekly, "laptop", None, NOW + 7200)  # Alice's host
+
+
+def test_a_survey_for_an_unknown_user_holds_back_the_next_person_on_that_host(
+    weekly: Desk,
+) -> None:
+    """An agent upgraded mid-week: the survey its older self's report queued may have
+    been for whoever is at the console now, so nobody there is asked within the week."""
+    assert surveyed_after_resolve(weekly, "laptop", None, NOW)
+    assert not surveyed_after_resolve(weekly, "laptop", ALICE, NOW + 3600)
+    assert surveyed_after_resolve(weekly, "desktop", ALICE, NOW + 7200)

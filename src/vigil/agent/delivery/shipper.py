@@ -104,7 +104,9 @@ class Shipper:
     :data:`~vigil.agent.delivery.transport.KEEPALIVE_S` a held connection would never be
     reused, only left open. ``clock`` gives wall-clock seconds (for ``sent_at``);
     ``monotonic`` measures backoff windows; ``sleep`` paces a draining backlog; ``rng``
-    draws the backoff jitter.
+    draws the backoff jitter. ``console_user`` gives each report's ``console_user`` (the
+    opaque id of who is at the console, None: unknown); it is called on the event loop
+    for every batch sent, so it must answer from a cache.
 
     Raises ``ValueError`` for a URL that is not ``http://`` or ``https://`` with a host.
     """
@@ -128,6 +130,7 @@ class Shipper:
         rng: random.Random | None = None,
         credentials: CredentialSource | None = None,
         exchanges: Sequence[AckExchange] = (),
+        console_user: Callable[[], str | None] | None = None,
     ) -> None:
         if not 1 <= batch_max_events <= wire.MAX_EVENTS:
             raise ValueError(
@@ -158,6 +161,9 @@ class Shipper:
         self._credentials = credentials
         # What else rides on a report and its ack (surveys, policy, self-update).
         self._exchanges: list[AckExchange] = list(exchanges)
+        # Who is at the console, as the report's opaque ``console_user`` (cached by the
+        # survey inbox: this is called on the loop for every batch and must not block).
+        self._console_user = console_user
         self._rejected_token: str | None = None  # the token a 4xx backoff was for
         self._url = target.url.rstrip("/") + REPORTS_PATH
         self._path = self._transport.base_path + REPORTS_PATH
@@ -387,6 +393,9 @@ class Shipper:
             epoch=batch.epoch,
             seq_first=batch.events[0].seq,
             seq_last=batch.events[-1].seq,
+            # The survey rate limit per person (docs/satisfaction.md): sent only while
+            # known, and like the fields above refused by collectors older than it.
+            console_user=self._console_user() if self._console_user is not None else None,
         )
         return wire.encode_report(report)
 

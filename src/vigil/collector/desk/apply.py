@@ -141,16 +141,18 @@ def apply_group(
             continue
         if not isolate:
             work = Work(
-                uow, catalog, rules, deltas[0], satisfaction=satisfaction, record_ids=record_ids
-            )
+                uow, catalog, rules, deltas[0], satisfaction=satisfaction,
+                record_ids=record_ids, console_user=report.console_user,
+            )  # fmt: skip
             results.append(apply_report(work, report, received_at))
             continue
         delta = Aggregates()
         try:
             with uow.savepoint():
                 work = Work(
-                    uow, catalog, rules, delta, satisfaction=satisfaction, record_ids=record_ids
-                )
+                    uow, catalog, rules, delta, satisfaction=satisfaction,
+                    record_ids=record_ids, console_user=report.console_user,
+                )  # fmt: skip
                 result = apply_report(work, report, received_at)
         except Exception as exc:
             log.error("report %s not applied: %r", report.batch_id, exc)

@@ -5,7 +5,7 @@ Pure decisions over plain data (time is a parameter); the desk stores, the API r
 - :func:`should_ask`: when an incident resolves, is a survey queued for the person at
   that host? Never for a prevented incident (the user never saw it), never for a silent
   agent (a laptop asleep is not something its user suffered), at most one survey per
-  host per ``rate_limit_s``.
+  person (per host when the person is unknown) per ``rate_limit_s``.
 - :func:`may_deliver`: is the agent's local time outside quiet hours right now?
 - :func:`score_summary`: NPS and CSAT from answer counts.
 
@@ -38,7 +38,8 @@ _SCORE = re.compile(r"10|[0-9]")
 class SatisfactionPolicy:
     """The ``satisfaction:`` section of the collector config.
 
-    ``rate_limit_s``: at most one survey per host in this many seconds. ``link_lifetime_s``:
+    ``rate_limit_s``: at most one survey per person in this many seconds (per host when
+    the agent did not say who is at the console; see ``desk/surveys.py``). ``link_lifetime_s``:
     how long a survey link stays valid. ``quiet_hours``: local time of the agent in which
     no survey is handed to it (None: none). ``public_url``: the collector's URL as people's
     browsers reach it (links are ``{public_url}/survey/{token}``). ``secret``: the HMAC key
@@ -73,7 +74,8 @@ def should_ask(
 
     ``state`` is the incident's state before it resolved (``open`` for a raised one,
     ``prevented`` for one a remediation fixed before anyone saw it); ``check`` its check;
-    ``last_asked_at`` when the host was last asked (Unix seconds, None: never). Returns
+    ``last_asked_at`` when the person at the host (the host, when unknown) was last
+    asked (Unix seconds, None: never; see ``desk/surveys.queue_after_resolve``). Returns
     ``(ask, reason)``; the reason is a short phrase for logs and tests.
     """
     if not policy.enabled:

@@ -54,7 +54,13 @@ class SurveyUnknown(Exception):
 def queue_after_resolve(work: Work, incident_id: int, now: float) -> int | None:
     """Queue a survey for the person at the host of ``incident_id``, which resolved at
     ``now``, when :func:`~collector.desk.satisfaction.should_ask` says so; inside the
-    caller's transaction. Returns the survey id, or None."""
+    caller's transaction. Returns the survey id, or None.
+
+    The rate limit is per person when the report that resolved it said who is at the
+    console (``work.console_user``): someone asked on any host within ``rate_limit`` is
+    not asked again, while two people sharing a host are each asked. Otherwise (an older
+    agent, nobody logged on, a responder's resolve) it is per host, as before: no survey
+    of the host within ``rate_limit``, whoever it was for."""
     policy = work.satisfaction
     if not policy.enabled:
         return None
@@ -63,13 +69,17 @@ def queue_after_resolve(work: Work, incident_id: int, now: float) -> int | None:
     if incident is None:
         return None
     host = incident["host"]
+    user = work.console_user
+    last_asked_at = (
+        uow.surveys.last_asked(host) if user is None else uow.surveys.last_asked_user(user, host)
+    )
     ask, why = should_ask(
         policy,
         # resolve() is only reached for an open incident: a raised one. Asking the stored
         # row keeps the rule in one place should that change.
         state="prevented" if incident.get("state") == "prevented" else "open",
         check=incident["check"],
-        last_asked_at=uow.surveys.last_asked(host),
+        last_asked_at=last_asked_at,
         now=now,
     )
     if not ask:
@@ -88,6 +98,7 @@ def queue_after_resolve(work: Work, incident_id: int, now: float) -> int | None:
             "title": title,
             "created_at": now,
             "expires_at": now + policy.link_lifetime_s,
+            "console_user": user,
         }
     )
     uow.incidents.add_timeline(incident_id, now, f"satisfaction survey {survey_id} queued")

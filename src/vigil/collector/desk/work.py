@@ -36,6 +36,10 @@ class Work:
     satisfaction: SatisfactionPolicy = DISABLED
     # Record sequenced reports' event ids in ``seen`` too (an audit trail, never consulted).
     record_ids: bool = False
+    # Who is at the host's console per the report being applied (``Report.console_user``,
+    # an opaque id): the survey rate limit is per person when known. None: unknown (an
+    # older agent, nobody logged on, a tick or an operator's command).
+    console_user: str | None = None
 
     def host_info(self, host: str) -> tuple[str, dict[str, str]]:
         """``(hostname, labels)``; ``(host, {})`` for a host never seen."""

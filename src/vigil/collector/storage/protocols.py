@@ -438,14 +438,23 @@ class SurveyRepository(Protocol):
     and their one answer; and ``survey_key``, the links' HMAC key when the config gives
     none. States: ``pending`` (queued), ``offered`` (handed to the agent in an ack),
     ``shown`` / ``unavailable`` (the agent showed it / had no way to), ``answered``.
-    Rows are dicts of :data:`SURVEY_COLUMNS`."""
+    Rows are dicts of :data:`SURVEY_COLUMNS`; the ``console_user`` column (whom a survey
+    was for, an opaque id) is only ever matched by :meth:`last_asked_user`, never read
+    back: nothing shows it."""
 
     def add(self, row: Mapping[str, Any]) -> int:
-        """Insert a ``pending`` survey (every column but the delivery and answer ones);
-        returns its id."""
+        """Insert a ``pending`` survey (every column but the delivery and answer ones;
+        ``console_user`` may be left out: unknown); returns its id."""
 
     def last_asked(self, host: str) -> float | None:
-        """When ``host`` was last sent a survey (its newest ``created_at``), or None."""
+        """When ``host`` was last sent a survey (its newest ``created_at``), or None:
+        whoever it was for."""
+
+    def last_asked_user(self, console_user: str, host: str) -> float | None:
+        """When the person ``console_user`` (the opaque id their agent reported) was
+        last sent a survey on any host, or a survey of ``host`` was queued for an
+        unknown user (who may have been them: an older agent, an operator's resolve);
+        the newest ``created_at`` of those, or None."""
 
     def undelivered(self, host: str, now: float, max_offers: int) -> list[dict[str, Any]]:
         """``host``'s surveys still ``pending`` or ``offered`` fewer than ``max_offers``

@@ -14,7 +14,7 @@ from vigil.collector.storage.sql_hooks import SqlHooks, chunks
 
 _SELECT = f"SELECT {', '.join(SURVEY_COLUMNS)} FROM surveys"
 _ADDED = ("incident_id", "host", "hostname", "department", "service", "check_id", "title",
-          "created_at", "expires_at")  # fmt: skip
+          "created_at", "expires_at", "console_user")  # fmt: skip
 
 
 class SurveysSql(SqlHooks):
@@ -23,11 +23,22 @@ class SurveysSql(SqlHooks):
     def add(self, row: Mapping[str, Any]) -> int:
         return self._insert_id(
             f"INSERT INTO surveys ({', '.join(_ADDED)}) VALUES ({', '.join('?' * len(_ADDED))})",
-            tuple(row[c] for c in _ADDED),
+            # console_user is optional: unknown (None) unless the caller knows it.
+            tuple(row.get(c) if c == "console_user" else row[c] for c in _ADDED),
         )
 
     def last_asked(self, host: str) -> float | None:
         row = self._run("SELECT MAX(created_at) FROM surveys WHERE host = ?", (host,)).fetchone()
+        return None if row is None else row[0]
+
+    def last_asked_user(self, console_user: str, host: str) -> float | None:
+        # Two index lookups (surveys_user, surveys_host) OR-ed; the host's surveys whose
+        # user is unknown count too (see the protocol).
+        row = self._run(
+            "SELECT MAX(created_at) FROM surveys"
+            " WHERE console_user = ? OR (host = ? AND console_user IS NULL)",
+            (console_user, host),
+        ).fetchone()
         return None if row is None else row[0]
 
     def undelivered(self, host: str, now: float, max_offers: int) -> list[dict[str, Any]]:

@@ -129,7 +129,7 @@ _TABLES: tuple[tuple[str, str, dict[str, _Convert]], ...] = (
         "surveys",
         "id, incident_id, host, hostname, department, service, check_id, title, created_at,"
         " expires_at, state, offered_at, offers, shown_at, delivery_note, answered_at, score,"
-        " comment",
+        " comment, console_user",
         {},
     ),
     ("survey_key", "id, key", {}),

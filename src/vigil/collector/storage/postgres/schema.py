@@ -28,7 +28,7 @@ import psycopg
 from vigil.collector.storage.policy_sql import POLICY_ROLLOUT_COLUMNS
 from vigil.collector.storage.postgres.console_repo import POSTGRES as POSTGRES_DIALECT
 from vigil.collector.storage.postgres.policy_repo import POLICY_MIGRATION
-from vigil.collector.storage.postgres.survey_repo import SURVEYS_DDL
+from vigil.collector.storage.postgres.survey_repo import SURVEYS_DDL, SURVEYS_USER_DDL
 from vigil.collector.storage.sqlite.console_repo import rollup_backfill_sql
 
 # Advisory lock class ids (the first int of the two-int form); the second is a hash of
@@ -388,6 +388,7 @@ MIGRATIONS: tuple[tuple[int, str], ...] = (
     (6, _V6),  # reads, tick and start-up at fleet scale: deadline index, summaries
     (7, _V7),  # remediation_runs.run_as_user (agent self-health branch, issue #20)
     (8, _V8),  # policy_rollouts.evidence_at and .remediations (policy-gaps branch)
+    (9, SURVEYS_USER_DDL),  # surveys.console_user: the rate limit per person (issue #19)
 )
 
 SCHEMA_VERSION = MIGRATIONS[-1][0]

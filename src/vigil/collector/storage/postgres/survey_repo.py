@@ -1,5 +1,6 @@
-"""Satisfaction surveys on PostgreSQL: the tables (migration 4) and the shared queries
-of ``storage/survey_sql.py`` with the PostgreSQL hooks (``postgres/sql_hooks.py``)."""
+"""Satisfaction surveys on PostgreSQL: the tables (migration 4, ``console_user``
+migration 9) and the shared queries of ``storage/survey_sql.py`` with the PostgreSQL
+hooks (``postgres/sql_hooks.py``)."""
 
 from __future__ import annotations
 
@@ -37,6 +38,21 @@ CREATE TABLE survey_key (
     id  smallint PRIMARY KEY CHECK (id = 0),
     key text NOT NULL                        -- HMAC key of survey links (base64)
 );
+"""
+
+# Migration 9 (issue #19): whom a survey was for, the agent's opaque id of the person at
+# the console (NULL: unknown, and every older row), for the rate limit per person. Only
+# where migration 4 made the table: migrations are applied in their list's order, so 4
+# always comes first except on a database a development build took to 9 alone.
+SURVEYS_USER_DDL = """
+DO $$
+BEGIN
+    IF to_regclass('surveys') IS NOT NULL THEN
+        ALTER TABLE surveys ADD COLUMN IF NOT EXISTS console_user text;
+        CREATE INDEX IF NOT EXISTS surveys_user ON surveys (console_user, created_at);
+    END IF;
+END
+$$;
 """
 
 

@@ -34,7 +34,9 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 # 11: remediation_runs.run_as_user (_migrate_run_as).
 # 12: policy_rollouts.evidence_at and .remediations (migrate_policy): auto-advance on
 #     evidence, the guard counting only the new version's remediations.
-SCHEMA_VERSION = 12
+# 13: surveys.console_user and its index (migrate_surveys): the survey rate limit per
+#     person rather than per host (issue #19).
+SCHEMA_VERSION = 13
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
 _SCHEMA = """
