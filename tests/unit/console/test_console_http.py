@@ -232,6 +232,36 @@ def test_a_viewer_sees_no_action_forms_and_cannot_acknowledge(
     assert incident["acknowledged_at"] is None
 
 
+def test_a_logged_in_viewer_downloads_the_markdown_capa_report_an_anonymous_one_does_not(
+    config, collector_server, make_report, make_check_event
+) -> None:
+    """The incident page links the report under the console (the API's takes bearer
+    tokens only: a browser got 401 there)."""
+
+    async def main() -> tuple[Any, ...]:
+        async with collector_server(config) as url, browser_session() as http:
+            await _inject(http, url, make_report, make_check_event)
+            anonymous = await page(http, url, "/console/incidents/1/report.md")
+            token = await add_operator(http, url, COLLECTOR_ADMIN_TOKEN, "val", "viewer")
+            await login(http, url, token)
+            _, html, _ = await page(http, url, "/console/incidents/1")
+            async with http.get(f"{url}/console/incidents/1/report.md") as r:
+                report = (r.status, r.headers, await r.text())
+            missing = await page(http, url, "/console/incidents/999/report.md")
+            return anonymous, html, report, missing
+
+    anonymous, html, (status, headers, text), missing = run(main)
+    assert anonymous[0] == 302 and anonymous[2]["Location"].startswith("/console/login?next=")
+    assert "disk.free" not in anonymous[1]
+    assert 'href="/console/incidents/1/report.md"' in html
+    assert "/api/v1/incidents/1/report" not in html
+    assert status == 200
+    assert headers["Content-Type"] == "text/markdown; charset=utf-8"
+    assert headers["Content-Disposition"] == 'attachment; filename="incident-1.md"'
+    assert "disk.free" in text
+    assert missing[0] == 404
+
+
 def test_link_capa_and_closing_a_problem_needs_its_verification(
     config, collector_server, make_report, make_check_event
 ) -> None:

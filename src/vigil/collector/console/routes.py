@@ -49,6 +49,7 @@ def setup_console(app: web.Application) -> None:
     r.add_get(f"{PREFIX}/incidents/{ITEM}/runs/{NTH}", views.incident_run_output)
     r.add_get(f"{PREFIX}/incidents/{ITEM}/timeline", views.incident_timeline_page)
     r.add_get(f"{PREFIX}/incidents/{ITEM}/timeline/{NTH}", views.incident_timeline_entry)
+    r.add_get(f"{PREFIX}/incidents/{ITEM}/report.md", views.incident_report)
     r.add_post(f"{PREFIX}/incidents/{ITEM}/acknowledge", forms.acknowledge)
     r.add_post(f"{PREFIX}/incidents/{ITEM}/resolve", forms.resolve)
     r.add_post(f"{PREFIX}/incidents/{ITEM}/link", forms.link_problem)

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from vigil.collector.api.http import MAX_ID, in_storage_thread
+from vigil.collector.api.render import render_incident_report
 from vigil.collector.console import bounded, charts
 from vigil.collector.console.session import LOGIN_COOKIE, LOGIN_TTL_S
 from vigil.collector.console.web import (
@@ -189,6 +190,23 @@ async def incident_timeline_entry(request: web.Request) -> web.StreamResponse:
     if entry is None:
         return error_page(request, 404, f"incident {incident['id']} has no such entry")
     return web.Response(text=entry["text"], content_type="text/plain", charset="utf-8")
+
+
+async def incident_report(request: web.Request) -> web.StreamResponse:
+    """``GET /console/incidents/{id}/report.md``: the incident as a Markdown CAPA report,
+    downloaded as ``incident-{id}.md``. The API's ``/api/v1/incidents/{id}/report``
+    takes bearer tokens only, so a logged-in browser following a link there got 401;
+    this one takes the console session (any role)."""
+    require_login(request)
+    incident = await _incident(request)
+    if isinstance(incident, web.Response):
+        return incident
+    return web.Response(
+        text=render_incident_report(incident),
+        content_type="text/markdown",
+        charset="utf-8",
+        headers={"Content-Disposition": f'attachment; filename="incident-{incident["id"]}.md"'},
+    )
 
 
 def _nth(items: list[dict[str, Any]], raw: str) -> dict[str, Any] | None:
