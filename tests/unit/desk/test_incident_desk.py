@@ -18,6 +18,7 @@ from tests.support.desk import CATALOG, RULES, open_desk
 from vigil import wire
 from vigil.collector.desk.commands import StateError
 from vigil.collector.desk.engine import IncidentRules
+from vigil.collector.desk.liveness import Budget
 
 T0 = 1_700_000_000.0
 DAY = 86400.0
@@ -307,6 +308,39 @@ def test_a_mass_outage_is_opened_a_bounded_step_at_a_time(store) -> None:
     incidents = store.list_incidents()
     assert sorted(i["host"] for i in incidents) == hosts
     assert {i["check"] for i in incidents} == {wire.HEARTBEAT_CHECK}
+
+
+def test_a_tick_step_makes_no_new_change_once_its_seconds_are_spent() -> None:
+    """The time bound of a step: at least one change, then none once the clock says the
+    step ran its seconds (PostgreSQL took ~180 ms for a step of 50 changes)."""
+    now = [0.0]
+    budget = Budget(50, 0.03, clock=lambda: now[0])
+    assert budget.take()  # the first change is always made, however slow the start
+    now[0] = 0.02
+    assert budget.take()
+    now[0] = 0.031
+    assert not budget.take()
+    assert budget.exhausted
+    now[0] = 0.0  # exhausted stays exhausted: the step is over
+    assert not budget.take()
+    late = Budget(None, 0.0, clock=lambda: 5.0)
+    assert late.take() and not late.take()
+
+
+def test_a_slow_step_still_makes_progress_and_the_tick_finishes(store) -> None:
+    hosts = [f"h{n}" for n in range(4)]
+    for host in hosts:
+        store.ingest(report(host, heartbeat(60), check(DISK, "critical", "fix-it")), T0)
+    # A bound no change fits in: each step makes exactly one, and the steps finish it.
+    steps = [store.tick_step(T0 + 700, 50, 0.0) for _ in range(5)]
+    assert [(len(opened), done) for opened, done in steps] == [
+        (1, False),
+        (1, False),
+        (1, False),
+        (1, True),
+        (0, True),
+    ]
+    assert sorted(i["host"] for i in store.list_incidents()) == hosts
 
 
 # --------------------------------------------------------------------------- flapping

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import logging
 import math
+import time
+from collections.abc import Callable
 
 from vigil import wire
 from vigil.collector.desk import engine
@@ -25,26 +27,45 @@ log = logging.getLogger("vigil.collector.desk")
 
 
 class Budget:
-    """How many state changes one tick step may still carry out (None: no bound).
+    """How many state changes one tick step may still carry out, and for how long.
 
     A mass outage (a site's network down) silences thousands of hosts at once, and each
     incident opened costs several statements: carried out in one transaction, the tick
     held the storage for seconds while reads and reports queued (issue #17). Bounded, a
     step ends early and the next step, judged again from the stored state, carries on.
+
+    ``changes``: at most this many (None: no bound). ``seconds``: no new change once the
+    step has run this long (None: no bound; at least one change is always made, so a
+    step never ends empty). The count alone let a step on PostgreSQL, a round trip per
+    statement, hold the storage ~180 ms for 50 incidents (SQLite: ~22 ms); the time
+    bounds what a request queued behind a step waits on either backend.
+    ``clock``: seconds, monotonic (a fake in tests).
     """
 
-    def __init__(self, changes: int | None) -> None:
+    def __init__(
+        self,
+        changes: int | None,
+        seconds: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.left = changes
         self.exhausted = False
+        self._clock = clock
+        self._until = None if seconds is None else clock() + seconds
+        self._made = 0
 
     def take(self) -> bool:
         """Whether one more change may be carried out now (and count it)."""
-        if self.left is None:
-            return True
-        if self.left <= 0:
+        if self.exhausted:
+            return False
+        if (self.left is not None and self.left <= 0) or (
+            self._until is not None and self._made and self._clock() >= self._until
+        ):
             self.exhausted = True
             return False
-        self.left -= 1
+        if self.left is not None:
+            self.left -= 1
+        self._made += 1
         return True
 
 

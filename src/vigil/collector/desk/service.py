@@ -207,16 +207,20 @@ class Desk:
         :meth:`tick_step` for bounded ones."""
         return self.tick_step(now, None)[0]
 
-    def tick_step(self, now: float, max_changes: int | None) -> tuple[tuple[int, ...], bool]:
+    def tick_step(
+        self, now: float, max_changes: int | None, max_s: float | None = None
+    ) -> tuple[tuple[int, ...], bool]:
         """One bounded step of :meth:`tick`: at most ``max_changes`` state changes (None:
-        all) in one transaction, then (once done) the survey retention. Returns the ids of incidents
-        opened and whether the tick is done; if not, call again (with the storage
-        released in between, so reads and reports queued meanwhile go first)."""
+        all), and no new one after ``max_s`` seconds of the step (None: no time bound; see
+        :class:`~collector.desk.liveness.Budget`), in one transaction, then (once done)
+        the survey retention. Returns the ids of incidents opened and whether the tick is
+        done; if not, call again (with the storage released in between, so reads and
+        reports queued meanwhile go first)."""
         delta = Aggregates()
         with self.storage.session() as uow:
             work = Work(uow, self._catalog, self._rules, delta, satisfaction=self._satisfaction)
             with uow.transaction():
-                done = tick(work, now, self._wait, Budget(max_changes))
+                done = tick(work, now, self._wait, Budget(max_changes, max_s))
                 histograms.save(uow, (delta,))
             self._agg.merge(delta)
         if done:  # once the aging is done, not at every step of a long tick

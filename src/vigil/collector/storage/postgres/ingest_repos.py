@@ -114,8 +114,10 @@ class PgHosts:
         # whose deadline passed (the hosts_deadline expression index) and hosts whose
         # heartbeat key is not plainly ok (the check_state_abnormal partial index, whose
         # predicate the second WHERE repeats so the planner can prove it).
+        # labels as text, each distinct set decoded once per tick (as in load()): psycopg's
+        # jsonb decode per row was ~10 ms of a 45 ms tick with 1,000 silent hosts.
         cols = (
-            "SELECT h.agent_id, h.hostname, h.labels, h.last_seen, h.heartbeat_ttl_s,"
+            "SELECT h.agent_id, h.hostname, h.labels::text, h.last_seen, h.heartbeat_ttl_s,"
             " c.state, c.incident_id"
         )
         rows = self._db.execute(  # type: ignore[call-overload]  # constants only
@@ -130,11 +132,10 @@ class PgHosts:
             " AND ((h.last_seen + h.heartbeat_ttl_s) < %(before)s) IS NOT TRUE",
             {"check": heartbeat_check, "before": deadline_before},
         ).fetchall()
+        decoded = functools.lru_cache(maxsize=4096)(_labels_from_text)
         out: dict[str, LivenessRow] = {}
         for host, hostname, labels, seen, ttl, state, incident in rows:
-            out[host] = LivenessRow(
-                host, hostname, _labels_or_empty(labels), seen, ttl, state, incident
-            )
+            out[host] = LivenessRow(host, hostname, decoded(labels), seen, ttl, state, incident)
         return list(out.values())
 
     def list(self, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:

@@ -414,11 +414,12 @@ def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
 
 def _liveness_rows(rows: list[tuple[Any, ...]]) -> list[LivenessRow]:
     """Rows of :meth:`SqliteHosts.liveness` as records, each host once."""
+    # Each distinct label set decoded once (a fleet has few; the rows share the dict,
+    # which the tick only reads), not one json.loads per silent host.
+    decoded = functools.lru_cache(maxsize=4096)(_labels_or_empty)
     out: dict[str, LivenessRow] = {}
     for host, hostname, labels, seen, ttl, state, incident in rows:
-        out[host] = LivenessRow(
-            host, hostname, _labels_or_empty(labels), seen, ttl, state, incident
-        )
+        out[host] = LivenessRow(host, hostname, decoded(labels), seen, ttl, state, incident)
     return list(out.values())
 
 
