@@ -481,7 +481,7 @@ def test_a_host_keeps_its_ttl_when_a_report_brings_none(storage: Any) -> None:
     with storage.session() as uow, uow.transaction():
         uow.hosts.upsert(report("b1"), T0, 1.5, 90.0)
         uow.hosts.upsert(report("b2"), T0 + 5, 1.0, None)
-        assert uow.hosts.before("h1") == ("b2", 1.0, T0 + 5, None, None)  # no epoch, no mark
+        assert uow.hosts.before("h1") == ("b2", 1.0, T0 + 5, None, None, False)  # no epoch/mark
         (row,) = uow.hosts.list()
         assert (row["first_seen"], row["heartbeat_ttl_s"], row["labels"]) == (
             T0,
@@ -489,6 +489,25 @@ def test_a_host_keeps_its_ttl_when_a_report_brings_none(storage: Any) -> None:
             {"role": "server"},
         )
         assert uow.hosts.before("nobody") is None
+
+
+def test_a_host_row_read_says_whether_its_heartbeat_incident_is_open(storage: Any) -> None:
+    """before() reads the heartbeat key with the host row: an incident open on it (which
+    a report resolves) or not (a healthy host's report then reads no key at all)."""
+    ok = KeyRow("ok", None, None, None, None, "", False)
+    with storage.session() as uow, uow.transaction():
+        for host in ("no-key", "healthy", "open", "other-check-open"):
+            uow.hosts.upsert(report("b", host=host), T0, 0.0, 60.0)
+        uow.keys.save("healthy", wire.HEARTBEAT_CHECK, ok, T0)
+        silent = ok._replace(state="critical", incident_id=7)
+        uow.keys.save("open", wire.HEARTBEAT_CHECK, silent, T0)
+        uow.keys.save("other-check-open", "disk.root", silent._replace(incident_id=8), T0)
+        assert {
+            host: uow.hosts.before(host).heartbeat_open  # type: ignore[union-attr]
+            for host in ("no-key", "healthy", "open", "other-check-open")
+        } == {"no-key": False, "healthy": False, "open": True, "other-check-open": False}
+        uow.keys.save("open", wire.HEARTBEAT_CHECK, ok, T0 + 1)  # resolved
+        assert uow.hosts.before("open").heartbeat_open is False  # type: ignore[union-attr]
 
 
 def test_a_known_host_row_follows_renames_relabels_and_its_sequence(storage: Any) -> None:
@@ -501,16 +520,16 @@ def test_a_known_host_row_follows_renames_relabels_and_its_sequence(storage: Any
         uow.hosts.upsert(
             dataclasses.replace(sequenced, batch_id="b2", seq_last=4), T0 + 5, 1.0, None
         )
-        assert uow.hosts.before("h1") == ("b2", 1.0, T0 + 5, epoch, 4)
+        assert uow.hosts.before("h1") == ("b2", 1.0, T0 + 5, epoch, 4, False)
         # An older agent version without sequence fields keeps the stored epoch and mark.
         uow.hosts.upsert(report("b3"), T0 + 6, 0.5, None)
-        assert uow.hosts.before("h1") == ("b3", 0.5, T0 + 6, epoch, 4)
+        assert uow.hosts.before("h1") == ("b3", 0.5, T0 + 6, epoch, 4, False)
         renamed = dataclasses.replace(
             report("b4"), hostname="renamed.example.test", labels={"role": "laptop"},
             agent_version="0.2.0",
         )  # fmt: skip
         uow.hosts.upsert(renamed, T0 + 7, 0.25, 60.0)
-        assert uow.hosts.before("h1") == ("b4", 0.25, T0 + 7, epoch, 4)
+        assert uow.hosts.before("h1") == ("b4", 0.25, T0 + 7, epoch, 4, False)
         (row,) = uow.hosts.list()
         assert {k: row[k] for k in ("hostname", "labels", "agent_version")} == {
             "hostname": "renamed.example.test",

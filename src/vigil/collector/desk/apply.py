@@ -239,7 +239,17 @@ def apply_report(work: Work, report: wire.Report, received_at: float) -> IngestR
         delta.host_names[host] = report.hostname
         delta.host_clock_offset[host] = offset
         delta.host_silence_expected[host] = work.catalog.silence_expected(report.labels)
+        # A heartbeat's ttl_s went into the host row; its key matters only to resolve a
+        # liveness incident, which the host row's read said whether there is (a healthy
+        # host's report then reads no key; a host not stored before: look).
+        heartbeat_open = before is None or before.heartbeat_open is not False
         for event in fresh:
+            if (
+                not heartbeat_open
+                and isinstance(event, wire.CheckEvent)
+                and event.check == wire.HEARTBEAT_CHECK
+            ):
+                continue
             _apply_event(work, report, event, received_at)
         delta.counters["reports_accepted"] += 1
         delta.counters["events"] += len(fresh)

@@ -41,10 +41,11 @@ class HostRepository(Protocol):
     """``hosts``: one row per agent that ever reported."""
 
     def before(self, agent_id: str) -> HostBefore | None:
-        """The host's last applied batch id, clock offset, last_seen, epoch and mark, or
-        None. Locks the host (also one not stored yet) until the transaction ends, so the
-        dedup check and the :meth:`upsert` that stores the new mark cannot interleave
-        with another writer's for the same agent (another collector process)."""
+        """The host's last applied batch id, clock offset, last_seen, epoch and mark, and
+        whether its heartbeat key has an incident open; or None. Locks the host (also one
+        not stored yet) until the transaction ends, so the dedup check and the
+        :meth:`upsert` that stores the new mark cannot interleave with another writer's
+        for the same agent (another collector process)."""
 
     def upsert(
         self,

@@ -34,6 +34,10 @@ class HostBefore(NamedTuple):
     # applied in it; both None until the agent sends a sequenced report.
     epoch: str | None = None
     mark: int | None = None
+    # Whether the host's heartbeat key has an incident open (a report may then resolve
+    # it); None: not known, the desk reads the key. Read with the host row so a report
+    # of a healthy host costs no statement for its heartbeat key (issue #17).
+    heartbeat_open: bool | None = None
 
 
 class KeyRow(NamedTuple):

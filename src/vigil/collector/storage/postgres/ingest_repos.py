@@ -43,15 +43,25 @@ class PgHosts:
         # check and the new mark (upsert) are atomic per host. A host not stored yet has
         # no row to lock: the schema's write lock (PgUnitOfWork.begin), which every
         # write transaction takes first, covers that case (and today every other too).
+        # The heartbeat key comes along (one round trip, not two); only the host row is
+        # locked (FOR UPDATE OF h: the key's side of the outer join may be absent).
         row = self._db.execute(
-            "SELECT last_batch_id, clock_offset_s, last_seen, epoch, mark FROM hosts"
-            " WHERE agent_id = %s FOR UPDATE",
-            (agent_id,),
+            "SELECT h.last_batch_id, h.clock_offset_s, h.last_seen, h.epoch, h.mark,"
+            " c.incident_id IS NOT NULL FROM hosts h LEFT JOIN check_state c"
+            " ON c.host = h.agent_id AND c.check_id = %s WHERE h.agent_id = %s FOR UPDATE OF h",
+            (wire.HEARTBEAT_CHECK, agent_id),
         ).fetchone()
         if row is None:
             return None
-        batch, offset, seen, epoch, mark = row
-        return HostBefore(batch, offset, seen, None if epoch is None else bytes(epoch).hex(), mark)
+        batch, offset, seen, epoch, mark, heartbeat_open = row
+        return HostBefore(
+            batch,
+            offset,
+            seen,
+            None if epoch is None else bytes(epoch).hex(),
+            mark,
+            bool(heartbeat_open),
+        )
 
     def upsert(
         self,

@@ -32,14 +32,17 @@ class SqliteHosts:
     def before(self, agent_id: str) -> HostBefore | None:
         # No lock needed: SQLite has one writer, and the caller's transaction holds it.
         row = self._db.execute(
-            "SELECT last_batch_id, clock_offset_s, last_seen, epoch, mark FROM hosts"
-            " WHERE agent_id = ?",
-            (agent_id,),
+            "SELECT h.last_batch_id, h.clock_offset_s, h.last_seen, h.epoch, h.mark,"
+            " c.incident_id IS NOT NULL FROM hosts h LEFT JOIN check_state c"
+            " ON c.host = h.agent_id AND c.check_id = ? WHERE h.agent_id = ?",
+            (wire.HEARTBEAT_CHECK, agent_id),
         ).fetchone()
         if row is None:
             return None
-        batch, offset, seen, epoch, mark = row
-        return HostBefore(batch, offset, seen, None if epoch is None else epoch.hex(), mark)
+        batch, offset, seen, epoch, mark, heartbeat_open = row
+        return HostBefore(
+            batch, offset, seen, None if epoch is None else epoch.hex(), mark, bool(heartbeat_open)
+        )
 
     def upsert(
         self,
