@@ -68,6 +68,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,7 @@ TARGET_P99_MS, TARGET_TICK_MS, TARGET_START_S, TARGET_DEDUP_B = 100.0, 50.0, 2.0
 # and every tick would open incidents for them: a mass outage, not the steady state).
 HEARTBEAT_TTL_S = 86400.0
 START_TIMEOUT_S = 120.0  # a collector not answering /healthz by then is a failed run
+FIRST_TICK_MAX_S = 60.0  # bound of the first-tick phase
 
 
 @dataclass(frozen=True)
@@ -495,6 +497,59 @@ def measure(base: str, path: str, requests: int, budget_s: float) -> dict[str, A
     }
 
 
+def during_first_tick(base: str, started: float, log_path: Path) -> dict[str, Any]:
+    """Requests while the collector's first tick opens the fill's silent hosts' incidents
+    (1 % of hosts: a mass outage in miniature, thousands of state changes in bounded
+    steps with the storage thread free in between).
+
+    Waits for the first tick (``TICK_INTERVAL_S`` after ``started``), then GETs the
+    first page of incidents sequentially until the collector's log has shown no new
+    ``tick opened incidents`` line for 2 s (at most :data:`FIRST_TICK_MAX_S`). Returns
+    the latencies (p50/p99/max ms, ``n``) and ``opening_s``, from the first such line to
+    the last; ``steps``: how many such lines (transactions that opened incidents).
+    """
+    from vigil.collector.app import TICK_INTERVAL_S
+
+    time.sleep(max(0.0, started + TICK_INTERVAL_S - time.monotonic()))
+    parts = urllib.parse.urlsplit(base)
+    conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=120)
+    samples: list[float] = []
+    quiet_since, lines = time.monotonic(), 0
+    deadline = time.monotonic() + FIRST_TICK_MAX_S
+    try:
+        while time.monotonic() < deadline:
+            t0 = time.perf_counter()
+            get(conn, "/api/v1/incidents?limit=50")
+            samples.append((time.perf_counter() - t0) * 1000.0)
+            now_lines = log_path.read_text(errors="replace").count("tick opened incidents")
+            if now_lines != lines:
+                lines, quiet_since = now_lines, time.monotonic()
+            elif lines and time.monotonic() - quiet_since > 2.0:
+                break
+    finally:
+        conn.close()
+    stamps = [
+        ln[:23]
+        for ln in log_path.read_text(errors="replace").splitlines()
+        if "tick opened incidents" in ln
+    ]
+    opening_s = 0.0
+    if len(stamps) > 1:  # the collector log's timestamps: "2026-12-06 20:29:00,183"
+        first, last = (
+            datetime.strptime(x, "%Y-%m-%d %H:%M:%S,%f") for x in (stamps[0], stamps[-1])
+        )
+        opening_s = (last - first).total_seconds()
+    samples.sort()
+    return {
+        "n": len(samples),
+        "p50_ms": round(statistics.median(samples), 2),
+        "p99_ms": round(samples[max(0, math.ceil(0.99 * len(samples)) - 1)], 2),
+        "max_ms": round(samples[-1], 2),
+        "steps": len(stamps),
+        "opening_s": round(opening_s, 2),
+    }
+
+
 def wait_healthz(base: str, started: float) -> float:
     """Seconds from ``started`` to the first ``/healthz`` 200 (bounded by START_TIMEOUT_S)."""
     parts = urllib.parse.urlsplit(base)
@@ -611,6 +666,13 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             log.close()
         start_s = statistics.median(starts)
         try:
+            first_tick = during_first_tick(base, started, folder / "collector.log")
+            print(
+                f"during the first tick ({first_tick['steps']} steps opening incidents over"
+                f" {first_tick['opening_s']} s): incidents page p50 {first_tick['p50_ms']} ms"
+                f" p99 {first_tick['p99_ms']} ms max {first_tick['max_ms']} ms"
+                f" n={first_tick['n']}"
+            )
             api: dict[str, dict[str, Any]] = {}
             for name, path in endpoints(args.hosts, args.incidents):
                 api[name] = measure(base, path, args.requests, args.budget)
@@ -665,6 +727,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "tick_parts_ms": tick,
         "start_s": round(start_s, 2),
         "start_s_all": [round(x, 2) for x in starts],
+        "first_tick": first_tick,
         "first_open_s": round(histograms_s, 2),
         "dedup_bytes_per_agent": round(dedup, 1),
         "dedup_mark_bytes_per_agent": round(mark_bytes / args.hosts, 1),

@@ -84,6 +84,8 @@ def tick(work: Work, now: float, remediation_wait_s: float, budget: Budget | Non
     # a younger one), read through an index on awaiting_since: O(keys due), not
     # O(keys awaiting).
     for host, check, hostname in work.uow.keys.pending(now - remediation_wait_s):
+        if budget.exhausted:
+            break  # the next step reads these keys again
         if host in silent or check == wire.HEARTBEAT_CHECK:
             continue
         old = key_state(work.uow.keys.load(host, check))
@@ -133,6 +135,11 @@ def liveness_tick(work: Work, now: float, budget: Budget | None = None) -> set[s
                 continue  # asleep, already recorded as such
             if row.incident_id is not None and not expected:
                 continue  # silent, incident already open
+        if budget.exhausted:
+            # This step is over: the host still counts as silent (its keys wait), but
+            # its key is not read (a round trip each on PostgreSQL): the next step
+            # judges it again from the stored state.
+            continue
         old = key_state(work.uow.keys.load(host, wire.HEARTBEAT_CHECK))
         new, actions = engine.on_liveness(
             old or KeyState(), silent=silent, expected=expected, silent_for_s=now - row.last_seen
