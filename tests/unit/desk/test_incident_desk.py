@@ -284,6 +284,33 @@ def test_liveness_is_rebuilt_from_the_store_after_a_restart(db_path: Path) -> No
     second.close()
 
 
+def test_a_restart_judges_every_silent_host_again_then_only_what_changed(
+    db_path: Path,
+) -> None:
+    """After its first tick a desk leaves out the silent hosts whose key records their
+    silence (HostRepository.liveness noted=False); a desk with another catalog (a restart
+    after the servers' group came to expect silence) judges them all again at once."""
+    first = open_desk(db_path, catalog=CATALOG, rules=RULES)
+    first.ingest(report("h1", heartbeat(60)), T0)
+    (iid,) = first.tick(T0 + 100)
+    first.close()
+    asleep = dataclasses.replace(
+        CATALOG,
+        groups=tuple(dataclasses.replace(g, silence_expected=True) for g in CATALOG.groups),
+    )
+    second = open_desk(db_path, catalog=asleep, rules=RULES)
+    try:
+        second.tick(T0 + 200)
+        entries = [e["text"] for e in second.get_incident(iid)["timeline"]]
+        assert "silence expected for this host group" in entries
+        # Now recorded asleep: later ticks read it no more and change nothing.
+        with second.storage.session() as uow:
+            assert uow.hosts.liveness(wire.HEARTBEAT_CHECK, T0 + 300, noted=False) == []
+        assert second.tick(T0 + 300) == ()
+    finally:
+        second.close()
+
+
 def test_no_per_check_incident_is_opened_for_a_silent_host(store) -> None:
     """A promised fix whose result cannot arrive (the host is silent) opens nothing."""
     store.ingest(report("h1", heartbeat(60), check(DISK, "critical", "fix-it"), role="laptop"), T0)

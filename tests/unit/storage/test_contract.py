@@ -577,6 +577,29 @@ def test_liveness_reads_the_hosts_due_and_those_with_a_heartbeat_to_recover(
         "asleep": (T0 + 100, 60.0, "unknown", None),
     }
     assert rows[0].labels == {"role": "server"} and rows[0].hostname.endswith(".example.test")
+    with storage.session() as uow, uow.transaction():
+        # Only what changed: the silent hosts whose key records their silence (late-open's
+        # incident; at T0 + 200 asleep's unknown too) are left out; a silent host without
+        # a key stays, and so does a host in time whose key is still to recover.
+        changed = uow.hosts.liveness(heartbeat, T0 + 61, noted=False)
+        assert sorted(r.agent_id for r in changed) == ["asleep", "back", "late"]
+        assert {r.agent_id for r in uow.hosts.liveness(heartbeat, T0 + 200, noted=False)} == {
+            "late",
+            "fresh",
+            "back",
+        }
+
+
+def test_pending_keys_say_whether_their_host_is_silent(storage: Any) -> None:
+    waiting = KeyRow("critical", "fix-it", None, None, 1.0, "bad", False)
+    with storage.session() as uow, uow.transaction():
+        uow.hosts.upsert(report("b", host="gone"), T0, 0.0, 60.0)  # deadline T0 + 60
+        uow.hosts.upsert(report("b", host="here"), T0 + 100, 0.0, 60.0)
+        uow.hosts.upsert(report("b", host="no-ttl"), T0, 0.0, None)
+        for host in ("gone", "here", "no-ttl"):
+            uow.keys.save(host, "disk.root", waiting, T0)
+        got = {host: silent for host, _, _, silent in uow.keys.pending(T0 + 1, T0 + 61)}
+    assert got == {"gone": True, "here": False, "no-ttl": False}
 
 
 def test_remediation_stats_are_kept_as_runs_are_added(storage: Any) -> None:
@@ -688,7 +711,8 @@ def test_a_key_state_round_trips(storage: Any) -> None:
         uow.keys.save("h1", "disk.root", key, T0)
         assert uow.keys.load("h1", "disk.root") == key
         assert uow.keys.load("h1", "other") is None
-        assert uow.keys.pending(T0 + 1) == [("h1", "disk.root", "h1")]
+        # No host row: "h1" as its name, and not silent (no deadline to pass).
+        assert uow.keys.pending(T0 + 1, T0 + 1) == [("h1", "disk.root", "h1", False)]
 
 
 def test_pending_keys_are_the_flapping_ones_and_the_overdue_waits(storage: Any) -> None:
@@ -701,9 +725,9 @@ def test_pending_keys_are_the_flapping_ones_and_the_overdue_waits(storage: Any) 
         uow.keys.save("h1", "nostart", waiting._replace(awaiting_since=None), T0)
         uow.keys.save("h1", "flaps", KeyRow("ok", None, None, None, 0.0, "ok", True), T0)
         uow.keys.save("h1", "calm", KeyRow("ok", None, None, None, 0.0, "ok", False), T0)
-        due = sorted(check for _, check, _ in uow.keys.pending(T0 - 600))
+        due = sorted(check for _, check, _, _ in uow.keys.pending(T0 - 600, T0))
         assert due == ["flaps", "nostart", "old"]
-        assert sorted(check for _, check, _ in uow.keys.pending(T0 + 1)) == [
+        assert sorted(check for _, check, _, _ in uow.keys.pending(T0 + 1, T0)) == [
             "flaps",
             "nostart",
             "old",

@@ -69,24 +69,35 @@ class Budget:
         return True
 
 
-def tick(work: Work, now: float, remediation_wait_s: float, budget: Budget | None = None) -> bool:
+def tick(
+    work: Work,
+    now: float,
+    remediation_wait_s: float,
+    budget: Budget | None = None,
+    *,
+    full: bool = True,
+) -> bool:
     """Run :func:`engine.on_tick` over every key awaiting a remediation or flapping, and
     :func:`engine.on_liveness` over every host, inside the caller's transaction.
 
     Keys of a silent host are skipped: per-check incidents are not opened for a host that
     cannot report. Opened incident ids land in ``work.changes``. With a ``budget``, at
     most that many changes are carried out; returns False when some were left for the
-    next step (which finds them again: nothing is judged from memory).
+    next step (which finds them again: nothing is judged from memory). ``full``: see
+    :func:`liveness_tick`.
     """
     budget = budget or Budget(None)
-    silent = liveness_tick(work, now, budget)
+    liveness_tick(work, now, budget, full=full)
     # Only waits already past ``remediation_wait_s`` (engine.on_tick changes nothing for
     # a younger one), read through an index on awaiting_since: O(keys due), not
-    # O(keys awaiting).
-    for host, check, hostname in work.uow.keys.pending(now - remediation_wait_s):
+    # O(keys awaiting). Whether the key's host is silent comes with it.
+    deadline_before = now - work.rules.heartbeat_grace_s
+    for host, check, hostname, silent in work.uow.keys.pending(
+        now - remediation_wait_s, deadline_before
+    ):
         if budget.exhausted:
             break  # the next step reads these keys again
-        if host in silent or check == wire.HEARTBEAT_CHECK:
+        if silent or check == wire.HEARTBEAT_CHECK:
             continue
         old = key_state(work.uow.keys.load(host, check))
         assert old is not None
@@ -100,19 +111,23 @@ def tick(work: Work, now: float, remediation_wait_s: float, budget: Budget | Non
     return not budget.exhausted
 
 
-def liveness_tick(work: Work, now: float, budget: Budget | None = None) -> set[str]:
-    """Judge the liveness of the hosts whose verdict can change something; returns the
-    agent_ids among them that are silent.
+def liveness_tick(
+    work: Work, now: float, budget: Budget | None = None, *, full: bool = True
+) -> None:
+    """Judge the liveness of the hosts whose verdict can change something.
 
     Reads only hosts whose heartbeat deadline passed or whose heartbeat key is not plainly
     ok (indexed, see :meth:`HostRepository.liveness`): O(due hosts) per tick, not
     O(hosts). A host left out is one that reported in time and has nothing to recover,
-    for which :func:`engine.on_liveness` would change nothing.
+    for which :func:`engine.on_liveness` would change nothing. Unless ``full``, the
+    silent hosts whose key already records their silence are left out too (their
+    verdict depends only on their labels and the catalog, neither of which changes while
+    a desk runs): the desk judges them all at its first tick, then only what changed,
+    so thousands of laptops asleep overnight cost a tick nothing to ship and judge.
     """
     budget = budget or Budget(None)
-    silent_hosts: set[str] = set()
     grace_s = work.rules.heartbeat_grace_s
-    for row in work.uow.hosts.liveness(wire.HEARTBEAT_CHECK, now - grace_s):
+    for row in work.uow.hosts.liveness(wire.HEARTBEAT_CHECK, now - grace_s, noted=full):
         host = row.agent_id
         if not isinstance(host, str):
             _skip(repr(host), "hosts.agent_id", host)
@@ -129,25 +144,24 @@ def liveness_tick(work: Work, now: float, budget: Budget | None = None) -> set[s
                 continue
             expected = False
         else:
-            silent_hosts.add(host)
             expected = work.catalog.silence_expected(row.labels)
-            if row.incident_id is None and expected and row.key_state == "unknown":
-                continue  # asleep, already recorded as such
+            if expected and row.key_state == "unknown":
+                # Asleep, already recorded as such (after an incident too: on_liveness
+                # would only rewrite the key's "silent for N s" message every tick).
+                continue
             if row.incident_id is not None and not expected:
                 continue  # silent, incident already open
         if budget.exhausted:
-            # This step is over: the host still counts as silent (its keys wait), but
-            # its key is not read (a round trip each on PostgreSQL): the next step
-            # judges it again from the stored state.
-            continue
+            # This step is over; the next step judges the rest again from the stored
+            # state (reading their keys now would be a round trip each on PostgreSQL).
+            break
         old = key_state(work.uow.keys.load(host, wire.HEARTBEAT_CHECK))
         new, actions = engine.on_liveness(
             old or KeyState(), silent=silent, expected=expected, silent_for_s=now - row.last_seen
         )
-        # Past the budget the host still counts as silent (its keys wait), unchanged.
+        # Past the budget the host stays as it is (its keys wait: pending says silent).
         if ((old or KeyState()) != new or actions) and budget.take():
             carry_out(work, host, row.hostname, wire.HEARTBEAT_CHECK, old, new, actions, now)
-    return silent_hosts
 
 
 # Keys already reported as skipped (bounded: a store full of bad rows logs at most this

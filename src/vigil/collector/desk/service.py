@@ -65,6 +65,8 @@ class Desk:
             )
         self.storage = storage
         self._wait = remediation_wait_s
+        # The first tick judges every silent host (see liveness_tick), later ones what changed.
+        self._tick_full = True
         self._catalog = catalog
         self._rules = rules or IncidentRules(remediation_wait_s=remediation_wait_s)
         self._satisfaction = satisfaction
@@ -220,10 +222,13 @@ class Desk:
         with self.storage.session() as uow:
             work = Work(uow, self._catalog, self._rules, delta, satisfaction=self._satisfaction)
             with uow.transaction():
-                done = tick(work, now, self._wait, Budget(max_changes, max_s))
+                done = tick(work, now, self._wait, Budget(max_changes, max_s), full=self._tick_full)
                 histograms.save(uow, (delta,))
             self._agg.merge(delta)
         if done:  # once the aging is done, not at every step of a long tick
+            # Every silent host judged once with this desk's catalog: from now on only
+            # what changed (see liveness_tick).
+            self._tick_full = False
             pruned = self.surveys.prune(now)  # retention: satisfaction.retention
             if pruned:
                 log.info("deleted %d satisfaction surveys past their retention", pruned)

@@ -68,13 +68,19 @@ class HostRepository(Protocol):
     def all_labels(self) -> Iterator[dict[str, str]]:
         """Every host's labels."""
 
-    def liveness(self, heartbeat_check: str, deadline_before: float) -> list[LivenessRow]:
+    def liveness(
+        self, heartbeat_check: str, deadline_before: float, *, noted: bool = True
+    ) -> list[LivenessRow]:
         """Each host, once, with the state of its ``heartbeat_check`` key, whose
         deadline (``last_seen + heartbeat_ttl_s``; none without a TTL) is before
         ``deadline_before``, or whose key's state is not ``ok`` or holds an incident.
 
         A superset of the hosts whose liveness verdict can change something, read
-        through indexes: the cost follows the hosts due, not the fleet's size."""
+        through indexes: the cost follows the hosts due, not the fleet's size.
+        ``noted=False`` leaves out the silent hosts whose key already records their
+        silence (``critical`` with an incident open, or ``unknown``: asleep),
+        which a tick judging with the same catalog would change nothing for; a night of
+        sleeping laptops then costs the tick nothing to ship and judge."""
 
     def list(self, *, after: str | None = None, limit: int = -1) -> list[dict[str, Any]]:
         """Hosts by agent_id (byte order): ``agent_id, hostname, labels, agent_version,
@@ -127,9 +133,13 @@ class KeyRepository(Protocol):
     def save(self, host: str, check: str, key: KeyRow, updated_at: float) -> None:
         """Insert or replace the key's state."""
 
-    def pending(self, awaiting_before: float) -> list[tuple[str, str, str]]:
-        """``(host, check, hostname)`` of every flapping key and every key awaiting a
-        remediation since before ``awaiting_before`` (or with no recorded start)."""
+    def pending(
+        self, awaiting_before: float, deadline_before: float
+    ) -> list[tuple[str, str, str, bool]]:
+        """``(host, check, hostname, silent)`` of every flapping key and every key
+        awaiting a remediation since before ``awaiting_before`` (or with no recorded
+        start); ``silent``: the host's deadline (``last_seen + heartbeat_ttl_s``) is
+        before ``deadline_before`` (False without a TTL or a host row)."""
 
     def detach_incident(self, incident_id: int) -> None:
         """Forget ``incident_id`` on any key pointing at it."""

@@ -19,7 +19,13 @@ from psycopg.types.json import Jsonb
 
 from vigil import wire
 from vigil.collector.storage.postgres.schema import SEEN_BATCH, SEEN_EVENT
-from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow, host_row
+from vigil.collector.storage.records import (
+    SILENCE_NOT_NOTED,
+    HostBefore,
+    KeyRow,
+    LivenessRow,
+    host_row,
+)
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 
 HOST_METRICS_UPSERT = (
@@ -119,7 +125,9 @@ class PgHosts:
         for (labels,) in self._db.execute("SELECT labels FROM hosts").fetchall():
             yield _labels_or_empty(labels)
 
-    def liveness(self, heartbeat_check: str, deadline_before: float) -> list[LivenessRow]:
+    def liveness(
+        self, heartbeat_check: str, deadline_before: float, *, noted: bool = True
+    ) -> list[LivenessRow]:
         # Two indexed halves bounded by what is due, not by the fleet (issue #17): hosts
         # whose deadline passed (the hosts_deadline expression index) and hosts whose
         # heartbeat key is not plainly ok (the check_state_abnormal partial index, whose
@@ -134,6 +142,7 @@ class PgHosts:
             f"{cols} FROM hosts h LEFT JOIN check_state c"
             " ON c.host = h.agent_id AND c.check_id = %(check)s"
             " WHERE (h.last_seen + h.heartbeat_ttl_s) < %(before)s"
+            f"{'' if noted else SILENCE_NOT_NOTED}"
             f" UNION ALL {cols} FROM check_state c JOIN hosts h ON h.agent_id = c.host"
             " WHERE c.check_id = %(check)s"
             " AND (c.state <> 'ok' OR c.incident_id IS NOT NULL)"
@@ -316,20 +325,23 @@ class PgKeys:
             ),
         )
 
-    def pending(self, awaiting_before: float) -> list[tuple[str, str, str]]:
+    def pending(
+        self, awaiting_before: float, deadline_before: float
+    ) -> list[tuple[str, str, str, bool]]:
         # UNION, not OR: each half uses its partial index instead of a full scan; only
         # waits that began before ``awaiting_before`` (or never recorded a start).
         key = (
-            "SELECT c.host, c.check_id, COALESCE(h.hostname, c.host) FROM check_state c"
-            " LEFT JOIN hosts h ON h.agent_id = c.host WHERE "
+            "SELECT c.host, c.check_id, COALESCE(h.hostname, c.host),"
+            " COALESCE((h.last_seen + h.heartbeat_ttl_s) < %(deadline)s, FALSE)"
+            " FROM check_state c LEFT JOIN hosts h ON h.agent_id = c.host WHERE "
         )
         rows = self._db.execute(  # type: ignore[call-overload]  # constants only
             f"{key}c.awaiting IS NOT NULL AND c.awaiting_since < %(before)s"
             f" UNION {key}c.awaiting IS NOT NULL AND c.awaiting_since IS NULL"
             f" UNION {key}c.flapping",
-            {"before": awaiting_before},
+            {"before": awaiting_before, "deadline": deadline_before},
         ).fetchall()
-        return [tuple(r) for r in rows]
+        return [(host, check, name, bool(silent)) for host, check, name, silent in rows]
 
     def detach_incident(self, incident_id: int) -> None:
         self._db.execute(

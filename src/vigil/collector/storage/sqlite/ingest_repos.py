@@ -10,7 +10,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from vigil import wire
-from vigil.collector.storage.records import HostBefore, KeyRow, LivenessRow, host_row
+from vigil.collector.storage.records import (
+    SILENCE_NOT_NOTED,
+    HostBefore,
+    KeyRow,
+    LivenessRow,
+    host_row,
+)
 from vigil.collector.storage.sqlite.codec import (
     HOST_METRICS_UPSERT,
     JsonMemo,
@@ -100,7 +106,9 @@ class SqliteHosts:
         for (labels,) in self._db.execute("SELECT labels FROM hosts").fetchall():
             yield _labels_or_empty(labels)
 
-    def liveness(self, heartbeat_check: str, deadline_before: float) -> list[LivenessRow]:
+    def liveness(
+        self, heartbeat_check: str, deadline_before: float, *, noted: bool = True
+    ) -> list[LivenessRow]:
         # Two indexed halves, each bounded by what is due rather than by the fleet
         # (issue #17: the full join cost 0.6 s a tick at 100k hosts): hosts whose
         # deadline (the hosts_deadline expression index) passed, and hosts whose
@@ -115,6 +123,7 @@ class SqliteHosts:
             f"{cols} FROM hosts h LEFT JOIN check_state c"
             " ON c.host = h.agent_id AND c.check_id = ?1"
             " WHERE h.last_seen + h.heartbeat_ttl_s < ?2"
+            f"{'' if noted else SILENCE_NOT_NOTED}"
             f" UNION ALL {cols} FROM check_state c JOIN hosts h ON h.agent_id = c.host"
             " WHERE c.check_id = ?1 AND (c.state <> 'ok' OR c.incident_id IS NOT NULL)"
             # Not those the first half returned (a silent host with its incident open is
@@ -296,19 +305,23 @@ class SqliteKeys:
             ),
         )
 
-    def pending(self, awaiting_before: float) -> list[tuple[str, str, str]]:
+    def pending(
+        self, awaiting_before: float, deadline_before: float
+    ) -> list[tuple[str, str, str, bool]]:
         # UNION, not OR: each half uses its partial index instead of a full scan; only
         # waits that began before ``awaiting_before`` (or never recorded a start).
         key = (
-            "SELECT c.host, c.check_id, COALESCE(h.hostname, c.host) FROM check_state c"
+            "SELECT c.host, c.check_id, COALESCE(h.hostname, c.host),"
+            " COALESCE(h.last_seen + h.heartbeat_ttl_s < ?2, 0) FROM check_state c"
             " LEFT JOIN hosts h ON h.agent_id = c.host WHERE "
         )
-        return self._db.execute(
+        rows = self._db.execute(
             f"{key}c.awaiting IS NOT NULL AND c.awaiting_since < ?1"
             f" UNION {key}c.awaiting IS NOT NULL AND c.awaiting_since IS NULL"
             f" UNION {key}c.flapping = 1",
-            (awaiting_before,),
+            (awaiting_before, deadline_before),
         ).fetchall()
+        return [(host, check, name, bool(silent)) for host, check, name, silent in rows]
 
     def detach_incident(self, incident_id: int) -> None:
         self._db.execute(
