@@ -80,6 +80,12 @@ from vigil.agent.delivery.outbox import Outbox  # noqa: E402
 from vigil.agent.delivery.shipper import Shipper  # noqa: E402
 from vigil.agent.identity import Identity  # noqa: E402
 from vigil.agent.sampling.sampler import Sampler  # noqa: E402
+from vigil.collector.config import (  # noqa: E402
+    DEFAULT_EVENT_LOOP,
+    DEFAULT_INGEST_FRONT,
+    INGEST_FRONTS,
+)
+from vigil.collector.eventloop import EVENT_LOOPS  # noqa: E402
 
 TOKEN = "bench-agent-token-0123456789abcdef0123456789abcdef"
 DISTINCT_AGENTS = 100_000
@@ -138,8 +144,8 @@ def start_collector(
     pin: bool,
     floor: bool = False,
     storage: str = "{sqlite_path: collector.db}",
-    event_loop: str = "asyncio",
-    front: str = "aiohttp",
+    event_loop: str = DEFAULT_EVENT_LOOP,
+    front: str = DEFAULT_INGEST_FRONT,
 ) -> tuple[subprocess.Popen[str], str]:
     config = folder / "collector.yaml"
     config.write_text(
@@ -491,8 +497,8 @@ def ingest(
     *,
     floor: bool = False,
     credentials: bool = False,
-    event_loop: str = "asyncio",
-    front: str = "aiohttp",
+    event_loop: str = DEFAULT_EVENT_LOOP,
+    front: str = DEFAULT_INGEST_FRONT,
     prefill_hosts: int = 0,
 ) -> dict:
     """Alternate Vigil and Pushgateway phases ``rounds`` times (and the store-less floor
@@ -727,15 +733,15 @@ def main() -> None:
     )
     parser.add_argument(
         "--event-loop",
-        choices=("auto", "asyncio", "uvloop"),
-        default="asyncio",
-        help="the collectors' listen.event_loop (default asyncio, as the collector's)",
+        choices=EVENT_LOOPS,
+        default=DEFAULT_EVENT_LOOP,
+        help=f"the collectors' listen.event_loop (default {DEFAULT_EVENT_LOOP})",
     )
     parser.add_argument(
         "--front",
-        choices=("aiohttp", "lean"),
-        default="aiohttp",
-        help="the collectors' listen.ingest_front (default aiohttp, as the collector's)",
+        choices=INGEST_FRONTS,
+        default=DEFAULT_INGEST_FRONT,
+        help=f"the collectors' listen.ingest_front (default {DEFAULT_INGEST_FRONT})",
     )
     parser.add_argument(
         "--seconds", type=float, default=None, help="seconds a phase (default 10, 5 with --quick)"

@@ -40,9 +40,13 @@ from vigil.quiet_hours import parse_quiet_hours
 DEFAULT_HOST = "127.0.0.1"
 # Who serves POST /api/v1/reports (``listen.ingest_front``; collector/front.py).
 INGEST_FRONTS = ("aiohttp", "lean")
-# aiohttp by default: the lean front saved 0-11 % of CPU per durable report (docs/
-# benchmarks.md, "Ingest front"), too little yet for a second HTTP parser on the hot path.
-DEFAULT_INGEST_FRONT = "aiohttp"
+# lean by default since 2026-12-06 21:15 UTC: with uvloop it took 28-33 % less CPU per
+# durable report at 128 connections and 8-31 % at 32 than aiohttp on asyncio, in two
+# alternated pairs on a quiet machine at 100k pre-filled hosts (docs/benchmarks.md,
+# delivery); every ingest and hardening test runs on it.
+DEFAULT_INGEST_FRONT = "lean"
+# auto: uvloop where it imports (Linux, macOS), asyncio's loop otherwise (Windows).
+DEFAULT_EVENT_LOOP = "auto"
 DEFAULT_PORT = 9750
 DEFAULT_MAX_BODY = 1 * 2**20
 DEFAULT_MAX_DECOMPRESSED = 16 * 2**20
@@ -123,9 +127,9 @@ class CollectorConfig:
     # Bind the port with SO_REUSEPORT (``listen.reuse_port``), so several collector
     # processes on this machine share it and the kernel spreads connections over them.
     reuse_port: bool = False
-    # ``listen.event_loop``: asyncio (the default), auto (uvloop when installed) or
+    # ``listen.event_loop``: auto (the default: uvloop when installed), asyncio or
     # uvloop; see collector/eventloop.py.
-    event_loop: str = "asyncio"
+    event_loop: str = DEFAULT_EVENT_LOOP
     # ``listen.ingest_front``: "lean" serves POST /api/v1/reports with collector/front.py
     # (httptools) and hands every other request to aiohttp; "aiohttp" serves all of them
     # through aiohttp.
@@ -180,7 +184,7 @@ def load_collector_config(path: str | Path) -> CollectorConfig:
         "max_connections", int, DEFAULT_MAX_CONNECTIONS, minimum=1, maximum=1_000_000
     )
     idle_timeout_s = listen.duration("idle_timeout", DEFAULT_IDLE_TIMEOUT_S, minimum=1.0)
-    event_loop = listen.get("event_loop", str, "asyncio", choices=EVENT_LOOPS)
+    event_loop = listen.get("event_loop", str, DEFAULT_EVENT_LOOP, choices=EVENT_LOOPS)
     ingest_front = listen.get("ingest_front", str, DEFAULT_INGEST_FRONT, choices=INGEST_FRONTS)
     tls = _tls(listen.section("tls")) if listen.has("tls") else None
     reuse_port = listen.get("reuse_port", bool, False)

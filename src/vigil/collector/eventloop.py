@@ -1,13 +1,15 @@
-"""The collector's event loop: asyncio's own (the default), or uvloop.
+"""The collector's event loop: uvloop where it is installed (the default, ``auto``), or
+asyncio's own.
 
-Why offer uvloop: issue #17's profile of a durable report put ~93 µs of ~717 µs in
-asyncio's event loop and ~41 µs in its socket handling; uvloop (libuv, Cython) runs the
-same coroutines and transports, and aiohttp works on it unchanged. Why it is not the
-default: measured with the lean ingest front (docs/benchmarks.md, delivery) it saved
-~20 µs per report at 128 connections and nothing at 32, within this machine's noise, so
-not a clear win. ``pip install vigil[collector]`` brings it on Linux and macOS (it has no
-Windows build): ``listen.event_loop: auto`` takes it when it imports and falls back to
-asyncio otherwise; ``uvloop`` refuses to start without it.
+Why uvloop: issue #17's profile of a durable report put ~93 µs of ~717 µs in asyncio's
+event loop and ~41 µs in its socket handling; uvloop (libuv, Cython) runs the same
+coroutines and transports, and aiohttp works on it unchanged. Alone it was not a clear
+win (~20 µs per report at 128 connections, nothing at 32); with the lean ingest front,
+the pair took 28-33 % less CPU per report at 128 connections than aiohttp on asyncio
+(docs/benchmarks.md, delivery), so both are the defaults. ``pip install
+vigil[collector]`` brings it on Linux and macOS (it has no Windows build):
+``listen.event_loop: auto`` takes it when it imports and falls back to asyncio
+otherwise; ``uvloop`` refuses to start without it; ``asyncio`` never uses it.
 """
 
 from __future__ import annotations
