@@ -17,7 +17,6 @@ from vigil.agent.remediation.manifest import load_library
 from vigil.agent.remediation.schedule import (
     TimedSchedule,
     due,
-    every_splays,
     host_offset,
     latest_instant,
     parse_schedules,
@@ -32,7 +31,8 @@ NOON = dt.datetime(2026, 3, 2, 12, 0, tzinfo=UTC).timestamp()
 
 
 def parse(data: dict) -> tuple[dict, dict]:
-    return parse_schedules(Section(data, "agent.yaml", "remediation.schedule"))
+    every, timed, _splay = parse_schedules(Section(data, "agent.yaml", "remediation.schedule"))
+    return every, timed
 
 
 def test_every_form_and_the_plain_seconds_form_mean_the_same() -> None:
@@ -44,8 +44,8 @@ def test_every_form_and_the_plain_seconds_form_mean_the_same() -> None:
 
 def test_an_every_schedule_takes_a_splay_of_at_most_its_interval() -> None:
     data = {"a": "15m", "b": {"every": "15m", "splay": "5m"}}
-    assert parse(data) == ({"a": 900.0, "b": 900.0}, {})
-    assert every_splays(Section(data, "agent.yaml", "remediation.schedule")) == {"b": 300.0}
+    parsed = parse_schedules(Section(data, "agent.yaml", "remediation.schedule"))
+    assert parsed == ({"a": 900.0, "b": 900.0}, {}, {"b": 300.0})
     with pytest.raises(ConfigError) as info:
         parse({"x": {"every": "1m", "splay": "2m"}})
     assert info.value.key == "remediation.schedule.x.splay"

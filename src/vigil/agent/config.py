@@ -17,7 +17,7 @@ from typing import Literal
 from vigil.agent.crashguard import CrashBackoffConfig, crash_backoff_config
 from vigil.agent.delivery.tls import tls_problem
 from vigil.agent.policy.settings import PolicySettings, policy_settings
-from vigil.agent.remediation.schedule import TimedSchedule, every_splays, parse_schedules
+from vigil.agent.remediation.schedule import TimedSchedule, parse_schedules
 from vigil.agent.sampler_config import (
     ClockSpec,
     PathSpec,
@@ -349,7 +349,7 @@ def load_agent_config(path: str | Path) -> AgentConfig:
     sa.done()
 
     rs = root.section("remediation")
-    schedule, timed = _schedule(rs.section("schedule"))
+    schedules = parse_schedules(rs.section("schedule"))
     folders = tuple(
         (rs.base_dir / Path(p).expanduser()).resolve() for p in rs.str_list("folders", ())
     )
@@ -360,9 +360,9 @@ def load_agent_config(path: str | Path) -> AgentConfig:
         verify_delay_s=rs.duration("verify_delay", 1.0),
         params=_remediation_params(rs.section("params")),
         enable=rs.str_list("enable", ()),
-        schedule=schedule,
-        timed=timed,
-        splay=every_splays(rs.section("schedule")),
+        schedule=schedules.every,
+        timed=schedules.timed,
+        splay=schedules.splay,
     )
     rs.done()
 
@@ -483,12 +483,6 @@ def _remediation_params(s: Section) -> dict[str, dict[str, str]]:
     return out
 
 
-def _schedule(s: Section) -> tuple[dict[str, float], dict[str, TimedSchedule]]:
-    """``remediation.schedule``: detection intervals, and daily/once schedules (see
-    :mod:`~vigil.agent.remediation.schedule`)."""
-    return parse_schedules(s)
-
-
 _CHECK_KEYS = (
     "id",
     "metric",
@@ -604,7 +598,7 @@ def _command_check(s: Section, check_id: str) -> CheckSpec:
     return spec
 
 
-# The same readers serve a policy bundle's config fragment (agent/policy/compose.py), so a
-# policy's checks and remediation settings follow exactly the agent.yaml schema.
+# The same readers serve a policy bundle's config fragment (agent/policy/compose.py, with
+# remediation.schedule's parse_schedules), so a policy's checks and remediation settings
+# follow exactly the agent.yaml schema.
 parse_check = _check
-parse_schedule = _schedule

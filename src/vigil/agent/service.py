@@ -542,7 +542,7 @@ class AgentService:
         iv = self.config.intervals
         self._ship_not_before = time.monotonic() + iv.report_s
         self._ship_slack = iv.sample_s / 2
-        if self.surveys is not None:
+        if self.surveys is not None and self.surveys.console_look_due():
             # For the next reports (in a task: a look may take a moment, and this batch,
             # perhaps urgent, must not wait for it; it carries the last look's answer).
             self._spawn(self.surveys.refresh_console_user())

@@ -147,15 +147,22 @@ class SurveyInbox:
         reason then to say who is logged on). No I/O."""
         return self._user_id if self._settings.enabled else None
 
-    async def refresh_console_user(self) -> None:
-        """Look again who is at the console, on a thread, unless a look is running or
-        the last one is under :data:`CONSOLE_REFRESH_S` old. A failed look is logged and
-        leaves the previous answer (the collector then limits as it last knew)."""
-        now = self._monotonic()
+    def console_look_due(self) -> bool:
+        """Whether :meth:`refresh_console_user` would look now: surveys on here, no look
+        running, and the last one :data:`CONSOLE_REFRESH_S` old or more (no I/O; the
+        caller starts a look only then, not a task per report)."""
         if not self._settings.enabled or self._looking:
+            return False
+        last = self._user_looked_at
+        return last is None or not 0 <= self._monotonic() - last < CONSOLE_REFRESH_S
+
+    async def refresh_console_user(self) -> None:
+        """Look again who is at the console, on a thread, when :meth:`console_look_due`.
+        A failed look is logged and leaves the previous answer (the collector then limits
+        as it last knew)."""
+        if not self.console_look_due():
             return
-        if self._user_looked_at is not None and 0 <= now - self._user_looked_at < CONSOLE_REFRESH_S:
-            return
+        now = self._monotonic()
         self._looking = True
         try:
             found = await asyncio.to_thread(self._console)

@@ -27,13 +27,12 @@ from vigil.agent.config import (
     AgentConfig,
     CheckSpec,
     parse_check,
-    parse_schedule,
     watched_process_names,
 )
 from vigil.agent.policy.cache import CachedBundle
 from vigil.agent.preflight import load_checked_library
 from vigil.agent.remediation.manifest import Remediation
-from vigil.agent.remediation.schedule import every_splays
+from vigil.agent.remediation.schedule import parse_schedules
 from vigil.configio import ConfigError, Section
 from vigil.policy_bundle import POLICY_FILE, REMEDIATIONS_DIR
 
@@ -56,8 +55,7 @@ def merged_config(local: AgentConfig, cached: CachedBundle) -> AgentConfig:
     for rem_id in enabled_section.data:
         enabled[str(rem_id)] = enabled_section.str_map(str(rem_id), {})
     enabled_section.done()
-    schedule, timed = parse_schedule(rem.section("schedule"))
-    splay = every_splays(rem.section("schedule"))
+    schedule, timed, splay = parse_schedules(rem.section("schedule"))
     rem.done()
     root.done()
 

@@ -405,7 +405,7 @@ class PolicySync:
         self.report(
             "critical",
             f"expired: policy {bundle.policy} version {bundle.version} expired at"
-            f" {bundle.expires_at:.0f} (policy {bundle.policy} version {bundle.version}){kept}",
+            f" {bundle.expires_at:.0f}{kept}",
         )
         self.apply(*composed)
         return True

@@ -24,7 +24,7 @@ import datetime as dt
 import hashlib
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from vigil.configio import Section, parse_duration
 
@@ -43,11 +43,22 @@ class TimedSchedule:
     splay_s: float = 0.0
 
 
-def parse_schedules(s: Section) -> tuple[dict[str, float], dict[str, TimedSchedule]]:
-    """``remediation.schedule``: (id -> seconds between detection runs, id -> daily/once).
-    Errors name the file, the key and the value."""
+class Schedules(NamedTuple):
+    """``remediation.schedule`` parsed: ``every`` id -> seconds between detection runs,
+    ``timed`` id -> daily/once schedule, ``splay`` id -> the width (seconds) of the
+    per-host offset of an ``every`` schedule's first run (only those that have one)."""
+
+    every: dict[str, float]
+    timed: dict[str, TimedSchedule]
+    splay: dict[str, float]
+
+
+def parse_schedules(s: Section) -> Schedules:
+    """``remediation.schedule`` (see :class:`Schedules`). Errors name the file, the key
+    and the value."""
     every: dict[str, float] = {}
     timed: dict[str, TimedSchedule] = {}
+    splays: dict[str, float] = {}
     for raw_id, raw in s.data.items():
         rem_id = str(raw_id)
         if not isinstance(raw, dict):
@@ -64,10 +75,13 @@ def parse_schedules(s: Section) -> tuple[dict[str, float], dict[str, TimedSchedu
             )
         if kinds[0] == "every":
             seconds = entry.duration("every", minimum=MIN_EVERY_S)
-            if entry.duration("splay", 0.0, minimum=0.0) > seconds:
+            splay = entry.duration("splay", 0.0, minimum=0.0)
+            if splay > seconds:
                 raise entry.error("splay", "at most the interval (every)", entry.data["splay"])
             entry.done()
             every[rem_id] = seconds
+            if splay > 0:
+                splays[rem_id] = splay
             continue
         splay = entry.duration("splay", 0.0, minimum=0.0)
         if kinds[0] == "daily":
@@ -86,19 +100,7 @@ def parse_schedules(s: Section) -> tuple[dict[str, float], dict[str, TimedSchedu
             timed[rem_id] = TimedSchedule("once", 0.0, splay)
         entry.done()
     s.done()
-    return every, timed
-
-
-def every_splays(s: Section) -> dict[str, float]:
-    """``remediation.schedule``'s ``{every: ..., splay: ...}`` entries: id -> splay
-    (seconds). For a section :func:`parse_schedules` accepted (it checks each splay)."""
-    splays: dict[str, float] = {}
-    for raw_id, raw in s.data.items():
-        if isinstance(raw, dict) and "every" in raw and "splay" in raw:
-            splay = s.section(str(raw_id)).duration("splay", 0.0, minimum=0.0)
-            if splay > 0:
-                splays[str(raw_id)] = splay
-    return splays
+    return Schedules(every, timed, splays)
 
 
 def host_offset(agent_id: str, rem_id: str, splay_s: float) -> float:
