@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -118,14 +119,29 @@ async def _incident(request: web.Request) -> dict[str, Any] | web.Response:
     return incident
 
 
-async def incident_page(request: web.Request) -> web.StreamResponse:
+IncidentView = Callable[[web.Request, dict[str, Any]], Awaitable[web.StreamResponse]]
+
+
+def _incident_view(view: IncidentView) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A console handler for ``/console/incidents/{id}...``: login required, then
+    ``view(request, incident)``, or the 404 page when there is no such incident."""
+
+    @functools.wraps(view)
+    async def handler(request: web.Request) -> web.StreamResponse:
+        require_login(request)
+        incident = await _incident(request)
+        if isinstance(incident, web.Response):
+            return incident
+        return await view(request, incident)
+
+    return handler
+
+
+@_incident_view
+async def incident_page(request: web.Request, incident: dict[str, Any]) -> web.StreamResponse:
     """``GET /console/incidents/{id}``: the latest timeline entries and remediation
     attempts (excerpts, linking to the rest: see :mod:`.bounded`), CAPA, host health,
     linked problems, survey answers."""
-    require_login(request)
-    incident = await _incident(request)
-    if isinstance(incident, web.Response):
-        return incident
     desk = request.app[desk_key]
     extras = await in_storage_thread(
         request, desk_console.incident_extras, desk.storage, incident["host"], incident["problems"]
@@ -143,35 +159,28 @@ async def incident_page(request: web.Request) -> web.StreamResponse:
     return render(request, "incident.html", context)
 
 
-async def incident_runs_page(request: web.Request) -> web.StreamResponse:
+@_incident_view
+async def incident_runs_page(request: web.Request, incident: dict[str, Any]) -> web.StreamResponse:
     """``GET /console/incidents/{id}/runs?offset=``: every remediation attempt of the
     incident, oldest first, a page at a time, output excerpts linking to the whole."""
-    require_login(request)
-    incident = await _incident(request)
-    if isinstance(incident, web.Response):
-        return incident
     runs = bounded.page_of(incident["remediation_runs"], _page(request), bounded.RUNS_SHOWN)
     return render(request, "incident_runs.html", {"i": incident, "runs": runs})
 
 
-async def incident_timeline_page(request: web.Request) -> web.StreamResponse:
+@_incident_view
+async def incident_timeline_page(
+    request: web.Request, incident: dict[str, Any]
+) -> web.StreamResponse:
     """``GET /console/incidents/{id}/timeline?offset=``: the whole timeline, oldest
     first, a page at a time, long entries clipped with a link to their full text."""
-    require_login(request)
-    incident = await _incident(request)
-    if isinstance(incident, web.Response):
-        return incident
     timeline = bounded.page_of(incident["timeline"], _page(request), bounded.TIMELINE_PAGE)
     return render(request, "incident_timeline.html", {"i": incident, "timeline": timeline})
 
 
-async def incident_run_output(request: web.Request) -> web.StreamResponse:
+@_incident_view
+async def incident_run_output(request: web.Request, incident: dict[str, Any]) -> web.StreamResponse:
     """``GET /console/incidents/{id}/runs/{n}``: attempt ``n`` (1-based, oldest first,
     as numbered on the pages) of the incident: its whole output as plain text."""
-    require_login(request)
-    incident = await _incident(request)
-    if isinstance(incident, web.Response):
-        return incident
     run = _nth(incident["remediation_runs"], request.match_info["n"])
     if run is None:
         return error_page(request, 404, f"incident {incident['id']} has no such attempt")
@@ -179,28 +188,24 @@ async def incident_run_output(request: web.Request) -> web.StreamResponse:
     return web.Response(text=run["output"] + cut, content_type="text/plain", charset="utf-8")
 
 
-async def incident_timeline_entry(request: web.Request) -> web.StreamResponse:
+@_incident_view
+async def incident_timeline_entry(
+    request: web.Request, incident: dict[str, Any]
+) -> web.StreamResponse:
     """``GET /console/incidents/{id}/timeline/{n}``: timeline entry ``n`` (1-based, oldest
     first) in full, as plain text."""
-    require_login(request)
-    incident = await _incident(request)
-    if isinstance(incident, web.Response):
-        return incident
     entry = _nth(incident["timeline"], request.match_info["n"])
     if entry is None:
         return error_page(request, 404, f"incident {incident['id']} has no such entry")
     return web.Response(text=entry["text"], content_type="text/plain", charset="utf-8")
 
 
-async def incident_report(request: web.Request) -> web.StreamResponse:
+@_incident_view
+async def incident_report(request: web.Request, incident: dict[str, Any]) -> web.StreamResponse:
     """``GET /console/incidents/{id}/report.md``: the incident as a Markdown CAPA report,
     downloaded as ``incident-{id}.md``. The API's ``/api/v1/incidents/{id}/report``
     takes bearer tokens only, so a logged-in browser following a link there got 401;
     this one takes the console session (any role)."""
-    require_login(request)
-    incident = await _incident(request)
-    if isinstance(incident, web.Response):
-        return incident
     return web.Response(
         text=render_incident_report(incident),
         content_type="text/markdown",
