@@ -119,14 +119,19 @@ def real_sample() -> dict[str, float]:
 # Everything else a report costs (HTTP, auth, gunzip, parse, validation, the ack) is paid:
 # what is left of Vigil's CPU per report if the store were free. A diagnostic, not Vigil.
 FLOOR_SERVER = """\
-import sys
+import asyncio, sys
 from vigil.collector import cli, ingest
 from vigil.collector.desk.apply import IngestResult
 
 async def submit(self, report, received_at):
     return IngestResult(False, len(report.events), (), (), ())
 
+def enqueue(self, report, received_at, deliver):
+    result = IngestResult(False, len(report.events), (), (), ())
+    asyncio.get_running_loop().call_soon(deliver, result)
+
 ingest.IngestQueue.submit = submit
+ingest.IngestQueue.enqueue = enqueue
 sys.exit(cli.main())
 """
 

@@ -124,13 +124,15 @@ def test_reports_are_acked_and_other_requests_go_to_aiohttp_on_one_connection(
         c.close()
 
 
-def test_pipelined_reports_are_answered_in_order(tmp_path: Path) -> None:
-    """Three reports sent in one write, split at odd places: three acks, in order."""
+@pytest.mark.parametrize("piece", [97, 1 << 20], ids=["split at odd places", "one write"])
+def test_pipelined_reports_are_answered_in_order(tmp_path: Path, piece: int) -> None:
+    """Three reports sent at once (each whole in the buffer: the callback lane takes
+    one after the other's reply) or in small pieces: three acks, in order."""
     with collector(tmp_path) as address:
         c = Client(address)
         data = b"".join(post(report_body(f"p{i}", agent=f"agent{i}")) for i in range(3))
-        for start in range(0, len(data), 97):
-            c.send(data[start : start + 97])
+        for start in range(0, len(data), piece):
+            c.send(data[start : start + piece])
         acks = [json.loads(c.response()[2]) for _ in range(3)]
         assert [a["batch_id"] for a in acks] == ["p0", "p1", "p2"]
         assert all(a["accepted"] and not a["duplicate"] for a in acks)
@@ -225,20 +227,39 @@ def test_the_connection_cap_counts_lean_connections(tmp_path: Path) -> None:
             c.close()
 
 
-def test_the_aiohttp_front_serves_the_same_ack(tmp_path: Path) -> None:
-    """``ingest_front: aiohttp`` still serves reports (and the ack has the same keys)."""
-    acks = {}
+def sequenced_body(batch: str, first: int, last: int) -> bytes:
+    report = valid_report()
+    report["events"] = [e for e in report["events"] if first <= e["seq"] <= last]
+    report.update(batch_id=batch, epoch="cd" * 16, seq_first=first, seq_last=last)
+    return gzip.compress(json.dumps(report).encode())
+
+
+def test_the_aiohttp_front_serves_the_same_answers(tmp_path: Path) -> None:
+    """``ingest_front: aiohttp`` and the lean front (whose plain reports take its
+    callback lane) give the same status and body for an ack, a duplicate, a restored
+    snapshot's 409 and a refusal."""
+    requests = [
+        post(sequenced_body("s1", 1, 2)),
+        post(sequenced_body("s1", 1, 2)),  # the same batch again: a duplicate
+        post(sequenced_body("s0", 1, 1)),  # at or below the mark: 409, new epoch
+        post(sequenced_body("s2", 3, 3), token="not-a-token-0123456789abcdef0123456789"),
+    ]
+    answers = {}
     for front in ("aiohttp", "lean"):
         folder = tmp_path / front
         folder.mkdir()
         with collector(folder, front=front) as address:
             c = Client(address)
-            c.send(post(report_body("same")))
-            status, _, body = c.response()
-            assert status == 200
-            acks[front] = json.loads(body)
+            got = []
+            for request in requests:
+                c.send(request)
+                status, headers, body = c.response()
+                got.append((status, headers["content-type"], json.loads(body)))
+            answers[front] = got
             c.close()
-    assert acks["aiohttp"] == acks["lean"]
+    assert [status for status, _, _ in answers["lean"]] == [200, 200, 409, 401]
+    assert answers["lean"][1][2]["duplicate"] is True
+    assert answers["aiohttp"] == answers["lean"]
 
 
 def test_the_access_log_has_a_line_per_lean_request_when_asked_for(tmp_path: Path) -> None:

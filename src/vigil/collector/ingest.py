@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import functools
 import logging
 import math
 import random
@@ -36,6 +37,8 @@ log = logging.getLogger(__name__)
 
 IngestMany = Callable[[Items], Results]
 BeginGroup = Callable[[Items], Callable[[], Results] | None]
+# Called on the loop with a report's outcome once its group's COMMIT ended (see enqueue).
+Deliver = Callable[[IngestResult | Exception], None]
 
 
 class QueueFull(Exception):
@@ -61,7 +64,7 @@ class IngestStats:
 class _Item:
     report: wire.Report
     received_at: float
-    future: asyncio.Future[IngestResult]
+    deliver: Deliver
 
 
 class IngestQueue:
@@ -146,16 +149,27 @@ class IngestQueue:
         Raises :class:`QueueFull` when the queue is at its bound (or closing), and
         whatever the desk raised for this report (nothing of it was then applied).
         """
+        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self.enqueue(report, received_at, functools.partial(_settle, future))
+        # If the client gave up, nobody awaits the future: mark its outcome as seen.
+        future.add_done_callback(_consume)
+        # shield: a client that disconnects cancels its handler, not the commit it is in.
+        return await asyncio.shield(future)
+
+    def enqueue(self, report: wire.Report, received_at: float, deliver: Deliver) -> None:
+        """Queue ``report``; ``deliver`` is called on the loop, exactly once, with its
+        result (or the exception that kept it from being applied) after the COMMIT.
+
+        The callback form of :meth:`submit`, for a caller that answers from a callback
+        rather than a coroutine (the lean front's plain reports: no future or task per
+        request). ``deliver`` must not raise (what it raises is logged and dropped).
+        Raises :class:`QueueFull` at once when the queue is at its bound (or closing).
+        """
         if self.full():
             self._shed += 1
             raise QueueFull(self.retry_after())
-        future: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
-        # If the client gave up, nobody awaits the future: mark its outcome as seen.
-        future.add_done_callback(_consume)
-        self._pending.append(_Item(report, received_at, future))
+        self._pending.append(_Item(report, received_at, deliver))
         self._wakeup.set()
-        # shield: a client that disconnects cancels its handler, not the commit it is in.
-        return await asyncio.shield(future)
 
     async def _writer(self) -> None:
         loop = asyncio.get_running_loop()
@@ -184,14 +198,21 @@ class IngestQueue:
                 self._groups += 1
                 self._reports += len(group)
                 for item, result in zip(group, results, strict=True):
-                    if item.future.done():
-                        continue
-                    if isinstance(result, Exception):
-                        item.future.set_exception(result)
-                    else:
-                        item.future.set_result(result)
+                    try:
+                        item.deliver(result)
+                    except Exception:  # a caller's bug must not stop the writer
+                        log.exception("delivering the result of %s failed", item.report.batch_id)
             if self._closing:
                 return
+
+
+def _settle(future: asyncio.Future[IngestResult], result: IngestResult | Exception) -> None:
+    if future.done():  # cancelled: the client gave up (its report is committed anyway)
+        return
+    if isinstance(result, Exception):
+        future.set_exception(result)
+    else:
+        future.set_result(result)
 
 
 def _consume(future: asyncio.Future[IngestResult]) -> None:

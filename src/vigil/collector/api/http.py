@@ -80,6 +80,11 @@ def json_response(
     return web.json_response(data, status=status, headers=dict(headers or {}), dumps=_dumps)
 
 
+def json_bytes(data: Any) -> bytes:
+    """``data`` as the bytes of a standard-JSON body (as :func:`json_response` writes)."""
+    return _dumps(data).encode()
+
+
 def error_response(
     status: int,
     message: str,

@@ -18,29 +18,36 @@ import asyncio
 import logging
 import time
 import zlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
 
+import orjson
 from aiohttp import web
 
 from vigil.collector.api.http import (
     AUTH_CHALLENGE,
     ApiError,
     BodyTooLarge,
+    json_bytes,
     json_response,
     read_body,
     require_json,
 )
-from vigil.collector.api.survey_ack import survey_ack
-from vigil.collector.identity.service import ROTATE_HEADER, Forbidden
-from vigil.collector.ingest import QueueFull
+from vigil.collector.api.survey_ack import SURVEYS_HEADER, survey_ack
+from vigil.collector.desk.apply import IngestResult
+from vigil.collector.identity.service import ROTATE_HEADER, AgentAuth, Forbidden
+from vigil.collector.ingest import Deliver, QueueFull
 from vigil.collector.keys import (
     clock_key,
     config_key,
     counters_key,
+    desk_key,
     identity_key,
     ingest_key,
     policy_key,
 )
-from vigil.collector.policy.runtime import POLICY_HEADER
+from vigil.collector.policy.runtime import POLICY_HEADER, Running
 from vigil.collector.telemetry.requests import RequestCounters
 from vigil.wire import Report, WireError
 from vigil.wire_fast import decode_report
@@ -50,6 +57,23 @@ log = logging.getLogger(__name__)
 # Bodies unpacked on the event loop itself: at most this much gzip in and JSON out (bytes).
 _INLINE_BODY_BYTES = 16 * 1024
 _INLINE_UNPACKED_BYTES = 256 * 1024
+_ENCODINGS = ("identity", "gzip", "x-gzip")
+# Content-Type values the plain lane takes as they are (require_json accepts both; any
+# other spelling goes through it).
+_PLAIN_JSON = ("application/json", "application/json; charset=utf-8")
+_POLICY_NAME = POLICY_HEADER.lower()
+
+
+@dataclass(frozen=True, slots=True)
+class Admitted:
+    """A report that passed every check before the commit: who sent it (``auth``), the
+    policy version its agent runs (``running``), and when its unpacking started
+    (``started``, ``time.perf_counter()``, for ``vigil_ingest_seconds``)."""
+
+    report: Report
+    auth: AgentAuth
+    running: Running
+    started: float
 
 
 async def post_report(request: web.Request) -> web.Response:
@@ -62,6 +86,20 @@ async def post_report(request: web.Request) -> web.Response:
     ``"epoch_reset": true``. When the ingest queue is full the answer is ``429`` with
     ``Retry-After``, before the body is even read.
     """
+    admitted = await _admit(request)
+    app = request.app
+    received_at = app[clock_key]()
+    try:
+        # Returns once the group commit that carried the report is durable.
+        result = await app[ingest_key].submit(admitted.report, received_at)
+    except QueueFull as exc:
+        raise _overloaded(app[counters_key], exc.retry_after_s) from None
+    return await finish_report(request, admitted, result, received_at)
+
+
+async def _admit(request: web.Request) -> Admitted:
+    """Every check before the commit, each refusal as the :class:`ApiError` to answer
+    (counted by reason and logged)."""
     app = request.app
     config = app[config_key]
     counters = app[counters_key]
@@ -81,7 +119,7 @@ async def post_report(request: web.Request) -> web.Response:
         raise _overloaded(counters, queue.retry_after())
 
     encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
-    if encoding not in ("identity", "gzip", "x-gzip"):
+    if encoding not in _ENCODINGS:
         raise reject("invalid", 415, f"unsupported Content-Encoding {encoding[:80]!r}, use gzip")
     try:
         require_json(request)
@@ -122,20 +160,127 @@ async def post_report(request: web.Request) -> web.Response:
         report = identity.authorize(auth, report)
     except Forbidden as exc:
         raise reject("forbidden", 403, str(exc), "agent_id") from None
-    policy_runtime = app[policy_key]
     try:
-        running = policy_runtime.parse_header(request.headers.get(POLICY_HEADER, "none"))
+        running = app[policy_key].parse_header(request.headers.get(POLICY_HEADER, "none"))
     except ValueError as exc:
         raise reject("invalid", 400, str(exc), POLICY_HEADER) from None
     await identity.activate_if_pending(auth)
+    return Admitted(report, auth, running, started)
 
-    received_at = app[clock_key]()
-    try:
-        # Returns once the group commit that carried the report is durable.
-        result = await queue.submit(report, received_at)
-    except QueueFull as exc:
-        raise _overloaded(counters, exc.retry_after_s) from None
-    counters.observe_ingest(time.perf_counter() - started)
+
+async def finish_report(
+    request: web.Request, admitted: Admitted, result: IngestResult, received_at: float
+) -> web.Response:
+    """The reply to a committed report: the ack (with surveys, the policy and release
+    offers, a rotated credential when asked), or the 409 asking for a new epoch."""
+    app = request.app
+    refused = _settle(app, admitted, result)
+    if refused is not None:
+        return json_response(refused, status=409)
+    report = admitted.report
+    ack = _ack(app, admitted, result, received_at)
+    offered = await survey_ack(
+        request, report.agent_id, received_at, resolved=bool(result.resolved)
+    )
+    if offered is not None:
+        ack["surveys"] = offered
+    if request.headers.get(ROTATE_HEADER) == "1":
+        issued = await app[identity_key].rotate(admitted.auth, received_at)
+        if issued is not None:
+            ack["credential"] = {"token": issued.credential, "expires_at": issued.expires_at}
+    return json_response(ack)
+
+
+class PlainLane:
+    """:func:`post_report` without a coroutine, for the plain report (the lean front's
+    common case, ``collector/front.py``): checked, queued and answered from callbacks,
+    so a report costs no task, future or request object.
+
+    It only ever takes the easy road: :meth:`admit` declines (None) anything the checks
+    of :func:`_admit` would refuse or that needs I/O before the commit (a pending
+    credential, a survey report to record, a big body), and :meth:`reply` declines when
+    the ack needs the storage (a survey to offer); the front then runs the coroutine
+    form for that request, so every refusal, log line and counter is :func:`_admit`'s.
+    """
+
+    def __init__(self, app: web.Application) -> None:
+        self._app = app
+        self._identity = app[identity_key]
+        self._queue = app[ingest_key]
+        self._policy = app[policy_key]
+        self._surveys = app[desk_key].surveys
+        self._clock = app[clock_key]
+        limits = app[config_key].limits
+        self._max_body = min(limits.max_body_bytes, _INLINE_BODY_BYTES)
+        self._max_out = min(limits.max_decompressed_bytes, _INLINE_UNPACKED_BYTES)
+
+    def admit(self, headers: Mapping[str, str], body: bytes) -> Admitted | None:
+        """The admitted report, or None to leave it to :func:`post_report`.
+
+        ``headers``: the request's header fields by lower-case name (each at most once;
+        the caller declines a request that repeats one), ``body`` all of its body.
+        """
+        auth = self._identity.authenticate(headers.get("authorization", ""), self._clock())
+        if auth is None or (auth.credential is not None and auth.credential.pending):
+            return None
+        encoding = headers.get("content-encoding", "identity").strip().lower()
+        if (
+            self._queue.full()
+            or encoding not in _ENCODINGS
+            or headers.get("content-type", "").strip().lower() not in _PLAIN_JSON
+            or len(body) > self._max_body
+            or ROTATE_HEADER.lower() in headers
+            or (self._surveys.policy.enabled and SURVEYS_HEADER.lower() in headers)
+        ):
+            return None
+        started = time.perf_counter()
+        try:
+            report = _unpack(body, encoding != "identity", self._max_out)
+            report = self._identity.authorize(auth, report)
+            running = self._policy.parse_header(headers.get(_POLICY_NAME, "none"))
+        except (BodyTooLarge, zlib.error, EOFError, WireError, Forbidden, ValueError):
+            return None
+        return Admitted(report, auth, running, started)
+
+    def submit(self, admitted: Admitted, deliver: Deliver) -> float | None:
+        """Queue the report for the group commit (``deliver`` gets its result on the
+        loop); its receive time, or None, having done nothing, when the queue is full."""
+        received_at: float = self._clock()
+        try:
+            self._queue.enqueue(admitted.report, received_at, deliver)
+        except QueueFull:
+            return None
+        return received_at
+
+    def reply(
+        self, admitted: Admitted, result: IngestResult, received_at: float
+    ) -> tuple[int, bytes] | None:
+        """The status and JSON body answering a committed report, or None when the ack
+        needs the storage (a survey may be waiting): :func:`finish_report` then answers.
+        """
+        host = admitted.report.agent_id
+        surveys = self._surveys
+        if (
+            not result.epoch_reset
+            and surveys.policy.enabled
+            and (result.resolved or surveys.has_waiting(host))
+        ):
+            return None
+        refused = _settle(self._app, admitted, result)
+        if refused is not None:
+            return 409, json_bytes(refused)
+        # orjson: ~10x the standard library's speed on an ack, which holds no float a
+        # NaN could reach (request bodies refuse NaN; times are the collector's own).
+        return 200, orjson.dumps(_ack(self._app, admitted, result, received_at))
+
+
+def _settle(
+    app: web.Application, admitted: Admitted, result: IngestResult
+) -> dict[str, Any] | None:
+    """What every committed report's reply does first: time it, log it; the 409 body
+    when it asked for a new epoch (None otherwise)."""
+    app[counters_key].observe_ingest(time.perf_counter() - admitted.started)
+    report = admitted.report
     log.debug(
         "ingested batch %s from %s: %d events, duplicate=%s",
         report.batch_id,
@@ -143,45 +288,49 @@ async def post_report(request: web.Request) -> web.Response:
         result.events,
         result.duplicate,
     )
-    if result.epoch_reset:
-        # The agent's seq is at or below what this collector already applied for its
-        # epoch (a restored snapshot): nothing was applied; it must start a new epoch and
-        # send its pending events again (desk/sequence.py, docs/delivery.md).
-        log.warning(
-            "agent %s sent seq %s-%s in epoch %s, at or below the applied mark %s:"
-            " asking it to start a new epoch",
-            report.agent_id,
-            report.seq_first,
-            report.seq_last,
-            report.epoch,
-            result.mark,
-        )
-        return json_response(
-            {
-                "error": f"seq_first {report.seq_first} is at or below the mark {result.mark}"
-                " already applied for this epoch (restored snapshot?): start a new epoch",
-                "field": "seq_first",
-                "batch_id": report.batch_id,
-                "accepted": False,
-                "epoch_reset": True,
-                "mark": result.mark,
-            },
-            status=409,
-        )
-    ack = {
+    if not result.epoch_reset:
+        return None
+    # The agent's seq is at or below what this collector already applied for its
+    # epoch (a restored snapshot): nothing was applied; it must start a new epoch and
+    # send its pending events again (desk/sequence.py, docs/delivery.md).
+    log.warning(
+        "agent %s sent seq %s-%s in epoch %s, at or below the applied mark %s:"
+        " asking it to start a new epoch",
+        report.agent_id,
+        report.seq_first,
+        report.seq_last,
+        report.epoch,
+        result.mark,
+    )
+    return {
+        "error": f"seq_first {report.seq_first} is at or below the mark {result.mark}"
+        " already applied for this epoch (restored snapshot?): start a new epoch",
+        "field": "seq_first",
+        "batch_id": report.batch_id,
+        "accepted": False,
+        "epoch_reset": True,
+        "mark": result.mark,
+    }
+
+
+def _ack(
+    app: web.Application, admitted: Admitted, result: IngestResult, received_at: float
+) -> dict[str, Any]:
+    """The 200 ack's body without surveys or a credential: the outcome and what the
+    host should run (policy and release offers)."""
+    report, auth = admitted.report, admitted.auth
+    ack: dict[str, Any] = {
         "batch_id": report.batch_id,
         "accepted": True,
         "duplicate": result.duplicate,
         "events": result.events,
     }
-    offered = await survey_ack(
-        request, report.agent_id, received_at, resolved=bool(result.resolved)
-    )
-    if offered is not None:
-        ack["surveys"] = offered
+    policy_runtime = app[policy_key]
     # What the host runs, remembered in memory and stored by the next policy pass (no
     # extra transaction here); the offer is built from the in-memory snapshot.
-    policy_runtime.note(report.agent_id, running, report.labels, received_at, report.agent_version)
+    policy_runtime.note(
+        report.agent_id, admitted.running, report.labels, received_at, report.agent_version
+    )
     offer = policy_runtime.offer(report.agent_id, report.labels)
     release = policy_runtime.release_offer(report.agent_id, report.labels)
     if auth.credential is None:  # a shared token: the fetch must name the agent
@@ -191,11 +340,7 @@ async def post_report(request: web.Request) -> web.Response:
     ack["policy"] = offer
     if release is not None:  # the agent release its ring has reached (self-update)
         ack["release"] = release
-    if request.headers.get(ROTATE_HEADER) == "1":
-        issued = await identity.rotate(auth, received_at)
-        if issued is not None:
-            ack["credential"] = {"token": issued.credential, "expires_at": issued.expires_at}
-    return json_response(ack)
+    return ack
 
 
 # Bytes inflated per zlib call in gunzip_bounded: the transient memory beyond the body.
