@@ -115,9 +115,8 @@ def fill_database(path: Path, hosts: int, now: float) -> None:
         )
         ttl_time = now - rng.uniform(0, 300)
         cpu, rss = rng.uniform(5, 500), rng.uniform(25, 60) * 2**20
-        names = json.dumps(["agent.cpu_seconds_total", "agent.rss_bytes"])
         vals = array.array("d", [cpu, rss]).tobytes()  # the store's float64 form
-        metric_rows.append((agent_id, ttl_time, cpu, rss, names, vals))
+        metric_rows.append((agent_id, ttl_time, cpu, rss, vals))
         check = CHECKS[n % len(CHECKS)]
         if n % 20 == 0:
             state_rows.append((agent_id, check, "critical", 97.0, "failing", seen))
@@ -168,9 +167,14 @@ def fill_database(path: Path, hosts: int, now: float) -> None:
         " last_sent_at, clock_offset_s, heartbeat_ttl_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 60)",
         host_rows,
     )
+    # Every host's summary has the same two series: one name list (schema 14).
+    names = json.dumps(["agent.cpu_seconds_total", "agent.rss_bytes"])
+    names_id = db.execute(
+        "INSERT INTO metric_names (names) VALUES (?) RETURNING id", (names,)
+    ).fetchone()[0]
     db.executemany(
-        "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names, vals)"
-        " VALUES (?1, ?2, ?2, ?3, ?4, ?5, ?6)",
+        "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names_id,"
+        f" vals) VALUES (?1, ?2, ?2, ?3, ?4, {int(names_id)}, ?5)",
         metric_rows,
     )
     db.executemany(

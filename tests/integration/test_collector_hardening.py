@@ -241,9 +241,10 @@ def bad_rows(db: Path) -> None:
             " last_seen, last_sent_at, clock_offset_s, heartbeat_ttl_s)"
             " VALUES ('text', 'h2', 'not json', '1', 1, 'yesterday', 'x', 'x', 'y')"
         )
+        conn.execute("INSERT INTO metric_names (id, names) VALUES (9000, '[]')")
         conn.execute(
-            "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names,"
-            " vals) VALUES ('huge', 1e308, 1, 1e308, -1e308, '[]', x'')"
+            "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss,"
+            " names_id, vals) VALUES ('huge', 1e308, 1, 1e308, -1e308, 9000, x'')"
         )
         # Text that is not UTF-8 in TEXT columns, BLOBs where names belong, text where a
         # count belongs, absurd times: SQLite stores them all as given.

@@ -705,6 +705,42 @@ def test_a_late_older_metrics_summary_does_not_replace_a_newer_one(storage: Any)
         assert uow.metrics.latest("h2") is None
 
 
+def _name_lists(uow: Any) -> int:
+    return int(uow._db.execute("SELECT COUNT(*) FROM metric_names").fetchone()[0])
+
+
+def test_a_series_name_list_is_stored_once_for_every_host_that_sends_it(storage: Any) -> None:
+    """Schema 14 / migration 10 (issue #17): rows name their list by id."""
+    names = [f"series.{i}" for i in range(40)]
+    with storage.session() as uow, uow.transaction():
+        for n in range(5):
+            uow.metrics.put(f"h{n}", T0, T0, {name: float(n) for name in names})
+        uow.metrics.put("h9", T0, T0, {"cpu": 1.0})
+        assert _name_lists(uow) == 2
+        assert uow.metrics.latest("h3") == {name: 3.0 for name in names}
+        assert uow.metrics.latest("h9") == {"cpu": 1.0}
+
+
+@pytest.mark.parametrize("undo", ["transaction", "savepoint"])
+def test_a_name_list_stored_then_rolled_back_is_stored_again(storage: Any, undo: str) -> None:
+    """A list's id is forgotten with the rollback that removed its row: the next summary
+    with that list stores it again rather than naming a row that is gone."""
+    with storage.session() as uow:
+        if undo == "transaction":
+            with pytest.raises(RuntimeError), uow.transaction():
+                uow.metrics.put("h1", T0, T0, {"cpu": 1.0, "mem": 2.0})
+                raise RuntimeError("undo")
+        else:
+            with uow.transaction(), pytest.raises(RuntimeError), uow.savepoint():
+                uow.metrics.put("h1", T0, T0, {"cpu": 1.0, "mem": 2.0})
+                raise RuntimeError("undo")
+        with uow.transaction():
+            assert _name_lists(uow) == 0
+            uow.metrics.put("h2", T0, T0, {"cpu": 3.0, "mem": 4.0})
+            assert uow.metrics.latest("h2") == {"cpu": 3.0, "mem": 4.0}
+            assert _name_lists(uow) == 1
+
+
 def test_a_key_state_round_trips(storage: Any) -> None:
     key = KeyRow("critical", "fix-it", T0, None, 9.5, "bad", True)
     with storage.session() as uow, uow.transaction():

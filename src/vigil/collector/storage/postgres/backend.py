@@ -83,7 +83,7 @@ class PgUnitOfWork(SqlUnitOfWork):
         self.results = PgCheckResults(db)
         self.keys = PgKeys(db)
         self.runs = PgRuns(db)
-        self.metrics = PgHostMetrics(db)
+        self.metrics = PgHostMetrics(db, self.name_sets)
         self.incidents = PgIncidents(db)
         self.problems = PgProblems(db)
         self.silences = PgSilences(db)
@@ -110,6 +110,7 @@ class PgUnitOfWork(SqlUnitOfWork):
 
     def rollback(self) -> None:
         # After a lost connection there is nothing to roll back; the server already has.
+        self.name_sets.forget()
         if not self._db.closed:
             self._db.execute("ROLLBACK")
 

@@ -28,6 +28,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from vigil.collector.storage.postgres.backend import PgStorage
+from vigil.collector.storage.postgres.ingest_repos import names_id
 from vigil.collector.storage.postgres.partitions import adopt_default
 from vigil.collector.storage.postgres.schema import IDENTITY_TABLES
 from vigil.collector.storage.records import StorageError
@@ -229,14 +230,18 @@ def _copy_rows(
 
 def _copy_metrics(src: sqlite3.Connection, db: psycopg.Connection) -> int:
     n = 0
+    ids: dict[str, int] = {}  # the source's name lists (JSON text) -> their id here
     with db.cursor() as cur:
         for host, at, received, cpu, rss, names, vals in src.execute(
-            "SELECT host, time, received_at, agent_cpu, agent_rss, names, vals FROM host_metrics"
+            "SELECT h.host, h.time, h.received_at, h.agent_cpu, h.agent_rss, n.names, h.vals"
+            " FROM host_metrics h JOIN metric_names n ON n.id = h.names_id"
         ):
+            if names not in ids:
+                ids[names] = names_id(db, json.loads(names))
             cur.execute(
                 "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss,"
-                " names, vals) VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                (host, at, received, cpu, rss, json.loads(names), unpack_floats(vals)),
+                " names_id, vals) VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (host, at, received, cpu, rss, ids[names], unpack_floats(vals)),
             )
             n += 1
     return n

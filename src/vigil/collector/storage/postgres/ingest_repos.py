@@ -26,16 +26,29 @@ from vigil.collector.storage.records import (
     LivenessRow,
     host_row,
 )
+from vigil.collector.storage.unit_of_work import NameSets
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 
 HOST_METRICS_UPSERT = (
-    "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names, vals)"
-    " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (host) DO UPDATE SET"
+    "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names_id,"
+    " vals) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (host) DO UPDATE SET"
     " time = excluded.time, received_at = excluded.received_at,"
     " agent_cpu = excluded.agent_cpu, agent_rss = excluded.agent_rss,"
-    " names = excluded.names, vals = excluded.vals"
+    " names_id = excluded.names_id, vals = excluded.vals"
     " WHERE excluded.time >= host_metrics.time"
 )
+
+
+def names_id(db: psycopg.Connection, names: Sequence[str]) -> int:
+    """The ``metric_names`` id of a series-name list, stored if new."""
+    row = db.execute(
+        "WITH added AS (INSERT INTO metric_names (names) VALUES (%s)"
+        " ON CONFLICT (names) DO NOTHING RETURNING id)"
+        " SELECT id FROM added UNION ALL SELECT id FROM metric_names WHERE names = %s",
+        (list(names), list(names)),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 class PgHosts:
@@ -377,8 +390,9 @@ class PgKeys:
 class PgHostMetrics:
     """:class:`~collector.storage.protocols.HostMetricsRepository` on PostgreSQL."""
 
-    def __init__(self, db: psycopg.Connection) -> None:
+    def __init__(self, db: psycopg.Connection, name_sets: NameSets) -> None:
         self._db = db
+        self._name_sets = name_sets
 
     def put(self, host: str, at: float, received_at: float, values: Mapping[str, float]) -> None:
         self._db.execute(
@@ -389,14 +403,19 @@ class PgHostMetrics:
                 received_at,
                 values.get(AGENT_CPU_SERIES),
                 values.get(AGENT_RSS_SERIES),
-                list(values),
+                self._name_sets.id_of(tuple(values), self._store_names),
                 [float(v) for v in values.values()],
             ),
         )
 
+    def _store_names(self, names: tuple[str, ...]) -> int:
+        return names_id(self._db, names)
+
     def latest(self, host: str) -> dict[str, float] | None:
         row = self._db.execute(
-            "SELECT names, vals FROM host_metrics WHERE host = %s", (host,)
+            "SELECT n.names, h.vals FROM host_metrics h JOIN metric_names n"
+            " ON n.id = h.names_id WHERE h.host = %s",
+            (host,),
         ).fetchone()
         if row is None:
             return None

@@ -60,7 +60,7 @@ class SqliteUnitOfWork(SqlUnitOfWork):
         self.results = SqliteCheckResults(db)
         self.keys = SqliteKeys(db)
         self.runs = SqliteRuns(db)
-        self.metrics = SqliteHostMetrics(db, memo)
+        self.metrics = SqliteHostMetrics(db, self.name_sets)
         self.incidents = SqliteIncidents(db)
         self.problems = SqliteProblems(db)
         self.silences = SqliteSilences(db)

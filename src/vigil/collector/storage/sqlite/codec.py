@@ -1,6 +1,7 @@
 """How the SQLite backend encodes values SQLite has no type for: label sets and series
-name lists as JSON text (memoised: a fleet has few distinct ones), metrics values as one
-float64 blob per summary; TEXT read back tolerantly (:class:`TextDecoder`)."""
+name lists as JSON text (label sets memoised, name lists stored once in ``metric_names``:
+a fleet has few distinct ones), metrics values as one float64 blob per summary; TEXT
+read back tolerantly (:class:`TextDecoder`)."""
 
 from __future__ import annotations
 
@@ -14,19 +15,30 @@ from typing import Any
 
 log = logging.getLogger("vigil.collector.storage")
 
-_JSON_MEMO_SIZE = 4096  # distinct label sets / series-name lists kept as JSON text
+_JSON_MEMO_SIZE = 4096  # distinct label sets kept as JSON text
 
 # A late retry of an older summary must not overwrite a newer one, hence the WHERE on the
 # agent's own timestamp. One row per host (not per series): a summary costs one B-tree
 # write instead of ~40, which is most of what ingest spends in SQLite.
 HOST_METRICS_UPSERT = (
-    "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names,"
+    "INSERT INTO host_metrics (host, time, received_at, agent_cpu, agent_rss, names_id,"
     " vals) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (host) DO UPDATE SET"
     " time = excluded.time, received_at = excluded.received_at,"
     " agent_cpu = excluded.agent_cpu, agent_rss = excluded.agent_rss,"
-    " names = excluded.names, vals = excluded.vals"
+    " names_id = excluded.names_id, vals = excluded.vals"
     " WHERE excluded.time >= host_metrics.time"
 )
+
+
+def names_id(db: sqlite3.Connection, names_json: str) -> int:
+    """The ``metric_names`` id of a series-name list (JSON array text), stored if new."""
+    db.execute(
+        "INSERT INTO metric_names (names) VALUES (?) ON CONFLICT (names) DO NOTHING",
+        (names_json,),
+    )
+    return int(
+        db.execute("SELECT id FROM metric_names WHERE names = ?", (names_json,)).fetchone()[0]
+    )
 
 
 class TextDecoder:
@@ -81,7 +93,7 @@ def fetch_strict_text(db: sqlite3.Connection, sql: str) -> list[Any]:
 
 
 class JsonMemo:
-    """JSON text of label sets and series-name lists seen lately, bounded."""
+    """JSON text of label sets seen lately, bounded."""
 
     def __init__(self) -> None:
         self._memo: dict[tuple[Any, ...], str] = {}
@@ -92,15 +104,6 @@ class JsonMemo:
         text = self._memo.get(key)
         if text is None:
             text = json.dumps(labels, sort_keys=True)
-            self._keep(key, text)
-        return text
-
-    def names(self, values: Mapping[str, float]) -> str:
-        """The series names of a summary as a JSON array."""
-        key = tuple(values)
-        text = self._memo.get(key)
-        if text is None:
-            text = json.dumps(key)
             self._keep(key, text)
         return text
 

@@ -21,10 +21,12 @@ from vigil.collector.storage.sqlite.codec import (
     HOST_METRICS_UPSERT,
     JsonMemo,
     fetch_strict_text,
+    names_id,
     pack_floats,
     unpack_floats,
 )
 from vigil.collector.storage.sqlite.schema import SEEN_BATCH, SEEN_EVENT
+from vigil.collector.storage.unit_of_work import NameSets
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 
 
@@ -362,9 +364,9 @@ class SqliteKeys:
 class SqliteHostMetrics:
     """:class:`~collector.storage.protocols.HostMetricsRepository` on SQLite."""
 
-    def __init__(self, db: sqlite3.Connection, memo: JsonMemo) -> None:
+    def __init__(self, db: sqlite3.Connection, name_sets: NameSets) -> None:
         self._db = db
-        self._memo = memo
+        self._name_sets = name_sets
 
     def put(self, host: str, at: float, received_at: float, values: Mapping[str, float]) -> None:
         self._db.execute(
@@ -375,14 +377,19 @@ class SqliteHostMetrics:
                 received_at,
                 values.get(AGENT_CPU_SERIES),
                 values.get(AGENT_RSS_SERIES),
-                self._memo.names(values),
+                self._name_sets.id_of(tuple(values), self._store_names),
                 pack_floats(values.values()),
             ),
         )
 
+    def _store_names(self, names: tuple[str, ...]) -> int:
+        return names_id(self._db, json.dumps(names))
+
     def latest(self, host: str) -> dict[str, float] | None:
         row = self._db.execute(
-            "SELECT names, vals FROM host_metrics WHERE host = ?", (host,)
+            "SELECT n.names, h.vals FROM host_metrics h JOIN metric_names n"
+            " ON n.id = h.names_id WHERE h.host = ?",
+            (host,),
         ).fetchone()
         if row is None:
             return None

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 
-from vigil.collector.storage.sqlite.codec import HOST_METRICS_UPSERT, pack_floats
+from vigil.collector.storage.sqlite.codec import HOST_METRICS_UPSERT, names_id, pack_floats
 from vigil.collector.storage.sqlite.console_repo import SQLITE, rollup_backfill_sql
 from vigil.collector.storage.sqlite.policy_repo import migrate_policy
 from vigil.collector.storage.sqlite.survey_repo import migrate_surveys
@@ -39,6 +39,19 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 SCHEMA_VERSION = 13
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
+# One row per host: its newest metrics summary. ``names_id``: the list of its series names
+# (metric_names), ``vals`` the values in that order. Formatted with the table's name (the
+# schema 14 migration builds the new shape beside the old one).
+_HOST_METRICS = """CREATE TABLE IF NOT EXISTS {table} (
+    host        TEXT PRIMARY KEY,
+    time        REAL NOT NULL,  -- agent clock of the summary
+    received_at REAL NOT NULL,
+    agent_cpu   REAL,           -- the agent's own footprint, read at start-up for /metrics
+    agent_rss   REAL,
+    names_id    INTEGER NOT NULL REFERENCES metric_names (id),
+    vals        BLOB NOT NULL   -- float64 little-endian
+)"""
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS hosts (
     agent_id        TEXT PRIMARY KEY,
@@ -62,14 +75,9 @@ CREATE TABLE IF NOT EXISTS seen (
     PRIMARY KEY (host, kind, id)
 );
 CREATE INDEX IF NOT EXISTS seen_received ON seen (received_at);
-CREATE TABLE IF NOT EXISTS host_metrics (
-    host        TEXT PRIMARY KEY,
-    time        REAL NOT NULL,  -- agent clock of the summary
-    received_at REAL NOT NULL,
-    agent_cpu   REAL,           -- the agent's own footprint, read at start-up for /metrics
-    agent_rss   REAL,
-    names       TEXT NOT NULL,  -- JSON array of series names
-    vals        BLOB NOT NULL   -- the values in the same order, float64 little-endian
+CREATE TABLE IF NOT EXISTS metric_names (
+    id    INTEGER PRIMARY KEY,
+    names TEXT NOT NULL UNIQUE  -- JSON array of series names, stored once per list
 );
 CREATE TABLE IF NOT EXISTS check_results (
     id             INTEGER PRIMARY KEY,
@@ -247,6 +255,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     for statement in _SCHEMA.split(";"):
         if statement.strip():
             db.execute(statement)
+    db.execute(_HOST_METRICS.format(table="host_metrics"))
     _migrate_desk(db)
     _migrate_problem_kinds(db)
     _migrate_host_metrics(db)
@@ -258,6 +267,7 @@ def create_or_migrate(db: sqlite3.Connection) -> None:
     migrate_console(db)
     migrate_scale_reads(db)
     _migrate_run_as(db)
+    _migrate_metric_names(db)
     db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
 
 
@@ -276,6 +286,24 @@ def _migrate_run_as(db: sqlite3.Connection) -> None:
     have = {row[1] for row in db.execute("PRAGMA table_info(remediation_runs)")}
     if "run_as_user" not in have:
         db.execute("ALTER TABLE remediation_runs ADD COLUMN run_as_user TEXT")
+
+
+def _migrate_metric_names(db: sqlite3.Connection) -> None:
+    """Schema 14: ``host_metrics`` rows name their series list by ``metric_names`` id
+    instead of carrying it (each list stored once). The table is rebuilt in the new
+    shape (SQLite cannot change a column in place): same hosts, times and values."""
+    have = {row[1] for row in db.execute("PRAGMA table_info(host_metrics)")}
+    if "names" not in have:
+        return
+    db.execute("INSERT OR IGNORE INTO metric_names (names) SELECT DISTINCT names FROM host_metrics")
+    db.execute(_HOST_METRICS.format(table="host_metrics_v14"))
+    db.execute(
+        "INSERT INTO host_metrics_v14 (host, time, received_at, agent_cpu, agent_rss,"
+        " names_id, vals) SELECT h.host, h.time, h.received_at, h.agent_cpu, h.agent_rss,"
+        " n.id, h.vals FROM host_metrics h JOIN metric_names n ON n.names = h.names"
+    )
+    db.execute("DROP TABLE host_metrics")
+    db.execute("ALTER TABLE host_metrics_v14 RENAME TO host_metrics")
 
 
 def _migrate_desk(db: sqlite3.Connection) -> None:
@@ -343,7 +371,7 @@ def _migrate_host_metrics(db: sqlite3.Connection) -> None:
                 received_at,
                 values.get(AGENT_CPU_SERIES),
                 values.get(AGENT_RSS_SERIES),
-                json.dumps(tuple(values)),
+                names_id(db, json.dumps(tuple(values))),
                 pack_floats(values.values()),
             ),
         )
