@@ -174,9 +174,6 @@ class IngestFrontProtocol(asyncio.Protocol):
     def _serve_general(self, head: Head, keep_alive: bool, length: int) -> None:
         """Serve the request whose head was just taken off the buffer through the report
         handler (a task), feeding it the body as it arrives."""
-        headers = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers
-        )
         body = Body()
         self._body = body
         # A body over the limit is refused before any of it is read; the rest of it then
@@ -191,20 +188,26 @@ class IngestFrontProtocol(asyncio.Protocol):
         complete = length <= limit and not self._remaining
         if complete:
             body.end()
-        request = self._request(CIMultiDictProxy(headers), head.url, body)
+        request = self._request(head, body)
         self._disarm()
         if not complete and length <= limit:
             self._arm(self._body_timeout)
         reusable = keep_alive and length <= limit
         self._busy(asyncio.ensure_future(self._serve(request, reusable)))
 
-    def _request(self, headers: CIMultiDictProxy[str], target: bytes, body: Body) -> LeanRequest:
+    def _request(self, head: Head, body: Body) -> LeanRequest:
+        """The report handler's view of the request with ``head`` and ``body``."""
+        headers = CIMultiDict(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers
+        )
         transport = self._transport
         assert transport is not None
         peer = transport.get_extra_info("peername")
         remote = peer[0] if isinstance(peer, tuple) else None
         scheme = "https" if transport.get_extra_info("sslcontext") is not None else "http"
-        return LeanRequest(self._front.app, headers, target, remote, scheme, body)
+        return LeanRequest(
+            self._front.app, CIMultiDictProxy(headers), head.url, remote, scheme, body
+        )
 
     def _busy(self, inflight: asyncio.Future[None]) -> None:
         """A request of this connection is being handled until ``inflight`` is done."""
@@ -254,12 +257,9 @@ class IngestFrontProtocol(asyncio.Protocol):
         waiter: asyncio.Future[None],
         result: IngestResult,
     ) -> None:
-        headers = CIMultiDict(
-            (name.decode("latin-1"), value.decode("latin-1")) for name, value in head.headers
-        )
         body = Body()
         body.end()
-        request = self._request(CIMultiDictProxy(headers), head.url, body)
+        request = self._request(head, body)
         received_at = self._received_at
         try:
             response = await self._front.respond(
