@@ -10,6 +10,11 @@ ack too (``"surveys"``; see ``api/survey_ack.py``).
 Every rejection is counted by reason (``vigil_reports_rejected_total``) and logged at
 INFO with the client address. The commit itself goes through the ingest queue's group
 commit (``collector/ingest.py``).
+
+Two forms of one handler: :func:`post_report`, a coroutine (aiohttp, and the lean front
+for anything unusual), and :class:`PlainLane`, the same checks and ack from callbacks for
+the lean front's plain reports (``collector/front.py``); they share :func:`_ack` and
+:func:`_settle`, and the lane leaves every refusal to :func:`_admit`.
 """
 
 from __future__ import annotations
