@@ -69,6 +69,8 @@ _DRAIN_S = 2.0
 # What the plain lane's replies carry (as aiohttp's json_response); its 500 body.
 _JSON_HEADERS = ["Content-Type: application/json; charset=utf-8"]
 _INTERNAL_ERROR = json_bytes({"error": "internal server error", "field": None})
+# Reason phrases by status, looked up once here rather than through the enum per reply.
+_REASONS = {status.value: status.phrase for status in http.HTTPStatus}
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -343,10 +345,7 @@ class IngestFrontProtocol(asyncio.Protocol):
             # (``logging.access_log``; off by default: every agent POST would be one).
             log.info('%s "POST %s HTTP/1.1" %d %d', self._remote(), INGEST_PATH.decode(),
                      status, len(payload))  # fmt: skip
-        try:
-            reason = http.HTTPStatus(status).phrase
-        except ValueError:
-            reason = "Unknown"
+        reason = _REASONS.get(status, "Unknown")
         lines = [f"HTTP/1.1 {status} {reason}", *headers, f"Content-Length: {len(payload)}"]
         if not keep_alive:
             lines.append("Connection: close")
