@@ -43,6 +43,7 @@ from vigil.collector.desk.satisfaction import DISABLED, SatisfactionPolicy
 from vigil.collector.desk.sequence import Verdict
 from vigil.collector.desk.work import Changes, Work, key_state
 from vigil.collector.storage.protocols import UnitOfWork
+from vigil.collector.storage.records import HostRefresh
 from vigil.collector.telemetry.aggregates import Aggregates
 
 log = logging.getLogger("vigil.collector.desk")
@@ -130,12 +131,20 @@ def apply_group(
     it; without, one exception escapes and the caller rolls the whole group back.
     Returns one result per item and the aggregate deltas to merge after the COMMIT.
     ``record_ids``: see :attr:`Work.record_ids`.
+
+    Without ``isolate`` (and ``record_ids``), the group's steady-state reports are
+    applied first, together (:func:`apply_steady`), and the others one by one.
     """
     results: Results = []
     # One delta for the whole group when it commits or fails as a whole; with ``isolate``
     # a report's delta must vanish with its savepoint, so one each.
     deltas = [] if isolate else [Aggregates()]
-    for report, received_at in items:
+    steady = {} if isolate or record_ids else apply_steady(uow, catalog, items, deltas[0])
+    for i, (report, received_at) in enumerate(items):
+        done = steady.get(i)
+        if done is not None:
+            results.append(done)
+            continue
         if not math.isfinite(received_at):
             results.append(ValueError(f"received_at: must be a finite number, got {received_at!r}"))
             continue
@@ -262,6 +271,127 @@ def apply_report(work: Work, report: wire.Report, received_at: float) -> IngestR
         prevented=tuple(changes.prevented),
         epoch_reset=decided is Verdict.RESET,
         mark=before.mark if decided is Verdict.RESET and before is not None else None,
+    )
+
+
+# --------------------------------------------------------------------------- steady state
+#
+# Nearly every report of a healthy fleet is alike: a known agent whose name, labels and
+# version are as stored sends its next batch in sequence with a heartbeat and a metrics
+# summary, and its heartbeat key has no incident open. Such a report changes its host's
+# liveness and dedup columns and its newest summary, nothing else (no check result, key,
+# incident or id is written). apply_steady picks those reports out of a group and applies
+# them together: one statement reads (and locks) their hosts, one run of one statement
+# each updates the host rows and the summaries. That saves per report two statement calls
+# and the machinery of apply_report (issue #17; docs/benchmarks.md, "Delivery").
+#
+# Every other report takes apply_report unchanged: an event other than a heartbeat or a
+# summary, a new or renamed host, a first sequenced report, a duplicate or a snapshot's
+# reset, a heartbeat incident to resolve, events out of seq order, and any agent with more
+# than one report in the group (its reports must apply in order, through one path). The
+# two passes touch disjoint hosts, so applying the steady reports first is an order the
+# group could have arrived in; rows, results and aggregates end exactly as the per-report
+# path leaves them (tests/unit/desk/test_steady.py compares both on the same groups).
+
+# Groups smaller than this go through the per-report path whole: a lone report gains
+# nothing from one more statement to read its host.
+STEADY_MIN_GROUP = 2
+
+
+def apply_steady(
+    uow: UnitOfWork, catalog: Catalog, items: Items, delta: Aggregates
+) -> dict[int, IngestResult]:
+    """Apply the steady-state reports among ``items`` inside the caller's transaction,
+    adding their effects to ``delta``; return their results by position in ``items``.
+
+    The reports not in the returned mapping were not touched: the caller applies them
+    with ``apply_report``. Raises what the storage raises (the caller rolls the group
+    back, as for the per-report path).
+    """
+    if len(items) < STEADY_MIN_GROUP:
+        return {}
+    per_agent = Counter(report.agent_id for report, _ in items)
+    candidates = [
+        (i, report, received_at)
+        for i, (report, received_at) in enumerate(items)
+        if per_agent[report.agent_id] == 1 and _steady_shape(report, received_at)
+    ]
+    if not candidates:
+        return {}
+    stored = uow.hosts.before_unchanged([report for _, report, _ in candidates])
+    hosts: list[HostRefresh] = []
+    summaries: list[tuple[str, float, float, dict[str, float]]] = []
+    results: dict[int, IngestResult] = {}
+    for i, report, received_at in candidates:
+        before = stored.get(report.agent_id)
+        if before is None:
+            continue  # new, renamed, relabelled or upgraded: the per-report path
+        ttl = None
+        heartbeat = False
+        for event in report.events:
+            if isinstance(event, wire.CheckEvent):
+                heartbeat = True
+                if event.ttl_s is not None:
+                    ttl = event.ttl_s
+        if heartbeat and before.heartbeat_open is not False:
+            continue  # the heartbeat resolves a liveness incident: the per-report path
+        if (
+            sequence.verdict(
+                report,
+                stored_epoch=before.epoch,
+                mark=before.mark,
+                last_batch_id=before.last_batch_id,
+            )
+            is not Verdict.APPLY
+        ):
+            continue
+        host = report.agent_id
+        offset = clock_offset_estimate(
+            (before.clock_offset_s, before.last_seen), received_at - report.sent_at, received_at
+        )
+        assert report.epoch is not None and report.seq_last is not None  # APPLY says so
+        hosts.append(
+            HostRefresh(
+                host, received_at, report.sent_at, offset, ttl, report.batch_id,
+                report.epoch, report.seq_last,
+            )
+        )  # fmt: skip
+        for event in report.events:
+            if isinstance(event, wire.MetricsEvent):
+                at = summary_time(event.time, received_at)
+                summaries.append((host, at, received_at, event.values))
+                delta.note_footprint(host, at, event.values)
+        if ttl is not None:
+            delta.host_ttl[host] = ttl
+        delta.host_last_seen[host] = received_at
+        delta.host_names[host] = report.hostname
+        delta.host_clock_offset[host] = offset
+        delta.host_silence_expected[host] = catalog.silence_expected(report.labels)
+        delta.counters["reports_accepted"] += 1
+        delta.counters["events"] += len(report.events)
+        results[i] = IngestResult(
+            duplicate=False, events=len(report.events), opened=(), resolved=(), prevented=()
+        )
+    if hosts:
+        uow.hosts.refresh_many(hosts)
+    if summaries:
+        uow.metrics.put_many(summaries)
+    return results
+
+
+def _steady_shape(report: wire.Report, received_at: float) -> bool:
+    """Whether ``report`` may be a steady-state one, from the report alone: sequenced,
+    only heartbeats and metrics summaries, in ``seq`` order (the host decides the rest)."""
+    return (
+        report.epoch is not None
+        and report.seq_first is not None
+        and math.isfinite(received_at)
+        and all(
+            type(event) is wire.MetricsEvent
+            or (type(event) is wire.CheckEvent and event.check == wire.HEARTBEAT_CHECK)
+            for event in report.events
+        )
+        and all(a.seq < b.seq for a, b in itertools.pairwise(report.events))
     )
 
 

@@ -21,6 +21,7 @@ from vigil import wire
 from vigil.collector.storage.policy_protocol import PolicyRepository
 from vigil.collector.storage.records import (
     HostBefore,
+    HostRefresh,
     IncidentAlertRow,
     KeyRow,
     LivenessRow,
@@ -58,6 +59,17 @@ class HostRepository(Protocol):
         id; a sequenced report's ``epoch`` and ``seq_last`` become the host's epoch and
         mark, a report without them keeps the stored ones); ``heartbeat_ttl_s`` None keeps
         the stored TTL."""
+
+    def before_unchanged(self, reports: Sequence[wire.Report]) -> dict[str, HostBefore]:
+        """:meth:`before` for many hosts in one statement, by agent_id: only the stored
+        hosts whose hostname, labels and agent version are their report's (the steady
+        state, which :meth:`refresh_many` then updates). Locks those host rows until the
+        transaction ends, as :meth:`before` does. One report per agent."""
+
+    def refresh_many(self, rows: Sequence[HostRefresh]) -> None:
+        """Set the liveness and dedup columns of known hosts (one statement run for
+        all), leaving their name, labels and version: each row ends as :meth:`upsert`
+        of its report would leave it, for a host :meth:`before_unchanged` returned."""
 
     def info(self, agent_id: str) -> tuple[str, dict[str, str]] | None:
         """``(hostname, labels)`` or None for a host never seen."""
@@ -194,6 +206,10 @@ class HostMetricsRepository(Protocol):
 
     def put(self, host: str, at: float, received_at: float, values: Mapping[str, float]) -> None:
         """Keep the summary unless a newer one (by the agent's ``at``) is stored."""
+
+    def put_many(self, rows: Sequence[tuple[str, float, float, Mapping[str, float]]]) -> None:
+        """:meth:`put` of ``(host, at, received_at, values)`` rows in order (one
+        statement run for all)."""
 
     def latest(self, host: str) -> dict[str, float] | None:
         """The stored summary, or None."""

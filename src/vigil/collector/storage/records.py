@@ -40,6 +40,21 @@ class HostBefore(NamedTuple):
     heartbeat_open: bool | None = None
 
 
+class HostRefresh(NamedTuple):
+    """A known host's liveness and dedup columns after a steady-state report, for
+    ``HostRepository.refresh_many``: as ``upsert`` of that report would set them on a
+    host whose name, labels and agent version it leaves as they are."""
+
+    agent_id: str
+    last_seen: float
+    last_sent_at: float
+    clock_offset_s: float
+    heartbeat_ttl_s: float | None  # None keeps the stored TTL
+    last_batch_id: str
+    epoch: str  # 32 hex digits
+    mark: int
+
+
 # The liveness read's first half without the silent hosts whose heartbeat key already
 # records their silence (HostRepository.liveness with ``noted=False``): ``critical`` with
 # an incident open, or ``unknown`` (asleep, also after an incident). A host with no key

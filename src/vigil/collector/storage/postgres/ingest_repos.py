@@ -22,6 +22,7 @@ from vigil.collector.storage.postgres.schema import SEEN_BATCH, SEEN_EVENT
 from vigil.collector.storage.records import (
     SILENCE_NOT_NOTED,
     HostBefore,
+    HostRefresh,
     KeyRow,
     LivenessRow,
     host_row,
@@ -81,6 +82,46 @@ class PgHosts:
             mark,
             bool(heartbeat_open),
         )
+
+    def before_unchanged(self, reports: Sequence[wire.Report]) -> dict[str, HostBefore]:
+        # As before(), for a group: FOR UPDATE OF h locks the rows read, in agent_id
+        # order (the LockRows step runs over the sorted rows, so two writers never lock
+        # one group's hosts in opposite orders). Identity compared here (jsonb labels
+        # come back as a dict).
+        by_agent = {report.agent_id: report for report in reports}
+        rows = self._db.execute(
+            "SELECT h.agent_id, h.hostname, h.labels, h.agent_version, h.last_batch_id,"
+            " h.clock_offset_s, h.last_seen, h.epoch, h.mark, c.incident_id IS NOT NULL"
+            " FROM hosts h LEFT JOIN check_state c"
+            " ON c.host = h.agent_id AND c.check_id = %s"
+            " WHERE h.agent_id = ANY(%s) ORDER BY h.agent_id FOR UPDATE OF h",
+            (wire.HEARTBEAT_CHECK, list(by_agent)),
+        ).fetchall()
+        found = {}
+        for agent, hostname, labels, version, batch, offset, seen, epoch, mark, open_ in rows:
+            report = by_agent[agent]
+            if (
+                hostname == report.hostname
+                and version == report.agent_version
+                and labels == report.labels
+            ):
+                epoch_hex = None if epoch is None else bytes(epoch).hex()
+                found[agent] = HostBefore(batch, offset, seen, epoch_hex, mark, bool(open_))
+        return found
+
+    def refresh_many(self, rows: Sequence[HostRefresh]) -> None:
+        # By agent_id alone: before_unchanged locked these rows and read their identity
+        # in this transaction; only unindexed columns are set, so the updates stay HOT.
+        with self._db.cursor() as cur:
+            cur.executemany(
+                "UPDATE hosts SET last_seen = %s, last_sent_at = %s, clock_offset_s = %s,"
+                " heartbeat_ttl_s = COALESCE(%s::double precision, heartbeat_ttl_s),"
+                " last_batch_id = %s, epoch = %s, mark = %s WHERE agent_id = %s",
+                [
+                    (at, sent, offset, ttl, batch, bytes.fromhex(epoch), mark, agent)
+                    for agent, at, sent, offset, ttl, batch, epoch, mark in rows
+                ],
+            )
 
     def upsert(
         self,
@@ -395,17 +436,23 @@ class PgHostMetrics:
         self._name_sets = name_sets
 
     def put(self, host: str, at: float, received_at: float, values: Mapping[str, float]) -> None:
-        self._db.execute(
-            HOST_METRICS_UPSERT,
-            (
-                host,
-                at,
-                received_at,
-                values.get(AGENT_CPU_SERIES),
-                values.get(AGENT_RSS_SERIES),
-                self._name_sets.id_of(tuple(values), self._store_names),
-                [float(v) for v in values.values()],
-            ),
+        self._db.execute(HOST_METRICS_UPSERT, self._row(host, at, received_at, values))
+
+    def put_many(self, rows: Sequence[tuple[str, float, float, Mapping[str, float]]]) -> None:
+        with self._db.cursor() as cur:
+            cur.executemany(HOST_METRICS_UPSERT, [self._row(*row) for row in rows])
+
+    def _row(
+        self, host: str, at: float, received_at: float, values: Mapping[str, float]
+    ) -> tuple[Any, ...]:
+        return (
+            host,
+            at,
+            received_at,
+            values.get(AGENT_CPU_SERIES),
+            values.get(AGENT_RSS_SERIES),
+            self._name_sets.id_of(tuple(values), self._store_names),
+            [float(v) for v in values.values()],
         )
 
     def _store_names(self, names: tuple[str, ...]) -> int:

@@ -9,10 +9,13 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
+import orjson
+
 from vigil import wire
 from vigil.collector.storage.records import (
     SILENCE_NOT_NOTED,
     HostBefore,
+    HostRefresh,
     KeyRow,
     LivenessRow,
     host_row,
@@ -50,6 +53,46 @@ class SqliteHosts:
         batch, offset, seen, epoch, mark, heartbeat_open = row
         return HostBefore(
             batch, offset, seen, None if epoch is None else epoch.hex(), mark, bool(heartbeat_open)
+        )
+
+    def before_unchanged(self, reports: Sequence[wire.Report]) -> dict[str, HostBefore]:
+        # One statement text for any group size (the ids as one JSON array), so the
+        # statement cache holds it; the identity columns are compared here, where the
+        # stored labels text is the memo's (sorted JSON) form of the report's labels.
+        by_agent = {report.agent_id: report for report in reports}
+        rows = self._db.execute(
+            "SELECT h.agent_id, h.hostname, h.labels, h.agent_version, h.last_batch_id,"
+            " h.clock_offset_s, h.last_seen, h.epoch, h.mark, c.incident_id IS NOT NULL"
+            " FROM hosts h LEFT JOIN check_state c"
+            " ON c.host = h.agent_id AND c.check_id = ?"
+            " WHERE h.agent_id IN (SELECT value FROM json_each(?))",
+            (wire.HEARTBEAT_CHECK, orjson.dumps(list(by_agent)).decode()),
+        ).fetchall()
+        labels_text = self._memo.labels
+        found = {}
+        for agent, hostname, labels, version, batch, offset, seen, epoch, mark, open_ in rows:
+            report = by_agent[agent]
+            if (
+                hostname == report.hostname
+                and version == report.agent_version
+                and labels == labels_text(report.labels)
+            ):
+                found[agent] = HostBefore(
+                    batch, offset, seen, None if epoch is None else epoch.hex(), mark, bool(open_)
+                )
+        return found
+
+    def refresh_many(self, rows: Sequence[HostRefresh]) -> None:
+        # By agent_id alone: the caller read the identity under this transaction (SQLite
+        # has one writer), and only unindexed columns are set (see upsert).
+        self._db.executemany(
+            "UPDATE hosts SET last_seen = ?, last_sent_at = ?, clock_offset_s = ?,"
+            " heartbeat_ttl_s = COALESCE(?, heartbeat_ttl_s), last_batch_id = ?,"
+            " epoch = ?, mark = ? WHERE agent_id = ?",
+            [
+                (at, sent, offset, ttl, batch, bytes.fromhex(epoch), mark, agent)
+                for agent, at, sent, offset, ttl, batch, epoch, mark in rows
+            ],
         )
 
     def upsert(
@@ -369,17 +412,22 @@ class SqliteHostMetrics:
         self._name_sets = name_sets
 
     def put(self, host: str, at: float, received_at: float, values: Mapping[str, float]) -> None:
-        self._db.execute(
-            HOST_METRICS_UPSERT,
-            (
-                host,
-                at,
-                received_at,
-                values.get(AGENT_CPU_SERIES),
-                values.get(AGENT_RSS_SERIES),
-                self._name_sets.id_of(tuple(values), self._store_names),
-                pack_floats(values.values()),
-            ),
+        self._db.execute(HOST_METRICS_UPSERT, self._row(host, at, received_at, values))
+
+    def put_many(self, rows: Sequence[tuple[str, float, float, Mapping[str, float]]]) -> None:
+        self._db.executemany(HOST_METRICS_UPSERT, [self._row(*row) for row in rows])
+
+    def _row(
+        self, host: str, at: float, received_at: float, values: Mapping[str, float]
+    ) -> tuple[Any, ...]:
+        return (
+            host,
+            at,
+            received_at,
+            values.get(AGENT_CPU_SERIES),
+            values.get(AGENT_RSS_SERIES),
+            self._name_sets.id_of(tuple(values), self._store_names),
+            pack_floats(values.values()),
         )
 
     def _store_names(self, names: tuple[str, ...]) -> int:
