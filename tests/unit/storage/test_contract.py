@@ -697,6 +697,16 @@ def test_hosts_page_by_agent_id_in_byte_order(storage: Any) -> None:
         assert [h["agent_id"] for h in uow.hosts.list()] == sorted(names)
 
 
+def test_versions_are_each_hosts_last_reported_agent_version(storage: Any) -> None:
+    with storage.session() as uow, uow.transaction():
+        assert uow.hosts.versions() == {}
+        uow.hosts.upsert(report("b1", host="h1"), T0, 0.0, None)
+        uow.hosts.upsert(report("b1", host="h2"), T0, 0.0, None)
+        upgraded = dataclasses.replace(report("b2", host="h2"), agent_version="0.2.0")
+        uow.hosts.upsert(upgraded, T0 + 1, 0.0, None)
+        assert uow.hosts.versions() == {"h1": "0.1.0", "h2": "0.2.0"}
+
+
 def test_a_late_older_metrics_summary_does_not_replace_a_newer_one(storage: Any) -> None:
     with storage.session() as uow, uow.transaction():
         uow.metrics.put("h1", T0 + 60, T0 + 60, {"cpu": 2.0, "mem": 3.0})

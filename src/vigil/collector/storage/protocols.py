@@ -77,6 +77,10 @@ class HostRepository(Protocol):
     def count(self) -> int:
         """How many hosts."""
 
+    def versions(self) -> dict[str, str]:
+        """``agent_id -> agent_version`` of every host (one pass over the table, reading
+        nothing else: the policy runtime's fleet resync)."""
+
     def all_labels(self) -> Iterator[dict[str, str]]:
         """Every host's labels."""
 

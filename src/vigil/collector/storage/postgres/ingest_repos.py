@@ -171,6 +171,9 @@ class PgHosts:
         ).fetchone()
         return None if row is None else (row[0], _labels_or_empty(row[1]))
 
+    def versions(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT agent_id, agent_version FROM hosts").fetchall())
+
     def count(self) -> int:
         row = self._db.execute("SELECT COUNT(*) FROM hosts").fetchone()
         return int(row[0]) if row else 0

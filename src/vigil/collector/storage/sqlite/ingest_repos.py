@@ -144,6 +144,9 @@ class SqliteHosts:
         # hand-edited row cannot fail the ingest or tick transaction that asks.
         return None if row is None else (row[0], _labels_or_empty(row[1]))
 
+    def versions(self) -> dict[str, str]:
+        return dict(self._db.execute("SELECT agent_id, agent_version FROM hosts").fetchall())
+
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM hosts").fetchone()[0])
 
