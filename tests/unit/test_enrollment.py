@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from vigil import wire
+from vigil import wire, wire_fast
 from vigil.collector.identity import enrollment
 from vigil.collector.identity.credentials import CredentialCache, routing_labels, token_hash
 from vigil.collector.identity.enrollment import EnrollError
@@ -180,6 +180,23 @@ def test_a_credential_may_only_write_as_its_own_agent(storage: SqliteStorage) ->
     assert dataclasses.replace(stored, labels={}) == dataclasses.replace(
         report("agent-1"), labels={}
     )
+
+
+def test_the_lean_fronts_struct_reports_get_the_granted_labels_too(storage: SqliteStorage) -> None:
+    """The plain lane hands over the checked Struct (wire_fast.decode_struct): authorize
+    keeps its class and grants the same labels as for the wire dataclass."""
+    issued = enroll(storage, secret(storage), "agent-1")
+    ident = identity(storage)
+    auth = ident.authenticate(f"Bearer {issued.credential}", NOW)
+    assert auth is not None
+    struct = wire_fast.decode_struct(wire.encode_report(report("agent-1")))
+    assert struct is not None
+    stored = ident.authorize(auth, struct)
+    assert type(stored) is type(struct)
+    assert wire_fast.as_wire(stored) == ident.authorize(auth, report("agent-1"))
+    other = wire_fast.decode_struct(wire.encode_report(report("agent-2")))
+    with pytest.raises(Forbidden):
+        ident.authorize(auth, other)
 
 
 def test_a_shared_token_may_write_only_for_agents_not_enrolled(storage: SqliteStorage) -> None:

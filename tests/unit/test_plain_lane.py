@@ -26,6 +26,7 @@ from vigil.collector.desk.apply import IngestResult
 from vigil.collector.desk.satisfaction import SatisfactionPolicy
 from vigil.collector.front_request import Body, LeanRequest
 from vigil.collector.keys import counters_key, desk_key, ingest_key
+from vigil.wire_fast import as_wire, struct_of
 
 T = TypeVar("T")
 PLAIN = {
@@ -79,7 +80,8 @@ def test_a_plain_report_is_committed_and_answered_as_the_handler_answers(
     async def main() -> tuple[Any, Any, int]:
         async with lane_of(collector_config) as (app, lane):
             admitted = lane.admit(PLAIN, body_of(report))
-            assert admitted is not None and admitted.report == report
+            assert admitted is not None and as_wire(admitted.report) == report
+            assert type(admitted.report) is struct_of(wire.Report)  # the desk reads it as is
             result, received_at = await committed(lane, admitted)
             reply = lane.reply(admitted, result, received_at)
             assert reply is not None

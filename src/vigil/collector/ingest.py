@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from vigil import wire
 from vigil.collector.desk.apply import IngestResult, Items, Results
+from vigil.wire_fast import ReportStruct
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ class IngestStats:
 
 @dataclass(slots=True)
 class _Item:
-    report: wire.Report
+    report: wire.Report | ReportStruct
     received_at: float
     deliver: Deliver
 
@@ -156,7 +157,9 @@ class IngestQueue:
         # shield: a client that disconnects cancels its handler, not the commit it is in.
         return await asyncio.shield(future)
 
-    def enqueue(self, report: wire.Report, received_at: float, deliver: Deliver) -> None:
+    def enqueue(
+        self, report: wire.Report | ReportStruct, received_at: float, deliver: Deliver
+    ) -> None:
         """Queue ``report``; ``deliver`` is called on the loop, exactly once, with its
         result (or the exception that kept it from being applied) after the COMMIT.
 

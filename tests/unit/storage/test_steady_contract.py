@@ -19,6 +19,7 @@ from vigil.collector.desk.apply import Items, Results, apply_group, apply_steady
 from vigil.collector.desk.service import Desk
 from vigil.collector.storage.records import HostBefore, HostRefresh, KeyRow
 from vigil.collector.telemetry.aggregates import Aggregates
+from vigil.wire_fast import decode_struct
 
 T0 = 1_700_000_000.0
 EPOCH = "ab" * 16
@@ -189,8 +190,26 @@ def _plain(results: Results, state: dict[str, Any]) -> tuple[list[Any], dict[str
     return plain, {**state, "incidents": incidents}
 
 
-def test_a_group_ends_as_the_per_report_path_leaves_it(desk: Desk) -> None:
+def as_structs(items: Items) -> Items:
+    """``items`` as the lean front hands them over: each report decoded to its checked
+    Struct (``wire_fast.decode_struct``) from the agent's encoding; one the wire refuses
+    (events out of ``seq`` order) stays as it is."""
+    out: list[tuple[Any, float]] = []
+    for report, received_at in items:
+        struct = decode_struct(wire.encode_report(report))
+        out.append((report if struct is None else struct, received_at))
+    assert sum(type(r) is not wire.Report for r, _ in out) == len(out) - 1
+    return out
+
+
+@pytest.mark.parametrize("form", ["wire", "struct"])
+def test_a_group_ends_as_the_per_report_path_leaves_it(desk: Desk, form: str) -> None:
+    """Both forms of report (the wire dataclasses; the lean front's Structs) through the
+    steady pass end as the wire dataclasses through the per-report path."""
     items, steady = the_group()
+    slow, slow_agg, slow_state = _apply(desk, items, isolate=True)
+    if form == "struct":
+        items = as_structs(items)
     with desk.storage.session() as uow:
         try:
             with uow.transaction():
@@ -199,7 +218,6 @@ def test_a_group_ends_as_the_per_report_path_leaves_it(desk: Desk) -> None:
         except _Undo:
             pass
     fast, fast_agg, fast_state = _apply(desk, items, isolate=False)
-    slow, slow_agg, slow_state = _apply(desk, items, isolate=True)
     assert _plain(fast, fast_state) == _plain(slow, slow_state)
     for name in (
         "host_last_seen", "host_ttl", "host_names", "host_clock_offset",

@@ -45,6 +45,7 @@ from vigil.collector.desk.work import Changes, Work, key_state
 from vigil.collector.storage.protocols import UnitOfWork
 from vigil.collector.storage.records import HostRefresh
 from vigil.collector.telemetry.aggregates import Aggregates
+from vigil.wire_fast import ReportStruct, as_wire, struct_of
 
 log = logging.getLogger("vigil.collector.desk")
 
@@ -78,7 +79,9 @@ class IngestResult:
     mark: int | None = None
 
 
-Items = Sequence[tuple[wire.Report, float]]
+# A report may also be its checked wire_fast Struct (the lean front's, same fields):
+# the steady pass reads it as it is, the per-report path converts it (as_wire).
+Items = Sequence[tuple[wire.Report | ReportStruct, float]]
 Results = list[IngestResult | Exception]
 
 
@@ -140,11 +143,12 @@ def apply_group(
     # a report's delta must vanish with its savepoint, so one each.
     deltas = [] if isolate else [Aggregates()]
     steady = {} if isolate or record_ids else apply_steady(uow, catalog, items, deltas[0])
-    for i, (report, received_at) in enumerate(items):
+    for i, (given, received_at) in enumerate(items):
         done = steady.get(i)
         if done is not None:
             results.append(done)
             continue
+        report = as_wire(given)
         if not math.isfinite(received_at):
             results.append(ValueError(f"received_at: must be a finite number, got {received_at!r}"))
             continue
@@ -329,7 +333,7 @@ def apply_steady(
         ttl = None
         heartbeat = False
         for event in report.events:
-            if isinstance(event, wire.CheckEvent):
+            if type(event) in _CHECKS:
                 heartbeat = True
                 if event.ttl_s is not None:
                     ttl = event.ttl_s
@@ -357,7 +361,7 @@ def apply_steady(
             )
         )  # fmt: skip
         for event in report.events:
-            if isinstance(event, wire.MetricsEvent):
+            if type(event) in _SUMMARIES:
                 at = summary_time(event.time, received_at)
                 summaries.append((host, at, received_at, event.values))
                 delta.note_footprint(host, at, event.values)
@@ -379,7 +383,13 @@ def apply_steady(
     return results
 
 
-def _steady_shape(report: wire.Report, received_at: float) -> bool:
+# The event classes the steady pass takes: the wire dataclasses, and the Structs of the
+# same fields the lean front's reports carry (vigil/wire_fast.py decode_struct).
+_SUMMARIES = frozenset(c for c in (wire.MetricsEvent, struct_of(wire.MetricsEvent)) if c)
+_CHECKS = frozenset(c for c in (wire.CheckEvent, struct_of(wire.CheckEvent)) if c)
+
+
+def _steady_shape(report: wire.Report | ReportStruct, received_at: float) -> bool:
     """Whether ``report`` may be a steady-state one, from the report alone: sequenced,
     only heartbeats and metrics summaries, in ``seq`` order (the host decides the rest)."""
     return (
@@ -387,8 +397,8 @@ def _steady_shape(report: wire.Report, received_at: float) -> bool:
         and report.seq_first is not None
         and math.isfinite(received_at)
         and all(
-            type(event) is wire.MetricsEvent
-            or (type(event) is wire.CheckEvent and event.check == wire.HEARTBEAT_CHECK)
+            type(event) in _SUMMARIES
+            or (type(event) in _CHECKS and event.check == wire.HEARTBEAT_CHECK)
             for event in report.events
         )
         and all(a.seq < b.seq for a, b in itertools.pairwise(report.events))

@@ -16,7 +16,6 @@ Two kinds of caller are accepted on ``POST /api/v1/reports``:
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hmac
 from collections.abc import Awaitable, Callable, Iterator
@@ -31,6 +30,7 @@ from vigil.collector.identity.credentials import AgentCredential, CredentialCach
 from vigil.collector.identity.enrollment import EnrollmentCounters, Issued
 from vigil.collector.identity.ratelimit import ENROLL_PER_MINUTE, RateLimiter
 from vigil.collector.storage.protocols import Storage
+from vigil.wire_fast import replace
 
 # Seconds between checks of the storage's enrollment generation: how long a revocation
 # made by another process (the CLI, another collector) takes to reach this one.
@@ -117,7 +117,9 @@ class AgentIdentity:
                 claimed=report.agent_id,
             )
             raise Forbidden(f"this credential belongs to another agent, not {report.agent_id}")
-        return dataclasses.replace(report, labels=routing_labels(credential.labels, report.labels))
+        # The lean front's reports are wire_fast Structs of the same fields: replace()
+        # keeps the class.
+        return replace(report, labels=routing_labels(credential.labels, report.labels))
 
     async def activate_if_pending(self, auth: AgentAuth) -> None:
         """First use of a rotated credential: it becomes the only one of its agent."""
