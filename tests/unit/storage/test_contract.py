@@ -707,6 +707,26 @@ def test_versions_are_each_hosts_last_reported_agent_version(storage: Any) -> No
         assert uow.hosts.versions() == {"h1": "0.1.0", "h2": "0.2.0"}
 
 
+def test_the_fleet_read_gives_each_host_with_one_dict_per_label_set(storage: Any) -> None:
+    """HostRepository.fleet (the rollout evidence read): the four fields of every host,
+    hosts with equal labels sharing one dict."""
+    with storage.session() as uow, uow.transaction():
+        for n, host in enumerate(("h1", "h2", "h3")):
+            uow.hosts.upsert(report("b1", host=host), T0 + n, 0.0, None)
+        laptop = dataclasses.replace(report("b2", host="h3"), labels={"role": "laptop"})
+        uow.hosts.upsert(laptop, T0 + 5, 0.0, None)
+        fleet = {h["agent_id"]: h for h in uow.hosts.fleet()}
+        assert fleet == {
+            "h1": {"agent_id": "h1", "labels": {"role": "server"}, "last_seen": T0,
+                   "agent_version": "0.1.0"},
+            "h2": {"agent_id": "h2", "labels": {"role": "server"}, "last_seen": T0 + 1,
+                   "agent_version": "0.1.0"},
+            "h3": {"agent_id": "h3", "labels": {"role": "laptop"}, "last_seen": T0 + 5,
+                   "agent_version": "0.1.0"},
+        }  # fmt: skip
+        assert fleet["h1"]["labels"] is fleet["h2"]["labels"]
+
+
 def test_a_late_older_metrics_summary_does_not_replace_a_newer_one(storage: Any) -> None:
     with storage.session() as uow, uow.transaction():
         uow.metrics.put("h1", T0 + 60, T0 + 60, {"cpu": 2.0, "mem": 3.0})

@@ -238,13 +238,20 @@ def evidence(
     """
     others = list(rollouts)
     total = online = on_version = 0
+    # Whether a label set picks this rollout, once per distinct set (a fleet has few;
+    # HostRepository.fleet shares one dict per set, and a dict held by ``hosts`` keeps
+    # its id for the whole loop).
+    picks: dict[int, bool] = {}
     for host in hosts:
         labels = host["labels"]
-        if rollout.policy == RELEASE_POLICY:
-            theirs = matches(rollout.target, labels)
-        else:
-            chosen = policy_for(others, labels)
-            theirs = chosen is not None and chosen.policy == rollout.policy
+        theirs = picks.get(id(labels))
+        if theirs is None:
+            if rollout.policy == RELEASE_POLICY:
+                theirs = matches(rollout.target, labels)
+            else:
+                chosen = policy_for(others, labels)
+                theirs = chosen is not None and chosen.policy == rollout.policy
+            picks[id(labels)] = theirs
         if not theirs or ring_of(host["agent_id"], rollout) != rollout.ring:
             continue
         total += 1

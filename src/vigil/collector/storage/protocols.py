@@ -81,6 +81,10 @@ class HostRepository(Protocol):
         """``agent_id -> agent_version`` of every host (one pass over the table, reading
         nothing else: the policy runtime's fleet resync)."""
 
+    def fleet(self) -> list[dict[str, Any]]:
+        """Every host's ``agent_id``, ``labels``, ``last_seen`` and ``agent_version`` (the
+        rollout evidence read). Hosts with the same labels share one dict: read-only."""
+
     def all_labels(self) -> Iterator[dict[str, str]]:
         """Every host's labels."""
 

@@ -178,6 +178,17 @@ class PgHosts:
         row = self._db.execute("SELECT COUNT(*) FROM hosts").fetchone()
         return int(row[0]) if row else 0
 
+    def fleet(self) -> list[dict[str, Any]]:
+        # labels as text, each distinct text decoded once (a fleet has few label sets;
+        # jsonb would be decoded row by row).
+        decoded = functools.lru_cache(maxsize=4096)(_labels_from_text)
+        return [
+            {"agent_id": agent, "labels": decoded(labels), "last_seen": seen, "agent_version": v}
+            for agent, labels, seen, v in self._db.execute(
+                "SELECT agent_id, labels::text, last_seen, agent_version FROM hosts"
+            ).fetchall()
+        ]
+
     def all_labels(self) -> Iterator[dict[str, str]]:
         for (labels,) in self._db.execute("SELECT labels FROM hosts").fetchall():
             yield _labels_or_empty(labels)

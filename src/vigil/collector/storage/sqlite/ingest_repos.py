@@ -150,6 +150,17 @@ class SqliteHosts:
     def count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM hosts").fetchone()[0])
 
+    def fleet(self) -> list[dict[str, Any]]:
+        # A fleet has few distinct label sets: each text is decoded once (at 100,000
+        # hosts the per-row decode was most of list()'s ~0.8 s).
+        decoded = functools.lru_cache(maxsize=4096)(_labels_or_empty)
+        return [
+            {"agent_id": agent, "labels": decoded(labels), "last_seen": seen, "agent_version": v}
+            for agent, labels, seen, v in self._db.execute(
+                "SELECT agent_id, labels, last_seen, agent_version FROM hosts"
+            ).fetchall()
+        ]
+
     def all_labels(self) -> Iterator[dict[str, str]]:
         for (labels,) in self._db.execute("SELECT labels FROM hosts").fetchall():
             yield _labels_or_empty(labels)
