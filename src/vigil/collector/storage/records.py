@@ -7,6 +7,7 @@ booleans as ``bool``. Nothing here decides anything.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from vigil import wire
@@ -53,6 +54,37 @@ class HostRefresh(NamedTuple):
     last_batch_id: str
     epoch: str  # 32 hex digits
     mark: int
+
+
+# The columns HostRepository.before_unchanged reads, ``h`` the host and ``c`` its
+# heartbeat key (a LEFT JOIN): the rows :func:`unchanged_hosts` takes.
+UNCHANGED_COLUMNS = (
+    "SELECT h.agent_id, h.hostname, h.labels, h.agent_version, h.last_batch_id,"
+    " h.clock_offset_s, h.last_seen, h.epoch, h.mark, c.incident_id IS NOT NULL"
+    " FROM hosts h LEFT JOIN check_state c"
+)
+
+
+def unchanged_hosts(
+    rows: Iterable[Sequence[Any]],
+    reports: Mapping[str, wire.Report],
+    stored_labels: Callable[[Mapping[str, str]], Any],
+) -> dict[str, HostBefore]:
+    """``HostRepository.before_unchanged``'s result from the rows of
+    :data:`UNCHANGED_COLUMNS`: the hosts whose hostname, agent version and labels are
+    their report's (of ``reports`` by agent_id). ``stored_labels`` gives a report's labels
+    in the form the backend reads them back (SQLite: the stored JSON text)."""
+    found = {}
+    for agent, hostname, labels, version, batch, offset, seen, epoch, mark, open_ in rows:
+        report = reports[agent]
+        if (
+            hostname == report.hostname
+            and version == report.agent_version
+            and labels == stored_labels(report.labels)
+        ):
+            epoch_hex = None if epoch is None else bytes(epoch).hex()
+            found[agent] = HostBefore(batch, offset, seen, epoch_hex, mark, bool(open_))
+    return found
 
 
 # The liveness read's first half without the silent hosts whose heartbeat key already

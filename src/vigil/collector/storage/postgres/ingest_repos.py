@@ -21,11 +21,13 @@ from vigil import wire
 from vigil.collector.storage.postgres.schema import SEEN_BATCH, SEEN_EVENT
 from vigil.collector.storage.records import (
     SILENCE_NOT_NOTED,
+    UNCHANGED_COLUMNS,
     HostBefore,
     HostRefresh,
     KeyRow,
     LivenessRow,
     host_row,
+    unchanged_hosts,
 )
 from vigil.collector.storage.unit_of_work import NameSets
 from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
@@ -86,28 +88,14 @@ class PgHosts:
     def before_unchanged(self, reports: Sequence[wire.Report]) -> dict[str, HostBefore]:
         # As before(), for a group: FOR UPDATE OF h locks the rows read, in agent_id
         # order (the LockRows step runs over the sorted rows, so two writers never lock
-        # one group's hosts in opposite orders). Identity compared here (jsonb labels
-        # come back as a dict).
+        # one group's hosts in opposite orders). jsonb labels come back as a dict.
         by_agent = {report.agent_id: report for report in reports}
         rows = self._db.execute(
-            "SELECT h.agent_id, h.hostname, h.labels, h.agent_version, h.last_batch_id,"
-            " h.clock_offset_s, h.last_seen, h.epoch, h.mark, c.incident_id IS NOT NULL"
-            " FROM hosts h LEFT JOIN check_state c"
-            " ON c.host = h.agent_id AND c.check_id = %s"
+            f"{UNCHANGED_COLUMNS} ON c.host = h.agent_id AND c.check_id = %s"
             " WHERE h.agent_id = ANY(%s) ORDER BY h.agent_id FOR UPDATE OF h",
             (wire.HEARTBEAT_CHECK, list(by_agent)),
         ).fetchall()
-        found = {}
-        for agent, hostname, labels, version, batch, offset, seen, epoch, mark, open_ in rows:
-            report = by_agent[agent]
-            if (
-                hostname == report.hostname
-                and version == report.agent_version
-                and labels == report.labels
-            ):
-                epoch_hex = None if epoch is None else bytes(epoch).hex()
-                found[agent] = HostBefore(batch, offset, seen, epoch_hex, mark, bool(open_))
-        return found
+        return unchanged_hosts(rows, by_agent, _same)
 
     def refresh_many(self, rows: Sequence[HostRefresh]) -> None:
         # By agent_id alone: before_unchanged locked these rows and read their identity
@@ -519,3 +507,7 @@ def _labels_or_empty(labels: Any) -> dict[str, str]:
     # jsonb comes back decoded; anything but an object (a row edited by hand) reads as no
     # labels, as in the SQLite backend: start-up reads every host and must not fail.
     return labels if isinstance(labels, dict) else {}
+
+
+def _same(labels: Mapping[str, str]) -> Mapping[str, str]:
+    return labels

@@ -14,11 +14,13 @@ import orjson
 from vigil import wire
 from vigil.collector.storage.records import (
     SILENCE_NOT_NOTED,
+    UNCHANGED_COLUMNS,
     HostBefore,
     HostRefresh,
     KeyRow,
     LivenessRow,
     host_row,
+    unchanged_hosts,
 )
 from vigil.collector.storage.sqlite.codec import (
     HOST_METRICS_UPSERT,
@@ -57,30 +59,15 @@ class SqliteHosts:
 
     def before_unchanged(self, reports: Sequence[wire.Report]) -> dict[str, HostBefore]:
         # One statement text for any group size (the ids as one JSON array), so the
-        # statement cache holds it; the identity columns are compared here, where the
-        # stored labels text is the memo's (sorted JSON) form of the report's labels.
+        # statement cache holds it. The row stores labels as the memo's (sorted JSON)
+        # text, which is what a report's labels are compared in.
         by_agent = {report.agent_id: report for report in reports}
         rows = self._db.execute(
-            "SELECT h.agent_id, h.hostname, h.labels, h.agent_version, h.last_batch_id,"
-            " h.clock_offset_s, h.last_seen, h.epoch, h.mark, c.incident_id IS NOT NULL"
-            " FROM hosts h LEFT JOIN check_state c"
-            " ON c.host = h.agent_id AND c.check_id = ?"
+            f"{UNCHANGED_COLUMNS} ON c.host = h.agent_id AND c.check_id = ?"
             " WHERE h.agent_id IN (SELECT value FROM json_each(?))",
             (wire.HEARTBEAT_CHECK, orjson.dumps(list(by_agent)).decode()),
         ).fetchall()
-        labels_text = self._memo.labels
-        found = {}
-        for agent, hostname, labels, version, batch, offset, seen, epoch, mark, open_ in rows:
-            report = by_agent[agent]
-            if (
-                hostname == report.hostname
-                and version == report.agent_version
-                and labels == labels_text(report.labels)
-            ):
-                found[agent] = HostBefore(
-                    batch, offset, seen, None if epoch is None else epoch.hex(), mark, bool(open_)
-                )
-        return found
+        return unchanged_hosts(rows, by_agent, self._memo.labels)
 
     def refresh_many(self, rows: Sequence[HostRefresh]) -> None:
         # By agent_id alone: the caller read the identity under this transaction (SQLite
