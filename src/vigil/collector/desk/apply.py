@@ -245,13 +245,7 @@ def apply_report(work: Work, report: wire.Report, received_at: float) -> IngestR
             received_at,
         )
         uow.hosts.upsert(report, received_at, offset, ttl)
-        host = report.agent_id
-        if ttl is not None:
-            delta.host_ttl[host] = ttl
-        delta.host_last_seen[host] = received_at
-        delta.host_names[host] = report.hostname
-        delta.host_clock_offset[host] = offset
-        delta.host_silence_expected[host] = work.catalog.silence_expected(report.labels)
+        _note_host(delta, work.catalog, report, received_at, offset, ttl)
         # A heartbeat's ttl_s went into the host row; its key matters only to resolve a
         # liveness incident, which the host row's read said whether there is (a healthy
         # host's report then reads no key; a host not stored before: look).
@@ -295,7 +289,8 @@ def apply_report(work: Work, report: wire.Report, received_at: float) -> IngestR
 # than one report in the group (its reports must apply in order, through one path). The
 # two passes touch disjoint hosts, so applying the steady reports first is an order the
 # group could have arrived in; rows, results and aggregates end exactly as the per-report
-# path leaves them (tests/unit/desk/test_steady.py compares both on the same groups).
+# path leaves them (tests/unit/storage/test_steady_contract.py compares both on the same
+# groups, on both backends).
 
 # Groups smaller than this go through the per-report path whole: a lone report gains
 # nothing from one more statement to read its host.
@@ -365,12 +360,7 @@ def apply_steady(
                 at = summary_time(event.time, received_at)
                 summaries.append((host, at, received_at, event.values))
                 delta.note_footprint(host, at, event.values)
-        if ttl is not None:
-            delta.host_ttl[host] = ttl
-        delta.host_last_seen[host] = received_at
-        delta.host_names[host] = report.hostname
-        delta.host_clock_offset[host] = offset
-        delta.host_silence_expected[host] = catalog.silence_expected(report.labels)
+        _note_host(delta, catalog, report, received_at, offset, ttl)
         delta.counters["reports_accepted"] += 1
         delta.counters["events"] += len(report.events)
         results[i] = IngestResult(
@@ -403,6 +393,24 @@ def _steady_shape(report: wire.Report | ReportStruct, received_at: float) -> boo
         )
         and all(a.seq < b.seq for a, b in itertools.pairwise(report.events))
     )
+
+
+def _note_host(
+    delta: Aggregates,
+    catalog: Catalog,
+    report: wire.Report | ReportStruct,
+    received_at: float,
+    offset: float,
+    ttl: float | None,
+) -> None:
+    """What an applied report changes in the per-host aggregates (after the COMMIT)."""
+    host = report.agent_id
+    if ttl is not None:
+        delta.host_ttl[host] = ttl
+    delta.host_last_seen[host] = received_at
+    delta.host_names[host] = report.hostname
+    delta.host_clock_offset[host] = offset
+    delta.host_silence_expected[host] = catalog.silence_expected(report.labels)
 
 
 def _record_seen(
