@@ -7,7 +7,9 @@ into typed objects and checks types, lengths and ranges in C, in a few microseco
 
 wire.py stays the one schema: the msgspec Structs here are generated at import from
 wire.py's frozen dataclasses (their fields, type hints and ``metadata`` bounds), and a
-decoded report is returned as those same dataclasses. The fast path only ever
+decoded report is returned as those same dataclasses (:func:`decode_report`), or, for a
+caller that only reads fields, as the checked Struct itself (:func:`decode_struct`: same
+field names; :func:`as_wire` converts it). The fast path only ever
 *accepts*: input it refuses, or that its few checks in Python (finite unbounded floats,
 valid Unicode text, the sequence fields, the console user's hex digits) do not pass, is
 decoded again by :func:`vigil.wire.decode_report`, whose :class:`~vigil.wire.WireError`
