@@ -160,6 +160,16 @@ def _apply(desk: Desk, items: Items, *, isolate: bool) -> tuple[Results, Aggrega
                     "keys": uow.keys.states(),
                     "incidents": uow.incidents.list(filters={}, state=None, limit=1000, offset=0),
                     "counters": uow.counters.load(),
+                    # Columns no repository read returns (the agent's send time, the
+                    # summary's clamped time and footprint columns), straight from SQL.
+                    "sql": [
+                        list(map(tuple, uow._db.execute(sql).fetchall()))
+                        for sql in (
+                            "SELECT agent_id, last_sent_at FROM hosts ORDER BY agent_id",
+                            "SELECT host, time, received_at, agent_cpu, agent_rss"
+                            " FROM host_metrics ORDER BY host",
+                        )
+                    ],
                     "results": uow.results.known_states("s7", "disk.root", 10),
                 }
                 raise _Undo
