@@ -248,18 +248,24 @@ class Aggregates:
         self.host_ttl.update(delta.host_ttl)
         self.host_names.update(delta.host_names)
         self.host_silence_expected.update(delta.host_silence_expected)
+        # Per host of the delta (every report): names looked up once, not per host.
+        last_seen, ttls, asleep = self.host_last_seen, self.host_ttl, self.host_silence_expected
+        liveness, asleep_liveness = self.liveness, self.asleep_liveness
         for host in delta.host_last_seen.keys() | delta.host_ttl.keys():
-            seen = self.host_last_seen.get(host)
+            seen = last_seen.get(host)
             if seen is not None:
-                self.liveness.update(host, seen, self.host_ttl.get(host))
-                if self.host_silence_expected.get(host):
-                    self.asleep_liveness.update(host, seen, self.host_ttl.get(host))
+                ttl = ttls.get(host)
+                liveness.update(host, seen, ttl)
+                if asleep.get(host):
+                    asleep_liveness.update(host, seen, ttl)
                 else:
-                    self.asleep_liveness.discard(host)
+                    asleep_liveness.discard(host)
+        skew = self.clock_skew.set
         for host, offset in delta.host_clock_offset.items():
-            self.clock_skew.set(host, abs(offset))
+            skew(host, abs(offset))
+        footprint = self.footprint.update
         for host, at, values in delta.footprint_samples:
-            self.footprint.update(host, at, values)
+            footprint(host, at, values)
         self._merge_named(delta)
 
     def merge_named(self, delta: Aggregates) -> None:

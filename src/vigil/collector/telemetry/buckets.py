@@ -165,14 +165,22 @@ class FleetDistribution:
     def set(self, host: str, value: float) -> None:
         """Record ``value`` as the host's current value, clamped to +/- :data:`CLAMP` (a
         non-finite one is ignored)."""
+        # Called three times per report (clock skew, agent CPU and RSS): the steps of
+        # clamp() and discard() inline, ~40 % of the cost (issue #17).
         if not math.isfinite(value):
             return
-        value = clamp(value)
-        self.discard(host)
+        value = -CLAMP if value < -CLAMP else CLAMP if value > CLAMP else value
+        counts = self._hist.counts
         index = bisect.bisect_left(self._hist.bounds, value)
         micros = round(value * 1e6)
-        self._hist.counts[index] += 1
-        self._total_micros += micros
+        old = self._where.get(host)
+        if old is not None:
+            counts[old[0]] -= 1
+            micros_delta = micros - old[1]
+        else:
+            micros_delta = micros
+        counts[index] += 1
+        self._total_micros += micros_delta
         self._where[host] = (index, micros)
 
     def load(self, values: Iterable[tuple[str, float]]) -> None:
@@ -262,7 +270,9 @@ class LivenessIndex:
 
     def update(self, host: str, last_seen: float, ttl: float | None) -> None:
         """Set the host's last report time and announced heartbeat TTL (seconds)."""
-        self.discard(host)
+        old = self._key.get(host)
+        if old is not None:  # discard()'s step inline: once per report (issue #17)
+            (self._with_ttl if old[0] else self._without).remove(old[1])
         new = (ttl is not None, last_seen if ttl is None else last_seen + ttl)
         (self._with_ttl if new[0] else self._without).add(new[1])
         self._key[host] = new
