@@ -123,6 +123,16 @@ def test_creates_the_parent_folder_and_uses_wal(db_path: Path, store: Desk) -> N
         assert db.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
 
+def test_the_stored_version_names_the_newest_shape(db_path: Path, store: Desk) -> None:
+    """The file records the version whose shape it has (metric_names, schema 14), so a
+    collector that predates that shape refuses it with "schema version ... is newer"
+    instead of failing later on a column it expects."""
+    with sqlite3.connect(db_path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (14,)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(host_metrics)")}
+        assert "names_id" in columns and "names" not in columns
+
+
 def test_refuses_a_database_from_a_newer_version(db_path: Path) -> None:
     db_path.parent.mkdir(parents=True)
     with sqlite3.connect(db_path) as db:

@@ -36,7 +36,9 @@ from vigil.collector.telemetry.buckets import AGENT_CPU_SERIES, AGENT_RSS_SERIES
 #     evidence, the guard counting only the new version's remediations.
 # 13: surveys.console_user and its index (migrate_surveys): the survey rate limit per
 #     person rather than per host (issue #19).
-SCHEMA_VERSION = 13
+# 14: metric_names; host_metrics rows name their series list by id (_migrate_metric_names,
+#     issue #17).
+SCHEMA_VERSION = 14
 SEEN_BATCH, SEEN_EVENT = 0, 1  # seen.kind
 
 # One row per host: its newest metrics summary. ``names_id``: the list of its series names
