@@ -328,7 +328,7 @@ def apply_steady(
         ttl = None
         heartbeat = False
         for event in report.events:
-            if type(event) in _CHECKS:
+            if type(event) in _CHECK_TYPES:
                 heartbeat = True
                 if event.ttl_s is not None:
                     ttl = event.ttl_s
@@ -356,7 +356,7 @@ def apply_steady(
             )
         )  # fmt: skip
         for event in report.events:
-            if type(event) in _SUMMARIES:
+            if type(event) in _SUMMARY_TYPES:
                 at = summary_time(event.time, received_at)
                 summaries.append((host, at, received_at, event.values))
                 delta.note_footprint(host, at, event.values)
@@ -375,8 +375,8 @@ def apply_steady(
 
 # The event classes the steady pass takes: the wire dataclasses, and the Structs of the
 # same fields the lean front's reports carry (vigil/wire_fast.py decode_struct).
-_SUMMARIES = frozenset(c for c in (wire.MetricsEvent, struct_of(wire.MetricsEvent)) if c)
-_CHECKS = frozenset(c for c in (wire.CheckEvent, struct_of(wire.CheckEvent)) if c)
+_SUMMARY_TYPES = frozenset(c for c in (wire.MetricsEvent, struct_of(wire.MetricsEvent)) if c)
+_CHECK_TYPES = frozenset(c for c in (wire.CheckEvent, struct_of(wire.CheckEvent)) if c)
 
 
 def _steady_shape(report: wire.Report | ReportStruct, received_at: float) -> bool:
@@ -387,8 +387,8 @@ def _steady_shape(report: wire.Report | ReportStruct, received_at: float) -> boo
         and report.seq_first is not None
         and math.isfinite(received_at)
         and all(
-            type(event) in _SUMMARIES
-            or (type(event) in _CHECKS and event.check == wire.HEARTBEAT_CHECK)
+            type(event) in _SUMMARY_TYPES
+            or (type(event) in _CHECK_TYPES and event.check == wire.HEARTBEAT_CHECK)
             for event in report.events
         )
         and all(a.seq < b.seq for a, b in itertools.pairwise(report.events))

@@ -68,20 +68,18 @@ UNCHANGED_COLUMNS = (
 def unchanged_hosts(
     rows: Iterable[Sequence[Any]],
     reports: Mapping[str, wire.Report],
-    stored_labels: Callable[[Mapping[str, str]], Any],
+    stored_labels: Callable[[Mapping[str, str]], Any] | None = None,
 ) -> dict[str, HostBefore]:
     """``HostRepository.before_unchanged``'s result from the rows of
     :data:`UNCHANGED_COLUMNS`: the hosts whose hostname, agent version and labels are
     their report's (of ``reports`` by agent_id). ``stored_labels`` gives a report's labels
-    in the form the backend reads them back (SQLite: the stored JSON text)."""
+    in the form the backend reads them back (SQLite: the stored JSON text); None: as
+    they are (PostgreSQL's jsonb comes back as a dict)."""
     found = {}
     for agent, hostname, labels, version, batch, offset, seen, epoch, mark, open_ in rows:
         report = reports[agent]
-        if (
-            hostname == report.hostname
-            and version == report.agent_version
-            and labels == stored_labels(report.labels)
-        ):
+        wanted = report.labels if stored_labels is None else stored_labels(report.labels)
+        if hostname == report.hostname and version == report.agent_version and labels == wanted:
             epoch_hex = None if epoch is None else bytes(epoch).hex()
             found[agent] = HostBefore(batch, offset, seen, epoch_hex, mark, bool(open_))
     return found

@@ -95,7 +95,7 @@ class PgHosts:
             " WHERE h.agent_id = ANY(%s) ORDER BY h.agent_id FOR UPDATE OF h",
             (wire.HEARTBEAT_CHECK, list(by_agent)),
         ).fetchall()
-        return unchanged_hosts(rows, by_agent, _same)
+        return unchanged_hosts(rows, by_agent)
 
     def refresh_many(self, rows: Sequence[HostRefresh]) -> None:
         # By agent_id alone: before_unchanged locked these rows and read their identity
@@ -507,7 +507,3 @@ def _labels_or_empty(labels: Any) -> dict[str, str]:
     # jsonb comes back decoded; anything but an object (a row edited by hand) reads as no
     # labels, as in the SQLite backend: start-up reads every host and must not fail.
     return labels if isinstance(labels, dict) else {}
-
-
-def _same(labels: Mapping[str, str]) -> Mapping[str, str]:
-    return labels
