@@ -450,18 +450,19 @@ def pushgateway_payload(values: dict[str, float]) -> bytes:
     return ("\n".join(lines) + "\n").encode()
 
 
-def process_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system, all threads) a process has used so far (Linux /proc)."""
+def process_times_s(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds (all threads) a process has used so far (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def measure(
     pid: int, port: int, make_request: Callable[[int], bytes], args: LoadArgs
 ) -> dict[str, Any]:
     """One load phase against a server process: throughput, latency and CPU per request."""
-    cpu0 = process_cpu_s(pid)
+    user0, sys0 = process_times_s(pid)
     result = asyncio.run(
         run_load(
             "127.0.0.1",
@@ -472,7 +473,8 @@ def measure(
             max_requests=args.max_requests,
         )
     )
-    server_cpu = process_cpu_s(pid) - cpu0
+    user1, sys1 = process_times_s(pid)
+    server_cpu = (user1 - user0) + (sys1 - sys0)
     return {
         "per_s": result.per_s,
         "p50_ms": result.p50_ms,
@@ -481,6 +483,8 @@ def measure(
         "statuses": result.statuses,
         # Per accepted request; robust to other load on the machine, unlike per_s.
         "server_cpu_us": 1e6 * server_cpu / max(result.ok, 1),
+        # Of that, the kernel's (system time: sockets, fsync, page cache).
+        "server_sys_us": 1e6 * (sys1 - sys0) / max(result.ok, 1),
         "server_cpu_share": server_cpu / result.elapsed_s,
         "generator_cpu_share": result.generator_cpu_s / result.elapsed_s,
     }
@@ -497,6 +501,7 @@ def describe(name: str, m: dict[str, Any], unit: str) -> str:
     return (
         f"(b) {name}: {m['per_s']:.0f} {unit}/s, p50 {m['p50_ms']:.1f} ms,"
         f" p99 {m['p99_ms']:.1f} ms, server CPU {m['server_cpu_us']:.0f} us per request"
+        f" ({m['server_sys_us']:.0f} in the kernel)"
         f" ({m['server_cpu_share']:.0%} of its core), generator {m['generator_cpu_share']:.0%}"
         f" of its core, statuses {m['statuses']}"
     )
