@@ -106,6 +106,69 @@ def test_any_repeated_fragment_decodes_in_bounded_memory(
     assert peak < 64 * 2**20, f"{peak / 2**20:.0f} MiB for {len(body)} bytes"
 
 
+def reference_structure_error(body: bytes) -> str | None:
+    """check_structure's verdict by its definition: the brackets and commas outside
+    strings, counted in one plain pass (the error it raises, or None)."""
+    containers = commas = 0
+    inside = escaped = False
+    for byte in body:
+        if inside:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:
+                escaped = True
+            elif byte == 0x22:
+                inside = False
+        elif byte == 0x22:
+            inside = True
+        elif byte in b"{[":
+            containers += 1
+        elif byte == 0x2C:
+            commas += 1
+    if containers > wire.MAX_CONTAINERS:
+        return f"more than {wire.MAX_CONTAINERS} objects and lists: not a report"
+    if commas * wire.MIN_BYTES_PER_COMMA > len(body):
+        return "too many values for its size: not a report"
+    if commas > wire.MAX_ITEMS:
+        return f"more than {wire.MAX_ITEMS} members and items: not a report"
+    return None
+
+
+# JSON strings holding brackets, commas and escapes (quotes and backslashes outside
+# strings are not JSON, for which the check's counts are a guess: see _inside_strings).
+_STRINGS = st.lists(st.sampled_from([b"{", b"[", b",", b'\\"', b"\\\\", b"x"]), max_size=8).map(
+    lambda parts: b'"' + b"".join(parts) + b'"'
+)
+
+
+@FUZZ
+@given(
+    st.lists(
+        st.one_of(st.sampled_from([b"{", b"[", b",", b"a", b"k" * 97]), _STRINGS), max_size=50
+    ),
+    st.integers(min_value=1, max_value=wire.MAX_CONTAINERS + 200),
+    st.integers(min_value=0, max_value=3),
+)
+@example([b"{"], wire.MAX_CONTAINERS + 1, 0)  # just past the length that skips the bracket count
+@example([b"["], wire.MAX_CONTAINERS, 0)
+@example([b"[", b","], wire.MAX_CONTAINERS // 2 + 1, 0)
+def test_the_structure_check_counts_as_its_definition_says(
+    pieces: list[bytes], repeat: int, spaces: int
+) -> None:
+    """The pre-parse bounds give the same verdict as counting brackets and commas outside
+    strings byte by byte, on bodies either side of the length under which brackets need
+    no count (the check's shortcut), with escapes and brackets inside strings."""
+    unit = b"".join(pieces) or b"a"
+    body = unit * min(repeat, 40_000 // len(unit)) + b" " * spaces
+    expected = reference_structure_error(body)
+    try:
+        wire.check_structure(body)
+    except wire.WireError as exc:
+        assert exc.path == "body" and exc.message == expected
+    else:
+        assert expected is None
+
+
 # ------------------------------------------------------------------ config files
 
 # Durations and sizes as people write them, at any magnitude (a typo'd "9999999d").
