@@ -151,7 +151,12 @@ def start_collector(
     storage: str = "{sqlite_path: collector.db}",
     event_loop: str = DEFAULT_EVENT_LOOP,
     front: str = DEFAULT_INGEST_FRONT,
+    wrapper: tuple[str, ...] = (),
+    source: Path | None = None,
 ) -> tuple[subprocess.Popen[str], str]:
+    """Start a collector (``floor``: the store-less one) on a free port in ``folder``;
+    the process and the URL it listens on. ``wrapper``: a command it runs under (e.g.
+    valgrind); ``source``: the ``src`` folder of another checkout to run instead."""
     config = folder / "collector.yaml"
     config.write_text(
         f"listen: {{host: 127.0.0.1, port: 0, event_loop: {event_loop}, ingest_front: {front}}}\n"
@@ -160,14 +165,17 @@ def start_collector(
     )
     program = ["-c", FLOOR_SERVER] if floor else ["-m", "vigil.collector"]
     cmd = [sys.executable, *program, "--config", str(config), "--log-level", "WARNING"]
+    cmd = [*wrapper, *cmd]
     if pin:
         cmd = ["taskset", "-c", str(SERVER_CORE), *cmd]
+    env = None if source is None else {**os.environ, "PYTHONPATH": str(source)}
     proc = subprocess.Popen(
         cmd,
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=(folder / "collector.log").open("w"),
         text=True,
+        env=env,
     )
     assert proc.stdout is not None
     line = proc.stdout.readline()
