@@ -30,8 +30,8 @@ not with microseconds in ``bench/delivery.py``.
 
 Run: ``.venv/bin/python bench/ingest_instructions.py [--hosts 20000] [--requests
 300,1500] [--concurrency 32] [--against DIR] [--no-floor]``; needs Debian's ``valgrind``
-(about 4-5 minutes a source tree at the defaults, its floor included). Talks only to 127.0.0.1; every load is
-bounded by its request count. The last line is JSON.
+(4-5 minutes a source tree at the defaults, its floor included). Talks only to
+127.0.0.1; every load is bounded by its request count. The last line is JSON.
 """
 
 from __future__ import annotations
