@@ -57,8 +57,10 @@ class SntpServer:
             # LI 0, version 4, mode 4 (server), stratum 2; originate = the client's transmit.
             reply = bytes([0x24, 2, 6, 0xEC]) + bytes(20) + request[40:48]
             reply += to_ntp(received) + to_ntp(time.time() + self.skew)
-            self.sock.sendto(reply, peer)
+            # Counted before the reply leaves: the client may read the count as soon as
+            # the reply arrives (counting after sendto lost that race once under load).
             self.answered += 1
+            self.sock.sendto(reply, peer)
 
 
 @pytest.fixture
