@@ -166,33 +166,28 @@ def main() -> None:
         store = base / "store.db"
         took = prefill(sqlite_url(store), agents, values, now)
         print(f"pre-filled {args.hosts} hosts in {took:.1f} s")
+        # (figure's key suffix, floor, the store it starts on): the durable collector,
+        # then (unless --no-floor) the store-less one.
+        modes = [("", False, store)] + ([] if args.no_floor else [("_floor", True, None)])
         for name, source in trees.items():
             label = "this checkout" if source is None else str(source)
-            cost = per_report(
-                base / name / "durable",
-                pool,
-                (n1, n2),
-                args.concurrency,
-                floor=False,
-                store=store,
-                source=source,
-            )
-            figures[name] = cost
-            print(f"{label}: {cost:,.0f} instructions a report (durable SQLite store)")
-            if not args.no_floor:
-                floor = per_report(
-                    base / name / "floor",
+            for suffix, floor, start_store in modes:
+                figures[name + suffix] = per_report(
+                    base / f"{name}{suffix or '_durable'}",
                     pool,
                     (n1, n2),
                     args.concurrency,
-                    floor=True,
-                    store=None,
+                    floor=floor,
+                    store=start_store,
                     source=source,
                 )
-                figures[f"{name}_floor"] = floor
+            cost = figures[name]
+            print(f"{label}: {cost:,.0f} instructions a report (durable SQLite store)")
+            if not args.no_floor:
+                floor_cost = figures[f"{name}_floor"]
                 print(
-                    f"{label}: {floor:,.0f} instructions a report with the store skipped;"
-                    f" the store path {cost - floor:,.0f}"
+                    f"{label}: {floor_cost:,.0f} instructions a report with the store"
+                    f" skipped; the store path {cost - floor_cost:,.0f}"
                 )
     change = None
     if "against" in figures:
