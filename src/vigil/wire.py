@@ -358,17 +358,18 @@ def check_structure(body: bytes | bytearray) -> None:
     """
     size = len(body)
     commas = body.count(b",")
+    # The brackets, or for a short body its length: a bound on them that cannot be over.
+    containers = size if size <= MAX_CONTAINERS else body.count(b"{") + body.count(b"[")
     if (
-        commas <= MAX_ITEMS
+        containers <= MAX_CONTAINERS
+        and commas <= MAX_ITEMS
         and commas * MIN_BYTES_PER_COMMA <= size
-        and (size <= MAX_CONTAINERS or body.count(b"{") + body.count(b"[") <= MAX_CONTAINERS)
     ):
         return
-    containers = body.count(b"{") + body.count(b"[")
     inside_containers, inside_commas = _inside_strings(body)
     if containers - inside_containers > MAX_CONTAINERS:
         raise WireError("body", f"more than {MAX_CONTAINERS} objects and lists: not a report")
-    if (commas - inside_commas) * MIN_BYTES_PER_COMMA > len(body):
+    if (commas - inside_commas) * MIN_BYTES_PER_COMMA > size:
         raise WireError("body", "too many values for its size: not a report")
     if commas - inside_commas > MAX_ITEMS:
         raise WireError("body", f"more than {MAX_ITEMS} members and items: not a report")
