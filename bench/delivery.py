@@ -447,6 +447,16 @@ def vigil_payloads(
     return out
 
 
+def report_request(body: bytes, token: str = TOKEN) -> bytes:
+    """The bytes of an agent's ``POST /api/v1/reports`` carrying ``body`` (gzip JSON)."""
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/json",
+        "Content-Encoding": "gzip",
+    }
+    return http_request("POST", "127.0.0.1", "/api/v1/reports", body, headers)
+
+
 def pushgateway_payload(values: dict[str, float]) -> bytes:
     """The same values in the Prometheus text format (one gauge, the series as a label)."""
     lines = ["# TYPE vigil_value gauge"]
@@ -509,8 +519,8 @@ def describe(name: str, m: dict[str, Any], unit: str) -> str:
     return (
         f"(b) {name}: {m['per_s']:.0f} {unit}/s, p50 {m['p50_ms']:.1f} ms,"
         f" p99 {m['p99_ms']:.1f} ms, server CPU {m['server_cpu_us']:.0f} us per request"
-        f" ({m['server_sys_us']:.0f} in the kernel)"
-        f" ({m['server_cpu_share']:.0%} of its core), generator {m['generator_cpu_share']:.0%}"
+        f" ({m['server_sys_us']:.0f} in the kernel, {m['server_cpu_share']:.0%} of its core),"
+        f" generator {m['generator_cpu_share']:.0%}"
         f" of its core, statuses {m['statuses']}"
     )
 
@@ -549,21 +559,7 @@ def ingest(
     # only sends; agents are taken round-robin from the 100,000.
     total = args.max_requests * rounds
     t0 = time.perf_counter()
-    headers = {
-        "Authorization": f"Bearer {TOKEN}",
-        "Content-Type": "application/json",
-        "Content-Encoding": "gzip",
-    }
-    pool = [
-        http_request(
-            "POST",
-            "127.0.0.1",
-            "/api/v1/reports",
-            body,
-            headers,
-        )
-        for body in vigil_payloads(agents, values, now, total)
-    ]
+    pool = [report_request(body) for body in vigil_payloads(agents, values, now, total)]
     print(f"(b) built {total} distinct Vigil requests in {time.perf_counter() - t0:.1f} s")
     cred_pool: list[bytes] = []
     cred_proc = cred_port = None
@@ -572,13 +568,7 @@ def ingest(
         tokens = enroll_all(folder / "credentials", agents, now)
         # The same reports, each with its own agent's credential (agents round-robin).
         cred_pool = [
-            http_request(
-                "POST",
-                "127.0.0.1",
-                "/api/v1/reports",
-                body,
-                {**headers, "Authorization": f"Bearer {tokens[agents[i % len(agents)]]}"},
-            )
+            report_request(body, tokens[agents[i % len(agents)]])
             for i, body in enumerate(vigil_payloads(agents, values, now, total))
         ]
         cred_proc, cred_url = start_collector(

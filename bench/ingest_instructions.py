@@ -53,13 +53,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.delivery import (  # noqa: E402
-    TOKEN,
     prefill,
     real_sample,
+    report_request,
     start_collector,
     vigil_payloads,
 )
-from bench.loadgen import http_request, run_load  # noqa: E402
+from bench.loadgen import run_load  # noqa: E402
 from vigil.collector.storage.url import sqlite_url  # noqa: E402
 
 _TOTALS = re.compile(r"^(?:summary|totals):\s*(\d+)", re.M)
@@ -134,24 +134,23 @@ def main() -> None:
     parser.add_argument("--against", type=Path, help="another checkout's src folder")
     parser.add_argument("--no-floor", action="store_true", help="skip the store-less floor")
     args = parser.parse_args()
-    n1, n2 = (int(n) for n in args.requests.split(","))
+    try:
+        n1, n2 = (int(n) for n in args.requests.split(","))
+    except ValueError:
+        parser.error(f"--requests: expected two counts N1,N2, got {args.requests!r}")
     if not 0 <= n1 < n2 or args.hosts < 1 or args.concurrency < 1:
         parser.error("--requests N1,N2 with 0 <= N1 < N2; --hosts and --concurrency >= 1")
+    if args.against is not None and not (args.against / "vigil" / "collector").is_dir():
+        parser.error(
+            f"--against: {args.against} is not a checkout's src folder (no vigil/collector)"
+        )
     if shutil.which("valgrind") is None:
         raise SystemExit("valgrind is not installed: apt-get install valgrind")
     rng = Random(5)
     agents = [uuid.UUID(int=rng.getrandbits(128)).hex for _ in range(args.hosts)]
     values = real_sample()
     now = time.time()
-    headers = {
-        "Authorization": f"Bearer {TOKEN}",
-        "Content-Type": "application/json",
-        "Content-Encoding": "gzip",
-    }
-    pool = [
-        http_request("POST", "127.0.0.1", "/api/v1/reports", body, headers)
-        for body in vigil_payloads(agents, values, now, n2)
-    ]
+    pool = [report_request(body) for body in vigil_payloads(agents, values, now, n2)]
     trees: dict[str, Path | None] = {"this": None}
     if args.against is not None:
         trees["against"] = args.against.resolve()
