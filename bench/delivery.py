@@ -220,10 +220,10 @@ def prefill(url: str, agents: list[str], values: dict[str, float], now: float) -
 
     Written through the storage API (the collector's own statements, either backend),
     one transaction. Each host's epoch is the one the load generator's reports carry
-    (the agent's id) with mark 0, so the measured reports are that epoch's next batches:
-    the steady state of an enrolled fleet, where every report updates an existing host
-    and the collector starts with the whole fleet in memory (issue #17: fleet-size costs
-    must show).
+    (the agent's id) with mark 0, so the measured reports are that epoch's next batches,
+    and its stored policy is the one they say it runs (none): the steady state of an
+    enrolled fleet, where every report updates an existing host and the collector starts
+    with the whole fleet in memory (issue #17: fleet-size costs must show).
     """
     from vigil.collector.storage.factory import create_storage
 
@@ -247,6 +247,9 @@ def prefill(url: str, agents: list[str], values: dict[str, float], now: float) -
                 )
                 uow.hosts.upsert(report, now - 60.0, 0.0, BENCH_TTL_S)
                 uow.metrics.put(agent, now - 60.0, now - 60.0, values)
+            # What each agent runs, as its reports said (no policy: the load's reports
+            # carry no X-Vigil-Policy, which reads as "none").
+            uow.policy.set_running([(agent, None, None, now - 60.0) for agent in agents])
     finally:
         storage.close()
     return time.perf_counter() - t0

@@ -364,10 +364,16 @@ async def _policy_ctx(app: web.Application) -> AsyncIterator[None]:
     loop = asyncio.get_running_loop()
 
     async def resync_versions() -> None:
-        # The fleet's agent versions from storage (every host's last report, whichever
-        # collector process took it); reports to this process keep them current between.
-        hosts = await loop.run_in_executor(app[executor_key], fleet_versions, app[desk_key].storage)
+        # The fleet's agent versions and the policy each host runs, from storage (every
+        # host's last report, whichever collector process took it); reports to this
+        # process keep them current between.
+        storage = app[desk_key].storage
+        hosts = await loop.run_in_executor(app[executor_key], fleet_versions, storage)
         runtime.replace_versions(hosts)
+        running = await loop.run_in_executor(
+            app[executor_key], policy_service.stored_running, storage
+        )
+        runtime.replace_running(running)
 
     await resync_versions()
     metrics = PolicyMetrics(runtime)

@@ -5,8 +5,10 @@ switch, run-now, running versions, enrollment handing out the trusted keys."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import gzip
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +21,7 @@ from tests.unit.policy.test_policy_service import flip
 from vigil import policy_bundle, wire
 from vigil.collector.config import CollectorConfig
 from vigil.collector.policy.config import PolicyConfig
+from vigil.collector.storage.url import sqlite_path
 
 T = TypeVar("T")
 
@@ -232,6 +235,39 @@ def test_the_running_versions_reported_show_in_the_rollout_status(
         assert body["rings_status"] == [{"ring": 0, "share": 1.0, "hosts": 2, "on_version": 1}]
 
     with_client(config, collector_server, steps)
+
+
+def test_a_restarted_collector_does_not_rewrite_what_hosts_run(
+    config: CollectorConfig, collector_server: Any, make_report: Any
+) -> None:
+    # The second process learns from storage what each host runs: a host saying the
+    # same again is not written (its row keeps the first process's time); a host new to
+    # storage is.
+    now = [1000.0]
+    path = sqlite_path(config.storage_url)
+    assert path is not None
+
+    def stored() -> dict[str, tuple[Any, ...]]:
+        with contextlib.closing(sqlite3.connect(path)) as db:
+            rows = db.execute("SELECT agent_id, policy, version, seen_at FROM policy_hosts")
+            return {row[0]: row[1:] for row in rows}
+
+    async def run(*agents: str) -> None:
+        server = collector_server(config, clock=lambda: now[0])
+        async with server as url, aiohttp.ClientSession() as http:
+            c = Client(http, url, config)
+            for agent in agents:
+                assert (await c.report(make_report, agent_id=agent))[0] == 200
+        # Stopping runs a last policy pass: every note is flushed by now.
+
+    asyncio.run(run("agent-0001"))
+    assert stored() == {"agent-0001": (None, None, 1000.0)}
+    now[0] = 2000.0
+    asyncio.run(run("agent-0001", "agent-0002"))
+    assert stored() == {
+        "agent-0001": (None, None, 1000.0),
+        "agent-0002": (None, None, 2000.0),
+    }
 
 
 def test_enrollment_hands_out_the_trusted_policy_keys(

@@ -31,6 +31,30 @@ def test_a_failed_flush_is_given_back_unless_newer_news_came() -> None:
     assert sorted(runtime.take_changes()) == [("a", "finance", 1, 10.0), ("b", "finance", 2, 11.0)]
 
 
+def test_what_storage_holds_is_not_written_again() -> None:
+    # A restarted process (or one that another process's hosts moved to) learns from
+    # storage what each host runs: a report saying the same writes nothing.
+    runtime = PolicyRuntime()
+    runtime.replace_running({"a": ("finance", 1), "b": (None, None)})
+    runtime.note("a", ("finance", 1), {}, 10.0)
+    runtime.note("b", (None, None), {}, 10.0)
+    assert runtime.take_changes() == []
+    runtime.note("a", ("finance", 2), {}, 11.0)
+    runtime.note("c", (None, None), {}, 11.0)  # not in storage: written
+    assert runtime.take_changes() == [("a", "finance", 2, 11.0), ("c", None, None, 11.0)]
+
+
+def test_a_change_not_stored_yet_survives_a_resync() -> None:
+    runtime = PolicyRuntime()
+    runtime.note("a", ("finance", 2), {}, 10.0)  # pending: the next flush stores it
+    runtime.replace_running({"a": ("finance", 1)})  # read before that flush
+    runtime.note("a", ("finance", 2), {}, 11.0)
+    assert runtime.take_changes() == [("a", "finance", 2, 10.0)]
+    runtime.replace_running({"a": ("finance", 1)})  # another process stored an older one
+    runtime.note("a", ("finance", 2), {}, 12.0)
+    assert runtime.take_changes() == [("a", "finance", 2, 12.0)]
+
+
 @pytest.mark.parametrize(
     ("header", "parsed"),
     [("none", (None, None)), ("finance@7", ("finance", 7)), (' "finance@7" ', ("finance", 7))],

@@ -103,6 +103,7 @@ def test_running_versions_are_upserted_per_host(storage: Storage) -> None:
         uow.policy.set_running([("a", "finance", 2, NOW + 5), ("b", None, None, NOW + 5)])
     with storage.session() as uow:
         assert uow.policy.running("finance") == {"a": 2}
+        assert uow.policy.running_all() == {"a": ("finance", 2), "b": (None, None)}
 
 
 def test_guard_counts_only_runs_from_hosts_on_the_version_since_the_start(

@@ -95,6 +95,24 @@ class PolicyRuntime:
             self._agent_version = dict(hosts)
             self._by_version = counts
 
+    def replace_running(self, stored: Mapping[str, Running]) -> None:
+        """Take what storage says each host runs (``agent_id -> (policy, version)``), at
+        start and every few minutes, as what this process knows.
+
+        Why: a report is stored only when what its host runs differs from the known
+        value, and a process that started knowing nothing wrote one row for every host's
+        first report (50,000 rows in the minute after a restart; in ``bench/delivery.py``,
+        whose agents each report once a phase, ~6 % of a report's CPU). Reading it also
+        takes in what hosts told other collector processes. Changes noted here and not
+        stored yet stay pending, and are what this process knows for their hosts.
+        """
+        shared: dict[Running, Running] = {}  # one tuple per distinct value, not per host
+        known = {agent_id: shared.setdefault(value, value) for agent_id, value in stored.items()}
+        with self._lock:
+            for agent_id, (policy, version, _at) in self._dirty.items():
+                known[agent_id] = (policy, version)
+            self._known = known
+
     def agents_by_version(self) -> dict[str, int]:
         """Hosts per agent version (a copy; cost O(distinct versions))."""
         with self._lock:

@@ -368,6 +368,14 @@ def record_running(
             uow.policy.set_running(rows)
 
 
+def stored_running(storage: Storage) -> dict[str, tuple[str | None, int | None]]:
+    """What every host last said it runs, as stored (``agent_id -> (policy, version)``);
+    read at start and every ``FLEET_RESYNC_S`` by the app (see
+    :meth:`~collector.policy.runtime.PolicyRuntime.replace_running`)."""
+    with storage.session() as uow:
+        return uow.policy.running_all()
+
+
 GuardHook = Callable[[str, str, float, Callable[[UnitOfWork], None]], Any]
 
 

@@ -43,6 +43,10 @@ class PolicyRepository(Protocol):
     def running(self, policy: str) -> dict[str, int]:
         """``agent_id -> version`` of the hosts that last said they run ``policy``."""
 
+    def running_all(self) -> dict[str, tuple[str | None, int | None]]:
+        """``agent_id -> (policy, version)`` as last recorded for every host (``(None,
+        None)``: it said it runs no policy)."""
+
     def guard_counts(
         self, policy: str, version: int, since: float
     ) -> list[tuple[str, str, int, int]]:

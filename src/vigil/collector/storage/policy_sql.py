@@ -166,6 +166,10 @@ class PolicySql:
         ).fetchall()
         return {a: int(v) for a, v in rows}
 
+    def running_all(self) -> dict[str, tuple[str | None, int | None]]:
+        rows = self._run("SELECT agent_id, policy, version FROM policy_hosts").fetchall()
+        return {a: (p, None if v is None else int(v)) for a, p, v in rows}
+
     def guard_counts(
         self, policy: str, version: int, since: float
     ) -> list[tuple[str, str, int, int]]:
