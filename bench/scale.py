@@ -191,6 +191,17 @@ def fill_statements(
             ),
         ),
         (
+            # What each host's reports say it runs (the collector reads them all at
+            # start, so a restart does not rewrite them): half on each of two versions.
+            "policy_hosts",
+            q(
+                hosts,
+                "policy_hosts",
+                "agent_id, policy, version, seen_at",
+                f"{d.agent('x - 1')}, 'baseline', 1 + x % 2, {now} - (x % 120)",
+            ),
+        ),
+        (
             "check_state",
             q(
                 hosts * 2,
