@@ -37,11 +37,16 @@ start) and every request carries that agent's own credential instead of the shar
 token; ``credential_overhead`` is its CPU per report over the shared-token collector's,
 minus one (target <= 0.10, issue #16).
 
+``--against DIR`` adds a phase to (b): the collector of another checkout (``DIR`` is its
+``src`` folder, e.g. after ``git worktree add /tmp/base main``) on a copy of the same
+pre-filled store, with the same requests, before or after this checkout's phase in
+alternate rounds; ``against_change`` is this checkout's CPU per report over it, minus one.
+
 ``--dsn URL`` runs (b)'s collector on a fresh schema of that PostgreSQL server instead of
 SQLite (sizing: docs/deployment.md); not with ``--credentials``.
 
 Run: ``.venv/bin/python bench/delivery.py [--quick] [--rounds N] [--ingest-only] [--floor]
-[--credentials] [--dsn URL] [--prefill N]``.
+[--credentials] [--against DIR] [--dsn URL] [--prefill N]``.
 The last line is JSON.
 """
 
@@ -559,11 +564,15 @@ def ingest(
     event_loop: str = DEFAULT_EVENT_LOOP,
     front: str = DEFAULT_INGEST_FRONT,
     prefill_hosts: int = 0,
+    against: Path | None = None,
 ) -> dict:
     """Alternate Vigil and Pushgateway phases ``rounds`` times (and the store-less floor
     collector's with ``floor``, the enrolled-agents collector's with ``credentials``);
     every phase's measurements, per server. ``prefill_hosts``: hosts stored before the
-    measured collector starts (the load's agents first, see :func:`prefill`)."""
+    measured collector starts (the load's agents first, see :func:`prefill`).
+    ``against``: another checkout's ``src`` folder, whose collector is measured too, on
+    a copy of the same pre-filled store with the same requests, its phase before or after
+    this checkout's in alternate rounds (SQLite only)."""
     rng = random.Random(5)
     agents = [uuid.UUID(int=rng.getrandbits(128)).hex for _ in range(DISTINCT_AGENTS)]
     rng.shuffle(agents)
@@ -621,6 +630,17 @@ def ingest(
         url = INGEST_URL[0] or sqlite_url(vigil_dir / "collector.db")
         took = prefill(url, known, values, now)
         print(f"(b) pre-filled the store with {len(known)} hosts in {took:.1f} s")
+    against_proc = against_port = None
+    if against is not None:
+        against_dir = folder / "against"
+        against_dir.mkdir()
+        for name in ("collector.db", "collector.db-wal"):  # the store as pre-filled
+            if (vigil_dir / name).exists():
+                shutil.copy(vigil_dir / name, against_dir / name)
+        against_proc, against_url = start_collector(
+            against_dir, pin=pinned, event_loop=event_loop, front=front, source=against
+        )
+        against_port = int(against_url.rsplit(":", 1)[1])
     proc, url = start_collector(
         vigil_dir, pin=pinned, storage=INGEST_STORAGE[0], event_loop=event_loop, front=front
     )
@@ -652,10 +672,21 @@ def ingest(
     pg_runs: list[dict[str, Any]] = []
     floor_runs: list[dict[str, Any]] = []
     cred_runs: list[dict[str, Any]] = []
+    against_runs: list[dict[str, Any]] = []
     try:
         for r in range(rounds):
             # Both servers are up the whole time, each idle while the other is measured.
             phase = pool[r * args.max_requests : (r + 1) * args.max_requests]
+            # The other checkout's collector: the same requests, on its own copy of the
+            # store; before this checkout's phase in odd rounds, last in even ones.
+            against_phase = None
+            if against_proc is not None and against_port is not None:
+                against_phase = functools.partial(
+                    measure, against_proc.pid, against_port, phase.__getitem__, args
+                )
+            if against_phase is not None and r % 2 == 1:
+                against_runs.append(against_phase())
+                print(describe(f"against {against}", against_runs[-1], "reports"))
             m = measure(proc.pid, vigil_port, phase.__getitem__, args)
             vigil_runs.append(m)
             backend = "SQLite" if INGEST_STORAGE[0].startswith("{sqlite") else "PostgreSQL"
@@ -675,8 +706,13 @@ def ingest(
                 m = measure(cred_proc.pid, cred_port, cphase.__getitem__, args)
                 cred_runs.append(m)
                 print(describe("vigil collector, per-agent credentials", m, "reports"))
+            if against_phase is not None and r % 2 == 0:
+                against_runs.append(against_phase())
+                print(describe(f"against {against}", against_runs[-1], "reports"))
     finally:
         stop(proc)
+        if against_proc is not None:
+            stop(against_proc)
         if cred_proc is not None:
             stop(cred_proc)
         if floor_proc is not None:
@@ -684,7 +720,13 @@ def ingest(
         if pg is not None:
             pg.send_signal(signal.SIGTERM)
             pg.wait(timeout=20)
-    return {"vigil": vigil_runs, "pushgateway": pg_runs, "floor": floor_runs, "cred": cred_runs}
+    return {
+        "vigil": vigil_runs,
+        "pushgateway": pg_runs,
+        "floor": floor_runs,
+        "cred": cred_runs,
+        "against": against_runs,
+    }
 
 
 def _rotated(pool: list[bytes], first: int, i: int) -> bytes:
@@ -773,7 +815,18 @@ def summarise(result: dict[str, Any], concurrency: int, rounds: int) -> dict[str
             f" {vigil['server_cpu_us']:.0f} us with the shared token: overhead"
             f" {overhead:+.1%} (target <= +10%)"
         )
+    against_us = median_of(result["against"], "server_cpu_us") if result["against"] else None
+    change = None
+    if against_us is not None:
+        change = vigil["server_cpu_us"] / against_us - 1
+        print(
+            f"(b) against the other checkout: {vigil['server_cpu_us']:.0f} us CPU per report"
+            f" vs {against_us:.0f} us ({change:+.1%}); reports/s {vigil['per_s']:.0f} vs"
+            f" {median_of(result['against'], 'per_s'):.0f}"
+        )
     return {
+        "against_us": against_us,
+        "against_change": change,
         "vigil": vigil,
         "pushgw": pushgw,
         "ratio": ratio,
@@ -831,14 +884,21 @@ def main() -> None:
         f" groups pushed to Pushgateway (default {DISTINCT_AGENTS:,}; 0: both empty)",
     )
     parser.add_argument(
+        "--against",
+        type=Path,
+        help="also measure another checkout's collector (its src folder), alternated",
+    )
+    parser.add_argument(
         "--dsn",
         help="run (b)'s collector on a fresh schema of this PostgreSQL server, not SQLite",
     )
     args = parser.parse_args()
+    if args.against is not None and not (args.against / "vigil" / "collector").is_dir():
+        parser.error(f"--against: {args.against} is not a checkout's src folder")
     schema = None
     if args.dsn:
-        if args.credentials:
-            parser.error("--credentials seeds an SQLite store: not with --dsn")
+        if args.credentials or args.against:
+            parser.error("--credentials and --against use SQLite stores: not with --dsn")
         os.environ["VIGIL_TEST_PG_DSN"] = args.dsn
         from tests.support.postgres import TestSchema
 
@@ -876,6 +936,7 @@ def main() -> None:
                     event_loop=args.event_loop,
                     front=args.front,
                     prefill_hosts=args.prefill,
+                    against=args.against,
                 )
                 summaries[concurrency] = summarise(result, concurrency, args.rounds)
     finally:
@@ -894,6 +955,8 @@ def main() -> None:
             summary["vigil"]["server_cpu_us"], 1
         )
         per_level[f"floor_cpu_us_per_report_{concurrency}"] = _round(summary["floor_us"], 1)
+        if args.against is not None:
+            per_level[f"against_change_{concurrency}"] = _round(summary["against_change"], 3)
     print(
         json.dumps(
             {
@@ -919,6 +982,8 @@ def main() -> None:
                 "floor_cpu_us_per_report": _round(head["floor_us"], 1),
                 "credentials_cpu_us_per_report": _round(head["cred_us"], 1),
                 "credential_overhead": _round(head["overhead"], 3),
+                "against_cpu_us_per_report": _round(head["against_us"], 1),
+                "against_change": _round(head["against_change"], 3),
                 "concurrency": levels[0],
                 "concurrency_levels": levels,
                 "event_loop": args.event_loop,
