@@ -102,9 +102,9 @@ class PolicyRuntime:
         Why: a report is stored only when what its host runs differs from the known
         value, and a process that started knowing nothing wrote one row for every host's
         first report (50,000 rows in the minute after a restart; in ``bench/delivery.py``,
-        whose agents each report once a phase, ~6 % of a report's CPU). Reading it also
-        takes in what hosts told other collector processes. Changes noted here and not
-        stored yet stay pending, and are what this process knows for their hosts.
+        whose agents each report about once a phase, ~6 % of a report's instructions).
+        Reading it also takes in what hosts told other collector processes. Changes noted
+        here and not stored yet stay pending, and are what this process knows for them.
         """
         shared: dict[Running, Running] = {}  # one tuple per distinct value, not per host
         known = {agent_id: shared.setdefault(value, value) for agent_id, value in stored.items()}
