@@ -933,6 +933,20 @@ def main() -> None:
     args = parser.parse_args()
     if args.against is not None and not (args.against / "vigil" / "collector").is_dir():
         parser.error(f"--against: {args.against} is not a checkout's src folder")
+    try:
+        levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    except ValueError:
+        levels = []
+    if not levels or min(levels) < 1:
+        parser.error(
+            f"--concurrency: expected connection counts like 128,32, got {args.concurrency!r}"
+        )
+    if args.rounds < 1:
+        parser.error(f"--rounds: at least 1, got {args.rounds}")
+    if args.prefill < 0:
+        parser.error(f"--prefill: 0 or more agents, got {args.prefill}")
+    if args.seconds is not None and not args.seconds > 0:
+        parser.error(f"--seconds: must be positive, got {args.seconds:g}")
     schema = None
     if args.dsn:
         if args.credentials or args.against:
@@ -943,7 +957,6 @@ def main() -> None:
         schema = TestSchema()
         INGEST_STORAGE[0] = f"{{url: '{schema.url}'}}"
         INGEST_URL[0] = schema.url
-    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
     duration_s = args.seconds or (5.0 if args.quick else 10.0)
     values = real_sample()
     print(

@@ -27,7 +27,7 @@ def test_values_pack_to_little_endian_float64_and_back(summaries: list[list[floa
 
 
 def test_more_distinct_counts_than_the_packers_kept_all_pack() -> None:
-    for n in range(200):  # past the cache's bound: it is cleared, never wrong
+    for n in range(200):  # past the cache's bound: the oldest are dropped, never wrong
         values = [float(i) * 0.5 for i in range(n)]
         assert unpack_floats(pack_floats(dict.fromkeys(range(n), 0.0).values())) == [0.0] * n
         assert unpack_floats(pack_floats(values)) == values
